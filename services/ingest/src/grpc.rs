@@ -1,0 +1,165 @@
+use crate::{
+    decode,
+    handler::{self, Candidate, IngestContext, IngestError, Outcome},
+    validate,
+};
+use leads_proto::v1::{self as pb, ingest_service_server::IngestService};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+/// The largest batch one `Ingest` call takes.
+const MAX_BATCH: usize = 1000;
+
+pub struct IngestApi {
+    pub ctx: IngestContext,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> IngestError {
+    IngestError::InvalidArgument {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[tonic::async_trait]
+impl IngestService for IngestApi {
+    async fn ingest(
+        &self,
+        request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let request = request.into_inner();
+        validate::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
+        if request.events.is_empty() {
+            return Err(invalid("events", "must hold at least one event").into());
+        }
+        if request.events.len() > MAX_BATCH {
+            return Err(invalid("events", format!("must hold at most {MAX_BATCH} events")).into());
+        }
+        let candidates: Vec<Candidate> = request
+            .events
+            .into_iter()
+            .map(|event| {
+                let payload = event.encode_to_vec();
+                let event_id = (!event.event_id.is_empty()).then(|| event.event_id.clone());
+                match decode::from_proto(event).and_then(validate::validate) {
+                    Ok(interaction) => Candidate::Valid {
+                        org_id: request.org_id.clone(),
+                        interaction: Box::new(interaction),
+                    },
+                    Err(refusal) => Candidate::Refused {
+                        org_id: request.org_id.clone(),
+                        event_id,
+                        subject: format!("grpc:IngestService.Ingest:{}", request.org_id),
+                        refusal,
+                        payload,
+                        source_key: format!("grpc:{}", uuid::Uuid::now_v7()),
+                    },
+                }
+            })
+            .collect();
+        let outcomes = handler::handle(&self.ctx, &candidates).await?;
+        let results = candidates
+            .iter()
+            .zip(outcomes)
+            .map(|(candidate, outcome)| {
+                let event_id = match candidate {
+                    Candidate::Valid { interaction, .. } => interaction.event_id.clone(),
+                    Candidate::Refused { event_id, .. } => event_id.clone().unwrap_or_default(),
+                };
+                let (outcome, field, reason) = match outcome {
+                    Outcome::Accepted => {
+                        (pb::IngestOutcome::Accepted, String::new(), String::new())
+                    }
+                    Outcome::Duplicate => {
+                        (pb::IngestOutcome::Duplicate, String::new(), String::new())
+                    }
+                    Outcome::Rejected(refusal) => (
+                        pb::IngestOutcome::Rejected,
+                        refusal.field.clone(),
+                        refusal.to_string(),
+                    ),
+                };
+                pb::IngestResult {
+                    event_id,
+                    outcome: outcome as i32,
+                    reason,
+                    field,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::IngestResponse { results }))
+    }
+
+    async fn list_rejections(
+        &self,
+        request: Request<pb::ListRejectionsRequest>,
+    ) -> Result<Response<pb::ListRejectionsResponse>, Status> {
+        let request = request.into_inner();
+        validate::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
+        let page_size = match request.page_size {
+            0 => 100,
+            n if (1..=1000).contains(&n) => i64::from(n),
+            _ => return Err(invalid("page_size", "must be between 1 and 1000").into()),
+        };
+        let after: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> =
+            if request.page_token.is_empty() {
+                None
+            } else {
+                let (at, id) = request
+                    .page_token
+                    .split_once('|')
+                    .ok_or_else(|| invalid("page_token", "is not a token this service issued"))?;
+                let at = chrono::DateTime::parse_from_rfc3339(at)
+                    .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
+                let id = id
+                    .parse()
+                    .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
+                Some((at.into(), id))
+            };
+        type Row = (
+            uuid::Uuid,
+            Option<String>,
+            String,
+            String,
+            String,
+            Vec<u8>,
+            chrono::DateTime<chrono::Utc>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, event_id, subject, field, reason, payload, received_at FROM rejections \
+             WHERE org_id = $1 AND ($2::timestamptz IS NULL OR (received_at, id) < ($2, $3)) \
+             ORDER BY received_at DESC, id DESC LIMIT $4",
+        )
+        .bind(&request.org_id)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(page_size + 1)
+        .fetch_all(&self.ctx.pool)
+        .await
+        .map_err(IngestError::from)?;
+        let has_more = rows.len() as i64 > page_size;
+        let rows = &rows[..rows.len().min(page_size as usize)];
+        let next_page_token = match (has_more, rows.last()) {
+            (true, Some(last)) => format!("{}|{}", last.6.to_rfc3339(), last.0),
+            _ => String::new(),
+        };
+        let rejections = rows
+            .iter()
+            .map(
+                |(id, event_id, subject, field, reason, payload, at)| pb::Rejection {
+                    id: id.to_string(),
+                    event_id: event_id.clone().unwrap_or_default(),
+                    subject: subject.clone(),
+                    field: field.clone(),
+                    reason: reason.clone(),
+                    payload: payload.clone(),
+                    received_at: at.to_rfc3339(),
+                },
+            )
+            .collect();
+        Ok(Response::new(pb::ListRejectionsResponse {
+            rejections,
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,278 @@
+//! The ingest handler: one batch of candidate events, one transaction. Accepted events are
+//! recorded (their `(org, event_id)` is the idempotency key, forever) and forwarded to the
+//! lead service through the outbox; refused ones are kept with their reason and dead-lettered.
+
+use crate::event::{Interaction, Refusal};
+use chrono::Utc;
+use platform::{
+    event::Envelope,
+    nats::Subjects,
+    outbox::{self, OutboxMessage, OutboxSignal},
+};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::HashSet;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct IngestContext {
+    pub pool: PgPool,
+    pub subjects: Subjects,
+    pub outbox: OutboxSignal,
+}
+
+/// One event on its way in, already decoded and validated.
+#[derive(Debug, Clone)]
+pub enum Candidate {
+    Valid {
+        org_id: String,
+        interaction: Box<Interaction>,
+    },
+    Refused {
+        /// Empty when the subject did not name a valid organisation.
+        org_id: String,
+        event_id: Option<String>,
+        subject: String,
+        refusal: Refusal,
+        payload: Vec<u8>,
+        /// Identifies the message itself, so a redelivered refusal is kept once.
+        source_key: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Rejected(Refusal),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid argument {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<IngestError> for tonic::Status {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::InvalidArgument { field, reason } => {
+                tonic::Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            IngestError::Database(error) => {
+                tracing::error!(%error, "ingest database error");
+                tonic::Status::unavailable("the event store is unavailable, retry later")
+            }
+        }
+    }
+}
+
+/// The event the lead service consumes.
+pub const INTERACTION_ACCEPTED: &str = "interaction_accepted";
+
+/// What a dead-lettered event carries.
+#[derive(Debug, Serialize)]
+struct DeadLetter<'a> {
+    org_id: &'a str,
+    event_id: Option<&'a str>,
+    subject: &'a str,
+    field: &'a str,
+    reason: &'a str,
+    received_at: chrono::DateTime<Utc>,
+    payload_encoding: &'static str,
+    payload: String,
+}
+
+pub async fn handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outcome>, IngestError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_handle(ctx, batch).await {
+            Err(IngestError::Database(error))
+                if attempt < 5 && platform::db::is_retryable(&error) =>
+            {
+                tracing::debug!(%error, attempt, "retrying ingest batch");
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outcome>, IngestError> {
+    let mut tx = ctx.pool.begin().await?;
+    let mut orgs = Vec::new();
+    let mut event_ids = Vec::new();
+    let mut refused_keys = Vec::new();
+    let (mut r_orgs, mut r_events, mut r_subjects, mut r_fields, mut r_reasons, mut r_payloads) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for candidate in batch {
+        match candidate {
+            Candidate::Valid {
+                org_id,
+                interaction,
+            } => {
+                orgs.push(org_id.as_str());
+                event_ids.push(interaction.event_id.as_str());
+            }
+            Candidate::Refused {
+                org_id,
+                event_id,
+                subject,
+                refusal,
+                payload,
+                source_key,
+            } => {
+                refused_keys.push(source_key.as_str());
+                r_orgs.push(org_id.as_str());
+                r_events.push(event_id.as_deref());
+                r_subjects.push(subject.as_str());
+                r_fields.push(refusal.field.as_str());
+                r_reasons.push(refusal.reason.as_str());
+                r_payloads.push(payload.as_slice());
+            }
+        }
+    }
+    let inserted: HashSet<(String, String)> = if orgs.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_as::<_, (String, String)>(
+            "INSERT INTO accepted_events (org_id, event_id) \
+             SELECT * FROM UNNEST($1::text[], $2::text[]) \
+             ON CONFLICT DO NOTHING RETURNING org_id, event_id",
+        )
+        .bind(&orgs)
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let newly_refused: HashSet<String> = if refused_keys.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar::<_, String>(
+            "INSERT INTO rejections (org_id, event_id, subject, field, reason, payload, source_key) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[]) \
+             ON CONFLICT (source_key) DO NOTHING RETURNING source_key",
+        )
+        .bind(&r_orgs)
+        .bind(&r_events)
+        .bind(&r_subjects)
+        .bind(&r_fields)
+        .bind(&r_reasons)
+        .bind(&r_payloads)
+        .bind(&refused_keys)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut messages = Vec::new();
+    let mut forwarded: HashSet<(&str, &str)> = HashSet::new();
+    for candidate in batch {
+        match candidate {
+            Candidate::Valid {
+                org_id,
+                interaction,
+            } => {
+                let key = (org_id.as_str(), interaction.event_id.as_str());
+                let is_new = inserted.contains(&(key.0.to_owned(), key.1.to_owned()))
+                    && forwarded.insert(key);
+                if is_new {
+                    let envelope = Envelope::new(
+                        org_id,
+                        INTERACTION_ACCEPTED,
+                        Uuid::new_v5(
+                            &Uuid::NAMESPACE_OID,
+                            format!("{org_id}/{}", interaction.event_id).as_bytes(),
+                        ),
+                        1,
+                        interaction.as_ref(),
+                    );
+                    messages.push(OutboxMessage {
+                        org_id: org_id.clone(),
+                        subject: ctx.subjects.event("ingest", org_id, INTERACTION_ACCEPTED),
+                        msg_id: envelope.id.to_string(),
+                        payload: envelope.to_json(),
+                    });
+                    outcomes.push(Outcome::Accepted);
+                } else {
+                    outcomes.push(Outcome::Duplicate);
+                }
+            }
+            Candidate::Refused {
+                org_id,
+                event_id,
+                subject,
+                refusal,
+                payload,
+                source_key,
+            } => {
+                if newly_refused.contains(source_key) {
+                    messages.push(dead_letter(
+                        ctx,
+                        org_id,
+                        event_id.as_deref(),
+                        subject,
+                        refusal,
+                        payload,
+                    ));
+                }
+                outcomes.push(Outcome::Rejected(refusal.clone()));
+            }
+        }
+    }
+    outbox::enqueue(&mut tx, &messages).await?;
+    tx.commit().await?;
+    if !messages.is_empty() {
+        ctx.outbox.notify();
+    }
+    let accepted = outcomes.iter().filter(|o| **o == Outcome::Accepted).count();
+    metrics::counter!("ingest_events_accepted_total").increment(accepted as u64);
+    metrics::counter!("ingest_events_refused_total").increment(refused_keys.len() as u64);
+    Ok(outcomes)
+}
+
+fn dead_letter(
+    ctx: &IngestContext,
+    org_id: &str,
+    event_id: Option<&str>,
+    subject: &str,
+    refusal: &Refusal,
+    payload: &[u8],
+) -> OutboxMessage {
+    let (payload_encoding, payload_text) = match std::str::from_utf8(payload) {
+        Ok(text) => ("utf8", text.to_owned()),
+        Err(_) => ("hex", payload.iter().map(|b| format!("{b:02x}")).collect()),
+    };
+    let letter = DeadLetter {
+        org_id,
+        event_id,
+        subject,
+        field: &refusal.field,
+        reason: &refusal.reason,
+        received_at: Utc::now(),
+        payload_encoding,
+        payload: payload_text,
+    };
+    let target = if org_id.is_empty() {
+        ctx.subjects.deadletter("malformed")
+    } else {
+        ctx.subjects.deadletter(&format!("interactions.{org_id}"))
+    };
+    OutboxMessage {
+        org_id: org_id.to_owned(),
+        subject: target,
+        msg_id: Uuid::now_v7().to_string(),
+        payload: serde_json::to_vec(&letter).unwrap_or_default(),
+    }
+}

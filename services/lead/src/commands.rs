@@ -1,0 +1,227 @@
+//! Status changes, single and bulk. The lead row is locked while the "is it active?" decision
+//! is made and the change is written, so no concurrent writer can slip in between.
+
+use crate::{
+    LeadContext,
+    apply::{lead_event, publish, record_status_change},
+    error::LeadError,
+    model::{LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
+};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub const MAX_BULK: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct ChangeStatus {
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub status: Status,
+    pub manual_score: Option<i32>,
+    pub reason: Option<String>,
+    pub actor: String,
+    pub expected_version: Option<i64>,
+}
+
+pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadView, LeadError> {
+    if let Some(score) = cmd.manual_score
+        && !(0..=100).contains(&score)
+    {
+        return Err(LeadError::invalid(
+            "manual_score",
+            "must be between 0 and 100",
+        ));
+    }
+    let mut tx = ctx.pool.begin().await?;
+    let current: Option<(String, i64)> = sqlx::query_as(
+        "SELECT status, version FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE",
+    )
+    .bind(&cmd.org_id)
+    .bind(cmd.lead_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, version)) = current else {
+        return Err(LeadError::NotFound(cmd.lead_id.to_string()));
+    };
+    let from = Status::parse(&status).unwrap_or(Status::New);
+    if from.is_final() {
+        return Err(LeadError::Inactive {
+            id: cmd.lead_id,
+            status: from,
+        });
+    }
+    if let Some(expected) = cmd.expected_version
+        && expected != version
+    {
+        return Err(LeadError::VersionMismatch {
+            id: cmd.lead_id,
+            expected,
+            actual: version,
+        });
+    }
+    let mut messages = Vec::new();
+    let status_changes = from != cmd.status;
+    if !status_changes && cmd.manual_score.is_none() {
+        tx.rollback().await?;
+        return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
+    }
+    let new_version: i64 = sqlx::query_scalar(
+        "UPDATE leads SET status = $2, \
+           score = coalesce($3, score), \
+           score_source = CASE WHEN $3::int IS NULL THEN score_source ELSE 'manual' END, \
+           updated_at = now(), version = version + 1 \
+         WHERE id = $1 RETURNING version",
+    )
+    .bind(cmd.lead_id)
+    .bind(cmd.status.as_str())
+    .bind(cmd.manual_score)
+    .fetch_one(&mut *tx)
+    .await?;
+    record_status_change(
+        &mut tx,
+        &cmd.org_id,
+        cmd.lead_id,
+        Some(from),
+        cmd.status,
+        &cmd.actor,
+        cmd.reason.as_deref(),
+        cmd.manual_score,
+        new_version,
+    )
+    .await?;
+    if let Some(score) = cmd.manual_score {
+        sqlx::query("INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, $3, 'manual', $4)")
+            .bind(&cmd.org_id)
+            .bind(cmd.lead_id)
+            .bind(score)
+            .bind(&cmd.actor)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let change = if status_changes {
+        LeadChange::StatusChanged {
+            from: from.as_str().into(),
+            to: cmd.status.as_str().into(),
+            actor: cmd.actor.clone(),
+            reason: cmd.reason.clone(),
+        }
+    } else {
+        LeadChange::ScoreChanged {
+            score: cmd.manual_score.unwrap_or_default(),
+            source: "manual".into(),
+            actor: cmd.actor.clone(),
+        }
+    };
+    let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
+    platform::outbox::enqueue(&mut tx, &messages).await?;
+    tx.commit().await?;
+    ctx.outbox.notify();
+    Ok(lead)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkOutcome {
+    Changed,
+    Unchanged,
+    Inactive(Status),
+    NotFound,
+}
+
+/// Changes every active lead among `lead_ids`; the others are answered, not failed.
+pub async fn bulk_change_status(
+    ctx: &LeadContext,
+    org_id: &str,
+    lead_ids: &[String],
+    to: Status,
+    reason: Option<&str>,
+    actor: &str,
+) -> Result<Vec<BulkOutcome>, LeadError> {
+    if lead_ids.is_empty() {
+        return Err(LeadError::invalid(
+            "lead_ids",
+            "must name at least one lead",
+        ));
+    }
+    if lead_ids.len() > MAX_BULK {
+        return Err(LeadError::invalid(
+            "lead_ids",
+            format!("must name at most {MAX_BULK} leads"),
+        ));
+    }
+    let parsed: Vec<Option<Uuid>> = lead_ids.iter().map(|id| id.parse().ok()).collect();
+    let mut ids: Vec<Uuid> = parsed.iter().flatten().copied().collect();
+    ids.sort();
+    ids.dedup();
+    let mut tx = ctx.pool.begin().await?;
+    // Sorted ids and ORDER BY id: two bulk changes over overlapping leads lock in one order.
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM leads WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
+    )
+    .bind(org_id)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let current: HashMap<Uuid, Status> = rows
+        .into_iter()
+        .map(|(id, s)| (id, Status::parse(&s).unwrap_or(Status::New)))
+        .collect();
+    let to_change: Vec<Uuid> = current
+        .iter()
+        .filter(|(_, status)| !status.is_final() && **status != to)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut messages = Vec::with_capacity(to_change.len());
+    if !to_change.is_empty() {
+        let changed: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH changed AS ( \
+               UPDATE leads SET status = $2, updated_at = now(), version = version + 1 \
+               WHERE id = ANY($1) RETURNING * \
+             ) SELECT {} FROM changed l JOIN contacts c ON c.id = l.contact_id",
+            LEAD_VIEW_COLUMNS
+        )))
+        .bind(&to_change)
+        .bind(to.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let froms: Vec<&str> = changed.iter().map(|l| current[&l.id].as_str()).collect();
+        let changed_ids: Vec<Uuid> = changed.iter().map(|l| l.id).collect();
+        let versions: Vec<i64> = changed.iter().map(|l| l.version).collect();
+        sqlx::query(
+            "INSERT INTO status_changes (org_id, lead_id, from_status, to_status, actor, reason, lead_version) \
+             SELECT $1, id, from_status, $4, $5, $6, version \
+             FROM UNNEST($2::uuid[], $3::text[], $7::bigint[]) AS t(id, from_status, version)",
+        )
+        .bind(org_id)
+        .bind(&changed_ids)
+        .bind(&froms)
+        .bind(to.as_str())
+        .bind(actor)
+        .bind(reason)
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await?;
+        for lead in &changed {
+            let change = LeadChange::StatusChanged {
+                from: current[&lead.id].as_str().into(),
+                to: to.as_str().into(),
+                actor: actor.into(),
+                reason: reason.map(Into::into),
+            };
+            messages.push(lead_event(ctx, lead, change));
+        }
+        platform::outbox::enqueue(&mut tx, &messages).await?;
+    }
+    tx.commit().await?;
+    if !messages.is_empty() {
+        ctx.outbox.notify();
+    }
+    Ok(parsed
+        .iter()
+        .map(|id| match id.and_then(|id| current.get(&id)) {
+            None => BulkOutcome::NotFound,
+            Some(status) if status.is_final() => BulkOutcome::Inactive(*status),
+            Some(status) if *status == to => BulkOutcome::Unchanged,
+            Some(_) => BulkOutcome::Changed,
+        })
+        .collect())
+}

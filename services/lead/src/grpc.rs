@@ -1,0 +1,187 @@
+use crate::{
+    LeadContext,
+    commands::{self, BulkOutcome, ChangeStatus},
+    error::LeadError,
+    export, history,
+    model::Status,
+    query::LeadQuery,
+    read,
+};
+use leads_proto::v1::{self as pb, lead_service_server::LeadService};
+use std::pin::Pin;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status as GrpcStatus};
+use uuid::Uuid;
+
+pub struct LeadApi {
+    pub ctx: LeadContext,
+}
+
+fn lead_id(value: &str) -> Result<Uuid, LeadError> {
+    if value.is_empty() {
+        return Err(LeadError::invalid("lead_id", "is required"));
+    }
+    value
+        .parse()
+        .map_err(|_| LeadError::NotFound(value.to_owned()))
+}
+
+fn actor(value: &str) -> String {
+    if value.trim().is_empty() {
+        "unknown".into()
+    } else {
+        value.trim().to_owned()
+    }
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    (!value.trim().is_empty()).then(|| value.trim().to_owned())
+}
+
+type ExportStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, GrpcStatus>> + Send>>;
+
+#[tonic::async_trait]
+impl LeadService for LeadApi {
+    async fn get_lead(
+        &self,
+        request: Request<pb::GetLeadRequest>,
+    ) -> Result<Response<pb::Lead>, GrpcStatus> {
+        let request = request.into_inner();
+        crate::validate_org(&request.org_id)?;
+        let lead =
+            read::get_lead(&self.ctx.pool, &request.org_id, lead_id(&request.lead_id)?).await?;
+        Ok(Response::new(lead.to_proto()))
+    }
+
+    async fn list_leads(
+        &self,
+        request: Request<pb::ListLeadsRequest>,
+    ) -> Result<Response<pb::ListLeadsResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        let query = LeadQuery::parse(&request)?;
+        let page = read::list_leads(&self.ctx.pool, &query, !request.skip_total).await?;
+        Ok(Response::new(pb::ListLeadsResponse {
+            leads: page.leads.iter().map(|l| l.to_proto()).collect(),
+            next_page_token: page.next_page_token,
+            total_count: page.total_count.unwrap_or(-1),
+        }))
+    }
+
+    async fn change_status(
+        &self,
+        request: Request<pb::ChangeStatusRequest>,
+    ) -> Result<Response<pb::Lead>, GrpcStatus> {
+        let request = request.into_inner();
+        crate::validate_org(&request.org_id)?;
+        let status = Status::from_proto(request.status)
+            .ok_or_else(|| LeadError::invalid("status", "is required"))?;
+        let lead = commands::change_status(
+            &self.ctx,
+            ChangeStatus {
+                org_id: request.org_id,
+                lead_id: lead_id(&request.lead_id)?,
+                status,
+                manual_score: request.manual_score,
+                reason: non_empty(&request.reason),
+                actor: actor(&request.actor),
+                expected_version: request.expected_version,
+            },
+        )
+        .await?;
+        Ok(Response::new(lead.to_proto()))
+    }
+
+    async fn bulk_change_status(
+        &self,
+        request: Request<pb::BulkChangeStatusRequest>,
+    ) -> Result<Response<pb::BulkChangeStatusResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        crate::validate_org(&request.org_id)?;
+        let status = Status::from_proto(request.status)
+            .ok_or_else(|| LeadError::invalid("status", "is required"))?;
+        let outcomes = commands::bulk_change_status(
+            &self.ctx,
+            &request.org_id,
+            &request.lead_ids,
+            status,
+            non_empty(&request.reason).as_deref(),
+            &actor(&request.actor),
+        )
+        .await?;
+        let results = request
+            .lead_ids
+            .iter()
+            .zip(outcomes)
+            .map(|(id, outcome)| {
+                let (outcome, detail) = match outcome {
+                    BulkOutcome::Changed => (pb::BulkOutcome::Changed, String::new()),
+                    BulkOutcome::Unchanged => (
+                        pb::BulkOutcome::Unchanged,
+                        format!("already {}", status.display_name()),
+                    ),
+                    BulkOutcome::Inactive(s) => (
+                        pb::BulkOutcome::Inactive,
+                        format!("lead is inactive: its status is {}", s.display_name()),
+                    ),
+                    BulkOutcome::NotFound => (pb::BulkOutcome::NotFound, "no such lead".into()),
+                };
+                pb::BulkResult {
+                    lead_id: id.clone(),
+                    outcome: outcome as i32,
+                    detail,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BulkChangeStatusResponse { results }))
+    }
+
+    type ExportLeadsStream = ExportStream;
+
+    async fn export_leads(
+        &self,
+        request: Request<pb::ExportLeadsRequest>,
+    ) -> Result<Response<Self::ExportLeadsStream>, GrpcStatus> {
+        let request = request.into_inner();
+        let list = request
+            .query
+            .ok_or_else(|| LeadError::invalid("query", "is required"))?;
+        let query = LeadQuery::parse(&list)?;
+        match pb::ExportScope::try_from(request.scope) {
+            Ok(pb::ExportScope::Unspecified | pb::ExportScope::CurrentPage) => {
+                let chunk = export::current_page(&self.ctx.pool, &query).await?;
+                let stream = futures::stream::iter([Ok(chunk)]);
+                Ok(Response::new(Box::pin(stream)))
+            }
+            Ok(pb::ExportScope::All) => {
+                let receiver = export::all(self.ctx.pool.clone(), query);
+                let stream = futures::StreamExt::map(ReceiverStream::new(receiver), |r| {
+                    r.map_err(GrpcStatus::from)
+                });
+                Ok(Response::new(Box::pin(stream)))
+            }
+            Err(_) => Err(LeadError::invalid("scope", "is not an export scope").into()),
+        }
+    }
+
+    async fn get_lead_history(
+        &self,
+        request: Request<pb::GetLeadHistoryRequest>,
+    ) -> Result<Response<pb::GetLeadHistoryResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        crate::validate_org(&request.org_id)?;
+        let history = history::lead_history(
+            &self.ctx.pool,
+            &request.org_id,
+            lead_id(&request.lead_id)?,
+            request.page_size,
+            &request.page_token,
+        )
+        .await?;
+        Ok(Response::new(pb::GetLeadHistoryResponse {
+            entries: history.entries,
+            next_page_token: history.next_page_token,
+            past_lead_ids: history.past_lead_ids,
+        }))
+    }
+}

@@ -1,0 +1,98 @@
+//! The lead service: the one authority on a lead's status. It turns accepted interactions
+//! into leads (at most one active per contact), serves the Leads page over gRPC, and
+//! publishes every change as `events.lead.<org>.<kind>` through its outbox.
+
+pub mod apply;
+pub mod commands;
+pub mod error;
+pub mod export;
+mod grpc;
+pub mod history;
+pub mod model;
+pub mod query;
+pub mod read;
+
+use crate::error::LeadError;
+use ingest::event::Interaction;
+use platform::{
+    ServiceName,
+    consumer::{self, ConsumerSpec, Delivery, Disposition},
+    event::Envelope,
+    nats::{StreamKind, Subjects},
+    outbox::OutboxSignal,
+    service::{Infra, Running, ServiceBase},
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/lead");
+
+#[derive(Clone)]
+pub struct LeadContext {
+    pub pool: PgPool,
+    pub subjects: Subjects,
+    pub outbox: OutboxSignal,
+}
+
+pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
+    ingest::validate::validate_org_id(org_id).map_err(|r| LeadError::invalid("org_id", r.reason))
+}
+
+pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
+    let mut base = ServiceBase::start(infra, ServiceName::Lead, &MIGRATOR, &token).await?;
+    let ctx = LeadContext {
+        pool: base.pool.clone(),
+        subjects: infra.subjects.clone(),
+        outbox: base.outbox.clone(),
+    };
+    let spec = ConsumerSpec {
+        stream: infra.subjects.stream_name(StreamKind::Events),
+        durable: "lead-interactions".into(),
+        filter_subject: infra.subjects.events_of("ingest"),
+    };
+    let consumer_ctx = ctx.clone();
+    base.tasks.spawn(consumer::run(
+        infra.nats.clone(),
+        infra.js.clone(),
+        spec,
+        infra.settings.consumer.clone(),
+        token.clone(),
+        move |batch| {
+            let ctx = consumer_ctx.clone();
+            async move { consume_interactions(&ctx, batch).await }
+        },
+    ));
+    let routes = tonic::service::Routes::new(
+        leads_proto::v1::lead_service_server::LeadServiceServer::new(grpc::LeadApi {
+            ctx: ctx.clone(),
+        }),
+    );
+    base.serve(infra, &["leads.v1.LeadService"], routes, token)
+        .await
+}
+
+async fn consume_interactions(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let mut dispositions = vec![Disposition::Ack; batch.len()];
+    let mut envelopes = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    for (index, delivery) in batch.iter().enumerate() {
+        match Envelope::<Interaction>::from_json(&delivery.payload) {
+            Ok(envelope) => {
+                envelopes.push(envelope);
+                positions.push(index);
+            }
+            Err(error) => {
+                // Written by our own ingest service: unreadable means a bug, not bad input.
+                tracing::error!(%error, subject = %delivery.subject, "unreadable interaction event, parked");
+                dispositions[index] = Disposition::Term;
+            }
+        }
+    }
+    if let Err(error) = apply::apply_batch(ctx, &envelopes).await {
+        tracing::warn!(%error, "interaction batch failed, will be redelivered");
+        for index in positions {
+            dispositions[index] = Disposition::Retry;
+        }
+    }
+    dispositions
+}

@@ -1,0 +1,354 @@
+//! ListLeads: combinable filters, keyset pagination with opaque tokens, and the total count.
+
+use crate::{
+    error::LeadError,
+    model::{LEAD_VIEW_COLUMNS, LeadView, Status, from_timestamp},
+};
+use chrono::{DateTime, Utc};
+use leads_proto::v1 as pb;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    LastInteraction,
+    Created,
+    Score,
+}
+
+impl SortField {
+    fn expression(self) -> &'static str {
+        match self {
+            SortField::LastInteraction => "l.last_interaction_at",
+            SortField::Created => "l.created_at",
+            SortField::Score => "coalesce(l.score, -1)",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            SortField::LastInteraction => "li",
+            SortField::Created => "cr",
+            SortField::Score => "sc",
+        }
+    }
+}
+
+/// A validated ListLeads request.
+#[derive(Debug, Clone)]
+pub struct LeadQuery {
+    pub org_id: String,
+    pub filter: pb::LeadFilter,
+    pub statuses: Vec<Status>,
+    pub sort: SortField,
+    pub descending: bool,
+    pub page_size: i64,
+    pub after: Option<Cursor>,
+}
+
+/// Where a page ends: the sort key and id of its last lead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cursor {
+    Time(DateTime<Utc>, Uuid),
+    Score(i64, Uuid),
+}
+
+impl LeadQuery {
+    pub fn parse(request: &pb::ListLeadsRequest) -> Result<Self, LeadError> {
+        crate::validate_org(&request.org_id)?;
+        let filter = request.filter.clone().unwrap_or_default();
+        let statuses = filter
+            .statuses
+            .iter()
+            .map(|s| {
+                Status::from_proto(*s).ok_or_else(|| {
+                    LeadError::invalid("filter.statuses", format!("{s} is not a status"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (field, value) in [
+            ("filter.min_score", filter.min_score),
+            ("filter.max_score", filter.max_score),
+        ] {
+            if let Some(score) = value
+                && !(0..=100).contains(&score)
+            {
+                return Err(LeadError::invalid(field, "must be between 0 and 100"));
+            }
+        }
+        let sort = match pb::LeadSortField::try_from(request.sort) {
+            Ok(pb::LeadSortField::Unspecified | pb::LeadSortField::LastInteraction) => {
+                SortField::LastInteraction
+            }
+            Ok(pb::LeadSortField::Created) => SortField::Created,
+            Ok(pb::LeadSortField::Score) => SortField::Score,
+            Err(_) => return Err(LeadError::invalid("sort", "is not a sort field")),
+        };
+        let descending = match pb::SortDirection::try_from(request.direction) {
+            Ok(pb::SortDirection::Unspecified | pb::SortDirection::Desc) => true,
+            Ok(pb::SortDirection::Asc) => false,
+            Err(_) => return Err(LeadError::invalid("direction", "is not a direction")),
+        };
+        let page_size = match i64::from(request.page_size) {
+            0 => DEFAULT_PAGE_SIZE,
+            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                return Err(LeadError::invalid(
+                    "page_size",
+                    format!("must be between 1 and {MAX_PAGE_SIZE}"),
+                ));
+            }
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_token(&request.page_token, sort, descending)?)
+        };
+        Ok(Self {
+            org_id: request.org_id.clone(),
+            filter,
+            statuses,
+            sort,
+            descending,
+            page_size,
+            after,
+        })
+    }
+
+    /// Appends `WHERE ...` for the filters (not the cursor).
+    pub fn push_filters(&self, sql: &mut QueryBuilder<Postgres>) -> Result<(), LeadError> {
+        let f = &self.filter;
+        sql.push(" WHERE l.org_id = ").push_bind(&self.org_id);
+        if !self.statuses.is_empty() {
+            let statuses: Vec<&str> = self.statuses.iter().map(|s| s.as_str()).collect();
+            sql.push(" AND l.status = ANY(")
+                .push_bind(statuses)
+                .push(")");
+        }
+        match pb::ActiveFilter::try_from(f.active) {
+            Ok(pb::ActiveFilter::ActiveOnly) => {
+                sql.push(" AND l.active");
+            }
+            Ok(pb::ActiveFilter::InactiveOnly) => {
+                sql.push(" AND NOT l.active");
+            }
+            Ok(pb::ActiveFilter::Unspecified) => {}
+            Err(_) => {
+                return Err(LeadError::invalid(
+                    "filter.active",
+                    "is not an active filter",
+                ));
+            }
+        }
+        match (f.unassigned, f.agent_ids.is_empty()) {
+            (true, true) => {
+                sql.push(" AND l.agent_id IS NULL");
+            }
+            (true, false) => {
+                sql.push(" AND (l.agent_id IS NULL OR l.agent_id = ANY(")
+                    .push_bind(&f.agent_ids)
+                    .push("))");
+            }
+            (false, false) => {
+                sql.push(" AND l.agent_id = ANY(")
+                    .push_bind(&f.agent_ids)
+                    .push(")");
+            }
+            (false, true) => {}
+        }
+        if let Some(min) = f.min_score {
+            sql.push(" AND l.score >= ").push_bind(min);
+        }
+        if let Some(max) = f.max_score {
+            sql.push(" AND l.score <= ").push_bind(max);
+        }
+        match pb::ScoreSource::try_from(f.score_source) {
+            Ok(pb::ScoreSource::Ai) => {
+                sql.push(" AND l.score_source = 'ai'");
+            }
+            Ok(pb::ScoreSource::Manual) => {
+                sql.push(" AND l.score_source = 'manual'");
+            }
+            Ok(pb::ScoreSource::Unspecified) => {}
+            Err(_) => {
+                return Err(LeadError::invalid(
+                    "filter.score_source",
+                    "is not a score source",
+                ));
+            }
+        }
+        if !f.source_kinds.is_empty() {
+            let kinds = f
+                .source_kinds
+                .iter()
+                .map(|k| match pb::SourceKind::try_from(*k) {
+                    Ok(pb::SourceKind::ChatMessage) => Ok("chat_message"),
+                    Ok(pb::SourceKind::BroadcastReply) => Ok("broadcast_reply"),
+                    Ok(pb::SourceKind::Integration) => Ok("integration"),
+                    _ => Err(LeadError::invalid(
+                        "filter.source_kinds",
+                        format!("{k} is not a source kind"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            sql.push(" AND l.source_kind = ANY(")
+                .push_bind(kinds)
+                .push(")");
+        }
+        if !f.campaign_id.is_empty() {
+            sql.push(" AND l.campaign_id = ").push_bind(&f.campaign_id);
+        }
+        if !f.integration_name.is_empty() {
+            sql.push(" AND l.integration_name = ")
+                .push_bind(&f.integration_name);
+        }
+        if !f.contact_id.is_empty() {
+            let id: Uuid = f
+                .contact_id
+                .parse()
+                .map_err(|_| LeadError::invalid("filter.contact_id", "is not an id"))?;
+            sql.push(" AND l.contact_id = ").push_bind(id);
+        }
+        push_range(sql, "l.created_at", f.created.as_ref(), "filter.created")?;
+        push_range(
+            sql,
+            "l.last_interaction_at",
+            f.last_interaction.as_ref(),
+            "filter.last_interaction",
+        )?;
+        let search = f.search.trim();
+        if !search.is_empty() {
+            let pattern = format!(
+                "%{}%",
+                search
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            let digits: String = search.chars().filter(char::is_ascii_digit).collect();
+            sql.push(" AND (c.name ILIKE ").push_bind(pattern.clone());
+            sql.push(" OR c.email ILIKE ").push_bind(pattern);
+            if digits.len() >= 3 {
+                sql.push(" OR c.phone LIKE ")
+                    .push_bind(format!("%{digits}%"));
+            }
+            sql.push(")");
+        }
+        Ok(())
+    }
+
+    /// The page's SELECT: filters, cursor, order and limit (one more than the page, to know
+    /// whether another page follows).
+    pub fn page_sql(&self) -> Result<QueryBuilder<Postgres>, LeadError> {
+        let mut sql = QueryBuilder::new(format!(
+            "SELECT {LEAD_VIEW_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id"
+        ));
+        self.push_filters(&mut sql)?;
+        self.push_cursor(&mut sql, self.after.as_ref());
+        self.push_order(&mut sql);
+        sql.push(" LIMIT ").push_bind(self.page_size + 1);
+        Ok(sql)
+    }
+
+    pub fn push_cursor(&self, sql: &mut QueryBuilder<Postgres>, cursor: Option<&Cursor>) {
+        let op = if self.descending { " < " } else { " > " };
+        match cursor {
+            None => {}
+            Some(Cursor::Time(at, id)) => {
+                sql.push(format!(" AND ({}, l.id){op}(", self.sort.expression()))
+                    .push_bind(*at)
+                    .push(", ")
+                    .push_bind(*id)
+                    .push(")");
+            }
+            Some(Cursor::Score(score, id)) => {
+                sql.push(format!(" AND ({}, l.id){op}(", self.sort.expression()))
+                    .push_bind(*score as i32)
+                    .push(", ")
+                    .push_bind(*id)
+                    .push(")");
+            }
+        }
+    }
+
+    pub fn push_order(&self, sql: &mut QueryBuilder<Postgres>) {
+        let dir = if self.descending { "DESC" } else { "ASC" };
+        sql.push(format!(
+            " ORDER BY {} {dir}, l.id {dir}",
+            self.sort.expression()
+        ));
+    }
+
+    pub fn cursor_of(&self, lead: &LeadView) -> Cursor {
+        match self.sort {
+            SortField::LastInteraction => Cursor::Time(lead.last_interaction_at, lead.id),
+            SortField::Created => Cursor::Time(lead.created_at, lead.id),
+            SortField::Score => Cursor::Score(i64::from(lead.score.unwrap_or(-1)), lead.id),
+        }
+    }
+
+    pub fn token_of(&self, lead: &LeadView) -> String {
+        let key = match self.cursor_of(lead) {
+            Cursor::Time(at, _) => at.timestamp_micros().to_string(),
+            Cursor::Score(score, _) => score.to_string(),
+        };
+        let dir = if self.descending { "d" } else { "a" };
+        let plain = format!("v1|{}|{dir}|{key}|{}", self.sort.code(), lead.id);
+        plain.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn push_range(
+    sql: &mut QueryBuilder<Postgres>,
+    column: &str,
+    range: Option<&pb::TimeRange>,
+    field: &'static str,
+) -> Result<(), LeadError> {
+    let Some(range) = range else { return Ok(()) };
+    if let Some(from) = &range.from {
+        let from = from_timestamp(from)
+            .ok_or_else(|| LeadError::invalid(field, "from is not a valid time"))?;
+        sql.push(format!(" AND {column} >= ")).push_bind(from);
+    }
+    if let Some(to) = &range.to {
+        let to = from_timestamp(to)
+            .ok_or_else(|| LeadError::invalid(field, "to is not a valid time"))?;
+        sql.push(format!(" AND {column} < ")).push_bind(to);
+    }
+    Ok(())
+}
+
+fn decode_token(token: &str, sort: SortField, descending: bool) -> Result<Cursor, LeadError> {
+    let bad = || LeadError::invalid("page_token", "is not a token issued for this sort order");
+    if token.len() % 2 != 0 || token.len() > 512 {
+        return Err(bad());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    let plain = String::from_utf8(bytes).map_err(|_| bad())?;
+    let parts: Vec<&str> = plain.split('|').collect();
+    let dir = if descending { "d" } else { "a" };
+    let [version, code, token_dir, key, id] = parts.as_slice() else {
+        return Err(bad());
+    };
+    if *version != "v1" || *code != sort.code() || *token_dir != dir {
+        return Err(bad());
+    }
+    let id: Uuid = id.parse().map_err(|_| bad())?;
+    match sort {
+        SortField::Score => Ok(Cursor::Score(key.parse().map_err(|_| bad())?, id)),
+        _ => {
+            let micros: i64 = key.parse().map_err(|_| bad())?;
+            Ok(Cursor::Time(
+                DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+                id,
+            ))
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Reads: one lead, a page of leads with its total, a lead's timeline.
+
+use crate::{
+    error::LeadError,
+    model::{LEAD_VIEW_COLUMNS, LeadView},
+    query::LeadQuery,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub async fn get_lead(pool: &PgPool, org_id: &str, lead_id: Uuid) -> Result<LeadView, LeadError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {LEAD_VIEW_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id \
+         WHERE l.org_id = $1 AND l.id = $2"
+    )))
+    .bind(org_id)
+    .bind(lead_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| LeadError::NotFound(lead_id.to_string()))
+}
+
+pub struct Page {
+    pub leads: Vec<LeadView>,
+    pub next_page_token: String,
+    pub total_count: Option<i64>,
+}
+
+pub async fn list_leads(
+    pool: &PgPool,
+    query: &LeadQuery,
+    with_total: bool,
+) -> Result<Page, LeadError> {
+    let mut sql = query.page_sql()?;
+    let mut leads: Vec<LeadView> = sql.build_query_as().fetch_all(pool).await?;
+    let has_more = leads.len() as i64 > query.page_size;
+    leads.truncate(query.page_size as usize);
+    let next_page_token = match (has_more, leads.last()) {
+        (true, Some(last)) => query.token_of(last),
+        _ => String::new(),
+    };
+    let total_count = if with_total {
+        Some(count(pool, query).await?)
+    } else {
+        None
+    };
+    Ok(Page {
+        leads,
+        next_page_token,
+        total_count,
+    })
+}
+
+pub async fn count(pool: &PgPool, query: &LeadQuery) -> Result<i64, LeadError> {
+    let mut sql = sqlx::QueryBuilder::new(
+        "SELECT count(*) FROM leads l JOIN contacts c ON c.id = l.contact_id",
+    );
+    query.push_filters(&mut sql)?;
+    Ok(sql.build_query_scalar().fetch_one(pool).await?)
+}

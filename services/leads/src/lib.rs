@@ -1,0 +1,105 @@
+//! Runs any set of the platform's services in one process, sharing one NATS connection.
+//! The `leads` binary is a thin shell around this; the test harness uses it in-process.
+
+use platform::{
+    ServiceName, Settings,
+    service::{Infra, Running},
+};
+use std::collections::BTreeSet;
+use tokio_util::sync::CancellationToken;
+
+/// Parses `all` or a comma-separated list of service names.
+pub fn parse_services(list: &str) -> Result<BTreeSet<ServiceName>, String> {
+    if list.trim() == "all" {
+        return Ok(ServiceName::ALL.into_iter().collect());
+    }
+    let services = list
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if services.is_empty() {
+        return Err("name at least one service, or all".into());
+    }
+    Ok(services)
+}
+
+/// The services of one process, running until their token is cancelled.
+pub struct System {
+    pub infra: Infra,
+    pub running: Vec<Running>,
+}
+
+impl System {
+    /// Starts `services` in a fixed order; a failure to start any of them is an error.
+    pub async fn start(
+        settings: Settings,
+        services: &BTreeSet<ServiceName>,
+        token: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let infra = Infra::connect(settings, "leads").await?;
+        let mut running = Vec::new();
+        for service in services {
+            let started = start_service(&infra, *service, token.clone()).await;
+            match started {
+                Ok(service) => running.push(service),
+                Err(error) => {
+                    token.cancel();
+                    return Err(error.context(format!("cannot start the {service} service")));
+                }
+            }
+        }
+        Ok(Self { infra, running })
+    }
+
+    pub fn grpc_addr(&self, service: ServiceName) -> Option<std::net::SocketAddr> {
+        self.running
+            .iter()
+            .find(|r| r.name == service)
+            .map(|r| r.grpc_addr)
+    }
+
+    /// Waits until every service has stopped; returns the first failure.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for service in self.running {
+            if let Err(error) = service.wait().await {
+                first_error.get_or_insert(error);
+            }
+        }
+        let _ = self.infra.nats.flush().await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+pub async fn start_service(
+    infra: &Infra,
+    service: ServiceName,
+    token: CancellationToken,
+) -> anyhow::Result<Running> {
+    match service {
+        ServiceName::Ingest => ingest::start(infra, token).await,
+        ServiceName::Lead => lead::start(infra, token).await,
+        ServiceName::Qualification => qualification::start(infra, token).await,
+        ServiceName::Assignment => assignment::start(infra, token).await,
+        ServiceName::FollowUp => followup::start(infra, token).await,
+        ServiceName::Broadcast => broadcast::start(infra, token).await,
+    }
+}
+
+/// Bootstraps and migrates every service's schema, then exits.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    for service in ServiceName::ALL {
+        let migrator = match service {
+            ServiceName::Ingest => &ingest::MIGRATOR,
+            ServiceName::Lead => &lead::MIGRATOR,
+            ServiceName::Qualification => &qualification::MIGRATOR,
+            ServiceName::Assignment => &assignment::MIGRATOR,
+            ServiceName::FollowUp => &followup::MIGRATOR,
+            ServiceName::Broadcast => &broadcast::MIGRATOR,
+        };
+        let pool = platform::db::connect_and_migrate(settings, service, migrator).await?;
+        pool.close().await;
+    }
+    Ok(())
+}

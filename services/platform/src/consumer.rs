@@ -1,0 +1,189 @@
+//! The one JetStream consumer loop. It owns ack/nak/term and caps concurrency; handlers see
+//! plain deliveries and say what became of each. A message is acknowledged only after the
+//! handler returns, which handlers do only after their transaction commits.
+
+use crate::settings::ConsumerSettings;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// One message as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<async_nats::HeaderMap>,
+    /// Position in the stream: a stable identity for the message itself.
+    pub stream_sequence: u64,
+    /// How many times it has been delivered, 1 the first time.
+    pub delivered: i64,
+}
+
+/// What the loop does with a message once the handler is done with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handled (applied, or refused and recorded): never deliver again.
+    Ack,
+    /// A passing failure: deliver again after a pause.
+    Retry,
+    /// Can never succeed and could not be recorded: stop delivering it.
+    Term,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    pub durable: String,
+    pub filter_subject: String,
+}
+
+pub async fn declare(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    settings: &ConsumerSettings,
+) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {} is missing: {e}", spec.stream))?;
+    let config = pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        filter_subject: spec.filter_subject.clone(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait(),
+        max_deliver: settings.max_deliver,
+        max_ack_pending: (settings.batch_size * settings.concurrency * 4).max(1000) as i64,
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(&spec.durable, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot declare consumer {}: {e}", spec.durable))
+}
+
+/// Runs until `token` is cancelled, then finishes and acknowledges the batches in flight.
+pub async fn run<H, Fut>(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    settings: ConsumerSettings,
+    token: CancellationToken,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Vec<Delivery>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Disposition>> + Send + 'static,
+{
+    let consumer = declare(&js, &spec, &settings).await?;
+    let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let mut in_flight = JoinSet::new();
+    tracing::info!(consumer = %spec.durable, stream = %spec.stream, "consumer started");
+    'outer: while !token.is_cancelled() {
+        let messages = match consumer
+            .stream()
+            .max_messages_per_batch(settings.batch_size.max(100))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(consumer = %spec.durable, %error, "cannot pull, retrying");
+                tokio::select! {
+                    _ = token.cancelled() => break 'outer,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
+                }
+            }
+        };
+        let mut chunks = messages.ready_chunks(settings.batch_size);
+        loop {
+            let permit = tokio::select! {
+                _ = token.cancelled() => break 'outer,
+                permit = permits.clone().acquire_owned() => permit?,
+            };
+            let chunk = tokio::select! {
+                _ = token.cancelled() => break 'outer,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else { continue 'outer };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(message) => batch.push(message),
+                    Err(error) => tracing::warn!(consumer = %spec.durable, %error, "pull error"),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let handler = handler.clone();
+            let span =
+                tracing::info_span!("consume", consumer = %spec.durable, messages = batch.len());
+            in_flight.spawn(
+                async move {
+                    let _permit = permit;
+                    handle_batch(batch, handler).await;
+                }
+                .instrument(span),
+            );
+            while let Some(done) = in_flight.try_join_next() {
+                if let Err(error) = done {
+                    tracing::error!(%error, "batch task failed");
+                }
+            }
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        if let Err(error) = done {
+            tracing::error!(%error, "batch task failed");
+        }
+    }
+    // Acks are plain publishes: make sure they have left before the process exits.
+    let _ = client.flush().await;
+    tracing::info!(consumer = %spec.durable, "consumer stopped");
+    Ok(())
+}
+
+async fn handle_batch<H, Fut>(batch: Vec<jetstream::Message>, handler: H)
+where
+    H: Fn(Vec<Delivery>) -> Fut,
+    Fut: Future<Output = Vec<Disposition>>,
+{
+    let deliveries: Vec<Delivery> = batch
+        .iter()
+        .map(|message| {
+            let (stream_sequence, delivered) = message
+                .info()
+                .map(|info| (info.stream_sequence, info.delivered))
+                .unwrap_or((0, 1));
+            Delivery {
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+                headers: message.headers.clone(),
+                stream_sequence,
+                delivered,
+            }
+        })
+        .collect();
+    let dispositions = handler(deliveries).await;
+    metrics::counter!("consumer_messages_total").increment(batch.len() as u64);
+    for (index, message) in batch.iter().enumerate() {
+        let kind = match dispositions
+            .get(index)
+            .copied()
+            .unwrap_or(Disposition::Retry)
+        {
+            Disposition::Ack => AckKind::Ack,
+            Disposition::Retry => AckKind::Nak(Some(Duration::from_millis(500))),
+            Disposition::Term => AckKind::Term,
+        };
+        if let Err(error) = message.ack_with(kind).await {
+            tracing::warn!(%error, subject = %message.subject, "ack failed; the message will be redelivered");
+        }
+    }
+}

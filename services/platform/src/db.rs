@@ -1,0 +1,101 @@
+//! Postgres: each service owns one schema and one role that can use nothing else. An admin
+//! connection bootstraps both (idempotently); the service then connects as its role with
+//! the schema as its search path, so its migrations table lands in its own schema.
+
+use crate::{ServiceName, Settings};
+use sqlx::{
+    AssertSqlSafe, Connection, PgConnection, PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use std::{str::FromStr, time::Duration};
+
+/// Creates the service's role and schema when missing. Needs the admin `database_url`.
+pub async fn bootstrap(settings: &Settings, service: ServiceName) -> anyhow::Result<()> {
+    let options = PgConnectOptions::from_str(&settings.database_url)?;
+    let mut admin = PgConnection::connect_with(&options).await?;
+    let role = service.role();
+    let schema = service.schema();
+    // Roles are cluster-wide: two databases bootstrapping at once may race on CREATE ROLE,
+    // which then fails with either of these two conditions.
+    let create_role = format!(
+        "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+    );
+    sqlx::raw_sql(AssertSqlSafe(create_role))
+        .execute(&mut admin)
+        .await?;
+    if let Some(password) = &settings.role_password {
+        let escaped = password.replace('\'', "''");
+        let alter = format!("ALTER ROLE {role} PASSWORD '{escaped}'");
+        sqlx::raw_sql(AssertSqlSafe(alter))
+            .execute(&mut admin)
+            .await?;
+    }
+    let mut tx = admin.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('leads-bootstrap'))")
+        .execute(&mut *tx)
+        .await?;
+    // Identifiers come from `ServiceName`, never from input.
+    let schema_ddl = format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}; \
+         REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+    );
+    sqlx::raw_sql(AssertSqlSafe(schema_ddl))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    admin.close().await?;
+    Ok(())
+}
+
+/// Options to connect as the service's own role, confined to its schema.
+pub fn service_options(
+    settings: &Settings,
+    service: ServiceName,
+) -> anyhow::Result<PgConnectOptions> {
+    let mut options = PgConnectOptions::from_str(&settings.database_url)?
+        .username(&service.role())
+        .application_name(&format!("leads-{service}"))
+        .options([("search_path", service.schema())]);
+    options = match &settings.role_password {
+        Some(password) => options.password(password),
+        None => options,
+    };
+    Ok(options)
+}
+
+/// Bootstraps, connects as the service's role and applies its migrations.
+pub async fn connect_and_migrate(
+    settings: &Settings,
+    service: ServiceName,
+    migrator: &Migrator,
+) -> anyhow::Result<PgPool> {
+    bootstrap(settings, service).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(service_options(settings, service)?)
+        .await?;
+    migrator.run(&pool).await?;
+    tracing::info!(service = %service, "database ready");
+    Ok(pool)
+}
+
+/// The SQLSTATE of a database error, for mapping errors by class rather than by text.
+pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether retrying the whole transaction may succeed: serialization failure, deadlock,
+/// or a unique violation raced by a concurrent writer.
+pub fn is_retryable(error: &sqlx::Error) -> bool {
+    matches!(
+        sqlstate(error).as_deref(),
+        Some("40001" | "40P01" | "23505")
+    ) || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
+}

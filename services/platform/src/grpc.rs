@@ -1,0 +1,57 @@
+//! Serves a service's gRPC routes beside `grpc.health.v1.Health` and server reflection, on a
+//! listener bound before returning so that port 0 works, until the token is cancelled.
+
+use std::net::SocketAddr;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+pub struct Serving {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// `service_names` are the fully qualified names health reports as SERVING.
+pub async fn serve(
+    listen: &str,
+    service_names: &[&str],
+    routes: Routes,
+    token: CancellationToken,
+) -> anyhow::Result<Serving> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in service_names {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(leads_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let routes = routes.add_service(health).add_service(reflection);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .trace_fn(crate::telemetry::grpc_request_span)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                token.cancelled().await;
+                for name in ["", "leads"] {
+                    reporter
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+            })
+            .await?;
+        Ok(())
+    });
+    Ok(Serving { addr, task })
+}

@@ -1,0 +1,209 @@
+//! NATS and JetStream: subject names under the configured prefix, and the streams the
+//! platform declares idempotently at start-up so that publishers never have to.
+
+use async_nats::jetstream::{self, stream};
+use std::time::Duration;
+
+/// Subject and stream names under one prefix. The external subjects of the contract
+/// (`interactions.<org>`, `broadcasts.<org>.messages|statuses`) are used verbatim when the
+/// prefix is empty, as it is in production.
+#[derive(Debug, Clone, Default)]
+pub struct Subjects {
+    prefix: String,
+}
+
+/// One JetStream stream the platform owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `interactions.>`: events from chat systems and integrations.
+    Interactions,
+    /// `broadcasts.>`: broadcast messages and their delivery statuses.
+    Broadcasts,
+    /// `deadletter.>`: refused events, republished with their reason.
+    DeadLetter,
+    /// `events.>`: the services' own events, published through their outboxes.
+    Events,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn interactions(&self, org_id: &str) -> String {
+        format!("{}interactions.{org_id}", self.prefix)
+    }
+
+    pub fn broadcast_messages(&self, org_id: &str) -> String {
+        format!("{}broadcasts.{org_id}.messages", self.prefix)
+    }
+
+    pub fn broadcast_statuses(&self, org_id: &str) -> String {
+        format!("{}broadcasts.{org_id}.statuses", self.prefix)
+    }
+
+    pub fn deadletter(&self, original_subject_without_prefix: &str) -> String {
+        format!(
+            "{}deadletter.{original_subject_without_prefix}",
+            self.prefix
+        )
+    }
+
+    /// `events.<service>.<org>.<kind>`: an internal event of one service.
+    pub fn event(&self, service: &str, org_id: &str, kind: &str) -> String {
+        format!("{}events.{service}.{org_id}.{kind}", self.prefix)
+    }
+
+    /// Every internal event of one service, for a consumer's filter.
+    pub fn events_of(&self, service: &str) -> String {
+        format!("{}events.{service}.>", self.prefix)
+    }
+
+    /// Strips the prefix from a received subject; `None` when it is not ours.
+    pub fn strip<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix(self.prefix.as_str())
+    }
+
+    /// The stream's name: subject prefix upper-cased, with characters a stream name may not
+    /// hold replaced.
+    pub fn stream_name(&self, kind: StreamKind) -> String {
+        let base = match kind {
+            StreamKind::Interactions => "INTERACTIONS",
+            StreamKind::Broadcasts => "BROADCASTS",
+            StreamKind::DeadLetter => "DEADLETTER",
+            StreamKind::Events => "EVENTS",
+        };
+        let prefix: String = self
+            .prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{prefix}{base}")
+    }
+
+    pub fn stream_subjects(&self, kind: StreamKind) -> Vec<String> {
+        let token = match kind {
+            StreamKind::Interactions => "interactions",
+            StreamKind::Broadcasts => "broadcasts",
+            StreamKind::DeadLetter => "deadletter",
+            StreamKind::Events => "events",
+        };
+        vec![format!("{}{token}.>", self.prefix)]
+    }
+}
+
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?;
+    Ok(client)
+}
+
+/// Declares a stream when it is missing. Never reconfigures an existing one: operators own
+/// retention once it exists.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    kind: StreamKind,
+) -> anyhow::Result<stream::Stream> {
+    let max_age = match kind {
+        StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events => {
+            Duration::from_secs(7 * 24 * 3600)
+        }
+        StreamKind::DeadLetter => Duration::from_secs(30 * 24 * 3600),
+    };
+    let config = stream::Config {
+        name: subjects.stream_name(kind),
+        subjects: subjects.stream_subjects(kind),
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let stream = js.get_or_create_stream(config).await.map_err(|e| {
+        anyhow::anyhow!("cannot declare stream {}: {e}", subjects.stream_name(kind))
+    })?;
+    Ok(stream)
+}
+
+/// Declares every stream of the platform.
+pub async fn ensure_all_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> anyhow::Result<()> {
+    for kind in [
+        StreamKind::Interactions,
+        StreamKind::Broadcasts,
+        StreamKind::DeadLetter,
+        StreamKind::Events,
+    ] {
+        ensure_stream(js, subjects, kind).await?;
+    }
+    Ok(())
+}
+
+/// Parses `Content-Type` into the payload's encoding; JSON is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Protobuf,
+}
+
+impl Encoding {
+    pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Result<Self, String> {
+        let Some(value) = headers.and_then(|h| h.get("Content-Type")) else {
+            return Ok(Encoding::Json);
+        };
+        let value = value.as_str().trim().to_ascii_lowercase();
+        let media = value.split(';').next().unwrap_or_default().trim();
+        match media {
+            "" | "application/json" => Ok(Encoding::Json),
+            "application/protobuf" | "application/x-protobuf" => Ok(Encoding::Protobuf),
+            other => Err(format!(
+                "Content-Type {other:?} is not supported; use application/json or application/protobuf"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_applies_to_subjects_and_stream_names() {
+        let plain = Subjects::default();
+        assert_eq!(plain.interactions("acme"), "interactions.acme");
+        assert_eq!(plain.stream_name(StreamKind::Events), "EVENTS");
+        let scoped = Subjects::new("t-9.x.");
+        assert_eq!(
+            scoped.broadcast_statuses("acme"),
+            "t-9.x.broadcasts.acme.statuses"
+        );
+        assert_eq!(
+            scoped.stream_name(StreamKind::Interactions),
+            "T-9_X_INTERACTIONS"
+        );
+        assert_eq!(
+            scoped.strip("t-9.x.interactions.acme"),
+            Some("interactions.acme")
+        );
+        assert_eq!(scoped.strip("interactions.acme"), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! The transactional outbox. A service writes the events it publishes into its own
+//! `outbox` table in the transaction that changes its state; the relay publishes them to
+//! JetStream with their id as `Nats-Msg-Id` and deletes them once the server has them.
+//! A crash between publish and delete publishes again, which the stream's duplicate window
+//! and idempotent consumers absorb.
+
+use async_nats::{HeaderMap, jetstream};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// An event waiting to be published.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub org_id: String,
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: Vec<u8>,
+}
+
+/// Adds messages to the outbox inside the caller's transaction.
+pub async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    messages: &[OutboxMessage],
+) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let traceparent = crate::telemetry::current_traceparent();
+    let mut orgs = Vec::with_capacity(messages.len());
+    let mut subjects = Vec::with_capacity(messages.len());
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut payloads = Vec::with_capacity(messages.len());
+    for message in messages {
+        orgs.push(message.org_id.as_str());
+        subjects.push(message.subject.as_str());
+        ids.push(message.msg_id.as_str());
+        payloads.push(message.payload.as_slice());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (org_id, subject, msg_id, payload, traceparent) \
+         SELECT o, s, m, p, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[]) AS t(o, s, m, p)",
+    )
+    .bind(&orgs)
+    .bind(&subjects)
+    .bind(&ids)
+    .bind(&payloads)
+    .bind(traceparent)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Wakes the relay after a commit so that events leave at once rather than at the next poll.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxSignal(Arc<Notify>);
+
+impl OutboxSignal {
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Publishes the outbox until `token` is cancelled, then drains what is committed.
+pub async fn relay(
+    pool: PgPool,
+    js: jetstream::Context,
+    signal: OutboxSignal,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let poll = Duration::from_millis(200);
+    loop {
+        match publish_batch(&pool, &js).await {
+            Ok(0) => {
+                if token.is_cancelled() {
+                    break;
+                }
+                tokio::select! {
+                    _ = signal.0.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = token.cancelled() => {}
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay failed, retrying");
+                if token.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+const RELAY_BATCH: i64 = 1000;
+
+async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, String, String, Vec<u8>, Option<String>)> = sqlx::query_as(
+        "SELECT id, subject, msg_id, payload, traceparent FROM outbox \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(RELAY_BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let mut acks = Vec::with_capacity(rows.len());
+    for (_, subject, msg_id, payload, traceparent) in &rows {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        headers.insert("Content-Type", "application/json");
+        if let Some(traceparent) = traceparent {
+            headers.insert("traceparent", traceparent.as_str());
+        }
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, payload.clone().into())
+            .await?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::counter!("outbox_published_total").increment(ids.len() as u64);
+    Ok(ids.len())
+}

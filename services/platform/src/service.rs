@@ -1,0 +1,116 @@
+//! What every service is built from and what it hands back while it runs.
+
+use crate::{Settings, nats::Subjects, outbox::OutboxSignal};
+use async_nats::jetstream;
+use std::net::SocketAddr;
+use tokio::task::JoinSet;
+
+/// Connections shared by the services of one process.
+#[derive(Clone)]
+pub struct Infra {
+    pub settings: Settings,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+}
+
+impl Infra {
+    /// Connects to NATS and declares the platform's streams.
+    pub async fn connect(settings: Settings, client_name: &str) -> anyhow::Result<Self> {
+        let nats = crate::nats::connect(&settings.nats_url, client_name).await?;
+        let js = jetstream::new(nats.clone());
+        let subjects = Subjects::new(settings.subject_prefix.clone());
+        crate::nats::ensure_all_streams(&js, &subjects).await?;
+        Ok(Self {
+            settings,
+            nats,
+            js,
+            subjects,
+        })
+    }
+}
+
+/// A running service: where its gRPC is served and the tasks that end after cancellation.
+pub struct Running {
+    pub name: crate::ServiceName,
+    pub grpc_addr: SocketAddr,
+    pub tasks: JoinSet<anyhow::Result<()>>,
+    pub outbox: Option<OutboxSignal>,
+}
+
+impl Running {
+    /// Waits for every task; the first failure is returned after all have ended.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(result) = self.tasks.join_next().await {
+            let error = match result {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error,
+                Err(join) => anyhow::anyhow!(join),
+            };
+            tracing::error!(service = %self.name, error = %error, "service task failed");
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The parts every service starts with: its pool (bootstrapped and migrated) and its outbox
+/// relay. Consumers are added to `tasks`; `serve` adds the gRPC server and hands back `Running`.
+pub struct ServiceBase {
+    pub name: crate::ServiceName,
+    pub pool: sqlx::PgPool,
+    pub outbox: OutboxSignal,
+    pub tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl ServiceBase {
+    pub async fn start(
+        infra: &Infra,
+        name: crate::ServiceName,
+        migrator: &sqlx::migrate::Migrator,
+        token: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let pool = crate::db::connect_and_migrate(&infra.settings, name, migrator).await?;
+        let outbox = OutboxSignal::default();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(crate::outbox::relay(
+            pool.clone(),
+            infra.js.clone(),
+            outbox.clone(),
+            token.clone(),
+        ));
+        Ok(Self {
+            name,
+            pool,
+            outbox,
+            tasks,
+        })
+    }
+
+    /// Serves `routes` (with health and reflection) on the service's configured address.
+    pub async fn serve(
+        mut self,
+        infra: &Infra,
+        grpc_names: &[&str],
+        routes: tonic::service::Routes,
+        token: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Running> {
+        let serving = crate::grpc::serve(
+            &infra.settings.grpc_addr(self.name),
+            grpc_names,
+            routes,
+            token,
+        )
+        .await?;
+        let task = serving.task;
+        self.tasks.spawn(async move { task.await? });
+        tracing::info!(service = %self.name, grpc = %serving.addr, "service started");
+        Ok(Running {
+            name: self.name,
+            grpc_addr: serving.addr,
+            tasks: self.tasks,
+            outbox: Some(self.outbox),
+        })
+    }
+}

@@ -1,0 +1,409 @@
+//! Settings from an optional TOML file, overridden by `LEADS_*` environment variables,
+//! validated once at start-up so that a bad value stops the process with a clear message.
+
+use serde::Deserialize;
+use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+/// The six services of the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceName {
+    Ingest,
+    Lead,
+    Qualification,
+    Assignment,
+    FollowUp,
+    Broadcast,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 6] = [
+        ServiceName::Ingest,
+        ServiceName::Lead,
+        ServiceName::Qualification,
+        ServiceName::Assignment,
+        ServiceName::FollowUp,
+        ServiceName::Broadcast,
+    ];
+
+    /// The name used on the command line, in settings and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Ingest => "ingest",
+            ServiceName::Lead => "lead",
+            ServiceName::Qualification => "qualification",
+            ServiceName::Assignment => "assignment",
+            ServiceName::FollowUp => "followup",
+            ServiceName::Broadcast => "broadcast",
+        }
+    }
+
+    /// The Postgres schema the service owns; no other service touches it.
+    pub fn schema(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// The Postgres role the service connects as; it can use its own schema only.
+    pub fn role(self) -> String {
+        format!("leads_{}", self.as_str())
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            ServiceName::Ingest => 50051,
+            ServiceName::Lead => 50052,
+            ServiceName::Qualification => 50053,
+            ServiceName::Assignment => 50054,
+            ServiceName::FollowUp => 50055,
+            ServiceName::Broadcast => 50056,
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "ingest" => Ok(ServiceName::Ingest),
+            "lead" | "leads" => Ok(ServiceName::Lead),
+            "qualification" => Ok(ServiceName::Qualification),
+            "assignment" => Ok(ServiceName::Assignment),
+            "followup" | "follow-up" => Ok(ServiceName::FollowUp),
+            "broadcast" | "broadcast-tracking" => Ok(ServiceName::Broadcast),
+            other => Err(format!(
+                "unknown service {other:?}; expected one of ingest, lead, qualification, assignment, followup, broadcast"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {field}: {reason}")]
+pub struct SettingsError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Admin connection, used to create each service's role and schema (bootstrap).
+    pub database_url: String,
+    /// Password of the per-service roles, when the server asks for one.
+    pub role_password: Option<String>,
+    pub database_max_connections: u32,
+    pub nats_url: String,
+    /// Prepended to every subject and (sanitised) stream name, so that environments and
+    /// tests sharing one NATS server do not see each other. Empty or ending in `.`.
+    pub subject_prefix: String,
+    /// OTLP/gRPC endpoint for traces; none means traces are not exported.
+    pub otlp_endpoint: Option<String>,
+    /// Where `/metrics` is served in Prometheus format; none disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    pub grpc: GrpcSettings,
+    /// Where other services are reached over gRPC.
+    pub endpoints: Endpoints,
+    pub consumer: ConsumerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSettings {
+    pub host: String,
+    pub ingest_port: u16,
+    pub lead_port: u16,
+    pub qualification_port: u16,
+    pub assignment_port: u16,
+    pub followup_port: u16,
+    pub broadcast_port: u16,
+}
+
+impl GrpcSettings {
+    pub fn port(&self, service: ServiceName) -> u16 {
+        match service {
+            ServiceName::Ingest => self.ingest_port,
+            ServiceName::Lead => self.lead_port,
+            ServiceName::Qualification => self.qualification_port,
+            ServiceName::Assignment => self.assignment_port,
+            ServiceName::FollowUp => self.followup_port,
+            ServiceName::Broadcast => self.broadcast_port,
+        }
+    }
+
+    pub fn set_port(&mut self, service: ServiceName, port: u16) {
+        let slot = match service {
+            ServiceName::Ingest => &mut self.ingest_port,
+            ServiceName::Lead => &mut self.lead_port,
+            ServiceName::Qualification => &mut self.qualification_port,
+            ServiceName::Assignment => &mut self.assignment_port,
+            ServiceName::FollowUp => &mut self.followup_port,
+            ServiceName::Broadcast => &mut self.broadcast_port,
+        };
+        *slot = port;
+    }
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        let port = ServiceName::default_port;
+        Self {
+            host: "127.0.0.1".into(),
+            ingest_port: port(ServiceName::Ingest),
+            lead_port: port(ServiceName::Lead),
+            qualification_port: port(ServiceName::Qualification),
+            assignment_port: port(ServiceName::Assignment),
+            followup_port: port(ServiceName::FollowUp),
+            broadcast_port: port(ServiceName::Broadcast),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoints {
+    pub lead: String,
+    pub broadcast: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            lead: format!("http://127.0.0.1:{}", ServiceName::Lead.default_port()),
+            broadcast: format!("http://127.0.0.1:{}", ServiceName::Broadcast.default_port()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Messages handled in one transaction.
+    pub batch_size: usize,
+    /// Batches in flight at once per consumer.
+    pub concurrency: usize,
+    /// Seconds before an unacknowledged message is delivered again.
+    pub ack_wait_secs: u64,
+    /// Deliveries after which a message that keeps failing is parked.
+    pub max_deliver: i64,
+}
+
+impl ConsumerSettings {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            concurrency: 4,
+            ack_wait_secs: 30,
+            max_deliver: 20,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/leads".into(),
+            role_password: None,
+            database_max_connections: 10,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: String::new(),
+            otlp_endpoint: None,
+            metrics_addr: None,
+            grpc: GrpcSettings::default(),
+            endpoints: Endpoints::default(),
+            consumer: ConsumerSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the file (when given), then the environment, then validates.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut settings = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read settings file {}: {e}", path.display())
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(|key| std::env::var(key).ok())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Applies `LEADS_*` variables; `lookup` is injectable so tests need not touch the
+    /// process environment.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), SettingsError> {
+        fn parse<T: FromStr>(key: &str, value: String) -> Result<T, SettingsError>
+        where
+            T::Err: fmt::Display,
+        {
+            value
+                .parse()
+                .map_err(|e: T::Err| invalid(key, e.to_string()))
+        }
+        if let Some(v) = lookup("LEADS_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = lookup("LEADS_ROLE_PASSWORD") {
+            self.role_password = Some(v);
+        }
+        if let Some(v) = lookup("LEADS_DATABASE_MAX_CONNECTIONS") {
+            self.database_max_connections = parse("LEADS_DATABASE_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_NATS_URL") {
+            self.nats_url = v;
+        }
+        if let Some(v) = lookup("LEADS_SUBJECT_PREFIX") {
+            self.subject_prefix = v;
+        }
+        if let Some(v) =
+            lookup("LEADS_OTLP_ENDPOINT").or_else(|| lookup("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        {
+            self.otlp_endpoint = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = lookup("LEADS_METRICS_ADDR") {
+            self.metrics_addr = if v.is_empty() {
+                None
+            } else {
+                Some(parse("LEADS_METRICS_ADDR", v)?)
+            };
+        }
+        if let Some(v) = lookup("LEADS_GRPC_HOST") {
+            self.grpc.host = v;
+        }
+        for service in ServiceName::ALL {
+            let key = format!("LEADS_GRPC_{}_PORT", service.as_str().to_uppercase());
+            if let Some(v) = lookup(&key) {
+                self.grpc.set_port(service, parse(&key, v)?);
+            }
+        }
+        if let Some(v) = lookup("LEADS_LEAD_ENDPOINT") {
+            self.endpoints.lead = v;
+        }
+        if let Some(v) = lookup("LEADS_BROADCAST_ENDPOINT") {
+            self.endpoints.broadcast = v;
+        }
+        if let Some(v) = lookup("LEADS_CONSUMER_BATCH_SIZE") {
+            self.consumer.batch_size = parse("LEADS_CONSUMER_BATCH_SIZE", v)?;
+        }
+        if let Some(v) = lookup("LEADS_CONSUMER_CONCURRENCY") {
+            self.consumer.concurrency = parse("LEADS_CONSUMER_CONCURRENCY", v)?;
+        }
+        if let Some(v) = lookup("LEADS_CONSUMER_ACK_WAIT_SECS") {
+            self.consumer.ack_wait_secs = parse("LEADS_CONSUMER_ACK_WAIT_SECS", v)?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
+            return Err(invalid("nats_url", "must start with nats:// or tls://"));
+        }
+        let prefix = &self.subject_prefix;
+        if !prefix.is_empty() {
+            let body = prefix
+                .strip_suffix('.')
+                .ok_or_else(|| invalid("subject_prefix", "must end with '.'"))?;
+            if body.is_empty()
+                || !body.split('.').all(|token| {
+                    !token.is_empty()
+                        && token
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                })
+            {
+                return Err(invalid(
+                    "subject_prefix",
+                    "tokens may hold only letters, digits, '_' and '-'",
+                ));
+            }
+        }
+        if self.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
+        }
+        if self.consumer.batch_size == 0 || self.consumer.batch_size > 5000 {
+            return Err(invalid("consumer.batch_size", "must be between 1 and 5000"));
+        }
+        if self.consumer.concurrency == 0 || self.consumer.concurrency > 64 {
+            return Err(invalid("consumer.concurrency", "must be between 1 and 64"));
+        }
+        if self.consumer.ack_wait_secs == 0 {
+            return Err(invalid("consumer.ack_wait_secs", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn grpc_addr(&self, service: ServiceName) -> String {
+        format!("{}:{}", self.grpc.host, self.grpc.port(service))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_and_validation_names_the_field() {
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|k| match k {
+                "LEADS_SUBJECT_PREFIX" => Some("t1.".into()),
+                "LEADS_GRPC_LEAD_PORT" => Some("0".into()),
+                _ => None,
+            })
+            .expect("valid variables");
+        assert_eq!(settings.subject_prefix, "t1.");
+        assert_eq!(settings.grpc.port(ServiceName::Lead), 0);
+        settings.validate().expect("valid");
+
+        settings.subject_prefix = "no-dot".into();
+        let err = settings.validate().expect_err("prefix must end with a dot");
+        assert_eq!(err.field, "subject_prefix");
+
+        let err = Settings::default()
+            .apply_env(|k| (k == "LEADS_CONSUMER_BATCH_SIZE").then(|| "many".into()))
+            .expect_err("not a number");
+        assert_eq!(err.field, "LEADS_CONSUMER_BATCH_SIZE");
+    }
+
+    #[test]
+    fn service_names_round_trip() {
+        for service in ServiceName::ALL {
+            assert_eq!(service.as_str().parse::<ServiceName>(), Ok(service));
+        }
+        assert!("billing".parse::<ServiceName>().is_err());
+    }
+}
