@@ -7,5 +7,4 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of `leads.v1`, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/leads_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/leads_descriptor.bin"));

@@ -15,8 +15,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let base = ServiceBase::start(infra, ServiceName::Assignment, &MIGRATOR, &token).await?;
     let routes = tonic::service::Routes::new(server::AssignmentServiceServer::new(AssignmentApi));
-    base.serve(infra, &["leads.v1.AssignmentService"], routes, token)
-        .await
+    base.serve(infra, &["leads.v1.AssignmentService"], routes, token).await
 }
 
 struct AssignmentApi;
@@ -27,31 +26,19 @@ fn not_yet(method: &str) -> Status {
 
 #[tonic::async_trait]
 impl server::AssignmentService for AssignmentApi {
-    async fn upsert_agent(
-        &self,
-        _: Request<pb::UpsertAgentRequest>,
-    ) -> Result<Response<pb::Agent>, Status> {
+    async fn upsert_agent(&self, _: Request<pb::UpsertAgentRequest>) -> Result<Response<pb::Agent>, Status> {
         Err(not_yet("UpsertAgent"))
     }
 
-    async fn list_agents(
-        &self,
-        _: Request<pb::ListAgentsRequest>,
-    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(&self, _: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
         Err(not_yet("ListAgents"))
     }
 
-    async fn assign_lead(
-        &self,
-        _: Request<pb::AssignLeadRequest>,
-    ) -> Result<Response<pb::Assignment>, Status> {
+    async fn assign_lead(&self, _: Request<pb::AssignLeadRequest>) -> Result<Response<pb::Assignment>, Status> {
         Err(not_yet("AssignLead"))
     }
 
-    async fn bulk_assign(
-        &self,
-        _: Request<pb::BulkAssignRequest>,
-    ) -> Result<Response<pb::BulkAssignResponse>, Status> {
+    async fn bulk_assign(&self, _: Request<pb::BulkAssignRequest>) -> Result<Response<pb::BulkAssignResponse>, Status> {
         Err(not_yet("BulkAssign"))
     }
 

@@ -13,10 +13,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let base = ServiceBase::start(infra, ServiceName::Broadcast, &MIGRATOR, &token).await?;
-    let routes =
-        tonic::service::Routes::new(server::BroadcastTrackingServiceServer::new(BroadcastApi));
-    base.serve(infra, &["leads.v1.BroadcastTrackingService"], routes, token)
-        .await
+    let routes = tonic::service::Routes::new(server::BroadcastTrackingServiceServer::new(BroadcastApi));
+    base.serve(infra, &["leads.v1.BroadcastTrackingService"], routes, token).await
 }
 
 struct BroadcastApi;
@@ -27,17 +25,13 @@ impl server::BroadcastTrackingService for BroadcastApi {
         &self,
         _: Request<pb::GetBroadcastHistoryRequest>,
     ) -> Result<Response<pb::GetBroadcastHistoryResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetBroadcastHistory is not available yet",
-        ))
+        Err(Status::unimplemented("GetBroadcastHistory is not available yet"))
     }
 
     async fn get_campaign_stats(
         &self,
         _: Request<pb::GetCampaignStatsRequest>,
     ) -> Result<Response<pb::CampaignStats>, Status> {
-        Err(Status::unimplemented(
-            "GetCampaignStats is not available yet",
-        ))
+        Err(Status::unimplemented("GetCampaignStats is not available yet"))
     }
 }

@@ -15,8 +15,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let base = ServiceBase::start(infra, ServiceName::FollowUp, &MIGRATOR, &token).await?;
     let routes = tonic::service::Routes::new(server::FollowUpServiceServer::new(FollowUpApi));
-    base.serve(infra, &["leads.v1.FollowUpService"], routes, token)
-        .await
+    base.serve(infra, &["leads.v1.FollowUpService"], routes, token).await
 }
 
 struct FollowUpApi;
@@ -27,10 +26,7 @@ fn not_yet(method: &str) -> Status {
 
 #[tonic::async_trait]
 impl server::FollowUpService for FollowUpApi {
-    async fn create_follow_up(
-        &self,
-        _: Request<pb::CreateFollowUpRequest>,
-    ) -> Result<Response<pb::FollowUp>, Status> {
+    async fn create_follow_up(&self, _: Request<pb::CreateFollowUpRequest>) -> Result<Response<pb::FollowUp>, Status> {
         Err(not_yet("CreateFollowUp"))
     }
 
@@ -48,10 +44,7 @@ impl server::FollowUpService for FollowUpApi {
         Err(not_yet("CompleteFollowUp"))
     }
 
-    async fn cancel_follow_up(
-        &self,
-        _: Request<pb::FollowUpActionRequest>,
-    ) -> Result<Response<pb::FollowUp>, Status> {
+    async fn cancel_follow_up(&self, _: Request<pb::FollowUpActionRequest>) -> Result<Response<pb::FollowUp>, Status> {
         Err(not_yet("CancelFollowUp"))
     }
 }

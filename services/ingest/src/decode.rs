@@ -7,8 +7,8 @@ use prost::Message;
 use serde_json::{Map, Value};
 
 pub fn from_json(payload: &[u8]) -> Result<RawEvent, Refusal> {
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| Refusal::new("payload", format!("is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| Refusal::new("payload", format!("is not valid JSON: {e}")))?;
     let Value::Object(root) = value else {
         return Err(Refusal::new("payload", "must be a JSON object"));
     };
@@ -32,10 +32,9 @@ pub fn from_json(payload: &[u8]) -> Result<RawEvent, Refusal> {
     };
     let integration = match root.get("integration") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(i)) => Some((
-            string_at(i, "integration.name", "name")?,
-            string_at(i, "integration.reference", "reference")?,
-        )),
+        Some(Value::Object(i)) => {
+            Some((string_at(i, "integration.name", "name")?, string_at(i, "integration.reference", "reference")?))
+        }
         Some(_) => return Err(Refusal::new("integration", "must be an object")),
     };
     let attributes = match root.get("attributes") {
@@ -84,12 +83,8 @@ fn string_at(map: &Map<String, Value>, path: &str, key: &str) -> Result<Option<S
 }
 
 pub fn from_protobuf(payload: &[u8]) -> Result<RawEvent, Refusal> {
-    let event = pb::InteractionEvent::decode(payload).map_err(|e| {
-        Refusal::new(
-            "payload",
-            format!("is not a valid leads.v1.InteractionEvent: {e}"),
-        )
-    })?;
+    let event = pb::InteractionEvent::decode(payload)
+        .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.InteractionEvent: {e}")))?;
     from_proto(event)
 }
 
@@ -101,11 +96,8 @@ pub fn from_proto(event: pb::InteractionEvent) -> Result<RawEvent, Refusal> {
     let occurred_at = match event.occurred_at {
         None => None,
         Some(ts) => {
-            let parsed = chrono::DateTime::from_timestamp(
-                ts.seconds,
-                u32::try_from(ts.nanos).unwrap_or(u32::MAX),
-            )
-            .ok_or_else(|| Refusal::new("occurred_at", "is not a valid timestamp"))?;
+            let parsed = chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(u32::MAX))
+                .ok_or_else(|| Refusal::new("occurred_at", "is not a valid timestamp"))?;
             Some(RawTime::Parsed(parsed))
         }
     };
@@ -124,9 +116,7 @@ pub fn from_proto(event: pb::InteractionEvent) -> Result<RawEvent, Refusal> {
         agent_id: opt(event.agent_id),
         text: opt(event.text),
         conversation_id: opt(event.conversation_id),
-        broadcast: event
-            .broadcast
-            .map(|b| (opt(b.message_id), opt(b.campaign_id))),
+        broadcast: event.broadcast.map(|b| (opt(b.message_id), opt(b.campaign_id))),
         integration: event.integration.map(|i| (opt(i.name), opt(i.reference))),
         attributes: event.attributes.into_iter().collect(),
     })

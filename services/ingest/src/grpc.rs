@@ -15,18 +15,12 @@ pub struct IngestApi {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> IngestError {
-    IngestError::InvalidArgument {
-        field: field.to_owned(),
-        reason: reason.into(),
-    }
+    IngestError::InvalidArgument { field: field.to_owned(), reason: reason.into() }
 }
 
 #[tonic::async_trait]
 impl IngestService for IngestApi {
-    async fn ingest(
-        &self,
-        request: Request<pb::IngestRequest>,
-    ) -> Result<Response<pb::IngestResponse>, Status> {
+    async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         let request = request.into_inner();
         validate::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
         if request.events.is_empty() {
@@ -42,10 +36,9 @@ impl IngestService for IngestApi {
                 let payload = event.encode_to_vec();
                 let event_id = (!event.event_id.is_empty()).then(|| event.event_id.clone());
                 match decode::from_proto(event).and_then(validate::validate) {
-                    Ok(interaction) => Candidate::Valid {
-                        org_id: request.org_id.clone(),
-                        interaction: Box::new(interaction),
-                    },
+                    Ok(interaction) => {
+                        Candidate::Valid { org_id: request.org_id.clone(), interaction: Box::new(interaction) }
+                    }
                     Err(refusal) => Candidate::Refused {
                         org_id: request.org_id.clone(),
                         event_id,
@@ -67,24 +60,13 @@ impl IngestService for IngestApi {
                     Candidate::Refused { event_id, .. } => event_id.clone().unwrap_or_default(),
                 };
                 let (outcome, field, reason) = match outcome {
-                    Outcome::Accepted => {
-                        (pb::IngestOutcome::Accepted, String::new(), String::new())
+                    Outcome::Accepted => (pb::IngestOutcome::Accepted, String::new(), String::new()),
+                    Outcome::Duplicate => (pb::IngestOutcome::Duplicate, String::new(), String::new()),
+                    Outcome::Rejected(refusal) => {
+                        (pb::IngestOutcome::Rejected, refusal.field.clone(), refusal.to_string())
                     }
-                    Outcome::Duplicate => {
-                        (pb::IngestOutcome::Duplicate, String::new(), String::new())
-                    }
-                    Outcome::Rejected(refusal) => (
-                        pb::IngestOutcome::Rejected,
-                        refusal.field.clone(),
-                        refusal.to_string(),
-                    ),
                 };
-                pb::IngestResult {
-                    event_id,
-                    outcome: outcome as i32,
-                    reason,
-                    field,
-                }
+                pb::IngestResult { event_id, outcome: outcome as i32, reason, field }
             })
             .collect();
         Ok(Response::new(pb::IngestResponse { results }))
@@ -101,30 +83,19 @@ impl IngestService for IngestApi {
             n if (1..=1000).contains(&n) => i64::from(n),
             _ => return Err(invalid("page_size", "must be between 1 and 1000").into()),
         };
-        let after: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> =
-            if request.page_token.is_empty() {
-                None
-            } else {
-                let (at, id) = request
-                    .page_token
-                    .split_once('|')
-                    .ok_or_else(|| invalid("page_token", "is not a token this service issued"))?;
-                let at = chrono::DateTime::parse_from_rfc3339(at)
-                    .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
-                let id = id
-                    .parse()
-                    .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
-                Some((at.into(), id))
-            };
-        type Row = (
-            uuid::Uuid,
-            Option<String>,
-            String,
-            String,
-            String,
-            Vec<u8>,
-            chrono::DateTime<chrono::Utc>,
-        );
+        let after: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> = if request.page_token.is_empty() {
+            None
+        } else {
+            let (at, id) = request
+                .page_token
+                .split_once('|')
+                .ok_or_else(|| invalid("page_token", "is not a token this service issued"))?;
+            let at = chrono::DateTime::parse_from_rfc3339(at)
+                .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
+            let id = id.parse().map_err(|_| invalid("page_token", "is not a token this service issued"))?;
+            Some((at.into(), id))
+        };
+        type Row = (uuid::Uuid, Option<String>, String, String, String, Vec<u8>, chrono::DateTime<chrono::Utc>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, event_id, subject, field, reason, payload, received_at FROM rejections \
              WHERE org_id = $1 AND ($2::timestamptz IS NULL OR (received_at, id) < ($2, $3)) \
@@ -145,21 +116,16 @@ impl IngestService for IngestApi {
         };
         let rejections = rows
             .iter()
-            .map(
-                |(id, event_id, subject, field, reason, payload, at)| pb::Rejection {
-                    id: id.to_string(),
-                    event_id: event_id.clone().unwrap_or_default(),
-                    subject: subject.clone(),
-                    field: field.clone(),
-                    reason: reason.clone(),
-                    payload: payload.clone(),
-                    received_at: at.to_rfc3339(),
-                },
-            )
+            .map(|(id, event_id, subject, field, reason, payload, at)| pb::Rejection {
+                id: id.to_string(),
+                event_id: event_id.clone().unwrap_or_default(),
+                subject: subject.clone(),
+                field: field.clone(),
+                reason: reason.clone(),
+                payload: payload.clone(),
+                received_at: at.to_rfc3339(),
+            })
             .collect();
-        Ok(Response::new(pb::ListRejectionsResponse {
-            rejections,
-            next_page_token,
-        }))
+        Ok(Response::new(pb::ListRejectionsResponse { rejections, next_page_token }))
     }
 }

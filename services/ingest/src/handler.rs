@@ -90,9 +90,7 @@ pub async fn handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
     loop {
         attempt += 1;
         match try_handle(ctx, batch).await {
-            Err(IngestError::Database(error))
-                if attempt < 5 && platform::db::is_retryable(&error) =>
-            {
+            Err(IngestError::Database(error)) if attempt < 5 && platform::db::is_retryable(&error) => {
                 tracing::debug!(%error, attempt, "retrying ingest batch");
             }
             result => return result,
@@ -105,31 +103,15 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
     let mut orgs = Vec::new();
     let mut event_ids = Vec::new();
     let mut refused_keys = Vec::new();
-    let (mut r_orgs, mut r_events, mut r_subjects, mut r_fields, mut r_reasons, mut r_payloads) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let (mut r_orgs, mut r_events, mut r_subjects, mut r_fields, mut r_reasons, mut r_payloads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for candidate in batch {
         match candidate {
-            Candidate::Valid {
-                org_id,
-                interaction,
-            } => {
+            Candidate::Valid { org_id, interaction } => {
                 orgs.push(org_id.as_str());
                 event_ids.push(interaction.event_id.as_str());
             }
-            Candidate::Refused {
-                org_id,
-                event_id,
-                subject,
-                refusal,
-                payload,
-                source_key,
-            } => {
+            Candidate::Refused { org_id, event_id, subject, refusal, payload, source_key } => {
                 refused_keys.push(source_key.as_str());
                 r_orgs.push(org_id.as_str());
                 r_events.push(event_id.as_deref());
@@ -180,21 +162,14 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
     let mut forwarded: HashSet<(&str, &str)> = HashSet::new();
     for candidate in batch {
         match candidate {
-            Candidate::Valid {
-                org_id,
-                interaction,
-            } => {
+            Candidate::Valid { org_id, interaction } => {
                 let key = (org_id.as_str(), interaction.event_id.as_str());
-                let is_new = inserted.contains(&(key.0.to_owned(), key.1.to_owned()))
-                    && forwarded.insert(key);
+                let is_new = inserted.contains(&(key.0.to_owned(), key.1.to_owned())) && forwarded.insert(key);
                 if is_new {
                     let envelope = Envelope::new(
                         org_id,
                         INTERACTION_ACCEPTED,
-                        Uuid::new_v5(
-                            &Uuid::NAMESPACE_OID,
-                            format!("{org_id}/{}", interaction.event_id).as_bytes(),
-                        ),
+                        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{org_id}/{}", interaction.event_id).as_bytes()),
                         1,
                         interaction.as_ref(),
                     );
@@ -209,23 +184,9 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
                     outcomes.push(Outcome::Duplicate);
                 }
             }
-            Candidate::Refused {
-                org_id,
-                event_id,
-                subject,
-                refusal,
-                payload,
-                source_key,
-            } => {
+            Candidate::Refused { org_id, event_id, subject, refusal, payload, source_key } => {
                 if newly_refused.contains(source_key) {
-                    messages.push(dead_letter(
-                        ctx,
-                        org_id,
-                        event_id.as_deref(),
-                        subject,
-                        refusal,
-                        payload,
-                    ));
+                    messages.push(dead_letter(ctx, org_id, event_id.as_deref(), subject, refusal, payload));
                 }
                 outcomes.push(Outcome::Rejected(refusal.clone()));
             }

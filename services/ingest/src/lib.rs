@@ -27,11 +27,7 @@ pub const DURABLE: &str = "ingest";
 /// Starts the consumer, the outbox relay and the gRPC server; they run until `token` fires.
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Ingest, &MIGRATOR, &token).await?;
-    let ctx = IngestContext {
-        pool: base.pool.clone(),
-        subjects: infra.subjects.clone(),
-        outbox: base.outbox.clone(),
-    };
+    let ctx = IngestContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
     let spec = ConsumerSpec {
         stream: infra.subjects.stream_name(StreamKind::Interactions),
         durable: DURABLE.into(),
@@ -50,20 +46,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         },
     ));
     let routes = tonic::service::Routes::new(
-        leads_proto::v1::ingest_service_server::IngestServiceServer::new(grpc::IngestApi {
-            ctx: ctx.clone(),
-        })
-        .max_decoding_message_size(16 * 1024 * 1024),
+        leads_proto::v1::ingest_service_server::IngestServiceServer::new(grpc::IngestApi { ctx: ctx.clone() })
+            .max_decoding_message_size(16 * 1024 * 1024),
     );
-    base.serve(infra, &["leads.v1.IngestService"], routes, token)
-        .await
+    base.serve(infra, &["leads.v1.IngestService"], routes, token).await
 }
 
 async fn consume(ctx: &IngestContext, batch: Vec<Delivery>) -> Vec<Disposition> {
-    let candidates: Vec<Candidate> = batch
-        .iter()
-        .map(|d| candidate_from_delivery(ctx, d))
-        .collect();
+    let candidates: Vec<Candidate> = batch.iter().map(|d| candidate_from_delivery(ctx, d)).collect();
     match handler::handle(ctx, &candidates).await {
         Ok(outcomes) => outcomes
             .iter()
@@ -84,10 +74,7 @@ async fn consume(ctx: &IngestContext, batch: Vec<Delivery>) -> Vec<Disposition> 
 /// Decodes and validates one message; anything wrong becomes a refusal, never a panic.
 pub fn candidate_from_delivery(ctx: &IngestContext, delivery: &Delivery) -> Candidate {
     let source_key = format!("js:{}:{}", ctx.subjects.prefix(), delivery.stream_sequence);
-    let subject = ctx
-        .subjects
-        .strip(&delivery.subject)
-        .unwrap_or(&delivery.subject);
+    let subject = ctx.subjects.strip(&delivery.subject).unwrap_or(&delivery.subject);
     let refused = |org_id: String, event_id: Option<String>, refusal: Refusal| Candidate::Refused {
         org_id,
         event_id,
@@ -102,20 +89,14 @@ pub fn candidate_from_delivery(ctx: &IngestContext, delivery: &Delivery) -> Cand
             return refused(
                 String::new(),
                 None,
-                Refusal::new(
-                    "subject",
-                    format!("{subject:?} is not interactions.<org_id> with a valid org_id"),
-                ),
+                Refusal::new("subject", format!("{subject:?} is not interactions.<org_id> with a valid org_id")),
             );
         }
     };
     if delivery.payload.len() > MAX_PAYLOAD_BYTES {
         let refusal = Refusal::new(
             "payload",
-            format!(
-                "is {} bytes, more than the {MAX_PAYLOAD_BYTES} allowed",
-                delivery.payload.len()
-            ),
+            format!("is {} bytes, more than the {MAX_PAYLOAD_BYTES} allowed", delivery.payload.len()),
         );
         return refused(org_id, None, refusal);
     }
@@ -126,10 +107,7 @@ pub fn candidate_from_delivery(ctx: &IngestContext, delivery: &Delivery) -> Cand
     };
     let event_id_hint = raw.as_ref().ok().and_then(|r| r.event_id.clone());
     match raw.and_then(validate::validate) {
-        Ok(interaction) => Candidate::Valid {
-            org_id,
-            interaction: Box::new(interaction),
-        },
+        Ok(interaction) => Candidate::Valid { org_id, interaction: Box::new(interaction) },
         Err(refusal) => refused(org_id, event_id_hint, refusal),
     }
 }

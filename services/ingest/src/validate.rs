@@ -1,8 +1,8 @@
 //! The contract's rules for an InteractionEvent. Each refusal names the field at fault.
 
 use crate::event::{
-    BroadcastInfo, ContactInfo, Direction, IntegrationInfo, Interaction, Kind, MAX_ATTRIBUTES,
-    MAX_EVENT_ID_CHARS, MAX_TEXT_CHARS, RawEvent, RawTime, Refusal,
+    BroadcastInfo, ContactInfo, Direction, IntegrationInfo, Interaction, Kind, MAX_ATTRIBUTES, MAX_EVENT_ID_CHARS,
+    MAX_TEXT_CHARS, RawEvent, RawTime, Refusal,
 };
 use chrono::{DateTime, Utc};
 
@@ -14,14 +14,8 @@ pub fn validate_org_id(org_id: &str) -> Result<(), Refusal> {
     if org_id.is_empty() || org_id.len() > 64 {
         return Err(Refusal::new("org_id", "must be 1 to 64 characters"));
     }
-    if !org_id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(Refusal::new(
-            "org_id",
-            "may hold only letters, digits, '_' and '-'",
-        ));
+    if !org_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(Refusal::new("org_id", "may hold only letters, digits, '_' and '-'"));
     }
     Ok(())
 }
@@ -30,18 +24,13 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
     let event_id = required(raw.event_id, "event_id")?;
     let chars = event_id.chars().count();
     if chars > MAX_EVENT_ID_CHARS {
-        return Err(Refusal::new(
-            "event_id",
-            format!("must be at most {MAX_EVENT_ID_CHARS} characters, got {chars}"),
-        ));
+        return Err(Refusal::new("event_id", format!("must be at most {MAX_EVENT_ID_CHARS} characters, got {chars}")));
     }
     let occurred_at = match raw.occurred_at {
         None => return Err(Refusal::new("occurred_at", "is required")),
         Some(RawTime::Parsed(at)) => at,
         Some(RawTime::Text(text)) => DateTime::parse_from_rfc3339(text.trim())
-            .map_err(|e| {
-                Refusal::new("occurred_at", format!("must be an RFC 3339 timestamp: {e}"))
-            })?
+            .map_err(|e| Refusal::new("occurred_at", format!("must be an RFC 3339 timestamp: {e}")))?
             .with_timezone(&Utc),
     };
     let kind = match required(raw.kind, "kind")?.as_str() {
@@ -59,10 +48,7 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         None | Some("") | Some("inbound") => Direction::Inbound,
         Some("outbound") => Direction::Outbound,
         Some(other) => {
-            return Err(Refusal::new(
-                "direction",
-                format!("must be inbound or outbound; got {other:?}"),
-            ));
+            return Err(Refusal::new("direction", format!("must be inbound or outbound; got {other:?}")));
         }
     };
     let channel = match raw.channel.map(|c| c.trim().to_ascii_lowercase()) {
@@ -70,55 +56,33 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         Some(c) if c.is_empty() => "whatsapp".to_owned(),
         Some(c) => bounded(c, "channel", 64)?,
     };
-    let contact = raw
-        .contact
-        .ok_or_else(|| Refusal::new("contact", "is required"))?;
-    let phone = contact
-        .phone
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| normalize_phone(&p))
-        .transpose()?;
-    let external_id = non_empty(contact.external_id)
-        .map(|e| bounded(e, "contact.external_id", MAX_SHORT_CHARS))
-        .transpose()?;
+    let contact = raw.contact.ok_or_else(|| Refusal::new("contact", "is required"))?;
+    let phone = contact.phone.filter(|p| !p.trim().is_empty()).map(|p| normalize_phone(&p)).transpose()?;
+    let external_id =
+        non_empty(contact.external_id).map(|e| bounded(e, "contact.external_id", MAX_SHORT_CHARS)).transpose()?;
     if phone.is_none() && external_id.is_none() {
-        return Err(Refusal::new(
-            "contact",
-            "needs at least one of phone or external_id",
-        ));
+        return Err(Refusal::new("contact", "needs at least one of phone or external_id"));
     }
-    let name = non_empty(contact.name)
-        .map(|n| bounded(n, "contact.name", MAX_SHORT_CHARS))
-        .transpose()?;
-    let email = non_empty(contact.email)
-        .map(|e| validate_email(&e))
-        .transpose()?;
+    let name = non_empty(contact.name).map(|n| bounded(n, "contact.name", MAX_SHORT_CHARS)).transpose()?;
+    let email = non_empty(contact.email).map(|e| validate_email(&e)).transpose()?;
     let text = raw.text.filter(|t| !t.is_empty());
     if let Some(text) = &text {
         let chars = text.chars().count();
         if chars > MAX_TEXT_CHARS {
-            return Err(Refusal::new(
-                "text",
-                format!("must be at most {MAX_TEXT_CHARS} characters, got {chars}"),
-            ));
+            return Err(Refusal::new("text", format!("must be at most {MAX_TEXT_CHARS} characters, got {chars}")));
         }
     }
     let broadcast = match raw.broadcast {
-        Some((Some(message_id), campaign_id)) if !message_id.trim().is_empty() => {
-            Some(BroadcastInfo {
-                message_id: bounded(message_id, "broadcast.message_id", MAX_SHORT_CHARS)?,
-                campaign_id: non_empty(campaign_id)
-                    .map(|c| bounded(c, "broadcast.campaign_id", MAX_SHORT_CHARS))
-                    .transpose()?,
-            })
-        }
+        Some((Some(message_id), campaign_id)) if !message_id.trim().is_empty() => Some(BroadcastInfo {
+            message_id: bounded(message_id, "broadcast.message_id", MAX_SHORT_CHARS)?,
+            campaign_id: non_empty(campaign_id)
+                .map(|c| bounded(c, "broadcast.campaign_id", MAX_SHORT_CHARS))
+                .transpose()?,
+        }),
         _ => None,
     };
     if kind == Kind::BroadcastReply && broadcast.is_none() {
-        return Err(Refusal::new(
-            "broadcast.message_id",
-            "is required when kind is broadcast_reply",
-        ));
+        return Err(Refusal::new("broadcast.message_id", "is required when kind is broadcast_reply"));
     }
     let integration = match raw.integration {
         Some((Some(name), reference)) if !name.trim().is_empty() => Some(IntegrationInfo {
@@ -130,32 +94,20 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         _ => None,
     };
     if kind == Kind::Integration && integration.is_none() {
-        return Err(Refusal::new(
-            "integration.name",
-            "is required when kind is integration",
-        ));
+        return Err(Refusal::new("integration.name", "is required when kind is integration"));
     }
     if raw.attributes.len() > MAX_ATTRIBUTES {
         return Err(Refusal::new(
             "attributes",
-            format!(
-                "must have at most {MAX_ATTRIBUTES} keys, got {}",
-                raw.attributes.len()
-            ),
+            format!("must have at most {MAX_ATTRIBUTES} keys, got {}", raw.attributes.len()),
         ));
     }
     for (key, value) in &raw.attributes {
         if key.is_empty() || key.chars().count() > MAX_SHORT_CHARS {
-            return Err(Refusal::new(
-                "attributes",
-                "keys must be 1 to 256 characters",
-            ));
+            return Err(Refusal::new("attributes", "keys must be 1 to 256 characters"));
         }
         if value.chars().count() > MAX_TEXT_CHARS {
-            return Err(Refusal::new(
-                format!("attributes.{key}"),
-                "must be at most 4096 characters",
-            ));
+            return Err(Refusal::new(format!("attributes.{key}"), "must be at most 4096 characters"));
         }
     }
     Ok(Interaction {
@@ -164,15 +116,8 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         kind,
         direction,
         channel,
-        contact: ContactInfo {
-            phone,
-            external_id,
-            name,
-            email,
-        },
-        agent_id: non_empty(raw.agent_id)
-            .map(|a| bounded(a, "agent_id", MAX_SHORT_CHARS))
-            .transpose()?,
+        contact: ContactInfo { phone, external_id, name, email },
+        agent_id: non_empty(raw.agent_id).map(|a| bounded(a, "agent_id", MAX_SHORT_CHARS)).transpose()?,
         text,
         conversation_id: non_empty(raw.conversation_id)
             .map(|c| bounded(c, "conversation_id", MAX_SHORT_CHARS))
@@ -193,22 +138,13 @@ pub fn normalize_phone(input: &str) -> Result<String, Refusal> {
     } else {
         return Err(Refusal::new(
             "contact.phone",
-            format!(
-                "{trimmed:?} must be in international form with a country code, like +14155550100"
-            ),
+            format!("{trimmed:?} must be in international form with a country code, like +14155550100"),
         ));
     };
-    let number = phonenumber::parse(None, &candidate).map_err(|e| {
-        Refusal::new(
-            "contact.phone",
-            format!("{trimmed:?} is not a phone number: {e}"),
-        )
-    })?;
+    let number = phonenumber::parse(None, &candidate)
+        .map_err(|e| Refusal::new("contact.phone", format!("{trimmed:?} is not a phone number: {e}")))?;
     if !phonenumber::is_viable(&candidate) || !number.is_valid() {
-        return Err(Refusal::new(
-            "contact.phone",
-            format!("{trimmed:?} is not a valid phone number"),
-        ));
+        return Err(Refusal::new("contact.phone", format!("{trimmed:?} is not a valid phone number")));
     }
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
@@ -217,17 +153,10 @@ fn validate_email(input: &str) -> Result<String, Refusal> {
     let email = input.trim().to_owned();
     let valid = email.chars().count() <= MAX_EMAIL_CHARS
         && !email.chars().any(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.contains('@')
-        });
-    if valid {
-        Ok(email)
-    } else {
-        Err(Refusal::new(
-            "contact.email",
-            format!("{email:?} is not an email address"),
-        ))
-    }
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'));
+    if valid { Ok(email) } else { Err(Refusal::new("contact.email", format!("{email:?} is not an email address"))) }
 }
 
 fn required(value: Option<String>, field: &str) -> Result<String, Refusal> {
@@ -240,10 +169,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 
 fn bounded(value: String, field: &str, max: usize) -> Result<String, Refusal> {
     if value.chars().count() > max {
-        Err(Refusal::new(
-            field,
-            format!("must be at most {max} characters"),
-        ))
+        Err(Refusal::new(field, format!("must be at most {max} characters")))
     } else {
         Ok(value)
     }
@@ -294,10 +220,7 @@ mod tests {
                 r#"{"occurred_at":"2026-11-24T10:00:00Z","kind":"chat_message","contact":{"phone":"+14155550100"}}"#,
                 "event_id",
             ),
-            (
-                r#"{"event_id":"e","kind":"chat_message","contact":{"phone":"+14155550100"}}"#,
-                "occurred_at",
-            ),
+            (r#"{"event_id":"e","kind":"chat_message","contact":{"phone":"+14155550100"}}"#, "occurred_at"),
             (
                 r#"{"event_id":"e","occurred_at":"yesterday","kind":"chat_message","contact":{"phone":"+14155550100"}}"#,
                 "occurred_at",
@@ -310,10 +233,7 @@ mod tests {
                 r#"{"event_id":"e","occurred_at":"2026-11-24T10:00:00Z","kind":"chat_message","contact":{"name":"x"}}"#,
                 "contact",
             ),
-            (
-                r#"{"event_id":"e","occurred_at":"2026-11-24T10:00:00Z","kind":"chat_message"}"#,
-                "contact",
-            ),
+            (r#"{"event_id":"e","occurred_at":"2026-11-24T10:00:00Z","kind":"chat_message"}"#, "contact"),
             (
                 r#"{"event_id":"e","occurred_at":"2026-11-24T10:00:00Z","kind":"chat_message","contact":{"phone":"12"}}"#,
                 "contact.phone",

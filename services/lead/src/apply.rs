@@ -17,10 +17,7 @@ const PREVIEW_CHARS: usize = 140;
 pub const SYSTEM_ACTOR: &str = "system";
 
 /// Applies a batch, skipping events already applied. Retries the whole batch on conflicts.
-pub async fn apply_batch(
-    ctx: &LeadContext,
-    batch: &[Envelope<Interaction>],
-) -> Result<(), LeadError> {
+pub async fn apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> Result<(), LeadError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -34,10 +31,7 @@ pub async fn apply_batch(
     }
 }
 
-async fn try_apply_batch(
-    ctx: &LeadContext,
-    batch: &[Envelope<Interaction>],
-) -> Result<(), LeadError> {
+async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> Result<(), LeadError> {
     let mut tx = ctx.pool.begin().await?;
     let orgs: Vec<&str> = batch.iter().map(|e| e.org_id.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|e| e.data.event_id.as_str()).collect();
@@ -70,14 +64,7 @@ async fn try_apply_batch(
     });
     let mut messages = Vec::new();
     for envelope in todo {
-        apply_one(
-            ctx,
-            &mut tx,
-            &envelope.org_id,
-            &envelope.data,
-            &mut messages,
-        )
-        .await?;
+        apply_one(ctx, &mut tx, &envelope.org_id, &envelope.data, &mut messages).await?;
     }
     platform::outbox::enqueue(&mut tx, &messages).await?;
     tx.commit().await?;
@@ -89,10 +76,7 @@ async fn try_apply_batch(
 }
 
 fn contact_key(interaction: &Interaction) -> (&str, &str) {
-    (
-        interaction.contact.phone.as_deref().unwrap_or(""),
-        interaction.contact.external_id.as_deref().unwrap_or(""),
-    )
+    (interaction.contact.phone.as_deref().unwrap_or(""), interaction.contact.external_id.as_deref().unwrap_or(""))
 }
 
 #[derive(sqlx::FromRow)]
@@ -137,11 +121,9 @@ async fn resolve_contact(
         return id.ok_or(LeadError::Conflict);
     };
     // Link the identity the contact lacks, unless another contact already holds it.
-    let link_phone =
-        phone.filter(|_| found.phone.is_none() && rows.iter().all(|r| r.phone.as_deref() != phone));
-    let link_external = external_id.filter(|_| {
-        found.external_id.is_none() && rows.iter().all(|r| r.external_id.as_deref() != external_id)
-    });
+    let link_phone = phone.filter(|_| found.phone.is_none() && rows.iter().all(|r| r.phone.as_deref() != phone));
+    let link_external = external_id
+        .filter(|_| found.external_id.is_none() && rows.iter().all(|r| r.external_id.as_deref() != external_id));
     sqlx::query(
         "UPDATE contacts SET \
            phone = coalesce(phone, $2), external_id = coalesce(external_id, $3), \
@@ -171,17 +153,13 @@ async fn apply_one(
     messages: &mut Vec<OutboxMessage>,
 ) -> Result<(), LeadError> {
     let contact_id = resolve_contact(tx, org_id, event).await?;
-    let active: Option<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, status FROM leads WHERE org_id = $1 AND contact_id = $2 AND active FOR UPDATE",
-    )
-    .bind(org_id)
-    .bind(contact_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let preview = event
-        .text
-        .as_deref()
-        .map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
+    let active: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status FROM leads WHERE org_id = $1 AND contact_id = $2 AND active FOR UPDATE")
+            .bind(org_id)
+            .bind(contact_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let preview = event.text.as_deref().map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
     let lead_id = match (active, event.direction) {
         (None, Direction::Outbound) => None,
         (None, Direction::Inbound) => {
@@ -213,39 +191,19 @@ async fn apply_one(
                 Kind::ChatMessage => "created from a chat message".to_owned(),
                 Kind::BroadcastReply => format!(
                     "created from a reply to broadcast {}",
-                    event
-                        .broadcast
-                        .as_ref()
-                        .map(|b| b.message_id.as_str())
-                        .unwrap_or_default()
+                    event.broadcast.as_ref().map(|b| b.message_id.as_str()).unwrap_or_default()
                 ),
                 Kind::Integration => format!(
                     "created from integration {}",
-                    event
-                        .integration
-                        .as_ref()
-                        .map(|i| i.name.as_str())
-                        .unwrap_or_default()
+                    event.integration.as_ref().map(|i| i.name.as_str()).unwrap_or_default()
                 ),
             };
-            record_status_change(
-                tx,
-                org_id,
-                lead_id,
-                None,
-                Status::New,
-                SYSTEM_ACTOR,
-                Some(&source),
-                None,
-                1,
-            )
-            .await?;
+            record_status_change(tx, org_id, lead_id, None, Status::New, SYSTEM_ACTOR, Some(&source), None, 1).await?;
             publish(ctx, tx, messages, lead_id, LeadChange::Created).await?;
             Some(lead_id)
         }
         (Some((lead_id, status)), direction) => {
-            let becomes_contacted =
-                direction == Direction::Outbound && status == Status::New.as_str();
+            let becomes_contacted = direction == Direction::Outbound && status == Status::New.as_str();
             sqlx::query(
                 "UPDATE leads SET interaction_count = interaction_count + 1, \
                    last_message_preview = CASE WHEN $2 >= last_interaction_at AND $3::text IS NOT NULL \
@@ -371,16 +329,7 @@ pub async fn publish(
 
 pub fn lead_event(ctx: &LeadContext, lead: &LeadView, change: LeadChange) -> OutboxMessage {
     let kind = change.kind();
-    let envelope = Envelope::new(
-        &lead.org_id,
-        kind,
-        lead.id,
-        lead.version,
-        LeadEvent {
-            change,
-            lead: lead.clone(),
-        },
-    );
+    let envelope = Envelope::new(&lead.org_id, kind, lead.id, lead.version, LeadEvent { change, lead: lead.clone() });
     OutboxMessage {
         org_id: lead.org_id.clone(),
         subject: ctx.subjects.event("lead", &lead.org_id, kind),

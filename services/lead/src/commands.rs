@@ -27,37 +27,26 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     if let Some(score) = cmd.manual_score
         && !(0..=100).contains(&score)
     {
-        return Err(LeadError::invalid(
-            "manual_score",
-            "must be between 0 and 100",
-        ));
+        return Err(LeadError::invalid("manual_score", "must be between 0 and 100"));
     }
     let mut tx = ctx.pool.begin().await?;
-    let current: Option<(String, i64)> = sqlx::query_as(
-        "SELECT status, version FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE",
-    )
-    .bind(&cmd.org_id)
-    .bind(cmd.lead_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let current: Option<(String, i64)> =
+        sqlx::query_as("SELECT status, version FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE")
+            .bind(&cmd.org_id)
+            .bind(cmd.lead_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some((status, version)) = current else {
         return Err(LeadError::NotFound(cmd.lead_id.to_string()));
     };
     let from = Status::parse(&status).unwrap_or(Status::New);
     if from.is_final() {
-        return Err(LeadError::Inactive {
-            id: cmd.lead_id,
-            status: from,
-        });
+        return Err(LeadError::Inactive { id: cmd.lead_id, status: from });
     }
     if let Some(expected) = cmd.expected_version
         && expected != version
     {
-        return Err(LeadError::VersionMismatch {
-            id: cmd.lead_id,
-            expected,
-            actual: version,
-        });
+        return Err(LeadError::VersionMismatch { id: cmd.lead_id, expected, actual: version });
     }
     let mut messages = Vec::new();
     let status_changes = from != cmd.status;
@@ -90,13 +79,15 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     )
     .await?;
     if let Some(score) = cmd.manual_score {
-        sqlx::query("INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, $3, 'manual', $4)")
-            .bind(&cmd.org_id)
-            .bind(cmd.lead_id)
-            .bind(score)
-            .bind(&cmd.actor)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, $3, 'manual', $4)",
+        )
+        .bind(&cmd.org_id)
+        .bind(cmd.lead_id)
+        .bind(score)
+        .bind(&cmd.actor)
+        .execute(&mut *tx)
+        .await?;
     }
     let change = if status_changes {
         LeadChange::StatusChanged {
@@ -137,16 +128,10 @@ pub async fn bulk_change_status(
     actor: &str,
 ) -> Result<Vec<BulkOutcome>, LeadError> {
     if lead_ids.is_empty() {
-        return Err(LeadError::invalid(
-            "lead_ids",
-            "must name at least one lead",
-        ));
+        return Err(LeadError::invalid("lead_ids", "must name at least one lead"));
     }
     if lead_ids.len() > MAX_BULK {
-        return Err(LeadError::invalid(
-            "lead_ids",
-            format!("must name at most {MAX_BULK} leads"),
-        ));
+        return Err(LeadError::invalid("lead_ids", format!("must name at most {MAX_BULK} leads")));
     }
     let parsed: Vec<Option<Uuid>> = lead_ids.iter().map(|id| id.parse().ok()).collect();
     let mut ids: Vec<Uuid> = parsed.iter().flatten().copied().collect();
@@ -154,22 +139,16 @@ pub async fn bulk_change_status(
     ids.dedup();
     let mut tx = ctx.pool.begin().await?;
     // Sorted ids and ORDER BY id: two bulk changes over overlapping leads lock in one order.
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, status FROM leads WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
-    )
-    .bind(org_id)
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let current: HashMap<Uuid, Status> = rows
-        .into_iter()
-        .map(|(id, s)| (id, Status::parse(&s).unwrap_or(Status::New)))
-        .collect();
-    let to_change: Vec<Uuid> = current
-        .iter()
-        .filter(|(_, status)| !status.is_final() && **status != to)
-        .map(|(id, _)| *id)
-        .collect();
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status FROM leads WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE")
+            .bind(org_id)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    let current: HashMap<Uuid, Status> =
+        rows.into_iter().map(|(id, s)| (id, Status::parse(&s).unwrap_or(Status::New))).collect();
+    let to_change: Vec<Uuid> =
+        current.iter().filter(|(_, status)| !status.is_final() && **status != to).map(|(id, _)| *id).collect();
     let mut messages = Vec::with_capacity(to_change.len());
     if !to_change.is_empty() {
         let changed: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -10,11 +10,7 @@ pub enum LeadError {
     #[error("lead {id} is inactive: its status is {}", status.display_name())]
     Inactive { id: Uuid, status: Status },
     #[error("lead {id} is at version {actual}, not the expected {expected}")]
-    VersionMismatch {
-        id: Uuid,
-        expected: i64,
-        actual: i64,
-    },
+    VersionMismatch { id: Uuid, expected: i64, actual: i64 },
     #[error("a concurrent writer got there first")]
     Conflict,
     #[error("database error: {0}")]
@@ -23,10 +19,7 @@ pub enum LeadError {
 
 impl LeadError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        LeadError::InvalidArgument {
-            field,
-            reason: reason.into(),
-        }
+        LeadError::InvalidArgument { field, reason: reason.into() }
     }
 
     pub fn is_retryable(&self) -> bool {

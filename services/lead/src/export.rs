@@ -47,20 +47,14 @@ fn write_row(writer: &mut csv::Writer<Vec<u8>>, lead: &LeadView) -> Result<(), c
 }
 
 fn chunk(writer: csv::Writer<Vec<u8>>, rows: i64) -> Result<pb::ExportChunk, LeadError> {
-    let csv = writer
-        .into_inner()
-        .map_err(|e| LeadError::invalid("export", format!("cannot write CSV: {e}")))?;
+    let csv = writer.into_inner().map_err(|e| LeadError::invalid("export", format!("cannot write CSV: {e}")))?;
     Ok(pb::ExportChunk { csv, rows })
 }
 
 fn new_writer(with_header: bool) -> Result<csv::Writer<Vec<u8>>, LeadError> {
-    let mut writer = csv::WriterBuilder::new()
-        .has_headers(false)
-        .from_writer(Vec::with_capacity(256 * 1024));
+    let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(256 * 1024));
     if with_header {
-        writer
-            .write_record(HEADER)
-            .map_err(|e| LeadError::invalid("export", e.to_string()))?;
+        writer.write_record(HEADER).map_err(|e| LeadError::invalid("export", e.to_string()))?;
     }
     Ok(writer)
 }
@@ -94,9 +88,7 @@ async fn stream_all(
     sender: &mpsc::Sender<Result<pb::ExportChunk, LeadError>>,
 ) -> Result<(), LeadError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let mut sql = sqlx::QueryBuilder::new(format!(
         "SELECT {} FROM leads l JOIN contacts c ON c.id = l.contact_id",
         crate::model::LEAD_VIEW_COLUMNS

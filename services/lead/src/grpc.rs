@@ -21,36 +21,25 @@ fn lead_id(value: &str) -> Result<Uuid, LeadError> {
     if value.is_empty() {
         return Err(LeadError::invalid("lead_id", "is required"));
     }
-    value
-        .parse()
-        .map_err(|_| LeadError::NotFound(value.to_owned()))
+    value.parse().map_err(|_| LeadError::NotFound(value.to_owned()))
 }
 
 fn actor(value: &str) -> String {
-    if value.trim().is_empty() {
-        "unknown".into()
-    } else {
-        value.trim().to_owned()
-    }
+    if value.trim().is_empty() { "unknown".into() } else { value.trim().to_owned() }
 }
 
 fn non_empty(value: &str) -> Option<String> {
     (!value.trim().is_empty()).then(|| value.trim().to_owned())
 }
 
-type ExportStream =
-    Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, GrpcStatus>> + Send>>;
+type ExportStream = Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, GrpcStatus>> + Send>>;
 
 #[tonic::async_trait]
 impl LeadService for LeadApi {
-    async fn get_lead(
-        &self,
-        request: Request<pb::GetLeadRequest>,
-    ) -> Result<Response<pb::Lead>, GrpcStatus> {
+    async fn get_lead(&self, request: Request<pb::GetLeadRequest>) -> Result<Response<pb::Lead>, GrpcStatus> {
         let request = request.into_inner();
         crate::validate_org(&request.org_id)?;
-        let lead =
-            read::get_lead(&self.ctx.pool, &request.org_id, lead_id(&request.lead_id)?).await?;
+        let lead = read::get_lead(&self.ctx.pool, &request.org_id, lead_id(&request.lead_id)?).await?;
         Ok(Response::new(lead.to_proto()))
     }
 
@@ -68,14 +57,10 @@ impl LeadService for LeadApi {
         }))
     }
 
-    async fn change_status(
-        &self,
-        request: Request<pb::ChangeStatusRequest>,
-    ) -> Result<Response<pb::Lead>, GrpcStatus> {
+    async fn change_status(&self, request: Request<pb::ChangeStatusRequest>) -> Result<Response<pb::Lead>, GrpcStatus> {
         let request = request.into_inner();
         crate::validate_org(&request.org_id)?;
-        let status = Status::from_proto(request.status)
-            .ok_or_else(|| LeadError::invalid("status", "is required"))?;
+        let status = Status::from_proto(request.status).ok_or_else(|| LeadError::invalid("status", "is required"))?;
         let lead = commands::change_status(
             &self.ctx,
             ChangeStatus {
@@ -98,8 +83,7 @@ impl LeadService for LeadApi {
     ) -> Result<Response<pb::BulkChangeStatusResponse>, GrpcStatus> {
         let request = request.into_inner();
         crate::validate_org(&request.org_id)?;
-        let status = Status::from_proto(request.status)
-            .ok_or_else(|| LeadError::invalid("status", "is required"))?;
+        let status = Status::from_proto(request.status).ok_or_else(|| LeadError::invalid("status", "is required"))?;
         let outcomes = commands::bulk_change_status(
             &self.ctx,
             &request.org_id,
@@ -116,21 +100,15 @@ impl LeadService for LeadApi {
             .map(|(id, outcome)| {
                 let (outcome, detail) = match outcome {
                     BulkOutcome::Changed => (pb::BulkOutcome::Changed, String::new()),
-                    BulkOutcome::Unchanged => (
-                        pb::BulkOutcome::Unchanged,
-                        format!("already {}", status.display_name()),
-                    ),
-                    BulkOutcome::Inactive(s) => (
-                        pb::BulkOutcome::Inactive,
-                        format!("lead is inactive: its status is {}", s.display_name()),
-                    ),
+                    BulkOutcome::Unchanged => {
+                        (pb::BulkOutcome::Unchanged, format!("already {}", status.display_name()))
+                    }
+                    BulkOutcome::Inactive(s) => {
+                        (pb::BulkOutcome::Inactive, format!("lead is inactive: its status is {}", s.display_name()))
+                    }
                     BulkOutcome::NotFound => (pb::BulkOutcome::NotFound, "no such lead".into()),
                 };
-                pb::BulkResult {
-                    lead_id: id.clone(),
-                    outcome: outcome as i32,
-                    detail,
-                }
+                pb::BulkResult { lead_id: id.clone(), outcome: outcome as i32, detail }
             })
             .collect();
         Ok(Response::new(pb::BulkChangeStatusResponse { results }))
@@ -143,9 +121,7 @@ impl LeadService for LeadApi {
         request: Request<pb::ExportLeadsRequest>,
     ) -> Result<Response<Self::ExportLeadsStream>, GrpcStatus> {
         let request = request.into_inner();
-        let list = request
-            .query
-            .ok_or_else(|| LeadError::invalid("query", "is required"))?;
+        let list = request.query.ok_or_else(|| LeadError::invalid("query", "is required"))?;
         let query = LeadQuery::parse(&list)?;
         match pb::ExportScope::try_from(request.scope) {
             Ok(pb::ExportScope::Unspecified | pb::ExportScope::CurrentPage) => {
@@ -155,9 +131,7 @@ impl LeadService for LeadApi {
             }
             Ok(pb::ExportScope::All) => {
                 let receiver = export::all(self.ctx.pool.clone(), query);
-                let stream = futures::StreamExt::map(ReceiverStream::new(receiver), |r| {
-                    r.map_err(GrpcStatus::from)
-                });
+                let stream = futures::StreamExt::map(ReceiverStream::new(receiver), |r| r.map_err(GrpcStatus::from));
                 Ok(Response::new(Box::pin(stream)))
             }
             Err(_) => Err(LeadError::invalid("scope", "is not an export scope").into()),

@@ -65,18 +65,14 @@ pub async fn lead_history(
         0 => 100,
         n if (1..=MAX_PAGE).contains(&n) => n,
         _ => {
-            return Err(LeadError::invalid(
-                "page_size",
-                format!("must be between 1 and {MAX_PAGE}"),
-            ));
+            return Err(LeadError::invalid("page_size", format!("must be between 1 and {MAX_PAGE}")));
         }
     };
-    let contact: Option<Uuid> =
-        sqlx::query_scalar("SELECT contact_id FROM leads WHERE org_id = $1 AND id = $2")
-            .bind(org_id)
-            .bind(lead_id)
-            .fetch_optional(pool)
-            .await?;
+    let contact: Option<Uuid> = sqlx::query_scalar("SELECT contact_id FROM leads WHERE org_id = $1 AND id = $2")
+        .bind(org_id)
+        .bind(lead_id)
+        .fetch_optional(pool)
+        .await?;
     let contact = contact.ok_or_else(|| LeadError::NotFound(lead_id.to_string()))?;
     let (after_at, after_key) = decode_token(page_token)?;
     let rows: Vec<EntryRow> = sqlx::query_as(TIMELINE)

@@ -40,11 +40,7 @@ pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Lead, &MIGRATOR, &token).await?;
-    let ctx = LeadContext {
-        pool: base.pool.clone(),
-        subjects: infra.subjects.clone(),
-        outbox: base.outbox.clone(),
-    };
+    let ctx = LeadContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
     let spec = ConsumerSpec {
         stream: infra.subjects.stream_name(StreamKind::Events),
         durable: "lead-interactions".into(),
@@ -62,13 +58,11 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
             async move { consume_interactions(&ctx, batch).await }
         },
     ));
-    let routes = tonic::service::Routes::new(
-        leads_proto::v1::lead_service_server::LeadServiceServer::new(grpc::LeadApi {
+    let routes =
+        tonic::service::Routes::new(leads_proto::v1::lead_service_server::LeadServiceServer::new(grpc::LeadApi {
             ctx: ctx.clone(),
-        }),
-    );
-    base.serve(infra, &["leads.v1.LeadService"], routes, token)
-        .await
+        }));
+    base.serve(infra, &["leads.v1.LeadService"], routes, token).await
 }
 
 async fn consume_interactions(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {

@@ -176,10 +176,7 @@ pub fn score_source_to_proto(source: Option<&str>) -> pb::ScoreSource {
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
@@ -191,26 +188,10 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LeadChange {
     Created,
-    InteractionRecorded {
-        event_id: String,
-        direction: String,
-    },
-    StatusChanged {
-        from: String,
-        to: String,
-        actor: String,
-        reason: Option<String>,
-    },
-    ScoreChanged {
-        score: i32,
-        source: String,
-        actor: String,
-    },
-    Assigned {
-        from: Option<String>,
-        to: Option<String>,
-        actor: String,
-    },
+    InteractionRecorded { event_id: String, direction: String },
+    StatusChanged { from: String, to: String, actor: String, reason: Option<String> },
+    ScoreChanged { score: i32, source: String, actor: String },
+    Assigned { from: Option<String>, to: Option<String>, actor: String },
 }
 
 impl LeadChange {

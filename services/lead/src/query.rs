@@ -64,15 +64,11 @@ impl LeadQuery {
             .statuses
             .iter()
             .map(|s| {
-                Status::from_proto(*s).ok_or_else(|| {
-                    LeadError::invalid("filter.statuses", format!("{s} is not a status"))
-                })
+                Status::from_proto(*s)
+                    .ok_or_else(|| LeadError::invalid("filter.statuses", format!("{s} is not a status")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (field, value) in [
-            ("filter.min_score", filter.min_score),
-            ("filter.max_score", filter.max_score),
-        ] {
+        for (field, value) in [("filter.min_score", filter.min_score), ("filter.max_score", filter.max_score)] {
             if let Some(score) = value
                 && !(0..=100).contains(&score)
             {
@@ -80,9 +76,7 @@ impl LeadQuery {
             }
         }
         let sort = match pb::LeadSortField::try_from(request.sort) {
-            Ok(pb::LeadSortField::Unspecified | pb::LeadSortField::LastInteraction) => {
-                SortField::LastInteraction
-            }
+            Ok(pb::LeadSortField::Unspecified | pb::LeadSortField::LastInteraction) => SortField::LastInteraction,
             Ok(pb::LeadSortField::Created) => SortField::Created,
             Ok(pb::LeadSortField::Score) => SortField::Score,
             Err(_) => return Err(LeadError::invalid("sort", "is not a sort field")),
@@ -96,10 +90,7 @@ impl LeadQuery {
             0 => DEFAULT_PAGE_SIZE,
             n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
             _ => {
-                return Err(LeadError::invalid(
-                    "page_size",
-                    format!("must be between 1 and {MAX_PAGE_SIZE}"),
-                ));
+                return Err(LeadError::invalid("page_size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
             }
         };
         let after = if request.page_token.is_empty() {
@@ -107,15 +98,7 @@ impl LeadQuery {
         } else {
             Some(decode_token(&request.page_token, sort, descending)?)
         };
-        Ok(Self {
-            org_id: request.org_id.clone(),
-            filter,
-            statuses,
-            sort,
-            descending,
-            page_size,
-            after,
-        })
+        Ok(Self { org_id: request.org_id.clone(), filter, statuses, sort, descending, page_size, after })
     }
 
     /// Appends `WHERE ...` for the filters (not the cursor).
@@ -124,9 +107,7 @@ impl LeadQuery {
         sql.push(" WHERE l.org_id = ").push_bind(&self.org_id);
         if !self.statuses.is_empty() {
             let statuses: Vec<&str> = self.statuses.iter().map(|s| s.as_str()).collect();
-            sql.push(" AND l.status = ANY(")
-                .push_bind(statuses)
-                .push(")");
+            sql.push(" AND l.status = ANY(").push_bind(statuses).push(")");
         }
         match pb::ActiveFilter::try_from(f.active) {
             Ok(pb::ActiveFilter::ActiveOnly) => {
@@ -137,10 +118,7 @@ impl LeadQuery {
             }
             Ok(pb::ActiveFilter::Unspecified) => {}
             Err(_) => {
-                return Err(LeadError::invalid(
-                    "filter.active",
-                    "is not an active filter",
-                ));
+                return Err(LeadError::invalid("filter.active", "is not an active filter"));
             }
         }
         match (f.unassigned, f.agent_ids.is_empty()) {
@@ -148,14 +126,10 @@ impl LeadQuery {
                 sql.push(" AND l.agent_id IS NULL");
             }
             (true, false) => {
-                sql.push(" AND (l.agent_id IS NULL OR l.agent_id = ANY(")
-                    .push_bind(&f.agent_ids)
-                    .push("))");
+                sql.push(" AND (l.agent_id IS NULL OR l.agent_id = ANY(").push_bind(&f.agent_ids).push("))");
             }
             (false, false) => {
-                sql.push(" AND l.agent_id = ANY(")
-                    .push_bind(&f.agent_ids)
-                    .push(")");
+                sql.push(" AND l.agent_id = ANY(").push_bind(&f.agent_ids).push(")");
             }
             (false, true) => {}
         }
@@ -174,10 +148,7 @@ impl LeadQuery {
             }
             Ok(pb::ScoreSource::Unspecified) => {}
             Err(_) => {
-                return Err(LeadError::invalid(
-                    "filter.score_source",
-                    "is not a score source",
-                ));
+                return Err(LeadError::invalid("filter.score_source", "is not a score source"));
             }
         }
         if !f.source_kinds.is_empty() {
@@ -188,52 +159,31 @@ impl LeadQuery {
                     Ok(pb::SourceKind::ChatMessage) => Ok("chat_message"),
                     Ok(pb::SourceKind::BroadcastReply) => Ok("broadcast_reply"),
                     Ok(pb::SourceKind::Integration) => Ok("integration"),
-                    _ => Err(LeadError::invalid(
-                        "filter.source_kinds",
-                        format!("{k} is not a source kind"),
-                    )),
+                    _ => Err(LeadError::invalid("filter.source_kinds", format!("{k} is not a source kind"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            sql.push(" AND l.source_kind = ANY(")
-                .push_bind(kinds)
-                .push(")");
+            sql.push(" AND l.source_kind = ANY(").push_bind(kinds).push(")");
         }
         if !f.campaign_id.is_empty() {
             sql.push(" AND l.campaign_id = ").push_bind(&f.campaign_id);
         }
         if !f.integration_name.is_empty() {
-            sql.push(" AND l.integration_name = ")
-                .push_bind(&f.integration_name);
+            sql.push(" AND l.integration_name = ").push_bind(&f.integration_name);
         }
         if !f.contact_id.is_empty() {
-            let id: Uuid = f
-                .contact_id
-                .parse()
-                .map_err(|_| LeadError::invalid("filter.contact_id", "is not an id"))?;
+            let id: Uuid = f.contact_id.parse().map_err(|_| LeadError::invalid("filter.contact_id", "is not an id"))?;
             sql.push(" AND l.contact_id = ").push_bind(id);
         }
         push_range(sql, "l.created_at", f.created.as_ref(), "filter.created")?;
-        push_range(
-            sql,
-            "l.last_interaction_at",
-            f.last_interaction.as_ref(),
-            "filter.last_interaction",
-        )?;
+        push_range(sql, "l.last_interaction_at", f.last_interaction.as_ref(), "filter.last_interaction")?;
         let search = f.search.trim();
         if !search.is_empty() {
-            let pattern = format!(
-                "%{}%",
-                search
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            );
+            let pattern = format!("%{}%", search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
             let digits: String = search.chars().filter(char::is_ascii_digit).collect();
             sql.push(" AND (c.name ILIKE ").push_bind(pattern.clone());
             sql.push(" OR c.email ILIKE ").push_bind(pattern);
             if digits.len() >= 3 {
-                sql.push(" OR c.phone LIKE ")
-                    .push_bind(format!("%{digits}%"));
+                sql.push(" OR c.phone LIKE ").push_bind(format!("%{digits}%"));
             }
             sql.push(")");
         }
@@ -276,10 +226,7 @@ impl LeadQuery {
 
     pub fn push_order(&self, sql: &mut QueryBuilder<Postgres>) {
         let dir = if self.descending { "DESC" } else { "ASC" };
-        sql.push(format!(
-            " ORDER BY {} {dir}, l.id {dir}",
-            self.sort.expression()
-        ));
+        sql.push(format!(" ORDER BY {} {dir}, l.id {dir}", self.sort.expression()));
     }
 
     pub fn cursor_of(&self, lead: &LeadView) -> Cursor {
@@ -309,13 +256,11 @@ fn push_range(
 ) -> Result<(), LeadError> {
     let Some(range) = range else { return Ok(()) };
     if let Some(from) = &range.from {
-        let from = from_timestamp(from)
-            .ok_or_else(|| LeadError::invalid(field, "from is not a valid time"))?;
+        let from = from_timestamp(from).ok_or_else(|| LeadError::invalid(field, "from is not a valid time"))?;
         sql.push(format!(" AND {column} >= ")).push_bind(from);
     }
     if let Some(to) = &range.to {
-        let to = from_timestamp(to)
-            .ok_or_else(|| LeadError::invalid(field, "to is not a valid time"))?;
+        let to = from_timestamp(to).ok_or_else(|| LeadError::invalid(field, "to is not a valid time"))?;
         sql.push(format!(" AND {column} < ")).push_bind(to);
     }
     Ok(())
@@ -345,10 +290,7 @@ fn decode_token(token: &str, sort: SortField, descending: bool) -> Result<Cursor
         SortField::Score => Ok(Cursor::Score(key.parse().map_err(|_| bad())?, id)),
         _ => {
             let micros: i64 = key.parse().map_err(|_| bad())?;
-            Ok(Cursor::Time(
-                DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
-                id,
-            ))
+            Ok(Cursor::Time(DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, id))
         }
     }
 }

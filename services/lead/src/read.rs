@@ -26,11 +26,7 @@ pub struct Page {
     pub total_count: Option<i64>,
 }
 
-pub async fn list_leads(
-    pool: &PgPool,
-    query: &LeadQuery,
-    with_total: bool,
-) -> Result<Page, LeadError> {
+pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> Result<Page, LeadError> {
     let mut sql = query.page_sql()?;
     let mut leads: Vec<LeadView> = sql.build_query_as().fetch_all(pool).await?;
     let has_more = leads.len() as i64 > query.page_size;
@@ -39,22 +35,12 @@ pub async fn list_leads(
         (true, Some(last)) => query.token_of(last),
         _ => String::new(),
     };
-    let total_count = if with_total {
-        Some(count(pool, query).await?)
-    } else {
-        None
-    };
-    Ok(Page {
-        leads,
-        next_page_token,
-        total_count,
-    })
+    let total_count = if with_total { Some(count(pool, query).await?) } else { None };
+    Ok(Page { leads, next_page_token, total_count })
 }
 
 pub async fn count(pool: &PgPool, query: &LeadQuery) -> Result<i64, LeadError> {
-    let mut sql = sqlx::QueryBuilder::new(
-        "SELECT count(*) FROM leads l JOIN contacts c ON c.id = l.contact_id",
-    );
+    let mut sql = sqlx::QueryBuilder::new("SELECT count(*) FROM leads l JOIN contacts c ON c.id = l.contact_id");
     query.push_filters(&mut sql)?;
     Ok(sql.build_query_scalar().fetch_one(pool).await?)
 }

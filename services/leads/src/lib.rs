@@ -13,11 +13,8 @@ pub fn parse_services(list: &str) -> Result<BTreeSet<ServiceName>, String> {
     if list.trim() == "all" {
         return Ok(ServiceName::ALL.into_iter().collect());
     }
-    let services = list
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(str::parse)
-        .collect::<Result<BTreeSet<_>, _>>()?;
+    let services =
+        list.split(',').filter(|s| !s.trim().is_empty()).map(str::parse).collect::<Result<BTreeSet<_>, _>>()?;
     if services.is_empty() {
         return Err("name at least one service, or all".into());
     }
@@ -53,10 +50,7 @@ impl System {
     }
 
     pub fn grpc_addr(&self, service: ServiceName) -> Option<std::net::SocketAddr> {
-        self.running
-            .iter()
-            .find(|r| r.name == service)
-            .map(|r| r.grpc_addr)
+        self.running.iter().find(|r| r.name == service).map(|r| r.grpc_addr)
     }
 
     /// Waits until every service has stopped; returns the first failure.
@@ -72,11 +66,7 @@ impl System {
     }
 }
 
-pub async fn start_service(
-    infra: &Infra,
-    service: ServiceName,
-    token: CancellationToken,
-) -> anyhow::Result<Running> {
+pub async fn start_service(infra: &Infra, service: ServiceName, token: CancellationToken) -> anyhow::Result<Running> {
     match service {
         ServiceName::Ingest => ingest::start(infra, token).await,
         ServiceName::Lead => lead::start(infra, token).await,

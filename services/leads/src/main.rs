@@ -29,9 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = platform::Settings::load(cli.config.as_deref())?;
     let _telemetry = platform::telemetry::init("leads", settings.otlp_endpoint.as_deref())?;
-    match cli.command.unwrap_or(Command::Run {
-        services: "all".into(),
-    }) {
+    match cli.command.unwrap_or(Command::Run { services: "all".into() }) {
         Command::Migrate => leads::migrate(&settings).await,
         Command::Run { services } => {
             let services = leads::parse_services(&services).map_err(anyhow::Error::msg)?;

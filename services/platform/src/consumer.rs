@@ -46,10 +46,8 @@ pub async fn declare(
     spec: &ConsumerSpec,
     settings: &ConsumerSettings,
 ) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
-    let stream = js
-        .get_stream(&spec.stream)
-        .await
-        .map_err(|e| anyhow::anyhow!("stream {} is missing: {e}", spec.stream))?;
+    let stream =
+        js.get_stream(&spec.stream).await.map_err(|e| anyhow::anyhow!("stream {} is missing: {e}", spec.stream))?;
     let config = pull::Config {
         durable_name: Some(spec.durable.clone()),
         filter_subject: spec.filter_subject.clone(),
@@ -122,8 +120,7 @@ where
                 continue;
             }
             let handler = handler.clone();
-            let span =
-                tracing::info_span!("consume", consumer = %spec.durable, messages = batch.len());
+            let span = tracing::info_span!("consume", consumer = %spec.durable, messages = batch.len());
             in_flight.spawn(
                 async move {
                     let _permit = permit;
@@ -157,10 +154,8 @@ where
     let deliveries: Vec<Delivery> = batch
         .iter()
         .map(|message| {
-            let (stream_sequence, delivered) = message
-                .info()
-                .map(|info| (info.stream_sequence, info.delivered))
-                .unwrap_or((0, 1));
+            let (stream_sequence, delivered) =
+                message.info().map(|info| (info.stream_sequence, info.delivered)).unwrap_or((0, 1));
             Delivery {
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
@@ -173,11 +168,7 @@ where
     let dispositions = handler(deliveries).await;
     metrics::counter!("consumer_messages_total").increment(batch.len() as u64);
     for (index, message) in batch.iter().enumerate() {
-        let kind = match dispositions
-            .get(index)
-            .copied()
-            .unwrap_or(Disposition::Retry)
-        {
+        let kind = match dispositions.get(index).copied().unwrap_or(Disposition::Retry) {
             Disposition::Ack => AckKind::Ack,
             Disposition::Retry => AckKind::Nak(Some(Duration::from_millis(500))),
             Disposition::Term => AckKind::Term,

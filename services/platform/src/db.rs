@@ -22,39 +22,28 @@ pub async fn bootstrap(settings: &Settings, service: ServiceName) -> anyhow::Res
         "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
     );
-    sqlx::raw_sql(AssertSqlSafe(create_role))
-        .execute(&mut admin)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(create_role)).execute(&mut admin).await?;
     if let Some(password) = &settings.role_password {
         let escaped = password.replace('\'', "''");
         let alter = format!("ALTER ROLE {role} PASSWORD '{escaped}'");
-        sqlx::raw_sql(AssertSqlSafe(alter))
-            .execute(&mut admin)
-            .await?;
+        sqlx::raw_sql(AssertSqlSafe(alter)).execute(&mut admin).await?;
     }
     let mut tx = admin.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('leads-bootstrap'))")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('leads-bootstrap'))").execute(&mut *tx).await?;
     // Identifiers come from `ServiceName`, never from input.
     let schema_ddl = format!(
         "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}; \
          REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
          REVOKE CREATE ON SCHEMA public FROM PUBLIC"
     );
-    sqlx::raw_sql(AssertSqlSafe(schema_ddl))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::raw_sql(AssertSqlSafe(schema_ddl)).execute(&mut *tx).await?;
     tx.commit().await?;
     admin.close().await?;
     Ok(())
 }
 
 /// Options to connect as the service's own role, confined to its schema.
-pub fn service_options(
-    settings: &Settings,
-    service: ServiceName,
-) -> anyhow::Result<PgConnectOptions> {
+pub fn service_options(settings: &Settings, service: ServiceName) -> anyhow::Result<PgConnectOptions> {
     let mut options = PgConnectOptions::from_str(&settings.database_url)?
         .username(&service.role())
         .application_name(&format!("leads-{service}"))
@@ -94,8 +83,6 @@ pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
 /// Whether retrying the whole transaction may succeed: serialization failure, deadlock,
 /// or a unique violation raced by a concurrent writer.
 pub fn is_retryable(error: &sqlx::Error) -> bool {
-    matches!(
-        sqlstate(error).as_deref(),
-        Some("40001" | "40P01" | "23505")
-    ) || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
+    matches!(sqlstate(error).as_deref(), Some("40001" | "40P01" | "23505"))
+        || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
 }

@@ -20,19 +20,13 @@ pub async fn serve(
     routes: Routes,
     token: CancellationToken,
 ) -> anyhow::Result<Serving> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in service_names {
-        reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("", ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(leads_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -45,9 +39,7 @@ pub async fn serve(
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 token.cancelled().await;
                 for name in ["", "leads"] {
-                    reporter
-                        .set_service_status(name, ServingStatus::NotServing)
-                        .await;
+                    reporter.set_service_status(name, ServingStatus::NotServing).await;
                 }
             })
             .await?;

@@ -27,9 +27,7 @@ pub enum StreamKind {
 
 impl Subjects {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        Self { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -49,10 +47,7 @@ impl Subjects {
     }
 
     pub fn deadletter(&self, original_subject_without_prefix: &str) -> String {
-        format!(
-            "{}deadletter.{original_subject_without_prefix}",
-            self.prefix
-        )
+        format!("{}deadletter.{original_subject_without_prefix}", self.prefix)
     }
 
     /// `events.<service>.<org>.<kind>`: an internal event of one service.
@@ -82,13 +77,7 @@ impl Subjects {
         let prefix: String = self
             .prefix
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_uppercase() } else { '_' })
             .collect();
         format!("{prefix}{base}")
     }
@@ -122,9 +111,7 @@ pub async fn ensure_stream(
     kind: StreamKind,
 ) -> anyhow::Result<stream::Stream> {
     let max_age = match kind {
-        StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events => {
-            Duration::from_secs(7 * 24 * 3600)
-        }
+        StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events => Duration::from_secs(7 * 24 * 3600),
         StreamKind::DeadLetter => Duration::from_secs(30 * 24 * 3600),
     };
     let config = stream::Config {
@@ -136,23 +123,16 @@ pub async fn ensure_stream(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    let stream = js.get_or_create_stream(config).await.map_err(|e| {
-        anyhow::anyhow!("cannot declare stream {}: {e}", subjects.stream_name(kind))
-    })?;
+    let stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot declare stream {}: {e}", subjects.stream_name(kind)))?;
     Ok(stream)
 }
 
 /// Declares every stream of the platform.
-pub async fn ensure_all_streams(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-) -> anyhow::Result<()> {
-    for kind in [
-        StreamKind::Interactions,
-        StreamKind::Broadcasts,
-        StreamKind::DeadLetter,
-        StreamKind::Events,
-    ] {
+pub async fn ensure_all_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
+    for kind in [StreamKind::Interactions, StreamKind::Broadcasts, StreamKind::DeadLetter, StreamKind::Events] {
         ensure_stream(js, subjects, kind).await?;
     }
     Ok(())
@@ -175,9 +155,9 @@ impl Encoding {
         match media {
             "" | "application/json" => Ok(Encoding::Json),
             "application/protobuf" | "application/x-protobuf" => Ok(Encoding::Protobuf),
-            other => Err(format!(
-                "Content-Type {other:?} is not supported; use application/json or application/protobuf"
-            )),
+            other => {
+                Err(format!("Content-Type {other:?} is not supported; use application/json or application/protobuf"))
+            }
         }
     }
 }
@@ -192,18 +172,9 @@ mod tests {
         assert_eq!(plain.interactions("acme"), "interactions.acme");
         assert_eq!(plain.stream_name(StreamKind::Events), "EVENTS");
         let scoped = Subjects::new("t-9.x.");
-        assert_eq!(
-            scoped.broadcast_statuses("acme"),
-            "t-9.x.broadcasts.acme.statuses"
-        );
-        assert_eq!(
-            scoped.stream_name(StreamKind::Interactions),
-            "T-9_X_INTERACTIONS"
-        );
-        assert_eq!(
-            scoped.strip("t-9.x.interactions.acme"),
-            Some("interactions.acme")
-        );
+        assert_eq!(scoped.broadcast_statuses("acme"), "t-9.x.broadcasts.acme.statuses");
+        assert_eq!(scoped.stream_name(StreamKind::Interactions), "T-9_X_INTERACTIONS");
+        assert_eq!(scoped.strip("t-9.x.interactions.acme"), Some("interactions.acme"));
         assert_eq!(scoped.strip("interactions.acme"), None);
     }
 }

@@ -20,10 +20,7 @@ pub struct OutboxMessage {
 }
 
 /// Adds messages to the outbox inside the caller's transaction.
-pub async fn enqueue(
-    tx: &mut Transaction<'_, Postgres>,
-    messages: &[OutboxMessage],
-) -> Result<(), sqlx::Error> {
+pub async fn enqueue(tx: &mut Transaction<'_, Postgres>, messages: &[OutboxMessage]) -> Result<(), sqlx::Error> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -118,19 +115,14 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result
         if let Some(traceparent) = traceparent {
             headers.insert("traceparent", traceparent.as_str());
         }
-        let ack = js
-            .publish_with_headers(subject.clone(), headers, payload.clone().into())
-            .await?;
+        let ack = js.publish_with_headers(subject.clone(), headers, payload.clone().into()).await?;
         acks.push(ack);
     }
     for ack in acks {
         ack.await?;
     }
     let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
     metrics::counter!("outbox_published_total").increment(ids.len() as u64);
     Ok(ids.len())

@@ -21,12 +21,7 @@ impl Infra {
         let js = jetstream::new(nats.clone());
         let subjects = Subjects::new(settings.subject_prefix.clone());
         crate::nats::ensure_all_streams(&js, &subjects).await?;
-        Ok(Self {
-            settings,
-            nats,
-            js,
-            subjects,
-        })
+        Ok(Self { settings, nats, js, subjects })
     }
 }
 
@@ -74,18 +69,8 @@ impl ServiceBase {
         let pool = crate::db::connect_and_migrate(&infra.settings, name, migrator).await?;
         let outbox = OutboxSignal::default();
         let mut tasks = JoinSet::new();
-        tasks.spawn(crate::outbox::relay(
-            pool.clone(),
-            infra.js.clone(),
-            outbox.clone(),
-            token.clone(),
-        ));
-        Ok(Self {
-            name,
-            pool,
-            outbox,
-            tasks,
-        })
+        tasks.spawn(crate::outbox::relay(pool.clone(), infra.js.clone(), outbox.clone(), token.clone()));
+        Ok(Self { name, pool, outbox, tasks })
     }
 
     /// Serves `routes` (with health and reflection) on the service's configured address.
@@ -96,21 +81,10 @@ impl ServiceBase {
         routes: tonic::service::Routes,
         token: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Running> {
-        let serving = crate::grpc::serve(
-            &infra.settings.grpc_addr(self.name),
-            grpc_names,
-            routes,
-            token,
-        )
-        .await?;
+        let serving = crate::grpc::serve(&infra.settings.grpc_addr(self.name), grpc_names, routes, token).await?;
         let task = serving.task;
         self.tasks.spawn(async move { task.await? });
         tracing::info!(service = %self.name, grpc = %serving.addr, "service started");
-        Ok(Running {
-            name: self.name,
-            grpc_addr: serving.addr,
-            tasks: self.tasks,
-            outbox: Some(self.outbox),
-        })
+        Ok(Running { name: self.name, grpc_addr: serving.addr, tasks: self.tasks, outbox: Some(self.outbox) })
     }
 }

@@ -91,10 +91,7 @@ pub struct SettingsError {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> SettingsError {
-    SettingsError {
-        field: field.to_owned(),
-        reason: reason.into(),
-    }
+    SettingsError { field: field.to_owned(), reason: reason.into() }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,12 +205,7 @@ impl ConsumerSettings {
 
 impl Default for ConsumerSettings {
     fn default() -> Self {
-        Self {
-            batch_size: 500,
-            concurrency: 4,
-            ack_wait_secs: 30,
-            max_deliver: 20,
-        }
+        Self { batch_size: 500, concurrency: 4, ack_wait_secs: 30, max_deliver: 20 }
     }
 }
 
@@ -239,11 +231,9 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut settings = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!("cannot read settings file {}: {e}", path.display())
-                })?;
-                toml::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read settings file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))?
             }
             None => Settings::default(),
         };
@@ -254,17 +244,12 @@ impl Settings {
 
     /// Applies `LEADS_*` variables; `lookup` is injectable so tests need not touch the
     /// process environment.
-    pub fn apply_env(
-        &mut self,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), SettingsError> {
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
         fn parse<T: FromStr>(key: &str, value: String) -> Result<T, SettingsError>
         where
             T::Err: fmt::Display,
         {
-            value
-                .parse()
-                .map_err(|e: T::Err| invalid(key, e.to_string()))
+            value.parse().map_err(|e: T::Err| invalid(key, e.to_string()))
         }
         if let Some(v) = lookup("LEADS_DATABASE_URL") {
             self.database_url = v;
@@ -281,17 +266,11 @@ impl Settings {
         if let Some(v) = lookup("LEADS_SUBJECT_PREFIX") {
             self.subject_prefix = v;
         }
-        if let Some(v) =
-            lookup("LEADS_OTLP_ENDPOINT").or_else(|| lookup("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        {
+        if let Some(v) = lookup("LEADS_OTLP_ENDPOINT").or_else(|| lookup("OTEL_EXPORTER_OTLP_ENDPOINT")) {
             self.otlp_endpoint = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = lookup("LEADS_METRICS_ADDR") {
-            self.metrics_addr = if v.is_empty() {
-                None
-            } else {
-                Some(parse("LEADS_METRICS_ADDR", v)?)
-            };
+            self.metrics_addr = if v.is_empty() { None } else { Some(parse("LEADS_METRICS_ADDR", v)?) };
         }
         if let Some(v) = lookup("LEADS_GRPC_HOST") {
             self.grpc.host = v;
@@ -321,34 +300,21 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            return Err(invalid(
-                "database_url",
-                "must start with postgres:// or postgresql://",
-            ));
+        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+            return Err(invalid("database_url", "must start with postgres:// or postgresql://"));
         }
         if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
             return Err(invalid("nats_url", "must start with nats:// or tls://"));
         }
         let prefix = &self.subject_prefix;
         if !prefix.is_empty() {
-            let body = prefix
-                .strip_suffix('.')
-                .ok_or_else(|| invalid("subject_prefix", "must end with '.'"))?;
+            let body = prefix.strip_suffix('.').ok_or_else(|| invalid("subject_prefix", "must end with '.'"))?;
             if body.is_empty()
                 || !body.split('.').all(|token| {
-                    !token.is_empty()
-                        && token
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    !token.is_empty() && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 })
             {
-                return Err(invalid(
-                    "subject_prefix",
-                    "tokens may hold only letters, digits, '_' and '-'",
-                ));
+                return Err(invalid("subject_prefix", "tokens may hold only letters, digits, '_' and '-'"));
             }
         }
         if self.database_max_connections == 0 {

@@ -23,17 +23,11 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Spans get trace ids even without an exporter, so that
 /// trace context still travels between services.
 pub fn init(service_name: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name(service_name.to_owned())
-            .build(),
-    );
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build());
     if let Some(endpoint) = otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
@@ -42,12 +36,7 @@ pub fn init(service_name: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<T
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false),
-        )
+        .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false))
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
     Ok(TelemetryGuard { provider })
@@ -126,9 +115,7 @@ pub fn inject_grpc(mut request: tonic::Request<()>) -> Result<tonic::Request<()>
 
 /// Serves Prometheus metrics on `addr` at `/metrics`.
 pub fn install_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()?;
+    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
     tracing::info!(%addr, "metrics served at /metrics");
     Ok(())
 }

@@ -14,10 +14,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
-    let routes =
-        tonic::service::Routes::new(server::QualificationServiceServer::new(QualificationApi));
-    base.serve(infra, &["leads.v1.QualificationService"], routes, token)
-        .await
+    let routes = tonic::service::Routes::new(server::QualificationServiceServer::new(QualificationApi));
+    base.serve(infra, &["leads.v1.QualificationService"], routes, token).await
 }
 
 struct QualificationApi;
@@ -28,15 +26,10 @@ impl server::QualificationService for QualificationApi {
         &self,
         _: Request<pb::GetQualificationRequest>,
     ) -> Result<Response<pb::Qualification>, Status> {
-        Err(Status::unimplemented(
-            "GetQualification is not available yet",
-        ))
+        Err(Status::unimplemented("GetQualification is not available yet"))
     }
 
-    async fn requalify(
-        &self,
-        _: Request<pb::RequalifyRequest>,
-    ) -> Result<Response<pb::Qualification>, Status> {
+    async fn requalify(&self, _: Request<pb::RequalifyRequest>) -> Result<Response<pb::Qualification>, Status> {
         Err(Status::unimplemented("Requalify is not available yet"))
     }
 }
