@@ -1,1 +1,321 @@
+//! The test harness: every service of the platform in-process (or as real child processes)
+//! against the real Postgres and NATS. Each `TestEnv` has its own database and its own
+//! subject/stream prefix, so tests run in parallel without seeing each other.
 
+use async_nats::{HeaderMap, jetstream};
+use leads_proto::v1::{
+    broadcast_tracking_service_client::BroadcastTrackingServiceClient, ingest_service_client::IngestServiceClient,
+    lead_service_client::LeadServiceClient,
+};
+use platform::{ServiceName, Settings, nats::Subjects};
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub use leads_proto::v1 as pb;
+
+/// The admin connection tests create their databases with.
+pub fn admin_url() -> String {
+    std::env::var("LEADS_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("LEADS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
+    format!("{base}/{database}")
+}
+
+static TRACING: std::sync::Once = std::sync::Once::new();
+
+fn init_tracing() {
+    TRACING.call_once(|| {
+        let _ = tracing_subscriber_init();
+    });
+}
+
+fn tracing_subscriber_init() -> anyhow::Result<()> {
+    if std::env::var("RUST_LOG").is_ok() {
+        std::mem::forget(platform::telemetry::init("leads-tests", None)?);
+    }
+    Ok(())
+}
+
+/// One isolated environment: a fresh database and a fresh subject prefix.
+pub struct TestEnv {
+    pub settings: Settings,
+    pub database: String,
+    pub subjects: Subjects,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+impl TestEnv {
+    pub async fn new() -> anyhow::Result<Self> {
+        init_tracing();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let database = format!("lt_{}", &id[..16]);
+        let mut admin = sqlx::PgPool::connect(&admin_url()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await?;
+        admin.close().await;
+        admin = sqlx::PgPool::connect(&with_database(&admin_url(), &database)).await?;
+        admin.close().await;
+        let mut settings = Settings {
+            database_url: with_database(&admin_url(), &database),
+            nats_url: nats_url(),
+            subject_prefix: format!("t{}.", &id[..12]),
+            database_max_connections: 8,
+            ..Settings::default()
+        };
+        settings.grpc.host = "127.0.0.1".into();
+        for service in ServiceName::ALL {
+            settings.grpc.set_port(service, 0);
+        }
+        settings.consumer.ack_wait_secs = 5;
+        settings.consumer.batch_size = 200;
+        settings.validate()?;
+        let nats = platform::nats::connect(&settings.nats_url, "leads-tests").await?;
+        let js = jetstream::new(nats.clone());
+        let subjects = Subjects::new(settings.subject_prefix.clone());
+        platform::nats::ensure_all_streams(&js, &subjects).await?;
+        Ok(Self { settings, database, subjects, nats, js })
+    }
+
+    /// Starts services in-process against this environment.
+    pub async fn start(&self, services: &[ServiceName]) -> anyhow::Result<Node> {
+        Node::start(self, services).await
+    }
+
+    /// Starts every service in-process.
+    pub async fn start_all(&self) -> anyhow::Result<Node> {
+        Node::start(self, &ServiceName::ALL).await
+    }
+
+    /// A pool connected as the admin role to this environment's database.
+    pub async fn admin_pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.settings.database_url).await?)
+    }
+
+    pub async fn publish(&self, subject: String, payload: Vec<u8>, headers: Option<HeaderMap>) -> anyhow::Result<()> {
+        let ack = match headers {
+            Some(headers) => self.js.publish_with_headers(subject, headers, payload.into()).await?,
+            None => self.js.publish(subject, payload.into()).await?,
+        };
+        ack.await?;
+        Ok(())
+    }
+
+    /// Publishes an InteractionEvent as JSON on `interactions.<org>`, with its id as Msg-Id.
+    pub async fn publish_interaction(&self, org_id: &str, event: &serde_json::Value) -> anyhow::Result<()> {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = event.get("event_id").and_then(|v| v.as_str()) {
+            headers.insert("Nats-Msg-Id", id);
+        }
+        self.publish(self.subjects.interactions(org_id), serde_json::to_vec(event)?, Some(headers)).await
+    }
+
+    /// Environment variables that point a `leads` child process at this environment.
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("LEADS_DATABASE_URL".into(), self.settings.database_url.clone()),
+            ("LEADS_NATS_URL".into(), self.settings.nats_url.clone()),
+            ("LEADS_SUBJECT_PREFIX".into(), self.settings.subject_prefix.clone()),
+            ("LEADS_CONSUMER_ACK_WAIT_SECS".into(), self.settings.consumer.ack_wait_secs.to_string()),
+            ("RUST_LOG".into(), "warn".into()),
+        ]
+    }
+
+    /// Drops the database and the streams. Call at the end of a passing test.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        for kind in [
+            platform::nats::StreamKind::Interactions,
+            platform::nats::StreamKind::Broadcasts,
+            platform::nats::StreamKind::DeadLetter,
+            platform::nats::StreamKind::Events,
+        ] {
+            let _ = self.js.delete_stream(self.subjects.stream_name(kind)).await;
+        }
+        let admin = sqlx::PgPool::connect(&admin_url()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        Ok(())
+    }
+}
+
+/// Services running in this process until `stop`.
+pub struct Node {
+    pub token: CancellationToken,
+    system: Option<leads::System>,
+    addrs: Vec<(ServiceName, SocketAddr)>,
+}
+
+impl Node {
+    async fn start(env: &TestEnv, services: &[ServiceName]) -> anyhow::Result<Self> {
+        let token = CancellationToken::new();
+        let set: BTreeSet<ServiceName> = services.iter().copied().collect();
+        let system = leads::System::start(env.settings.clone(), &set, token.clone()).await?;
+        let addrs = system.running.iter().map(|r| (r.name, r.grpc_addr)).collect();
+        Ok(Self { token, system: Some(system), addrs })
+    }
+
+    pub fn addr(&self, service: ServiceName) -> SocketAddr {
+        self.addrs.iter().find(|(s, _)| *s == service).map(|(_, a)| *a).expect("service is not running in this node")
+    }
+
+    pub async fn channel(&self, service: ServiceName) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(format!("http://{}", self.addr(service)))?.connect().await?)
+    }
+
+    pub async fn lead(&self) -> anyhow::Result<LeadServiceClient<Channel>> {
+        Ok(LeadServiceClient::new(self.channel(ServiceName::Lead).await?))
+    }
+
+    pub async fn ingest(&self) -> anyhow::Result<IngestServiceClient<Channel>> {
+        Ok(IngestServiceClient::new(self.channel(ServiceName::Ingest).await?))
+    }
+
+    pub async fn broadcast(&self) -> anyhow::Result<BroadcastTrackingServiceClient<Channel>> {
+        Ok(BroadcastTrackingServiceClient::new(self.channel(ServiceName::Broadcast).await?))
+    }
+
+    /// Cancels and waits for every service to finish its in-flight work.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        match self.system.take() {
+            Some(system) => system.wait().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The `leads` binary, built on first use when the build has not produced it yet.
+pub fn leads_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("LEADS_BIN") {
+        return PathBuf::from(path);
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+    let path = target.join("debug").join("leads");
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "leads", "--bin", "leads"])
+            .current_dir(&workspace)
+            .stdout(Stdio::null())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "cannot build the leads binary");
+    });
+    path
+}
+
+/// A `leads run` child process.
+pub struct Process {
+    pub child: tokio::process::Child,
+}
+
+impl Process {
+    pub fn spawn(env: &TestEnv, services: &str, extra_env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut command = tokio::process::Command::new(leads_binary());
+        command.args(["run", "--services", services]).stdout(Stdio::null()).stderr(Stdio::inherit());
+        for (key, value) in env.process_env() {
+            command.env(key, value);
+        }
+        for service in ServiceName::ALL {
+            command.env(format!("LEADS_GRPC_{}_PORT", service.as_str().to_uppercase()), "0");
+        }
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        command.kill_on_drop(true);
+        Ok(Self { child: command.spawn()? })
+    }
+
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().ok_or_else(|| anyhow::anyhow!("process already exited"))?;
+        let status = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+}
+
+/// A valid inbound chat message from a contact with this phone.
+pub fn chat_event(event_id: &str, phone: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": event_id,
+        "occurred_at": chrono::Utc::now().to_rfc3339(),
+        "kind": "chat_message",
+        "direction": "inbound",
+        "channel": "whatsapp",
+        "contact": { "phone": phone, "name": "Ada Lovelace" },
+        "text": text,
+    })
+}
+
+/// A distinct valid US phone number for index `n`.
+pub fn phone(n: u32) -> String {
+    format!("+1415{:07}", 2_000_000 + n)
+}
+
+/// Lists every lead of an organisation through gRPC.
+pub async fn all_leads(client: &mut LeadServiceClient<Channel>, org_id: &str) -> anyhow::Result<Vec<pb::Lead>> {
+    let mut leads = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_leads(pb::ListLeadsRequest {
+                org_id: org_id.into(),
+                page_size: 500,
+                page_token: token.clone(),
+                skip_total: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        leads.extend(page.leads);
+        if page.next_page_token.is_empty() {
+            return Ok(leads);
+        }
+        token = page.next_page_token;
+    }
+}

@@ -5,7 +5,7 @@
 use crate::{
     LeadContext,
     error::LeadError,
-    model::{LEAD_VIEW_COLUMNS, LeadChange, LeadEvent, LeadView, Status},
+    model::{InteractionSummary, LEAD_VIEW_COLUMNS, LeadChange, LeadEvent, LeadView, Status},
 };
 use ingest::event::{Direction, Interaction, Kind};
 use platform::{event::Envelope, outbox::OutboxMessage};
@@ -199,7 +199,7 @@ async fn apply_one(
                 ),
             };
             record_status_change(tx, org_id, lead_id, None, Status::New, SYSTEM_ACTOR, Some(&source), None, 1).await?;
-            publish(ctx, tx, messages, lead_id, LeadChange::Created).await?;
+            publish(ctx, tx, messages, lead_id, LeadChange::Created { interaction: summary(event) }).await?;
             Some(lead_id)
         }
         (Some((lead_id, status)), direction) => {
@@ -244,10 +244,7 @@ async fn apply_one(
                     reason: Some(reason.into()),
                 }
             } else {
-                LeadChange::InteractionRecorded {
-                    event_id: event.event_id.clone(),
-                    direction: event.direction.as_str().into(),
-                }
+                LeadChange::InteractionRecorded { interaction: summary(event) }
             };
             publish(ctx, tx, messages, lead_id, change).await?;
             Some(lead_id)
@@ -278,6 +275,18 @@ async fn apply_one(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn summary(event: &Interaction) -> InteractionSummary {
+    InteractionSummary {
+        event_id: event.event_id.clone(),
+        kind: event.kind.as_str().into(),
+        direction: event.direction.as_str().into(),
+        occurred_at: event.occurred_at,
+        text: event.text.clone(),
+        broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
+        campaign_id: event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -187,8 +187,8 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LeadChange {
-    Created,
-    InteractionRecorded { event_id: String, direction: String },
+    Created { interaction: InteractionSummary },
+    InteractionRecorded { interaction: InteractionSummary },
     StatusChanged { from: String, to: String, actor: String, reason: Option<String> },
     ScoreChanged { score: i32, source: String, actor: String },
     Assigned { from: Option<String>, to: Option<String>, actor: String },
@@ -197,13 +197,25 @@ pub enum LeadChange {
 impl LeadChange {
     pub fn kind(&self) -> &'static str {
         match self {
-            LeadChange::Created => "lead_created",
+            LeadChange::Created { .. } => "lead_created",
             LeadChange::InteractionRecorded { .. } => "interaction_recorded",
             LeadChange::StatusChanged { .. } => "status_changed",
             LeadChange::ScoreChanged { .. } => "score_changed",
             LeadChange::Assigned { .. } => "assigned",
         }
     }
+}
+
+/// The interaction that caused a lead event, for projections (scoring, reply counts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractionSummary {
+    pub event_id: String,
+    pub kind: String,
+    pub direction: String,
+    pub occurred_at: DateTime<Utc>,
+    pub text: Option<String>,
+    pub broadcast_message_id: Option<String>,
+    pub campaign_id: Option<String>,
 }
 
 /// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.

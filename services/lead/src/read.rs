@@ -26,21 +26,27 @@ pub struct Page {
     pub total_count: Option<i64>,
 }
 
+/// The page and its total come from one snapshot, so they agree with each other.
 pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> Result<Page, LeadError> {
+    let mut tx = pool.begin().await?;
+    if with_total {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    }
     let mut sql = query.page_sql()?;
-    let mut leads: Vec<LeadView> = sql.build_query_as().fetch_all(pool).await?;
+    let mut leads: Vec<LeadView> = sql.build_query_as().fetch_all(&mut *tx).await?;
     let has_more = leads.len() as i64 > query.page_size;
     leads.truncate(query.page_size as usize);
     let next_page_token = match (has_more, leads.last()) {
         (true, Some(last)) => query.token_of(last),
         _ => String::new(),
     };
-    let total_count = if with_total { Some(count(pool, query).await?) } else { None };
+    let total_count = if with_total { Some(count(&mut *tx, query).await?) } else { None };
+    tx.commit().await?;
     Ok(Page { leads, next_page_token, total_count })
 }
 
-pub async fn count(pool: &PgPool, query: &LeadQuery) -> Result<i64, LeadError> {
+pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<i64, LeadError> {
     let mut sql = sqlx::QueryBuilder::new("SELECT count(*) FROM leads l JOIN contacts c ON c.id = l.contact_id");
     query.push_filters(&mut sql)?;
-    Ok(sql.build_query_scalar().fetch_one(pool).await?)
+    Ok(sql.build_query_scalar().fetch_one(conn).await?)
 }
