@@ -51,6 +51,7 @@ fn tracing_subscriber_init() -> anyhow::Result<()> {
 }
 
 /// One isolated environment: a fresh database and a fresh subject prefix.
+#[derive(Clone)]
 pub struct TestEnv {
     pub settings: Settings,
     pub database: String,

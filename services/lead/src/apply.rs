@@ -54,14 +54,9 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> 
             todo.push(envelope);
         }
     }
-    // The same lock order in every transaction keeps concurrent batches from deadlocking.
-    todo.sort_by(|a, b| {
-        (a.org_id.as_str(), contact_key(&a.data), a.data.occurred_at).cmp(&(
-            b.org_id.as_str(),
-            contact_key(&b.data),
-            b.data.occurred_at,
-        ))
-    });
+    // Arrival order, not a sorted order: an event that links a phone to an external id must
+    // be applied before a later event that names only the phone. Deadlocks between
+    // concurrent batches are rare and retried.
     let mut messages = Vec::new();
     for envelope in todo {
         apply_one(ctx, &mut tx, &envelope.org_id, &envelope.data, &mut messages).await?;
@@ -73,10 +68,6 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> 
     }
     metrics::counter!("lead_interactions_applied_total").increment(batch.len() as u64);
     Ok(())
-}
-
-fn contact_key(interaction: &Interaction) -> (&str, &str) {
-    (interaction.contact.phone.as_deref().unwrap_or(""), interaction.contact.external_id.as_deref().unwrap_or(""))
 }
 
 #[derive(sqlx::FromRow)]

@@ -34,6 +34,7 @@ impl System {
         services: &BTreeSet<ServiceName>,
         token: CancellationToken,
     ) -> anyhow::Result<Self> {
+        platform::db::ensure_database(&settings).await?;
         let infra = Infra::connect(settings, "leads").await?;
         let mut running = Vec::new();
         for service in services {
@@ -79,6 +80,7 @@ pub async fn start_service(infra: &Infra, service: ServiceName, token: Cancellat
 
 /// Bootstraps and migrates every service's schema, then exits.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    platform::db::ensure_database(settings).await?;
     for service in ServiceName::ALL {
         let migrator = match service {
             ServiceName::Ingest => &ingest::MIGRATOR,

@@ -86,3 +86,32 @@ pub fn is_retryable(error: &sqlx::Error) -> bool {
     matches!(sqlstate(error).as_deref(), Some("40001" | "40P01" | "23505"))
         || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
 }
+
+/// Creates the configured database when it does not exist yet, through the server's
+/// `postgres` database, so that a first `leads run` needs no manual step.
+pub async fn ensure_database(settings: &Settings) -> anyhow::Result<()> {
+    let options = PgConnectOptions::from_str(&settings.database_url)?;
+    match PgConnection::connect_with(&options).await {
+        Ok(connection) => {
+            connection.close().await?;
+            Ok(())
+        }
+        Err(error) if sqlstate(&error).as_deref() == Some("3D000") => {
+            let name = options.get_database().unwrap_or("leads").to_owned();
+            anyhow::ensure!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "database name {name:?} may hold only letters, digits and '_'"
+            );
+            let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+            let created = sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await;
+            match created {
+                // 42P04: created meanwhile by another process.
+                Err(error) if sqlstate(&error).as_deref() != Some("42P04") => return Err(error.into()),
+                _ => tracing::info!(database = %name, "database created"),
+            }
+            admin.close().await?;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}

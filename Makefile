@@ -1,0 +1,30 @@
+# The lead platform. `make run` brings the whole system up; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+INFRA = eval "$$(deploy/local/infra.sh)"
+
+.PHONY: help run test lint bench infra
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+run: ## Run all six services locally (installs/starts Postgres and NATS when missing)
+	@deploy/local/run.sh
+
+test: ## Run every test against real Postgres and NATS
+	@$(INFRA); cargo build --workspace --all-targets && \
+	if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
+
+lint: ## Check formatting and run clippy with warnings denied
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench: ## Run the benchmarks and print figures for BENCHMARKS.md
+	@$(INFRA); cargo run --release -p leads-tests --bin bench -- $(BENCH_ARGS)
+
+infra: ## Only make sure Postgres and NATS are up, and print their URLs
+	@deploy/local/infra.sh
