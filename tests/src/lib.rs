@@ -232,6 +232,11 @@ pub fn leads_binary() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
     let path = target.join("debug").join("leads");
+    if path.exists() {
+        // `make test` builds the whole workspace first; building `-p leads` alone here would
+        // resolve features differently and rebuild half the dependency tree.
+        return path;
+    }
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

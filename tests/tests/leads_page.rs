@@ -1,0 +1,373 @@
+//! The Leads page over gRPC: filters, keyset pages, status changes (single and bulk),
+//! optimistic concurrency, export and history.
+
+use leads_tests::{Node, TestEnv, all_leads, eventually, pb, phone};
+use platform::ServiceName;
+use serde_json::json;
+use std::{collections::HashSet, time::Duration};
+use tonic::{Code, transport::Channel};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const ORG: &str = "acme";
+
+type Leads = leads_proto::v1::lead_service_client::LeadServiceClient<Channel>;
+
+struct Page {
+    node: Node,
+    env: TestEnv,
+    client: Leads,
+}
+
+impl Page {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::new().await?;
+        let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+        let client = node.lead().await?;
+        Ok(Self { node, env, client })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.node.stop().await?;
+        self.env.cleanup().await
+    }
+
+    /// Sends events through the real ingest path and waits until `count` leads exist.
+    async fn ingest(&self, events: &[serde_json::Value], count: usize) -> anyhow::Result<Vec<pb::Lead>> {
+        for event in events {
+            self.env.publish_interaction(ORG, event).await?;
+        }
+        let client = self.client.clone();
+        Ok(eventually(DEADLINE, "the leads", || {
+            let mut client = client.clone();
+            async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() >= count) }
+        })
+        .await)
+    }
+
+    async fn list(&self, filter: pb::LeadFilter) -> anyhow::Result<pb::ListLeadsResponse> {
+        let request = pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(filter), page_size: 500, ..Default::default() };
+        Ok(self.client.clone().list_leads(request).await?.into_inner())
+    }
+
+    async fn change(&self, lead_id: &str, status: pb::LeadStatus, score: Option<i32>) -> Result<pb::Lead, tonic::Status> {
+        let request = pb::ChangeStatusRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            status: status as i32,
+            manual_score: score,
+            reason: "test".into(),
+            actor: "operator-1".into(),
+            ..Default::default()
+        };
+        Ok(self.client.clone().change_status(request).await?.into_inner())
+    }
+}
+
+fn event(id: &str, n: u32, name: &str, occurred_at: &str) -> serde_json::Value {
+    json!({
+        "event_id": id, "occurred_at": occurred_at, "kind": "chat_message",
+        "contact": { "phone": phone(n), "name": name, "email": format!("{}@example.com", id) },
+        "text": format!("hello from {name}"),
+    })
+}
+
+fn ids(leads: &[pb::Lead]) -> HashSet<String> {
+    leads.iter().map(|l| l.id.clone()).collect()
+}
+
+fn by_name<'a>(leads: &'a [pb::Lead], name: &str) -> &'a pb::Lead {
+    leads.iter().find(|l| l.contact.as_ref().is_some_and(|c| c.name == name)).expect("lead by name")
+}
+
+#[tokio::test]
+async fn filters_combine() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let mut reply = event("r-1", 3, "Carol Reply", "2026-11-20T10:00:00Z");
+    reply["kind"] = json!("broadcast_reply");
+    reply["broadcast"] = json!({ "message_id": "wamid.1", "campaign_id": "cmp-1" });
+    let mut shop = event("s-1", 4, "Dan Shop", "2026-11-21T10:00:00Z");
+    shop["kind"] = json!("integration");
+    shop["integration"] = json!({ "name": "shopify" });
+    let events = vec![
+        event("a-1", 1, "Alice Chat", "2026-11-18T10:00:00Z"),
+        event("b-1", 2, "Bob Chat", "2026-11-19T10:00:00Z"),
+        reply,
+        shop,
+        event("e-1", 5, "Eve Chat", "2026-11-22T10:00:00Z"),
+    ];
+    let leads = page.ingest(&events, 5).await?;
+    let (alice, bob, carol, dan, eve) = (
+        by_name(&leads, "Alice Chat").id.clone(),
+        by_name(&leads, "Bob Chat").id.clone(),
+        by_name(&leads, "Carol Reply").id.clone(),
+        by_name(&leads, "Dan Shop").id.clone(),
+        by_name(&leads, "Eve Chat").id.clone(),
+    );
+    page.change(&alice, pb::LeadStatus::Qualified, Some(90)).await?;
+    page.change(&bob, pb::LeadStatus::Contacted, Some(40)).await?;
+    page.change(&carol, pb::LeadStatus::Lost, None).await?;
+    let admin = page.env.admin_pool().await?;
+    // Assignment is its own service; here the lead's agent column is set directly.
+    sqlx::query("UPDATE lead.leads SET agent_id = 'agent-7' WHERE id = ANY($1::uuid[])")
+        .bind(vec![alice.clone(), dan.clone()])
+        .execute(&admin)
+        .await?;
+    sqlx::query("UPDATE lead.leads SET score = 70, score_source = 'ai' WHERE id = $1::uuid")
+        .bind(&eve)
+        .execute(&admin)
+        .await?;
+    let ts = |s: &str| {
+        let at = chrono::DateTime::parse_from_rfc3339(s).expect("time");
+        Some(prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 })
+    };
+    let cases: Vec<(&str, pb::LeadFilter, Vec<&String>)> = vec![
+        ("statuses", pb::LeadFilter { statuses: vec![pb::LeadStatus::New as i32], ..Default::default() }, vec![&dan, &eve]),
+        ("inactive", pb::LeadFilter { active: pb::ActiveFilter::InactiveOnly as i32, ..Default::default() }, vec![&carol]),
+        ("active", pb::LeadFilter { active: pb::ActiveFilter::ActiveOnly as i32, ..Default::default() }, vec![&alice, &bob, &dan, &eve]),
+        ("agent", pb::LeadFilter { agent_ids: vec!["agent-7".into()], ..Default::default() }, vec![&alice, &dan]),
+        ("unassigned", pb::LeadFilter { unassigned: true, ..Default::default() }, vec![&bob, &carol, &eve]),
+        ("score range", pb::LeadFilter { min_score: Some(50), max_score: Some(95), ..Default::default() }, vec![&alice, &eve]),
+        ("manual", pb::LeadFilter { score_source: pb::ScoreSource::Manual as i32, ..Default::default() }, vec![&alice, &bob]),
+        ("ai", pb::LeadFilter { score_source: pb::ScoreSource::Ai as i32, ..Default::default() }, vec![&eve]),
+        ("source", pb::LeadFilter { source_kinds: vec![pb::SourceKind::BroadcastReply as i32, pb::SourceKind::Integration as i32], ..Default::default() }, vec![&carol, &dan]),
+        ("campaign", pb::LeadFilter { campaign_id: "cmp-1".into(), ..Default::default() }, vec![&carol]),
+        ("integration", pb::LeadFilter { integration_name: "shopify".into(), ..Default::default() }, vec![&dan]),
+        ("last interaction", pb::LeadFilter { last_interaction: Some(pb::TimeRange { from: ts("2026-11-19T00:00:00Z"), to: ts("2026-11-21T00:00:00Z") }), ..Default::default() }, vec![&bob, &carol]),
+        ("search name", pb::LeadFilter { search: "chat".into(), ..Default::default() }, vec![&alice, &bob, &eve]),
+        ("search email", pb::LeadFilter { search: "s-1@example".into(), ..Default::default() }, vec![&dan]),
+        ("search phone", pb::LeadFilter { search: phone(2)[5..].to_owned(), ..Default::default() }, vec![&bob]),
+        ("combined", pb::LeadFilter {
+            active: pb::ActiveFilter::ActiveOnly as i32,
+            agent_ids: vec!["agent-7".into()],
+            min_score: Some(80),
+            search: "alice".into(),
+            ..Default::default()
+        }, vec![&alice]),
+        ("combined, nothing", pb::LeadFilter { statuses: vec![pb::LeadStatus::Lost as i32], agent_ids: vec!["agent-7".into()], ..Default::default() }, vec![]),
+    ];
+    for (name, filter, expected) in cases {
+        let found = page.list(filter).await?;
+        let expected: HashSet<String> = expected.into_iter().cloned().collect();
+        assert_eq!(ids(&found.leads), expected, "{name}");
+        assert_eq!(found.total_count, expected.len() as i64, "{name}: total");
+    }
+    let created = page.list(pb::LeadFilter { created: Some(pb::TimeRange { from: ts("2000-01-01T00:00:00Z"), to: None }), ..Default::default() }).await?;
+    assert_eq!(created.total_count, 5);
+    // Sorting by score ascending puts unscored leads first.
+    let request = pb::ListLeadsRequest {
+        org_id: ORG.into(),
+        sort: pb::LeadSortField::Score as i32,
+        direction: pb::SortDirection::Asc as i32,
+        ..Default::default()
+    };
+    let sorted = page.client.clone().list_leads(request).await?.into_inner();
+    let scores: Vec<Option<i32>> = sorted.leads.iter().map(|l| l.score).collect();
+    assert_eq!(scores, vec![None, None, Some(40), Some(70), Some(90)]);
+    page.stop().await
+}
+
+#[tokio::test]
+async fn page_tokens_stay_correct_while_leads_are_created() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let events: Vec<_> = (0..60).map(|n| event(&format!("p-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
+    let original = page.ingest(&events, 60).await?;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut n = 1000;
+    loop {
+        // Leads keep arriving while the operator pages through.
+        page.env.publish_interaction(ORG, &event(&format!("late-{n}"), n, "Late", "2026-11-20T10:00:00Z")).await?;
+        n += 1;
+        let request = pb::ListLeadsRequest {
+            org_id: ORG.into(),
+            sort: pb::LeadSortField::Created as i32,
+            page_size: 7,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let response = page.client.clone().list_leads(request).await?.into_inner();
+        seen.extend(response.leads.iter().map(|l| l.id.clone()));
+        if response.next_page_token.is_empty() {
+            break;
+        }
+        token = response.next_page_token;
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no lead repeated");
+    for lead in &original {
+        assert!(unique.contains(&lead.id), "no lead skipped");
+    }
+    // A token is bound to its sort order.
+    let request = pb::ListLeadsRequest { org_id: ORG.into(), page_size: 7, sort: pb::LeadSortField::Created as i32, ..Default::default() };
+    let first = page.client.clone().list_leads(request).await?.into_inner();
+    let request = pb::ListLeadsRequest { org_id: ORG.into(), page_token: first.next_page_token, sort: pb::LeadSortField::Score as i32, ..Default::default() };
+    let error = page.client.clone().list_leads(request).await.expect_err("token of another sort");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("page_token"));
+    for (request, field) in [
+        (pb::ListLeadsRequest { org_id: ORG.into(), page_size: 501, ..Default::default() }, "page_size"),
+        (pb::ListLeadsRequest { org_id: ORG.into(), page_token: "zz".into(), ..Default::default() }, "page_token"),
+        (pb::ListLeadsRequest { org_id: "".into(), ..Default::default() }, "org_id"),
+        (pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(pb::LeadFilter { min_score: Some(101), ..Default::default() }), ..Default::default() }, "filter.min_score"),
+    ] {
+        let error = page.client.clone().list_leads(request).await.expect_err(field);
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.message().starts_with(field), "{field}: {}", error.message());
+    }
+    page.stop().await
+}
+
+#[tokio::test]
+async fn inactive_leads_take_no_change_single_or_bulk() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let events: Vec<_> = (0..4).map(|n| event(&format!("i-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
+    let leads = page.ingest(&events, 4).await?;
+    let converted = page.change(&leads[0].id, pb::LeadStatus::Converted, None).await?;
+    assert!(!converted.active);
+    let error = page.change(&leads[0].id, pb::LeadStatus::Qualified, None).await.expect_err("inactive");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(error.message().contains("inactive") && error.message().contains("CONVERTED"), "{}", error.message());
+    // Still fully readable.
+    let read = page.client.clone().get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: leads[0].id.clone() }).await?;
+    assert_eq!(read.into_inner().status(), pb::LeadStatus::Converted);
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let request = pb::BulkChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_ids: vec![leads[0].id.clone(), leads[1].id.clone(), unknown.clone(), leads[2].id.clone(), "not-an-id".into()],
+        status: pb::LeadStatus::Archived as i32,
+        reason: "cleanup".into(),
+        actor: "operator-2".into(),
+    };
+    let results = page.client.clone().bulk_change_status(request).await?.into_inner().results;
+    let outcomes: Vec<pb::BulkOutcome> = results.iter().map(|r| r.outcome()).collect();
+    assert_eq!(
+        outcomes,
+        [pb::BulkOutcome::Inactive, pb::BulkOutcome::Changed, pb::BulkOutcome::NotFound, pb::BulkOutcome::Changed, pb::BulkOutcome::NotFound]
+    );
+    assert!(results[0].detail.contains("CONVERTED"));
+    let archived = page.list(pb::LeadFilter { statuses: vec![pb::LeadStatus::Archived as i32], ..Default::default() }).await?;
+    assert_eq!(ids(&archived.leads), HashSet::from([leads[1].id.clone(), leads[2].id.clone()]));
+    let error = page.change(&unknown, pb::LeadStatus::Qualified, None).await.expect_err("unknown");
+    assert_eq!(error.code(), Code::NotFound);
+    let error = page.change(&leads[3].id, pb::LeadStatus::Qualified, Some(101)).await.expect_err("bad score");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("manual_score"));
+    let too_many = pb::BulkChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_ids: vec![leads[3].id.clone(); 10_001],
+        status: pb::LeadStatus::Lost as i32,
+        ..Default::default()
+    };
+    let error = page.client.clone().bulk_change_status(too_many).await.expect_err("too many");
+    assert!(error.message().contains("lead_ids"));
+    page.stop().await
+}
+
+#[tokio::test]
+async fn expected_version_guards_against_lost_updates() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let leads = page.ingest(&[event("v-1", 1, "Versioned", "2026-11-20T10:00:00Z")], 1).await?;
+    let lead = &leads[0];
+    let request = |status: pb::LeadStatus, version: i64| pb::ChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_id: lead.id.clone(),
+        status: status as i32,
+        expected_version: Some(version),
+        actor: "op".into(),
+        ..Default::default()
+    };
+    let changed = page.client.clone().change_status(request(pb::LeadStatus::Qualifying, lead.version)).await?.into_inner();
+    assert_eq!(changed.version, lead.version + 1);
+    let error = page.client.clone().change_status(request(pb::LeadStatus::Qualified, lead.version)).await.expect_err("stale");
+    assert_eq!(error.code(), Code::Aborted);
+    let current = page.client.clone().get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: lead.id.clone() }).await?;
+    assert_eq!(current.into_inner().status(), pb::LeadStatus::Qualifying, "the stale change was not applied");
+    page.stop().await
+}
+
+#[tokio::test]
+async fn export_matches_the_page_and_the_filters() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let mut events: Vec<_> = (0..25).map(|n| event(&format!("x-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
+    events.push(event("x-tricky", 99, "Doe, \"Jim\"\nJunior", "2026-11-20T10:00:00Z"));
+    let leads = page.ingest(&events, 26).await?;
+    let query = pb::ListLeadsRequest { org_id: ORG.into(), page_size: 10, sort: pb::LeadSortField::Created as i32, ..Default::default() };
+    let first = page.client.clone().list_leads(query.clone()).await?.into_inner();
+    let second_query = pb::ListLeadsRequest { page_token: first.next_page_token.clone(), ..query.clone() };
+    let second = page.client.clone().list_leads(second_query.clone()).await?.into_inner();
+
+    let export = |query: pb::ListLeadsRequest, scope: pb::ExportScope| {
+        let mut client = page.client.clone();
+        async move {
+            let mut stream = client.export_leads(pb::ExportLeadsRequest { query: Some(query), scope: scope as i32 }).await?.into_inner();
+            let mut csv = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                csv.extend(chunk.csv);
+            }
+            let mut reader = csv::Reader::from_reader(csv.as_slice());
+            let rows: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
+            anyhow::Ok(rows)
+        }
+    };
+    let rows = export(second_query, pb::ExportScope::CurrentPage).await?;
+    let exported: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
+    let listed: Vec<&str> = second.leads.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(exported, listed, "current page equals the listed page");
+
+    let all = export(query.clone(), pb::ExportScope::All).await?;
+    assert_eq!(all.len() as i64, first.total_count);
+    let unique: HashSet<&str> = all.iter().map(|r| &r[0]).collect();
+    assert_eq!(unique.len(), leads.len());
+    let tricky = all.iter().find(|r| r[1].starts_with("Doe")).expect("the tricky name");
+    assert_eq!(&tricky[1], "Doe, \"Jim\"\nJunior", "commas, quotes and newlines survive");
+    assert_eq!(&tricky[4], "NEW");
+    let filtered = pb::ListLeadsRequest {
+        filter: Some(pb::LeadFilter { search: "Doe".into(), ..Default::default() }),
+        ..query
+    };
+    assert_eq!(export(filtered, pb::ExportScope::All).await?.len(), 1);
+    page.stop().await
+}
+
+#[tokio::test]
+async fn history_is_one_timeline_newest_first_and_paginated() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let leads = page.ingest(&[event("h-1", 1, "Historic", "2026-11-20T10:00:00Z")], 1).await?;
+    let lead = leads[0].clone();
+    page.env.publish_interaction(ORG, &event("h-2", 1, "Historic", "2026-11-20T11:00:00Z")).await?;
+    let client = page.client.clone();
+    eventually(DEADLINE, "the second interaction", || {
+        let mut client = client.clone();
+        let id = lead.id.clone();
+        async move {
+            let lead = client.get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: id }).await.ok()?.into_inner();
+            (lead.interaction_count == 2).then_some(())
+        }
+    })
+    .await;
+    page.change(&lead.id, pb::LeadStatus::Qualified, Some(80)).await?;
+    let mut entries = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request = pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: lead.id.clone(), page_size: 2, page_token: token.clone() };
+        let response = page.client.clone().get_lead_history(request).await?.into_inner();
+        entries.extend(response.entries);
+        if response.next_page_token.is_empty() {
+            break;
+        }
+        token = response.next_page_token;
+    }
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    for kind in ["created", "interaction", "status_changed", "score"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    assert_eq!(kinds.iter().filter(|k| **k == "interaction").count(), 2);
+    let times: Vec<i64> = entries.iter().map(|e| e.at.as_ref().map_or(0, |t| t.seconds)).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    let change = entries.iter().find(|e| e.kind == "status_changed").expect("status change");
+    assert_eq!(change.actor, "operator-1");
+    let score = entries.iter().find(|e| e.kind == "score").expect("score");
+    assert!(score.summary.contains("manual score 80"), "{}", score.summary);
+    page.stop().await
+}
