@@ -81,6 +81,9 @@ impl TestEnv {
         for service in ServiceName::ALL {
             settings.grpc.set_port(service, 0);
         }
+        // Nothing listens here: a node without the broadcast service must not reach another
+        // environment's (the in-process System rewrites it when broadcast runs alongside).
+        settings.endpoints.broadcast = "http://127.0.0.1:9".into();
         settings.consumer.ack_wait_secs = 5;
         settings.consumer.batch_size = 200;
         settings.validate()?;

@@ -145,7 +145,7 @@ impl LeadService for LeadApi {
         let request = request.into_inner();
         crate::validate_org(&request.org_id)?;
         let history = history::lead_history(
-            &self.ctx.pool,
+            &self.ctx,
             &request.org_id,
             lead_id(&request.lead_id)?,
             request.page_size,
@@ -156,6 +156,7 @@ impl LeadService for LeadApi {
             entries: history.entries,
             next_page_token: history.next_page_token,
             past_lead_ids: history.past_lead_ids,
+            broadcast_history_unavailable: history.broadcast_history_unavailable,
         }))
     }
 }

@@ -1,9 +1,10 @@
 //! GetLeadHistory: one timeline, newest first, over the lead and the contact's past leads.
 
-use crate::{error::LeadError, model::timestamp};
+use crate::{LeadContext, error::LeadError, model::timestamp};
 use chrono::{DateTime, Utc};
 use leads_proto::v1 as pb;
-use sqlx::PgPool;
+use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingServiceClient;
+use platform::grpc::TracedChannel;
 use uuid::Uuid;
 
 pub const MAX_PAGE: i64 = 500;
@@ -23,6 +24,17 @@ pub struct History {
     pub entries: Vec<pb::HistoryEntry>,
     pub next_page_token: String,
     pub past_lead_ids: Vec<String>,
+    pub broadcast_history_unavailable: bool,
+}
+
+/// A contact's broadcast messages beyond this many are left out of the timeline.
+const MAX_BROADCASTS: usize = 1000;
+
+/// One timeline entry with its sort key, from either source.
+struct Entry {
+    at: DateTime<Utc>,
+    key: String,
+    entry: pb::HistoryEntry,
 }
 
 const TIMELINE: &str = "\
@@ -55,7 +67,7 @@ WHERE $3::timestamptz IS NULL OR (t.at, t.key) < ($3, $4) \
 ORDER BY t.at DESC, t.key DESC LIMIT $5";
 
 pub async fn lead_history(
-    pool: &PgPool,
+    ctx: &LeadContext,
     org_id: &str,
     lead_id: Uuid,
     page_size: i32,
@@ -68,6 +80,7 @@ pub async fn lead_history(
             return Err(LeadError::invalid("page_size", format!("must be between 1 and {MAX_PAGE}")));
         }
     };
+    let pool = &ctx.pool;
     let contact: Option<Uuid> = sqlx::query_scalar("SELECT contact_id FROM leads WHERE org_id = $1 AND id = $2")
         .bind(org_id)
         .bind(lead_id)
@@ -75,17 +88,45 @@ pub async fn lead_history(
         .await?;
     let contact = contact.ok_or_else(|| LeadError::NotFound(lead_id.to_string()))?;
     let (after_at, after_key) = decode_token(page_token)?;
+    let broadcasts = match &ctx.broadcast {
+        Some(client) => broadcast_entries(client.clone(), org_id, contact).await,
+        None => Err(()),
+    };
+    let broadcast_history_unavailable = broadcasts.is_err();
     let rows: Vec<EntryRow> = sqlx::query_as(TIMELINE)
         .bind(org_id)
         .bind(lead_id)
         .bind(after_at)
-        .bind(after_key)
+        .bind(after_key.clone())
         .bind(page_size + 1)
         .fetch_all(pool)
         .await?;
-    let has_more = rows.len() as i64 > page_size;
-    let rows = &rows[..rows.len().min(page_size as usize)];
-    let next_page_token = match (has_more, rows.last()) {
+    let mut merged: Vec<Entry> = rows
+        .into_iter()
+        .map(|row| Entry {
+            at: row.at,
+            entry: pb::HistoryEntry {
+                at: Some(timestamp(row.at)),
+                lead_id: row.lead_id.map(|id| id.to_string()).unwrap_or_default(),
+                kind: row.kind,
+                summary: row.summary,
+                actor: row.actor,
+                details_json: row.details,
+            },
+            key: row.key,
+        })
+        .collect();
+    let after = after_at.zip(after_key);
+    merged.extend(
+        broadcasts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| after.as_ref().is_none_or(|(at, key)| (e.at, &e.key) < (*at, key))),
+    );
+    merged.sort_by(|a, b| (b.at, &b.key).cmp(&(a.at, &a.key)));
+    let has_more = merged.len() as i64 > page_size;
+    merged.truncate(page_size as usize);
+    let next_page_token = match (has_more, merged.last()) {
         (true, Some(last)) => format!("{}|{}", last.at.timestamp_micros(), last.key),
         _ => String::new(),
     };
@@ -98,20 +139,97 @@ pub async fn lead_history(
     .fetch_all(pool)
     .await?;
     Ok(History {
-        entries: rows
-            .iter()
-            .map(|row| pb::HistoryEntry {
-                at: Some(timestamp(row.at)),
-                lead_id: row.lead_id.map(|id| id.to_string()).unwrap_or_default(),
-                kind: row.kind.clone(),
-                summary: row.summary.clone(),
-                actor: row.actor.clone(),
-                details_json: row.details.clone(),
-            })
-            .collect(),
+        entries: merged.into_iter().map(|e| e.entry).collect(),
         next_page_token,
         past_lead_ids: past_lead_ids.iter().map(Uuid::to_string).collect(),
+        broadcast_history_unavailable,
     })
+}
+
+/// The contact's broadcast messages, from the broadcast-tracking service, as entries.
+async fn broadcast_entries(
+    mut client: BroadcastTrackingServiceClient<TracedChannel>,
+    org_id: &str,
+    contact_id: Uuid,
+) -> Result<Vec<Entry>, ()> {
+    let mut entries = Vec::new();
+    let mut token = String::new();
+    loop {
+        let mut request = tonic::Request::new(pb::GetBroadcastHistoryRequest {
+            org_id: org_id.into(),
+            target: Some(pb::get_broadcast_history_request::Target::ContactId(contact_id.to_string())),
+            page_size: 200,
+            page_token: token.clone(),
+        });
+        request.set_timeout(std::time::Duration::from_secs(3));
+        let page = match client.get_broadcast_history(request).await {
+            Ok(page) => page.into_inner(),
+            // The contact has no broadcast history yet.
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(entries),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = %status.message(), "broadcast history unavailable");
+                return Err(());
+            }
+        };
+        for message in page.messages {
+            entries.push(broadcast_entry(message));
+        }
+        if page.next_page_token.is_empty() || entries.len() >= MAX_BROADCASTS {
+            return Ok(entries);
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn broadcast_entry(message: pb::BroadcastMessageView) -> Entry {
+    let first_status = message.timeline.iter().filter_map(|s| s.at.as_ref()).min_by_key(|t| (t.seconds, t.nanos));
+    let at = message
+        .sent_at
+        .as_ref()
+        .or(first_status)
+        .and_then(crate::model::from_timestamp)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let campaign = message.campaign.clone().unwrap_or_default();
+    let template = message.template.clone().unwrap_or_default();
+    let campaign_label = if campaign.name.is_empty() { campaign.id.clone() } else { campaign.name.clone() };
+    let state = if message.failed { format!("failed ({})", message.error_class) } else { message.state.clone() };
+    let timeline: Vec<serde_json::Value> = message
+        .timeline
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "status": s.status,
+                "at": s.at.as_ref().and_then(crate::model::from_timestamp),
+                "error_code": s.error.as_ref().map(|e| e.code),
+                "error_title": s.error.as_ref().map(|e| e.title.clone()),
+                "error_class": (!s.error_class.is_empty()).then_some(&s.error_class),
+            })
+        })
+        .collect();
+    let details = serde_json::json!({
+        "message_id": message.message_id,
+        "campaign_id": campaign.id,
+        "campaign_name": campaign.name,
+        "template": template.name,
+        "template_language": template.language,
+        "template_category": template.category,
+        "state": message.state,
+        "failed": message.failed,
+        "error_class": message.error_class,
+        "timeline": timeline,
+    });
+    Entry {
+        at,
+        key: format!("b:{}", message.message_id),
+        entry: pb::HistoryEntry {
+            at: Some(timestamp(at)),
+            lead_id: String::new(),
+            kind: "broadcast".into(),
+            summary: format!("broadcast {campaign_label} / {}: {state}", template.name),
+            actor: String::new(),
+            details_json: details.to_string(),
+        },
+    }
 }
 
 fn decode_token(token: &str) -> Result<(Option<DateTime<Utc>>, Option<String>), LeadError> {

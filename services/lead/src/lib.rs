@@ -14,6 +14,8 @@ pub mod read;
 
 use crate::error::LeadError;
 use ingest::event::Interaction;
+use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingServiceClient;
+use platform::grpc::TracedChannel;
 use platform::{
     ServiceName,
     consumer::{self, ConsumerSpec, Delivery, Disposition},
@@ -32,6 +34,8 @@ pub struct LeadContext {
     pub pool: PgPool,
     pub subjects: Subjects,
     pub outbox: OutboxSignal,
+    /// Where the timeline's broadcast entries come from; `None` when the endpoint is invalid.
+    pub broadcast: Option<BroadcastTrackingServiceClient<TracedChannel>>,
 }
 
 pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
@@ -40,7 +44,12 @@ pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Lead, &MIGRATOR, &token).await?;
-    let ctx = LeadContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
+    let ctx = LeadContext {
+        pool: base.pool.clone(),
+        subjects: infra.subjects.clone(),
+        outbox: base.outbox.clone(),
+        broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
+    };
     let spec = ConsumerSpec {
         stream: infra.subjects.stream_name(StreamKind::Events),
         durable: "lead-interactions".into(),
@@ -63,6 +72,16 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
             ctx: ctx.clone(),
         }));
     base.serve(infra, &["leads.v1.LeadService"], routes, token).await
+}
+
+fn broadcast_client(endpoint: &str) -> Option<BroadcastTrackingServiceClient<TracedChannel>> {
+    match platform::grpc::traced_channel(endpoint) {
+        Ok(channel) => Some(BroadcastTrackingServiceClient::new(channel)),
+        Err(error) => {
+            tracing::error!(%error, endpoint, "invalid broadcast endpoint, timelines will lack broadcasts");
+            None
+        }
+    }
 }
 
 async fn consume_interactions(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {

@@ -268,7 +268,7 @@ fn push_range(
 
 fn decode_token(token: &str, sort: SortField, descending: bool) -> Result<Cursor, LeadError> {
     let bad = || LeadError::invalid("page_token", "is not a token issued for this sort order");
-    if token.len() % 2 != 0 || token.len() > 512 {
+    if !token.len().is_multiple_of(2) || token.len() > 512 {
         return Err(bad());
     }
     let bytes = (0..token.len())

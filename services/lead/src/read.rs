@@ -40,7 +40,7 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> R
         (true, Some(last)) => query.token_of(last),
         _ => String::new(),
     };
-    let total_count = if with_total { Some(count(&mut *tx, query).await?) } else { None };
+    let total_count = if with_total { Some(count(&mut tx, query).await?) } else { None };
     tx.commit().await?;
     Ok(Page { leads, next_page_token, total_count })
 }

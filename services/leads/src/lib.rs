@@ -1,6 +1,8 @@
 //! Runs any set of the platform's services in one process, sharing one NATS connection.
 //! The `leads` binary is a thin shell around this; the test harness uses it in-process.
 
+pub mod ctl;
+
 use platform::{
     ServiceName, Settings,
     service::{Infra, Running},
@@ -35,12 +37,28 @@ impl System {
         token: CancellationToken,
     ) -> anyhow::Result<Self> {
         platform::db::ensure_database(&settings).await?;
-        let infra = Infra::connect(settings, "leads").await?;
+        let mut infra = Infra::connect(settings, "leads").await?;
         let mut running = Vec::new();
-        for service in services {
-            let started = start_service(&infra, *service, token.clone()).await;
+        // Services that others call start first, so that callers in this process reach the
+        // address actually bound (port 0 in tests) rather than the configured one.
+        let mut ordered: Vec<ServiceName> = services.iter().copied().collect();
+        ordered.sort_by_key(|s| match s {
+            ServiceName::Broadcast => 0,
+            ServiceName::Lead => 1,
+            _ => 2,
+        });
+        for service in ordered {
+            let started = start_service(&infra, service, token.clone()).await;
             match started {
-                Ok(service) => running.push(service),
+                Ok(started) => {
+                    let url = format!("http://{}", started.grpc_addr);
+                    match service {
+                        ServiceName::Broadcast => infra.settings.endpoints.broadcast = url,
+                        ServiceName::Lead => infra.settings.endpoints.lead = url,
+                        _ => {}
+                    }
+                    running.push(started);
+                }
                 Err(error) => {
                     token.cancel();
                     return Err(error.context(format!("cannot start the {service} service")));

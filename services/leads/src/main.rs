@@ -22,15 +22,36 @@ enum Command {
     },
     /// Creates each service's role and schema and applies its migrations.
     Migrate,
+    /// Publishes a JSON event from a file (or `-` for stdin) to JetStream.
+    Publish {
+        /// interactions (InteractionEvent), messages (BroadcastMessage) or statuses (DeliveryStatus)
+        #[arg(long, default_value = "interactions")]
+        subject: String,
+        #[arg(long)]
+        org: String,
+        file: PathBuf,
+    },
+    /// Lists an organisation's leads through LeadService (at `endpoints.lead`).
+    Leads {
+        #[arg(long)]
+        org: String,
+        #[arg(long, default_value_t = 20)]
+        page_size: i32,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = platform::Settings::load(cli.config.as_deref())?;
-    let _telemetry = platform::telemetry::init("leads", settings.otlp_endpoint.as_deref())?;
+    let _telemetry = match &cli.command {
+        Some(Command::Publish { .. } | Command::Leads { .. }) => None,
+        _ => Some(platform::telemetry::init("leads", settings.otlp_endpoint.as_deref())?),
+    };
     match cli.command.unwrap_or(Command::Run { services: "all".into() }) {
         Command::Migrate => leads::migrate(&settings).await,
+        Command::Publish { subject, org, file } => leads::ctl::publish(&settings, &subject, &org, &file).await,
+        Command::Leads { org, page_size } => leads::ctl::list_leads(&settings, &org, page_size).await,
         Command::Run { services } => {
             let services = leads::parse_services(&services).map_err(anyhow::Error::msg)?;
             if let Some(addr) = settings.metrics_addr {

@@ -47,3 +47,18 @@ pub async fn serve(
     });
     Ok(Serving { addr, task })
 }
+
+/// A channel to another service that carries the caller's trace context in its metadata.
+pub type TracedChannel = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+>;
+
+/// Connects lazily, so a service starts even when the one it calls is not up yet.
+pub fn traced_channel(endpoint: &str) -> anyhow::Result<TracedChannel> {
+    let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy();
+    let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = crate::telemetry::inject_grpc;
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, inject))
+}

@@ -94,9 +94,12 @@ pub async fn relay(
 
 const RELAY_BATCH: i64 = 1000;
 
+/// id, subject, msg_id, payload, traceparent
+type PendingRow = (i64, String, String, Vec<u8>, Option<String>);
+
 async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(i64, String, String, Vec<u8>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<PendingRow> = sqlx::query_as(
         "SELECT id, subject, msg_id, payload, traceparent FROM outbox \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
