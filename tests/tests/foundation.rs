@@ -49,10 +49,8 @@ async fn a_published_chat_event_becomes_a_new_lead() -> anyhow::Result<()> {
     assert_eq!(contact.phone, "+14155550100");
     assert_eq!(contact.name, "Ada Lovelace");
     assert_eq!(listed.source.clone().unwrap_or_default().kind(), pb::SourceKind::ChatMessage);
-    let fetched = leads
-        .get_lead(pb::GetLeadRequest { org_id: "acme".into(), lead_id: listed.id.clone() })
-        .await?
-        .into_inner();
+    let fetched =
+        leads.get_lead(pb::GetLeadRequest { org_id: "acme".into(), lead_id: listed.id.clone() }).await?.into_inner();
     assert_eq!(fetched.id, listed.id);
     assert_eq!(fetched.interaction_count, 1);
     assert_eq!(fetched.last_message_preview, "how much is premium?");

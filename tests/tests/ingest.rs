@@ -30,7 +30,11 @@ async fn history(node: &Node, lead_id: &str) -> anyhow::Result<pb::GetLeadHistor
     Ok(node
         .lead()
         .await?
-        .get_lead_history(pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: lead_id.into(), ..Default::default() })
+        .get_lead_history(pb::GetLeadHistoryRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            ..Default::default()
+        })
         .await?
         .into_inner())
 }
@@ -201,9 +205,27 @@ async fn bad_input_is_refused_with_its_reason_kept_and_dead_lettered() -> anyhow
     let valid = chat_event("ok-1", &phone(40), "fine");
     let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not json", b"{oops".to_vec(), "payload"),
-        ("no event id", serde_json::to_vec(&json!({"occurred_at": "2026-11-24T10:00:00Z", "kind": "chat_message", "contact": {"phone": phone(40)}}))?, "event_id"),
-        ("bad phone", serde_json::to_vec(&json!({"event_id": "b-1", "occurred_at": "2026-11-24T10:00:00Z", "kind": "chat_message", "contact": {"phone": "555"}}))?, "contact.phone"),
-        ("reply without message", serde_json::to_vec(&json!({"event_id": "b-2", "occurred_at": "2026-11-24T10:00:00Z", "kind": "broadcast_reply", "contact": {"phone": phone(40)}}))?, "broadcast.message_id"),
+        (
+            "no event id",
+            serde_json::to_vec(
+                &json!({"occurred_at": "2026-11-24T10:00:00Z", "kind": "chat_message", "contact": {"phone": phone(40)}}),
+            )?,
+            "event_id",
+        ),
+        (
+            "bad phone",
+            serde_json::to_vec(
+                &json!({"event_id": "b-1", "occurred_at": "2026-11-24T10:00:00Z", "kind": "chat_message", "contact": {"phone": "555"}}),
+            )?,
+            "contact.phone",
+        ),
+        (
+            "reply without message",
+            serde_json::to_vec(
+                &json!({"event_id": "b-2", "occurred_at": "2026-11-24T10:00:00Z", "kind": "broadcast_reply", "contact": {"phone": phone(40)}}),
+            )?,
+            "broadcast.message_id",
+        ),
         ("oversized", vec![b' '; 300 * 1024], "payload"),
     ];
     let mut long_text = valid.clone();
@@ -312,9 +334,8 @@ async fn concurrent_first_messages_on_two_consumers_make_one_lead() -> anyhow::R
     let first = start(&env).await?;
     let second = start(&env).await?;
     let contacts = 40u32;
-    let publishes = (0..contacts).flat_map(|c| {
-        (0..3).map(move |n| chat_event(&format!("c{c}-{n}"), &phone(100 + c), &format!("message {n}")))
-    });
+    let publishes = (0..contacts)
+        .flat_map(|c| (0..3).map(move |n| chat_event(&format!("c{c}-{n}"), &phone(100 + c), &format!("message {n}"))));
     futures::future::try_join_all(publishes.map(|event| {
         let env = &env;
         async move { env.publish_interaction(ORG, &event).await }

@@ -45,11 +45,17 @@ impl Page {
     }
 
     async fn list(&self, filter: pb::LeadFilter) -> anyhow::Result<pb::ListLeadsResponse> {
-        let request = pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(filter), page_size: 500, ..Default::default() };
+        let request =
+            pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(filter), page_size: 500, ..Default::default() };
         Ok(self.client.clone().list_leads(request).await?.into_inner())
     }
 
-    async fn change(&self, lead_id: &str, status: pb::LeadStatus, score: Option<i32>) -> Result<pb::Lead, tonic::Status> {
+    async fn change(
+        &self,
+        lead_id: &str,
+        status: pb::LeadStatus,
+        score: Option<i32>,
+    ) -> Result<pb::Lead, tonic::Status> {
         let request = pb::ChangeStatusRequest {
             org_id: ORG.into(),
             lead_id: lead_id.into(),
@@ -121,29 +127,78 @@ async fn filters_combine() -> anyhow::Result<()> {
         Some(prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 })
     };
     let cases: Vec<(&str, pb::LeadFilter, Vec<&String>)> = vec![
-        ("statuses", pb::LeadFilter { statuses: vec![pb::LeadStatus::New as i32], ..Default::default() }, vec![&dan, &eve]),
-        ("inactive", pb::LeadFilter { active: pb::ActiveFilter::InactiveOnly as i32, ..Default::default() }, vec![&carol]),
-        ("active", pb::LeadFilter { active: pb::ActiveFilter::ActiveOnly as i32, ..Default::default() }, vec![&alice, &bob, &dan, &eve]),
+        (
+            "statuses",
+            pb::LeadFilter { statuses: vec![pb::LeadStatus::New as i32], ..Default::default() },
+            vec![&dan, &eve],
+        ),
+        (
+            "inactive",
+            pb::LeadFilter { active: pb::ActiveFilter::InactiveOnly as i32, ..Default::default() },
+            vec![&carol],
+        ),
+        (
+            "active",
+            pb::LeadFilter { active: pb::ActiveFilter::ActiveOnly as i32, ..Default::default() },
+            vec![&alice, &bob, &dan, &eve],
+        ),
         ("agent", pb::LeadFilter { agent_ids: vec!["agent-7".into()], ..Default::default() }, vec![&alice, &dan]),
         ("unassigned", pb::LeadFilter { unassigned: true, ..Default::default() }, vec![&bob, &carol, &eve]),
-        ("score range", pb::LeadFilter { min_score: Some(50), max_score: Some(95), ..Default::default() }, vec![&alice, &eve]),
-        ("manual", pb::LeadFilter { score_source: pb::ScoreSource::Manual as i32, ..Default::default() }, vec![&alice, &bob]),
+        (
+            "score range",
+            pb::LeadFilter { min_score: Some(50), max_score: Some(95), ..Default::default() },
+            vec![&alice, &eve],
+        ),
+        (
+            "manual",
+            pb::LeadFilter { score_source: pb::ScoreSource::Manual as i32, ..Default::default() },
+            vec![&alice, &bob],
+        ),
         ("ai", pb::LeadFilter { score_source: pb::ScoreSource::Ai as i32, ..Default::default() }, vec![&eve]),
-        ("source", pb::LeadFilter { source_kinds: vec![pb::SourceKind::BroadcastReply as i32, pb::SourceKind::Integration as i32], ..Default::default() }, vec![&carol, &dan]),
+        (
+            "source",
+            pb::LeadFilter {
+                source_kinds: vec![pb::SourceKind::BroadcastReply as i32, pb::SourceKind::Integration as i32],
+                ..Default::default()
+            },
+            vec![&carol, &dan],
+        ),
         ("campaign", pb::LeadFilter { campaign_id: "cmp-1".into(), ..Default::default() }, vec![&carol]),
         ("integration", pb::LeadFilter { integration_name: "shopify".into(), ..Default::default() }, vec![&dan]),
-        ("last interaction", pb::LeadFilter { last_interaction: Some(pb::TimeRange { from: ts("2026-11-19T00:00:00Z"), to: ts("2026-11-21T00:00:00Z") }), ..Default::default() }, vec![&bob, &carol]),
+        (
+            "last interaction",
+            pb::LeadFilter {
+                last_interaction: Some(pb::TimeRange {
+                    from: ts("2026-11-19T00:00:00Z"),
+                    to: ts("2026-11-21T00:00:00Z"),
+                }),
+                ..Default::default()
+            },
+            vec![&bob, &carol],
+        ),
         ("search name", pb::LeadFilter { search: "chat".into(), ..Default::default() }, vec![&alice, &bob, &eve]),
         ("search email", pb::LeadFilter { search: "s-1@example".into(), ..Default::default() }, vec![&dan]),
         ("search phone", pb::LeadFilter { search: phone(2)[5..].to_owned(), ..Default::default() }, vec![&bob]),
-        ("combined", pb::LeadFilter {
-            active: pb::ActiveFilter::ActiveOnly as i32,
-            agent_ids: vec!["agent-7".into()],
-            min_score: Some(80),
-            search: "alice".into(),
-            ..Default::default()
-        }, vec![&alice]),
-        ("combined, nothing", pb::LeadFilter { statuses: vec![pb::LeadStatus::Lost as i32], agent_ids: vec!["agent-7".into()], ..Default::default() }, vec![]),
+        (
+            "combined",
+            pb::LeadFilter {
+                active: pb::ActiveFilter::ActiveOnly as i32,
+                agent_ids: vec!["agent-7".into()],
+                min_score: Some(80),
+                search: "alice".into(),
+                ..Default::default()
+            },
+            vec![&alice],
+        ),
+        (
+            "combined, nothing",
+            pb::LeadFilter {
+                statuses: vec![pb::LeadStatus::Lost as i32],
+                agent_ids: vec!["agent-7".into()],
+                ..Default::default()
+            },
+            vec![],
+        ),
     ];
     for (name, filter, expected) in cases {
         let found = page.list(filter).await?;
@@ -151,7 +206,12 @@ async fn filters_combine() -> anyhow::Result<()> {
         assert_eq!(ids(&found.leads), expected, "{name}");
         assert_eq!(found.total_count, expected.len() as i64, "{name}: total");
     }
-    let created = page.list(pb::LeadFilter { created: Some(pb::TimeRange { from: ts("2000-01-01T00:00:00Z"), to: None }), ..Default::default() }).await?;
+    let created = page
+        .list(pb::LeadFilter {
+            created: Some(pb::TimeRange { from: ts("2000-01-01T00:00:00Z"), to: None }),
+            ..Default::default()
+        })
+        .await?;
     assert_eq!(created.total_count, 5);
     // Sorting by score ascending puts unscored leads first.
     let request = pb::ListLeadsRequest {
@@ -169,7 +229,8 @@ async fn filters_combine() -> anyhow::Result<()> {
 #[tokio::test]
 async fn page_tokens_stay_correct_while_leads_are_created() -> anyhow::Result<()> {
     let page = Page::start().await?;
-    let events: Vec<_> = (0..60).map(|n| event(&format!("p-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
+    let events: Vec<_> =
+        (0..60).map(|n| event(&format!("p-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
     let original = page.ingest(&events, 60).await?;
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -198,9 +259,19 @@ async fn page_tokens_stay_correct_while_leads_are_created() -> anyhow::Result<()
         assert!(unique.contains(&lead.id), "no lead skipped");
     }
     // A token is bound to its sort order.
-    let request = pb::ListLeadsRequest { org_id: ORG.into(), page_size: 7, sort: pb::LeadSortField::Created as i32, ..Default::default() };
+    let request = pb::ListLeadsRequest {
+        org_id: ORG.into(),
+        page_size: 7,
+        sort: pb::LeadSortField::Created as i32,
+        ..Default::default()
+    };
     let first = page.client.clone().list_leads(request).await?.into_inner();
-    let request = pb::ListLeadsRequest { org_id: ORG.into(), page_token: first.next_page_token, sort: pb::LeadSortField::Score as i32, ..Default::default() };
+    let request = pb::ListLeadsRequest {
+        org_id: ORG.into(),
+        page_token: first.next_page_token,
+        sort: pb::LeadSortField::Score as i32,
+        ..Default::default()
+    };
     let error = page.client.clone().list_leads(request).await.expect_err("token of another sort");
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("page_token"));
@@ -208,7 +279,14 @@ async fn page_tokens_stay_correct_while_leads_are_created() -> anyhow::Result<()
         (pb::ListLeadsRequest { org_id: ORG.into(), page_size: 501, ..Default::default() }, "page_size"),
         (pb::ListLeadsRequest { org_id: ORG.into(), page_token: "zz".into(), ..Default::default() }, "page_token"),
         (pb::ListLeadsRequest { org_id: "".into(), ..Default::default() }, "org_id"),
-        (pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(pb::LeadFilter { min_score: Some(101), ..Default::default() }), ..Default::default() }, "filter.min_score"),
+        (
+            pb::ListLeadsRequest {
+                org_id: ORG.into(),
+                filter: Some(pb::LeadFilter { min_score: Some(101), ..Default::default() }),
+                ..Default::default()
+            },
+            "filter.min_score",
+        ),
     ] {
         let error = page.client.clone().list_leads(request).await.expect_err(field);
         assert_eq!(error.code(), Code::InvalidArgument);
@@ -220,7 +298,8 @@ async fn page_tokens_stay_correct_while_leads_are_created() -> anyhow::Result<()
 #[tokio::test]
 async fn inactive_leads_take_no_change_single_or_bulk() -> anyhow::Result<()> {
     let page = Page::start().await?;
-    let events: Vec<_> = (0..4).map(|n| event(&format!("i-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
+    let events: Vec<_> =
+        (0..4).map(|n| event(&format!("i-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
     let leads = page.ingest(&events, 4).await?;
     let converted = page.change(&leads[0].id, pb::LeadStatus::Converted, None).await?;
     assert!(!converted.active);
@@ -228,13 +307,20 @@ async fn inactive_leads_take_no_change_single_or_bulk() -> anyhow::Result<()> {
     assert_eq!(error.code(), Code::FailedPrecondition);
     assert!(error.message().contains("inactive") && error.message().contains("CONVERTED"), "{}", error.message());
     // Still fully readable.
-    let read = page.client.clone().get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: leads[0].id.clone() }).await?;
+    let read =
+        page.client.clone().get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: leads[0].id.clone() }).await?;
     assert_eq!(read.into_inner().status(), pb::LeadStatus::Converted);
 
     let unknown = uuid::Uuid::now_v7().to_string();
     let request = pb::BulkChangeStatusRequest {
         org_id: ORG.into(),
-        lead_ids: vec![leads[0].id.clone(), leads[1].id.clone(), unknown.clone(), leads[2].id.clone(), "not-an-id".into()],
+        lead_ids: vec![
+            leads[0].id.clone(),
+            leads[1].id.clone(),
+            unknown.clone(),
+            leads[2].id.clone(),
+            "not-an-id".into(),
+        ],
         status: pb::LeadStatus::Archived as i32,
         reason: "cleanup".into(),
         actor: "operator-2".into(),
@@ -243,10 +329,17 @@ async fn inactive_leads_take_no_change_single_or_bulk() -> anyhow::Result<()> {
     let outcomes: Vec<pb::BulkOutcome> = results.iter().map(|r| r.outcome()).collect();
     assert_eq!(
         outcomes,
-        [pb::BulkOutcome::Inactive, pb::BulkOutcome::Changed, pb::BulkOutcome::NotFound, pb::BulkOutcome::Changed, pb::BulkOutcome::NotFound]
+        [
+            pb::BulkOutcome::Inactive,
+            pb::BulkOutcome::Changed,
+            pb::BulkOutcome::NotFound,
+            pb::BulkOutcome::Changed,
+            pb::BulkOutcome::NotFound
+        ]
     );
     assert!(results[0].detail.contains("CONVERTED"));
-    let archived = page.list(pb::LeadFilter { statuses: vec![pb::LeadStatus::Archived as i32], ..Default::default() }).await?;
+    let archived =
+        page.list(pb::LeadFilter { statuses: vec![pb::LeadStatus::Archived as i32], ..Default::default() }).await?;
     assert_eq!(ids(&archived.leads), HashSet::from([leads[1].id.clone(), leads[2].id.clone()]));
     let error = page.change(&unknown, pb::LeadStatus::Qualified, None).await.expect_err("unknown");
     assert_eq!(error.code(), Code::NotFound);
@@ -277,11 +370,14 @@ async fn expected_version_guards_against_lost_updates() -> anyhow::Result<()> {
         actor: "op".into(),
         ..Default::default()
     };
-    let changed = page.client.clone().change_status(request(pb::LeadStatus::Qualifying, lead.version)).await?.into_inner();
+    let changed =
+        page.client.clone().change_status(request(pb::LeadStatus::Qualifying, lead.version)).await?.into_inner();
     assert_eq!(changed.version, lead.version + 1);
-    let error = page.client.clone().change_status(request(pb::LeadStatus::Qualified, lead.version)).await.expect_err("stale");
+    let error =
+        page.client.clone().change_status(request(pb::LeadStatus::Qualified, lead.version)).await.expect_err("stale");
     assert_eq!(error.code(), Code::Aborted);
-    let current = page.client.clone().get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: lead.id.clone() }).await?;
+    let current =
+        page.client.clone().get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: lead.id.clone() }).await?;
     assert_eq!(current.into_inner().status(), pb::LeadStatus::Qualifying, "the stale change was not applied");
     page.stop().await
 }
@@ -289,10 +385,16 @@ async fn expected_version_guards_against_lost_updates() -> anyhow::Result<()> {
 #[tokio::test]
 async fn export_matches_the_page_and_the_filters() -> anyhow::Result<()> {
     let page = Page::start().await?;
-    let mut events: Vec<_> = (0..25).map(|n| event(&format!("x-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
+    let mut events: Vec<_> =
+        (0..25).map(|n| event(&format!("x-{n}"), n, &format!("Lead {n}"), "2026-11-20T10:00:00Z")).collect();
     events.push(event("x-tricky", 99, "Doe, \"Jim\"\nJunior", "2026-11-20T10:00:00Z"));
     let leads = page.ingest(&events, 26).await?;
-    let query = pb::ListLeadsRequest { org_id: ORG.into(), page_size: 10, sort: pb::LeadSortField::Created as i32, ..Default::default() };
+    let query = pb::ListLeadsRequest {
+        org_id: ORG.into(),
+        page_size: 10,
+        sort: pb::LeadSortField::Created as i32,
+        ..Default::default()
+    };
     let first = page.client.clone().list_leads(query.clone()).await?.into_inner();
     let second_query = pb::ListLeadsRequest { page_token: first.next_page_token.clone(), ..query.clone() };
     let second = page.client.clone().list_leads(second_query.clone()).await?.into_inner();
@@ -300,7 +402,10 @@ async fn export_matches_the_page_and_the_filters() -> anyhow::Result<()> {
     let export = |query: pb::ListLeadsRequest, scope: pb::ExportScope| {
         let mut client = page.client.clone();
         async move {
-            let mut stream = client.export_leads(pb::ExportLeadsRequest { query: Some(query), scope: scope as i32 }).await?.into_inner();
+            let mut stream = client
+                .export_leads(pb::ExportLeadsRequest { query: Some(query), scope: scope as i32 })
+                .await?
+                .into_inner();
             let mut csv = Vec::new();
             while let Some(chunk) = stream.message().await? {
                 csv.extend(chunk.csv);
@@ -322,10 +427,8 @@ async fn export_matches_the_page_and_the_filters() -> anyhow::Result<()> {
     let tricky = all.iter().find(|r| r[1].starts_with("Doe")).expect("the tricky name");
     assert_eq!(&tricky[1], "Doe, \"Jim\"\nJunior", "commas, quotes and newlines survive");
     assert_eq!(&tricky[4], "NEW");
-    let filtered = pb::ListLeadsRequest {
-        filter: Some(pb::LeadFilter { search: "Doe".into(), ..Default::default() }),
-        ..query
-    };
+    let filtered =
+        pb::ListLeadsRequest { filter: Some(pb::LeadFilter { search: "Doe".into(), ..Default::default() }), ..query };
     assert_eq!(export(filtered, pb::ExportScope::All).await?.len(), 1);
     page.stop().await
 }
@@ -350,7 +453,12 @@ async fn history_is_one_timeline_newest_first_and_paginated() -> anyhow::Result<
     let mut entries = Vec::new();
     let mut token = String::new();
     loop {
-        let request = pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: lead.id.clone(), page_size: 2, page_token: token.clone() };
+        let request = pb::GetLeadHistoryRequest {
+            org_id: ORG.into(),
+            lead_id: lead.id.clone(),
+            page_size: 2,
+            page_token: token.clone(),
+        };
         let response = page.client.clone().get_lead_history(request).await?.into_inner();
         entries.extend(response.entries);
         if response.next_page_token.is_empty() {
