@@ -58,9 +58,11 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> 
     // be applied before a later event that names only the phone. Deadlocks between
     // concurrent batches are rare and retried.
     let mut messages = Vec::new();
+    let mut pending = PendingInteractions::default();
     for envelope in todo {
-        apply_one(ctx, &mut tx, &envelope.org_id, &envelope.data, &mut messages).await?;
+        apply_one(ctx, &mut tx, &envelope.org_id, &envelope.data, &mut messages, &mut pending).await?;
     }
+    pending.write(&mut tx).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
     tx.commit().await?;
     if !messages.is_empty() {
@@ -142,6 +144,7 @@ async fn apply_one(
     org_id: &str,
     event: &Interaction,
     messages: &mut Vec<OutboxMessage>,
+    pending: &mut PendingInteractions,
 ) -> Result<(), LeadError> {
     let contact_id = resolve_contact(tx, org_id, event).await?;
     let active: Option<(Uuid, String)> =
@@ -155,13 +158,15 @@ async fn apply_one(
         (None, Direction::Outbound) => None,
         (None, Direction::Inbound) => {
             let lead_id = Uuid::now_v7();
-            let inserted = sqlx::query(
-                "INSERT INTO leads (id, org_id, contact_id, status, source_kind, channel, campaign_id, \
-                   broadcast_message_id, integration_name, integration_reference, interaction_count, \
-                   last_message_preview, first_touch_at, last_interaction_at) \
-                 VALUES ($1, $2, $3, 'new', $4, $5, $6, $7, $8, $9, 1, $10, $11, $11) \
-                 ON CONFLICT DO NOTHING",
-            )
+            let inserted: Option<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "WITH l AS ( \
+                   INSERT INTO leads (id, org_id, contact_id, status, source_kind, channel, campaign_id, \
+                     broadcast_message_id, integration_name, integration_reference, interaction_count, \
+                     last_message_preview, first_touch_at, last_interaction_at) \
+                   VALUES ($1, $2, $3, 'new', $4, $5, $6, $7, $8, $9, 1, $10, $11, $11) \
+                   ON CONFLICT DO NOTHING RETURNING * \
+                 ) SELECT {LEAD_VIEW_COLUMNS} FROM l JOIN contacts c ON c.id = l.contact_id"
+            )))
             .bind(lead_id)
             .bind(org_id)
             .bind(contact_id)
@@ -173,11 +178,10 @@ async fn apply_one(
             .bind(event.integration.as_ref().and_then(|i| i.reference.as_deref()))
             .bind(preview.as_deref())
             .bind(event.occurred_at)
-            .execute(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await?;
-            if inserted.rows_affected() == 0 {
-                return Err(LeadError::Conflict);
-            }
+            // None: a concurrent transaction opened this contact's active lead first.
+            let lead = inserted.ok_or(LeadError::Conflict)?;
             let source = match event.kind {
                 Kind::ChatMessage => "created from a chat message".to_owned(),
                 Kind::BroadcastReply => format!(
@@ -190,31 +194,30 @@ async fn apply_one(
                 ),
             };
             record_status_change(tx, org_id, lead_id, None, Status::New, SYSTEM_ACTOR, Some(&source), None, 1).await?;
-            publish(ctx, tx, messages, lead_id, LeadChange::Created { interaction: summary(event) }).await?;
+            messages.push(lead_event(ctx, &lead, LeadChange::Created { interaction: summary(event) }));
             Some(lead_id)
         }
         (Some((lead_id, status)), direction) => {
             let becomes_contacted = direction == Direction::Outbound && status == Status::New.as_str();
-            sqlx::query(
-                "UPDATE leads SET interaction_count = interaction_count + 1, \
-                   last_message_preview = CASE WHEN $2 >= last_interaction_at AND $3::text IS NOT NULL \
-                                               THEN $3 ELSE last_message_preview END, \
-                   last_interaction_at = greatest(last_interaction_at, $2), \
-                   status = CASE WHEN $4 THEN 'contacted' ELSE status END, \
-                   updated_at = now(), version = version + 1 \
-                 WHERE id = $1",
-            )
+            let lead: LeadView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "WITH l AS ( \
+                   UPDATE leads SET interaction_count = interaction_count + 1, \
+                     last_message_preview = CASE WHEN $2 >= last_interaction_at AND $3::text IS NOT NULL \
+                                                 THEN $3 ELSE last_message_preview END, \
+                     last_interaction_at = greatest(last_interaction_at, $2), \
+                     status = CASE WHEN $4 THEN 'contacted' ELSE status END, \
+                     updated_at = now(), version = version + 1 \
+                   WHERE id = $1 RETURNING * \
+                 ) SELECT {LEAD_VIEW_COLUMNS} FROM l JOIN contacts c ON c.id = l.contact_id"
+            )))
             .bind(lead_id)
             .bind(event.occurred_at)
             .bind(preview.as_deref())
             .bind(becomes_contacted)
-            .execute(&mut **tx)
+            .fetch_one(&mut **tx)
             .await?;
+            let version = lead.version;
             let change = if becomes_contacted {
-                let version: i64 = sqlx::query_scalar("SELECT version FROM leads WHERE id = $1")
-                    .bind(lead_id)
-                    .fetch_one(&mut **tx)
-                    .await?;
                 let reason = "first outbound message";
                 record_status_change(
                     tx,
@@ -237,35 +240,87 @@ async fn apply_one(
             } else {
                 LeadChange::InteractionRecorded { interaction: summary(event) }
             };
-            publish(ctx, tx, messages, lead_id, change).await?;
+            messages.push(lead_event(ctx, &lead, change));
             Some(lead_id)
         }
     };
-    sqlx::query(
-        "INSERT INTO interactions (org_id, event_id, lead_id, contact_id, occurred_at, kind, direction, channel, \
-           text, agent_id, conversation_id, broadcast_message_id, campaign_id, integration_name, \
-           integration_reference, attributes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(org_id)
-    .bind(&event.event_id)
-    .bind(lead_id)
-    .bind(contact_id)
-    .bind(event.occurred_at)
-    .bind(event.kind.as_str())
-    .bind(event.direction.as_str())
-    .bind(&event.channel)
-    .bind(event.text.as_deref())
-    .bind(event.agent_id.as_deref())
-    .bind(event.conversation_id.as_deref())
-    .bind(event.broadcast.as_ref().map(|b| b.message_id.as_str()))
-    .bind(event.broadcast.as_ref().and_then(|b| b.campaign_id.as_deref()))
-    .bind(event.integration.as_ref().map(|i| i.name.as_str()))
-    .bind(event.integration.as_ref().and_then(|i| i.reference.as_deref()))
-    .bind(sqlx::types::Json(&event.attributes))
-    .execute(&mut **tx)
-    .await?;
+    pending.push(org_id, event, lead_id, contact_id);
     Ok(())
+}
+
+/// Interaction rows of one batch, written with one statement at its end.
+#[derive(Default)]
+struct PendingInteractions {
+    org_id: Vec<String>,
+    event_id: Vec<String>,
+    lead_id: Vec<Option<Uuid>>,
+    contact_id: Vec<Uuid>,
+    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+    kind: Vec<&'static str>,
+    direction: Vec<&'static str>,
+    channel: Vec<String>,
+    text: Vec<Option<String>>,
+    agent_id: Vec<Option<String>>,
+    conversation_id: Vec<Option<String>>,
+    broadcast_message_id: Vec<Option<String>>,
+    campaign_id: Vec<Option<String>>,
+    integration_name: Vec<Option<String>>,
+    integration_reference: Vec<Option<String>>,
+    attributes: Vec<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
+}
+
+impl PendingInteractions {
+    fn push(&mut self, org_id: &str, event: &Interaction, lead_id: Option<Uuid>, contact_id: Uuid) {
+        self.org_id.push(org_id.to_owned());
+        self.event_id.push(event.event_id.clone());
+        self.lead_id.push(lead_id);
+        self.contact_id.push(contact_id);
+        self.occurred_at.push(event.occurred_at);
+        self.kind.push(event.kind.as_str());
+        self.direction.push(event.direction.as_str());
+        self.channel.push(event.channel.clone());
+        self.text.push(event.text.clone());
+        self.agent_id.push(event.agent_id.clone());
+        self.conversation_id.push(event.conversation_id.clone());
+        self.broadcast_message_id.push(event.broadcast.as_ref().map(|b| b.message_id.clone()));
+        self.campaign_id.push(event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()));
+        self.integration_name.push(event.integration.as_ref().map(|i| i.name.clone()));
+        self.integration_reference.push(event.integration.as_ref().and_then(|i| i.reference.clone()));
+        self.attributes.push(sqlx::types::Json(event.attributes.clone()));
+    }
+
+    async fn write(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), LeadError> {
+        if self.org_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO interactions (org_id, event_id, lead_id, contact_id, occurred_at, kind, direction, \
+               channel, text, agent_id, conversation_id, broadcast_message_id, campaign_id, integration_name, \
+               integration_reference, attributes) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[], \
+               $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+               $14::text[], $15::text[], $16::jsonb[])",
+        )
+        .bind(&self.org_id)
+        .bind(&self.event_id)
+        .bind(&self.lead_id)
+        .bind(&self.contact_id)
+        .bind(&self.occurred_at)
+        .bind(&self.kind)
+        .bind(&self.direction)
+        .bind(&self.channel)
+        .bind(&self.text)
+        .bind(&self.agent_id)
+        .bind(&self.conversation_id)
+        .bind(&self.broadcast_message_id)
+        .bind(&self.campaign_id)
+        .bind(&self.integration_name)
+        .bind(&self.integration_reference)
+        .bind(&self.attributes)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }
 
 fn summary(event: &Interaction) -> InteractionSummary {
