@@ -121,6 +121,9 @@ where
             }
             let handler = handler.clone();
             let span = tracing::info_span!("consume", consumer = %spec.durable, messages = batch.len());
+            // A batch continues the trace of its first message; the others are linked by
+            // their own traceparent headers, kept in the stream.
+            crate::telemetry::set_parent_from_nats(&span, batch[0].headers.as_ref());
             in_flight.spawn(
                 async move {
                     let _permit = permit;
