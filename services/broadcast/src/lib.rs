@@ -1,37 +1,208 @@
-//! The broadcast-tracking service. Until its issue lands, its gRPC surface answers
-//! UNIMPLEMENTED while the service runs, migrates its schema and reports health.
+//! The broadcast-tracking service: consumes BroadcastMessages and DeliveryStatuses from
+//! `broadcasts.<org_id>.messages|statuses` (JSON or protobuf), keeps each message and each
+//! distinct (message, status) once with the message's current state whatever the arrival
+//! order, follows the lead service's events to link contacts to leads and count replies,
+//! and serves a contact's broadcast history and a campaign's stats over gRPC.
 
-use leads_proto::v1::{self as pb, broadcast_tracking_service_server as server};
+pub mod decode;
+pub mod error;
+pub mod event;
+mod grpc;
+pub mod handler;
+pub mod projection;
+pub mod read;
+
+use crate::{
+    event::{MAX_PAYLOAD_BYTES, Refusal},
+    handler::Candidate,
+};
+use lead::model::LeadEvent;
 use platform::{
     ServiceName,
+    consumer::{self, ConsumerSpec, Delivery, Disposition},
+    event::Envelope,
+    nats::{Encoding, StreamKind, Subjects},
     service::{Infra, Running, ServiceBase},
 };
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/broadcast");
 
+/// The durable consumer of broadcast messages and statuses.
+pub const DURABLE: &str = "broadcast-tracking";
+/// The durable consumer of the lead service's events.
+pub const LEADS_DURABLE: &str = "broadcast-leads";
+
+#[derive(Clone)]
+pub struct BroadcastContext {
+    pub pool: PgPool,
+    pub subjects: Subjects,
+}
+
+/// Starts both consumers and the gRPC server; they run until `token` fires.
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
-    let base = ServiceBase::start(infra, ServiceName::Broadcast, &MIGRATOR, &token).await?;
-    let routes = tonic::service::Routes::new(server::BroadcastTrackingServiceServer::new(BroadcastApi));
+    let mut base = ServiceBase::start(infra, ServiceName::Broadcast, &MIGRATOR, &token).await?;
+    let ctx = BroadcastContext { pool: base.pool.clone(), subjects: infra.subjects.clone() };
+    let spec = ConsumerSpec {
+        stream: infra.subjects.stream_name(StreamKind::Broadcasts),
+        durable: DURABLE.into(),
+        filter_subject: format!("{}broadcasts.>", infra.subjects.prefix()),
+    };
+    let consumer_ctx = ctx.clone();
+    base.tasks.spawn(consumer::run(
+        infra.nats.clone(),
+        infra.js.clone(),
+        spec,
+        infra.settings.consumer.clone(),
+        token.clone(),
+        move |batch| {
+            let ctx = consumer_ctx.clone();
+            async move { consume_broadcasts(&ctx, batch).await }
+        },
+    ));
+    let spec = ConsumerSpec {
+        stream: infra.subjects.stream_name(StreamKind::Events),
+        durable: LEADS_DURABLE.into(),
+        filter_subject: infra.subjects.events_of("lead"),
+    };
+    let consumer_ctx = ctx.clone();
+    base.tasks.spawn(consumer::run(
+        infra.nats.clone(),
+        infra.js.clone(),
+        spec,
+        infra.settings.consumer.clone(),
+        token.clone(),
+        move |batch| {
+            let ctx = consumer_ctx.clone();
+            async move { consume_lead_events(&ctx, batch).await }
+        },
+    ));
+    let routes = tonic::service::Routes::new(
+        leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
+            ctx,
+        }),
+    );
     base.serve(infra, &["leads.v1.BroadcastTrackingService"], routes, token).await
 }
 
-struct BroadcastApi;
-
-#[tonic::async_trait]
-impl server::BroadcastTrackingService for BroadcastApi {
-    async fn get_broadcast_history(
-        &self,
-        _: Request<pb::GetBroadcastHistoryRequest>,
-    ) -> Result<Response<pb::GetBroadcastHistoryResponse>, Status> {
-        Err(Status::unimplemented("GetBroadcastHistory is not available yet"))
+async fn consume_broadcasts(ctx: &BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let candidates: Vec<Candidate> = batch.iter().map(|d| candidate_from_delivery(&ctx.subjects, d)).collect();
+    for candidate in &candidates {
+        if let Candidate::Refused { refusal, subject, .. } = candidate {
+            tracing::info!(%subject, field = %refusal.field, reason = %refusal.reason, "broadcast event refused");
+        }
     }
-
-    async fn get_campaign_stats(
-        &self,
-        _: Request<pb::GetCampaignStatsRequest>,
-    ) -> Result<Response<pb::CampaignStats>, Status> {
-        Err(Status::unimplemented("GetCampaignStats is not available yet"))
+    match handler::apply_batch(ctx, &candidates).await {
+        Ok(applied) => {
+            if applied.without_message > 0 {
+                tracing::debug!(statuses = applied.without_message, "statuses kept before their message");
+            }
+            vec![Disposition::Ack; batch.len()]
+        }
+        Err(error) => {
+            tracing::warn!(%error, "broadcast batch failed, will be redelivered");
+            vec![Disposition::Retry; batch.len()]
+        }
     }
+}
+
+/// Which of the two payloads a subject carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Messages,
+    Statuses,
+}
+
+/// Decodes and validates one message; anything wrong becomes a refusal, never a panic.
+pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Candidate {
+    let source_key = format!("js:{}:{}", subjects.prefix(), delivery.stream_sequence);
+    let subject = subjects.strip(&delivery.subject).unwrap_or(&delivery.subject);
+    let refused = |org_id: &str, message_id: Option<String>, refusal: Refusal| Candidate::Refused {
+        org_id: org_id.to_owned(),
+        message_id,
+        subject: subject.to_owned(),
+        refusal,
+        payload: delivery.payload.to_vec(),
+        source_key: source_key.clone(),
+    };
+    let parsed = subject.strip_prefix("broadcasts.").and_then(|rest| rest.split_once('.')).and_then(|(org, kind)| {
+        let channel = match kind {
+            "messages" => Channel::Messages,
+            "statuses" => Channel::Statuses,
+            _ => return None,
+        };
+        ingest::validate::validate_org_id(org).is_ok().then_some((org, channel))
+    });
+    let Some((org_id, channel)) = parsed else {
+        let refusal = Refusal::new(
+            "subject",
+            format!("{subject:?} is not broadcasts.<org_id>.messages or broadcasts.<org_id>.statuses"),
+        );
+        return refused("", None, refusal);
+    };
+    if delivery.payload.len() > MAX_PAYLOAD_BYTES {
+        let refusal = Refusal::new(
+            "payload",
+            format!("is {} bytes, more than the {MAX_PAYLOAD_BYTES} allowed", delivery.payload.len()),
+        );
+        return refused(org_id, None, refusal);
+    }
+    let encoding = match Encoding::from_headers(delivery.headers.as_ref()) {
+        Ok(encoding) => encoding,
+        Err(reason) => return refused(org_id, None, Refusal::new("Content-Type", reason)),
+    };
+    match channel {
+        Channel::Messages => {
+            let raw = match encoding {
+                Encoding::Json => decode::message_from_json(&delivery.payload),
+                Encoding::Protobuf => decode::message_from_protobuf(&delivery.payload),
+            };
+            let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
+            match raw.and_then(decode::validate_message) {
+                Ok(message) => Candidate::Message { org_id: org_id.to_owned(), message },
+                Err(refusal) => refused(org_id, hint, refusal),
+            }
+        }
+        Channel::Statuses => {
+            let raw = match encoding {
+                Encoding::Json => decode::status_from_json(&delivery.payload),
+                Encoding::Protobuf => decode::status_from_protobuf(&delivery.payload),
+            };
+            let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
+            match raw.and_then(decode::validate_status) {
+                Ok(status) => Candidate::Status { org_id: org_id.to_owned(), status },
+                Err(refusal) => refused(org_id, hint, refusal),
+            }
+        }
+    }
+}
+
+async fn consume_lead_events(ctx: &BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let mut dispositions = vec![Disposition::Ack; batch.len()];
+    let mut envelopes = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    for (index, delivery) in batch.iter().enumerate() {
+        match Envelope::<LeadEvent>::from_json(&delivery.payload) {
+            Ok(envelope) => {
+                envelopes.push(envelope);
+                positions.push(index);
+            }
+            Err(error) => {
+                // Written by our own lead service: unreadable means a bug, not bad input.
+                tracing::error!(%error, subject = %delivery.subject, "unreadable lead event, parked");
+                dispositions[index] = Disposition::Term;
+            }
+        }
+    }
+    if envelopes.is_empty() {
+        return dispositions;
+    }
+    if let Err(error) = projection::apply_batch(ctx, &envelopes).await {
+        tracing::warn!(%error, "lead event batch failed, will be redelivered");
+        for index in positions {
+            dispositions[index] = Disposition::Retry;
+        }
+    }
+    dispositions
 }

@@ -1,0 +1,310 @@
+//! Turns a payload (JSON or protobuf) into a validated BroadcastMessage or DeliveryStatus.
+//! Every refusal names the field at fault, so that a publisher can fix exactly that.
+
+use crate::event::{
+    BroadcastMessage, CampaignInfo, DeliveryError, DeliveryStatus, MAX_SHORT_CHARS, Refusal, StatusKind, TemplateInfo,
+};
+use chrono::{DateTime, Utc};
+use ingest::event::RawTime;
+use leads_proto::v1 as pb;
+use prost::Message;
+use serde_json::{Map, Value};
+
+/// A message as received: every field optional, every string raw.
+#[derive(Debug, Clone, Default)]
+pub struct RawMessage {
+    pub message_id: Option<String>,
+    pub occurred_at: Option<RawTime>,
+    /// (id, name)
+    pub campaign: Option<(Option<String>, Option<String>)>,
+    /// (name, language, category)
+    pub template: Option<(Option<String>, Option<String>, Option<String>)>,
+    /// (phone, external_id)
+    pub contact: Option<(Option<String>, Option<String>)>,
+}
+
+/// A status as received.
+#[derive(Debug, Clone, Default)]
+pub struct RawStatus {
+    pub message_id: Option<String>,
+    pub status: Option<String>,
+    pub timestamp: Option<RawTime>,
+    /// (code, title)
+    pub error: Option<(Option<i64>, Option<String>)>,
+}
+
+fn json_object(payload: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| Refusal::new("payload", format!("is not valid JSON: {e}")))?;
+    match value {
+        Value::Object(root) => Ok(root),
+        _ => Err(Refusal::new("payload", "must be a JSON object")),
+    }
+}
+
+fn object_at<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Map<String, Value>>, Refusal> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(inner)) => Ok(Some(inner)),
+        Some(_) => Err(Refusal::new(key, "must be an object")),
+    }
+}
+
+fn string_at(map: &Map<String, Value>, path: &str, key: &str) -> Result<Option<String>, Refusal> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Refusal::new(path, "must be a string")),
+    }
+}
+
+pub fn message_from_json(payload: &[u8]) -> Result<RawMessage, Refusal> {
+    let root = json_object(payload)?;
+    let campaign = object_at(&root, "campaign")?
+        .map(|c| Ok::<_, Refusal>((string_at(c, "campaign.id", "id")?, string_at(c, "campaign.name", "name")?)))
+        .transpose()?;
+    let template = object_at(&root, "template")?
+        .map(|t| {
+            Ok::<_, Refusal>((
+                string_at(t, "template.name", "name")?,
+                string_at(t, "template.language", "language")?,
+                string_at(t, "template.category", "category")?,
+            ))
+        })
+        .transpose()?;
+    let contact = object_at(&root, "contact")?
+        .map(|c| {
+            Ok::<_, Refusal>((
+                string_at(c, "contact.phone", "phone")?,
+                string_at(c, "contact.external_id", "external_id")?,
+            ))
+        })
+        .transpose()?;
+    Ok(RawMessage {
+        message_id: string_at(&root, "message_id", "message_id")?,
+        occurred_at: string_at(&root, "occurred_at", "occurred_at")?.map(RawTime::Text),
+        campaign,
+        template,
+        contact,
+    })
+}
+
+pub fn status_from_json(payload: &[u8]) -> Result<RawStatus, Refusal> {
+    let root = json_object(payload)?;
+    let error = object_at(&root, "error")?
+        .map(|e| {
+            let code = match e.get("code") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => {
+                    Some(n.as_i64().ok_or_else(|| Refusal::new("error.code", "must be an integer"))?)
+                }
+                // Some publishers quote numbers; a quoted integer means the same.
+                Some(Value::String(s)) => {
+                    Some(s.trim().parse().map_err(|_| Refusal::new("error.code", "must be an integer"))?)
+                }
+                Some(_) => return Err(Refusal::new("error.code", "must be an integer")),
+            };
+            Ok((code, string_at(e, "error.title", "title")?))
+        })
+        .transpose()?;
+    Ok(RawStatus {
+        message_id: string_at(&root, "message_id", "message_id")?,
+        status: string_at(&root, "status", "status")?,
+        timestamp: string_at(&root, "timestamp", "timestamp")?.map(RawTime::Text),
+        error,
+    })
+}
+
+/// Empty proto3 strings mean "absent".
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn proto_time(ts: Option<prost_types::Timestamp>, field: &str) -> Result<Option<RawTime>, Refusal> {
+    ts.map(|ts| {
+        DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(u32::MAX))
+            .map(RawTime::Parsed)
+            .ok_or_else(|| Refusal::new(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+pub fn message_from_protobuf(payload: &[u8]) -> Result<RawMessage, Refusal> {
+    let message = pb::BroadcastMessage::decode(payload)
+        .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.BroadcastMessage: {e}")))?;
+    Ok(RawMessage {
+        message_id: opt(message.message_id),
+        occurred_at: proto_time(message.occurred_at, "occurred_at")?,
+        campaign: message.campaign.map(|c| (opt(c.id), opt(c.name))),
+        template: message.template.map(|t| (opt(t.name), opt(t.language), opt(t.category))),
+        contact: message.contact.map(|c| (opt(c.phone), opt(c.external_id))),
+    })
+}
+
+pub fn status_from_protobuf(payload: &[u8]) -> Result<RawStatus, Refusal> {
+    let status = pb::DeliveryStatus::decode(payload)
+        .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.DeliveryStatus: {e}")))?;
+    Ok(RawStatus {
+        message_id: opt(status.message_id),
+        status: opt(status.status),
+        timestamp: proto_time(status.timestamp, "timestamp")?,
+        // proto3 cannot tell an empty error from none: an all-default one is none.
+        error: status
+            .error
+            .filter(|e| e.code != 0 || !e.title.is_empty())
+            .map(|e| ((e.code != 0).then_some(e.code), opt(e.title))),
+    })
+}
+
+pub fn validate_message(raw: RawMessage) -> Result<BroadcastMessage, Refusal> {
+    let message_id = required(raw.message_id, "message_id")?;
+    let sent_at = time(raw.occurred_at, "occurred_at")?;
+    let campaign = match raw.campaign {
+        None => None,
+        Some((id, name)) => Some(CampaignInfo {
+            id: required(id, "campaign.id")?,
+            name: non_empty(name).map(|n| bounded(n, "campaign.name")).transpose()?,
+        }),
+    };
+    let template = match raw.template {
+        None => None,
+        Some((name, language, category)) => Some(TemplateInfo {
+            name: required(name, "template.name")?,
+            language: non_empty(language).map(|l| bounded(l, "template.language")).transpose()?.unwrap_or_default(),
+            category: non_empty(category).map(|c| bounded(c, "template.category")).transpose()?,
+        }),
+    };
+    let (phone, external_id) = raw.contact.ok_or_else(|| Refusal::new("contact", "is required"))?;
+    // The same normalisation as ingest, so that a message's recipient matches the contact
+    // the lead service keeps for the same number.
+    let phone = non_empty(phone).map(|p| ingest::validate::normalize_phone(&p)).transpose()?;
+    let external_id = non_empty(external_id).map(|e| bounded(e, "contact.external_id")).transpose()?;
+    if phone.is_none() && external_id.is_none() {
+        return Err(Refusal::new("contact", "needs at least one of phone or external_id"));
+    }
+    Ok(BroadcastMessage { message_id, sent_at, campaign, template, phone, external_id })
+}
+
+pub fn validate_status(raw: RawStatus) -> Result<DeliveryStatus, Refusal> {
+    let message_id = required(raw.message_id, "message_id")?;
+    let status_text = required(raw.status, "status")?;
+    let status = StatusKind::parse(&status_text).ok_or_else(|| {
+        Refusal::new("status", format!("must be one of sent, delivered, read, failed; got {status_text:?}"))
+    })?;
+    let at = time(raw.timestamp, "timestamp")?;
+    let error = match raw.error {
+        None => None,
+        Some(_) if status != StatusKind::Failed => {
+            return Err(Refusal::new("error", format!("is only allowed with status failed, not {status_text}")));
+        }
+        Some((code, title)) => {
+            Some(DeliveryError { code, title: non_empty(title).map(|t| bounded(t, "error.title")).transpose()? })
+        }
+    };
+    Ok(DeliveryStatus { message_id, status, at, error })
+}
+
+fn time(raw: Option<RawTime>, field: &str) -> Result<DateTime<Utc>, Refusal> {
+    match raw {
+        None => Err(Refusal::new(field, "is required")),
+        Some(RawTime::Parsed(at)) => Ok(at),
+        Some(RawTime::Text(text)) => DateTime::parse_from_rfc3339(text.trim())
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|e| Refusal::new(field, format!("must be an RFC 3339 timestamp: {e}"))),
+    }
+}
+
+fn required(value: Option<String>, field: &str) -> Result<String, Refusal> {
+    let value = non_empty(value).ok_or_else(|| Refusal::new(field, "is required"))?;
+    bounded(value, field)
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+fn bounded(value: String, field: &str) -> Result<String, Refusal> {
+    if value.chars().count() > MAX_SHORT_CHARS {
+        Err(Refusal::new(field, format!("must be at most {MAX_SHORT_CHARS} characters")))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(json: &str) -> Result<BroadcastMessage, Refusal> {
+        message_from_json(json.as_bytes()).and_then(validate_message)
+    }
+
+    fn status(json: &str) -> Result<DeliveryStatus, Refusal> {
+        status_from_json(json.as_bytes()).and_then(validate_status)
+    }
+
+    #[test]
+    fn the_contract_examples_are_accepted() {
+        let m = message(
+            r#"{"message_id": "wamid.HBgL", "occurred_at": "2026-11-24T09:00:00Z",
+                "campaign": { "id": "cmp-42", "name": "Black Friday" },
+                "template": { "name": "bf_offer", "language": "en_US", "category": "MARKETING" },
+                "contact": { "phone": "+1 415 555 0100", "external_id": "crm-123" }}"#,
+        )
+        .expect("valid message");
+        assert_eq!(m.phone.as_deref(), Some("+14155550100"));
+        assert_eq!(m.campaign.as_ref().map(|c| c.id.as_str()), Some("cmp-42"));
+        let s = status(
+            r#"{"message_id": "wamid.HBgL", "status": "failed", "timestamp": "2026-11-24T09:00:03Z",
+                "error": { "code": 131026, "title": "Message undeliverable" }}"#,
+        )
+        .expect("valid status");
+        assert_eq!(s.status, StatusKind::Failed);
+        assert_eq!(s.error_class(), Some(crate::event::ErrorClass::Undeliverable));
+    }
+
+    #[test]
+    fn each_refusal_names_its_field() {
+        let statuses = [
+            ("not json", "payload"),
+            (r#"{"status":"sent","timestamp":"2026-11-24T09:00:03Z"}"#, "message_id"),
+            (r#"{"message_id":"m","status":"bounced","timestamp":"2026-11-24T09:00:03Z"}"#, "status"),
+            (r#"{"message_id":"m","status":"sent","timestamp":"soon"}"#, "timestamp"),
+            (r#"{"message_id":"m","status":"sent"}"#, "timestamp"),
+            (r#"{"message_id":"m","status":"read","timestamp":"2026-11-24T09:00:03Z","error":{"code":1}}"#, "error"),
+            (
+                r#"{"message_id":"m","status":"failed","timestamp":"2026-11-24T09:00:03Z","error":{"code":"x"}}"#,
+                "error.code",
+            ),
+        ];
+        for (json, field) in statuses {
+            assert_eq!(status(json).expect_err(json).field, field, "{json}");
+        }
+        let messages = [
+            (r#"{"occurred_at":"2026-11-24T09:00:00Z","contact":{"phone":"+14155550100"}}"#, "message_id"),
+            (r#"{"message_id":"m","contact":{"phone":"+14155550100"}}"#, "occurred_at"),
+            (r#"{"message_id":"m","occurred_at":"2026-11-24T09:00:00Z"}"#, "contact"),
+            (r#"{"message_id":"m","occurred_at":"2026-11-24T09:00:00Z","contact":{"phone":"12"}}"#, "contact.phone"),
+            (
+                r#"{"message_id":"m","occurred_at":"2026-11-24T09:00:00Z","contact":{"phone":"+14155550100"},"campaign":{"name":"x"}}"#,
+                "campaign.id",
+            ),
+        ];
+        for (json, field) in messages {
+            assert_eq!(message(json).expect_err(json).field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn protobuf_is_read_like_json() {
+        let encoded = pb::DeliveryStatus {
+            message_id: "m".into(),
+            status: "failed".into(),
+            timestamp: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            error: Some(pb::DeliveryError { code: 131049, title: "cap".into() }),
+        }
+        .encode_to_vec();
+        let s = status_from_protobuf(&encoded).and_then(validate_status).expect("valid");
+        assert_eq!(s.error, Some(DeliveryError { code: Some(131049), title: Some("cap".into()) }));
+    }
+}

@@ -1,0 +1,61 @@
+use crate::{
+    BroadcastContext,
+    error::BroadcastError,
+    read::{self, Cursor, Target},
+};
+use leads_proto::v1::{self as pb, broadcast_tracking_service_server::BroadcastTrackingService};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct BroadcastApi {
+    pub ctx: BroadcastContext,
+}
+
+fn validate_org(org_id: &str) -> Result<(), BroadcastError> {
+    ingest::validate::validate_org_id(org_id).map_err(|r| BroadcastError::invalid("org_id", r.reason))
+}
+
+fn id(field: &'static str, value: &str) -> Result<Uuid, BroadcastError> {
+    if value.is_empty() {
+        return Err(BroadcastError::invalid(field, "is required"));
+    }
+    value.parse().map_err(|_| BroadcastError::invalid(field, format!("{value:?} is not an id")))
+}
+
+#[tonic::async_trait]
+impl BroadcastTrackingService for BroadcastApi {
+    async fn get_broadcast_history(
+        &self,
+        request: Request<pb::GetBroadcastHistoryRequest>,
+    ) -> Result<Response<pb::GetBroadcastHistoryResponse>, Status> {
+        use pb::get_broadcast_history_request::Target as Wire;
+        let request = request.into_inner();
+        validate_org(&request.org_id)?;
+        let target = match &request.target {
+            Some(Wire::LeadId(lead_id)) => Target::Lead(id("lead_id", lead_id)?),
+            Some(Wire::ContactId(contact_id)) => Target::Contact(id("contact_id", contact_id)?),
+            None => return Err(BroadcastError::invalid("lead_id", "one of lead_id or contact_id is required").into()),
+        };
+        let page_size = read::page_size(request.page_size)?;
+        let after = if request.page_token.is_empty() { None } else { Some(Cursor::decode(&request.page_token)?) };
+        let page = read::history(&self.ctx.pool, &request.org_id, target, page_size, after).await?;
+        Ok(Response::new(pb::GetBroadcastHistoryResponse {
+            messages: page.messages,
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn get_campaign_stats(
+        &self,
+        request: Request<pb::GetCampaignStatsRequest>,
+    ) -> Result<Response<pb::CampaignStats>, Status> {
+        let request = request.into_inner();
+        validate_org(&request.org_id)?;
+        let campaign_id = request.campaign_id.trim();
+        if campaign_id.is_empty() {
+            return Err(BroadcastError::invalid("campaign_id", "is required").into());
+        }
+        let stats = read::campaign_stats(&self.ctx.pool, &request.org_id, campaign_id).await?;
+        Ok(Response::new(stats))
+    }
+}

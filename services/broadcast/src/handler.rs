@@ -1,0 +1,367 @@
+//! Applies one batch of broadcast events in one transaction: refusals, campaigns, templates,
+//! messages, statuses and the messages' current state, each as one multi-row upsert.
+//!
+//! Order independence comes from the SQL, not from arrival: statuses are keyed by (message,
+//! status) with no dependency on the message row, the current state only grows (GREATEST
+//! on the rank, OR on failed), and where two versions of one fact meet a fixed rule picks
+//! the survivor. Deadlock freedom comes from every batch touching the tables in the same
+//! order and the rows of each table in key order; keys are deduplicated first because an
+//! upsert may not touch one row twice in a statement.
+
+use crate::{
+    BroadcastContext,
+    error::BroadcastError,
+    event::{BroadcastMessage, DeliveryStatus, Refusal},
+};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// One event on its way in, already decoded and validated.
+#[derive(Debug, Clone)]
+pub enum Candidate {
+    Message {
+        org_id: String,
+        message: BroadcastMessage,
+    },
+    Status {
+        org_id: String,
+        status: DeliveryStatus,
+    },
+    Refused {
+        /// Empty when the subject did not name a valid organisation.
+        org_id: String,
+        message_id: Option<String>,
+        subject: String,
+        refusal: Refusal,
+        payload: Vec<u8>,
+        /// Identifies the stream message itself, so a redelivered refusal is kept once.
+        source_key: String,
+    },
+}
+
+/// What a batch did, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub messages: usize,
+    pub statuses: usize,
+    pub refused: usize,
+    /// Messages given statuses by this batch that have not arrived themselves (yet).
+    pub without_message: i64,
+}
+
+/// Applies a batch, retrying the whole transaction on conflicts and deadlocks.
+pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_apply_batch(ctx, batch).await {
+            Err(error) if attempt < 8 && error.is_retryable() => {
+                tracing::debug!(%error, attempt, "retrying broadcast batch");
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// A refused event, by reference into the batch.
+struct Refused<'a> {
+    org_id: &'a str,
+    message_id: Option<&'a str>,
+    subject: &'a str,
+    refusal: &'a Refusal,
+    payload: &'a [u8],
+}
+
+/// A value that may be absent and the time it was given at: a name, a category.
+type Named<'a> = (Option<&'a str>, Option<DateTime<Utc>>);
+
+/// The surviving version of each fact in the batch, keyed and so sorted by primary key.
+#[derive(Default)]
+struct Plan<'a> {
+    refusals: BTreeMap<&'a str, Refused<'a>>,
+    /// (org, campaign) -> (name, at): the newest named version wins, as in SQL.
+    campaigns: BTreeMap<(&'a str, &'a str), Named<'a>>,
+    /// (org, name, language) -> (category, at)
+    templates: BTreeMap<(&'a str, &'a str, &'a str), Named<'a>>,
+    /// (org, message_id) -> the first version: message ids are unique, repeats are redeliveries.
+    messages: BTreeMap<(&'a str, &'a str), &'a BroadcastMessage>,
+    /// (org, message_id, status) -> the earliest version.
+    statuses: BTreeMap<(&'a str, &'a str, &'static str), &'a DeliveryStatus>,
+    /// (org, message_id) -> (rank, failed)
+    states: BTreeMap<(&'a str, &'a str), (i16, bool)>,
+}
+
+/// A keyed map as two parallel columns, keys in order, for binding to UNNEST.
+pub(crate) fn columns<K: Copy, V>(map: &BTreeMap<K, V>) -> (Vec<K>, Vec<&V>) {
+    map.iter().map(|(k, v)| (*k, v)).unzip()
+}
+
+/// Keeps the newer of two named versions: a name beats no name, then the later time, then
+/// the greater name (bytewise, as COLLATE "C" compares), exactly as the SQL upsert decides.
+fn newer<'a>(current: Named<'a>, candidate: Named<'a>) -> Named<'a> {
+    match (current.0, candidate.0) {
+        (_, None) => current,
+        (None, Some(_)) => candidate,
+        (Some(a), Some(b)) => {
+            if (candidate.1, b) > (current.1, a) {
+                candidate
+            } else {
+                current
+            }
+        }
+    }
+}
+
+/// The order in which two versions of one status compete: earliest time, then error.
+fn status_order(status: &DeliveryStatus) -> (DateTime<Utc>, i64, &str) {
+    let error = status.error.as_ref();
+    (status.at, error.and_then(|e| e.code).unwrap_or(-1), error.and_then(|e| e.title.as_deref()).unwrap_or(""))
+}
+
+impl<'a> Plan<'a> {
+    fn new(batch: &'a [Candidate]) -> Self {
+        let mut plan = Plan::default();
+        for candidate in batch {
+            match candidate {
+                Candidate::Refused { org_id, message_id, subject, refusal, payload, source_key } => {
+                    plan.refusals.entry(source_key.as_str()).or_insert(Refused {
+                        org_id,
+                        message_id: message_id.as_deref(),
+                        subject,
+                        refusal,
+                        payload,
+                    });
+                }
+                Candidate::Message { org_id, message } => {
+                    let org = org_id.as_str();
+                    plan.messages.entry((org, message.message_id.as_str())).or_insert(message);
+                    if let Some(campaign) = &message.campaign {
+                        let named = (campaign.name.as_deref(), campaign.name.as_ref().map(|_| message.sent_at));
+                        let slot = plan.campaigns.entry((org, campaign.id.as_str())).or_insert((None, None));
+                        *slot = newer(*slot, named);
+                    }
+                    if let Some(template) = &message.template {
+                        let named = (template.category.as_deref(), template.category.as_ref().map(|_| message.sent_at));
+                        let key = (org, template.name.as_str(), template.language.as_str());
+                        let slot = plan.templates.entry(key).or_insert((None, None));
+                        *slot = newer(*slot, named);
+                    }
+                }
+                Candidate::Status { org_id, status } => {
+                    let org = org_id.as_str();
+                    let key = (org, status.message_id.as_str(), status.status.as_str());
+                    let slot = plan.statuses.entry(key).or_insert(status);
+                    if status_order(status) < status_order(slot) {
+                        *slot = status;
+                    }
+                    let state = plan.states.entry((org, status.message_id.as_str())).or_insert((0, false));
+                    state.0 = state.0.max(status.status.rank());
+                    state.1 |= status.error_class().is_some();
+                }
+            }
+        }
+        plan
+    }
+}
+
+async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
+    let plan = Plan::new(batch);
+    let mut tx = ctx.pool.begin().await?;
+    let mut applied = Applied { refused: plan.refusals.len(), ..Default::default() };
+
+    if !plan.refusals.is_empty() {
+        let (keys, rows) = columns(&plan.refusals);
+        sqlx::query(
+            "INSERT INTO rejections (org_id, message_id, subject, field, reason, payload, source_key) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[]) \
+             ON CONFLICT (source_key) DO NOTHING",
+        )
+        .bind(rows.iter().map(|r| r.org_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.refusal.field.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.refusal.reason.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload).collect::<Vec<_>>())
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    if !plan.campaigns.is_empty() {
+        let (keys, values) = columns(&plan.campaigns);
+        sqlx::query(
+            "INSERT INTO campaigns (org_id, campaign_id, name, name_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+             ON CONFLICT (org_id, campaign_id) DO UPDATE SET name = EXCLUDED.name, name_at = EXCLUDED.name_at \
+             WHERE EXCLUDED.name IS NOT NULL AND (campaigns.name IS NULL \
+               OR (EXCLUDED.name_at, EXCLUDED.name COLLATE \"C\") > (campaigns.name_at, campaigns.name COLLATE \"C\"))",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    if !plan.templates.is_empty() {
+        let (keys, values) = columns(&plan.templates);
+        sqlx::query(
+            "INSERT INTO templates (org_id, name, language, category, category_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+             ON CONFLICT (org_id, name, language) DO UPDATE \
+               SET category = EXCLUDED.category, category_at = EXCLUDED.category_at \
+             WHERE EXCLUDED.category IS NOT NULL AND (templates.category IS NULL \
+               OR (EXCLUDED.category_at, EXCLUDED.category COLLATE \"C\") \
+               > (templates.category_at, templates.category COLLATE \"C\"))",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    if !plan.messages.is_empty() {
+        let (keys, messages) = columns(&plan.messages);
+        let result = sqlx::query(
+            "INSERT INTO messages (org_id, message_id, phone, external_id, campaign_id, template_name, \
+               template_language, sent_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+               $7::text[], $8::timestamptz[]) \
+             ON CONFLICT (org_id, message_id) DO NOTHING",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.phone.as_deref()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.external_id.as_deref()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.campaign.as_ref().map(|c| c.id.as_str())).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.template.as_ref().map(|t| t.name.as_str())).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.template.as_ref().map(|t| t.language.as_str())).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.sent_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        applied.messages = result.rows_affected() as usize;
+    }
+
+    if !plan.statuses.is_empty() {
+        let (keys, statuses) = columns(&plan.statuses);
+        let result = sqlx::query(
+            "INSERT INTO statuses (org_id, message_id, status, at, error_code, error_title, error_class) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[], \
+               $7::text[]) \
+             ON CONFLICT (org_id, message_id, status) DO UPDATE SET at = EXCLUDED.at, \
+               error_code = EXCLUDED.error_code, error_title = EXCLUDED.error_title, \
+               error_class = EXCLUDED.error_class \
+             WHERE (EXCLUDED.at, coalesce(EXCLUDED.error_code, -1), coalesce(EXCLUDED.error_title, '') COLLATE \"C\") \
+                 < (statuses.at, coalesce(statuses.error_code, -1), coalesce(statuses.error_title, '') COLLATE \"C\")",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+        .bind(statuses.iter().map(|s| s.at).collect::<Vec<_>>())
+        .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.code)).collect::<Vec<_>>())
+        .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.title.as_deref())).collect::<Vec<_>>())
+        .bind(statuses.iter().map(|s| s.error_class().map(|c| c.as_str())).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        applied.statuses = result.rows_affected() as usize;
+
+        let (keys, states) = columns(&plan.states);
+        let orgs: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        sqlx::query(
+            "INSERT INTO message_states (org_id, message_id, rank, failed) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::bool[]) \
+             ON CONFLICT (org_id, message_id) DO UPDATE \
+               SET rank = GREATEST(message_states.rank, EXCLUDED.rank), \
+                   failed = message_states.failed OR EXCLUDED.failed \
+             WHERE EXCLUDED.rank > message_states.rank OR (EXCLUDED.failed AND NOT message_states.failed)",
+        )
+        .bind(&orgs)
+        .bind(&ids)
+        .bind(states.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+
+        // Kept either way; counted so that operators see statuses waiting for a message.
+        applied.without_message = sqlx::query_scalar(
+            "SELECT count(*) FROM UNNEST($1::text[], $2::text[]) AS k(org_id, message_id) \
+             WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.org_id = k.org_id AND m.message_id = k.message_id)",
+        )
+        .bind(&orgs)
+        .bind(&ids)
+        .fetch_one(&mut *tx)
+        .await?;
+    }
+
+    tx.commit().await?;
+    metrics::counter!("broadcast_messages_recorded_total").increment(applied.messages as u64);
+    metrics::counter!("broadcast_statuses_recorded_total").increment(applied.statuses as u64);
+    metrics::counter!("broadcast_events_refused_total").increment(applied.refused as u64);
+    metrics::counter!("broadcast_statuses_without_message_total").increment(applied.without_message.max(0) as u64);
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{CampaignInfo, DeliveryError, StatusKind};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap_or_default()
+    }
+
+    fn status(kind: StatusKind, seconds: i64, code: Option<i64>) -> Candidate {
+        Candidate::Status {
+            org_id: "acme".into(),
+            status: DeliveryStatus {
+                message_id: "m".into(),
+                status: kind,
+                at: at(seconds),
+                error: code.map(|code| DeliveryError { code: Some(code), title: None }),
+            },
+        }
+    }
+
+    fn message(name: Option<&str>, seconds: i64) -> Candidate {
+        Candidate::Message {
+            org_id: "acme".into(),
+            message: BroadcastMessage {
+                message_id: format!("m{seconds}"),
+                sent_at: at(seconds),
+                campaign: Some(CampaignInfo { id: "c".into(), name: name.map(str::to_owned) }),
+                template: None,
+                phone: Some("+14155550100".into()),
+                external_id: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_one_version_of_each_fact_whatever_its_order() {
+        let batch = [
+            status(StatusKind::Read, 30, None),
+            status(StatusKind::Sent, 20, None),
+            status(StatusKind::Sent, 10, None),
+            status(StatusKind::Failed, 40, Some(131049)),
+            status(StatusKind::Sent, 15, None),
+        ];
+        for order in [batch.to_vec(), batch.iter().rev().cloned().collect()] {
+            let plan = Plan::new(&order);
+            assert_eq!(plan.statuses.len(), 3);
+            assert_eq!(plan.statuses[&("acme", "m", "sent")].at, at(10), "the earliest time");
+            assert_eq!(plan.states[&("acme", "m")], (3, true), "read, and failed");
+        }
+        let messages = [message(Some("Old"), 1), message(None, 5), message(Some("New"), 3)];
+        for order in [messages.to_vec(), messages.iter().rev().cloned().collect()] {
+            let plan = Plan::new(&order);
+            assert_eq!(plan.campaigns[&("acme", "c")], (Some("New"), Some(at(3))), "the newest name");
+            assert_eq!(plan.messages.len(), 3);
+        }
+    }
+}

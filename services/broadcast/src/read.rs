@@ -1,0 +1,339 @@
+//! The read side: a contact's broadcast history (newest first, keyset-paginated, each
+//! message with its status timeline) and a campaign's counts and rates.
+
+use crate::{
+    error::BroadcastError,
+    event::{ErrorClass, StatusKind, state_name},
+};
+use chrono::{DateTime, Utc};
+use leads_proto::v1 as pb;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+/// Whose broadcasts to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Lead(Uuid),
+    Contact(Uuid),
+}
+
+pub struct HistoryPage {
+    pub messages: Vec<pb::BroadcastMessageView>,
+    pub next_page_token: String,
+}
+
+pub fn page_size(requested: i32) -> Result<i64, BroadcastError> {
+    match i64::from(requested) {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+        _ => Err(BroadcastError::invalid("page_size", format!("must be between 1 and {MAX_PAGE_SIZE}"))),
+    }
+}
+
+/// Where a page ends: the send time and message id of its last message. Hex of
+/// `<micros>|<message_id>`, so that callers treat it as opaque and any id survives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub sent_at: DateTime<Utc>,
+    pub message_id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{}|{}", self.sent_at.timestamp_micros(), self.message_id).bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn decode(token: &str) -> Result<Self, BroadcastError> {
+        let bad = || BroadcastError::invalid("page_token", "is not a token this service issued");
+        if !token.len().is_multiple_of(2) || !token.is_ascii() {
+            return Err(bad());
+        }
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (micros, message_id) = text.split_once('|').ok_or_else(bad)?;
+        let sent_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+        if message_id.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self { sent_at, message_id: message_id.to_owned() })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    message_id: String,
+    phone: Option<String>,
+    external_id: Option<String>,
+    campaign_id: Option<String>,
+    campaign_name: Option<String>,
+    template_name: Option<String>,
+    template_language: Option<String>,
+    template_category: Option<String>,
+    sent_at: DateTime<Utc>,
+    rank: i16,
+    failed: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    message_id: String,
+    status: String,
+    at: DateTime<Utc>,
+    error_code: Option<i64>,
+    error_title: Option<String>,
+    error_class: Option<String>,
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+/// The broadcasts sent to the target's contact, through every phone and external id the
+/// lead service has known that contact by.
+pub async fn history(
+    pool: &PgPool,
+    org_id: &str,
+    target: Target,
+    page_size: i64,
+    after: Option<Cursor>,
+) -> Result<HistoryPage, BroadcastError> {
+    let contact_id = match target {
+        Target::Lead(lead_id) => {
+            sqlx::query_scalar::<_, Uuid>("SELECT contact_id FROM lead_contacts WHERE org_id = $1 AND lead_id = $2")
+                .bind(org_id)
+                .bind(lead_id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| BroadcastError::not_found("lead", lead_id.to_string()))?
+        }
+        Target::Contact(contact_id) => contact_id,
+    };
+    let (phones, external_ids): (Vec<Option<String>>, Vec<Option<String>>) =
+        sqlx::query_as::<_, (Option<String>, Option<String>)>(
+            "SELECT phone, external_id FROM lead_contacts WHERE org_id = $1 AND contact_id = $2",
+        )
+        .bind(org_id)
+        .bind(contact_id)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .unzip();
+    if phones.is_empty() {
+        return Err(BroadcastError::not_found("contact", contact_id.to_string()));
+    }
+    let phones: Vec<String> = phones.into_iter().flatten().collect();
+    let external_ids: Vec<String> = external_ids.into_iter().flatten().collect();
+    let rows: Vec<MessageRow> = sqlx::query_as(
+        "SELECT m.message_id, m.phone, m.external_id, m.campaign_id, c.name AS campaign_name, m.template_name, \
+           m.template_language, t.category AS template_category, m.sent_at, \
+           coalesce(s.rank, 0::int2) AS rank, coalesce(s.failed, false) AS failed \
+         FROM messages m \
+         LEFT JOIN campaigns c ON c.org_id = m.org_id AND c.campaign_id = m.campaign_id \
+         LEFT JOIN templates t ON t.org_id = m.org_id AND t.name = m.template_name \
+           AND t.language = m.template_language \
+         LEFT JOIN message_states s ON s.org_id = m.org_id AND s.message_id = m.message_id \
+         WHERE m.org_id = $1 AND (m.phone = ANY($2) OR m.external_id = ANY($3)) \
+           AND ($4::timestamptz IS NULL OR (m.sent_at, m.message_id) < ($4, $5)) \
+         ORDER BY m.sent_at DESC, m.message_id DESC LIMIT $6",
+    )
+    .bind(org_id)
+    .bind(&phones)
+    .bind(&external_ids)
+    .bind(after.as_ref().map(|c| c.sent_at))
+    .bind(after.as_ref().map(|c| c.message_id.as_str()))
+    .bind(page_size + 1)
+    .fetch_all(pool)
+    .await?;
+    let has_more = rows.len() as i64 > page_size;
+    let rows = &rows[..rows.len().min(page_size as usize)];
+    let next_page_token = match (has_more, rows.last()) {
+        (true, Some(last)) => Cursor { sent_at: last.sent_at, message_id: last.message_id.clone() }.encode(),
+        _ => String::new(),
+    };
+    let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+    // Newest first; on equal times the further status first, so that the timeline reads
+    // like the state.
+    let statuses: Vec<StatusRow> = sqlx::query_as(
+        "SELECT message_id, status, at, error_code, error_title, error_class FROM statuses \
+         WHERE org_id = $1 AND message_id = ANY($2) \
+         ORDER BY message_id, at DESC, \
+           CASE status WHEN 'failed' THEN 4 WHEN 'read' THEN 3 WHEN 'delivered' THEN 2 ELSE 1 END DESC",
+    )
+    .bind(org_id)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let mut timelines: HashMap<&str, Vec<&StatusRow>> = HashMap::new();
+    for status in &statuses {
+        timelines.entry(status.message_id.as_str()).or_default().push(status);
+    }
+    let messages = rows
+        .iter()
+        .map(|row| {
+            let timeline = timelines.get(row.message_id.as_str()).map(Vec::as_slice).unwrap_or_default();
+            let failure = timeline.iter().find(|s| s.status == StatusKind::Failed.as_str());
+            pb::BroadcastMessageView {
+                message_id: row.message_id.clone(),
+                campaign: row
+                    .campaign_id
+                    .as_ref()
+                    .map(|id| pb::Campaign { id: id.clone(), name: row.campaign_name.clone().unwrap_or_default() }),
+                template: row.template_name.as_ref().map(|name| pb::Template {
+                    name: name.clone(),
+                    language: row.template_language.clone().unwrap_or_default(),
+                    category: row.template_category.clone().unwrap_or_default(),
+                }),
+                sent_at: Some(timestamp(row.sent_at)),
+                state: state_name(row.rank, row.failed).to_owned(),
+                failed: row.failed,
+                error: failure.and_then(|f| delivery_error(f)),
+                error_class: failure.map(|f| error_class(f)).unwrap_or_default(),
+                timeline: timeline
+                    .iter()
+                    .map(|s| pb::StatusEvent {
+                        status: s.status.clone(),
+                        at: Some(timestamp(s.at)),
+                        error: delivery_error(s),
+                        error_class: if s.status == StatusKind::Failed.as_str() {
+                            error_class(s)
+                        } else {
+                            String::new()
+                        },
+                    })
+                    .collect(),
+                contact: Some(pb::Contact {
+                    phone: row.phone.clone().unwrap_or_default(),
+                    external_id: row.external_id.clone().unwrap_or_default(),
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect();
+    Ok(HistoryPage { messages, next_page_token })
+}
+
+fn delivery_error(status: &StatusRow) -> Option<pb::DeliveryError> {
+    (status.error_code.is_some() || status.error_title.is_some()).then(|| pb::DeliveryError {
+        code: status.error_code.unwrap_or_default(),
+        title: status.error_title.clone().unwrap_or_default(),
+    })
+}
+
+fn error_class(status: &StatusRow) -> String {
+    status.error_class.clone().unwrap_or_else(|| ErrorClass::Other.as_str().to_owned())
+}
+
+#[derive(sqlx::FromRow)]
+struct CountsRow {
+    messages: i64,
+    sent: i64,
+    delivered: i64,
+    read: i64,
+    failed: i64,
+}
+
+/// A campaign's counts. `messages` is every BroadcastMessage recorded for the campaign and
+/// the base of every rate. A message counts as sent, delivered or read when it got at least
+/// that far (a read message was delivered and sent, whether or not those statuses arrived),
+/// as failed when a failed status arrived (whatever else did), as replied when its contact
+/// replied to it, and `leads_created` counts the leads those replies opened.
+pub async fn campaign_stats(
+    pool: &PgPool,
+    org_id: &str,
+    campaign_id: &str,
+) -> Result<pb::CampaignStats, BroadcastError> {
+    // One snapshot for every count, so that they agree with each other.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let name: Option<Option<String>> =
+        sqlx::query_scalar("SELECT name FROM campaigns WHERE org_id = $1 AND campaign_id = $2")
+            .bind(org_id)
+            .bind(campaign_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let name = name.ok_or_else(|| BroadcastError::not_found("campaign", campaign_id))?;
+    let counts: CountsRow = sqlx::query_as(
+        "SELECT count(*) AS messages, \
+           count(*) FILTER (WHERE s.rank >= 1) AS sent, \
+           count(*) FILTER (WHERE s.rank >= 2) AS delivered, \
+           count(*) FILTER (WHERE s.rank >= 3) AS read, \
+           count(*) FILTER (WHERE s.failed) AS failed \
+         FROM messages m \
+         LEFT JOIN message_states s ON s.org_id = m.org_id AND s.message_id = m.message_id \
+         WHERE m.org_id = $1 AND m.campaign_id = $2",
+    )
+    .bind(org_id)
+    .bind(campaign_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let by_class: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT st.error_class, count(*) FROM messages m \
+         JOIN statuses st ON st.org_id = m.org_id AND st.message_id = m.message_id AND st.status = 'failed' \
+         WHERE m.org_id = $1 AND m.campaign_id = $2 GROUP BY 1",
+    )
+    .bind(org_id)
+    .bind(campaign_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (replied, leads_created): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT r.message_id), count(DISTINCT r.lead_id) FILTER (WHERE r.created_lead) \
+         FROM replies r JOIN messages m ON m.org_id = r.org_id AND m.message_id = r.message_id \
+         WHERE m.org_id = $1 AND m.campaign_id = $2",
+    )
+    .bind(org_id)
+    .bind(campaign_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    // Every class is present, zero or not, so that callers need not guess the keys.
+    let mut failed_by_class: HashMap<String, i64> =
+        ErrorClass::ALL.iter().map(|c| (c.as_str().to_owned(), 0)).collect();
+    for (class, count) in by_class {
+        *failed_by_class.entry(class.unwrap_or_else(|| ErrorClass::Other.as_str().to_owned())).or_default() += count;
+    }
+    let rate = |count: i64| if counts.messages == 0 { 0.0 } else { count as f64 / counts.messages as f64 };
+    Ok(pb::CampaignStats {
+        campaign_id: campaign_id.to_owned(),
+        name: name.unwrap_or_default(),
+        messages: counts.messages,
+        sent: counts.sent,
+        delivered: counts.delivered,
+        read: counts.read,
+        failed: counts.failed,
+        failed_by_class,
+        replied,
+        leads_created,
+        delivery_rate: rate(counts.delivered),
+        read_rate: rate(counts.read),
+        failure_rate: rate(counts.failed),
+        reply_rate: rate(replied),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let cursor = Cursor {
+            sent_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default(),
+            message_id: "wamid.|x".into(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
+        for token in ["zz", "abc", "7c", "31327c"] {
+            match Cursor::decode(token) {
+                Err(BroadcastError::InvalidArgument { field, .. }) => assert_eq!(field, "page_token"),
+                other => panic!("{token}: {:?}", other.map(|c| c.message_id)),
+            }
+        }
+    }
+}
