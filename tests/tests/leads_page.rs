@@ -479,3 +479,75 @@ async fn history_is_one_timeline_newest_first_and_paginated() -> anyhow::Result<
     assert!(score.summary.contains("manual score 80"), "{}", score.summary);
     page.stop().await
 }
+
+#[tokio::test]
+async fn history_shows_broadcasts_with_their_delivery_timeline_even_when_inactive() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Broadcast]).await?;
+    let message = json!({
+        "message_id": "wamid.bf-1", "occurred_at": "2026-11-24T09:00:00Z",
+        "campaign": { "id": "cmp-42", "name": "Black Friday" },
+        "template": { "name": "bf_offer", "language": "en_US", "category": "MARKETING" },
+        "contact": { "phone": phone(7) }
+    });
+    env.publish(env.subjects.broadcast_messages(ORG), serde_json::to_vec(&message)?, None).await?;
+    for (status, at) in
+        [("read", "2026-11-24T09:05:00Z"), ("sent", "2026-11-24T09:00:01Z"), ("delivered", "2026-11-24T09:00:03Z")]
+    {
+        let status = json!({ "message_id": "wamid.bf-1", "status": status, "timestamp": at });
+        env.publish(env.subjects.broadcast_statuses(ORG), serde_json::to_vec(&status)?, None).await?;
+    }
+    let mut reply = event("reply-1", 7, "Replier", "2026-11-24T10:00:00Z");
+    reply["kind"] = json!("broadcast_reply");
+    reply["broadcast"] = json!({ "message_id": "wamid.bf-1", "campaign_id": "cmp-42" });
+    env.publish_interaction(ORG, &reply).await?;
+    let client = node.lead().await?;
+    let lead = eventually(DEADLINE, "the reply's lead", || {
+        let mut client = client.clone();
+        async move { all_leads(&mut client, ORG).await.ok()?.into_iter().next() }
+    })
+    .await;
+    let converted = pb::ChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_id: lead.id.clone(),
+        status: pb::LeadStatus::Converted as i32,
+        actor: "op".into(),
+        ..Default::default()
+    };
+    client.clone().change_status(converted).await?;
+    let entry = eventually(DEADLINE, "the broadcast in the timeline", || {
+        let mut client = client.clone();
+        let lead_id = lead.id.clone();
+        async move {
+            let request = pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id, ..Default::default() };
+            let history = client.get_lead_history(request).await.ok()?.into_inner();
+            assert!(!history.broadcast_history_unavailable);
+            let entry = history.entries.into_iter().find(|e| e.kind == "broadcast")?;
+            let details: serde_json::Value = serde_json::from_str(&entry.details_json).ok()?;
+            (details["timeline"].as_array()?.len() == 3).then_some((entry, details))
+        }
+    })
+    .await;
+    let (entry, details) = entry;
+    assert_eq!(details["state"], "read");
+    assert_eq!(details["campaign_name"], "Black Friday");
+    assert_eq!(details["template"], "bf_offer");
+    let statuses: Vec<&str> =
+        details["timeline"].as_array().into_iter().flatten().filter_map(|s| s["status"].as_str()).collect();
+    assert_eq!(statuses, ["read", "delivered", "sent"], "the delivery timeline, newest first");
+    assert!(entry.summary.contains("Black Friday"), "{}", entry.summary);
+    // The broadcast history itself also answers for the inactive lead.
+    let history = node
+        .broadcast()
+        .await?
+        .get_broadcast_history(pb::GetBroadcastHistoryRequest {
+            org_id: ORG.into(),
+            target: Some(pb::get_broadcast_history_request::Target::LeadId(lead.id.clone())),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(history.messages.len(), 1);
+    node.stop().await?;
+    env.cleanup().await
+}
