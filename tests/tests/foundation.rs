@@ -146,3 +146,46 @@ async fn graceful_stop_during_a_stream_of_events_loses_none() -> anyhow::Result<
     node.stop().await?;
     env.cleanup().await
 }
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn serving(port: u16, service: &str) -> Option<()> {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).ok()?.connect().await.ok()?;
+    let status = HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await.ok()?;
+    (status.into_inner().status() == ServingStatus::Serving).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lead_and_ingest_run_beside_a_separate_qualification_process() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let (lead_port, qualification_port) = (free_port()?, free_port()?);
+    let front = leads_tests::Process::spawn(&env, "lead,ingest", &[("LEADS_GRPC_LEAD_PORT", lead_port.to_string())])?;
+    let workers = leads_tests::Process::spawn(
+        &env,
+        "qualification",
+        &[("LEADS_GRPC_QUALIFICATION_PORT", qualification_port.to_string())],
+    )?;
+    eventually(DEADLINE, "the lead process to serve", || serving(lead_port, "leads.v1.LeadService")).await;
+    eventually(DEADLINE, "the qualification process to serve", || {
+        serving(qualification_port, "leads.v1.QualificationService")
+    })
+    .await;
+    env.publish_interaction("acme", &chat_event("evt-side", &phone(1), "hello")).await?;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{lead_port}"))?.connect().await?;
+    let leads = leads_proto::v1::lead_service_client::LeadServiceClient::new(channel);
+    eventually(DEADLINE, "the lead from the chat event", || {
+        let mut leads = leads.clone();
+        async move {
+            let page =
+                leads.list_leads(pb::ListLeadsRequest { org_id: "acme".into(), ..Default::default() }).await.ok()?;
+            (page.into_inner().total_count == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(front.terminate().await?.success());
+    assert!(workers.terminate().await?.success());
+    env.cleanup().await
+}
