@@ -3,6 +3,7 @@
 //! publishes every change as `events.lead.<org>.<kind>` through its outbox.
 
 pub mod apply;
+pub mod batch;
 pub mod commands;
 pub mod error;
 pub mod export;
@@ -101,7 +102,7 @@ async fn consume_interactions(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Di
             }
         }
     }
-    if let Err(error) = apply::apply_batch(ctx, &envelopes).await {
+    if let Err(error) = batch::apply_batch(ctx, &envelopes).await {
         tracing::warn!(%error, "interaction batch failed, will be redelivered");
         for index in positions {
             dispositions[index] = Disposition::Retry;

@@ -1,0 +1,614 @@
+//! Applies accepted interactions a batch at a time, with a fixed number of statements per
+//! batch whatever its size: read the contacts and active leads the batch touches (locked),
+//! decide everything in memory in arrival order, then write contacts, leads, status changes,
+//! interactions and events with one multi-row statement each. One batch is one transaction;
+//! a race with a concurrent batch (a contact or lead created meanwhile) retries it whole.
+//!
+//! The rules: an inbound event from a contact with no active lead opens one in New with its
+//! source; with one it is added to it; an outbound event never opens a lead and moves a New
+//! lead to Contacted, by the system. Name and email come from the newest event; a contact
+//! found by one identity gains the other when no other contact holds it.
+
+use crate::{
+    LeadContext,
+    apply::{SYSTEM_ACTOR, lead_event},
+    error::LeadError,
+    model::{InteractionSummary, LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
+};
+use chrono::{DateTime, Utc};
+use ingest::event::{Direction, Interaction, Kind};
+use platform::event::Envelope;
+use sqlx::{Postgres, Transaction};
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+const PREVIEW_CHARS: usize = 140;
+
+/// Applies a batch, skipping events already applied. Retries the whole batch on conflicts.
+pub async fn apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> Result<(), LeadError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_apply_batch(ctx, batch).await {
+            Err(error) if attempt < 8 && error.is_retryable() => {
+                tracing::debug!(%error, attempt, "retrying interaction batch");
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Contact {
+    id: Uuid,
+    org_id: String,
+    phone: Option<String>,
+    external_id: Option<String>,
+    name: Option<String>,
+    email: Option<String>,
+    profile_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct StatusChangeRow {
+    org_id: String,
+    lead_id: Uuid,
+    from: Option<&'static str>,
+    to: &'static str,
+    reason: String,
+    version: i64,
+    at: DateTime<Utc>,
+}
+
+/// Everything one batch reads, decides and then writes.
+#[derive(Default)]
+struct BatchState {
+    contacts: HashMap<Uuid, Contact>,
+    by_phone: HashMap<(String, String), Uuid>,
+    by_external_id: HashMap<(String, String), Uuid>,
+    new_contacts: Vec<Uuid>,
+    changed_contacts: HashSet<Uuid>,
+    /// Active leads by contact, as they stand after the events applied so far.
+    active: HashMap<Uuid, LeadView>,
+    new_leads: Vec<Uuid>,
+    changed_leads: HashSet<Uuid>,
+    status_changes: Vec<StatusChangeRow>,
+    interactions: PendingInteractions,
+    messages: Vec<platform::outbox::OutboxMessage>,
+}
+
+async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> Result<(), LeadError> {
+    let mut tx = ctx.pool.begin().await?;
+    let todo = unseen(&mut tx, batch).await?;
+    if todo.is_empty() {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let mut state = BatchState::default();
+    load_contacts(&mut tx, &todo, &mut state).await?;
+    load_active_leads(&mut tx, &mut state).await?;
+    let now = Utc::now();
+    // Arrival order: an event that links a phone to an external id comes before a later
+    // event that names only the phone.
+    for envelope in &todo {
+        apply(ctx, &mut state, &envelope.org_id, &envelope.data, now);
+    }
+    write(&mut tx, &state).await?;
+    platform::outbox::enqueue(&mut tx, &state.messages).await?;
+    tx.commit().await?;
+    ctx.outbox.notify();
+    metrics::counter!("lead_interactions_applied_total").increment(todo.len() as u64);
+    Ok(())
+}
+
+/// The batch's events not applied before, each once, in arrival order.
+async fn unseen<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &'a [Envelope<Interaction>],
+) -> Result<Vec<&'a Envelope<Interaction>>, LeadError> {
+    let orgs: Vec<&str> = batch.iter().map(|e| e.org_id.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|e| e.data.event_id.as_str()).collect();
+    let seen: HashSet<(String, String)> = sqlx::query_as(
+        "SELECT i.org_id, i.event_id FROM interactions i \
+         JOIN UNNEST($1::text[], $2::text[]) AS b(org_id, event_id) \
+           ON i.org_id = b.org_id AND i.event_id = b.event_id",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut in_batch = HashSet::new();
+    Ok(batch
+        .iter()
+        .filter(|e| {
+            let key = (e.org_id.clone(), e.data.event_id.clone());
+            !seen.contains(&key) && in_batch.insert(key)
+        })
+        .collect())
+}
+
+async fn load_contacts(
+    tx: &mut Transaction<'_, Postgres>,
+    todo: &[&Envelope<Interaction>],
+    state: &mut BatchState,
+) -> Result<(), LeadError> {
+    let (mut phone_orgs, mut phones, mut ext_orgs, mut exts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for envelope in todo {
+        if let Some(phone) = &envelope.data.contact.phone {
+            phone_orgs.push(envelope.org_id.as_str());
+            phones.push(phone.as_str());
+        }
+        if let Some(external_id) = &envelope.data.contact.external_id {
+            ext_orgs.push(envelope.org_id.as_str());
+            exts.push(external_id.as_str());
+        }
+    }
+    // Locked in id order so that concurrent batches over the same contacts queue up.
+    let contacts: Vec<Contact> = sqlx::query_as(
+        "SELECT c.id, c.org_id, c.phone, c.external_id, c.name, c.email, c.profile_at FROM contacts c \
+         WHERE c.id IN ( \
+           SELECT c1.id FROM contacts c1 JOIN UNNEST($1::text[], $2::text[]) AS k(org_id, phone) \
+             ON c1.org_id = k.org_id AND c1.phone = k.phone \
+           UNION \
+           SELECT c2.id FROM contacts c2 JOIN UNNEST($3::text[], $4::text[]) AS k(org_id, external_id) \
+             ON c2.org_id = k.org_id AND c2.external_id = k.external_id) \
+         ORDER BY c.id FOR UPDATE",
+    )
+    .bind(&phone_orgs)
+    .bind(&phones)
+    .bind(&ext_orgs)
+    .bind(&exts)
+    .fetch_all(&mut **tx)
+    .await?;
+    for contact in contacts {
+        state.index(contact);
+    }
+    Ok(())
+}
+
+async fn load_active_leads(tx: &mut Transaction<'_, Postgres>, state: &mut BatchState) -> Result<(), LeadError> {
+    if state.contacts.is_empty() {
+        return Ok(());
+    }
+    let (orgs, ids): (Vec<&str>, Vec<Uuid>) = state.contacts.values().map(|c| (c.org_id.as_str(), c.id)).unzip();
+    let leads: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {LEAD_VIEW_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id \
+         JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, contact_id) \
+           ON l.org_id = k.org_id AND l.contact_id = k.contact_id \
+         WHERE l.active ORDER BY l.id FOR UPDATE OF l"
+    )))
+    .bind(&orgs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for lead in leads {
+        state.active.insert(lead.contact_id, lead);
+    }
+    Ok(())
+}
+
+impl BatchState {
+    fn index(&mut self, contact: Contact) {
+        if let Some(phone) = &contact.phone {
+            self.by_phone.insert((contact.org_id.clone(), phone.clone()), contact.id);
+        }
+        if let Some(external_id) = &contact.external_id {
+            self.by_external_id.insert((contact.org_id.clone(), external_id.clone()), contact.id);
+        }
+        self.contacts.insert(contact.id, contact);
+    }
+
+    /// Finds (or creates) the event's contact, links identities and refreshes its profile.
+    fn resolve_contact(&mut self, org_id: &str, event: &Interaction) -> Uuid {
+        let phone_key = event.contact.phone.as_ref().map(|p| (org_id.to_owned(), p.clone()));
+        let ext_key = event.contact.external_id.as_ref().map(|e| (org_id.to_owned(), e.clone()));
+        let by_phone = phone_key.as_ref().and_then(|k| self.by_phone.get(k).copied());
+        let by_ext = ext_key.as_ref().and_then(|k| self.by_external_id.get(k).copied());
+        let Some(id) = by_phone.or(by_ext) else {
+            let contact = Contact {
+                id: Uuid::now_v7(),
+                org_id: org_id.to_owned(),
+                phone: event.contact.phone.clone(),
+                external_id: event.contact.external_id.clone(),
+                name: event.contact.name.clone(),
+                email: event.contact.email.clone(),
+                profile_at: event.occurred_at,
+            };
+            let id = contact.id;
+            self.new_contacts.push(id);
+            self.index(contact);
+            return id;
+        };
+        let mut link_phone = None;
+        let mut link_ext = None;
+        let contact = self.contacts.get_mut(&id).expect("indexed contacts are loaded");
+        if contact.phone.is_none() && by_phone.is_none() {
+            link_phone = phone_key;
+        }
+        if contact.external_id.is_none() && by_ext.is_none() {
+            link_ext = ext_key;
+        }
+        let mut changed = false;
+        if let Some((_, phone)) = &link_phone {
+            contact.phone = Some(phone.clone());
+            changed = true;
+        }
+        if let Some((_, external_id)) = &link_ext {
+            contact.external_id = Some(external_id.clone());
+            changed = true;
+        }
+        if event.occurred_at >= contact.profile_at {
+            for (slot, value) in [(&mut contact.name, &event.contact.name), (&mut contact.email, &event.contact.email)]
+            {
+                if value.is_some() && slot != value {
+                    slot.clone_from(value);
+                    changed = true;
+                }
+            }
+            if changed {
+                contact.profile_at = event.occurred_at;
+            }
+        }
+        if changed {
+            self.changed_contacts.insert(id);
+        }
+        if let Some(key) = link_phone {
+            self.by_phone.insert(key, id);
+        }
+        if let Some(key) = link_ext {
+            self.by_external_id.insert(key, id);
+        }
+        id
+    }
+}
+
+fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Interaction, now: DateTime<Utc>) {
+    let contact_id = state.resolve_contact(org_id, event);
+    let contact = state.contacts[&contact_id].clone();
+    let preview = event.text.as_deref().map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
+    let lead_id = match (state.active.get_mut(&contact_id), event.direction) {
+        (None, Direction::Outbound) => None,
+        (None, Direction::Inbound) => {
+            let lead = LeadView {
+                id: Uuid::now_v7(),
+                org_id: org_id.to_owned(),
+                contact_id,
+                phone: contact.phone.clone(),
+                external_id: contact.external_id.clone(),
+                name: contact.name.clone(),
+                email: contact.email.clone(),
+                status: Status::New.as_str().to_owned(),
+                active: true,
+                source_kind: event.kind.as_str().to_owned(),
+                channel: event.channel.clone(),
+                campaign_id: event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()),
+                broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
+                integration_name: event.integration.as_ref().map(|i| i.name.clone()),
+                integration_reference: event.integration.as_ref().and_then(|i| i.reference.clone()),
+                score: None,
+                score_source: None,
+                agent_id: None,
+                interaction_count: 1,
+                last_message_preview: preview,
+                first_touch_at: event.occurred_at,
+                last_interaction_at: event.occurred_at,
+                created_at: now,
+                updated_at: now,
+                version: 1,
+            };
+            let source = match event.kind {
+                Kind::ChatMessage => "created from a chat message".to_owned(),
+                Kind::BroadcastReply => format!(
+                    "created from a reply to broadcast {}",
+                    event.broadcast.as_ref().map(|b| b.message_id.as_str()).unwrap_or_default()
+                ),
+                Kind::Integration => format!(
+                    "created from integration {}",
+                    event.integration.as_ref().map(|i| i.name.as_str()).unwrap_or_default()
+                ),
+            };
+            state.status_changes.push(StatusChangeRow {
+                org_id: org_id.to_owned(),
+                lead_id: lead.id,
+                from: None,
+                to: Status::New.as_str(),
+                reason: source,
+                version: 1,
+                at: now,
+            });
+            state.messages.push(lead_event(ctx, &lead, LeadChange::Created { interaction: summary(event) }));
+            state.new_leads.push(lead.id);
+            let id = lead.id;
+            state.active.insert(contact_id, lead);
+            Some(id)
+        }
+        (Some(lead), direction) => {
+            let becomes_contacted = direction == Direction::Outbound && lead.status == Status::New.as_str();
+            lead.interaction_count += 1;
+            if event.occurred_at >= lead.last_interaction_at && preview.is_some() {
+                lead.last_message_preview = preview;
+            }
+            lead.last_interaction_at = lead.last_interaction_at.max(event.occurred_at);
+            lead.version += 1;
+            lead.updated_at = now;
+            (lead.phone, lead.external_id, lead.name, lead.email) =
+                (contact.phone.clone(), contact.external_id.clone(), contact.name.clone(), contact.email.clone());
+            let change = if becomes_contacted {
+                lead.status = Status::Contacted.as_str().to_owned();
+                let reason = "first outbound message";
+                state.status_changes.push(StatusChangeRow {
+                    org_id: org_id.to_owned(),
+                    lead_id: lead.id,
+                    from: Some(Status::New.as_str()),
+                    to: Status::Contacted.as_str(),
+                    reason: reason.to_owned(),
+                    version: lead.version,
+                    at: now,
+                });
+                LeadChange::StatusChanged {
+                    from: Status::New.as_str().into(),
+                    to: Status::Contacted.as_str().into(),
+                    actor: SYSTEM_ACTOR.into(),
+                    reason: Some(reason.into()),
+                }
+            } else {
+                LeadChange::InteractionRecorded { interaction: summary(event) }
+            };
+            state.messages.push(lead_event(ctx, lead, change));
+            state.changed_leads.insert(lead.id);
+            Some(lead.id)
+        }
+    };
+    state.interactions.push(org_id, event, lead_id, contact_id);
+}
+
+async fn write(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
+    write_contacts(tx, state).await?;
+    write_leads(tx, state).await?;
+    write_status_changes(tx, state).await?;
+    state.interactions.write(tx).await
+}
+
+async fn write_contacts(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
+    let columns = |ids: &mut dyn Iterator<Item = &Uuid>| {
+        let mut out = ContactColumns::default();
+        for id in ids {
+            let c = &state.contacts[id];
+            out.id.push(c.id);
+            out.org_id.push(c.org_id.clone());
+            out.phone.push(c.phone.clone());
+            out.external_id.push(c.external_id.clone());
+            out.name.push(c.name.clone());
+            out.email.push(c.email.clone());
+            out.profile_at.push(c.profile_at);
+        }
+        out
+    };
+    if !state.new_contacts.is_empty() {
+        let new = columns(&mut state.new_contacts.iter());
+        let inserted = sqlx::query(
+            "INSERT INTO contacts (id, org_id, phone, external_id, name, email, profile_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+               $7::timestamptz[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(&new.org_id)
+        .bind(&new.phone)
+        .bind(&new.external_id)
+        .bind(&new.name)
+        .bind(&new.email)
+        .bind(&new.profile_at)
+        .execute(&mut **tx)
+        .await?;
+        // Fewer rows: another batch created one of these contacts since we read; start over.
+        if inserted.rows_affected() != new.id.len() as u64 {
+            return Err(LeadError::Conflict);
+        }
+    }
+    let changed: Vec<&Uuid> = state.changed_contacts.iter().filter(|id| !state.new_contacts.contains(id)).collect();
+    if !changed.is_empty() {
+        let rows = columns(&mut changed.into_iter());
+        sqlx::query(
+            "UPDATE contacts c SET phone = u.phone, external_id = u.external_id, name = u.name, email = u.email, \
+               profile_at = u.profile_at \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+               AS u(id, phone, external_id, name, email, profile_at) \
+             WHERE c.id = u.id",
+        )
+        .bind(&rows.id)
+        .bind(&rows.phone)
+        .bind(&rows.external_id)
+        .bind(&rows.name)
+        .bind(&rows.email)
+        .bind(&rows.profile_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct ContactColumns {
+    id: Vec<Uuid>,
+    org_id: Vec<String>,
+    phone: Vec<Option<String>>,
+    external_id: Vec<Option<String>>,
+    name: Vec<Option<String>>,
+    email: Vec<Option<String>>,
+    profile_at: Vec<DateTime<Utc>>,
+}
+
+async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
+    let by_id: HashMap<Uuid, &LeadView> = state.active.values().map(|l| (l.id, l)).collect();
+    if !state.new_leads.is_empty() {
+        let leads: Vec<&LeadView> = state.new_leads.iter().map(|id| by_id[id]).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO leads (id, org_id, contact_id, status, source_kind, channel, campaign_id, \
+               broadcast_message_id, integration_name, integration_reference, interaction_count, \
+               last_message_preview, first_touch_at, last_interaction_at, created_at, updated_at, version) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
+               $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::timestamptz[], \
+               $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::bigint[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(leads.iter().map(|l| l.id).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.org_id.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.contact_id).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.status.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.source_kind.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.channel.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.campaign_id.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.broadcast_message_id.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.integration_name.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.integration_reference.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.interaction_count).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.last_message_preview.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.first_touch_at).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.last_interaction_at).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.created_at).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.updated_at).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.version).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        // Fewer rows: a concurrent batch opened one of these contacts' active lead first.
+        if inserted.rows_affected() != leads.len() as u64 {
+            return Err(LeadError::Conflict);
+        }
+    }
+    let changed: Vec<&LeadView> =
+        state.changed_leads.iter().filter(|id| !state.new_leads.contains(id)).map(|id| by_id[id]).collect();
+    if !changed.is_empty() {
+        sqlx::query(
+            "UPDATE leads l SET interaction_count = u.interaction_count, \
+               last_message_preview = u.last_message_preview, last_interaction_at = u.last_interaction_at, \
+               status = u.status, updated_at = u.updated_at, version = u.version \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[], \
+               $6::timestamptz[], $7::bigint[]) \
+               AS u(id, interaction_count, last_message_preview, last_interaction_at, status, updated_at, version) \
+             WHERE l.id = u.id",
+        )
+        .bind(changed.iter().map(|l| l.id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.interaction_count).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.last_message_preview.clone()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.last_interaction_at).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.status.clone()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.updated_at).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.version).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_status_changes(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
+    let rows = &state.status_changes;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO status_changes (org_id, lead_id, from_status, to_status, actor, reason, lead_version, at) \
+         SELECT o, l, f, t, $8, r, v, a FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+           $6::bigint[], $7::timestamptz[]) AS u(o, l, f, t, r, v, a)",
+    )
+    .bind(rows.iter().map(|r| r.org_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.lead_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.from).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.to).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind(SYSTEM_ACTOR)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn summary(event: &Interaction) -> InteractionSummary {
+    InteractionSummary {
+        event_id: event.event_id.clone(),
+        kind: event.kind.as_str().into(),
+        direction: event.direction.as_str().into(),
+        occurred_at: event.occurred_at,
+        text: event.text.clone(),
+        broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
+        campaign_id: event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()),
+    }
+}
+
+/// Interaction rows of one batch, written with one statement at its end.
+#[derive(Default)]
+struct PendingInteractions {
+    org_id: Vec<String>,
+    event_id: Vec<String>,
+    lead_id: Vec<Option<Uuid>>,
+    contact_id: Vec<Uuid>,
+    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+    kind: Vec<&'static str>,
+    direction: Vec<&'static str>,
+    channel: Vec<String>,
+    text: Vec<Option<String>>,
+    agent_id: Vec<Option<String>>,
+    conversation_id: Vec<Option<String>>,
+    broadcast_message_id: Vec<Option<String>>,
+    campaign_id: Vec<Option<String>>,
+    integration_name: Vec<Option<String>>,
+    integration_reference: Vec<Option<String>>,
+    attributes: Vec<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
+}
+
+impl PendingInteractions {
+    fn push(&mut self, org_id: &str, event: &Interaction, lead_id: Option<Uuid>, contact_id: Uuid) {
+        self.org_id.push(org_id.to_owned());
+        self.event_id.push(event.event_id.clone());
+        self.lead_id.push(lead_id);
+        self.contact_id.push(contact_id);
+        self.occurred_at.push(event.occurred_at);
+        self.kind.push(event.kind.as_str());
+        self.direction.push(event.direction.as_str());
+        self.channel.push(event.channel.clone());
+        self.text.push(event.text.clone());
+        self.agent_id.push(event.agent_id.clone());
+        self.conversation_id.push(event.conversation_id.clone());
+        self.broadcast_message_id.push(event.broadcast.as_ref().map(|b| b.message_id.clone()));
+        self.campaign_id.push(event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()));
+        self.integration_name.push(event.integration.as_ref().map(|i| i.name.clone()));
+        self.integration_reference.push(event.integration.as_ref().and_then(|i| i.reference.clone()));
+        self.attributes.push(sqlx::types::Json(event.attributes.clone()));
+    }
+
+    async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), LeadError> {
+        if self.org_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO interactions (org_id, event_id, lead_id, contact_id, occurred_at, kind, direction, \
+               channel, text, agent_id, conversation_id, broadcast_message_id, campaign_id, integration_name, \
+               integration_reference, attributes) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[], \
+               $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+               $14::text[], $15::text[], $16::jsonb[])",
+        )
+        .bind(&self.org_id)
+        .bind(&self.event_id)
+        .bind(&self.lead_id)
+        .bind(&self.contact_id)
+        .bind(&self.occurred_at)
+        .bind(&self.kind)
+        .bind(&self.direction)
+        .bind(&self.channel)
+        .bind(&self.text)
+        .bind(&self.agent_id)
+        .bind(&self.conversation_id)
+        .bind(&self.broadcast_message_id)
+        .bind(&self.campaign_id)
+        .bind(&self.integration_name)
+        .bind(&self.integration_reference)
+        .bind(&self.attributes)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
