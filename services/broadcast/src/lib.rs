@@ -19,7 +19,7 @@ use crate::{
 use lead::model::LeadEvent;
 use platform::{
     ServiceName,
-    consumer::{self, ConsumerSpec, Delivery, Disposition},
+    consumer::{Delivery, Disposition},
     event::Envelope,
     nats::{Encoding, StreamKind, Subjects},
     service::{Infra, Running, ServiceBase},
@@ -44,40 +44,30 @@ pub struct BroadcastContext {
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Broadcast, &MIGRATOR, &token).await?;
     let ctx = BroadcastContext { pool: base.pool.clone(), subjects: infra.subjects.clone() };
-    let spec = ConsumerSpec {
-        stream: infra.subjects.stream_name(StreamKind::Broadcasts),
-        durable: DURABLE.into(),
-        filter_subject: format!("{}broadcasts.>", infra.subjects.prefix()),
-    };
     let consumer_ctx = ctx.clone();
-    base.tasks.spawn(consumer::run(
-        infra.nats.clone(),
-        infra.js.clone(),
-        spec,
-        infra.settings.consumer.clone(),
-        token.clone(),
+    base.spawn_consumer(
+        infra,
+        StreamKind::Broadcasts,
+        DURABLE,
+        format!("{}broadcasts.>", infra.subjects.prefix()),
+        &token,
         move |batch| {
             let ctx = consumer_ctx.clone();
             async move { consume_broadcasts(&ctx, batch).await }
         },
-    ));
-    let spec = ConsumerSpec {
-        stream: infra.subjects.stream_name(StreamKind::Events),
-        durable: LEADS_DURABLE.into(),
-        filter_subject: infra.subjects.events_of("lead"),
-    };
+    );
     let consumer_ctx = ctx.clone();
-    base.tasks.spawn(consumer::run(
-        infra.nats.clone(),
-        infra.js.clone(),
-        spec,
-        infra.settings.consumer.clone(),
-        token.clone(),
+    base.spawn_consumer(
+        infra,
+        StreamKind::Events,
+        LEADS_DURABLE,
+        infra.subjects.events_of("lead"),
+        &token,
         move |batch| {
             let ctx = consumer_ctx.clone();
             async move { consume_lead_events(&ctx, batch).await }
         },
-    ));
+    );
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
             ctx,

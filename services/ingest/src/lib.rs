@@ -14,7 +14,7 @@ use crate::{
 };
 use platform::{
     ServiceName,
-    consumer::{self, ConsumerSpec, Delivery, Disposition},
+    consumer::{Delivery, Disposition},
     nats::{Encoding, StreamKind},
     service::{Infra, Running, ServiceBase},
 };
@@ -28,23 +28,18 @@ pub const DURABLE: &str = "ingest";
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Ingest, &MIGRATOR, &token).await?;
     let ctx = IngestContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
-    let spec = ConsumerSpec {
-        stream: infra.subjects.stream_name(StreamKind::Interactions),
-        durable: DURABLE.into(),
-        filter_subject: format!("{}interactions.>", infra.subjects.prefix()),
-    };
     let consumer_ctx = ctx.clone();
-    base.tasks.spawn(consumer::run(
-        infra.nats.clone(),
-        infra.js.clone(),
-        spec,
-        infra.settings.consumer.clone(),
-        token.clone(),
+    base.spawn_consumer(
+        infra,
+        StreamKind::Interactions,
+        DURABLE,
+        format!("{}interactions.>", infra.subjects.prefix()),
+        &token,
         move |batch| {
             let ctx = consumer_ctx.clone();
             async move { consume(&ctx, batch).await }
         },
-    ));
+    );
     let routes = tonic::service::Routes::new(
         leads_proto::v1::ingest_service_server::IngestServiceServer::new(grpc::IngestApi { ctx: ctx.clone() })
             .max_decoding_message_size(16 * 1024 * 1024),

@@ -12,6 +12,7 @@ pub mod history;
 pub mod model;
 pub mod query;
 pub mod read;
+pub mod scores;
 
 use crate::error::LeadError;
 use ingest::event::Interaction;
@@ -19,7 +20,7 @@ use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingService
 use platform::grpc::TracedChannel;
 use platform::{
     ServiceName,
-    consumer::{self, ConsumerSpec, Delivery, Disposition},
+    consumer::{Delivery, Disposition},
     event::Envelope,
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
@@ -51,23 +52,20 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         outbox: base.outbox.clone(),
         broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
     };
-    let spec = ConsumerSpec {
-        stream: infra.subjects.stream_name(StreamKind::Events),
-        durable: "lead-interactions".into(),
-        filter_subject: infra.subjects.events_of("ingest"),
-    };
     let consumer_ctx = ctx.clone();
-    base.tasks.spawn(consumer::run(
-        infra.nats.clone(),
-        infra.js.clone(),
-        spec,
-        infra.settings.consumer.clone(),
-        token.clone(),
+    base.spawn_consumer(infra, StreamKind::Events, "lead-interactions", infra.subjects.events_of("ingest"), &token, {
         move |batch| {
             let ctx = consumer_ctx.clone();
             async move { consume_interactions(&ctx, batch).await }
-        },
-    ));
+        }
+    });
+    let consumer_ctx = ctx.clone();
+    base.spawn_consumer(infra, StreamKind::Events, "lead-scores", infra.subjects.events_of("qualification"), &token, {
+        move |batch| {
+            let ctx = consumer_ctx.clone();
+            async move { consume_scores(&ctx, batch).await }
+        }
+    });
     let routes =
         tonic::service::Routes::new(leads_proto::v1::lead_service_server::LeadServiceServer::new(grpc::LeadApi {
             ctx: ctx.clone(),
@@ -83,6 +81,40 @@ fn broadcast_client(endpoint: &str) -> Option<BroadcastTrackingServiceClient<Tra
             None
         }
     }
+}
+
+async fn consume_scores(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let mut dispositions = vec![Disposition::Ack; batch.len()];
+    let mut scores = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    for (index, delivery) in batch.iter().enumerate() {
+        match Envelope::<scores::AiScore>::from_json(&delivery.payload) {
+            Ok(score) => {
+                scores.push(score);
+                positions.push(index);
+            }
+            Err(error) => {
+                tracing::error!(%error, subject = %delivery.subject, "unreadable score event, parked");
+                dispositions[index] = Disposition::Term;
+            }
+        }
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match scores::apply_scores(ctx, &scores).await {
+            Ok(()) => break,
+            Err(error) if attempt < 5 && error.is_retryable() => {}
+            Err(error) => {
+                tracing::warn!(%error, "score batch failed, will be redelivered");
+                for index in &positions {
+                    dispositions[*index] = Disposition::Retry;
+                }
+                break;
+            }
+        }
+    }
+    dispositions
 }
 
 async fn consume_interactions(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {

@@ -73,6 +73,34 @@ impl ServiceBase {
         Ok(Self { name, pool, outbox, tasks })
     }
 
+    /// Runs a durable consumer of `stream` filtered to `filter_subject` until `token` fires.
+    pub fn spawn_consumer<H, Fut>(
+        &mut self,
+        infra: &Infra,
+        stream: crate::nats::StreamKind,
+        durable: &str,
+        filter_subject: String,
+        token: &tokio_util::sync::CancellationToken,
+        handler: H,
+    ) where
+        H: Fn(Vec<crate::consumer::Delivery>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
+    {
+        let spec = crate::consumer::ConsumerSpec {
+            stream: infra.subjects.stream_name(stream),
+            durable: durable.to_owned(),
+            filter_subject,
+        };
+        self.tasks.spawn(crate::consumer::run(
+            infra.nats.clone(),
+            infra.js.clone(),
+            spec,
+            infra.settings.consumer.clone(),
+            token.clone(),
+            handler,
+        ));
+    }
+
     /// Serves `routes` (with health and reflection) on the service's configured address.
     pub async fn serve(
         mut self,

@@ -1,35 +1,65 @@
-//! The qualification service. Scoring arrives with its own issue; until then its gRPC
-//! surface answers UNIMPLEMENTED, while the service already runs, migrates its schema and
-//! reports health like every other, so operators can deploy and scale it separately.
+//! The qualification service: scores every active lead 0-100 from its interactions with a
+//! transparent rules model, whenever the lead service reports a new interaction. Operators
+//! run as many qualification processes as they like (`leads run --services qualification`):
+//! they share one durable consumer. A score set by hand on the lead wins over the model.
 
-use leads_proto::v1::{self as pb, qualification_service_server as server};
+mod grpc;
+pub mod handler;
+pub mod scoring;
+
+use crate::handler::QualificationContext;
+use lead::model::LeadEvent;
 use platform::{
     ServiceName,
+    consumer::{Delivery, Disposition},
+    event::Envelope,
+    nats::StreamKind,
     service::{Infra, Running, ServiceBase},
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+
+pub use handler::{SCORED, Scored};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/qualification");
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
-    let base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
-    let routes = tonic::service::Routes::new(server::QualificationServiceServer::new(QualificationApi));
+    let mut base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
+    let ctx =
+        QualificationContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
+    let consumer_ctx = ctx.clone();
+    base.spawn_consumer(infra, StreamKind::Events, "qualification", infra.subjects.events_of("lead"), &token, {
+        move |batch| {
+            let ctx = consumer_ctx.clone();
+            async move { consume(&ctx, batch).await }
+        }
+    });
+    let routes = tonic::service::Routes::new(
+        leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
+    );
     base.serve(infra, &["leads.v1.QualificationService"], routes, token).await
 }
 
-struct QualificationApi;
-
-#[tonic::async_trait]
-impl server::QualificationService for QualificationApi {
-    async fn get_qualification(
-        &self,
-        _: Request<pb::GetQualificationRequest>,
-    ) -> Result<Response<pb::Qualification>, Status> {
-        Err(Status::unimplemented("GetQualification is not available yet"))
+async fn consume(ctx: &QualificationContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let mut dispositions = vec![Disposition::Ack; batch.len()];
+    let mut events = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    for (index, delivery) in batch.iter().enumerate() {
+        match Envelope::<LeadEvent>::from_json(&delivery.payload) {
+            Ok(event) => {
+                events.push(event);
+                positions.push(index);
+            }
+            Err(error) => {
+                tracing::error!(%error, subject = %delivery.subject, "unreadable lead event, parked");
+                dispositions[index] = Disposition::Term;
+            }
+        }
     }
-
-    async fn requalify(&self, _: Request<pb::RequalifyRequest>) -> Result<Response<pb::Qualification>, Status> {
-        Err(Status::unimplemented("Requalify is not available yet"))
+    if let Err(error) = handler::apply_lead_events(ctx, &events).await {
+        tracing::warn!(%error, "lead events batch failed, will be redelivered");
+        for index in positions {
+            dispositions[index] = Disposition::Retry;
+        }
     }
+    dispositions
 }
