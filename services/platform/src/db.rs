@@ -37,6 +37,11 @@ pub async fn bootstrap(settings: &Settings, service: ServiceName) -> anyhow::Res
          REVOKE CREATE ON SCHEMA public FROM PUBLIC"
     );
     sqlx::raw_sql(AssertSqlSafe(schema_ddl)).execute(&mut *tx).await?;
+    // Extensions need the admin; each lives in the one schema that uses it.
+    for extension in service.extensions() {
+        let ddl = format!("CREATE EXTENSION IF NOT EXISTS {extension} WITH SCHEMA {schema}");
+        sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     admin.close().await?;
     Ok(())

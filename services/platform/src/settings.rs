@@ -47,6 +47,15 @@ impl ServiceName {
         format!("leads_{}", self.as_str())
     }
 
+    /// Postgres extensions the service's migrations rely on, created at bootstrap.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            // Trigram indexes for the Leads page's search over names, emails and phones.
+            ServiceName::Lead => &["pg_trgm"],
+            _ => &[],
+        }
+    }
+
     fn default_port(self) -> u16 {
         match self {
             ServiceName::Ingest => 50051,
