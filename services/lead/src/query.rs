@@ -190,6 +190,86 @@ impl LeadQuery {
         Ok(())
     }
 
+    /// The score deciles `[min, max]` covers exactly, when it covers whole deciles.
+    fn score_buckets(&self) -> Option<Option<(i16, i16)>> {
+        let (min, max) = (self.filter.min_score, self.filter.max_score);
+        if min.is_none() && max.is_none() {
+            return Some(None);
+        }
+        let (min, max) = (min.unwrap_or(0), max.unwrap_or(100));
+        let aligned = min % 10 == 0 && (max == 100 || max % 10 == 9);
+        aligned.then(|| Some(((min / 10) as i16, (max.min(100) / 10) as i16)))
+    }
+
+    /// Appends the filters as conditions on `lead_counts` (alias `k`), when every filter is
+    /// one of its dimensions; `false` means the total must be counted from the rows.
+    pub fn push_count_filters(&self, sql: &mut QueryBuilder<Postgres>) -> bool {
+        let f = &self.filter;
+        let counted = f.campaign_id.is_empty()
+            && f.integration_name.is_empty()
+            && f.contact_id.is_empty()
+            && f.created.is_none()
+            && f.last_interaction.is_none()
+            && f.search.trim().is_empty();
+        let Some(buckets) = self.score_buckets().filter(|_| counted) else { return false };
+        sql.push(" WHERE k.org_id = ").push_bind(self.org_id.clone());
+        if !self.statuses.is_empty() {
+            let statuses: Vec<&str> = self.statuses.iter().map(|s| s.as_str()).collect();
+            sql.push(" AND k.status = ANY(").push_bind(statuses).push(")");
+        }
+        match pb::ActiveFilter::try_from(f.active) {
+            Ok(pb::ActiveFilter::ActiveOnly) => {
+                sql.push(" AND k.status NOT IN ('converted', 'lost', 'archived')");
+            }
+            Ok(pb::ActiveFilter::InactiveOnly) => {
+                sql.push(" AND k.status IN ('converted', 'lost', 'archived')");
+            }
+            _ => {}
+        }
+        match (f.unassigned, f.agent_ids.is_empty()) {
+            (true, true) => {
+                sql.push(" AND k.agent_id = ''");
+            }
+            (true, false) => {
+                sql.push(" AND (k.agent_id = '' OR k.agent_id = ANY(").push_bind(f.agent_ids.clone()).push("))");
+            }
+            (false, false) => {
+                sql.push(" AND k.agent_id = ANY(").push_bind(f.agent_ids.clone()).push(")");
+            }
+            (false, true) => {}
+        }
+        match pb::ScoreSource::try_from(f.score_source) {
+            Ok(pb::ScoreSource::Ai) => {
+                sql.push(" AND k.score_source = 'ai'");
+            }
+            Ok(pb::ScoreSource::Manual) => {
+                sql.push(" AND k.score_source = 'manual'");
+            }
+            _ => {}
+        }
+        if !f.source_kinds.is_empty() {
+            let kinds: Vec<&str> = f
+                .source_kinds
+                .iter()
+                .filter_map(|k| match pb::SourceKind::try_from(*k) {
+                    Ok(pb::SourceKind::ChatMessage) => Some("chat_message"),
+                    Ok(pb::SourceKind::BroadcastReply) => Some("broadcast_reply"),
+                    Ok(pb::SourceKind::Integration) => Some("integration"),
+                    _ => None,
+                })
+                .collect();
+            sql.push(" AND k.source_kind = ANY(").push_bind(kinds).push(")");
+        }
+        if let Some((low, high)) = buckets {
+            sql.push(" AND k.score_bucket BETWEEN ").push_bind(low).push(" AND ").push_bind(high);
+        }
+        true
+    }
+
+    pub fn needs_contacts(&self) -> bool {
+        !self.filter.search.trim().is_empty()
+    }
+
     /// The page's SELECT: filters, cursor, order and limit (one more than the page, to know
     /// whether another page follows).
     pub fn page_sql(&self) -> Result<QueryBuilder<Postgres>, LeadError> {
