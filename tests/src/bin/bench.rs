@@ -246,6 +246,7 @@ async fn machine(report: &mut Report) -> anyhow::Result<()> {
     }
     admin.close().await;
     let nats = platform::nats::connect(&leads_tests::nats_url(), "leads-bench").await?;
+    nats.flush().await?; // the client connects in the background; INFO arrives first
     let info = nats.server_info();
     let build = if cfg!(debug_assertions) { "DEBUG (numbers not meaningful)" } else { "release" };
     report.line("## Machine\n");
@@ -258,10 +259,35 @@ async fn machine(report: &mut Report) -> anyhow::Result<()> {
     report.line(format!("| Postgres settings | {} |", pg_settings.join(", ")));
     report.line(format!("| NATS server | {} (JetStream file storage) |", info.version));
     report.line(format!("| bench build | {build}; services in-process in the bench process |"));
+    report.line(format!("| code | {} |", code_state()));
     report.line(format!("| load average at start | {} |", loadavg()));
     report.line(format!("| started | {} |", Utc::now().to_rfc3339()));
     report.line("");
     Ok(())
+}
+
+/// The commit the bench was built from, and whether the services had uncommitted changes.
+fn code_state() -> String {
+    if let Ok(described) = std::env::var("BENCH_CODE") {
+        return described;
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else { return "unknown (no git)".into() };
+    let dirty =
+        git(&["status", "--porcelain", "--", "../services", "../migrations"]).map(|s| s.lines().count()).unwrap_or(0);
+    if dirty == 0 {
+        format!("commit {head}")
+    } else {
+        format!("commit {head} plus {dirty} uncommitted file(s) under services/ and migrations/ at run time")
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1159,6 +1185,22 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
     ));
     let mut client = node.lead().await?;
 
+    // The transport's own cost: the smallest request the lead service's gRPC server answers.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel(ServiceName::Lead).await?);
+    let mut floor = Vec::with_capacity(args.iterations);
+    for _ in 0..args.iterations {
+        let t = Instant::now();
+        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
+        floor.push(t.elapsed());
+    }
+    let floor = stats(floor);
+    report.line(format!(
+        "Transport floor: `grpc.health.v1.Health/Check` on the lead service's server, {} requests: p50 {}, p99 {}.\n",
+        floor.n,
+        ms(floor.p50),
+        ms(floor.p99)
+    ));
+
     report.line("### ListLeads\n");
     report.line(
         "| case | matching | first page p50 | first page p99 | later pages p50 | later pages p99 | with total: p50 | with total: p99 |\n\
@@ -1227,6 +1269,44 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         ms(worst_page_p99),
         ms(worst_total_p99)
     ));
+
+    // The same queries without gRPC: the service's own read path, called in-process.
+    progress("leads: ListLeads in-process, without gRPC");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(platform::db::service_options(&env.settings, ServiceName::Lead)?)
+        .await?;
+    report.line(
+        "In-process, without gRPC (`lead::read::list_leads` on a pool of the lead role; the service's query and \
+         row mapping, no transport, no protobuf):\n",
+    );
+    report.line(
+        "| case | first page p50 | first page p99 | with total: p50 | with total: p99 |\n\
+         | --- | ---: | ---: | ---: | ---: |",
+    );
+    for case in cases() {
+        let query = lead::query::LeadQuery::parse(&list_request(&case.filter, String::new(), true))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for _ in 0..3 {
+            lead::read::list_leads(&pool, &query, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let mut page = Vec::with_capacity(args.iterations);
+        for _ in 0..args.iterations {
+            let t = Instant::now();
+            lead::read::list_leads(&pool, &query, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            page.push(t.elapsed());
+        }
+        let mut with_total = Vec::new();
+        for _ in 0..(args.iterations / 5).max(5) {
+            let t = Instant::now();
+            lead::read::list_leads(&pool, &query, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            with_total.push(t.elapsed());
+        }
+        let (p, t) = (stats(page), stats(with_total));
+        report.line(format!("| {} | {} | {} | {} | {} |", case.name, ms(p.p50), ms(p.p99), ms(t.p50), ms(t.p99)));
+    }
+    pool.close().await;
+    report.line("");
 
     // GetLead and GetLeadHistory
     progress("leads: GetLead / GetLeadHistory");
