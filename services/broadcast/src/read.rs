@@ -44,20 +44,12 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        format!("{}|{}", self.sent_at.timestamp_micros(), self.message_id).bytes().map(|b| format!("{b:02x}")).collect()
+        platform::token::encode(&format!("{}|{}", self.sent_at.timestamp_micros(), self.message_id))
     }
 
     pub fn decode(token: &str) -> Result<Self, BroadcastError> {
         let bad = || BroadcastError::invalid("page_token", "is not a token this service issued");
-        if !token.len().is_multiple_of(2) || !token.is_ascii() {
-            return Err(bad());
-        }
-        let bytes = (0..token.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| bad())?;
-        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let text = platform::token::decode(token).ok_or_else(bad)?;
         let (micros, message_id) = text.split_once('|').ok_or_else(bad)?;
         let sent_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
         if message_id.is_empty() {

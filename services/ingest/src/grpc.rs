@@ -86,10 +86,10 @@ impl IngestService for IngestApi {
         let after: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> = if request.page_token.is_empty() {
             None
         } else {
-            let (at, id) = request
-                .page_token
-                .split_once('|')
+            let cursor = platform::token::decode(&request.page_token)
                 .ok_or_else(|| invalid("page_token", "is not a token this service issued"))?;
+            let (at, id) =
+                cursor.split_once('|').ok_or_else(|| invalid("page_token", "is not a token this service issued"))?;
             let at = chrono::DateTime::parse_from_rfc3339(at)
                 .map_err(|_| invalid("page_token", "is not a token this service issued"))?;
             let id = id.parse().map_err(|_| invalid("page_token", "is not a token this service issued"))?;
@@ -111,7 +111,7 @@ impl IngestService for IngestApi {
         let has_more = rows.len() as i64 > page_size;
         let rows = &rows[..rows.len().min(page_size as usize)];
         let next_page_token = match (has_more, rows.last()) {
-            (true, Some(last)) => format!("{}|{}", last.6.to_rfc3339(), last.0),
+            (true, Some(last)) => platform::token::encode(&format!("{}|{}", last.6.to_rfc3339(), last.0)),
             _ => String::new(),
         };
         let rejections = rows

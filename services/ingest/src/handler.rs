@@ -213,7 +213,7 @@ fn dead_letter(
 ) -> OutboxMessage {
     let (payload_encoding, payload_text) = match std::str::from_utf8(payload) {
         Ok(text) => ("utf8", text.to_owned()),
-        Err(_) => ("hex", payload.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(_) => ("hex", platform::token::hex(payload)),
     };
     let letter = DeadLetter {
         org_id,

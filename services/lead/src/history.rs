@@ -127,7 +127,7 @@ pub async fn lead_history(
     let has_more = merged.len() as i64 > page_size;
     merged.truncate(page_size as usize);
     let next_page_token = match (has_more, merged.last()) {
-        (true, Some(last)) => format!("{}|{}", last.at.timestamp_micros(), last.key),
+        (true, Some(last)) => platform::token::encode(&format!("{}|{}", last.at.timestamp_micros(), last.key)),
         _ => String::new(),
     };
     let past_lead_ids: Vec<Uuid> = sqlx::query_scalar(
@@ -237,7 +237,8 @@ fn decode_token(token: &str) -> Result<(Option<DateTime<Utc>>, Option<String>), 
         return Ok((None, None));
     }
     let bad = || LeadError::invalid("page_token", "is not a token this service issued");
-    let (micros, key) = token.split_once('|').ok_or_else(bad)?;
+    let cursor = platform::token::decode(token).ok_or_else(bad)?;
+    let (micros, key) = cursor.split_once('|').ok_or_else(bad)?;
     let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
     Ok((Some(at), Some(key.to_owned())))
 }

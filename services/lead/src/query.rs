@@ -324,7 +324,7 @@ impl LeadQuery {
         };
         let dir = if self.descending { "d" } else { "a" };
         let plain = format!("v1|{}|{dir}|{key}|{}", self.sort.code(), lead.id);
-        plain.bytes().map(|b| format!("{b:02x}")).collect()
+        platform::token::encode(&plain)
     }
 }
 
@@ -348,15 +348,7 @@ fn push_range(
 
 fn decode_token(token: &str, sort: SortField, descending: bool) -> Result<Cursor, LeadError> {
     let bad = || LeadError::invalid("page_token", "is not a token issued for this sort order");
-    if !token.len().is_multiple_of(2) || token.len() > 512 {
-        return Err(bad());
-    }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad())?;
-    let plain = String::from_utf8(bytes).map_err(|_| bad())?;
+    let plain = platform::token::decode(token).ok_or_else(bad)?;
     let parts: Vec<&str> = plain.split('|').collect();
     let dir = if descending { "d" } else { "a" };
     let [version, code, token_dir, key, id] = parts.as_slice() else {

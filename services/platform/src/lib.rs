@@ -12,5 +12,6 @@ pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;
 
 pub use settings::{ServiceName, Settings};
