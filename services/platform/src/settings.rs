@@ -382,3 +382,20 @@ mod tests {
         assert!("billing".parse::<ServiceName>().is_err());
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/leads.example.toml");
+        let text = std::fs::read_to_string(path).expect("example file");
+        let settings: Settings = toml::from_str(&text).expect("valid TOML");
+        settings.validate().expect("valid settings");
+        let defaults = Settings::default();
+        assert_eq!(settings.database_url, defaults.database_url);
+        assert_eq!(settings.grpc.port(ServiceName::Broadcast), 50056);
+        assert_eq!(settings.consumer.batch_size, defaults.consumer.batch_size);
+    }
+}
