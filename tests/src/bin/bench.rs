@@ -124,7 +124,7 @@ fn thousands(value: f64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -1241,7 +1241,7 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         worst_page_p99 = worst_page_p99.max(f.p99).max(l.map(|l| l.p99).unwrap_or_default());
         worst_total_p99 = worst_total_p99.max(t.p99);
         report.line(format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} (n={}) |",
             case.name,
             thousands(total as f64),
             ms(f.p50),
@@ -1249,7 +1249,8 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
             l.map(|l| ms(l.p50)).unwrap_or_else(|| "-".into()),
             l.map(|l| format!("{} (n={})", ms(l.p99), l.n)).unwrap_or_else(|| "-".into()),
             ms(t.p50),
-            format!("{} (n={})", ms(t.p99), t.n),
+            ms(t.p99),
+            t.n,
         ));
         report.target(
             format!("ListLeads p99, {}", case.name),
