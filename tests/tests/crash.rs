@@ -55,8 +55,12 @@ async fn assert_exactly_once(admin: &sqlx::PgPool, total: u32, contacts: u32) ->
         .fetch_one(admin)
         .await?;
     assert_eq!(leads, expected, "one lead per contact");
-    let counted: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(n), 0)::bigint FROM lead.lead_counts").fetch_one(admin).await?;
+    let counted: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(n), 0)::bigint FROM \
+         (SELECT n FROM lead.lead_counts UNION ALL SELECT n FROM lead.lead_count_deltas) k",
+    )
+    .fetch_one(admin)
+    .await?;
     assert_eq!(counted, leads, "the maintained counts agree with the rows");
     assert!(expected <= i64::from(contacts * ORG_COUNT));
     let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest.accepted_events").fetch_one(admin).await?;

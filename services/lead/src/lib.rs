@@ -52,6 +52,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         outbox: base.outbox.clone(),
         broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
     };
+    base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
     let consumer_ctx = ctx.clone();
     base.spawn_consumer(infra, StreamKind::Events, "lead-interactions", infra.subjects.events_of("ingest"), &token, {
         move |batch| {

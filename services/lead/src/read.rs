@@ -48,7 +48,11 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> R
 /// The number of leads matching the filters: from the maintained counts when every filter is
 /// one of their dimensions, else by counting rows.
 pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<i64, LeadError> {
-    let mut counted = sqlx::QueryBuilder::new("SELECT coalesce(sum(k.n), 0)::bigint FROM lead_counts k");
+    let mut counted = sqlx::QueryBuilder::new(
+        "SELECT coalesce(sum(k.n), 0)::bigint FROM \
+         (SELECT * FROM lead_counts UNION ALL SELECT org_id, status, agent_id, source_kind, score_source, \
+            score_bucket, n FROM lead_count_deltas) k",
+    );
     if query.push_count_filters(&mut counted) {
         return Ok(counted.build_query_scalar().fetch_one(conn).await?);
     }
@@ -60,4 +64,35 @@ pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<i
     let mut sql = sqlx::QueryBuilder::new(from);
     query.push_filters(&mut sql)?;
     Ok(sql.build_query_scalar().fetch_one(conn).await?)
+}
+
+/// Folds the count deltas into the totals, in one statement so that every snapshot sees each
+/// change exactly once. Totals are upserted in key order: concurrent folds cannot deadlock.
+pub async fn fold_count_deltas(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let folded = sqlx::query(
+        "WITH moved AS (DELETE FROM lead_count_deltas RETURNING *) \
+         INSERT INTO lead_counts AS c (org_id, status, agent_id, source_kind, score_source, score_bucket, n) \
+         SELECT org_id, status, agent_id, source_kind, score_source, score_bucket, sum(n) FROM moved \
+         GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6 \
+         ON CONFLICT (org_id, status, agent_id, source_kind, score_source, score_bucket) \
+         DO UPDATE SET n = c.n + EXCLUDED.n",
+    )
+    .execute(pool)
+    .await?;
+    Ok(folded.rows_affected())
+}
+
+/// Folds count deltas every second until `token` fires.
+pub async fn fold_counts_until(pool: PgPool, token: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = fold_count_deltas(&pool).await {
+            tracing::warn!(%error, "cannot fold lead count deltas, retrying");
+        }
+    }
 }
