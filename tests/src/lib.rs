@@ -140,12 +140,7 @@ impl TestEnv {
 
     /// Drops the database and the streams. Call at the end of a passing test.
     pub async fn cleanup(self) -> anyhow::Result<()> {
-        for kind in [
-            platform::nats::StreamKind::Interactions,
-            platform::nats::StreamKind::Broadcasts,
-            platform::nats::StreamKind::DeadLetter,
-            platform::nats::StreamKind::Events,
-        ] {
+        for kind in platform::nats::all_streams() {
             let _ = self.js.delete_stream(self.subjects.stream_name(kind)).await;
         }
         let admin = sqlx::PgPool::connect(&admin_url()).await?;

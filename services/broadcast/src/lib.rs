@@ -59,7 +59,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let consumer_ctx = ctx.clone();
     base.spawn_consumer(
         infra,
-        StreamKind::Events,
+        StreamKind::Events("lead"),
         LEADS_DURABLE,
         infra.subjects.events_of("lead"),
         &token,

@@ -54,19 +54,33 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     };
     base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
     let consumer_ctx = ctx.clone();
-    base.spawn_consumer(infra, StreamKind::Events, "lead-interactions", infra.subjects.events_of("ingest"), &token, {
-        move |batch| {
-            let ctx = consumer_ctx.clone();
-            async move { consume_interactions(&ctx, batch).await }
-        }
-    });
+    base.spawn_consumer(
+        infra,
+        StreamKind::Events("ingest"),
+        "lead-interactions",
+        infra.subjects.events_of("ingest"),
+        &token,
+        {
+            move |batch| {
+                let ctx = consumer_ctx.clone();
+                async move { consume_interactions(&ctx, batch).await }
+            }
+        },
+    );
     let consumer_ctx = ctx.clone();
-    base.spawn_consumer(infra, StreamKind::Events, "lead-scores", infra.subjects.events_of("qualification"), &token, {
-        move |batch| {
-            let ctx = consumer_ctx.clone();
-            async move { consume_scores(&ctx, batch).await }
-        }
-    });
+    base.spawn_consumer(
+        infra,
+        StreamKind::Events("qualification"),
+        "lead-scores",
+        infra.subjects.events_of("qualification"),
+        &token,
+        {
+            move |batch| {
+                let ctx = consumer_ctx.clone();
+                async move { consume_scores(&ctx, batch).await }
+            }
+        },
+    );
     let routes =
         tonic::service::Routes::new(leads_proto::v1::lead_service_server::LeadServiceServer::new(grpc::LeadApi {
             ctx: ctx.clone(),

@@ -21,8 +21,10 @@ pub enum StreamKind {
     Broadcasts,
     /// `deadletter.>`: refused events, republished with their reason.
     DeadLetter,
-    /// `events.>`: the services' own events, published through their outboxes.
-    Events,
+    /// `events.<service>.>`: one service's own events, published through its outbox. One
+    /// stream per publishing service, so a consumer's filter never skips other services'
+    /// messages.
+    Events(&'static str),
 }
 
 impl Subjects {
@@ -72,14 +74,16 @@ impl Subjects {
             StreamKind::Interactions => "INTERACTIONS",
             StreamKind::Broadcasts => "BROADCASTS",
             StreamKind::DeadLetter => "DEADLETTER",
-            StreamKind::Events => "EVENTS",
+            StreamKind::Events(service) => return format!("{}EVENTS_{}", self.stream_prefix(), service.to_uppercase()),
         };
-        let prefix: String = self
-            .prefix
+        format!("{}{base}", self.stream_prefix())
+    }
+
+    fn stream_prefix(&self) -> String {
+        self.prefix
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_uppercase() } else { '_' })
-            .collect();
-        format!("{prefix}{base}")
+            .collect()
     }
 
     pub fn stream_subjects(&self, kind: StreamKind) -> Vec<String> {
@@ -87,7 +91,7 @@ impl Subjects {
             StreamKind::Interactions => "interactions",
             StreamKind::Broadcasts => "broadcasts",
             StreamKind::DeadLetter => "deadletter",
-            StreamKind::Events => "events",
+            StreamKind::Events(service) => return vec![self.events_of(service)],
         };
         vec![format!("{}{token}.>", self.prefix)]
     }
@@ -111,7 +115,7 @@ pub async fn ensure_stream(
     kind: StreamKind,
 ) -> anyhow::Result<stream::Stream> {
     let max_age = match kind {
-        StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events => Duration::from_secs(7 * 24 * 3600),
+        StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events(_) => Duration::from_secs(7 * 24 * 3600),
         StreamKind::DeadLetter => Duration::from_secs(30 * 24 * 3600),
     };
     let config = stream::Config {
@@ -130,9 +134,19 @@ pub async fn ensure_stream(
     Ok(stream)
 }
 
+/// The services that publish events of their own.
+pub const EVENT_SOURCES: [&str; 3] = ["ingest", "lead", "qualification"];
+
+/// Every stream of the platform.
+pub fn all_streams() -> Vec<StreamKind> {
+    let mut kinds = vec![StreamKind::Interactions, StreamKind::Broadcasts, StreamKind::DeadLetter];
+    kinds.extend(EVENT_SOURCES.map(StreamKind::Events));
+    kinds
+}
+
 /// Declares every stream of the platform.
 pub async fn ensure_all_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
-    for kind in [StreamKind::Interactions, StreamKind::Broadcasts, StreamKind::DeadLetter, StreamKind::Events] {
+    for kind in all_streams() {
         ensure_stream(js, subjects, kind).await?;
     }
     Ok(())
@@ -170,7 +184,8 @@ mod tests {
     fn prefix_applies_to_subjects_and_stream_names() {
         let plain = Subjects::default();
         assert_eq!(plain.interactions("acme"), "interactions.acme");
-        assert_eq!(plain.stream_name(StreamKind::Events), "EVENTS");
+        assert_eq!(plain.stream_name(StreamKind::Events("lead")), "EVENTS_LEAD");
+        assert_eq!(plain.stream_subjects(StreamKind::Events("lead")), ["events.lead.>"]);
         let scoped = Subjects::new("t-9.x.");
         assert_eq!(scoped.broadcast_statuses("acme"), "t-9.x.broadcasts.acme.statuses");
         assert_eq!(scoped.stream_name(StreamKind::Interactions), "T-9_X_INTERACTIONS");

@@ -27,12 +27,19 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let ctx =
         QualificationContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
     let consumer_ctx = ctx.clone();
-    base.spawn_consumer(infra, StreamKind::Events, "qualification", infra.subjects.events_of("lead"), &token, {
-        move |batch| {
-            let ctx = consumer_ctx.clone();
-            async move { consume(&ctx, batch).await }
-        }
-    });
+    base.spawn_consumer(
+        infra,
+        StreamKind::Events("lead"),
+        "qualification",
+        infra.subjects.events_of("lead"),
+        &token,
+        {
+            move |batch| {
+                let ctx = consumer_ctx.clone();
+                async move { consume(&ctx, batch).await }
+            }
+        },
+    );
     let routes = tonic::service::Routes::new(
         leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
     );

@@ -495,7 +495,7 @@ const ACK_WINDOW: usize = 1000;
 async fn raw(report: &mut Report, args: &Args) -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let result = raw_in(report, args, &env).await;
-    let stream = env.subjects.stream_name(StreamKind::Events).replace("EVENTS", "BENCHRAW");
+    let stream = env.subjects.stream_name(StreamKind::Events("benchraw"));
     let _ = env.js.delete_stream(&stream).await;
     env.cleanup().await?;
     result
@@ -505,7 +505,7 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
     report.line("## 1. Raw baselines (same run, same machine)\n");
     report.line(format!("Load average before: {}\n", loadavg()));
     // (a) JetStream publish
-    let stream_name = env.subjects.stream_name(StreamKind::Events).replace("EVENTS", "BENCHRAW");
+    let stream_name = env.subjects.stream_name(StreamKind::Events("benchraw"));
     let subject_base = format!("{}benchraw", env.subjects.prefix());
     env.js
         .create_stream(stream::Config {
