@@ -120,3 +120,49 @@ pub async fn ensure_database(settings: &Settings) -> anyhow::Result<()> {
         Err(error) => Err(error.into()),
     }
 }
+
+/// Keeps the service's tables vacuumed and analysed when the server's autovacuum is off, as
+/// it is on some development and CI machines: outbox tables churn on every event, and stale
+/// statistics turn millisecond queries into scans. Does nothing where autovacuum is on.
+pub async fn vacuum_when_autovacuum_is_off(
+    pool: PgPool,
+    service: ServiceName,
+    token: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let setting: String = sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(&pool).await?;
+    if setting == "on" {
+        return Ok(());
+    }
+    tracing::warn!(service = %service, "autovacuum is off on this server: the service vacuums its own tables");
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = vacuum_due_tables(&pool, service).await {
+            tracing::warn!(service = %service, %error, "vacuum failed, retrying later");
+        }
+    }
+}
+
+async fn vacuum_due_tables(pool: &PgPool, service: ServiceName) -> Result<(), sqlx::Error> {
+    // The thresholds of autovacuum's defaults, with a larger base so small tables are left be.
+    let due: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT relname, n_dead_tup > 1000 + 0.2 * n_live_tup FROM pg_stat_user_tables \
+         WHERE schemaname = $1 \
+           AND (n_dead_tup > 1000 + 0.2 * n_live_tup OR n_mod_since_analyze > 1000 + 0.1 * n_live_tup)",
+    )
+    .bind(service.schema())
+    .fetch_all(pool)
+    .await?;
+    for (table, needs_vacuum) in due {
+        let escaped = table.replace('"', "\"\"");
+        let command = if needs_vacuum { "VACUUM (ANALYZE)" } else { "ANALYZE" };
+        let sql = format!("{command} \"{}\".\"{escaped}\"", service.schema());
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(pool).await?;
+        tracing::debug!(service = %service, table = %table, command, "maintained");
+    }
+    Ok(())
+}

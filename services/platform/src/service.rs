@@ -70,6 +70,7 @@ impl ServiceBase {
         let outbox = OutboxSignal::default();
         let mut tasks = JoinSet::new();
         tasks.spawn(crate::outbox::relay(pool.clone(), infra.js.clone(), outbox.clone(), token.clone()));
+        tasks.spawn(crate::db::vacuum_when_autovacuum_is_off(pool.clone(), name, token.clone()));
         Ok(Self { name, pool, outbox, tasks })
     }
 

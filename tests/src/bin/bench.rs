@@ -20,6 +20,9 @@ use async_nats::{
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+#[path = "bench/broadcast.rs"]
+mod broadcast;
+
 use clap::{Parser, ValueEnum};
 use leads_tests::{TestEnv, pb};
 use platform::{ServiceName, Settings, nats::StreamKind};
@@ -40,13 +43,23 @@ enum Section {
     Raw,
     Ingest,
     Leads,
+    Broadcast,
 }
 
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Benchmarks of the lead platform against the real Postgres and NATS")]
 struct Args {
+    /// Broadcast messages in the broadcast section's sustained run.
+    #[arg(long, default_value_t = 300_000)]
+    broadcast_messages: u64,
+    /// Status events in the broadcast section's sustained run.
+    #[arg(long, default_value_t = 1_000_000)]
+    broadcast_statuses: u64,
+    /// Status events in the broadcast section's backlog drain.
+    #[arg(long, default_value_t = 4_000_000)]
+    broadcast_backlog: u64,
     /// Sections to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads")]
+    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast")]
     only: Vec<Section>,
     /// Leads seeded in the large organisation of the leads section (four smaller ones get a
     /// twentieth of that each).
@@ -1446,7 +1459,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     machine(&mut report).await?;
     let mut failures = Vec::new();
-    for section in [Section::Raw, Section::Ingest, Section::Leads] {
+    for section in [Section::Raw, Section::Ingest, Section::Leads, Section::Broadcast] {
         if !args.only.contains(&section) {
             continue;
         }
@@ -1455,6 +1468,14 @@ async fn main() -> anyhow::Result<()> {
             Section::Raw => raw(&mut report, &args).await,
             Section::Ingest => ingest(&mut report, &args).await,
             Section::Leads => leads(&mut report, &args).await,
+            Section::Broadcast => {
+                let options = broadcast::BroadcastOptions {
+                    messages: args.broadcast_messages,
+                    statuses: args.broadcast_statuses,
+                    backlog_statuses: args.broadcast_backlog,
+                };
+                broadcast::run(&options).await.map(|section| report.line(section))
+            }
         };
         progress(format!("{section:?} section took {:.0} s", started.elapsed().as_secs_f64()));
         if let Err(error) = result {
