@@ -183,7 +183,8 @@ impl LeadQuery {
             sql.push(" AND (c.name ILIKE ").push_bind(pattern.clone());
             sql.push(" OR c.email ILIKE ").push_bind(pattern);
             if digits.len() >= 3 {
-                sql.push(" OR c.phone LIKE ").push_bind(format!("%{digits}%"));
+                // Phones are E.164: the digits follow the '+'; see migration 0006.
+                sql.push(" OR substr(c.phone, 2) LIKE ").push_bind(format!("%{digits}%"));
             }
             sql.push(")");
         }
