@@ -19,7 +19,7 @@ use crate::{
 use lead::model::LeadEvent;
 use platform::{
     ServiceName,
-    consumer::{Delivery, Disposition},
+    consumer::{self, Delivery, Disposition},
     event::Envelope,
     nats::{Encoding, StreamKind, Subjects},
     service::{Infra, Running, ServiceBase},
@@ -169,30 +169,8 @@ pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Cand
 }
 
 async fn consume_lead_events(ctx: &BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
-    let mut dispositions = vec![Disposition::Ack; batch.len()];
-    let mut envelopes = Vec::with_capacity(batch.len());
-    let mut positions = Vec::with_capacity(batch.len());
-    for (index, delivery) in batch.iter().enumerate() {
-        match Envelope::<LeadEvent>::from_json(&delivery.payload) {
-            Ok(envelope) => {
-                envelopes.push(envelope);
-                positions.push(index);
-            }
-            Err(error) => {
-                // Written by our own lead service: unreadable means a bug, not bad input.
-                tracing::error!(%error, subject = %delivery.subject, "unreadable lead event, parked");
-                dispositions[index] = Disposition::Term;
-            }
-        }
-    }
-    if envelopes.is_empty() {
-        return dispositions;
-    }
-    if let Err(error) = projection::apply_batch(ctx, &envelopes).await {
-        tracing::warn!(%error, "lead event batch failed, will be redelivered");
-        for index in positions {
-            dispositions[index] = Disposition::Retry;
-        }
-    }
-    dispositions
+    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+        projection::apply_batch(ctx, &events).await
+    })
+    .await
 }

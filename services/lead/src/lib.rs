@@ -20,7 +20,7 @@ use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingService
 use platform::grpc::TracedChannel;
 use platform::{
     ServiceName,
-    consumer::{Delivery, Disposition},
+    consumer::{self, Delivery, Disposition},
     event::Envelope,
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
@@ -99,61 +99,22 @@ fn broadcast_client(endpoint: &str) -> Option<BroadcastTrackingServiceClient<Tra
 }
 
 async fn consume_scores(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
-    let mut dispositions = vec![Disposition::Ack; batch.len()];
-    let mut scores = Vec::with_capacity(batch.len());
-    let mut positions = Vec::with_capacity(batch.len());
-    for (index, delivery) in batch.iter().enumerate() {
-        match Envelope::<scores::AiScore>::from_json(&delivery.payload) {
-            Ok(score) => {
-                scores.push(score);
-                positions.push(index);
-            }
-            Err(error) => {
-                tracing::error!(%error, subject = %delivery.subject, "unreadable score event, parked");
-                dispositions[index] = Disposition::Term;
+    consumer::apply_envelopes(batch, |scores: Vec<Envelope<scores::AiScore>>| async move {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match scores::apply_scores(ctx, &scores).await {
+                Err(error) if attempt < 5 && error.is_retryable() => {}
+                result => return result,
             }
         }
-    }
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match scores::apply_scores(ctx, &scores).await {
-            Ok(()) => break,
-            Err(error) if attempt < 5 && error.is_retryable() => {}
-            Err(error) => {
-                tracing::warn!(%error, "score batch failed, will be redelivered");
-                for index in &positions {
-                    dispositions[*index] = Disposition::Retry;
-                }
-                break;
-            }
-        }
-    }
-    dispositions
+    })
+    .await
 }
 
 async fn consume_interactions(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
-    let mut dispositions = vec![Disposition::Ack; batch.len()];
-    let mut envelopes = Vec::with_capacity(batch.len());
-    let mut positions = Vec::with_capacity(batch.len());
-    for (index, delivery) in batch.iter().enumerate() {
-        match Envelope::<Interaction>::from_json(&delivery.payload) {
-            Ok(envelope) => {
-                envelopes.push(envelope);
-                positions.push(index);
-            }
-            Err(error) => {
-                // Written by our own ingest service: unreadable means a bug, not bad input.
-                tracing::error!(%error, subject = %delivery.subject, "unreadable interaction event, parked");
-                dispositions[index] = Disposition::Term;
-            }
-        }
-    }
-    if let Err(error) = batch::apply_batch(ctx, &envelopes).await {
-        tracing::warn!(%error, "interaction batch failed, will be redelivered");
-        for index in positions {
-            dispositions[index] = Disposition::Retry;
-        }
-    }
-    dispositions
+    consumer::apply_envelopes(batch, |events: Vec<Envelope<Interaction>>| async move {
+        batch::apply_batch(ctx, &events).await
+    })
+    .await
 }

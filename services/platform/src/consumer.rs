@@ -181,3 +181,41 @@ where
         }
     }
 }
+
+/// Decodes each delivery as an internal event envelope and hands the readable ones to
+/// `apply` as one batch: all acknowledged when it succeeds, all delivered again when it
+/// fails. An unreadable event was written by one of our own services, so it is a bug rather
+/// than bad input: it is parked (terminated) and logged instead of retried forever.
+pub async fn apply_envelopes<T, E, F, Fut>(batch: Vec<Delivery>, apply: F) -> Vec<Disposition>
+where
+    T: serde::de::DeserializeOwned,
+    E: std::fmt::Display,
+    F: FnOnce(Vec<crate::event::Envelope<T>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut dispositions = vec![Disposition::Ack; batch.len()];
+    let mut envelopes = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    for (index, delivery) in batch.iter().enumerate() {
+        match crate::event::Envelope::<T>::from_json(&delivery.payload) {
+            Ok(envelope) => {
+                envelopes.push(envelope);
+                positions.push(index);
+            }
+            Err(error) => {
+                tracing::error!(%error, subject = %delivery.subject, "unreadable internal event, parked");
+                dispositions[index] = Disposition::Term;
+            }
+        }
+    }
+    if envelopes.is_empty() {
+        return dispositions;
+    }
+    if let Err(error) = apply(envelopes).await {
+        tracing::warn!(%error, "event batch failed, will be redelivered");
+        for index in positions {
+            dispositions[index] = Disposition::Retry;
+        }
+    }
+    dispositions
+}

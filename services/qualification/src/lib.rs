@@ -11,7 +11,7 @@ use crate::handler::QualificationContext;
 use lead::model::LeadEvent;
 use platform::{
     ServiceName,
-    consumer::{Delivery, Disposition},
+    consumer::{self, Delivery, Disposition},
     event::Envelope,
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
@@ -47,26 +47,8 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 }
 
 async fn consume(ctx: &QualificationContext, batch: Vec<Delivery>) -> Vec<Disposition> {
-    let mut dispositions = vec![Disposition::Ack; batch.len()];
-    let mut events = Vec::with_capacity(batch.len());
-    let mut positions = Vec::with_capacity(batch.len());
-    for (index, delivery) in batch.iter().enumerate() {
-        match Envelope::<LeadEvent>::from_json(&delivery.payload) {
-            Ok(event) => {
-                events.push(event);
-                positions.push(index);
-            }
-            Err(error) => {
-                tracing::error!(%error, subject = %delivery.subject, "unreadable lead event, parked");
-                dispositions[index] = Disposition::Term;
-            }
-        }
-    }
-    if let Err(error) = handler::apply_lead_events(ctx, &events).await {
-        tracing::warn!(%error, "lead events batch failed, will be redelivered");
-        for index in positions {
-            dispositions[index] = Disposition::Retry;
-        }
-    }
-    dispositions
+    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+        handler::apply_lead_events(ctx, &events).await
+    })
+    .await
 }
