@@ -100,11 +100,8 @@ where
         };
         // A batch closes when full or 10 ms after its first message: under load batches fill
         // up (fewer, larger transactions); when idle a message waits at most 10 ms.
-        let mut chunks = Box::pin(tokio_stream::StreamExt::chunks_timeout(
-            messages,
-            settings.batch_size,
-            Duration::from_millis(10),
-        ));
+        let mut chunks =
+            Box::pin(tokio_stream::StreamExt::chunks_timeout(messages, settings.batch_size, Duration::from_millis(10)));
         loop {
             let permit = tokio::select! {
                 _ = token.cancelled() => break 'outer,

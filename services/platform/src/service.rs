@@ -30,7 +30,6 @@ pub struct Running {
     pub name: crate::ServiceName,
     pub grpc_addr: SocketAddr,
     pub tasks: JoinSet<anyhow::Result<()>>,
-    pub outbox: Option<OutboxSignal>,
 }
 
 impl Running {
@@ -114,6 +113,6 @@ impl ServiceBase {
         let task = serving.task;
         self.tasks.spawn(async move { task.await? });
         tracing::info!(service = %self.name, grpc = %serving.addr, "service started");
-        Ok(Running { name: self.name, grpc_addr: serving.addr, tasks: self.tasks, outbox: Some(self.outbox) })
+        Ok(Running { name: self.name, grpc_addr: serving.addr, tasks: self.tasks })
     }
 }

@@ -752,11 +752,13 @@ async fn ingest_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::R
         tokio::spawn(async move {
             let start = Instant::now();
             loop {
-                match consumer_acked(&js, &stream, ingest::DURABLE).await {
-                    Ok(acked) if acked >= n => return Some(start.elapsed()),
-                    Ok(_) => {}
-                    Err(_) if start.elapsed() > Duration::from_secs(1800) => return None,
-                    Err(_) => {}
+                if let Ok(acked) = consumer_acked(&js, &stream, ingest::DURABLE).await
+                    && acked >= n
+                {
+                    return Some(start.elapsed());
+                }
+                if start.elapsed() > Duration::from_secs(1800) {
+                    return None;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
