@@ -44,30 +44,8 @@ pub struct BroadcastContext {
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Broadcast, &MIGRATOR, &token).await?;
     let ctx = BroadcastContext { pool: base.pool.clone(), subjects: infra.subjects.clone() };
-    let consumer_ctx = ctx.clone();
-    base.spawn_consumer(
-        infra,
-        StreamKind::Broadcasts,
-        DURABLE,
-        format!("{}broadcasts.>", infra.subjects.prefix()),
-        &token,
-        move |batch| {
-            let ctx = consumer_ctx.clone();
-            async move { consume_broadcasts(&ctx, batch).await }
-        },
-    );
-    let consumer_ctx = ctx.clone();
-    base.spawn_consumer(
-        infra,
-        StreamKind::Events("lead"),
-        LEADS_DURABLE,
-        infra.subjects.events_of("lead"),
-        &token,
-        move |batch| {
-            let ctx = consumer_ctx.clone();
-            async move { consume_lead_events(&ctx, batch).await }
-        },
-    );
+    base.spawn_consumer(infra, StreamKind::Broadcasts, DURABLE, &token, ctx.clone(), consume_broadcasts);
+    base.spawn_consumer(infra, StreamKind::Events("lead"), LEADS_DURABLE, &token, ctx.clone(), consume_lead_events);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
             ctx,
@@ -76,7 +54,8 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.BroadcastTrackingService"], routes, token).await
 }
 
-async fn consume_broadcasts(ctx: &BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
     let candidates: Vec<Candidate> = batch.iter().map(|d| candidate_from_delivery(&ctx.subjects, d)).collect();
     for candidate in &candidates {
         if let Candidate::Refused { refusal, subject, .. } = candidate {
@@ -168,7 +147,8 @@ pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Cand
     }
 }
 
-async fn consume_lead_events(ctx: &BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_lead_events(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
     consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
         projection::apply_batch(ctx, &events).await
     })

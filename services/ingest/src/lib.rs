@@ -28,18 +28,7 @@ pub const DURABLE: &str = "ingest";
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Ingest, &MIGRATOR, &token).await?;
     let ctx = IngestContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
-    let consumer_ctx = ctx.clone();
-    base.spawn_consumer(
-        infra,
-        StreamKind::Interactions,
-        DURABLE,
-        format!("{}interactions.>", infra.subjects.prefix()),
-        &token,
-        move |batch| {
-            let ctx = consumer_ctx.clone();
-            async move { consume(&ctx, batch).await }
-        },
-    );
+    base.spawn_consumer(infra, StreamKind::Interactions, DURABLE, &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::ingest_service_server::IngestServiceServer::new(grpc::IngestApi { ctx: ctx.clone() })
             .max_decoding_message_size(16 * 1024 * 1024),
@@ -47,7 +36,8 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.IngestService"], routes, token).await
 }
 
-async fn consume(ctx: &IngestContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume(ctx: IngestContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
     let candidates: Vec<Candidate> = batch.iter().map(|d| candidate_from_delivery(ctx, d)).collect();
     match handler::handle(ctx, &candidates).await {
         Ok(outcomes) => outcomes

@@ -53,34 +53,15 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
     };
     base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
-    let consumer_ctx = ctx.clone();
     base.spawn_consumer(
         infra,
         StreamKind::Events("ingest"),
         "lead-interactions",
-        infra.subjects.events_of("ingest"),
         &token,
-        {
-            move |batch| {
-                let ctx = consumer_ctx.clone();
-                async move { consume_interactions(&ctx, batch).await }
-            }
-        },
+        ctx.clone(),
+        consume_interactions,
     );
-    let consumer_ctx = ctx.clone();
-    base.spawn_consumer(
-        infra,
-        StreamKind::Events("qualification"),
-        "lead-scores",
-        infra.subjects.events_of("qualification"),
-        &token,
-        {
-            move |batch| {
-                let ctx = consumer_ctx.clone();
-                async move { consume_scores(&ctx, batch).await }
-            }
-        },
-    );
+    base.spawn_consumer(infra, StreamKind::Events("qualification"), "lead-scores", &token, ctx.clone(), consume_scores);
     let routes =
         tonic::service::Routes::new(leads_proto::v1::lead_service_server::LeadServiceServer::new(grpc::LeadApi {
             ctx: ctx.clone(),
@@ -98,7 +79,8 @@ fn broadcast_client(endpoint: &str) -> Option<BroadcastTrackingServiceClient<Tra
     }
 }
 
-async fn consume_scores(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_scores(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
     consumer::apply_envelopes(batch, |scores: Vec<Envelope<scores::AiScore>>| async move {
         let mut attempt = 0;
         loop {
@@ -112,7 +94,8 @@ async fn consume_scores(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposit
     .await
 }
 
-async fn consume_interactions(ctx: &LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_interactions(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
     consumer::apply_envelopes(batch, |events: Vec<Envelope<Interaction>>| async move {
         batch::apply_batch(ctx, &events).await
     })

@@ -73,23 +73,25 @@ impl ServiceBase {
         Ok(Self { name, pool, outbox, tasks })
     }
 
-    /// Runs a durable consumer of `stream` filtered to `filter_subject` until `token` fires.
-    pub fn spawn_consumer<H, Fut>(
+    /// Runs a durable consumer of the whole of `stream` until `token` fires, handing each
+    /// batch to `handler` with a clone of `ctx`.
+    pub fn spawn_consumer<C, H, Fut>(
         &mut self,
         infra: &Infra,
         stream: crate::nats::StreamKind,
         durable: &str,
-        filter_subject: String,
         token: &tokio_util::sync::CancellationToken,
+        ctx: C,
         handler: H,
     ) where
-        H: Fn(Vec<crate::consumer::Delivery>) -> Fut + Clone + Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
         let spec = crate::consumer::ConsumerSpec {
             stream: infra.subjects.stream_name(stream),
             durable: durable.to_owned(),
-            filter_subject,
+            filter_subject: infra.subjects.stream_subjects(stream).concat(),
         };
         self.tasks.spawn(crate::consumer::run(
             infra.nats.clone(),
@@ -97,7 +99,7 @@ impl ServiceBase {
             spec,
             infra.settings.consumer.clone(),
             token.clone(),
-            handler,
+            move |batch| handler(ctx.clone(), batch),
         ));
     }
 

@@ -26,27 +26,15 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let mut base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
     let ctx =
         QualificationContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
-    let consumer_ctx = ctx.clone();
-    base.spawn_consumer(
-        infra,
-        StreamKind::Events("lead"),
-        "qualification",
-        infra.subjects.events_of("lead"),
-        &token,
-        {
-            move |batch| {
-                let ctx = consumer_ctx.clone();
-                async move { consume(&ctx, batch).await }
-            }
-        },
-    );
+    base.spawn_consumer(infra, StreamKind::Events("lead"), "qualification", &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
     );
     base.serve(infra, &["leads.v1.QualificationService"], routes, token).await
 }
 
-async fn consume(ctx: &QualificationContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume(ctx: QualificationContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
     consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
