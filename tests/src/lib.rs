@@ -4,8 +4,9 @@
 
 use async_nats::{HeaderMap, jetstream};
 use leads_proto::v1::{
-    broadcast_tracking_service_client::BroadcastTrackingServiceClient, ingest_service_client::IngestServiceClient,
-    lead_service_client::LeadServiceClient,
+    assignment_service_client::AssignmentServiceClient,
+    broadcast_tracking_service_client::BroadcastTrackingServiceClient, follow_up_service_client::FollowUpServiceClient,
+    ingest_service_client::IngestServiceClient, lead_service_client::LeadServiceClient,
 };
 use platform::{ServiceName, Settings, nats::Subjects};
 use std::{
@@ -84,6 +85,7 @@ impl TestEnv {
         // Nothing listens here: a node without the broadcast service must not reach another
         // environment's (the in-process System rewrites it when broadcast runs alongside).
         settings.endpoints.broadcast = "http://127.0.0.1:9".into();
+        settings.endpoints.lead = "http://127.0.0.1:9".into();
         settings.consumer.ack_wait_secs = 5;
         settings.consumer.batch_size = 200;
         settings.validate()?;
@@ -186,6 +188,14 @@ impl Node {
 
     pub async fn broadcast(&self) -> anyhow::Result<BroadcastTrackingServiceClient<Channel>> {
         Ok(BroadcastTrackingServiceClient::new(self.channel(ServiceName::Broadcast).await?))
+    }
+
+    pub async fn assignment(&self) -> anyhow::Result<AssignmentServiceClient<Channel>> {
+        Ok(AssignmentServiceClient::new(self.channel(ServiceName::Assignment).await?))
+    }
+
+    pub async fn follow_up(&self) -> anyhow::Result<FollowUpServiceClient<Channel>> {
+        Ok(FollowUpServiceClient::new(self.channel(ServiceName::FollowUp).await?))
     }
 
     /// Cancels and waits for every service to finish its in-flight work.

@@ -1,51 +1,58 @@
-//! The assignment service. Agents and assignments arrive with their own issue; until then
-//! its gRPC surface answers UNIMPLEMENTED, while the service runs, migrates its schema and
-//! reports health like every other.
+//! The assignment service: the organisation's agents, and assignments of leads to them.
+//! The lead service decides (under the lead's lock) whether a lead can be assigned, since
+//! only it knows whether the lead is active; this service checks the agent, asks, and keeps
+//! the assignment history and each agent's open leads from the lead service's events.
 
-use leads_proto::v1::{self as pb, assignment_service_server as server};
+pub mod error;
+mod grpc;
+pub mod handler;
+
+use lead::model::LeadEvent;
+use leads_proto::v1::{assignment_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
+    consumer::{self, Delivery, Disposition},
+    event::Envelope,
+    grpc::TracedChannel,
+    nats::StreamKind,
     service::{Infra, Running, ServiceBase},
 };
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/assignment");
 
+#[derive(Clone)]
+pub struct AssignmentContext {
+    pub pool: PgPool,
+    pub lead: LeadServiceClient<TracedChannel>,
+}
+
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
-    let base = ServiceBase::start(infra, ServiceName::Assignment, &MIGRATOR, &token).await?;
-    let routes = tonic::service::Routes::new(server::AssignmentServiceServer::new(AssignmentApi));
+    let mut base = ServiceBase::start(infra, ServiceName::Assignment, &MIGRATOR, &token).await?;
+    let lead = platform::grpc::traced_channel(&infra.settings.endpoints.lead)
+        .map_err(|e| anyhow::anyhow!("invalid lead endpoint {}: {e}", infra.settings.endpoints.lead))?;
+    let ctx = AssignmentContext { pool: base.pool.clone(), lead: LeadServiceClient::new(lead) };
+    // Only the lead events that move an assignment or a lead's activity.
+    for kind in ["assigned", "status_changed"] {
+        base.spawn_filtered_consumer(
+            infra,
+            StreamKind::Events("lead"),
+            &infra.subjects.events_of_kind("lead", kind),
+            &format!("assignment-{}", kind.replace('_', "-")),
+            &token,
+            ctx.clone(),
+            consume_lead_events,
+        );
+    }
+    let routes = tonic::service::Routes::new(server::AssignmentServiceServer::new(grpc::AssignmentApi { ctx }));
     base.serve(infra, &["leads.v1.AssignmentService"], routes, token).await
 }
 
-struct AssignmentApi;
-
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is not available yet"))
-}
-
-#[tonic::async_trait]
-impl server::AssignmentService for AssignmentApi {
-    async fn upsert_agent(&self, _: Request<pb::UpsertAgentRequest>) -> Result<Response<pb::Agent>, Status> {
-        Err(not_yet("UpsertAgent"))
-    }
-
-    async fn list_agents(&self, _: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        Err(not_yet("ListAgents"))
-    }
-
-    async fn assign_lead(&self, _: Request<pb::AssignLeadRequest>) -> Result<Response<pb::Assignment>, Status> {
-        Err(not_yet("AssignLead"))
-    }
-
-    async fn bulk_assign(&self, _: Request<pb::BulkAssignRequest>) -> Result<Response<pb::BulkAssignResponse>, Status> {
-        Err(not_yet("BulkAssign"))
-    }
-
-    async fn get_assignment_history(
-        &self,
-        _: Request<pb::GetAssignmentHistoryRequest>,
-    ) -> Result<Response<pb::GetAssignmentHistoryResponse>, Status> {
-        Err(not_yet("GetAssignmentHistory"))
-    }
+async fn consume_lead_events(ctx: AssignmentContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
+    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+        handler::apply_lead_events(ctx, &events).await
+    })
+    .await
 }

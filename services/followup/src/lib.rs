@@ -1,50 +1,72 @@
-//! The follow-up service. Follow-ups arrive with their own issue; until then its gRPC
-//! surface answers UNIMPLEMENTED, while the service runs, migrates its schema and reports
-//! health like every other.
+//! The follow-up service. A follow-up is created from an active lead (the lead service
+//! decides that, under the lead's lock, and fills in its contact), comes due on its own,
+//! and is completed or cancelled by people; the system cancels the open follow-ups of a
+//! lead that becomes inactive. Every change is published as `events.followup.<org>.<state>`.
 
-use leads_proto::v1::{self as pb, follow_up_service_server as server};
+pub mod error;
+mod grpc;
+pub mod handler;
+
+use lead::model::LeadEvent;
+use leads_proto::v1::{follow_up_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
+    consumer::{self, Delivery, Disposition},
+    event::Envelope,
+    grpc::TracedChannel,
+    nats::{StreamKind, Subjects},
+    outbox::OutboxSignal,
     service::{Infra, Running, ServiceBase},
 };
+use sqlx::PgPool;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+
+pub use handler::FollowUpEvent;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/followup");
 
+/// How often the scheduler looks for follow-ups that have come due.
+pub const DUE_TICK: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct FollowUpContext {
+    pub pool: PgPool,
+    pub subjects: Subjects,
+    pub outbox: OutboxSignal,
+    pub lead: LeadServiceClient<TracedChannel>,
+}
+
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
-    let base = ServiceBase::start(infra, ServiceName::FollowUp, &MIGRATOR, &token).await?;
-    let routes = tonic::service::Routes::new(server::FollowUpServiceServer::new(FollowUpApi));
+    let mut base = ServiceBase::start(infra, ServiceName::FollowUp, &MIGRATOR, &token).await?;
+    let lead = platform::grpc::traced_channel(&infra.settings.endpoints.lead)
+        .map_err(|e| anyhow::anyhow!("invalid lead endpoint {}: {e}", infra.settings.endpoints.lead))?;
+    let ctx = FollowUpContext {
+        pool: base.pool.clone(),
+        subjects: infra.subjects.clone(),
+        outbox: base.outbox.clone(),
+        lead: LeadServiceClient::new(lead),
+    };
+    for kind in ["follow_up_opened", "status_changed"] {
+        base.spawn_filtered_consumer(
+            infra,
+            StreamKind::Events("lead"),
+            &infra.subjects.events_of_kind("lead", kind),
+            &format!("followup-{}", kind.replace('_', "-")),
+            &token,
+            ctx.clone(),
+            consume_lead_events,
+        );
+    }
+    base.tasks.spawn(handler::schedule_due(ctx.clone(), DUE_TICK, token.clone()));
+    let routes = tonic::service::Routes::new(server::FollowUpServiceServer::new(grpc::FollowUpApi { ctx }));
     base.serve(infra, &["leads.v1.FollowUpService"], routes, token).await
 }
 
-struct FollowUpApi;
-
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is not available yet"))
-}
-
-#[tonic::async_trait]
-impl server::FollowUpService for FollowUpApi {
-    async fn create_follow_up(&self, _: Request<pb::CreateFollowUpRequest>) -> Result<Response<pb::FollowUp>, Status> {
-        Err(not_yet("CreateFollowUp"))
-    }
-
-    async fn list_follow_ups(
-        &self,
-        _: Request<pb::ListFollowUpsRequest>,
-    ) -> Result<Response<pb::ListFollowUpsResponse>, Status> {
-        Err(not_yet("ListFollowUps"))
-    }
-
-    async fn complete_follow_up(
-        &self,
-        _: Request<pb::FollowUpActionRequest>,
-    ) -> Result<Response<pb::FollowUp>, Status> {
-        Err(not_yet("CompleteFollowUp"))
-    }
-
-    async fn cancel_follow_up(&self, _: Request<pb::FollowUpActionRequest>) -> Result<Response<pb::FollowUp>, Status> {
-        Err(not_yet("CancelFollowUp"))
-    }
+async fn consume_lead_events(ctx: FollowUpContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
+    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+        handler::apply_lead_events(ctx, &events).await
+    })
+    .await
 }

@@ -2,8 +2,10 @@ use crate::{
     LeadContext,
     commands::{self, BulkOutcome, ChangeStatus},
     error::LeadError,
-    export, history,
-    model::Status,
+    export,
+    gated::{self, OpenFollowUp},
+    history,
+    model::{Status, from_timestamp, timestamp},
     query::LeadQuery,
     read,
 };
@@ -158,5 +160,77 @@ impl LeadService for LeadApi {
             past_lead_ids: history.past_lead_ids,
             broadcast_history_unavailable: history.broadcast_history_unavailable,
         }))
+    }
+
+    async fn assign_leads(
+        &self,
+        request: Request<pb::AssignLeadsRequest>,
+    ) -> Result<Response<pb::AssignLeadsResponse>, GrpcStatus> {
+        let request = request.into_inner();
+        crate::validate_org(&request.org_id)?;
+        let agent = non_empty(&request.agent_id);
+        let outcomes = gated::assign_leads(
+            &self.ctx,
+            &request.org_id,
+            &request.lead_ids,
+            agent.as_deref(),
+            &actor(&request.actor),
+            non_empty(&request.reason).as_deref(),
+        )
+        .await?;
+        let results = request
+            .lead_ids
+            .iter()
+            .zip(outcomes)
+            .map(|(id, result)| {
+                let (outcome, detail) = match result.outcome {
+                    BulkOutcome::Changed => (pb::BulkOutcome::Changed, String::new()),
+                    BulkOutcome::Unchanged => (pb::BulkOutcome::Unchanged, "already assigned so".into()),
+                    BulkOutcome::Inactive(s) => {
+                        (pb::BulkOutcome::Inactive, format!("lead is inactive: its status is {}", s.display_name()))
+                    }
+                    BulkOutcome::NotFound => (pb::BulkOutcome::NotFound, "no such lead".into()),
+                };
+                pb::LeadAssignment {
+                    lead_id: id.clone(),
+                    outcome: outcome as i32,
+                    detail,
+                    agent_id: result.agent_id.unwrap_or_default(),
+                    previous_agent_id: result.previous_agent_id.unwrap_or_default(),
+                    lead_version: result.lead_version,
+                    at: result.at.map(timestamp),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::AssignLeadsResponse { results }))
+    }
+
+    async fn open_follow_up(
+        &self,
+        request: Request<pb::OpenFollowUpRequest>,
+    ) -> Result<Response<pb::Lead>, GrpcStatus> {
+        let request = request.into_inner();
+        crate::validate_org(&request.org_id)?;
+        let follow_up_id =
+            request.follow_up_id.parse().map_err(|_| LeadError::invalid("follow_up_id", "must be a UUID"))?;
+        let due_at = request
+            .due_at
+            .as_ref()
+            .ok_or_else(|| LeadError::invalid("due_at", "is required"))
+            .and_then(|t| from_timestamp(t).ok_or_else(|| LeadError::invalid("due_at", "is not a valid time")))?;
+        let lead = gated::open_follow_up(
+            &self.ctx,
+            OpenFollowUp {
+                org_id: request.org_id,
+                lead_id: lead_id(&request.lead_id)?,
+                follow_up_id,
+                due_at,
+                note: non_empty(&request.note),
+                agent_id: non_empty(&request.agent_id),
+                actor: actor(&request.actor),
+            },
+        )
+        .await?;
+        Ok(Response::new(lead.to_proto()))
     }
 }

@@ -62,6 +62,25 @@ SELECT * FROM ( \
          c.source || ' score ' || c.score, c.actor, \
          jsonb_build_object('score', c.score, 'source', c.source, 'reasons', c.reasons)::text \
     FROM score_changes c WHERE c.org_id = $1 AND c.lead_id IN (SELECT id FROM related) \
+  UNION ALL \
+  SELECT a.at, a.lead_id, 'assignment', 'a:' || lpad(a.id::text, 20, '0'), \
+         CASE WHEN a.to_agent IS NULL THEN 'unassigned from ' || coalesce(a.from_agent, '') \
+              WHEN a.from_agent IS NULL THEN 'assigned to ' || a.to_agent \
+              ELSE 'reassigned from ' || a.from_agent || ' to ' || a.to_agent END \
+           || coalesce(' (' || a.reason || ')', ''), \
+         a.actor, \
+         jsonb_build_object('from', a.from_agent, 'to', a.to_agent, 'reason', a.reason, \
+           'version', a.lead_version)::text \
+    FROM assignment_changes a WHERE a.org_id = $1 AND a.lead_id IN (SELECT id FROM related) \
+  UNION ALL \
+  SELECT f.at, f.lead_id, 'follow_up', 'f:' || f.follow_up_id || ':' || f.state, \
+         'follow-up ' || CASE f.state \
+           WHEN 'pending' THEN 'scheduled for ' || to_char(f.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC' \
+           ELSE f.state END || coalesce(': ' || left(f.note, 140), ''), \
+         f.actor, \
+         jsonb_build_object('follow_up_id', f.follow_up_id, 'state', f.state, 'due_at', f.due_at, \
+           'note', f.note, 'agent_id', f.agent_id)::text \
+    FROM follow_up_entries f WHERE f.org_id = $1 AND f.lead_id IN (SELECT id FROM related) \
 ) t \
 WHERE $3::timestamptz IS NULL OR (t.at, t.key) < ($3, $4) \
 ORDER BY t.at DESC, t.key DESC LIMIT $5";

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod commands;
 pub mod error;
 pub mod export;
+pub mod gated;
 mod grpc;
 pub mod history;
 pub mod model;
@@ -62,6 +63,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         consume_interactions,
     );
     base.spawn_consumer(infra, StreamKind::Events("qualification"), "lead-scores", &token, ctx.clone(), consume_scores);
+    base.spawn_consumer(
+        infra,
+        StreamKind::Events("followup"),
+        "lead-follow-ups",
+        &token,
+        ctx.clone(),
+        consume_follow_up_states,
+    );
     let routes =
         tonic::service::Routes::new(leads_proto::v1::lead_service_server::LeadServiceServer::new(grpc::LeadApi {
             ctx: ctx.clone(),
@@ -98,6 +107,14 @@ async fn consume_interactions(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Dis
     let ctx = &ctx;
     consumer::apply_envelopes(batch, |events: Vec<Envelope<Interaction>>| async move {
         batch::apply_batch(ctx, &events).await
+    })
+    .await
+}
+
+async fn consume_follow_up_states(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+    let ctx = &ctx;
+    consumer::apply_envelopes(batch, |events: Vec<Envelope<gated::FollowUpStateNotice>>| async move {
+        gated::record_follow_up_states(ctx, &events).await
     })
     .await
 }

@@ -191,7 +191,18 @@ pub enum LeadChange {
     InteractionRecorded { interaction: InteractionSummary },
     StatusChanged { from: String, to: String, actor: String, reason: Option<String> },
     ScoreChanged { score: i32, source: String, actor: String },
-    Assigned { from: Option<String>, to: Option<String>, actor: String },
+    Assigned { from: Option<String>, to: Option<String>, actor: String, reason: Option<String> },
+    FollowUpOpened { follow_up: FollowUpOpened },
+}
+
+/// A follow-up recorded on an active lead; the follow-up service keeps it from here on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpOpened {
+    pub follow_up_id: Uuid,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    pub actor: String,
 }
 
 impl LeadChange {
@@ -202,6 +213,7 @@ impl LeadChange {
             LeadChange::StatusChanged { .. } => "status_changed",
             LeadChange::ScoreChanged { .. } => "score_changed",
             LeadChange::Assigned { .. } => "assigned",
+            LeadChange::FollowUpOpened { .. } => "follow_up_opened",
         }
     }
 }

@@ -57,6 +57,11 @@ impl Subjects {
         format!("{}events.{service}.{org_id}.{kind}", self.prefix)
     }
 
+    /// Every internal event of one kind from one service, whatever the organisation.
+    pub fn events_of_kind(&self, service: &str, kind: &str) -> String {
+        format!("{}events.{service}.*.{kind}", self.prefix)
+    }
+
     /// Every internal event of one service, for a consumer's filter.
     pub fn events_of(&self, service: &str) -> String {
         format!("{}events.{service}.>", self.prefix)
@@ -135,7 +140,7 @@ pub async fn ensure_stream(
 }
 
 /// The services that publish events of their own.
-pub const EVENT_SOURCES: [&str; 3] = ["ingest", "lead", "qualification"];
+pub const EVENT_SOURCES: [&str; 4] = ["ingest", "lead", "qualification", "followup"];
 
 /// Every stream of the platform.
 pub fn all_streams() -> Vec<StreamKind> {

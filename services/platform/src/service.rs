@@ -88,10 +88,31 @@ impl ServiceBase {
         H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
+        let filter = infra.subjects.stream_subjects(stream).concat();
+        self.spawn_filtered_consumer(infra, stream, &filter, durable, token, ctx, handler);
+    }
+
+    /// Like `spawn_consumer`, for the messages of `stream` that match `filter_subject` only
+    /// (one subject, wildcards allowed: NATS 2.9 has no multi-filter consumers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_filtered_consumer<C, H, Fut>(
+        &mut self,
+        infra: &Infra,
+        stream: crate::nats::StreamKind,
+        filter_subject: &str,
+        durable: &str,
+        token: &tokio_util::sync::CancellationToken,
+        ctx: C,
+        handler: H,
+    ) where
+        C: Clone + Send + Sync + 'static,
+        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
+    {
         let spec = crate::consumer::ConsumerSpec {
             stream: infra.subjects.stream_name(stream),
             durable: durable.to_owned(),
-            filter_subject: infra.subjects.stream_subjects(stream).concat(),
+            filter_subject: filter_subject.to_owned(),
         };
         self.tasks.spawn(crate::consumer::run(
             infra.nats.clone(),

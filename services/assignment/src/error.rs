@@ -1,0 +1,60 @@
+#[derive(Debug, thiserror::Error)]
+pub enum AssignmentError {
+    #[error("invalid argument {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The lead service answered with an error meant for the caller (not found, inactive,
+    /// invalid argument); passed on as it came.
+    #[error("lead service: {}", .0.message())]
+    Lead(tonic::Status),
+    #[error("the lead service is unavailable: {0}")]
+    LeadUnavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl AssignmentError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        AssignmentError::InvalidArgument { field, reason: reason.into() }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AssignmentError::Database(error) if platform::db::is_retryable(error))
+    }
+}
+
+impl From<tonic::Status> for AssignmentError {
+    fn from(status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Aborted => {
+                AssignmentError::Lead(status)
+            }
+            code => AssignmentError::LeadUnavailable(format!("{code:?}: {}", status.message())),
+        }
+    }
+}
+
+impl From<AssignmentError> for tonic::Status {
+    fn from(error: AssignmentError) -> Self {
+        match error {
+            AssignmentError::InvalidArgument { field, reason } => {
+                tonic::Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            AssignmentError::NotFound(message) => tonic::Status::not_found(message),
+            AssignmentError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
+            AssignmentError::Lead(status) => tonic::Status::new(status.code(), status.message()),
+            AssignmentError::LeadUnavailable(detail) => {
+                tracing::error!(%detail, "lead service unreachable");
+                tonic::Status::unavailable("the lead service is unavailable, retry later")
+            }
+            AssignmentError::Database(inner) => {
+                tracing::error!(error = %inner, "assignment database error");
+                tonic::Status::unavailable("the assignment store is unavailable, retry later")
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+use crate::{
+    AssignmentContext,
+    error::AssignmentError,
+    handler::{self, AgentRow, Assign, AssignmentRow, UpsertAgent},
+};
+use lead::model::timestamp;
+use leads_proto::v1::{self as pb, assignment_service_server::AssignmentService};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct AssignmentApi {
+    pub ctx: AssignmentContext,
+}
+
+fn org(org_id: &str) -> Result<(), AssignmentError> {
+    ingest::validate::validate_org_id(org_id).map_err(|r| AssignmentError::invalid("org_id", r.reason))
+}
+
+fn lead_id(value: &str) -> Result<Uuid, AssignmentError> {
+    if value.is_empty() {
+        return Err(AssignmentError::invalid("lead_id", "is required"));
+    }
+    value.parse().map_err(|_| AssignmentError::NotFound(format!("lead {value} not found")))
+}
+
+fn trimmed(value: &str) -> Option<String> {
+    (!value.trim().is_empty()).then(|| value.trim().to_owned())
+}
+
+fn actor(value: &str) -> String {
+    trimmed(value).unwrap_or_else(|| "unknown".into())
+}
+
+fn agent_to_proto(agent: AgentRow) -> pb::Agent {
+    pb::Agent {
+        org_id: agent.org_id,
+        agent_id: agent.agent_id,
+        name: agent.name,
+        email: agent.email.unwrap_or_default(),
+        active: agent.active,
+        open_leads: agent.open_leads,
+        updated_at: Some(timestamp(agent.updated_at)),
+    }
+}
+
+fn assignment_to_proto(row: AssignmentRow) -> pb::Assignment {
+    pb::Assignment {
+        lead_id: row.lead_id.to_string(),
+        agent_id: row.agent_id.unwrap_or_default(),
+        previous_agent_id: row.previous_agent_id.unwrap_or_default(),
+        actor: row.actor,
+        at: Some(timestamp(row.at)),
+        reason: row.reason.unwrap_or_default(),
+        lead_version: row.lead_version,
+    }
+}
+
+#[tonic::async_trait]
+impl AssignmentService for AssignmentApi {
+    async fn upsert_agent(&self, request: Request<pb::UpsertAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let request = request.into_inner();
+        org(&request.org_id)?;
+        let agent = handler::upsert_agent(
+            &self.ctx,
+            UpsertAgent {
+                org_id: request.org_id,
+                agent_id: request.agent_id.trim().to_owned(),
+                name: request.name.trim().to_owned(),
+                email: trimmed(&request.email),
+                active: request.active,
+            },
+        )
+        .await?;
+        Ok(Response::new(agent_to_proto(agent)))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let request = request.into_inner();
+        org(&request.org_id)?;
+        let agents = handler::list_agents(&self.ctx, &request.org_id, request.active_only).await?;
+        Ok(Response::new(pb::ListAgentsResponse { agents: agents.into_iter().map(agent_to_proto).collect() }))
+    }
+
+    async fn assign_lead(&self, request: Request<pb::AssignLeadRequest>) -> Result<Response<pb::Assignment>, Status> {
+        let request = request.into_inner();
+        org(&request.org_id)?;
+        let id = lead_id(&request.lead_id)?;
+        let agent_id = match (request.unassign, trimmed(&request.agent_id)) {
+            (false, None) => return Err(AssignmentError::invalid("agent_id", "is required (or set unassign)").into()),
+            (true, Some(_)) => {
+                return Err(AssignmentError::invalid("agent_id", "must be empty when unassign is set").into());
+            }
+            (_, agent) => agent,
+        };
+        let actor = actor(&request.actor);
+        let reason = trimmed(&request.reason);
+        let results = handler::assign(
+            &self.ctx,
+            Assign {
+                org_id: request.org_id,
+                lead_ids: vec![id.to_string()],
+                agent_id,
+                actor: actor.clone(),
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        let result = results.into_iter().next().ok_or_else(|| Status::internal("the lead service answered nothing"))?;
+        match pb::BulkOutcome::try_from(result.outcome) {
+            Ok(pb::BulkOutcome::Changed | pb::BulkOutcome::Unchanged) => Ok(Response::new(pb::Assignment {
+                lead_id: result.lead_id,
+                agent_id: result.agent_id,
+                previous_agent_id: result.previous_agent_id,
+                actor,
+                at: result.at,
+                reason: reason.unwrap_or_default(),
+                lead_version: result.lead_version,
+            })),
+            Ok(pb::BulkOutcome::NotFound) => Err(Status::not_found(format!("lead {id} not found"))),
+            Ok(pb::BulkOutcome::Inactive) => Err(Status::failed_precondition(format!("lead {id}: {}", result.detail))),
+            _ => Err(Status::internal("the lead service answered an unknown outcome")),
+        }
+    }
+
+    async fn bulk_assign(
+        &self,
+        request: Request<pb::BulkAssignRequest>,
+    ) -> Result<Response<pb::BulkAssignResponse>, Status> {
+        let request = request.into_inner();
+        org(&request.org_id)?;
+        let agent_id = trimmed(&request.agent_id).ok_or_else(|| AssignmentError::invalid("agent_id", "is required"))?;
+        let results = handler::assign(
+            &self.ctx,
+            Assign {
+                org_id: request.org_id,
+                lead_ids: request.lead_ids,
+                agent_id: Some(agent_id),
+                actor: actor(&request.actor),
+                reason: trimmed(&request.reason),
+            },
+        )
+        .await?;
+        let results = results
+            .into_iter()
+            .map(|r| pb::BulkResult { lead_id: r.lead_id, outcome: r.outcome, detail: r.detail })
+            .collect();
+        Ok(Response::new(pb::BulkAssignResponse { results }))
+    }
+
+    async fn get_assignment_history(
+        &self,
+        request: Request<pb::GetAssignmentHistoryRequest>,
+    ) -> Result<Response<pb::GetAssignmentHistoryResponse>, Status> {
+        let request = request.into_inner();
+        org(&request.org_id)?;
+        let rows = handler::history(&self.ctx, &request.org_id, lead_id(&request.lead_id)?).await?;
+        Ok(Response::new(pb::GetAssignmentHistoryResponse {
+            assignments: rows.into_iter().map(assignment_to_proto).collect(),
+        }))
+    }
+}

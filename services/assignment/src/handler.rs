@@ -1,0 +1,346 @@
+//! Agents, and assignments of leads to them. Whether a lead may be assigned (it is active)
+//! is the lead service's decision, taken under the lead's lock; this service checks the
+//! agent, asks the lead service, and keeps the history and each agent's open leads from the
+//! lead service's events.
+
+use crate::{AssignmentContext, error::AssignmentError};
+use chrono::{DateTime, Utc};
+use lead::model::{LeadChange, LeadEvent};
+use leads_proto::v1 as pb;
+use platform::event::Envelope;
+use uuid::Uuid;
+
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_EMAIL_CHARS: usize = 320;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentRow {
+    pub org_id: String,
+    pub agent_id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub active: bool,
+    pub updated_at: DateTime<Utc>,
+    pub open_leads: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpsertAgent {
+    pub org_id: String,
+    pub agent_id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub active: Option<bool>,
+}
+
+pub fn validate_agent_id(agent_id: &str) -> Result<(), AssignmentError> {
+    if agent_id.trim().is_empty() {
+        return Err(AssignmentError::invalid("agent_id", "is required"));
+    }
+    lead::gated::validate_agent_id(agent_id).map_err(|_| {
+        AssignmentError::invalid(
+            "agent_id",
+            format!("must be at most {} characters, without control characters", lead::gated::MAX_AGENT_ID_CHARS),
+        )
+    })
+}
+
+fn validate_email(email: &str) -> Result<(), AssignmentError> {
+    let well_formed = email.chars().count() <= MAX_EMAIL_CHARS
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+    if well_formed { Ok(()) } else { Err(AssignmentError::invalid("email", "is not an email address")) }
+}
+
+const AGENT_COLUMNS: &str = "a.org_id, a.agent_id, a.name, a.email, a.active, a.updated_at, \
+     (SELECT count(*) FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active) \
+       AS open_leads";
+
+pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<AgentRow, AssignmentError> {
+    validate_agent_id(&cmd.agent_id)?;
+    if cmd.name.chars().count() > MAX_NAME_CHARS {
+        return Err(AssignmentError::invalid("name", format!("must be at most {MAX_NAME_CHARS} characters")));
+    }
+    if let Some(email) = &cmd.email {
+        validate_email(email)?;
+    }
+    sqlx::query(
+        "INSERT INTO agents (org_id, agent_id, name, email, active) VALUES ($1, $2, $3, $4, coalesce($5, true)) \
+         ON CONFLICT (org_id, agent_id) DO UPDATE SET name = excluded.name, email = excluded.email, \
+           active = coalesce($5, agents.active), updated_at = now()",
+    )
+    .bind(&cmd.org_id)
+    .bind(&cmd.agent_id)
+    .bind(&cmd.name)
+    .bind(&cmd.email)
+    .bind(cmd.active)
+    .execute(&ctx.pool)
+    .await?;
+    get_agent(ctx, &cmd.org_id, &cmd.agent_id).await?.ok_or_else(|| AssignmentError::NotFound(cmd.agent_id))
+}
+
+pub async fn get_agent(
+    ctx: &AssignmentContext,
+    org_id: &str,
+    agent_id: &str,
+) -> Result<Option<AgentRow>, AssignmentError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents a WHERE a.org_id = $1 AND a.agent_id = $2"
+    )))
+    .bind(org_id)
+    .bind(agent_id)
+    .fetch_optional(&ctx.pool)
+    .await?)
+}
+
+pub async fn list_agents(
+    ctx: &AssignmentContext,
+    org_id: &str,
+    active_only: bool,
+) -> Result<Vec<AgentRow>, AssignmentError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {AGENT_COLUMNS} FROM agents a WHERE a.org_id = $1 AND (a.active OR NOT $2) ORDER BY a.agent_id"
+    )))
+    .bind(org_id)
+    .bind(active_only)
+    .fetch_all(&ctx.pool)
+    .await?)
+}
+
+/// The agent a lead may be given: known in the organisation and active.
+async fn assignable_agent(ctx: &AssignmentContext, org_id: &str, agent_id: &str) -> Result<(), AssignmentError> {
+    validate_agent_id(agent_id)?;
+    match get_agent(ctx, org_id, agent_id).await? {
+        None => Err(AssignmentError::NotFound(format!("agent {agent_id} not found"))),
+        Some(agent) if !agent.active => {
+            Err(AssignmentError::FailedPrecondition(format!("agent {agent_id} is inactive and takes no leads")))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Assign {
+    pub org_id: String,
+    pub lead_ids: Vec<String>,
+    /// `None` unassigns.
+    pub agent_id: Option<String>,
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+/// Asks the lead service to assign, then records what changed. Results in request order.
+pub async fn assign(ctx: &AssignmentContext, cmd: Assign) -> Result<Vec<pb::LeadAssignment>, AssignmentError> {
+    if let Some(agent) = &cmd.agent_id {
+        assignable_agent(ctx, &cmd.org_id, agent).await?;
+    }
+    let mut request = tonic::Request::new(pb::AssignLeadsRequest {
+        org_id: cmd.org_id.clone(),
+        lead_ids: cmd.lead_ids.clone(),
+        agent_id: cmd.agent_id.clone().unwrap_or_default(),
+        actor: cmd.actor.clone(),
+        reason: cmd.reason.clone().unwrap_or_default(),
+    });
+    request.set_timeout(std::time::Duration::from_secs(30));
+    let results = ctx.lead.clone().assign_leads(request).await?.into_inner().results;
+    let changed: Vec<&pb::LeadAssignment> =
+        results.iter().filter(|r| r.outcome == pb::BulkOutcome::Changed as i32).collect();
+    // The lead service has committed; recording here too (its event will find the rows
+    // there) lets the caller read its own change at once.
+    record_assignments(
+        ctx,
+        changed
+            .iter()
+            .filter_map(|r| {
+                Some(Recorded {
+                    org_id: cmd.org_id.clone(),
+                    lead_id: r.lead_id.parse().ok()?,
+                    lead_version: r.lead_version,
+                    agent_id: non_empty(&r.agent_id),
+                    previous_agent_id: non_empty(&r.previous_agent_id),
+                    actor: cmd.actor.clone(),
+                    reason: cmd.reason.clone(),
+                    at: r.at.as_ref().and_then(lead::model::from_timestamp).unwrap_or_else(Utc::now),
+                    active: true,
+                })
+            })
+            .collect(),
+    )
+    .await?;
+    Ok(results)
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// An assignment as this service keeps it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    org_id: String,
+    lead_id: Uuid,
+    lead_version: i64,
+    agent_id: Option<String>,
+    previous_agent_id: Option<String>,
+    actor: String,
+    reason: Option<String>,
+    at: DateTime<Utc>,
+    active: bool,
+}
+
+async fn record_assignments(ctx: &AssignmentContext, mut rows: Vec<Recorded>) -> Result<(), AssignmentError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // One row per lead per statement (an upsert may not touch a row twice), keys sorted so
+    // concurrent batches lock in one order.
+    rows.sort_by(|a, b| (&a.org_id, a.lead_id, b.lead_version).cmp(&(&b.org_id, b.lead_id, a.lead_version)));
+    let mut tx = ctx.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO assignments (org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                              $8::timestamptz[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.lead_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.lead_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.agent_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.previous_agent_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    rows.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
+    let holders: Vec<LeadHolder> = rows
+        .into_iter()
+        .map(|r| LeadHolder {
+            org_id: r.org_id,
+            lead_id: r.lead_id,
+            agent_id: r.agent_id,
+            active: r.active,
+            version: r.lead_version,
+        })
+        .collect();
+    upsert_holders(&mut tx, &holders).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+struct LeadHolder {
+    org_id: String,
+    lead_id: Uuid,
+    agent_id: Option<String>,
+    active: bool,
+    version: i64,
+}
+
+/// Keeps who holds each lead at the newest version seen; older versions change nothing.
+async fn upsert_holders(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    holders: &[LeadHolder],
+) -> Result<(), AssignmentError> {
+    sqlx::query(
+        "INSERT INTO lead_agents (org_id, lead_id, agent_id, active, version) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[]) \
+         ON CONFLICT (org_id, lead_id) DO UPDATE \
+           SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version \
+           WHERE lead_agents.version < excluded.version",
+    )
+    .bind(holders.iter().map(|h| h.org_id.as_str()).collect::<Vec<_>>())
+    .bind(holders.iter().map(|h| h.lead_id).collect::<Vec<_>>())
+    .bind(holders.iter().map(|h| h.agent_id.clone()).collect::<Vec<_>>())
+    .bind(holders.iter().map(|h| h.active).collect::<Vec<_>>())
+    .bind(holders.iter().map(|h| h.version).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies the lead service's `assigned` and `status_changed` events: the history of
+/// assignments (each once) and who holds which active lead. Redelivery and reordering are
+/// harmless: history rows are keyed by lead version, holders only move forward.
+pub async fn apply_lead_events(ctx: &AssignmentContext, events: &[Envelope<LeadEvent>]) -> Result<(), AssignmentError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match apply_lead_events_once(ctx, events).await {
+            Err(error) if attempt < 5 && error.is_retryable() => {}
+            result => return result,
+        }
+    }
+}
+
+async fn apply_lead_events_once(
+    ctx: &AssignmentContext,
+    events: &[Envelope<LeadEvent>],
+) -> Result<(), AssignmentError> {
+    let mut assignments = Vec::new();
+    let mut holders = Vec::new();
+    for event in events {
+        let lead = &event.data.lead;
+        match &event.data.change {
+            LeadChange::Assigned { from, to, actor, reason } => assignments.push(Recorded {
+                org_id: event.org_id.clone(),
+                lead_id: lead.id,
+                lead_version: event.version,
+                agent_id: to.clone(),
+                previous_agent_id: from.clone(),
+                actor: actor.clone(),
+                reason: reason.clone(),
+                at: lead.updated_at,
+                active: lead.active,
+            }),
+            LeadChange::StatusChanged { .. } => holders.push(LeadHolder {
+                org_id: event.org_id.clone(),
+                lead_id: lead.id,
+                agent_id: lead.agent_id.clone(),
+                active: lead.active,
+                version: event.version,
+            }),
+            _ => {}
+        }
+    }
+    record_assignments(ctx, assignments).await?;
+    if !holders.is_empty() {
+        holders.sort_by(|a, b| (&a.org_id, a.lead_id, b.version).cmp(&(&b.org_id, b.lead_id, a.version)));
+        holders.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
+        let mut tx = ctx.pool.begin().await?;
+        upsert_holders(&mut tx, &holders).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AssignmentRow {
+    pub lead_id: Uuid,
+    pub lead_version: i64,
+    pub agent_id: Option<String>,
+    pub previous_agent_id: Option<String>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn history(
+    ctx: &AssignmentContext,
+    org_id: &str,
+    lead_id: Uuid,
+) -> Result<Vec<AssignmentRow>, AssignmentError> {
+    let rows: Vec<AssignmentRow> = sqlx::query_as(
+        "SELECT lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at FROM assignments \
+         WHERE org_id = $1 AND lead_id = $2 ORDER BY lead_version DESC",
+    )
+    .bind(org_id)
+    .bind(lead_id)
+    .fetch_all(&ctx.pool)
+    .await?;
+    if rows.is_empty() {
+        // Never assigned, or no such lead: the lead service knows which.
+        let request = pb::GetLeadRequest { org_id: org_id.into(), lead_id: lead_id.to_string() };
+        ctx.lead.clone().get_lead(request).await?;
+    }
+    Ok(rows)
+}

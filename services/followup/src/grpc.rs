@@ -1,0 +1,141 @@
+use crate::{
+    FollowUpContext,
+    error::FollowUpError,
+    handler::{self, CreateFollowUp, FollowUpRow, ListFilter, State},
+};
+use lead::model::{from_timestamp, timestamp};
+use leads_proto::v1::{self as pb, follow_up_service_server::FollowUpService};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct FollowUpApi {
+    pub ctx: FollowUpContext,
+}
+
+fn org(org_id: &str) -> Result<(), FollowUpError> {
+    ingest::validate::validate_org_id(org_id).map_err(|r| FollowUpError::invalid("org_id", r.reason))
+}
+
+fn required_id(field: &'static str, value: &str, not_found: fn(&str) -> FollowUpError) -> Result<Uuid, FollowUpError> {
+    if value.is_empty() {
+        return Err(FollowUpError::invalid(field, "is required"));
+    }
+    value.parse().map_err(|_| not_found(value))
+}
+
+fn trimmed(value: &str) -> Option<String> {
+    (!value.trim().is_empty()).then(|| value.trim().to_owned())
+}
+
+fn actor(value: &str) -> String {
+    trimmed(value).unwrap_or_else(|| "unknown".into())
+}
+
+fn to_proto(row: FollowUpRow) -> pb::FollowUp {
+    pb::FollowUp {
+        id: row.id.to_string(),
+        org_id: row.org_id.clone(),
+        lead_id: row.lead_id.to_string(),
+        contact: Some(pb::Contact {
+            phone: row.phone.clone().unwrap_or_default(),
+            external_id: row.external_id.clone().unwrap_or_default(),
+            name: row.contact_name.clone().unwrap_or_default(),
+            email: row.email.clone().unwrap_or_default(),
+        }),
+        contact_id: row.contact_id.to_string(),
+        due_at: Some(timestamp(row.due_at)),
+        note: row.note.clone().unwrap_or_default(),
+        agent_id: row.agent_id.clone().unwrap_or_default(),
+        state: row.state().to_proto() as i32,
+        created_at: Some(timestamp(row.created_at)),
+        created_by: row.created_by,
+        updated_at: Some(timestamp(row.updated_at)),
+        closed_by: row.closed_by.unwrap_or_default(),
+        closed_at: row.closed_at.map(timestamp),
+    }
+}
+
+impl FollowUpApi {
+    async fn close(&self, request: pb::FollowUpActionRequest, to: State) -> Result<Response<pb::FollowUp>, Status> {
+        org(&request.org_id)?;
+        let id = required_id("follow_up_id", &request.follow_up_id, |v| FollowUpError::NotFound(v.into()))?;
+        let row = handler::close(&self.ctx, &request.org_id, id, to, &actor(&request.actor)).await?;
+        Ok(Response::new(to_proto(row)))
+    }
+}
+
+#[tonic::async_trait]
+impl FollowUpService for FollowUpApi {
+    async fn create_follow_up(
+        &self,
+        request: Request<pb::CreateFollowUpRequest>,
+    ) -> Result<Response<pb::FollowUp>, Status> {
+        let request = request.into_inner();
+        org(&request.org_id)?;
+        let lead_id = required_id("lead_id", &request.lead_id, |v| {
+            FollowUpError::Lead(Status::not_found(format!("lead {v} not found")))
+        })?;
+        let due_at =
+            request.due_at.as_ref().ok_or_else(|| FollowUpError::invalid("due_at", "is required")).and_then(|t| {
+                from_timestamp(t).ok_or_else(|| FollowUpError::invalid("due_at", "is not a valid time"))
+            })?;
+        let row = handler::create(
+            &self.ctx,
+            CreateFollowUp {
+                org_id: request.org_id,
+                lead_id,
+                due_at,
+                note: trimmed(&request.note),
+                agent_id: trimmed(&request.agent_id),
+                actor: actor(&request.actor),
+            },
+        )
+        .await?;
+        Ok(Response::new(to_proto(row)))
+    }
+
+    async fn list_follow_ups(
+        &self,
+        request: Request<pb::ListFollowUpsRequest>,
+    ) -> Result<Response<pb::ListFollowUpsResponse>, Status> {
+        let request = request.into_inner();
+        org(&request.org_id)?;
+        let lead_id = match trimmed(&request.lead_id) {
+            None => None,
+            Some(id) => Some(id.parse().map_err(|_| FollowUpError::invalid("lead_id", "must be a lead id"))?),
+        };
+        let states = request
+            .states
+            .iter()
+            .map(|s| {
+                State::from_proto(*s).ok_or_else(|| FollowUpError::invalid("states", format!("{s} is not a state")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let due_before = match &request.due_before {
+            None => None,
+            Some(t) => {
+                Some(from_timestamp(t).ok_or_else(|| FollowUpError::invalid("due_before", "is not a valid time"))?)
+            }
+        };
+        let filter = ListFilter { lead_id, agent_id: trimmed(&request.agent_id), states, due_before };
+        let page = handler::list(&self.ctx, &request.org_id, &filter, request.page_size, &request.page_token).await?;
+        Ok(Response::new(pb::ListFollowUpsResponse {
+            follow_ups: page.follow_ups.into_iter().map(to_proto).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn complete_follow_up(
+        &self,
+        request: Request<pb::FollowUpActionRequest>,
+    ) -> Result<Response<pb::FollowUp>, Status> {
+        self.close(request.into_inner(), State::Completed).await
+    }
+
+    async fn cancel_follow_up(
+        &self,
+        request: Request<pb::FollowUpActionRequest>,
+    ) -> Result<Response<pb::FollowUp>, Status> {
+        self.close(request.into_inner(), State::Cancelled).await
+    }
+}

@@ -1,0 +1,509 @@
+//! Follow-ups: created from an active lead (the lead service decides that, under the lead's
+//! lock), kept here with the lead's contact, due on their own, completed or cancelled by
+//! people, and cancelled by the system when their lead becomes inactive. Every state change
+//! is published as `events.followup.<org>.<state>` through the outbox.
+
+use crate::{FollowUpContext, error::FollowUpError};
+use chrono::{DateTime, Utc};
+use lead::model::{LeadChange, LeadEvent, LeadView};
+use leads_proto::v1 as pb;
+use platform::{event::Envelope, outbox::OutboxMessage};
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+pub const SYSTEM_ACTOR: &str = "system";
+pub const MAX_PAGE: i64 = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Due,
+    Completed,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Due => "due",
+            State::Completed => "completed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => State::Pending,
+            "due" => State::Due,
+            "completed" => State::Completed,
+            "cancelled" => State::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn to_proto(self) -> pb::FollowUpState {
+        match self {
+            State::Pending => pb::FollowUpState::Pending,
+            State::Due => pb::FollowUpState::Due,
+            State::Completed => pb::FollowUpState::Completed,
+            State::Cancelled => pb::FollowUpState::Cancelled,
+        }
+    }
+
+    pub fn from_proto(value: i32) -> Option<Self> {
+        Some(match pb::FollowUpState::try_from(value).ok()? {
+            pb::FollowUpState::Unspecified => return None,
+            pb::FollowUpState::Pending => State::Pending,
+            pb::FollowUpState::Due => State::Due,
+            pb::FollowUpState::Completed => State::Completed,
+            pb::FollowUpState::Cancelled => State::Cancelled,
+        })
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FollowUpRow {
+    pub id: Uuid,
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub contact_id: Uuid,
+    pub phone: Option<String>,
+    pub external_id: Option<String>,
+    pub contact_name: Option<String>,
+    pub email: Option<String>,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    pub state: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub closed_by: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+impl FollowUpRow {
+    pub fn state(&self) -> State {
+        State::parse(&self.state).unwrap_or(State::Pending)
+    }
+}
+
+/// The payload of `events.followup.<org>.<state>`; the envelope's aggregate is the
+/// follow-up and its version the follow-up's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpEvent {
+    pub lead_id: Uuid,
+    pub contact_id: Uuid,
+    pub state: String,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    /// Who moved it to this state.
+    pub actor: String,
+}
+
+fn event(ctx: &FollowUpContext, row: &FollowUpRow, actor: &str) -> OutboxMessage {
+    let data = FollowUpEvent {
+        lead_id: row.lead_id,
+        contact_id: row.contact_id,
+        state: row.state.clone(),
+        due_at: row.due_at,
+        note: row.note.clone(),
+        agent_id: row.agent_id.clone(),
+        actor: actor.to_owned(),
+    };
+    let envelope = Envelope::new(&row.org_id, &row.state, row.id, row.version, data);
+    OutboxMessage {
+        org_id: row.org_id.clone(),
+        subject: ctx.subjects.event("followup", &row.org_id, &row.state),
+        msg_id: envelope.id.to_string(),
+        payload: envelope.to_json(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateFollowUp {
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    pub actor: String,
+}
+
+/// Asks the lead service to record the follow-up on the lead (refused when the lead is
+/// inactive), then keeps it here. Should this process stop between the two, the lead's
+/// `follow_up_opened` event brings the follow-up here all the same.
+pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<FollowUpRow, FollowUpError> {
+    if let Some(note) = &cmd.note
+        && note.chars().count() > lead::gated::MAX_NOTE_CHARS
+    {
+        return Err(FollowUpError::invalid(
+            "note",
+            format!("must be at most {} characters", lead::gated::MAX_NOTE_CHARS),
+        ));
+    }
+    if let Some(agent) = &cmd.agent_id {
+        lead::gated::validate_agent_id(agent).map_err(|_| {
+            FollowUpError::invalid("agent_id", "must be at most 128 characters, without control characters")
+        })?;
+    }
+    let id = Uuid::now_v7();
+    let mut request = tonic::Request::new(pb::OpenFollowUpRequest {
+        org_id: cmd.org_id.clone(),
+        lead_id: cmd.lead_id.to_string(),
+        follow_up_id: id.to_string(),
+        due_at: Some(lead::model::timestamp(cmd.due_at)),
+        note: cmd.note.clone().unwrap_or_default(),
+        agent_id: cmd.agent_id.clone().unwrap_or_default(),
+        actor: cmd.actor.clone(),
+    });
+    request.set_timeout(std::time::Duration::from_secs(10));
+    let lead = ctx.lead.clone().open_follow_up(request).await?.into_inner();
+    let contact = lead.contact.unwrap_or_default();
+    let opened = Opened {
+        id,
+        org_id: cmd.org_id,
+        lead_id: cmd.lead_id,
+        contact_id: lead.contact_id.parse().map_err(|_| FollowUpError::internal("the lead has no contact id"))?,
+        phone: non_empty(contact.phone),
+        external_id: non_empty(contact.external_id),
+        contact_name: non_empty(contact.name),
+        email: non_empty(contact.email),
+        due_at: cmd.due_at,
+        note: cmd.note,
+        // The lead service fills in the lead's agent when none was named; its event carries it.
+        agent_id: cmd.agent_id.or_else(|| non_empty(lead.agent_id)),
+        created_by: cmd.actor,
+        lead_version: lead.version,
+    };
+    let org_id = opened.org_id.clone();
+    let mut tx = ctx.pool.begin().await?;
+    keep_opened(ctx, &mut tx, &[opened]).await?;
+    tx.commit().await?;
+    ctx.outbox.notify();
+    get(ctx, &org_id, id).await
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+/// A follow-up the lead service has accepted.
+#[derive(Debug, Clone)]
+struct Opened {
+    id: Uuid,
+    org_id: String,
+    lead_id: Uuid,
+    contact_id: Uuid,
+    phone: Option<String>,
+    external_id: Option<String>,
+    contact_name: Option<String>,
+    email: Option<String>,
+    due_at: DateTime<Utc>,
+    note: Option<String>,
+    agent_id: Option<String>,
+    created_by: String,
+    lead_version: i64,
+}
+
+impl Opened {
+    fn from_lead(lead: &LeadView, opened: &lead::model::FollowUpOpened, version: i64) -> Self {
+        Self {
+            id: opened.follow_up_id,
+            org_id: lead.org_id.clone(),
+            lead_id: lead.id,
+            contact_id: lead.contact_id,
+            phone: lead.phone.clone(),
+            external_id: lead.external_id.clone(),
+            contact_name: lead.name.clone(),
+            email: lead.email.clone(),
+            due_at: opened.due_at,
+            note: opened.note.clone(),
+            agent_id: opened.agent_id.clone(),
+            created_by: opened.actor.clone(),
+            lead_version: version,
+        }
+    }
+}
+
+/// Locks (creating when missing) the rows that say whether these leads are active. Both a
+/// follow-up's arrival and its lead's closing take this lock first, so whichever comes
+/// second sees the other: no follow-up stays open on a closed lead.
+async fn lock_leads(
+    tx: &mut Transaction<'_, Postgres>,
+    leads: &mut Vec<(String, Uuid, bool, i64)>,
+) -> Result<(), FollowUpError> {
+    leads.sort_by(|a, b| (&a.0, a.1, b.3).cmp(&(&b.0, b.1, a.3)));
+    leads.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
+    sqlx::query(
+        "INSERT INTO lead_states AS s (org_id, lead_id, active, version) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bool[], $4::bigint[]) \
+         ON CONFLICT (org_id, lead_id) DO UPDATE \
+           SET active = s.active AND excluded.active, version = greatest(s.version, excluded.version)",
+    )
+    .bind(leads.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
+    .bind(leads.iter().map(|l| l.1).collect::<Vec<_>>())
+    .bind(leads.iter().map(|l| l.2).collect::<Vec<_>>())
+    .bind(leads.iter().map(|l| l.3).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn keep_opened(
+    ctx: &FollowUpContext,
+    tx: &mut Transaction<'_, Postgres>,
+    opened: &[Opened],
+) -> Result<(), FollowUpError> {
+    if opened.is_empty() {
+        return Ok(());
+    }
+    // The lead was active at the version that accepted the follow-up.
+    let mut leads: Vec<(String, Uuid, bool, i64)> =
+        opened.iter().map(|o| (o.org_id.clone(), o.lead_id, true, o.lead_version)).collect();
+    lock_leads(tx, &mut leads).await?;
+    // A follow-up whose lead closed meanwhile arrives cancelled by the system.
+    let inserted: Vec<FollowUpRow> = sqlx::query_as(
+        "INSERT INTO follow_ups AS f (id, org_id, lead_id, contact_id, phone, external_id, contact_name, email, \
+                               due_at, note, agent_id, state, created_by, closed_by, closed_at) \
+         SELECT t.id, t.org_id, t.lead_id, t.contact_id, t.phone, t.external_id, t.contact_name, t.email, \
+                t.due_at, t.note, t.agent_id, CASE WHEN s.active THEN 'pending' ELSE 'cancelled' END, t.created_by, \
+                CASE WHEN s.active THEN NULL ELSE 'system' END, CASE WHEN s.active THEN NULL ELSE now() END \
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                     $9::timestamptz[], $10::text[], $11::text[], $12::text[]) \
+              AS t(id, org_id, lead_id, contact_id, phone, external_id, contact_name, email, due_at, note, agent_id, \
+                   created_by) \
+         JOIN lead_states s ON s.org_id = t.org_id AND s.lead_id = t.lead_id \
+         ORDER BY t.id \
+         ON CONFLICT (id) DO NOTHING RETURNING f.*",
+    )
+    .bind(opened.iter().map(|o| o.id).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.org_id.as_str()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.lead_id).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.contact_id).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.phone.clone()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.external_id.clone()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.contact_name.clone()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.email.clone()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.due_at).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.note.clone()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.agent_id.clone()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.created_by.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    let cancelled: Vec<OutboxMessage> =
+        inserted.iter().filter(|f| f.state() == State::Cancelled).map(|f| event(ctx, f, SYSTEM_ACTOR)).collect();
+    platform::outbox::enqueue(tx, &cancelled).await?;
+    Ok(())
+}
+
+/// Applies the lead service's `follow_up_opened` and `status_changed` events: follow-ups
+/// this service has not kept yet are kept, and when a lead becomes inactive its open
+/// follow-ups are cancelled by the system.
+pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match apply_lead_events_once(ctx, events).await {
+            Err(error) if attempt < 5 && error.is_retryable() => {}
+            result => return result,
+        }
+    }
+}
+
+async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {
+    let mut opened = Vec::new();
+    let mut closed: Vec<(String, Uuid, bool, i64)> = Vec::new();
+    for event in events {
+        let lead = &event.data.lead;
+        match &event.data.change {
+            LeadChange::FollowUpOpened { follow_up } => opened.push(Opened::from_lead(lead, follow_up, event.version)),
+            LeadChange::StatusChanged { .. } if !lead.active => {
+                closed.push((event.org_id.clone(), lead.id, false, event.version));
+            }
+            _ => {}
+        }
+    }
+    if opened.is_empty() && closed.is_empty() {
+        return Ok(());
+    }
+    let mut tx = ctx.pool.begin().await?;
+    if !closed.is_empty() {
+        lock_leads(&mut tx, &mut closed).await?;
+        let cancelled: Vec<FollowUpRow> = sqlx::query_as(
+            "UPDATE follow_ups f SET state = 'cancelled', closed_by = 'system', closed_at = now(), \
+               updated_at = now(), version = version + 1 \
+             FROM UNNEST($1::text[], $2::uuid[]) AS t(org_id, lead_id) \
+             WHERE f.org_id = t.org_id AND f.lead_id = t.lead_id AND f.state IN ('pending', 'due') \
+             RETURNING f.*",
+        )
+        .bind(closed.iter().map(|c| c.0.as_str()).collect::<Vec<_>>())
+        .bind(closed.iter().map(|c| c.1).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let messages: Vec<OutboxMessage> = cancelled.iter().map(|f| event(ctx, f, SYSTEM_ACTOR)).collect();
+        platform::outbox::enqueue(&mut tx, &messages).await?;
+    }
+    keep_opened(ctx, &mut tx, &opened).await?;
+    tx.commit().await?;
+    ctx.outbox.notify();
+    Ok(())
+}
+
+pub async fn get(ctx: &FollowUpContext, org_id: &str, id: Uuid) -> Result<FollowUpRow, FollowUpError> {
+    sqlx::query_as("SELECT * FROM follow_ups WHERE org_id = $1 AND id = $2")
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&ctx.pool)
+        .await?
+        .ok_or_else(|| FollowUpError::NotFound(id.to_string()))
+}
+
+/// Completes or cancels an open (pending or due) follow-up.
+pub async fn close(
+    ctx: &FollowUpContext,
+    org_id: &str,
+    id: Uuid,
+    to: State,
+    actor: &str,
+) -> Result<FollowUpRow, FollowUpError> {
+    let mut tx = ctx.pool.begin().await?;
+    let closed: Option<FollowUpRow> = sqlx::query_as(
+        "UPDATE follow_ups SET state = $3, closed_by = $4, closed_at = now(), updated_at = now(), \
+           version = version + 1 \
+         WHERE org_id = $1 AND id = $2 AND state IN ('pending', 'due') RETURNING *",
+    )
+    .bind(org_id)
+    .bind(id)
+    .bind(to.as_str())
+    .bind(actor)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(closed) = closed else {
+        tx.rollback().await?;
+        let current = get(ctx, org_id, id).await?;
+        return Err(FollowUpError::Closed { id, state: current.state });
+    };
+    platform::outbox::enqueue(&mut tx, &[event(ctx, &closed, actor)]).await?;
+    tx.commit().await?;
+    ctx.outbox.notify();
+    Ok(closed)
+}
+
+/// Moves follow-ups whose time has come from pending to due and announces them. Several
+/// processes may run this at once: each takes rows the others have not locked.
+pub async fn mark_due(ctx: &FollowUpContext, limit: i64) -> Result<usize, FollowUpError> {
+    let mut tx = ctx.pool.begin().await?;
+    let due: Vec<FollowUpRow> = sqlx::query_as(
+        "UPDATE follow_ups f SET state = 'due', updated_at = now(), version = version + 1 \
+         FROM (SELECT id FROM follow_ups WHERE state = 'pending' AND due_at <= now() \
+               ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) d \
+         WHERE f.id = d.id RETURNING f.*",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let messages: Vec<OutboxMessage> = due.iter().map(|f| event(ctx, f, SYSTEM_ACTOR)).collect();
+    platform::outbox::enqueue(&mut tx, &messages).await?;
+    tx.commit().await?;
+    if !due.is_empty() {
+        ctx.outbox.notify();
+        metrics::counter!("follow_ups_due_total").increment(due.len() as u64);
+    }
+    Ok(due.len())
+}
+
+/// Runs `mark_due` until `token` fires: at once while there is a backlog, else every tick.
+pub async fn schedule_due(
+    ctx: FollowUpContext,
+    tick: std::time::Duration,
+    token: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    const BATCH: i64 = 500;
+    while !token.is_cancelled() {
+        let pause = match mark_due(&ctx, BATCH).await {
+            Ok(n) if n as i64 == BATCH => continue,
+            Ok(_) => tick,
+            Err(error) => {
+                tracing::warn!(%error, "marking follow-ups due failed, retrying");
+                tick * 4
+            }
+        };
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub lead_id: Option<Uuid>,
+    pub agent_id: Option<String>,
+    pub states: Vec<State>,
+    pub due_before: Option<DateTime<Utc>>,
+}
+
+pub struct Page {
+    pub follow_ups: Vec<FollowUpRow>,
+    pub next_page_token: String,
+}
+
+/// Follow-ups by due time, earliest first, in keyset pages.
+pub async fn list(
+    ctx: &FollowUpContext,
+    org_id: &str,
+    filter: &ListFilter,
+    page_size: i32,
+    page_token: &str,
+) -> Result<Page, FollowUpError> {
+    let page_size = match i64::from(page_size) {
+        0 => 50,
+        n if (1..=MAX_PAGE).contains(&n) => n,
+        _ => return Err(FollowUpError::invalid("page_size", format!("must be between 1 and {MAX_PAGE}"))),
+    };
+    let after = decode_token(page_token)?;
+    let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+    let mut rows: Vec<FollowUpRow> = sqlx::query_as(
+        "SELECT * FROM follow_ups WHERE org_id = $1 \
+           AND ($2::uuid IS NULL OR lead_id = $2) \
+           AND ($3::text IS NULL OR agent_id = $3) \
+           AND (cardinality($4::text[]) = 0 OR state = ANY($4)) \
+           AND ($5::timestamptz IS NULL OR due_at <= $5) \
+           AND ($6::timestamptz IS NULL OR (due_at, id) > ($6, $7)) \
+         ORDER BY due_at, id LIMIT $8",
+    )
+    .bind(org_id)
+    .bind(filter.lead_id)
+    .bind(&filter.agent_id)
+    .bind(&states)
+    .bind(filter.due_before)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(page_size + 1)
+    .fetch_all(&ctx.pool)
+    .await?;
+    let has_more = rows.len() as i64 > page_size;
+    rows.truncate(page_size as usize);
+    let next_page_token = match (has_more, rows.last()) {
+        (true, Some(last)) => platform::token::encode(&format!("{}|{}", last.due_at.timestamp_micros(), last.id)),
+        _ => String::new(),
+    };
+    Ok(Page { follow_ups: rows, next_page_token })
+}
+
+fn decode_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, FollowUpError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || FollowUpError::invalid("page_token", "is not a token this service issued");
+    let cursor = platform::token::decode(token).ok_or_else(bad)?;
+    let (micros, id) = cursor.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok(Some((at, id.parse().map_err(|_| bad())?)))
+}

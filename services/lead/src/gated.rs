@@ -1,0 +1,307 @@
+//! The acts other services ask of a lead that are gated on it being active: assigning an
+//! agent and opening a follow-up. Each locks the lead's row, decides against its status and
+//! writes the change with its event in one transaction, exactly as a status change does, so
+//! a lead that is being converted can never be assigned or followed up a moment later.
+
+use crate::{
+    LeadContext,
+    apply::{lead_event, publish},
+    commands::{BulkOutcome, MAX_BULK},
+    error::LeadError,
+    model::{FollowUpOpened, LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
+};
+use chrono::{DateTime, Utc};
+use platform::event::Envelope;
+use serde::Deserialize;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub const MAX_NOTE_CHARS: usize = 2000;
+pub const MAX_AGENT_ID_CHARS: usize = 128;
+
+/// What became of one lead of an assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignOutcome {
+    pub outcome: BulkOutcome,
+    pub agent_id: Option<String>,
+    pub previous_agent_id: Option<String>,
+    /// The lead's version after the assignment, or its current one when nothing changed.
+    pub lead_version: i64,
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl AssignOutcome {
+    fn not_found() -> Self {
+        Self { outcome: BulkOutcome::NotFound, agent_id: None, previous_agent_id: None, lead_version: 0, at: None }
+    }
+}
+
+pub fn validate_agent_id(agent_id: &str) -> Result<(), LeadError> {
+    if agent_id.chars().count() > MAX_AGENT_ID_CHARS {
+        return Err(LeadError::invalid("agent_id", format!("must be at most {MAX_AGENT_ID_CHARS} characters")));
+    }
+    if agent_id.chars().any(char::is_control) {
+        return Err(LeadError::invalid("agent_id", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// id, status, agent, version, updated_at
+type LockedLead = (Uuid, String, Option<String>, i64, DateTime<Utc>);
+
+/// Sets `agent` (or none) on every active lead among `lead_ids`; the others are answered.
+/// Results are in request order.
+pub async fn assign_leads(
+    ctx: &LeadContext,
+    org_id: &str,
+    lead_ids: &[String],
+    agent: Option<&str>,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<Vec<AssignOutcome>, LeadError> {
+    if lead_ids.is_empty() {
+        return Err(LeadError::invalid("lead_ids", "must name at least one lead"));
+    }
+    if lead_ids.len() > MAX_BULK {
+        return Err(LeadError::invalid("lead_ids", format!("must name at most {MAX_BULK} leads")));
+    }
+    if let Some(agent) = agent {
+        validate_agent_id(agent)?;
+    }
+    let parsed: Vec<Option<Uuid>> = lead_ids.iter().map(|id| id.parse().ok()).collect();
+    let mut ids: Vec<Uuid> = parsed.iter().flatten().copied().collect();
+    ids.sort();
+    ids.dedup();
+    let mut tx = ctx.pool.begin().await?;
+    // Locked in id order, like bulk status changes, so overlapping bulk acts cannot deadlock.
+    let rows: Vec<LockedLead> = sqlx::query_as(
+        "SELECT id, status, agent_id, version, updated_at FROM leads \
+         WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
+    )
+    .bind(org_id)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut outcomes: HashMap<Uuid, AssignOutcome> = HashMap::with_capacity(rows.len());
+    let mut to_change = Vec::new();
+    for (id, status, current_agent, version, updated_at) in rows {
+        let status = Status::parse(&status).unwrap_or(Status::New);
+        let outcome = if status.is_final() {
+            BulkOutcome::Inactive(status)
+        } else if current_agent.as_deref() == agent {
+            BulkOutcome::Unchanged
+        } else {
+            to_change.push(id);
+            BulkOutcome::Changed
+        };
+        outcomes.insert(
+            id,
+            AssignOutcome {
+                outcome,
+                agent_id: current_agent.clone(),
+                previous_agent_id: current_agent,
+                lead_version: version,
+                at: Some(updated_at),
+            },
+        );
+    }
+    let mut messages = Vec::with_capacity(to_change.len());
+    if !to_change.is_empty() {
+        let changed: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH changed AS ( \
+               UPDATE leads SET agent_id = $2, updated_at = now(), version = version + 1 \
+               WHERE id = ANY($1) RETURNING * \
+             ) SELECT {LEAD_VIEW_COLUMNS} FROM changed l JOIN contacts c ON c.id = l.contact_id"
+        )))
+        .bind(&to_change)
+        .bind(agent)
+        .fetch_all(&mut *tx)
+        .await?;
+        let changed_ids: Vec<Uuid> = changed.iter().map(|l| l.id).collect();
+        let froms: Vec<Option<String>> = changed.iter().map(|l| outcomes[&l.id].previous_agent_id.clone()).collect();
+        let versions: Vec<i64> = changed.iter().map(|l| l.version).collect();
+        sqlx::query(
+            "INSERT INTO assignment_changes (org_id, lead_id, from_agent, to_agent, actor, reason, lead_version, at) \
+             SELECT $1, id, from_agent, $4, $5, $6, version, now() \
+             FROM UNNEST($2::uuid[], $3::text[], $7::bigint[]) AS t(id, from_agent, version)",
+        )
+        .bind(org_id)
+        .bind(&changed_ids)
+        .bind(&froms)
+        .bind(agent)
+        .bind(actor)
+        .bind(reason)
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await?;
+        for lead in &changed {
+            let outcome = outcomes.get_mut(&lead.id).expect("locked above");
+            outcome.agent_id = lead.agent_id.clone();
+            outcome.lead_version = lead.version;
+            outcome.at = Some(lead.updated_at);
+            let change = LeadChange::Assigned {
+                from: outcome.previous_agent_id.clone(),
+                to: lead.agent_id.clone(),
+                actor: actor.into(),
+                reason: reason.map(Into::into),
+            };
+            messages.push(lead_event(ctx, lead, change));
+        }
+        platform::outbox::enqueue(&mut tx, &messages).await?;
+    }
+    tx.commit().await?;
+    if !messages.is_empty() {
+        ctx.outbox.notify();
+        metrics::counter!("lead_assignments_total").increment(messages.len() as u64);
+    }
+    Ok(parsed
+        .iter()
+        .map(|id| id.and_then(|id| outcomes.get(&id).cloned()).unwrap_or_else(AssignOutcome::not_found))
+        .collect())
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenFollowUp {
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub follow_up_id: Uuid,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    pub actor: String,
+}
+
+/// Records a follow-up on an active lead and answers the lead as it now is. Opening the same
+/// follow-up id again answers the lead without a second record, even once the lead has
+/// become inactive: the first call's decision stands.
+pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<LeadView, LeadError> {
+    if let Some(note) = &cmd.note
+        && note.chars().count() > MAX_NOTE_CHARS
+    {
+        return Err(LeadError::invalid("note", format!("must be at most {MAX_NOTE_CHARS} characters")));
+    }
+    if let Some(agent) = &cmd.agent_id {
+        validate_agent_id(agent)?;
+    }
+    let mut tx = ctx.pool.begin().await?;
+    let current: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, agent_id FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE")
+            .bind(&cmd.org_id)
+            .bind(cmd.lead_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((status, lead_agent)) = current else {
+        return Err(LeadError::NotFound(cmd.lead_id.to_string()));
+    };
+    let opened_before: Option<Uuid> =
+        sqlx::query_scalar("SELECT lead_id FROM follow_up_entries WHERE follow_up_id = $1 AND state = 'pending'")
+            .bind(cmd.follow_up_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match opened_before {
+        Some(lead_id) if lead_id == cmd.lead_id => {
+            tx.rollback().await?;
+            return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
+        }
+        Some(_) => return Err(LeadError::invalid("follow_up_id", "is already used by another lead's follow-up")),
+        None => {}
+    }
+    let status = Status::parse(&status).unwrap_or(Status::New);
+    if status.is_final() {
+        return Err(LeadError::Inactive { id: cmd.lead_id, status });
+    }
+    // A follow-up without an agent goes to whoever holds the lead.
+    let agent_id = cmd.agent_id.clone().or(lead_agent);
+    sqlx::query(
+        "INSERT INTO follow_up_entries (org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor) \
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)",
+    )
+    .bind(&cmd.org_id)
+    .bind(cmd.follow_up_id)
+    .bind(cmd.lead_id)
+    .bind(cmd.due_at)
+    .bind(&cmd.note)
+    .bind(&agent_id)
+    .bind(&cmd.actor)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE leads SET version = version + 1, updated_at = now() WHERE id = $1")
+        .bind(cmd.lead_id)
+        .execute(&mut *tx)
+        .await?;
+    let change = LeadChange::FollowUpOpened {
+        follow_up: FollowUpOpened {
+            follow_up_id: cmd.follow_up_id,
+            due_at: cmd.due_at,
+            note: cmd.note.clone(),
+            agent_id,
+            actor: cmd.actor.clone(),
+        },
+    };
+    let mut messages = Vec::with_capacity(1);
+    let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
+    platform::outbox::enqueue(&mut tx, &messages).await?;
+    tx.commit().await?;
+    ctx.outbox.notify();
+    Ok(lead)
+}
+
+/// The part of the follow-up service's events the lead's timeline needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FollowUpStateNotice {
+    pub lead_id: Uuid,
+    pub state: String,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    pub actor: String,
+}
+
+const TIMELINE_STATES: [&str; 3] = ["due", "completed", "cancelled"];
+
+/// Adds the later states of follow-ups to their leads' timelines, each (follow-up, state)
+/// once however often it is delivered.
+pub async fn record_follow_up_states(
+    ctx: &LeadContext,
+    events: &[Envelope<FollowUpStateNotice>],
+) -> Result<(), LeadError> {
+    let kept: Vec<&Envelope<FollowUpStateNotice>> =
+        events.iter().filter(|e| TIMELINE_STATES.contains(&e.data.state.as_str())).collect();
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let column =
+        |f: fn(&Envelope<FollowUpStateNotice>) -> Option<String>| kept.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let orgs = column(|e| Some(e.org_id.clone()));
+    let states = column(|e| Some(e.data.state.clone()));
+    let notes = column(|e| e.data.note.clone());
+    let agents = column(|e| e.data.agent_id.clone());
+    let actors = column(|e| Some(e.data.actor.clone()));
+    let follow_up_ids: Vec<Uuid> = kept.iter().map(|e| e.aggregate_id).collect();
+    let lead_ids: Vec<Uuid> = kept.iter().map(|e| e.data.lead_id).collect();
+    let due: Vec<DateTime<Utc>> = kept.iter().map(|e| e.data.due_at).collect();
+    let at: Vec<DateTime<Utc>> = kept.iter().map(|e| e.occurred_at).collect();
+    // Joined to leads on org as well: an event naming another organisation's lead is dropped.
+    sqlx::query(
+        "INSERT INTO follow_up_entries (org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor, at) \
+         SELECT t.org_id, t.follow_up_id, t.lead_id, t.state, t.due_at, t.note, t.agent_id, t.actor, t.at \
+         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], \
+                     $8::text[], $9::timestamptz[]) \
+              AS t(org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor, at) \
+         JOIN leads l ON l.id = t.lead_id AND l.org_id = t.org_id \
+         ORDER BY t.follow_up_id, t.state \
+         ON CONFLICT (follow_up_id, state) DO NOTHING",
+    )
+    .bind(&orgs)
+    .bind(&follow_up_ids)
+    .bind(&lead_ids)
+    .bind(&states)
+    .bind(&due)
+    .bind(&notes)
+    .bind(&agents)
+    .bind(&actors)
+    .bind(&at)
+    .execute(&ctx.pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! Agents and assignments: only active leads are assigned (decided by the lead service under
+//! the lead's lock), every assignment is kept once in the history and on the lead's
+//! timeline, and agents' open leads follow the leads' statuses.
+
+use leads_tests::{Node, TestEnv, all_leads, chat_event, eventually, pb, phone};
+use platform::ServiceName;
+use std::time::Duration;
+use tonic::{Code, transport::Channel};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const ORG: &str = "acme";
+
+type Assignments = leads_proto::v1::assignment_service_client::AssignmentServiceClient<Channel>;
+type Leads = leads_proto::v1::lead_service_client::LeadServiceClient<Channel>;
+
+struct Desk {
+    node: Node,
+    env: TestEnv,
+    leads: Leads,
+    assignments: Assignments,
+}
+
+impl Desk {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::new().await?;
+        let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
+        let leads = node.lead().await?;
+        let assignments = node.assignment().await?;
+        Ok(Self { node, env, leads, assignments })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.node.stop().await?;
+        self.env.cleanup().await
+    }
+
+    /// `count` leads through the real ingest path, one per contact.
+    async fn leads(&self, count: u32) -> anyhow::Result<Vec<pb::Lead>> {
+        for n in 0..count {
+            self.env.publish_interaction(ORG, &chat_event(&format!("e-{n}"), &phone(n), "hello")).await?;
+        }
+        let client = self.leads.clone();
+        Ok(eventually(DEADLINE, "the leads", || {
+            let mut client = client.clone();
+            async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() >= count as usize) }
+        })
+        .await)
+    }
+
+    async fn agent(&self, agent_id: &str, active: Option<bool>) -> Result<pb::Agent, tonic::Status> {
+        let request = pb::UpsertAgentRequest {
+            org_id: ORG.into(),
+            agent_id: agent_id.into(),
+            name: format!("Agent {agent_id}"),
+            email: format!("{agent_id}@example.com"),
+            active,
+        };
+        Ok(self.assignments.clone().upsert_agent(request).await?.into_inner())
+    }
+
+    async fn assign(&self, lead_id: &str, agent_id: &str) -> Result<pb::Assignment, tonic::Status> {
+        let request = pb::AssignLeadRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            agent_id: agent_id.into(),
+            actor: "supervisor".into(),
+            reason: "round robin".into(),
+            unassign: false,
+        };
+        Ok(self.assignments.clone().assign_lead(request).await?.into_inner())
+    }
+
+    async fn convert(&self, lead_id: &str) -> anyhow::Result<pb::Lead> {
+        let request = pb::ChangeStatusRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            status: pb::LeadStatus::Converted as i32,
+            actor: "closer".into(),
+            ..Default::default()
+        };
+        Ok(self.leads.clone().change_status(request).await?.into_inner())
+    }
+
+    async fn get_lead(&self, lead_id: &str) -> anyhow::Result<pb::Lead> {
+        let request = pb::GetLeadRequest { org_id: ORG.into(), lead_id: lead_id.into() };
+        Ok(self.leads.clone().get_lead(request).await?.into_inner())
+    }
+
+    async fn agent_ids(&self, active_only: bool) -> anyhow::Result<Vec<String>> {
+        let mut client = self.assignments.clone();
+        let agents = client.list_agents(pb::ListAgentsRequest { org_id: ORG.into(), active_only }).await?;
+        Ok(agents.into_inner().agents.into_iter().map(|a| a.agent_id).collect())
+    }
+
+    async fn open_leads(&self, agent_id: &str) -> anyhow::Result<i64> {
+        let agents = self
+            .assignments
+            .clone()
+            .list_agents(pb::ListAgentsRequest { org_id: ORG.into(), active_only: false })
+            .await?
+            .into_inner()
+            .agents;
+        Ok(agents.iter().find(|a| a.agent_id == agent_id).map_or(0, |a| a.open_leads))
+    }
+}
+
+#[tokio::test]
+async fn agents_are_upserted_listed_and_validated() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let created = desk.agent("ann", None).await?;
+    assert!(created.active, "a new agent without `active` is active");
+    assert_eq!(created.name, "Agent ann");
+    let renamed = desk
+        .assignments
+        .clone()
+        .upsert_agent(pb::UpsertAgentRequest {
+            org_id: ORG.into(),
+            agent_id: "ann".into(),
+            name: "Ann Smith".into(),
+            email: String::new(),
+            active: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!((renamed.name.as_str(), renamed.email.as_str(), renamed.active), ("Ann Smith", "", true));
+    desk.agent("bob", Some(false)).await?;
+    assert_eq!(desk.agent_ids(false).await?, ["ann", "bob"]);
+    assert_eq!(desk.agent_ids(true).await?, ["ann"]);
+
+    for (request, field) in [
+        (pb::UpsertAgentRequest { org_id: ORG.into(), ..Default::default() }, "agent_id"),
+        (
+            pb::UpsertAgentRequest {
+                org_id: ORG.into(),
+                agent_id: "cy".into(),
+                email: "not an email".into(),
+                ..Default::default()
+            },
+            "email",
+        ),
+        (pb::UpsertAgentRequest { org_id: "bad org!".into(), agent_id: "cy".into(), ..Default::default() }, "org_id"),
+        (pb::UpsertAgentRequest { org_id: ORG.into(), agent_id: "x".repeat(129), ..Default::default() }, "agent_id"),
+    ] {
+        let status = desk.assignments.clone().upsert_agent(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    assert_eq!(desk.agent_ids(false).await?.len(), 2, "refused agents leave nothing behind");
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn assigning_and_reassigning_is_recorded_everywhere() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    desk.agent("ann", None).await?;
+    desk.agent("bob", None).await?;
+    let leads = desk.leads(1).await?;
+    let lead = &leads[0];
+
+    let first = desk.assign(&lead.id, "ann").await?;
+    assert_eq!((first.agent_id.as_str(), first.previous_agent_id.as_str()), ("ann", ""));
+    let second = desk.assign(&lead.id, "bob").await?;
+    assert_eq!((second.agent_id.as_str(), second.previous_agent_id.as_str()), ("bob", "ann"));
+    assert!(second.lead_version > first.lead_version);
+    // The same agent again changes nothing.
+    let same = desk.assign(&lead.id, "bob").await?;
+    assert_eq!(same.lead_version, second.lead_version);
+
+    let now = desk.get_lead(&lead.id).await?;
+    assert_eq!(now.agent_id, "bob");
+    let history = desk
+        .assignments
+        .clone()
+        .get_assignment_history(pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: lead.id.clone() })
+        .await?
+        .into_inner()
+        .assignments;
+    let moves: Vec<(&str, &str, &str)> =
+        history.iter().map(|a| (a.previous_agent_id.as_str(), a.agent_id.as_str(), a.actor.as_str())).collect();
+    assert_eq!(moves, [("ann", "bob", "supervisor"), ("", "ann", "supervisor")], "newest first, once each");
+
+    let by_agent = desk
+        .leads
+        .clone()
+        .list_leads(pb::ListLeadsRequest {
+            org_id: ORG.into(),
+            filter: Some(pb::LeadFilter { agent_ids: vec!["bob".into()], ..Default::default() }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(by_agent.total_count, 1);
+    assert_eq!(by_agent.leads[0].id, lead.id);
+
+    let timeline = desk
+        .leads
+        .clone()
+        .get_lead_history(pb::GetLeadHistoryRequest {
+            org_id: ORG.into(),
+            lead_id: lead.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .entries;
+    let assignments: Vec<&str> =
+        timeline.iter().filter(|e| e.kind == "assignment").map(|e| e.summary.as_str()).collect();
+    assert_eq!(assignments, ["reassigned from ann to bob (round robin)", "assigned to ann (round robin)"]);
+
+    // The projection reaches the same history from the lead's events, without doubling it.
+    eventually(DEADLINE, "bob's open lead", || async { desk.open_leads("bob").await.ok().filter(|n| *n == 1) }).await;
+    assert_eq!(desk.open_leads("ann").await?, 0);
+    let again = desk
+        .assignments
+        .clone()
+        .get_assignment_history(pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: lead.id.clone() })
+        .await?
+        .into_inner()
+        .assignments;
+    assert_eq!(again.len(), 2);
+
+    let unassigned = desk
+        .assignments
+        .clone()
+        .assign_lead(pb::AssignLeadRequest {
+            org_id: ORG.into(),
+            lead_id: lead.id.clone(),
+            unassign: true,
+            actor: "supervisor".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!((unassigned.agent_id.as_str(), unassigned.previous_agent_id.as_str()), ("", "bob"));
+    assert_eq!(desk.get_lead(&lead.id).await?.agent_id, "");
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn only_active_leads_and_active_known_agents_take_assignments() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    desk.agent("ann", None).await?;
+    desk.agent("gone", Some(false)).await?;
+    let leads = desk.leads(2).await?;
+    let (open, closed) = (&leads[0], &leads[1]);
+    desk.convert(&closed.id).await?;
+
+    let inactive = desk.assign(&closed.id, "ann").await.expect_err("converted lead");
+    assert_eq!(inactive.code(), Code::FailedPrecondition);
+    assert!(inactive.message().contains("inactive") && inactive.message().contains("CONVERTED"), "{inactive:?}");
+    assert_eq!(desk.get_lead(&closed.id).await?.agent_id, "", "an inactive lead keeps its agent");
+
+    let unknown = desk.assign(&open.id, "nobody").await.expect_err("unknown agent");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains("agent nobody"), "{unknown:?}");
+    let retired = desk.assign(&open.id, "gone").await.expect_err("inactive agent");
+    assert_eq!(retired.code(), Code::FailedPrecondition);
+    let missing = desk.assign(&open.id, "").await.expect_err("no agent");
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert!(missing.message().starts_with("agent_id"), "{missing:?}");
+    let no_lead = desk.assign(&uuid::Uuid::now_v7().to_string(), "ann").await.expect_err("unknown lead");
+    assert_eq!(no_lead.code(), Code::NotFound);
+    assert_eq!(desk.get_lead(&open.id).await?.agent_id, "", "refused assignments change nothing");
+    let history = desk
+        .assignments
+        .clone()
+        .get_assignment_history(pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: open.id.clone() })
+        .await?
+        .into_inner();
+    assert!(history.assignments.is_empty());
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn bulk_assign_answers_per_lead_and_open_leads_follow_statuses() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    desk.agent("ann", None).await?;
+    let leads = desk.leads(4).await?;
+    desk.convert(&leads[3].id).await?;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let mut ids: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
+    ids.push(unknown.clone());
+    ids.push("not-a-uuid".into());
+    let results = desk
+        .assignments
+        .clone()
+        .bulk_assign(pb::BulkAssignRequest {
+            org_id: ORG.into(),
+            lead_ids: ids.clone(),
+            agent_id: "ann".into(),
+            actor: "supervisor".into(),
+            reason: String::new(),
+        })
+        .await?
+        .into_inner()
+        .results;
+    let outcomes: Vec<(String, i32)> = results.iter().map(|r| (r.lead_id.clone(), r.outcome)).collect();
+    let changed = pb::BulkOutcome::Changed as i32;
+    assert_eq!(
+        outcomes,
+        [
+            (ids[0].clone(), changed),
+            (ids[1].clone(), changed),
+            (ids[2].clone(), changed),
+            (ids[3].clone(), pb::BulkOutcome::Inactive as i32),
+            (unknown, pb::BulkOutcome::NotFound as i32),
+            ("not-a-uuid".into(), pb::BulkOutcome::NotFound as i32),
+        ]
+    );
+    assert!(results[3].detail.contains("CONVERTED"), "{:?}", results[3]);
+    eventually(DEADLINE, "three open leads", || async { desk.open_leads("ann").await.ok().filter(|n| *n == 3) }).await;
+    desk.convert(&leads[0].id).await?;
+    eventually(DEADLINE, "two open leads after a conversion", || async {
+        desk.open_leads("ann").await.ok().filter(|n| *n == 2)
+    })
+    .await;
+    desk.stop().await
+}
+
+/// Conversions and assignments racing on the same leads: an assignment is either recorded
+/// before the conversion or refused, never applied to a converted lead.
+#[tokio::test]
+async fn an_assignment_racing_a_conversion_never_lands_on_an_inactive_lead() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    desk.agent("ann", None).await?;
+    let leads = desk.leads(30).await?;
+    let mut races = Vec::new();
+    for lead in &leads {
+        let (assign, convert) = (desk.assign(&lead.id, "ann"), desk.convert(&lead.id));
+        races.push(async move { tokio::join!(assign, convert) });
+    }
+    let outcomes = futures::future::join_all(races).await;
+    let admin = desk.env.admin_pool().await?;
+    let mut refused = 0;
+    for (lead, (assigned, converted)) in leads.iter().zip(outcomes) {
+        let converted = converted?;
+        assert!(!converted.active);
+        let lead_id: uuid::Uuid = lead.id.parse()?;
+        let conversion_version: i64 = sqlx::query_scalar(
+            "SELECT lead_version FROM lead.status_changes WHERE lead_id = $1 AND to_status = 'converted'",
+        )
+        .bind(lead_id)
+        .fetch_one(&admin)
+        .await?;
+        match assigned {
+            Ok(assignment) => assert!(assignment.lead_version < conversion_version, "assigned after conversion"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                refused += 1;
+                let after: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.assignment_changes WHERE lead_id = $1")
+                    .bind(lead_id)
+                    .fetch_one(&admin)
+                    .await?;
+                assert_eq!(after, 0, "a refused assignment leaves no record");
+            }
+        }
+    }
+    tracing::info!(refused, "assignments refused because the conversion won");
+    desk.stop().await
+}

@@ -1,0 +1,302 @@
+//! Follow-ups: created only from active leads with the contact filled in, due on their own,
+//! completed or cancelled once, cancelled by the system when their lead closes, and shown
+//! on the lead's timeline.
+
+use futures::StreamExt;
+use leads_tests::{Node, TestEnv, all_leads, chat_event, eventually, pb, phone};
+use platform::ServiceName;
+use std::time::Duration;
+use tonic::{Code, transport::Channel};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const ORG: &str = "acme";
+
+type FollowUps = leads_proto::v1::follow_up_service_client::FollowUpServiceClient<Channel>;
+type Leads = leads_proto::v1::lead_service_client::LeadServiceClient<Channel>;
+
+struct Desk {
+    node: Node,
+    env: TestEnv,
+    leads: Leads,
+    follow_ups: FollowUps,
+}
+
+fn in_seconds(seconds: i64) -> Option<prost_types::Timestamp> {
+    let at = chrono::Utc::now() + chrono::Duration::seconds(seconds);
+    Some(prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 })
+}
+
+fn state(follow_up: &pb::FollowUp) -> pb::FollowUpState {
+    pb::FollowUpState::try_from(follow_up.state).unwrap_or(pb::FollowUpState::Unspecified)
+}
+
+impl Desk {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::new().await?;
+        let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::FollowUp]).await?;
+        let leads = node.lead().await?;
+        let follow_ups = node.follow_up().await?;
+        Ok(Self { node, env, leads, follow_ups })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.node.stop().await?;
+        self.env.cleanup().await
+    }
+
+    async fn leads(&self, count: u32) -> anyhow::Result<Vec<pb::Lead>> {
+        for n in 0..count {
+            self.env.publish_interaction(ORG, &chat_event(&format!("e-{n}"), &phone(n), "call me back")).await?;
+        }
+        let client = self.leads.clone();
+        let mut leads = eventually(DEADLINE, "the leads", || {
+            let mut client = client.clone();
+            async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() >= count as usize) }
+        })
+        .await;
+        leads.sort_by(|a, b| a.contact.as_ref().map(|c| &c.phone).cmp(&b.contact.as_ref().map(|c| &c.phone)));
+        Ok(leads)
+    }
+
+    async fn create(&self, lead_id: &str, due_in_seconds: i64, note: &str) -> Result<pb::FollowUp, tonic::Status> {
+        let request = pb::CreateFollowUpRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            due_at: in_seconds(due_in_seconds),
+            note: note.into(),
+            agent_id: String::new(),
+            actor: "ann".into(),
+        };
+        Ok(self.follow_ups.clone().create_follow_up(request).await?.into_inner())
+    }
+
+    async fn list(&self, request: pb::ListFollowUpsRequest) -> anyhow::Result<pb::ListFollowUpsResponse> {
+        Ok(self.follow_ups.clone().list_follow_ups(request).await?.into_inner())
+    }
+
+    async fn of_lead(&self, lead_id: &str) -> anyhow::Result<Vec<pb::FollowUp>> {
+        let request = pb::ListFollowUpsRequest { org_id: ORG.into(), lead_id: lead_id.into(), ..Default::default() };
+        Ok(self.list(request).await?.follow_ups)
+    }
+
+    async fn change_status(&self, lead_id: &str, status: pb::LeadStatus) -> anyhow::Result<pb::Lead> {
+        let request = pb::ChangeStatusRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            status: status as i32,
+            actor: "closer".into(),
+            ..Default::default()
+        };
+        Ok(self.leads.clone().change_status(request).await?.into_inner())
+    }
+
+    async fn timeline(&self, lead_id: &str) -> anyhow::Result<Vec<pb::HistoryEntry>> {
+        let request = pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: lead_id.into(), ..Default::default() };
+        Ok(self.leads.clone().get_lead_history(request).await?.into_inner().entries)
+    }
+
+    async fn action(&self, id: &str, complete: bool) -> Result<pb::FollowUp, tonic::Status> {
+        let request = pb::FollowUpActionRequest { org_id: ORG.into(), follow_up_id: id.into(), actor: "ann".into() };
+        let mut client = self.follow_ups.clone();
+        let answer =
+            if complete { client.complete_follow_up(request).await } else { client.cancel_follow_up(request).await };
+        Ok(answer?.into_inner())
+    }
+}
+
+#[tokio::test]
+async fn a_follow_up_carries_the_contact_comes_due_and_is_completed_once() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let lead = desk.leads(1).await?.remove(0);
+    let mut due_events = desk.env.nats.subscribe(desk.env.subjects.event("followup", ORG, "due")).await?;
+
+    let created = desk.create(&lead.id, 1, "send the price list").await?;
+    assert_eq!(state(&created), pb::FollowUpState::Pending);
+    assert_eq!(created.lead_id, lead.id);
+    assert_eq!(created.contact_id, lead.contact_id);
+    let contact = created.contact.clone().unwrap_or_default();
+    assert_eq!((contact.phone.as_str(), contact.name.as_str()), (phone(0).as_str(), "Ada Lovelace"));
+    assert_eq!((created.note.as_str(), created.created_by.as_str()), ("send the price list", "ann"));
+
+    let due = eventually(DEADLINE, "the follow-up to come due", || async {
+        desk.of_lead(&lead.id).await.ok()?.into_iter().find(|f| state(f) == pb::FollowUpState::Due)
+    })
+    .await;
+    assert_eq!(due.id, created.id);
+    let announced = tokio::time::timeout(DEADLINE, due_events.next()).await?.expect("a due event");
+    let envelope: serde_json::Value = serde_json::from_slice(&announced.payload)?;
+    assert_eq!(envelope["aggregate_id"], created.id.as_str());
+    assert_eq!(envelope["data"]["lead_id"], lead.id.as_str());
+
+    let completed = desk.action(&created.id, true).await?;
+    assert_eq!(state(&completed), pb::FollowUpState::Completed);
+    assert_eq!(completed.closed_by, "ann");
+    let again = desk.action(&created.id, true).await.expect_err("completed twice");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("already completed"), "{again:?}");
+    let cancel = desk.action(&created.id, false).await.expect_err("cancelled after completion");
+    assert_eq!(cancel.code(), Code::FailedPrecondition);
+
+    let entries = eventually(DEADLINE, "the follow-up on the lead's timeline", || async {
+        let entries = desk.timeline(&lead.id).await.ok()?;
+        let follow_ups: Vec<String> =
+            entries.into_iter().filter(|e| e.kind == "follow_up").map(|e| e.summary).collect();
+        (follow_ups.len() == 3).then_some(follow_ups)
+    })
+    .await;
+    assert!(entries[0].starts_with("follow-up completed"), "{entries:?}");
+    assert!(entries[1].starts_with("follow-up due"), "{entries:?}");
+    assert!(entries[2].starts_with("follow-up scheduled for"), "{entries:?}");
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn follow_ups_are_refused_on_inactive_unknown_and_malformed_requests() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let lead = desk.leads(1).await?.remove(0);
+    desk.change_status(&lead.id, pb::LeadStatus::Lost).await?;
+    let inactive = desk.create(&lead.id, 60, "too late").await.expect_err("lost lead");
+    assert_eq!(inactive.code(), Code::FailedPrecondition);
+    assert!(inactive.message().contains("inactive") && inactive.message().contains("LOST"), "{inactive:?}");
+
+    let unknown = desk.create(&uuid::Uuid::now_v7().to_string(), 60, "who").await.expect_err("unknown lead");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let cases = [
+        ("due_at", pb::CreateFollowUpRequest { org_id: ORG.into(), lead_id: lead.id.clone(), ..Default::default() }),
+        ("lead_id", pb::CreateFollowUpRequest { org_id: ORG.into(), due_at: in_seconds(60), ..Default::default() }),
+        (
+            "note",
+            pb::CreateFollowUpRequest {
+                org_id: ORG.into(),
+                lead_id: lead.id.clone(),
+                due_at: in_seconds(60),
+                note: "x".repeat(2001),
+                ..Default::default()
+            },
+        ),
+        (
+            "org_id",
+            pb::CreateFollowUpRequest { org_id: "no spaces".into(), lead_id: lead.id.clone(), ..Default::default() },
+        ),
+    ];
+    for (field, request) in cases {
+        let status = desk.follow_ups.clone().create_follow_up(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    assert!(desk.of_lead(&lead.id).await?.is_empty(), "refused requests leave nothing behind");
+    let unknown_follow_up = desk.action(&uuid::Uuid::now_v7().to_string(), true).await.expect_err("unknown");
+    assert_eq!(unknown_follow_up.code(), Code::NotFound);
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn closing_a_lead_cancels_its_open_follow_ups() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let leads = desk.leads(2).await?;
+    let (closing, staying) = (&leads[0], &leads[1]);
+    let done = desk.create(&closing.id, 3600, "first call").await?;
+    desk.action(&done.id, true).await?;
+    let open = desk.create(&closing.id, 3600, "second call").await?;
+    let other = desk.create(&staying.id, 3600, "untouched").await?;
+    desk.change_status(&closing.id, pb::LeadStatus::Converted).await?;
+
+    let cancelled = eventually(DEADLINE, "the open follow-up cancelled", || async {
+        let all = desk.of_lead(&closing.id).await.ok()?;
+        all.into_iter().find(|f| f.id == open.id && state(f) == pb::FollowUpState::Cancelled)
+    })
+    .await;
+    assert_eq!(cancelled.closed_by, "system");
+    let closed = desk.of_lead(&closing.id).await?;
+    let completed = closed.iter().find(|f| f.id == done.id).expect("completed follow-up");
+    assert_eq!(state(completed), pb::FollowUpState::Completed, "a completed follow-up stays completed");
+    let untouched = desk.of_lead(&staying.id).await?;
+    assert_eq!((untouched[0].id.as_str(), state(&untouched[0])), (other.id.as_str(), pb::FollowUpState::Pending));
+    desk.stop().await
+}
+
+/// A follow-up service that stops after the lead service accepted the follow-up but before
+/// keeping it: the lead's event brings the follow-up all the same, once.
+#[tokio::test]
+async fn a_follow_up_accepted_by_the_lead_arrives_from_its_event() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let lead = desk.leads(1).await?.remove(0);
+    let follow_up_id = uuid::Uuid::now_v7().to_string();
+    let request = pb::OpenFollowUpRequest {
+        org_id: ORG.into(),
+        lead_id: lead.id.clone(),
+        follow_up_id: follow_up_id.clone(),
+        due_at: in_seconds(3600),
+        note: "from the event".into(),
+        agent_id: "ann".into(),
+        actor: "ann".into(),
+    };
+    let first = desk.leads.clone().open_follow_up(request.clone()).await?.into_inner();
+    // A retry of the same follow-up changes nothing.
+    let retried = desk.leads.clone().open_follow_up(request).await?.into_inner();
+    assert_eq!(first.version, retried.version);
+    let arrived = eventually(DEADLINE, "the follow-up from the lead's event", || async {
+        desk.of_lead(&lead.id).await.ok().filter(|all| !all.is_empty())
+    })
+    .await;
+    assert_eq!(arrived.len(), 1);
+    assert_eq!((arrived[0].id.as_str(), arrived[0].note.as_str()), (follow_up_id.as_str(), "from the event"));
+    assert_eq!(arrived[0].contact.as_ref().map(|c| c.phone.clone()), Some(phone(0)));
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn follow_ups_list_by_agent_and_state_in_due_order_pages() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let leads = desk.leads(3).await?;
+    let mut created = Vec::new();
+    for (n, lead) in leads.iter().enumerate() {
+        for k in 0..3 {
+            let request = pb::CreateFollowUpRequest {
+                org_id: ORG.into(),
+                lead_id: lead.id.clone(),
+                due_at: in_seconds(3600 + (k * 3 + n as i64) * 60),
+                note: format!("call {k}"),
+                agent_id: if n == 0 { "ann".into() } else { "bob".into() },
+                actor: "ann".into(),
+            };
+            created.push(desk.follow_ups.clone().create_follow_up(request).await?.into_inner());
+        }
+    }
+    desk.action(&created[0].id, false).await?;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = desk
+            .list(pb::ListFollowUpsRequest {
+                org_id: ORG.into(),
+                page_size: 2,
+                page_token: token.clone(),
+                states: vec![pb::FollowUpState::Pending as i32],
+                ..Default::default()
+            })
+            .await?;
+        assert!(page.follow_ups.len() <= 2);
+        seen.extend(page.follow_ups);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 8, "every pending follow-up once");
+    let due: Vec<i64> = seen.iter().map(|f| f.due_at.as_ref().map_or(0, |t| t.seconds)).collect();
+    assert!(due.windows(2).all(|w| w[0] <= w[1]), "earliest first: {due:?}");
+    let anns = desk
+        .list(pb::ListFollowUpsRequest { org_id: ORG.into(), agent_id: "ann".into(), ..Default::default() })
+        .await?;
+    assert_eq!(anns.follow_ups.len(), 3);
+    assert!(anns.follow_ups.iter().all(|f| f.lead_id == leads[0].id));
+    let bad = desk
+        .follow_ups
+        .clone()
+        .list_follow_ups(pb::ListFollowUpsRequest { org_id: ORG.into(), page_token: "zz".into(), ..Default::default() })
+        .await
+        .expect_err("bad token");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    desk.stop().await
+}
