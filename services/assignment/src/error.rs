@@ -28,12 +28,10 @@ impl AssignmentError {
 
 impl From<tonic::Status> for AssignmentError {
     fn from(status: tonic::Status) -> Self {
-        use tonic::Code;
-        match status.code() {
-            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Aborted => {
-                AssignmentError::Lead(status)
-            }
-            code => AssignmentError::LeadUnavailable(format!("{code:?}: {}", status.message())),
+        if platform::grpc::is_callers_error(&status) {
+            AssignmentError::Lead(status)
+        } else {
+            AssignmentError::LeadUnavailable(format!("{:?}: {}", status.code(), status.message()))
         }
     }
 }

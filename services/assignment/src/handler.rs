@@ -262,14 +262,7 @@ async fn upsert_holders(
 /// assignments (each once) and who holds which active lead. Redelivery and reordering are
 /// harmless: history rows are keyed by lead version, holders only move forward.
 pub async fn apply_lead_events(ctx: &AssignmentContext, events: &[Envelope<LeadEvent>]) -> Result<(), AssignmentError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match apply_lead_events_once(ctx, events).await {
-            Err(error) if attempt < 5 && error.is_retryable() => {}
-            result => return result,
-        }
-    }
+    platform::db::retry_transient(AssignmentError::is_retryable, || apply_lead_events_once(ctx, events)).await
 }
 
 async fn apply_lead_events_once(

@@ -36,12 +36,10 @@ impl FollowUpError {
 
 impl From<tonic::Status> for FollowUpError {
     fn from(status: tonic::Status) -> Self {
-        use tonic::Code;
-        match status.code() {
-            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Aborted => {
-                FollowUpError::Lead(status)
-            }
-            code => FollowUpError::LeadUnavailable(format!("{code:?}: {}", status.message())),
+        if platform::grpc::is_callers_error(&status) {
+            FollowUpError::Lead(status)
+        } else {
+            FollowUpError::LeadUnavailable(format!("{:?}: {}", status.code(), status.message()))
         }
     }
 }

@@ -305,14 +305,7 @@ async fn keep_opened(
 /// this service has not kept yet are kept, and when a lead becomes inactive its open
 /// follow-ups are cancelled by the system.
 pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match apply_lead_events_once(ctx, events).await {
-            Err(error) if attempt < 5 && error.is_retryable() => {}
-            result => return result,
-        }
-    }
+    platform::db::retry_transient(FollowUpError::is_retryable, || apply_lead_events_once(ctx, events)).await
 }
 
 async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {

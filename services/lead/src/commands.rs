@@ -118,15 +118,10 @@ pub enum BulkOutcome {
     NotFound,
 }
 
-/// Changes every active lead among `lead_ids`; the others are answered, not failed.
-pub async fn bulk_change_status(
-    ctx: &LeadContext,
-    org_id: &str,
-    lead_ids: &[String],
-    to: Status,
-    reason: Option<&str>,
-    actor: &str,
-) -> Result<Vec<BulkOutcome>, LeadError> {
+/// The ids of a bulk request, each parsed (one that does not parse is answered "not found"),
+/// and the distinct valid ones sorted: the order their rows are locked in, so that two bulk
+/// acts over overlapping leads cannot deadlock.
+pub fn bulk_ids(lead_ids: &[String]) -> Result<(Vec<Option<Uuid>>, Vec<Uuid>), LeadError> {
     if lead_ids.is_empty() {
         return Err(LeadError::invalid("lead_ids", "must name at least one lead"));
     }
@@ -137,6 +132,19 @@ pub async fn bulk_change_status(
     let mut ids: Vec<Uuid> = parsed.iter().flatten().copied().collect();
     ids.sort();
     ids.dedup();
+    Ok((parsed, ids))
+}
+
+/// Changes every active lead among `lead_ids`; the others are answered, not failed.
+pub async fn bulk_change_status(
+    ctx: &LeadContext,
+    org_id: &str,
+    lead_ids: &[String],
+    to: Status,
+    reason: Option<&str>,
+    actor: &str,
+) -> Result<Vec<BulkOutcome>, LeadError> {
+    let (parsed, ids) = bulk_ids(lead_ids)?;
     let mut tx = ctx.pool.begin().await?;
     // Sorted ids and ORDER BY id: two bulk changes over overlapping leads lock in one order.
     let rows: Vec<(Uuid, String)> =

@@ -6,7 +6,7 @@
 use crate::{
     LeadContext,
     apply::{lead_event, publish},
-    commands::{BulkOutcome, MAX_BULK},
+    commands::{BulkOutcome, bulk_ids},
     error::LeadError,
     model::{FollowUpOpened, LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
 };
@@ -59,21 +59,11 @@ pub async fn assign_leads(
     actor: &str,
     reason: Option<&str>,
 ) -> Result<Vec<AssignOutcome>, LeadError> {
-    if lead_ids.is_empty() {
-        return Err(LeadError::invalid("lead_ids", "must name at least one lead"));
-    }
-    if lead_ids.len() > MAX_BULK {
-        return Err(LeadError::invalid("lead_ids", format!("must name at most {MAX_BULK} leads")));
-    }
+    let (parsed, ids) = bulk_ids(lead_ids)?;
     if let Some(agent) = agent {
         validate_agent_id(agent)?;
     }
-    let parsed: Vec<Option<Uuid>> = lead_ids.iter().map(|id| id.parse().ok()).collect();
-    let mut ids: Vec<Uuid> = parsed.iter().flatten().copied().collect();
-    ids.sort();
-    ids.dedup();
     let mut tx = ctx.pool.begin().await?;
-    // Locked in id order, like bulk status changes, so overlapping bulk acts cannot deadlock.
     let rows: Vec<LockedLead> = sqlx::query_as(
         "SELECT id, status, agent_id, version, updated_at FROM leads \
          WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",

@@ -91,14 +91,7 @@ fn broadcast_client(endpoint: &str) -> Option<BroadcastTrackingServiceClient<Tra
 async fn consume_scores(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
     consumer::apply_envelopes(batch, |scores: Vec<Envelope<scores::AiScore>>| async move {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match scores::apply_scores(ctx, &scores).await {
-                Err(error) if attempt < 5 && error.is_retryable() => {}
-                result => return result,
-            }
-        }
+        platform::db::retry_transient(LeadError::is_retryable, || scores::apply_scores(ctx, &scores)).await
     })
     .await
 }

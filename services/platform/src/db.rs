@@ -92,6 +92,25 @@ pub fn is_retryable(error: &sqlx::Error) -> bool {
         || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
 }
 
+/// How many times in all a transaction is tried while it fails for a passing reason.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// Runs `attempt` (a whole transaction) again while it fails with an error `retryable`
+/// accepts, up to `MAX_ATTEMPTS` tries; then hands back its result.
+pub async fn retry_transient<T, E, F, Fut>(retryable: impl Fn(&E) -> bool, mut attempt: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if tries < MAX_ATTEMPTS && retryable(&error) => tries += 1,
+            result => return result,
+        }
+    }
+}
+
 /// Creates the configured database when it does not exist yet, through the server's
 /// `postgres` database, so that a first `leads run` needs no manual step.
 pub async fn ensure_database(settings: &Settings) -> anyhow::Result<()> {

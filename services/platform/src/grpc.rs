@@ -72,3 +72,14 @@ pub fn traced_channel(endpoint: &str) -> anyhow::Result<TracedChannel> {
     let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = crate::telemetry::inject_grpc;
     Ok(tonic::service::interceptor::InterceptedService::new(channel, inject))
 }
+
+/// Whether an error another of the platform's services answered is about the request (bad
+/// argument, missing or closed entity, lost race) and so is passed on to the caller as it
+/// came, rather than reported as that service being unavailable.
+pub fn is_callers_error(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists
+    )
+}

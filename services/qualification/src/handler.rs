@@ -64,16 +64,9 @@ pub async fn apply_lead_events(
     ctx: &QualificationContext,
     batch: &[Envelope<LeadEvent>],
 ) -> Result<(), QualificationError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match try_apply(ctx, batch).await {
-            Err(QualificationError::Database(error)) if attempt < 5 && platform::db::is_retryable(&error) => {
-                tracing::debug!(%error, attempt, "retrying lead events");
-            }
-            result => return result,
-        }
-    }
+    let retryable =
+        |error: &QualificationError| matches!(error, QualificationError::Database(e) if platform::db::is_retryable(e));
+    platform::db::retry_transient(retryable, || try_apply(ctx, batch)).await
 }
 
 async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) -> Result<(), QualificationError> {
