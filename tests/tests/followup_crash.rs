@@ -1,0 +1,156 @@
+//! The follow-up service killed with SIGKILL while follow-ups are opened, come due and
+//! their leads are converted. Afterwards every follow-up the lead service accepted is kept
+//! exactly once, in the state its lead implies, and every state it went through is on the
+//! lead's timeline once.
+
+use futures::StreamExt;
+use leads_tests::{Process, TestEnv, all_leads, chat_event, eventually, pb, phone};
+use platform::ServiceName;
+use std::time::Duration;
+use tonic::Code;
+
+const ORG: &str = "acme";
+const LEADS: u32 = 200;
+const FOLLOW_UPS: usize = 1_200;
+
+async fn kept(admin: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM followup.follow_ups").fetch_one(admin).await.unwrap_or(0)
+}
+
+/// Each invariant with how many follow-ups break it; all zero when the system is right.
+async fn violations(admin: &sqlx::PgPool) -> anyhow::Result<Vec<(&'static str, i64)>> {
+    let checks = [
+        (
+            "accepted by the lead but not kept",
+            "SELECT count(*) FROM lead.follow_up_entries e WHERE e.state = 'pending' \
+             AND NOT EXISTS (SELECT 1 FROM followup.follow_ups f WHERE f.id = e.follow_up_id)",
+        ),
+        (
+            "kept but never accepted by the lead",
+            "SELECT count(*) FROM followup.follow_ups f WHERE NOT EXISTS \
+             (SELECT 1 FROM lead.follow_up_entries e WHERE e.follow_up_id = f.id AND e.state = 'pending')",
+        ),
+        (
+            "open on an inactive lead",
+            "SELECT count(*) FROM followup.follow_ups f JOIN lead.leads l ON l.id = f.lead_id \
+             WHERE NOT l.active AND f.state <> 'cancelled'",
+        ),
+        (
+            "cancelled on an active lead",
+            "SELECT count(*) FROM followup.follow_ups f JOIN lead.leads l ON l.id = f.lead_id \
+             WHERE l.active AND f.state = 'cancelled'",
+        ),
+        (
+            "past due but not due",
+            "SELECT count(*) FROM followup.follow_ups f JOIN lead.leads l ON l.id = f.lead_id \
+             WHERE l.active AND f.due_at < now() - interval '1 second' AND f.state <> 'due'",
+        ),
+        (
+            "state missing from the lead's timeline",
+            "SELECT count(*) FROM followup.follow_ups f WHERE f.state <> 'pending' AND NOT EXISTS \
+             (SELECT 1 FROM lead.follow_up_entries e WHERE e.follow_up_id = f.id AND e.state = f.state)",
+        ),
+    ];
+    let mut found = Vec::new();
+    for (what, sql) in checks {
+        found.push((what, sqlx::query_scalar::<_, i64>(sql).fetch_one(admin).await?));
+    }
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+    let lead_client = node.lead().await?;
+    for n in 0..LEADS {
+        env.publish_interaction(ORG, &chat_event(&format!("e-{n}"), &phone(n), "call me")).await?;
+    }
+    let leads = eventually(Duration::from_secs(60), "the leads", || {
+        let mut client = lead_client.clone();
+        async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() == LEADS as usize) }
+    })
+    .await;
+    let lead_endpoint = format!("http://{}", node.addr(ServiceName::Lead));
+    let spawn = || Process::spawn(&env, "followup", &[("LEADS_LEAD_ENDPOINT", lead_endpoint.clone())]);
+    let mut process = spawn()?;
+    let admin = env.admin_pool().await?;
+
+    // What a follow-up service does first: the lead service accepts (or refuses) the
+    // follow-up. Every tenth lead is converted along the way.
+    let work = {
+        let client = lead_client.clone();
+        let leads = leads.clone();
+        tokio::spawn(async move {
+            let opens = futures::stream::iter(0..FOLLOW_UPS)
+                .map(|i| {
+                    let mut client = client.clone();
+                    let lead = leads[i % leads.len()].clone();
+                    let victim = leads[(i / 100) * 10 % leads.len()].clone();
+                    async move {
+                        if i % 100 == 99 {
+                            let convert = pb::ChangeStatusRequest {
+                                org_id: ORG.into(),
+                                lead_id: victim.id.clone(),
+                                status: pb::LeadStatus::Converted as i32,
+                                actor: "closer".into(),
+                                ..Default::default()
+                            };
+                            client.change_status(convert).await?;
+                        }
+                        let due = chrono::Utc::now() + chrono::Duration::milliseconds((i % 4) as i64 * 700 - 500);
+                        let open = pb::OpenFollowUpRequest {
+                            org_id: ORG.into(),
+                            lead_id: lead.id.clone(),
+                            follow_up_id: uuid::Uuid::now_v7().to_string(),
+                            due_at: Some(prost_types::Timestamp { seconds: due.timestamp(), nanos: 0 }),
+                            note: format!("call {i}"),
+                            agent_id: String::new(),
+                            actor: "ann".into(),
+                        };
+                        match client.open_follow_up(open).await {
+                            Ok(_) => anyhow::Ok(true),
+                            Err(status) if status.code() == Code::FailedPrecondition => Ok(false),
+                            Err(status) => Err(status.into()),
+                        }
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await;
+            opens.into_iter().collect::<anyhow::Result<Vec<bool>>>()
+        })
+    };
+    // Each kill waits for the restarted process to have kept some follow-ups of its own.
+    let mut kept_at_kill = 0;
+    for kill in 1..=4i64 {
+        let target = (FOLLOW_UPS as i64 * kill / 7).max(kept_at_kill + 20);
+        eventually(Duration::from_secs(120), "progress before the next kill", || {
+            let admin = admin.clone();
+            async move { Some(kept(&admin).await).filter(|n| *n >= target) }
+        })
+        .await;
+        process.kill().await?;
+        kept_at_kill = kept(&admin).await;
+        eprintln!("kill {kill}: {kept_at_kill} follow-ups kept");
+        process = spawn()?;
+    }
+    let accepted = work.await??.into_iter().filter(|accepted| *accepted).count();
+    assert!(accepted > FOLLOW_UPS / 2, "most follow-ups were on active leads: {accepted}");
+
+    let last = eventually(Duration::from_secs(120), "every follow-up kept once in its right state", || {
+        let admin = admin.clone();
+        async move {
+            let found = violations(&admin).await.ok()?;
+            found.iter().all(|(_, n)| *n == 0).then_some(found)
+        }
+    })
+    .await;
+    assert!(last.iter().all(|(_, n)| *n == 0), "{last:?}");
+    assert_eq!(kept(&admin).await, accepted as i64, "each accepted follow-up kept once");
+    let status = process.terminate().await?;
+    assert!(status.success(), "SIGTERM ends the process cleanly: {status}");
+    node.stop().await?;
+    admin.close().await;
+    env.cleanup().await
+}
