@@ -64,8 +64,8 @@ impl Desk {
             lead_id: lead_id.into(),
             due_at: in_seconds(due_in_seconds),
             note: note.into(),
-            agent_id: String::new(),
             actor: "ann".into(),
+            ..Default::default()
         };
         Ok(self.follow_ups.clone().create_follow_up(request).await?.into_inner())
     }
@@ -259,6 +259,7 @@ async fn follow_ups_list_by_agent_and_state_in_due_order_pages() -> anyhow::Resu
                 note: format!("call {k}"),
                 agent_id: if n == 0 { "ann".into() } else { "bob".into() },
                 actor: "ann".into(),
+                request_id: String::new(),
             };
             created.push(desk.follow_ups.clone().create_follow_up(request).await?.into_inner());
         }
@@ -298,5 +299,30 @@ async fn follow_ups_list_by_agent_and_state_in_due_order_pages() -> anyhow::Resu
         .await
         .expect_err("bad token");
     assert_eq!(bad.code(), Code::InvalidArgument);
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn a_repeated_request_id_answers_the_first_follow_up() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let lead = desk.leads(1).await?.remove(0);
+    let request = pb::CreateFollowUpRequest {
+        org_id: ORG.into(),
+        lead_id: lead.id.clone(),
+        due_at: in_seconds(3600),
+        note: "once".into(),
+        actor: "ann".into(),
+        request_id: "req-1".into(),
+        ..Default::default()
+    };
+    let first = desk.follow_ups.clone().create_follow_up(request.clone()).await?.into_inner();
+    let again = desk.follow_ups.clone().create_follow_up(request.clone()).await?.into_inner();
+    assert_eq!(first.id, again.id);
+    let other = pb::CreateFollowUpRequest { request_id: "req-2".into(), ..request };
+    let second = desk.follow_ups.clone().create_follow_up(other).await?.into_inner();
+    assert_ne!(first.id, second.id);
+    assert_eq!(desk.of_lead(&lead.id).await?.len(), 2);
+    let timeline = desk.timeline(&lead.id).await?;
+    assert_eq!(timeline.iter().filter(|e| e.kind == "follow_up").count(), 2, "the lead recorded each once");
     desk.stop().await
 }

@@ -88,6 +88,7 @@ impl FollowUpService for FollowUpApi {
                 note: trimmed(&request.note),
                 agent_id: trimmed(&request.agent_id),
                 actor: actor(&request.actor),
+                request_id: trimmed(&request.request_id),
             },
         )
         .await?;

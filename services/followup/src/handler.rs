@@ -132,6 +132,22 @@ pub struct CreateFollowUp {
     pub note: Option<String>,
     pub agent_id: Option<String>,
     pub actor: String,
+    pub request_id: Option<String>,
+}
+
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// The follow-up's id: derived from the caller's request id when there is one, so that a
+/// repeated request names the same follow-up (which the lead service and this service each
+/// keep once), else a fresh one.
+fn follow_up_id(cmd: &CreateFollowUp) -> Uuid {
+    match &cmd.request_id {
+        Some(key) => {
+            let name = format!("{}\u{1f}{}\u{1f}{key}", cmd.org_id, cmd.lead_id);
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+        }
+        None => Uuid::now_v7(),
+    }
 }
 
 /// Asks the lead service to record the follow-up on the lead (refused when the lead is
@@ -151,7 +167,12 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
             FollowUpError::invalid("agent_id", "must be at most 128 characters, without control characters")
         })?;
     }
-    let id = Uuid::now_v7();
+    if let Some(key) = &cmd.request_id
+        && key.chars().count() > MAX_REQUEST_ID_CHARS
+    {
+        return Err(FollowUpError::invalid("request_id", format!("must be at most {MAX_REQUEST_ID_CHARS} characters")));
+    }
+    let id = follow_up_id(&cmd);
     let mut request = tonic::Request::new(pb::OpenFollowUpRequest {
         org_id: cmd.org_id.clone(),
         lead_id: cmd.lead_id.to_string(),
