@@ -9,6 +9,9 @@
 //!   a fixed publish rate.
 //! - leads: the Leads page at scale (a seeded organisation of `--leads` leads): ListLeads,
 //!   the total count, GetLeadHistory and ExportLeads.
+//! - broadcast: delivery statuses from NATS to committed, sustained and as a backlog.
+//! - desk: AssignLead, BulkAssign, CreateFollowUp and follow-ups coming due, beside the raw
+//!   Postgres transaction of the same shape.
 //!
 //! The report (markdown) goes to stdout, and to `--out` when given; progress goes to stderr.
 //! Every section runs in its own `TestEnv` and drops it afterwards, also after a failure.
@@ -22,6 +25,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 #[path = "bench/broadcast.rs"]
 mod broadcast;
+#[path = "bench/desk.rs"]
+mod desk;
 
 use clap::{Parser, ValueEnum};
 use leads_tests::{TestEnv, pb};
@@ -44,6 +49,7 @@ enum Section {
     Ingest,
     Leads,
     Broadcast,
+    Desk,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -59,7 +65,7 @@ struct Args {
     #[arg(long, default_value_t = 4_000_000)]
     broadcast_backlog: u64,
     /// Sections to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast")]
+    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast,desk")]
     only: Vec<Section>,
     /// Leads seeded in the large organisation of the leads section (four smaller ones get a
     /// twentieth of that each).
@@ -95,6 +101,12 @@ struct Args {
     /// Pages followed through next_page_token per ListLeads case.
     #[arg(long, default_value_t = 100)]
     pages: usize,
+    /// Leads created through ingest in the desk section (assignment and follow-ups).
+    #[arg(long, default_value_t = 10_000)]
+    desk_leads: u32,
+    /// AssignLead and CreateFollowUp requests each in the desk section.
+    #[arg(long, default_value_t = 2_000)]
+    desk_requests: usize,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -1461,7 +1473,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     machine(&mut report).await?;
     let mut failures = Vec::new();
-    for section in [Section::Raw, Section::Ingest, Section::Leads, Section::Broadcast] {
+    for section in [Section::Raw, Section::Ingest, Section::Leads, Section::Broadcast, Section::Desk] {
         if !args.only.contains(&section) {
             continue;
         }
@@ -1477,6 +1489,10 @@ async fn main() -> anyhow::Result<()> {
                     backlog_statuses: args.broadcast_backlog,
                 };
                 broadcast::run(&options).await.map(|section| report.line(section))
+            }
+            Section::Desk => {
+                let options = desk::DeskOptions { leads: args.desk_leads, requests: args.desk_requests };
+                desk::run(&options).await.map(|section| report.line(section))
             }
         };
         progress(format!("{section:?} section took {:.0} s", started.elapsed().as_secs_f64()));

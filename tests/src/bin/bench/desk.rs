@@ -1,0 +1,255 @@
+//! The `desk` section: what an operator's desk does besides the Leads page. Assigning leads
+//! (one at a time and in bulk), creating follow-ups and the scheduler bringing them due, each
+//! through gRPC to the in-process services, beside the raw Postgres transaction of the same
+//! shape (lock a row, update it, insert a history row and an outbox row, commit) measured in
+//! the same run.
+
+use super::{Stats, loadavg, ms, progress, rate, stats, thousands};
+use futures::StreamExt;
+use leads_tests::{TestEnv, all_leads, chat_event, eventually, pb, phone};
+use platform::ServiceName;
+use std::time::{Duration, Instant};
+
+const ORG: &str = "desk-org";
+/// Concurrent callers, as a busy desk of operators would be.
+const CALLERS: usize = 8;
+
+pub struct DeskOptions {
+    /// Leads created (through ingest) before the measurements.
+    pub leads: u32,
+    /// Single AssignLead calls, and CreateFollowUp calls.
+    pub requests: usize,
+}
+
+pub async fn run(options: &DeskOptions) -> anyhow::Result<String> {
+    let env = TestEnv::new().await?;
+    let result = run_in(&env, options).await;
+    env.cleanup().await?;
+    result
+}
+
+fn stats_row(what: &str, samples: Vec<Duration>, elapsed: Duration) -> String {
+    let Stats { n, p50, p99, max, .. } = stats(samples);
+    format!("| {what} | {n} | {} /s | {} | {} | {} |", thousands(rate(n as u64, elapsed)), ms(p50), ms(p99), ms(max))
+}
+
+/// Runs `calls` requests with `CALLERS` in flight, timing each.
+async fn timed<F, Fut>(calls: usize, call: F) -> anyhow::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let samples = futures::stream::iter(0..calls)
+        .map(|i| {
+            let request = call(i);
+            async move {
+                let at = Instant::now();
+                request.await.map(|()| at.elapsed())
+            }
+        })
+        .buffer_unordered(CALLERS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((samples, started.elapsed()))
+}
+
+async fn run_in(env: &TestEnv, options: &DeskOptions) -> anyhow::Result<String> {
+    let mut out = String::from("## 5. Assignment and follow-ups\n\n");
+    out.push_str(&format!("Load average before: {}\n\n", loadavg()));
+    let node =
+        env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment, ServiceName::FollowUp]).await?;
+    let admin = env.admin_pool().await?;
+    progress(format!("desk: ingesting {} leads", options.leads));
+    for n in 0..options.leads {
+        let event = chat_event(&format!("d-{n}"), &phone(n), "hello");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("d-{n}").as_str());
+        env.js
+            .publish_with_headers(env.subjects.interactions(ORG), headers, serde_json::to_vec(&event)?.into())
+            .await?;
+    }
+    let lead_client = node.lead().await?;
+    let leads = eventually(Duration::from_secs(300), "the desk's leads", || {
+        let mut client = lead_client.clone();
+        async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() == options.leads as usize) }
+    })
+    .await;
+    let ids: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
+    let assignments = node.assignment().await?;
+    for agent in ["ann", "bob"] {
+        let request = pb::UpsertAgentRequest {
+            org_id: ORG.into(),
+            agent_id: agent.into(),
+            name: agent.into(),
+            ..Default::default()
+        };
+        assignments.clone().upsert_agent(request).await?;
+    }
+
+    // The raw transaction: what one assignment costs Postgres at the least.
+    sqlx::query("CREATE TABLE raw_desk (id bigint PRIMARY KEY, agent text, version bigint NOT NULL DEFAULT 1)")
+        .execute(&admin)
+        .await?;
+    sqlx::query("CREATE TABLE raw_desk_history (id bigserial PRIMARY KEY, lead bigint, agent text, at timestamptz)")
+        .execute(&admin)
+        .await?;
+    sqlx::query("INSERT INTO raw_desk (id) SELECT generate_series(0, $1)")
+        .bind(i64::from(options.leads))
+        .execute(&admin)
+        .await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(CALLERS as u32)
+        .connect(&env.settings.database_url)
+        .await?;
+    let leads_count = i64::from(options.leads);
+    let (raw_samples, raw_elapsed) = timed(options.requests, |i| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await?;
+            let id = i as i64 % leads_count;
+            sqlx::query("SELECT version FROM raw_desk WHERE id = $1 FOR UPDATE").bind(id).fetch_one(&mut *tx).await?;
+            sqlx::query("UPDATE raw_desk SET agent = 'x', version = version + 1 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO raw_desk_history (lead, agent, at) VALUES ($1, 'x', now()), ($1, 'outbox', now())",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let raw_rate = rate(raw_samples.len() as u64, raw_elapsed);
+    let ids_for_bulk = ids.clone();
+    let raw_bulk_started = Instant::now();
+    sqlx::query("UPDATE raw_desk SET agent = 'y', version = version + 1 WHERE id = ANY($1)")
+        .bind((0..leads_count).collect::<Vec<i64>>())
+        .execute(&pool)
+        .await?;
+    let raw_bulk = raw_bulk_started.elapsed();
+
+    progress("desk: single assignments");
+    let (assign_samples, assign_elapsed) = timed(options.requests, |i| {
+        let mut client = assignments.clone();
+        let lead_id = ids[i % ids.len()].clone();
+        async move {
+            let request = pb::AssignLeadRequest {
+                org_id: ORG.into(),
+                lead_id,
+                agent_id: if i % 2 == 0 { "ann".into() } else { "bob".into() },
+                actor: "bench".into(),
+                ..Default::default()
+            };
+            client.assign_lead(request).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let assign_rate = rate(assign_samples.len() as u64, assign_elapsed);
+
+    progress("desk: bulk assignment");
+    let bulk_started = Instant::now();
+    let bulk = assignments
+        .clone()
+        .bulk_assign(pb::BulkAssignRequest {
+            org_id: ORG.into(),
+            lead_ids: ids_for_bulk.clone(),
+            agent_id: "ann".into(),
+            actor: "bench".into(),
+            reason: String::new(),
+        })
+        .await?
+        .into_inner();
+    let bulk_elapsed = bulk_started.elapsed();
+    let changed = bulk.results.iter().filter(|r| r.outcome == pb::BulkOutcome::Changed as i32).count();
+
+    progress("desk: follow-ups");
+    let follow_ups = node.follow_up().await?;
+    // Whole seconds, as the request carries them: the instant the follow-ups come due.
+    let due = chrono::DateTime::from_timestamp((chrono::Utc::now() + chrono::Duration::seconds(5)).timestamp(), 0)
+        .unwrap_or_else(chrono::Utc::now);
+    let (create_samples, create_elapsed) = timed(options.requests, |i| {
+        let mut client = follow_ups.clone();
+        let lead_id = ids[i % ids.len()].clone();
+        async move {
+            let request = pb::CreateFollowUpRequest {
+                org_id: ORG.into(),
+                lead_id,
+                due_at: Some(prost_types::Timestamp { seconds: due.timestamp(), nanos: 0 }),
+                note: format!("call back {i}"),
+                actor: "bench".into(),
+                ..Default::default()
+            };
+            client.create_follow_up(request).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let create_rate = rate(create_samples.len() as u64, create_elapsed);
+    let created_due: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM followup.follow_ups WHERE state = 'due'").fetch_one(&admin).await?;
+    anyhow::ensure!(created_due == 0, "follow-ups came due before their time");
+    let wait_due = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait_due).await;
+    let due_started = Instant::now();
+    let total = options.requests as i64;
+    eventually(Duration::from_secs(300), "every follow-up due", || {
+        let admin = admin.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM followup.follow_ups WHERE state = 'due'")
+                .fetch_one(&admin)
+                .await
+                .ok()?;
+            (n == total).then_some(())
+        }
+    })
+    .await;
+    let due_elapsed = due_started.elapsed();
+
+    out.push_str(&format!(
+        "{} leads in `{ORG}`, created through ingest; {CALLERS} callers in flight; services in this process, \
+         called over gRPC on loopback. The raw row is one Postgres transaction on a connection pool of \
+         {CALLERS}: `SELECT ... FOR UPDATE`, `UPDATE`, an `INSERT` of two rows, `COMMIT` (what an assignment \
+         needs at the least: the lead, its history row and its outbox row).\n\n",
+        thousands(f64::from(options.leads))
+    ));
+    out.push_str("| request | n | throughput | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str(&stats_row("raw Postgres transaction (lock, update, insert)", raw_samples, raw_elapsed));
+    out.push('\n');
+    out.push_str(&stats_row("AssignLead (agent checked, lead assigned, history kept)", assign_samples, assign_elapsed));
+    out.push('\n');
+    out.push_str(&stats_row("CreateFollowUp (lead gate, follow-up kept with contact)", create_samples, create_elapsed));
+    out.push_str("\n\n");
+    out.push_str(&format!(
+        "- AssignLead: {:.2} of the raw transaction's rate; CreateFollowUp: {:.2}.\n",
+        assign_rate / raw_rate,
+        create_rate / raw_rate
+    ));
+    out.push_str(&format!(
+        "- BulkAssign of {} leads in one call ({changed} changed): {} ({} leads/s); the raw single UPDATE of \
+         as many rows: {} ({:.2} of its speed).\n",
+        thousands(ids_for_bulk.len() as f64),
+        ms(bulk_elapsed),
+        thousands(rate(ids_for_bulk.len() as u64, bulk_elapsed)),
+        ms(raw_bulk),
+        raw_bulk.as_secs_f64() / bulk_elapsed.as_secs_f64()
+    ));
+    out.push_str(&format!(
+        "- {} follow-ups due at one instant were all marked due and announced {} after it (the scheduler \
+         looks every {} ms).\n\n",
+        thousands(total as f64),
+        ms(due_elapsed),
+        followup::DUE_TICK.as_millis()
+    ));
+    pool.close().await;
+    admin.close().await;
+    node.stop().await?;
+    Ok(out)
+}
