@@ -1,5 +1,5 @@
-//! Applies one batch of broadcast events in one transaction: refusals, campaigns, templates,
-//! messages, statuses and the messages' current state, each as one multi-row upsert.
+//! Applies one batch of broadcast events in one transaction: refusals, messages, statuses,
+//! the messages' current state, then campaigns and templates, each as one multi-row upsert.
 //!
 //! Order independence comes from the SQL, not from arrival: statuses are keyed by (message,
 //! status) with no dependency on the message row, the current state only grows (GREATEST
@@ -167,7 +167,12 @@ impl<'a> Plan<'a> {
 
 async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
     let plan = Plan::new(batch);
+    let t0 = std::time::Instant::now();
+    let mut marks: Vec<(&str, u128)> = Vec::new();
+    let mut last = t0;
     let mut tx = ctx.pool.begin().await?;
+    marks.push(("begin", last.elapsed().as_micros()));
+    last = std::time::Instant::now();
     let mut applied = Applied { refused: plan.refusals.len(), ..Default::default() };
 
     if !plan.refusals.is_empty() {
@@ -186,43 +191,8 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(&keys)
         .execute(&mut *tx)
         .await?;
-    }
-
-    if !plan.campaigns.is_empty() {
-        let (keys, values) = columns(&plan.campaigns);
-        sqlx::query(
-            "INSERT INTO campaigns (org_id, campaign_id, name, name_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-             ON CONFLICT (org_id, campaign_id) DO UPDATE SET name = EXCLUDED.name, name_at = EXCLUDED.name_at \
-             WHERE EXCLUDED.name IS NOT NULL AND (campaigns.name IS NULL \
-               OR (EXCLUDED.name_at, EXCLUDED.name COLLATE \"C\") > (campaigns.name_at, campaigns.name COLLATE \"C\"))",
-        )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-
-    if !plan.templates.is_empty() {
-        let (keys, values) = columns(&plan.templates);
-        sqlx::query(
-            "INSERT INTO templates (org_id, name, language, category, category_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
-             ON CONFLICT (org_id, name, language) DO UPDATE \
-               SET category = EXCLUDED.category, category_at = EXCLUDED.category_at \
-             WHERE EXCLUDED.category IS NOT NULL AND (templates.category IS NULL \
-               OR (EXCLUDED.category_at, EXCLUDED.category COLLATE \"C\") \
-               > (templates.category_at, templates.category COLLATE \"C\"))",
-        )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        marks.push(("s0", last.elapsed().as_micros()));
+        last = std::time::Instant::now();
     }
 
     if !plan.messages.is_empty() {
@@ -244,6 +214,8 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(messages.iter().map(|m| m.sent_at).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        marks.push(("s1", last.elapsed().as_micros()));
+        last = std::time::Instant::now();
         applied.messages = result.rows_affected() as usize;
     }
 
@@ -268,6 +240,8 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(statuses.iter().map(|s| s.error_class().map(|c| c.as_str())).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        marks.push(("s2", last.elapsed().as_micros()));
+        last = std::time::Instant::now();
         applied.statuses = result.rows_affected() as usize;
 
         let (keys, states) = columns(&plan.states);
@@ -287,6 +261,8 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(states.iter().map(|s| s.1).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        marks.push(("s3", last.elapsed().as_micros()));
+        last = std::time::Instant::now();
 
         // Kept either way; counted so that operators see statuses waiting for a message.
         applied.without_message = sqlx::query_scalar(
@@ -297,9 +273,57 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(&ids)
         .fetch_one(&mut *tx)
         .await?;
+        marks.push(("s4", last.elapsed().as_micros()));
+        last = std::time::Instant::now();
+    }
+
+    // Campaigns and templates last: a few rows that nearly every batch updates (the newest
+    // message names them), so their row locks are held only from here to the commit rather
+    // than through the whole batch, which had serialised concurrent batches on them.
+    if !plan.campaigns.is_empty() {
+        let (keys, values) = columns(&plan.campaigns);
+        sqlx::query(
+            "INSERT INTO campaigns (org_id, campaign_id, name, name_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+             ON CONFLICT (org_id, campaign_id) DO UPDATE SET name = EXCLUDED.name, name_at = EXCLUDED.name_at \
+             WHERE EXCLUDED.name IS NOT NULL AND (campaigns.name IS NULL \
+               OR (EXCLUDED.name_at, EXCLUDED.name COLLATE \"C\") > (campaigns.name_at, campaigns.name COLLATE \"C\"))",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        marks.push(("s5", last.elapsed().as_micros()));
+        last = std::time::Instant::now();
+    }
+
+    if !plan.templates.is_empty() {
+        let (keys, values) = columns(&plan.templates);
+        sqlx::query(
+            "INSERT INTO templates (org_id, name, language, category, category_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+             ON CONFLICT (org_id, name, language) DO UPDATE \
+               SET category = EXCLUDED.category, category_at = EXCLUDED.category_at \
+             WHERE EXCLUDED.category IS NOT NULL AND (templates.category IS NULL \
+               OR (EXCLUDED.category_at, EXCLUDED.category COLLATE \"C\") \
+               > (templates.category_at, templates.category COLLATE \"C\"))",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        marks.push(("s6", last.elapsed().as_micros()));
+        last = std::time::Instant::now();
     }
 
     tx.commit().await?;
+    marks.push(("commit", last.elapsed().as_micros()));
+    eprintln!("PROF n={} plan={} total={} {:?}", batch.len(), 0, t0.elapsed().as_micros(), marks);
     metrics::counter!("broadcast_messages_recorded_total").increment(applied.messages as u64);
     metrics::counter!("broadcast_statuses_recorded_total").increment(applied.statuses as u64);
     metrics::counter!("broadcast_events_refused_total").increment(applied.refused as u64);

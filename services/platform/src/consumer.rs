@@ -80,10 +80,14 @@ where
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let mut in_flight = JoinSet::new();
     tracing::info!(consumer = %spec.durable, stream = %spec.stream, "consumer started");
+    // The pull asks for every batch in flight at once (the client asks again when half of it is
+    // left): with only one batch prefetched, each batch after the first waited for a refill
+    // round trip while the handlers sat idle.
+    let prefetch = (settings.batch_size * settings.concurrency).max(100);
     'outer: while !token.is_cancelled() {
         let messages = match consumer
             .stream()
-            .max_messages_per_batch(settings.batch_size.max(100))
+            .max_messages_per_batch(prefetch)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
