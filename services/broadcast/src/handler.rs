@@ -45,8 +45,6 @@ pub struct Applied {
     pub messages: usize,
     pub statuses: usize,
     pub refused: usize,
-    /// Messages given statuses by this batch that have not arrived themselves (yet).
-    pub without_message: i64,
 }
 
 /// Applies a batch, retrying the whole transaction on conflicts and deadlocks.
@@ -167,12 +165,7 @@ impl<'a> Plan<'a> {
 
 async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
     let plan = Plan::new(batch);
-    let t0 = std::time::Instant::now();
-    let mut marks: Vec<(&str, u128)> = Vec::new();
-    let mut last = t0;
     let mut tx = ctx.pool.begin().await?;
-    marks.push(("begin", last.elapsed().as_micros()));
-    last = std::time::Instant::now();
     let mut applied = Applied { refused: plan.refusals.len(), ..Default::default() };
 
     if !plan.refusals.is_empty() {
@@ -191,8 +184,6 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(&keys)
         .execute(&mut *tx)
         .await?;
-        marks.push(("s0", last.elapsed().as_micros()));
-        last = std::time::Instant::now();
     }
 
     if !plan.messages.is_empty() {
@@ -214,8 +205,6 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(messages.iter().map(|m| m.sent_at).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        marks.push(("s1", last.elapsed().as_micros()));
-        last = std::time::Instant::now();
         applied.messages = result.rows_affected() as usize;
     }
 
@@ -240,13 +229,9 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(statuses.iter().map(|s| s.error_class().map(|c| c.as_str())).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        marks.push(("s2", last.elapsed().as_micros()));
-        last = std::time::Instant::now();
         applied.statuses = result.rows_affected() as usize;
 
         let (keys, states) = columns(&plan.states);
-        let orgs: Vec<&str> = keys.iter().map(|k| k.0).collect();
-        let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
         sqlx::query(
             "INSERT INTO message_states (org_id, message_id, rank, failed) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::bool[]) \
@@ -255,26 +240,12 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
                    failed = message_states.failed OR EXCLUDED.failed \
              WHERE EXCLUDED.rank > message_states.rank OR (EXCLUDED.failed AND NOT message_states.failed)",
         )
-        .bind(&orgs)
-        .bind(&ids)
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
         .bind(states.iter().map(|s| s.0).collect::<Vec<_>>())
         .bind(states.iter().map(|s| s.1).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        marks.push(("s3", last.elapsed().as_micros()));
-        last = std::time::Instant::now();
-
-        // Kept either way; counted so that operators see statuses waiting for a message.
-        applied.without_message = sqlx::query_scalar(
-            "SELECT count(*) FROM UNNEST($1::text[], $2::text[]) AS k(org_id, message_id) \
-             WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.org_id = k.org_id AND m.message_id = k.message_id)",
-        )
-        .bind(&orgs)
-        .bind(&ids)
-        .fetch_one(&mut *tx)
-        .await?;
-        marks.push(("s4", last.elapsed().as_micros()));
-        last = std::time::Instant::now();
     }
 
     // Campaigns and templates last: a few rows that nearly every batch updates (the newest
@@ -295,8 +266,6 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        marks.push(("s5", last.elapsed().as_micros()));
-        last = std::time::Instant::now();
     }
 
     if !plan.templates.is_empty() {
@@ -317,17 +286,12 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        marks.push(("s6", last.elapsed().as_micros()));
-        last = std::time::Instant::now();
     }
 
     tx.commit().await?;
-    marks.push(("commit", last.elapsed().as_micros()));
-    eprintln!("PROF n={} plan={} total={} {:?}", batch.len(), 0, t0.elapsed().as_micros(), marks);
     metrics::counter!("broadcast_messages_recorded_total").increment(applied.messages as u64);
     metrics::counter!("broadcast_statuses_recorded_total").increment(applied.statuses as u64);
     metrics::counter!("broadcast_events_refused_total").increment(applied.refused as u64);
-    metrics::counter!("broadcast_statuses_without_message_total").increment(applied.without_message.max(0) as u64);
     Ok(applied)
 }
 

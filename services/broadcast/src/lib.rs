@@ -63,12 +63,7 @@ async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<
         }
     }
     match handler::apply_batch(ctx, &candidates).await {
-        Ok(applied) => {
-            if applied.without_message > 0 {
-                tracing::debug!(statuses = applied.without_message, "statuses kept before their message");
-            }
-            vec![Disposition::Ack; batch.len()]
-        }
+        Ok(_) => vec![Disposition::Ack; batch.len()],
         Err(error) => {
             tracing::warn!(%error, "broadcast batch failed, will be redelivered");
             vec![Disposition::Retry; batch.len()]
