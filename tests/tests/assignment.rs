@@ -122,8 +122,24 @@ async fn agents_are_upserted_listed_and_validated() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    assert_eq!((renamed.name.as_str(), renamed.email.as_str(), renamed.active), ("Ann Smith", "", true));
-    desk.agent("bob", Some(false)).await?;
+    assert_eq!(
+        (renamed.name.as_str(), renamed.email.as_str(), renamed.active),
+        ("Ann Smith", "ann@example.com", true),
+        "what the request leaves empty is kept"
+    );
+    desk.agent("bob", None).await?;
+    let retired = desk
+        .assignments
+        .clone()
+        .upsert_agent(pb::UpsertAgentRequest {
+            org_id: ORG.into(),
+            agent_id: "bob".into(),
+            active: Some(false),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!((retired.name.as_str(), retired.active), ("Agent bob", false));
     assert_eq!(desk.agent_ids(false).await?, ["ann", "bob"]);
     assert_eq!(desk.agent_ids(true).await?, ["ann"]);
 
@@ -357,4 +373,61 @@ async fn an_assignment_racing_a_conversion_never_lands_on_an_inactive_lead() -> 
     }
     tracing::info!(refused, "assignments refused because the conversion won");
     desk.stop().await
+}
+
+/// An assignment the lead service made without the assignment service recording it (as when
+/// that service stops right after the lead's commit) reaches the history and the agent's
+/// open leads from the lead's event, once however often it is delivered.
+#[tokio::test]
+async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    desk.agent("ann", None).await?;
+    let leads = desk.leads(2).await?;
+    let ids: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
+    let request = pb::AssignLeadsRequest {
+        org_id: ORG.into(),
+        lead_ids: ids.clone(),
+        agent_id: "ann".into(),
+        actor: "router".into(),
+        reason: "from the lead service".into(),
+    };
+    let results = desk.leads.clone().assign_leads(request).await?.into_inner().results;
+    assert!(results.iter().all(|r| r.outcome == pb::BulkOutcome::Changed as i32), "{results:?}");
+    eventually(DEADLINE, "ann's open leads from the events", || async {
+        desk.open_leads("ann").await.ok().filter(|n| *n == 2)
+    })
+    .await;
+    for id in &ids {
+        let history = eventually(DEADLINE, "the assignment from the event", || async {
+            let request = pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: id.clone() };
+            let history = desk.assignments.clone().get_assignment_history(request).await.ok()?.into_inner();
+            (!history.assignments.is_empty()).then_some(history.assignments)
+        })
+        .await;
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            (history[0].agent_id.as_str(), history[0].actor.as_str(), history[0].reason.as_str()),
+            ("ann", "router", "from the lead service")
+        );
+    }
+    // Redelivering every lead event changes nothing.
+    let admin = desk.env.admin_pool().await?;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.assignments").fetch_one(&admin).await?;
+    let consumer = desk.env.js.get_stream(desk.env.subjects.stream_name(platform::nats::StreamKind::Events("lead")));
+    let stream = consumer.await?;
+    stream.delete_consumer("assignment-assigned").await?;
+    desk.node.stop().await?;
+    let node = desk.env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
+    let replayed = eventually(DEADLINE, "the replay consumed", || {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info("assignment-assigned").await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0).then_some(())
+        }
+    })
+    .await;
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.assignments").fetch_one(&admin).await?;
+    assert_eq!((replayed, after), ((), before), "a replay of every event records nothing twice");
+    node.stop().await?;
+    desk.env.cleanup().await
 }

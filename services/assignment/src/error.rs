@@ -2,10 +2,17 @@
 pub enum AssignmentError {
     #[error("invalid argument {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
-    #[error("{0}")]
-    NotFound(String),
+    #[error("agent {0} not found")]
+    AgentNotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The lead service answered that one lead is inactive or unknown; `detail` is its answer.
+    #[error("lead {lead_id}: {detail}")]
+    LeadInactive { lead_id: String, detail: String },
+    #[error("lead {0} not found")]
+    LeadNotFound(String),
+    #[error("the lead service answered something this service does not understand: {0}")]
+    Protocol(String),
     /// The lead service answered with an error meant for the caller (not found, inactive,
     /// invalid argument); passed on as it came.
     #[error("lead service: {}", .0.message())]
@@ -42,7 +49,13 @@ impl From<AssignmentError> for tonic::Status {
             AssignmentError::InvalidArgument { field, reason } => {
                 tonic::Status::invalid_argument(format!("{field}: {reason}"))
             }
-            AssignmentError::NotFound(message) => tonic::Status::not_found(message),
+            AssignmentError::AgentNotFound(_) => tonic::Status::not_found(error.to_string()),
+            AssignmentError::LeadInactive { .. } => tonic::Status::failed_precondition(error.to_string()),
+            AssignmentError::LeadNotFound(_) => tonic::Status::not_found(error.to_string()),
+            AssignmentError::Protocol(detail) => {
+                tracing::error!(%detail, "unexpected answer from the lead service");
+                tonic::Status::internal("internal error")
+            }
             AssignmentError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
             AssignmentError::Lead(status) => tonic::Status::new(status.code(), status.message()),
             AssignmentError::LeadUnavailable(detail) => {

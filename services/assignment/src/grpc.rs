@@ -20,7 +20,7 @@ fn lead_id(value: &str) -> Result<Uuid, AssignmentError> {
     if value.is_empty() {
         return Err(AssignmentError::invalid("lead_id", "is required"));
     }
-    value.parse().map_err(|_| AssignmentError::NotFound(format!("lead {value} not found")))
+    value.parse().map_err(|_| AssignmentError::LeadNotFound(value.to_owned()))
 }
 
 fn trimmed(value: &str) -> Option<String> {
@@ -108,7 +108,7 @@ impl AssignmentService for AssignmentApi {
             },
         )
         .await?;
-        let result = results.into_iter().next().ok_or_else(|| Status::internal("the lead service answered nothing"))?;
+        let result = results.into_iter().next().ok_or_else(|| AssignmentError::Protocol("no result".into()))?;
         match pb::BulkOutcome::try_from(result.outcome) {
             Ok(pb::BulkOutcome::Changed | pb::BulkOutcome::Unchanged) => Ok(Response::new(pb::Assignment {
                 lead_id: result.lead_id,
@@ -119,9 +119,11 @@ impl AssignmentService for AssignmentApi {
                 reason: reason.unwrap_or_default(),
                 lead_version: result.lead_version,
             })),
-            Ok(pb::BulkOutcome::NotFound) => Err(Status::not_found(format!("lead {id} not found"))),
-            Ok(pb::BulkOutcome::Inactive) => Err(Status::failed_precondition(format!("lead {id}: {}", result.detail))),
-            _ => Err(Status::internal("the lead service answered an unknown outcome")),
+            Ok(pb::BulkOutcome::NotFound) => Err(AssignmentError::LeadNotFound(id.to_string()).into()),
+            Ok(pb::BulkOutcome::Inactive) => {
+                Err(AssignmentError::LeadInactive { lead_id: id.to_string(), detail: result.detail }.into())
+            }
+            _ => Err(AssignmentError::Protocol(format!("outcome {}", result.outcome)).into()),
         }
     }
 

@@ -56,6 +56,8 @@ const AGENT_COLUMNS: &str = "a.org_id, a.agent_id, a.name, a.email, a.active, a.
      (SELECT count(*) FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active) \
        AS open_leads";
 
+/// Creates the agent, or changes what the request names: an empty name or email keeps the
+/// agent's, an absent `active` keeps its state (a new agent is active).
 pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<AgentRow, AssignmentError> {
     validate_agent_id(&cmd.agent_id)?;
     if cmd.name.chars().count() > MAX_NAME_CHARS {
@@ -66,8 +68,8 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
     }
     sqlx::query(
         "INSERT INTO agents (org_id, agent_id, name, email, active) VALUES ($1, $2, $3, $4, coalesce($5, true)) \
-         ON CONFLICT (org_id, agent_id) DO UPDATE SET name = excluded.name, email = excluded.email, \
-           active = coalesce($5, agents.active), updated_at = now()",
+         ON CONFLICT (org_id, agent_id) DO UPDATE SET name = coalesce(nullif($3, ''), agents.name), \
+           email = coalesce($4, agents.email), active = coalesce($5, agents.active), updated_at = now()",
     )
     .bind(&cmd.org_id)
     .bind(&cmd.agent_id)
@@ -76,7 +78,7 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
     .bind(cmd.active)
     .execute(&ctx.pool)
     .await?;
-    get_agent(ctx, &cmd.org_id, &cmd.agent_id).await?.ok_or_else(|| AssignmentError::NotFound(cmd.agent_id))
+    get_agent(ctx, &cmd.org_id, &cmd.agent_id).await?.ok_or_else(|| AssignmentError::AgentNotFound(cmd.agent_id))
 }
 
 pub async fn get_agent(
@@ -111,7 +113,7 @@ pub async fn list_agents(
 async fn assignable_agent(ctx: &AssignmentContext, org_id: &str, agent_id: &str) -> Result<(), AssignmentError> {
     validate_agent_id(agent_id)?;
     match get_agent(ctx, org_id, agent_id).await? {
-        None => Err(AssignmentError::NotFound(format!("agent {agent_id} not found"))),
+        None => Err(AssignmentError::AgentNotFound(agent_id.to_owned())),
         Some(agent) if !agent.active => {
             Err(AssignmentError::FailedPrecondition(format!("agent {agent_id} is inactive and takes no leads")))
         }
@@ -146,8 +148,9 @@ pub async fn assign(ctx: &AssignmentContext, cmd: Assign) -> Result<Vec<pb::Lead
     let changed: Vec<&pb::LeadAssignment> =
         results.iter().filter(|r| r.outcome == pb::BulkOutcome::Changed as i32).collect();
     // The lead service has committed; recording here too (its event will find the rows
-    // there) lets the caller read its own change at once.
-    record_assignments(
+    // there) lets the caller read its own change at once. Should that fail, the caller still
+    // gets the results of what happened, and the events record it.
+    let recorded = record_assignments(
         ctx,
         changed
             .iter()
@@ -166,7 +169,10 @@ pub async fn assign(ctx: &AssignmentContext, cmd: Assign) -> Result<Vec<pb::Lead
             })
             .collect(),
     )
-    .await?;
+    .await;
+    if let Err(error) = recorded {
+        tracing::warn!(%error, "assignments made but not recorded yet, their events will record them");
+    }
     Ok(results)
 }
 

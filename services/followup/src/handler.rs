@@ -183,7 +183,18 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         actor: cmd.actor.clone(),
     });
     request.set_timeout(std::time::Duration::from_secs(10));
-    let lead = ctx.lead.clone().open_follow_up(request).await?.into_inner();
+    let lead = match ctx.lead.clone().open_follow_up(request).await {
+        Ok(answer) => answer.into_inner(),
+        Err(status)
+            if status.code() == tonic::Code::InvalidArgument && status.message().starts_with("follow_up_id") =>
+        {
+            return Err(FollowUpError::invalid(
+                "request_id",
+                "was used before for a follow-up with another due time or note",
+            ));
+        }
+        Err(status) => return Err(status.into()),
+    };
     let contact = lead.contact.unwrap_or_default();
     let opened = Opened {
         id,
@@ -202,11 +213,22 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         lead_version: lead.version,
     };
     let org_id = opened.org_id.clone();
-    let mut tx = ctx.pool.begin().await?;
-    keep_opened(ctx, &mut tx, &[opened]).await?;
-    tx.commit().await?;
-    ctx.outbox.notify();
-    get(ctx, &org_id, id).await
+    let kept = async {
+        let mut tx = ctx.pool.begin().await?;
+        keep_opened(ctx, &mut tx, std::slice::from_ref(&opened)).await?;
+        tx.commit().await?;
+        ctx.outbox.notify();
+        get(ctx, &org_id, id).await
+    };
+    match kept.await {
+        Ok(row) => Ok(row),
+        // The lead service has accepted it and its event will bring it here: the caller is
+        // answered with what was accepted rather than told to retry (and make a second one).
+        Err(error) => {
+            tracing::warn!(%error, follow_up_id = %id, "follow-up accepted but not kept yet, its event will bring it");
+            Ok(opened.into_pending_row())
+        }
+    }
 }
 
 fn non_empty(value: String) -> Option<String> {
@@ -232,6 +254,31 @@ struct Opened {
 }
 
 impl Opened {
+    /// The follow-up as it will be kept, before it is.
+    fn into_pending_row(self) -> FollowUpRow {
+        let now = Utc::now();
+        FollowUpRow {
+            id: self.id,
+            org_id: self.org_id,
+            lead_id: self.lead_id,
+            contact_id: self.contact_id,
+            phone: self.phone,
+            external_id: self.external_id,
+            contact_name: self.contact_name,
+            email: self.email,
+            due_at: self.due_at,
+            note: self.note,
+            agent_id: self.agent_id,
+            state: State::Pending.as_str().into(),
+            created_by: self.created_by,
+            created_at: now,
+            updated_at: now,
+            closed_by: None,
+            closed_at: None,
+            version: 1,
+        }
+    }
+
     fn from_lead(lead: &LeadView, opened: &lead::model::FollowUpOpened, version: i64) -> Self {
         Self {
             id: opened.follow_up_id,
@@ -408,13 +455,16 @@ pub async fn close(
     Ok(closed)
 }
 
-/// Moves follow-ups whose time has come from pending to due and announces them. Several
-/// processes may run this at once: each takes rows the others have not locked.
+/// Moves follow-ups whose time has come from pending to due and announces them; not those of
+/// a lead known to be closed (its cancellation is on its way). Several processes may run this
+/// at once: each takes rows the others have not locked.
 pub async fn mark_due(ctx: &FollowUpContext, limit: i64) -> Result<usize, FollowUpError> {
     let mut tx = ctx.pool.begin().await?;
     let due: Vec<FollowUpRow> = sqlx::query_as(
         "UPDATE follow_ups f SET state = 'due', updated_at = now(), version = version + 1 \
-         FROM (SELECT id FROM follow_ups WHERE state = 'pending' AND due_at <= now() \
+         FROM (SELECT id FROM follow_ups w WHERE state = 'pending' AND due_at <= now() \
+                 AND NOT EXISTS (SELECT 1 FROM lead_states s \
+                                 WHERE s.org_id = w.org_id AND s.lead_id = w.lead_id AND NOT s.active) \
                ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) d \
          WHERE f.id = d.id RETURNING f.*",
     )

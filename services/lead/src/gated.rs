@@ -183,18 +183,21 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
     let Some((status, lead_agent)) = current else {
         return Err(LeadError::NotFound(cmd.lead_id.to_string()));
     };
-    let opened_before: Option<Uuid> =
-        sqlx::query_scalar("SELECT lead_id FROM follow_up_entries WHERE follow_up_id = $1 AND state = 'pending'")
-            .bind(cmd.follow_up_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    match opened_before {
-        Some(lead_id) if lead_id == cmd.lead_id => {
-            tx.rollback().await?;
-            return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
+    let opened_before: Option<(Uuid, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+        "SELECT lead_id, due_at, note FROM follow_up_entries \
+         WHERE org_id = $1 AND follow_up_id = $2 AND state = 'pending'",
+    )
+    .bind(&cmd.org_id)
+    .bind(cmd.follow_up_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((lead_id, due_at, note)) = opened_before {
+        tx.rollback().await?;
+        // A repeat must name the same follow-up, or the two records would disagree.
+        if lead_id != cmd.lead_id || due_at.timestamp_micros() != cmd.due_at.timestamp_micros() || note != cmd.note {
+            return Err(LeadError::invalid("follow_up_id", "names a follow-up opened with other details"));
         }
-        Some(_) => return Err(LeadError::invalid("follow_up_id", "is already used by another lead's follow-up")),
-        None => {}
+        return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
     }
     let status = Status::parse(&status).unwrap_or(Status::New);
     if status.is_final() {
@@ -272,6 +275,8 @@ pub async fn record_follow_up_states(
     let due: Vec<DateTime<Utc>> = kept.iter().map(|e| e.data.due_at).collect();
     let at: Vec<DateTime<Utc>> = kept.iter().map(|e| e.occurred_at).collect();
     // Joined to leads on org as well: an event naming another organisation's lead is dropped.
+    // Rows go in lead order: each takes a key-share lock on its lead (the foreign key), and
+    // every other writer locks leads in id order too, so they cannot deadlock.
     sqlx::query(
         "INSERT INTO follow_up_entries (org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor, at) \
          SELECT t.org_id, t.follow_up_id, t.lead_id, t.state, t.due_at, t.note, t.agent_id, t.actor, t.at \
@@ -279,7 +284,7 @@ pub async fn record_follow_up_states(
                      $8::text[], $9::timestamptz[]) \
               AS t(org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor, at) \
          JOIN leads l ON l.id = t.lead_id AND l.org_id = t.org_id \
-         ORDER BY t.follow_up_id, t.state \
+         ORDER BY t.lead_id, t.follow_up_id, t.state \
          ON CONFLICT (follow_up_id, state) DO NOTHING",
     )
     .bind(&orgs)

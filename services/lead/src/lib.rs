@@ -107,7 +107,7 @@ async fn consume_interactions(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Dis
 async fn consume_follow_up_states(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
     consumer::apply_envelopes(batch, |events: Vec<Envelope<gated::FollowUpStateNotice>>| async move {
-        gated::record_follow_up_states(ctx, &events).await
+        platform::db::retry_transient(LeadError::is_retryable, || gated::record_follow_up_states(ctx, &events)).await
     })
     .await
 }
