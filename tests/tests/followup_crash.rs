@@ -13,6 +13,12 @@ const ORG: &str = "acme";
 const LEADS: u32 = 200;
 const FOLLOW_UPS: usize = 1_200;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Created {
+    Accepted,
+    Refused,
+}
+
 async fn kept(admin: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM followup.follow_ups").fetch_one(admin).await.unwrap_or(0)
 }
@@ -72,12 +78,24 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
     })
     .await;
     let lead_endpoint = format!("http://{}", node.addr(ServiceName::Lead));
-    let spawn = || Process::spawn(&env, "followup", &[("LEADS_LEAD_ENDPOINT", lead_endpoint.clone())]);
+    // A fixed port, so that callers reach each restarted process at the same address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let spawn = || {
+        Process::spawn(
+            &env,
+            "followup",
+            &[("LEADS_LEAD_ENDPOINT", lead_endpoint.clone()), ("LEADS_GRPC_FOLLOWUP_PORT", port.to_string())],
+        )
+    };
+    let follow_up_client = leads_proto::v1::follow_up_service_client::FollowUpServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy(),
+    );
     let mut process = spawn()?;
     let admin = env.admin_pool().await?;
 
-    // What a follow-up service does first: the lead service accepts (or refuses) the
-    // follow-up. Every tenth lead is converted along the way.
+    // Half the follow-ups are created through the process being killed (which may die
+    // between the lead's commit and its own), half as if by a follow-up service that died
+    // right after the lead accepted them. Every tenth lead is converted along the way.
     let work = {
         let client = lead_client.clone();
         let leads = leads.clone();
@@ -85,6 +103,7 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
             let opens = futures::stream::iter(0..FOLLOW_UPS)
                 .map(|i| {
                     let mut client = client.clone();
+                    let mut follow_ups = follow_up_client.clone();
                     let lead = leads[i % leads.len()].clone();
                     let victim = leads[(i / 100) * 10 % leads.len()].clone();
                     async move {
@@ -99,18 +118,52 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
                             client.change_status(convert).await?;
                         }
                         let due = chrono::Utc::now() + chrono::Duration::milliseconds((i % 4) as i64 * 700 - 500);
+                        let due = Some(prost_types::Timestamp { seconds: due.timestamp(), nanos: 0 });
+                        if i % 2 == 1 {
+                            // As a careful caller does: the same request_id until a definite
+                            // answer, however often the process dies under the call.
+                            let create = pb::CreateFollowUpRequest {
+                                org_id: ORG.into(),
+                                lead_id: lead.id.clone(),
+                                due_at: due,
+                                note: format!("call {i}"),
+                                actor: "ann".into(),
+                                request_id: format!("req-{i}"),
+                                ..Default::default()
+                            };
+                            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                            loop {
+                                let mut request = tonic::Request::new(create.clone());
+                                request.set_timeout(Duration::from_secs(10));
+                                match follow_ups.create_follow_up(request).await {
+                                    Ok(_) => return Ok(Created::Accepted),
+                                    Err(status) if status.code() == Code::FailedPrecondition => {
+                                        return Ok(Created::Refused);
+                                    }
+                                    Err(status) => {
+                                        anyhow::ensure!(
+                                            std::time::Instant::now() < deadline,
+                                            "no answer within 120 s: {status:?}"
+                                        );
+                                        tokio::time::sleep(Duration::from_millis(50)).await;
+                                    }
+                                }
+                            }
+                        }
                         let open = pb::OpenFollowUpRequest {
                             org_id: ORG.into(),
                             lead_id: lead.id.clone(),
                             follow_up_id: uuid::Uuid::now_v7().to_string(),
-                            due_at: Some(prost_types::Timestamp { seconds: due.timestamp(), nanos: 0 }),
+                            due_at: due,
                             note: format!("call {i}"),
                             agent_id: String::new(),
                             actor: "ann".into(),
                         };
+                        let mut open = tonic::Request::new(open);
+                        open.set_timeout(Duration::from_secs(10));
                         match client.open_follow_up(open).await {
-                            Ok(_) => anyhow::Ok(true),
-                            Err(status) if status.code() == Code::FailedPrecondition => Ok(false),
+                            Ok(_) => anyhow::Ok(Created::Accepted),
+                            Err(status) if status.code() == Code::FailedPrecondition => Ok(Created::Refused),
                             Err(status) => Err(status.into()),
                         }
                     }
@@ -118,16 +171,18 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
                 .buffer_unordered(8)
                 .collect::<Vec<_>>()
                 .await;
-            opens.into_iter().collect::<anyhow::Result<Vec<bool>>>()
+            opens.into_iter().collect::<anyhow::Result<Vec<Created>>>()
         })
     };
-    // Each kill waits for the restarted process to have kept some follow-ups of its own.
+    // Each kill waits for the restarted process to have kept some follow-ups of its own, or
+    // for the work to be over (the later kills then land while it catches up).
     let mut kept_at_kill = 0;
     for kill in 1..=4i64 {
-        let target = (FOLLOW_UPS as i64 * kill / 7).max(kept_at_kill + 20);
+        let target = kept_at_kill + FOLLOW_UPS as i64 / 8;
+        let work = &work;
         eventually(Duration::from_secs(120), "progress before the next kill", || {
             let admin = admin.clone();
-            async move { Some(kept(&admin).await).filter(|n| *n >= target) }
+            async move { Some(kept(&admin).await).filter(|n| *n >= target || work.is_finished()) }
         })
         .await;
         process.kill().await?;
@@ -135,8 +190,11 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
         eprintln!("kill {kill}: {kept_at_kill} follow-ups kept");
         process = spawn()?;
     }
-    let accepted = work.await??.into_iter().filter(|accepted| *accepted).count();
-    assert!(accepted > FOLLOW_UPS / 2, "most follow-ups were on active leads: {accepted}");
+    let outcomes = work.await??;
+    let count = |wanted: Created| outcomes.iter().filter(|c| **c == wanted).count() as i64;
+    let accepted = count(Created::Accepted);
+    eprintln!("accepted {accepted}, refused {}", count(Created::Refused));
+    assert!(accepted > FOLLOW_UPS as i64 / 2, "most follow-ups were on active leads: {accepted}");
 
     // Polled until right or the deadline; on failure the message says which rule broke.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -150,7 +208,7 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
-    assert_eq!(kept(&admin).await, accepted as i64, "each accepted follow-up kept once");
+    assert_eq!(kept(&admin).await, accepted, "each accepted follow-up kept once");
     let status = process.terminate().await?;
     assert!(status.success(), "SIGTERM ends the process cleanly: {status}");
     node.stop().await?;
