@@ -220,6 +220,7 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         ctx.outbox.notify();
         get(ctx, &org_id, id).await
     };
+    metrics::counter!("follow_ups_created_total").increment(1);
     match kept.await {
         Ok(row) => Ok(row),
         // The lead service has accepted it and its event will bring it here: the caller is
@@ -393,6 +394,7 @@ async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEv
         return Ok(());
     }
     let mut tx = ctx.pool.begin().await?;
+    let mut cancelled_count = 0;
     if !closed.is_empty() {
         lock_leads(&mut tx, &mut closed).await?;
         let cancelled: Vec<FollowUpRow> = sqlx::query_as(
@@ -408,10 +410,15 @@ async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEv
         .await?;
         let messages: Vec<OutboxMessage> = cancelled.iter().map(|f| event(ctx, f, SYSTEM_ACTOR)).collect();
         platform::outbox::enqueue(&mut tx, &messages).await?;
+        cancelled_count = messages.len();
     }
     keep_opened(ctx, &mut tx, &opened).await?;
     tx.commit().await?;
     ctx.outbox.notify();
+    if cancelled_count > 0 {
+        tracing::info!(follow_ups = cancelled_count, "open follow-ups of closed leads cancelled");
+        metrics::counter!("follow_ups_closed_total", "state" => "cancelled").increment(cancelled_count as u64);
+    }
     Ok(())
 }
 
@@ -452,6 +459,7 @@ pub async fn close(
     platform::outbox::enqueue(&mut tx, &[event(ctx, &closed, actor)]).await?;
     tx.commit().await?;
     ctx.outbox.notify();
+    metrics::counter!("follow_ups_closed_total", "state" => to.as_str()).increment(1);
     Ok(closed)
 }
 
