@@ -269,6 +269,14 @@ async fn machine(report: &mut Report) -> anyhow::Result<()> {
             sqlx::query_scalar("SELECT current_setting($1)").bind(name).fetch_one(&admin).await.unwrap_or_default();
         pg_settings.push(format!("{name}={value}"));
     }
+    // The services connect like this admin pool (same URL and PGSSLMODE); whether that is TLS
+    // changes every Postgres figure, raw baselines included: sqlx's TLS writes over loopback
+    // without TCP_NODELAY stall ~40 ms on each statement larger than a TLS record.
+    let tls: bool =
+        sqlx::query_scalar("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
+            .fetch_one(&admin)
+            .await
+            .unwrap_or(false);
     admin.close().await;
     let nats = platform::nats::connect(&leads_tests::nats_url(), "leads-bench").await?;
     nats.flush().await?; // the client connects in the background; INFO arrives first
@@ -282,6 +290,11 @@ async fn machine(report: &mut Report) -> anyhow::Result<()> {
     report.line(format!("| kernel | {kernel} |"));
     report.line(format!("| Postgres | {pg_version} |"));
     report.line(format!("| Postgres settings | {} |", pg_settings.join(", ")));
+    let transport = if tls { "TLS (sslmode negotiated it)" } else { "plaintext (no TLS)" };
+    report.line(format!(
+        "| Postgres connections | {transport}; PGSSLMODE={} |",
+        std::env::var("PGSSLMODE").unwrap_or_default()
+    ));
     report.line(format!("| NATS server | {} (JetStream file storage) |", info.version));
     report.line(format!("| bench build | {build}; services in-process in the bench process |"));
     report.line(format!("| code | {} |", code_state()));
