@@ -31,6 +31,11 @@ pub fn nats_url() -> String {
     std::env::var("LEADS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// A pool on `url` that connects the way the services do (`platform::db::connect_options`).
+pub async fn connect_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    Ok(sqlx::PgPool::connect_with(platform::db::connect_options(url)?).await?)
+}
+
 fn with_database(url: &str, database: &str) -> String {
     let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
     format!("{base}/{database}")
@@ -66,10 +71,10 @@ impl TestEnv {
         init_tracing();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("lt_{}", &id[..16]);
-        let mut admin = sqlx::PgPool::connect(&admin_url()).await?;
+        let mut admin = connect_pool(&admin_url()).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await?;
         admin.close().await;
-        admin = sqlx::PgPool::connect(&with_database(&admin_url(), &database)).await?;
+        admin = connect_pool(&with_database(&admin_url(), &database)).await?;
         admin.close().await;
         let mut settings = Settings {
             database_url: with_database(&admin_url(), &database),
@@ -108,7 +113,7 @@ impl TestEnv {
 
     /// A pool connected as the admin role to this environment's database.
     pub async fn admin_pool(&self) -> anyhow::Result<sqlx::PgPool> {
-        Ok(sqlx::PgPool::connect(&self.settings.database_url).await?)
+        connect_pool(&self.settings.database_url).await
     }
 
     pub async fn publish(&self, subject: String, payload: Vec<u8>, headers: Option<HeaderMap>) -> anyhow::Result<()> {
@@ -145,7 +150,7 @@ impl TestEnv {
         for kind in platform::nats::all_streams() {
             let _ = self.js.delete_stream(self.subjects.stream_name(kind)).await;
         }
-        let admin = sqlx::PgPool::connect(&admin_url()).await?;
+        let admin = connect_pool(&admin_url()).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)))
             .execute(&admin)
             .await?;

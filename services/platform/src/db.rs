@@ -6,13 +6,26 @@ use crate::{ServiceName, Settings};
 use sqlx::{
     AssertSqlSafe, Connection, PgConnection, PgPool,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
 };
 use std::{str::FromStr, time::Duration};
 
+/// Connection options from a URL. On loopback, where TLS protects nothing, a URL that names
+/// no `sslmode` (with no `PGSSLMODE` either) connects in plaintext rather than sqlx's
+/// "prefer": sqlx 0.9 leaves Nagle's algorithm on, so over TLS every statement larger than
+/// one TLS record waited about 40 ms for the server's delayed ACK (a 1,000-row batch insert
+/// ran at 22k rows/s instead of 306k).
+pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(url)?;
+    let sslmode_named = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    let host = options.get_host();
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with('/');
+    Ok(if loopback && !sslmode_named { options.ssl_mode(PgSslMode::Disable) } else { options })
+}
+
 /// Creates the service's role and schema when missing. Needs the admin `database_url`.
 pub async fn bootstrap(settings: &Settings, service: ServiceName) -> anyhow::Result<()> {
-    let options = PgConnectOptions::from_str(&settings.database_url)?;
+    let options = connect_options(&settings.database_url)?;
     let mut admin = PgConnection::connect_with(&options).await?;
     let role = service.role();
     let schema = service.schema();
@@ -49,7 +62,7 @@ pub async fn bootstrap(settings: &Settings, service: ServiceName) -> anyhow::Res
 
 /// Options to connect as the service's own role, confined to its schema.
 pub fn service_options(settings: &Settings, service: ServiceName) -> anyhow::Result<PgConnectOptions> {
-    let mut options = PgConnectOptions::from_str(&settings.database_url)?
+    let mut options = connect_options(&settings.database_url)?
         .username(&service.role())
         .application_name(&format!("leads-{service}"))
         .options([("search_path", service.schema())]);
@@ -114,7 +127,7 @@ where
 /// Creates the configured database when it does not exist yet, through the server's
 /// `postgres` database, so that a first `leads run` needs no manual step.
 pub async fn ensure_database(settings: &Settings) -> anyhow::Result<()> {
-    let options = PgConnectOptions::from_str(&settings.database_url)?;
+    let options = connect_options(&settings.database_url)?;
     match PgConnection::connect_with(&options).await {
         Ok(connection) => {
             connection.close().await?;

@@ -261,7 +261,7 @@ async fn machine(report: &mut Report) -> anyhow::Result<()> {
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let admin = sqlx::PgPool::connect(&leads_tests::admin_url()).await?;
+    let admin = leads_tests::connect_pool(&leads_tests::admin_url()).await?;
     let pg_version: String = sqlx::query_scalar("SELECT version()").fetch_one(&admin).await?;
     let mut pg_settings = Vec::new();
     for name in ["shared_buffers", "synchronous_commit", "work_mem", "max_connections"] {
@@ -269,9 +269,10 @@ async fn machine(report: &mut Report) -> anyhow::Result<()> {
             sqlx::query_scalar("SELECT current_setting($1)").bind(name).fetch_one(&admin).await.unwrap_or_default();
         pg_settings.push(format!("{name}={value}"));
     }
-    // The services connect like this admin pool (same URL and PGSSLMODE); whether that is TLS
-    // changes every Postgres figure, raw baselines included: sqlx's TLS writes over loopback
-    // without TCP_NODELAY stall ~40 ms on each statement larger than a TLS record.
+    // The services and the raw baselines connect like this admin pool
+    // (`platform::db::connect_options`: plaintext on loopback unless the URL or PGSSLMODE asks
+    // for TLS); over TLS every figure changes, since sqlx's TLS writes without TCP_NODELAY
+    // stall ~40 ms on each statement larger than a TLS record.
     let tls: bool =
         sqlx::query_scalar("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
             .fetch_one(&admin)
@@ -593,7 +594,7 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(connections as u32)
             .min_connections(connections as u32)
-            .connect(&env.settings.database_url)
+            .connect_with(platform::db::connect_options(&env.settings.database_url)?)
             .await?;
         let per_conn = args.raw_rows / connections as u64;
         let batches: Vec<Vec<RawBatch>> =

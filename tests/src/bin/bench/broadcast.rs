@@ -182,7 +182,7 @@ fn progress(message: impl AsRef<str>) {
 /// The Postgres settings that decide whether the service's tables get statistics while the
 /// section runs (without them its cached plans are made on empty tables).
 async fn pg_settings() -> anyhow::Result<String> {
-    let admin = sqlx::PgPool::connect(&leads_tests::admin_url()).await?;
+    let admin = leads_tests::connect_pool(&leads_tests::admin_url()).await?;
     let mut settings = Vec::new();
     for name in ["autovacuum", "autovacuum_naptime", "autovacuum_analyze_scale_factor", "plan_cache_mode"] {
         let value: String =
@@ -591,7 +591,7 @@ async fn raw_upsert(
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(connections as u32)
         .min_connections(connections as u32)
-        .connect(&env.settings.database_url)
+        .connect_with(platform::db::connect_options(&env.settings.database_url)?)
         .await?;
     let sql = format!(
         "INSERT INTO {table} (org_id, message_id, status, at, error_code, error_title, error_class) \

@@ -102,7 +102,7 @@ async fn run_in(env: &TestEnv, options: &DeskOptions) -> anyhow::Result<String> 
         .await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(CALLERS as u32)
-        .connect(&env.settings.database_url)
+        .connect_with(platform::db::connect_options(&env.settings.database_url)?)
         .await?;
     let leads_count = i64::from(options.leads);
     let (raw_samples, raw_elapsed) = timed(options.requests, |i| {
