@@ -59,6 +59,21 @@ pub async fn publish(
     Ok(lead)
 }
 
+/// Queues the events in the outbox, commits them with the changes they announce, and wakes
+/// the relay when there are any.
+pub async fn commit_with_events(
+    ctx: &LeadContext,
+    mut tx: Transaction<'_, Postgres>,
+    messages: &[OutboxMessage],
+) -> Result<(), LeadError> {
+    platform::outbox::enqueue(&mut tx, messages).await?;
+    tx.commit().await?;
+    if !messages.is_empty() {
+        ctx.outbox.notify();
+    }
+    Ok(())
+}
+
 pub fn lead_event(ctx: &LeadContext, lead: &LeadView, change: LeadChange) -> OutboxMessage {
     let kind = change.kind();
     let envelope = Envelope::new(&lead.org_id, kind, lead.id, lead.version, LeadEvent { change, lead: lead.clone() });

@@ -95,9 +95,7 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> 
         apply(ctx, &mut state, &envelope.org_id, &envelope.data, now);
     }
     write(&mut tx, &state).await?;
-    platform::outbox::enqueue(&mut tx, &state.messages).await?;
-    tx.commit().await?;
-    ctx.outbox.notify();
+    crate::apply::commit_with_events(ctx, tx, &state.messages).await?;
     metrics::counter!("lead_interactions_applied_total").increment(todo.len() as u64);
     Ok(())
 }

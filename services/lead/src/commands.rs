@@ -3,7 +3,7 @@
 
 use crate::{
     LeadContext,
-    apply::{lead_event, publish, record_status_change},
+    apply::{commit_with_events, lead_event, publish, record_status_change},
     error::LeadError,
     model::{LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
 };
@@ -104,9 +104,7 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
         }
     };
     let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
-    platform::outbox::enqueue(&mut tx, &messages).await?;
-    tx.commit().await?;
-    ctx.outbox.notify();
+    commit_with_events(ctx, tx, &messages).await?;
     Ok(lead)
 }
 
@@ -196,12 +194,8 @@ pub async fn bulk_change_status(
             };
             messages.push(lead_event(ctx, lead, change));
         }
-        platform::outbox::enqueue(&mut tx, &messages).await?;
     }
-    tx.commit().await?;
-    if !messages.is_empty() {
-        ctx.outbox.notify();
-    }
+    commit_with_events(ctx, tx, &messages).await?;
     Ok(parsed
         .iter()
         .map(|id| match id.and_then(|id| current.get(&id)) {

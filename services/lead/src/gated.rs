@@ -5,7 +5,7 @@
 
 use crate::{
     LeadContext,
-    apply::{lead_event, publish},
+    apply::{commit_with_events, lead_event, publish},
     commands::{BulkOutcome, bulk_ids},
     error::LeadError,
     model::{FollowUpOpened, LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
@@ -137,13 +137,9 @@ pub async fn assign_leads(
             };
             messages.push(lead_event(ctx, lead, change));
         }
-        platform::outbox::enqueue(&mut tx, &messages).await?;
     }
-    tx.commit().await?;
-    if !messages.is_empty() {
-        ctx.outbox.notify();
-        metrics::counter!("lead_assignments_total").increment(messages.len() as u64);
-    }
+    commit_with_events(ctx, tx, &messages).await?;
+    metrics::counter!("lead_assignments_total").increment(messages.len() as u64);
     Ok(parsed
         .iter()
         .map(|id| id.and_then(|id| outcomes.get(&id).cloned()).unwrap_or_else(AssignOutcome::not_found))
@@ -233,9 +229,7 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
     };
     let mut messages = Vec::with_capacity(1);
     let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
-    platform::outbox::enqueue(&mut tx, &messages).await?;
-    tx.commit().await?;
-    ctx.outbox.notify();
+    commit_with_events(ctx, tx, &messages).await?;
     Ok(lead)
 }
 

@@ -72,10 +72,5 @@ pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<AiScore>]) -> Res
             LeadChange::ScoreChanged { score: score.score, source: "ai".into(), actor },
         ));
     }
-    platform::outbox::enqueue(&mut tx, &messages).await?;
-    tx.commit().await?;
-    if !messages.is_empty() {
-        ctx.outbox.notify();
-    }
-    Ok(())
+    crate::apply::commit_with_events(ctx, tx, &messages).await
 }
