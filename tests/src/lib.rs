@@ -225,13 +225,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    eventually_ok(deadline, what, || {
+        let attempt = check();
+        async move { attempt.await.ok_or("not yet") }
+    })
+    .await
+}
+
+/// Polls `check` until it returns `Ok`; after `deadline` fails with `what` and the last
+/// `Err`, so that a failure says what was still wrong.
+pub async fn eventually_ok<T, E, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}; last: {last:?}");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }

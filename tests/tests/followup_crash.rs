@@ -4,7 +4,7 @@
 //! lead's timeline once.
 
 use futures::StreamExt;
-use leads_tests::{Process, TestEnv, all_leads, chat_event, eventually, pb, phone};
+use leads_tests::{Process, TestEnv, all_leads, chat_event, eventually, eventually_ok, pb, phone};
 use platform::ServiceName;
 use std::time::Duration;
 use tonic::Code;
@@ -103,7 +103,7 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
             let opens = futures::stream::iter(0..FOLLOW_UPS)
                 .map(|i| {
                     let mut client = client.clone();
-                    let mut follow_ups = follow_up_client.clone();
+                    let follow_ups = follow_up_client.clone();
                     let lead = leads[i % leads.len()].clone();
                     let victim = leads[(i / 100) * 10 % leads.len()].clone();
                     async move {
@@ -131,24 +131,22 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
                                 request_id: format!("req-{i}"),
                                 ..Default::default()
                             };
-                            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-                            loop {
+                            let created = eventually_ok(Duration::from_secs(120), "an answer", || {
+                                let mut follow_ups = follow_ups.clone();
                                 let mut request = tonic::Request::new(create.clone());
                                 request.set_timeout(Duration::from_secs(10));
-                                match follow_ups.create_follow_up(request).await {
-                                    Ok(_) => return Ok(Created::Accepted),
-                                    Err(status) if status.code() == Code::FailedPrecondition => {
-                                        return Ok(Created::Refused);
-                                    }
-                                    Err(status) => {
-                                        anyhow::ensure!(
-                                            std::time::Instant::now() < deadline,
-                                            "no answer within 120 s: {status:?}"
-                                        );
-                                        tokio::time::sleep(Duration::from_millis(50)).await;
+                                async move {
+                                    match follow_ups.create_follow_up(request).await {
+                                        Ok(_) => Ok(Created::Accepted),
+                                        Err(status) if status.code() == Code::FailedPrecondition => {
+                                            Ok(Created::Refused)
+                                        }
+                                        Err(status) => Err(status),
                                     }
                                 }
-                            }
+                            })
+                            .await;
+                            return Ok(created);
                         }
                         let open = pb::OpenFollowUpRequest {
                             org_id: ORG.into(),
@@ -196,18 +194,16 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
     eprintln!("accepted {accepted}, refused {}", count(Created::Refused));
     assert!(accepted > FOLLOW_UPS as i64 / 2, "most follow-ups were on active leads: {accepted}");
 
-    // Polled until right or the deadline; on failure the message says which rule broke.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut pause = Duration::from_millis(20);
-    loop {
-        let found = violations(&admin).await?;
-        if found.iter().all(|(_, n)| *n == 0) {
-            break;
+    eventually_ok(Duration::from_secs(120), "every follow-up kept once in its right state", || {
+        let admin = admin.clone();
+        async move {
+            let found = violations(&admin).await.map_err(|e| vec![(e.to_string(), -1)])?;
+            let broken: Vec<(String, i64)> =
+                found.into_iter().filter(|(_, n)| *n != 0).map(|(what, n)| (what.to_owned(), n)).collect();
+            if broken.is_empty() { Ok(()) } else { Err(broken) }
         }
-        assert!(std::time::Instant::now() < deadline, "still wrong after 120 s: {found:?}");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
+    })
+    .await;
     assert_eq!(kept(&admin).await, accepted, "each accepted follow-up kept once");
     let status = process.terminate().await?;
     assert!(status.success(), "SIGTERM ends the process cleanly: {status}");

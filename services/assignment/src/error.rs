@@ -13,12 +13,9 @@ pub enum AssignmentError {
     LeadNotFound(String),
     #[error("the lead service answered something this service does not understand: {0}")]
     Protocol(String),
-    /// The lead service answered with an error meant for the caller (not found, inactive,
-    /// invalid argument); passed on as it came.
-    #[error("lead service: {}", .0.message())]
-    Lead(tonic::Status),
-    #[error("the lead service is unavailable: {0}")]
-    LeadUnavailable(String),
+    /// What the lead service answered when it refused or failed.
+    #[error("lead service: {0}")]
+    Lead(#[from] platform::grpc::UpstreamError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -35,11 +32,7 @@ impl AssignmentError {
 
 impl From<tonic::Status> for AssignmentError {
     fn from(status: tonic::Status) -> Self {
-        if platform::grpc::is_callers_error(&status) {
-            AssignmentError::Lead(status)
-        } else {
-            AssignmentError::LeadUnavailable(format!("{:?}: {}", status.code(), status.message()))
-        }
+        AssignmentError::Lead(platform::grpc::UpstreamError::from_status("lead", status))
     }
 }
 
@@ -57,11 +50,7 @@ impl From<AssignmentError> for tonic::Status {
                 tonic::Status::internal("internal error")
             }
             AssignmentError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
-            AssignmentError::Lead(status) => tonic::Status::new(status.code(), status.message()),
-            AssignmentError::LeadUnavailable(detail) => {
-                tracing::error!(%detail, "lead service unreachable");
-                tonic::Status::unavailable("the lead service is unavailable, retry later")
-            }
+            AssignmentError::Lead(upstream) => upstream.into_status(),
             AssignmentError::Database(inner) => {
                 tracing::error!(error = %inner, "assignment database error");
                 tonic::Status::unavailable("the assignment store is unavailable, retry later")

@@ -8,12 +8,9 @@ pub enum FollowUpError {
     NotFound(String),
     #[error("follow-up {id} is already {state}")]
     Closed { id: Uuid, state: String },
-    /// The lead service answered with an error meant for the caller (lead not found, lead
-    /// inactive, invalid argument); passed on as it came.
-    #[error("lead service: {}", .0.message())]
-    Lead(tonic::Status),
-    #[error("the lead service is unavailable: {0}")]
-    LeadUnavailable(String),
+    /// What the lead service answered when it refused or failed.
+    #[error("lead service: {0}")]
+    Lead(#[from] platform::grpc::UpstreamError),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("database error: {0}")]
@@ -36,11 +33,7 @@ impl FollowUpError {
 
 impl From<tonic::Status> for FollowUpError {
     fn from(status: tonic::Status) -> Self {
-        if platform::grpc::is_callers_error(&status) {
-            FollowUpError::Lead(status)
-        } else {
-            FollowUpError::LeadUnavailable(format!("{:?}: {}", status.code(), status.message()))
-        }
+        FollowUpError::Lead(platform::grpc::UpstreamError::from_status("lead", status))
     }
 }
 
@@ -52,11 +45,7 @@ impl From<FollowUpError> for tonic::Status {
             }
             FollowUpError::NotFound(_) => tonic::Status::not_found(error.to_string()),
             FollowUpError::Closed { .. } => tonic::Status::failed_precondition(error.to_string()),
-            FollowUpError::Lead(status) => tonic::Status::new(status.code(), status.message()),
-            FollowUpError::LeadUnavailable(detail) => {
-                tracing::error!(%detail, "lead service unreachable");
-                tonic::Status::unavailable("the lead service is unavailable, retry later")
-            }
+            FollowUpError::Lead(upstream) => upstream.into_status(),
             FollowUpError::Internal(detail) => {
                 tracing::error!(%detail, "follow-up internal error");
                 tonic::Status::internal("internal error")

@@ -73,7 +73,7 @@ impl FollowUpService for FollowUpApi {
         let request = request.into_inner();
         org(&request.org_id)?;
         let lead_id = required_id("lead_id", &request.lead_id, |v| {
-            FollowUpError::Lead(Status::not_found(format!("lead {v} not found")))
+            FollowUpError::from(Status::not_found(format!("lead {v} not found")))
         })?;
         let due_at =
             request.due_at.as_ref().ok_or_else(|| FollowUpError::invalid("due_at", "is required")).and_then(|t| {

@@ -12,6 +12,29 @@ use uuid::Uuid;
 
 pub const MAX_BULK: usize = 10_000;
 
+/// A lead's row as read under its lock: what "is it active?" is decided on, with nothing
+/// able to change it before the transaction ends.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LockedLead {
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub version: i64,
+    pub agent_id: Option<String>,
+}
+
+pub async fn lock_lead(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    org_id: &str,
+    lead_id: Uuid,
+) -> Result<LockedLead, LeadError> {
+    sqlx::query_as("SELECT status, version, agent_id FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE")
+        .bind(org_id)
+        .bind(lead_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| LeadError::NotFound(lead_id.to_string()))
+}
+
 #[derive(Debug, Clone)]
 pub struct ChangeStatus {
     pub org_id: String,
@@ -30,16 +53,7 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
         return Err(LeadError::invalid("manual_score", "must be between 0 and 100"));
     }
     let mut tx = ctx.pool.begin().await?;
-    let current: Option<(String, i64)> =
-        sqlx::query_as("SELECT status, version FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE")
-            .bind(&cmd.org_id)
-            .bind(cmd.lead_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((status, version)) = current else {
-        return Err(LeadError::NotFound(cmd.lead_id.to_string()));
-    };
-    let from = Status::parse(&status).unwrap_or(Status::New);
+    let LockedLead { status: from, version, .. } = lock_lead(&mut tx, &cmd.org_id, cmd.lead_id).await?;
     if from.is_final() {
         return Err(LeadError::Inactive { id: cmd.lead_id, status: from });
     }

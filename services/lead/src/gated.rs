@@ -6,7 +6,7 @@
 use crate::{
     LeadContext,
     apply::{commit_with_events, lead_event, publish},
-    commands::{BulkOutcome, bulk_ids},
+    commands::{BulkOutcome, LockedLead, bulk_ids, lock_lead},
     error::LeadError,
     model::{FollowUpOpened, LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
 };
@@ -47,7 +47,7 @@ pub fn validate_agent_id(agent_id: &str) -> Result<(), LeadError> {
 }
 
 /// id, status, agent, version, updated_at
-type LockedLead = (Uuid, String, Option<String>, i64, DateTime<Utc>);
+type LockedRow = (Uuid, String, Option<String>, i64, DateTime<Utc>);
 
 /// Sets `agent` (or none) on every active lead among `lead_ids`; the others are answered.
 /// Results are in request order.
@@ -64,7 +64,7 @@ pub async fn assign_leads(
         validate_agent_id(agent)?;
     }
     let mut tx = ctx.pool.begin().await?;
-    let rows: Vec<LockedLead> = sqlx::query_as(
+    let rows: Vec<LockedRow> = sqlx::query_as(
         "SELECT id, status, agent_id, version, updated_at FROM leads \
          WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
     )
@@ -170,15 +170,7 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
         validate_agent_id(agent)?;
     }
     let mut tx = ctx.pool.begin().await?;
-    let current: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT status, agent_id FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE")
-            .bind(&cmd.org_id)
-            .bind(cmd.lead_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((status, lead_agent)) = current else {
-        return Err(LeadError::NotFound(cmd.lead_id.to_string()));
-    };
+    let LockedLead { status, agent_id: lead_agent, .. } = lock_lead(&mut tx, &cmd.org_id, cmd.lead_id).await?;
     let opened_before: Option<(Uuid, DateTime<Utc>, Option<String>)> = sqlx::query_as(
         "SELECT lead_id, due_at, note FROM follow_up_entries \
          WHERE org_id = $1 AND follow_up_id = $2 AND state = 'pending'",
@@ -195,7 +187,6 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
         }
         return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
     }
-    let status = Status::parse(&status).unwrap_or(Status::New);
     if status.is_final() {
         return Err(LeadError::Inactive { id: cmd.lead_id, status });
     }

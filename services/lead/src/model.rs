@@ -84,6 +84,14 @@ impl Status {
     }
 }
 
+impl TryFrom<String> for Status {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Status::parse(&text).ok_or_else(|| format!("unknown lead status {text:?}"))
+    }
+}
+
 /// A lead with its contact, as read for callers and as carried in every lead event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LeadView {

@@ -73,13 +73,36 @@ pub fn traced_channel(endpoint: &str) -> anyhow::Result<TracedChannel> {
     Ok(tonic::service::interceptor::InterceptedService::new(channel, inject))
 }
 
-/// Whether an error another of the platform's services answered is about the request (bad
-/// argument, missing or closed entity, lost race) and so is passed on to the caller as it
-/// came, rather than reported as that service being unavailable.
-pub fn is_callers_error(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    matches!(
-        status.code(),
-        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists
-    )
+/// An error another of the platform's services answered. One about the request (bad
+/// argument, missing or closed entity, lost race) is passed on to the caller as it came;
+/// any other means that service could not be reached or failed, and is logged, not shown.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{}", .0.message())]
+    ForCaller(tonic::Status),
+    #[error("{service} service unavailable: {detail}")]
+    Unavailable { service: &'static str, detail: String },
+}
+
+impl UpstreamError {
+    pub fn from_status(service: &'static str, status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => {
+                UpstreamError::ForCaller(status)
+            }
+            code => UpstreamError::Unavailable { service, detail: format!("{code:?}: {}", status.message()) },
+        }
+    }
+
+    /// What the caller sees.
+    pub fn into_status(self) -> tonic::Status {
+        match self {
+            UpstreamError::ForCaller(status) => tonic::Status::new(status.code(), status.message()),
+            UpstreamError::Unavailable { service, detail } => {
+                tracing::error!(%service, %detail, "upstream service failed");
+                tonic::Status::unavailable(format!("the {service} service is unavailable, retry later"))
+            }
+        }
+    }
 }
