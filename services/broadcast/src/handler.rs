@@ -1,10 +1,10 @@
 //! Applies one batch of broadcast events in one transaction: refusals, messages, statuses,
-//! the messages' current state, then campaigns and templates, each as one multi-row upsert.
+//! then campaigns and templates, each as one multi-row upsert. A message's current state is
+//! not written: it is derived from its statuses when read (see `read`).
 //!
 //! Order independence comes from the SQL, not from arrival: statuses are keyed by (message,
-//! status) with no dependency on the message row, the current state only grows (GREATEST
-//! on the rank, OR on failed), and where two versions of one fact meet a fixed rule picks
-//! the survivor. Deadlock freedom comes from every batch touching the tables in the same
+//! status) with no dependency on the message row, and where two versions of one fact meet a
+//! fixed rule picks the survivor. Deadlock freedom comes from every batch touching the tables in the same
 //! order and the rows of each table in key order; keys are deduplicated first because an
 //! upsert may not touch one row twice in a statement.
 
@@ -86,8 +86,6 @@ struct Plan<'a> {
     messages: BTreeMap<(&'a str, &'a str), &'a BroadcastMessage>,
     /// (org, message_id, status) -> the earliest version.
     statuses: BTreeMap<(&'a str, &'a str, &'static str), &'a DeliveryStatus>,
-    /// (org, message_id) -> (rank, failed)
-    states: BTreeMap<(&'a str, &'a str), (i16, bool)>,
 }
 
 /// A keyed map as two parallel columns, keys in order, for binding to UNNEST.
@@ -153,9 +151,6 @@ impl<'a> Plan<'a> {
                     if status_order(status) < status_order(slot) {
                         *slot = status;
                     }
-                    let state = plan.states.entry((org, status.message_id.as_str())).or_insert((0, false));
-                    state.0 = state.0.max(status.status.rank());
-                    state.1 |= status.error_class().is_some();
                 }
             }
         }
@@ -230,22 +225,6 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         .execute(&mut *tx)
         .await?;
         applied.statuses = result.rows_affected() as usize;
-
-        let (keys, states) = columns(&plan.states);
-        sqlx::query(
-            "INSERT INTO message_states (org_id, message_id, rank, failed) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::bool[]) \
-             ON CONFLICT (org_id, message_id) DO UPDATE \
-               SET rank = GREATEST(message_states.rank, EXCLUDED.rank), \
-                   failed = message_states.failed OR EXCLUDED.failed \
-             WHERE EXCLUDED.rank > message_states.rank OR (EXCLUDED.failed AND NOT message_states.failed)",
-        )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(states.iter().map(|s| s.0).collect::<Vec<_>>())
-        .bind(states.iter().map(|s| s.1).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
     }
 
     // Campaigns and templates last: a few rows that nearly every batch updates (the newest
@@ -343,7 +322,6 @@ mod tests {
             let plan = Plan::new(&order);
             assert_eq!(plan.statuses.len(), 3);
             assert_eq!(plan.statuses[&("acme", "m", "sent")].at, at(10), "the earliest time");
-            assert_eq!(plan.states[&("acme", "m")], (3, true), "read, and failed");
         }
         let messages = [message(Some("Old"), 1), message(None, 5), message(Some("New"), 3)];
         for order in [messages.to_vec(), messages.iter().rev().cloned().collect()] {

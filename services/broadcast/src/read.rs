@@ -70,8 +70,6 @@ struct MessageRow {
     template_language: Option<String>,
     template_category: Option<String>,
     sent_at: DateTime<Utc>,
-    rank: i16,
-    failed: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -125,13 +123,11 @@ pub async fn history(
     let external_ids: Vec<String> = external_ids.into_iter().flatten().collect();
     let rows: Vec<MessageRow> = sqlx::query_as(
         "SELECT m.message_id, m.phone, m.external_id, m.campaign_id, c.name AS campaign_name, m.template_name, \
-           m.template_language, t.category AS template_category, m.sent_at, \
-           coalesce(s.rank, 0::int2) AS rank, coalesce(s.failed, false) AS failed \
+           m.template_language, t.category AS template_category, m.sent_at \
          FROM messages m \
          LEFT JOIN campaigns c ON c.org_id = m.org_id AND c.campaign_id = m.campaign_id \
          LEFT JOIN templates t ON t.org_id = m.org_id AND t.name = m.template_name \
            AND t.language = m.template_language \
-         LEFT JOIN message_states s ON s.org_id = m.org_id AND s.message_id = m.message_id \
          WHERE m.org_id = $1 AND (m.phone = ANY($2) OR m.external_id = ANY($3)) \
            AND ($4::timestamptz IS NULL OR (m.sent_at, m.message_id) < ($4, $5)) \
          ORDER BY m.sent_at DESC, m.message_id DESC LIMIT $6",
@@ -172,6 +168,8 @@ pub async fn history(
         .map(|row| {
             let timeline = timelines.get(row.message_id.as_str()).map(Vec::as_slice).unwrap_or_default();
             let failure = timeline.iter().find(|s| s.status == StatusKind::Failed.as_str());
+            // The state is the furthest status that arrived, whatever the order they came in.
+            let rank = timeline.iter().filter_map(|s| StatusKind::parse(&s.status)).map(StatusKind::rank).max();
             pb::BroadcastMessageView {
                 message_id: row.message_id.clone(),
                 campaign: row
@@ -184,8 +182,8 @@ pub async fn history(
                     category: row.template_category.clone().unwrap_or_default(),
                 }),
                 sent_at: Some(timestamp(row.sent_at)),
-                state: state_name(row.rank, row.failed).to_owned(),
-                failed: row.failed,
+                state: state_name(rank.unwrap_or(0), failure.is_some()).to_owned(),
+                failed: failure.is_some(),
                 error: failure.and_then(|f| delivery_error(f)),
                 error_class: failure.map(|f| error_class(f)).unwrap_or_default(),
                 timeline: timeline
@@ -223,13 +221,24 @@ fn error_class(status: &StatusRow) -> String {
     status.error_class.clone().unwrap_or_else(|| ErrorClass::Other.as_str().to_owned())
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Debug, Default, sqlx::FromRow)]
 struct CountsRow {
+    failure_class: Option<String>,
     messages: i64,
     sent: i64,
     delivered: i64,
     read: i64,
     failed: i64,
+}
+
+impl CountsRow {
+    fn add(&mut self, other: &CountsRow) {
+        self.messages += other.messages;
+        self.sent += other.sent;
+        self.delivered += other.delivered;
+        self.read += other.read;
+        self.failed += other.failed;
+    }
 }
 
 /// A campaign's counts. `messages` is every BroadcastMessage recorded for the campaign and
@@ -252,24 +261,26 @@ pub async fn campaign_stats(
             .fetch_optional(&mut *tx)
             .await?;
     let name = name.ok_or_else(|| BroadcastError::not_found("campaign", campaign_id))?;
-    let counts: CountsRow = sqlx::query_as(
-        "SELECT count(*) AS messages, \
+    // Each message's state from its own statuses (rank: sent 1 < delivered 2 < read 3; NULL
+    // when none arrived yet, so it counts only as a message), grouped by the class of its
+    // failure. LATERAL keeps the plan to one primary-key probe per message of the campaign,
+    // whatever the statistics say while statuses pour in; a join let the planner scan the
+    // whole statuses table for a campaign of a few thousand messages.
+    let groups: Vec<CountsRow> = sqlx::query_as(
+        "SELECT s.failure_class, count(*) AS messages, \
            count(*) FILTER (WHERE s.rank >= 1) AS sent, \
            count(*) FILTER (WHERE s.rank >= 2) AS delivered, \
            count(*) FILTER (WHERE s.rank >= 3) AS read, \
            count(*) FILTER (WHERE s.failed) AS failed \
          FROM messages m \
-         LEFT JOIN message_states s ON s.org_id = m.org_id AND s.message_id = m.message_id \
-         WHERE m.org_id = $1 AND m.campaign_id = $2",
-    )
-    .bind(org_id)
-    .bind(campaign_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let by_class: Vec<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT st.error_class, count(*) FROM messages m \
-         JOIN statuses st ON st.org_id = m.org_id AND st.message_id = m.message_id AND st.status = 'failed' \
-         WHERE m.org_id = $1 AND m.campaign_id = $2 GROUP BY 1",
+         CROSS JOIN LATERAL ( \
+           SELECT max(CASE st.status WHEN 'read' THEN 3 WHEN 'delivered' THEN 2 WHEN 'sent' THEN 1 ELSE 0 END) \
+                    AS rank, \
+                  bool_or(st.status = 'failed') AS failed, \
+                  max(st.error_class) FILTER (WHERE st.status = 'failed') AS failure_class \
+           FROM statuses st WHERE st.org_id = m.org_id AND st.message_id = m.message_id) s \
+         WHERE m.org_id = $1 AND m.campaign_id = $2 \
+         GROUP BY s.failure_class",
     )
     .bind(org_id)
     .bind(campaign_id)
@@ -288,8 +299,13 @@ pub async fn campaign_stats(
     // Every class is present, zero or not, so that callers need not guess the keys.
     let mut failed_by_class: HashMap<String, i64> =
         ErrorClass::ALL.iter().map(|c| (c.as_str().to_owned(), 0)).collect();
-    for (class, count) in by_class {
-        *failed_by_class.entry(class.unwrap_or_else(|| ErrorClass::Other.as_str().to_owned())).or_default() += count;
+    let mut counts = CountsRow::default();
+    for group in groups {
+        if group.failed > 0 {
+            let class = group.failure_class.clone().unwrap_or_else(|| ErrorClass::Other.as_str().to_owned());
+            *failed_by_class.entry(class).or_default() += group.failed;
+        }
+        counts.add(&group);
     }
     let rate = |count: i64| if counts.messages == 0 { 0.0 } else { count as f64 / counts.messages as f64 };
     Ok(pb::CampaignStats {

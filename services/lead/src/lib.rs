@@ -45,6 +45,9 @@ pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
     ingest::validate::validate_org_id(org_id).map_err(|r| LeadError::invalid("org_id", r.reason))
 }
 
+/// The durable consumer of the interactions ingest accepted.
+pub const INTERACTIONS_DURABLE: &str = "lead-interactions";
+
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Lead, &MIGRATOR, &token).await?;
     let ctx = LeadContext {
@@ -57,7 +60,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.spawn_consumer(
         infra,
         StreamKind::Events("ingest"),
-        "lead-interactions",
+        INTERACTIONS_DURABLE,
         &token,
         ctx.clone(),
         consume_interactions,

@@ -181,7 +181,12 @@ impl LeadQuery {
             let pattern = format!("%{}%", search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
             let digits: String = search.chars().filter(char::is_ascii_digit).collect();
             sql.push(" AND (c.name ILIKE ").push_bind(pattern.clone());
-            sql.push(" OR c.email ILIKE ").push_bind(pattern);
+            // Ingest refuses an email with whitespace in it, so a search with a space ("Ada
+            // Lovelace") cannot match one; leaving the email out spares the trigram index
+            // a second scan.
+            if !search.contains(char::is_whitespace) {
+                sql.push(" OR c.email ILIKE ").push_bind(pattern);
+            }
             if digits.len() >= 3 {
                 // Phones are E.164: the digits follow the '+'; see migration 0006.
                 sql.push(" OR substr(c.phone, 2) LIKE ").push_bind(format!("%{digits}%"));
