@@ -551,3 +551,51 @@ async fn history_shows_broadcasts_with_their_delivery_timeline_even_when_inactiv
     node.stop().await?;
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn search_matches_word_prefixes_and_phone_digits_and_follows_renames() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let mut ada = event("w-1", 1, "Ada Lovelace", "2026-11-18T10:00:00Z");
+    ada["contact"]["email"] = json!("ada.lovelace12@example.com");
+    let events = vec![
+        ada,
+        event("w-2", 2, "Grace Hopper", "2026-11-19T10:00:00Z"),
+        event("w-3", 3, "Adam Smith", "2026-11-20T10:00:00Z"),
+    ];
+    let leads = page.ingest(&events, 3).await?;
+    let (ada, grace, adam) = (
+        by_name(&leads, "Ada Lovelace").id.clone(),
+        by_name(&leads, "Grace Hopper").id.clone(),
+        by_name(&leads, "Adam Smith").id.clone(),
+    );
+    let grace_phone = phone(2);
+    let formatted = format!("+1 ({}) {}-{}", &grace_phone[2..5], &grace_phone[5..8], &grace_phone[8..]);
+    let cases: Vec<(&str, String, Vec<&String>)> = vec![
+        ("a word's prefix", "ada".into(), vec![&ada, &adam]),
+        ("every word must match, any order", "lov ADA".into(), vec![&ada]),
+        ("a word of the email, split from its digits", "lovelace12".into(), vec![&ada]),
+        ("inside a word is not a prefix", "velace".into(), vec![]),
+        ("a run of phone digits", grace_phone[4..].to_owned(), vec![&grace]),
+        ("a formatted phone number", formatted, vec![&grace]),
+        ("no letter or digit filters nothing", "-- !".into(), vec![&ada, &grace, &adam]),
+    ];
+    for (name, search, expected) in cases {
+        let listed = page.list(pb::LeadFilter { search: search.clone(), ..Default::default() }).await?;
+        let expected: HashSet<String> = expected.into_iter().cloned().collect();
+        assert_eq!(ids(&listed.leads), expected, "{name}: search {search:?}");
+        assert_eq!(listed.total_count, expected.len() as i64, "{name}: total of {search:?}");
+    }
+
+    // Grace's lead closes; she writes again under a new name: both her leads answer to it.
+    page.change(&grace, pb::LeadStatus::Converted, None).await?;
+    let mut renamed = event("w-4", 2, "Grace Brewster Hopper", "2026-11-23T10:00:00Z");
+    renamed["contact"]["email"] = json!("grace@navy.example");
+    let leads = page.ingest(&[renamed], 4).await?;
+    let new_lead = leads.iter().find(|l| l.id != grace && l.contact.as_ref().is_some_and(|c| c.phone == grace_phone));
+    let new_lead = new_lead.expect("a new lead after the converted one").id.clone();
+    for search in ["brewster", "navy", "grace hop"] {
+        let listed = page.list(pb::LeadFilter { search: search.into(), ..Default::default() }).await?;
+        assert_eq!(ids(&listed.leads), HashSet::from([grace.clone(), new_lead.clone()]), "search {search:?}");
+    }
+    page.stop().await
+}

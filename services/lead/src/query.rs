@@ -176,22 +176,8 @@ impl LeadQuery {
         }
         push_range(sql, "l.created_at", f.created.as_ref(), "filter.created")?;
         push_range(sql, "l.last_interaction_at", f.last_interaction.as_ref(), "filter.last_interaction")?;
-        let search = f.search.trim();
-        if !search.is_empty() {
-            let pattern = format!("%{}%", search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-            let digits: String = search.chars().filter(char::is_ascii_digit).collect();
-            sql.push(" AND (c.name ILIKE ").push_bind(pattern.clone());
-            // Ingest refuses an email with whitespace in it, so a search with a space ("Ada
-            // Lovelace") cannot match one; leaving the email out spares the trigram index
-            // a second scan.
-            if !search.contains(char::is_whitespace) {
-                sql.push(" OR c.email ILIKE ").push_bind(pattern);
-            }
-            if digits.len() >= 3 {
-                // Phones are E.164: the digits follow the '+'; see migration 0006.
-                sql.push(" OR substr(c.phone, 2) LIKE ").push_bind(format!("%{digits}%"));
-            }
-            sql.push(")");
+        if let Some(words) = search_query(&f.search) {
+            sql.push(" AND l.search_words @@ to_tsquery('simple', ").push_bind(words).push(")");
         }
         Ok(())
     }
@@ -272,8 +258,10 @@ impl LeadQuery {
         true
     }
 
-    pub fn needs_contacts(&self) -> bool {
-        !self.filter.search.trim().is_empty()
+    /// Whether the filters include a search: its best plan depends on how common the words
+    /// are, so it is planned for its own words every time rather than from a cached plan.
+    pub fn has_search(&self) -> bool {
+        search_query(&self.filter.search).is_some()
     }
 
     /// The page's SELECT: filters, cursor, order and limit (one more than the page, to know
@@ -332,6 +320,34 @@ impl LeadQuery {
         let plain = format!("v1|{}|{dir}|{key}|{}", self.sort.code(), lead.id);
         platform::token::encode(&plain)
     }
+}
+
+/// The search as a `tsquery` over the `search_words` column (lead migration 0008): every word
+/// of it a prefix of a word of the contact's name or email, or, when it has three digits or
+/// more, its digits a run of the phone's. Words are split as the column splits them: at
+/// anything not a letter or digit, and between letters and digits. `None` when the search
+/// has no letter or digit at all.
+pub fn search_query(search: &str) -> Option<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut last_was_digit = None;
+    for c in search.chars().flat_map(char::to_lowercase) {
+        if !c.is_alphanumeric() {
+            last_was_digit = None;
+            continue;
+        }
+        let is_digit = c.is_numeric();
+        match words.last_mut() {
+            Some(word) if last_was_digit == Some(is_digit) => word.push(c),
+            _ => words.push(c.to_string()),
+        }
+        last_was_digit = Some(is_digit);
+    }
+    if words.is_empty() {
+        return None;
+    }
+    let all_words = words.iter().map(|w| format!("{w}:*")).collect::<Vec<_>>().join(" & ");
+    let digits: String = search.chars().filter(char::is_ascii_digit).collect();
+    Some(if digits.len() >= 3 { format!("({all_words}) | {digits}:*") } else { all_words })
 }
 
 fn push_range(

@@ -33,7 +33,7 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> R
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     }
     let mut sql = query.page_sql()?;
-    let mut leads: Vec<LeadView> = sql.build_query_as().fetch_all(&mut *tx).await?;
+    let mut leads: Vec<LeadView> = sql.build_query_as().persistent(!query.has_search()).fetch_all(&mut *tx).await?;
     let has_more = leads.len() as i64 > query.page_size;
     leads.truncate(query.page_size as usize);
     let next_page_token = match (has_more, leads.last()) {
@@ -56,14 +56,9 @@ pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<i
     if query.push_count_filters(&mut counted) {
         return Ok(counted.build_query_scalar().fetch_one(conn).await?);
     }
-    let from = if query.needs_contacts() {
-        "SELECT count(*) FROM leads l JOIN contacts c ON c.id = l.contact_id"
-    } else {
-        "SELECT count(*) FROM leads l"
-    };
-    let mut sql = sqlx::QueryBuilder::new(from);
+    let mut sql = sqlx::QueryBuilder::new("SELECT count(*) FROM leads l");
     query.push_filters(&mut sql)?;
-    Ok(sql.build_query_scalar().fetch_one(conn).await?)
+    Ok(sql.build_query_scalar().persistent(!query.has_search()).fetch_one(conn).await?)
 }
 
 /// Folds the count deltas into the totals, in one statement so that every snapshot sees each
