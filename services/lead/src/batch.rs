@@ -424,21 +424,6 @@ async fn write_contacts(tx: &mut Transaction<'_, Postgres>, state: &BatchState) 
         .bind(&rows.profile_at)
         .execute(&mut **tx)
         .await?;
-        // Search finds a lead by its contact's current name, email and phone, past leads too.
-        sqlx::query(
-            "UPDATE leads l SET search_words = search_words(u.name, u.email, u.phone) \
-             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[]) \
-               AS u(org_id, contact_id, name, email, phone) \
-             WHERE l.org_id = u.org_id AND l.contact_id = u.contact_id \
-               AND l.search_words <> search_words(u.name, u.email, u.phone)",
-        )
-        .bind(&rows.org_id)
-        .bind(&rows.id)
-        .bind(&rows.name)
-        .bind(&rows.email)
-        .bind(&rows.phone)
-        .execute(&mut **tx)
-        .await?;
     }
     Ok(())
 }
@@ -458,23 +443,13 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
     let by_id: HashMap<Uuid, &LeadView> = state.active.values().map(|l| (l.id, l)).collect();
     if !state.new_leads.is_empty() {
         let leads: Vec<&LeadView> = state.new_leads.iter().map(|id| by_id[id]).collect();
-        // The contact as the batch leaves it: a later event of the batch may have renamed it.
-        let contacts: Vec<&Contact> = leads.iter().map(|l| &state.contacts[&l.contact_id]).collect();
         let inserted = sqlx::query(
             "INSERT INTO leads (id, org_id, contact_id, status, source_kind, channel, campaign_id, \
                broadcast_message_id, integration_name, integration_reference, interaction_count, \
-               last_message_preview, first_touch_at, last_interaction_at, created_at, updated_at, version, \
-               search_words) \
-             SELECT id, org_id, contact_id, status, source_kind, channel, campaign_id, broadcast_message_id, \
-               integration_name, integration_reference, interaction_count, last_message_preview, first_touch_at, \
-               last_interaction_at, created_at, updated_at, version, search_words(name, email, phone) \
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
+               last_message_preview, first_touch_at, last_interaction_at, created_at, updated_at, version) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
                $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::timestamptz[], \
-               $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::text[], \
-               $19::text[], $20::text[]) \
-               AS u(id, org_id, contact_id, status, source_kind, channel, campaign_id, broadcast_message_id, \
-                 integration_name, integration_reference, interaction_count, last_message_preview, \
-                 first_touch_at, last_interaction_at, created_at, updated_at, version, name, email, phone) \
+               $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::bigint[]) \
              ON CONFLICT DO NOTHING",
         )
         .bind(leads.iter().map(|l| l.id).collect::<Vec<_>>())
@@ -494,9 +469,6 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         .bind(leads.iter().map(|l| l.created_at).collect::<Vec<_>>())
         .bind(leads.iter().map(|l| l.updated_at).collect::<Vec<_>>())
         .bind(leads.iter().map(|l| l.version).collect::<Vec<_>>())
-        .bind(contacts.iter().map(|c| c.name.as_deref()).collect::<Vec<_>>())
-        .bind(contacts.iter().map(|c| c.email.as_deref()).collect::<Vec<_>>())
-        .bind(contacts.iter().map(|c| c.phone.as_deref()).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
         // Fewer rows: a concurrent batch opened one of these contacts' active lead first.

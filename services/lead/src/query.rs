@@ -176,8 +176,19 @@ impl LeadQuery {
         }
         push_range(sql, "l.created_at", f.created.as_ref(), "filter.created")?;
         push_range(sql, "l.last_interaction_at", f.last_interaction.as_ref(), "filter.last_interaction")?;
-        if let Some(words) = search_query(&f.search) {
-            sql.push(" AND l.search_words @@ to_tsquery('simple', ").push_bind(words).push(")");
+        match search_query(&f.search) {
+            Search { words: Some(words), digits: Some(digits) } => {
+                sql.push(" AND (c.search_words @@ ").push_bind(words).push("::tsquery OR substr(c.phone, 2) LIKE ");
+                sql.push_bind(digits).push(")");
+            }
+            Search { words: Some(words), digits: None } => {
+                sql.push(" AND c.search_words @@ ").push_bind(words).push("::tsquery");
+            }
+            Search { words: None, digits: Some(digits) } => {
+                // Phones are E.164: the digits follow the '+'; see migration 0006.
+                sql.push(" AND substr(c.phone, 2) LIKE ").push_bind(digits);
+            }
+            Search { words: None, digits: None } => {}
         }
         Ok(())
     }
@@ -258,10 +269,11 @@ impl LeadQuery {
         true
     }
 
-    /// Whether the filters include a search: its best plan depends on how common the words
-    /// are, so it is planned for its own words every time rather than from a cached plan.
+    /// Whether the filters include a search, which needs the contacts joined. Its best plan
+    /// depends on how common its words are, so it is planned for its own words every time
+    /// rather than from a cached generic plan.
     pub fn has_search(&self) -> bool {
-        search_query(&self.filter.search).is_some()
+        search_query(&self.filter.search) != Search::default()
     }
 
     /// The page's SELECT: filters, cursor, order and limit (one more than the page, to know
@@ -322,32 +334,45 @@ impl LeadQuery {
     }
 }
 
-/// The search as a `tsquery` over the `search_words` column (lead migration 0008): every word
-/// of it a prefix of a word of the contact's name or email, or, when it has three digits or
-/// more, its digits a run of the phone's. Words are split as the column splits them: at
-/// anything not a letter or digit, and between letters and digits. `None` when the search
-/// has no letter or digit at all.
-pub fn search_query(search: &str) -> Option<String> {
+/// A search box's text as conditions on a contact.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// A `tsquery` over `contacts.search_words` (lead migration 0008): the search's words in
+    /// order, the last one a prefix. Words are letter runs, as the column splits them.
+    pub words: Option<String>,
+    /// A `LIKE` pattern over the phone's digits, when the search has three digits or more.
+    pub digits: Option<String>,
+}
+
+/// Splits a search the way `contact_search_words` splits a name and email: lower case, at
+/// anything that is not a letter. One word is a prefix ('lov':*); several are their
+/// neighbouring pairs, all but the last pair whole ('ada lovelace' & 'lovelace sm':*), so a
+/// search names the words in the order they are written.
+pub fn search_query(search: &str) -> Search {
     let mut words: Vec<String> = Vec::new();
-    let mut last_was_digit = None;
+    let mut in_word = false;
     for c in search.chars().flat_map(char::to_lowercase) {
-        if !c.is_alphanumeric() {
-            last_was_digit = None;
-            continue;
+        if c.is_alphabetic() {
+            match words.last_mut() {
+                Some(word) if in_word => word.push(c),
+                _ => words.push(c.to_string()),
+            }
+            in_word = true;
+        } else {
+            in_word = false;
         }
-        let is_digit = c.is_numeric();
-        match words.last_mut() {
-            Some(word) if last_was_digit == Some(is_digit) => word.push(c),
-            _ => words.push(c.to_string()),
+    }
+    let words = match words.as_slice() {
+        [] => None,
+        [word] => Some(format!("'{word}':*")),
+        _ => {
+            let pairs: Vec<String> = words.windows(2).map(|pair| format!("'{} {}'", pair[0], pair[1])).collect();
+            Some(format!("{}:*", pairs.join(" & ")))
         }
-        last_was_digit = Some(is_digit);
-    }
-    if words.is_empty() {
-        return None;
-    }
-    let all_words = words.iter().map(|w| format!("{w}:*")).collect::<Vec<_>>().join(" & ");
+    };
     let digits: String = search.chars().filter(char::is_ascii_digit).collect();
-    Some(if digits.len() >= 3 { format!("({all_words}) | {digits}:*") } else { all_words })
+    let digits = (digits.len() >= 3).then(|| format!("%{digits}%"));
+    Search { words, digits }
 }
 
 fn push_range(

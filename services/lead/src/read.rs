@@ -56,7 +56,12 @@ pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<i
     if query.push_count_filters(&mut counted) {
         return Ok(counted.build_query_scalar().fetch_one(conn).await?);
     }
-    let mut sql = sqlx::QueryBuilder::new("SELECT count(*) FROM leads l");
+    let from = if query.has_search() {
+        "SELECT count(*) FROM leads l JOIN contacts c ON c.id = l.contact_id"
+    } else {
+        "SELECT count(*) FROM leads l"
+    };
+    let mut sql = sqlx::QueryBuilder::new(from);
     query.push_filters(&mut sql)?;
     Ok(sql.build_query_scalar().persistent(!query.has_search()).fetch_one(conn).await?)
 }

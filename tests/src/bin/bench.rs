@@ -1060,8 +1060,8 @@ async fn seed_chunk(admin: &sqlx::PgPool, org: &str, from: i64, to: i64) -> anyh
          INSERT INTO lead.leads (id, org_id, contact_id, status, source_kind, channel, campaign_id, \
            broadcast_message_id, integration_name, integration_reference, score, score_source, score_version, \
            agent_id, interaction_count, last_message_preview, first_touch_at, last_interaction_at, created_at, \
-           updated_at, version, search_words) \
-         SELECT md5('l:' || $1 || ':' || i)::uuid, $1, c.id, \
+           updated_at, version) \
+         SELECT md5('l:' || $1 || ':' || i)::uuid, $1, md5('c:' || $1 || ':' || i)::uuid, \
            CASE WHEN r1 < 0.20 THEN 'new' WHEN r1 < 0.40 THEN 'contacted' WHEN r1 < 0.50 THEN 'qualifying' \
                 WHEN r1 < 0.60 THEN 'qualified' WHEN r1 < 0.70 THEN 'follow_up' WHEN r1 < 0.80 THEN 'converted' \
                 WHEN r1 < 0.92 THEN 'lost' ELSE 'archived' END, \
@@ -1077,9 +1077,8 @@ async fn seed_chunk(admin: &sqlx::PgPool, org: &str, from: i64, to: i64) -> anyh
            CASE WHEN r5 < 0.8 THEN 'agent-' || lpad(floor(r6 * 50)::int::text, 2, '0') END, \
            1 + floor(r7 * 40)::int, \
            'Hi, how much is the premium plan? We are a team of twelve and need it before the end of the month.', \
-           created, least(created + r8 * interval '30 days', now()), created, created, 1, \
-           lead.search_words(c.name, c.email, c.phone) \
-         FROM s JOIN lead.contacts c ON c.id = md5('c:' || $1 || ':' || i)::uuid",
+           created, least(created + r8 * interval '30 days', now()), created, created, 1 \
+         FROM s",
     )
     .bind(org)
     .bind(from)
