@@ -133,6 +133,19 @@ async fn filters_combine() -> anyhow::Result<()> {
             vec![&dan, &eve],
         ),
         (
+            "two statuses",
+            pb::LeadFilter {
+                statuses: vec![pb::LeadStatus::New as i32, pb::LeadStatus::Lost as i32],
+                ..Default::default()
+            },
+            vec![&carol, &dan, &eve],
+        ),
+        (
+            "two agents",
+            pb::LeadFilter { agent_ids: vec!["agent-7".into(), "agent-8".into()], ..Default::default() },
+            vec![&alice, &dan],
+        ),
+        (
             "inactive",
             pb::LeadFilter { active: pb::ActiveFilter::InactiveOnly as i32, ..Default::default() },
             vec![&carol],

@@ -1172,6 +1172,19 @@ fn cases() -> Vec<Case> {
             name: "search \"Ada Lovelace\" (1 in 1,600)",
             filter: pb::LeadFilter { search: "Ada Lovelace".into(), ..Default::default() },
         },
+        Case {
+            name: "search \"ada lov\" while typing (1 in 1,600)",
+            filter: pb::LeadFilter { search: "ada lov".into(), ..Default::default() },
+        },
+        Case {
+            name: "search \"lovelace\", active, agent-07",
+            filter: pb::LeadFilter {
+                search: "lovelace".into(),
+                active: pb::ActiveFilter::ActiveOnly as i32,
+                agent_ids: vec!["agent-07".into()],
+                ..Default::default()
+            },
+        },
     ]
 }
 
