@@ -406,7 +406,8 @@ async fn write_contacts(tx: &mut Transaction<'_, Postgres>, state: &BatchState) 
             return Err(LeadError::Conflict);
         }
     }
-    let changed: Vec<&Uuid> = state.changed_contacts.iter().filter(|id| !state.new_contacts.contains(id)).collect();
+    let new: HashSet<&Uuid> = state.new_contacts.iter().collect();
+    let changed: Vec<&Uuid> = state.changed_contacts.iter().filter(|id| !new.contains(id)).collect();
     if !changed.is_empty() {
         let rows = columns(&mut changed.into_iter());
         sqlx::query(
@@ -476,8 +477,9 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
             return Err(LeadError::Conflict);
         }
     }
+    let new_leads: HashSet<&Uuid> = state.new_leads.iter().collect();
     let changed: Vec<&LeadView> =
-        state.changed_leads.iter().filter(|id| !state.new_leads.contains(id)).map(|id| by_id[id]).collect();
+        state.changed_leads.iter().filter(|id| !new_leads.contains(id)).map(|id| by_id[id]).collect();
     if !changed.is_empty() {
         sqlx::query(
             "UPDATE leads l SET interaction_count = u.interaction_count, \

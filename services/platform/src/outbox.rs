@@ -111,20 +111,20 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result
         return Ok(0);
     }
     let mut acks = Vec::with_capacity(rows.len());
-    for (_, subject, msg_id, payload, traceparent) in &rows {
+    let mut ids = Vec::with_capacity(rows.len());
+    for (id, subject, msg_id, payload, traceparent) in rows {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert("Content-Type", "application/json");
         if let Some(traceparent) = traceparent {
             headers.insert("traceparent", traceparent.as_str());
         }
-        let ack = js.publish_with_headers(subject.clone(), headers, payload.clone().into()).await?;
-        acks.push(ack);
+        acks.push(js.publish_with_headers(subject, headers, payload.into()).await?);
+        ids.push(id);
     }
     for ack in acks {
         ack.await?;
     }
-    let ids: Vec<i64> = rows.iter().map(|row| row.0).collect();
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
     metrics::counter!("outbox_published_total").increment(ids.len() as u64);
