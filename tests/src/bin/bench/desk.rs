@@ -172,8 +172,10 @@ async fn run_in(env: &TestEnv, options: &DeskOptions) -> anyhow::Result<String> 
 
     progress("desk: follow-ups");
     let follow_ups = node.follow_up().await?;
-    // Whole seconds, as the request carries them: the instant the follow-ups come due.
-    let due = chrono::DateTime::from_timestamp((chrono::Utc::now() + chrono::Duration::seconds(5)).timestamp(), 0)
+    // Whole seconds, as the request carries them: the instant the follow-ups come due, far
+    // enough ahead that creating them all ends before it (twice what as many assignments took).
+    let lead_time = chrono::Duration::seconds(5) + chrono::Duration::from_std(assign_elapsed * 2)?;
+    let due = chrono::DateTime::from_timestamp((chrono::Utc::now() + lead_time).timestamp(), 0)
         .unwrap_or_else(chrono::Utc::now);
     let (create_samples, create_elapsed) = timed(options.requests, |i| {
         let mut client = follow_ups.clone();
