@@ -300,6 +300,14 @@ async fn page_tokens_stay_correct_while_leads_are_created() -> anyhow::Result<()
             },
             "filter.min_score",
         ),
+        (
+            pb::ListLeadsRequest {
+                org_id: ORG.into(),
+                filter: Some(pb::LeadFilter { search: "ada ".repeat(60), ..Default::default() }),
+                ..Default::default()
+            },
+            "filter.search",
+        ),
     ] {
         let error = page.client.clone().list_leads(request).await.expect_err(field);
         assert_eq!(error.code(), Code::InvalidArgument);

@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
+/// A search box's text, not a document: every word of it becomes a term of the query.
+pub const MAX_SEARCH_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortField {
@@ -68,6 +70,9 @@ impl LeadQuery {
                     .ok_or_else(|| LeadError::invalid("filter.statuses", format!("{s} is not a status")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if filter.search.chars().count() > MAX_SEARCH_CHARS {
+            return Err(LeadError::invalid("filter.search", format!("at most {MAX_SEARCH_CHARS} characters")));
+        }
         for (field, value) in [("filter.min_score", filter.min_score), ("filter.max_score", filter.max_score)] {
             if let Some(score) = value
                 && !(0..=100).contains(&score)
@@ -423,5 +428,23 @@ fn decode_token(token: &str, sort: SortField, descending: bool) -> Result<Cursor
             let micros: i64 = key.parse().map_err(|_| bad())?;
             Ok(Cursor::Time(DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, id))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_is_split_as_the_contact_words_are() {
+        let words = |s: &str| search_query(s).words;
+        assert_eq!(words("Lov"), Some("'lov':*".into()));
+        assert_eq!(words("Ada  LOVELACE, sm"), Some("'ada lovelace' & 'lovelace sm':*".into()));
+        assert_eq!(words("lovelace12@ex"), Some("'lovelace ex':*".into()), "digits and punctuation split words");
+        assert_eq!(words("José O'Brien"), Some("'josé o' & 'o brien':*".into()));
+        assert_eq!(words("+1 (415) 555"), None);
+        assert_eq!(search_query("+1 (415) 555").digits, Some("%1415555%".into()));
+        assert_eq!(search_query("ab 12").digits, None, "fewer than three digits name no phone");
+        assert_eq!(search_query(" -- "), Search::default());
     }
 }
