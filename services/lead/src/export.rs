@@ -95,7 +95,7 @@ async fn stream_all(
     ));
     query.push_filters(&mut sql)?;
     query.push_order(&mut sql);
-    let mut rows = sql.build_query_as::<LeadView>().fetch(&mut *tx);
+    let mut rows = sql.build_query_as::<LeadView>().persistent(!query.has_search()).fetch(&mut *tx);
     let mut writer = new_writer(true)?;
     let mut in_chunk = 0usize;
     while let Some(lead) = rows.try_next().await? {

@@ -49,6 +49,8 @@ pub struct LeadQuery {
     pub descending: bool,
     pub page_size: i64,
     pub after: Option<Cursor>,
+    /// `filter.search` as conditions, split once here for the page, its total and exports.
+    pub search: Search,
 }
 
 /// Where a page ends: the sort key and id of its last lead.
@@ -103,7 +105,8 @@ impl LeadQuery {
         } else {
             Some(decode_token(&request.page_token, sort, descending)?)
         };
-        Ok(Self { org_id: request.org_id.clone(), filter, statuses, sort, descending, page_size, after })
+        let search = search_query(&filter.search);
+        Ok(Self { org_id: request.org_id.clone(), filter, statuses, sort, descending, page_size, after, search })
     }
 
     /// Appends `WHERE ...` for the filters (not the cursor).
@@ -193,7 +196,7 @@ impl LeadQuery {
         }
         push_range(sql, "l.created_at", f.created.as_ref(), "filter.created")?;
         push_range(sql, "l.last_interaction_at", f.last_interaction.as_ref(), "filter.last_interaction")?;
-        match search_query(&f.search) {
+        match &self.search {
             Search { words: Some(words), digits: Some(digits) } => {
                 sql.push(" AND (c.search_words @@ ").push_bind(words).push("::tsquery OR substr(c.phone, 2) LIKE ");
                 sql.push_bind(digits).push(")");
@@ -290,7 +293,7 @@ impl LeadQuery {
     /// depends on how common its words are, so it is planned for its own words every time
     /// rather than from a cached generic plan.
     pub fn has_search(&self) -> bool {
-        search_query(&self.filter.search) != Search::default()
+        self.search != Search::default()
     }
 
     /// The page's SELECT: filters, cursor, order and limit (one more than the page, to know
