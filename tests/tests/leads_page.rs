@@ -2,6 +2,7 @@
 //! optimistic concurrency, export and history.
 
 use leads_tests::{Node, TestEnv, all_leads, eventually, pb, phone};
+use lead::query::{LeadQuery, WordsOn};
 use platform::ServiceName;
 use serde_json::json;
 use std::{collections::HashSet, time::Duration};
@@ -48,6 +49,28 @@ impl Page {
         let request =
             pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(filter), page_size: 500, ..Default::default() };
         Ok(self.client.clone().list_leads(request).await?.into_inner())
+    }
+
+    /// The leads a search's words find by each plan the service chooses between (see
+    /// `lead::read`): from the contacts' words and from the leads' copy of them. Both must
+    /// give the same leads, also after a contact changed its name.
+    async fn search_both_ways(&self, search: &str) -> anyhow::Result<[HashSet<String>; 2]> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(platform::db::service_options(&self.env.settings, ServiceName::Lead)?)
+            .await?;
+        let filter = pb::LeadFilter { search: search.into(), ..Default::default() };
+        let request =
+            pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(filter), page_size: 500, ..Default::default() };
+        let query = LeadQuery::parse(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut found = [HashSet::new(), HashSet::new()];
+        for (ids, on) in found.iter_mut().zip([WordsOn::Contacts, WordsOn::Leads]) {
+            let mut sql = query.page_sql(on).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let leads: Vec<lead::model::LeadView> = sql.build_query_as().fetch_all(&pool).await?;
+            ids.extend(leads.iter().map(|l| l.id.to_string()));
+        }
+        pool.close().await;
+        Ok(found)
     }
 
     async fn change(
@@ -606,6 +629,10 @@ async fn search_matches_word_prefixes_and_phone_digits_and_follows_renames() -> 
         let expected: HashSet<String> = expected.into_iter().cloned().collect();
         assert_eq!(ids(&listed.leads), expected, "{name}: search {search:?}");
         assert_eq!(listed.total_count, expected.len() as i64, "{name}: total of {search:?}");
+        if search.chars().any(char::is_alphabetic) {
+            let [on_contacts, on_leads] = page.search_both_ways(&search).await?;
+            assert_eq!((&on_contacts, &on_leads), (&expected, &expected), "{name}: both plans of {search:?}");
+        }
     }
 
     // Grace's lead closes; she writes again under a new name: both her leads answer to it.
@@ -617,7 +644,12 @@ async fn search_matches_word_prefixes_and_phone_digits_and_follows_renames() -> 
     let new_lead = new_lead.expect("a new lead after the converted one").id.clone();
     for search in ["brewster", "navy", "brewster hop"] {
         let listed = page.list(pb::LeadFilter { search: search.into(), ..Default::default() }).await?;
-        assert_eq!(ids(&listed.leads), HashSet::from([grace.clone(), new_lead.clone()]), "search {search:?}");
+        let both = HashSet::from([grace.clone(), new_lead.clone()]);
+        assert_eq!(ids(&listed.leads), both, "search {search:?}");
+        let [on_contacts, on_leads] = page.search_both_ways(search).await?;
+        assert_eq!((&on_contacts, &on_leads), (&both, &both), "both plans of {search:?}");
     }
+    let [_, old_name_on_leads] = page.search_both_ways("grace hopper").await?;
+    assert!(old_name_on_leads.is_empty(), "the leads' copy of the old name is gone: {old_name_on_leads:?}");
     page.stop().await
 }

@@ -227,42 +227,88 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         applied.statuses = result.rows_affected() as usize;
     }
 
-    // Campaigns and templates last: a few rows that nearly every batch updates (the newest
-    // message names them), so their row locks are held only from here to the commit rather
-    // than through the whole batch, which had serialised concurrent batches on them.
+    // Campaigns and templates last: a few rows that nearly every batch names. An upsert with
+    // `DO UPDATE ... WHERE` locks every conflicting row even when it changes nothing, which
+    // made concurrent batches queue behind each other's commit; so existing rows are left
+    // alone by the insert, and only the rows this batch really renames are updated, locked in
+    // key order so that two batches renaming the same rows cannot deadlock.
     if !plan.campaigns.is_empty() {
         let (keys, values) = columns(&plan.campaigns);
+        let orgs: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        let names: Vec<Option<&str>> = values.iter().map(|v| v.0).collect();
+        let name_ats: Vec<Option<DateTime<Utc>>> = values.iter().map(|v| v.1).collect();
         sqlx::query(
             "INSERT INTO campaigns (org_id, campaign_id, name, name_at) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-             ON CONFLICT (org_id, campaign_id) DO UPDATE SET name = EXCLUDED.name, name_at = EXCLUDED.name_at \
-             WHERE EXCLUDED.name IS NOT NULL AND (campaigns.name IS NULL \
-               OR (EXCLUDED.name_at, EXCLUDED.name COLLATE \"C\") > (campaigns.name_at, campaigns.name COLLATE \"C\"))",
+             ON CONFLICT (org_id, campaign_id) DO NOTHING",
         )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
+        .bind(&orgs)
+        .bind(&ids)
+        .bind(&names)
+        .bind(&name_ats)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "WITH given AS ( \
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+                 AS g(org_id, campaign_id, name, name_at) WHERE name IS NOT NULL), \
+             renamed AS ( \
+               SELECT c.org_id, c.campaign_id FROM campaigns c JOIN given g USING (org_id, campaign_id) \
+               WHERE c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\") \
+               ORDER BY c.org_id, c.campaign_id FOR UPDATE OF c) \
+             UPDATE campaigns c SET name = g.name, name_at = g.name_at \
+             FROM given g JOIN renamed r USING (org_id, campaign_id) \
+             WHERE c.org_id = g.org_id AND c.campaign_id = g.campaign_id \
+               AND (c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\"))",
+        )
+        .bind(&orgs)
+        .bind(&ids)
+        .bind(&names)
+        .bind(&name_ats)
         .execute(&mut *tx)
         .await?;
     }
 
     if !plan.templates.is_empty() {
         let (keys, values) = columns(&plan.templates);
+        let orgs: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let names: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        let languages: Vec<&str> = keys.iter().map(|k| k.2).collect();
+        let categories: Vec<Option<&str>> = values.iter().map(|v| v.0).collect();
+        let category_ats: Vec<Option<DateTime<Utc>>> = values.iter().map(|v| v.1).collect();
         sqlx::query(
             "INSERT INTO templates (org_id, name, language, category, category_at) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
-             ON CONFLICT (org_id, name, language) DO UPDATE \
-               SET category = EXCLUDED.category, category_at = EXCLUDED.category_at \
-             WHERE EXCLUDED.category IS NOT NULL AND (templates.category IS NULL \
-               OR (EXCLUDED.category_at, EXCLUDED.category COLLATE \"C\") \
-               > (templates.category_at, templates.category COLLATE \"C\"))",
+             ON CONFLICT (org_id, name, language) DO NOTHING",
         )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
-        .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
+        .bind(&orgs)
+        .bind(&names)
+        .bind(&languages)
+        .bind(&categories)
+        .bind(&category_ats)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "WITH given AS ( \
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+                 AS g(org_id, name, language, category, category_at) WHERE category IS NOT NULL), \
+             recategorised AS ( \
+               SELECT t.org_id, t.name, t.language FROM templates t JOIN given g USING (org_id, name, language) \
+               WHERE t.category IS NULL \
+                 OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\") \
+               ORDER BY t.org_id, t.name, t.language FOR UPDATE OF t) \
+             UPDATE templates t SET category = g.category, category_at = g.category_at \
+             FROM given g JOIN recategorised r USING (org_id, name, language) \
+             WHERE t.org_id = g.org_id AND t.name = g.name AND t.language = g.language \
+               AND (t.category IS NULL \
+                 OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\"))",
+        )
+        .bind(&orgs)
+        .bind(&names)
+        .bind(&languages)
+        .bind(&categories)
+        .bind(&category_ats)
         .execute(&mut *tx)
         .await?;
     }

@@ -80,7 +80,6 @@ enum Channel {
 
 /// Decodes and validates one message; anything wrong becomes a refusal, never a panic.
 pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Candidate {
-    let source_key = format!("js:{}:{}", subjects.prefix(), delivery.stream_sequence);
     let subject = subjects.strip(&delivery.subject).unwrap_or(&delivery.subject);
     let refused = |org_id: &str, message_id: Option<String>, refusal: Refusal| Candidate::Refused {
         org_id: org_id.to_owned(),
@@ -88,7 +87,7 @@ pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Cand
         subject: subject.to_owned(),
         refusal,
         payload: delivery.payload.to_vec(),
-        source_key: source_key.clone(),
+        source_key: format!("js:{}:{}", subjects.prefix(), delivery.stream_sequence),
     };
     let parsed = subject.strip_prefix("broadcasts.").and_then(|rest| rest.split_once('.')).and_then(|(org, kind)| {
         let channel = match kind {

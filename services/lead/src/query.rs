@@ -109,8 +109,14 @@ impl LeadQuery {
         Ok(Self { org_id: request.org_id.clone(), filter, statuses, sort, descending, page_size, after, search })
     }
 
-    /// Appends `WHERE ...` for the filters (not the cursor).
+    /// Appends `WHERE ...` for the filters (not the cursor), a search's words matched on the
+    /// contacts.
     pub fn push_filters(&self, sql: &mut QueryBuilder<Postgres>) -> Result<(), LeadError> {
+        self.push_filters_matching(sql, WordsOn::Contacts)
+    }
+
+    /// Appends `WHERE ...` for the filters (not the cursor), a search's words matched `on`.
+    pub fn push_filters_matching(&self, sql: &mut QueryBuilder<Postgres>, on: WordsOn) -> Result<(), LeadError> {
         let f = &self.filter;
         sql.push(" WHERE l.org_id = ").push_bind(&self.org_id);
         // One value is compared with `=` rather than `= ANY`: Postgres 15 reads an index in
@@ -202,7 +208,11 @@ impl LeadQuery {
                 sql.push_bind(digits).push(")");
             }
             Search { words: Some(words), digits: None } => {
-                sql.push(" AND c.search_words @@ ").push_bind(words).push("::tsquery");
+                let column = match on {
+                    WordsOn::Contacts => " AND c.search_words @@ ",
+                    WordsOn::Leads => " AND l.search_words @@ ",
+                };
+                sql.push(column).push_bind(words).push("::tsquery");
             }
             Search { words: None, digits: Some(digits) } => {
                 // Phones are E.164: the digits follow the '+'; see migration 0006.
@@ -298,11 +308,11 @@ impl LeadQuery {
 
     /// The page's SELECT: filters, cursor, order and limit (one more than the page, to know
     /// whether another page follows).
-    pub fn page_sql(&self) -> Result<QueryBuilder<Postgres>, LeadError> {
+    pub fn page_sql(&self, words_on: WordsOn) -> Result<QueryBuilder<Postgres>, LeadError> {
         let mut sql = QueryBuilder::new(format!(
             "SELECT {LEAD_VIEW_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id"
         ));
-        self.push_filters(&mut sql)?;
+        self.push_filters_matching(&mut sql, words_on)?;
         self.push_cursor(&mut sql, self.after.as_ref());
         self.push_order(&mut sql);
         sql.push(" LIMIT ").push_bind(self.page_size + 1);
@@ -352,6 +362,17 @@ impl LeadQuery {
         let plain = format!("v1|{}|{dir}|{key}|{}", self.sort.code(), lead.id);
         platform::token::encode(&plain)
     }
+}
+
+/// Where a search's words are matched. Both give the same leads (lead migration 0009 keeps
+/// each lead's copy of its contact's words); they differ in the plan they lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WordsOn {
+    /// The contacts' words, through their index: rare words, few contacts to start from.
+    Contacts,
+    /// The lead rows' copy, checked while the leads are read in the page's order: common
+    /// words, where a page is found long before every matching contact could be read.
+    Leads,
 }
 
 /// A search box's text as conditions on a contact.

@@ -131,10 +131,11 @@ where
             // A batch continues the trace of its first message; the others are linked by
             // their own traceparent headers, kept in the stream.
             crate::telemetry::set_parent_from_nats(&span, batch[0].headers.as_ref());
+            let client = client.clone();
             in_flight.spawn(
                 async move {
                     let _permit = permit;
-                    handle_batch(batch, handler).await;
+                    handle_batch(client, batch, handler).await;
                 }
                 .instrument(span),
             );
@@ -156,35 +157,41 @@ where
     Ok(())
 }
 
-async fn handle_batch<H, Fut>(batch: Vec<jetstream::Message>, handler: H)
+async fn handle_batch<H, Fut>(client: async_nats::Client, batch: Vec<jetstream::Message>, handler: H)
 where
     H: Fn(Vec<Delivery>) -> Fut,
     Fut: Future<Output = Vec<Disposition>>,
 {
-    let deliveries: Vec<Delivery> = batch
-        .iter()
-        .map(|message| {
-            let (stream_sequence, delivered) =
-                message.info().map(|info| (info.stream_sequence, info.delivered)).unwrap_or((0, 1));
-            Delivery {
-                subject: message.subject.to_string(),
-                payload: message.payload.clone(),
-                headers: message.headers.clone(),
-                stream_sequence,
-                delivered,
-            }
-        })
-        .collect();
+    // The handler gets the messages' parts moved, not copied: at tens of thousands of
+    // messages a second the copies of subjects and header maps showed in the profile. Only
+    // the reply subject is kept, to acknowledge with.
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for message in batch {
+        let (stream_sequence, delivered) =
+            message.info().map(|info| (info.stream_sequence, info.delivered)).unwrap_or((0, 1));
+        let message = message.message;
+        replies.push(message.reply);
+        deliveries.push(Delivery {
+            subject: message.subject.to_string(),
+            payload: message.payload,
+            headers: message.headers,
+            stream_sequence,
+            delivered,
+        });
+    }
     let dispositions = handler(deliveries).await;
-    metrics::counter!("consumer_messages_total").increment(batch.len() as u64);
-    for (index, message) in batch.iter().enumerate() {
+    metrics::counter!("consumer_messages_total").increment(replies.len() as u64);
+    for (index, reply) in replies.into_iter().enumerate() {
         let kind = match dispositions.get(index).copied().unwrap_or(Disposition::Retry) {
             Disposition::Ack => AckKind::Ack,
             Disposition::Retry => AckKind::Nak(Some(Duration::from_millis(500))),
             Disposition::Term => AckKind::Term,
         };
-        if let Err(error) = message.ack_with(kind).await {
-            tracing::warn!(%error, subject = %message.subject, "ack failed; the message will be redelivered");
+        // Messages pulled from a consumer always carry their ack subject as the reply.
+        let Some(reply) = reply else { continue };
+        if let Err(error) = client.publish(reply.clone(), kind.into()).await {
+            tracing::warn!(%error, %reply, "ack failed; the message will be redelivered");
         }
     }
 }

@@ -582,7 +582,16 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
     let nats_rate = rate(args.raw_messages, nats_elapsed);
     report.raw_nats_per_s = Some(nats_rate);
 
-    // (b) Postgres UNNEST batches
+    // (b) JetStream pull consume of the same messages, acknowledging each message, then (a
+    // second consumer) acknowledging only the last of each batch under AckPolicy::All
+    let mut consumed = Vec::new();
+    for (label, policy) in [("each message", jetstream::consumer::AckPolicy::Explicit), ("last of each batch", jetstream::consumer::AckPolicy::All)] {
+        progress(format!("raw: consuming {} messages, acknowledging {label}", args.raw_messages));
+        let elapsed = raw_consume(env, &stream_name, policy, args.raw_messages).await?;
+        consumed.push((label, elapsed));
+    }
+
+    // (c) Postgres UNNEST batches
     let admin = env.admin_pool().await?;
     sqlx::raw_sql("CREATE SCHEMA bench").execute(&admin).await?;
     let mut pg_rows = Vec::new();
@@ -648,6 +657,14 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
         nats_elapsed.as_secs_f64(),
         thousands(nats_rate)
     ));
+    for (label, elapsed) in &consumed {
+        report.line(format!(
+            "| JetStream pull consume, batches of {RAW_CONSUME_BATCH}, ack {label} | {} msgs | {:.2} s | **{} msgs/s** |",
+            thousands(args.raw_messages as f64),
+            elapsed.as_secs_f64(),
+            thousands(rate(args.raw_messages, *elapsed))
+        ));
+    }
     for (connections, inserted, elapsed) in &pg_rows {
         report.line(format!(
             "| Postgres UNNEST insert, {} rows/batch, 1 tx per batch, PK, {connections} connection(s) | {} rows | {:.2} s | **{} rows/s** |",
@@ -659,6 +676,52 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
     }
     report.line("");
     Ok(())
+}
+
+const RAW_CONSUME_BATCH: usize = 500;
+
+/// Pulls `count` messages from `stream` through a new durable consumer, acknowledging under
+/// `policy` (each message, or the last of each batch), and returns how long it took.
+async fn raw_consume(
+    env: &TestEnv,
+    stream: &str,
+    policy: jetstream::consumer::AckPolicy,
+    count: u64,
+) -> anyhow::Result<Duration> {
+    use futures::StreamExt as _;
+    let durable = format!("raw-{policy:?}").to_lowercase();
+    let consumer = env
+        .js
+        .get_stream(stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("raw stream: {e}"))?
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(durable),
+            ack_policy: policy,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("raw consumer: {e}"))?;
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(RAW_CONSUME_BATCH * 4)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("raw pull: {e}"))?;
+    let mut received = 0u64;
+    while received < count {
+        let Some(message) = messages.next().await else { bail!("the raw consumer ended after {received}") };
+        let message = message.map_err(|e| anyhow::anyhow!("raw pull: {e}"))?;
+        received += 1;
+        let last_of_batch = received % RAW_CONSUME_BATCH as u64 == 0 || received == count;
+        if policy == jetstream::consumer::AckPolicy::Explicit || last_of_batch {
+            message.ack().await.map_err(|e| anyhow::anyhow!("raw ack: {e}"))?;
+        }
+    }
+    env.nats.flush().await?;
+    Ok(started.elapsed())
 }
 
 struct RawBatch {
