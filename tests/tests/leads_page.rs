@@ -1,8 +1,8 @@
 //! The Leads page over gRPC: filters, keyset pages, status changes (single and bulk),
 //! optimistic concurrency, export and history.
 
-use leads_tests::{Node, TestEnv, all_leads, eventually, pb, phone};
 use lead::query::{LeadQuery, WordsOn};
+use leads_tests::{Node, TestEnv, all_leads, eventually, pb, phone};
 use platform::ServiceName;
 use serde_json::json;
 use std::{collections::HashSet, time::Duration};

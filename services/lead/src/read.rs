@@ -54,7 +54,8 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> R
 /// (its statistics of the words), which cost a plan but no rows.
 async fn words_on(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<WordsOn, LeadError> {
     let Search { words: Some(words), digits: None } = &query.search else { return Ok(WordsOn::Contacts) };
-    let contacts = estimated_rows(conn, "EXPLAIN SELECT 1 FROM contacts WHERE org_id = $1", &query.org_id, None).await?;
+    let contacts =
+        estimated_rows(conn, "EXPLAIN SELECT 1 FROM contacts WHERE org_id = $1", &query.org_id, None).await?;
     let matching = estimated_rows(
         conn,
         "EXPLAIN SELECT 1 FROM contacts WHERE org_id = $1 AND search_words @@ $2::tsquery",

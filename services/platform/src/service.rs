@@ -109,6 +109,28 @@ impl ServiceBase {
         H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
+        let settings = infra.settings.consumer.clone();
+        self.spawn_consumer_with(infra, stream, filter_subject, durable, settings, token, ctx, handler);
+    }
+
+    /// Like `spawn_filtered_consumer`, with consumer settings of its own (a larger batch for a
+    /// stream of many small events, say).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_consumer_with<C, H, Fut>(
+        &mut self,
+        infra: &Infra,
+        stream: crate::nats::StreamKind,
+        filter_subject: &str,
+        durable: &str,
+        settings: crate::settings::ConsumerSettings,
+        token: &tokio_util::sync::CancellationToken,
+        ctx: C,
+        handler: H,
+    ) where
+        C: Clone + Send + Sync + 'static,
+        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
+    {
         let spec = crate::consumer::ConsumerSpec {
             stream: infra.subjects.stream_name(stream),
             durable: durable.to_owned(),
@@ -118,7 +140,7 @@ impl ServiceBase {
             infra.nats.clone(),
             infra.js.clone(),
             spec,
-            infra.settings.consumer.clone(),
+            settings,
             token.clone(),
             move |batch| handler(ctx.clone(), batch),
         ));

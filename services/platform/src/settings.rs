@@ -198,6 +198,11 @@ impl Default for Endpoints {
 pub struct ConsumerSettings {
     /// Messages handled in one transaction.
     pub batch_size: usize,
+    /// Messages handled in one transaction by the broadcast-tracking service's consumer of
+    /// messages and statuses: a broadcast yields millions of small events, and a backlog
+    /// drained 27,000 statuses/s in batches of 500 and 39,000/s in batches of 5,000 (see
+    /// BENCHMARKS.md). A batch still closes 10 ms after its first message when traffic is light.
+    pub broadcast_batch_size: usize,
     /// Batches in flight at once per consumer.
     pub concurrency: usize,
     /// Seconds before an unacknowledged message is delivered again.
@@ -214,7 +219,7 @@ impl ConsumerSettings {
 
 impl Default for ConsumerSettings {
     fn default() -> Self {
-        Self { batch_size: 500, concurrency: 4, ack_wait_secs: 30, max_deliver: 20 }
+        Self { batch_size: 500, broadcast_batch_size: 5000, concurrency: 4, ack_wait_secs: 30, max_deliver: 20 }
     }
 }
 
@@ -299,6 +304,9 @@ impl Settings {
         if let Some(v) = lookup("LEADS_CONSUMER_BATCH_SIZE") {
             self.consumer.batch_size = parse("LEADS_CONSUMER_BATCH_SIZE", v)?;
         }
+        if let Some(v) = lookup("LEADS_CONSUMER_BROADCAST_BATCH_SIZE") {
+            self.consumer.broadcast_batch_size = parse("LEADS_CONSUMER_BROADCAST_BATCH_SIZE", v)?;
+        }
         if let Some(v) = lookup("LEADS_CONSUMER_CONCURRENCY") {
             self.consumer.concurrency = parse("LEADS_CONSUMER_CONCURRENCY", v)?;
         }
@@ -331,6 +339,9 @@ impl Settings {
         }
         if self.consumer.batch_size == 0 || self.consumer.batch_size > 5000 {
             return Err(invalid("consumer.batch_size", "must be between 1 and 5000"));
+        }
+        if self.consumer.broadcast_batch_size == 0 || self.consumer.broadcast_batch_size > 5000 {
+            return Err(invalid("consumer.broadcast_batch_size", "must be between 1 and 5000"));
         }
         if self.consumer.concurrency == 0 || self.consumer.concurrency > 64 {
             return Err(invalid("consumer.concurrency", "must be between 1 and 64"));

@@ -585,7 +585,10 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
     // (b) JetStream pull consume of the same messages, acknowledging each message, then (a
     // second consumer) acknowledging only the last of each batch under AckPolicy::All
     let mut consumed = Vec::new();
-    for (label, policy) in [("each message", jetstream::consumer::AckPolicy::Explicit), ("last of each batch", jetstream::consumer::AckPolicy::All)] {
+    for (label, policy) in [
+        ("each message", jetstream::consumer::AckPolicy::Explicit),
+        ("last of each batch", jetstream::consumer::AckPolicy::All),
+    ] {
         progress(format!("raw: consuming {} messages, acknowledging {label}", args.raw_messages));
         let elapsed = raw_consume(env, &stream_name, policy, args.raw_messages).await?;
         consumed.push((label, elapsed));
@@ -763,6 +766,11 @@ async fn ingest(report: &mut Report, args: &Args) -> anyhow::Result<()> {
     // The production defaults, not the test harness's small batches.
     let defaults = Settings::default();
     env.settings.consumer = defaults.consumer.clone();
+    // An operator's consumer tuning (LEADS_CONSUMER_*), to measure it; nothing else of the
+    // environment reaches the services under test.
+    env.settings
+        .apply_env(|key| key.starts_with("LEADS_CONSUMER_").then(|| std::env::var(key).ok()).flatten())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     env.settings.database_max_connections = defaults.database_max_connections;
     let node = match env.start(&[ServiceName::Ingest, ServiceName::Lead]).await {
         Ok(node) => node,

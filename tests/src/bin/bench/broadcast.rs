@@ -517,6 +517,11 @@ async fn production_env() -> anyhow::Result<TestEnv> {
     let mut env = TestEnv::new().await?;
     let defaults = Settings::default();
     env.settings.consumer = defaults.consumer.clone();
+    // An operator's consumer tuning (LEADS_CONSUMER_*), to measure it; nothing else of the
+    // environment reaches the services under test.
+    env.settings
+        .apply_env(|key| key.starts_with("LEADS_CONSUMER_").then(|| std::env::var(key).ok()).flatten())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     env.settings.database_max_connections = defaults.database_max_connections;
     Ok(env)
 }
@@ -578,10 +583,10 @@ async fn raw_upsert(
     let table = format!("bench_broadcast.statuses_{connections}");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {table} ( \
-           org_id text NOT NULL, message_id text NOT NULL, \
-           status text NOT NULL CHECK (status IN ('sent', 'delivered', 'read', 'failed')), \
+           org_id text COLLATE \"C\" NOT NULL, message_id text COLLATE \"C\" NOT NULL, \
+           status text COLLATE \"C\" NOT NULL CHECK (status IN ('sent', 'delivered', 'read', 'failed')), \
            at timestamptz NOT NULL, error_code bigint, error_title text, \
-           error_class text CHECK (error_class IN ('undeliverable', 'frequency_cap', 'opted_out', 'window_closed', 'other')), \
+           error_class text COLLATE \"C\" CHECK (error_class IN ('undeliverable', 'frequency_cap', 'opted_out', 'window_closed', 'other')), \
            received_at timestamptz NOT NULL DEFAULT now(), \
            PRIMARY KEY (org_id, message_id, status), \
            CHECK (status = 'failed' OR (error_code IS NULL AND error_title IS NULL)))"
@@ -829,7 +834,7 @@ async fn ingest_and_read(
     out.line("### Raw baseline\n");
     out.line(format!(
         "The same {} status rows (repeats included, in publish order) upserted straight into a table shaped like \
-         `broadcast.statuses` (same columns, checks and primary key), in UNNEST batches of {RAW_BATCH} sorted by key, \
+         `broadcast.statuses` (same columns, collations, checks and primary key), in UNNEST batches of {RAW_BATCH} sorted by key, \
          `ON CONFLICT DO NOTHING`, one autocommit statement per batch; in the same database before the service \
          started.\n",
         thousands(generated.status_events as f64)
