@@ -79,12 +79,17 @@ async fn estimated_rows(
         plan = plan.bind(words);
     }
     let first_line: String = plan.persistent(false).fetch_one(conn).await?;
-    Ok(first_line
-        .split_once(" rows=")
+    Ok(rows_of_plan_line(&first_line))
+}
+
+/// `rows=` of one line of a text plan; 0 when the line has none (never seen: every node has it).
+fn rows_of_plan_line(line: &str) -> f64 {
+    line.split_once(" rows=")
         .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|rows| rows.parse().ok())
-        .unwrap_or(0.0))
+        .unwrap_or(0.0)
 }
+
 
 /// The number of leads matching the filters: from the maintained counts when every filter is
 /// one of their dimensions, else by counting rows.
@@ -135,5 +140,18 @@ pub async fn fold_counts_until(pool: PgPool, token: tokio_util::sync::Cancellati
         if let Err(error) = fold_count_deltas(&pool).await {
             tracing::warn!(%error, "cannot fold lead count deltas, retrying");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_of_plan_line;
+
+    #[test]
+    fn the_planner_estimate_is_read_off_the_plan_line() {
+        let line = "Bitmap Heap Scan on contacts  (cost=996.62..40422.67 rows=55427 width=4)";
+        assert_eq!(rows_of_plan_line(line), 55427.0);
+        assert_eq!(rows_of_plan_line("Seq Scan on contacts  (cost=0.00..52463.10 rows=1000100 width=4)"), 1000100.0);
+        assert_eq!(rows_of_plan_line("Result"), 0.0);
     }
 }

@@ -718,7 +718,7 @@ async fn raw_consume(
         let Some(message) = messages.next().await else { bail!("the raw consumer ended after {received}") };
         let message = message.map_err(|e| anyhow::anyhow!("raw pull: {e}"))?;
         received += 1;
-        let last_of_batch = received % RAW_CONSUME_BATCH as u64 == 0 || received == count;
+        let last_of_batch = received.is_multiple_of(RAW_CONSUME_BATCH as u64) || received == count;
         if policy == jetstream::consumer::AckPolicy::Explicit || last_of_batch {
             message.ack().await.map_err(|e| anyhow::anyhow!("raw ack: {e}"))?;
         }
