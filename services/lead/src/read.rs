@@ -90,7 +90,6 @@ fn rows_of_plan_line(line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-
 /// The number of leads matching the filters: from the maintained counts when every filter is
 /// one of their dimensions, else by counting rows.
 pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<i64, LeadError> {
