@@ -340,8 +340,8 @@ impl Settings {
         if self.consumer.batch_size == 0 || self.consumer.batch_size > 5000 {
             return Err(invalid("consumer.batch_size", "must be between 1 and 5000"));
         }
-        if self.consumer.broadcast_batch_size == 0 || self.consumer.broadcast_batch_size > 5000 {
-            return Err(invalid("consumer.broadcast_batch_size", "must be between 1 and 5000"));
+        if self.consumer.broadcast_batch_size == 0 || self.consumer.broadcast_batch_size > 20_000 {
+            return Err(invalid("consumer.broadcast_batch_size", "must be between 1 and 20000"));
         }
         if self.consumer.concurrency == 0 || self.consumer.concurrency > 64 {
             return Err(invalid("consumer.concurrency", "must be between 1 and 64"));
