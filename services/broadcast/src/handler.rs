@@ -231,7 +231,9 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
     // `DO UPDATE ... WHERE` locks every conflicting row even when it changes nothing, which
     // made concurrent batches queue behind each other's commit; so existing rows are left
     // alone by the insert, and only the rows this batch really renames are updated, locked in
-    // key order so that two batches renaming the same rows cannot deadlock.
+    // key order so that two batches renaming the same rows cannot deadlock. The UPDATE states
+    // the newer-name condition again because, when it waited for another batch's rename, it
+    // re-checks only its own WHERE against the row that batch committed.
     if !plan.campaigns.is_empty() {
         let (keys, values) = columns(&plan.campaigns);
         let orgs: Vec<&str> = keys.iter().map(|k| k.0).collect();

@@ -45,21 +45,12 @@ pub struct BroadcastContext {
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Broadcast, &MIGRATOR, &token).await?;
     let ctx = BroadcastContext { pool: base.pool.clone(), subjects: infra.subjects.clone() };
+    // Many small events: larger transactions than the other consumers (BENCHMARKS.md).
     let bulk = ConsumerSettings {
         batch_size: infra.settings.consumer.broadcast_batch_size,
         ..infra.settings.consumer.clone()
     };
-    let all_broadcasts = infra.subjects.stream_subjects(StreamKind::Broadcasts).concat();
-    base.spawn_consumer_with(
-        infra,
-        StreamKind::Broadcasts,
-        &all_broadcasts,
-        DURABLE,
-        bulk,
-        &token,
-        ctx.clone(),
-        consume_broadcasts,
-    );
+    base.spawn_consumer_with(infra, StreamKind::Broadcasts, DURABLE, bulk, &token, ctx.clone(), consume_broadcasts);
     base.spawn_consumer(infra, StreamKind::Events("lead"), LEADS_DURABLE, &token, ctx.clone(), consume_lead_events);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {

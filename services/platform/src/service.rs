@@ -88,8 +88,29 @@ impl ServiceBase {
         H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
+        let settings = infra.settings.consumer.clone();
+        self.spawn_consumer_with(infra, stream, durable, settings, token, ctx, handler);
+    }
+
+    /// Like `spawn_consumer`, with consumer settings of its own (a larger batch for a stream
+    /// of many small events, say).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_consumer_with<C, H, Fut>(
+        &mut self,
+        infra: &Infra,
+        stream: crate::nats::StreamKind,
+        durable: &str,
+        settings: crate::settings::ConsumerSettings,
+        token: &tokio_util::sync::CancellationToken,
+        ctx: C,
+        handler: H,
+    ) where
+        C: Clone + Send + Sync + 'static,
+        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
+    {
         let filter = infra.subjects.stream_subjects(stream).concat();
-        self.spawn_filtered_consumer(infra, stream, &filter, durable, token, ctx, handler);
+        self.spawn_run(infra, stream, &filter, durable, settings, token, ctx, handler);
     }
 
     /// Like `spawn_consumer`, for the messages of `stream` that match `filter_subject` only
@@ -110,13 +131,11 @@ impl ServiceBase {
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
         let settings = infra.settings.consumer.clone();
-        self.spawn_consumer_with(infra, stream, filter_subject, durable, settings, token, ctx, handler);
+        self.spawn_run(infra, stream, filter_subject, durable, settings, token, ctx, handler);
     }
 
-    /// Like `spawn_filtered_consumer`, with consumer settings of its own (a larger batch for a
-    /// stream of many small events, say).
     #[allow(clippy::too_many_arguments)]
-    pub fn spawn_consumer_with<C, H, Fut>(
+    fn spawn_run<C, H, Fut>(
         &mut self,
         infra: &Infra,
         stream: crate::nats::StreamKind,

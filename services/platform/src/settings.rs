@@ -199,9 +199,9 @@ pub struct ConsumerSettings {
     /// Messages handled in one transaction.
     pub batch_size: usize,
     /// Messages handled in one transaction by the broadcast-tracking service's consumer of
-    /// messages and statuses: a broadcast yields millions of small events, and a backlog
-    /// drained 27,000 statuses/s in batches of 500 and 39,000/s in batches of 5,000 (see
-    /// BENCHMARKS.md). A batch still closes 10 ms after its first message when traffic is light.
+    /// messages and statuses: a broadcast yields millions of small events, which drain much
+    /// faster in larger transactions (BENCHMARKS.md has the figures). A batch still closes
+    /// 10 ms after its first message when traffic is light.
     pub broadcast_batch_size: usize,
     /// Batches in flight at once per consumer.
     pub concurrency: usize,
