@@ -359,3 +359,59 @@ async fn concurrent_first_messages_on_two_consumers_make_one_lead() -> anyhow::R
     second.stop().await?;
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_large_batch_of_long_messages_arrives_whole() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = start(&env).await?;
+    // 150 events of 4,096 three-byte characters each: 1.8 MB of text, forwarded to the lead
+    // service in messages that must each stay under NATS's payload limit.
+    let text = "€".repeat(ingest::event::MAX_TEXT_CHARS);
+    let events: Vec<pb::InteractionEvent> = (0..150u32)
+        .map(|n| pb::InteractionEvent {
+            event_id: format!("long-{n}"),
+            occurred_at: Some(prost_types::Timestamp { seconds: 1_790_000_000 + i64::from(n), nanos: 0 }),
+            kind: "chat_message".into(),
+            contact: Some(pb::Contact { phone: phone(300 + n), ..Default::default() }),
+            text: text.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let answer = node.ingest().await?.ingest(pb::IngestRequest { org_id: ORG.into(), events }).await?.into_inner();
+    assert!(answer.results.iter().all(|r| r.outcome() == pb::IngestOutcome::Accepted));
+    let leads = leads_when(&node, "a lead per long message", |l| l.len() == 150).await?;
+    assert_eq!(interactions(&leads), 150);
+    assert!(leads.iter().all(|l| l.last_message_preview == "€".repeat(140)));
+    node.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn an_interaction_forwarded_alone_by_an_earlier_version_is_applied() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = start(&env).await?;
+    // What an ingest service before batched forwarding left in the stream: one interaction
+    // per `interaction_accepted` event.
+    let interaction: ingest::event::Interaction = serde_json::from_value(json!({
+        "event_id": "legacy-1",
+        "occurred_at": "2026-11-01T10:00:00Z",
+        "kind": "chat_message",
+        "direction": "inbound",
+        "channel": "whatsapp",
+        "contact": { "phone": phone(400), "external_id": null, "name": "Grace Hopper", "email": null },
+        "agent_id": null,
+        "text": "forwarded alone",
+        "conversation_id": null,
+        "broadcast": null,
+        "integration": null,
+        "attributes": {},
+    }))?;
+    let kind = ingest::handler::INTERACTION_ACCEPTED;
+    let envelope = platform::event::Envelope::new(ORG, kind, uuid::Uuid::now_v7(), 1, interaction);
+    env.publish(env.subjects.event("ingest", ORG, kind), envelope.to_json(), None).await?;
+    let leads = leads_when(&node, "the forwarded lead", |l| l.len() == 1).await?;
+    assert_eq!(leads[0].last_message_preview, "forwarded alone");
+    assert_eq!(leads[0].contact.clone().unwrap_or_default().name, "Grace Hopper");
+    node.stop().await?;
+    env.cleanup().await
+}

@@ -66,7 +66,7 @@ pub struct IntegrationInfo {
     pub reference: Option<String>,
 }
 
-/// A valid interaction, published as `events.ingest.<org>.interaction_accepted`.
+/// A valid interaction, forwarded in `events.ingest.<org>.interactions_accepted`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Interaction {
     pub event_id: String,

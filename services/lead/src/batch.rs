@@ -17,7 +17,6 @@ use crate::{
 };
 use chrono::{DateTime, Utc};
 use ingest::event::{Direction, Interaction, Kind};
-use platform::event::Envelope;
 use sqlx::{Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -25,7 +24,7 @@ use uuid::Uuid;
 const PREVIEW_CHARS: usize = 140;
 
 /// Applies a batch, skipping events already applied. Retries the whole batch on conflicts.
-pub async fn apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> Result<(), LeadError> {
+pub async fn apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -37,6 +36,13 @@ pub async fn apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> 
             result => return result,
         }
     }
+}
+
+/// An interaction the ingest service accepted, with the organisation it belongs to.
+#[derive(Debug, Clone)]
+pub struct AcceptedInteraction {
+    pub org_id: String,
+    pub interaction: Interaction,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -78,7 +84,7 @@ struct BatchState {
     messages: Vec<platform::outbox::OutboxMessage>,
 }
 
-async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> Result<(), LeadError> {
+async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
     let mut tx = ctx.pool.begin().await?;
     let todo = unseen(&mut tx, batch).await?;
     if todo.is_empty() {
@@ -91,8 +97,8 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> 
     let now = Utc::now();
     // Arrival order: an event that links a phone to an external id comes before a later
     // event that names only the phone.
-    for envelope in &todo {
-        apply(ctx, &mut state, &envelope.org_id, &envelope.data, now);
+    for accepted in &todo {
+        apply(ctx, &mut state, &accepted.org_id, &accepted.interaction, now);
     }
     write(&mut tx, &state).await?;
     crate::apply::commit_with_events(ctx, tx, &state.messages).await?;
@@ -103,10 +109,10 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[Envelope<Interaction>]) -> 
 /// The batch's events not applied before, each once, in arrival order.
 async fn unseen<'a>(
     tx: &mut Transaction<'_, Postgres>,
-    batch: &'a [Envelope<Interaction>],
-) -> Result<Vec<&'a Envelope<Interaction>>, LeadError> {
+    batch: &'a [AcceptedInteraction],
+) -> Result<Vec<&'a AcceptedInteraction>, LeadError> {
     let orgs: Vec<&str> = batch.iter().map(|e| e.org_id.as_str()).collect();
-    let ids: Vec<&str> = batch.iter().map(|e| e.data.event_id.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|e| e.interaction.event_id.as_str()).collect();
     let seen: HashSet<(String, String)> = sqlx::query_as(
         "SELECT i.org_id, i.event_id FROM interactions i \
          JOIN UNNEST($1::text[], $2::text[]) AS b(org_id, event_id) \
@@ -122,7 +128,7 @@ async fn unseen<'a>(
     Ok(batch
         .iter()
         .filter(|e| {
-            let key = (e.org_id.clone(), e.data.event_id.clone());
+            let key = (e.org_id.clone(), e.interaction.event_id.clone());
             !seen.contains(&key) && in_batch.insert(key)
         })
         .collect())
@@ -130,17 +136,17 @@ async fn unseen<'a>(
 
 async fn load_contacts(
     tx: &mut Transaction<'_, Postgres>,
-    todo: &[&Envelope<Interaction>],
+    todo: &[&AcceptedInteraction],
     state: &mut BatchState,
 ) -> Result<(), LeadError> {
     let (mut phone_orgs, mut phones, mut ext_orgs, mut exts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for envelope in todo {
-        if let Some(phone) = &envelope.data.contact.phone {
-            phone_orgs.push(envelope.org_id.as_str());
+    for accepted in todo {
+        if let Some(phone) = &accepted.interaction.contact.phone {
+            phone_orgs.push(accepted.org_id.as_str());
             phones.push(phone.as_str());
         }
-        if let Some(external_id) = &envelope.data.contact.external_id {
-            ext_orgs.push(envelope.org_id.as_str());
+        if let Some(external_id) = &accepted.interaction.contact.external_id {
+            ext_orgs.push(accepted.org_id.as_str());
             exts.push(external_id.as_str());
         }
     }

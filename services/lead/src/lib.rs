@@ -15,7 +15,7 @@ pub mod query;
 pub mod read;
 pub mod scores;
 
-use crate::error::LeadError;
+use crate::{batch::AcceptedInteraction, error::LeadError};
 use ingest::event::Interaction;
 use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingServiceClient;
 use platform::grpc::TracedChannel;
@@ -57,10 +57,16 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
     };
     base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
-    base.spawn_consumer(
+    // A message carries up to a hundred interactions: a batch of messages holds about as
+    // many interactions as the other consumers' batches hold events.
+    let mut interaction_settings = infra.settings.consumer.clone();
+    interaction_settings.batch_size =
+        interaction_settings.batch_size.div_ceil(ingest::handler::MAX_INTERACTIONS_PER_MESSAGE);
+    base.spawn_consumer_with(
         infra,
         StreamKind::Events("ingest"),
         INTERACTIONS_DURABLE,
+        interaction_settings,
         &token,
         ctx.clone(),
         consume_interactions,
@@ -101,10 +107,27 @@ async fn consume_scores(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Dispositi
 
 async fn consume_interactions(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |events: Vec<Envelope<Interaction>>| async move {
-        batch::apply_batch(ctx, &events).await
+    consumer::apply_decoded(batch, decode_accepted, |accepted: Vec<AcceptedInteraction>| async move {
+        batch::apply_batch(ctx, &accepted).await
     })
     .await
+}
+
+/// Reads `interactions_accepted` (several interactions) and, from what an earlier version
+/// of ingest left in the stream, `interaction_accepted` (one).
+fn decode_accepted(delivery: &Delivery, out: &mut Vec<AcceptedInteraction>) -> Result<(), serde_json::Error> {
+    let kind = delivery.subject.rsplit('.').next().unwrap_or_default();
+    if kind == ingest::handler::INTERACTION_ACCEPTED {
+        let envelope = Envelope::<Interaction>::from_json(&delivery.payload)?;
+        out.push(AcceptedInteraction { org_id: envelope.org_id, interaction: envelope.data });
+    } else {
+        let envelope = Envelope::<Vec<Interaction>>::from_json(&delivery.payload)?;
+        let org_id = envelope.org_id;
+        out.extend(
+            envelope.data.into_iter().map(|interaction| AcceptedInteraction { org_id: org_id.clone(), interaction }),
+        );
+    }
+    Ok(())
 }
 
 async fn consume_follow_up_states(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {

@@ -207,25 +207,43 @@ where
     F: FnOnce(Vec<crate::event::Envelope<T>>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
+    apply_decoded(
+        batch,
+        |delivery, items| {
+            items.push(crate::event::Envelope::<T>::from_json(&delivery.payload)?);
+            Ok::<_, serde_json::Error>(())
+        },
+        apply,
+    )
+    .await
+}
+
+/// Like `apply_envelopes`, for events that carry several items: `decode` appends a
+/// delivery's items to the batch's (all of them, or none when it fails).
+pub async fn apply_decoded<T, D, DE, E, F, Fut>(batch: Vec<Delivery>, decode: D, apply: F) -> Vec<Disposition>
+where
+    D: Fn(&Delivery, &mut Vec<T>) -> Result<(), DE>,
+    DE: std::fmt::Display,
+    E: std::fmt::Display,
+    F: FnOnce(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
     let mut dispositions = vec![Disposition::Ack; batch.len()];
-    let mut envelopes = Vec::with_capacity(batch.len());
+    let mut items = Vec::with_capacity(batch.len());
     let mut positions = Vec::with_capacity(batch.len());
     for (index, delivery) in batch.iter().enumerate() {
-        match crate::event::Envelope::<T>::from_json(&delivery.payload) {
-            Ok(envelope) => {
-                envelopes.push(envelope);
-                positions.push(index);
-            }
+        match decode(delivery, &mut items) {
+            Ok(()) => positions.push(index),
             Err(error) => {
                 tracing::error!(%error, subject = %delivery.subject, "unreadable internal event, parked");
                 dispositions[index] = Disposition::Term;
             }
         }
     }
-    if envelopes.is_empty() {
+    if items.is_empty() {
         return dispositions;
     }
-    if let Err(error) = apply(envelopes).await {
+    if let Err(error) = apply(items).await {
         tracing::warn!(%error, "event batch failed, will be redelivered");
         for index in positions {
             dispositions[index] = Disposition::Retry;

@@ -93,17 +93,26 @@ pub async fn relay(
 }
 
 const RELAY_BATCH: i64 = 1000;
+/// Payload bytes per relay round, so that rows carrying batches of events do not add up to
+/// hundreds of megabytes in memory. A first row larger than this still goes alone.
+const RELAY_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 /// id, subject, msg_id, payload, traceparent
 type PendingRow = (i64, String, String, Vec<u8>, Option<String>);
 
 async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
+    // The rows past the byte budget stay locked, unread (a toasted payload is read only when
+    // sent) and unpublished until the next round.
     let rows: Vec<PendingRow> = sqlx::query_as(
-        "SELECT id, subject, msg_id, payload, traceparent FROM outbox \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "WITH locked AS ( \
+           SELECT id, subject, msg_id, payload, traceparent, octet_length(payload) AS size FROM outbox \
+           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         sized AS (SELECT *, sum(size) OVER (ORDER BY id) - size AS before FROM locked) \
+         SELECT id, subject, msg_id, payload, traceparent FROM sized WHERE before < $2 ORDER BY id",
     )
     .bind(RELAY_BATCH)
+    .bind(RELAY_BATCH_BYTES)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
