@@ -51,7 +51,16 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         ..infra.settings.consumer.clone()
     };
     base.spawn_consumer_with(infra, StreamKind::Broadcasts, DURABLE, bulk, &token, ctx.clone(), consume_broadcasts);
-    base.spawn_consumer(infra, StreamKind::Events("lead"), LEADS_DURABLE, &token, ctx.clone(), consume_lead_events);
+    let lead_settings = infra.settings.consumer.for_batched_messages();
+    base.spawn_consumer_with(
+        infra,
+        StreamKind::Events("lead"),
+        LEADS_DURABLE,
+        lead_settings,
+        &token,
+        ctx.clone(),
+        consume_lead_events,
+    );
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
             ctx,
@@ -149,7 +158,7 @@ pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Cand
 
 async fn consume_lead_events(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_decoded(batch, lead::model::read_lead_events, |events: Vec<Envelope<LeadEvent>>| async move {
         projection::apply_batch(ctx, &events).await
     })
     .await

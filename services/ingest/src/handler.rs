@@ -5,12 +5,10 @@
 use crate::event::{Interaction, Refusal};
 use chrono::Utc;
 use platform::{
-    event::Envelope,
     nats::Subjects,
     outbox::{self, OutboxMessage, OutboxSignal},
 };
 use serde::Serialize;
-use serde_json::value::RawValue;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -71,17 +69,11 @@ impl From<IngestError> for tonic::Status {
 }
 
 /// The event the lead service consumes: interactions of one organisation accepted in one
-/// transaction, in arrival order. One message per interaction cost a JetStream write, a
-/// delivery, an ack and two outbox rows each; at thousands of events a second that was a
-/// third of the pipeline's work.
+/// transaction, in arrival order, batched (`outbox::batched`).
 pub const INTERACTIONS_ACCEPTED: &str = "interactions_accepted";
 /// The one-interaction event earlier versions published; the lead service still reads it,
 /// so that what such a version left in the stream is applied after an upgrade.
 pub const INTERACTION_ACCEPTED: &str = "interaction_accepted";
-/// At most this many interactions travel in one message...
-pub const MAX_INTERACTIONS_PER_MESSAGE: usize = 100;
-/// ...and at most this many bytes of them, well under NATS's default 1 MiB payload limit.
-const MAX_INTERACTION_BYTES_PER_MESSAGE: usize = 256 * 1024;
 
 /// What a dead-lettered event carries.
 #[derive(Debug, Serialize)]
@@ -196,7 +188,8 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
         }
     }
     for (org_id, interactions) in &accepted_by_org {
-        messages.extend(accepted_messages(ctx, org_id, interactions));
+        let subject = ctx.subjects.event("ingest", org_id, INTERACTIONS_ACCEPTED);
+        messages.extend(outbox::batched(org_id, &subject, INTERACTIONS_ACCEPTED, interactions));
     }
     outbox::enqueue(&mut tx, &messages).await?;
     tx.commit().await?;
@@ -207,41 +200,6 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
     metrics::counter!("ingest_events_accepted_total").increment(accepted as u64);
     metrics::counter!("ingest_events_refused_total").increment(refused_keys.len() as u64);
     Ok(outcomes)
-}
-
-/// The messages that forward one organisation's newly accepted interactions, in order.
-fn accepted_messages(ctx: &IngestContext, org_id: &str, interactions: &[&Interaction]) -> Vec<OutboxMessage> {
-    let mut messages = Vec::new();
-    let mut start = 0;
-    while start < interactions.len() {
-        let mut data: Vec<Box<RawValue>> = Vec::new();
-        let mut bytes = 0;
-        // The batch is the envelope's aggregate: the same interactions make the same id.
-        let mut batch_key = org_id.to_owned();
-        for interaction in &interactions[start..] {
-            let json = serde_json::value::to_raw_value(interaction).expect("an interaction serialises to JSON");
-            if !data.is_empty()
-                && (data.len() == MAX_INTERACTIONS_PER_MESSAGE
-                    || bytes + json.get().len() > MAX_INTERACTION_BYTES_PER_MESSAGE)
-            {
-                break;
-            }
-            bytes += json.get().len();
-            batch_key.push('/');
-            batch_key.push_str(&interaction.event_id);
-            data.push(json);
-        }
-        start += data.len();
-        let batch_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, batch_key.as_bytes());
-        let envelope = Envelope::new(org_id, INTERACTIONS_ACCEPTED, batch_id, 1, data);
-        messages.push(OutboxMessage {
-            org_id: org_id.to_owned(),
-            subject: ctx.subjects.event("ingest", org_id, INTERACTIONS_ACCEPTED),
-            msg_id: envelope.id.to_string(),
-            payload: envelope.to_json(),
-        });
-    }
-    messages
 }
 
 fn dead_letter(

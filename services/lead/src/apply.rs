@@ -74,9 +74,13 @@ pub async fn commit_with_events(
     Ok(())
 }
 
+pub fn lead_envelope(lead: &LeadView, change: LeadChange) -> Envelope<LeadEvent> {
+    Envelope::new(&lead.org_id, change.kind(), lead.id, lead.version, LeadEvent { change, lead: lead.clone() })
+}
+
 pub fn lead_event(ctx: &LeadContext, lead: &LeadView, change: LeadChange) -> OutboxMessage {
     let kind = change.kind();
-    let envelope = Envelope::new(&lead.org_id, kind, lead.id, lead.version, LeadEvent { change, lead: lead.clone() });
+    let envelope = lead_envelope(lead, change);
     OutboxMessage {
         org_id: lead.org_id.clone(),
         subject: ctx.subjects.event("lead", &lead.org_id, kind),

@@ -11,12 +11,13 @@
 
 use crate::{
     LeadContext,
-    apply::{SYSTEM_ACTOR, lead_event},
+    apply::{SYSTEM_ACTOR, lead_envelope, lead_event},
     error::LeadError,
-    model::{InteractionSummary, LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
+    model::{INTERACTIONS_APPLIED, InteractionSummary, LEAD_VIEW_COLUMNS, LeadChange, LeadEvent, LeadView, Status},
 };
 use chrono::{DateTime, Utc};
 use ingest::event::{Direction, Interaction, Kind};
+use platform::event::Envelope;
 use sqlx::{Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -81,7 +82,23 @@ struct BatchState {
     changed_leads: HashSet<Uuid>,
     status_changes: Vec<StatusChangeRow>,
     interactions: PendingInteractions,
+    /// Lead created and interaction recorded, by organisation in order of appearance: they
+    /// leave batched. Status changes are in `messages`, alone on their own subjects, where the
+    /// assignment and follow-up services filter for them.
+    recorded: Recorded,
     messages: Vec<platform::outbox::OutboxMessage>,
+}
+
+#[derive(Default)]
+struct Recorded(Vec<(String, Vec<Envelope<LeadEvent>>)>);
+
+impl Recorded {
+    fn push(&mut self, org_id: &str, event: Envelope<LeadEvent>) {
+        match self.0.iter_mut().find(|(org, _)| org == org_id) {
+            Some((_, events)) => events.push(event),
+            None => self.0.push((org_id.to_owned(), vec![event])),
+        }
+    }
 }
 
 async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
@@ -101,7 +118,12 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
         apply(ctx, &mut state, &accepted.org_id, &accepted.interaction, now);
     }
     write(&mut tx, &state).await?;
-    crate::apply::commit_with_events(ctx, tx, &state.messages).await?;
+    let mut messages = std::mem::take(&mut state.messages);
+    for (org_id, events) in &state.recorded.0 {
+        let subject = ctx.subjects.event("lead", org_id, INTERACTIONS_APPLIED);
+        messages.extend(platform::outbox::batched(org_id, &subject, INTERACTIONS_APPLIED, events));
+    }
+    crate::apply::commit_with_events(ctx, tx, &messages).await?;
     metrics::counter!("lead_interactions_applied_total").increment(todo.len() as u64);
     Ok(())
 }
@@ -323,7 +345,7 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
                 version: 1,
                 at: now,
             });
-            state.messages.push(lead_event(ctx, &lead, LeadChange::Created { interaction: summary(event) }));
+            state.recorded.push(org_id, lead_envelope(&lead, LeadChange::Created { interaction: summary(event) }));
             state.new_leads.push(lead.id);
             let id = lead.id;
             state.active.insert(contact_id, lead);
@@ -340,7 +362,7 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
             lead.updated_at = now;
             (lead.phone, lead.external_id, lead.name, lead.email) =
                 (contact.phone.clone(), contact.external_id.clone(), contact.name.clone(), contact.email.clone());
-            let change = if becomes_contacted {
+            if becomes_contacted {
                 lead.status = Status::Contacted.as_str().to_owned();
                 let reason = "first outbound message";
                 state.status_changes.push(StatusChangeRow {
@@ -352,16 +374,17 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
                     version: lead.version,
                     at: now,
                 });
-                LeadChange::StatusChanged {
+                let change = LeadChange::StatusChanged {
                     from: Status::New.as_str().into(),
                     to: Status::Contacted.as_str().into(),
                     actor: SYSTEM_ACTOR.into(),
                     reason: Some(reason.into()),
-                }
+                };
+                state.messages.push(lead_event(ctx, lead, change));
             } else {
-                LeadChange::InteractionRecorded { interaction: summary(event) }
-            };
-            state.messages.push(lead_event(ctx, lead, change));
+                let change = LeadChange::InteractionRecorded { interaction: summary(event) };
+                state.recorded.push(org_id, lead_envelope(lead, change));
+            }
             state.changed_leads.insert(lead.id);
             Some(lead.id)
         }

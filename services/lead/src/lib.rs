@@ -57,16 +57,11 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
     };
     base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
-    // A message carries up to a hundred interactions: a batch of messages holds about as
-    // many interactions as the other consumers' batches hold events.
-    let mut interaction_settings = infra.settings.consumer.clone();
-    interaction_settings.batch_size =
-        interaction_settings.batch_size.div_ceil(ingest::handler::MAX_INTERACTIONS_PER_MESSAGE);
     base.spawn_consumer_with(
         infra,
         StreamKind::Events("ingest"),
         INTERACTIONS_DURABLE,
-        interaction_settings,
+        infra.settings.consumer.for_batched_messages(),
         &token,
         ctx.clone(),
         consume_interactions,

@@ -238,6 +238,19 @@ pub struct InteractionSummary {
     pub campaign_id: Option<String>,
 }
 
+/// The kind of the message that carries the `lead_created` and `interaction_recorded`
+/// events of one organisation applied in one transaction (`platform::outbox::batched`);
+/// every other change travels alone, on the subject of its own kind.
+pub const INTERACTIONS_APPLIED: &str = "interactions_applied";
+
+/// Reads a message of `events.lead.>`: one event, or the batch of `INTERACTIONS_APPLIED`.
+pub fn read_lead_events(
+    delivery: &platform::consumer::Delivery,
+    out: &mut Vec<platform::event::Envelope<LeadEvent>>,
+) -> Result<(), serde_json::Error> {
+    platform::event::Envelope::read_into(&delivery.subject, &delivery.payload, INTERACTIONS_APPLIED, out)
+}
+
 /// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeadEvent {

@@ -41,4 +41,21 @@ impl<T: DeserializeOwned> Envelope<T> {
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+
+    /// Reads a message that is one envelope or, when its kind (the subject's last token) is
+    /// `batch_kind`, an envelope of envelopes (`outbox::batched`), and appends what it
+    /// carries to `out` in order; nothing when it cannot be read.
+    pub fn read_into(
+        subject: &str,
+        payload: &[u8],
+        batch_kind: &str,
+        out: &mut Vec<Self>,
+    ) -> Result<(), serde_json::Error> {
+        if subject.rsplit('.').next() == Some(batch_kind) {
+            out.extend(Envelope::<Vec<Envelope<T>>>::from_json(payload)?.data);
+        } else {
+            out.push(Self::from_json(payload)?);
+        }
+        Ok(())
+    }
 }

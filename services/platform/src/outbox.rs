@@ -19,6 +19,47 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
+/// At most this many items travel in one batched message...
+pub const MAX_ITEMS_PER_MESSAGE: usize = 100;
+/// ...and at most this many bytes of them, well under NATS's default 1 MiB payload limit.
+pub const MAX_ITEM_BYTES_PER_MESSAGE: usize = 256 * 1024;
+
+/// Packs `items` of one organisation, in order, into as few messages of kind `kind` on
+/// `subject` as the limits above allow: each an envelope whose data is an array of items.
+/// One message per item costs a JetStream write, a delivery, an ack and an outbox row each;
+/// at thousands of items a second that was a third of a pipeline's work. A batch is its own
+/// aggregate (version 1); the items inside keep their own identities.
+pub fn batched<T: serde::Serialize>(org_id: &str, subject: &str, kind: &str, items: &[T]) -> Vec<OutboxMessage> {
+    let mut messages = Vec::new();
+    let mut data: Vec<Box<serde_json::value::RawValue>> = Vec::new();
+    let mut bytes = 0;
+    let mut flush = |data: &mut Vec<_>| {
+        let mut envelope = crate::event::Envelope::new(org_id, kind, uuid::Uuid::nil(), 1, std::mem::take(data));
+        envelope.aggregate_id = envelope.id;
+        messages.push(OutboxMessage {
+            org_id: org_id.to_owned(),
+            subject: subject.to_owned(),
+            msg_id: envelope.id.to_string(),
+            payload: envelope.to_json(),
+        });
+    };
+    for item in items {
+        let json = serde_json::value::to_raw_value(item).expect("events serialise to JSON");
+        if !data.is_empty()
+            && (data.len() == MAX_ITEMS_PER_MESSAGE || bytes + json.get().len() > MAX_ITEM_BYTES_PER_MESSAGE)
+        {
+            flush(&mut data);
+            bytes = 0;
+        }
+        bytes += json.get().len();
+        data.push(json);
+    }
+    if !data.is_empty() {
+        flush(&mut data);
+    }
+    messages
+}
+
 /// Adds messages to the outbox inside the caller's transaction.
 pub async fn enqueue(tx: &mut Transaction<'_, Postgres>, messages: &[OutboxMessage]) -> Result<(), sqlx::Error> {
     if messages.is_empty() {
@@ -138,4 +179,36 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result
     tx.commit().await?;
     metrics::counter!("outbox_published_total").increment(ids.len() as u64);
     Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Envelope;
+
+    #[test]
+    fn batched_events_read_back_in_order_within_the_limits() {
+        let small: Vec<Envelope<String>> =
+            (0..250).map(|n| Envelope::new("acme", "noted", uuid::Uuid::now_v7(), n, format!("event {n}"))).collect();
+        let large: Vec<Envelope<String>> =
+            (0..5).map(|n| Envelope::new("acme", "noted", uuid::Uuid::now_v7(), n, "x".repeat(100_000))).collect();
+        for events in [small, large] {
+            let messages = batched("acme", "events.test.acme.noted_batch", "noted_batch", &events);
+            let mut read = Vec::new();
+            for message in &messages {
+                let mut items = Vec::new();
+                Envelope::read_into(&message.subject, &message.payload, "noted_batch", &mut items).expect("readable");
+                assert!(items.len() <= MAX_ITEMS_PER_MESSAGE);
+                assert!(items.len() == 1 || message.payload.len() <= MAX_ITEM_BYTES_PER_MESSAGE + 1024);
+                read.extend(items);
+            }
+            assert_eq!(read, events);
+            assert!(messages.len() > 1);
+        }
+        // A message of another kind on the same stream is one event.
+        let single = Envelope::new("acme", "noted", uuid::Uuid::now_v7(), 7, "alone".to_owned());
+        let mut read = Vec::new();
+        Envelope::read_into("events.test.acme.noted", &single.to_json(), "noted_batch", &mut read).expect("readable");
+        assert_eq!(read, [single]);
+    }
 }

@@ -215,6 +215,13 @@ impl ConsumerSettings {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs)
     }
+
+    /// For a stream whose messages may each carry up to `outbox::MAX_ITEMS_PER_MESSAGE`
+    /// events (`outbox::batched`): batches of as many messages as hold about `batch_size`
+    /// events, so that a transaction and the prefetched messages stay as large as elsewhere.
+    pub fn for_batched_messages(&self) -> Self {
+        Self { batch_size: self.batch_size.div_ceil(crate::outbox::MAX_ITEMS_PER_MESSAGE), ..self.clone() }
+    }
 }
 
 impl Default for ConsumerSettings {

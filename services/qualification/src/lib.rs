@@ -8,7 +8,7 @@ pub mod handler;
 pub mod scoring;
 
 use crate::handler::QualificationContext;
-use lead::model::LeadEvent;
+use lead::model::{LeadEvent, read_lead_events};
 use platform::{
     ServiceName,
     consumer::{self, Delivery, Disposition},
@@ -26,7 +26,16 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let mut base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
     let ctx =
         QualificationContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
-    base.spawn_consumer(infra, StreamKind::Events("lead"), "qualification", &token, ctx.clone(), consume);
+    let settings = infra.settings.consumer.for_batched_messages();
+    base.spawn_consumer_with(
+        infra,
+        StreamKind::Events("lead"),
+        "qualification",
+        settings,
+        &token,
+        ctx.clone(),
+        consume,
+    );
     let routes = tonic::service::Routes::new(
         leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
     );
@@ -35,7 +44,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume(ctx: QualificationContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_decoded(batch, read_lead_events, |events: Vec<Envelope<LeadEvent>>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await
