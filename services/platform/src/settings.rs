@@ -196,7 +196,8 @@ impl Default for Endpoints {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSettings {
-    /// Messages handled in one transaction.
+    /// Events handled in one transaction: messages, or for a stream of batched events
+    /// (`for_batched_messages`) as many messages as hold about this many events.
     pub batch_size: usize,
     /// Messages handled in one transaction by the broadcast-tracking service's consumer of
     /// messages and statuses: a broadcast yields millions of small events, which drain much
