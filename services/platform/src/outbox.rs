@@ -34,8 +34,7 @@ pub fn batched<T: serde::Serialize>(org_id: &str, subject: &str, kind: &str, ite
     let mut data: Vec<Box<serde_json::value::RawValue>> = Vec::new();
     let mut bytes = 0;
     let mut flush = |data: &mut Vec<_>| {
-        let mut envelope = crate::event::Envelope::new(org_id, kind, uuid::Uuid::nil(), 1, std::mem::take(data));
-        envelope.aggregate_id = envelope.id;
+        let envelope = crate::event::Envelope::new(org_id, kind, uuid::Uuid::now_v7(), 1, std::mem::take(data));
         messages.push(OutboxMessage {
             org_id: org_id.to_owned(),
             subject: subject.to_owned(),
@@ -44,6 +43,7 @@ pub fn batched<T: serde::Serialize>(org_id: &str, subject: &str, kind: &str, ite
         });
     };
     for item in items {
+        // Event types are plain structs with string-keyed maps: serialising cannot fail.
         let json = serde_json::value::to_raw_value(item).expect("events serialise to JSON");
         if !data.is_empty()
             && (data.len() == MAX_ITEMS_PER_MESSAGE || bytes + json.get().len() > MAX_ITEM_BYTES_PER_MESSAGE)
