@@ -51,16 +51,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         ..infra.settings.consumer.clone()
     };
     base.spawn_consumer_with(infra, StreamKind::Broadcasts, DURABLE, bulk, &token, ctx.clone(), consume_broadcasts);
-    let lead_settings = infra.settings.consumer.for_batched_messages();
-    base.spawn_consumer_with(
-        infra,
-        StreamKind::Events("lead"),
-        LEADS_DURABLE,
-        lead_settings,
-        &token,
-        ctx.clone(),
-        consume_lead_events,
-    );
+    base.spawn_consumer(infra, StreamKind::Events("lead"), LEADS_DURABLE, &token, ctx.clone(), consume_lead_events);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
             ctx,

@@ -136,6 +136,11 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
 /// broadcast to a list).
 pub fn normalize_phone(input: &str) -> Result<String, Refusal> {
     let trimmed = input.trim();
+    // E.164 has at most 15 digits; this leaves room for spaces, dashes and brackets, and
+    // keeps what the memo holds small whatever a publisher sends.
+    if trimmed.chars().count() > MAX_PHONE_CHARS {
+        return Err(Refusal::new("contact.phone", format!("must be at most {MAX_PHONE_CHARS} characters")));
+    }
     if let Some(known) = remembered_phones().get(trimmed) {
         return known;
     }
@@ -162,6 +167,8 @@ fn parse_phone(trimmed: &str) -> Result<String, Refusal> {
     }
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
+
+const MAX_PHONE_CHARS: usize = 64;
 
 /// How many normalised numbers a process keeps: a few megabytes.
 const REMEMBERED_PHONES: usize = 100_000;
@@ -259,6 +266,9 @@ mod tests {
             assert_eq!(parse_phone(input.trim()), first, "{input}");
         }
         assert_eq!(normalize_phone(" +1 (415) 555-0100 ").as_deref(), Ok("+14155550100"));
+        let long = format!("+1{}", "5".repeat(100));
+        let refusal = normalize_phone(&long).expect_err("too long");
+        assert!(refusal.reason.contains("at most 64 characters"), "{}", refusal.reason);
     }
 
     fn check(json: &str) -> Result<Interaction, Refusal> {

@@ -57,11 +57,10 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
     };
     base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
-    base.spawn_consumer_with(
+    base.spawn_consumer(
         infra,
         StreamKind::Events("ingest"),
         INTERACTIONS_DURABLE,
-        infra.settings.consumer.for_batched_messages(),
         &token,
         ctx.clone(),
         consume_interactions,

@@ -82,12 +82,15 @@ where
     tracing::info!(consumer = %spec.durable, stream = %spec.stream, "consumer started");
     // The pull asks for every batch in flight at once (the client asks again when half of it is
     // left): with only one batch prefetched, each batch after the first waited for a refill
-    // round trip while the handlers sat idle.
+    // round trip while the handlers sat idle. Its bytes are bounded too, at least as many as
+    // the largest message NATS accepts, so that prefetched batched events stay a few MiB.
     let prefetch = (settings.batch_size * settings.concurrency).max(100);
+    let prefetch_bytes = (2 * settings.batch_bytes() * settings.concurrency).max(MIN_PREFETCH_BYTES);
     'outer: while !token.is_cancelled() {
         let messages = match consumer
             .stream()
             .max_messages_per_batch(prefetch)
+            .max_bytes_per_batch(prefetch_bytes)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -102,30 +105,17 @@ where
                 }
             }
         };
-        // A batch closes when full or 10 ms after its first message: under load batches fill
-        // up (fewer, larger transactions); when idle a message waits at most 10 ms.
-        let mut chunks =
-            Box::pin(tokio_stream::StreamExt::chunks_timeout(messages, settings.batch_size, Duration::from_millis(10)));
+        let mut messages = Box::pin(messages);
         loop {
             let permit = tokio::select! {
                 _ = token.cancelled() => break 'outer,
                 permit = permits.clone().acquire_owned() => permit?,
             };
-            let chunk = tokio::select! {
+            let batch = tokio::select! {
                 _ = token.cancelled() => break 'outer,
-                chunk = chunks.next() => chunk,
+                batch = next_batch(&mut messages, &settings, &spec.durable) => batch,
             };
-            let Some(chunk) = chunk else { continue 'outer };
-            let mut batch = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                match item {
-                    Ok(message) => batch.push(message),
-                    Err(error) => tracing::warn!(consumer = %spec.durable, %error, "pull error"),
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
+            let Some(batch) = batch else { continue 'outer };
             let handler = handler.clone();
             let span = tracing::info_span!("consume", consumer = %spec.durable, messages = batch.len());
             // A batch continues the trace of its first message; the others are linked by
@@ -155,6 +145,48 @@ where
     let _ = client.flush().await;
     tracing::info!(consumer = %spec.durable, "consumer stopped");
     Ok(())
+}
+
+/// The smallest prefetch in bytes: room for the largest message NATS accepts by default.
+const MIN_PREFETCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long a batch waits for more messages after its first: under load batches fill up
+/// (fewer, larger transactions); when idle a message waits at most this long.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// The next batch from the pull: it closes at `batch_size` messages, at `batch_bytes` of
+/// payload (a message carrying a hundred batched events counts for about a hundred), or
+/// `LINGER` after its first message. `None` when the pull has ended.
+async fn next_batch<S, E>(
+    messages: &mut S,
+    settings: &ConsumerSettings,
+    durable: &str,
+) -> Option<Vec<jetstream::Message>>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let first = loop {
+        match messages.next().await? {
+            Ok(message) => break message,
+            Err(error) => tracing::warn!(consumer = %durable, %error, "pull error"),
+        }
+    };
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut bytes = first.payload.len();
+    let mut batch = vec![first];
+    while batch.len() < settings.batch_size && bytes < settings.batch_bytes() {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(message))) => {
+                bytes += message.payload.len();
+                batch.push(message);
+            }
+            Ok(Some(Err(error))) => tracing::warn!(consumer = %durable, %error, "pull error"),
+            // The pull ended (the next call says so) or the batch waited long enough.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 async fn handle_batch<H, Fut>(client: async_nats::Client, batch: Vec<jetstream::Message>, handler: H)

@@ -196,8 +196,8 @@ impl Default for Endpoints {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSettings {
-    /// Events handled in one transaction: messages, or for a stream of batched events
-    /// (`for_batched_messages`) as many messages as hold about this many events.
+    /// Messages handled in one transaction; a batch also closes at this many KiB of payload
+    /// (`batch_bytes`), which for messages of batched events is about as many events.
     pub batch_size: usize,
     /// Messages handled in one transaction by the broadcast-tracking service's consumer of
     /// messages and statuses: a broadcast yields millions of small events, which drain much
@@ -217,11 +217,11 @@ impl ConsumerSettings {
         Duration::from_secs(self.ack_wait_secs)
     }
 
-    /// For a stream whose messages may each carry up to `outbox::MAX_ITEMS_PER_MESSAGE`
-    /// events (`outbox::batched`): batches of as many messages as hold about `batch_size`
-    /// events, so that a transaction and the prefetched messages stay as large as elsewhere.
-    pub fn for_batched_messages(&self) -> Self {
-        Self { batch_size: self.batch_size.div_ceil(crate::outbox::MAX_ITEMS_PER_MESSAGE), ..self.clone() }
+    /// Payload bytes after which a batch closes even when it has fewer than `batch_size`
+    /// messages: a KiB per event, so that a message carrying a hundred batched events
+    /// (`outbox::batched`) counts for about a hundred.
+    pub fn batch_bytes(&self) -> usize {
+        self.batch_size * 1024
     }
 }
 

@@ -26,16 +26,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let mut base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
     let ctx =
         QualificationContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
-    let settings = infra.settings.consumer.for_batched_messages();
-    base.spawn_consumer_with(
-        infra,
-        StreamKind::Events("lead"),
-        "qualification",
-        settings,
-        &token,
-        ctx.clone(),
-        consume,
-    );
+    base.spawn_consumer(infra, StreamKind::Events("lead"), "qualification", &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
     );

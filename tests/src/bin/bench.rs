@@ -803,9 +803,14 @@ async fn wait_for_interactions(
     let mut last_print = Instant::now();
     let mut committed = 0;
     loop {
-        let info = stream.consumer_info(lead::INTERACTIONS_DURABLE).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A failed request is only a missed poll.
+        let position = stream
+            .consumer_info(lead::INTERACTIONS_DURABLE)
+            .await
+            .ok()
+            .map(|info| (info.num_pending == 0 && info.num_ack_pending == 0, info.ack_floor.stream_sequence));
         let now = Instant::now();
-        let caught_up = info.num_pending == 0 && info.num_ack_pending == 0;
+        let (caught_up, acked) = position.unwrap_or((false, 0));
         if caught_up {
             committed = sqlx::query_scalar("SELECT count(*) FROM lead.interactions").fetch_one(admin).await?;
             if committed >= target {
@@ -814,16 +819,17 @@ async fn wait_for_interactions(
         }
         if now.duration_since(last_print) > Duration::from_secs(5) {
             progress(format!(
-                "  lead consumer at stream sequence {} ({committed}/{target} interactions counted when last caught \
-                 up) after {:.0} s (load {})",
-                info.ack_floor.stream_sequence,
+                "  lead consumer at stream sequence {acked} ({committed}/{target} interactions counted when last \
+                 caught up) after {:.0} s (load {})",
                 started.elapsed().as_secs_f64(),
                 loadavg()
             ));
             last_print = now;
         }
         if started.elapsed() > timeout {
-            bail!("only {committed} of {target} interactions committed after {timeout:?}");
+            bail!(
+                "{committed} of {target} interactions counted when the lead consumer was last caught up, after {timeout:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
