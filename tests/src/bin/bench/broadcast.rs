@@ -115,9 +115,40 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
 struct Out {
     body: String,
     targets: Vec<(String, String, String, Option<bool>)>,
-    /// From the sustained run, for the ceiling the backlog section works out: (status events
-    /// per second, status events per event published, the faster raw upsert in rows/s).
-    sustained: Option<(f64, f64, f64)>,
+    /// From the sustained run, for the ceiling the backlog section works out.
+    sustained: Option<Sustained>,
+}
+
+/// What the sustained run measured that the backlog section's ceiling needs.
+#[derive(Debug, Clone, Copy)]
+struct Sustained {
+    status_rate: f64,
+    statuses_per_event: f64,
+    /// The faster raw upsert, rows/s, and the least machine CPU per row of the raw upserts.
+    upsert_rate: f64,
+    upsert_cpu_per_row: f64,
+    /// Machine CPU per event published, from the first publish until everything committed
+    /// (publisher, NATS, Postgres, service and the reader).
+    cpu_per_event: f64,
+}
+
+/// Busy CPU time of the whole machine since boot, every process together (from /proc/stat),
+/// in seconds; NaN where there is no /proc/stat.
+fn machine_cpu_seconds() -> f64 {
+    // USER_HZ: 100 on every Linux architecture this runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return f64::NAN };
+    let Some(total) = stat.lines().next() else { return f64::NAN };
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    let busy: f64 = total
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(field, _)| *field != 3 && *field != 4)
+        .filter_map(|(_, ticks)| ticks.parse::<f64>().ok())
+        .sum();
+    busy / TICKS_PER_SECOND
 }
 
 impl Out {
@@ -729,12 +760,15 @@ async fn sustained_in(out: &mut Out, options: &BroadcastOptions, env: &TestEnv) 
     sqlx::raw_sql("CREATE SCHEMA bench_broadcast").execute(&admin).await?;
     let batches = Arc::new(raw_batches(&generated));
     let mut raw = Vec::new();
+    let mut upsert_cpu_per_row = f64::INFINITY;
     for connections in [1usize, 4] {
         progress(format!(
             "broadcast raw: upserting {} status rows on {connections} connection(s)",
             generated.status_events
         ));
+        let cpu = machine_cpu_seconds();
         raw.push((connections, raw_upsert(env, &admin, batches.clone(), connections).await?));
+        upsert_cpu_per_row = upsert_cpu_per_row.min((machine_cpu_seconds() - cpu) / generated.status_events as f64);
     }
     drop(batches);
     sqlx::raw_sql("DROP SCHEMA bench_broadcast CASCADE").execute(&admin).await?;
@@ -743,7 +777,8 @@ async fn sustained_in(out: &mut Out, options: &BroadcastOptions, env: &TestEnv) 
 
     // 2. and 3. The service, its projection of leads seeded with SQL, the reader alongside.
     let node = env.start(&[ServiceName::Broadcast]).await?;
-    let result = ingest_and_read(out, env, &node, &admin, &generated, &raw, &raw_rates, raw_best).await;
+    let result =
+        ingest_and_read(out, env, &node, &admin, &generated, &raw, &raw_rates, (raw_best, upsert_cpu_per_row)).await;
     let stopped = node.stop().await;
     admin.close().await;
     result?;
@@ -759,7 +794,7 @@ async fn ingest_and_read(
     generated: &Generated,
     raw: &[(usize, (u64, i64, Duration))],
     raw_rates: &[f64],
-    raw_best: f64,
+    (raw_best, upsert_cpu_per_row): (f64, f64),
 ) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO broadcast.lead_contacts (org_id, lead_id, contact_id, phone, external_id, version) \
@@ -787,6 +822,7 @@ async fn ingest_and_read(
     progress(format!("broadcast: publishing {total_events} events with the broadcast service running"));
     let reader = tokio::spawn(read_loop(node.broadcast().await?, leads.clone(), stop_reading.clone(), usize::MAX, 11));
     let started = Instant::now();
+    let cpu_started = machine_cpu_seconds();
     let publisher = {
         let (js, published) = (env.js.clone(), published.clone());
         tokio::spawn(async move {
@@ -805,6 +841,7 @@ async fn ingest_and_read(
         Duration::from_secs(3600),
     )
     .await;
+    let cpu = machine_cpu_seconds() - cpu_started;
     stop_reading.store(true, Ordering::Release);
     let (publish_time, bytes) = publisher.await??;
     let done = waited?;
@@ -899,7 +936,13 @@ async fn ingest_and_read(
     ));
     out.line(format!("| stored afterwards | {verified} |"));
     out.line("");
-    out.sustained = Some((status_rate, generated.status_events as f64 / total_events as f64, raw_best));
+    out.sustained = Some(Sustained {
+        status_rate,
+        statuses_per_event: generated.status_events as f64 / total_events as f64,
+        upsert_rate: raw_best,
+        upsert_cpu_per_row,
+        cpu_per_event: cpu / total_events as f64,
+    });
     out.target(
         "Broadcast statuses, NATS to committed",
         ">= 50,000 events/s",
@@ -1004,7 +1047,9 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
     let events = generated.events.len();
     progress(format!("broadcast backlog: publishing {events} events with the service stopped"));
     let encoder = Encoder::new(env, generated.contacts);
+    let cpu = machine_cpu_seconds();
     let (publish_time, _) = publish_all(&env.js, generated.events.iter().map(|event| encoder.encode(*event))).await?;
+    let publish_cpu = machine_cpu_seconds() - cpu;
     let mut stream = env.js.get_stream(env.subjects.stream_name(StreamKind::Broadcasts)).await?;
     let stream_info = stream.info().await?.clone();
     progress(format!(
@@ -1016,6 +1061,7 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
     // The same messages through a plain consumer of the same stream (its own durable, so the
     // service's backlog is untouched): what NATS alone takes to deliver and acknowledge them.
     progress(format!("broadcast backlog: consuming the {events} events raw, acknowledging each"));
+    let cpu = machine_cpu_seconds();
     let raw_consume_time = super::raw_consume(
         env,
         &env.subjects.stream_name(StreamKind::Broadcasts),
@@ -1024,6 +1070,8 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
     )
     .await?;
     let raw_consume_rate = rate(events as u64, raw_consume_time);
+    let consume_cpu = machine_cpu_seconds() - cpu;
+    let cpu = machine_cpu_seconds();
     let started = Instant::now();
     let node = env.start(&[ServiceName::Broadcast]).await?;
     let started_in = started.elapsed();
@@ -1037,6 +1085,7 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
         Duration::from_secs(3 * 3600),
     )
     .await;
+    let drain_cpu = machine_cpu_seconds() - cpu;
     let stopped = node.stop().await;
     let done = waited?;
     stopped?;
@@ -1076,7 +1125,14 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
     out.line(format!("| drain, all events/s | {} |", thousands(rate(events as u64, elapsed))));
     out.line(format!("| stored afterwards | {verified} |"));
     out.line("");
-    ceiling(out, rate(events as u64, publish_time), raw_consume_rate, rate(generated.status_events, elapsed), events);
+    let per_event = |cpu: f64| cpu / events as f64;
+    ceiling(
+        out,
+        Measured { rate: rate(events as u64, publish_time), cpu_per_event: per_event(publish_cpu) },
+        Measured { rate: raw_consume_rate, cpu_per_event: per_event(consume_cpu) },
+        Measured { rate: rate(generated.status_events, elapsed), cpu_per_event: per_event(drain_cpu) },
+        events,
+    );
     out.target(
         format!("Backlog drain of {} status events", thousands(generated.status_events as f64)),
         "reported (the 50,000/s goal is for sustained ingestion)",
@@ -1086,50 +1142,90 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
     Ok(())
 }
 
+/// A rate and the machine's CPU time per event it took (every process together).
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    rate: f64,
+    cpu_per_event: f64,
+}
+
+fn micros(seconds: f64) -> String {
+    format!("{:.1} µs", seconds * 1e6)
+}
+
 /// What the raw parts measured in this run allow, added up. On one machine the publisher, NATS
-/// and Postgres share the cores, so the time each spends per event adds: a pipeline that did
-/// nothing but publish, consume and upsert, each as fast as alone, could not go faster than
-/// `1 / (1/publish + 1/consume + 1/upsert)`. The upsert counts status rows only (the messages'
-/// own rows and indexes are left out), so the ceiling is generous.
-fn ceiling(out: &mut Out, publish_rate: f64, consume_rate: f64, drain_status_rate: f64, events: usize) {
-    let Some((sustained_status_rate, statuses_per_event, upsert_rate)) = out.sustained else { return };
-    let sustained_ceiling = statuses_per_event / (1.0 / publish_rate + 1.0 / consume_rate + 1.0 / upsert_rate);
-    let drain_ceiling = statuses_per_event / (1.0 / consume_rate + 1.0 / upsert_rate);
-    out.line(
-        "### The raw parts added up
-",
-    );
+/// and Postgres share the cores; when they are the limit, the CPU time each part spends per
+/// event adds, and no pipeline made of these parts can go faster than the cores divided by that
+/// sum. The upsert counts status rows only (the messages' own rows and indexes are left out),
+/// so the ceiling is generous.
+fn ceiling(out: &mut Out, publish: Measured, consume: Measured, drain: Measured, events: usize) {
+    let Some(sustained) = out.sustained else { return };
+    let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+    let per_status = sustained.statuses_per_event;
+    let upsert_cpu_per_event = sustained.upsert_cpu_per_row * per_status;
+    let raw_with_publishing = publish.cpu_per_event + consume.cpu_per_event + upsert_cpu_per_event;
+    let raw_drain = consume.cpu_per_event + upsert_cpu_per_event;
+    let sustained_ceiling = per_status * cores / raw_with_publishing;
+    let drain_ceiling = per_status * cores / raw_drain;
+    out.line("### The raw parts added up\n");
     out.line(format!(
-        "Each part alone, on the same two cores, in this run: JetStream publish of the backlog's {} events \
-         (above), a plain pull consumer of the same stream acknowledging each of them (its own durable, \
-         before the service started), and the raw upsert of the sustained run's status rows (the faster of 1 \
-         and 4 connections). Sharing the cores, their times per event add, so `1 / (1/publish + 1/consume + \
-         1/upsert)` events/s is as fast as a pipeline of these parts alone could go (and faster than \
-         possible: the upsert leaves out the messages' rows); times {statuses_per_event:.3} status events per \
-         event.\n",
+        "Each part alone, in this run, with the machine's busy CPU time (every process, from /proc/stat) over \
+         its run: JetStream publish of the backlog's {} events (above); a plain pull consumer of the same stream \
+         acknowledging each of them (its own durable, before the service started); the raw upsert of the \
+         sustained run's status rows (the one of 1 and 4 connections that spent the least CPU per row; per \
+         event, times the {per_status:.3} status events per event). On {cores} cores shared by all, the CPU \
+         time per event of the parts adds up, and `cores / that sum` is as fast as a pipeline of these parts \
+         alone could go: a generous ceiling, as the upsert leaves out the messages' own rows. The pipelines' \
+         CPU includes everything that ran: the sustained run's publisher and reader too.\n",
         thousands(events as f64),
     ));
-    out.line("| part | events/s |\n| --- | ---: |");
-    out.line(format!("| JetStream publish (Nats-Msg-Id, 4,000 acks in flight) | {} |", thousands(publish_rate)));
-    out.line(format!("| JetStream pull consume, acknowledging each | {} |", thousands(consume_rate)));
-    out.line(format!("| Postgres raw upsert of status rows | {} rows/s |", thousands(upsert_rate)));
+    out.line("| | events/s | machine CPU per event |\n| --- | ---: | ---: |");
     out.line(format!(
-        "| ceiling with publishing: status events/s | {} |\n| **sustained, measured / that ceiling** | **{:.2}** |",
-        thousands(sustained_ceiling),
-        sustained_status_rate / sustained_ceiling
+        "| JetStream publish (Nats-Msg-Id, 4,000 acks in flight) | {} | {} |",
+        thousands(publish.rate),
+        micros(publish.cpu_per_event)
     ));
     out.line(format!(
-        "| ceiling of a drain (consume + upsert): status events/s | {} |\n| **drain, measured / that ceiling** | **{:.2}** |\n",
+        "| JetStream pull consume, acknowledging each | {} | {} |",
+        thousands(consume.rate),
+        micros(consume.cpu_per_event)
+    ));
+    out.line(format!(
+        "| Postgres raw upsert of the status rows | {} rows/s | {} |",
+        thousands(sustained.upsert_rate),
+        micros(upsert_cpu_per_event)
+    ));
+    out.line(format!(
+        "| **sustained run** (publish + service + reads) | {} | {} |",
+        thousands(sustained.status_rate / per_status),
+        micros(sustained.cpu_per_event)
+    ));
+    out.line(format!(
+        "| **backlog drain** (service) | {} | {} |",
+        thousands(drain.rate / per_status),
+        micros(drain.cpu_per_event)
+    ));
+    out.line("");
+    out.line("| | raw parts | measured | measured / ceiling |\n| --- | ---: | ---: | ---: |");
+    out.line(format!(
+        "| with publishing: status events/s | {} | {} | **{:.2}** |",
+        thousands(sustained_ceiling),
+        thousands(sustained.status_rate),
+        sustained.status_rate / sustained_ceiling
+    ));
+    out.line(format!(
+        "| drain (consume + upsert): status events/s | {} | {} | **{:.2}** |\n",
         thousands(drain_ceiling),
-        drain_status_rate / drain_ceiling
+        thousands(drain.rate),
+        drain.rate / drain_ceiling
     ));
     out.target(
         "Sustained statuses / the raw parts' ceiling on this machine",
         "reported",
         format!(
             "{:.2} ({} / {} status events/s)",
-            sustained_status_rate / sustained_ceiling,
-            thousands(sustained_status_rate),
+            sustained.status_rate / sustained_ceiling,
+            thousands(sustained.status_rate),
             thousands(sustained_ceiling)
         ),
         None,
