@@ -633,7 +633,7 @@ async fn raw_upsert(
            at timestamptz NOT NULL, error_code bigint, error_title text, \
            error_class text COLLATE \"C\" CHECK (error_class IN ('undeliverable', 'frequency_cap', 'opted_out', 'window_closed', 'other')), \
            received_at timestamptz NOT NULL DEFAULT now(), \
-           PRIMARY KEY (org_id, message_id, status) INCLUDE (error_class), \
+           PRIMARY KEY (message_id, org_id, status) INCLUDE (error_class), \
            CHECK (status = 'failed' OR (error_code IS NULL AND error_title IS NULL)))"
     )))
     .execute(admin)
