@@ -163,17 +163,14 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut messages = Vec::new();
     let mut forwarded: HashSet<(&str, &str)> = HashSet::new();
-    let mut accepted_by_org: Vec<(&str, Vec<&Interaction>)> = Vec::new();
+    let mut accepted: Vec<(&str, &Interaction)> = Vec::new();
     for candidate in batch {
         match candidate {
             Candidate::Valid { org_id, interaction } => {
                 let key = (org_id.as_str(), interaction.event_id.as_str());
                 let is_new = inserted.contains(&(key.0.to_owned(), key.1.to_owned())) && forwarded.insert(key);
                 if is_new {
-                    match accepted_by_org.iter_mut().find(|(org, _)| *org == org_id) {
-                        Some((_, interactions)) => interactions.push(interaction),
-                        None => accepted_by_org.push((org_id, vec![interaction])),
-                    }
+                    accepted.push((org_id, interaction));
                     outcomes.push(Outcome::Accepted);
                 } else {
                     outcomes.push(Outcome::Duplicate);
@@ -187,10 +184,9 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
             }
         }
     }
-    for (org_id, interactions) in &accepted_by_org {
-        let subject = ctx.subjects.event("ingest", org_id, INTERACTIONS_ACCEPTED);
-        messages.extend(outbox::batched(org_id, &subject, INTERACTIONS_ACCEPTED, interactions));
-    }
+    messages.extend(outbox::batched_by_org(accepted, INTERACTIONS_ACCEPTED, |org_id| {
+        ctx.subjects.event("ingest", org_id, INTERACTIONS_ACCEPTED)
+    }));
     outbox::enqueue(&mut tx, &messages).await?;
     tx.commit().await?;
     if !messages.is_empty() {

@@ -82,23 +82,11 @@ struct BatchState {
     changed_leads: HashSet<Uuid>,
     status_changes: Vec<StatusChangeRow>,
     interactions: PendingInteractions,
-    /// Lead created and interaction recorded, by organisation in order of appearance: they
-    /// leave batched. Status changes are in `messages`, alone on their own subjects, where the
-    /// assignment and follow-up services filter for them.
-    recorded: Recorded,
+    /// Lead created and interaction recorded, in order: they leave batched by organisation.
+    /// Status changes are in `messages`, alone on their own subjects, where the assignment
+    /// and follow-up services filter for them.
+    recorded: Vec<Envelope<LeadEvent>>,
     messages: Vec<platform::outbox::OutboxMessage>,
-}
-
-#[derive(Default)]
-struct Recorded(Vec<(String, Vec<Envelope<LeadEvent>>)>);
-
-impl Recorded {
-    fn push(&mut self, org_id: &str, event: Envelope<LeadEvent>) {
-        match self.0.iter_mut().find(|(org, _)| org == org_id) {
-            Some((_, events)) => events.push(event),
-            None => self.0.push((org_id.to_owned(), vec![event])),
-        }
-    }
 }
 
 async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
@@ -119,10 +107,10 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
     }
     write(&mut tx, &state).await?;
     let mut messages = std::mem::take(&mut state.messages);
-    for (org_id, events) in &state.recorded.0 {
-        let subject = ctx.subjects.event("lead", org_id, INTERACTIONS_APPLIED);
-        messages.extend(platform::outbox::batched(org_id, &subject, INTERACTIONS_APPLIED, events));
-    }
+    let recorded = state.recorded.iter().map(|event| (event.org_id.as_str(), event));
+    messages.extend(platform::outbox::batched_by_org(recorded, INTERACTIONS_APPLIED, |org_id| {
+        ctx.subjects.event("lead", org_id, INTERACTIONS_APPLIED)
+    }));
     crate::apply::commit_with_events(ctx, tx, &messages).await?;
     metrics::counter!("lead_interactions_applied_total").increment(todo.len() as u64);
     Ok(())
@@ -345,7 +333,7 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
                 version: 1,
                 at: now,
             });
-            state.recorded.push(org_id, lead_envelope(&lead, LeadChange::Created { interaction: summary(event) }));
+            state.recorded.push(lead_envelope(&lead, LeadChange::Created { interaction: summary(event) }));
             state.new_leads.push(lead.id);
             let id = lead.id;
             state.active.insert(contact_id, lead);
@@ -383,7 +371,7 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
                 state.messages.push(lead_event(ctx, lead, change));
             } else {
                 let change = LeadChange::InteractionRecorded { interaction: summary(event) };
-                state.recorded.push(org_id, lead_envelope(lead, change));
+                state.recorded.push(lead_envelope(lead, change));
             }
             state.changed_leads.insert(lead.id);
             Some(lead.id)

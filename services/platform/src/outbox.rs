@@ -60,6 +60,24 @@ pub fn batched<T: serde::Serialize>(org_id: &str, subject: &str, kind: &str, ite
     messages
 }
 
+/// `batched` for the items of several organisations, each tagged with its own: grouped by
+/// organisation (in the order each first appears, items in their order) and packed on
+/// `subject(org_id)`.
+pub fn batched_by_org<'a, T: serde::Serialize>(
+    items: impl IntoIterator<Item = (&'a str, T)>,
+    kind: &str,
+    subject: impl Fn(&str) -> String,
+) -> Vec<OutboxMessage> {
+    let mut groups: Vec<(&str, Vec<T>)> = Vec::new();
+    for (org_id, item) in items {
+        match groups.iter_mut().find(|(org, _)| *org == org_id) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((org_id, vec![item])),
+        }
+    }
+    groups.iter().flat_map(|(org_id, group)| batched(org_id, &subject(org_id), kind, group)).collect()
+}
+
 /// Adds messages to the outbox inside the caller's transaction.
 pub async fn enqueue(tx: &mut Transaction<'_, Postgres>, messages: &[OutboxMessage]) -> Result<(), sqlx::Error> {
     if messages.is_empty() {
@@ -205,6 +223,19 @@ mod tests {
             assert_eq!(read, events);
             assert!(messages.len() > 1);
         }
+        // Several organisations: one group each, in order of first appearance, items in order.
+        let tagged = [("b", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)];
+        let messages = batched_by_org(tagged, "noted_batch", |org| format!("events.test.{org}.noted_batch"));
+        let groups: Vec<(String, String, Vec<i32>)> = messages
+            .iter()
+            .map(|m| {
+                let envelope = Envelope::<Vec<i32>>::from_json(&m.payload).expect("readable");
+                (m.subject.clone(), envelope.org_id, envelope.data)
+            })
+            .collect();
+        let expected = [("b", vec![1, 3]), ("a", vec![2, 4]), ("c", vec![5])]
+            .map(|(org, data)| (format!("events.test.{org}.noted_batch"), org.to_owned(), data));
+        assert_eq!(groups, expected);
         // A message of another kind on the same stream is one event.
         let single = Envelope::new("acme", "noted", uuid::Uuid::now_v7(), 7, "alone".to_owned());
         let mut read = Vec::new();
