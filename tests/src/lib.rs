@@ -280,13 +280,16 @@ pub fn leads_binary() -> PathBuf {
 
 /// A `leads run` child process.
 pub struct Process {
-    pub child: tokio::process::Child,
+    child: tokio::process::Child,
+    /// Becomes true once the process has printed `ready`: every service serves and SIGTERM
+    /// is handled.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Process {
     pub fn spawn(env: &TestEnv, services: &str, extra_env: &[(&str, String)]) -> anyhow::Result<Self> {
         let mut command = tokio::process::Command::new(leads_binary());
-        command.args(["run", "--services", services]).stdout(Stdio::null()).stderr(Stdio::inherit());
+        command.args(["run", "--services", services]).stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (key, value) in env.process_env() {
             command.env(key, value);
         }
@@ -297,7 +300,29 @@ impl Process {
             command.env(key, value);
         }
         command.kill_on_drop(true);
-        Ok(Self { child: command.spawn()? })
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        // Reads stdout to its end so the child never blocks on a full pipe.
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line == "ready" {
+                    ready_tx.send_replace(true);
+                }
+            }
+        });
+        Ok(Self { child, ready })
+    }
+
+    /// Waits until every service of the process serves.
+    pub async fn ready(&mut self) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(120), self.ready.wait_for(|ready| *ready))
+            .await
+            .map_err(|_| anyhow::anyhow!("the process did not become ready within 120 s"))?
+            .map_err(|_| anyhow::anyhow!("the process exited before it was ready"))?;
+        Ok(())
     }
 
     pub async fn kill(mut self) -> anyhow::Result<()> {
@@ -305,8 +330,9 @@ impl Process {
         Ok(())
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
+    /// Waits until the process is ready, sends SIGTERM and waits for it to exit.
     pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.ready().await?;
         let pid = self.child.id().ok_or_else(|| anyhow::anyhow!("process already exited"))?;
         let status = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
         anyhow::ensure!(status.success(), "kill -TERM failed");

@@ -3,26 +3,22 @@
 use tokio_util::sync::CancellationToken;
 
 /// Returns a token cancelled on the first SIGTERM or SIGINT.
-pub fn on_signal() -> CancellationToken {
+///
+/// The handlers are installed before this returns, not in the task it spawns: a SIGTERM that
+/// arrives while the services are still starting must stop them cleanly rather than kill the
+/// process with the default action.
+pub fn on_signal() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for sigterm");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
         tokio::select! {
-            _ = terminate => tracing::info!("sigterm received, shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("sigint received, shutting down"),
+            _ = terminate.recv() => tracing::info!("sigterm received, shutting down"),
+            _ = interrupt.recv() => tracing::info!("sigint received, shutting down"),
         }
         trigger.cancel();
     });
-    token
+    Ok(token)
 }
