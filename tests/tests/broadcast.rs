@@ -613,3 +613,97 @@ async fn a_leads_broadcast_history_lists_its_contacts_messages_with_their_timeli
     node.stop().await?;
     env.cleanup().await
 }
+
+/// `broadcasts.<org_id>.statuses.batch`, the contract's extension for high-volume publishers:
+/// each status of a batch is applied or refused on its own, in JSON and protobuf, and a batch
+/// published twice changes nothing the second time.
+#[tokio::test]
+async fn a_status_batch_is_applied_item_by_item_and_its_bad_items_are_refused_alone() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Broadcast]).await?;
+    let at = base_time();
+    let batches = env.subjects.broadcast_status_batches(ORG);
+    let json_batch = json!({ "statuses": [
+        { "message_id": "m1", "status": "read", "timestamp": (at + Span::seconds(60)).to_rfc3339() },
+        { "message_id": "m1", "status": "bounced", "timestamp": at.to_rfc3339() },
+        { "message_id": "m1", "status": "sent", "timestamp": (at + Span::seconds(1)).to_rfc3339() },
+        42,
+        { "message_id": "m1", "status": "delivered", "timestamp": (at + Span::seconds(3)).to_rfc3339() },
+    ]})
+    .to_string()
+    .into_bytes();
+    let proto_batch = pb::DeliveryStatusBatch {
+        statuses: vec![
+            pb::DeliveryStatus {
+                message_id: "m2".into(),
+                status: "failed".into(),
+                timestamp: Some(prost_types::Timestamp { seconds: at.timestamp() + 5, nanos: 0 }),
+                error: Some(pb::DeliveryError { code: 131_049, title: "frequency cap".into() }),
+            },
+            pb::DeliveryStatus { message_id: "m2".into(), status: "sent".into(), timestamp: None, error: None },
+        ],
+    }
+    .encode_to_vec();
+    let whole_refusals = [
+        json!({ "statuses": [] }).to_string(),
+        json!({ "statuses": { "message_id": "m1" } }).to_string(),
+        json!({ "status": "sent" }).to_string(),
+    ];
+    // The JSON batch twice, as a publisher retrying without a Nats-Msg-Id would send it.
+    env.publish(batches.clone(), json_batch.clone(), None).await?;
+    env.publish(batches.clone(), proto_batch, Some(protobuf_headers())).await?;
+    for payload in &whole_refusals {
+        env.publish(batches.clone(), payload.clone().into_bytes(), None).await?;
+    }
+    env.publish(batches.clone(), json_batch, None).await?;
+    publish_all(&env, &[message(&env, "m1", "cmp-b", &phone(1), at), message(&env, "m2", "cmp-b", &phone(2), at)])
+        .await?;
+    wait_drained(&env, StreamKind::Broadcasts, broadcast::DURABLE).await;
+
+    let pool = env.admin_pool().await?;
+    let stored: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT message_id, status, error_class FROM broadcast.statuses ORDER BY message_id, status")
+            .fetch_all(&pool)
+            .await?;
+    let expected = [
+        ("m1", "delivered", None),
+        ("m1", "read", None),
+        ("m1", "sent", None),
+        ("m2", "failed", Some("frequency_cap")),
+    ]
+    .map(|(m, s, c)| (m.to_owned(), s.to_owned(), c.map(str::to_owned)));
+    assert_eq!(stored, expected, "each good item once, the bad ones not at all");
+    let mut refused: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT field, message_id, subject FROM broadcast.rejections").fetch_all(&pool).await?;
+    refused.sort();
+    let fields: Vec<&str> = refused.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "statuses",
+            "statuses",
+            "statuses",
+            "statuses[1].status",
+            "statuses[1].status",
+            "statuses[1].timestamp",
+            "statuses[3]",
+            "statuses[3]",
+        ],
+        "each bad item named by its place, once per published batch: {refused:?}"
+    );
+    assert!(refused.iter().all(|r| r.2 == format!("broadcasts.{ORG}.statuses.batch")), "{refused:?}");
+    let item: Vec<u8> =
+        sqlx::query_scalar("SELECT payload FROM broadcast.rejections WHERE field = 'statuses[1].status' LIMIT 1")
+            .fetch_one(&pool)
+            .await?;
+    let item: serde_json::Value = serde_json::from_slice(&item)?;
+    assert_eq!(item["status"], "bounced", "the refused item is kept alone: {item}");
+
+    let mut client = node.broadcast().await?;
+    let stats = stats(&mut client, "cmp-b").await?;
+    assert_eq!((stats.messages, stats.sent, stats.delivered, stats.read, stats.failed), (2, 1, 1, 1, 1));
+    assert_eq!(stats.failed_by_class.get("frequency_cap"), Some(&1));
+    pool.close().await;
+    node.stop().await?;
+    env.cleanup().await
+}

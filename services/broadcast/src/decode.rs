@@ -2,7 +2,8 @@
 //! Every refusal names the field at fault, so that a publisher can fix exactly that.
 
 use crate::event::{
-    BroadcastMessage, CampaignInfo, DeliveryError, DeliveryStatus, MAX_SHORT_CHARS, Refusal, StatusKind, TemplateInfo,
+    BroadcastMessage, CampaignInfo, DeliveryError, DeliveryStatus, MAX_BATCH_STATUSES, MAX_SHORT_CHARS, Refusal,
+    StatusKind, TemplateInfo,
 };
 use chrono::{DateTime, Utc};
 use ingest::event::RawTime;
@@ -90,8 +91,11 @@ pub fn message_from_json(payload: &[u8]) -> Result<RawMessage, Refusal> {
 }
 
 pub fn status_from_json(payload: &[u8]) -> Result<RawStatus, Refusal> {
-    let root = json_object(payload)?;
-    let error = object_at(&root, "error")?
+    status_from_object(&json_object(payload)?)
+}
+
+fn status_from_object(root: &Map<String, Value>) -> Result<RawStatus, Refusal> {
+    let error = object_at(root, "error")?
         .map(|e| {
             let code = match e.get("code") {
                 None | Some(Value::Null) => None,
@@ -108,11 +112,86 @@ pub fn status_from_json(payload: &[u8]) -> Result<RawStatus, Refusal> {
         })
         .transpose()?;
     Ok(RawStatus {
-        message_id: string_at(&root, "message_id", "message_id")?,
-        status: string_at(&root, "status", "status")?,
-        timestamp: string_at(&root, "timestamp", "timestamp")?.map(RawTime::Text),
+        message_id: string_at(root, "message_id", "message_id")?,
+        status: string_at(root, "status", "status")?,
+        timestamp: string_at(root, "timestamp", "timestamp")?.map(RawTime::Text),
         error,
     })
+}
+
+/// One status of a batch that was refused on its own: the rest of the batch stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedItem {
+    pub message_id: Option<String>,
+    /// The field names the item: `statuses[3].status`.
+    pub refusal: Refusal,
+    /// The item alone, as it would have been published on `broadcasts.<org_id>.statuses`.
+    pub payload: Vec<u8>,
+}
+
+/// A batch's statuses, each validated or refused on its own.
+pub type BatchItems = Vec<Result<DeliveryStatus, RefusedItem>>;
+
+fn refused_item(index: usize, message_id: Option<String>, refusal: Refusal, payload: Vec<u8>) -> RefusedItem {
+    // An item-wide reason ("must be a JSON object") names the item itself.
+    let field = match refusal.field.as_str() {
+        "payload" => format!("statuses[{index}]"),
+        field => format!("statuses[{index}].{field}"),
+    };
+    RefusedItem { message_id, refusal: Refusal::new(field, refusal.reason), payload }
+}
+
+fn batch_size_ok(count: usize) -> Result<(), Refusal> {
+    match count {
+        0 => Err(Refusal::new("statuses", "must hold at least one status")),
+        n if n > MAX_BATCH_STATUSES => {
+            Err(Refusal::new("statuses", format!("holds {n} statuses, more than the {MAX_BATCH_STATUSES} allowed")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `{"statuses": [DeliveryStatus, ...]}`. A payload that is not such an object is refused
+/// whole; inside it, each status is validated alone.
+pub fn status_batch_from_json(payload: &[u8]) -> Result<BatchItems, Refusal> {
+    let mut root = json_object(payload)?;
+    let items = match root.remove("statuses") {
+        Some(Value::Array(items)) => items,
+        None | Some(Value::Null) => return Err(Refusal::new("statuses", "is required")),
+        Some(_) => return Err(Refusal::new("statuses", "must be an array")),
+    };
+    batch_size_ok(items.len())?;
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let raw = match &item {
+                Value::Object(object) => status_from_object(object),
+                _ => Err(Refusal::new("payload", "must be a JSON object")),
+            };
+            let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
+            raw.and_then(validate_status)
+                .map_err(|refusal| refused_item(index, hint, refusal, serde_json::to_vec(&item).unwrap_or_default()))
+        })
+        .collect())
+}
+
+/// A `leads.v1.DeliveryStatusBatch`, each status validated alone.
+pub fn status_batch_from_protobuf(payload: &[u8]) -> Result<BatchItems, Refusal> {
+    let batch = pb::DeliveryStatusBatch::decode(payload)
+        .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.DeliveryStatusBatch: {e}")))?;
+    batch_size_ok(batch.statuses.len())?;
+    Ok(batch
+        .statuses
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let encoded = item.encode_to_vec();
+            let raw = status_from_pb(item);
+            let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
+            raw.and_then(validate_status).map_err(|refusal| refused_item(index, hint, refusal, encoded))
+        })
+        .collect())
 }
 
 /// Empty proto3 strings mean "absent".
@@ -144,6 +223,10 @@ pub fn message_from_protobuf(payload: &[u8]) -> Result<RawMessage, Refusal> {
 pub fn status_from_protobuf(payload: &[u8]) -> Result<RawStatus, Refusal> {
     let status = pb::DeliveryStatus::decode(payload)
         .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.DeliveryStatus: {e}")))?;
+    status_from_pb(status)
+}
+
+fn status_from_pb(status: pb::DeliveryStatus) -> Result<RawStatus, Refusal> {
     Ok(RawStatus {
         message_id: opt(status.message_id),
         status: opt(status.status),
@@ -306,5 +389,35 @@ mod tests {
         .encode_to_vec();
         let s = status_from_protobuf(&encoded).and_then(validate_status).expect("valid");
         assert_eq!(s.error, Some(DeliveryError { code: Some(131049), title: Some("cap".into()) }));
+    }
+
+    #[test]
+    fn a_batch_refuses_its_bad_items_alone_and_a_bad_batch_whole() {
+        let items = status_batch_from_json(
+            br#"{"statuses": [{"message_id": "a", "status": "sent", "timestamp": "2026-11-24T09:00:01Z"},
+                               {"message_id": "a", "status": "seen", "timestamp": "2026-11-24T09:00:02Z"},
+                               "a"]}"#,
+        )
+        .expect("a batch");
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].as_ref().map(|s| s.status), Ok(StatusKind::Sent));
+        let second = items[1].as_ref().expect_err("an unknown status");
+        assert_eq!((second.refusal.field.as_str(), second.message_id.as_deref()), ("statuses[1].status", Some("a")));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&second.payload).ok().and_then(|v| v["status"].as_str().map(str::to_owned)),
+            Some("seen".into())
+        );
+        assert_eq!(items[2].as_ref().map_err(|r| r.refusal.field.as_str()).err(), Some("statuses[2]"));
+        let too_many = format!(r#"{{"statuses": [{}]}}"#, vec!["{}"; MAX_BATCH_STATUSES + 1].join(","));
+        for (payload, field) in [
+            (r#"{"statuses": []}"#, "statuses"),
+            (r#"{"statuses": {}}"#, "statuses"),
+            (r#"{"status": "sent"}"#, "statuses"),
+            ("[]", "payload"),
+            (too_many.as_str(), "statuses"),
+        ] {
+            let refusal = status_batch_from_json(payload.as_bytes()).expect_err(payload);
+            assert_eq!(refusal.field, field, "{payload}");
+        }
     }
 }

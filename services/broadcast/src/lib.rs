@@ -13,7 +13,7 @@ pub mod projection;
 pub mod read;
 
 use crate::{
-    event::{MAX_PAYLOAD_BYTES, Refusal},
+    event::{MAX_BATCH_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, Refusal},
     handler::Candidate,
 };
 use lead::model::LeadEvent;
@@ -62,7 +62,10 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    let candidates: Vec<Candidate> = batch.iter().map(|d| candidate_from_delivery(&ctx.subjects, d)).collect();
+    let mut candidates = Vec::with_capacity(batch.len());
+    for delivery in &batch {
+        candidates_from_delivery(&ctx.subjects, delivery, &mut candidates);
+    }
     for candidate in &candidates {
         if let Candidate::Refused { refusal, subject, .. } = candidate {
             tracing::info!(%subject, field = %refusal.field, reason = %refusal.reason, "broadcast event refused");
@@ -77,28 +80,32 @@ async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<
     }
 }
 
-/// Which of the two payloads a subject carries.
+/// Which payload a subject carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Channel {
     Messages,
     Statuses,
+    StatusBatch,
 }
 
-/// Decodes and validates one message; anything wrong becomes a refusal, never a panic.
-pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Candidate {
+/// Decodes and validates one message into the candidates it carries (a status batch carries
+/// many); anything wrong becomes a refusal, never a panic.
+pub fn candidates_from_delivery(subjects: &Subjects, delivery: &Delivery, out: &mut Vec<Candidate>) {
     let subject = subjects.strip(&delivery.subject).unwrap_or(&delivery.subject);
+    let source_key = || format!("js:{}:{}", subjects.prefix(), delivery.stream_sequence);
     let refused = |org_id: &str, message_id: Option<String>, refusal: Refusal| Candidate::Refused {
         org_id: org_id.to_owned(),
         message_id,
         subject: subject.to_owned(),
         refusal,
         payload: delivery.payload.to_vec(),
-        source_key: format!("js:{}:{}", subjects.prefix(), delivery.stream_sequence),
+        source_key: source_key(),
     };
     let parsed = subject.strip_prefix("broadcasts.").and_then(|rest| rest.split_once('.')).and_then(|(org, kind)| {
         let channel = match kind {
             "messages" => Channel::Messages,
             "statuses" => Channel::Statuses,
+            "statuses.batch" => Channel::StatusBatch,
             _ => return None,
         };
         ingest::validate::validate_org_id(org).is_ok().then_some((org, channel))
@@ -106,20 +113,22 @@ pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Cand
     let Some((org_id, channel)) = parsed else {
         let refusal = Refusal::new(
             "subject",
-            format!("{subject:?} is not broadcasts.<org_id>.messages or broadcasts.<org_id>.statuses"),
+            format!(
+                "{subject:?} is not broadcasts.<org_id>.messages, broadcasts.<org_id>.statuses or \
+                 broadcasts.<org_id>.statuses.batch"
+            ),
         );
-        return refused("", None, refusal);
+        return out.push(refused("", None, refusal));
     };
-    if delivery.payload.len() > MAX_PAYLOAD_BYTES {
-        let refusal = Refusal::new(
-            "payload",
-            format!("is {} bytes, more than the {MAX_PAYLOAD_BYTES} allowed", delivery.payload.len()),
-        );
-        return refused(org_id, None, refusal);
+    let limit = if channel == Channel::StatusBatch { MAX_BATCH_PAYLOAD_BYTES } else { MAX_PAYLOAD_BYTES };
+    if delivery.payload.len() > limit {
+        let refusal =
+            Refusal::new("payload", format!("is {} bytes, more than the {limit} allowed", delivery.payload.len()));
+        return out.push(refused(org_id, None, refusal));
     }
     let encoding = match Encoding::from_headers(delivery.headers.as_ref()) {
         Ok(encoding) => encoding,
-        Err(reason) => return refused(org_id, None, Refusal::new("Content-Type", reason)),
+        Err(reason) => return out.push(refused(org_id, None, Refusal::new("Content-Type", reason))),
     };
     match channel {
         Channel::Messages => {
@@ -128,10 +137,10 @@ pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Cand
                 Encoding::Protobuf => decode::message_from_protobuf(&delivery.payload),
             };
             let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
-            match raw.and_then(decode::validate_message) {
+            out.push(match raw.and_then(decode::validate_message) {
                 Ok(message) => Candidate::Message { org_id: org_id.to_owned(), message },
                 Err(refusal) => refused(org_id, hint, refusal),
-            }
+            });
         }
         Channel::Statuses => {
             let raw = match encoding {
@@ -139,9 +148,34 @@ pub fn candidate_from_delivery(subjects: &Subjects, delivery: &Delivery) -> Cand
                 Encoding::Protobuf => decode::status_from_protobuf(&delivery.payload),
             };
             let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
-            match raw.and_then(decode::validate_status) {
+            out.push(match raw.and_then(decode::validate_status) {
                 Ok(status) => Candidate::Status { org_id: org_id.to_owned(), status },
                 Err(refusal) => refused(org_id, hint, refusal),
+            });
+        }
+        Channel::StatusBatch => {
+            let items = match encoding {
+                Encoding::Json => decode::status_batch_from_json(&delivery.payload),
+                Encoding::Protobuf => decode::status_batch_from_protobuf(&delivery.payload),
+            };
+            let items = match items {
+                Ok(items) => items,
+                Err(refusal) => return out.push(refused(org_id, None, refusal)),
+            };
+            out.reserve(items.len());
+            for (index, item) in items.into_iter().enumerate() {
+                out.push(match item {
+                    Ok(status) => Candidate::Status { org_id: org_id.to_owned(), status },
+                    // Its own key: a redelivered batch keeps each refused item once.
+                    Err(item) => Candidate::Refused {
+                        org_id: org_id.to_owned(),
+                        message_id: item.message_id,
+                        subject: subject.to_owned(),
+                        refusal: item.refusal,
+                        payload: item.payload,
+                        source_key: format!("{}/{index}", source_key()),
+                    },
+                });
             }
         }
     }

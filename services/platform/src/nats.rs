@@ -48,6 +48,11 @@ impl Subjects {
         format!("{}broadcasts.{org_id}.statuses", self.prefix)
     }
 
+    /// Up to 1,000 statuses in one message: an extension of the contract.
+    pub fn broadcast_status_batches(&self, org_id: &str) -> String {
+        format!("{}broadcasts.{org_id}.statuses.batch", self.prefix)
+    }
+
     pub fn deadletter(&self, original_subject_without_prefix: &str) -> String {
         format!("{}deadletter.{original_subject_without_prefix}", self.prefix)
     }
