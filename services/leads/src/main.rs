@@ -25,7 +25,8 @@ enum Command {
     Migrate,
     /// Publishes a JSON event from a file (or `-` for stdin) to JetStream.
     Publish {
-        /// interactions (InteractionEvent), messages (BroadcastMessage) or statuses (DeliveryStatus)
+        /// interactions (InteractionEvent), messages (BroadcastMessage), statuses (DeliveryStatus)
+        /// or statuses.batch ({"statuses": [DeliveryStatus, ...]})
         #[arg(long, default_value = "interactions")]
         subject: String,
         #[arg(long)]

@@ -42,11 +42,14 @@ pub struct BroadcastOptions {
     /// DeliveryStatus events in the backlog drain; its messages are in the same proportion to
     /// them as in the sustained run (1,200,000 for 4,000,000 at the defaults).
     pub backlog_statuses: u64,
+    /// Statuses per NATS message: 1 publishes each on `broadcasts.<org>.statuses` as the
+    /// contract has it; more publishes them in batches on `broadcasts.<org>.statuses.batch`.
+    pub status_batch: usize,
 }
 
 impl Default for BroadcastOptions {
     fn default() -> Self {
-        Self { messages: 300_000, statuses: 1_000_000, backlog_statuses: 4_000_000 }
+        Self { messages: 300_000, statuses: 1_000_000, backlog_statuses: 4_000_000, status_batch: 1 }
     }
 }
 
@@ -81,8 +84,19 @@ const STATUS_BITS: [u8; 4] = [SENT, DELIVERED, READ, FAILED];
 /// Runs the whole broadcast section and returns its markdown (`## 4. Broadcast tracking`).
 pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
     let started = Instant::now();
-    let mut out = Out::default();
-    out.line("## 4. Broadcast tracking (issue 5)\n");
+    let mut out = Out { status_batch: options.status_batch, ..Out::default() };
+    if options.status_batch > 1 {
+        out.line(format!(
+            "## 4b. Broadcast tracking, statuses in batches of {} (issue 5)\n\nThe same as section 4, but the \
+             statuses published {} to a NATS message on `broadcasts.<org>.statuses.batch`, the contract's extension \
+             for high-volume publishers (each status is still validated, applied or refused on its own); the \
+             messages are published one by one as before. Where the tables below say \"event\", they mean one \
+             NATS message: a BroadcastMessage or a batch of statuses (the last of each organisation's shorter).\n",
+            options.status_batch, options.status_batch
+        ));
+    } else {
+        out.line("## 4. Broadcast tracking (issue 5)\n");
+    }
     out.line(format!("Load average before: {}\n", loadavg()));
     out.line(format!("Postgres: {}.\n", pg_settings().await?));
     if cfg!(debug_assertions) {
@@ -92,7 +106,10 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
     backlog(&mut out, options).await?;
     out.line("### Targets of issue 5\n");
     out.line("| target | goal | measured | |\n| --- | --- | --- | --- |");
+    let suffix =
+        if options.status_batch > 1 { format!(" (batches of {})", options.status_batch) } else { String::new() };
     for (what, goal, measured, met) in std::mem::take(&mut out.targets) {
+        let what = format!("{what}{suffix}");
         let verdict = match met {
             Some(true) => "PASS",
             Some(false) => "**MISS**",
@@ -117,6 +134,7 @@ struct Out {
     targets: Vec<(String, String, String, Option<bool>)>,
     /// From the sustained run, for the ceiling the backlog section works out.
     sustained: Option<Sustained>,
+    status_batch: usize,
 }
 
 /// What the sustained run measured that the backlog section's ceiling needs.
@@ -364,6 +382,7 @@ type Encoded = (Subject, HeaderMap, Bytes);
 struct Encoder {
     messages: Vec<Subject>,
     statuses: Vec<Subject>,
+    status_batches: Vec<Subject>,
     contacts: u32,
 }
 
@@ -372,6 +391,7 @@ impl Encoder {
         Self {
             messages: ORGS.iter().map(|org| Subject::from(env.subjects.broadcast_messages(org))).collect(),
             statuses: ORGS.iter().map(|org| Subject::from(env.subjects.broadcast_statuses(org))).collect(),
+            status_batches: ORGS.iter().map(|org| Subject::from(env.subjects.broadcast_status_batches(org))).collect(),
             contacts,
         }
     }
@@ -406,6 +426,55 @@ impl Encoder {
         body.push('}');
         let msg_id = format!("{}/{id}/{status}/{}", ORGS[org], event.copy);
         (self.statuses[org].clone(), headers(&msg_id), Bytes::from(body))
+    }
+}
+
+impl Encoder {
+    /// Every event, in order; with `status_batch` > 1 each organisation's statuses go out in
+    /// batches of that many, each batch where its first status was.
+    fn encode_all(&self, events: &[Event], status_batch: usize) -> Vec<Encoded> {
+        if status_batch <= 1 {
+            return events.iter().map(|event| self.encode(*event)).collect();
+        }
+        let mut encoded: Vec<Encoded> = Vec::with_capacity(events.len() / status_batch * 2);
+        // Per organisation: the slot its open batch holds in `encoded`, and its statuses.
+        let mut open: Vec<Option<(usize, Vec<u8>, usize)>> = vec![None; ORGS.len()];
+        let mut batches = 0u64;
+        let close = |encoded: &mut Vec<Encoded>, org: usize, (slot, mut body, _): (usize, Vec<u8>, usize), n: u64| {
+            body.extend_from_slice(b"]}");
+            let msg_id = format!("{}/status-batch/{n}", ORGS[org]);
+            encoded[slot] = (self.status_batches[org].clone(), headers(&msg_id), Bytes::from(body));
+        };
+        for event in events {
+            if event.status == 0 {
+                encoded.push(self.encode(*event));
+                continue;
+            }
+            let org = org_index(event.message);
+            let (_, _, payload) = self.encode(*event);
+            let batch = open[org].get_or_insert_with(|| {
+                encoded.push((self.status_batches[org].clone(), HeaderMap::new(), Bytes::new()));
+                (encoded.len() - 1, b"{\"statuses\":[".to_vec(), 0)
+            });
+            if batch.2 > 0 {
+                batch.1.push(b',');
+            }
+            batch.1.extend_from_slice(&payload);
+            batch.2 += 1;
+            if batch.2 == status_batch
+                && let Some(full) = open[org].take()
+            {
+                batches += 1;
+                close(&mut encoded, org, full, batches);
+            }
+        }
+        for org in 0..ORGS.len() {
+            if let Some(rest) = open[org].take() {
+                batches += 1;
+                close(&mut encoded, org, rest, batches);
+            }
+        }
+        encoded
     }
 }
 
@@ -815,7 +884,7 @@ async fn ingest_and_read(
     // Encoded before the clock starts: the publishers' work is not the system's, and on these
     // two shared cores every cycle they spend is one the system under test does not get.
     let encoder = Encoder::new(env, generated.contacts);
-    let events: Vec<Encoded> = generated.events.iter().map(|event| encoder.encode(*event)).collect();
+    let events: Vec<Encoded> = encoder.encode_all(&generated.events, out.status_batch);
     let total_events = events.len();
     let published = Arc::new(AtomicU8::new(PUBLISHING));
     let stop_reading = Arc::new(AtomicBool::new(false));
@@ -871,7 +940,7 @@ async fn ingest_and_read(
          organisations, {CAMPAIGNS} campaigns and {} recipients; shuffled with a fixed seed so that about half of the \
          statuses precede their message (as in the crash test). Published to `broadcasts.<org>.messages|statuses` with \
          Nats-Msg-Id ({ACK_WINDOW} acks in flight) and consumed by the broadcast service in this process with the \
-         production consumer settings (batch {}, {} batches in flight, pool of {} connections).\n",
+         production consumer settings (batches of up to {} messages, {} batches in flight, pool of {} connections).\n",
         thousands(f64::from(generated.messages)),
         thousands(generated.repeated_messages as f64),
         thousands(generated.status_events as f64),
@@ -880,7 +949,7 @@ async fn ingest_and_read(
         thousands(total_events as f64),
         ORGS.len(),
         thousands(f64::from(generated.contacts)),
-        env.settings.consumer.batch_size,
+        env.settings.consumer.broadcast_batch_size,
         env.settings.consumer.concurrency,
         env.settings.database_max_connections,
     ));
@@ -1044,11 +1113,11 @@ async fn backlog_in(out: &mut Out, options: &BroadcastOptions, env: &TestEnv) ->
 }
 
 async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &Generated) -> anyhow::Result<()> {
-    let events = generated.events.len();
-    progress(format!("broadcast backlog: publishing {events} events with the service stopped"));
     // Encoded first, as in the sustained run, so that the publish's CPU time is the publish's.
     let encoder = Encoder::new(env, generated.contacts);
-    let encoded: Vec<Encoded> = generated.events.iter().map(|event| encoder.encode(*event)).collect();
+    let encoded: Vec<Encoded> = encoder.encode_all(&generated.events, out.status_batch);
+    let events = encoded.len();
+    progress(format!("broadcast backlog: publishing {events} events with the service stopped"));
     let cpu = machine_cpu_seconds();
     let (publish_time, _) = publish_all(&env.js, encoded.into_iter()).await?;
     let publish_cpu = machine_cpu_seconds() - cpu;
