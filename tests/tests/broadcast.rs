@@ -614,11 +614,11 @@ async fn a_leads_broadcast_history_lists_its_contacts_messages_with_their_timeli
     env.cleanup().await
 }
 
-/// `broadcasts.<org_id>.statuses.batch`, the contract's extension for high-volume publishers:
-/// each status of a batch is applied or refused on its own, in JSON and protobuf, and a batch
-/// published twice changes nothing the second time.
+/// `broadcasts.<org_id>.statuses.batch` and `.messages.batch`, the contract's extension for
+/// high-volume publishers: each item of a batch is applied or refused on its own, in JSON and
+/// protobuf, and a batch published twice changes nothing the second time.
 #[tokio::test]
-async fn a_status_batch_is_applied_item_by_item_and_its_bad_items_are_refused_alone() -> anyhow::Result<()> {
+async fn batches_of_statuses_and_messages_are_applied_item_by_item_and_bad_items_refused_alone() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let node = env.start(&[ServiceName::Broadcast]).await?;
     let at = base_time();
@@ -656,8 +656,12 @@ async fn a_status_batch_is_applied_item_by_item_and_its_bad_items_are_refused_al
         env.publish(batches.clone(), payload.clone().into_bytes(), None).await?;
     }
     env.publish(batches.clone(), json_batch, None).await?;
-    publish_all(&env, &[message(&env, "m1", "cmp-b", &phone(1), at), message(&env, "m2", "cmp-b", &phone(2), at)])
-        .await?;
+    let items = [message(&env, "m1", "cmp-b", &phone(1), at), message(&env, "m2", "cmp-b", &phone(2), at)]
+        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload));
+    let [m1, m2] = items;
+    let no_contact = json!({ "message_id": "m3", "occurred_at": at.to_rfc3339() });
+    let messages = json!({ "messages": [m1?, no_contact, m2?] }).to_string().into_bytes();
+    env.publish(env.subjects.broadcast_message_batches(ORG), messages, None).await?;
     wait_drained(&env, StreamKind::Broadcasts, broadcast::DURABLE).await;
 
     let pool = env.admin_pool().await?;
@@ -680,6 +684,7 @@ async fn a_status_batch_is_applied_item_by_item_and_its_bad_items_are_refused_al
     assert_eq!(
         fields,
         [
+            "messages[1].contact",
             "statuses",
             "statuses",
             "statuses",
@@ -691,7 +696,15 @@ async fn a_status_batch_is_applied_item_by_item_and_its_bad_items_are_refused_al
         ],
         "each bad item named by its place, once per published batch: {refused:?}"
     );
-    assert!(refused.iter().all(|r| r.2 == format!("broadcasts.{ORG}.statuses.batch")), "{refused:?}");
+    for (field, message_id, subject) in &refused {
+        let kind = if field.starts_with("messages") { "messages" } else { "statuses" };
+        assert_eq!(subject, &format!("broadcasts.{ORG}.{kind}.batch"), "{field}");
+        if field == "messages[1].contact" {
+            assert_eq!(message_id.as_deref(), Some("m3"), "the refused message is named");
+        }
+    }
+    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM broadcast.messages").fetch_one(&pool).await?;
+    assert_eq!(messages, 2, "the good messages of the batch, not the bad one");
     let item: Vec<u8> =
         sqlx::query_scalar("SELECT payload FROM broadcast.rejections WHERE field = 'statuses[1].status' LIMIT 1")
             .fetch_one(&pool)

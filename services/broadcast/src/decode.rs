@@ -2,7 +2,7 @@
 //! Every refusal names the field at fault, so that a publisher can fix exactly that.
 
 use crate::event::{
-    BroadcastMessage, CampaignInfo, DeliveryError, DeliveryStatus, MAX_BATCH_STATUSES, MAX_SHORT_CHARS, Refusal,
+    BroadcastMessage, CampaignInfo, DeliveryError, DeliveryStatus, MAX_BATCH_ITEMS, MAX_SHORT_CHARS, Refusal,
     StatusKind, TemplateInfo,
 };
 use chrono::{DateTime, Utc};
@@ -60,11 +60,14 @@ fn string_at(map: &Map<String, Value>, path: &str, key: &str) -> Result<Option<S
 }
 
 pub fn message_from_json(payload: &[u8]) -> Result<RawMessage, Refusal> {
-    let root = json_object(payload)?;
-    let campaign = object_at(&root, "campaign")?
+    message_from_object(&json_object(payload)?)
+}
+
+fn message_from_object(root: &Map<String, Value>) -> Result<RawMessage, Refusal> {
+    let campaign = object_at(root, "campaign")?
         .map(|c| Ok::<_, Refusal>((string_at(c, "campaign.id", "id")?, string_at(c, "campaign.name", "name")?)))
         .transpose()?;
-    let template = object_at(&root, "template")?
+    let template = object_at(root, "template")?
         .map(|t| {
             Ok::<_, Refusal>((
                 string_at(t, "template.name", "name")?,
@@ -73,7 +76,7 @@ pub fn message_from_json(payload: &[u8]) -> Result<RawMessage, Refusal> {
             ))
         })
         .transpose()?;
-    let contact = object_at(&root, "contact")?
+    let contact = object_at(root, "contact")?
         .map(|c| {
             Ok::<_, Refusal>((
                 string_at(c, "contact.phone", "phone")?,
@@ -82,8 +85,8 @@ pub fn message_from_json(payload: &[u8]) -> Result<RawMessage, Refusal> {
         })
         .transpose()?;
     Ok(RawMessage {
-        message_id: string_at(&root, "message_id", "message_id")?,
-        occurred_at: string_at(&root, "occurred_at", "occurred_at")?.map(RawTime::Text),
+        message_id: string_at(root, "message_id", "message_id")?,
+        occurred_at: string_at(root, "occurred_at", "occurred_at")?.map(RawTime::Text),
         campaign,
         template,
         contact,
@@ -119,79 +122,147 @@ fn status_from_object(root: &Map<String, Value>) -> Result<RawStatus, Refusal> {
     })
 }
 
-/// One status of a batch that was refused on its own: the rest of the batch stands.
+/// One item of a batch that was refused on its own: the rest of the batch stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedItem {
     pub message_id: Option<String>,
     /// The field names the item: `statuses[3].status`.
     pub refusal: Refusal,
-    /// The item alone, as it would have been published on `broadcasts.<org_id>.statuses`.
+    /// The item alone, as it would have been published on its own subject.
     pub payload: Vec<u8>,
 }
 
-/// A batch's statuses, each validated or refused on its own.
-pub type BatchItems = Vec<Result<DeliveryStatus, RefusedItem>>;
+/// A batch's items, each validated or refused on its own.
+pub type BatchItems<T> = Vec<Result<T, RefusedItem>>;
 
-fn refused_item(index: usize, message_id: Option<String>, refusal: Refusal, payload: Vec<u8>) -> RefusedItem {
+/// The two kinds of batch: `{"statuses": [...]}` and `{"messages": [...]}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOf {
+    Statuses,
+    Messages,
+}
+
+impl BatchOf {
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Statuses => "statuses",
+            Self::Messages => "messages",
+        }
+    }
+}
+
+fn refused_item(
+    key: &str,
+    index: usize,
+    message_id: Option<String>,
+    refusal: Refusal,
+    payload: Vec<u8>,
+) -> RefusedItem {
     // An item-wide reason ("must be a JSON object") names the item itself.
     let field = match refusal.field.as_str() {
-        "payload" => format!("statuses[{index}]"),
-        field => format!("statuses[{index}].{field}"),
+        "payload" => format!("{key}[{index}]"),
+        field => format!("{key}[{index}].{field}"),
     };
     RefusedItem { message_id, refusal: Refusal::new(field, refusal.reason), payload }
 }
 
-fn batch_size_ok(count: usize) -> Result<(), Refusal> {
+fn batch_size_ok(key: &str, count: usize) -> Result<(), Refusal> {
     match count {
-        0 => Err(Refusal::new("statuses", "must hold at least one status")),
-        n if n > MAX_BATCH_STATUSES => {
-            Err(Refusal::new("statuses", format!("holds {n} statuses, more than the {MAX_BATCH_STATUSES} allowed")))
+        0 => Err(Refusal::new(key, "must hold at least one item")),
+        n if n > MAX_BATCH_ITEMS => {
+            Err(Refusal::new(key, format!("holds {n} items, more than the {MAX_BATCH_ITEMS} allowed")))
         }
         _ => Ok(()),
     }
 }
 
-/// `{"statuses": [DeliveryStatus, ...]}`. A payload that is not such an object is refused
-/// whole; inside it, each status is validated alone.
-pub fn status_batch_from_json(payload: &[u8]) -> Result<BatchItems, Refusal> {
+/// `{"<key>": [item, ...]}`. A payload that is not such an object is refused whole; inside
+/// it, each item is read by `read` and validated by `validate` alone.
+fn batch_from_json<R, T>(
+    payload: &[u8],
+    key: &str,
+    read: fn(&Map<String, Value>) -> Result<R, Refusal>,
+    id_of: fn(&R) -> Option<String>,
+    validate: fn(R) -> Result<T, Refusal>,
+) -> Result<BatchItems<T>, Refusal> {
     let mut root = json_object(payload)?;
-    let items = match root.remove("statuses") {
+    let items = match root.remove(key) {
         Some(Value::Array(items)) => items,
-        None | Some(Value::Null) => return Err(Refusal::new("statuses", "is required")),
-        Some(_) => return Err(Refusal::new("statuses", "must be an array")),
+        None | Some(Value::Null) => return Err(Refusal::new(key, "is required")),
+        Some(_) => return Err(Refusal::new(key, "must be an array")),
     };
-    batch_size_ok(items.len())?;
+    batch_size_ok(key, items.len())?;
     Ok(items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
             let raw = match &item {
-                Value::Object(object) => status_from_object(object),
+                Value::Object(object) => read(object),
                 _ => Err(Refusal::new("payload", "must be a JSON object")),
             };
-            let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
-            raw.and_then(validate_status)
-                .map_err(|refusal| refused_item(index, hint, refusal, serde_json::to_vec(&item).unwrap_or_default()))
+            let hint = raw.as_ref().ok().and_then(id_of);
+            raw.and_then(validate).map_err(|refusal| {
+                refused_item(key, index, hint, refusal, serde_json::to_vec(&item).unwrap_or_default())
+            })
         })
         .collect())
 }
 
-/// A `leads.v1.DeliveryStatusBatch`, each status validated alone.
-pub fn status_batch_from_protobuf(payload: &[u8]) -> Result<BatchItems, Refusal> {
-    let batch = pb::DeliveryStatusBatch::decode(payload)
-        .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.DeliveryStatusBatch: {e}")))?;
-    batch_size_ok(batch.statuses.len())?;
-    Ok(batch
-        .statuses
+/// Each item of a decoded protobuf batch, validated alone.
+fn batch_from_protobuf<P: Message, R, T>(
+    items: Vec<P>,
+    key: &str,
+    read: fn(P) -> Result<R, Refusal>,
+    id_of: fn(&R) -> Option<String>,
+    validate: fn(R) -> Result<T, Refusal>,
+) -> Result<BatchItems<T>, Refusal> {
+    batch_size_ok(key, items.len())?;
+    Ok(items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
             let encoded = item.encode_to_vec();
-            let raw = status_from_pb(item);
-            let hint = raw.as_ref().ok().and_then(|r| r.message_id.clone());
-            raw.and_then(validate_status).map_err(|refusal| refused_item(index, hint, refusal, encoded))
+            let raw = read(item);
+            let hint = raw.as_ref().ok().and_then(id_of);
+            raw.and_then(validate).map_err(|refusal| refused_item(key, index, hint, refusal, encoded))
         })
         .collect())
+}
+
+/// `{"statuses": [DeliveryStatus, ...]}`.
+pub fn status_batch_from_json(payload: &[u8]) -> Result<BatchItems<DeliveryStatus>, Refusal> {
+    batch_from_json(payload, BatchOf::Statuses.key(), status_from_object, |r| r.message_id.clone(), validate_status)
+}
+
+/// A `leads.v1.DeliveryStatusBatch`.
+pub fn status_batch_from_protobuf(payload: &[u8]) -> Result<BatchItems<DeliveryStatus>, Refusal> {
+    let batch = pb::DeliveryStatusBatch::decode(payload)
+        .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.DeliveryStatusBatch: {e}")))?;
+    batch_from_protobuf(
+        batch.statuses,
+        BatchOf::Statuses.key(),
+        status_from_pb,
+        |r| r.message_id.clone(),
+        validate_status,
+    )
+}
+
+/// `{"messages": [BroadcastMessage, ...]}`.
+pub fn message_batch_from_json(payload: &[u8]) -> Result<BatchItems<BroadcastMessage>, Refusal> {
+    batch_from_json(payload, BatchOf::Messages.key(), message_from_object, |r| r.message_id.clone(), validate_message)
+}
+
+/// A `leads.v1.BroadcastMessageBatch`.
+pub fn message_batch_from_protobuf(payload: &[u8]) -> Result<BatchItems<BroadcastMessage>, Refusal> {
+    let batch = pb::BroadcastMessageBatch::decode(payload)
+        .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.BroadcastMessageBatch: {e}")))?;
+    batch_from_protobuf(
+        batch.messages,
+        BatchOf::Messages.key(),
+        message_from_pb,
+        |r| r.message_id.clone(),
+        validate_message,
+    )
 }
 
 /// Empty proto3 strings mean "absent".
@@ -211,6 +282,10 @@ fn proto_time(ts: Option<prost_types::Timestamp>, field: &str) -> Result<Option<
 pub fn message_from_protobuf(payload: &[u8]) -> Result<RawMessage, Refusal> {
     let message = pb::BroadcastMessage::decode(payload)
         .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.BroadcastMessage: {e}")))?;
+    message_from_pb(message)
+}
+
+fn message_from_pb(message: pb::BroadcastMessage) -> Result<RawMessage, Refusal> {
     Ok(RawMessage {
         message_id: opt(message.message_id),
         occurred_at: proto_time(message.occurred_at, "occurred_at")?,
@@ -408,7 +483,7 @@ mod tests {
             Some("seen".into())
         );
         assert_eq!(items[2].as_ref().map_err(|r| r.refusal.field.as_str()).err(), Some("statuses[2]"));
-        let too_many = format!(r#"{{"statuses": [{}]}}"#, vec!["{}"; MAX_BATCH_STATUSES + 1].join(","));
+        let too_many = format!(r#"{{"statuses": [{}]}}"#, vec!["{}"; MAX_BATCH_ITEMS + 1].join(","));
         for (payload, field) in [
             (r#"{"statuses": []}"#, "statuses"),
             (r#"{"statuses": {}}"#, "statuses"),

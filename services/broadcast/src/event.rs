@@ -7,11 +7,11 @@ pub use ingest::event::Refusal;
 
 /// Larger payloads are refused before parsing.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
-/// A status batch (`broadcasts.<org_id>.statuses.batch`) may be larger: NATS's default
-/// largest message.
+/// A batch (`broadcasts.<org_id>.statuses.batch`, `.messages.batch`) may be larger: NATS's
+/// default largest message.
 pub const MAX_BATCH_PAYLOAD_BYTES: usize = 1024 * 1024;
-/// Most statuses one batch may carry.
-pub const MAX_BATCH_STATUSES: usize = 1_000;
+/// Most statuses or messages one batch may carry.
+pub const MAX_BATCH_ITEMS: usize = 1_000;
 /// Ids, names and titles longer than this are refused.
 pub const MAX_SHORT_CHARS: usize = 256;
 

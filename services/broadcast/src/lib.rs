@@ -85,6 +85,7 @@ async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<
 enum Channel {
     Messages,
     Statuses,
+    MessageBatch,
     StatusBatch,
 }
 
@@ -105,6 +106,7 @@ pub fn candidates_from_delivery(subjects: &Subjects, delivery: &Delivery, out: &
         let channel = match kind {
             "messages" => Channel::Messages,
             "statuses" => Channel::Statuses,
+            "messages.batch" => Channel::MessageBatch,
             "statuses.batch" => Channel::StatusBatch,
             _ => return None,
         };
@@ -114,13 +116,16 @@ pub fn candidates_from_delivery(subjects: &Subjects, delivery: &Delivery, out: &
         let refusal = Refusal::new(
             "subject",
             format!(
-                "{subject:?} is not broadcasts.<org_id>.messages, broadcasts.<org_id>.statuses or \
-                 broadcasts.<org_id>.statuses.batch"
+                "{subject:?} is not broadcasts.<org_id>.messages or broadcasts.<org_id>.statuses, or one \
+                 of them followed by .batch"
             ),
         );
         return out.push(refused("", None, refusal));
     };
-    let limit = if channel == Channel::StatusBatch { MAX_BATCH_PAYLOAD_BYTES } else { MAX_PAYLOAD_BYTES };
+    let limit = match channel {
+        Channel::MessageBatch | Channel::StatusBatch => MAX_BATCH_PAYLOAD_BYTES,
+        Channel::Messages | Channel::Statuses => MAX_PAYLOAD_BYTES,
+    };
     if delivery.payload.len() > limit {
         let refusal =
             Refusal::new("payload", format!("is {} bytes, more than the {limit} allowed", delivery.payload.len()));
@@ -153,31 +158,56 @@ pub fn candidates_from_delivery(subjects: &Subjects, delivery: &Delivery, out: &
                 Err(refusal) => refused(org_id, hint, refusal),
             });
         }
+        Channel::MessageBatch => {
+            let items = match encoding {
+                Encoding::Json => decode::message_batch_from_json(&delivery.payload),
+                Encoding::Protobuf => decode::message_batch_from_protobuf(&delivery.payload),
+            };
+            match items {
+                Ok(items) => push_items(out, items, org_id, subject, &source_key(), |org_id, message| {
+                    Candidate::Message { org_id, message }
+                }),
+                Err(refusal) => out.push(refused(org_id, None, refusal)),
+            }
+        }
         Channel::StatusBatch => {
             let items = match encoding {
                 Encoding::Json => decode::status_batch_from_json(&delivery.payload),
                 Encoding::Protobuf => decode::status_batch_from_protobuf(&delivery.payload),
             };
-            let items = match items {
-                Ok(items) => items,
-                Err(refusal) => return out.push(refused(org_id, None, refusal)),
-            };
-            out.reserve(items.len());
-            for (index, item) in items.into_iter().enumerate() {
-                out.push(match item {
-                    Ok(status) => Candidate::Status { org_id: org_id.to_owned(), status },
-                    // Its own key: a redelivered batch keeps each refused item once.
-                    Err(item) => Candidate::Refused {
-                        org_id: org_id.to_owned(),
-                        message_id: item.message_id,
-                        subject: subject.to_owned(),
-                        refusal: item.refusal,
-                        payload: item.payload,
-                        source_key: format!("{}/{index}", source_key()),
-                    },
-                });
+            match items {
+                Ok(items) => push_items(out, items, org_id, subject, &source_key(), |org_id, status| {
+                    Candidate::Status { org_id, status }
+                }),
+                Err(refusal) => out.push(refused(org_id, None, refusal)),
             }
         }
+    }
+}
+
+/// A batch's items as candidates: each good one as `accepted` makes it, each bad one refused
+/// under the stream message's key and its index, so a redelivered batch keeps it once.
+fn push_items<T>(
+    out: &mut Vec<Candidate>,
+    items: decode::BatchItems<T>,
+    org_id: &str,
+    subject: &str,
+    source_key: &str,
+    accepted: impl Fn(String, T) -> Candidate,
+) {
+    out.reserve(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        out.push(match item {
+            Ok(item) => accepted(org_id.to_owned(), item),
+            Err(item) => Candidate::Refused {
+                org_id: org_id.to_owned(),
+                message_id: item.message_id,
+                subject: subject.to_owned(),
+                refusal: item.refusal,
+                payload: item.payload,
+                source_key: format!("{source_key}/{index}"),
+            },
+        });
     }
 }
 

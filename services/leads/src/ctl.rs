@@ -19,10 +19,11 @@ pub async fn publish(settings: &Settings, subject_kind: &str, org_id: &str, file
         "interactions" => subjects.interactions(org_id),
         "messages" => subjects.broadcast_messages(org_id),
         "statuses" => subjects.broadcast_statuses(org_id),
+        "messages.batch" => subjects.broadcast_message_batches(org_id),
         "statuses.batch" => subjects.broadcast_status_batches(org_id),
-        other => {
-            anyhow::bail!("unknown subject kind {other:?}: use interactions, messages, statuses or statuses.batch")
-        }
+        other => anyhow::bail!(
+            "unknown subject kind {other:?}: use interactions, messages, statuses, messages.batch or statuses.batch"
+        ),
     };
     let client = platform::nats::connect(&settings.nats_url, "leads-ctl").await?;
     let js = async_nats::jetstream::new(client);

@@ -26,7 +26,8 @@ enum Command {
     /// Publishes a JSON event from a file (or `-` for stdin) to JetStream.
     Publish {
         /// interactions (InteractionEvent), messages (BroadcastMessage), statuses (DeliveryStatus)
-        /// or statuses.batch ({"statuses": [DeliveryStatus, ...]})
+        /// messages.batch ({"messages": [BroadcastMessage, ...]}) or statuses.batch
+        /// ({"statuses": [DeliveryStatus, ...]})
         #[arg(long, default_value = "interactions")]
         subject: String,
         #[arg(long)]

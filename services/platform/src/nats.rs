@@ -48,7 +48,12 @@ impl Subjects {
         format!("{}broadcasts.{org_id}.statuses", self.prefix)
     }
 
-    /// Up to 1,000 statuses in one message: an extension of the contract.
+    /// Up to 1,000 messages in one NATS message: an extension of the contract.
+    pub fn broadcast_message_batches(&self, org_id: &str) -> String {
+        format!("{}broadcasts.{org_id}.messages.batch", self.prefix)
+    }
+
+    /// Up to 1,000 statuses in one NATS message: an extension of the contract.
     pub fn broadcast_status_batches(&self, org_id: &str) -> String {
         format!("{}broadcasts.{org_id}.statuses.batch", self.prefix)
     }
