@@ -39,12 +39,18 @@ pub const LEADS_DURABLE: &str = "broadcast-leads";
 pub struct BroadcastContext {
     pub pool: PgPool,
     pub subjects: Subjects,
+    /// Most candidates one transaction applies (`consumer.broadcast_batch_size`).
+    pub items_per_transaction: usize,
 }
 
 /// Starts both consumers and the gRPC server; they run until `token` fires.
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Broadcast, &MIGRATOR, &token).await?;
-    let ctx = BroadcastContext { pool: base.pool.clone(), subjects: infra.subjects.clone() };
+    let ctx = BroadcastContext {
+        pool: base.pool.clone(),
+        subjects: infra.subjects.clone(),
+        items_per_transaction: infra.settings.consumer.broadcast_batch_size,
+    };
     // Many small events: larger transactions than the other consumers (BENCHMARKS.md).
     let bulk = ConsumerSettings {
         batch_size: infra.settings.consumer.broadcast_batch_size,
@@ -71,13 +77,18 @@ async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<
             tracing::info!(%subject, field = %refusal.field, reason = %refusal.reason, "broadcast event refused");
         }
     }
-    match handler::apply_batch(ctx, &candidates).await {
-        Ok(_) => vec![Disposition::Ack; batch.len()],
-        Err(error) => {
+    // Batched messages carry many candidates each: they are applied in transactions of a
+    // bounded size, as single ones are, because concurrent transactions that meet on a repeated
+    // status wait for each other's commit, and a larger one makes the other wait longer. Every
+    // message is acknowledged once all of them have committed; a redelivery re-applies what
+    // had, which changes nothing.
+    for chunk in candidates.chunks(ctx.items_per_transaction.max(1)) {
+        if let Err(error) = handler::apply_batch(ctx, chunk).await {
             tracing::warn!(%error, "broadcast batch failed, will be redelivered");
-            vec![Disposition::Retry; batch.len()]
+            return vec![Disposition::Retry; batch.len()];
         }
     }
+    vec![Disposition::Ack; batch.len()]
 }
 
 /// Which payload a subject carries.

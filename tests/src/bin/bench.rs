@@ -64,10 +64,10 @@ struct Args {
     /// Status events in the broadcast section's backlog drain.
     #[arg(long, default_value_t = 4_000_000)]
     broadcast_backlog: u64,
-    /// The broadcast section runs once per value: statuses per NATS message (1: one each on
-    /// `broadcasts.<org>.statuses`; more: batches on `broadcasts.<org>.statuses.batch`).
+    /// The broadcast section runs once per value: messages and statuses per NATS message (1:
+    /// each on its own, as the contract has it; more: batches on `broadcasts.<org>.*.batch`).
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
-    broadcast_status_batches: Vec<usize>,
+    broadcast_batches: Vec<usize>,
     /// Sections to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast,desk")]
     only: Vec<Section>,
@@ -1613,12 +1613,12 @@ async fn main() -> anyhow::Result<()> {
             Section::Leads => leads(&mut report, &args).await,
             Section::Broadcast => {
                 let mut result = Ok(());
-                for &status_batch in &args.broadcast_status_batches {
+                for &batch in &args.broadcast_batches {
                     let options = broadcast::BroadcastOptions {
                         messages: args.broadcast_messages,
                         statuses: args.broadcast_statuses,
                         backlog_statuses: args.broadcast_backlog,
-                        status_batch,
+                        batch,
                     };
                     result = broadcast::run(&options).await.map(|section| report.line(section));
                     if result.is_err() {

@@ -42,14 +42,14 @@ pub struct BroadcastOptions {
     /// DeliveryStatus events in the backlog drain; its messages are in the same proportion to
     /// them as in the sustained run (1,200,000 for 4,000,000 at the defaults).
     pub backlog_statuses: u64,
-    /// Statuses per NATS message: 1 publishes each on `broadcasts.<org>.statuses` as the
-    /// contract has it; more publishes them in batches on `broadcasts.<org>.statuses.batch`.
-    pub status_batch: usize,
+    /// Items per NATS message: 1 publishes each message and status on its own as the contract
+    /// has it; more publishes them in batches on `broadcasts.<org>.messages|statuses.batch`.
+    pub batch: usize,
 }
 
 impl Default for BroadcastOptions {
     fn default() -> Self {
-        Self { messages: 300_000, statuses: 1_000_000, backlog_statuses: 4_000_000, status_batch: 1 }
+        Self { messages: 300_000, statuses: 1_000_000, backlog_statuses: 4_000_000, batch: 1 }
     }
 }
 
@@ -84,15 +84,15 @@ const STATUS_BITS: [u8; 4] = [SENT, DELIVERED, READ, FAILED];
 /// Runs the whole broadcast section and returns its markdown (`## 4. Broadcast tracking`).
 pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
     let started = Instant::now();
-    let mut out = Out { status_batch: options.status_batch, ..Out::default() };
-    if options.status_batch > 1 {
+    let mut out = Out { batch: options.batch, ..Out::default() };
+    if options.batch > 1 {
         out.line(format!(
-            "## 4b. Broadcast tracking, statuses in batches of {} (issue 5)\n\nThe same as section 4, but the \
-             statuses published {} to a NATS message on `broadcasts.<org>.statuses.batch`, the contract's extension \
-             for high-volume publishers (each status is still validated, applied or refused on its own); the \
-             messages are published one by one as before. Where the tables below say \"event\", they mean one \
-             NATS message: a BroadcastMessage or a batch of statuses (the last of each organisation's shorter).\n",
-            options.status_batch, options.status_batch
+            "## 4b. Broadcast tracking, in batches of {} (issue 5)\n\nThe same as section 4, but messages and \
+             statuses published {} to a NATS message on `broadcasts.<org>.messages.batch` and \
+             `broadcasts.<org>.statuses.batch`, the contract's extension for high-volume publishers (each item is \
+             still validated, applied or refused on its own). Where the tables below say \"event\", they mean one \
+             NATS message: a batch (the last of each organisation and kind shorter).\n",
+            options.batch, options.batch
         ));
     } else {
         out.line("## 4. Broadcast tracking (issue 5)\n");
@@ -106,8 +106,7 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
     backlog(&mut out, options).await?;
     out.line("### Targets of issue 5\n");
     out.line("| target | goal | measured | |\n| --- | --- | --- | --- |");
-    let suffix =
-        if options.status_batch > 1 { format!(" (batches of {})", options.status_batch) } else { String::new() };
+    let suffix = if options.batch > 1 { format!(" (batches of {})", options.batch) } else { String::new() };
     for (what, goal, measured, met) in std::mem::take(&mut out.targets) {
         let what = format!("{what}{suffix}");
         let verdict = match met {
@@ -134,7 +133,7 @@ struct Out {
     targets: Vec<(String, String, String, Option<bool>)>,
     /// From the sustained run, for the ceiling the backlog section works out.
     sustained: Option<Sustained>,
-    status_batch: usize,
+    batch: usize,
 }
 
 /// What the sustained run measured that the backlog section's ceiling needs.
@@ -382,6 +381,7 @@ type Encoded = (Subject, HeaderMap, Bytes);
 struct Encoder {
     messages: Vec<Subject>,
     statuses: Vec<Subject>,
+    message_batches: Vec<Subject>,
     status_batches: Vec<Subject>,
     contacts: u32,
 }
@@ -391,6 +391,10 @@ impl Encoder {
         Self {
             messages: ORGS.iter().map(|org| Subject::from(env.subjects.broadcast_messages(org))).collect(),
             statuses: ORGS.iter().map(|org| Subject::from(env.subjects.broadcast_statuses(org))).collect(),
+            message_batches: ORGS
+                .iter()
+                .map(|org| Subject::from(env.subjects.broadcast_message_batches(org)))
+                .collect(),
             status_batches: ORGS.iter().map(|org| Subject::from(env.subjects.broadcast_status_batches(org))).collect(),
             contacts,
         }
@@ -430,48 +434,56 @@ impl Encoder {
 }
 
 impl Encoder {
-    /// Every event, in order; with `status_batch` > 1 each organisation's statuses go out in
-    /// batches of that many, each batch where its first status was.
-    fn encode_all(&self, events: &[Event], status_batch: usize) -> Vec<Encoded> {
-        if status_batch <= 1 {
+    /// Every event, in order; with `batch` > 1 each organisation's messages and statuses go out
+    /// in batches of that many (`{"messages": [...]}`, `{"statuses": [...]}`), each batch where
+    /// its first item was.
+    fn encode_all(&self, events: &[Event], batch: usize) -> Vec<Encoded> {
+        if batch <= 1 {
             return events.iter().map(|event| self.encode(*event)).collect();
         }
-        let mut encoded: Vec<Encoded> = Vec::with_capacity(events.len() / status_batch * 2);
-        // Per organisation: the slot its open batch holds in `encoded`, and its statuses.
-        let mut open: Vec<Option<(usize, Vec<u8>, usize)>> = vec![None; ORGS.len()];
-        let mut batches = 0u64;
-        let close = |encoded: &mut Vec<Encoded>, org: usize, (slot, mut body, _): (usize, Vec<u8>, usize), n: u64| {
-            body.extend_from_slice(b"]}");
-            let msg_id = format!("{}/status-batch/{n}", ORGS[org]);
-            encoded[slot] = (self.status_batches[org].clone(), headers(&msg_id), Bytes::from(body));
+        /// A batch being filled: its slot in the output, its body so far, its items.
+        struct Open {
+            slot: usize,
+            body: Vec<u8>,
+            items: usize,
+        }
+        let mut encoded: Vec<Encoded> = Vec::with_capacity(events.len() / batch * 2);
+        // Per (organisation, kind): 0 messages, 1 statuses.
+        let mut open: Vec<[Option<Open>; 2]> = (0..ORGS.len()).map(|_| [None, None]).collect();
+        let mut closed = 0u64;
+        let subject = |org: usize, kind: usize| {
+            if kind == 0 { self.message_batches[org].clone() } else { self.status_batches[org].clone() }
+        };
+        let mut close = |encoded: &mut Vec<Encoded>, org: usize, kind: usize, mut full: Open| {
+            closed += 1;
+            full.body.extend_from_slice(b"]}");
+            let msg_id = format!("{}/batch/{closed}", ORGS[org]);
+            encoded[full.slot] = (subject(org, kind), headers(&msg_id), Bytes::from(full.body));
         };
         for event in events {
-            if event.status == 0 {
-                encoded.push(self.encode(*event));
-                continue;
-            }
-            let org = org_index(event.message);
+            let (org, kind) = (org_index(event.message), usize::from(event.status != 0));
             let (_, _, payload) = self.encode(*event);
-            let batch = open[org].get_or_insert_with(|| {
-                encoded.push((self.status_batches[org].clone(), HeaderMap::new(), Bytes::new()));
-                (encoded.len() - 1, b"{\"statuses\":[".to_vec(), 0)
+            let current = open[org][kind].get_or_insert_with(|| {
+                encoded.push((subject(org, kind), HeaderMap::new(), Bytes::new()));
+                let start: &[u8] = if kind == 0 { b"{\"messages\":[" } else { b"{\"statuses\":[" };
+                Open { slot: encoded.len() - 1, body: start.to_vec(), items: 0 }
             });
-            if batch.2 > 0 {
-                batch.1.push(b',');
+            if current.items > 0 {
+                current.body.push(b',');
             }
-            batch.1.extend_from_slice(&payload);
-            batch.2 += 1;
-            if batch.2 == status_batch
-                && let Some(full) = open[org].take()
+            current.body.extend_from_slice(&payload);
+            current.items += 1;
+            if current.items == batch
+                && let Some(full) = open[org][kind].take()
             {
-                batches += 1;
-                close(&mut encoded, org, full, batches);
+                close(&mut encoded, org, kind, full);
             }
         }
-        for org in 0..ORGS.len() {
-            if let Some(rest) = open[org].take() {
-                batches += 1;
-                close(&mut encoded, org, rest, batches);
+        for (org, kinds) in open.iter_mut().enumerate() {
+            for (kind, rest) in kinds.iter_mut().enumerate() {
+                if let Some(rest) = rest.take() {
+                    close(&mut encoded, org, kind, rest);
+                }
             }
         }
         encoded
@@ -884,7 +896,7 @@ async fn ingest_and_read(
     // Encoded before the clock starts: the publishers' work is not the system's, and on these
     // two shared cores every cycle they spend is one the system under test does not get.
     let encoder = Encoder::new(env, generated.contacts);
-    let events: Vec<Encoded> = encoder.encode_all(&generated.events, out.status_batch);
+    let events: Vec<Encoded> = encoder.encode_all(&generated.events, out.batch);
     let total_events = events.len();
     let published = Arc::new(AtomicU8::new(PUBLISHING));
     let stop_reading = Arc::new(AtomicBool::new(false));
@@ -1115,7 +1127,7 @@ async fn backlog_in(out: &mut Out, options: &BroadcastOptions, env: &TestEnv) ->
 async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &Generated) -> anyhow::Result<()> {
     // Encoded first, as in the sustained run, so that the publish's CPU time is the publish's.
     let encoder = Encoder::new(env, generated.contacts);
-    let encoded: Vec<Encoded> = encoder.encode_all(&generated.events, out.status_batch);
+    let encoded: Vec<Encoded> = encoder.encode_all(&generated.events, out.batch);
     let events = encoded.len();
     progress(format!("broadcast backlog: publishing {events} events with the service stopped"));
     let cpu = machine_cpu_seconds();
