@@ -950,7 +950,7 @@ async fn ingest_and_read(
         "{} BroadcastMessages ({} of them published twice) and {} DeliveryStatus events ({} distinct (message, status), \
          {} repeats, half of them with a later timestamp), {} events in all, {avg_bytes} B JSON on average, over {} \
          organisations, {CAMPAIGNS} campaigns and {} recipients; shuffled with a fixed seed so that about half of the \
-         statuses precede their message (as in the crash test). Published to `broadcasts.<org>.messages|statuses` with \
+         statuses precede their message (as in the crash test). Published to `broadcasts.<org>.messages|statuses{}` with \
          Nats-Msg-Id ({ACK_WINDOW} acks in flight) and consumed by the broadcast service in this process with the \
          production consumer settings (batches of up to {} messages, {} batches in flight, pool of {} connections).\n",
         thousands(f64::from(generated.messages)),
@@ -961,6 +961,7 @@ async fn ingest_and_read(
         thousands(total_events as f64),
         ORGS.len(),
         thousands(f64::from(generated.contacts)),
+        if out.batch > 1 { ".batch" } else { "" },
         env.settings.consumer.broadcast_batch_size,
         env.settings.consumer.concurrency,
         env.settings.database_max_connections,
