@@ -281,15 +281,15 @@ pub fn leads_binary() -> PathBuf {
 /// A `leads run` child process.
 pub struct Process {
     child: tokio::process::Child,
-    /// Becomes true once the process has printed `ready`: every service serves and SIGTERM
-    /// is handled.
+    /// Becomes true once the process has printed `ready` on stderr: every service serves and
+    /// SIGTERM is handled.
     ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Process {
     pub fn spawn(env: &TestEnv, services: &str, extra_env: &[(&str, String)]) -> anyhow::Result<Self> {
         let mut command = tokio::process::Command::new(leads_binary());
-        command.args(["run", "--services", services]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command.args(["run", "--services", services]).stdout(Stdio::null()).stderr(Stdio::piped());
         for (key, value) in env.process_env() {
             command.env(key, value);
         }
@@ -301,15 +301,18 @@ impl Process {
         }
         command.kill_on_drop(true);
         let mut child = command.spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        // Reads stdout to its end so the child never blocks on a full pipe.
+        // Reads stderr to its end, passing it on (a panic stays visible in the test's output),
+        // so the child never blocks on a full pipe.
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
-            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if line == "ready" {
                     ready_tx.send_replace(true);
+                } else {
+                    eprintln!("{line}");
                 }
             }
         });

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use ingest::event::RawTime;
 use leads_proto::v1 as pb;
 use prost::Message;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, error::Category, value::RawValue};
+use std::collections::HashMap;
 
 /// A message as received: every field optional, every string raw.
 #[derive(Debug, Clone, Default)]
@@ -128,7 +129,7 @@ pub struct RefusedItem {
     pub message_id: Option<String>,
     /// The field names the item: `statuses[3].status`.
     pub refusal: Refusal,
-    /// The item alone, as it would have been published on its own subject.
+    /// The item alone: its JSON exactly as published, or its protobuf encoding.
     pub payload: Vec<u8>,
 }
 
@@ -185,25 +186,27 @@ fn batch_from_json<R, T>(
     id_of: fn(&R) -> Option<String>,
     validate: fn(R) -> Result<T, Refusal>,
 ) -> Result<BatchItems<T>, Refusal> {
-    let mut root = json_object(payload)?;
-    let items = match root.remove(key) {
-        Some(Value::Array(items)) => items,
-        None | Some(Value::Null) => return Err(Refusal::new(key, "is required")),
-        Some(_) => return Err(Refusal::new(key, "must be an array")),
+    // Items stay raw until each is read alone, so that a refused one is kept byte for byte.
+    let root: HashMap<String, &RawValue> = serde_json::from_slice(payload).map_err(|e| match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => Refusal::new("payload", format!("is not valid JSON: {e}")),
+        Category::Data => Refusal::new("payload", "must be a JSON object"),
+    })?;
+    let items = match root.get(key).map(|raw| raw.get()) {
+        None | Some("null") => return Err(Refusal::new(key, "is required")),
+        Some(raw) => serde_json::from_str::<Vec<&RawValue>>(raw).map_err(|_| Refusal::new(key, "must be an array"))?,
     };
     batch_size_ok(key, items.len())?;
     Ok(items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            let raw = match &item {
-                Value::Object(object) => read(object),
+            let raw = match serde_json::from_str::<Value>(item.get()) {
+                Ok(Value::Object(object)) => read(&object),
                 _ => Err(Refusal::new("payload", "must be a JSON object")),
             };
             let hint = raw.as_ref().ok().and_then(id_of);
-            raw.and_then(validate).map_err(|refusal| {
-                refused_item(key, index, hint, refusal, serde_json::to_vec(&item).unwrap_or_default())
-            })
+            raw.and_then(validate)
+                .map_err(|refusal| refused_item(key, index, hint, refusal, item.get().as_bytes().to_vec()))
         })
         .collect())
 }
@@ -383,10 +386,10 @@ fn non_empty(value: Option<String>) -> Option<String> {
 
 fn bounded(value: String, field: &str) -> Result<String, Refusal> {
     if value.chars().count() > MAX_SHORT_CHARS {
-        Err(Refusal::new(field, format!("must be at most {MAX_SHORT_CHARS} characters")))
-    } else {
-        Ok(value)
+        return Err(Refusal::new(field, format!("must be at most {MAX_SHORT_CHARS} characters")));
     }
+    ingest::validate::no_nul(&value, field)?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -479,8 +482,8 @@ mod tests {
         let second = items[1].as_ref().expect_err("an unknown status");
         assert_eq!((second.refusal.field.as_str(), second.message_id.as_deref()), ("statuses[1].status", Some("a")));
         assert_eq!(
-            serde_json::from_slice::<Value>(&second.payload).ok().and_then(|v| v["status"].as_str().map(str::to_owned)),
-            Some("seen".into())
+            second.payload, br#"{"message_id": "a", "status": "seen", "timestamp": "2026-11-24T09:00:02Z"}"#,
+            "kept byte for byte"
         );
         assert_eq!(items[2].as_ref().map_err(|r| r.refusal.field.as_str()).err(), Some("statuses[2]"));
         let too_many = format!(r#"{{"statuses": [{}]}}"#, vec!["{}"; MAX_BATCH_ITEMS + 1].join(","));

@@ -68,27 +68,39 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    let mut candidates = Vec::with_capacity(batch.len());
-    for delivery in &batch {
+    let limit = ctx.items_per_transaction.max(1);
+    // Batched messages carry up to a thousand candidates each, so candidates are decoded as
+    // they are applied, in transactions of about `limit`: memory stays bounded whatever the
+    // messages hold, and concurrent transactions that meet on a repeated status wait for each
+    // other's commit, which a larger transaction makes longer. Every message is acknowledged
+    // once all have committed; a redelivery re-applies what had, which changes nothing.
+    let mut candidates = Vec::with_capacity(limit.min(batch.len() * 4));
+    for (position, delivery) in batch.iter().enumerate() {
+        let first = candidates.len();
         candidates_from_delivery(&ctx.subjects, delivery, &mut candidates);
-    }
-    for candidate in &candidates {
-        if let Candidate::Refused { refusal, subject, .. } = candidate {
-            tracing::info!(%subject, field = %refusal.field, reason = %refusal.reason, "broadcast event refused");
-        }
-    }
-    // Batched messages carry many candidates each: they are applied in transactions of a
-    // bounded size, as single ones are, because concurrent transactions that meet on a repeated
-    // status wait for each other's commit, and a larger one makes the other wait longer. Every
-    // message is acknowledged once all of them have committed; a redelivery re-applies what
-    // had, which changes nothing.
-    for chunk in candidates.chunks(ctx.items_per_transaction.max(1)) {
-        if let Err(error) = handler::apply_batch(ctx, chunk).await {
-            tracing::warn!(%error, "broadcast batch failed, will be redelivered");
-            return vec![Disposition::Retry; batch.len()];
+        log_refusals(&candidates[first..]);
+        let last = position + 1 == batch.len();
+        if candidates.len() >= limit || (last && !candidates.is_empty()) {
+            if let Err(error) = handler::apply_batch(ctx, &candidates).await {
+                tracing::warn!(%error, "broadcast batch failed, will be redelivered");
+                return vec![Disposition::Retry; batch.len()];
+            }
+            candidates.clear();
         }
     }
     vec![Disposition::Ack; batch.len()]
+}
+
+/// One line per NATS message, however many of its items were refused.
+fn log_refusals(candidates: &[Candidate]) {
+    let mut refused = candidates.iter().filter_map(|candidate| match candidate {
+        Candidate::Refused { refusal, subject, .. } => Some((refusal, subject)),
+        _ => None,
+    });
+    if let Some((refusal, subject)) = refused.next() {
+        let count = 1 + refused.count();
+        tracing::info!(%subject, field = %refusal.field, reason = %refusal.reason, count, "broadcast event refused");
+    }
 }
 
 /// Which payload a subject carries.

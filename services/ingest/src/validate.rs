@@ -22,6 +22,7 @@ pub fn validate_org_id(org_id: &str) -> Result<(), Refusal> {
 
 pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
     let event_id = required(raw.event_id, "event_id")?;
+    no_nul(&event_id, "event_id")?;
     let chars = event_id.chars().count();
     if chars > MAX_EVENT_ID_CHARS {
         return Err(Refusal::new("event_id", format!("must be at most {MAX_EVENT_ID_CHARS} characters, got {chars}")));
@@ -71,6 +72,7 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         if chars > MAX_TEXT_CHARS {
             return Err(Refusal::new("text", format!("must be at most {MAX_TEXT_CHARS} characters, got {chars}")));
         }
+        no_nul(text, "text")?;
     }
     let broadcast = match raw.broadcast {
         Some((Some(message_id), campaign_id)) if !message_id.trim().is_empty() => Some(BroadcastInfo {
@@ -109,6 +111,8 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         if value.chars().count() > MAX_TEXT_CHARS {
             return Err(Refusal::new(format!("attributes.{key}"), "must be at most 4096 characters"));
         }
+        no_nul(key, "attributes")?;
+        no_nul(value, &format!("attributes.{key}"))?;
     }
     Ok(Interaction {
         event_id,
@@ -214,7 +218,7 @@ impl PhoneMemo {
 fn validate_email(input: &str) -> Result<String, Refusal> {
     let email = input.trim().to_owned();
     let valid = email.chars().count() <= MAX_EMAIL_CHARS
-        && !email.chars().any(char::is_whitespace)
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email
             .split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'));
@@ -231,10 +235,17 @@ fn non_empty(value: Option<String>) -> Option<String> {
 
 fn bounded(value: String, field: &str, max: usize) -> Result<String, Refusal> {
     if value.chars().count() > max {
-        Err(Refusal::new(field, format!("must be at most {max} characters")))
-    } else {
-        Ok(value)
+        return Err(Refusal::new(field, format!("must be at most {max} characters")));
     }
+    no_nul(&value, field)?;
+    Ok(value)
+}
+
+/// Postgres text cannot hold NUL: refused here with its field, an event that carried one would
+/// otherwise fail its whole transaction, and every good event batched with it, on each
+/// redelivery.
+pub fn no_nul(value: &str, field: &str) -> Result<(), Refusal> {
+    if value.contains('\0') { Err(Refusal::new(field, "must not contain the NUL character (\\u0000)")) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -382,6 +393,22 @@ mod tests {
             attributes.join(",")
         );
         assert_eq!(check(&json).expect_err("too many").field, "attributes");
+        for (json, field) in [
+            (r#""text": "a\u0000b""#, "text"),
+            (r#""event_id": "e\u0000""#, "event_id"),
+            (r#""contact": {"phone": "+14155550100", "name": "Ada\u0000"}"#, "contact.name"),
+            (r#""attributes": {"plan": "pro\u0000"}"#, "attributes.plan"),
+        ] {
+            let base = r#"{"event_id": "e1", "occurred_at": "2026-11-24T10:00:00Z", "kind": "chat_message",
+                "contact": {"phone": "+14155550100"}, "text": "hi"}"#;
+            let mut event: serde_json::Value = serde_json::from_str(base).expect("base");
+            let part: serde_json::Value = serde_json::from_str(&format!("{{{json}}}")).expect("part");
+            for (key, value) in part.as_object().into_iter().flatten() {
+                event[key] = value.clone();
+            }
+            let refusal = check(&event.to_string()).expect_err("a NUL is refused");
+            assert_eq!(refusal.field, field, "{json}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs services until SIGTERM or SIGINT. Once every service serves, prints each one's
-    /// gRPC address and then `ready` on stdout, one line each.
+    /// gRPC address and then `ready` on stderr, one line each (stdout carries the JSON logs).
     Run {
         /// `all`, or a comma-separated list: ingest,lead,qualification,assignment,followup,broadcast
         #[arg(long, default_value = "all", env = "LEADS_SERVICES")]
@@ -56,18 +56,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Publish { subject, org, file } => leads::ctl::publish(&settings, &subject, &org, &file).await,
         Command::Leads { org, page_size } => leads::ctl::list_leads(&settings, &org, page_size).await,
         Command::Run { services } => {
-            // Before migrations and connections: a SIGTERM during start-up stops cleanly.
+            // Before migrations and connections: a SIGTERM during start-up is handled, not the
+            // default kill; the services finish starting and then stop cleanly.
             let token = platform::shutdown::on_signal()?;
             let services = leads::parse_services(&services).map_err(anyhow::Error::msg)?;
             if let Some(addr) = settings.metrics_addr {
                 platform::telemetry::install_metrics(addr)?;
             }
-            let system = leads::System::start(settings, &services, token).await?;
+            let system = leads::System::start(settings, &services, token.clone()).await?;
             for running in &system.running {
                 tracing::info!(service = %running.name, grpc = %running.grpc_addr, "serving");
-                println!("{} {}", running.name, running.grpc_addr);
+                eprintln!("{} {}", running.name, running.grpc_addr);
             }
-            println!("ready");
+            if !token.is_cancelled() {
+                eprintln!("ready");
+            }
             system.wait().await
         }
     }
