@@ -136,22 +136,6 @@ pub struct RefusedItem {
 /// A batch's items, each validated or refused on its own.
 pub type BatchItems<T> = Vec<Result<T, RefusedItem>>;
 
-/// The two kinds of batch: `{"statuses": [...]}` and `{"messages": [...]}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchOf {
-    Statuses,
-    Messages,
-}
-
-impl BatchOf {
-    pub fn key(self) -> &'static str {
-        match self {
-            Self::Statuses => "statuses",
-            Self::Messages => "messages",
-        }
-    }
-}
-
 fn refused_item(
     key: &str,
     index: usize,
@@ -234,38 +218,26 @@ fn batch_from_protobuf<P: Message, R, T>(
 
 /// `{"statuses": [DeliveryStatus, ...]}`.
 pub fn status_batch_from_json(payload: &[u8]) -> Result<BatchItems<DeliveryStatus>, Refusal> {
-    batch_from_json(payload, BatchOf::Statuses.key(), status_from_object, |r| r.message_id.clone(), validate_status)
+    batch_from_json(payload, "statuses", status_from_object, |r| r.message_id.clone(), validate_status)
 }
 
 /// A `leads.v1.DeliveryStatusBatch`.
 pub fn status_batch_from_protobuf(payload: &[u8]) -> Result<BatchItems<DeliveryStatus>, Refusal> {
     let batch = pb::DeliveryStatusBatch::decode(payload)
         .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.DeliveryStatusBatch: {e}")))?;
-    batch_from_protobuf(
-        batch.statuses,
-        BatchOf::Statuses.key(),
-        status_from_pb,
-        |r| r.message_id.clone(),
-        validate_status,
-    )
+    batch_from_protobuf(batch.statuses, "statuses", status_from_pb, |r| r.message_id.clone(), validate_status)
 }
 
 /// `{"messages": [BroadcastMessage, ...]}`.
 pub fn message_batch_from_json(payload: &[u8]) -> Result<BatchItems<BroadcastMessage>, Refusal> {
-    batch_from_json(payload, BatchOf::Messages.key(), message_from_object, |r| r.message_id.clone(), validate_message)
+    batch_from_json(payload, "messages", message_from_object, |r| r.message_id.clone(), validate_message)
 }
 
 /// A `leads.v1.BroadcastMessageBatch`.
 pub fn message_batch_from_protobuf(payload: &[u8]) -> Result<BatchItems<BroadcastMessage>, Refusal> {
     let batch = pb::BroadcastMessageBatch::decode(payload)
         .map_err(|e| Refusal::new("payload", format!("is not a valid leads.v1.BroadcastMessageBatch: {e}")))?;
-    batch_from_protobuf(
-        batch.messages,
-        BatchOf::Messages.key(),
-        message_from_pb,
-        |r| r.message_id.clone(),
-        validate_message,
-    )
+    batch_from_protobuf(batch.messages, "messages", message_from_pb, |r| r.message_id.clone(), validate_message)
 }
 
 /// Empty proto3 strings mean "absent".

@@ -112,8 +112,8 @@ enum Channel {
     StatusBatch,
 }
 
-/// Decodes and validates one message into the candidates it carries (a status batch carries
-/// many); anything wrong becomes a refusal, never a panic.
+/// Decodes and validates one message into the candidates it carries (a batch carries many);
+/// anything wrong becomes a refusal, never a panic.
 pub fn candidates_from_delivery(subjects: &Subjects, delivery: &Delivery, out: &mut Vec<Candidate>) {
     let subject = subjects.strip(&delivery.subject).unwrap_or(&delivery.subject);
     let source_key = || format!("js:{}:{}", subjects.prefix(), delivery.stream_sequence);
