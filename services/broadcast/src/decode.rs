@@ -546,7 +546,10 @@ mod tests {
             r#"{"message_id":"m""#,
         ];
         let plain = statuses[1].as_bytes();
-        assert!(serde_json::from_slice::<fast::Object<fast::Status>>(plain).is_ok(), "a plain status takes the fast way");
+        assert!(
+            serde_json::from_slice::<fast::Object<fast::Status>>(plain).is_ok(),
+            "a plain status takes the fast way"
+        );
         for json in statuses {
             let slow = status_from_object_only(json.as_bytes()).and_then(validate_status);
             assert_eq!(status(json), slow, "{json}");

@@ -611,11 +611,7 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
         )))
         .execute(&admin)
         .await?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(connections as u32)
-            .min_connections(connections as u32)
-            .connect_with(platform::db::connect_options(&env.settings.database_url)?)
-            .await?;
+        let pool = raw_pool(env, connections).await?;
         let per_conn = args.raw_rows / connections as u64;
         let batches: Vec<Vec<RawBatch>> =
             (0..connections).map(|c| raw_batches(c as u64 * per_conn, per_conn, args.raw_batch)).collect();
@@ -689,6 +685,16 @@ const RAW_CONSUME_BATCH: usize = 500;
 
 /// Pulls `count` messages from `stream` through a new durable consumer, acknowledging under
 /// `policy` (each message, or the last of each batch), and returns how long it took.
+/// A pool of exactly `connections` connections to the environment's database, as the
+/// services connect, for a raw baseline.
+async fn raw_pool(env: &TestEnv, connections: usize) -> anyhow::Result<sqlx::PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections as u32)
+        .min_connections(connections as u32)
+        .connect_with(platform::db::connect_options(&env.settings.database_url)?)
+        .await?)
+}
+
 async fn raw_consume(
     env: &TestEnv,
     stream: &str,

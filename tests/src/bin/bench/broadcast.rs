@@ -682,23 +682,31 @@ fn raw_batches(generated: &Generated) -> Vec<RawBatch> {
     statuses
         .chunks(RAW_BATCH)
         .map(|chunk| {
-            let mut rows: Vec<(&'static str, String, &'static str, Event)> = chunk
+            let mut rows: Vec<(StatusKey, Event)> = chunk
                 .iter()
-                .map(|e| (ORGS[org_index(e.message)], message_id(e.message), status_name(e.status), *e))
+                .map(|e| ((ORGS[org_index(e.message)], message_id(e.message), status_name(e.status)), *e))
                 .collect();
-            rows.sort_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
-            let failed = |e: &Event| (e.status == FAILED).then(|| error_of(e.message));
-            RawBatch {
-                org: rows.iter().map(|r| r.0).collect(),
-                status: rows.iter().map(|r| r.2).collect(),
-                at: rows.iter().map(|r| status_at(r.3)).collect(),
-                code: rows.iter().map(|r| failed(&r.3).map(|(code, _)| code)).collect(),
-                title: rows.iter().map(|r| failed(&r.3).map(|(code, _)| format!("error {code}"))).collect(),
-                class: rows.iter().map(|r| failed(&r.3).map(|(_, class)| class)).collect(),
-                message: rows.into_iter().map(|r| r.1).collect(),
-            }
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            raw_batch(rows)
         })
         .collect()
+}
+
+/// (organisation, message id, status): the statuses' key.
+type StatusKey = (&'static str, String, &'static str);
+
+/// Status rows, in the order given, as the upserts' columns.
+fn raw_batch(rows: Vec<(StatusKey, Event)>) -> RawBatch {
+    let failed = |e: &Event| (e.status == FAILED).then(|| error_of(e.message));
+    RawBatch {
+        org: rows.iter().map(|r| r.0.0).collect(),
+        status: rows.iter().map(|r| r.0.2).collect(),
+        at: rows.iter().map(|r| status_at(r.1)).collect(),
+        code: rows.iter().map(|r| failed(&r.1).map(|(code, _)| code)).collect(),
+        title: rows.iter().map(|r| failed(&r.1).map(|(code, _)| format!("error {code}"))).collect(),
+        class: rows.iter().map(|r| failed(&r.1).map(|(_, class)| class)).collect(),
+        message: rows.into_iter().map(|r| r.0.1).collect(),
+    }
 }
 
 /// One transaction of the same-rows baseline: the messages and statuses of `RAW_BATCH` events
@@ -725,7 +733,7 @@ fn raw_rows_batches(generated: &Generated) -> Vec<RawRowsBatch> {
         .chunks(RAW_BATCH)
         .map(|chunk| {
             let mut messages = BTreeMap::new();
-            let mut statuses: BTreeMap<(&'static str, String, &'static str), Event> = BTreeMap::new();
+            let mut statuses: BTreeMap<StatusKey, Event> = BTreeMap::new();
             for event in chunk {
                 let org = ORGS[org_index(event.message)];
                 if event.status == 0 {
@@ -747,8 +755,6 @@ fn raw_rows_batches(generated: &Generated) -> Vec<RawRowsBatch> {
                 let newest = templates.entry(org).or_insert(sent_at(m));
                 *newest = (*newest).max(sent_at(m));
             }
-            let failed = |e: &Event| (e.status == FAILED).then(|| error_of(e.message));
-            let rows: Vec<_> = statuses.into_iter().collect();
             RawRowsBatch {
                 org: messages.keys().map(|k| k.0).collect(),
                 phone: messages.values().map(|m| leads_tests::phone(m % contacts)).collect(),
@@ -757,15 +763,7 @@ fn raw_rows_batches(generated: &Generated) -> Vec<RawRowsBatch> {
                 message: messages.into_keys().map(|k| k.1).collect(),
                 campaigns: campaigns.into_iter().collect(),
                 templates: templates.into_iter().collect(),
-                statuses: RawBatch {
-                    org: rows.iter().map(|r| r.0.0).collect(),
-                    status: rows.iter().map(|r| r.0.2).collect(),
-                    at: rows.iter().map(|r| status_at(r.1)).collect(),
-                    code: rows.iter().map(|r| failed(&r.1).map(|(code, _)| code)).collect(),
-                    title: rows.iter().map(|r| failed(&r.1).map(|(code, _)| format!("error {code}"))).collect(),
-                    class: rows.iter().map(|r| failed(&r.1).map(|(_, class)| class)).collect(),
-                    message: rows.into_iter().map(|r| r.0.1).collect(),
-                },
+                statuses: raw_batch(statuses.into_iter().collect()),
             }
         })
         .collect()
@@ -792,11 +790,7 @@ async fn raw_rows_upsert(
             .execute(admin)
             .await?;
     }
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(connections as u32)
-        .min_connections(connections as u32)
-        .connect_with(platform::db::connect_options(&env.settings.database_url)?)
-        .await?;
+    let pool = super::raw_pool(env, connections).await?;
     let insert_messages = format!(
         "INSERT INTO {messages} (org_id, message_id, phone, campaign_id, template_name, template_language, sent_at) \
          SELECT o, m, p, c, 'bf_offer', 'en_US', s FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
@@ -961,11 +955,7 @@ async fn raw_upsert(
     )))
     .execute(admin)
     .await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(connections as u32)
-        .min_connections(connections as u32)
-        .connect_with(platform::db::connect_options(&env.settings.database_url)?)
-        .await?;
+    let pool = super::raw_pool(env, connections).await?;
     let sql = format!(
         "INSERT INTO {table} (org_id, message_id, status, at, error_code, error_title, error_class) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[], \
