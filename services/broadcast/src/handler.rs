@@ -47,6 +47,54 @@ pub struct Applied {
     pub refused: usize,
 }
 
+/// The statements that store a batch, by table name alone (the schema is the connection's
+/// search path): public so that the benchmark's raw baseline runs exactly these.
+pub mod sql {
+    pub const INSERT_MESSAGES: &str = "INSERT INTO messages (org_id, message_id, phone, external_id, campaign_id, template_name, \
+               template_language, sent_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+               $7::text[], $8::timestamptz[]) \
+             ON CONFLICT (org_id, message_id) DO NOTHING";
+    pub const INSERT_STATUSES: &str = "INSERT INTO statuses (org_id, message_id, status, at, error_code, error_title, error_class) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[], \
+               $7::text[]) \
+             ON CONFLICT (org_id, message_id, status) DO UPDATE SET at = EXCLUDED.at, \
+               error_code = EXCLUDED.error_code, error_title = EXCLUDED.error_title, \
+               error_class = EXCLUDED.error_class \
+             WHERE (EXCLUDED.at, coalesce(EXCLUDED.error_code, -1), coalesce(EXCLUDED.error_title, '') COLLATE \"C\") \
+                 < (statuses.at, coalesce(statuses.error_code, -1), coalesce(statuses.error_title, '') COLLATE \"C\")";
+    pub const INSERT_CAMPAIGNS: &str = "INSERT INTO campaigns (org_id, campaign_id, name, name_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+             ON CONFLICT (org_id, campaign_id) DO NOTHING";
+    pub const RENAME_CAMPAIGNS: &str = "WITH given AS ( \
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+                 AS g(org_id, campaign_id, name, name_at) WHERE name IS NOT NULL), \
+             renamed AS ( \
+               SELECT c.org_id, c.campaign_id FROM campaigns c JOIN given g USING (org_id, campaign_id) \
+               WHERE c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\") \
+               ORDER BY c.org_id, c.campaign_id FOR UPDATE OF c) \
+             UPDATE campaigns c SET name = g.name, name_at = g.name_at \
+             FROM given g JOIN renamed r USING (org_id, campaign_id) \
+             WHERE c.org_id = g.org_id AND c.campaign_id = g.campaign_id \
+               AND (c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\"))";
+    pub const INSERT_TEMPLATES: &str = "INSERT INTO templates (org_id, name, language, category, category_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+             ON CONFLICT (org_id, name, language) DO NOTHING";
+    pub const RECATEGORISE_TEMPLATES: &str = "WITH given AS ( \
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+                 AS g(org_id, name, language, category, category_at) WHERE category IS NOT NULL), \
+             recategorised AS ( \
+               SELECT t.org_id, t.name, t.language FROM templates t JOIN given g USING (org_id, name, language) \
+               WHERE t.category IS NULL \
+                 OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\") \
+               ORDER BY t.org_id, t.name, t.language FOR UPDATE OF t) \
+             UPDATE templates t SET category = g.category, category_at = g.category_at \
+             FROM given g JOIN recategorised r USING (org_id, name, language) \
+             WHERE t.org_id = g.org_id AND t.name = g.name AND t.language = g.language \
+               AND (t.category IS NULL \
+                 OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\"))";
+}
+
 /// Applies a batch, retrying the whole transaction on conflicts and deadlocks.
 pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
     let mut attempt = 0;
@@ -183,47 +231,32 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
 
     if !plan.messages.is_empty() {
         let (keys, messages) = columns(&plan.messages);
-        let result = sqlx::query(
-            "INSERT INTO messages (org_id, message_id, phone, external_id, campaign_id, template_name, \
-               template_language, sent_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-               $7::text[], $8::timestamptz[]) \
-             ON CONFLICT (org_id, message_id) DO NOTHING",
-        )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.phone.as_deref()).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.external_id.as_deref()).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.campaign.as_ref().map(|c| c.id.as_str())).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.template.as_ref().map(|t| t.name.as_str())).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.template.as_ref().map(|t| t.language.as_str())).collect::<Vec<_>>())
-        .bind(messages.iter().map(|m| m.sent_at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        let result = sqlx::query(sql::INSERT_MESSAGES)
+            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.phone.as_deref()).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.external_id.as_deref()).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.campaign.as_ref().map(|c| c.id.as_str())).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.template.as_ref().map(|t| t.name.as_str())).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.template.as_ref().map(|t| t.language.as_str())).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.sent_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
         applied.messages = result.rows_affected() as usize;
     }
 
     if !plan.statuses.is_empty() {
         let (keys, statuses) = columns(&plan.statuses);
-        let result = sqlx::query(
-            "INSERT INTO statuses (org_id, message_id, status, at, error_code, error_title, error_class) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[], \
-               $7::text[]) \
-             ON CONFLICT (org_id, message_id, status) DO UPDATE SET at = EXCLUDED.at, \
-               error_code = EXCLUDED.error_code, error_title = EXCLUDED.error_title, \
-               error_class = EXCLUDED.error_class \
-             WHERE (EXCLUDED.at, coalesce(EXCLUDED.error_code, -1), coalesce(EXCLUDED.error_title, '') COLLATE \"C\") \
-                 < (statuses.at, coalesce(statuses.error_code, -1), coalesce(statuses.error_title, '') COLLATE \"C\")",
-        )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
-        .bind(statuses.iter().map(|s| s.at).collect::<Vec<_>>())
-        .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.code)).collect::<Vec<_>>())
-        .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.title.as_deref())).collect::<Vec<_>>())
-        .bind(statuses.iter().map(|s| s.error_class().map(|c| c.as_str())).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        let result = sqlx::query(sql::INSERT_STATUSES)
+            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+            .bind(statuses.iter().map(|s| s.at).collect::<Vec<_>>())
+            .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.code)).collect::<Vec<_>>())
+            .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.title.as_deref())).collect::<Vec<_>>())
+            .bind(statuses.iter().map(|s| s.error_class().map(|c| c.as_str())).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
         applied.statuses = result.rows_affected() as usize;
     }
 
@@ -240,36 +273,20 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
         let names: Vec<Option<&str>> = values.iter().map(|v| v.0).collect();
         let name_ats: Vec<Option<DateTime<Utc>>> = values.iter().map(|v| v.1).collect();
-        sqlx::query(
-            "INSERT INTO campaigns (org_id, campaign_id, name, name_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-             ON CONFLICT (org_id, campaign_id) DO NOTHING",
-        )
-        .bind(&orgs)
-        .bind(&ids)
-        .bind(&names)
-        .bind(&name_ats)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "WITH given AS ( \
-               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-                 AS g(org_id, campaign_id, name, name_at) WHERE name IS NOT NULL), \
-             renamed AS ( \
-               SELECT c.org_id, c.campaign_id FROM campaigns c JOIN given g USING (org_id, campaign_id) \
-               WHERE c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\") \
-               ORDER BY c.org_id, c.campaign_id FOR UPDATE OF c) \
-             UPDATE campaigns c SET name = g.name, name_at = g.name_at \
-             FROM given g JOIN renamed r USING (org_id, campaign_id) \
-             WHERE c.org_id = g.org_id AND c.campaign_id = g.campaign_id \
-               AND (c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\"))",
-        )
-        .bind(&orgs)
-        .bind(&ids)
-        .bind(&names)
-        .bind(&name_ats)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::INSERT_CAMPAIGNS)
+            .bind(&orgs)
+            .bind(&ids)
+            .bind(&names)
+            .bind(&name_ats)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::RENAME_CAMPAIGNS)
+            .bind(&orgs)
+            .bind(&ids)
+            .bind(&names)
+            .bind(&name_ats)
+            .execute(&mut *tx)
+            .await?;
     }
 
     if !plan.templates.is_empty() {
@@ -279,40 +296,22 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         let languages: Vec<&str> = keys.iter().map(|k| k.2).collect();
         let categories: Vec<Option<&str>> = values.iter().map(|v| v.0).collect();
         let category_ats: Vec<Option<DateTime<Utc>>> = values.iter().map(|v| v.1).collect();
-        sqlx::query(
-            "INSERT INTO templates (org_id, name, language, category, category_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
-             ON CONFLICT (org_id, name, language) DO NOTHING",
-        )
-        .bind(&orgs)
-        .bind(&names)
-        .bind(&languages)
-        .bind(&categories)
-        .bind(&category_ats)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "WITH given AS ( \
-               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
-                 AS g(org_id, name, language, category, category_at) WHERE category IS NOT NULL), \
-             recategorised AS ( \
-               SELECT t.org_id, t.name, t.language FROM templates t JOIN given g USING (org_id, name, language) \
-               WHERE t.category IS NULL \
-                 OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\") \
-               ORDER BY t.org_id, t.name, t.language FOR UPDATE OF t) \
-             UPDATE templates t SET category = g.category, category_at = g.category_at \
-             FROM given g JOIN recategorised r USING (org_id, name, language) \
-             WHERE t.org_id = g.org_id AND t.name = g.name AND t.language = g.language \
-               AND (t.category IS NULL \
-                 OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\"))",
-        )
-        .bind(&orgs)
-        .bind(&names)
-        .bind(&languages)
-        .bind(&categories)
-        .bind(&category_ats)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::INSERT_TEMPLATES)
+            .bind(&orgs)
+            .bind(&names)
+            .bind(&languages)
+            .bind(&categories)
+            .bind(&category_ats)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::RECATEGORISE_TEMPLATES)
+            .bind(&orgs)
+            .bind(&names)
+            .bind(&languages)
+            .bind(&categories)
+            .bind(&category_ats)
+            .execute(&mut *tx)
+            .await?;
     }
 
     tx.commit().await?;

@@ -611,7 +611,7 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
         )))
         .execute(&admin)
         .await?;
-        let pool = raw_pool(env, connections).await?;
+        let pool = raw_pool(env, connections, None).await?;
         let per_conn = args.raw_rows / connections as u64;
         let batches: Vec<Vec<RawBatch>> =
             (0..connections).map(|c| raw_batches(c as u64 * per_conn, per_conn, args.raw_batch)).collect();
@@ -686,12 +686,16 @@ const RAW_CONSUME_BATCH: usize = 500;
 /// Pulls `count` messages from `stream` through a new durable consumer, acknowledging under
 /// `policy` (each message, or the last of each batch), and returns how long it took.
 /// A pool of exactly `connections` connections to the environment's database, as the
-/// services connect, for a raw baseline.
-async fn raw_pool(env: &TestEnv, connections: usize) -> anyhow::Result<sqlx::PgPool> {
+/// services connect (within `schema`, when given, as its search path), for a raw baseline.
+async fn raw_pool(env: &TestEnv, connections: usize, schema: Option<&str>) -> anyhow::Result<sqlx::PgPool> {
+    let mut options = platform::db::connect_options(&env.settings.database_url)?;
+    if let Some(schema) = schema {
+        options = options.options([("search_path", schema)]);
+    }
     Ok(sqlx::postgres::PgPoolOptions::new()
         .max_connections(connections as u32)
         .min_connections(connections as u32)
-        .connect_with(platform::db::connect_options(&env.settings.database_url)?)
+        .connect_with(options)
         .await?)
 }
 

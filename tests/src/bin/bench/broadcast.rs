@@ -770,8 +770,9 @@ fn raw_rows_batches(generated: &Generated) -> Vec<RawRowsBatch> {
 }
 
 /// The same rows the service stores, written straight into copies of its own tables
-/// (`LIKE broadcast.* INCLUDING ALL`: columns, collations, checks, keys and every index) with
-/// its conflict rules, one transaction per batch, batches dealt out round-robin over
+/// (`LIKE broadcast.* INCLUDING ALL`: columns, collations, checks, keys and every index, in a
+/// schema of their own that is the connections' search path) by the service's own statements
+/// (`broadcast::handler::sql`), one transaction per batch, batches dealt out round-robin over
 /// `connections`: (time, machine CPU seconds, statuses stored, messages stored).
 async fn raw_rows_upsert(
     env: &TestEnv,
@@ -779,102 +780,42 @@ async fn raw_rows_upsert(
     batches: Arc<Vec<RawRowsBatch>>,
     connections: usize,
 ) -> anyhow::Result<(Duration, f64, i64, i64)> {
-    let (messages, statuses) =
-        (format!("bench_broadcast.messages_{connections}"), format!("bench_broadcast.all_statuses_{connections}"));
-    let (campaigns, templates) =
-        (format!("bench_broadcast.campaigns_{connections}"), format!("bench_broadcast.templates_{connections}"));
-    for (copy, of) in
-        [(&messages, "messages"), (&statuses, "statuses"), (&campaigns, "campaigns"), (&templates, "templates")]
-    {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE TABLE {copy} (LIKE broadcast.{of} INCLUDING ALL)")))
-            .execute(admin)
-            .await?;
+    use broadcast::handler::sql;
+    let schema = same_rows_schema(connections);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(admin).await?;
+    for table in ["messages", "statuses", "campaigns", "templates"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {schema}.{table} (LIKE broadcast.{table} INCLUDING ALL)"
+        )))
+        .execute(admin)
+        .await?;
     }
-    let pool = super::raw_pool(env, connections).await?;
-    let insert_messages = format!(
-        "INSERT INTO {messages} (org_id, message_id, phone, campaign_id, template_name, template_language, sent_at) \
-         SELECT o, m, p, c, 'bf_offer', 'en_US', s FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-           $5::timestamptz[]) AS u(o, m, p, c, s) \
-         ON CONFLICT (org_id, message_id) DO NOTHING"
-    );
-    let insert_statuses = format!(
-        "INSERT INTO {statuses} AS s (org_id, message_id, status, at, error_code, error_title, error_class) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[], \
-           $7::text[]) \
-         ON CONFLICT (org_id, message_id, status) DO UPDATE SET at = EXCLUDED.at, \
-           error_code = EXCLUDED.error_code, error_title = EXCLUDED.error_title, error_class = EXCLUDED.error_class \
-         WHERE (EXCLUDED.at, coalesce(EXCLUDED.error_code, -1), coalesce(EXCLUDED.error_title, '') COLLATE \"C\") \
-             < (s.at, coalesce(s.error_code, -1), coalesce(s.error_title, '') COLLATE \"C\")"
-    );
-    // The few campaign and template rows every batch names, word for word as the service
-    // writes them: inserted when new, renamed when this batch's newest message is newer.
-    let insert_campaigns = format!(
-        "INSERT INTO {campaigns} (org_id, campaign_id, name, name_at) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-         ON CONFLICT (org_id, campaign_id) DO NOTHING"
-    );
-    let rename_campaigns = format!(
-        "WITH given AS ( \
-           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-             AS g(org_id, campaign_id, name, name_at) WHERE name IS NOT NULL), \
-         renamed AS ( \
-           SELECT c.org_id, c.campaign_id FROM {campaigns} c JOIN given g USING (org_id, campaign_id) \
-           WHERE c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\") \
-           ORDER BY c.org_id, c.campaign_id FOR UPDATE OF c) \
-         UPDATE {campaigns} c SET name = g.name, name_at = g.name_at \
-         FROM given g JOIN renamed r USING (org_id, campaign_id) \
-         WHERE c.org_id = g.org_id AND c.campaign_id = g.campaign_id \
-           AND (c.name IS NULL OR (g.name_at, g.name COLLATE \"C\") > (c.name_at, c.name COLLATE \"C\"))"
-    );
-    let insert_templates = format!(
-        "INSERT INTO {templates} (org_id, name, language, category, category_at) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
-         ON CONFLICT (org_id, name, language) DO NOTHING"
-    );
-    let recategorise_templates = format!(
-        "WITH given AS ( \
-           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
-             AS g(org_id, name, language, category, category_at) WHERE category IS NOT NULL), \
-         recategorised AS ( \
-           SELECT t.org_id, t.name, t.language FROM {templates} t JOIN given g USING (org_id, name, language) \
-           WHERE t.category IS NULL \
-             OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\") \
-           ORDER BY t.org_id, t.name, t.language FOR UPDATE OF t) \
-         UPDATE {templates} t SET category = g.category, category_at = g.category_at \
-         FROM given g JOIN recategorised r USING (org_id, name, language) \
-         WHERE t.org_id = g.org_id AND t.name = g.name AND t.language = g.language \
-           AND (t.category IS NULL \
-             OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\"))"
-    );
-    let sql = Arc::new([
-        insert_messages,
-        insert_statuses,
-        insert_campaigns,
-        rename_campaigns,
-        insert_templates,
-        recategorise_templates,
-    ]);
+    let pool = super::raw_pool(env, connections, Some(&schema)).await?;
     let started = Instant::now();
     let cpu = machine_cpu_seconds();
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..connections {
-        let (pool, sql, batches) = (pool.clone(), sql.clone(), batches.clone());
+        let (pool, batches) = (pool.clone(), batches.clone());
         tasks.spawn(async move {
             for b in batches.iter().skip(connection).step_by(connections) {
                 let mut tx = pool.begin().await?;
                 if !b.org.is_empty() {
-                    sqlx::query(sqlx::AssertSqlSafe(sql[0].clone()))
+                    let n = b.org.len();
+                    sqlx::query(sql::INSERT_MESSAGES)
                         .bind(&b.org)
                         .bind(&b.message)
                         .bind(&b.phone)
+                        .bind(vec![None::<&str>; n])
                         .bind(&b.campaign)
+                        .bind(vec!["bf_offer"; n])
+                        .bind(vec!["en_US"; n])
                         .bind(&b.sent_at)
                         .execute(&mut *tx)
                         .await?;
                 }
                 let s = &b.statuses;
                 if !s.org.is_empty() {
-                    sqlx::query(sqlx::AssertSqlSafe(sql[1].clone()))
+                    sqlx::query(sql::INSERT_STATUSES)
                         .bind(&s.org)
                         .bind(&s.message)
                         .bind(&s.status)
@@ -891,27 +832,20 @@ async fn raw_rows_upsert(
                     let names: Vec<String> =
                         ids.iter().map(|id| format!("Campaign {}", id.trim_start_matches("cmp-"))).collect();
                     let ats: Vec<DateTime<Utc>> = b.campaigns.iter().map(|c| c.1).collect();
-                    for statement in &sql[2..4] {
-                        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                            .bind(&orgs)
-                            .bind(&ids)
-                            .bind(&names)
-                            .bind(&ats)
-                            .execute(&mut *tx)
-                            .await?;
+                    for statement in [sql::INSERT_CAMPAIGNS, sql::RENAME_CAMPAIGNS] {
+                        sqlx::query(statement).bind(&orgs).bind(&ids).bind(&names).bind(&ats).execute(&mut *tx).await?;
                     }
                 }
                 if !b.templates.is_empty() {
                     let orgs: Vec<&str> = b.templates.iter().map(|t| t.0).collect();
                     let ats: Vec<DateTime<Utc>> = b.templates.iter().map(|t| t.1).collect();
-                    let (names, languages, categories) =
-                        (vec!["bf_offer"; orgs.len()], vec!["en_US"; orgs.len()], vec!["MARKETING"; orgs.len()]);
-                    for statement in &sql[4..6] {
-                        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                    let n = orgs.len();
+                    for statement in [sql::INSERT_TEMPLATES, sql::RECATEGORISE_TEMPLATES] {
+                        sqlx::query(statement)
                             .bind(&orgs)
-                            .bind(&names)
-                            .bind(&languages)
-                            .bind(&categories)
+                            .bind(vec!["bf_offer"; n])
+                            .bind(vec!["en_US"; n])
+                            .bind(vec!["MARKETING"; n])
                             .bind(&ats)
                             .execute(&mut *tx)
                             .await?;
@@ -929,9 +863,15 @@ async fn raw_rows_upsert(
     let cpu = machine_cpu_seconds() - cpu;
     pool.close().await;
     let count = |table: &str| {
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(admin)
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {schema}.{table}")))
+            .fetch_one(admin)
     };
-    Ok((elapsed, cpu, count(&statuses).await?, count(&messages).await?))
+    Ok((elapsed, cpu, count("statuses").await?, count("messages").await?))
+}
+
+/// The schema of the same-rows baseline's tables on `connections` connections.
+fn same_rows_schema(connections: usize) -> String {
+    format!("bench_broadcast_rows_{connections}")
 }
 
 /// Upserts the batches into a fresh copy of the statuses table on `connections` connections
@@ -955,7 +895,7 @@ async fn raw_upsert(
     )))
     .execute(admin)
     .await?;
-    let pool = super::raw_pool(env, connections).await?;
+    let pool = super::raw_pool(env, connections, None).await?;
     let sql = format!(
         "INSERT INTO {table} (org_id, message_id, status, at, error_code, error_title, error_class) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[], \
@@ -1107,6 +1047,10 @@ async fn sustained_in(out: &mut Out, options: &BroadcastOptions, env: &TestEnv) 
     }
     drop(batches);
     sqlx::raw_sql("DROP SCHEMA bench_broadcast CASCADE").execute(&admin).await?;
+    for connections in [1usize, 4] {
+        let schema = same_rows_schema(connections);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await?;
+    }
     let raw_rates: Vec<f64> = raw.iter().map(|(_, (rows, _, elapsed))| rate(*rows, *elapsed)).collect();
     let raw_best = raw_rates.iter().copied().fold(0.0, f64::max);
 
@@ -1263,9 +1207,9 @@ async fn ingest_and_read(
     out.line(format!(
         "The rows the service stores for the same {} events, written straight into copies of its own tables \
          (`CREATE TABLE ... (LIKE broadcast.<table> INCLUDING ALL)`: columns, collations, checks, keys and every \
-         index) with its rules (a message's first version, a status's earliest, `ON CONFLICT DO UPDATE ... WHERE` \
-         earlier), the campaign and template rows with `DO NOTHING`: the events in publish order, {RAW_BATCH} to a \
-         transaction, each transaction's messages and statuses deduplicated and sorted by key, in the same \
+         index) by the service's own statements (`broadcast::handler::sql`: a message's first version, a status's \
+         earliest, campaigns and templates named by their newest message): the events in publish order, \
+         {RAW_BATCH} to a transaction, each transaction's rows deduplicated and sorted by key, in the same \
          database after the statuses-only baseline. This is the issue's \"raw batched upsert of the same rows\": \
          what Postgres alone takes to store what the service stores.\n",
         thousands(generated.events.len() as f64)
