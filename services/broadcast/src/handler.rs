@@ -273,20 +273,9 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
         let names: Vec<Option<&str>> = values.iter().map(|v| v.0).collect();
         let name_ats: Vec<Option<DateTime<Utc>>> = values.iter().map(|v| v.1).collect();
-        sqlx::query(sql::INSERT_CAMPAIGNS)
-            .bind(&orgs)
-            .bind(&ids)
-            .bind(&names)
-            .bind(&name_ats)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::RENAME_CAMPAIGNS)
-            .bind(&orgs)
-            .bind(&ids)
-            .bind(&names)
-            .bind(&name_ats)
-            .execute(&mut *tx)
-            .await?;
+        for statement in [sql::INSERT_CAMPAIGNS, sql::RENAME_CAMPAIGNS] {
+            sqlx::query(statement).bind(&orgs).bind(&ids).bind(&names).bind(&name_ats).execute(&mut *tx).await?;
+        }
     }
 
     if !plan.templates.is_empty() {
@@ -296,22 +285,16 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
         let languages: Vec<&str> = keys.iter().map(|k| k.2).collect();
         let categories: Vec<Option<&str>> = values.iter().map(|v| v.0).collect();
         let category_ats: Vec<Option<DateTime<Utc>>> = values.iter().map(|v| v.1).collect();
-        sqlx::query(sql::INSERT_TEMPLATES)
-            .bind(&orgs)
-            .bind(&names)
-            .bind(&languages)
-            .bind(&categories)
-            .bind(&category_ats)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::RECATEGORISE_TEMPLATES)
-            .bind(&orgs)
-            .bind(&names)
-            .bind(&languages)
-            .bind(&categories)
-            .bind(&category_ats)
-            .execute(&mut *tx)
-            .await?;
+        for statement in [sql::INSERT_TEMPLATES, sql::RECATEGORISE_TEMPLATES] {
+            sqlx::query(statement)
+                .bind(&orgs)
+                .bind(&names)
+                .bind(&languages)
+                .bind(&categories)
+                .bind(&category_ats)
+                .execute(&mut *tx)
+                .await?;
+        }
     }
 
     tx.commit().await?;
