@@ -683,8 +683,6 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
 
 const RAW_CONSUME_BATCH: usize = 500;
 
-/// Pulls `count` messages from `stream` through a new durable consumer, acknowledging under
-/// `policy` (each message, or the last of each batch), and returns how long it took.
 /// A pool of exactly `connections` connections to the environment's database, as the
 /// services connect (within `schema`, when given, as its search path), for a raw baseline.
 async fn raw_pool(env: &TestEnv, connections: usize, schema: Option<&str>) -> anyhow::Result<sqlx::PgPool> {
@@ -699,6 +697,8 @@ async fn raw_pool(env: &TestEnv, connections: usize, schema: Option<&str>) -> an
         .await?)
 }
 
+/// Pulls `count` messages from `stream` through a new durable consumer, acknowledging under
+/// `policy` (each message, or the last of each batch), and returns how long it took.
 async fn raw_consume(
     env: &TestEnv,
     stream: &str,

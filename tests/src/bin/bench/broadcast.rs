@@ -1268,12 +1268,13 @@ async fn ingest_and_read(
     ));
     out.line(format!("| stored afterwards | {verified} |"));
     out.line("");
+    let same_best = same_rows.iter().map(|r| r.status_rate).fold(0.0, f64::max);
     out.sustained = Some(Sustained {
         status_rate,
         statuses_per_event: generated.status_events as f64 / total_events as f64,
         upsert_rate: raw_best,
         upsert_cpu_per_row,
-        same_rows_rate: same_rows.iter().map(|r| r.status_rate).fold(0.0, f64::max),
+        same_rows_rate: same_best,
         same_rows_cpu_per_status: same_rows.iter().map(|r| r.cpu_per_status).fold(f64::INFINITY, f64::min),
         cpu_per_event: cpu / total_events as f64,
     });
@@ -1283,7 +1284,6 @@ async fn ingest_and_read(
         format!("{} events/s", thousands(status_rate)),
         Some(status_rate >= TARGET_EVENTS_PER_S),
     );
-    let same_best = same_rows.iter().map(|r| r.status_rate).fold(0.0, f64::max);
     out.target(
         "Broadcast ingestion / raw upsert of the same rows (the faster of 1 and 4 connections)",
         ">= 0.5",
