@@ -9,6 +9,9 @@
   check_manifests.py alerts FILE.yaml            Prometheus rule groups, structurally (used when
                                                  promtool is not installed)
   check_manifests.py dashboard FILE.json         the Grafana dashboard's panels and queries
+  check_manifests.py dashboard-rules FILE.json OUT.yaml
+                                                 writes the dashboard's queries (variables
+                                                 filled in) as recording rules, for promtool
 
 Exits 1 on the first file with a failure, after printing every failure in that file.
 """
@@ -164,6 +167,17 @@ def check_dashboard(path):
     return count, failures
 
 
+def dashboard_rules(path, out):
+    doc = json.loads(pathlib.Path(path).read_text())
+    rules = []
+    for panel in doc.get("panels", []):
+        for target in panel.get("targets") or []:
+            expr = target["expr"].replace("$__rate_interval", "5m").replace("$service", ".*")
+            rules.append({"record": f"dashboard:panel_{panel['id']}:{target['refId'].lower()}", "expr": expr})
+    pathlib.Path(out).write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    return len(rules), []
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -177,6 +191,8 @@ def main(argv):
         count, failures = check_alerts(paths[0])
     elif what == "dashboard":
         count, failures = check_dashboard(paths[0])
+    elif what == "dashboard-rules":
+        count, failures = dashboard_rules(paths[0], paths[1])
     else:
         print(f"unknown check {what}", file=sys.stderr)
         return 2
