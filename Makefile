@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 INFRA = eval "$$(deploy/local/infra.sh)"
 
-.PHONY: help run test lint bench infra
+.PHONY: help run test lint bench infra deploy-check
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -28,3 +28,6 @@ bench: ## Run the benchmarks and print figures for BENCHMARKS.md
 
 infra: ## Only make sure Postgres and NATS are up, and print their URLs
 	@deploy/local/infra.sh
+
+deploy-check: ## Check the Dockerfile, compose file, Kubernetes manifests, alerts and dashboard offline
+	@deploy/check.sh
