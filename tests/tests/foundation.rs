@@ -79,10 +79,10 @@ async fn a_service_role_cannot_read_another_services_schema() -> anyhow::Result<
             .fetch_all(&pool)
             .await
             .expect_err("another service's table");
-        assert_eq!(platform::db::sqlstate(&error).as_deref(), Some("42501"), "{foreign}: {error}");
+        assert_eq!(platform::error::sqlstate(&error).as_deref(), Some("42501"), "{foreign}: {error}");
     }
     let error = sqlx::query("CREATE TABLE public.sneaky (id int)").execute(&pool).await.expect_err("public schema");
-    assert_eq!(platform::db::sqlstate(&error).as_deref(), Some("42501"));
+    assert_eq!(platform::error::sqlstate(&error).as_deref(), Some("42501"));
     // Each service keeps its own migrations table in its own schema.
     let admin = env.admin_pool().await?;
     let tables: Vec<String> = sqlx::query_scalar(

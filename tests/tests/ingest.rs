@@ -133,6 +133,12 @@ async fn a_new_lead_follows_a_converted_one() -> anyhow::Result<()> {
     assert_eq!(old.interaction_count, 1, "the interaction went to the new lead");
     let timeline = history(&node, &second.id).await?;
     assert_eq!(timeline.past_lead_ids, vec![first.id.clone()]);
+    let first_timeline = history(&node, &first.id).await?;
+    assert!(
+        first_timeline.past_lead_ids.is_empty(),
+        "a newer lead is not a past one: {:?}",
+        first_timeline.past_lead_ids
+    );
     assert!(timeline.entries.iter().any(|e| e.lead_id == first.id), "past lead's entries are in the timeline");
     node.stop().await?;
     env.cleanup().await
@@ -354,7 +360,7 @@ async fn concurrent_first_messages_on_two_consumers_make_one_lead() -> anyhow::R
     .execute(&admin)
     .await
     .expect_err("a second active lead");
-    assert_eq!(platform::db::sqlstate(&error).as_deref(), Some("23505"));
+    assert_eq!(platform::error::sqlstate(&error).as_deref(), Some("23505"));
     first.stop().await?;
     second.stop().await?;
     env.cleanup().await
@@ -366,7 +372,7 @@ async fn a_large_batch_of_long_messages_arrives_whole() -> anyhow::Result<()> {
     let node = start(&env).await?;
     // 150 events of 4,096 three-byte characters each: 1.8 MB of text, forwarded to the lead
     // service in messages that must each stay under NATS's payload limit.
-    let text = "€".repeat(ingest::event::MAX_TEXT_CHARS);
+    let text = "€".repeat(contracts::interaction::MAX_TEXT_CHARS);
     let events: Vec<pb::InteractionEvent> = (0..150u32)
         .map(|n| pb::InteractionEvent {
             event_id: format!("long-{n}"),
@@ -392,7 +398,7 @@ async fn an_interaction_forwarded_alone_by_an_earlier_version_is_applied() -> an
     let node = start(&env).await?;
     // What an ingest service before batched forwarding left in the stream: one interaction
     // per `interaction_accepted` event.
-    let interaction: ingest::event::Interaction = serde_json::from_value(json!({
+    let interaction: contracts::interaction::Interaction = serde_json::from_value(json!({
         "event_id": "legacy-1",
         "occurred_at": "2026-11-01T10:00:00Z",
         "kind": "chat_message",
@@ -406,8 +412,8 @@ async fn an_interaction_forwarded_alone_by_an_earlier_version_is_applied() -> an
         "integration": null,
         "attributes": {},
     }))?;
-    let kind = ingest::handler::INTERACTION_ACCEPTED;
-    let envelope = platform::event::Envelope::new(ORG, kind, uuid::Uuid::now_v7(), 1, interaction);
+    let kind = contracts::interaction::INTERACTION_ACCEPTED;
+    let envelope = contracts::Envelope::new(ORG, kind, uuid::Uuid::now_v7(), 1, interaction);
     env.publish(env.subjects.event("ingest", ORG, kind), envelope.to_json(), None).await?;
     let leads = leads_when(&node, "the forwarded lead", |l| l.len() == 1).await?;
     assert_eq!(leads[0].last_message_preview, "forwarded alone");

@@ -66,7 +66,7 @@ impl Page {
         let mut found = [HashSet::new(), HashSet::new()];
         for (ids, on) in found.iter_mut().zip([WordsOn::Contacts, WordsOn::Leads]) {
             let mut sql = query.page_sql(on).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let leads: Vec<lead::model::LeadView> = sql.build_query_as().fetch_all(&pool).await?;
+            let leads: Vec<contracts::lead::LeadView> = sql.build_query_as().fetch_all(&pool).await?;
             ids.extend(leads.iter().map(|l| l.id.to_string()));
         }
         pool.close().await;
@@ -493,6 +493,8 @@ async fn history_is_one_timeline_newest_first_and_paginated() -> anyhow::Result<
         }
     })
     .await;
+    page.change(&lead.id, pb::LeadStatus::Qualified, Some(70)).await?;
+    // The same status with a new score by hand: a score change, not a status change.
     page.change(&lead.id, pb::LeadStatus::Qualified, Some(80)).await?;
     let mut entries = Vec::new();
     let mut token = String::new();
@@ -517,10 +519,12 @@ async fn history_is_one_timeline_newest_first_and_paginated() -> anyhow::Result<
     assert_eq!(kinds.iter().filter(|k| **k == "interaction").count(), 2);
     let times: Vec<i64> = entries.iter().map(|e| e.at.as_ref().map_or(0, |t| t.seconds)).collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
-    let change = entries.iter().find(|e| e.kind == "status_changed").expect("status change");
-    assert_eq!(change.actor, "operator-1");
-    let score = entries.iter().find(|e| e.kind == "score").expect("score");
-    assert!(score.summary.contains("manual score 80"), "{}", score.summary);
+    let changes: Vec<&pb::HistoryEntry> = entries.iter().filter(|e| e.kind == "status_changed").collect();
+    assert_eq!(changes.len(), 1, "one status change: {changes:?}");
+    assert_eq!(changes[0].actor, "operator-1");
+    assert!(changes[0].summary.starts_with("new -> qualified"), "{}", changes[0].summary);
+    let scores: Vec<&str> = entries.iter().filter(|e| e.kind == "score").map(|e| e.summary.as_str()).collect();
+    assert_eq!(scores, ["manual score 80", "manual score 70"], "newest first");
     page.stop().await
 }
 

@@ -1,7 +1,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum AssignmentError {
-    #[error("invalid argument {field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
     #[error("agent {0} not found")]
     AgentNotFound(String),
     #[error("{0}")]
@@ -21,12 +21,12 @@ pub enum AssignmentError {
 }
 
 impl AssignmentError {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        AssignmentError::InvalidArgument { field, reason: reason.into() }
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        AssignmentError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, AssignmentError::Database(error) if platform::db::is_retryable(error))
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AssignmentError::Database(error) if platform::error::is_transient(error))
     }
 }
 
@@ -36,25 +36,29 @@ impl From<tonic::Status> for AssignmentError {
     }
 }
 
+impl platform::error::ServiceError for AssignmentError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            AssignmentError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            AssignmentError::AgentNotFound(_) | AssignmentError::LeadNotFound(_) => tonic::Code::NotFound,
+            AssignmentError::FailedPrecondition(_) | AssignmentError::LeadInactive { .. } => {
+                tonic::Code::FailedPrecondition
+            }
+            AssignmentError::Protocol(_) => tonic::Code::Internal,
+            AssignmentError::Lead(upstream) => upstream.code(),
+            AssignmentError::Database(error) => platform::error::sql_code(error),
+        }
+    }
+}
+
 impl From<AssignmentError> for tonic::Status {
     fn from(error: AssignmentError) -> Self {
-        match error {
-            AssignmentError::InvalidArgument { field, reason } => {
-                tonic::Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            AssignmentError::AgentNotFound(_) => tonic::Status::not_found(error.to_string()),
-            AssignmentError::LeadInactive { .. } => tonic::Status::failed_precondition(error.to_string()),
-            AssignmentError::LeadNotFound(_) => tonic::Status::not_found(error.to_string()),
-            AssignmentError::Protocol(detail) => {
-                tracing::error!(%detail, "unexpected answer from the lead service");
-                tonic::Status::internal("internal error")
-            }
-            AssignmentError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
-            AssignmentError::Lead(upstream) => upstream.into_status(),
-            AssignmentError::Database(inner) => {
-                tracing::error!(error = %inner, "assignment database error");
-                tonic::Status::unavailable("the assignment store is unavailable, retry later")
-            }
-        }
+        platform::error::to_status("assignment", &error)
+    }
+}
+
+impl From<contracts::Refusal> for AssignmentError {
+    fn from(refusal: contracts::Refusal) -> Self {
+        AssignmentError::InvalidArgument { field: refusal.field, reason: refusal.reason }
     }
 }

@@ -3,7 +3,7 @@ use crate::{
     error::AssignmentError,
     handler::{self, AgentRow, Assign, AssignmentRow, UpsertAgent},
 };
-use lead::model::timestamp;
+use contracts::time::timestamp;
 use leads_proto::v1::{self as pb, assignment_service_server::AssignmentService};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -13,7 +13,7 @@ pub struct AssignmentApi {
 }
 
 fn org(org_id: &str) -> Result<(), AssignmentError> {
-    ingest::validate::validate_org_id(org_id).map_err(|r| AssignmentError::invalid("org_id", r.reason))
+    contracts::values::validate_org_id(org_id).map_err(|r| AssignmentError::invalid("org_id", r.reason))
 }
 
 fn lead_id(value: &str) -> Result<Uuid, AssignmentError> {

@@ -5,9 +5,9 @@
 
 use crate::{AssignmentContext, error::AssignmentError};
 use chrono::{DateTime, Utc};
-use lead::model::{LeadChange, LeadEvent};
+use contracts::Envelope;
+use contracts::lead::{LeadChange, LeadEvent};
 use leads_proto::v1 as pb;
-use platform::event::Envelope;
 use uuid::Uuid;
 
 pub const MAX_NAME_CHARS: usize = 200;
@@ -37,12 +37,7 @@ pub fn validate_agent_id(agent_id: &str) -> Result<(), AssignmentError> {
     if agent_id.trim().is_empty() {
         return Err(AssignmentError::invalid("agent_id", "is required"));
     }
-    lead::gated::validate_agent_id(agent_id).map_err(|_| {
-        AssignmentError::invalid(
-            "agent_id",
-            format!("must be at most {} characters, without control characters", lead::gated::MAX_AGENT_ID_CHARS),
-        )
-    })
+    contracts::values::validate_agent_id(agent_id).map_err(AssignmentError::from)
 }
 
 fn validate_email(email: &str) -> Result<(), AssignmentError> {
@@ -163,7 +158,7 @@ pub async fn assign(ctx: &AssignmentContext, cmd: Assign) -> Result<Vec<pb::Lead
                     previous_agent_id: non_empty(&r.previous_agent_id),
                     actor: cmd.actor.clone(),
                     reason: cmd.reason.clone(),
-                    at: r.at.as_ref().and_then(lead::model::from_timestamp).unwrap_or_else(Utc::now),
+                    at: r.at.as_ref().and_then(contracts::time::from_timestamp).unwrap_or_else(Utc::now),
                     active: true,
                 })
             })
@@ -268,7 +263,7 @@ async fn upsert_holders(
 /// assignments (each once) and who holds which active lead. Redelivery and reordering are
 /// harmless: history rows are keyed by lead version, holders only move forward.
 pub async fn apply_lead_events(ctx: &AssignmentContext, events: &[Envelope<LeadEvent>]) -> Result<(), AssignmentError> {
-    platform::db::retry_transient(AssignmentError::is_retryable, || apply_lead_events_once(ctx, events)).await
+    platform::error::retry_transient(AssignmentError::is_transient, || apply_lead_events_once(ctx, events)).await
 }
 
 async fn apply_lead_events_once(

@@ -7,12 +7,12 @@ pub mod error;
 mod grpc;
 pub mod handler;
 
-use lead::model::LeadEvent;
+use contracts::Envelope;
+use contracts::lead::LeadEvent;
 use leads_proto::v1::{assignment_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
     consumer::{self, Delivery, Disposition},
-    event::Envelope,
     grpc::TracedChannel,
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},

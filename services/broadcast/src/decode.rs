@@ -6,7 +6,7 @@ use crate::event::{
     StatusKind, TemplateInfo,
 };
 use chrono::{DateTime, Utc};
-use ingest::event::RawTime;
+use contracts::values::RawTime;
 use leads_proto::v1 as pb;
 use prost::Message;
 use serde_json::{Map, Value, error::Category, value::RawValue};
@@ -403,7 +403,7 @@ pub fn validate_message(raw: RawMessage) -> Result<BroadcastMessage, Refusal> {
     let (phone, external_id) = raw.contact.ok_or_else(|| Refusal::new("contact", "is required"))?;
     // The same normalisation as ingest, so that a message's recipient matches the contact
     // the lead service keeps for the same number.
-    let phone = non_empty(phone).map(|p| ingest::validate::normalize_phone(&p)).transpose()?;
+    let phone = non_empty(phone).map(|p| contracts::values::normalize_phone(&p)).transpose()?;
     let external_id = non_empty(external_id).map(|e| bounded(e, "contact.external_id")).transpose()?;
     if phone.is_none() && external_id.is_none() {
         return Err(Refusal::new("contact", "needs at least one of phone or external_id"));
@@ -453,7 +453,7 @@ fn bounded(value: String, field: &str) -> Result<String, Refusal> {
     if value.chars().count() > MAX_SHORT_CHARS {
         return Err(Refusal::new(field, format!("must be at most {MAX_SHORT_CHARS} characters")));
     }
-    ingest::validate::no_nul(&value, field)?;
+    contracts::values::no_nul(&value, field)?;
     Ok(value)
 }
 

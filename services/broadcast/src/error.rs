@@ -3,8 +3,8 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum BroadcastError {
-    #[error("invalid argument {field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
     #[error("database error: {0}")]
@@ -12,30 +12,37 @@ pub enum BroadcastError {
 }
 
 impl BroadcastError {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        BroadcastError::InvalidArgument { field, reason: reason.into() }
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        BroadcastError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
         BroadcastError::NotFound { what, id: id.into() }
     }
 
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, BroadcastError::Database(error) if platform::db::is_retryable(error))
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BroadcastError::Database(error) if platform::error::is_transient(error))
+    }
+}
+
+impl platform::error::ServiceError for BroadcastError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            BroadcastError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            BroadcastError::NotFound { .. } => tonic::Code::NotFound,
+            BroadcastError::Database(error) => platform::error::sql_code(error),
+        }
     }
 }
 
 impl From<BroadcastError> for tonic::Status {
     fn from(error: BroadcastError) -> Self {
-        match &error {
-            BroadcastError::InvalidArgument { field, reason } => {
-                tonic::Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            BroadcastError::NotFound { .. } => tonic::Status::not_found(error.to_string()),
-            BroadcastError::Database(inner) => {
-                tracing::error!(error = %inner, "broadcast database error");
-                tonic::Status::unavailable("the broadcast store is unavailable, retry later")
-            }
-        }
+        platform::error::to_status("broadcast", &error)
+    }
+}
+
+impl From<contracts::Refusal> for BroadcastError {
+    fn from(refusal: contracts::Refusal) -> Self {
+        BroadcastError::InvalidArgument { field: refusal.field, reason: refusal.reason }
     }
 }

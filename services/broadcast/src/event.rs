@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-pub use ingest::event::Refusal;
+pub use contracts::Refusal;
 
 /// Larger payloads are refused before parsing.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;

@@ -12,7 +12,7 @@ pub struct BroadcastApi {
 }
 
 fn validate_org(org_id: &str) -> Result<(), BroadcastError> {
-    ingest::validate::validate_org_id(org_id).map_err(|r| BroadcastError::invalid("org_id", r.reason))
+    contracts::values::validate_org_id(org_id).map_err(|r| BroadcastError::invalid("org_id", r.reason))
 }
 
 fn id(field: &'static str, value: &str) -> Result<Uuid, BroadcastError> {

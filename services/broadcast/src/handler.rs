@@ -97,17 +97,7 @@ pub mod sql {
 
 /// Applies a batch, retrying the whole transaction on conflicts and deadlocks.
 pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match try_apply_batch(ctx, batch).await {
-            Err(error) if attempt < 8 && error.is_retryable() => {
-                tracing::debug!(%error, attempt, "retrying broadcast batch");
-                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
-            }
-            result => return result,
-        }
-    }
+    platform::error::retry_transient(BroadcastError::is_transient, || try_apply_batch(ctx, batch)).await
 }
 
 /// A refused event, by reference into the batch.

@@ -16,11 +16,11 @@ use crate::{
     event::{MAX_BATCH_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, Refusal},
     handler::Candidate,
 };
-use lead::model::LeadEvent;
+use contracts::Envelope;
+use contracts::lead::LeadEvent;
 use platform::{
     ServiceName,
     consumer::{self, Delivery, Disposition},
-    event::Envelope,
     nats::{Encoding, StreamKind, Subjects},
     service::{Infra, Running, ServiceBase},
     settings::ConsumerSettings,
@@ -133,7 +133,7 @@ pub fn candidates_from_delivery(subjects: &Subjects, delivery: &Delivery, out: &
             "statuses.batch" => Channel::StatusBatch,
             _ => return None,
         };
-        ingest::validate::validate_org_id(org).is_ok().then_some((org, channel))
+        contracts::values::validate_org_id(org).is_ok().then_some((org, channel))
     });
     let Some((org_id, channel)) = parsed else {
         let refusal = Refusal::new(
@@ -236,7 +236,8 @@ fn push_items<T>(
 
 async fn consume_lead_events(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_decoded(batch, lead::model::read_lead_events, |events: Vec<Envelope<LeadEvent>>| async move {
+    let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
+    consumer::apply_decoded(batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
         projection::apply_batch(ctx, &events).await
     })
     .await

@@ -4,8 +4,8 @@
 
 use crate::{BroadcastContext, error::BroadcastError};
 use chrono::{DateTime, Utc};
-use lead::model::{InteractionSummary, LeadChange, LeadEvent};
-use platform::event::Envelope;
+use contracts::Envelope;
+use contracts::lead::{InteractionSummary, LeadChange, LeadEvent};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -42,17 +42,7 @@ fn reply(change: &LeadChange) -> Option<(&InteractionSummary, bool)> {
 
 /// Applies a batch of lead events, retrying the whole transaction on conflicts.
 pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Envelope<LeadEvent>]) -> Result<(), BroadcastError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match try_apply_batch(ctx, batch).await {
-            Err(error) if attempt < 8 && error.is_retryable() => {
-                tracing::debug!(%error, attempt, "retrying lead event batch");
-                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
-            }
-            result => return result,
-        }
-    }
+    platform::error::retry_transient(BroadcastError::is_transient, || try_apply_batch(ctx, batch)).await
 }
 
 async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Envelope<LeadEvent>]) -> Result<(), BroadcastError> {

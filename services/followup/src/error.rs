@@ -2,8 +2,8 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowUpError {
-    #[error("invalid argument {field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
     #[error("follow-up {0} not found")]
     NotFound(String),
     #[error("follow-up {id} is already {state}")]
@@ -18,16 +18,16 @@ pub enum FollowUpError {
 }
 
 impl FollowUpError {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        FollowUpError::InvalidArgument { field, reason: reason.into() }
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FollowUpError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
     pub fn internal(detail: impl Into<String>) -> Self {
         FollowUpError::Internal(detail.into())
     }
 
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, FollowUpError::Database(error) if platform::db::is_retryable(error))
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FollowUpError::Database(error) if platform::error::is_transient(error))
     }
 }
 
@@ -37,23 +37,27 @@ impl From<tonic::Status> for FollowUpError {
     }
 }
 
+impl platform::error::ServiceError for FollowUpError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            FollowUpError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            FollowUpError::NotFound(_) => tonic::Code::NotFound,
+            FollowUpError::Closed { .. } => tonic::Code::FailedPrecondition,
+            FollowUpError::Lead(upstream) => upstream.code(),
+            FollowUpError::Internal(_) => tonic::Code::Internal,
+            FollowUpError::Database(error) => platform::error::sql_code(error),
+        }
+    }
+}
+
 impl From<FollowUpError> for tonic::Status {
     fn from(error: FollowUpError) -> Self {
-        match error {
-            FollowUpError::InvalidArgument { field, reason } => {
-                tonic::Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            FollowUpError::NotFound(_) => tonic::Status::not_found(error.to_string()),
-            FollowUpError::Closed { .. } => tonic::Status::failed_precondition(error.to_string()),
-            FollowUpError::Lead(upstream) => upstream.into_status(),
-            FollowUpError::Internal(detail) => {
-                tracing::error!(%detail, "follow-up internal error");
-                tonic::Status::internal("internal error")
-            }
-            FollowUpError::Database(inner) => {
-                tracing::error!(error = %inner, "follow-up database error");
-                tonic::Status::unavailable("the follow-up store is unavailable, retry later")
-            }
-        }
+        platform::error::to_status("follow-up", &error)
+    }
+}
+
+impl From<contracts::Refusal> for FollowUpError {
+    fn from(refusal: contracts::Refusal) -> Self {
+        FollowUpError::InvalidArgument { field: refusal.field, reason: refusal.reason }
     }
 }

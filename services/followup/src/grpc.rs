@@ -3,7 +3,7 @@ use crate::{
     error::FollowUpError,
     handler::{self, CreateFollowUp, FollowUpRow, ListFilter, State},
 };
-use lead::model::{from_timestamp, timestamp};
+use contracts::time::{from_timestamp, timestamp};
 use leads_proto::v1::{self as pb, follow_up_service_server::FollowUpService};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -13,7 +13,7 @@ pub struct FollowUpApi {
 }
 
 fn org(org_id: &str) -> Result<(), FollowUpError> {
-    ingest::validate::validate_org_id(org_id).map_err(|r| FollowUpError::invalid("org_id", r.reason))
+    contracts::values::validate_org_id(org_id).map_err(|r| FollowUpError::invalid("org_id", r.reason))
 }
 
 fn required_id(field: &'static str, value: &str, not_found: fn(&str) -> FollowUpError) -> Result<Uuid, FollowUpError> {

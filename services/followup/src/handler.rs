@@ -5,10 +5,11 @@
 
 use crate::{FollowUpContext, error::FollowUpError};
 use chrono::{DateTime, Utc};
-use lead::model::{LeadChange, LeadEvent, LeadView};
+use contracts::lead::{LeadChange, LeadEvent, LeadView};
+use contracts::{Envelope, followup::FollowUpEvent};
 use leads_proto::v1 as pb;
-use platform::{event::Envelope, outbox::OutboxMessage};
-use serde::{Deserialize, Serialize};
+use platform::outbox::OutboxMessage;
+
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -91,20 +92,6 @@ impl FollowUpRow {
     }
 }
 
-/// The payload of `events.followup.<org>.<state>`; the envelope's aggregate is the
-/// follow-up and its version the follow-up's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FollowUpEvent {
-    pub lead_id: Uuid,
-    pub contact_id: Uuid,
-    pub state: String,
-    pub due_at: DateTime<Utc>,
-    pub note: Option<String>,
-    pub agent_id: Option<String>,
-    /// Who moved it to this state.
-    pub actor: String,
-}
-
 fn event(ctx: &FollowUpContext, row: &FollowUpRow, actor: &str) -> OutboxMessage {
     let data = FollowUpEvent {
         lead_id: row.lead_id,
@@ -154,18 +141,11 @@ fn follow_up_id(cmd: &CreateFollowUp) -> Uuid {
 /// inactive), then keeps it here. Should this process stop between the two, the lead's
 /// `follow_up_opened` event brings the follow-up here all the same.
 pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<FollowUpRow, FollowUpError> {
-    if let Some(note) = &cmd.note
-        && note.chars().count() > lead::gated::MAX_NOTE_CHARS
-    {
-        return Err(FollowUpError::invalid(
-            "note",
-            format!("must be at most {} characters", lead::gated::MAX_NOTE_CHARS),
-        ));
+    if let Some(note) = &cmd.note {
+        contracts::values::validate_note(note)?;
     }
     if let Some(agent) = &cmd.agent_id {
-        lead::gated::validate_agent_id(agent).map_err(|_| {
-            FollowUpError::invalid("agent_id", "must be at most 128 characters, without control characters")
-        })?;
+        contracts::values::validate_agent_id(agent)?;
     }
     if let Some(key) = &cmd.request_id
         && key.chars().count() > MAX_REQUEST_ID_CHARS
@@ -177,7 +157,7 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         org_id: cmd.org_id.clone(),
         lead_id: cmd.lead_id.to_string(),
         follow_up_id: id.to_string(),
-        due_at: Some(lead::model::timestamp(cmd.due_at)),
+        due_at: Some(contracts::time::timestamp(cmd.due_at)),
         note: cmd.note.clone().unwrap_or_default(),
         agent_id: cmd.agent_id.clone().unwrap_or_default(),
         actor: cmd.actor.clone(),
@@ -280,7 +260,7 @@ impl Opened {
         }
     }
 
-    fn from_lead(lead: &LeadView, opened: &lead::model::FollowUpOpened, version: i64) -> Self {
+    fn from_lead(lead: &LeadView, opened: &contracts::lead::FollowUpOpened, version: i64) -> Self {
         Self {
             id: opened.follow_up_id,
             org_id: lead.org_id.clone(),
@@ -374,7 +354,7 @@ async fn keep_opened(
 /// this service has not kept yet are kept, and when a lead becomes inactive its open
 /// follow-ups are cancelled by the system.
 pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {
-    platform::db::retry_transient(FollowUpError::is_retryable, || apply_lead_events_once(ctx, events)).await
+    platform::error::retry_transient(FollowUpError::is_transient, || apply_lead_events_once(ctx, events)).await
 }
 
 async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {

@@ -7,12 +7,12 @@ pub mod error;
 mod grpc;
 pub mod handler;
 
-use lead::model::LeadEvent;
+use contracts::Envelope;
+use contracts::lead::LeadEvent;
 use leads_proto::v1::{follow_up_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
     consumer::{self, Delivery, Disposition},
-    event::Envelope,
     grpc::TracedChannel,
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
@@ -21,8 +21,6 @@ use platform::{
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-pub use handler::FollowUpEvent;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/followup");
 

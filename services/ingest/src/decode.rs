@@ -1,7 +1,8 @@
 //! Turns a payload (JSON or protobuf) into a `RawEvent`, naming the field when a value has
 //! the wrong type, so that every refusal can say exactly what was wrong.
 
-use crate::event::{RawContact, RawEvent, RawTime, Refusal};
+use crate::event::{RawContact, RawEvent};
+use contracts::{Refusal, values::RawTime};
 use leads_proto::v1 as pb;
 use prost::Message;
 use serde_json::{Map, Value};

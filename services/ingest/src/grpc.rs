@@ -22,7 +22,7 @@ fn invalid(field: &str, reason: impl Into<String>) -> IngestError {
 impl IngestService for IngestApi {
     async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         let request = request.into_inner();
-        validate::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
+        contracts::values::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
         if request.events.is_empty() {
             return Err(invalid("events", "must hold at least one event").into());
         }
@@ -77,7 +77,7 @@ impl IngestService for IngestApi {
         request: Request<pb::ListRejectionsRequest>,
     ) -> Result<Response<pb::ListRejectionsResponse>, Status> {
         let request = request.into_inner();
-        validate::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
+        contracts::values::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
         let page_size = match request.page_size {
             0 => 100,
             n if (1..=1000).contains(&n) => i64::from(n),

@@ -2,8 +2,8 @@
 //! recorded (their `(org, event_id)` is the idempotency key, forever) and forwarded to the
 //! lead service through the outbox; refused ones are kept with their reason and dead-lettered.
 
-use crate::event::{Interaction, Refusal};
 use chrono::Utc;
+use contracts::{Refusal, interaction::Interaction};
 use platform::{
     nats::Subjects,
     outbox::{self, OutboxMessage, OutboxSignal},
@@ -48,32 +48,34 @@ pub enum Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("invalid argument {field}: {reason}")]
+    #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
 
-impl From<IngestError> for tonic::Status {
-    fn from(error: IngestError) -> Self {
-        match error {
-            IngestError::InvalidArgument { field, reason } => {
-                tonic::Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            IngestError::Database(error) => {
-                tracing::error!(%error, "ingest database error");
-                tonic::Status::unavailable("the event store is unavailable, retry later")
-            }
+impl IngestError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IngestError::Database(error) if platform::error::is_transient(error))
+    }
+}
+
+impl platform::error::ServiceError for IngestError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            IngestError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            IngestError::Database(error) => platform::error::sql_code(error),
         }
     }
 }
 
-/// The event the lead service consumes: interactions of one organisation accepted in one
-/// transaction, in arrival order, batched (`outbox::batched`).
-pub const INTERACTIONS_ACCEPTED: &str = "interactions_accepted";
-/// The one-interaction event earlier versions published; the lead service still reads it,
-/// so that what such a version left in the stream is applied after an upgrade.
-pub const INTERACTION_ACCEPTED: &str = "interaction_accepted";
+impl From<IngestError> for tonic::Status {
+    fn from(error: IngestError) -> Self {
+        platform::error::to_status("ingest", &error)
+    }
+}
+
+pub use contracts::interaction::{INTERACTION_ACCEPTED, INTERACTIONS_ACCEPTED};
 
 /// What a dead-lettered event carries.
 #[derive(Debug, Serialize)]
@@ -89,16 +91,7 @@ struct DeadLetter<'a> {
 }
 
 pub async fn handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outcome>, IngestError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match try_handle(ctx, batch).await {
-            Err(IngestError::Database(error)) if attempt < 5 && platform::db::is_retryable(&error) => {
-                tracing::debug!(%error, attempt, "retrying ingest batch");
-            }
-            result => return result,
-        }
-    }
+    platform::error::retry_transient(IngestError::is_transient, || try_handle(ctx, batch)).await
 }
 
 async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outcome>, IngestError> {

@@ -8,10 +8,8 @@ mod grpc;
 pub mod handler;
 pub mod validate;
 
-use crate::{
-    event::{MAX_PAYLOAD_BYTES, Refusal},
-    handler::{Candidate, IngestContext, Outcome},
-};
+use crate::handler::{Candidate, IngestContext, Outcome};
+use contracts::{Refusal, interaction::MAX_PAYLOAD_BYTES};
 use platform::{
     ServiceName,
     consumer::{Delivery, Disposition},
@@ -69,7 +67,7 @@ pub fn candidate_from_delivery(ctx: &IngestContext, delivery: &Delivery) -> Cand
         source_key: source_key.clone(),
     };
     let org_id = match subject.strip_prefix("interactions.") {
-        Some(org) if validate::validate_org_id(org).is_ok() => org.to_owned(),
+        Some(org) if contracts::values::validate_org_id(org).is_ok() => org.to_owned(),
         _ => {
             return refused(
                 String::new(),

@@ -1,12 +1,10 @@
 //! What every change of a lead shares: its status history row and the event that
 //! announces it. Interactions are applied in batches by `crate::batch`.
 
-use crate::{
-    LeadContext,
-    error::LeadError,
-    model::{LEAD_VIEW_COLUMNS, LeadChange, LeadEvent, LeadView, Status},
-};
-use platform::{event::Envelope, outbox::OutboxMessage};
+use crate::{LeadContext, error::LeadError, model::LEAD_VIEW_COLUMNS};
+use contracts::Envelope;
+use contracts::lead::{LeadChange, LeadEvent, LeadView, Status};
+use platform::outbox::OutboxMessage;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 

@@ -13,11 +13,13 @@ use crate::{
     LeadContext,
     apply::{SYSTEM_ACTOR, lead_envelope, lead_event},
     error::LeadError,
-    model::{INTERACTIONS_APPLIED, InteractionSummary, LEAD_VIEW_COLUMNS, LeadChange, LeadEvent, LeadView, Status},
+    lifecycle::{self, Act, Transition},
+    model::LEAD_VIEW_COLUMNS,
 };
 use chrono::{DateTime, Utc};
-use ingest::event::{Direction, Interaction, Kind};
-use platform::event::Envelope;
+use contracts::Envelope;
+use contracts::interaction::{Direction, Interaction, Kind};
+use contracts::lead::{INTERACTIONS_APPLIED, InteractionSummary, LeadChange, LeadEvent, LeadView, Status};
 use sqlx::{Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -26,17 +28,7 @@ const PREVIEW_CHARS: usize = 140;
 
 /// Applies a batch, skipping events already applied. Retries the whole batch on conflicts.
 pub async fn apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match try_apply_batch(ctx, batch).await {
-            Err(error) if attempt < 8 && error.is_retryable() => {
-                tracing::debug!(%error, attempt, "retrying interaction batch");
-                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
-            }
-            result => return result,
-        }
-    }
+    platform::error::retry_transient(LeadError::is_transient, || try_apply_batch(ctx, batch)).await
 }
 
 /// An interaction the ingest service accepted, with the organisation it belongs to.
@@ -294,7 +286,7 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
                 external_id: contact.external_id.clone(),
                 name: contact.name.clone(),
                 email: contact.email.clone(),
-                status: Status::New.as_str().to_owned(),
+                status: Status::New,
                 active: true,
                 source_kind: event.kind.as_str().to_owned(),
                 channel: event.channel.clone(),
@@ -340,7 +332,6 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
             Some(id)
         }
         (Some(lead), direction) => {
-            let becomes_contacted = direction == Direction::Outbound && lead.status == Status::New.as_str();
             lead.interaction_count += 1;
             if event.occurred_at >= lead.last_interaction_at && preview.is_some() {
                 lead.last_message_preview = preview;
@@ -350,28 +341,34 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
             lead.updated_at = now;
             (lead.phone, lead.external_id, lead.name, lead.email) =
                 (contact.phone.clone(), contact.external_id.clone(), contact.name.clone(), contact.email.clone());
-            if becomes_contacted {
-                lead.status = Status::Contacted.as_str().to_owned();
+            // Every message is recorded, the one that moves the lead as well, so projections
+            // (qualification) see the whole conversation.
+            state.recorded.push(lead_envelope(lead, LeadChange::InteractionRecorded { interaction: summary(event) }));
+            let act = match direction {
+                Direction::Inbound => Act::Inbound,
+                Direction::Outbound => Act::Outbound,
+            };
+            // Only active leads are in `state.active`, so the act is allowed.
+            if let Ok(Transition::Moves { from, to }) = lifecycle::decide(lead.status, act) {
+                lead.status = to;
+                lead.version += 1;
                 let reason = "first outbound message";
                 state.status_changes.push(StatusChangeRow {
                     org_id: org_id.to_owned(),
                     lead_id: lead.id,
-                    from: Some(Status::New.as_str()),
-                    to: Status::Contacted.as_str(),
+                    from: Some(from.as_str()),
+                    to: to.as_str(),
                     reason: reason.to_owned(),
                     version: lead.version,
                     at: now,
                 });
                 let change = LeadChange::StatusChanged {
-                    from: Status::New.as_str().into(),
-                    to: Status::Contacted.as_str().into(),
+                    from: from.as_str().into(),
+                    to: to.as_str().into(),
                     actor: SYSTEM_ACTOR.into(),
                     reason: Some(reason.into()),
                 };
                 state.messages.push(lead_event(ctx, lead, change));
-            } else {
-                let change = LeadChange::InteractionRecorded { interaction: summary(event) };
-                state.recorded.push(lead_envelope(lead, change));
             }
             state.changed_leads.insert(lead.id);
             Some(lead.id)
@@ -473,7 +470,7 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         .bind(leads.iter().map(|l| l.id).collect::<Vec<_>>())
         .bind(leads.iter().map(|l| l.org_id.clone()).collect::<Vec<_>>())
         .bind(leads.iter().map(|l| l.contact_id).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.status.clone()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.status.as_str()).collect::<Vec<_>>())
         .bind(leads.iter().map(|l| l.source_kind.clone()).collect::<Vec<_>>())
         .bind(leads.iter().map(|l| l.channel.clone()).collect::<Vec<_>>())
         .bind(leads.iter().map(|l| l.campaign_id.clone()).collect::<Vec<_>>())
@@ -511,7 +508,7 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         .bind(changed.iter().map(|l| l.interaction_count).collect::<Vec<_>>())
         .bind(changed.iter().map(|l| l.last_message_preview.clone()).collect::<Vec<_>>())
         .bind(changed.iter().map(|l| l.last_interaction_at).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.status.clone()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.status.as_str()).collect::<Vec<_>>())
         .bind(changed.iter().map(|l| l.updated_at).collect::<Vec<_>>())
         .bind(changed.iter().map(|l| l.version).collect::<Vec<_>>())
         .execute(&mut **tx)

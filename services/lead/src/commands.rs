@@ -5,8 +5,10 @@ use crate::{
     LeadContext,
     apply::{commit_with_events, lead_event, publish, record_status_change},
     error::LeadError,
-    model::{LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
+    lifecycle::{self, Act, Inactive, Transition},
+    model::LEAD_VIEW_COLUMNS,
 };
+use contracts::lead::{LeadChange, LeadView, Status};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -54,17 +56,16 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     }
     let mut tx = ctx.pool.begin().await?;
     let LockedLead { status: from, version, .. } = lock_lead(&mut tx, &cmd.org_id, cmd.lead_id).await?;
-    if from.is_final() {
-        return Err(LeadError::Inactive { id: cmd.lead_id, status: from });
-    }
+    let act = Act::ChangeStatus { to: cmd.status, with_manual_score: cmd.manual_score.is_some() };
+    let transition =
+        lifecycle::decide(from, act).map_err(|Inactive(status)| LeadError::Inactive { id: cmd.lead_id, status })?;
     if let Some(expected) = cmd.expected_version
         && expected != version
     {
         return Err(LeadError::VersionMismatch { id: cmd.lead_id, expected, actual: version });
     }
     let mut messages = Vec::new();
-    let status_changes = from != cmd.status;
-    if !status_changes && cmd.manual_score.is_none() {
+    if transition == Transition::Unchanged {
         tx.rollback().await?;
         return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
     }
@@ -76,22 +77,24 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
          WHERE id = $1 RETURNING version",
     )
     .bind(cmd.lead_id)
-    .bind(cmd.status.as_str())
+    .bind(transition.status(from).as_str())
     .bind(cmd.manual_score)
     .fetch_one(&mut *tx)
     .await?;
-    record_status_change(
-        &mut tx,
-        &cmd.org_id,
-        cmd.lead_id,
-        Some(from),
-        cmd.status,
-        &cmd.actor,
-        cmd.reason.as_deref(),
-        cmd.manual_score,
-        new_version,
-    )
-    .await?;
+    if let Transition::Moves { from, to } = transition {
+        record_status_change(
+            &mut tx,
+            &cmd.org_id,
+            cmd.lead_id,
+            Some(from),
+            to,
+            &cmd.actor,
+            cmd.reason.as_deref(),
+            cmd.manual_score,
+            new_version,
+        )
+        .await?;
+    }
     if let Some(score) = cmd.manual_score {
         sqlx::query(
             "INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, $3, 'manual', $4)",
@@ -103,10 +106,10 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
         .execute(&mut *tx)
         .await?;
     }
-    let change = if status_changes {
+    let change = if let Transition::Moves { from, to } = transition {
         LeadChange::StatusChanged {
             from: from.as_str().into(),
-            to: cmd.status.as_str().into(),
+            to: to.as_str().into(),
             actor: cmd.actor.clone(),
             reason: cmd.reason.clone(),
         }
@@ -165,10 +168,19 @@ pub async fn bulk_change_status(
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
-    let current: HashMap<Uuid, Status> =
-        rows.into_iter().map(|(id, s)| (id, Status::parse(&s).unwrap_or(Status::New))).collect();
-    let to_change: Vec<Uuid> =
-        current.iter().filter(|(_, status)| !status.is_final() && **status != to).map(|(id, _)| *id).collect();
+    let act = Act::ChangeStatus { to, with_manual_score: false };
+    let mut decided: HashMap<Uuid, Result<Transition, Inactive>> = HashMap::with_capacity(rows.len());
+    for (id, status) in rows {
+        decided.insert(id, lifecycle::decide(Status::try_from(status)?, act));
+    }
+    let moved: HashMap<Uuid, Status> = decided
+        .iter()
+        .filter_map(|(id, decision)| match decision {
+            Ok(Transition::Moves { from, .. }) => Some((*id, *from)),
+            _ => None,
+        })
+        .collect();
+    let to_change: Vec<Uuid> = moved.keys().copied().collect();
     let mut messages = Vec::with_capacity(to_change.len());
     if !to_change.is_empty() {
         let changed: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -182,7 +194,7 @@ pub async fn bulk_change_status(
         .bind(to.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let froms: Vec<&str> = changed.iter().map(|l| current[&l.id].as_str()).collect();
+        let froms: Vec<&str> = changed.iter().map(|l| moved[&l.id].as_str()).collect();
         let changed_ids: Vec<Uuid> = changed.iter().map(|l| l.id).collect();
         let versions: Vec<i64> = changed.iter().map(|l| l.version).collect();
         sqlx::query(
@@ -201,7 +213,7 @@ pub async fn bulk_change_status(
         .await?;
         for lead in &changed {
             let change = LeadChange::StatusChanged {
-                from: current[&lead.id].as_str().into(),
+                from: moved[&lead.id].as_str().into(),
                 to: to.as_str().into(),
                 actor: actor.into(),
                 reason: reason.map(Into::into),
@@ -212,11 +224,11 @@ pub async fn bulk_change_status(
     commit_with_events(ctx, tx, &messages).await?;
     Ok(parsed
         .iter()
-        .map(|id| match id.and_then(|id| current.get(&id)) {
+        .map(|id| match id.and_then(|id| decided.get(&id)) {
             None => BulkOutcome::NotFound,
-            Some(status) if status.is_final() => BulkOutcome::Inactive(*status),
-            Some(status) if *status == to => BulkOutcome::Unchanged,
-            Some(_) => BulkOutcome::Changed,
+            Some(Err(Inactive(status))) => BulkOutcome::Inactive(*status),
+            Some(Ok(Transition::Moves { .. })) => BulkOutcome::Changed,
+            Some(Ok(_)) => BulkOutcome::Unchanged,
         })
         .collect())
 }

@@ -1,10 +1,10 @@
-use crate::model::Status;
+use contracts::lead::Status;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeadError {
-    #[error("invalid argument {field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
     #[error("lead {0} not found")]
     NotFound(String),
     #[error("lead {id} is inactive: its status is {}", status.display_name())]
@@ -15,45 +15,61 @@ pub enum LeadError {
     Conflict,
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// A stored value this version cannot read, such as an unknown status.
+    #[error("unreadable stored value: {0}")]
+    Unreadable(String),
 }
 
 impl LeadError {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        LeadError::InvalidArgument { field, reason: reason.into() }
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        LeadError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         match self {
             LeadError::Conflict => true,
-            LeadError::Database(error) => platform::db::is_retryable(error),
+            LeadError::Database(error) => platform::error::is_transient(error),
             _ => false,
         }
     }
 }
 
+impl From<contracts::lead::UnknownStatus> for LeadError {
+    fn from(error: contracts::lead::UnknownStatus) -> Self {
+        LeadError::Unreadable(error.to_string())
+    }
+}
+
 impl From<sqlx::Error> for LeadError {
     fn from(error: sqlx::Error) -> Self {
-        match platform::db::sqlstate(&error).as_deref() {
+        match platform::error::sqlstate(&error).as_deref() {
             Some("40001" | "40P01") => LeadError::Conflict,
             _ => LeadError::Database(error),
         }
     }
 }
 
+impl platform::error::ServiceError for LeadError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            LeadError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            LeadError::NotFound(_) => tonic::Code::NotFound,
+            LeadError::Inactive { .. } => tonic::Code::FailedPrecondition,
+            LeadError::VersionMismatch { .. } | LeadError::Conflict => tonic::Code::Aborted,
+            LeadError::Database(error) => platform::error::sql_code(error),
+            LeadError::Unreadable(_) => tonic::Code::Internal,
+        }
+    }
+}
+
 impl From<LeadError> for tonic::Status {
     fn from(error: LeadError) -> Self {
-        match &error {
-            LeadError::InvalidArgument { field, reason } => {
-                tonic::Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            LeadError::NotFound(_) => tonic::Status::not_found(error.to_string()),
-            LeadError::Inactive { .. } => tonic::Status::failed_precondition(error.to_string()),
-            LeadError::VersionMismatch { .. } => tonic::Status::aborted(error.to_string()),
-            LeadError::Conflict => tonic::Status::aborted("the lead changed concurrently, retry"),
-            LeadError::Database(inner) => {
-                tracing::error!(error = %inner, "lead database error");
-                tonic::Status::unavailable("the lead store is unavailable, retry later")
-            }
-        }
+        platform::error::to_status("lead", &error)
+    }
+}
+
+impl From<contracts::Refusal> for LeadError {
+    fn from(refusal: contracts::Refusal) -> Self {
+        LeadError::InvalidArgument { field: refusal.field, reason: refusal.reason }
     }
 }

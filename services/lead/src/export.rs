@@ -2,13 +2,9 @@
 //! filters when the export starts appears exactly once however leads change meanwhile, and
 //! streams it in chunks through a small channel so memory stays flat whatever the size.
 
-use crate::{
-    error::LeadError,
-    model::{LeadView, Status},
-    query::LeadQuery,
-    read,
-};
+use crate::{error::LeadError, query::LeadQuery, read};
 use chrono::{DateTime, Utc};
+use contracts::lead::{LeadView, Status};
 use futures::TryStreamExt;
 use leads_proto::v1 as pb;
 use sqlx::{PgPool, Row, postgres::PgRow};
@@ -46,7 +42,7 @@ struct CsvRow {
     name: Option<String>,
     phone: Option<String>,
     email: Option<String>,
-    status: String,
+    status: Status,
     score: Option<i32>,
     score_source: Option<String>,
     agent_id: Option<String>,
@@ -65,7 +61,8 @@ impl<'r> sqlx::FromRow<'r, PgRow> for CsvRow {
             name: row.try_get(1)?,
             phone: row.try_get(2)?,
             email: row.try_get(3)?,
-            status: row.try_get(4)?,
+            status: Status::try_from(row.try_get::<String, _>(4)?)
+                .map_err(|e| sqlx::Error::ColumnDecode { index: "status".into(), source: Box::new(e) })?,
             score: row.try_get(5)?,
             score_source: row.try_get(6)?,
             agent_id: row.try_get(7)?,
@@ -86,7 +83,7 @@ impl From<&LeadView> for CsvRow {
             name: lead.name.clone(),
             phone: lead.phone.clone(),
             email: lead.email.clone(),
-            status: lead.status.clone(),
+            status: lead.status,
             score: lead.score,
             score_source: lead.score_source.clone(),
             agent_id: lead.agent_id.clone(),
@@ -101,13 +98,12 @@ impl From<&LeadView> for CsvRow {
 }
 
 fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv::Error> {
-    let status = Status::parse(&row.status).unwrap_or(Status::New);
     writer.write_record([
         row.id.to_string().as_str(),
         row.name.as_deref().unwrap_or(""),
         row.phone.as_deref().unwrap_or(""),
         row.email.as_deref().unwrap_or(""),
-        status.display_name(),
+        row.status.display_name(),
         &row.score.map(|s| s.to_string()).unwrap_or_default(),
         row.score_source.as_deref().unwrap_or(""),
         row.agent_id.as_deref().unwrap_or(""),

@@ -8,16 +8,15 @@ use crate::{
     apply::{commit_with_events, lead_event, publish},
     commands::{BulkOutcome, LockedLead, bulk_ids, lock_lead},
     error::LeadError,
-    model::{FollowUpOpened, LEAD_VIEW_COLUMNS, LeadChange, LeadView, Status},
+    lifecycle::{self, Act, Inactive},
+    model::LEAD_VIEW_COLUMNS,
 };
 use chrono::{DateTime, Utc};
-use platform::event::Envelope;
-use serde::Deserialize;
+use contracts::Envelope;
+use contracts::followup::FollowUpEvent;
+use contracts::lead::{FollowUpOpened, LeadChange, LeadView, Status};
 use std::collections::HashMap;
 use uuid::Uuid;
-
-pub const MAX_NOTE_CHARS: usize = 2000;
-pub const MAX_AGENT_ID_CHARS: usize = 128;
 
 /// What became of one lead of an assignment.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,14 +35,8 @@ impl AssignOutcome {
     }
 }
 
-pub fn validate_agent_id(agent_id: &str) -> Result<(), LeadError> {
-    if agent_id.chars().count() > MAX_AGENT_ID_CHARS {
-        return Err(LeadError::invalid("agent_id", format!("must be at most {MAX_AGENT_ID_CHARS} characters")));
-    }
-    if agent_id.chars().any(char::is_control) {
-        return Err(LeadError::invalid("agent_id", "must not contain control characters"));
-    }
-    Ok(())
+fn validate_agent_id(agent_id: &str) -> Result<(), LeadError> {
+    contracts::values::validate_agent_id(agent_id).map_err(LeadError::from)
 }
 
 /// id, status, agent, version, updated_at
@@ -75,8 +68,7 @@ pub async fn assign_leads(
     let mut outcomes: HashMap<Uuid, AssignOutcome> = HashMap::with_capacity(rows.len());
     let mut to_change = Vec::new();
     for (id, status, current_agent, version, updated_at) in rows {
-        let status = Status::parse(&status).unwrap_or(Status::New);
-        let outcome = if status.is_final() {
+        let outcome = if let Err(Inactive(status)) = lifecycle::decide(Status::try_from(status)?, Act::Assign) {
             BulkOutcome::Inactive(status)
         } else if current_agent.as_deref() == agent {
             BulkOutcome::Unchanged
@@ -161,10 +153,8 @@ pub struct OpenFollowUp {
 /// follow-up id again answers the lead without a second record, even once the lead has
 /// become inactive: the first call's decision stands.
 pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<LeadView, LeadError> {
-    if let Some(note) = &cmd.note
-        && note.chars().count() > MAX_NOTE_CHARS
-    {
-        return Err(LeadError::invalid("note", format!("must be at most {MAX_NOTE_CHARS} characters")));
+    if let Some(note) = &cmd.note {
+        contracts::values::validate_note(note)?;
     }
     if let Some(agent) = &cmd.agent_id {
         validate_agent_id(agent)?;
@@ -187,9 +177,8 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
         }
         return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
     }
-    if status.is_final() {
-        return Err(LeadError::Inactive { id: cmd.lead_id, status });
-    }
+    lifecycle::decide(status, Act::OpenFollowUp)
+        .map_err(|Inactive(status)| LeadError::Inactive { id: cmd.lead_id, status })?;
     // A follow-up without an agent goes to whoever holds the lead.
     let agent_id = cmd.agent_id.clone().or(lead_agent);
     sqlx::query(
@@ -224,32 +213,17 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
     Ok(lead)
 }
 
-/// The part of the follow-up service's events the lead's timeline needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct FollowUpStateNotice {
-    pub lead_id: Uuid,
-    pub state: String,
-    pub due_at: DateTime<Utc>,
-    pub note: Option<String>,
-    pub agent_id: Option<String>,
-    pub actor: String,
-}
-
 const TIMELINE_STATES: [&str; 3] = ["due", "completed", "cancelled"];
 
 /// Adds the later states of follow-ups to their leads' timelines, each (follow-up, state)
 /// once however often it is delivered.
-pub async fn record_follow_up_states(
-    ctx: &LeadContext,
-    events: &[Envelope<FollowUpStateNotice>],
-) -> Result<(), LeadError> {
-    let kept: Vec<&Envelope<FollowUpStateNotice>> =
+pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<FollowUpEvent>]) -> Result<(), LeadError> {
+    let kept: Vec<&Envelope<FollowUpEvent>> =
         events.iter().filter(|e| TIMELINE_STATES.contains(&e.data.state.as_str())).collect();
     if kept.is_empty() {
         return Ok(());
     }
-    let column =
-        |f: fn(&Envelope<FollowUpStateNotice>) -> Option<String>| kept.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let column = |f: fn(&Envelope<FollowUpEvent>) -> Option<String>| kept.iter().map(|e| f(e)).collect::<Vec<_>>();
     let orgs = column(|e| Some(e.org_id.clone()));
     let states = column(|e| Some(e.data.state.clone()));
     let notes = column(|e| e.data.note.clone());

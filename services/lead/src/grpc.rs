@@ -5,10 +5,11 @@ use crate::{
     export,
     gated::{self, OpenFollowUp},
     history,
-    model::{Status, from_timestamp, timestamp},
     query::LeadQuery,
     read,
 };
+use contracts::lead::Status;
+use contracts::time::{from_timestamp, timestamp};
 use leads_proto::v1::{self as pb, lead_service_server::LeadService};
 use std::pin::Pin;
 use tokio_stream::wrappers::ReceiverStream;

@@ -1,7 +1,8 @@
 //! GetLeadHistory: one timeline, newest first, over the lead and the contact's past leads.
 
-use crate::{LeadContext, error::LeadError, model::timestamp};
+use crate::{LeadContext, error::LeadError};
 use chrono::{DateTime, Utc};
+use contracts::time::timestamp;
 use leads_proto::v1 as pb;
 use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingServiceClient;
 use platform::grpc::TracedChannel;
@@ -150,7 +151,9 @@ pub async fn lead_history(
         _ => String::new(),
     };
     let past_lead_ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM leads WHERE org_id = $1 AND contact_id = $2 AND id <> $3 ORDER BY created_at DESC",
+        "SELECT p.id FROM leads p, leads l WHERE l.org_id = $1 AND l.id = $3 \
+           AND p.org_id = $1 AND p.contact_id = $2 AND (p.created_at, p.id) < (l.created_at, l.id) \
+         ORDER BY p.created_at DESC, p.id DESC",
     )
     .bind(org_id)
     .bind(contact)
@@ -206,7 +209,7 @@ fn broadcast_entry(message: pb::BroadcastMessageView) -> Entry {
         .sent_at
         .as_ref()
         .or(first_status)
-        .and_then(crate::model::from_timestamp)
+        .and_then(contracts::time::from_timestamp)
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     let campaign = message.campaign.clone().unwrap_or_default();
     let template = message.template.clone().unwrap_or_default();
@@ -218,7 +221,7 @@ fn broadcast_entry(message: pb::BroadcastMessageView) -> Entry {
         .map(|s| {
             serde_json::json!({
                 "status": s.status,
-                "at": s.at.as_ref().and_then(crate::model::from_timestamp),
+                "at": s.at.as_ref().and_then(contracts::time::from_timestamp),
                 "error_code": s.error.as_ref().map(|e| e.code),
                 "error_title": s.error.as_ref().map(|e| e.title.clone()),
                 "error_class": (!s.error_class.is_empty()).then_some(&s.error_class),

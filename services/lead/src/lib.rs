@@ -10,19 +10,20 @@ pub mod export;
 pub mod gated;
 mod grpc;
 pub mod history;
+pub mod lifecycle;
 pub mod model;
 pub mod query;
 pub mod read;
 pub mod scores;
 
 use crate::{batch::AcceptedInteraction, error::LeadError};
-use ingest::event::Interaction;
+use contracts::Envelope;
+use contracts::interaction::Interaction;
 use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingServiceClient;
 use platform::grpc::TracedChannel;
 use platform::{
     ServiceName,
     consumer::{self, Delivery, Disposition},
-    event::Envelope,
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
     service::{Infra, Running, ServiceBase},
@@ -42,7 +43,7 @@ pub struct LeadContext {
 }
 
 pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
-    ingest::validate::validate_org_id(org_id).map_err(|r| LeadError::invalid("org_id", r.reason))
+    contracts::values::validate_org_id(org_id).map_err(LeadError::from)
 }
 
 /// The durable consumer of the interactions ingest accepted.
@@ -93,8 +94,8 @@ fn broadcast_client(endpoint: &str) -> Option<BroadcastTrackingServiceClient<Tra
 
 async fn consume_scores(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |scores: Vec<Envelope<scores::AiScore>>| async move {
-        platform::db::retry_transient(LeadError::is_retryable, || scores::apply_scores(ctx, &scores)).await
+    consumer::apply_envelopes(batch, |scores: Vec<Envelope<contracts::qualification::Scored>>| async move {
+        platform::error::retry_transient(LeadError::is_transient, || scores::apply_scores(ctx, &scores)).await
     })
     .await
 }
@@ -111,7 +112,7 @@ async fn consume_interactions(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Dis
 /// of ingest left in the stream, `interaction_accepted` (one).
 fn decode_accepted(delivery: &Delivery, out: &mut Vec<AcceptedInteraction>) -> Result<(), serde_json::Error> {
     let kind = delivery.subject.rsplit('.').next().unwrap_or_default();
-    if kind == ingest::handler::INTERACTION_ACCEPTED {
+    if kind == contracts::interaction::INTERACTION_ACCEPTED {
         let envelope = Envelope::<Interaction>::from_json(&delivery.payload)?;
         out.push(AcceptedInteraction { org_id: envelope.org_id, interaction: envelope.data });
     } else {
@@ -126,8 +127,8 @@ fn decode_accepted(delivery: &Delivery, out: &mut Vec<AcceptedInteraction>) -> R
 
 async fn consume_follow_up_states(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |events: Vec<Envelope<gated::FollowUpStateNotice>>| async move {
-        platform::db::retry_transient(LeadError::is_retryable, || gated::record_follow_up_states(ctx, &events)).await
+    consumer::apply_envelopes(batch, |events: Vec<Envelope<contracts::followup::FollowUpEvent>>| async move {
+        platform::error::retry_transient(LeadError::is_transient, || gated::record_follow_up_states(ctx, &events)).await
     })
     .await
 }

@@ -1,10 +1,9 @@
 //! ListLeads: combinable filters, keyset pagination with opaque tokens, and the total count.
 
-use crate::{
-    error::LeadError,
-    model::{LEAD_VIEW_COLUMNS, LeadView, Status, from_timestamp},
-};
+use crate::{error::LeadError, model::LEAD_VIEW_COLUMNS};
 use chrono::{DateTime, Utc};
+use contracts::lead::{LeadView, Status};
+use contracts::time::from_timestamp;
 use leads_proto::v1 as pb;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;

@@ -2,9 +2,10 @@
 
 use crate::{
     error::LeadError,
-    model::{LEAD_VIEW_COLUMNS, LeadView},
+    model::LEAD_VIEW_COLUMNS,
     query::{LeadQuery, Search, WordsOn},
 };
+use contracts::lead::LeadView;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -1,36 +1,22 @@
 //! AI scores from the qualification service. The newest score (by the score's own version)
 //! of an active lead is applied, unless an operator has set the score by hand.
 
-use crate::{
-    LeadContext,
-    apply::lead_event,
-    error::LeadError,
-    model::{LEAD_VIEW_COLUMNS, LeadChange, LeadView},
-};
-use platform::event::Envelope;
-use serde::Deserialize;
+use crate::{LeadContext, apply::lead_event, error::LeadError, model::LEAD_VIEW_COLUMNS};
+use contracts::lead::{LeadChange, LeadView};
+use contracts::{Envelope, qualification::Scored};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// What this service reads of `events.qualification.<org>.scored` (`qualification::Scored`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct AiScore {
-    pub lead_id: Uuid,
-    pub score: i32,
-    pub reasons: Vec<String>,
-    pub model_version: String,
-}
-
-pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<AiScore>]) -> Result<(), LeadError> {
+pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Result<(), LeadError> {
     // Only the newest score of each lead in the batch matters.
-    let mut newest: HashMap<(&str, Uuid), &Envelope<AiScore>> = HashMap::new();
+    let mut newest: HashMap<(&str, Uuid), &Envelope<Scored>> = HashMap::new();
     for envelope in batch {
         let key = (envelope.org_id.as_str(), envelope.data.lead_id);
         if newest.get(&key).is_none_or(|seen| seen.version < envelope.version) {
             newest.insert(key, envelope);
         }
     }
-    let mut ordered: Vec<&Envelope<AiScore>> = newest.into_values().collect();
+    let mut ordered: Vec<&Envelope<Scored>> = newest.into_values().collect();
     ordered.sort_by_key(|e| e.data.lead_id);
     let mut tx = ctx.pool.begin().await?;
     let mut messages = Vec::new();

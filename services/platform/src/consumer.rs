@@ -236,13 +236,13 @@ pub async fn apply_envelopes<T, E, F, Fut>(batch: Vec<Delivery>, apply: F) -> Ve
 where
     T: serde::de::DeserializeOwned,
     E: std::fmt::Display,
-    F: FnOnce(Vec<crate::event::Envelope<T>>) -> Fut,
+    F: FnOnce(Vec<contracts::Envelope<T>>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
     apply_decoded(
         batch,
         |delivery, items| {
-            items.push(crate::event::Envelope::<T>::from_json(&delivery.payload)?);
+            items.push(contracts::Envelope::<T>::from_json(&delivery.payload)?);
             Ok::<_, serde_json::Error>(())
         },
         apply,

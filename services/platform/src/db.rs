@@ -2,7 +2,7 @@
 //! connection bootstraps both (idempotently); the service then connects as its role with
 //! the schema as its search path, so its migrations table lands in its own schema.
 
-use crate::{ServiceName, Settings};
+use crate::{ServiceName, Settings, error::sqlstate};
 use sqlx::{
     AssertSqlSafe, Connection, PgConnection, PgPool,
     migrate::Migrator,
@@ -88,40 +88,6 @@ pub async fn connect_and_migrate(
     migrator.run(&pool).await?;
     tracing::info!(service = %service, "database ready");
     Ok(pool)
-}
-
-/// The SQLSTATE of a database error, for mapping errors by class rather than by text.
-pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
-    match error {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    }
-}
-
-/// Whether retrying the whole transaction may succeed: serialization failure, deadlock,
-/// or a unique violation raced by a concurrent writer.
-pub fn is_retryable(error: &sqlx::Error) -> bool {
-    matches!(sqlstate(error).as_deref(), Some("40001" | "40P01" | "23505"))
-        || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
-}
-
-/// How many times in all a transaction is tried while it fails for a passing reason.
-pub const MAX_ATTEMPTS: u32 = 5;
-
-/// Runs `attempt` (a whole transaction) again while it fails with an error `retryable`
-/// accepts, up to `MAX_ATTEMPTS` tries; then hands back its result.
-pub async fn retry_transient<T, E, F, Fut>(retryable: impl Fn(&E) -> bool, mut attempt: F) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut tries = 1;
-    loop {
-        match attempt().await {
-            Err(error) if tries < MAX_ATTEMPTS && retryable(&error) => tries += 1,
-            result => return result,
-        }
-    }
 }
 
 /// Creates the configured database when it does not exist yet, through the server's

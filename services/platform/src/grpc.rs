@@ -94,15 +94,13 @@ impl UpstreamError {
             code => UpstreamError::Unavailable { service, detail: format!("{code:?}: {}", status.message()) },
         }
     }
+}
 
-    /// What the caller sees.
-    pub fn into_status(self) -> tonic::Status {
+impl crate::error::ServiceError for UpstreamError {
+    fn code(&self) -> tonic::Code {
         match self {
-            UpstreamError::ForCaller(status) => tonic::Status::new(status.code(), status.message()),
-            UpstreamError::Unavailable { service, detail } => {
-                tracing::error!(%service, %detail, "upstream service failed");
-                tonic::Status::unavailable(format!("the {service} service is unavailable, retry later"))
-            }
+            UpstreamError::ForCaller(status) => status.code(),
+            UpstreamError::Unavailable { .. } => tonic::Code::Unavailable,
         }
     }
 }

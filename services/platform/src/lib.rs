@@ -4,7 +4,7 @@
 
 pub mod consumer;
 pub mod db;
-pub mod event;
+pub mod error;
 pub mod grpc;
 pub mod nats;
 pub mod outbox;

@@ -34,7 +34,7 @@ pub fn batched<T: serde::Serialize>(org_id: &str, subject: &str, kind: &str, ite
     let mut data: Vec<Box<serde_json::value::RawValue>> = Vec::new();
     let mut bytes = 0;
     let mut flush = |data: &mut Vec<_>| {
-        let envelope = crate::event::Envelope::new(org_id, kind, uuid::Uuid::now_v7(), 1, std::mem::take(data));
+        let envelope = contracts::Envelope::new(org_id, kind, uuid::Uuid::now_v7(), 1, std::mem::take(data));
         messages.push(OutboxMessage {
             org_id: org_id.to_owned(),
             subject: subject.to_owned(),
@@ -202,7 +202,7 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Envelope;
+    use contracts::Envelope;
 
     #[test]
     fn batched_events_read_back_in_order_within_the_limits() {

@@ -12,10 +12,10 @@ pub struct QualificationApi {
 }
 
 fn parse(org_id: &str, lead_id: &str) -> Result<Uuid, QualificationError> {
-    ingest::validate::validate_org_id(org_id)
-        .map_err(|r| QualificationError::InvalidArgument { field: "org_id", reason: r.reason })?;
+    contracts::values::validate_org_id(org_id)
+        .map_err(|r| QualificationError::InvalidArgument { field: "org_id".into(), reason: r.reason })?;
     if lead_id.is_empty() {
-        return Err(QualificationError::InvalidArgument { field: "lead_id", reason: "is required".into() });
+        return Err(QualificationError::InvalidArgument { field: "lead_id".into(), reason: "is required".into() });
     }
     lead_id.parse().map_err(|_| QualificationError::NotFound(lead_id.to_owned()))
 }

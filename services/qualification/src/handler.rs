@@ -4,14 +4,17 @@
 //! manual score over any of them.
 
 use crate::scoring::{self, Features, MODEL_VERSION};
-use chrono::{DateTime, Utc};
-use lead::model::{LeadChange, LeadEvent};
+use chrono::Utc;
+use contracts::lead::{LeadChange, LeadEvent};
+use contracts::{
+    Envelope,
+    qualification::{SCORED, Scored},
+};
 use platform::{
-    event::Envelope,
     nats::Subjects,
     outbox::{OutboxMessage, OutboxSignal},
 };
-use serde::{Deserialize, Serialize};
+
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -25,48 +28,41 @@ pub struct QualificationContext {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QualificationError {
-    #[error("invalid argument {field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
     #[error("lead {0} has not been qualified")]
     NotFound(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
 
-impl From<QualificationError> for tonic::Status {
-    fn from(error: QualificationError) -> Self {
-        match &error {
-            QualificationError::InvalidArgument { field, reason } => {
-                tonic::Status::invalid_argument(format!("{field}: {reason}"))
-            }
-            QualificationError::NotFound(_) => tonic::Status::not_found(error.to_string()),
-            QualificationError::Database(inner) => {
-                tracing::error!(error = %inner, "qualification database error");
-                tonic::Status::unavailable("the qualification store is unavailable, retry later")
-            }
+impl QualificationError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, QualificationError::Database(error) if platform::error::is_transient(error))
+    }
+}
+
+impl platform::error::ServiceError for QualificationError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            QualificationError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            QualificationError::NotFound(_) => tonic::Code::NotFound,
+            QualificationError::Database(error) => platform::error::sql_code(error),
         }
     }
 }
 
-pub const SCORED: &str = "scored";
-
-/// The payload of `events.qualification.<org>.scored`; the envelope's version is the score's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Scored {
-    pub lead_id: Uuid,
-    pub score: i32,
-    pub reasons: Vec<String>,
-    pub model_version: String,
-    pub scored_at: DateTime<Utc>,
+impl From<QualificationError> for tonic::Status {
+    fn from(error: QualificationError) -> Self {
+        platform::error::to_status("qualification", &error)
+    }
 }
 
 pub async fn apply_lead_events(
     ctx: &QualificationContext,
     batch: &[Envelope<LeadEvent>],
 ) -> Result<(), QualificationError> {
-    let retryable =
-        |error: &QualificationError| matches!(error, QualificationError::Database(e) if platform::db::is_retryable(e));
-    platform::db::retry_transient(retryable, || try_apply(ctx, batch)).await
+    platform::error::retry_transient(QualificationError::is_transient, || try_apply(ctx, batch)).await
 }
 
 async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) -> Result<(), QualificationError> {
@@ -225,24 +221,4 @@ pub async fn rescore(
         msg_id: envelope.id.to_string(),
         payload: envelope.to_json(),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_lead_service_reads_what_is_published() {
-        let scored = Scored {
-            lead_id: Uuid::now_v7(),
-            score: 42,
-            reasons: vec!["base (+10)".into()],
-            model_version: MODEL_VERSION.into(),
-            scored_at: Utc::now(),
-        };
-        let envelope = Envelope::new("acme", SCORED, scored.lead_id, 3, scored.clone());
-        let read: Envelope<lead::scores::AiScore> = Envelope::from_json(&envelope.to_json()).expect("readable");
-        assert_eq!((read.version, read.data.lead_id, read.data.score), (3, scored.lead_id, 42));
-        assert_eq!(read.data.reasons, scored.reasons);
-    }
 }

@@ -8,17 +8,15 @@ pub mod handler;
 pub mod scoring;
 
 use crate::handler::QualificationContext;
-use lead::model::{LeadEvent, read_lead_events};
+use contracts::Envelope;
+use contracts::lead::LeadEvent;
 use platform::{
     ServiceName,
     consumer::{self, Delivery, Disposition},
-    event::Envelope,
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
 };
 use tokio_util::sync::CancellationToken;
-
-pub use handler::{SCORED, Scored};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/qualification");
 
@@ -35,7 +33,8 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume(ctx: QualificationContext, batch: Vec<Delivery>) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_decoded(batch, read_lead_events, |events: Vec<Envelope<LeadEvent>>| async move {
+    let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
+    consumer::apply_decoded(batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await

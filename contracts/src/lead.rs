@@ -1,0 +1,282 @@
+//! The lead as every lead event carries it, and what happened to it: the payload of
+//! `events.lead.<org>.<kind>`. Only the lead service writes these; the others keep
+//! projections of them.
+
+use crate::{Envelope, time::timestamp};
+use chrono::{DateTime, Utc};
+use leads_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    New,
+    Contacted,
+    Qualifying,
+    Qualified,
+    FollowUp,
+    Converted,
+    Lost,
+    Archived,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Contacted => "contacted",
+            Status::Qualifying => "qualifying",
+            Status::Qualified => "qualified",
+            Status::FollowUp => "follow_up",
+            Status::Converted => "converted",
+            Status::Lost => "lost",
+            Status::Archived => "archived",
+        }
+    }
+
+    /// Converted, Lost and Archived are final: the lead is inactive.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Converted | Status::Lost | Status::Archived)
+    }
+
+    pub fn to_proto(self) -> pb::LeadStatus {
+        match self {
+            Status::New => pb::LeadStatus::New,
+            Status::Contacted => pb::LeadStatus::Contacted,
+            Status::Qualifying => pb::LeadStatus::Qualifying,
+            Status::Qualified => pb::LeadStatus::Qualified,
+            Status::FollowUp => pb::LeadStatus::FollowUp,
+            Status::Converted => pb::LeadStatus::Converted,
+            Status::Lost => pb::LeadStatus::Lost,
+            Status::Archived => pb::LeadStatus::Archived,
+        }
+    }
+
+    pub fn from_proto(value: i32) -> Option<Self> {
+        Some(match pb::LeadStatus::try_from(value).ok()? {
+            pb::LeadStatus::Unspecified => return None,
+            pb::LeadStatus::New => Status::New,
+            pb::LeadStatus::Contacted => Status::Contacted,
+            pb::LeadStatus::Qualifying => Status::Qualifying,
+            pb::LeadStatus::Qualified => Status::Qualified,
+            pb::LeadStatus::FollowUp => Status::FollowUp,
+            pb::LeadStatus::Converted => Status::Converted,
+            pb::LeadStatus::Lost => Status::Lost,
+            pb::LeadStatus::Archived => Status::Archived,
+        })
+    }
+
+    /// The name callers see, as in the proto enum.
+    pub fn display_name(self) -> &'static str {
+        self.to_proto().as_str_name()
+    }
+}
+
+/// A status name this version does not know: an error wherever it is read, never a
+/// silent `New`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown lead status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl TryFrom<&str> for Status {
+    type Error = UnknownStatus;
+
+    fn try_from(text: &str) -> Result<Self, Self::Error> {
+        Ok(match text {
+            "new" => Status::New,
+            "contacted" => Status::Contacted,
+            "qualifying" => Status::Qualifying,
+            "qualified" => Status::Qualified,
+            "follow_up" => Status::FollowUp,
+            "converted" => Status::Converted,
+            "lost" => Status::Lost,
+            "archived" => Status::Archived,
+            _ => return Err(UnknownStatus(text.to_owned())),
+        })
+    }
+}
+
+impl TryFrom<String> for Status {
+    type Error = UnknownStatus;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Status::try_from(text.as_str())
+    }
+}
+
+/// A lead with its contact, as read for callers and as carried in every lead event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct LeadView {
+    pub id: Uuid,
+    pub org_id: String,
+    pub contact_id: Uuid,
+    pub phone: Option<String>,
+    pub external_id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// Read with `TryFrom<String>`: a status this version does not know fails the read.
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
+    pub status: Status,
+    pub active: bool,
+    pub source_kind: String,
+    pub channel: String,
+    pub campaign_id: Option<String>,
+    pub broadcast_message_id: Option<String>,
+    pub integration_name: Option<String>,
+    pub integration_reference: Option<String>,
+    pub score: Option<i32>,
+    pub score_source: Option<String>,
+    pub agent_id: Option<String>,
+    pub interaction_count: i64,
+    pub last_message_preview: Option<String>,
+    pub first_touch_at: DateTime<Utc>,
+    pub last_interaction_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl LeadView {
+    pub fn to_proto(&self) -> pb::Lead {
+        let source_kind = match self.source_kind.as_str() {
+            "chat_message" => pb::SourceKind::ChatMessage,
+            "broadcast_reply" => pb::SourceKind::BroadcastReply,
+            "integration" => pb::SourceKind::Integration,
+            _ => pb::SourceKind::Unspecified,
+        };
+        pb::Lead {
+            id: self.id.to_string(),
+            org_id: self.org_id.clone(),
+            contact_id: self.contact_id.to_string(),
+            contact: Some(pb::Contact {
+                phone: self.phone.clone().unwrap_or_default(),
+                external_id: self.external_id.clone().unwrap_or_default(),
+                name: self.name.clone().unwrap_or_default(),
+                email: self.email.clone().unwrap_or_default(),
+            }),
+            status: self.status.to_proto() as i32,
+            active: self.active,
+            source: Some(pb::LeadSource {
+                kind: source_kind as i32,
+                campaign_id: self.campaign_id.clone().unwrap_or_default(),
+                broadcast_message_id: self.broadcast_message_id.clone().unwrap_or_default(),
+                integration_name: self.integration_name.clone().unwrap_or_default(),
+                integration_reference: self.integration_reference.clone().unwrap_or_default(),
+                channel: self.channel.clone(),
+            }),
+            score: self.score,
+            score_source: score_source_to_proto(self.score_source.as_deref()) as i32,
+            agent_id: self.agent_id.clone().unwrap_or_default(),
+            interaction_count: self.interaction_count,
+            last_message_preview: self.last_message_preview.clone().unwrap_or_default(),
+            first_touch_at: Some(timestamp(self.first_touch_at)),
+            last_interaction_at: Some(timestamp(self.last_interaction_at)),
+            created_at: Some(timestamp(self.created_at)),
+            updated_at: Some(timestamp(self.updated_at)),
+            version: self.version,
+        }
+    }
+}
+
+pub fn score_source_to_proto(source: Option<&str>) -> pb::ScoreSource {
+    match source {
+        Some("ai") => pb::ScoreSource::Ai,
+        Some("manual") => pb::ScoreSource::Manual,
+        _ => pb::ScoreSource::Unspecified,
+    }
+}
+
+/// What happened to the lead; carried beside the lead's state in every lead event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LeadChange {
+    Created { interaction: InteractionSummary },
+    InteractionRecorded { interaction: InteractionSummary },
+    StatusChanged { from: String, to: String, actor: String, reason: Option<String> },
+    ScoreChanged { score: i32, source: String, actor: String },
+    Assigned { from: Option<String>, to: Option<String>, actor: String, reason: Option<String> },
+    FollowUpOpened { follow_up: FollowUpOpened },
+}
+
+/// A follow-up recorded on an active lead; the follow-up service keeps it from here on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpOpened {
+    pub follow_up_id: Uuid,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    pub actor: String,
+}
+
+impl LeadChange {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeadChange::Created { .. } => "lead_created",
+            LeadChange::InteractionRecorded { .. } => "interaction_recorded",
+            LeadChange::StatusChanged { .. } => "status_changed",
+            LeadChange::ScoreChanged { .. } => "score_changed",
+            LeadChange::Assigned { .. } => "assigned",
+            LeadChange::FollowUpOpened { .. } => "follow_up_opened",
+        }
+    }
+}
+
+/// The interaction that caused a lead event, for projections (scoring, reply counts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractionSummary {
+    pub event_id: String,
+    pub kind: String,
+    pub direction: String,
+    pub occurred_at: DateTime<Utc>,
+    pub text: Option<String>,
+    pub broadcast_message_id: Option<String>,
+    pub campaign_id: Option<String>,
+}
+
+/// The kind of the message that carries the `lead_created` and `interaction_recorded`
+/// events of one organisation applied in one transaction (`platform::outbox::batched`);
+/// every other change travels alone, on the subject of its own kind.
+pub const INTERACTIONS_APPLIED: &str = "interactions_applied";
+
+/// Reads a message of `events.lead.>`: one event, or the batch of `INTERACTIONS_APPLIED`.
+pub fn read_lead_events(
+    subject: &str,
+    payload: &[u8],
+    out: &mut Vec<Envelope<LeadEvent>>,
+) -> Result<(), serde_json::Error> {
+    Envelope::read_into(subject, payload, INTERACTIONS_APPLIED, out)
+}
+
+/// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadEvent {
+    pub change: LeadChange,
+    pub lead: LeadView,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_from_its_name_and_an_unknown_one_is_an_error() {
+        for status in [
+            Status::New,
+            Status::Contacted,
+            Status::Qualifying,
+            Status::Qualified,
+            Status::FollowUp,
+            Status::Converted,
+            Status::Lost,
+            Status::Archived,
+        ] {
+            assert_eq!(Status::try_from(status.as_str()), Ok(status));
+            assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{}\"", status.as_str()));
+            assert_eq!(Status::from_proto(status.to_proto() as i32), Some(status));
+        }
+        assert_eq!(Status::try_from("won"), Err(UnknownStatus("won".into())));
+        assert!(serde_json::from_str::<Status>("\"won\"").is_err());
+    }
+}

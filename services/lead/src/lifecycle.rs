@@ -1,0 +1,152 @@
+//! The lead's lifecycle in one place: which acts a lead in a given status allows, and what
+//! each does to its status. Every writer of a lead (status changes single and bulk,
+//! assignments, follow-ups, AI scores, interactions) asks `decide` under the lead's row lock
+//! and writes what it answers, so the rules are read here and nowhere else.
+//!
+//! - New, Contacted, Qualifying, Qualified and Follow-up are active; Converted, Lost and
+//!   Archived are final. A final lead refuses every act (it stays readable).
+//! - An operator may move an active lead to any status, final ones included.
+//! - The business's outbound message moves a New lead to Contacted; any other status stays.
+//! - Assigning, opening a follow-up, an AI score, an inbound message and a manual score
+//!   leave the status as it is.
+
+use contracts::lead::Status;
+
+/// Something done to a lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// An operator's `ChangeStatus` or `BulkChangeStatus` to `to`; `with_manual_score` when the
+    /// request also sets the score by hand.
+    ChangeStatus {
+        to: Status,
+        with_manual_score: bool,
+    },
+    Assign,
+    OpenFollowUp,
+    AiScore,
+    /// A message of the contact's.
+    Inbound,
+    /// A message of the business's.
+    Outbound,
+}
+
+/// What an allowed act does to the lead's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Nothing about the lead changes (a status change to the status it has, with no score).
+    Unchanged,
+    /// The status stays; the act changes something else (score, agent, follow-up, counts),
+    /// and no status change is recorded.
+    Stays(Status),
+    /// The status moves; a status change is recorded and `status_changed` published.
+    Moves { from: Status, to: Status },
+}
+
+impl Transition {
+    /// The status after the act.
+    pub fn status(self, current: Status) -> Status {
+        match self {
+            Transition::Unchanged => current,
+            Transition::Stays(status) => status,
+            Transition::Moves { to, .. } => to,
+        }
+    }
+}
+
+/// A final lead refuses every act; its status is in the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inactive(pub Status);
+
+/// Whether `act` is allowed on a lead in `current`, and what it does.
+pub fn decide(current: Status, act: Act) -> Result<Transition, Inactive> {
+    if current.is_final() {
+        return Err(Inactive(current));
+    }
+    Ok(match act {
+        Act::ChangeStatus { to, with_manual_score } if to == current => {
+            if with_manual_score {
+                Transition::Stays(current)
+            } else {
+                Transition::Unchanged
+            }
+        }
+        Act::ChangeStatus { to, .. } => Transition::Moves { from: current, to },
+        Act::Outbound if current == Status::New => Transition::Moves { from: Status::New, to: Status::Contacted },
+        Act::Assign | Act::OpenFollowUp | Act::AiScore | Act::Inbound | Act::Outbound => Transition::Stays(current),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Status; 8] = [
+        Status::New,
+        Status::Contacted,
+        Status::Qualifying,
+        Status::Qualified,
+        Status::FollowUp,
+        Status::Converted,
+        Status::Lost,
+        Status::Archived,
+    ];
+
+    fn acts() -> Vec<Act> {
+        let mut acts = vec![Act::Assign, Act::OpenFollowUp, Act::AiScore, Act::Inbound, Act::Outbound];
+        for to in ALL {
+            acts.push(Act::ChangeStatus { to, with_manual_score: false });
+            acts.push(Act::ChangeStatus { to, with_manual_score: true });
+        }
+        acts
+    }
+
+    #[test]
+    fn a_final_lead_refuses_every_act() {
+        for current in [Status::Converted, Status::Lost, Status::Archived] {
+            for act in acts() {
+                assert_eq!(decide(current, act), Err(Inactive(current)), "{current:?} {act:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_operator_moves_an_active_lead_anywhere() {
+        for current in ALL.into_iter().filter(|s| !s.is_final()) {
+            for to in ALL.into_iter().filter(|to| *to != current) {
+                let act = Act::ChangeStatus { to, with_manual_score: false };
+                assert_eq!(decide(current, act), Ok(Transition::Moves { from: current, to }));
+            }
+        }
+    }
+
+    #[test]
+    fn a_manual_score_alone_records_no_status_change() {
+        let same = Act::ChangeStatus { to: Status::Qualifying, with_manual_score: true };
+        assert_eq!(decide(Status::Qualifying, same), Ok(Transition::Stays(Status::Qualifying)));
+        let nothing = Act::ChangeStatus { to: Status::Qualifying, with_manual_score: false };
+        assert_eq!(decide(Status::Qualifying, nothing), Ok(Transition::Unchanged));
+    }
+
+    #[test]
+    fn only_the_first_outbound_message_moves_a_new_lead() {
+        assert_eq!(
+            decide(Status::New, Act::Outbound),
+            Ok(Transition::Moves { from: Status::New, to: Status::Contacted })
+        );
+        for current in [Status::Contacted, Status::Qualifying, Status::Qualified, Status::FollowUp] {
+            assert_eq!(decide(current, Act::Outbound), Ok(Transition::Stays(current)));
+        }
+        assert_eq!(decide(Status::New, Act::Inbound), Ok(Transition::Stays(Status::New)));
+    }
+
+    #[test]
+    fn gated_acts_keep_the_status_of_an_active_lead() {
+        for current in ALL.into_iter().filter(|s| !s.is_final()) {
+            for act in [Act::Assign, Act::OpenFollowUp, Act::AiScore] {
+                let transition = decide(current, act).expect("allowed");
+                assert_eq!(transition, Transition::Stays(current));
+                assert_eq!(transition.status(current), current);
+            }
+        }
+    }
+}
