@@ -119,10 +119,32 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// Where `/metrics` is served in Prometheus format; none disables it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Copies of each stream the services declare (1 for one NATS server, 3 for a cluster of
+    /// three). An existing stream with another count is updated at start-up.
+    pub stream_replicas: usize,
     pub grpc: GrpcSettings,
     /// Where other services are reached over gRPC.
     pub endpoints: Endpoints,
     pub consumer: ConsumerSettings,
+    pub qualification: QualificationSettings,
+}
+
+/// How the qualification service learns each organisation's model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualificationSettings {
+    /// Converted and lost leads an organisation needs, of each, before a model is trained.
+    pub min_labels_per_class: usize,
+    /// Seconds between looks for organisations whose outcomes grew enough to retrain.
+    pub retrain_interval_secs: u64,
+    /// Share of new outcomes (since the current model's training) that starts a retraining.
+    pub retrain_growth: f64,
+}
+
+impl Default for QualificationSettings {
+    fn default() -> Self {
+        Self { min_labels_per_class: 30, retrain_interval_secs: 60, retrain_growth: 0.1 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +232,10 @@ pub struct ConsumerSettings {
     pub ack_wait_secs: u64,
     /// Deliveries after which a message that keeps failing is parked.
     pub max_deliver: i64,
+    /// Messages a durable consumer hands out unacknowledged, across every process that shares
+    /// it. Each process prefetches `batch_size * concurrency`, so the default leaves room for
+    /// ten processes at the default batch size; a process past the cap gets nothing.
+    pub max_ack_pending: i64,
 }
 
 impl ConsumerSettings {
@@ -227,7 +253,14 @@ impl ConsumerSettings {
 
 impl Default for ConsumerSettings {
     fn default() -> Self {
-        Self { batch_size: 500, broadcast_batch_size: 5000, concurrency: 4, ack_wait_secs: 30, max_deliver: 20 }
+        Self {
+            batch_size: 500,
+            broadcast_batch_size: 5000,
+            concurrency: 4,
+            ack_wait_secs: 30,
+            max_deliver: 20,
+            max_ack_pending: 20_000,
+        }
     }
 }
 
@@ -241,9 +274,11 @@ impl Default for Settings {
             subject_prefix: String::new(),
             otlp_endpoint: None,
             metrics_addr: None,
+            stream_replicas: 1,
             grpc: GrpcSettings::default(),
             endpoints: Endpoints::default(),
             consumer: ConsumerSettings::default(),
+            qualification: QualificationSettings::default(),
         }
     }
 }
@@ -294,6 +329,9 @@ impl Settings {
         if let Some(v) = lookup("LEADS_METRICS_ADDR") {
             self.metrics_addr = if v.is_empty() { None } else { Some(parse("LEADS_METRICS_ADDR", v)?) };
         }
+        if let Some(v) = lookup("LEADS_STREAM_REPLICAS") {
+            self.stream_replicas = parse("LEADS_STREAM_REPLICAS", v)?;
+        }
         if let Some(v) = lookup("LEADS_GRPC_HOST") {
             self.grpc.host = v;
         }
@@ -320,6 +358,18 @@ impl Settings {
         }
         if let Some(v) = lookup("LEADS_CONSUMER_ACK_WAIT_SECS") {
             self.consumer.ack_wait_secs = parse("LEADS_CONSUMER_ACK_WAIT_SECS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_CONSUMER_MAX_DELIVER") {
+            self.consumer.max_deliver = parse("LEADS_CONSUMER_MAX_DELIVER", v)?;
+        }
+        if let Some(v) = lookup("LEADS_CONSUMER_MAX_ACK_PENDING") {
+            self.consumer.max_ack_pending = parse("LEADS_CONSUMER_MAX_ACK_PENDING", v)?;
+        }
+        if let Some(v) = lookup("LEADS_QUALIFICATION_MIN_LABELS_PER_CLASS") {
+            self.qualification.min_labels_per_class = parse("LEADS_QUALIFICATION_MIN_LABELS_PER_CLASS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_QUALIFICATION_RETRAIN_INTERVAL_SECS") {
+            self.qualification.retrain_interval_secs = parse("LEADS_QUALIFICATION_RETRAIN_INTERVAL_SECS", v)?;
         }
         Ok(())
     }
@@ -357,6 +407,25 @@ impl Settings {
         if self.consumer.ack_wait_secs == 0 {
             return Err(invalid("consumer.ack_wait_secs", "must be at least 1"));
         }
+        if self.consumer.max_deliver == 0 || self.consumer.max_deliver < -1 {
+            return Err(invalid("consumer.max_deliver", "must be at least 1, or -1 for no limit"));
+        }
+        if self.consumer.max_ack_pending < 1 || self.consumer.max_ack_pending > 1_000_000 {
+            return Err(invalid("consumer.max_ack_pending", "must be between 1 and 1000000"));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(invalid("stream_replicas", "must be between 1 and 5"));
+        }
+        let q = &self.qualification;
+        if q.min_labels_per_class < 5 || q.min_labels_per_class > 100_000 {
+            return Err(invalid("qualification.min_labels_per_class", "must be between 5 and 100000"));
+        }
+        if q.retrain_interval_secs == 0 {
+            return Err(invalid("qualification.retrain_interval_secs", "must be at least 1"));
+        }
+        if !(q.retrain_growth > 0.0 && q.retrain_growth <= 10.0) {
+            return Err(invalid("qualification.retrain_growth", "must be above 0 and at most 10"));
+        }
         Ok(())
     }
 
@@ -391,6 +460,21 @@ mod tests {
             .apply_env(|k| (k == "LEADS_CONSUMER_BATCH_SIZE").then(|| "many".into()))
             .expect_err("not a number");
         assert_eq!(err.field, "LEADS_CONSUMER_BATCH_SIZE");
+
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|k| match k {
+                "LEADS_STREAM_REPLICAS" => Some("3".into()),
+                "LEADS_CONSUMER_MAX_ACK_PENDING" => Some("50000".into()),
+                _ => None,
+            })
+            .expect("valid variables");
+        assert_eq!((settings.stream_replicas, settings.consumer.max_ack_pending), (3, 50_000));
+        settings.validate().expect("valid");
+        settings.stream_replicas = 6;
+        assert_eq!(settings.validate().expect_err("at most five").field, "stream_replicas");
+        settings.stream_replicas = 0;
+        assert_eq!(settings.validate().expect_err("at least one").field, "stream_replicas");
     }
 
     #[test]
@@ -416,5 +500,7 @@ mod example_file {
         assert_eq!(settings.database_url, defaults.database_url);
         assert_eq!(settings.grpc.port(ServiceName::Broadcast), 50056);
         assert_eq!(settings.consumer.batch_size, defaults.consumer.batch_size);
+        assert_eq!(settings.consumer.max_ack_pending, defaults.consumer.max_ack_pending);
+        assert_eq!(settings.stream_replicas, defaults.stream_replicas);
     }
 }
