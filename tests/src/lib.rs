@@ -22,6 +22,10 @@ use tonic::transport::Channel;
 
 pub use leads_proto::v1 as pb;
 
+pub mod broadcast_gen;
+pub mod desk;
+pub mod raw_pg;
+
 /// The admin connection tests create their databases with.
 pub fn admin_url() -> String {
     std::env::var("LEADS_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())

@@ -2,49 +2,43 @@
 //! the lead's lock), every assignment is kept once in the history and on the lead's
 //! timeline, and agents' open leads follow the leads' statuses.
 
-use leads_tests::{Node, TestEnv, all_leads, chat_event, eventually, pb, phone};
+use leads_tests::{desk, eventually, pb};
 use platform::ServiceName;
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 use tonic::{Code, transport::Channel};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const ORG: &str = "acme";
 
 type Assignments = leads_proto::v1::assignment_service_client::AssignmentServiceClient<Channel>;
-type Leads = leads_proto::v1::lead_service_client::LeadServiceClient<Channel>;
 
 struct Desk {
-    node: Node,
-    env: TestEnv,
-    leads: Leads,
+    base: desk::Desk,
     assignments: Assignments,
+}
+
+impl Deref for Desk {
+    type Target = desk::Desk;
+
+    fn deref(&self) -> &desk::Desk {
+        &self.base
+    }
 }
 
 impl Desk {
     async fn start() -> anyhow::Result<Self> {
-        let env = TestEnv::new().await?;
-        let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
-        let leads = node.lead().await?;
-        let assignments = node.assignment().await?;
-        Ok(Self { node, env, leads, assignments })
+        let base = desk::Desk::start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
+        let assignments = base.node.assignment().await?;
+        Ok(Self { base, assignments })
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.node.stop().await?;
-        self.env.cleanup().await
+        self.base.stop().await
     }
 
     /// `count` leads through the real ingest path, one per contact.
     async fn leads(&self, count: u32) -> anyhow::Result<Vec<pb::Lead>> {
-        for n in 0..count {
-            self.env.publish_interaction(ORG, &chat_event(&format!("e-{n}"), &phone(n), "hello")).await?;
-        }
-        let client = self.leads.clone();
-        Ok(eventually(DEADLINE, "the leads", || {
-            let mut client = client.clone();
-            async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() >= count as usize) }
-        })
-        .await)
+        self.ingest_leads(ORG, count, "hello", DEADLINE).await
     }
 
     async fn agent(&self, agent_id: &str, active: Option<bool>) -> Result<pb::Agent, tonic::Status> {
@@ -90,6 +84,17 @@ impl Desk {
         let mut client = self.assignments.clone();
         let agents = client.list_agents(pb::ListAgentsRequest { org_id: ORG.into(), active_only }).await?;
         Ok(agents.into_inner().agents.into_iter().map(|a| a.agent_id).collect())
+    }
+
+    /// The lead's assignments, newest first.
+    async fn history(&self, lead_id: &str) -> anyhow::Result<Vec<pb::Assignment>> {
+        let request = pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: lead_id.into() };
+        Ok(self.assignments.clone().get_assignment_history(request).await?.into_inner().assignments)
+    }
+
+    /// Waits until the agent has `count` open leads.
+    async fn wait_open_leads(&self, agent_id: &str, count: i64, what: &str) {
+        eventually(DEADLINE, what, || async { self.open_leads(agent_id).await.ok().filter(|n| *n == count) }).await;
     }
 
     async fn open_leads(&self, agent_id: &str) -> anyhow::Result<i64> {
@@ -184,13 +189,7 @@ async fn assigning_and_reassigning_is_recorded_everywhere() -> anyhow::Result<()
 
     let now = desk.get_lead(&lead.id).await?;
     assert_eq!(now.agent_id, "bob");
-    let history = desk
-        .assignments
-        .clone()
-        .get_assignment_history(pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: lead.id.clone() })
-        .await?
-        .into_inner()
-        .assignments;
+    let history = desk.history(&lead.id).await?;
     let moves: Vec<(&str, &str, &str)> =
         history.iter().map(|a| (a.previous_agent_id.as_str(), a.agent_id.as_str(), a.actor.as_str())).collect();
     assert_eq!(moves, [("ann", "bob", "supervisor"), ("", "ann", "supervisor")], "newest first, once each");
@@ -224,15 +223,9 @@ async fn assigning_and_reassigning_is_recorded_everywhere() -> anyhow::Result<()
     assert_eq!(assignments, ["reassigned from ann to bob (round robin)", "assigned to ann (round robin)"]);
 
     // The projection reaches the same history from the lead's events, without doubling it.
-    eventually(DEADLINE, "bob's open lead", || async { desk.open_leads("bob").await.ok().filter(|n| *n == 1) }).await;
+    desk.wait_open_leads("bob", 1, "bob's open lead").await;
     assert_eq!(desk.open_leads("ann").await?, 0);
-    let again = desk
-        .assignments
-        .clone()
-        .get_assignment_history(pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: lead.id.clone() })
-        .await?
-        .into_inner()
-        .assignments;
+    let again = desk.history(&lead.id).await?;
     assert_eq!(again.len(), 2);
 
     let unassigned = desk
@@ -277,13 +270,7 @@ async fn only_active_leads_and_active_known_agents_take_assignments() -> anyhow:
     let no_lead = desk.assign(&uuid::Uuid::now_v7().to_string(), "ann").await.expect_err("unknown lead");
     assert_eq!(no_lead.code(), Code::NotFound);
     assert_eq!(desk.get_lead(&open.id).await?.agent_id, "", "refused assignments change nothing");
-    let history = desk
-        .assignments
-        .clone()
-        .get_assignment_history(pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: open.id.clone() })
-        .await?
-        .into_inner();
-    assert!(history.assignments.is_empty());
+    assert!(desk.history(&open.id).await?.is_empty());
     desk.stop().await
 }
 
@@ -324,12 +311,9 @@ async fn bulk_assign_answers_per_lead_and_open_leads_follow_statuses() -> anyhow
         ]
     );
     assert!(results[3].detail.contains("CONVERTED"), "{:?}", results[3]);
-    eventually(DEADLINE, "three open leads", || async { desk.open_leads("ann").await.ok().filter(|n| *n == 3) }).await;
+    desk.wait_open_leads("ann", 3, "three open leads").await;
     desk.convert(&leads[0].id).await?;
-    eventually(DEADLINE, "two open leads after a conversion", || async {
-        desk.open_leads("ann").await.ok().filter(|n| *n == 2)
-    })
-    .await;
+    desk.wait_open_leads("ann", 2, "two open leads after a conversion").await;
     desk.stop().await
 }
 
@@ -393,10 +377,7 @@ async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::R
     };
     let results = desk.leads.clone().assign_leads(request).await?.into_inner().results;
     assert!(results.iter().all(|r| r.outcome == pb::BulkOutcome::Changed as i32), "{results:?}");
-    eventually(DEADLINE, "ann's open leads from the events", || async {
-        desk.open_leads("ann").await.ok().filter(|n| *n == 2)
-    })
-    .await;
+    desk.wait_open_leads("ann", 2, "ann's open leads from the events").await;
     for id in &ids {
         let history = eventually(DEADLINE, "the assignment from the event", || async {
             let request = pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: id.clone() };
@@ -416,8 +397,8 @@ async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::R
     let consumer = desk.env.js.get_stream(desk.env.subjects.stream_name(platform::nats::StreamKind::Events("lead")));
     let stream = consumer.await?;
     stream.delete_consumer("assignment-assigned").await?;
-    desk.node.stop().await?;
-    let node = desk.env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
+    desk.base.node.stop().await?;
+    let node = desk.base.env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
     let replayed = eventually(DEADLINE, "the replay consumed", || {
         let stream = stream.clone();
         async move {
@@ -429,5 +410,5 @@ async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::R
     let after: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.assignments").fetch_one(&admin).await?;
     assert_eq!((replayed, after), ((), before), "a replay of every event records nothing twice");
     node.stop().await?;
-    desk.env.cleanup().await
+    desk.base.env.cleanup().await
 }

@@ -2,8 +2,8 @@
 //! end in one state; campaigns are counted; a lead's broadcasts are found through its contact.
 
 use async_nats::HeaderMap;
-use chrono::{DateTime, Duration as Span, TimeZone, Utc};
-use leads_tests::{TestEnv, chat_event, eventually, pb, phone};
+use chrono::{DateTime, Duration as Span, Utc};
+use leads_tests::{TestEnv, broadcast_gen::base_time, chat_event, eventually, pb, phone};
 use platform::{ServiceName, nats::StreamKind};
 use prost::Message;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
@@ -12,10 +12,6 @@ use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const ORG: &str = "acme";
-
-fn base_time() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).single().unwrap_or_default()
-}
 
 /// One event as published: subject, payload, headers.
 #[derive(Debug, Clone)]

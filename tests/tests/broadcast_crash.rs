@@ -8,15 +8,17 @@
 //! `LEADS_CRASH_STATUSES` sets the number of status events (default 1,000,000); the number of
 //! messages is 3/10 of it.
 
-use chrono::{DateTime, Duration as Span, TimeZone, Utc};
-use leads_tests::{Process, TestEnv, eventually, phone};
-use platform::nats::StreamKind;
-use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
-use serde_json::json;
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
+use async_nats::Subject;
+use leads_tests::{
+    Process, TestEnv,
+    broadcast_gen::{
+        DELIVERED, Event, FAILED, Generated, READ, SENT, STATUS_BITS, error_of, generate, headers, message_id,
+        publish_windowed, sent_at, status_at, status_name,
+    },
+    eventually,
 };
+use platform::nats::StreamKind;
+use std::time::{Duration, Instant};
 
 const ORGS: [&str; 3] = ["org-a", "org-b", "org-c"];
 const DEFAULT_STATUSES: u32 = 1_000_000;
@@ -24,72 +26,13 @@ const DEFAULT_STATUSES: u32 = 1_000_000;
 const ACK_WINDOW: usize = 4_000;
 /// Progress, as a fraction of the distinct statuses, at which the process is killed.
 const KILLS: [f64; 4] = [0.08, 0.3, 0.55, 0.8];
-const ERROR_CODES: [i64; 5] = [131_026, 131_049, 131_050, 131_047, 1];
-
-const SENT: u8 = 1;
-const DELIVERED: u8 = 2;
-const READ: u8 = 4;
-const FAILED: u8 = 8;
-const STATUS_BITS: [u8; 4] = [SENT, DELIVERED, READ, FAILED];
-
-/// One event to publish: the message itself (`status == 0`) or one of its statuses.
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    message: u32,
-    status: u8,
-    /// 0 for the first copy; a distinct number for each intentional repeat.
-    copy: u32,
-    /// Seconds a repeat's timestamp lies after the first copy's: the first one must win.
-    late: u16,
-}
-
-/// Everything published, and what the service must make of it.
-struct Generated {
-    /// Per message, the bits of its distinct statuses.
-    masks: Vec<u8>,
-    events: Vec<Event>,
-    distinct: u64,
-    duplicates: u64,
-}
-
-fn base_time() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).single().unwrap_or_default()
-}
 
 fn org(message: u32) -> &'static str {
     ORGS[message as usize % ORGS.len()]
 }
 
-fn message_id(message: u32) -> String {
-    format!("wamid.{message:08}")
-}
-
-fn status_name(bit: u8) -> &'static str {
-    match bit {
-        SENT => "sent",
-        DELIVERED => "delivered",
-        READ => "read",
-        _ => "failed",
-    }
-}
-
 fn error_code(message: u32) -> i64 {
-    ERROR_CODES[message as usize % ERROR_CODES.len()]
-}
-
-fn sent_at(message: u32) -> DateTime<Utc> {
-    base_time() + Span::seconds(i64::from(message))
-}
-
-/// The first (and so the kept) timestamp of a status.
-fn status_at(message: u32, bit: u8) -> DateTime<Utc> {
-    let after = match bit {
-        SENT => 1,
-        DELIVERED => 3,
-        READ => 60 + i64::from(message % 600),
-        _ => 5,
-    };
-    sent_at(message) + Span::seconds(after)
+    error_of(message).0
 }
 
 /// The state the service must derive: the furthest of sent < delivered < read, and failed.
@@ -106,106 +49,17 @@ fn expected_state(mask: u8) -> (i16, bool) {
     (rank, mask & FAILED != 0)
 }
 
-fn generate(statuses: u32, seed: u64) -> Generated {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let messages = statuses / 10 * 3;
-    let mut masks = Vec::with_capacity(messages as usize);
-    for _ in 0..messages {
-        let mask = if rng.random_bool(0.12) {
-            // Failed on the way: some were sent first, some failed outright.
-            if rng.random_bool(0.8) { SENT | FAILED } else { FAILED }
-        } else {
-            let mut mask = if rng.random_bool(0.98) { SENT } else { 0 };
-            if mask == 0 || rng.random_bool(0.97) {
-                mask |= DELIVERED;
-                if rng.random_bool(0.85) {
-                    mask |= READ;
-                }
-            }
-            if rng.random_bool(0.03) {
-                mask |= FAILED;
-            }
-            mask
-        };
-        masks.push(mask);
-    }
-    let distinct: u64 = masks.iter().map(|m| u64::from(m.count_ones())).sum();
-    assert!(distinct <= u64::from(statuses), "{statuses} status events cannot cover {distinct} distinct statuses");
-    let duplicates = u64::from(statuses) - distinct;
-    let mut events = Vec::with_capacity(messages as usize * 101 / 100 + statuses as usize);
-    for (message, mask) in (0..messages).zip(&masks) {
-        events.push(Event { message, status: 0, copy: 0, late: 0 });
-        // A few messages are published twice as well.
-        if rng.random_bool(0.01) {
-            events.push(Event { message, status: 0, copy: 1, late: 0 });
-        }
-        for bit in STATUS_BITS {
-            if mask & bit != 0 {
-                events.push(Event { message, status: bit, copy: 0, late: 0 });
-            }
-        }
-    }
-    for copy in 1..=duplicates {
-        let message = rng.random_range(0..messages);
-        let mask = masks[message as usize];
-        let bits: Vec<u8> = STATUS_BITS.into_iter().filter(|bit| mask & bit != 0).collect();
-        let status = bits[rng.random_range(0..bits.len())];
-        // Half are exact repeats, half carry a later timestamp, which must not replace the first.
-        let late = if rng.random_bool(0.5) { 0 } else { rng.random_range(1..=120) };
-        events.push(Event { message, status, copy: u32::try_from(copy).unwrap_or(u32::MAX), late });
-    }
-    // Any order: about half of the statuses arrive before their message.
-    events.shuffle(&mut rng);
-    Generated { masks, events, distinct, duplicates }
-}
-
-/// Subject, Nats-Msg-Id and JSON payload of one event. Repeats get their own Msg-Id so that
-/// JetStream's deduplication does not hide them from the service.
-fn encode(env: &TestEnv, event: Event) -> (String, String, Vec<u8>) {
+/// Subject, headers and JSON payload of one event; each message goes to a contact of its own.
+fn encode(env: &TestEnv, messages: u32, event: Event) -> (Subject, async_nats::HeaderMap, bytes::Bytes) {
     let org = org(event.message);
-    let id = message_id(event.message);
-    if event.status == 0 {
-        let campaign = event.message % 25;
-        let body = json!({
-            "message_id": id,
-            "occurred_at": sent_at(event.message).to_rfc3339(),
-            "campaign": { "id": format!("cmp-{campaign}"), "name": format!("Campaign {campaign}") },
-            "template": { "name": "bf_offer", "language": "en_US", "category": "MARKETING" },
-            "contact": { "phone": phone(event.message) },
-        });
-        let msg_id = format!("{org}/{id}/message/{}", event.copy);
-        return (env.subjects.broadcast_messages(org), msg_id, body.to_string().into_bytes());
-    }
-    let status = status_name(event.status);
-    let at = status_at(event.message, event.status) + Span::seconds(i64::from(event.late));
-    let mut body = json!({ "message_id": id, "status": status, "timestamp": at.to_rfc3339() });
-    if event.status == FAILED {
-        let code = error_code(event.message);
-        body["error"] = json!({ "code": code, "title": format!("error {code}") });
-    }
-    let msg_id = format!("{org}/{id}/{status}/{}", event.copy);
-    (env.subjects.broadcast_statuses(org), msg_id, body.to_string().into_bytes())
+    let subject =
+        if event.status == 0 { env.subjects.broadcast_messages(org) } else { env.subjects.broadcast_statuses(org) };
+    (subject.into(), headers(&event.msg_id(org)), event.json(messages).into())
 }
 
-async fn publish_all(env: &TestEnv, events: &[Event]) -> anyhow::Result<()> {
-    let mut pending = VecDeque::with_capacity(ACK_WINDOW);
-    for event in events {
-        let (subject, msg_id, payload) = encode(env, *event);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        headers.insert("Content-Type", "application/json");
-        pending.push_back(env.js.publish_with_headers(subject, headers, payload.into()).await?);
-        if pending.len() >= ACK_WINDOW
-            && let Some(ack) = pending.pop_front()
-        {
-            let ack = ack.await?;
-            anyhow::ensure!(!ack.duplicate, "JetStream dropped an event as a duplicate: {ack:?}");
-        }
-    }
-    for ack in pending {
-        let ack = ack.await?;
-        anyhow::ensure!(!ack.duplicate, "JetStream dropped an event as a duplicate: {ack:?}");
-    }
+async fn publish_all(env: &TestEnv, messages: u32, events: &[Event]) -> anyhow::Result<()> {
+    let events = events.iter().map(|event| encode(env, messages, *event));
+    publish_windowed(&env.js, events, ACK_WINDOW, |_| {}).await?;
     Ok(())
 }
 
@@ -337,7 +191,7 @@ async fn sigkill_during_a_million_statuses_keeps_each_once_and_every_state_right
         Err(_) => DEFAULT_STATUSES,
     };
     let started = Instant::now();
-    let generated = generate(statuses, 5);
+    let generated = generate(statuses / 10 * 3, u64::from(statuses), 5)?;
     let messages = generated.masks.len();
     let distinct = i64::try_from(generated.distinct)?;
     eprintln!(
@@ -357,8 +211,9 @@ async fn sigkill_during_a_million_statuses_keeps_each_once_and_every_state_right
     let publisher = {
         let env = env.clone();
         let events = generated.events.clone();
+        let messages = generated.messages();
         tokio::spawn(async move {
-            publish_all(&env, &events).await?;
+            publish_all(&env, messages, &events).await?;
             anyhow::Ok(publish_started.elapsed())
         })
     };

@@ -3,22 +3,27 @@
 //! on the lead's timeline.
 
 use futures::StreamExt;
-use leads_tests::{Node, TestEnv, all_leads, chat_event, eventually, pb, phone};
+use leads_tests::{desk, eventually, pb, phone};
 use platform::ServiceName;
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 use tonic::{Code, transport::Channel};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const ORG: &str = "acme";
 
 type FollowUps = leads_proto::v1::follow_up_service_client::FollowUpServiceClient<Channel>;
-type Leads = leads_proto::v1::lead_service_client::LeadServiceClient<Channel>;
 
 struct Desk {
-    node: Node,
-    env: TestEnv,
-    leads: Leads,
+    base: desk::Desk,
     follow_ups: FollowUps,
+}
+
+impl Deref for Desk {
+    type Target = desk::Desk;
+
+    fn deref(&self) -> &desk::Desk {
+        &self.base
+    }
 }
 
 fn in_seconds(seconds: i64) -> Option<prost_types::Timestamp> {
@@ -32,28 +37,18 @@ fn state(follow_up: &pb::FollowUp) -> pb::FollowUpState {
 
 impl Desk {
     async fn start() -> anyhow::Result<Self> {
-        let env = TestEnv::new().await?;
-        let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::FollowUp]).await?;
-        let leads = node.lead().await?;
-        let follow_ups = node.follow_up().await?;
-        Ok(Self { node, env, leads, follow_ups })
+        let base = desk::Desk::start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::FollowUp]).await?;
+        let follow_ups = base.node.follow_up().await?;
+        Ok(Self { base, follow_ups })
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.node.stop().await?;
-        self.env.cleanup().await
+        self.base.stop().await
     }
 
+    /// `count` leads, one per contact, in the order of their phones.
     async fn leads(&self, count: u32) -> anyhow::Result<Vec<pb::Lead>> {
-        for n in 0..count {
-            self.env.publish_interaction(ORG, &chat_event(&format!("e-{n}"), &phone(n), "call me back")).await?;
-        }
-        let client = self.leads.clone();
-        let mut leads = eventually(DEADLINE, "the leads", || {
-            let mut client = client.clone();
-            async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() >= count as usize) }
-        })
-        .await;
+        let mut leads = self.ingest_leads(ORG, count, "call me back", DEADLINE).await?;
         leads.sort_by(|a, b| a.contact.as_ref().map(|c| &c.phone).cmp(&b.contact.as_ref().map(|c| &c.phone)));
         Ok(leads)
     }

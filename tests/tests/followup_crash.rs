@@ -4,7 +4,7 @@
 //! lead's timeline once.
 
 use futures::StreamExt;
-use leads_tests::{Process, TestEnv, all_leads, chat_event, eventually, eventually_ok, pb, phone};
+use leads_tests::{Process, desk::Desk, eventually, eventually_ok, pb};
 use platform::ServiceName;
 use std::time::Duration;
 use tonic::Code;
@@ -66,23 +66,15 @@ async fn violations(admin: &sqlx::PgPool) -> anyhow::Result<Vec<(&'static str, i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
-    let lead_client = node.lead().await?;
-    for n in 0..LEADS {
-        env.publish_interaction(ORG, &chat_event(&format!("e-{n}"), &phone(n), "call me")).await?;
-    }
-    let leads = eventually(Duration::from_secs(60), "the leads", || {
-        let mut client = lead_client.clone();
-        async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() == LEADS as usize) }
-    })
-    .await;
-    let lead_endpoint = format!("http://{}", node.addr(ServiceName::Lead));
+    let desk = Desk::start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+    let (env, lead_client) = (&desk.env, &desk.leads);
+    let leads = desk.ingest_leads(ORG, LEADS, "call me", Duration::from_secs(60)).await?;
+    let lead_endpoint = format!("http://{}", desk.node.addr(ServiceName::Lead));
     // A fixed port, so that callers reach each restarted process at the same address.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let spawn = || {
         Process::spawn(
-            &env,
+            env,
             "followup",
             &[("LEADS_LEAD_ENDPOINT", lead_endpoint.clone()), ("LEADS_GRPC_FOLLOWUP_PORT", port.to_string())],
         )
@@ -207,7 +199,6 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
     assert_eq!(kept(&admin).await, accepted, "each accepted follow-up kept once");
     let status = process.terminate().await?;
     assert!(status.success(), "SIGTERM ends the process cleanly: {status}");
-    node.stop().await?;
     admin.close().await;
-    env.cleanup().await
+    desk.stop().await
 }
