@@ -192,12 +192,33 @@ pub fn score_source_to_proto(source: Option<&str>) -> pb::ScoreSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LeadChange {
-    Created { interaction: InteractionSummary },
-    InteractionRecorded { interaction: InteractionSummary },
-    StatusChanged { from: String, to: String, actor: String, reason: Option<String> },
-    ScoreChanged { score: i32, source: String, actor: String },
-    Assigned { from: Option<String>, to: Option<String>, actor: String, reason: Option<String> },
-    FollowUpOpened { follow_up: FollowUpOpened },
+    Created {
+        interaction: InteractionSummary,
+    },
+    InteractionRecorded {
+        interaction: InteractionSummary,
+    },
+    StatusChanged {
+        from: String,
+        to: String,
+        actor: String,
+        reason: Option<String>,
+    },
+    /// `score` is none when a score set by hand was handed back to the qualification engine.
+    ScoreChanged {
+        score: Option<i32>,
+        source: String,
+        actor: String,
+    },
+    Assigned {
+        from: Option<String>,
+        to: Option<String>,
+        actor: String,
+        reason: Option<String>,
+    },
+    FollowUpOpened {
+        follow_up: FollowUpOpened,
+    },
 }
 
 /// A follow-up recorded on an active lead; the follow-up service keeps it from here on.

@@ -43,6 +43,8 @@ pub struct ChangeStatus {
     pub lead_id: Uuid,
     pub status: Status,
     pub manual_score: Option<i32>,
+    /// Clears a score set by hand, so that the qualification engine's next score applies.
+    pub clear_manual_score: bool,
     pub reason: Option<String>,
     pub actor: String,
     pub expected_version: Option<i64>,
@@ -54,9 +56,12 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     {
         return Err(LeadError::invalid("manual_score", "must be between 0 and 100"));
     }
+    if cmd.clear_manual_score && cmd.manual_score.is_some() {
+        return Err(LeadError::invalid("clear_manual_score", "cannot be combined with manual_score"));
+    }
     let mut tx = ctx.pool.begin().await?;
     let LockedLead { status: from, version, .. } = lock_lead(&mut tx, &cmd.org_id, cmd.lead_id).await?;
-    let act = Act::ChangeStatus { to: cmd.status, with_manual_score: cmd.manual_score.is_some() };
+    let act = Act::ChangeStatus { to: cmd.status, with_score: cmd.manual_score.is_some() || cmd.clear_manual_score };
     let transition =
         lifecycle::decide(from, act).map_err(|Inactive(status)| LeadError::Inactive { id: cmd.lead_id, status })?;
     if let Some(expected) = cmd.expected_version
@@ -71,14 +76,16 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     }
     let new_version: i64 = sqlx::query_scalar(
         "UPDATE leads SET status = $2, \
-           score = coalesce($3, score), \
-           score_source = CASE WHEN $3::int IS NULL THEN score_source ELSE 'manual' END, \
+           score = CASE WHEN $4 AND score_source = 'manual' THEN NULL ELSE coalesce($3, score) END, \
+           score_source = CASE WHEN $4 AND score_source = 'manual' THEN NULL \
+                               WHEN $3::int IS NULL THEN score_source ELSE 'manual' END, \
            updated_at = now(), version = version + 1 \
          WHERE id = $1 RETURNING version",
     )
     .bind(cmd.lead_id)
     .bind(transition.status(from).as_str())
     .bind(cmd.manual_score)
+    .bind(cmd.clear_manual_score)
     .fetch_one(&mut *tx)
     .await?;
     if let Transition::Moves { from, to } = transition {
@@ -106,6 +113,16 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
         .execute(&mut *tx)
         .await?;
     }
+    if cmd.clear_manual_score {
+        sqlx::query(
+            "INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, NULL, 'ai', $3)",
+        )
+        .bind(&cmd.org_id)
+        .bind(cmd.lead_id)
+        .bind(&cmd.actor)
+        .execute(&mut *tx)
+        .await?;
+    }
     let change = if let Transition::Moves { from, to } = transition {
         LeadChange::StatusChanged {
             from: from.as_str().into(),
@@ -113,12 +130,11 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
             actor: cmd.actor.clone(),
             reason: cmd.reason.clone(),
         }
+    } else if let Some(score) = cmd.manual_score {
+        LeadChange::ScoreChanged { score: Some(score), source: "manual".into(), actor: cmd.actor.clone() }
     } else {
-        LeadChange::ScoreChanged {
-            score: cmd.manual_score.unwrap_or_default(),
-            source: "manual".into(),
-            actor: cmd.actor.clone(),
-        }
+        // Handed back: no score until the engine's next one.
+        LeadChange::ScoreChanged { score: None, source: "ai".into(), actor: cmd.actor.clone() }
     };
     let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
     commit_with_events(ctx, tx, &messages).await?;
@@ -168,7 +184,7 @@ pub async fn bulk_change_status(
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
-    let act = Act::ChangeStatus { to, with_manual_score: false };
+    let act = Act::ChangeStatus { to, with_score: false };
     let mut decided: HashMap<Uuid, Result<Transition, Inactive>> = HashMap::with_capacity(rows.len());
     for (id, status) in rows {
         decided.insert(id, lifecycle::decide(Status::try_from(status)?, act));

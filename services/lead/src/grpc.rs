@@ -71,6 +71,7 @@ impl LeadService for LeadApi {
                 lead_id: lead_id(&request.lead_id)?,
                 status,
                 manual_score: request.manual_score,
+                clear_manual_score: request.clear_manual_score,
                 reason: non_empty(&request.reason),
                 actor: actor(&request.actor),
                 expected_version: request.expected_version,

@@ -60,7 +60,8 @@ SELECT * FROM ( \
     FROM status_changes s WHERE s.org_id = $1 AND s.lead_id IN (SELECT id FROM related) \
   UNION ALL \
   SELECT c.at, c.lead_id, 'score', 'c:' || lpad(c.id::text, 20, '0'), \
-         c.source || ' score ' || c.score, c.actor, \
+         CASE WHEN c.score IS NULL THEN 'manual score cleared, back to ' || c.source \
+              ELSE c.source || ' score ' || c.score END, c.actor, \
          jsonb_build_object('score', c.score, 'source', c.source, 'reasons', c.reasons)::text \
     FROM score_changes c WHERE c.org_id = $1 AND c.lead_id IN (SELECT id FROM related) \
   UNION ALL \

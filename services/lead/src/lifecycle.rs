@@ -15,11 +15,11 @@ use contracts::lead::Status;
 /// Something done to a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
-    /// An operator's `ChangeStatus` or `BulkChangeStatus` to `to`; `with_manual_score` when the
-    /// request also sets the score by hand.
+    /// An operator's `ChangeStatus` or `BulkChangeStatus` to `to`; `with_score` when the
+    /// request also sets the score by hand or hands it back to the engine.
     ChangeStatus {
         to: Status,
-        with_manual_score: bool,
+        with_score: bool,
     },
     Assign,
     OpenFollowUp,
@@ -63,8 +63,8 @@ pub fn decide(current: Status, act: Act) -> Result<Transition, Inactive> {
         return Err(Inactive(current));
     }
     Ok(match act {
-        Act::ChangeStatus { to, with_manual_score } if to == current => {
-            if with_manual_score {
+        Act::ChangeStatus { to, with_score } if to == current => {
+            if with_score {
                 Transition::Stays(current)
             } else {
                 Transition::Unchanged
@@ -94,8 +94,8 @@ mod tests {
     fn acts() -> Vec<Act> {
         let mut acts = vec![Act::Assign, Act::OpenFollowUp, Act::AiScore, Act::Inbound, Act::Outbound];
         for to in ALL {
-            acts.push(Act::ChangeStatus { to, with_manual_score: false });
-            acts.push(Act::ChangeStatus { to, with_manual_score: true });
+            acts.push(Act::ChangeStatus { to, with_score: false });
+            acts.push(Act::ChangeStatus { to, with_score: true });
         }
         acts
     }
@@ -113,7 +113,7 @@ mod tests {
     fn an_operator_moves_an_active_lead_anywhere() {
         for current in ALL.into_iter().filter(|s| !s.is_final()) {
             for to in ALL.into_iter().filter(|to| *to != current) {
-                let act = Act::ChangeStatus { to, with_manual_score: false };
+                let act = Act::ChangeStatus { to, with_score: false };
                 assert_eq!(decide(current, act), Ok(Transition::Moves { from: current, to }));
             }
         }
@@ -121,9 +121,9 @@ mod tests {
 
     #[test]
     fn a_manual_score_alone_records_no_status_change() {
-        let same = Act::ChangeStatus { to: Status::Qualifying, with_manual_score: true };
+        let same = Act::ChangeStatus { to: Status::Qualifying, with_score: true };
         assert_eq!(decide(Status::Qualifying, same), Ok(Transition::Stays(Status::Qualifying)));
-        let nothing = Act::ChangeStatus { to: Status::Qualifying, with_manual_score: false };
+        let nothing = Act::ChangeStatus { to: Status::Qualifying, with_score: false };
         assert_eq!(decide(Status::Qualifying, nothing), Ok(Transition::Unchanged));
     }
 

@@ -55,7 +55,7 @@ pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Resu
         messages.push(lead_event(
             ctx,
             &lead,
-            LeadChange::ScoreChanged { score: score.score, source: "ai".into(), actor },
+            LeadChange::ScoreChanged { score: Some(score.score), source: "ai".into(), actor },
         ));
     }
     crate::apply::commit_with_events(ctx, tx, &messages).await

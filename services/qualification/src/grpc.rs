@@ -1,8 +1,10 @@
 use crate::{
-    handler::{self, QualificationContext, QualificationError},
-    scoring::MODEL_VERSION,
+    error::QualificationError,
+    handler::{self, QualificationContext},
+    training::{self, ModelInfo},
 };
 use chrono::{DateTime, Utc};
+use contracts::time::timestamp;
 use leads_proto::v1::{self as pb, qualification_service_server::QualificationService};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -12,16 +14,11 @@ pub struct QualificationApi {
 }
 
 fn parse(org_id: &str, lead_id: &str) -> Result<Uuid, QualificationError> {
-    contracts::values::validate_org_id(org_id)
-        .map_err(|r| QualificationError::InvalidArgument { field: "org_id".into(), reason: r.reason })?;
+    contracts::values::validate_org_id(org_id)?;
     if lead_id.is_empty() {
-        return Err(QualificationError::InvalidArgument { field: "lead_id".into(), reason: "is required".into() });
+        return Err(QualificationError::invalid("lead_id", "is required"));
     }
     lead_id.parse().map_err(|_| QualificationError::NotFound(lead_id.to_owned()))
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 type QualificationRow = (i32, sqlx::types::Json<Vec<String>>, String, DateTime<Utc>, Option<i32>);
@@ -32,8 +29,8 @@ async fn read(
     lead_id: Uuid,
 ) -> Result<pb::Qualification, QualificationError> {
     let row: Option<QualificationRow> = sqlx::query_as(
-        "SELECT s.score, s.reasons, s.model_version, s.scored_at, f.manual_score \
-         FROM scores s JOIN lead_features f ON f.org_id = s.org_id AND f.lead_id = s.lead_id \
+        "SELECT s.score, s.reasons, s.model_version, s.scored_at, l.manual_score \
+         FROM scores s JOIN lead_state l ON l.org_id = s.org_id AND l.lead_id = s.lead_id \
          WHERE s.org_id = $1 AND s.lead_id = $2",
     )
     .bind(org_id)
@@ -62,6 +59,23 @@ async fn read(
     })
 }
 
+fn model_info(org_id: String, info: ModelInfo) -> pb::ModelInfo {
+    pb::ModelInfo {
+        org_id,
+        version: info.version,
+        in_use: info.in_use,
+        training_size: info.training_size,
+        positives: info.positives,
+        negatives: info.negatives,
+        holdout_auc: info.holdout_auc,
+        prior_holdout_auc: info.prior_holdout_auc,
+        trained_at: info.trained_at.map(timestamp),
+        scoring_model: info.scoring_model,
+        labelled_positives: info.labelled_positives,
+        labelled_negatives: info.labelled_negatives,
+    }
+}
+
 #[tonic::async_trait]
 impl QualificationService for QualificationApi {
     async fn get_qualification(
@@ -76,12 +90,25 @@ impl QualificationService for QualificationApi {
     async fn requalify(&self, request: Request<pb::RequalifyRequest>) -> Result<Response<pb::Qualification>, Status> {
         let request = request.into_inner();
         let lead_id = parse(&request.org_id, &request.lead_id)?;
-        let mut tx = self.ctx.pool.begin().await.map_err(QualificationError::from)?;
-        let message = handler::rescore(&self.ctx, &mut tx, &request.org_id, lead_id, true).await?;
-        platform::outbox::enqueue(&mut tx, message.as_slice()).await.map_err(QualificationError::from)?;
-        tx.commit().await.map_err(QualificationError::from)?;
-        self.ctx.outbox.notify();
-        tracing::info!(lead_id = %lead_id, model = MODEL_VERSION, "lead requalified");
+        handler::requalify(&self.ctx, &request.org_id, lead_id).await?;
+        tracing::info!(lead_id = %lead_id, "lead requalified");
         Ok(Response::new(read(&self.ctx, &request.org_id, lead_id).await?))
+    }
+
+    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+        let request = request.into_inner();
+        contracts::values::validate_org_id(&request.org_id).map_err(QualificationError::from)?;
+        let info = training::model_info(&self.ctx.pool, &request.org_id).await?;
+        Ok(Response::new(model_info(request.org_id, info)))
+    }
+
+    async fn train_model(&self, request: Request<pb::TrainModelRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+        let request = request.into_inner();
+        contracts::values::validate_org_id(&request.org_id).map_err(QualificationError::from)?;
+        let info = match training::train_org(&self.ctx, &request.org_id).await? {
+            Some(info) => info,
+            None => return Err(Status::aborted("the organisation's model is being trained by another process, retry")),
+        };
+        Ok(Response::new(model_info(request.org_id, info)))
     }
 }

@@ -1,22 +1,29 @@
-//! Keeps the features of every lead from the lead service's events and scores the leads
-//! whose features changed. Scores go out through the outbox as
-//! `events.qualification.<org>.scored`; the lead service applies the newest and keeps a
-//! manual score over any of them.
+//! Keeps every lead's features from the lead service's events and scores the leads whose
+//! conversation changed, a batch at a time with a fixed number of statements whatever its
+//! size: new interactions are kept once (`scored_interactions`), the batch's leads are locked
+//! in one order, `engine::fold` decides, and states, outcomes and scores are written with one
+//! multi-row statement each. A burst on one lead is one scoring per batch. Scores go out
+//! through the outbox as `events.qualification.<org>.scored`; the lead service applies the
+//! newest and keeps a score set by hand over any of them.
 
-use crate::scoring::{self, Features, MODEL_VERSION};
-use chrono::Utc;
-use contracts::lead::{LeadChange, LeadEvent};
+use crate::{
+    engine::{self, Folded, LeadKey, LeadState, Scorer},
+    error::QualificationError,
+    model::LeadFeatures,
+    training::Models,
+};
+use chrono::{DateTime, Utc};
 use contracts::{
     Envelope,
+    lead::LeadEvent,
     qualification::{SCORED, Scored},
 };
 use platform::{
     nats::Subjects,
     outbox::{OutboxMessage, OutboxSignal},
 };
-
-use sqlx::{PgPool, Postgres, Transaction};
-use std::collections::BTreeSet;
+use sqlx::{PgPool, Postgres, Transaction, types::Json};
+use std::collections::{BTreeMap, HashSet};
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -24,38 +31,8 @@ pub struct QualificationContext {
     pub pool: PgPool,
     pub subjects: Subjects,
     pub outbox: OutboxSignal,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QualificationError {
-    #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
-    #[error("lead {0} has not been qualified")]
-    NotFound(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-impl QualificationError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, QualificationError::Database(error) if platform::error::is_transient(error))
-    }
-}
-
-impl platform::error::ServiceError for QualificationError {
-    fn code(&self) -> tonic::Code {
-        match self {
-            QualificationError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
-            QualificationError::NotFound(_) => tonic::Code::NotFound,
-            QualificationError::Database(error) => platform::error::sql_code(error),
-        }
-    }
-}
-
-impl From<QualificationError> for tonic::Status {
-    fn from(error: QualificationError) -> Self {
-        platform::error::to_status("qualification", &error)
-    }
+    pub models: Models,
+    pub settings: platform::settings::QualificationSettings,
 }
 
 pub async fn apply_lead_events(
@@ -65,160 +42,275 @@ pub async fn apply_lead_events(
     platform::error::retry_transient(QualificationError::is_transient, || try_apply(ctx, batch)).await
 }
 
+type StateRow = (String, Uuid, i64, bool, Option<i32>, Json<LeadFeatures>);
+
 async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) -> Result<(), QualificationError> {
     let mut tx = ctx.pool.begin().await?;
-    let mut touched = BTreeSet::new();
-    for envelope in batch {
-        let lead = &envelope.data.lead;
-        let manual_score = (lead.score_source.as_deref() == Some("manual")).then_some(lead.score).flatten();
-        sqlx::query(
-            "INSERT INTO lead_features (org_id, lead_id, lead_version, active, source_kind, has_name, has_email, \
-               manual_score) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (org_id, lead_id) DO UPDATE SET lead_version = EXCLUDED.lead_version, \
-               active = EXCLUDED.active, has_name = EXCLUDED.has_name, has_email = EXCLUDED.has_email, \
-               manual_score = EXCLUDED.manual_score \
-             WHERE lead_features.lead_version < EXCLUDED.lead_version",
-        )
-        .bind(&envelope.org_id)
-        .bind(lead.id)
-        .bind(envelope.version)
-        .bind(lead.active)
-        .bind(&lead.source_kind)
-        .bind(lead.name.is_some())
-        .bind(lead.email.is_some())
-        .bind(manual_score)
-        .execute(&mut *tx)
-        .await?;
-        let interaction = match &envelope.data.change {
-            LeadChange::Created { interaction } | LeadChange::InteractionRecorded { interaction } => interaction,
-            _ => continue,
-        };
-        let fresh =
-            sqlx::query("INSERT INTO scored_interactions (org_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(&envelope.org_id)
-                .bind(&interaction.event_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-        if !fresh {
-            continue;
-        }
-        let inbound = interaction.direction == "inbound";
-        let signals = match (&interaction.text, inbound) {
-            (Some(text), true) => scoring::signals(text),
-            _ => scoring::TextSignals::default(),
-        };
-        sqlx::query(
-            "UPDATE lead_features SET inbound_count = inbound_count + $3, outbound_count = outbound_count + $4, \
-               pricing_hits = pricing_hits + $5, intent_hits = intent_hits + $6, urgency_hits = urgency_hits + $7, \
-               negative_hits = negative_hits + $8, \
-               last_interaction_at = greatest(last_interaction_at, $9) \
-             WHERE org_id = $1 AND lead_id = $2",
-        )
-        .bind(&envelope.org_id)
-        .bind(lead.id)
-        .bind(i32::from(inbound))
-        .bind(i32::from(!inbound))
-        .bind(i32::from(signals.pricing))
-        .bind(i32::from(signals.intent))
-        .bind(i32::from(signals.urgency))
-        .bind(i32::from(signals.negative))
-        .bind(interaction.occurred_at)
-        .execute(&mut *tx)
-        .await?;
-        touched.insert((envelope.org_id.clone(), lead.id));
-    }
-    let mut messages = Vec::new();
-    for (org_id, lead_id) in touched {
-        if let Some(message) = rescore(ctx, &mut tx, &org_id, lead_id, false).await? {
-            messages.push(message);
+    let fresh = keep_new_interactions(&mut tx, batch).await?;
+    let keys: Vec<LeadKey> = {
+        let mut keys: Vec<LeadKey> = batch.iter().map(|e| (e.org_id.clone(), e.data.lead.id)).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    let stored = lock_states(&mut tx, &keys).await?;
+    let folded = engine::fold(batch, &stored, |org, event| fresh.contains(&(org.to_owned(), event.to_owned())));
+    write_states(&mut tx, &folded).await?;
+    write_outcomes(&mut tx, &folded).await?;
+    let now = Utc::now();
+    let mut scored = Vec::new();
+    for ((org_id, lead_id), lead) in &folded {
+        if lead.rescore && lead.state.active {
+            let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
+            scored.push(Scoring::new(org_id, *lead_id, &lead.state, &scorer, now, lead.handed_back));
         }
     }
+    let messages = write_scores(ctx, &mut tx, &scored).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
     tx.commit().await?;
     if !messages.is_empty() {
         ctx.outbox.notify();
     }
+    metrics::counter!("qualification_scorings_total").increment(scored.len() as u64);
     Ok(())
 }
 
-#[derive(sqlx::FromRow)]
-struct FeatureRow {
-    active: bool,
-    source_kind: String,
-    has_name: bool,
-    has_email: bool,
-    inbound_count: i32,
-    outbound_count: i32,
-    pricing_hits: i32,
-    intent_hits: i32,
-    urgency_hits: i32,
-    negative_hits: i32,
+/// Records the batch's interactions by event id; answers those not seen before.
+async fn keep_new_interactions(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[Envelope<LeadEvent>],
+) -> Result<HashSet<(String, String)>, QualificationError> {
+    let (mut orgs, mut events) = (Vec::new(), Vec::new());
+    for envelope in batch {
+        if let contracts::lead::LeadChange::Created { interaction }
+        | contracts::lead::LeadChange::InteractionRecorded { interaction } = &envelope.data.change
+        {
+            orgs.push(envelope.org_id.as_str());
+            events.push(interaction.event_id.as_str());
+        }
+    }
+    if orgs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let fresh: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO scored_interactions (org_id, event_id) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+         ON CONFLICT DO NOTHING RETURNING org_id, event_id",
+    )
+    .bind(&orgs)
+    .bind(&events)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(fresh.into_iter().collect())
 }
 
-/// Scores an active lead; returns the event to publish when the score is new or `force`d.
-pub async fn rescore(
+/// Locks the batch's leads (creating the rows of new ones) in key order, so that concurrent
+/// batches, in this process or another, take them one after the other without deadlock.
+async fn lock_states(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &[LeadKey],
+) -> Result<BTreeMap<LeadKey, LeadState>, QualificationError> {
+    let orgs: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
+    sqlx::query(
+        "INSERT INTO lead_state (org_id, lead_id) SELECT * FROM UNNEST($1::text[], $2::uuid[]) \
+         ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    let rows: Vec<StateRow> = sqlx::query_as(
+        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score, s.features FROM lead_state s \
+         JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) USING (org_id, lead_id) \
+         ORDER BY s.org_id, s.lead_id FOR UPDATE OF s",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(org, id, lead_version, active, manual_score, features)| {
+            ((org, id), LeadState { lead_version, active, manual_score, features: features.0 })
+        })
+        .collect())
+}
+
+async fn write_states(
+    tx: &mut Transaction<'_, Postgres>,
+    folded: &BTreeMap<LeadKey, Folded>,
+) -> Result<(), QualificationError> {
+    let orgs: Vec<&str> = folded.keys().map(|k| k.0.as_str()).collect();
+    let ids: Vec<Uuid> = folded.keys().map(|k| k.1).collect();
+    let versions: Vec<i64> = folded.values().map(|f| f.state.lead_version).collect();
+    let active: Vec<bool> = folded.values().map(|f| f.state.active).collect();
+    let manual: Vec<Option<i32>> = folded.values().map(|f| f.state.manual_score).collect();
+    let features: Vec<Json<&LeadFeatures>> = folded.values().map(|f| Json(&f.state.features)).collect();
+    sqlx::query(
+        "UPDATE lead_state s SET lead_version = u.lead_version, active = u.active, manual_score = u.manual_score, \
+           features = u.features, updated_at = now() \
+         FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bool[], $5::int[], $6::jsonb[]) \
+           AS u(org_id, lead_id, lead_version, active, manual_score, features) \
+         WHERE s.org_id = u.org_id AND s.lead_id = u.lead_id",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&active)
+    .bind(&manual)
+    .bind(&features)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_outcomes(
+    tx: &mut Transaction<'_, Postgres>,
+    folded: &BTreeMap<LeadKey, Folded>,
+) -> Result<(), QualificationError> {
+    let decided: Vec<(&LeadKey, &Folded)> = folded.iter().filter(|(_, f)| f.outcome.is_some()).collect();
+    if decided.is_empty() {
+        return Ok(());
+    }
+    let outcome = |f: &Folded| f.outcome.unwrap_or((false, Utc::now()));
+    let orgs: Vec<&str> = decided.iter().map(|d| d.0.0.as_str()).collect();
+    let ids: Vec<Uuid> = decided.iter().map(|d| d.0.1).collect();
+    let converted: Vec<bool> = decided.iter().map(|d| outcome(d.1).0).collect();
+    let at: Vec<DateTime<Utc>> = decided.iter().map(|d| outcome(d.1).1).collect();
+    let features: Vec<Json<&LeadFeatures>> = decided.iter().map(|d| Json(&d.1.state.features)).collect();
+    sqlx::query(
+        "INSERT INTO outcomes (org_id, lead_id, converted, decided_at, features) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bool[], $4::timestamptz[], $5::jsonb[]) \
+         ON CONFLICT (org_id, lead_id) DO UPDATE SET converted = EXCLUDED.converted, \
+           decided_at = EXCLUDED.decided_at, features = EXCLUDED.features",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .bind(&converted)
+    .bind(&at)
+    .bind(&features)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One lead's new score.
+pub struct Scoring {
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub score: i32,
+    pub reasons: Vec<String>,
+    pub model_version: String,
+    /// Published even when equal to the stored score (a requalification, a hand-back).
+    pub force: bool,
+    /// A score set by hand wins: the engine's is kept here but not published.
+    pub manual: bool,
+}
+
+impl Scoring {
+    pub fn new(
+        org_id: &str,
+        lead_id: Uuid,
+        state: &LeadState,
+        scorer: &Scorer,
+        now: DateTime<Utc>,
+        force: bool,
+    ) -> Self {
+        let explanation = scorer.explain(&state.features, now);
+        Self {
+            org_id: org_id.to_owned(),
+            lead_id,
+            score: i32::from(explanation.score),
+            reasons: engine::reasons(&explanation),
+            model_version: scorer.version(),
+            force,
+            manual: state.manual_score.is_some(),
+        }
+    }
+}
+
+/// Stores the scores; a score that changed (or is forced) gets the next version and, unless
+/// the lead's score was set by hand, its event.
+pub async fn write_scores(
     ctx: &QualificationContext,
     tx: &mut Transaction<'_, Postgres>,
-    org_id: &str,
-    lead_id: Uuid,
-    force: bool,
-) -> Result<Option<OutboxMessage>, QualificationError> {
-    let row: Option<FeatureRow> = sqlx::query_as(
-        "SELECT active, source_kind, has_name, has_email, inbound_count, outbound_count, pricing_hits, \
-           intent_hits, urgency_hits, negative_hits FROM lead_features WHERE org_id = $1 AND lead_id = $2 FOR UPDATE",
-    )
-    .bind(org_id)
-    .bind(lead_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else { return Err(QualificationError::NotFound(lead_id.to_string())) };
-    if !row.active && !force {
-        return Ok(None);
+    scored: &[Scoring],
+) -> Result<Vec<OutboxMessage>, QualificationError> {
+    let mut written = Vec::new();
+    for forced in [false, true] {
+        let part: Vec<&Scoring> = scored.iter().filter(|s| s.force == forced).collect();
+        if part.is_empty() {
+            continue;
+        }
+        let orgs: Vec<&str> = part.iter().map(|s| s.org_id.as_str()).collect();
+        let ids: Vec<Uuid> = part.iter().map(|s| s.lead_id).collect();
+        let scores: Vec<i32> = part.iter().map(|s| s.score).collect();
+        let reasons: Vec<Json<&Vec<String>>> = part.iter().map(|s| Json(&s.reasons)).collect();
+        let versions: Vec<&str> = part.iter().map(|s| s.model_version.as_str()).collect();
+        let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
+            "INSERT INTO scores AS s (org_id, lead_id, score, reasons, model_version, version) \
+             SELECT org_id, lead_id, score, reasons, model_version, 1 \
+             FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::jsonb[], $5::text[]) \
+               AS u(org_id, lead_id, score, reasons, model_version) \
+             ON CONFLICT (org_id, lead_id) DO UPDATE SET score = EXCLUDED.score, reasons = EXCLUDED.reasons, \
+               model_version = EXCLUDED.model_version, version = s.version + 1, scored_at = now() \
+             WHERE $6 OR s.score <> EXCLUDED.score OR s.reasons <> EXCLUDED.reasons \
+               OR s.model_version <> EXCLUDED.model_version \
+             RETURNING org_id, lead_id, version",
+        )
+        .bind(&orgs)
+        .bind(&ids)
+        .bind(&scores)
+        .bind(&reasons)
+        .bind(&versions)
+        .bind(forced)
+        .fetch_all(&mut **tx)
+        .await?;
+        written.extend(rows);
     }
-    let result = scoring::score(&Features {
-        source_kind: row.source_kind,
-        has_name: row.has_name,
-        has_email: row.has_email,
-        inbound_count: row.inbound_count,
-        outbound_count: row.outbound_count,
-        pricing_hits: row.pricing_hits,
-        intent_hits: row.intent_hits,
-        urgency_hits: row.urgency_hits,
-        negative_hits: row.negative_hits,
-    });
-    let reasons = sqlx::types::Json(&result.reasons);
-    let version: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO scores (org_id, lead_id, score, reasons, model_version, version) VALUES ($1, $2, $3, $4, $5, 1) \
-         ON CONFLICT (org_id, lead_id) DO UPDATE SET score = EXCLUDED.score, reasons = EXCLUDED.reasons, \
-           model_version = EXCLUDED.model_version, version = scores.version + 1, scored_at = now() \
-         WHERE $6 OR scores.score <> EXCLUDED.score OR scores.reasons <> EXCLUDED.reasons \
-           OR scores.model_version <> EXCLUDED.model_version \
-         RETURNING version",
-    )
-    .bind(org_id)
-    .bind(lead_id)
-    .bind(result.score)
-    .bind(reasons)
-    .bind(MODEL_VERSION)
-    .bind(force)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(version) = version else { return Ok(None) };
-    let scored = Scored {
-        lead_id,
-        score: result.score,
-        reasons: result.reasons,
-        model_version: MODEL_VERSION.into(),
-        scored_at: Utc::now(),
+    let by_key: BTreeMap<(&str, Uuid), &Scoring> = scored.iter().map(|s| ((s.org_id.as_str(), s.lead_id), s)).collect();
+    let now = Utc::now();
+    Ok(written
+        .into_iter()
+        .filter_map(|(org_id, lead_id, version)| {
+            let scoring = by_key.get(&(org_id.as_str(), lead_id))?;
+            (!scoring.manual).then(|| {
+                let data = Scored {
+                    lead_id,
+                    score: scoring.score,
+                    reasons: scoring.reasons.clone(),
+                    model_version: scoring.model_version.clone(),
+                    scored_at: now,
+                };
+                let envelope = Envelope::new(&org_id, SCORED, lead_id, version, data);
+                OutboxMessage {
+                    org_id: org_id.clone(),
+                    subject: ctx.subjects.event("qualification", &org_id, SCORED),
+                    msg_id: envelope.id.to_string(),
+                    payload: envelope.to_json(),
+                }
+            })
+        })
+        .collect())
+}
+
+/// Scores one lead now (`Requalify`): refused for an inactive lead, answered with the hand-set
+/// score for a lead whose score was set by hand.
+pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) -> Result<(), QualificationError> {
+    let mut tx = ctx.pool.begin().await?;
+    let stored = lock_states(&mut tx, &[(org_id.to_owned(), lead_id)]).await?;
+    let state = match stored.get(&(org_id.to_owned(), lead_id)) {
+        Some(state) if state.lead_version > 0 => state.clone(),
+        _ => return Err(QualificationError::NotFound(lead_id.to_string())),
     };
-    let envelope = Envelope::new(org_id, SCORED, lead_id, version, scored);
-    metrics::counter!("qualification_scores_total").increment(1);
-    Ok(Some(OutboxMessage {
-        org_id: org_id.to_owned(),
-        subject: ctx.subjects.event("qualification", org_id, SCORED),
-        msg_id: envelope.id.to_string(),
-        payload: envelope.to_json(),
-    }))
+    if !state.active {
+        return Err(QualificationError::Inactive(lead_id.to_string()));
+    }
+    let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
+    let scoring = Scoring::new(org_id, lead_id, &state, &scorer, Utc::now(), true);
+    let messages = write_scores(ctx, &mut tx, &[scoring]).await?;
+    platform::outbox::enqueue(&mut tx, &messages).await?;
+    tx.commit().await?;
+    ctx.outbox.notify();
+    Ok(())
 }

@@ -1,11 +1,16 @@
-//! The qualification service: scores every active lead 0-100 from its interactions with a
-//! transparent rules model, whenever the lead service reports a new interaction. Operators
-//! run as many qualification processes as they like (`leads run --services qualification`):
-//! they share one durable consumer. A score set by hand on the lead wins over the model.
+//! The qualification service: scores every active lead 0-100 from its conversation, whenever
+//! the lead service reports a new interaction, with the built-in multilingual prior or, once
+//! an organisation has enough outcomes, a model learned from them (`training`). Each score
+//! carries its factors, readable by a person. Operators run as many qualification processes
+//! as they like (`leads run --services qualification`): they share one durable consumer. A
+//! score set by hand on the lead wins over the engine until it is handed back.
 
+pub mod engine;
+pub mod error;
 mod grpc;
 pub mod handler;
-pub mod scoring;
+pub mod model;
+pub mod training;
 
 use crate::handler::QualificationContext;
 use contracts::Envelope;
@@ -22,8 +27,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
-    let ctx =
-        QualificationContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
+    let ctx = QualificationContext {
+        pool: base.pool.clone(),
+        subjects: infra.subjects.clone(),
+        outbox: base.outbox.clone(),
+        models: training::Models::default(),
+        settings: infra.settings.qualification.clone(),
+    };
+    base.tasks.spawn(training::retrain_until(ctx.clone(), token.clone()));
     base.spawn_consumer(infra, StreamKind::Events("lead"), "qualification", &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),

@@ -1,0 +1,297 @@
+//! The service's decisions without Postgres: how a batch of lead events changes each lead's
+//! state and features, which leads it rescores, what they learn from, and how a score is
+//! explained. `handler` reads and writes the rows; everything it decides comes from here.
+
+use crate::model::{self, Direction, Explanation, LeadFeatures, Message, MessageKind, Model, Prior};
+use chrono::{DateTime, Utc};
+use contracts::{
+    Envelope,
+    lead::{InteractionSummary, LeadChange, LeadEvent, Status},
+};
+use std::{collections::BTreeMap, sync::Arc};
+use uuid::Uuid;
+
+/// The version scores of the built-in prior carry.
+pub const PRIOR_VERSION: &str = "prior-v1";
+
+/// What the service keeps of a lead.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeadState {
+    pub lead_version: i64,
+    pub active: bool,
+    pub manual_score: Option<i32>,
+    pub features: LeadFeatures,
+}
+
+/// What a batch did to one lead.
+#[derive(Debug, Clone, Default)]
+pub struct Folded {
+    pub state: LeadState,
+    /// New interactions were observed, or the lead was handed back to the engine: score it.
+    pub rescore: bool,
+    /// A score set by hand was cleared: publish the engine's score even when unchanged.
+    pub handed_back: bool,
+    /// The lead reached an outcome in this batch: Converted (true) or Lost (false).
+    pub outcome: Option<(bool, DateTime<Utc>)>,
+}
+
+/// A lead's key in a batch: organisation and lead id, sorted so that rows lock in one order.
+pub type LeadKey = (String, Uuid);
+
+/// Folds a batch of lead events into the leads' stored states. `fresh` says whether an
+/// interaction (by event id) is seen for the first time: a redelivered one is not counted
+/// again. Interactions are observed in time order, whatever order they arrived in.
+pub fn fold(
+    events: &[Envelope<LeadEvent>],
+    stored: &BTreeMap<LeadKey, LeadState>,
+    fresh: impl Fn(&str, &str) -> bool,
+) -> BTreeMap<LeadKey, Folded> {
+    let mut out: BTreeMap<LeadKey, Folded> = BTreeMap::new();
+    let mut interactions: BTreeMap<LeadKey, Vec<(&InteractionSummary, &LeadEvent)>> = BTreeMap::new();
+    for envelope in events {
+        let lead = &envelope.data.lead;
+        let key = (envelope.org_id.clone(), lead.id);
+        let folded = out.entry(key.clone()).or_insert_with(|| Folded {
+            state: stored.get(&key).cloned().unwrap_or_else(|| LeadState { active: true, ..LeadState::default() }),
+            ..Folded::default()
+        });
+        if envelope.version > folded.state.lead_version {
+            let was_manual = folded.state.manual_score.is_some();
+            folded.state.lead_version = envelope.version;
+            folded.state.active = lead.active;
+            folded.state.manual_score =
+                (lead.score_source.as_deref() == Some("manual")).then_some(lead.score).flatten();
+            if was_manual && folded.state.manual_score.is_none() {
+                folded.handed_back = true;
+                folded.rescore = true;
+            }
+            folded.outcome = match lead.status {
+                Status::Converted => Some((true, envelope.occurred_at)),
+                Status::Lost => Some((false, envelope.occurred_at)),
+                _ => None,
+            };
+        }
+        if let LeadChange::Created { interaction } | LeadChange::InteractionRecorded { interaction } =
+            &envelope.data.change
+            && fresh(&envelope.org_id, &interaction.event_id)
+        {
+            interactions.entry(key).or_default().push((interaction, &envelope.data));
+        }
+    }
+    for (key, mut seen) in interactions {
+        seen.sort_by_key(|(interaction, _)| interaction.occurred_at);
+        let folded = out.get_mut(&key).expect("every interaction's lead is folded");
+        for (interaction, event) in seen {
+            folded.state.features.observe(&message(interaction, event));
+        }
+        folded.rescore = true;
+    }
+    out
+}
+
+/// An interaction as the model sees it.
+pub fn message<'a>(interaction: &'a InteractionSummary, event: &'a LeadEvent) -> Message<'a> {
+    Message {
+        direction: if interaction.direction == "outbound" { Direction::Outbound } else { Direction::Inbound },
+        at: interaction.occurred_at,
+        text: interaction.text.as_deref(),
+        kind: match interaction.kind.as_str() {
+            "chat_message" => MessageKind::ChatMessage,
+            "broadcast_reply" => MessageKind::BroadcastReply,
+            "integration" => MessageKind::Integration,
+            _ => MessageKind::Other,
+        },
+        campaign_id: interaction.campaign_id.as_deref(),
+        source: Some(event.lead.source_kind.as_str()),
+        channel: Some(event.lead.channel.as_str()),
+    }
+}
+
+/// The scorer of one organisation: its learned model when that beats the prior, else the prior.
+#[derive(Debug, Clone)]
+pub enum Scorer {
+    Prior,
+    Learned(Arc<Model>),
+}
+
+impl Scorer {
+    pub fn version(&self) -> String {
+        match self {
+            Scorer::Prior => PRIOR_VERSION.to_owned(),
+            Scorer::Learned(model) => model_version(model.version),
+        }
+    }
+
+    pub fn explain(&self, features: &LeadFeatures, now: DateTime<Utc>) -> Explanation {
+        let vector = features.vector(now);
+        match self {
+            Scorer::Prior => Prior::new().explain(&vector),
+            Scorer::Learned(model) => model.explain(&vector),
+        }
+    }
+}
+
+/// The version a learned model's scores carry.
+pub fn model_version(version: u32) -> String {
+    format!("org-v{version}")
+}
+
+/// The reasons a score carries: each factor with its signed contribution in points.
+pub fn reasons(explanation: &Explanation) -> Vec<String> {
+    explanation.factors.iter().map(ToString::to_string).collect()
+}
+
+/// The training set of an organisation: each outcome's features as they were when decided.
+pub fn examples(outcomes: &[(LeadFeatures, bool, DateTime<Utc>)]) -> Vec<(model::SparseVector, bool)> {
+    outcomes.iter().map(|(features, converted, at)| (features.vector(*at), *converted)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contracts::lead::LeadView;
+
+    fn view(id: Uuid, status: Status, score: Option<i32>, source: Option<&str>) -> LeadView {
+        let now = Utc::now();
+        LeadView {
+            id,
+            org_id: "acme".into(),
+            contact_id: Uuid::nil(),
+            phone: None,
+            external_id: None,
+            name: None,
+            email: None,
+            status,
+            active: !status.is_final(),
+            source_kind: "chat_message".into(),
+            channel: "whatsapp".into(),
+            campaign_id: None,
+            broadcast_message_id: None,
+            integration_name: None,
+            integration_reference: None,
+            score,
+            score_source: source.map(Into::into),
+            agent_id: None,
+            interaction_count: 1,
+            last_message_preview: None,
+            first_touch_at: now,
+            last_interaction_at: now,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        }
+    }
+
+    fn recorded(
+        id: Uuid,
+        version: i64,
+        event_id: &str,
+        minute: i64,
+        direction: &str,
+        text: &str,
+    ) -> Envelope<LeadEvent> {
+        let at = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc)
+            + chrono::Duration::minutes(minute);
+        let interaction = InteractionSummary {
+            event_id: event_id.into(),
+            kind: "chat_message".into(),
+            direction: direction.into(),
+            occurred_at: at,
+            text: Some(text.into()),
+            broadcast_message_id: None,
+            campaign_id: None,
+        };
+        let lead = view(id, Status::New, None, None);
+        Envelope::new(
+            "acme",
+            "interaction_recorded",
+            id,
+            version,
+            LeadEvent { change: LeadChange::InteractionRecorded { interaction }, lead },
+        )
+    }
+
+    fn changed(
+        id: Uuid,
+        version: i64,
+        status: Status,
+        score: Option<i32>,
+        source: Option<&str>,
+    ) -> Envelope<LeadEvent> {
+        let change = LeadChange::StatusChanged {
+            from: "new".into(),
+            to: status.as_str().into(),
+            actor: "op".into(),
+            reason: None,
+        };
+        Envelope::new(
+            "acme",
+            "status_changed",
+            id,
+            version,
+            LeadEvent { change, lead: view(id, status, score, source) },
+        )
+    }
+
+    #[test]
+    fn a_burst_is_observed_in_time_order_once_and_rescored_once() {
+        let id = Uuid::now_v7();
+        let events = vec![
+            recorded(id, 3, "e3", 3, "inbound", "price?"),
+            recorded(id, 2, "e2", 2, "outbound", "hello"),
+            recorded(id, 1, "e1", 1, "inbound", "hi"),
+        ];
+        let folded = fold(&events, &BTreeMap::new(), |_, event| event != "e2");
+        let lead = &folded[&("acme".to_owned(), id)];
+        assert!(lead.rescore);
+        assert_eq!((lead.state.features.inbound, lead.state.features.outbound), (2, 0), "e2 was seen before");
+        assert_eq!(lead.state.lead_version, 3);
+        assert_eq!(folded.len(), 1, "one lead, one scoring");
+    }
+
+    #[test]
+    fn a_stale_state_event_does_not_undo_a_newer_one() {
+        let id = Uuid::now_v7();
+        let events = vec![changed(id, 5, Status::Lost, None, None), changed(id, 4, Status::Qualified, None, None)];
+        let folded = fold(&events, &BTreeMap::new(), |_, _| true);
+        let lead = &folded[&("acme".to_owned(), id)];
+        assert!(!lead.state.active);
+        assert_eq!(lead.outcome.map(|o| o.0), Some(false), "lost is a negative");
+        assert!(!lead.rescore, "no interaction, no scoring");
+    }
+
+    #[test]
+    fn a_manual_score_is_kept_and_clearing_it_hands_the_lead_back() {
+        let id = Uuid::now_v7();
+        let key = ("acme".to_owned(), id);
+        let manual =
+            fold(&[changed(id, 2, Status::Qualifying, Some(77), Some("manual"))], &BTreeMap::new(), |_, _| true);
+        assert_eq!(manual[&key].state.manual_score, Some(77));
+        assert!(!manual[&key].handed_back);
+        let stored: BTreeMap<LeadKey, LeadState> = manual.into_iter().map(|(k, f)| (k, f.state)).collect();
+        let back = fold(&[changed(id, 3, Status::Qualifying, None, None)], &stored, |_, _| true);
+        assert_eq!(back[&key].state.manual_score, None);
+        assert!(back[&key].handed_back && back[&key].rescore);
+    }
+
+    #[test]
+    fn archived_is_no_label_and_converted_is_a_positive() {
+        let id = Uuid::now_v7();
+        let archived = fold(&[changed(id, 2, Status::Archived, None, None)], &BTreeMap::new(), |_, _| true);
+        assert_eq!(archived[&("acme".to_owned(), id)].outcome, None);
+        let converted = fold(&[changed(id, 2, Status::Converted, None, None)], &BTreeMap::new(), |_, _| true);
+        assert_eq!(converted[&("acme".to_owned(), id)].outcome.map(|o| o.0), Some(true));
+    }
+
+    #[test]
+    fn reasons_name_each_factor_with_its_points() {
+        let mut features = LeadFeatures::new();
+        let now = Utc::now();
+        features.observe(&Message::chat(Direction::Inbound, now, "quiero comprar hoy, ¿cuánto cuesta?"));
+        let explanation = Scorer::Prior.explain(&features, now);
+        let reasons = reasons(&explanation);
+        assert!(explanation.score >= 60, "{explanation}");
+        assert!(reasons.iter().any(|r| r.starts_with("intent") && r.contains('+')), "{reasons:?}");
+        assert_eq!(Scorer::Prior.version(), PRIOR_VERSION);
+    }
+}
