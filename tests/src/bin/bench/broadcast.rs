@@ -16,15 +16,26 @@
 //! Self-contained: call [`run`] and append the markdown it returns to the report. Progress goes
 //! to stderr. Every environment is dropped afterwards, also after a failure.
 
+use super::{
+    production_env,
+    raw::raw_consume,
+    report::{Stats, Target, loadavg, ms, progress, rate, target_rows, thousands},
+};
 use anyhow::bail;
 use async_nats::{HeaderMap, Subject, jetstream};
 use bytes::Bytes;
-use chrono::{DateTime, Duration as Span, TimeZone, Utc};
-use leads_tests::{TestEnv, pb};
-use platform::{ServiceName, Settings, nats::StreamKind};
-use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use chrono::{DateTime, Utc};
+use leads_tests::{
+    TestEnv,
+    broadcast_gen::{
+        self, CAMPAIGNS, Event, FAILED, error_of, headers, message_id, publish_windowed, sent_at, status_name,
+    },
+    pb, raw_pg,
+};
+use platform::{ServiceName, nats::StreamKind};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::{
-    collections::VecDeque,
+    ops::Deref,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU8, Ordering},
@@ -54,7 +65,6 @@ impl Default for BroadcastOptions {
 }
 
 const ORGS: [&str; 3] = ["bc-org-a", "bc-org-b", "bc-org-c"];
-const CAMPAIGNS: u32 = 25;
 /// Publish acks awaited at most this far behind the publishes (as in the crash test).
 const ACK_WINDOW: usize = 4_000;
 const RAW_BATCH: usize = 1_000;
@@ -67,19 +77,6 @@ const IDLE_REQUESTS: usize = 200;
 /// Issue 5's targets.
 const TARGET_EVENTS_PER_S: f64 = 50_000.0;
 const TARGET_RATIO: f64 = 0.5;
-const ERROR_CODES: [(i64, &str); 5] = [
-    (131_026, "undeliverable"),
-    (131_049, "frequency_cap"),
-    (131_050, "opted_out"),
-    (131_047, "window_closed"),
-    (1, "other"),
-];
-
-const SENT: u8 = 1;
-const DELIVERED: u8 = 2;
-const READ: u8 = 4;
-const FAILED: u8 = 8;
-const STATUS_BITS: [u8; 4] = [SENT, DELIVERED, READ, FAILED];
 
 /// Runs the whole broadcast section and returns its markdown (`## 4. Broadcast tracking`).
 pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
@@ -105,17 +102,9 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
     sustained(&mut out, options).await?;
     backlog(&mut out, options).await?;
     out.line("### Targets of issue 5\n");
-    out.line("| target | goal | measured | |\n| --- | --- | --- | --- |");
     let suffix = if options.batch > 1 { format!(" (batches of {})", options.batch) } else { String::new() };
-    for (what, goal, measured, met) in std::mem::take(&mut out.targets) {
-        let what = format!("{what}{suffix}");
-        let verdict = match met {
-            Some(true) => "PASS",
-            Some(false) => "**MISS**",
-            None => "",
-        };
-        out.line(format!("| {what} | {goal} | {measured} | {verdict} |"));
-    }
+    let targets = std::mem::take(&mut out.targets);
+    out.line(target_rows(&targets, &suffix));
     out.line(format!(
         "\nThe broadcast section took {:.0} s in all; load average at its end: {}.\n",
         started.elapsed().as_secs_f64(),
@@ -125,12 +114,12 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Report helpers (the same formats as bench.rs)
+// The section's report
 
 #[derive(Default)]
 struct Out {
     body: String,
-    targets: Vec<(String, String, String, Option<bool>)>,
+    targets: Vec<Target>,
     /// From the sustained run, for the ceiling the backlog section works out.
     sustained: Option<Sustained>,
     batch: usize,
@@ -184,53 +173,8 @@ impl Out {
         measured: impl Into<String>,
         met: Option<bool>,
     ) {
-        self.targets.push((what.into(), goal.into(), measured.into(), met));
+        self.targets.push(Target { what: what.into(), target: goal.into(), measured: measured.into(), met });
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Stats {
-    n: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-/// Percentiles by nearest rank over the sorted samples; `None` without samples.
-fn stats(mut samples: Vec<Duration>) -> Option<Stats> {
-    if samples.is_empty() {
-        return None;
-    }
-    samples.sort();
-    let n = samples.len();
-    let rank = |p: f64| samples[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1];
-    Some(Stats { n, p50: rank(50.0), p99: rank(99.0), max: samples[n - 1] })
-}
-
-fn ms(d: Duration) -> String {
-    let m = d.as_secs_f64() * 1000.0;
-    if m >= 100.0 { format!("{m:.0} ms") } else { format!("{m:.2} ms") }
-}
-
-fn rate(count: u64, elapsed: Duration) -> f64 {
-    count as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-fn thousands(value: f64) -> String {
-    let n = value.round() as i64;
-    let digits = n.abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
-fn progress(message: impl AsRef<str>) {
-    eprintln!("[bench {}] {}", Utc::now().format("%H:%M:%S"), message.as_ref());
 }
 
 /// The Postgres settings that decide whether the service's tables get statistics while the
@@ -247,133 +191,40 @@ async fn pg_settings() -> anyhow::Result<String> {
     Ok(settings.join(", "))
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+/// Percentiles by nearest rank over the sorted samples; `None` without samples.
+fn stats(samples: Vec<Duration>) -> Option<Stats> {
+    (!samples.is_empty()).then(|| super::report::stats(samples))
 }
 
 // ---------------------------------------------------------------------------------------
-// The generated events (as in tests/tests/broadcast_crash.rs)
+// The generated events (the crash test's, from leads_tests::broadcast_gen)
 
-/// One event to publish: the message itself (`status == 0`) or one of its statuses.
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    message: u32,
-    status: u8,
-    /// 0 for the first copy; a distinct number for each intentional repeat.
-    copy: u32,
-    /// Seconds a repeat's timestamp lies after the first copy's.
-    late: u16,
-}
-
+/// The generated events, with the contacts their messages go to.
 struct Generated {
+    traffic: broadcast_gen::Generated,
     messages: u32,
     /// Distinct contacts (phones) the messages go to, a multiple of the organisations.
     contacts: u32,
-    events: Vec<Event>,
-    status_events: u64,
-    distinct: u64,
-    duplicates: u64,
-    repeated_messages: u64,
+}
+
+impl Deref for Generated {
+    type Target = broadcast_gen::Generated;
+
+    fn deref(&self) -> &Self::Target {
+        &self.traffic
+    }
 }
 
 fn generate(messages: u64, statuses: u64, seed: u64) -> anyhow::Result<Generated> {
-    let messages = u32::try_from(messages)?;
-    anyhow::ensure!(messages > 0, "at least one message");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut masks = Vec::with_capacity(messages as usize);
-    for _ in 0..messages {
-        let mask = if rng.random_bool(0.12) {
-            if rng.random_bool(0.8) { SENT | FAILED } else { FAILED }
-        } else {
-            let mut mask = if rng.random_bool(0.98) { SENT } else { 0 };
-            if mask == 0 || rng.random_bool(0.97) {
-                mask |= DELIVERED;
-                if rng.random_bool(0.85) {
-                    mask |= READ;
-                }
-            }
-            if rng.random_bool(0.03) {
-                mask |= FAILED;
-            }
-            mask
-        };
-        masks.push(mask);
-    }
-    let distinct: u64 = masks.iter().map(|m| u64::from(m.count_ones())).sum();
-    if distinct > statuses {
-        bail!(
-            "{statuses} status events cannot cover the {distinct} distinct statuses of {messages} messages \
-             (use at least {distinct})"
-        );
-    }
-    let duplicates = statuses - distinct;
-    let mut events = Vec::with_capacity(messages as usize * 101 / 100 + statuses as usize);
-    let mut repeated_messages = 0;
-    for (message, mask) in (0..messages).zip(&masks) {
-        events.push(Event { message, status: 0, copy: 0, late: 0 });
-        if rng.random_bool(0.01) {
-            events.push(Event { message, status: 0, copy: 1, late: 0 });
-            repeated_messages += 1;
-        }
-        for bit in STATUS_BITS {
-            if mask & bit != 0 {
-                events.push(Event { message, status: bit, copy: 0, late: 0 });
-            }
-        }
-    }
-    for copy in 1..=duplicates {
-        let message = rng.random_range(0..messages);
-        let mask = masks[message as usize];
-        let bits: Vec<u8> = STATUS_BITS.into_iter().filter(|bit| mask & bit != 0).collect();
-        let status = bits[rng.random_range(0..bits.len())];
-        let late = if rng.random_bool(0.5) { 0 } else { rng.random_range(1..=120) };
-        events.push(Event { message, status, copy: u32::try_from(copy).unwrap_or(u32::MAX), late });
-    }
-    events.shuffle(&mut rng);
+    let traffic = broadcast_gen::generate(u32::try_from(messages)?, statuses, seed)?;
+    let messages = traffic.messages();
     // About ten messages per contact, every contact in one organisation (contact % 3 == org).
     let contacts = (messages / 30).max(1) * ORGS.len() as u32;
-    Ok(Generated { messages, contacts, events, status_events: statuses, distinct, duplicates, repeated_messages })
-}
-
-fn base_time() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).single().unwrap_or_default()
+    Ok(Generated { traffic, messages, contacts })
 }
 
 fn org_index(message: u32) -> usize {
     message as usize % ORGS.len()
-}
-
-fn message_id(message: u32) -> String {
-    format!("wamid.{message:08}")
-}
-
-fn status_name(bit: u8) -> &'static str {
-    match bit {
-        SENT => "sent",
-        DELIVERED => "delivered",
-        READ => "read",
-        _ => "failed",
-    }
-}
-
-fn error_of(message: u32) -> (i64, &'static str) {
-    ERROR_CODES[message as usize % ERROR_CODES.len()]
-}
-
-fn sent_at(message: u32) -> DateTime<Utc> {
-    base_time() + Span::seconds(i64::from(message))
-}
-
-fn status_at(event: Event) -> DateTime<Utc> {
-    let after = match event.status {
-        SENT => 1,
-        DELIVERED => 3,
-        READ => 60 + i64::from(event.message % 600),
-        _ => 5,
-    };
-    sent_at(event.message) + Span::seconds(after + i64::from(event.late))
 }
 
 /// One event as the outside world publishes it: subject, headers (Nats-Msg-Id, Content-Type)
@@ -407,32 +258,8 @@ impl Encoder {
     /// JetStream's deduplication does not hide them.
     fn encode(&self, event: Event) -> Encoded {
         let org = org_index(event.message);
-        let id = message_id(event.message);
-        if event.status == 0 {
-            let campaign = event.message % CAMPAIGNS;
-            let phone = leads_tests::phone(event.message % self.contacts);
-            let body = format!(
-                "{{\"message_id\":\"{id}\",\"occurred_at\":\"{}\",\
-                 \"campaign\":{{\"id\":\"cmp-{campaign}\",\"name\":\"Campaign {campaign}\"}},\
-                 \"template\":{{\"name\":\"bf_offer\",\"language\":\"en_US\",\"category\":\"MARKETING\"}},\
-                 \"contact\":{{\"phone\":\"{phone}\"}}}}",
-                sent_at(event.message).to_rfc3339()
-            );
-            let msg_id = format!("{}/{id}/message/{}", ORGS[org], event.copy);
-            return (self.messages[org].clone(), headers(&msg_id), Bytes::from(body));
-        }
-        let status = status_name(event.status);
-        let mut body = format!(
-            "{{\"message_id\":\"{id}\",\"status\":\"{status}\",\"timestamp\":\"{}\"",
-            status_at(event).to_rfc3339()
-        );
-        if event.status == FAILED {
-            let (code, _) = error_of(event.message);
-            body.push_str(&format!(",\"error\":{{\"code\":{code},\"title\":\"error {code}\"}}"));
-        }
-        body.push('}');
-        let msg_id = format!("{}/{id}/{status}/{}", ORGS[org], event.copy);
-        (self.statuses[org].clone(), headers(&msg_id), Bytes::from(body))
+        let subject = if event.status == 0 { &self.messages[org] } else { &self.statuses[org] };
+        (subject.clone(), headers(&event.msg_id(ORGS[org])), Bytes::from(event.json(self.contacts)))
     }
 }
 
@@ -493,13 +320,6 @@ impl Encoder {
     }
 }
 
-fn headers(msg_id: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", msg_id);
-    headers.insert("Content-Type", "application/json");
-    headers
-}
-
 /// Publishes every event with Nats-Msg-Id, at most `ACK_WINDOW` acks outstanding; returns the
 /// time it took (until the last ack) and the payload bytes.
 async fn publish_all(
@@ -508,27 +328,14 @@ async fn publish_all(
 ) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
     let total = events.len();
-    let mut pending: VecDeque<jetstream::context::PublishAckFuture> = VecDeque::with_capacity(ACK_WINDOW);
-    let mut bytes = 0u64;
     let mut last_print = Instant::now();
-    for (i, (subject, headers, payload)) in events.enumerate() {
-        bytes += payload.len() as u64;
-        if pending.len() >= ACK_WINDOW
-            && let Some(ack) = pending.pop_front()
-        {
-            let ack = ack.await?;
-            anyhow::ensure!(!ack.duplicate, "JetStream dropped an event as a duplicate: {ack:?}");
-        }
-        pending.push_back(js.publish_with_headers(subject, headers, payload).await?);
+    let bytes = publish_windowed(js, events, ACK_WINDOW, |i| {
         if last_print.elapsed() > Duration::from_secs(10) {
             progress(format!("  published {i}/{total} events after {:.0} s", started.elapsed().as_secs_f64()));
             last_print = Instant::now();
         }
-    }
-    for ack in pending {
-        let ack = ack.await?;
-        anyhow::ensure!(!ack.duplicate, "JetStream dropped an event as a duplicate: {ack:?}");
-    }
+    })
+    .await?;
     Ok((started.elapsed(), bytes))
 }
 
@@ -641,20 +448,6 @@ async fn wait_messages(admin: &sqlx::PgPool, messages: i64, timeout: Duration) -
     }
 }
 
-/// The production consumer and pool settings, not the test harness's small batches.
-async fn production_env() -> anyhow::Result<TestEnv> {
-    let mut env = TestEnv::new().await?;
-    let defaults = Settings::default();
-    env.settings.consumer = defaults.consumer.clone();
-    // An operator's consumer tuning (LEADS_CONSUMER_*), to measure it; nothing else of the
-    // environment reaches the services under test.
-    env.settings
-        .apply_env(|key| key.starts_with("LEADS_CONSUMER_").then(|| std::env::var(key).ok()).flatten())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    env.settings.database_max_connections = defaults.database_max_connections;
-    Ok(env)
-}
-
 // ---------------------------------------------------------------------------------------
 // Raw baseline, sustained ingestion and reads
 
@@ -701,7 +494,7 @@ fn raw_batch(rows: Vec<(StatusKey, Event)>) -> RawBatch {
     RawBatch {
         org: rows.iter().map(|r| r.0.0).collect(),
         status: rows.iter().map(|r| r.0.2).collect(),
-        at: rows.iter().map(|r| status_at(r.1)).collect(),
+        at: rows.iter().map(|r| r.1.status_at()).collect(),
         code: rows.iter().map(|r| failed(&r.1).map(|(code, _)| code)).collect(),
         title: rows.iter().map(|r| failed(&r.1).map(|(code, _)| format!("error {code}"))).collect(),
         class: rows.iter().map(|r| failed(&r.1).map(|(_, class)| class)).collect(),
@@ -741,7 +534,7 @@ fn raw_rows_batches(generated: &Generated) -> Vec<RawRowsBatch> {
                 } else {
                     let slot =
                         statuses.entry((org, message_id(event.message), status_name(event.status))).or_insert(*event);
-                    if status_at(*event) < status_at(*slot) {
+                    if event.status_at() < slot.status_at() {
                         *slot = *event;
                     }
                 }
@@ -790,13 +583,11 @@ async fn raw_rows_upsert(
         .execute(admin)
         .await?;
     }
-    let pool = super::raw_pool(env, connections, Some(&schema)).await?;
-    let started = Instant::now();
+    let pool = raw_pg::pool(env, connections, Some(&schema)).await?;
     let cpu = machine_cpu_seconds();
-    let mut tasks = tokio::task::JoinSet::new();
-    for connection in 0..connections {
-        let (pool, batches) = (pool.clone(), batches.clone());
-        tasks.spawn(async move {
+    let elapsed = raw_pg::on_each_connection(&pool, connections, |connection, pool| {
+        let batches = batches.clone();
+        async move {
             for b in batches.iter().skip(connection).step_by(connections) {
                 let mut tx = pool.begin().await?;
                 if !b.org.is_empty() {
@@ -854,19 +645,13 @@ async fn raw_rows_upsert(
                 tx.commit().await?;
             }
             anyhow::Ok(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    let elapsed = started.elapsed();
+        }
+    })
+    .await?;
     let cpu = machine_cpu_seconds() - cpu;
     pool.close().await;
-    let count = |table: &str| {
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {schema}.{table}")))
-            .fetch_one(admin)
-    };
-    Ok((elapsed, cpu, count("statuses").await?, count("messages").await?))
+    let statuses = raw_pg::count(admin, &format!("{schema}.statuses")).await?;
+    Ok((elapsed, cpu, statuses, raw_pg::count(admin, &format!("{schema}.messages")).await?))
 }
 
 /// The schema of the same-rows baseline's tables on `connections` connections.
@@ -895,7 +680,7 @@ async fn raw_upsert(
     )))
     .execute(admin)
     .await?;
-    let pool = super::raw_pool(env, connections, None).await?;
+    let pool = raw_pg::pool(env, connections, None).await?;
     let sql = format!(
         "INSERT INTO {table} (org_id, message_id, status, at, error_code, error_title, error_class) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], $6::text[], \
@@ -903,11 +688,9 @@ async fn raw_upsert(
          ON CONFLICT (org_id, message_id, status) DO NOTHING"
     );
     let rows: u64 = batches.iter().map(|b| b.org.len() as u64).sum();
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for connection in 0..connections {
-        let (pool, sql, batches) = (pool.clone(), sql.clone(), batches.clone());
-        tasks.spawn(async move {
+    let elapsed = raw_pg::on_each_connection(&pool, connections, |connection, pool| {
+        let (sql, batches) = (sql.clone(), batches.clone());
+        async move {
             for b in batches.iter().skip(connection).step_by(connections) {
                 sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(&b.org)
@@ -921,16 +704,11 @@ async fn raw_upsert(
                     .await?;
             }
             anyhow::Ok(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    let elapsed = started.elapsed();
+        }
+    })
+    .await?;
     pool.close().await;
-    let stored: i64 =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(admin).await?;
-    Ok((rows, stored, elapsed))
+    Ok((rows, raw_pg::count(admin, &table).await?, elapsed))
 }
 
 /// What the reader measured.
@@ -1410,7 +1188,7 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
     // service's backlog is untouched): what NATS alone takes to deliver and acknowledge them.
     progress(format!("broadcast backlog: consuming the {events} events raw, acknowledging each"));
     let cpu = machine_cpu_seconds();
-    let raw_consume_time = super::raw_consume(
+    let raw_consume_time = raw_consume(
         env,
         &env.subjects.stream_name(StreamKind::Broadcasts),
         jetstream::consumer::AckPolicy::Explicit,

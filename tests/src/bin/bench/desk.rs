@@ -4,9 +4,9 @@
 //! shape (lock a row, update it, insert a history row and an outbox row, commit) measured in
 //! the same run.
 
-use super::{Stats, loadavg, ms, progress, rate, stats, thousands};
+use super::report::{Stats, loadavg, ms, progress, rate, stats, thousands};
 use futures::StreamExt;
-use leads_tests::{TestEnv, all_leads, chat_event, eventually, pb, phone};
+use leads_tests::{desk::Desk, eventually, pb};
 use platform::ServiceName;
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,12 @@ pub struct DeskOptions {
 }
 
 pub async fn run(options: &DeskOptions) -> anyhow::Result<String> {
-    let env = TestEnv::new().await?;
-    let result = run_in(&env, options).await;
-    env.cleanup().await?;
+    // Before the services start: what the machine was doing before this section.
+    let load = loadavg();
+    let desk =
+        Desk::start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment, ServiceName::FollowUp]).await?;
+    let result = run_in(&desk, options, load).await;
+    desk.stop().await?;
     result
 }
 
@@ -56,27 +59,13 @@ where
     Ok((samples, started.elapsed()))
 }
 
-async fn run_in(env: &TestEnv, options: &DeskOptions) -> anyhow::Result<String> {
+async fn run_in(desk: &Desk, options: &DeskOptions, load: String) -> anyhow::Result<String> {
     let mut out = String::from("## 5. Assignment and follow-ups\n\n");
-    out.push_str(&format!("Load average before: {}\n\n", loadavg()));
-    let node =
-        env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment, ServiceName::FollowUp]).await?;
+    out.push_str(&format!("Load average before: {load}\n\n"));
+    let (env, node) = (&desk.env, &desk.node);
     let admin = env.admin_pool().await?;
     progress(format!("desk: ingesting {} leads", options.leads));
-    for n in 0..options.leads {
-        let event = chat_event(&format!("d-{n}"), &phone(n), "hello");
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("d-{n}").as_str());
-        env.js
-            .publish_with_headers(env.subjects.interactions(ORG), headers, serde_json::to_vec(&event)?.into())
-            .await?;
-    }
-    let lead_client = node.lead().await?;
-    let leads = eventually(Duration::from_secs(300), "the desk's leads", || {
-        let mut client = lead_client.clone();
-        async move { all_leads(&mut client, ORG).await.ok().filter(|l| l.len() == options.leads as usize) }
-    })
-    .await;
+    let leads = desk.ingest_leads(ORG, options.leads, "hello", Duration::from_secs(300)).await?;
     let ids: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
     let assignments = node.assignment().await?;
     for agent in ["ann", "bob"] {
@@ -252,6 +241,5 @@ async fn run_in(env: &TestEnv, options: &DeskOptions) -> anyhow::Result<String> 
     ));
     pool.close().await;
     admin.close().await;
-    node.stop().await?;
     Ok(out)
 }

@@ -1,0 +1,161 @@
+//! The report and what its lines are made of: percentiles, formatted durations, rates and
+//! counts, progress on stderr, the machine's load and this process's memory.
+
+use chrono::Utc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub n: usize,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub mean: Duration,
+}
+
+/// Percentiles by nearest rank over the sorted samples.
+pub fn stats(mut samples: Vec<Duration>) -> Stats {
+    assert!(!samples.is_empty(), "no samples");
+    samples.sort();
+    let n = samples.len();
+    let rank = |p: f64| samples[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1];
+    let total: Duration = samples.iter().sum();
+    Stats { n, p50: rank(50.0), p90: rank(90.0), p99: rank(99.0), max: samples[n - 1], mean: total / n as u32 }
+}
+
+pub fn ms(d: Duration) -> String {
+    let m = d.as_secs_f64() * 1000.0;
+    if m >= 100.0 { format!("{m:.0} ms") } else { format!("{m:.2} ms") }
+}
+
+pub fn rate(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+pub fn thousands(value: f64) -> String {
+    let n = value.round() as i64;
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+pub fn progress(message: impl AsRef<str>) {
+    eprintln!("[bench {}] {}", Utc::now().format("%H:%M:%S"), message.as_ref());
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A value in kB from /proc/self/status (VmRSS, VmHWM).
+pub fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+pub fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+/// Samples VmRSS every 5 ms on a plain thread until dropped; keeps the peak.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(proc_status_kb("VmRSS").unwrap_or(0)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(rss) = proc_status_kb("VmRSS") {
+                    p.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self { stop, peak, thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// One line of the final comparison against the targets.
+pub struct Target {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+/// The table of targets: a header and a row each, `suffix` added to every target's name.
+pub fn target_rows(targets: &[Target], suffix: &str) -> String {
+    let mut table = String::from("| target | goal | measured | |\n| --- | --- | --- | --- |");
+    for t in targets {
+        let verdict = match t.met {
+            Some(true) => "PASS",
+            Some(false) => "**MISS**",
+            None => "",
+        };
+        table.push_str(&format!("\n| {}{suffix} | {} | {} | {verdict} |", t.what, t.target, t.measured));
+    }
+    table
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub body: String,
+    pub targets: Vec<Target>,
+    pub raw_nats_per_s: Option<f64>,
+    pub raw_pg_1_per_s: Option<f64>,
+    pub raw_pg_4_per_s: Option<f64>,
+}
+
+impl Report {
+    pub fn line(&mut self, text: impl AsRef<str>) {
+        self.body.push_str(text.as_ref());
+        self.body.push('\n');
+    }
+
+    pub fn target(
+        &mut self,
+        what: impl Into<String>,
+        target: impl Into<String>,
+        measured: impl Into<String>,
+        met: bool,
+    ) {
+        self.targets.push(Target {
+            what: what.into(),
+            target: target.into(),
+            measured: measured.into(),
+            met: Some(met),
+        });
+    }
+}
