@@ -288,9 +288,10 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
     }
 
     tx.commit().await?;
-    metrics::counter!("broadcast_messages_recorded_total").increment(applied.messages as u64);
-    metrics::counter!("broadcast_statuses_recorded_total").increment(applied.statuses as u64);
-    metrics::counter!("broadcast_events_refused_total").increment(applied.refused as u64);
+    use platform::telemetry::names;
+    metrics::counter!(names::BROADCAST_MESSAGES_RECORDED, "service" => "broadcast").increment(applied.messages as u64);
+    metrics::counter!(names::BROADCAST_STATUSES_RECORDED, "service" => "broadcast").increment(applied.statuses as u64);
+    platform::telemetry::count_refused("broadcast", plan.refusals.values().map(|r| r.refusal.field.as_str()));
     Ok(applied)
 }
 

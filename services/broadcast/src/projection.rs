@@ -111,7 +111,8 @@ async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Envelope<LeadEvent>]) 
         .await?;
     }
     tx.commit().await?;
-    metrics::counter!("broadcast_lead_events_applied_total").increment(batch.len() as u64);
-    metrics::counter!("broadcast_replies_seen_total").increment(replies.len() as u64);
+    use platform::telemetry::names;
+    metrics::counter!(names::BROADCAST_LEAD_EVENTS_APPLIED, "service" => "broadcast").increment(batch.len() as u64);
+    metrics::counter!(names::BROADCAST_REPLIES_SEEN, "service" => "broadcast").increment(replies.len() as u64);
     Ok(())
 }

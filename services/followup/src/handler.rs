@@ -200,7 +200,7 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         ctx.outbox.notify();
         get(ctx, &org_id, id).await
     };
-    metrics::counter!("follow_ups_created_total").increment(1);
+    metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CREATED, "service" => "followup").increment(1);
     match kept.await {
         Ok(row) => Ok(row),
         // The lead service has accepted it and its event will bring it here: the caller is
@@ -397,7 +397,7 @@ async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEv
     ctx.outbox.notify();
     if cancelled_count > 0 {
         tracing::info!(follow_ups = cancelled_count, "open follow-ups of closed leads cancelled");
-        metrics::counter!("follow_ups_closed_total", "state" => "cancelled").increment(cancelled_count as u64);
+        metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CLOSED, "service" => "followup", "state" => "cancelled").increment(cancelled_count as u64);
     }
     Ok(())
 }
@@ -439,7 +439,8 @@ pub async fn close(
     platform::outbox::enqueue(&mut tx, &[event(ctx, &closed, actor)]).await?;
     tx.commit().await?;
     ctx.outbox.notify();
-    metrics::counter!("follow_ups_closed_total", "state" => to.as_str()).increment(1);
+    metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CLOSED, "service" => "followup", "state" => to.as_str())
+        .increment(1);
     Ok(closed)
 }
 
@@ -464,7 +465,8 @@ pub async fn mark_due(ctx: &FollowUpContext, limit: i64) -> Result<usize, Follow
     tx.commit().await?;
     if !due.is_empty() {
         ctx.outbox.notify();
-        metrics::counter!("follow_ups_due_total").increment(due.len() as u64);
+        metrics::counter!(platform::telemetry::names::FOLLOW_UPS_DUE, "service" => "followup")
+            .increment(due.len() as u64);
     }
     Ok(due.len())
 }

@@ -186,8 +186,16 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
         ctx.outbox.notify();
     }
     let accepted = outcomes.iter().filter(|o| **o == Outcome::Accepted).count();
-    metrics::counter!("ingest_events_accepted_total").increment(accepted as u64);
-    metrics::counter!("ingest_events_refused_total").increment(refused_keys.len() as u64);
+    metrics::counter!(platform::telemetry::names::EVENTS_ACCEPTED, "service" => "ingest").increment(accepted as u64);
+    platform::telemetry::count_refused(
+        "ingest",
+        batch.iter().filter_map(|c| match c {
+            Candidate::Refused { refusal, .. } => Some(refusal.field.as_str()),
+            Candidate::Valid { .. } => None,
+        }),
+    );
+    metrics::counter!(platform::telemetry::names::DEADLETTER, "service" => "ingest")
+        .increment(newly_refused.len() as u64);
     Ok(outcomes)
 }
 

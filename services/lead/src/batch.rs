@@ -104,7 +104,8 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
         ctx.subjects.event("lead", org_id, INTERACTIONS_APPLIED)
     }));
     crate::apply::commit_with_events(ctx, tx, &messages).await?;
-    metrics::counter!("lead_interactions_applied_total").increment(todo.len() as u64);
+    metrics::counter!(platform::telemetry::names::LEAD_INTERACTIONS_APPLIED, "service" => "lead")
+        .increment(todo.len() as u64);
     Ok(())
 }
 

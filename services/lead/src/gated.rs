@@ -131,7 +131,8 @@ pub async fn assign_leads(
         }
     }
     commit_with_events(ctx, tx, &messages).await?;
-    metrics::counter!("lead_assignments_total").increment(messages.len() as u64);
+    metrics::counter!(platform::telemetry::names::LEAD_ASSIGNMENTS, "service" => "lead")
+        .increment(messages.len() as u64);
     Ok(parsed
         .iter()
         .map(|id| id.and_then(|id| outcomes.get(&id).cloned()).unwrap_or_else(AssignOutcome::not_found))

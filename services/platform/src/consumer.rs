@@ -3,7 +3,11 @@
 //! handler returns, which handlers do only after their transaction commits.
 
 use crate::settings::ConsumerSettings;
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use crate::telemetry::names;
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{FromConsumer, pull},
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::{future::Future, sync::Arc, time::Duration};
@@ -39,6 +43,8 @@ pub struct ConsumerSpec {
     pub stream: String,
     pub durable: String,
     pub filter_subject: String,
+    /// The service that runs it, for its metrics' `service` label.
+    pub service: &'static str,
 }
 
 pub async fn declare(
@@ -54,13 +60,76 @@ pub async fn declare(
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait(),
         max_deliver: settings.max_deliver,
-        max_ack_pending: (settings.batch_size * settings.concurrency * 4).max(1000) as i64,
+        max_ack_pending: settings.max_ack_pending,
         ..Default::default()
     };
-    stream
+    let consumer = stream
         .get_or_create_consumer(&spec.durable, config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot declare consumer {}: {e}", spec.durable))
+        .map_err(|e| anyhow::anyhow!("cannot declare consumer {}: {e}", spec.durable))?;
+    // An existing durable keeps the configuration it was created with: the settings this
+    // process was started with are applied to it (the fields NATS lets a consumer change).
+    let current = consumer.cached_info().config.clone();
+    if current.max_ack_pending == settings.max_ack_pending
+        && current.ack_wait == settings.ack_wait()
+        && current.max_deliver == settings.max_deliver
+    {
+        return Ok(consumer);
+    }
+    let mut updated = match pull::Config::try_from_consumer_config(current.clone()) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(consumer = %spec.durable, %error, "cannot read the consumer's configuration; left as it is");
+            return Ok(consumer);
+        }
+    };
+    updated.max_ack_pending = settings.max_ack_pending;
+    updated.ack_wait = settings.ack_wait();
+    updated.max_deliver = settings.max_deliver;
+    match stream.create_consumer(updated).await {
+        Ok(consumer) => {
+            tracing::info!(
+                consumer = %spec.durable,
+                max_ack_pending = settings.max_ack_pending,
+                from_max_ack_pending = current.max_ack_pending,
+                ack_wait_secs = settings.ack_wait_secs,
+                max_deliver = settings.max_deliver,
+                "consumer updated"
+            );
+            Ok(consumer)
+        }
+        Err(error) => {
+            tracing::warn!(consumer = %spec.durable, %error, "cannot update the consumer; left as it is");
+            Ok(consumer)
+        }
+    }
+}
+
+/// Samples the consumer's backlog into `leads_consumer_pending` (and the messages delivered
+/// but not acknowledged into `leads_consumer_ack_pending`) every `every`, the first time at
+/// once, until `token` is cancelled.
+pub async fn sample_pending(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    spec: ConsumerSpec,
+    every: Duration,
+    token: CancellationToken,
+) {
+    let (service, durable) = (spec.service, spec.durable);
+    loop {
+        match consumer.get_info().await {
+            Ok(info) => {
+                metrics::gauge!(names::CONSUMER_PENDING, "service" => service, "consumer" => durable.clone())
+                    .set(info.num_pending as f64);
+                metrics::gauge!(names::CONSUMER_ACK_PENDING, "service" => service, "consumer" => durable.clone())
+                    .set(info.num_ack_pending as f64);
+            }
+            Err(error) => tracing::debug!(consumer = %durable, %error, "cannot sample the consumer's backlog"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Runs until `token` is cancelled, then finishes and acknowledges the batches in flight.
@@ -77,6 +146,8 @@ where
     Fut: Future<Output = Vec<Disposition>> + Send + 'static,
 {
     let consumer = declare(&js, &spec, &settings).await?;
+    let sampler =
+        tokio::spawn(sample_pending(consumer.clone(), spec.clone(), crate::service::SAMPLE_EVERY, token.clone()));
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let mut in_flight = JoinSet::new();
     tracing::info!(consumer = %spec.durable, stream = %spec.stream, "consumer started");
@@ -122,10 +193,11 @@ where
             // their own traceparent headers, kept in the stream.
             crate::telemetry::set_parent_from_nats(&span, batch[0].headers.as_ref());
             let client = client.clone();
+            let labels = (spec.service, spec.durable.clone());
             in_flight.spawn(
                 async move {
                     let _permit = permit;
-                    handle_batch(client, batch, handler).await;
+                    handle_batch(client, batch, handler, labels).await;
                 }
                 .instrument(span),
             );
@@ -143,6 +215,7 @@ where
     }
     // Acks are plain publishes: make sure they have left before the process exits.
     let _ = client.flush().await;
+    sampler.abort();
     tracing::info!(consumer = %spec.durable, "consumer stopped");
     Ok(())
 }
@@ -189,8 +262,12 @@ where
     Some(batch)
 }
 
-async fn handle_batch<H, Fut>(client: async_nats::Client, batch: Vec<jetstream::Message>, handler: H)
-where
+async fn handle_batch<H, Fut>(
+    client: async_nats::Client,
+    batch: Vec<jetstream::Message>,
+    handler: H,
+    (service, durable): (&'static str, String),
+) where
     H: Fn(Vec<Delivery>) -> Fut,
     Fut: Future<Output = Vec<Disposition>>,
 {
@@ -199,9 +276,13 @@ where
     // the reply subject is kept, to acknowledge with.
     let mut replies = Vec::with_capacity(batch.len());
     let mut deliveries = Vec::with_capacity(batch.len());
+    let mut redelivered = 0u64;
     for message in batch {
         let (stream_sequence, delivered) =
             message.info().map(|info| (info.stream_sequence, info.delivered)).unwrap_or((0, 1));
+        if delivered > 1 {
+            redelivered += 1;
+        }
         let message = message.message;
         replies.push(message.reply);
         deliveries.push(Delivery {
@@ -212,8 +293,16 @@ where
             delivered,
         });
     }
+    let started = std::time::Instant::now();
     let dispositions = handler(deliveries).await;
-    metrics::counter!("consumer_messages_total").increment(replies.len() as u64);
+    metrics::histogram!(names::CONSUMER_HANDLE_DURATION, "service" => service, "consumer" => durable.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(names::CONSUMER_HANDLED, "service" => service, "consumer" => durable.clone())
+        .increment(replies.len() as u64);
+    if redelivered > 0 {
+        metrics::counter!(names::CONSUMER_REDELIVERED, "service" => service, "consumer" => durable)
+            .increment(redelivered);
+    }
     for (index, reply) in replies.into_iter().enumerate() {
         let kind = match dispositions.get(index).copied().unwrap_or(Disposition::Retry) {
             Disposition::Ack => AckKind::Ack,

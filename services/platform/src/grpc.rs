@@ -1,5 +1,7 @@
-//! Serves a service's gRPC routes beside `grpc.health.v1.Health` and server reflection, on a
-//! listener bound before returning so that port 0 works, until the token is cancelled.
+//! Serves a service's gRPC routes beside `grpc.health.v1.Health` and server reflection (v1
+//! and v1alpha, listing only what the port serves), on a listener bound before returning so
+//! that port 0 works, until the token is cancelled. Every call is measured
+//! (`leads_grpc_request_duration_seconds`, `leads_grpc_requests_total`).
 
 use std::net::SocketAddr;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -13,9 +15,15 @@ pub struct Serving {
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// `service_names` are the fully qualified names health reports as SERVING.
+/// The fully qualified names of the reflection services, as ListServices shows them.
+pub const REFLECTION_SERVICES: [&str; 2] =
+    ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
+/// `service_names` are the fully qualified names health reports as SERVING and reflection
+/// lists; `service` labels the metrics.
 pub async fn serve(
     listen: &str,
+    service: &'static str,
     service_names: &[&str],
     routes: Routes,
     token: CancellationToken,
@@ -27,11 +35,20 @@ pub async fn serve(
         reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
     reporter.set_service_status("", ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(leads_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let routes = routes.add_service(health).add_service(reflection);
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(leads_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in service_names.iter().copied().chain(REFLECTION_SERVICES) {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    let routes =
+        routes.add_service(health).add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
+    let ready = metrics::gauge!(crate::telemetry::names::SERVICE_READY, "service" => service);
+    ready.set(1.0);
     // Without TCP_NODELAY a response written in more than one segment waits for the client's
     // delayed ACK: about 40 ms on every call.
     let incoming = futures::StreamExt::map(TcpListenerStream::new(listener), |stream| {
@@ -45,9 +62,11 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .trace_fn(crate::telemetry::grpc_request_span)
+            .layer(MetricsLayer { service })
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 token.cancelled().await;
+                ready.set(0.0);
                 for name in ["", "leads"] {
                     reporter.set_service_status(name, ServingStatus::NotServing).await;
                 }
@@ -56,6 +75,176 @@ pub async fn serve(
         Ok(())
     });
     Ok(Serving { addr, task })
+}
+
+/// A tower layer that measures every call: its duration until the response's end and its
+/// status code, from the `grpc-status` header (an error answered at once) or trailer
+/// (anything streamed or successful); none at all counts as OK.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsLayer {
+    pub service: &'static str,
+}
+
+impl<S> tower_layer::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService { inner, service: self.service }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    service: &'static str,
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<HttpRequest> for MetricsService<S>
+where
+    S: tonic::codegen::Service<HttpRequest, Response = HttpResponse> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let started = std::time::Instant::now();
+        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let service = self.service;
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut call = CallMetrics { service, method, started, code: None };
+            match future.await {
+                Ok(response) => {
+                    call.code = grpc_status(response.headers());
+                    let (parts, body) = response.into_parts();
+                    Ok(HttpResponse::from_parts(parts, tonic::body::Body::new(MeasuredBody { body, call: Some(call) })))
+                }
+                Err(error) => {
+                    call.code = Some(tonic::Code::Unknown);
+                    call.record();
+                    Err(error)
+                }
+            }
+        })
+    }
+}
+
+fn grpc_status(headers: &tonic::codegen::http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from_i32(value))
+}
+
+/// The canonical name of a status code, as Prometheus labels show it (`INVALID_ARGUMENT`).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+struct CallMetrics {
+    service: &'static str,
+    method: String,
+    started: std::time::Instant,
+    code: Option<tonic::Code>,
+}
+
+impl CallMetrics {
+    fn record(self) {
+        use crate::telemetry::names;
+        let code = code_name(self.code.unwrap_or(tonic::Code::Ok));
+        metrics::histogram!(names::GRPC_REQUEST_DURATION, "service" => self.service, "method" => self.method.clone())
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!(names::GRPC_REQUESTS, "service" => self.service, "method" => self.method, "code" => code)
+            .increment(1);
+    }
+}
+
+/// A response body that records its call once it ends (or is dropped, when the client goes
+/// away first), reading the status from the trailers when the headers had none.
+struct MeasuredBody {
+    body: tonic::body::Body,
+    call: Option<CallMetrics>,
+}
+
+impl http_body::Body for MeasuredBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(call) = self.call.as_mut()
+                    && call.code.is_none()
+                {
+                    call.code = grpc_status(trailers);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => {
+                if let Some(call) = self.call.as_mut() {
+                    call.code.get_or_insert(tonic::Code::Internal);
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(call) = self.call.take() {
+                    call.record();
+                }
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for MeasuredBody {
+    fn drop(&mut self) {
+        if let Some(mut call) = self.call.take() {
+            // The body ended without its end being polled: finished when it says so,
+            // otherwise the client went away.
+            if call.code.is_none() && !http_body::Body::is_end_stream(&self.body) {
+                call.code = Some(tonic::Code::Cancelled);
+            }
+            call.record();
+        }
+    }
 }
 
 /// A channel to another service that carries the caller's trace context in its metadata.

@@ -122,30 +122,80 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
     Ok(client)
 }
 
-/// Declares a stream when it is missing. Never reconfigures an existing one: operators own
-/// retention once it exists.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    kind: StreamKind,
-) -> anyhow::Result<stream::Stream> {
+/// The configuration the platform declares for one stream, with `replicas` copies.
+pub fn stream_config(subjects: &Subjects, kind: StreamKind, replicas: usize) -> stream::Config {
     let max_age = match kind {
         StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events(_) => Duration::from_secs(7 * 24 * 3600),
         StreamKind::DeadLetter => Duration::from_secs(30 * 24 * 3600),
     };
-    let config = stream::Config {
+    stream::Config {
         name: subjects.stream_name(kind),
         subjects: subjects.stream_subjects(kind),
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas,
         ..Default::default()
-    };
+    }
+}
+
+/// Declares a stream when it is missing, with one replica. Never reconfigures an existing
+/// one: publishers and tools call this, and only the services own a stream's settings
+/// (`ensure_stream_replicated`).
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    kind: StreamKind,
+) -> anyhow::Result<stream::Stream> {
+    let config = stream_config(subjects, kind, 1);
     let stream = js
         .get_or_create_stream(config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot declare stream {}: {e}", subjects.stream_name(kind)))?;
+    Ok(stream)
+}
+
+/// Declares a stream with `replicas` copies; an existing one whose subjects, replicas or
+/// duplicate window differ is updated (where NATS allows: more replicas than servers is
+/// refused, and the stream is left as it is with a warning). Its retention (`max_age`) is
+/// the operators' once the stream exists.
+pub async fn ensure_stream_replicated(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    kind: StreamKind,
+    replicas: usize,
+) -> anyhow::Result<stream::Stream> {
+    let name = subjects.stream_name(kind);
+    let wanted = stream_config(subjects, kind, replicas);
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot declare stream {name} with {replicas} replicas: {e}"))?;
+    let current = stream.cached_info().config.clone();
+    // A server reports 1 for a stream declared with 0 (its default).
+    let current_replicas = current.num_replicas.max(1);
+    if current_replicas == wanted.num_replicas
+        && current.subjects == wanted.subjects
+        && current.duplicate_window == wanted.duplicate_window
+    {
+        return Ok(stream);
+    }
+    let update = stream::Config {
+        subjects: wanted.subjects.clone(),
+        num_replicas: wanted.num_replicas,
+        duplicate_window: wanted.duplicate_window,
+        ..current
+    };
+    match js.update_stream(update).await {
+        Ok(info) => {
+            tracing::info!(stream = %name, replicas = info.config.num_replicas, from = current_replicas, "stream updated");
+            stream = js.get_stream(&name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+        }
+        Err(error) => {
+            tracing::warn!(stream = %name, replicas, current = current_replicas, %error, "cannot update stream; left as it is");
+        }
+    }
     Ok(stream)
 }
 
@@ -159,10 +209,23 @@ pub fn all_streams() -> Vec<StreamKind> {
     kinds
 }
 
-/// Declares every stream of the platform.
+/// Declares every stream of the platform that is missing (one replica), changing none.
 pub async fn ensure_all_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
     for kind in all_streams() {
         ensure_stream(js, subjects, kind).await?;
+    }
+    Ok(())
+}
+
+/// Declares every stream of the platform with `replicas` copies, updating existing ones
+/// (`ensure_stream_replicated`): what a service does at start-up.
+pub async fn ensure_all_streams_replicated(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    for kind in all_streams() {
+        ensure_stream_replicated(js, subjects, kind, replicas).await?;
     }
     Ok(())
 }

@@ -119,15 +119,17 @@ impl OutboxSignal {
 }
 
 /// Publishes the outbox until `token` is cancelled, then drains what is committed.
+/// `service` labels its metrics.
 pub async fn relay(
     pool: PgPool,
     js: jetstream::Context,
     signal: OutboxSignal,
     token: CancellationToken,
+    service: &'static str,
 ) -> anyhow::Result<()> {
     let poll = Duration::from_millis(200);
     loop {
-        match publish_batch(&pool, &js).await {
+        match publish_batch(&pool, &js, service).await {
             Ok(0) => {
                 if token.is_cancelled() {
                     break;
@@ -151,6 +153,40 @@ pub async fn relay(
     Ok(())
 }
 
+/// How many events wait in the outbox and how old the oldest is, in seconds (0 when empty).
+pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - \
+           (SELECT created_at FROM outbox ORDER BY id LIMIT 1))::float8, 0) FROM outbox",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Samples the outbox's backlog and the pool's connections into their gauges every
+/// `every` until `token` is cancelled, the first time at once.
+pub async fn sample_backlog(pool: PgPool, service: &'static str, every: Duration, token: CancellationToken) {
+    use crate::telemetry::names;
+    loop {
+        // Before the query below, which holds a connection of its own for a moment.
+        let size = pool.size();
+        let in_use = size.saturating_sub(pool.num_idle() as u32);
+        metrics::gauge!(names::DB_POOL_IN_USE, "service" => service).set(f64::from(in_use));
+        metrics::gauge!(names::DB_POOL_SIZE, "service" => service).set(f64::from(size));
+        match backlog(&pool).await {
+            Ok((count, age)) => {
+                metrics::gauge!(names::OUTBOX_BACKLOG, "service" => service).set(count as f64);
+                metrics::gauge!(names::OUTBOX_OLDEST_AGE, "service" => service).set(age.max(0.0));
+            }
+            Err(error) => tracing::debug!(%error, "cannot sample the outbox backlog"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 const RELAY_BATCH: i64 = 1000;
 /// Payload bytes per relay round, so that rows carrying batches of events do not add up to
 /// hundreds of megabytes in memory. A first row larger than this still goes alone.
@@ -159,7 +195,7 @@ const RELAY_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 /// id, subject, msg_id, payload, traceparent
 type PendingRow = (i64, String, String, Vec<u8>, Option<String>);
 
-async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
+async fn publish_batch(pool: &PgPool, js: &jetstream::Context, service: &'static str) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     // The rows past the byte budget stay locked, unread (a toasted payload is read only when
     // sent) and unpublished until the next round.
@@ -195,7 +231,7 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result
     }
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
-    metrics::counter!("outbox_published_total").increment(ids.len() as u64);
+    metrics::counter!(crate::telemetry::names::OUTBOX_PUBLISHED, "service" => service).increment(ids.len() as u64);
     Ok(ids.len())
 }
 

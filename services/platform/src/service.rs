@@ -5,6 +5,10 @@ use async_nats::jetstream;
 use std::net::SocketAddr;
 use tokio::task::JoinSet;
 
+/// How often gauges read from Postgres or NATS (outbox backlog, pool, consumer pending) are
+/// sampled.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connections shared by the services of one process.
 #[derive(Clone)]
 pub struct Infra {
@@ -20,7 +24,7 @@ impl Infra {
         let nats = crate::nats::connect(&settings.nats_url, client_name).await?;
         let js = jetstream::new(nats.clone());
         let subjects = Subjects::new(settings.subject_prefix.clone());
-        crate::nats::ensure_all_streams(&js, &subjects).await?;
+        crate::nats::ensure_all_streams_replicated(&js, &subjects, settings.stream_replicas).await?;
         Ok(Self { settings, nats, js, subjects })
     }
 }
@@ -68,7 +72,12 @@ impl ServiceBase {
         let pool = crate::db::connect_and_migrate(&infra.settings, name, migrator).await?;
         let outbox = OutboxSignal::default();
         let mut tasks = JoinSet::new();
-        tasks.spawn(crate::outbox::relay(pool.clone(), infra.js.clone(), outbox.clone(), token.clone()));
+        tasks.spawn(crate::outbox::relay(pool.clone(), infra.js.clone(), outbox.clone(), token.clone(), name.as_str()));
+        let sampler = crate::outbox::sample_backlog(pool.clone(), name.as_str(), SAMPLE_EVERY, token.clone());
+        tasks.spawn(async move {
+            sampler.await;
+            Ok(())
+        });
         tasks.spawn(crate::db::vacuum_when_autovacuum_is_off(pool.clone(), name, token.clone()));
         Ok(Self { name, pool, outbox, tasks })
     }
@@ -154,6 +163,7 @@ impl ServiceBase {
             stream: infra.subjects.stream_name(stream),
             durable: durable.to_owned(),
             filter_subject: filter_subject.to_owned(),
+            service: self.name.as_str(),
         };
         self.tasks.spawn(crate::consumer::run(
             infra.nats.clone(),
@@ -173,7 +183,9 @@ impl ServiceBase {
         routes: tonic::service::Routes,
         token: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Running> {
-        let serving = crate::grpc::serve(&infra.settings.grpc_addr(self.name), grpc_names, routes, token).await?;
+        let serving =
+            crate::grpc::serve(&infra.settings.grpc_addr(self.name), self.name.as_str(), grpc_names, routes, token)
+                .await?;
         let task = serving.task;
         self.tasks.spawn(async move { task.await? });
         tracing::info!(service = %self.name, grpc = %serving.addr, "service started");

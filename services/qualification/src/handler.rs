@@ -71,7 +71,8 @@ async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) ->
     if !messages.is_empty() {
         ctx.outbox.notify();
     }
-    metrics::counter!("qualification_scorings_total").increment(scored.len() as u64);
+    metrics::counter!(platform::telemetry::names::QUALIFICATION_SCORINGS, "service" => "qualification")
+        .increment(scored.len() as u64);
     Ok(())
 }
 

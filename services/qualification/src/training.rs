@@ -173,7 +173,8 @@ pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Optio
         training_size = model.training_size,
         "model trained"
     );
-    metrics::counter!("qualification_models_trained_total").increment(1);
+    metrics::counter!(platform::telemetry::names::QUALIFICATION_MODELS_TRAINED, "service" => "qualification")
+        .increment(1);
     model_info(&ctx.pool, org_id).await.map(Some)
 }
 
