@@ -2,8 +2,9 @@
 //! nothing but this binary.
 
 use leads_proto::v1::{self as pb, lead_service_client::LeadServiceClient};
-use platform::{Settings, nats::Subjects};
+use platform::{ServiceName, Settings, nats::Subjects};
 use std::path::Path;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Publishes a JSON payload read from `file` (or stdin for `-`) to JetStream.
 pub async fn publish(settings: &Settings, subject_kind: &str, org_id: &str, file: &Path) -> anyhow::Result<()> {
@@ -41,14 +42,57 @@ pub async fn publish(settings: &Settings, subject_kind: &str, org_id: &str, file
     Ok(())
 }
 
-/// Prints the organisation's leads, newest interaction first, as JSON lines.
-pub async fn list_leads(settings: &Settings, org_id: &str, page_size: i32) -> anyhow::Result<()> {
+/// Filters and paging of `leads leads` and `leads export`.
+#[derive(Debug, Clone, Default)]
+pub struct LeadQuery {
+    pub org_id: String,
+    /// Status names as the proto spells them (`NEW`, `QUALIFIED`, ...), any case.
+    pub statuses: Vec<String>,
+    pub agents: Vec<String>,
+    pub search: Option<String>,
+    pub page_size: i32,
+    pub page_token: Option<String>,
+}
+
+impl LeadQuery {
+    fn request(&self) -> anyhow::Result<pb::ListLeadsRequest> {
+        let statuses = self
+            .statuses
+            .iter()
+            .map(|name| {
+                let upper = name.trim().to_ascii_uppercase().replace('-', "_");
+                pb::LeadStatus::from_str_name(&upper)
+                    .filter(|s| *s != pb::LeadStatus::Unspecified)
+                    .map(|s| s as i32)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown status {name:?}: use NEW, CONTACTED, QUALIFYING, QUALIFIED, FOLLOW_UP, CONVERTED, LOST or ARCHIVED"
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(pb::ListLeadsRequest {
+            org_id: self.org_id.clone(),
+            filter: Some(pb::LeadFilter {
+                statuses,
+                agent_ids: self.agents.clone(),
+                search: self.search.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
+            page_size: self.page_size,
+            page_token: self.page_token.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Prints one page of the organisation's leads, newest interaction first, as JSON lines,
+/// then the token of the next page when there is one.
+pub async fn list_leads(settings: &Settings, query: &LeadQuery) -> anyhow::Result<()> {
+    let request = query.request()?;
     let endpoint = settings.endpoints.lead.clone();
     let mut client = LeadServiceClient::connect(endpoint).await?;
-    let page = client
-        .list_leads(pb::ListLeadsRequest { org_id: org_id.into(), page_size, ..Default::default() })
-        .await?
-        .into_inner();
+    let page = client.list_leads(request).await?.into_inner();
     println!("{} leads match", page.total_count);
     for lead in page.leads {
         let contact = lead.contact.clone().unwrap_or_default();
@@ -60,11 +104,132 @@ pub async fn list_leads(settings: &Settings, org_id: &str, page_size: i32) -> an
                 "active": lead.active,
                 "phone": contact.phone,
                 "name": contact.name,
+                "agent": lead.agent_id,
                 "score": lead.score,
                 "interactions": lead.interaction_count,
                 "last_message": lead.last_message_preview,
             })
         );
     }
+    if !page.next_page_token.is_empty() {
+        println!("next_page_token: {}", page.next_page_token);
+    }
     Ok(())
+}
+
+/// Writes every lead matching `query` (all pages) as CSV to `out` through ExportLeads,
+/// showing the rows received so far on stderr; returns the row count.
+pub async fn export_leads(settings: &Settings, query: &LeadQuery, out: &Path) -> anyhow::Result<i64> {
+    use std::io::Write;
+    let mut request = query.request()?;
+    request.page_token.clear();
+    let endpoint = settings.endpoints.lead.clone();
+    let mut client = LeadServiceClient::connect(endpoint).await?;
+    let mut stream = client
+        .export_leads(pb::ExportLeadsRequest { query: Some(request), scope: pb::ExportScope::All as i32 })
+        .await?
+        .into_inner();
+    // Written beside the target and renamed at the end, so that a failed export leaves no
+    // truncated file under the name asked for.
+    let partial = out.with_extension("csv.partial");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    let mut rows = 0i64;
+    let mut last_shown = std::time::Instant::now();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = async {
+        while let Some(chunk) = stream.message().await? {
+            file.write_all(&chunk.csv)?;
+            rows += chunk.rows;
+            if last_shown.elapsed() >= std::time::Duration::from_millis(250) {
+                last_shown = std::time::Instant::now();
+                if interactive {
+                    eprint!("\rexporting: {rows} rows");
+                } else {
+                    eprintln!("exporting: {rows} rows");
+                }
+            }
+        }
+        file.flush()?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        let _ = std::fs::remove_file(&partial);
+        if interactive {
+            eprintln!();
+        }
+        return Err(error);
+    }
+    drop(file);
+    std::fs::rename(&partial, out)?;
+    if interactive {
+        eprint!("\r");
+    }
+    eprintln!("exported {rows} rows to {}", out.display());
+    Ok(rows)
+}
+
+/// How long `health` waits for an answer.
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks `grpc.health.v1.Health/Check` at `addr` (`host:port`, or a URL) about `service` (""
+/// for the server as a whole); `Ok` carries the status the server reported, an error means
+/// no answer within `HEALTH_TIMEOUT`.
+pub async fn check_health(addr: &str, service: &str) -> anyhow::Result<ServingStatus> {
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(url)?
+            .connect_timeout(HEALTH_TIMEOUT)
+            .timeout(HEALTH_TIMEOUT)
+            .connect()
+            .await?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: service.to_owned() })
+            .await
+            .map_err(|status| anyhow::anyhow!("{}: {}", platform::grpc::code_name(status.code()), status.message()))?;
+        anyhow::Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+    };
+    tokio::time::timeout(HEALTH_TIMEOUT, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {HEALTH_TIMEOUT:?}"))?
+}
+
+/// `leads health`: checks `addr` (with `service`), or with no address every service at its
+/// configured port, printing one line each. True when every one is SERVING.
+pub async fn health(settings: &Settings, addr: Option<&str>, service: &str) -> bool {
+    let targets: Vec<(String, String)> = match addr {
+        Some(addr) => vec![(addr.to_owned(), addr.to_owned())],
+        None => ServiceName::ALL
+            .into_iter()
+            .map(|name| {
+                let host = match settings.grpc.host.as_str() {
+                    "0.0.0.0" | "" => "127.0.0.1",
+                    "::" | "[::]" => "[::1]",
+                    host => host,
+                };
+                (name.as_str().to_owned(), format!("{host}:{}", settings.grpc.port(name)))
+            })
+            .collect(),
+    };
+    let checks = targets.iter().map(|(_, target)| check_health(target, service));
+    let results = futures::future::join_all(checks).await;
+    let mut all_serving = true;
+    for ((label, target), result) in targets.iter().zip(results) {
+        let line = match result {
+            Ok(status) => {
+                all_serving &= status == ServingStatus::Serving;
+                status.as_str_name().to_owned()
+            }
+            Err(error) => {
+                all_serving = false;
+                format!("UNREACHABLE ({error:#})")
+            }
+        };
+        if label == target {
+            println!("{target} {line}");
+        } else {
+            println!("{label} {target} {line}");
+        }
+    }
+    all_serving
 }

@@ -34,27 +34,98 @@ enum Command {
         org: String,
         file: PathBuf,
     },
-    /// Lists an organisation's leads through LeadService (at `endpoints.lead`).
+    /// Lists a page of an organisation's leads through LeadService (at `endpoints.lead`), then
+    /// the next page's token when there is one.
     Leads {
-        #[arg(long)]
-        org: String,
+        #[command(flatten)]
+        filter: Filter,
         #[arg(long, default_value_t = 20)]
         page_size: i32,
+        /// The `next_page_token` printed by the previous page.
+        #[arg(long)]
+        page_token: Option<String>,
     },
+    /// Writes every lead matching the filters to a CSV file through LeadService/ExportLeads,
+    /// with the rows so far on stderr.
+    Export {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Asks grpc.health.v1.Health/Check; exits 0 when SERVING. Without --addr, checks every
+    /// service at its configured port (LEADS_GRPC_HOST, LEADS_GRPC_<SERVICE>_PORT), one line
+    /// each. Times out after 2 s.
+    Health {
+        /// host:port of one gRPC server
+        #[arg(long)]
+        addr: Option<String>,
+        /// The service to ask about (e.g. leads.v1.LeadService); the server as a whole by default.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct Filter {
+    #[arg(long)]
+    org: String,
+    /// A status (NEW, CONTACTED, QUALIFYING, QUALIFIED, FOLLOW_UP, CONVERTED, LOST,
+    /// ARCHIVED); repeat for any of several.
+    #[arg(long = "status")]
+    statuses: Vec<String>,
+    /// An agent id; repeat for any of several.
+    #[arg(long = "agent")]
+    agents: Vec<String>,
+    /// Matches contact name, phone or email.
+    #[arg(long)]
+    search: Option<String>,
+}
+
+impl Filter {
+    fn query(self, page_size: i32, page_token: Option<String>) -> leads::ctl::LeadQuery {
+        leads::ctl::LeadQuery {
+            org_id: self.org,
+            statuses: self.statuses,
+            agents: self.agents,
+            search: self.search,
+            page_size,
+            page_token,
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = platform::Settings::load(cli.config.as_deref())?;
-    let _telemetry = match &cli.command {
-        Some(Command::Publish { .. } | Command::Leads { .. }) => None,
-        _ => Some(platform::telemetry::init("leads", settings.otlp_endpoint.as_deref())?),
+    let command = cli.command.unwrap_or(Command::Run { services: "all".into() });
+    let _telemetry = match &command {
+        Command::Run { services } => {
+            let services = leads::parse_services(services).map_err(anyhow::Error::msg)?;
+            let services: Vec<_> = services.into_iter().collect();
+            let name = platform::telemetry::process_service_name(&services);
+            Some(platform::telemetry::init(&name, settings.otlp_endpoint.as_deref())?)
+        }
+        Command::Migrate => Some(platform::telemetry::init("leads", settings.otlp_endpoint.as_deref())?),
+        Command::Publish { .. } | Command::Leads { .. } | Command::Export { .. } | Command::Health { .. } => None,
     };
-    match cli.command.unwrap_or(Command::Run { services: "all".into() }) {
+    match command {
         Command::Migrate => leads::migrate(&settings).await,
         Command::Publish { subject, org, file } => leads::ctl::publish(&settings, &subject, &org, &file).await,
-        Command::Leads { org, page_size } => leads::ctl::list_leads(&settings, &org, page_size).await,
+        Command::Leads { filter, page_size, page_token } => {
+            leads::ctl::list_leads(&settings, &filter.query(page_size, page_token)).await
+        }
+        Command::Export { filter, out } => {
+            leads::ctl::export_leads(&settings, &filter.query(0, None), &out).await.map(|_| ())
+        }
+        Command::Health { addr, service } => {
+            if leads::ctl::health(&settings, addr.as_deref(), &service).await {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Run { services } => {
             // Before migrations and connections: a SIGTERM during start-up is handled, not the
             // default kill; the services finish starting and then stop cleanly.
