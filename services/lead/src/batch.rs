@@ -8,6 +8,12 @@
 //! source; with one it is added to it; an outbound event never opens a lead and moves a New
 //! lead to Contacted, by the system. Name and email come from the newest event; a contact
 //! found by one identity gains the other when no other contact holds it.
+//!
+//! An outbound message belongs to the contact's lead when it is at or after the lead's first
+//! inbound message. One applied before that lead existed (events of one contact at the same
+//! instant, or a backlog applied by concurrent batches) stays on the contact, unattached, and
+//! the lead takes it when it opens or when an earlier inbound message moves its first touch
+//! back: the lead ends the same in either order.
 
 use crate::{
     LeadContext,
@@ -79,6 +85,18 @@ struct BatchState {
     /// and follow-up services filter for them.
     recorded: Vec<Envelope<LeadEvent>>,
     messages: Vec<platform::outbox::OutboxMessage>,
+    /// Outbound messages of each contact that no lead holds yet, oldest first.
+    unattached: HashMap<Uuid, Vec<Unattached>>,
+    /// Stored unattached messages a lead took in this batch: (org, event id, lead).
+    attached: Vec<(String, String, Uuid)>,
+}
+
+/// An outbound message recorded on its contact without a lead.
+#[derive(Debug, Clone)]
+struct Unattached {
+    summary: InteractionSummary,
+    /// Its row in this batch's pending interactions; `None` when it is stored already.
+    pending: Option<usize>,
 }
 
 async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
@@ -91,6 +109,7 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
     let mut state = BatchState::default();
     load_contacts(&mut tx, &todo, &mut state).await?;
     load_active_leads(&mut tx, &mut state).await?;
+    load_unattached(&mut tx, &mut state).await?;
     let now = Utc::now();
     // Arrival order: an event that links a phone to an external id comes before a later
     // event that names only the phone.
@@ -197,6 +216,41 @@ async fn load_active_leads(tx: &mut Transaction<'_, Postgres>, state: &mut Batch
     Ok(())
 }
 
+/// The stored outbound messages of the batch's contacts that no lead holds (the newest 100
+/// of each contact: a lead opens within a conversation, not months after).
+async fn load_unattached(tx: &mut Transaction<'_, Postgres>, state: &mut BatchState) -> Result<(), LeadError> {
+    if state.contacts.is_empty() {
+        return Ok(());
+    }
+    let (orgs, ids): (Vec<&str>, Vec<Uuid>) = state.contacts.values().map(|c| (c.org_id.as_str(), c.id)).unzip();
+    type Row = (Uuid, String, String, DateTime<Utc>, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT i.contact_id, i.event_id, i.kind, i.occurred_at, i.text, i.broadcast_message_id, i.campaign_id \
+         FROM UNNEST($1::text[], $2::uuid[]) AS k(org_id, contact_id) \
+         CROSS JOIN LATERAL ( \
+           SELECT * FROM interactions i WHERE i.org_id = k.org_id AND i.contact_id = k.contact_id \
+             AND i.lead_id IS NULL AND i.direction = 'outbound' ORDER BY i.occurred_at DESC LIMIT 100 \
+         ) i ORDER BY i.occurred_at",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (contact_id, event_id, kind, occurred_at, text, broadcast_message_id, campaign_id) in rows {
+        let summary = InteractionSummary {
+            event_id,
+            kind,
+            direction: Direction::Outbound.as_str().into(),
+            occurred_at,
+            text,
+            broadcast_message_id,
+            campaign_id,
+        };
+        state.unattached.entry(contact_id).or_default().push(Unattached { summary, pending: None });
+    }
+    Ok(())
+}
+
 impl BatchState {
     fn index(&mut self, contact: Contact) {
         if let Some(phone) = &contact.phone {
@@ -276,113 +330,207 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
     let contact_id = state.resolve_contact(org_id, event);
     let contact = state.contacts[&contact_id].clone();
     let preview = event.text.as_deref().map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
-    let lead_id = match (state.active.get_mut(&contact_id), event.direction) {
-        (None, Direction::Outbound) => None,
-        (None, Direction::Inbound) => {
-            let lead = LeadView {
-                id: Uuid::now_v7(),
-                org_id: org_id.to_owned(),
-                contact_id,
-                phone: contact.phone.clone(),
-                external_id: contact.external_id.clone(),
-                name: contact.name.clone(),
-                email: contact.email.clone(),
-                status: Status::New,
-                active: true,
-                source_kind: event.kind.as_str().to_owned(),
-                channel: event.channel.clone(),
-                campaign_id: event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()),
-                broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
-                integration_name: event.integration.as_ref().map(|i| i.name.clone()),
-                integration_reference: event.integration.as_ref().and_then(|i| i.reference.clone()),
-                score: None,
-                score_source: None,
-                agent_id: None,
-                interaction_count: 1,
-                last_message_preview: preview,
-                first_touch_at: event.occurred_at,
-                last_interaction_at: event.occurred_at,
-                created_at: now,
-                updated_at: now,
-                version: 1,
+    let belongs = |lead: &LeadView| event.direction == Direction::Inbound || event.occurred_at >= lead.first_touch_at;
+    let lead_id = match state.active.get_mut(&contact_id) {
+        Some(lead) if belongs(lead) => {
+            (lead.phone, lead.external_id, lead.name, lead.email) =
+                (contact.phone.clone(), contact.external_id.clone(), contact.name.clone(), contact.email.clone());
+            lead.first_touch_at = lead.first_touch_at.min(event.occurred_at);
+            let mut out = Changes {
+                status_changes: &mut state.status_changes,
+                recorded: &mut state.recorded,
+                messages: &mut state.messages,
             };
-            let source = match event.kind {
-                Kind::ChatMessage => "created from a chat message".to_owned(),
-                Kind::BroadcastReply => format!(
-                    "created from a reply to broadcast {}",
-                    event.broadcast.as_ref().map(|b| b.message_id.as_str()).unwrap_or_default()
-                ),
-                Kind::Integration => format!(
-                    "created from integration {}",
-                    event.integration.as_ref().map(|i| i.name.as_str()).unwrap_or_default()
-                ),
-            };
-            state.status_changes.push(StatusChangeRow {
-                org_id: org_id.to_owned(),
-                lead_id: lead.id,
-                from: None,
-                to: Status::New.as_str(),
-                reason: source,
-                version: 1,
-                at: now,
-            });
-            state.recorded.push(lead_envelope(&lead, LeadChange::Created { interaction: summary(event) }));
-            state.new_leads.push(lead.id);
+            record_on_lead(ctx, &mut out, lead, &summary(event), event.direction, now);
+            state.changed_leads.insert(lead.id);
+            Some(lead.id)
+        }
+        Some(_) => None,
+        None if event.direction == Direction::Outbound => None,
+        None => {
+            let lead = open_lead(state, org_id, &contact, event, preview, now);
             let id = lead.id;
             state.active.insert(contact_id, lead);
             Some(id)
         }
-        (Some(lead), direction) => {
-            lead.interaction_count += 1;
-            if event.occurred_at >= lead.last_interaction_at && preview.is_some() {
-                lead.last_message_preview = preview;
-            }
-            lead.last_interaction_at = lead.last_interaction_at.max(event.occurred_at);
-            lead.version += 1;
-            lead.updated_at = now;
-            (lead.phone, lead.external_id, lead.name, lead.email) =
-                (contact.phone.clone(), contact.external_id.clone(), contact.name.clone(), contact.email.clone());
-            // Every message is recorded, the one that moves the lead as well, so projections
-            // (qualification) see the whole conversation.
-            state.recorded.push(lead_envelope(lead, LeadChange::InteractionRecorded { interaction: summary(event) }));
-            let act = match direction {
-                Direction::Inbound => Act::Inbound,
-                Direction::Outbound => Act::Outbound,
-            };
-            // Only active leads are in `state.active`, so the act is allowed.
-            if let Ok(Transition::Moves { from, to }) = lifecycle::decide(lead.status, act) {
-                lead.status = to;
-                lead.version += 1;
-                let reason = "first outbound message";
-                state.status_changes.push(StatusChangeRow {
-                    org_id: org_id.to_owned(),
-                    lead_id: lead.id,
-                    from: Some(from.as_str()),
-                    to: to.as_str(),
-                    reason: reason.to_owned(),
-                    version: lead.version,
-                    at: now,
-                });
-                let change = LeadChange::StatusChanged {
-                    from: from.as_str().into(),
-                    to: to.as_str().into(),
-                    actor: SYSTEM_ACTOR.into(),
-                    reason: Some(reason.into()),
-                };
-                state.messages.push(lead_event(ctx, lead, change));
-            }
-            state.changed_leads.insert(lead.id);
-            Some(lead.id)
-        }
     };
+    let index = state.interactions.len();
     state.interactions.push(org_id, event, lead_id, contact_id);
+    if lead_id.is_none() {
+        let unattached = Unattached { summary: summary(event), pending: Some(index) };
+        state.unattached.entry(contact_id).or_default().push(unattached);
+    } else if event.direction == Direction::Inbound {
+        attach_unattached(ctx, state, org_id, contact_id, now);
+    }
+}
+
+/// The event's lead: a new one in New, opened by an inbound message.
+fn open_lead(
+    state: &mut BatchState,
+    org_id: &str,
+    contact: &Contact,
+    event: &Interaction,
+    preview: Option<String>,
+    now: DateTime<Utc>,
+) -> LeadView {
+    let lead = LeadView {
+        id: Uuid::now_v7(),
+        org_id: org_id.to_owned(),
+        contact_id: contact.id,
+        phone: contact.phone.clone(),
+        external_id: contact.external_id.clone(),
+        name: contact.name.clone(),
+        email: contact.email.clone(),
+        status: Status::New,
+        active: true,
+        source_kind: event.kind.as_str().to_owned(),
+        channel: event.channel.clone(),
+        campaign_id: event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()),
+        broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
+        integration_name: event.integration.as_ref().map(|i| i.name.clone()),
+        integration_reference: event.integration.as_ref().and_then(|i| i.reference.clone()),
+        score: None,
+        score_source: None,
+        agent_id: None,
+        interaction_count: 1,
+        last_message_preview: preview,
+        first_touch_at: event.occurred_at,
+        last_interaction_at: event.occurred_at,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let source = match event.kind {
+        Kind::ChatMessage => "created from a chat message".to_owned(),
+        Kind::BroadcastReply => format!(
+            "created from a reply to broadcast {}",
+            event.broadcast.as_ref().map(|b| b.message_id.as_str()).unwrap_or_default()
+        ),
+        Kind::Integration => format!(
+            "created from integration {}",
+            event.integration.as_ref().map(|i| i.name.as_str()).unwrap_or_default()
+        ),
+    };
+    state.status_changes.push(StatusChangeRow {
+        org_id: org_id.to_owned(),
+        lead_id: lead.id,
+        from: None,
+        to: Status::New.as_str(),
+        reason: source,
+        version: 1,
+        at: now,
+    });
+    state.recorded.push(lead_envelope(&lead, LeadChange::Created { interaction: summary(event) }));
+    state.new_leads.push(lead.id);
+    lead
+}
+
+/// Gives the contact's lead the outbound messages recorded without one that are at or after
+/// its first touch.
+fn attach_unattached(ctx: &LeadContext, state: &mut BatchState, org_id: &str, contact_id: Uuid, now: DateTime<Utc>) {
+    let Some(lead) = state.active.get_mut(&contact_id) else { return };
+    let Some(waiting) = state.unattached.get_mut(&contact_id) else { return };
+    let (mut taken, kept): (Vec<Unattached>, Vec<Unattached>) =
+        std::mem::take(waiting).into_iter().partition(|u| u.summary.occurred_at >= lead.first_touch_at);
+    *waiting = kept;
+    taken.sort_by_key(|u| u.summary.occurred_at);
+    for message in taken {
+        let mut out = Changes {
+            status_changes: &mut state.status_changes,
+            recorded: &mut state.recorded,
+            messages: &mut state.messages,
+        };
+        record_on_lead(ctx, &mut out, lead, &message.summary, Direction::Outbound, now);
+        match message.pending {
+            Some(index) => state.interactions.lead_id[index] = Some(lead.id),
+            None => state.attached.push((org_id.to_owned(), message.summary.event_id.clone(), lead.id)),
+        }
+        state.changed_leads.insert(lead.id);
+    }
+}
+
+/// Where recording messages on leads puts what it decides.
+struct Changes<'a> {
+    status_changes: &'a mut Vec<StatusChangeRow>,
+    recorded: &'a mut Vec<Envelope<LeadEvent>>,
+    messages: &'a mut Vec<platform::outbox::OutboxMessage>,
+}
+
+/// Adds a message to an active lead: counts, preview, its event, and the status change the
+/// lifecycle decides (the first outbound message moves a New lead to Contacted).
+fn record_on_lead(
+    ctx: &LeadContext,
+    out: &mut Changes<'_>,
+    lead: &mut LeadView,
+    interaction: &InteractionSummary,
+    direction: Direction,
+    now: DateTime<Utc>,
+) {
+    let preview = interaction.text.as_deref().map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
+    lead.interaction_count += 1;
+    if interaction.occurred_at >= lead.last_interaction_at && preview.is_some() {
+        lead.last_message_preview = preview;
+    }
+    lead.last_interaction_at = lead.last_interaction_at.max(interaction.occurred_at);
+    lead.version += 1;
+    lead.updated_at = now;
+    // Every message is recorded, the one that moves the lead as well, so projections
+    // (qualification) see the whole conversation.
+    out.recorded.push(lead_envelope(lead, LeadChange::InteractionRecorded { interaction: interaction.clone() }));
+    let act = match direction {
+        Direction::Inbound => Act::Inbound,
+        Direction::Outbound => Act::Outbound,
+    };
+    // Only active leads are recorded on, so the act is allowed.
+    if let Ok(Transition::Moves { from, to }) = lifecycle::decide(lead.status, act) {
+        lead.status = to;
+        lead.version += 1;
+        let reason = "first outbound message";
+        out.status_changes.push(StatusChangeRow {
+            org_id: lead.org_id.clone(),
+            lead_id: lead.id,
+            from: Some(from.as_str()),
+            to: to.as_str(),
+            reason: reason.to_owned(),
+            version: lead.version,
+            at: now,
+        });
+        let change = LeadChange::StatusChanged {
+            from: from.as_str().into(),
+            to: to.as_str().into(),
+            actor: SYSTEM_ACTOR.into(),
+            reason: Some(reason.into()),
+        };
+        out.messages.push(lead_event(ctx, lead, change));
+    }
 }
 
 async fn write(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
     write_contacts(tx, state).await?;
     write_leads(tx, state).await?;
     write_status_changes(tx, state).await?;
-    state.interactions.write(tx).await
+    state.interactions.write(tx).await?;
+    write_attached(tx, state).await
+}
+
+async fn write_attached(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
+    if state.attached.is_empty() {
+        return Ok(());
+    }
+    let orgs: Vec<&str> = state.attached.iter().map(|a| a.0.as_str()).collect();
+    let events: Vec<&str> = state.attached.iter().map(|a| a.1.as_str()).collect();
+    let leads: Vec<Uuid> = state.attached.iter().map(|a| a.2).collect();
+    sqlx::query(
+        "UPDATE interactions i SET lead_id = u.lead_id \
+         FROM UNNEST($1::text[], $2::text[], $3::uuid[]) AS u(org_id, event_id, lead_id) \
+         WHERE i.org_id = u.org_id AND i.event_id = u.event_id AND i.lead_id IS NULL",
+    )
+    .bind(&orgs)
+    .bind(&events)
+    .bind(&leads)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn write_contacts(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
@@ -499,10 +647,11 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         sqlx::query(
             "UPDATE leads l SET interaction_count = u.interaction_count, \
                last_message_preview = u.last_message_preview, last_interaction_at = u.last_interaction_at, \
-               status = u.status, updated_at = u.updated_at, version = u.version \
+               status = u.status, updated_at = u.updated_at, version = u.version, first_touch_at = u.first_touch_at \
              FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[], \
-               $6::timestamptz[], $7::bigint[]) \
-               AS u(id, interaction_count, last_message_preview, last_interaction_at, status, updated_at, version) \
+               $6::timestamptz[], $7::bigint[], $8::timestamptz[]) \
+               AS u(id, interaction_count, last_message_preview, last_interaction_at, status, updated_at, version, \
+                    first_touch_at) \
              WHERE l.id = u.id",
         )
         .bind(changed.iter().map(|l| l.id).collect::<Vec<_>>())
@@ -512,6 +661,7 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         .bind(changed.iter().map(|l| l.status.as_str()).collect::<Vec<_>>())
         .bind(changed.iter().map(|l| l.updated_at).collect::<Vec<_>>())
         .bind(changed.iter().map(|l| l.version).collect::<Vec<_>>())
+        .bind(changed.iter().map(|l| l.first_touch_at).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
@@ -575,6 +725,10 @@ struct PendingInteractions {
 }
 
 impl PendingInteractions {
+    fn len(&self) -> usize {
+        self.org_id.len()
+    }
+
     fn push(&mut self, org_id: &str, event: &Interaction, lead_id: Option<Uuid>, contact_id: Uuid) {
         self.org_id.push(org_id.to_owned());
         self.event_id.push(event.event_id.clone());
