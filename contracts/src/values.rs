@@ -98,13 +98,13 @@ fn parse_phone(trimmed: &str) -> Result<String, Refusal> {
     } else {
         return Err(Refusal::new(
             "contact.phone",
-            format!("{trimmed:?} must be in international form with a country code, like +14155550100"),
+            format!("{:?} must be in international form with a country code, like +14155550100", mask_phone(trimmed)),
         ));
     };
     let number = phonenumber::parse(None, &candidate)
-        .map_err(|e| Refusal::new("contact.phone", format!("{trimmed:?} is not a phone number: {e}")))?;
+        .map_err(|e| Refusal::new("contact.phone", format!("{:?} is not a phone number: {e}", mask_phone(trimmed))))?;
     if !phonenumber::is_viable(&candidate) || !number.is_valid() {
-        return Err(Refusal::new("contact.phone", format!("{trimmed:?} is not a valid phone number")));
+        return Err(Refusal::new("contact.phone", format!("{:?} is not a valid phone number", mask_phone(trimmed))));
     }
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
@@ -157,6 +157,146 @@ impl PhoneMemo {
 /// redelivery.
 pub fn no_nul(value: &str, field: &str) -> Result<(), Refusal> {
     if value.contains('\0') { Err(Refusal::new(field, "must not contain the NUL character (\\u0000)")) } else { Ok(()) }
+}
+
+/// Personal data kept out of logs and of refusal reasons (which are logged): a phone number
+/// shows its last digits only (`+1*******0100`: four of ten or more, two of fewer), an email
+/// the first character of its local part and its domain (`a***@example.com`).
+pub mod mask {
+    /// Every digit but the last few becomes `*`; other characters (`+`, spaces) stay.
+    pub fn mask_phone(phone: &str) -> String {
+        let digits = phone.chars().filter(char::is_ascii_digit).count();
+        let keep = match digits {
+            0..=4 => 0,
+            5..=9 => 2,
+            _ => 4,
+        };
+        let mut seen = 0;
+        phone
+            .chars()
+            .map(|c| {
+                if !c.is_ascii_digit() {
+                    return c;
+                }
+                seen += 1;
+                if seen > digits - keep { c } else { '*' }
+            })
+            .collect()
+    }
+
+    /// `a***@example.com`; a value without `@` is masked whole but its first character.
+    pub fn mask_email(email: &str) -> String {
+        let (local, domain) = email.rsplit_once('@').unwrap_or((email, ""));
+        let first: String = local.chars().take(1).collect();
+        if domain.is_empty() { format!("{first}***") } else { format!("{first}***@{domain}") }
+    }
+
+    /// Masks whatever in free text looks like an email or a phone number (a run of seven or
+    /// more digits, with the `+`, spaces, dots, dashes and brackets between them).
+    pub fn redact(text: &str) -> String {
+        let words: Vec<String> = text
+            .split(' ')
+            .map(|word| if word.contains('@') && word.contains('.') { mask_email(word) } else { word.to_owned() })
+            .collect();
+        let text = words.join(" ");
+        let mut out = String::with_capacity(text.len());
+        let mut run = String::new();
+        let flush = |run: &mut String, out: &mut String| {
+            if run.chars().filter(char::is_ascii_digit).count() >= 7 {
+                out.push_str(&mask_phone(run));
+            } else {
+                out.push_str(run);
+            }
+            run.clear();
+        };
+        for c in text.chars() {
+            let digit = c.is_ascii_digit();
+            let joins = matches!(c, '+' | ' ' | '.' | '-' | '(' | ')') && (!run.is_empty() || c == '+' || c == '(');
+            if digit || joins {
+                run.push(c);
+            } else {
+                flush(&mut run, &mut out);
+                out.push(c);
+            }
+        }
+        flush(&mut run, &mut out);
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn phones_and_emails_keep_only_what_identifies_nobody() {
+            assert_eq!(mask_phone("+14155550100"), "+*******0100");
+            assert_eq!(mask_phone("+1 (415) 555-0100"), "+* (***) ***-0100");
+            assert_eq!(mask_phone("+1555"), "+****");
+            assert_eq!(mask_phone("+1555123"), "+*****23");
+            assert_eq!(mask_email("ada.lovelace@example.com"), "a***@example.com");
+            assert_eq!(mask_email("nonsense"), "n***");
+            let line = redact("\"+14155550100\" is not a valid phone number; write to ada@example.com, ref 2026");
+            assert_eq!(line, "\"+*******0100\" is not a valid phone number; write to a***@example.com, ref 2026");
+            assert!(!redact("call +44 20 7946 0958 now").contains("7946"));
+        }
+    }
+}
+
+pub use mask::{mask_email, mask_phone, redact};
+
+/// Limits of the free-text and id fields of the gRPC API: each refused with
+/// `INVALID_ARGUMENT` naming its field (`bounded`).
+pub mod limits {
+    /// Why a status, assignment or follow-up changed.
+    pub const MAX_REASON_CHARS: usize = 2000;
+    /// The display name a request gives its actor (the token's subject is recorded with it).
+    pub const MAX_ACTOR_CHARS: usize = 200;
+    /// What a service passes on as the actor it recorded: a subject and a display name.
+    pub const MAX_RECORDED_ACTOR_CHARS: usize = 2 * MAX_ACTOR_CHARS + 3;
+    /// Lead, contact and follow-up ids (UUIDs are 36).
+    pub const MAX_ID_CHARS: usize = 64;
+    /// Page tokens the services issue.
+    pub const MAX_PAGE_TOKEN_CHARS: usize = 1024;
+    /// Campaign ids, integration names, request ids and similar references.
+    pub const MAX_REFERENCE_CHARS: usize = 256;
+    /// Names and emails of agents.
+    pub const MAX_NAME_CHARS: usize = 200;
+    pub const MAX_EMAIL_CHARS: usize = 320;
+}
+
+pub use limits::{MAX_ACTOR_CHARS, MAX_REASON_CHARS};
+
+/// `value` has at most `max` characters and no NUL, or a refusal naming `field`.
+pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), Refusal> {
+    // Bytes first: a character is at most four, so a short string needs no count.
+    if value.len() > max && value.chars().count() > max {
+        return Err(Refusal::new(field, format!("must be at most {max} characters")));
+    }
+    no_nul(value, field)
+}
+
+/// Every element of a repeated field, named `field[i]` when refused.
+pub fn bounded_each<'a>(field: &str, values: impl IntoIterator<Item = &'a String>, max: usize) -> Result<(), Refusal> {
+    for (i, value) in values.into_iter().enumerate() {
+        bounded(&format!("{field}[{i}]"), value, max)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn bounded_fields_name_themselves() {
+        assert!(bounded("reason", &"r".repeat(MAX_REASON_CHARS), MAX_REASON_CHARS).is_ok());
+        assert!(bounded("reason", &"é".repeat(MAX_REASON_CHARS), MAX_REASON_CHARS).is_ok());
+        let refusal = bounded("reason", &"r".repeat(MAX_REASON_CHARS + 1), MAX_REASON_CHARS).unwrap_err();
+        assert_eq!((refusal.field.as_str(), refusal.reason.as_str()), ("reason", "must be at most 2000 characters"));
+        assert_eq!(bounded("actor", "a\0b", MAX_ACTOR_CHARS).unwrap_err().field, "actor");
+        let ids = vec!["a".to_owned(), "b".repeat(100)];
+        assert_eq!(bounded_each("lead_ids", &ids, limits::MAX_ID_CHARS).unwrap_err().field, "lead_ids[1]");
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ use crate::{
     handler::{self, AgentRow, Assign, AssignmentRow, UpsertAgent},
 };
 use contracts::time::timestamp;
+use contracts::values::{MAX_AGENT_ID_CHARS, bounded, bounded_each, limits};
 use leads_proto::v1::{self as pb, assignment_service_server::AssignmentService};
+use platform::auth::Caller;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -17,6 +19,7 @@ fn org(org_id: &str) -> Result<(), AssignmentError> {
 }
 
 fn lead_id(value: &str) -> Result<Uuid, AssignmentError> {
+    bounded("lead_id", value, limits::MAX_ID_CHARS)?;
     if value.is_empty() {
         return Err(AssignmentError::invalid("lead_id", "is required"));
     }
@@ -27,8 +30,20 @@ fn trimmed(value: &str) -> Option<String> {
     (!value.trim().is_empty()).then(|| value.trim().to_owned())
 }
 
-fn actor(value: &str) -> String {
-    trimmed(value).unwrap_or_else(|| "unknown".into())
+/// Who is recorded: the token's subject, with the request's `actor` as a display name.
+fn actor(caller: &Caller, display: &str) -> Result<String, AssignmentError> {
+    bounded("actor", display, limits::MAX_ACTOR_CHARS)?;
+    Ok(caller.actor(display))
+}
+
+fn reason(value: &str) -> Result<Option<String>, AssignmentError> {
+    bounded("reason", value, limits::MAX_REASON_CHARS)?;
+    Ok(trimmed(value))
+}
+
+fn agent_id(value: &str) -> Result<Option<String>, AssignmentError> {
+    bounded("agent_id", value, MAX_AGENT_ID_CHARS)?;
+    Ok(trimmed(value))
 }
 
 fn agent_to_proto(agent: AgentRow) -> pb::Agent {
@@ -58,8 +73,13 @@ fn assignment_to_proto(row: AssignmentRow) -> pb::Assignment {
 #[tonic::async_trait]
 impl AssignmentService for AssignmentApi {
     async fn upsert_agent(&self, request: Request<pb::UpsertAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
+        agent_id(&request.agent_id)?;
+        bounded("name", &request.name, limits::MAX_NAME_CHARS).map_err(AssignmentError::from)?;
+        bounded("email", &request.email, limits::MAX_EMAIL_CHARS).map_err(AssignmentError::from)?;
         let agent = handler::upsert_agent(
             &self.ctx,
             UpsertAgent {
@@ -78,25 +98,29 @@ impl AssignmentService for AssignmentApi {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
         let agents = handler::list_agents(&self.ctx, &request.org_id, request.active_only).await?;
         Ok(Response::new(pb::ListAgentsResponse { agents: agents.into_iter().map(agent_to_proto).collect() }))
     }
 
     async fn assign_lead(&self, request: Request<pb::AssignLeadRequest>) -> Result<Response<pb::Assignment>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
         let id = lead_id(&request.lead_id)?;
-        let agent_id = match (request.unassign, trimmed(&request.agent_id)) {
+        let agent_id = match (request.unassign, agent_id(&request.agent_id)?) {
             (false, None) => return Err(AssignmentError::invalid("agent_id", "is required (or set unassign)").into()),
             (true, Some(_)) => {
                 return Err(AssignmentError::invalid("agent_id", "must be empty when unassign is set").into());
             }
             (_, agent) => agent,
         };
-        let actor = actor(&request.actor);
-        let reason = trimmed(&request.reason);
+        let actor = actor(&caller, &request.actor)?;
+        let reason = reason(&request.reason)?;
         let results = handler::assign(
             &self.ctx,
             Assign {
@@ -131,18 +155,17 @@ impl AssignmentService for AssignmentApi {
         &self,
         request: Request<pb::BulkAssignRequest>,
     ) -> Result<Response<pb::BulkAssignResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
-        let agent_id = trimmed(&request.agent_id).ok_or_else(|| AssignmentError::invalid("agent_id", "is required"))?;
+        bounded_each("lead_ids", &request.lead_ids, limits::MAX_ID_CHARS).map_err(AssignmentError::from)?;
+        let agent_id =
+            agent_id(&request.agent_id)?.ok_or_else(|| AssignmentError::invalid("agent_id", "is required"))?;
+        let (actor, reason) = (actor(&caller, &request.actor)?, reason(&request.reason)?);
         let results = handler::assign(
             &self.ctx,
-            Assign {
-                org_id: request.org_id,
-                lead_ids: request.lead_ids,
-                agent_id: Some(agent_id),
-                actor: actor(&request.actor),
-                reason: trimmed(&request.reason),
-            },
+            Assign { org_id: request.org_id, lead_ids: request.lead_ids, agent_id: Some(agent_id), actor, reason },
         )
         .await?;
         let results = results
@@ -156,7 +179,9 @@ impl AssignmentService for AssignmentApi {
         &self,
         request: Request<pb::GetAssignmentHistoryRequest>,
     ) -> Result<Response<pb::GetAssignmentHistoryResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
         let rows = handler::history(&self.ctx, &request.org_id, lead_id(&request.lead_id)?).await?;
         Ok(Response::new(pb::GetAssignmentHistoryResponse {

@@ -30,8 +30,9 @@ pub struct AssignmentContext {
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Assignment, &MIGRATOR, &token).await?;
-    let lead = platform::grpc::traced_channel(&infra.settings.endpoints.lead)
-        .map_err(|e| anyhow::anyhow!("invalid lead endpoint {}: {e}", infra.settings.endpoints.lead))?;
+    let lead =
+        platform::grpc::service_channel(&infra.settings, ServiceName::Assignment, &infra.settings.endpoints.lead)
+            .map_err(|e| anyhow::anyhow!("invalid lead endpoint {}: {e}", infra.settings.endpoints.lead))?;
     let ctx = AssignmentContext { pool: base.pool.clone(), lead: LeadServiceClient::new(lead) };
     // Only the lead events that move an assignment or a lead's activity.
     for kind in ["assigned", "status_changed"] {

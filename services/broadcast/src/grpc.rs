@@ -3,7 +3,9 @@ use crate::{
     error::BroadcastError,
     read::{self, Cursor, Target},
 };
+use contracts::values::{bounded, limits};
 use leads_proto::v1::{self as pb, broadcast_tracking_service_server::BroadcastTrackingService};
+use platform::auth::Caller;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -16,6 +18,7 @@ fn validate_org(org_id: &str) -> Result<(), BroadcastError> {
 }
 
 fn id(field: &'static str, value: &str) -> Result<Uuid, BroadcastError> {
+    bounded(field, value, limits::MAX_ID_CHARS)?;
     if value.is_empty() {
         return Err(BroadcastError::invalid(field, "is required"));
     }
@@ -29,8 +32,11 @@ impl BroadcastTrackingService for BroadcastApi {
         request: Request<pb::GetBroadcastHistoryRequest>,
     ) -> Result<Response<pb::GetBroadcastHistoryResponse>, Status> {
         use pb::get_broadcast_history_request::Target as Wire;
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         validate_org(&request.org_id)?;
+        bounded("page_token", &request.page_token, limits::MAX_PAGE_TOKEN_CHARS).map_err(BroadcastError::from)?;
         let target = match &request.target {
             Some(Wire::LeadId(lead_id)) => Target::Lead(id("lead_id", lead_id)?),
             Some(Wire::ContactId(contact_id)) => Target::Contact(id("contact_id", contact_id)?),
@@ -49,8 +55,11 @@ impl BroadcastTrackingService for BroadcastApi {
         &self,
         request: Request<pb::GetCampaignStatsRequest>,
     ) -> Result<Response<pb::CampaignStats>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         validate_org(&request.org_id)?;
+        bounded("campaign_id", &request.campaign_id, limits::MAX_REFERENCE_CHARS).map_err(BroadcastError::from)?;
         let campaign_id = request.campaign_id.trim();
         if campaign_id.is_empty() {
             return Err(BroadcastError::invalid("campaign_id", "is required").into());

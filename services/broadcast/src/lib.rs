@@ -99,7 +99,8 @@ fn log_refusals(candidates: &[Candidate]) {
     });
     if let Some((refusal, subject)) = refused.next() {
         let count = 1 + refused.count();
-        tracing::info!(%subject, field = %refusal.field, reason = %refusal.reason, count, "broadcast event refused");
+        let reason = contracts::values::redact(&refusal.reason);
+        tracing::info!(%subject, field = %refusal.field, %reason, count, "broadcast event refused");
     }
 }
 

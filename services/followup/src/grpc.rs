@@ -4,7 +4,9 @@ use crate::{
     handler::{self, CreateFollowUp, FollowUpRow, ListFilter, State},
 };
 use contracts::time::{from_timestamp, timestamp};
+use contracts::values::{MAX_AGENT_ID_CHARS, bounded, limits};
 use leads_proto::v1::{self as pb, follow_up_service_server::FollowUpService};
+use platform::auth::Caller;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -17,6 +19,7 @@ fn org(org_id: &str) -> Result<(), FollowUpError> {
 }
 
 fn required_id(field: &'static str, value: &str, not_found: fn(&str) -> FollowUpError) -> Result<Uuid, FollowUpError> {
+    bounded(field, value, limits::MAX_ID_CHARS)?;
     if value.is_empty() {
         return Err(FollowUpError::invalid(field, "is required"));
     }
@@ -27,8 +30,15 @@ fn trimmed(value: &str) -> Option<String> {
     (!value.trim().is_empty()).then(|| value.trim().to_owned())
 }
 
-fn actor(value: &str) -> String {
-    trimmed(value).unwrap_or_else(|| "unknown".into())
+/// Who is recorded: the token's subject, with the request's `actor` as a display name.
+fn actor(caller: &Caller, display: &str) -> Result<String, FollowUpError> {
+    bounded("actor", display, limits::MAX_ACTOR_CHARS)?;
+    Ok(caller.actor(display))
+}
+
+fn agent_id(value: &str) -> Result<Option<String>, FollowUpError> {
+    bounded("agent_id", value, MAX_AGENT_ID_CHARS)?;
+    Ok(trimmed(value))
 }
 
 fn to_proto(row: FollowUpRow) -> pb::FollowUp {
@@ -56,10 +66,18 @@ fn to_proto(row: FollowUpRow) -> pb::FollowUp {
 }
 
 impl FollowUpApi {
-    async fn close(&self, request: pb::FollowUpActionRequest, to: State) -> Result<Response<pb::FollowUp>, Status> {
+    async fn close(
+        &self,
+        request: Request<pb::FollowUpActionRequest>,
+        to: State,
+    ) -> Result<Response<pb::FollowUp>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
         let id = required_id("follow_up_id", &request.follow_up_id, |v| FollowUpError::NotFound(v.into()))?;
-        let row = handler::close(&self.ctx, &request.org_id, id, to, &actor(&request.actor)).await?;
+        let actor = actor(&caller, &request.actor)?;
+        let row = handler::close(&self.ctx, &request.org_id, id, to, &actor).await?;
         Ok(Response::new(to_proto(row)))
     }
 }
@@ -70,8 +88,13 @@ impl FollowUpService for FollowUpApi {
         &self,
         request: Request<pb::CreateFollowUpRequest>,
     ) -> Result<Response<pb::FollowUp>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
+        bounded("request_id", &request.request_id, limits::MAX_REFERENCE_CHARS).map_err(FollowUpError::from)?;
+        contracts::values::validate_note(&request.note).map_err(FollowUpError::from)?;
+        let (agent_id, actor) = (agent_id(&request.agent_id)?, actor(&caller, &request.actor)?);
         let lead_id = required_id("lead_id", &request.lead_id, |v| {
             FollowUpError::from(Status::not_found(format!("lead {v} not found")))
         })?;
@@ -86,8 +109,8 @@ impl FollowUpService for FollowUpApi {
                 lead_id,
                 due_at,
                 note: trimmed(&request.note),
-                agent_id: trimmed(&request.agent_id),
-                actor: actor(&request.actor),
+                agent_id,
+                actor,
                 request_id: trimmed(&request.request_id),
             },
         )
@@ -99,8 +122,12 @@ impl FollowUpService for FollowUpApi {
         &self,
         request: Request<pb::ListFollowUpsRequest>,
     ) -> Result<Response<pb::ListFollowUpsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
+        bounded("lead_id", &request.lead_id, limits::MAX_ID_CHARS).map_err(FollowUpError::from)?;
+        bounded("page_token", &request.page_token, limits::MAX_PAGE_TOKEN_CHARS).map_err(FollowUpError::from)?;
         let lead_id = match trimmed(&request.lead_id) {
             None => None,
             Some(id) => Some(id.parse().map_err(|_| FollowUpError::invalid("lead_id", "must be a lead id"))?),
@@ -118,7 +145,7 @@ impl FollowUpService for FollowUpApi {
                 Some(from_timestamp(t).ok_or_else(|| FollowUpError::invalid("due_before", "is not a valid time"))?)
             }
         };
-        let filter = ListFilter { lead_id, agent_id: trimmed(&request.agent_id), states, due_before };
+        let filter = ListFilter { lead_id, agent_id: agent_id(&request.agent_id)?, states, due_before };
         let page = handler::list(&self.ctx, &request.org_id, &filter, request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListFollowUpsResponse {
             follow_ups: page.follow_ups.into_iter().map(to_proto).collect(),
@@ -130,13 +157,13 @@ impl FollowUpService for FollowUpApi {
         &self,
         request: Request<pb::FollowUpActionRequest>,
     ) -> Result<Response<pb::FollowUp>, Status> {
-        self.close(request.into_inner(), State::Completed).await
+        self.close(request, State::Completed).await
     }
 
     async fn cancel_follow_up(
         &self,
         request: Request<pb::FollowUpActionRequest>,
     ) -> Result<Response<pb::FollowUp>, Status> {
-        self.close(request.into_inner(), State::Cancelled).await
+        self.close(request, State::Cancelled).await
     }
 }

@@ -37,7 +37,7 @@ pub struct FollowUpContext {
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::FollowUp, &MIGRATOR, &token).await?;
-    let lead = platform::grpc::traced_channel(&infra.settings.endpoints.lead)
+    let lead = platform::grpc::service_channel(&infra.settings, ServiceName::FollowUp, &infra.settings.endpoints.lead)
         .map_err(|e| anyhow::anyhow!("invalid lead endpoint {}: {e}", infra.settings.endpoints.lead))?;
     let ctx = FollowUpContext {
         pool: base.pool.clone(),

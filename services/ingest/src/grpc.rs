@@ -4,6 +4,7 @@ use crate::{
     validate,
 };
 use leads_proto::v1::{self as pb, ingest_service_server::IngestService};
+use platform::auth::Caller;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -21,7 +22,9 @@ fn invalid(field: &str, reason: impl Into<String>) -> IngestError {
 #[tonic::async_trait]
 impl IngestService for IngestApi {
     async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         contracts::values::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
         if request.events.is_empty() {
             return Err(invalid("events", "must hold at least one event").into());
@@ -76,8 +79,12 @@ impl IngestService for IngestApi {
         &self,
         request: Request<pb::ListRejectionsRequest>,
     ) -> Result<Response<pb::ListRejectionsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         contracts::values::validate_org_id(&request.org_id).map_err(|r| invalid("org_id", r.reason))?;
+        contracts::values::bounded("page_token", &request.page_token, contracts::values::limits::MAX_PAGE_TOKEN_CHARS)
+            .map_err(|r| invalid(&r.field, r.reason))?;
         let page_size = match request.page_size {
             0 => 100,
             n if (1..=1000).contains(&n) => i64::from(n),

@@ -42,7 +42,7 @@ async fn consume(ctx: IngestContext, batch: Vec<Delivery>) -> Vec<Disposition> {
             .iter()
             .map(|outcome| {
                 if let Outcome::Rejected(refusal) = outcome {
-                    tracing::info!(field = %refusal.field, reason = %refusal.reason, "event refused");
+                    tracing::info!(field = %refusal.field, reason = %contracts::values::redact(&refusal.reason), "event refused");
                 }
                 Disposition::Ack
             })

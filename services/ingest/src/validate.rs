@@ -127,7 +127,14 @@ fn validate_email(input: &str) -> Result<String, Refusal> {
         && email
             .split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'));
-    if valid { Ok(email) } else { Err(Refusal::new("contact.email", format!("{email:?} is not an email address"))) }
+    if valid {
+        Ok(email)
+    } else {
+        Err(Refusal::new(
+            "contact.email",
+            format!("{:?} is not an email address", contracts::values::mask_email(&email)),
+        ))
+    }
 }
 
 fn required(value: Option<String>, field: &str) -> Result<String, Refusal> {

@@ -97,19 +97,40 @@ impl From<&LeadView> for CsvRow {
     }
 }
 
+/// A cell a spreadsheet opens as text, never as a formula (OWASP, "CSV Injection"): one that
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading single quote. A
+/// plain number (`+14155550100`, an E.164 phone) is left as it is: it cannot be a formula.
+pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let plain_number = || {
+        let digits = cell.strip_prefix(['+', '-']).unwrap_or(cell);
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    };
+    if risky && !plain_number() {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
 fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv::Error> {
+    // Free text that came from outside (names, emails, agent ids, campaigns, integrations) is
+    // neutralised; ids, statuses, numbers and times are the service's own.
+    fn text(value: &Option<String>) -> std::borrow::Cow<'_, str> {
+        neutralise(value.as_deref().unwrap_or(""))
+    }
     writer.write_record([
         row.id.to_string().as_str(),
-        row.name.as_deref().unwrap_or(""),
-        row.phone.as_deref().unwrap_or(""),
-        row.email.as_deref().unwrap_or(""),
+        &text(&row.name),
+        &text(&row.phone),
+        &text(&row.email),
         row.status.display_name(),
         &row.score.map(|s| s.to_string()).unwrap_or_default(),
         row.score_source.as_deref().unwrap_or(""),
-        row.agent_id.as_deref().unwrap_or(""),
+        &text(&row.agent_id),
         &row.source_kind,
-        row.campaign_id.as_deref().unwrap_or(""),
-        row.integration_name.as_deref().unwrap_or(""),
+        &text(&row.campaign_id),
+        &text(&row.integration_name),
         &row.interaction_count.to_string(),
         &row.created_at.to_rfc3339(),
         &row.last_interaction_at.to_rfc3339(),
@@ -179,4 +200,28 @@ async fn stream_all(
     }
     let _ = sender.send(chunk(writer, in_chunk as i64)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neutralise;
+
+    #[test]
+    fn cells_that_a_spreadsheet_would_run_are_quoted() {
+        for (cell, expected) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("Ada Lovelace", "Ada Lovelace"),
+            ("ada@example.com", "ada@example.com"),
+            ("+14155550100", "+14155550100"),
+            ("-5", "-5"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralise(cell), expected, "{cell:?}");
+        }
+    }
 }

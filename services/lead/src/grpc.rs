@@ -10,7 +10,9 @@ use crate::{
 };
 use contracts::lead::Status;
 use contracts::time::{from_timestamp, timestamp};
+use contracts::values::{MAX_AGENT_ID_CHARS, bounded, bounded_each, limits};
 use leads_proto::v1::{self as pb, lead_service_server::LeadService};
+use platform::auth::Caller;
 use std::pin::Pin;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus};
@@ -21,14 +23,45 @@ pub struct LeadApi {
 }
 
 fn lead_id(value: &str) -> Result<Uuid, LeadError> {
+    bounded("lead_id", value, limits::MAX_ID_CHARS)?;
     if value.is_empty() {
         return Err(LeadError::invalid("lead_id", "is required"));
     }
     value.parse().map_err(|_| LeadError::NotFound(value.to_owned()))
 }
 
-fn actor(value: &str) -> String {
-    if value.trim().is_empty() { "unknown".into() } else { value.trim().to_owned() }
+/// Who is recorded: the token's subject, with the request's `actor` as a display name.
+fn actor(caller: &Caller, display: &str) -> Result<String, LeadError> {
+    bounded("actor", display, limits::MAX_ACTOR_CHARS)?;
+    Ok(caller.actor(display))
+}
+
+/// On the internal RPCs, the actor the calling service recorded (its caller's subject and
+/// display name), taken as it is.
+fn service_actor(caller: &Caller, value: &str) -> Result<String, LeadError> {
+    bounded("actor", value, limits::MAX_RECORDED_ACTOR_CHARS)?;
+    Ok(if caller.is_service() { non_empty(value).unwrap_or_else(|| "unknown".into()) } else { caller.actor(value) })
+}
+
+fn reason(value: &str) -> Result<Option<String>, LeadError> {
+    bounded("reason", value, limits::MAX_REASON_CHARS)?;
+    Ok(non_empty(value))
+}
+
+fn lead_ids(values: &[String]) -> Result<(), LeadError> {
+    Ok(bounded_each("lead_ids", values, limits::MAX_ID_CHARS)?)
+}
+
+/// The string fields of a ListLeads query (its search is bounded where it is parsed).
+fn bounded_query(request: &pb::ListLeadsRequest) -> Result<(), LeadError> {
+    bounded("page_token", &request.page_token, limits::MAX_PAGE_TOKEN_CHARS)?;
+    if let Some(filter) = &request.filter {
+        bounded_each("filter.agent_ids", &filter.agent_ids, MAX_AGENT_ID_CHARS)?;
+        bounded("filter.campaign_id", &filter.campaign_id, limits::MAX_REFERENCE_CHARS)?;
+        bounded("filter.integration_name", &filter.integration_name, limits::MAX_REFERENCE_CHARS)?;
+        bounded("filter.contact_id", &filter.contact_id, limits::MAX_ID_CHARS)?;
+    }
+    Ok(())
 }
 
 fn non_empty(value: &str) -> Option<String> {
@@ -40,7 +73,9 @@ type ExportStream = Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, G
 #[tonic::async_trait]
 impl LeadService for LeadApi {
     async fn get_lead(&self, request: Request<pb::GetLeadRequest>) -> Result<Response<pb::Lead>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
         let lead = read::get_lead(&self.ctx.pool, &request.org_id, lead_id(&request.lead_id)?).await?;
         Ok(Response::new(lead.to_proto()))
@@ -50,7 +85,10 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::ListLeadsRequest>,
     ) -> Result<Response<pb::ListLeadsResponse>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        bounded_query(&request)?;
         let query = LeadQuery::parse(&request)?;
         let page = read::list_leads(&self.ctx.pool, &query, !request.skip_total).await?;
         Ok(Response::new(pb::ListLeadsResponse {
@@ -61,8 +99,11 @@ impl LeadService for LeadApi {
     }
 
     async fn change_status(&self, request: Request<pb::ChangeStatusRequest>) -> Result<Response<pb::Lead>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
+        let (reason, actor) = (reason(&request.reason)?, actor(&caller, &request.actor)?);
         let status = Status::from_proto(request.status).ok_or_else(|| LeadError::invalid("status", "is required"))?;
         let lead = commands::change_status(
             &self.ctx,
@@ -72,8 +113,8 @@ impl LeadService for LeadApi {
                 status,
                 manual_score: request.manual_score,
                 clear_manual_score: request.clear_manual_score,
-                reason: non_empty(&request.reason),
-                actor: actor(&request.actor),
+                reason,
+                actor,
                 expected_version: request.expected_version,
             },
         )
@@ -85,16 +126,20 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::BulkChangeStatusRequest>,
     ) -> Result<Response<pb::BulkChangeStatusResponse>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
+        lead_ids(&request.lead_ids)?;
+        let (reason, actor) = (reason(&request.reason)?, actor(&caller, &request.actor)?);
         let status = Status::from_proto(request.status).ok_or_else(|| LeadError::invalid("status", "is required"))?;
         let outcomes = commands::bulk_change_status(
             &self.ctx,
             &request.org_id,
             &request.lead_ids,
             status,
-            non_empty(&request.reason).as_deref(),
-            &actor(&request.actor),
+            reason.as_deref(),
+            &actor,
         )
         .await?;
         let results = request
@@ -124,8 +169,11 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::ExportLeadsRequest>,
     ) -> Result<Response<Self::ExportLeadsStream>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let list = request.query.ok_or_else(|| LeadError::invalid("query", "is required"))?;
+        caller.check_org(&list.org_id)?;
+        bounded_query(&list)?;
         let query = LeadQuery::parse(&list)?;
         match pb::ExportScope::try_from(request.scope) {
             Ok(pb::ExportScope::Unspecified | pb::ExportScope::CurrentPage) => {
@@ -146,8 +194,11 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::GetLeadHistoryRequest>,
     ) -> Result<Response<pb::GetLeadHistoryResponse>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
+        bounded("page_token", &request.page_token, limits::MAX_PAGE_TOKEN_CHARS).map_err(LeadError::from)?;
         let history = history::lead_history(
             &self.ctx,
             &request.org_id,
@@ -168,16 +219,22 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::AssignLeadsRequest>,
     ) -> Result<Response<pb::AssignLeadsResponse>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
+        caller.require_service("AssignLeads")?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
+        lead_ids(&request.lead_ids)?;
+        bounded("agent_id", &request.agent_id, MAX_AGENT_ID_CHARS).map_err(LeadError::from)?;
+        let (reason, actor) = (reason(&request.reason)?, service_actor(&caller, &request.actor)?);
         let agent = non_empty(&request.agent_id);
         let outcomes = gated::assign_leads(
             &self.ctx,
             &request.org_id,
             &request.lead_ids,
             agent.as_deref(),
-            &actor(&request.actor),
-            non_empty(&request.reason).as_deref(),
+            &actor,
+            reason.as_deref(),
         )
         .await?;
         let results = request
@@ -211,8 +268,15 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::OpenFollowUpRequest>,
     ) -> Result<Response<pb::Lead>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
+        caller.require_service("OpenFollowUp")?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
+        bounded("follow_up_id", &request.follow_up_id, limits::MAX_ID_CHARS).map_err(LeadError::from)?;
+        bounded("agent_id", &request.agent_id, MAX_AGENT_ID_CHARS).map_err(LeadError::from)?;
+        contracts::values::validate_note(&request.note).map_err(LeadError::from)?;
+        let actor = service_actor(&caller, &request.actor)?;
         let follow_up_id =
             request.follow_up_id.parse().map_err(|_| LeadError::invalid("follow_up_id", "must be a UUID"))?;
         let due_at = request
@@ -229,7 +293,7 @@ impl LeadService for LeadApi {
                 due_at,
                 note: non_empty(&request.note),
                 agent_id: non_empty(&request.agent_id),
-                actor: actor(&request.actor),
+                actor,
             },
         )
         .await?;

@@ -55,7 +55,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         pool: base.pool.clone(),
         subjects: infra.subjects.clone(),
         outbox: base.outbox.clone(),
-        broadcast: broadcast_client(&infra.settings.endpoints.broadcast),
+        broadcast: broadcast_client(&infra.settings),
     };
     base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
     base.spawn_consumer(
@@ -82,8 +82,9 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.LeadService"], routes, token).await
 }
 
-fn broadcast_client(endpoint: &str) -> Option<BroadcastTrackingServiceClient<TracedChannel>> {
-    match platform::grpc::traced_channel(endpoint) {
+fn broadcast_client(settings: &platform::Settings) -> Option<BroadcastTrackingServiceClient<TracedChannel>> {
+    let endpoint = settings.endpoints.broadcast.as_str();
+    match platform::grpc::service_channel(settings, platform::ServiceName::Lead, endpoint) {
         Ok(channel) => Some(BroadcastTrackingServiceClient::new(channel)),
         Err(error) => {
             tracing::error!(%error, endpoint, "invalid broadcast endpoint, timelines will lack broadcasts");

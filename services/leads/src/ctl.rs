@@ -63,6 +63,50 @@ impl LeadQuery {
                 let upper = name.trim().to_ascii_uppercase().replace('-', "_");
                 pb::LeadStatus::from_str_name(&upper)
                     .filter(|s| *s != pb::LeadStatus::Unspecified)
+    /// A bearer token (`leads token`) sent as `authorization: Bearer ...`.
+    pub token: Option<String>,
+}
+
+/// `message` with the bearer token, when there is one, in its metadata.
+pub fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        let value =
+            format!("Bearer {token}").parse().map_err(|_| anyhow::anyhow!("the token is not a header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// Signs a token with the key file `key` (an HS256 secret, or an RS256 or EdDSA private key):
+/// what `leads token` prints.
+pub fn mint_token(
+    key: &Path,
+    sub: &str,
+    role: platform::auth::Role,
+    orgs: Vec<String>,
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    platform::auth::Signer::load(key)?.mint(sub, role, orgs, ttl)
+}
+
+/// `24h`, `30m`, `7d`, `90s` or a number of seconds.
+pub fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a duration like 24h, 30m or 7d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("{text:?} is not a duration like 24h, 30m or 7d"),
+    };
+    anyhow::ensure!(number > 0, "the lifetime must be positive");
+    Ok(std::time::Duration::from_secs(number.saturating_mul(seconds)))
                     .map(|s| s as i32)
                     .ok_or_else(|| {
                         anyhow::anyhow!(
@@ -92,7 +136,7 @@ pub async fn list_leads(settings: &Settings, query: &LeadQuery) -> anyhow::Resul
     let request = query.request()?;
     let endpoint = settings.endpoints.lead.clone();
     let mut client = LeadServiceClient::connect(endpoint).await?;
-    let page = client.list_leads(request).await?.into_inner();
+    let page = client.list_leads(authorized(request, query.token.as_deref())?).await?.into_inner();
     println!("{} leads match", page.total_count);
     for lead in page.leads {
         let contact = lead.contact.clone().unwrap_or_default();
@@ -125,10 +169,8 @@ pub async fn export_leads(settings: &Settings, query: &LeadQuery, out: &Path) ->
     request.page_token.clear();
     let endpoint = settings.endpoints.lead.clone();
     let mut client = LeadServiceClient::connect(endpoint).await?;
-    let mut stream = client
-        .export_leads(pb::ExportLeadsRequest { query: Some(request), scope: pb::ExportScope::All as i32 })
-        .await?
-        .into_inner();
+    let export = pb::ExportLeadsRequest { query: Some(request), scope: pb::ExportScope::All as i32 };
+    let mut stream = client.export_leads(authorized(export, query.token.as_deref())?).await?.into_inner();
     // Written beside the target and renamed at the end, so that a failed export leaves no
     // truncated file under the name asked for.
     let partial = out.with_extension("csv.partial");
@@ -184,9 +226,14 @@ pub async fn check_health(addr: &str, service: &str) -> anyhow::Result<ServingSt
             .connect()
             .await?;
         let response = HealthClient::new(channel)
-            .check(HealthCheckRequest { service: service.to_owned() })
+            .check(authorized(HealthCheckRequest { service: service.to_owned() }, token)?)
             .await
             .map_err(|status| anyhow::anyhow!("{}: {}", platform::grpc::code_name(status.code()), status.message()))?;
+    check_health_as(addr, service, None).await
+}
+
+/// `check_health` sending a bearer token (health needs none, a proxy in front may).
+pub async fn check_health_as(addr: &str, service: &str, token: Option<&str>) -> anyhow::Result<ServingStatus> {
         anyhow::Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
     };
     tokio::time::timeout(HEALTH_TIMEOUT, call)
@@ -208,10 +255,15 @@ pub async fn health(settings: &Settings, addr: Option<&str>, service: &str) -> b
                     host => host,
                 };
                 (name.as_str().to_owned(), format!("{host}:{}", settings.grpc.port(name)))
+    health_as(settings, addr, service, None).await
+}
+
+/// `health` sending a bearer token.
+pub async fn health_as(settings: &Settings, addr: Option<&str>, service: &str, token: Option<&str>) -> bool {
             })
             .collect(),
     };
-    let checks = targets.iter().map(|(_, target)| check_health(target, service));
+    let checks = targets.iter().map(|(_, target)| check_health_as(target, service, token));
     let results = futures::future::join_all(checks).await;
     let mut all_serving = true;
     for ((label, target), result) in targets.iter().zip(results) {

@@ -63,6 +63,29 @@ enum Command {
         /// The service to ask about (e.g. leads.v1.LeadService); the server as a whole by default.
         #[arg(long, default_value = "")]
         service: String,
+        /// Bearer token (health itself needs none).
+        #[arg(long, env = "LEADS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Prints a bearer token signed with the local key (auth.signing_key_file, or --key), for
+    /// grpcurl (`-H "authorization: Bearer <token>"`) and `--token`/`LEADS_TOKEN`.
+    Token {
+        /// An organisation the token may touch; repeat for several (`*`: every one, role
+        /// service only).
+        #[arg(long = "org", required = true)]
+        orgs: Vec<String>,
+        /// operator, agent or service
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Who the token speaks for, recorded as the actor of what it changes; $USER by default.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Lifetime: 24h, 30m, 7d, or seconds.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The signing key file (HS256 secret, or RS256/EdDSA private key PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -80,6 +103,9 @@ struct Filter {
     /// Matches contact name, phone or email.
     #[arg(long)]
     search: Option<String>,
+    /// Bearer token (`leads token`).
+    #[arg(long, env = "LEADS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl Filter {
@@ -91,6 +117,7 @@ impl Filter {
             search: self.search,
             page_size,
             page_token,
+            token: self.token,
         }
     }
 }
@@ -108,7 +135,11 @@ async fn main() -> anyhow::Result<()> {
             Some(platform::telemetry::init(&name, settings.otlp_endpoint.as_deref())?)
         }
         Command::Migrate => Some(platform::telemetry::init("leads", settings.otlp_endpoint.as_deref())?),
-        Command::Publish { .. } | Command::Leads { .. } | Command::Export { .. } | Command::Health { .. } => None,
+        Command::Publish { .. }
+        | Command::Leads { .. }
+        | Command::Export { .. }
+        | Command::Health { .. }
+        | Command::Token { .. } => None,
     };
     match command {
         Command::Migrate => leads::migrate(&settings).await,
@@ -119,8 +150,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Export { filter, out } => {
             leads::ctl::export_leads(&settings, &filter.query(0, None), &out).await.map(|_| ())
         }
-        Command::Health { addr, service } => {
-            if leads::ctl::health(&settings, addr.as_deref(), &service).await {
+        Command::Token { orgs, role, sub, ttl, key } => {
+            let key = key.or_else(|| settings.auth.signing_key_file.clone()).ok_or_else(|| {
+                anyhow::anyhow!("no signing key: pass --key or set LEADS_AUTH_SIGNING_KEY_FILE (auth.signing_key_file)")
+            })?;
+            let role: platform::auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let sub = sub.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| role.as_str().to_owned());
+            let token = leads::ctl::mint_token(&key, &sub, role, orgs, leads::ctl::parse_ttl(&ttl)?)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Health { addr, service, token } => {
+            if leads::ctl::health_as(&settings, addr.as_deref(), &service, token.as_deref()).await {
                 Ok(())
             } else {
                 std::process::exit(1)

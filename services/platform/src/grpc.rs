@@ -1,7 +1,9 @@
 //! Serves a service's gRPC routes beside `grpc.health.v1.Health` and server reflection (v1
 //! and v1alpha, listing only what the port serves), on a listener bound before returning so
 //! that port 0 works, until the token is cancelled. Every call is measured
-//! (`leads_grpc_request_duration_seconds`, `leads_grpc_requests_total`).
+//! (`leads_grpc_request_duration_seconds`, `leads_grpc_requests_total`) and, but health and
+//! reflection, authenticated (`crate::auth`); each has `grpc.request_timeout_secs` and each
+//! connection `grpc.concurrency_per_connection` calls at once.
 
 use std::net::SocketAddr;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -20,8 +22,10 @@ pub const REFLECTION_SERVICES: [&str; 2] =
     ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// `service_names` are the fully qualified names health reports as SERVING and reflection
-/// lists; `service` labels the metrics.
+/// lists; `service` labels the metrics. `settings` give the keys that verify tokens, whether
+/// reflection is served and the limits of calls.
 pub async fn serve(
+    settings: &crate::Settings,
     listen: &str,
     service: &'static str,
     service_names: &[&str],
@@ -45,8 +49,15 @@ pub async fn serve(
         }
         builder
     };
-    let routes =
-        routes.add_service(health).add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
+    let mut routes = routes.add_service(health);
+    if settings.grpc.reflection {
+        routes = routes.add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
+    }
+    let verifier = crate::auth::Verifier::from_settings(&settings.auth)?.map(std::sync::Arc::new);
+    crate::auth::warn_when_open(service, &verifier);
+    let auth = crate::auth::AuthLayer::new(verifier, settings.grpc.reflection);
+    let timeout = std::time::Duration::from_secs(settings.grpc.request_timeout_secs);
+    let per_connection = settings.grpc.concurrency_per_connection;
     let ready = metrics::gauge!(crate::telemetry::names::SERVICE_READY, "service" => service);
     ready.set(1.0);
     // Without TCP_NODELAY a response written in more than one segment waits for the client's
@@ -61,8 +72,11 @@ pub async fn serve(
     });
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .timeout(timeout)
+            .concurrency_limit_per_connection(per_connection)
             .trace_fn(crate::telemetry::grpc_request_span)
             .layer(MetricsLayer { service })
+            .layer(auth)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 token.cancelled().await;
@@ -247,19 +261,58 @@ impl Drop for MeasuredBody {
     }
 }
 
-/// A channel to another service that carries the caller's trace context in its metadata.
-pub type TracedChannel = tonic::service::interceptor::InterceptedService<
-    tonic::transport::Channel,
-    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
->;
+/// A channel to another service that carries the caller's trace context in its metadata and,
+/// when authentication is configured, the calling service's token.
+pub type TracedChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, CallerInterceptor>;
 
-/// Connects lazily, so a service starts even when the one it calls is not up yet.
+/// Adds the trace context and the service token (when there is one) to every call.
+#[derive(Clone, Default)]
+pub struct CallerInterceptor {
+    credentials: Option<std::sync::Arc<crate::auth::ServiceCredentials>>,
+}
+
+impl tonic::service::Interceptor for CallerInterceptor {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut request = crate::telemetry::inject_grpc(request)?;
+        if let Some(credentials) = &self.credentials {
+            let token = credentials.token().map_err(|error| {
+                tracing::error!(%error, "cannot make a service token");
+                tonic::Status::unauthenticated("no service token")
+            })?;
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| tonic::Status::unauthenticated("the service token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// Connects lazily, so a service starts even when the one it calls is not up yet. Sends no
+/// token: see `service_channel`.
 pub fn traced_channel(endpoint: &str) -> anyhow::Result<TracedChannel> {
+    channel_with(endpoint, None)
+}
+
+/// A channel from `service` to another service, carrying a service token signed with
+/// `auth.signing_key_file` (subject `leads-<service>`) or read from `auth.service_token_file`.
+pub fn service_channel(
+    settings: &crate::Settings,
+    service: crate::ServiceName,
+    endpoint: &str,
+) -> anyhow::Result<TracedChannel> {
+    let credentials = crate::auth::ServiceCredentials::from_settings(&settings.auth, &format!("leads-{service}"))?;
+    channel_with(endpoint, credentials)
+}
+
+fn channel_with(
+    endpoint: &str,
+    credentials: Option<std::sync::Arc<crate::auth::ServiceCredentials>>,
+) -> anyhow::Result<TracedChannel> {
     let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?
         .connect_timeout(std::time::Duration::from_secs(2))
         .connect_lazy();
-    let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = crate::telemetry::inject_grpc;
-    Ok(tonic::service::interceptor::InterceptedService::new(channel, inject))
+    Ok(tonic::service::interceptor::InterceptedService::new(channel, CallerInterceptor { credentials }))
 }
 
 /// An error another of the platform's services answered. One about the request (bad

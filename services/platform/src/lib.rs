@@ -2,6 +2,7 @@
 //! Postgres pools and migrations, NATS/JetStream setup, the transactional outbox, the
 //! consumer loop, gRPC serving and shutdown. Domain logic lives in the services.
 
+pub mod auth;
 pub mod consumer;
 pub mod db;
 pub mod error;

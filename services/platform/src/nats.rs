@@ -112,6 +112,64 @@ impl Subjects {
     }
 }
 
+/// Connects with the credentials and TLS of `settings.nats_auth` (user and password, token,
+/// nkey seed or creds file; CA and client certificate). With none, as `connect`.
+pub async fn connect_with(settings: &crate::Settings, name: &str) -> anyhow::Result<async_nats::Client> {
+    let options = connect_options(&settings.nats_auth).await?;
+    let client = options
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&settings.nats_url)
+        .await?;
+    Ok(client)
+}
+
+/// The connect options of `auth`; a file that cannot be read is an error naming it.
+pub async fn connect_options(auth: &crate::settings::NatsAuthSettings) -> anyhow::Result<async_nats::ConnectOptions> {
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_owned())
+            .map_err(|e| anyhow::anyhow!("nats_auth.{field}: cannot read {}: {e}", path.display()))
+    };
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = &auth.creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| anyhow::anyhow!("nats_auth.creds_file: {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &auth.nkey_seed_file {
+        options = options.nkey(read("nkey_seed_file", path)?);
+    }
+    let token = match (&auth.token, &auth.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => Some(read("token_file", path)?),
+        (None, None) => None,
+    };
+    if let Some(token) = token {
+        options = options.token(token);
+    }
+    if let Some(user) = &auth.user {
+        let password = match (&auth.password, &auth.password_file) {
+            (Some(password), _) => password.clone(),
+            (None, Some(path)) => read("password_file", path)?,
+            (None, None) => String::new(),
+        };
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(path) = &auth.ca_file {
+        options = options.add_root_certificates(path.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&auth.client_cert_file, &auth.client_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+    }
+    if auth.require_tls {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}
+
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let client = async_nats::ConnectOptions::new()
         .name(name)

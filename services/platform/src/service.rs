@@ -21,7 +21,7 @@ pub struct Infra {
 impl Infra {
     /// Connects to NATS and declares the platform's streams.
     pub async fn connect(settings: Settings, client_name: &str) -> anyhow::Result<Self> {
-        let nats = crate::nats::connect(&settings.nats_url, client_name).await?;
+        let nats = crate::nats::connect_with(&settings, client_name).await?;
         let js = jetstream::new(nats.clone());
         let subjects = Subjects::new(settings.subject_prefix.clone());
         crate::nats::ensure_all_streams_replicated(&js, &subjects, settings.stream_replicas).await?;
@@ -183,9 +183,15 @@ impl ServiceBase {
         routes: tonic::service::Routes,
         token: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Running> {
-        let serving =
-            crate::grpc::serve(&infra.settings.grpc_addr(self.name), self.name.as_str(), grpc_names, routes, token)
-                .await?;
+        let serving = crate::grpc::serve(
+            &infra.settings,
+            &infra.settings.grpc_addr(self.name),
+            self.name.as_str(),
+            grpc_names,
+            routes,
+            token,
+        )
+        .await?;
         let task = serving.task;
         self.tasks.spawn(async move { task.await? });
         tracing::info!(service = %self.name, grpc = %serving.addr, "service started");

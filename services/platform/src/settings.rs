@@ -2,7 +2,13 @@
 //! validated once at start-up so that a bad value stops the process with a clear message.
 
 use serde::Deserialize;
-use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 /// The six services of the platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +133,12 @@ pub struct Settings {
     pub endpoints: Endpoints,
     pub consumer: ConsumerSettings,
     pub qualification: QualificationSettings,
+    /// Who may call the gRPC APIs and how services prove who they are to each other.
+    pub auth: AuthSettings,
+    /// Credentials and TLS of the NATS connection.
+    pub nats_auth: NatsAuthSettings,
+    /// Per-service database roles, passwords and statement timeouts.
+    pub database: DatabaseSettings,
 }
 
 /// How the qualification service learns each organisation's model.
@@ -157,6 +169,13 @@ pub struct GrpcSettings {
     pub assignment_port: u16,
     pub followup_port: u16,
     pub broadcast_port: u16,
+    /// Serve server reflection (v1 and v1alpha) without a token.
+    pub reflection: bool,
+    /// Seconds a call may take before it is answered DEADLINE_EXCEEDED (a stream's first
+    /// message counts, not the whole stream).
+    pub request_timeout_secs: u64,
+    /// Calls served at once per connection; more wait.
+    pub concurrency_per_connection: usize,
 }
 
 impl GrpcSettings {
@@ -195,6 +214,9 @@ impl Default for GrpcSettings {
             assignment_port: port(ServiceName::Assignment),
             followup_port: port(ServiceName::FollowUp),
             broadcast_port: port(ServiceName::Broadcast),
+            reflection: true,
+            request_timeout_secs: 60,
+            concurrency_per_connection: 256,
         }
     }
 }
@@ -279,6 +301,9 @@ impl Default for Settings {
             endpoints: Endpoints::default(),
             consumer: ConsumerSettings::default(),
             qualification: QualificationSettings::default(),
+            auth: AuthSettings::default(),
+            nats_auth: NatsAuthSettings::default(),
+            database: DatabaseSettings::default(),
         }
     }
 }
@@ -308,6 +333,7 @@ impl Settings {
         {
             value.parse().map_err(|e: T::Err| invalid(key, e.to_string()))
         }
+        self.apply_security_env(&lookup)?;
         if let Some(v) = lookup("LEADS_DATABASE_URL") {
             self.database_url = v;
         }
@@ -375,6 +401,7 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), SettingsError> {
+        self.validate_security()?;
         if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
             return Err(invalid("database_url", "must start with postgres:// or postgresql://"));
         }
@@ -431,6 +458,223 @@ impl Settings {
 
     pub fn grpc_addr(&self, service: ServiceName) -> String {
         format!("{}:{}", self.grpc.host, self.grpc.port(service))
+    }
+}
+
+/// Who may call the gRPC APIs, and how services prove who they are to each other
+/// (docs/security.md). With no key at all, authentication is off and every service says so
+/// loudly at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Keys that verify bearer tokens, one file each: an HS256 secret (its bytes, at least 32)
+    /// or an RS256 or EdDSA public key in PEM. A token's `kid` header picks the file of that
+    /// stem (`keys/2026-11.pem` is kid `2026-11`); without one, each key of the token's
+    /// algorithm is tried. Several, so that keys can rotate.
+    pub key_files: Vec<PathBuf>,
+    /// The key that signs the service tokens of calls between services and `leads token`: an
+    /// HS256 secret file (which then verifies too) or an RS256 or EdDSA private key in PEM
+    /// (whose public key goes in `key_files`).
+    pub signing_key_file: Option<PathBuf>,
+    /// A ready-made service token sent on calls between services instead of signing one.
+    pub service_token_file: Option<PathBuf>,
+    /// Lifetime of a service token signed by this process; renewed at half of it.
+    pub service_token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { key_files: Vec::new(), signing_key_file: None, service_token_file: None, service_token_ttl_secs: 3600 }
+    }
+}
+
+impl AuthSettings {
+    /// True when tokens are checked: some key verifies them.
+    pub fn enabled(&self) -> bool {
+        !self.key_files.is_empty() || self.signing_key_file.is_some()
+    }
+}
+
+/// Credentials and TLS of the NATS connection; each secret may come from a file instead.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsAuthSettings {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU...`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// CA certificates (PEM) that the server's certificate must chain to; turns TLS on.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for servers that verify clients.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    pub require_tls: bool,
+}
+
+/// How services reach Postgres as their own roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Whether a starting service creates its role and schema and applies its migrations
+    /// through the admin `database_url` (the default, for one-command local runs). Off, a
+    /// service never uses the admin role: it connects as `leads_<service>` (to the host and
+    /// database of `database_url`, or its own URL) and refuses to start until `leads migrate`
+    /// has applied its migrations.
+    pub migrate_on_start: bool,
+    /// Per-service connection URLs (`lead = "postgres://leads_lead@db/leads"`); a service with
+    /// one never bootstraps. `LEADS_<SERVICE>_DATABASE_URL`.
+    pub service_urls: std::collections::BTreeMap<String, String>,
+    /// Per-service role passwords; `LEADS_<SERVICE>_DB_PASSWORD` or `_DB_PASSWORD_FILE`.
+    /// `role_password`, when set, is every role's password otherwise.
+    pub passwords: std::collections::BTreeMap<String, String>,
+    /// Milliseconds a statement of a service's pool may run (0: the server's default);
+    /// `LEADS_STATEMENT_TIMEOUT_MS`, or per service `LEADS_<SERVICE>_STATEMENT_TIMEOUT_MS`.
+    pub statement_timeout_ms: u64,
+    pub service_statement_timeout_ms: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            migrate_on_start: true,
+            service_urls: Default::default(),
+            passwords: Default::default(),
+            statement_timeout_ms: 120_000,
+            service_statement_timeout_ms: Default::default(),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn statement_timeout_ms(&self, service: ServiceName) -> u64 {
+        self.service_statement_timeout_ms.get(service.as_str()).copied().unwrap_or(self.statement_timeout_ms)
+    }
+}
+
+fn read_secret(field: &str, path: &Path) -> Result<String, SettingsError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+impl Settings {
+    /// The `LEADS_*` variables of authentication, NATS credentials and database roles.
+    fn apply_security_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> Result<(), SettingsError> {
+        fn parse<T: FromStr>(key: &str, value: String) -> Result<T, SettingsError>
+        where
+            T::Err: fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| invalid(key, e.to_string()))
+        }
+        let path = |v: String| (!v.is_empty()).then(|| PathBuf::from(v));
+        let text = |v: String| (!v.is_empty()).then_some(v);
+        if let Some(v) = lookup("LEADS_AUTH_KEY_FILES") {
+            self.auth.key_files = v.split(',').filter(|p| !p.trim().is_empty()).map(|p| p.trim().into()).collect();
+        }
+        if let Some(v) = lookup("LEADS_AUTH_SIGNING_KEY_FILE") {
+            self.auth.signing_key_file = path(v);
+        }
+        if let Some(v) = lookup("LEADS_AUTH_SERVICE_TOKEN_FILE") {
+            self.auth.service_token_file = path(v);
+        }
+        if let Some(v) = lookup("LEADS_AUTH_SERVICE_TOKEN_TTL_SECS") {
+            self.auth.service_token_ttl_secs = parse("LEADS_AUTH_SERVICE_TOKEN_TTL_SECS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_GRPC_REFLECTION") {
+            self.grpc.reflection = parse("LEADS_GRPC_REFLECTION", v)?;
+        }
+        if let Some(v) = lookup("LEADS_GRPC_REQUEST_TIMEOUT_SECS") {
+            self.grpc.request_timeout_secs = parse("LEADS_GRPC_REQUEST_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_GRPC_CONCURRENCY_PER_CONNECTION") {
+            self.grpc.concurrency_per_connection = parse("LEADS_GRPC_CONCURRENCY_PER_CONNECTION", v)?;
+        }
+        let n = &mut self.nats_auth;
+        for (key, slot) in [
+            ("LEADS_NATS_USER", &mut n.user),
+            ("LEADS_NATS_PASSWORD", &mut n.password),
+            ("LEADS_NATS_TOKEN", &mut n.token),
+        ] {
+            if let Some(v) = lookup(key) {
+                *slot = text(v);
+            }
+        }
+        for (key, slot) in [
+            ("LEADS_NATS_PASSWORD_FILE", &mut n.password_file),
+            ("LEADS_NATS_TOKEN_FILE", &mut n.token_file),
+            ("LEADS_NATS_NKEY_SEED_FILE", &mut n.nkey_seed_file),
+            ("LEADS_NATS_CREDS_FILE", &mut n.creds_file),
+            ("LEADS_NATS_CA_FILE", &mut n.ca_file),
+            ("LEADS_NATS_CLIENT_CERT_FILE", &mut n.client_cert_file),
+            ("LEADS_NATS_CLIENT_KEY_FILE", &mut n.client_key_file),
+        ] {
+            if let Some(v) = lookup(key) {
+                *slot = path(v);
+            }
+        }
+        if let Some(v) = lookup("LEADS_NATS_REQUIRE_TLS") {
+            n.require_tls = parse("LEADS_NATS_REQUIRE_TLS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_DATABASE_MIGRATE_ON_START") {
+            self.database.migrate_on_start = parse("LEADS_DATABASE_MIGRATE_ON_START", v)?;
+        }
+        if let Some(v) = lookup("LEADS_STATEMENT_TIMEOUT_MS") {
+            self.database.statement_timeout_ms = parse("LEADS_STATEMENT_TIMEOUT_MS", v)?;
+        }
+        for service in ServiceName::ALL {
+            let upper = service.as_str().to_uppercase();
+            let name = service.as_str().to_owned();
+            if let Some(v) = lookup(&format!("LEADS_{upper}_DATABASE_URL")).and_then(text) {
+                self.database.service_urls.insert(name.clone(), v);
+            }
+            if let Some(v) = lookup(&format!("LEADS_{upper}_DB_PASSWORD")).and_then(text) {
+                self.database.passwords.insert(name.clone(), v);
+            }
+            let key = format!("LEADS_{upper}_DB_PASSWORD_FILE");
+            if let Some(file) = lookup(&key).and_then(path) {
+                self.database.passwords.insert(name.clone(), read_secret(&key, &file)?);
+            }
+            let key = format!("LEADS_{upper}_STATEMENT_TIMEOUT_MS");
+            if let Some(v) = lookup(&key) {
+                self.database.service_statement_timeout_ms.insert(name, parse(&key, v)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), SettingsError> {
+        if self.auth.service_token_ttl_secs < 60 || self.auth.service_token_ttl_secs > 7 * 24 * 3600 {
+            return Err(invalid("auth.service_token_ttl_secs", "must be between 60 and 604800"));
+        }
+        if self.grpc.request_timeout_secs == 0 || self.grpc.request_timeout_secs > 3600 {
+            return Err(invalid("grpc.request_timeout_secs", "must be between 1 and 3600"));
+        }
+        if self.grpc.concurrency_per_connection == 0 || self.grpc.concurrency_per_connection > 100_000 {
+            return Err(invalid("grpc.concurrency_per_connection", "must be between 1 and 100000"));
+        }
+        let n = &self.nats_auth;
+        if n.password.is_some() && n.password_file.is_some() {
+            return Err(invalid("nats_auth.password_file", "give the password or its file, not both"));
+        }
+        if n.token.is_some() && n.token_file.is_some() {
+            return Err(invalid("nats_auth.token_file", "give the token or its file, not both"));
+        }
+        if (n.password.is_some() || n.password_file.is_some()) && n.user.is_none() {
+            return Err(invalid("nats_auth.user", "is required with a password"));
+        }
+        if n.client_cert_file.is_some() != n.client_key_file.is_some() {
+            return Err(invalid("nats_auth.client_key_file", "client certificate and key go together"));
+        }
+        for name in self.database.service_urls.keys().chain(self.database.passwords.keys()) {
+            name.parse::<ServiceName>().map_err(|e| invalid("database", e))?;
+        }
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@ use crate::{
 use chrono::{DateTime, Utc};
 use contracts::time::timestamp;
 use leads_proto::v1::{self as pb, qualification_service_server::QualificationService};
+use platform::auth::Caller;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -18,6 +19,7 @@ fn parse(org_id: &str, lead_id: &str) -> Result<Uuid, QualificationError> {
     if lead_id.is_empty() {
         return Err(QualificationError::invalid("lead_id", "is required"));
     }
+    contracts::values::bounded("lead_id", lead_id, contracts::values::limits::MAX_ID_CHARS)?;
     lead_id.parse().map_err(|_| QualificationError::NotFound(lead_id.to_owned()))
 }
 
@@ -82,13 +84,17 @@ impl QualificationService for QualificationApi {
         &self,
         request: Request<pb::GetQualificationRequest>,
     ) -> Result<Response<pb::Qualification>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         let lead_id = parse(&request.org_id, &request.lead_id)?;
         Ok(Response::new(read(&self.ctx, &request.org_id, lead_id).await?))
     }
 
     async fn requalify(&self, request: Request<pb::RequalifyRequest>) -> Result<Response<pb::Qualification>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         let lead_id = parse(&request.org_id, &request.lead_id)?;
         handler::requalify(&self.ctx, &request.org_id, lead_id).await?;
         tracing::info!(lead_id = %lead_id, "lead requalified");
@@ -96,14 +102,18 @@ impl QualificationService for QualificationApi {
     }
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         contracts::values::validate_org_id(&request.org_id).map_err(QualificationError::from)?;
         let info = training::model_info(&self.ctx.pool, &request.org_id).await?;
         Ok(Response::new(model_info(request.org_id, info)))
     }
 
     async fn train_model(&self, request: Request<pb::TrainModelRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
         contracts::values::validate_org_id(&request.org_id).map_err(QualificationError::from)?;
         let info = match training::train_org(&self.ctx, &request.org_id).await? {
             Some(info) => info,
