@@ -3,16 +3,36 @@
 set -euo pipefail
 eval "$(deploy/local/infra.sh)"
 cargo build --release -p leads --bin leads >&2
+
+# Authentication is on: a local HS256 key, made once, signs the services' own tokens and the
+# operator token printed below (docs/security.md). Keep .data/ private.
+key_dir=.data/auth
+export LEADS_AUTH_SIGNING_KEY_FILE="${LEADS_AUTH_SIGNING_KEY_FILE:-$key_dir/local.key}"
+if [[ ! -s "$LEADS_AUTH_SIGNING_KEY_FILE" ]]; then
+  mkdir -p "$(dirname "$LEADS_AUTH_SIGNING_KEY_FILE")"
+  chmod 700 "$(dirname "$LEADS_AUTH_SIGNING_KEY_FILE")"
+  (umask 077; head -c 48 /dev/urandom | base64 | tr -d '\n' >"$LEADS_AUTH_SIGNING_KEY_FILE")
+  echo "made a local signing key in $LEADS_AUTH_SIGNING_KEY_FILE" >&2
+fi
+org="${LEADS_ORG:-acme}"
+token="$(./target/release/leads token --org "$org" --role operator --sub "${USER:-operator}" --ttl 24h)"
 export LEADS_METRICS_ADDR="${LEADS_METRICS_ADDR:-127.0.0.1:9464}"
 cat >&2 <<INFO
 
   lead platform starting (Ctrl-C stops it)
     gRPC        ingest 127.0.0.1:50051  lead 127.0.0.1:50052  qualification 127.0.0.1:50053
                 assignment 127.0.0.1:50054  followup 127.0.0.1:50055  broadcast 127.0.0.1:50056
-                (each serves grpc.health.v1.Health and server reflection)
+                (each serves grpc.health.v1.Health and server reflection without a token)
     NATS        $LEADS_NATS_URL   publish InteractionEvents on interactions.<org_id>
     Postgres    $LEADS_DATABASE_URL
     metrics     http://$LEADS_METRICS_ADDR/metrics
+
+  an operator token for organisation $org, valid 24 hours (more: leads token --org <org> --role operator):
+    export LEADS_TOKEN=$token
+
+    ./target/release/leads leads --org $org
+    grpcurl -plaintext -H "authorization: Bearer \$LEADS_TOKEN" -d '{"org_id":"$org"}' \\
+      127.0.0.1:50052 leads.v1.LeadService/ListLeads
 
 INFO
 exec ./target/release/leads run --services "${LEADS_SERVICES:-all}"

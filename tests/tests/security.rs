@@ -1141,3 +1141,62 @@ async fn a_publisher_publishes_its_own_organisation_only() -> anyhow::Result<()>
     .await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_service_runs_with_only_its_own_role_and_a_verifier_for_its_password() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let mut settings = env.settings.clone();
+    settings.database.passwords.insert("ingest".into(), password.clone());
+    leads::migrate(&settings).await?;
+
+    // Postgres was given the verifier, never the password: ours for the salt it holds.
+    let admin = env.admin_pool().await?;
+    let stored: String = sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'leads_ingest'")
+        .fetch_one(&admin)
+        .await?;
+    let salt = stored.split(['$', ':']).nth(2).expect("a SCRAM verifier");
+    let salt = base64_decode(salt);
+    assert_eq!(stored, platform::db::scram_verifier_with(&password, &salt, 4096));
+
+    // The admin URL leads nowhere: the service uses its own role's URL only.
+    let role_url = env.settings.database_url.replacen("postgres@", &format!("leads_ingest:{password}@"), 1);
+    assert_ne!(role_url, env.settings.database_url);
+    let mut process = leads_tests::Process::spawn(
+        &env,
+        "ingest",
+        &[("LEADS_DATABASE_URL", "postgres://nobody@127.0.0.1:9/none".into()), ("LEADS_INGEST_DATABASE_URL", role_url)],
+    )?;
+    process.ready().await?;
+    env.publish_interaction(ORG, &chat_event("e-role", &phone(7), "hello")).await?;
+    eventually(Duration::from_secs(30), "the event accepted by ingest", || {
+        let admin = admin.clone();
+        async move {
+            let count: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM ingest.accepted_events").fetch_one(&admin).await.ok()?;
+            (count == 1).then_some(())
+        }
+    })
+    .await;
+    let status = process.terminate().await?;
+    assert!(status.success(), "{status:?}");
+    sqlx::query("ALTER ROLE leads_ingest PASSWORD NULL").execute(&admin).await?;
+    admin.close().await;
+    env.cleanup().await
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for byte in text.bytes().filter(|b| *b != b'=') {
+        bits = (bits << 6) | ALPHABET.iter().position(|a| *a == byte).expect("base64") as u32;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}

@@ -36,7 +36,10 @@ impl System {
         services: &BTreeSet<ServiceName>,
         token: CancellationToken,
     ) -> anyhow::Result<Self> {
-        platform::db::ensure_database(&settings).await?;
+        // Only through the admin connection, which a service that does not bootstrap never uses.
+        if services.iter().any(|s| platform::db::bootstraps(&settings, *s)) {
+            platform::db::ensure_database(&settings).await?;
+        }
         let mut infra = Infra::connect(settings, "leads").await?;
         let mut running = Vec::new();
         // Services that others call start first, so that callers in this process reach the
@@ -108,8 +111,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
             ServiceName::FollowUp => &followup::MIGRATOR,
             ServiceName::Broadcast => &broadcast::MIGRATOR,
         };
-        let pool = platform::db::connect_and_migrate(settings, service, migrator).await?;
-        pool.close().await;
+        platform::db::bootstrap_and_migrate(settings, service, migrator).await?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `make bench`: the platform's benchmarks, in one run, against the real Postgres and NATS.
 //!
-//! Sections (choose with `--only raw,ingest,leads`):
+//! Sections (choose with `--only raw,qualification`):
 //! - raw: what the infrastructure does on its own on this machine, measured in the same run:
 //!   JetStream async publish with `Nats-Msg-Id`, and Postgres UNNEST batch inserts of rows
 //!   shaped like interactions, on one connection and on four.
@@ -12,6 +12,9 @@
 //! - broadcast: delivery statuses from NATS to committed, sustained and as a backlog.
 //! - desk: AssignLead, BulkAssign, CreateFollowUp and follow-ups coming due, beside the raw
 //!   Postgres transaction of the same shape.
+//! - qualification: a backlog of lead events drained by one and by two `leads run --services
+//!   qualification` processes (scorings/s, CPU per scoring beside the raw parts), then the
+//!   latency from publish to a lead's score in ListLeads under a paced load.
 //!
 //! The report (markdown) goes to stdout, and to `--out` when given; progress goes to stderr.
 //! Every section runs in its own `TestEnv` and drops it afterwards, also after a failure.
@@ -36,6 +39,8 @@ mod ingest;
 mod leads_page;
 #[path = "bench/machine.rs"]
 mod machine;
+#[path = "bench/qualification.rs"]
+mod qualification;
 #[path = "bench/raw.rs"]
 mod raw;
 #[path = "bench/report.rs"]
@@ -48,6 +53,7 @@ enum Section {
     Leads,
     Broadcast,
     Desk,
+    Qualification,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -67,7 +73,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
     broadcast_batches: Vec<usize>,
     /// Sections to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast,desk")]
+    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast,desk,qualification")]
     only: Vec<Section>,
     /// Leads seeded in the large organisation of the leads section (four smaller ones get a
     /// twentieth of that each).
@@ -109,6 +115,22 @@ struct Args {
     /// AssignLead and CreateFollowUp requests each in the desk section.
     #[arg(long, default_value_t = 2_000)]
     desk_requests: usize,
+    /// Interactions in the qualification section's backlog.
+    #[arg(long, default_value_t = 100_000)]
+    qualification_backlog: u64,
+    /// Distinct contacts (so leads) the qualification backlog comes from, over `--orgs`
+    /// organisations.
+    #[arg(long, default_value_t = 10_000)]
+    qualification_contacts: u64,
+    /// The qualification backlog is drained once per value, by this many worker processes.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    qualification_workers: Vec<usize>,
+    /// Publish rate (interactions/s) of the qualification latency run.
+    #[arg(long, default_value_t = 1000)]
+    qualification_rate: u64,
+    /// Duration of the qualification latency run, in seconds.
+    #[arg(long, default_value_t = 20)]
+    qualification_secs: u64,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -144,7 +166,9 @@ async fn main() -> anyhow::Result<()> {
     ));
     machine::machine(&mut report).await?;
     let mut failures = Vec::new();
-    for section in [Section::Raw, Section::Ingest, Section::Leads, Section::Broadcast, Section::Desk] {
+    for section in
+        [Section::Raw, Section::Ingest, Section::Leads, Section::Broadcast, Section::Desk, Section::Qualification]
+    {
         if !args.only.contains(&section) {
             continue;
         }
@@ -173,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
                 let options = desk::DeskOptions { leads: args.desk_leads, requests: args.desk_requests };
                 desk::run(&options).await.map(|section| report.line(section))
             }
+            Section::Qualification => qualification::qualification(&mut report, &args).await,
         };
         progress(format!("{section:?} section took {:.0} s", started.elapsed().as_secs_f64()));
         if let Err(error) = result {

@@ -19,7 +19,7 @@
 use super::{
     production_env,
     raw::raw_consume,
-    report::{Stats, Target, loadavg, ms, progress, rate, target_rows, thousands},
+    report::{Stats, Target, loadavg, machine_cpu_seconds, micros, ms, progress, rate, target_rows, thousands},
 };
 use anyhow::bail;
 use async_nats::{HeaderMap, Subject, jetstream};
@@ -139,25 +139,6 @@ struct Sustained {
     /// Machine CPU per event published, from the first publish until everything committed
     /// (publisher, NATS, Postgres, service and the reader).
     cpu_per_event: f64,
-}
-
-/// Busy CPU time of the whole machine since boot, every process together (from /proc/stat),
-/// in seconds; NaN where there is no /proc/stat.
-fn machine_cpu_seconds() -> f64 {
-    // USER_HZ: 100 on every Linux architecture this runs on.
-    const TICKS_PER_SECOND: f64 = 100.0;
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return f64::NAN };
-    let Some(total) = stat.lines().next() else { return f64::NAN };
-    // user nice system idle iowait irq softirq steal (guest time is inside user already)
-    let busy: f64 = total
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .enumerate()
-        .filter(|(field, _)| *field != 3 && *field != 4)
-        .filter_map(|(_, ticks)| ticks.parse::<f64>().ok())
-        .sum();
-    busy / TICKS_PER_SECOND
 }
 
 impl Out {
@@ -1273,10 +1254,6 @@ async fn drain(out: &mut Out, env: &TestEnv, admin: &sqlx::PgPool, generated: &G
 struct Measured {
     rate: f64,
     cpu_per_event: f64,
-}
-
-fn micros(seconds: f64) -> String {
-    format!("{:.1} µs", seconds * 1e6)
 }
 
 /// What the raw parts measured in this run allow, added up. On one machine the publisher, NATS

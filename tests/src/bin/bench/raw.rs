@@ -5,7 +5,7 @@
 use super::{
     Args,
     events::{ACK_WINDOW, Generator, Prepared, Publisher, TEXTS, org_name, prepare},
-    report::{Report, loadavg, progress, rate, thousands},
+    report::{Report, loadavg, machine_cpu_seconds, micros, progress, rate, thousands},
 };
 use anyhow::bail;
 use async_nats::jetstream::{self, stream};
@@ -52,12 +52,15 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
     let avg_bytes = payloads.iter().map(|p| p.payload.len()).sum::<usize>() / payloads.len().max(1);
     progress(format!("raw: publishing {} messages to JetStream", args.raw_messages));
     let mut publisher = Publisher::new(env.js.clone(), ACK_WINDOW);
+    let cpu = machine_cpu_seconds();
     let started = Instant::now();
     for p in payloads {
         publisher.publish(p.subject, &p.event_id, p.payload).await?;
     }
     publisher.drain().await?;
     let nats_elapsed = started.elapsed();
+    let nats_cpu = (machine_cpu_seconds() - cpu) / args.raw_messages as f64;
+    report.raw_publish_cpu = Some(nats_cpu);
     let nats_rate = rate(args.raw_messages, nats_elapsed);
     report.raw_nats_per_s = Some(nats_rate);
 
@@ -69,8 +72,13 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
         ("last of each batch", jetstream::consumer::AckPolicy::All),
     ] {
         progress(format!("raw: consuming {} messages, acknowledging {label}", args.raw_messages));
+        let cpu = machine_cpu_seconds();
         let elapsed = raw_consume(env, &stream_name, policy, args.raw_messages).await?;
-        consumed.push((label, elapsed));
+        let cpu = (machine_cpu_seconds() - cpu) / args.raw_messages as f64;
+        if policy == jetstream::consumer::AckPolicy::Explicit {
+            report.raw_consume_cpu = Some(cpu);
+        }
+        consumed.push((label, elapsed, cpu));
     }
 
     // (c) Postgres UNNEST batches
@@ -91,6 +99,7 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
         let mut batches: Vec<Vec<RawBatch>> =
             (0..connections).map(|c| raw_batches(c as u64 * per_conn, per_conn, args.raw_batch)).collect();
         progress(format!("raw: inserting {} rows on {connections} connection(s)", per_conn * connections as u64));
+        let cpu = machine_cpu_seconds();
         let elapsed = raw_pg::on_each_connection(&pool, connections, |connection, pool| {
             let work = std::mem::take(&mut batches[connection]);
             let sql = format!(
@@ -114,38 +123,48 @@ async fn raw_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Resu
             }
         })
         .await?;
+        let cpu = machine_cpu_seconds() - cpu;
         pool.close().await;
         let inserted = raw_pg::count(&admin, &table).await?;
-        pg_rows.push((connections, inserted, elapsed));
+        pg_rows.push((connections, inserted, elapsed, cpu / inserted.max(1) as f64));
     }
     admin.close().await;
     report.raw_pg_1_per_s = Some(rate(pg_rows[0].1 as u64, pg_rows[0].2));
     report.raw_pg_4_per_s = Some(rate(pg_rows[1].1 as u64, pg_rows[1].2));
+    report.raw_pg_cpu = pg_rows.iter().map(|r| r.3).filter(|cpu| cpu.is_finite()).reduce(f64::min);
 
-    report.line("| baseline | volume | time | throughput |\n| --- | ---: | ---: | ---: |");
+    report.line(
+        "| baseline | volume | time | throughput | machine CPU per msg/row |\n| --- | ---: | ---: | ---: | ---: |",
+    );
     report.line(format!(
-        "| JetStream async publish, Nats-Msg-Id, {ACK_WINDOW} acks in flight, {avg_bytes} B JSON | {} msgs | {:.2} s | **{} msgs/s** |",
+        "| JetStream async publish, Nats-Msg-Id, {ACK_WINDOW} acks in flight, {avg_bytes} B JSON | {} msgs | {:.2} s | **{} msgs/s** | {} |",
         thousands(args.raw_messages as f64),
         nats_elapsed.as_secs_f64(),
-        thousands(nats_rate)
+        thousands(nats_rate),
+        micros(nats_cpu)
     ));
-    for (label, elapsed) in &consumed {
+    for (label, elapsed, cpu) in &consumed {
         report.line(format!(
-            "| JetStream pull consume, batches of {RAW_CONSUME_BATCH}, ack {label} | {} msgs | {:.2} s | **{} msgs/s** |",
+            "| JetStream pull consume, batches of {RAW_CONSUME_BATCH}, ack {label} | {} msgs | {:.2} s | **{} msgs/s** | {} |",
             thousands(args.raw_messages as f64),
             elapsed.as_secs_f64(),
-            thousands(rate(args.raw_messages, *elapsed))
+            thousands(rate(args.raw_messages, *elapsed)),
+            micros(*cpu)
         ));
     }
-    for (connections, inserted, elapsed) in &pg_rows {
+    for (connections, inserted, elapsed, cpu) in &pg_rows {
         report.line(format!(
-            "| Postgres UNNEST insert, {} rows/batch, 1 tx per batch, PK, {connections} connection(s) | {} rows | {:.2} s | **{} rows/s** |",
+            "| Postgres UNNEST insert, {} rows/batch, 1 tx per batch, PK, {connections} connection(s) | {} rows | {:.2} s | **{} rows/s** | {} |",
             args.raw_batch,
             thousands(*inserted as f64),
             elapsed.as_secs_f64(),
-            thousands(rate(*inserted as u64, *elapsed))
+            thousands(rate(*inserted as u64, *elapsed)),
+            micros(*cpu)
         ));
     }
+    report.line(
+        "\nMachine CPU: busy time of every process together (/proc/stat) over each baseline, per message or row.",
+    );
     report.line("");
     Ok(())
 }

@@ -71,6 +71,43 @@ pub fn proc_status_kb(field: &str) -> Option<u64> {
     })
 }
 
+/// Busy CPU time of the whole machine since boot, every process together (from /proc/stat),
+/// in seconds; NaN where there is no /proc/stat.
+pub fn machine_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return f64::NAN };
+    let Some(total) = stat.lines().next() else { return f64::NAN };
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    let busy: f64 = total
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(field, _)| *field != 3 && *field != 4)
+        .filter_map(|(_, ticks)| ticks.parse::<f64>().ok())
+        .sum();
+    busy / TICKS_PER_SECOND
+}
+
+/// CPU time (user + system) of one process since it started, in seconds, from
+/// /proc/<pid>/stat; NaN once it has gone.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
+    // The command name (field 2) is in parentheses and may hold spaces; utime and stime are
+    // fields 14 and 15, the 12th and 13th after it.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return f64::NAN };
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut next = || fields.next().and_then(|ticks| ticks.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (next() + next()) / TICKS_PER_SECOND
+}
+
+/// USER_HZ: 100 on every Linux architecture this runs on.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Seconds as microseconds, one decimal.
+pub fn micros(seconds: f64) -> String {
+    format!("{:.1} µs", seconds * 1e6)
+}
+
 pub fn mib(kb: u64) -> String {
     format!("{:.1} MiB", kb as f64 / 1024.0)
 }
@@ -136,6 +173,12 @@ pub struct Report {
     pub raw_nats_per_s: Option<f64>,
     pub raw_pg_1_per_s: Option<f64>,
     pub raw_pg_4_per_s: Option<f64>,
+    /// The raw section's machine CPU (every process, /proc/stat) per message or row, seconds:
+    /// JetStream publish, pull consume acknowledging each, and the Postgres insert on the
+    /// connection count that spent the least.
+    pub raw_publish_cpu: Option<f64>,
+    pub raw_consume_cpu: Option<f64>,
+    pub raw_pg_cpu: Option<f64>,
 }
 
 impl Report {

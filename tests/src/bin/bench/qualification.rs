@@ -1,0 +1,830 @@
+//! Section 6: the qualification service as operators run it, in `leads run --services
+//! qualification` processes of the release binary. A backlog of lead events (interactions in
+//! five languages through the ingest and lead services, with no qualification running) is
+//! drained by one worker process and, in a fresh environment, by two; then the latency from an
+//! interaction's publish to its lead's score in ListLeads, with ingest, lead and qualification
+//! in one process under a paced load.
+
+use super::{
+    Args,
+    events::{ACK_WINDOW, FIRST_NAMES, LAST_NAMES, Prepared, Publisher, org_name, prepare},
+    production_env,
+    report::{Report, loadavg, machine_cpu_seconds, micros, ms, process_cpu_seconds, progress, rate, stats, thousands},
+};
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use leads_tests::{TestEnv, pb};
+use platform::{ServiceName, nats::StreamKind};
+use qualification::model::{
+    features::Direction,
+    synthetic::{SyntheticConfig, generate},
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::Mutex,
+};
+
+/// The qualification service's durable consumer of lead events.
+const DURABLE: &str = "qualification";
+const PROBE_ORG: &str = "bench-probe";
+
+pub async fn qualification(report: &mut Report, args: &Args) -> anyhow::Result<()> {
+    report.line("## 6. Qualification\n");
+    report.line(format!("Load average before: {}\n", loadavg()));
+    let binary = leads_binary()?;
+    let texts = Texts::new();
+    let mut drains = Vec::new();
+    for &workers in &args.qualification_workers {
+        let env = production_env().await?;
+        let result = drain(args, &env, &binary, &texts, workers).await;
+        env.cleanup().await?;
+        drains.push(result?);
+    }
+    drain_report(report, args, &drains, &texts);
+    let env = production_env().await?;
+    let result = latency(report, args, &env, &binary, &texts).await;
+    env.cleanup().await?;
+    result
+}
+
+// ---------------------------------------------------------------------------------------
+// What the contacts write
+
+/// Messages of the synthetic organisations (English, Spanish, Portuguese, Hinglish and
+/// Indonesian conversations of `qualification::model::synthetic`), by direction.
+struct Texts {
+    inbound: Vec<String>,
+    outbound: Vec<String>,
+}
+
+impl Texts {
+    fn new() -> Self {
+        let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
+        for seed in 1..=5 {
+            for lead in generate(&SyntheticConfig { seed, leads: 400, ..SyntheticConfig::default() }).leads {
+                for message in lead.messages {
+                    match message.direction {
+                        Direction::Inbound => inbound.push(message.text),
+                        Direction::Outbound => outbound.push(message.text),
+                    }
+                }
+            }
+        }
+        Self { inbound, outbound }
+    }
+
+    fn average_bytes(&self) -> usize {
+        let all = self.inbound.iter().chain(&self.outbound);
+        all.clone().map(String::len).sum::<usize>() / all.count().max(1)
+    }
+}
+
+/// A chat message of `contact`; the first of a contact is inbound (it opens the lead), later
+/// ones are outbound (an agent's reply) 30% of the time.
+fn event(
+    rng: &mut StdRng,
+    texts: &Texts,
+    event_id: &str,
+    contact: u64,
+    first: bool,
+    at: DateTime<Utc>,
+) -> serde_json::Value {
+    let outbound = !first && rng.random_bool(0.3);
+    let pool = if outbound { &texts.outbound } else { &texts.inbound };
+    let text = &pool[rng.random_range(0..pool.len())];
+    let name = format!("{} {}", FIRST_NAMES[(contact % 40) as usize], LAST_NAMES[((contact / 40) % 40) as usize]);
+    let mut event = serde_json::json!({
+        "event_id": event_id,
+        "occurred_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "kind": "chat_message",
+        "direction": if outbound { "outbound" } else { "inbound" },
+        "channel": "whatsapp",
+        "contact": { "phone": leads_tests::phone(contact as u32), "name": name },
+        "text": text,
+        "conversation_id": format!("conv-{contact}"),
+    });
+    if outbound {
+        event["agent_id"] = format!("agent-{:02}", contact % 50).into();
+    }
+    event
+}
+
+// ---------------------------------------------------------------------------------------
+// `leads run` child processes
+
+/// The release `leads` binary (or `LEADS_BIN`), brought up to date first: built with the
+/// bench's own package selection, so that features resolve as they did for the bench and
+/// nothing is compiled twice.
+fn leads_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("LEADS_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+    let release = !cfg!(debug_assertions);
+    progress("qualification: bringing the leads binary up to date (cargo build)");
+    let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.arg("build");
+    if release {
+        command.arg("--release");
+    }
+    let status = command
+        .args(["-p", "leads-tests", "--bin", "bench", "-p", "leads", "--bin", "leads"])
+        .current_dir(&workspace)
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run cargo")?;
+    anyhow::ensure!(status.success(), "cannot build the leads binary");
+    Ok(target.join(if release { "release" } else { "debug" }).join("leads"))
+}
+
+/// A `leads run` child process pointed at an environment, its Prometheus metrics on a port
+/// of its own.
+struct Child {
+    child: tokio::process::Child,
+    pid: u32,
+    ready: tokio::sync::watch::Receiver<bool>,
+    /// `(service, gRPC address)` as the process prints them.
+    addrs: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    metrics: SocketAddr,
+}
+
+impl Child {
+    fn spawn(env: &TestEnv, binary: &PathBuf, services: &str) -> anyhow::Result<Self> {
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut command = tokio::process::Command::new(binary);
+        command.args(["run", "--services", services]).stdout(Stdio::null()).stderr(Stdio::piped());
+        for (key, value) in env.process_env() {
+            command.env(key, value);
+        }
+        for service in ServiceName::ALL {
+            command.env(format!("LEADS_GRPC_{}_PORT", service.as_str().to_uppercase()), "0");
+        }
+        command.env("LEADS_METRICS_ADDR", metrics.to_string()).kill_on_drop(true);
+        let mut child = command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id().context("the process has no id")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let addrs: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+        let seen = addrs.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let service = line.split_once(' ').filter(|(name, addr)| {
+                    ServiceName::ALL.iter().any(|s| s.as_str() == *name) && addr.parse::<SocketAddr>().is_ok()
+                });
+                if line == "ready" {
+                    ready_tx.send_replace(true);
+                } else if let Some((name, addr)) = service {
+                    seen.lock().expect("addresses").push((name.to_owned(), addr.to_owned()));
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        });
+        Ok(Self { child, pid, ready, addrs, metrics })
+    }
+
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(120), self.ready.wait_for(|ready| *ready))
+            .await
+            .map_err(|_| anyhow::anyhow!("the process did not become ready within 120 s"))?
+            .map_err(|_| anyhow::anyhow!("the process exited before it was ready"))?;
+        Ok(())
+    }
+
+    fn addr(&self, service: ServiceName) -> Option<String> {
+        self.addrs.lock().expect("addresses").iter().find(|(name, _)| name == service.as_str()).map(|(_, a)| a.clone())
+    }
+
+    /// Leads the process has scored, from its `leads_qualification_scorings_total`.
+    async fn scorings(&self) -> anyhow::Result<u64> {
+        let mut stream = tokio::net::TcpStream::connect(self.metrics).await?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
+        let mut body = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut body)).await??;
+        let total = body
+            .lines()
+            .filter(|line| line.starts_with(platform::telemetry::names::QUALIFICATION_SCORINGS))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        Ok(total as u64)
+    }
+
+    /// SIGTERM, then up to 30 s for the process to finish its in-flight work.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let status = tokio::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().await?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.pid);
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            self.child.kill().await?;
+            bail!("process {} did not stop within 30 s of SIGTERM", self.pid);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The backlog drain
+
+struct Drain {
+    workers: usize,
+    interactions: i64,
+    leads: i64,
+    stream_messages: u64,
+    stream_bytes: u64,
+    prepared_in: Duration,
+    /// From the first spawn until every process printed `ready`.
+    ready_after: Duration,
+    /// From the first spawn until every interaction was recorded as scored.
+    elapsed: Duration,
+    scorings: u64,
+    /// Score versions written: the sum of `qualification.scores.version`.
+    versions: i64,
+    /// CPU time of the worker processes, from their start until the backlog was drained.
+    worker_cpu: f64,
+    /// Busy CPU of the whole machine over the same time.
+    machine_cpu: f64,
+}
+
+impl Drain {
+    fn interaction_rate(&self) -> f64 {
+        rate(self.interactions as u64, self.elapsed)
+    }
+
+    fn scoring_rate(&self) -> f64 {
+        rate(self.scorings, self.elapsed)
+    }
+}
+
+/// Publishes `args.qualification_backlog` interactions through ingest and lead (in-process)
+/// until the lead service has published all its events, with no qualification running; then
+/// starts `workers` qualification processes and times them until every interaction is scored.
+async fn drain(args: &Args, env: &TestEnv, binary: &PathBuf, texts: &Texts, workers: usize) -> anyhow::Result<Drain> {
+    let admin = env.admin_pool().await?;
+    let result = drain_in(args, env, &admin, binary, texts, workers).await;
+    admin.close().await;
+    result
+}
+
+async fn drain_in(
+    args: &Args,
+    env: &TestEnv,
+    admin: &sqlx::PgPool,
+    binary: &PathBuf,
+    texts: &Texts,
+    workers: usize,
+) -> anyhow::Result<Drain> {
+    // Every schema first, so that the workers start as they would on a deployed system.
+    leads::migrate(&env.settings).await?;
+    let n = args.qualification_backlog;
+    let contacts = args.qualification_contacts.min(n).max(1);
+    let mut rng = StdRng::seed_from_u64(11 + workers as u64);
+    let base = Utc::now() - chrono::Duration::days(1);
+    let events: Vec<Prepared> = (0..n)
+        .map(|j| {
+            let contact = j % contacts;
+            let at = base + chrono::Duration::milliseconds(j as i64);
+            let event = event(&mut rng, texts, &format!("q-{j:09}"), contact, j < contacts, at);
+            prepare(env, &org_name(contact % args.orgs), &event)
+        })
+        .collect();
+    progress(format!(
+        "qualification ({workers} worker(s)): publishing {n} interactions of {contacts} contacts with ingest and lead \
+         running, qualification not"
+    ));
+    let started = Instant::now();
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+    let prepared = async {
+        let mut publisher = Publisher::new(env.js.clone(), ACK_WINDOW);
+        for p in events {
+            publisher.publish(p.subject, &p.event_id, p.payload).await?;
+        }
+        publisher.drain().await?;
+        wait_until(admin, "SELECT count(*) FROM lead.interactions", |c| c >= n as i64, "interactions recorded").await?;
+        wait_until(admin, "SELECT count(*) FROM lead.outbox", |c| c == 0, "the lead outbox published").await
+    }
+    .await;
+    let stopped = node.stop().await;
+    prepared?;
+    stopped?;
+    let prepared_in = started.elapsed();
+    let interactions: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.interactions").fetch_one(admin).await?;
+    let leads: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.leads").fetch_one(admin).await?;
+    let mut stream = env.js.get_stream(env.subjects.stream_name(StreamKind::Events("lead"))).await?;
+    let state = stream.info().await?.state.clone();
+    progress(format!(
+        "qualification ({workers} worker(s)): backlog of {interactions} interactions ({} lead events messages, {} MiB) \
+         ready in {:.1} s; starting the worker(s)",
+        state.messages,
+        state.bytes / (1024 * 1024),
+        prepared_in.as_secs_f64()
+    ));
+
+    let cpu = machine_cpu_seconds();
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..workers {
+        children.push(Child::spawn(env, binary, "qualification")?);
+    }
+    let outcome = async {
+        let ready = async {
+            for child in &mut children {
+                child.ready().await?;
+            }
+            anyhow::Ok(started.elapsed())
+        };
+        // A worker that dies before it is ready ends the wait at once.
+        let (ready_after, done) =
+            tokio::try_join!(ready, wait_scored(&stream, admin, interactions, started, Duration::from_secs(1800)))?;
+        let worker_cpu: f64 = children.iter().map(|c| process_cpu_seconds(c.pid)).sum();
+        let machine_cpu = machine_cpu_seconds() - cpu;
+        let mut scorings = 0;
+        for child in &children {
+            scorings += child.scorings().await.context("cannot read a worker's metrics")?;
+        }
+        anyhow::Ok((ready_after, done.duration_since(started), worker_cpu, machine_cpu, scorings))
+    }
+    .await;
+    for child in children {
+        child.stop().await?;
+    }
+    let (ready_after, elapsed, worker_cpu, machine_cpu, scorings) = outcome?;
+    let versions: i64 = sqlx::query_scalar("SELECT coalesce(sum(version), 0)::bigint FROM qualification.scores")
+        .fetch_one(admin)
+        .await?;
+    let drained = Drain {
+        workers,
+        interactions,
+        leads,
+        stream_messages: state.messages,
+        stream_bytes: state.bytes,
+        prepared_in,
+        ready_after,
+        elapsed,
+        scorings,
+        versions,
+        worker_cpu,
+        machine_cpu,
+    };
+    progress(format!(
+        "qualification ({workers} worker(s)): {interactions} interactions in {:.2} s = {:.0}/s, {scorings} scorings = \
+         {:.0}/s; worker CPU {:.1} s",
+        elapsed.as_secs_f64(),
+        drained.interaction_rate(),
+        drained.scoring_rate(),
+        worker_cpu
+    ));
+    Ok(drained)
+}
+
+/// Polls `sql` (a count) every 100 ms until `done` holds, for at most 30 minutes.
+async fn wait_until(
+    admin: &sqlx::PgPool,
+    sql: &'static str,
+    done: impl Fn(i64) -> bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let count: i64 = sqlx::query_scalar(sql).fetch_one(admin).await?;
+        if done(count) {
+            return Ok(());
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            progress(format!("  waiting for {what}: {count} after {:.0} s", started.elapsed().as_secs_f64()));
+            last_print = Instant::now();
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("{what}: still {count} after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `qualification.scored_interactions` holds `target` rows. The count runs only
+/// when the qualification consumer has acknowledged everything in the lead events stream (it
+/// acks after each commit; its state is a cheap NATS request, polled every 20 ms), so that
+/// Postgres is not scanning the growing table all along.
+async fn wait_scored(
+    stream: &async_nats::jetstream::stream::Stream,
+    admin: &sqlx::PgPool,
+    target: i64,
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let mut last_print = Instant::now();
+    let mut scored = 0;
+    loop {
+        // A failed request (the durable not declared yet) is only a missed poll.
+        let position = stream.consumer_info(DURABLE).await.ok().map(|info| {
+            (
+                info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0,
+                info.ack_floor.stream_sequence,
+            )
+        });
+        let now = Instant::now();
+        let (caught_up, acked) = position.unwrap_or((false, 0));
+        if caught_up {
+            scored =
+                sqlx::query_scalar("SELECT count(*) FROM qualification.scored_interactions").fetch_one(admin).await?;
+            if scored >= target {
+                return Ok(now);
+            }
+        }
+        if now.duration_since(last_print) > Duration::from_secs(5) {
+            progress(format!(
+                "  qualification consumer at stream sequence {acked} ({scored}/{target} interactions counted when last \
+                 caught up) after {:.0} s (load {})",
+                started.elapsed().as_secs_f64(),
+                loadavg()
+            ));
+            last_print = now;
+        }
+        if started.elapsed() > timeout {
+            bail!("{scored} of {target} interactions scored when the consumer was last caught up, after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn drain_report(report: &mut Report, args: &Args, drains: &[Drain], texts: &Texts) {
+    let Some(first) = drains.first() else { return };
+    report.line("### Scorings per second, one worker process and two\n");
+    report.line(format!(
+        "{} chat messages (70% inbound; texts of `qualification::model::synthetic`'s conversations in English, \
+         Spanish, Portuguese, Hinglish and Indonesian, {} B on average) from {} contacts in {} organisations, \
+         published through the ingest and lead services (in the bench process) with no qualification running, until \
+         the lead service had published every lead event; then the ingest and lead services stopped, and {} `leads \
+         run --services qualification` process(es) of the release binary (production consumer settings: batch {}, {} \
+         batches in flight, pools of {} connections) started on the backlog, timed from the first spawn until \
+         `qualification.scored_interactions` held every interaction (counted whenever the `qualification` consumer \
+         had acknowledged everything; polled every 20 ms). A fresh database and stream for each worker count. \
+         Scorings: the workers' own `leads_qualification_scorings_total` (a lead scored once per consumer batch \
+         however many of its messages the batch holds); score versions: the sum of `qualification.scores.version` \
+         (a score that did not change writes none). CPU of the workers: utime + stime from /proc/<pid>/stat at the \
+         end; the machine's: every process (/proc/stat).\n",
+        thousands(first.interactions as f64),
+        texts.average_bytes(),
+        thousands(args.qualification_contacts as f64),
+        args.orgs,
+        args.qualification_workers.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
+        platform::Settings::default().consumer.batch_size,
+        platform::Settings::default().consumer.concurrency,
+        platform::Settings::default().database_max_connections,
+    ));
+    let header: Vec<String> = drains.iter().map(|d| format!("{} worker(s)", d.workers)).collect();
+    report.line(format!("| measure | {} |", header.join(" | ")));
+    report.line(format!("| --- |{}", " ---: |".repeat(drains.len())));
+    let row = |report: &mut Report, label: &str, value: &dyn Fn(&Drain) -> String| {
+        let cells: Vec<String> = drains.iter().map(value).collect();
+        report.line(format!("| {label} | {} |", cells.join(" | ")));
+    };
+    row(report, "leads / lead-event messages in the stream", &|d: &Drain| {
+        format!(
+            "{} / {} ({} MiB)",
+            thousands(d.leads as f64),
+            thousands(d.stream_messages as f64),
+            d.stream_bytes >> 20
+        )
+    });
+    row(report, "backlog prepared in (ingest + lead)", &|d: &Drain| format!("{:.1} s", d.prepared_in.as_secs_f64()));
+    row(report, "worker(s) ready after", &|d: &Drain| ms(d.ready_after));
+    row(report, "**backlog drained in**", &|d: &Drain| format!("**{:.2} s**", d.elapsed.as_secs_f64()));
+    row(report, "**interactions applied / s**", &|d: &Drain| format!("**{}**", thousands(d.interaction_rate())));
+    row(report, "**scorings / s**", &|d: &Drain| format!("**{}**", thousands(d.scoring_rate())));
+    row(report, "scorings / score versions written", &|d: &Drain| {
+        format!("{} / {}", thousands(d.scorings as f64), thousands(d.versions as f64))
+    });
+    row(report, "score versions / s", &|d: &Drain| thousands(rate(d.versions as u64, d.elapsed)));
+    row(report, "worker CPU (all workers) / per scoring / of the drain's wall time", &|d: &Drain| {
+        format!(
+            "{:.1} s / {} / {:.0}%",
+            d.worker_cpu,
+            micros(d.worker_cpu / d.scorings.max(1) as f64),
+            100.0 * d.worker_cpu / d.elapsed.as_secs_f64()
+        )
+    });
+    row(report, "machine CPU per scoring (workers, Postgres, NATS)", &|d: &Drain| {
+        micros(d.machine_cpu / d.scorings.max(1) as f64)
+    });
+    if let (Some(one), Some(two)) = (drains.iter().find(|d| d.workers == 1), drains.iter().find(|d| d.workers == 2)) {
+        report.line(format!(
+            "\nTwo workers / one: **{:.2}** in scorings/s, {:.2} in interactions/s.",
+            two.scoring_rate() / one.scoring_rate(),
+            two.interaction_rate() / one.interaction_rate()
+        ));
+    }
+    report.line("");
+    let one = drains.iter().find(|d| d.workers == 1).unwrap_or(first);
+    let per_scoring = one.worker_cpu / one.scorings.max(1) as f64;
+    raw_costs(report, one, per_scoring);
+    let rate_per_worker = one.scoring_rate() / one.workers as f64;
+    report.target(
+        "Qualification scorings per worker process",
+        ">= 5,000 scorings/s",
+        format!(
+            "{} scorings/s ({} interactions/s; {} in the worker per scoring)",
+            thousands(rate_per_worker),
+            thousands(one.interaction_rate() / one.workers as f64),
+            micros(per_scoring)
+        ),
+        rate_per_worker >= 5_000.0,
+    );
+}
+
+/// One worker's CPU per scoring beside what the raw parts cost in this run, and what those
+/// parts alone would allow on this machine.
+fn raw_costs(report: &mut Report, d: &Drain, worker_per_scoring: f64) {
+    let (Some(pg), Some(consume), Some(publish)) = (report.raw_pg_cpu, report.raw_consume_cpu, report.raw_publish_cpu)
+    else {
+        report.line("(Run the raw section too for the raw parts' costs beside these.)\n");
+        return;
+    };
+    let scorings = d.scorings.max(1) as f64;
+    let machine_per_scoring = d.machine_cpu / scorings;
+    // What a scoring writes, as rows like the raw insert's: its share of scored_interactions,
+    // the lead's state row, its score row, and an outbox row per score version; its share of
+    // the lead event messages consumed; a scored event published per score version.
+    let rows = (d.interactions as f64 + d.versions as f64) / scorings + 2.0;
+    let messages = d.stream_messages as f64 / scorings;
+    let published = d.versions as f64 / scorings;
+    let parts = rows * pg + messages * consume + published * publish;
+    let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+    report.line("#### One worker's CPU per scoring beside the raw parts (same run)\n");
+    report.line("| | CPU per unit | worker CPU per scoring / it |\n| --- | ---: | ---: |");
+    report.line(format!(
+        "| one worker process, per scoring ({} drain) | **{}** | 1 |",
+        if d.workers == 1 { "1-worker" } else { "first" },
+        micros(worker_per_scoring)
+    ));
+    report.line(format!(
+        "| the machine during that drain, per scoring | {} | {:.2} |",
+        micros(machine_per_scoring),
+        worker_per_scoring / machine_per_scoring
+    ));
+    report.line(format!(
+        "| raw Postgres UNNEST insert, per row (section 1) | {} | {:.1} |",
+        micros(pg),
+        worker_per_scoring / pg
+    ));
+    report.line(format!(
+        "| raw JetStream pull consume acknowledging each, per message | {} | {:.1} |",
+        micros(consume),
+        worker_per_scoring / consume
+    ));
+    report.line(format!(
+        "| raw JetStream publish, per message | {} | {:.1} |",
+        micros(publish),
+        worker_per_scoring / publish
+    ));
+    report.line(format!(
+        "| the raw parts of one scoring: {rows:.2} rows, {messages:.3} messages consumed, {published:.2} published | {} | {:.1} |",
+        micros(parts),
+        worker_per_scoring / parts
+    ));
+    report.line(format!(
+        "\nOn {cores} cores, the raw parts alone would allow {} scorings/s (cores / their CPU per scoring; the rows \
+         are counted as the raw insert's narrow rows, while a lead's state row carries its features as JSON, so this \
+         ceiling is generous); the whole machine spent {} per scoring in the 1-worker drain, {} scorings/s at full \
+         use of the cores; a worker alone, with the cores to itself, {} scorings/s.\n",
+        thousands(cores / parts),
+        micros(machine_per_scoring),
+        thousands(cores / machine_per_scoring),
+        thousands(cores / worker_per_scoring),
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Latency under a paced load
+
+async fn latency(
+    report: &mut Report,
+    args: &Args,
+    env: &TestEnv,
+    binary: &PathBuf,
+    texts: &Texts,
+) -> anyhow::Result<()> {
+    let admin = env.admin_pool().await?;
+    let mut child = Child::spawn(env, binary, "ingest,lead,qualification")?;
+    let result = async {
+        child.ready().await?;
+        latency_in(report, args, env, &admin, &child, texts).await
+    }
+    .await;
+    let stopped = child.stop().await;
+    admin.close().await;
+    result?;
+    stopped
+}
+
+async fn latency_in(
+    report: &mut Report,
+    args: &Args,
+    env: &TestEnv,
+    admin: &sqlx::PgPool,
+    child: &Child,
+    texts: &Texts,
+) -> anyhow::Result<()> {
+    let lead_addr = child.addr(ServiceName::Lead).context("the process did not print the lead service's address")?;
+    let client = pb::lead_service_client::LeadServiceClient::connect(format!("http://{lead_addr}")).await?;
+    let contacts = args.qualification_contacts.max(1);
+    let mut rng = StdRng::seed_from_u64(99);
+
+    // Warm-up: one message per contact, so that the paced run's traffic rescores existing
+    // leads, each probe aside.
+    progress(format!("qualification latency: warming up with one message from each of {contacts} contacts"));
+    let mut publisher = Publisher::new(env.js.clone(), ACK_WINDOW);
+    for contact in 0..contacts {
+        let e = event(&mut rng, texts, &format!("warm-{contact:09}"), contact, true, Utc::now());
+        let p = prepare(env, &org_name(contact % args.orgs), &e);
+        publisher.publish(p.subject, &p.event_id, p.payload).await?;
+    }
+    publisher.drain().await?;
+    wait_until(
+        admin,
+        "SELECT count(*) FROM qualification.scored_interactions",
+        |c| c >= contacts as i64,
+        "the warm-up scored",
+    )
+    .await?;
+
+    let tick = Duration::from_millis(10);
+    let per_tick = (args.qualification_rate / 100).max(1);
+    let ticks = args.qualification_secs * 100;
+    progress(format!(
+        "qualification latency: {} interactions/s for {} s, one probe per 10 ms",
+        per_tick * 100,
+        args.qualification_secs
+    ));
+    // Pending probes by phone: when published, and the time their message carries.
+    let pending: Arc<Mutex<HashMap<String, (Instant, DateTime<Utc>)>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let publishing = Arc::new(AtomicBool::new(true));
+    // The poller: every 10 ms, ListLeads of the probes' organisation, scored leads only, whose
+    // last interaction is no older than the oldest pending probe's, oldest first, every page.
+    let poller = {
+        let (pending, latencies, publishing) = (pending.clone(), latencies.clone(), publishing.clone());
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let mut drained_since: Option<Instant> = None;
+            let mut polls = 0u64;
+            loop {
+                let oldest = pending.lock().await.values().map(|(_, at)| *at).min();
+                if let Some(oldest) = oldest {
+                    let from = oldest - chrono::Duration::seconds(1);
+                    let mut token = String::new();
+                    for _ in 0..20 {
+                        let page = client
+                            .list_leads(pb::ListLeadsRequest {
+                                org_id: PROBE_ORG.into(),
+                                filter: Some(pb::LeadFilter {
+                                    min_score: Some(0),
+                                    last_interaction: Some(pb::TimeRange {
+                                        from: Some(prost_types::Timestamp {
+                                            seconds: from.timestamp(),
+                                            nanos: from.timestamp_subsec_nanos() as i32,
+                                        }),
+                                        to: None,
+                                    }),
+                                    ..Default::default()
+                                }),
+                                sort: pb::LeadSortField::LastInteraction as i32,
+                                direction: pb::SortDirection::Asc as i32,
+                                page_size: 500,
+                                page_token: token.clone(),
+                                skip_total: true,
+                            })
+                            .await?
+                            .into_inner();
+                        polls += 1;
+                        let seen = Instant::now();
+                        let mut pending = pending.lock().await;
+                        let mut latencies = latencies.lock().await;
+                        for lead in &page.leads {
+                            let phone = lead.contact.as_ref().map(|c| c.phone.as_str()).unwrap_or_default();
+                            if lead.score.is_some()
+                                && let Some((sent, _)) = pending.remove(phone)
+                            {
+                                latencies.push(seen.duration_since(sent));
+                            }
+                        }
+                        if page.next_page_token.is_empty() || pending.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
+                }
+                if !publishing.load(Ordering::Relaxed) {
+                    let since = *drained_since.get_or_insert_with(Instant::now);
+                    if pending.lock().await.is_empty() || since.elapsed() > Duration::from_secs(60) {
+                        return anyhow::Ok((pending.lock().await.len(), polls));
+                    }
+                }
+                tokio::time::sleep(tick).await;
+            }
+        })
+    };
+    let mut publisher = Publisher::new(env.js.clone(), ACK_WINDOW);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut sent, mut late_ticks) = (0u64, 0u64);
+    let cpu = machine_cpu_seconds();
+    let child_cpu = process_cpu_seconds(child.pid);
+    let started = Instant::now();
+    for t in 0..ticks {
+        interval.tick().await;
+        if started.elapsed() > tick * (t as u32 + 2) {
+            late_ticks += 1;
+        }
+        // The probe: a new contact in its own organisation, so a new lead to be scored.
+        let contact = 1_000_000 + t;
+        let at = Utc::now();
+        let probe = event(&mut rng, texts, &format!("probe-{t:06}"), contact, true, at);
+        let probe = prepare(env, PROBE_ORG, &probe);
+        pending.lock().await.insert(leads_tests::phone(contact as u32), (Instant::now(), at));
+        publisher.publish(probe.subject, &probe.event_id, probe.payload).await?;
+        sent += 1;
+        for k in 1..per_tick {
+            let index = t * per_tick + k;
+            let contact = index % contacts;
+            let e = event(&mut rng, texts, &format!("lat-{index:09}"), contact, false, Utc::now());
+            let p = prepare(env, &org_name(contact % args.orgs), &e);
+            publisher.publish(p.subject, &p.event_id, p.payload).await?;
+            sent += 1;
+        }
+    }
+    publisher.drain().await?;
+    let publish_elapsed = started.elapsed();
+    let machine_cpu = machine_cpu_seconds() - cpu;
+    let child_cpu = process_cpu_seconds(child.pid) - child_cpu;
+    publishing.store(false, Ordering::Relaxed);
+    let (lost, polls) = poller.await??;
+    let samples = latencies.lock().await.clone();
+    let achieved = rate(sent, publish_elapsed);
+    let seconds = publish_elapsed.as_secs_f64();
+    report.line("### Latency: an interaction's publish to its lead's score in ListLeads\n");
+    report.line(format!(
+        "One `leads run --services ingest,lead,qualification` process (release binary, production settings), warmed \
+         up with one message from each of {} contacts (all scored). Then {} interactions/s for {} s ({} \
+         interactions, achieved {} /s, {} of {} ticks late by more than one tick): every 10 ms one is a probe, the \
+         first message of a new contact in an organisation of its own, the rest messages of the warm contacts \
+         (rescoring their leads). Latency is from just before the probe's publish to the ListLeads answer that first \
+         shows its lead with a score (the poller, every 10 ms: ListLeads of the probes' organisation with `min_score \
+         0`, last interaction since the oldest pending probe's, oldest first, every page; {} calls). The process's \
+         CPU while publishing: {:.0}% of a core ({}/interaction); the machine's {:.0}% of its cores.\n",
+        thousands(contacts as f64),
+        thousands((per_tick * 100) as f64),
+        args.qualification_secs,
+        thousands(sent as f64),
+        thousands(achieved),
+        late_ticks,
+        ticks,
+        thousands(polls as f64),
+        100.0 * child_cpu / seconds,
+        micros(child_cpu / sent.max(1) as f64),
+        100.0 * machine_cpu / seconds / std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0),
+    ));
+    let target_name = format!(
+        "Qualification: publish -> score in ListLeads p99 at {} interactions/s",
+        thousands((per_tick * 100) as f64)
+    );
+    if samples.is_empty() {
+        report.line("No probe's score was seen.\n");
+        report.target(target_name, "< 500 ms", "no probe seen", false);
+        return Ok(());
+    }
+    let s = stats(samples);
+    report.line(
+        "| probes | p50 | p90 | p99 | max | mean | not seen within 60 s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    );
+    report.line(format!(
+        "| {} | **{}** | {} | **{}** | {} | {} | {lost} |\n",
+        s.n,
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max),
+        ms(s.mean)
+    ));
+    report.target(
+        target_name,
+        "< 500 ms",
+        format!("p99 {} (p50 {})", ms(s.p99), ms(s.p50)),
+        s.p99 < Duration::from_millis(500) && lost == 0,
+    );
+    Ok(())
+}
