@@ -151,11 +151,33 @@ pub struct QualificationSettings {
     pub retrain_interval_secs: u64,
     /// Share of new outcomes (since the current model's training) that starts a retraining.
     pub retrain_growth: f64,
+    /// Full URL of an OpenAI-compatible chat-completions endpoint that scores leads from their
+    /// recent messages; none (the default) keeps the built-in scorer and stores no text.
+    pub llm_url: Option<String>,
+    /// The model named in each request (required with `llm_url`).
+    pub llm_model: String,
+    /// Sent as `Authorization: Bearer`; or read from `llm_api_key_file`.
+    pub llm_api_key: Option<String>,
+    pub llm_api_key_file: Option<std::path::PathBuf>,
+    /// How long one scoring waits for the endpoint before falling back to the built-in scorer.
+    pub llm_timeout_ms: u64,
+    /// Requests per second each process sends at most; beyond, leads get the built-in score.
+    pub llm_max_per_second: u32,
 }
 
 impl Default for QualificationSettings {
     fn default() -> Self {
-        Self { min_labels_per_class: 30, retrain_interval_secs: 60, retrain_growth: 0.1 }
+        Self {
+            min_labels_per_class: 30,
+            retrain_interval_secs: 60,
+            retrain_growth: 0.1,
+            llm_url: None,
+            llm_model: String::new(),
+            llm_api_key: None,
+            llm_api_key_file: None,
+            llm_timeout_ms: 3000,
+            llm_max_per_second: 10,
+        }
     }
 }
 
@@ -397,6 +419,25 @@ impl Settings {
         if let Some(v) = lookup("LEADS_QUALIFICATION_RETRAIN_INTERVAL_SECS") {
             self.qualification.retrain_interval_secs = parse("LEADS_QUALIFICATION_RETRAIN_INTERVAL_SECS", v)?;
         }
+        let some = |v: String| (!v.is_empty()).then_some(v);
+        if let Some(v) = lookup("LEADS_QUALIFICATION_LLM_URL") {
+            self.qualification.llm_url = some(v);
+        }
+        if let Some(v) = lookup("LEADS_QUALIFICATION_LLM_MODEL") {
+            self.qualification.llm_model = v;
+        }
+        if let Some(v) = lookup("LEADS_QUALIFICATION_LLM_API_KEY") {
+            self.qualification.llm_api_key = some(v);
+        }
+        if let Some(v) = lookup("LEADS_QUALIFICATION_LLM_API_KEY_FILE") {
+            self.qualification.llm_api_key_file = some(v).map(std::path::PathBuf::from);
+        }
+        if let Some(v) = lookup("LEADS_QUALIFICATION_LLM_TIMEOUT_MS") {
+            self.qualification.llm_timeout_ms = parse("LEADS_QUALIFICATION_LLM_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_QUALIFICATION_LLM_MAX_PER_SECOND") {
+            self.qualification.llm_max_per_second = parse("LEADS_QUALIFICATION_LLM_MAX_PER_SECOND", v)?;
+        }
         Ok(())
     }
 
@@ -452,6 +493,23 @@ impl Settings {
         }
         if !(q.retrain_growth > 0.0 && q.retrain_growth <= 10.0) {
             return Err(invalid("qualification.retrain_growth", "must be above 0 and at most 10"));
+        }
+        if let Some(url) = &q.llm_url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(invalid("qualification.llm_url", "must start with http:// or https://"));
+            }
+            if q.llm_model.trim().is_empty() {
+                return Err(invalid("qualification.llm_model", "is required with qualification.llm_url"));
+            }
+        }
+        if q.llm_api_key.is_some() && q.llm_api_key_file.is_some() {
+            return Err(invalid("qualification.llm_api_key_file", "give the key or its file, not both"));
+        }
+        if q.llm_timeout_ms == 0 || q.llm_timeout_ms > 60_000 {
+            return Err(invalid("qualification.llm_timeout_ms", "must be between 1 and 60000"));
+        }
+        if q.llm_max_per_second == 0 || q.llm_max_per_second > 10_000 {
+            return Err(invalid("qualification.llm_max_per_second", "must be between 1 and 10000"));
         }
         Ok(())
     }

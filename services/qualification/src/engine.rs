@@ -8,11 +8,17 @@ use contracts::{
     Envelope,
     lead::{InteractionSummary, LeadChange, LeadEvent, Status},
 };
+use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc};
 use uuid::Uuid;
 
 /// The version scores of the built-in prior carry.
 pub const PRIOR_VERSION: &str = "prior-v1";
+
+/// How many of a lead's latest messages are kept for the language-model scorer (`llm`).
+pub const RECENT_MESSAGES: usize = 8;
+/// How many characters of each kept message.
+pub const RECENT_CHARS: usize = 500;
 
 /// What the service keeps of a lead.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,6 +27,29 @@ pub struct LeadState {
     pub active: bool,
     pub manual_score: Option<i32>,
     pub features: LeadFeatures,
+    /// The latest messages with text, oldest first; stored only while a language model scores.
+    pub recent: Vec<RecentMessage>,
+}
+
+/// One of a lead's latest messages, its text cut to `RECENT_CHARS`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentMessage {
+    pub direction: Direction,
+    pub at: DateTime<Utc>,
+    pub text: String,
+}
+
+/// Keeps `message` among the latest `RECENT_MESSAGES` with text, in time order.
+fn remember(recent: &mut Vec<RecentMessage>, message: &Message<'_>) {
+    let Some(text) = message.text.map(str::trim).filter(|t| !t.is_empty()) else { return };
+    let text = match text.char_indices().nth(RECENT_CHARS) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    };
+    recent.push(RecentMessage { direction: message.direction, at: message.at, text });
+    recent.sort_by_key(|m| m.at);
+    let excess = recent.len().saturating_sub(RECENT_MESSAGES);
+    recent.drain(..excess);
 }
 
 /// What a batch did to one lead.
@@ -82,7 +111,9 @@ pub fn fold(
         seen.sort_by_key(|(interaction, _)| interaction.occurred_at);
         let folded = out.get_mut(&key).expect("every interaction's lead is folded");
         for (interaction, event) in seen {
-            folded.state.features.observe(&message(interaction, event));
+            let message = message(interaction, event);
+            folded.state.features.observe(&message);
+            remember(&mut folded.state.recent, &message);
         }
         folded.rescore = true;
     }
@@ -247,6 +278,23 @@ mod tests {
         assert_eq!((lead.state.features.inbound, lead.state.features.outbound), (2, 0), "e2 was seen before");
         assert_eq!(lead.state.lead_version, 3);
         assert_eq!(folded.len(), 1, "one lead, one scoring");
+    }
+
+    #[test]
+    fn the_latest_messages_are_kept_in_time_order_bounded_and_cut() {
+        let id = Uuid::now_v7();
+        let long = "é".repeat(RECENT_CHARS + 50);
+        let mut events: Vec<_> =
+            (0..10).map(|n| recorded(id, n + 1, &format!("e{n}"), n, "inbound", &format!("m{n}"))).collect();
+        events.push(recorded(id, 11, "late", -5, "outbound", "too old to keep"));
+        events.push(recorded(id, 12, "long", 20, "outbound", &long));
+        events.push(recorded(id, 13, "blank", 21, "inbound", "  "));
+        let folded = fold(&events, &BTreeMap::new(), |_, _| true);
+        let recent = &folded[&("acme".to_owned(), id)].state.recent;
+        let texts: Vec<&str> = recent.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts[..7], ["m3", "m4", "m5", "m6", "m7", "m8", "m9"]);
+        assert_eq!(recent.len(), RECENT_MESSAGES);
+        assert_eq!((recent[7].direction, recent[7].text.chars().count()), (Direction::Outbound, RECENT_CHARS));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! newest and keeps a score set by hand over any of them.
 
 use crate::{
-    engine::{self, Folded, LeadKey, LeadState, Scorer},
+    engine::{self, Folded, LeadKey, LeadState, RecentMessage, Scorer},
     error::QualificationError,
+    llm::LlmScorer,
     model::LeadFeatures,
     training::Models,
 };
@@ -23,7 +24,10 @@ use platform::{
     outbox::{OutboxMessage, OutboxSignal},
 };
 use sqlx::{PgPool, Postgres, Transaction, types::Json};
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -33,6 +37,8 @@ pub struct QualificationContext {
     pub outbox: OutboxSignal,
     pub models: Models,
     pub settings: platform::settings::QualificationSettings,
+    /// Scores in place of the built-in scorer where it answers (`qualification.llm_url`).
+    pub llm: Option<Arc<LlmScorer>>,
 }
 
 pub async fn apply_lead_events(
@@ -42,7 +48,7 @@ pub async fn apply_lead_events(
     platform::error::retry_transient(QualificationError::is_transient, || try_apply(ctx, batch)).await
 }
 
-type StateRow = (String, Uuid, i64, bool, Option<i32>, Json<LeadFeatures>);
+type StateRow = (String, Uuid, i64, bool, Option<i32>, Json<LeadFeatures>, Option<Json<Vec<RecentMessage>>>);
 
 async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) -> Result<(), QualificationError> {
     let mut tx = ctx.pool.begin().await?;
@@ -55,15 +61,19 @@ async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) ->
     };
     let stored = lock_states(&mut tx, &keys).await?;
     let folded = engine::fold(batch, &stored, |org, event| fresh.contains(&(org.to_owned(), event.to_owned())));
-    write_states(&mut tx, &folded).await?;
+    write_states(&mut tx, &folded, ctx.llm.is_some()).await?;
     write_outcomes(&mut tx, &folded).await?;
     let now = Utc::now();
-    let mut scored = Vec::new();
+    let (mut scored, mut conversations) = (Vec::new(), Vec::new());
     for ((org_id, lead_id), lead) in &folded {
         if lead.rescore && lead.state.active {
             let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
             scored.push(Scoring::new(org_id, *lead_id, &lead.state, &scorer, now, lead.handed_back));
+            conversations.push(lead.state.recent.as_slice());
         }
+    }
+    if let Some(llm) = &ctx.llm {
+        llm.overlay(&mut scored, &conversations).await;
     }
     let messages = write_scores(ctx, &mut tx, &scored).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
@@ -121,7 +131,8 @@ async fn lock_states(
     .execute(&mut **tx)
     .await?;
     let rows: Vec<StateRow> = sqlx::query_as(
-        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score, s.features FROM lead_state s \
+        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score, s.features, s.recent_messages \
+         FROM lead_state s \
          JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) USING (org_id, lead_id) \
          ORDER BY s.org_id, s.lead_id FOR UPDATE OF s",
     )
@@ -131,15 +142,18 @@ async fn lock_states(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(org, id, lead_version, active, manual_score, features)| {
-            ((org, id), LeadState { lead_version, active, manual_score, features: features.0 })
+        .map(|(org, id, lead_version, active, manual_score, features, recent)| {
+            let recent = recent.map(|r| r.0).unwrap_or_default();
+            ((org, id), LeadState { lead_version, active, manual_score, features: features.0, recent })
         })
         .collect())
 }
 
+/// Writes the folded states; the latest messages only when `keep_text` (a language model scores).
 async fn write_states(
     tx: &mut Transaction<'_, Postgres>,
     folded: &BTreeMap<LeadKey, Folded>,
+    keep_text: bool,
 ) -> Result<(), QualificationError> {
     let orgs: Vec<&str> = folded.keys().map(|k| k.0.as_str()).collect();
     let ids: Vec<Uuid> = folded.keys().map(|k| k.1).collect();
@@ -147,11 +161,13 @@ async fn write_states(
     let active: Vec<bool> = folded.values().map(|f| f.state.active).collect();
     let manual: Vec<Option<i32>> = folded.values().map(|f| f.state.manual_score).collect();
     let features: Vec<Json<&LeadFeatures>> = folded.values().map(|f| Json(&f.state.features)).collect();
+    let recent: Vec<Option<Json<&Vec<RecentMessage>>>> =
+        folded.values().map(|f| (keep_text && !f.state.recent.is_empty()).then_some(Json(&f.state.recent))).collect();
     sqlx::query(
         "UPDATE lead_state s SET lead_version = u.lead_version, active = u.active, manual_score = u.manual_score, \
-           features = u.features, updated_at = now() \
-         FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bool[], $5::int[], $6::jsonb[]) \
-           AS u(org_id, lead_id, lead_version, active, manual_score, features) \
+           features = u.features, recent_messages = u.recent_messages, updated_at = now() \
+         FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bool[], $5::int[], $6::jsonb[], $7::jsonb[]) \
+           AS u(org_id, lead_id, lead_version, active, manual_score, features, recent_messages) \
          WHERE s.org_id = u.org_id AND s.lead_id = u.lead_id",
     )
     .bind(&orgs)
@@ -160,6 +176,7 @@ async fn write_states(
     .bind(&active)
     .bind(&manual)
     .bind(&features)
+    .bind(&recent)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -308,8 +325,11 @@ pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) 
         return Err(QualificationError::Inactive(lead_id.to_string()));
     }
     let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
-    let scoring = Scoring::new(org_id, lead_id, &state, &scorer, Utc::now(), true);
-    let messages = write_scores(ctx, &mut tx, &[scoring]).await?;
+    let mut scoring = [Scoring::new(org_id, lead_id, &state, &scorer, Utc::now(), true)];
+    if let Some(llm) = &ctx.llm {
+        llm.overlay(&mut scoring, &[state.recent.as_slice()]).await;
+    }
+    let messages = write_scores(ctx, &mut tx, &scoring).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
     tx.commit().await?;
     ctx.outbox.notify();

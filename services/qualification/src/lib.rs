@@ -3,12 +3,15 @@
 //! an organisation has enough outcomes, a model learned from them (`training`). Each score
 //! carries its factors, readable by a person. Operators run as many qualification processes
 //! as they like (`leads run --services qualification`): they share one durable consumer. A
-//! score set by hand on the lead wins over the engine until it is handed back.
+//! score set by hand on the lead wins over the engine until it is handed back. Optionally a
+//! language model behind an OpenAI-compatible endpoint scores in the engine's place (`llm`),
+//! the engine's score standing in whenever it does not answer.
 
 pub mod engine;
 pub mod error;
 mod grpc;
 pub mod handler;
+pub mod llm;
 pub mod model;
 pub mod training;
 
@@ -33,6 +36,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         outbox: base.outbox.clone(),
         models: training::Models::default(),
         settings: infra.settings.qualification.clone(),
+        llm: llm::LlmScorer::from_settings(&infra.settings.qualification)?.map(std::sync::Arc::new),
     };
     base.tasks.spawn(training::retrain_until(ctx.clone(), token.clone()));
     base.spawn_consumer(infra, StreamKind::Events("lead"), "qualification", &token, ctx.clone(), consume);
