@@ -52,17 +52,6 @@ pub struct LeadQuery {
     pub search: Option<String>,
     pub page_size: i32,
     pub page_token: Option<String>,
-}
-
-impl LeadQuery {
-    fn request(&self) -> anyhow::Result<pb::ListLeadsRequest> {
-        let statuses = self
-            .statuses
-            .iter()
-            .map(|name| {
-                let upper = name.trim().to_ascii_uppercase().replace('-', "_");
-                pb::LeadStatus::from_str_name(&upper)
-                    .filter(|s| *s != pb::LeadStatus::Unspecified)
     /// A bearer token (`leads token`) sent as `authorization: Bearer ...`.
     pub token: Option<String>,
 }
@@ -107,6 +96,18 @@ pub fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
     };
     anyhow::ensure!(number > 0, "the lifetime must be positive");
     Ok(std::time::Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+
+impl LeadQuery {
+    fn request(&self) -> anyhow::Result<pb::ListLeadsRequest> {
+        let statuses = self
+            .statuses
+            .iter()
+            .map(|name| {
+                let upper = name.trim().to_ascii_uppercase().replace('-', "_");
+                pb::LeadStatus::from_str_name(&upper)
+                    .filter(|s| *s != pb::LeadStatus::Unspecified)
                     .map(|s| s as i32)
                     .ok_or_else(|| {
                         anyhow::anyhow!(
@@ -170,7 +171,10 @@ pub async fn export_leads(settings: &Settings, query: &LeadQuery, out: &Path) ->
     let endpoint = settings.endpoints.lead.clone();
     let mut client = LeadServiceClient::connect(endpoint).await?;
     let export = pb::ExportLeadsRequest { query: Some(request), scope: pb::ExportScope::All as i32 };
-    let mut stream = client.export_leads(authorized(export, query.token.as_deref())?).await?.into_inner();
+    let mut stream = client
+        .export_leads(authorized(export, query.token.as_deref())?)
+        .await?
+        .into_inner();
     // Written beside the target and renamed at the end, so that a failed export leaves no
     // truncated file under the name asked for.
     let partial = out.with_extension("csv.partial");
@@ -218,6 +222,11 @@ pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2
 /// for the server as a whole); `Ok` carries the status the server reported, an error means
 /// no answer within `HEALTH_TIMEOUT`.
 pub async fn check_health(addr: &str, service: &str) -> anyhow::Result<ServingStatus> {
+    check_health_as(addr, service, None).await
+}
+
+/// `check_health` sending a bearer token (health needs none, a proxy in front may).
+pub async fn check_health_as(addr: &str, service: &str, token: Option<&str>) -> anyhow::Result<ServingStatus> {
     let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     let call = async {
         let channel = tonic::transport::Endpoint::from_shared(url)?
@@ -229,11 +238,6 @@ pub async fn check_health(addr: &str, service: &str) -> anyhow::Result<ServingSt
             .check(authorized(HealthCheckRequest { service: service.to_owned() }, token)?)
             .await
             .map_err(|status| anyhow::anyhow!("{}: {}", platform::grpc::code_name(status.code()), status.message()))?;
-    check_health_as(addr, service, None).await
-}
-
-/// `check_health` sending a bearer token (health needs none, a proxy in front may).
-pub async fn check_health_as(addr: &str, service: &str, token: Option<&str>) -> anyhow::Result<ServingStatus> {
         anyhow::Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
     };
     tokio::time::timeout(HEALTH_TIMEOUT, call)
@@ -244,6 +248,11 @@ pub async fn check_health_as(addr: &str, service: &str, token: Option<&str>) -> 
 /// `leads health`: checks `addr` (with `service`), or with no address every service at its
 /// configured port, printing one line each. True when every one is SERVING.
 pub async fn health(settings: &Settings, addr: Option<&str>, service: &str) -> bool {
+    health_as(settings, addr, service, None).await
+}
+
+/// `health` sending a bearer token.
+pub async fn health_as(settings: &Settings, addr: Option<&str>, service: &str, token: Option<&str>) -> bool {
     let targets: Vec<(String, String)> = match addr {
         Some(addr) => vec![(addr.to_owned(), addr.to_owned())],
         None => ServiceName::ALL
@@ -255,11 +264,6 @@ pub async fn health(settings: &Settings, addr: Option<&str>, service: &str) -> b
                     host => host,
                 };
                 (name.as_str().to_owned(), format!("{host}:{}", settings.grpc.port(name)))
-    health_as(settings, addr, service, None).await
-}
-
-/// `health` sending a bearer token.
-pub async fn health_as(settings: &Settings, addr: Option<&str>, service: &str, token: Option<&str>) -> bool {
             })
             .collect(),
     };
