@@ -29,7 +29,7 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         other => {
             return Err(Refusal::new(
                 "kind",
-                format!("must be one of chat_message, broadcast_reply, integration; got {other:?}"),
+                format!("must be one of chat_message, broadcast_reply, integration; got {:?}", shown(other)),
             ));
         }
     };
@@ -37,7 +37,7 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         None | Some("") | Some("inbound") => Direction::Inbound,
         Some("outbound") => Direction::Outbound,
         Some(other) => {
-            return Err(Refusal::new("direction", format!("must be inbound or outbound; got {other:?}")));
+            return Err(Refusal::new("direction", format!("must be inbound or outbound; got {:?}", shown(other))));
         }
     };
     let channel = match raw.channel.map(|c| c.trim().to_ascii_lowercase()) {
@@ -118,6 +118,16 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
         integration,
         attributes: raw.attributes,
     })
+}
+
+/// At most 64 characters of a refused value, for its refusal's reason (which is stored and
+/// logged): a huge value is not copied into either.
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &value[..end]),
+        None => value.to_owned(),
+    }
 }
 
 fn validate_email(input: &str) -> Result<String, Refusal> {
@@ -285,5 +295,17 @@ mod tests {
             let refusal = check(&event.to_string()).expect_err("a NUL is refused");
             assert_eq!(refusal.field, field, "{json}");
         }
+    }
+
+    #[test]
+    fn a_refused_value_is_shown_in_part_only() {
+        let refusal = check(&format!(
+            r#"{{"event_id":"e","occurred_at":"2026-11-24T10:00:00Z","kind":"{}","contact":{{"external_id":"x"}}}}"#,
+            "k".repeat(10_000)
+        ))
+        .expect_err("unknown kind");
+        assert_eq!(refusal.field, "kind");
+        assert!(refusal.reason.len() < 200, "{}", refusal.reason);
+        assert_eq!(super::shown("short"), "short");
     }
 }
