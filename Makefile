@@ -6,7 +6,7 @@ INFRA = eval "$$(deploy/local/infra.sh)"
 .PHONY: help run test lint bench infra deploy-check
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 run: ## Run all six services locally (installs/starts Postgres and NATS when missing)
 	@deploy/local/run.sh

@@ -72,17 +72,22 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> anyhow::Result<Self> {
+        Self::on(&admin_url(), &nats_url()).await
+    }
+
+    /// An environment on other servers: a private Postgres (its admin URL) and NATS.
+    pub async fn on(admin_url: &str, nats_url: &str) -> anyhow::Result<Self> {
         init_tracing();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("lt_{}", &id[..16]);
-        let mut admin = connect_pool(&admin_url()).await?;
+        let mut admin = connect_pool(admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await?;
         admin.close().await;
-        admin = connect_pool(&with_database(&admin_url(), &database)).await?;
+        admin = connect_pool(&with_database(admin_url, &database)).await?;
         admin.close().await;
         let mut settings = Settings {
-            database_url: with_database(&admin_url(), &database),
-            nats_url: nats_url(),
+            database_url: with_database(admin_url, &database),
+            nats_url: nats_url.to_owned(),
             subject_prefix: format!("t{}.", &id[..12]),
             database_max_connections: 8,
             ..Settings::default()
@@ -129,11 +134,12 @@ impl TestEnv {
         Ok(())
     }
 
-    /// Publishes an InteractionEvent as JSON on `interactions.<org>`, with its id as Msg-Id.
+    /// Publishes an InteractionEvent as JSON on `interactions.<org>`, with the contract's
+    /// `<org>:<event_id>` as Msg-Id.
     pub async fn publish_interaction(&self, org_id: &str, event: &serde_json::Value) -> anyhow::Result<()> {
         let mut headers = HeaderMap::new();
-        if let Some(id) = event.get("event_id").and_then(|v| v.as_str()) {
-            headers.insert("Nats-Msg-Id", id);
+        if let Some(id) = leads::ctl::msg_id(org_id, "interactions", event) {
+            headers.insert("Nats-Msg-Id", id.as_str());
         }
         self.publish(self.subjects.interactions(org_id), serde_json::to_vec(event)?, Some(headers)).await
     }
@@ -154,7 +160,7 @@ impl TestEnv {
         for kind in platform::nats::all_streams() {
             let _ = self.js.delete_stream(self.subjects.stream_name(kind)).await;
         }
-        let admin = connect_pool(&admin_url()).await?;
+        let admin = connect_pool(&with_database(&self.settings.database_url, "postgres")).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)))
             .execute(&admin)
             .await?;
@@ -166,7 +172,8 @@ impl TestEnv {
 /// Services running in this process until `stop`.
 pub struct Node {
     pub token: CancellationToken,
-    system: Option<leads::System>,
+    /// The services' supervision (`System::wait`), running from the start as in `leads run`.
+    waiter: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     addrs: Vec<(ServiceName, SocketAddr)>,
 }
 
@@ -176,7 +183,7 @@ impl Node {
         let set: BTreeSet<ServiceName> = services.iter().copied().collect();
         let system = leads::System::start(env.settings.clone(), &set, token.clone()).await?;
         let addrs = system.running.iter().map(|r| (r.name, r.grpc_addr)).collect();
-        Ok(Self { token, system: Some(system), addrs })
+        Ok(Self { token, waiter: Some(tokio::spawn(system.wait())), addrs })
     }
 
     pub fn addr(&self, service: ServiceName) -> SocketAddr {
@@ -210,8 +217,8 @@ impl Node {
     /// Cancels and waits for every service to finish its in-flight work.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.token.cancel();
-        match self.system.take() {
-            Some(system) => system.wait().await,
+        match self.waiter.take() {
+            Some(waiter) => waiter.await?,
             None => Ok(()),
         }
     }
@@ -345,7 +352,17 @@ impl Process {
         anyhow::ensure!(status.success(), "kill -TERM failed");
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
     }
+
+    /// Waits for the process to end on its own.
+    pub async fn exited(mut self, deadline: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("the process did not exit within {deadline:?}"))?
+            .map_err(Into::into)
+    }
 }
+
+pub mod private;
 
 /// A valid inbound chat message from a contact with this phone.
 pub fn chat_event(event_id: &str, phone: &str, text: &str) -> serde_json::Value {

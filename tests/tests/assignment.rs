@@ -396,8 +396,9 @@ async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::R
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.assignments").fetch_one(&admin).await?;
     let consumer = desk.env.js.get_stream(desk.env.subjects.stream_name(platform::nats::StreamKind::Events("lead")));
     let stream = consumer.await?;
-    stream.delete_consumer("assignment-assigned").await?;
+    // Stopped first: nats-server 2.9 may fail to delete a durable that is being pulled.
     desk.base.node.stop().await?;
+    stream.delete_consumer("assignment-assigned").await?;
     let node = desk.base.env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
     let replayed = eventually(DEADLINE, "the replay consumed", || {
         let stream = stream.clone();

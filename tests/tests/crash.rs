@@ -24,7 +24,7 @@ async fn publish_all(env: &TestEnv, total: u32, contacts: u32) -> anyhow::Result
         let org = format!("org-{}", n % ORG_COUNT);
         let event = chat_event(&format!("e-{n}"), &phone(n % contacts), &format!("message {n}"));
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{org}/e-{n}").as_str());
+        headers.insert("Nats-Msg-Id", format!("{org}:e-{n}").as_str());
         let ack = env
             .js
             .publish_with_headers(env.subjects.interactions(&org), headers, serde_json::to_vec(&event)?.into())

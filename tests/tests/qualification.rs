@@ -218,7 +218,7 @@ async fn a_burst_on_one_lead_coalesces_into_few_scorings_and_the_last_reflects_a
 
 /// Publishes a synthetic organisation's conversations as the contract's events; answers the
 /// phone of each lead that writes at least once, with its outcome.
-async fn publish_conversations(env: &TestEnv, leads: usize, seed: u64) -> anyhow::Result<HashMap<String, bool>> {
+async fn publish_conversations(env: &TestEnv, leads: usize, seed: u64) -> anyhow::Result<(HashMap<String, bool>, i64)> {
     let org = generate(&SyntheticConfig { seed, leads, now: chrono::Utc::now() });
     let mut outcomes = HashMap::new();
     let mut pending = Vec::new();
@@ -254,10 +254,11 @@ async fn publish_conversations(env: &TestEnv, leads: usize, seed: u64) -> anyhow
             outcomes.insert(phone, lead.converted);
         }
     }
+    let published = pending.len() as i64;
     for ack in pending {
         ack.await?;
     }
-    Ok(outcomes)
+    Ok((outcomes, published))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +276,20 @@ async fn an_organisations_outcomes_train_a_model_that_ranks_better_than_the_prio
         qualification.train_model(pb::TrainModelRequest { org_id: ORG.into() }).await.expect_err("no outcomes");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
-    let outcomes = publish_conversations(&env, 600, 7).await?;
+    let (outcomes, published) = publish_conversations(&env, 600, 7).await?;
+    // Every message applied and seen by the engine before any lead closes: a message applied
+    // after its lead's outcome would open a new lead instead.
+    let admin = env.admin_pool().await?;
+    eventually(Duration::from_secs(180), "every message applied and scored", || async {
+        let (applied, on_leads): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(lead_id) FROM lead.interactions").fetch_one(&admin).await.ok()?;
+        let scored: i64 = sqlx::query_scalar("SELECT count(*) FROM qualification.scored_interactions")
+            .fetch_one(&admin)
+            .await
+            .ok()?;
+        (applied == published && scored == on_leads).then_some(())
+    })
+    .await;
     let all = eventually(Duration::from_secs(180), "a scored lead for every contact who wrote", || {
         let mut leads = leads.clone();
         let expected = outcomes.len();

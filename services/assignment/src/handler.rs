@@ -107,7 +107,12 @@ pub async fn list_agents(
 /// The agent a lead may be given: known in the organisation and active.
 async fn assignable_agent(ctx: &AssignmentContext, org_id: &str, agent_id: &str) -> Result<(), AssignmentError> {
     validate_agent_id(agent_id)?;
-    match get_agent(ctx, org_id, agent_id).await? {
+    may_take_leads(agent_id, get_agent(ctx, org_id, agent_id).await?.as_ref())
+}
+
+/// The assignment rule: leads go only to a known agent who is active.
+pub fn may_take_leads(agent_id: &str, agent: Option<&AgentRow>) -> Result<(), AssignmentError> {
+    match agent {
         None => Err(AssignmentError::AgentNotFound(agent_id.to_owned())),
         Some(agent) if !agent.active => {
             Err(AssignmentError::FailedPrecondition(format!("agent {agent_id} is inactive and takes no leads")))
@@ -337,4 +342,46 @@ pub async fn history(
         ctx.lead.clone().get_lead(request).await?;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(active: bool) -> AgentRow {
+        AgentRow {
+            org_id: "acme".into(),
+            agent_id: "ann".into(),
+            name: "Ann".into(),
+            email: None,
+            active,
+            updated_at: Utc::now(),
+            open_leads: 0,
+        }
+    }
+
+    #[test]
+    fn leads_go_only_to_known_active_agents() {
+        assert!(may_take_leads("ann", Some(&agent(true))).is_ok());
+        assert!(matches!(may_take_leads("ann", Some(&agent(false))), Err(AssignmentError::FailedPrecondition(_))));
+        assert!(matches!(may_take_leads("bob", None), Err(AssignmentError::AgentNotFound(id)) if id == "bob"));
+    }
+
+    #[test]
+    fn agent_ids_and_emails_are_checked_naming_the_field() {
+        assert!(validate_agent_id("ann").is_ok());
+        for bad in ["", "  ", "a\u{7}b"] {
+            assert!(
+                matches!(validate_agent_id(bad), Err(AssignmentError::InvalidArgument { field, .. }) if field == "agent_id"),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_email("ann@example.com").is_ok());
+        for bad in ["ann", "ann@local", "a b@example.com", "@example.com"] {
+            assert!(
+                matches!(validate_email(bad), Err(AssignmentError::InvalidArgument { field, .. }) if field == "email"),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -12,7 +12,7 @@ use contracts::lead::LeadEvent;
 use leads_proto::v1::{assignment_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
-    consumer::{self, Delivery, Disposition},
+    consumer::{self, Batch, Disposition},
     grpc::TracedChannel,
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
@@ -50,9 +50,9 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.AssignmentService"], routes, token).await
 }
 
-async fn consume_lead_events(ctx: AssignmentContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_lead_events(ctx: AssignmentContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_envelopes(&batch, |events: Vec<Envelope<LeadEvent>>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await

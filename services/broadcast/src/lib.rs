@@ -20,7 +20,7 @@ use contracts::Envelope;
 use contracts::lead::LeadEvent;
 use platform::{
     ServiceName,
-    consumer::{self, Delivery, Disposition},
+    consumer::{self, Batch, Delivery, Disposition},
     nats::{Encoding, StreamKind, Subjects},
     service::{Infra, Running, ServiceBase},
     settings::ConsumerSettings,
@@ -57,6 +57,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         ..infra.settings.consumer.clone()
     };
     base.spawn_consumer_with(infra, StreamKind::Broadcasts, DURABLE, bulk, &token, ctx.clone(), consume_broadcasts);
+    let retention = platform::db::prune_until(
+        base.pool.clone(),
+        ServiceName::Broadcast,
+        &[("rejections", "received_at")],
+        infra.settings.retention_days,
+        token.clone(),
+    );
+    base.spawn("retention of rejections", retention);
     base.spawn_consumer(infra, StreamKind::Events("lead"), LEADS_DURABLE, &token, ctx.clone(), consume_lead_events);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
@@ -66,7 +74,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.BroadcastTrackingService"], routes, token).await
 }
 
-async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_broadcasts(ctx: BroadcastContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let limit = ctx.items_per_transaction.max(1);
     // Batched messages carry up to a thousand candidates each, so candidates are decoded as
@@ -83,7 +91,7 @@ async fn consume_broadcasts(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<
         if candidates.len() >= limit || (last && !candidates.is_empty()) {
             if let Err(error) = handler::apply_batch(ctx, &candidates).await {
                 tracing::warn!(%error, "broadcast batch failed, will be redelivered");
-                return vec![Disposition::Retry; batch.len()];
+                return vec![Disposition::failed(&error); batch.len()];
             }
             candidates.clear();
         }
@@ -235,10 +243,10 @@ fn push_items<T>(
     }
 }
 
-async fn consume_lead_events(ctx: BroadcastContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_lead_events(ctx: BroadcastContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
-    consumer::apply_decoded(batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_decoded(&batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
         projection::apply_batch(ctx, &events).await
     })
     .await

@@ -34,6 +34,11 @@ impl State {
         }
     }
 
+    /// Pending and due follow-ups may still be completed or cancelled; closed ones are final.
+    pub fn is_open(self) -> bool {
+        matches!(self, State::Pending | State::Due)
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
             "pending" => State::Pending,
@@ -560,4 +565,40 @@ fn decode_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, FollowUpEr
     let (micros, id) = cursor.split_once('|').ok_or_else(bad)?;
     let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
     Ok(Some((at, id.parse().map_err(|_| bad())?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(request_id: Option<&str>, lead: Uuid) -> CreateFollowUp {
+        CreateFollowUp {
+            org_id: "acme".into(),
+            lead_id: lead,
+            due_at: Utc::now(),
+            note: None,
+            agent_id: None,
+            request_id: request_id.map(Into::into),
+            actor: "op".into(),
+        }
+    }
+
+    #[test]
+    fn only_pending_and_due_follow_ups_may_be_closed() {
+        assert!(State::Pending.is_open() && State::Due.is_open());
+        assert!(!State::Completed.is_open() && !State::Cancelled.is_open());
+        for state in [State::Pending, State::Due, State::Completed, State::Cancelled] {
+            assert_eq!(State::parse(state.as_str()), Some(state));
+            assert_eq!(State::from_proto(state.to_proto() as i32), Some(state));
+        }
+    }
+
+    #[test]
+    fn a_repeated_request_names_the_same_follow_up_and_another_one_does_not() {
+        let lead = Uuid::now_v7();
+        assert_eq!(follow_up_id(&create(Some("r-1"), lead)), follow_up_id(&create(Some("r-1"), lead)));
+        assert_ne!(follow_up_id(&create(Some("r-1"), lead)), follow_up_id(&create(Some("r-2"), lead)));
+        assert_ne!(follow_up_id(&create(Some("r-1"), lead)), follow_up_id(&create(Some("r-1"), Uuid::now_v7())));
+        assert_ne!(follow_up_id(&create(None, lead)), follow_up_id(&create(None, lead)));
+    }
 }

@@ -12,7 +12,7 @@ use contracts::lead::LeadEvent;
 use leads_proto::v1::{follow_up_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
-    consumer::{self, Delivery, Disposition},
+    consumer::{self, Batch, Disposition},
     grpc::TracedChannel,
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
@@ -56,14 +56,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
             consume_lead_events,
         );
     }
-    base.tasks.spawn(handler::schedule_due(ctx.clone(), DUE_TICK, token.clone()));
+    base.spawn("due scheduler", handler::schedule_due(ctx.clone(), DUE_TICK, token.clone()));
     let routes = tonic::service::Routes::new(server::FollowUpServiceServer::new(grpc::FollowUpApi { ctx }));
     base.serve(infra, &["leads.v1.FollowUpService"], routes, token).await
 }
 
-async fn consume_lead_events(ctx: FollowUpContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_lead_events(ctx: FollowUpContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_envelopes(&batch, |events: Vec<Envelope<LeadEvent>>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await

@@ -87,8 +87,16 @@ struct DeadLetter<'a> {
     reason: &'a str,
     received_at: chrono::DateTime<Utc>,
     payload_encoding: &'static str,
+    /// The refused payload, or its first `DEAD_LETTER_EXCERPT_BYTES` when it is larger: a
+    /// dead letter must stay well under NATS's message size, or it would hold up the outbox.
     payload: String,
+    /// The whole payload's size; it is kept whole in `ingest.rejections`.
+    payload_bytes: usize,
+    payload_truncated: bool,
 }
+
+/// How much of a refused payload its dead letter carries.
+pub const DEAD_LETTER_EXCERPT_BYTES: usize = 16 * 1024;
 
 pub async fn handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outcome>, IngestError> {
     platform::error::retry_transient(IngestError::is_transient, || try_handle(ctx, batch)).await
@@ -207,9 +215,14 @@ fn dead_letter(
     refusal: &Refusal,
     payload: &[u8],
 ) -> OutboxMessage {
-    let (payload_encoding, payload_text) = match std::str::from_utf8(payload) {
+    let excerpt = &payload[..payload.len().min(DEAD_LETTER_EXCERPT_BYTES)];
+    let (payload_encoding, payload_text) = match std::str::from_utf8(excerpt) {
         Ok(text) => ("utf8", text.to_owned()),
-        Err(_) => ("hex", platform::token::hex(payload)),
+        // Cut inside a character: the valid part stays text.
+        Err(error) if error.error_len().is_none() && excerpt.len() < payload.len() => {
+            ("utf8", String::from_utf8_lossy(&excerpt[..error.valid_up_to()]).into_owned())
+        }
+        Err(_) => ("hex", platform::token::hex(excerpt)),
     };
     let letter = DeadLetter {
         org_id,
@@ -220,6 +233,8 @@ fn dead_letter(
         received_at: Utc::now(),
         payload_encoding,
         payload: payload_text,
+        payload_bytes: payload.len(),
+        payload_truncated: excerpt.len() < payload.len(),
     };
     let target = if org_id.is_empty() {
         ctx.subjects.deadletter("malformed")

@@ -12,7 +12,7 @@ use crate::handler::{Candidate, IngestContext, Outcome};
 use contracts::{Refusal, interaction::MAX_PAYLOAD_BYTES};
 use platform::{
     ServiceName,
-    consumer::{Delivery, Disposition},
+    consumer::{Batch, Delivery, Disposition},
     nats::{Encoding, StreamKind},
     service::{Infra, Running, ServiceBase},
 };
@@ -27,6 +27,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let mut base = ServiceBase::start(infra, ServiceName::Ingest, &MIGRATOR, &token).await?;
     let ctx = IngestContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
     base.spawn_consumer(infra, StreamKind::Interactions, DURABLE, &token, ctx.clone(), consume);
+    let retention = platform::db::prune_until(
+        base.pool.clone(),
+        ServiceName::Ingest,
+        &[("accepted_events", "received_at"), ("rejections", "received_at")],
+        infra.settings.retention_days,
+        token.clone(),
+    );
+    base.spawn("retention of keys and rejections", retention);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::ingest_service_server::IngestServiceServer::new(grpc::IngestApi { ctx: ctx.clone() })
             .max_decoding_message_size(16 * 1024 * 1024),
@@ -34,7 +42,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.IngestService"], routes, token).await
 }
 
-async fn consume(ctx: IngestContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume(ctx: IngestContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let candidates: Vec<Candidate> = batch.iter().map(|d| candidate_from_delivery(ctx, d)).collect();
     match handler::handle(ctx, &candidates).await {
@@ -49,7 +57,7 @@ async fn consume(ctx: IngestContext, batch: Vec<Delivery>) -> Vec<Disposition> {
             .collect(),
         Err(error) => {
             tracing::warn!(%error, "ingest batch failed, will be redelivered");
-            vec![Disposition::Retry; batch.len()]
+            vec![Disposition::failed(&error); batch.len()]
         }
     }
 }

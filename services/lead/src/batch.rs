@@ -781,3 +781,91 @@ impl PendingInteractions {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The apply step's rules, without Postgres: a batch state starts empty (no stored contact
+    //! or lead), events are applied in the order given, and the leads are compared.
+    use super::*;
+    use contracts::interaction::ContactInfo;
+
+    fn ctx() -> LeadContext {
+        LeadContext {
+            pool: sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:9/none").expect("a lazy pool"),
+            subjects: platform::nats::Subjects::new(""),
+            outbox: Default::default(),
+            broadcast: None,
+        }
+    }
+
+    fn event(id: &str, direction: Direction, minute: i64) -> Interaction {
+        Interaction {
+            event_id: id.into(),
+            occurred_at: DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc)
+                + chrono::Duration::minutes(minute),
+            kind: Kind::ChatMessage,
+            direction,
+            channel: "whatsapp".into(),
+            contact: ContactInfo { phone: Some("+14155550100".into()), external_id: None, name: None, email: None },
+            agent_id: None,
+            text: Some(format!("{id} text")),
+            conversation_id: None,
+            broadcast: None,
+            integration: None,
+            attributes: Default::default(),
+        }
+    }
+
+    /// The contact's lead after applying `events` in order: status, messages, first touch.
+    fn lead_after(events: &[Interaction]) -> Option<(Status, i64, DateTime<Utc>)> {
+        let ctx = ctx();
+        let mut state = BatchState::default();
+        let now = Utc::now();
+        for event in events {
+            apply(&ctx, &mut state, "acme", event, now);
+        }
+        state.active.values().next().map(|l| (l.status, l.interaction_count, l.first_touch_at))
+    }
+
+    #[tokio::test]
+    async fn an_inbound_message_opens_a_new_lead_and_an_outbound_one_alone_opens_none() {
+        let opened = lead_after(&[event("in", Direction::Inbound, 0)]).expect("a lead");
+        assert_eq!((opened.0, opened.1), (Status::New, 1));
+        assert_eq!(lead_after(&[event("out", Direction::Outbound, 0)]), None);
+    }
+
+    #[tokio::test]
+    async fn the_first_outbound_message_makes_the_lead_contacted_in_either_order() {
+        let inbound = event("in", Direction::Inbound, 0);
+        let answer = event("out", Direction::Outbound, 0);
+        let forward = lead_after(&[inbound.clone(), answer.clone()]);
+        let backward = lead_after(&[answer, inbound]);
+        assert_eq!(forward, backward);
+        assert_eq!(forward.map(|l| (l.0, l.1)), Some((Status::Contacted, 2)));
+    }
+
+    #[tokio::test]
+    async fn an_outbound_message_before_the_first_inbound_stays_outside_the_lead() {
+        let early = event("early", Direction::Outbound, -1);
+        let inbound = event("in", Direction::Inbound, 0);
+        for order in [[early.clone(), inbound.clone()], [inbound, early]] {
+            let lead = lead_after(&order).expect("a lead");
+            assert_eq!(
+                (lead.0, lead.1),
+                (Status::New, 1),
+                "{:?}",
+                order.iter().map(|e| &e.event_id).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_earlier_inbound_message_moves_the_first_touch_back_and_takes_what_follows_it() {
+        let late_inbound = event("late", Direction::Inbound, 5);
+        let answer = event("answer", Direction::Outbound, 2);
+        let early_inbound = event("early", Direction::Inbound, 1);
+        let lead = lead_after(&[late_inbound, answer, early_inbound]).expect("a lead");
+        assert_eq!((lead.0, lead.1), (Status::Contacted, 3));
+        assert_eq!(lead.2, event("x", Direction::Inbound, 1).occurred_at);
+    }
+}

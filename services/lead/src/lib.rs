@@ -23,7 +23,7 @@ use leads_proto::v1::broadcast_tracking_service_client::BroadcastTrackingService
 use platform::grpc::TracedChannel;
 use platform::{
     ServiceName,
-    consumer::{self, Delivery, Disposition},
+    consumer::{self, Batch, Delivery, Disposition},
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
     service::{Infra, Running, ServiceBase},
@@ -57,7 +57,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         outbox: base.outbox.clone(),
         broadcast: broadcast_client(&infra.settings),
     };
-    base.tasks.spawn(read::fold_counts_until(base.pool.clone(), token.clone()));
+    base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
     base.spawn_consumer(
         infra,
         StreamKind::Events("ingest"),
@@ -93,17 +93,17 @@ fn broadcast_client(settings: &platform::Settings) -> Option<BroadcastTrackingSe
     }
 }
 
-async fn consume_scores(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_scores(ctx: LeadContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |scores: Vec<Envelope<contracts::qualification::Scored>>| async move {
+    consumer::apply_envelopes(&batch, |scores: Vec<Envelope<contracts::qualification::Scored>>| async move {
         platform::error::retry_transient(LeadError::is_transient, || scores::apply_scores(ctx, &scores)).await
     })
     .await
 }
 
-async fn consume_interactions(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_interactions(ctx: LeadContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_decoded(batch, decode_accepted, |accepted: Vec<AcceptedInteraction>| async move {
+    consumer::apply_decoded(&batch, decode_accepted, |accepted: Vec<AcceptedInteraction>| async move {
         batch::apply_batch(ctx, &accepted).await
     })
     .await
@@ -126,9 +126,9 @@ fn decode_accepted(delivery: &Delivery, out: &mut Vec<AcceptedInteraction>) -> R
     Ok(())
 }
 
-async fn consume_follow_up_states(ctx: LeadContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume_follow_up_states(ctx: LeadContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(batch, |events: Vec<Envelope<contracts::followup::FollowUpEvent>>| async move {
+    consumer::apply_envelopes(&batch, |events: Vec<Envelope<contracts::followup::FollowUpEvent>>| async move {
         platform::error::retry_transient(LeadError::is_transient, || gated::record_follow_up_states(ctx, &events)).await
     })
     .await

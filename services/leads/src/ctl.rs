@@ -31,15 +31,26 @@ pub async fn publish(settings: &Settings, subject_kind: &str, org_id: &str, file
     platform::nats::ensure_all_streams(&js, &subjects).await?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Content-Type", "application/json");
-    let id = serde_json::from_slice::<serde_json::Value>(&payload)
-        .ok()
-        .and_then(|v| v.get("event_id").or_else(|| v.get("message_id")).and_then(|id| id.as_str()).map(str::to_owned));
+    let id = serde_json::from_slice::<serde_json::Value>(&payload).ok().and_then(|v| msg_id(org_id, subject_kind, &v));
     if let Some(id) = &id {
         headers.insert("Nats-Msg-Id", id.as_str());
     }
     let ack = js.publish_with_headers(subject.clone(), headers, payload.into()).await?.await?;
     println!("published to {subject} (stream {}, sequence {})", ack.stream, ack.sequence);
     Ok(())
+}
+
+/// The contract's `Nats-Msg-Id` for a published event: unique across organisations, which
+/// share one stream and its duplicate window, and for a status across its statuses.
+/// Batches carry none (their items are kept once each by their own keys).
+pub fn msg_id(org_id: &str, subject_kind: &str, event: &serde_json::Value) -> Option<String> {
+    let field = |name: &str| event.get(name).and_then(|v| v.as_str());
+    match subject_kind {
+        "interactions" => field("event_id").map(|id| format!("{org_id}:{id}")),
+        "messages" => field("message_id").map(|id| format!("{org_id}:{id}")),
+        "statuses" => Some(format!("{org_id}:{}:{}", field("message_id")?, field("status")?)),
+        _ => None,
+    }
 }
 
 /// Filters and paging of `leads leads` and `leads export`.
@@ -97,7 +108,6 @@ pub fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
     anyhow::ensure!(number > 0, "the lifetime must be positive");
     Ok(std::time::Duration::from_secs(number.saturating_mul(seconds)))
 }
-
 
 impl LeadQuery {
     fn request(&self) -> anyhow::Result<pb::ListLeadsRequest> {
@@ -171,10 +181,7 @@ pub async fn export_leads(settings: &Settings, query: &LeadQuery, out: &Path) ->
     let endpoint = settings.endpoints.lead.clone();
     let mut client = LeadServiceClient::connect(endpoint).await?;
     let export = pb::ExportLeadsRequest { query: Some(request), scope: pb::ExportScope::All as i32 };
-    let mut stream = client
-        .export_leads(authorized(export, query.token.as_deref())?)
-        .await?
-        .into_inner();
+    let mut stream = client.export_leads(authorized(export, query.token.as_deref())?).await?.into_inner();
     // Written beside the target and renamed at the end, so that a failed export leaves no
     // truncated file under the name asked for.
     let partial = out.with_extension("csv.partial");
@@ -288,4 +295,23 @@ pub async fn health_as(settings: &Settings, addr: Option<&str>, service: &str, t
         }
     }
     all_serving
+}
+
+#[cfg(test)]
+mod tests {
+    use super::msg_id;
+    use serde_json::json;
+
+    #[test]
+    fn message_ids_are_scoped_by_organisation_and_by_status() {
+        let event = json!({"event_id": "evt-1"});
+        assert_eq!(msg_id("acme", "interactions", &event).as_deref(), Some("acme:evt-1"));
+        assert_ne!(msg_id("acme", "interactions", &event), msg_id("globex", "interactions", &event));
+        let sent = json!({"message_id": "wamid.1", "status": "sent"});
+        let read = json!({"message_id": "wamid.1", "status": "read"});
+        assert_eq!(msg_id("acme", "statuses", &sent).as_deref(), Some("acme:wamid.1:sent"));
+        assert_ne!(msg_id("acme", "statuses", &sent), msg_id("acme", "statuses", &read));
+        assert_eq!(msg_id("acme", "messages", &sent).as_deref(), Some("acme:wamid.1"));
+        assert_eq!(msg_id("acme", "statuses.batch", &sent), None);
+    }
 }

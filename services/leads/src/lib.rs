@@ -75,16 +75,12 @@ impl System {
         self.running.iter().find(|r| r.name == service).map(|r| r.grpc_addr)
     }
 
-    /// Waits until every service has stopped; returns the first failure.
+    /// Waits until every service has stopped; returns the first failure. The services are
+    /// watched together: one whose task fails stops them all (they share the token).
     pub async fn wait(self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        for service in self.running {
-            if let Err(error) = service.wait().await {
-                first_error.get_or_insert(error);
-            }
-        }
+        let results = futures::future::join_all(self.running.into_iter().map(Running::wait)).await;
         let _ = self.infra.nats.flush().await;
-        first_error.map_or(Ok(()), Err)
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>().map(|_| ())
     }
 }
 

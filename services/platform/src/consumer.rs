@@ -27,15 +27,35 @@ pub struct Delivery {
     pub delivered: i64,
 }
 
+/// The messages of one batch, shared so that the loop can hand them to the handler again
+/// (held through an outage, or one at a time to find the one that fails).
+pub type Batch = Arc<Vec<Delivery>>;
+
 /// What the loop does with a message once the handler is done with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
     /// Handled (applied, or refused and recorded): never deliver again.
     Ack,
-    /// A passing failure: deliver again after a pause.
-    Retry,
+    /// Failed for this reason: delivered again after a pause that grows with each delivery,
+    /// alone; after the last delivery allowed it is kept in the service's dead letters.
+    Retry(Arc<str>),
+    /// A dependency (Postgres) is unreachable: the batch is held, in progress, and handled
+    /// again once it answers, without spending a delivery.
+    Unavailable(Arc<str>),
     /// Can never succeed and could not be recorded: stop delivering it.
     Term,
+}
+
+impl Disposition {
+    /// The disposition of every message of a batch whose handling failed with `error`.
+    pub fn failed(error: &(impl crate::error::ServiceError + ?Sized)) -> Self {
+        let reason: Arc<str> = error.to_string().into();
+        if error.code() == tonic::Code::Unavailable {
+            Disposition::Unavailable(reason)
+        } else {
+            Disposition::Retry(reason)
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -138,14 +158,19 @@ pub async fn run<H, Fut>(
     js: jetstream::Context,
     spec: ConsumerSpec,
     settings: ConsumerSettings,
+    dead_letters: Option<crate::deadletter::DeadLetters>,
     token: CancellationToken,
     handler: H,
 ) -> anyhow::Result<()>
 where
-    H: Fn(Vec<Delivery>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Vec<Disposition>> + Send + 'static,
 {
-    let consumer = declare(&js, &spec, &settings).await?;
+    let mut consumer = declare(&js, &spec, &settings).await?;
+    // Raised while a batch is held for an unreachable dependency: the loop stops pulling, so
+    // prefetched messages are not delivered (and their deliveries spent) again and again.
+    let (held_tx, mut held) = tokio::sync::watch::channel(0usize);
+    let held_tx = Arc::new(held_tx);
     let sampler =
         tokio::spawn(sample_pending(consumer.clone(), spec.clone(), crate::service::SAMPLE_EVERY, token.clone()));
     let permits = Arc::new(Semaphore::new(settings.concurrency));
@@ -158,6 +183,12 @@ where
     let prefetch = (settings.batch_size * settings.concurrency).max(100);
     let prefetch_bytes = (2 * settings.batch_bytes() * settings.concurrency).max(MIN_PREFETCH_BYTES);
     'outer: while !token.is_cancelled() {
+        if *held.borrow() > 0 {
+            tokio::select! {
+                _ = token.cancelled() => break 'outer,
+                _ = held.wait_for(|held| *held == 0) => {}
+            }
+        }
         let messages = match consumer
             .stream()
             .max_messages_per_batch(prefetch)
@@ -170,6 +201,7 @@ where
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(consumer = %spec.durable, %error, "cannot pull, retrying");
+                consumer = recover(&js, &spec, &settings, consumer).await?;
                 tokio::select! {
                     _ = token.cancelled() => break 'outer,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
@@ -182,22 +214,36 @@ where
                 _ = token.cancelled() => break 'outer,
                 permit = permits.clone().acquire_owned() => permit?,
             };
+            if *held.borrow() > 0 {
+                drop(permit);
+                continue 'outer;
+            }
             let batch = tokio::select! {
                 _ = token.cancelled() => break 'outer,
                 batch = next_batch(&mut messages, &settings, &spec.durable) => batch,
             };
-            let Some(batch) = batch else { continue 'outer };
+            let Some(batch) = batch else {
+                consumer = recover(&js, &spec, &settings, consumer).await?;
+                continue 'outer;
+            };
             let handler = handler.clone();
             let span = tracing::info_span!("consume", consumer = %spec.durable, messages = batch.len());
             // A batch continues the trace of its first message; the others are linked by
             // their own traceparent headers, kept in the stream.
             crate::telemetry::set_parent_from_nats(&span, batch[0].headers.as_ref());
-            let client = client.clone();
-            let labels = (spec.service, spec.durable.clone());
+            let context = BatchContext {
+                client: client.clone(),
+                service: spec.service,
+                durable: spec.durable.clone(),
+                settings: settings.clone(),
+                dead_letters: dead_letters.clone(),
+                held: held_tx.clone(),
+                token: token.clone(),
+            };
             in_flight.spawn(
                 async move {
                     let _permit = permit;
-                    handle_batch(client, batch, handler, labels).await;
+                    handle_batch(context, batch, handler).await;
                 }
                 .instrument(span),
             );
@@ -220,6 +266,30 @@ where
     Ok(())
 }
 
+/// After a failed pull: the durable as it is now, declared again when it was deleted. When it
+/// cannot be (its stream is gone), the consumer cannot work and its task ends with the error,
+/// which stops the process for a supervisor to restart (and the start declares the stream).
+async fn recover(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    settings: &ConsumerSettings,
+    mut consumer: jetstream::consumer::Consumer<pull::Config>,
+) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+    match consumer.info().await {
+        Ok(_) => Ok(consumer),
+        Err(error) => {
+            use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+            // Only an answer that the durable or its stream is gone calls for declaring it
+            // again; without NATS nothing can be checked, and the pull is tried as it was.
+            if !matches!(error.kind(), Kind::NotFound | Kind::StreamNotFound | Kind::JetStream(_)) {
+                return Ok(consumer);
+            }
+            tracing::warn!(consumer = %spec.durable, %error, "the durable is gone, declaring it again");
+            declare(js, spec, settings).await
+        }
+    }
+}
+
 /// The smallest prefetch in bytes: room for the largest message NATS accepts by default.
 const MIN_PREFETCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -239,10 +309,12 @@ where
     S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let first = loop {
-        match messages.next().await? {
-            Ok(message) => break message,
-            Err(error) => tracing::warn!(consumer = %durable, %error, "pull error"),
+    // An error ends this pull; the loop checks its durable and pulls again.
+    let first = match messages.next().await? {
+        Ok(message) => message,
+        Err(error) => {
+            tracing::warn!(consumer = %durable, %error, "pull error");
+            return None;
         }
     };
     let deadline = tokio::time::Instant::now() + LINGER;
@@ -262,15 +334,23 @@ where
     Some(batch)
 }
 
-async fn handle_batch<H, Fut>(
+/// What a batch task needs besides its messages.
+struct BatchContext {
     client: async_nats::Client,
-    batch: Vec<jetstream::Message>,
-    handler: H,
-    (service, durable): (&'static str, String),
-) where
-    H: Fn(Vec<Delivery>) -> Fut,
+    service: &'static str,
+    durable: String,
+    settings: ConsumerSettings,
+    dead_letters: Option<crate::deadletter::DeadLetters>,
+    held: Arc<tokio::sync::watch::Sender<usize>>,
+    token: CancellationToken,
+}
+
+async fn handle_batch<H, Fut>(context: BatchContext, batch: Vec<jetstream::Message>, handler: H)
+where
+    H: Fn(Batch) -> Fut,
     Fut: Future<Output = Vec<Disposition>>,
 {
+    let (service, durable) = (context.service, context.durable.clone());
     // The handler gets the messages' parts moved, not copied: at tens of thousands of
     // messages a second the copies of subjects and header maps showed in the profile. Only
     // the reply subject is kept, to acknowledge with.
@@ -293,38 +373,126 @@ async fn handle_batch<H, Fut>(
             delivered,
         });
     }
+    let batch: Batch = Arc::new(deliveries);
     let started = std::time::Instant::now();
-    let dispositions = handler(deliveries).await;
+    let mut dispositions = handle_held(&context, &batch, &replies, &handler).await;
+    // One failing message must not drag its batch-mates along: each failed message is
+    // handled again alone, and only those that fail alone are delivered again.
+    if batch.len() > 1 && dispositions.iter().any(|d| matches!(d, Disposition::Retry(_))) {
+        for index in 0..batch.len() {
+            if matches!(dispositions[index], Disposition::Retry(_)) {
+                let alone: Batch = Arc::new(vec![batch[index].clone()]);
+                let answer = handle_held(&context, &alone, &replies[index..=index], &handler).await;
+                dispositions[index] = answer.into_iter().next().unwrap_or(Disposition::Retry("no answer".into()));
+            }
+        }
+    }
     metrics::histogram!(names::CONSUMER_HANDLE_DURATION, "service" => service, "consumer" => durable.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(names::CONSUMER_HANDLED, "service" => service, "consumer" => durable.clone())
         .increment(replies.len() as u64);
     if redelivered > 0 {
-        metrics::counter!(names::CONSUMER_REDELIVERED, "service" => service, "consumer" => durable)
+        metrics::counter!(names::CONSUMER_REDELIVERED, "service" => service, "consumer" => durable.clone())
             .increment(redelivered);
     }
     for (index, reply) in replies.into_iter().enumerate() {
-        let kind = match dispositions.get(index).copied().unwrap_or(Disposition::Retry) {
+        let delivery = &batch[index];
+        let disposition = dispositions.get(index).cloned().unwrap_or(Disposition::Retry("no answer".into()));
+        let kind = match disposition {
             Disposition::Ack => AckKind::Ack,
-            Disposition::Retry => AckKind::Nak(Some(Duration::from_millis(500))),
+            Disposition::Retry(reason) => {
+                let last = context.settings.max_deliver > 0 && delivery.delivered >= context.settings.max_deliver;
+                match (&context.dead_letters, last) {
+                    (Some(dead_letters), true) => {
+                        match dead_letters
+                            .keep_delivery(
+                                &durable,
+                                &delivery.subject,
+                                delivery.stream_sequence,
+                                &delivery.payload,
+                                &reason,
+                            )
+                            .await
+                        {
+                            Ok(()) => AckKind::Ack,
+                            // Not kept: deliver it again rather than lose it.
+                            Err(error) => {
+                                tracing::warn!(%error, consumer = %durable, "cannot keep a dead letter");
+                                AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)))
+                            }
+                        }
+                    }
+                    _ => AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered))),
+                }
+            }
+            // Held until shutdown: delivered again soon, by whichever process is still up.
+            Disposition::Unavailable(_) => AckKind::Nak(Some(context.settings.retry_delay(1))),
             Disposition::Term => AckKind::Term,
         };
         // Messages pulled from a consumer always carry their ack subject as the reply.
         let Some(reply) = reply else { continue };
-        if let Err(error) = client.publish(reply.clone(), kind.into()).await {
+        if let Err(error) = context.client.publish(reply.clone(), kind.into()).await {
             tracing::warn!(%error, %reply, "ack failed; the message will be redelivered");
         }
     }
+}
+
+/// Hands `batch` to the handler; while it answers that a dependency is unreachable, keeps the
+/// messages in progress (their ack wait starts again and no delivery is spent), stops the
+/// loop's pulling, and tries again with a growing pause, until the dependency answers or the
+/// process stops.
+async fn handle_held<H, Fut>(
+    context: &BatchContext,
+    batch: &Batch,
+    replies: &[Option<async_nats::Subject>],
+    handler: &H,
+) -> Vec<Disposition>
+where
+    H: Fn(Batch) -> Fut,
+    Fut: Future<Output = Vec<Disposition>>,
+{
+    let mut pause = Duration::from_millis(250);
+    let longest = (context.settings.ack_wait() / 3).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut holding = false;
+    let dispositions = loop {
+        let dispositions = handler(batch.clone()).await;
+        let unavailable = dispositions.iter().find_map(|d| match d {
+            Disposition::Unavailable(reason) => Some(reason.clone()),
+            _ => None,
+        });
+        let Some(reason) = unavailable else { break dispositions };
+        if context.token.is_cancelled() {
+            break dispositions;
+        }
+        if !holding {
+            holding = true;
+            context.held.send_modify(|held| *held += 1);
+            tracing::warn!(consumer = %context.durable, messages = batch.len(), %reason, "a dependency is unavailable; holding the batch");
+        }
+        for reply in replies.iter().flatten() {
+            let _ = context.client.publish(reply.clone(), AckKind::Progress.into()).await;
+        }
+        tokio::select! {
+            _ = context.token.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(longest);
+    };
+    if holding {
+        context.held.send_modify(|held| *held -= 1);
+        tracing::info!(consumer = %context.durable, "the held batch went through");
+    }
+    dispositions
 }
 
 /// Decodes each delivery as an internal event envelope and hands the readable ones to
 /// `apply` as one batch: all acknowledged when it succeeds, all delivered again when it
 /// fails. An unreadable event was written by one of our own services, so it is a bug rather
 /// than bad input: it is parked (terminated) and logged instead of retried forever.
-pub async fn apply_envelopes<T, E, F, Fut>(batch: Vec<Delivery>, apply: F) -> Vec<Disposition>
+pub async fn apply_envelopes<T, E, F, Fut>(batch: &[Delivery], apply: F) -> Vec<Disposition>
 where
     T: serde::de::DeserializeOwned,
-    E: std::fmt::Display,
+    E: crate::error::ServiceError,
     F: FnOnce(Vec<contracts::Envelope<T>>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
@@ -341,11 +509,11 @@ where
 
 /// Like `apply_envelopes`, for events that carry several items: `decode` appends a
 /// delivery's items to the batch's (all of them, or none when it fails).
-pub async fn apply_decoded<T, D, DE, E, F, Fut>(batch: Vec<Delivery>, decode: D, apply: F) -> Vec<Disposition>
+pub async fn apply_decoded<T, D, DE, E, F, Fut>(batch: &[Delivery], decode: D, apply: F) -> Vec<Disposition>
 where
     D: Fn(&Delivery, &mut Vec<T>) -> Result<(), DE>,
     DE: std::fmt::Display,
-    E: std::fmt::Display,
+    E: crate::error::ServiceError,
     F: FnOnce(Vec<T>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
@@ -366,8 +534,9 @@ where
     }
     if let Err(error) = apply(items).await {
         tracing::warn!(%error, "event batch failed, will be redelivered");
+        let failed = Disposition::failed(&error);
         for index in positions {
-            dispositions[index] = Disposition::Retry;
+            dispositions[index] = failed.clone();
         }
     }
     dispositions

@@ -174,7 +174,9 @@ pub async fn connect_and_migrate(
     }
     let pool = PgPoolOptions::new()
         .max_connections(settings.database_max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        // Well inside a consumer's ack wait: while Postgres is down a batch must learn so, and
+        // be held in progress, before JetStream gives its messages to someone else.
+        .acquire_timeout((settings.consumer.ack_wait() / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)))
         .connect_with(service_options(settings, service)?)
         .await?;
     if !bootstrapping {
@@ -223,6 +225,9 @@ pub async fn vacuum_when_autovacuum_is_off(
 ) -> anyhow::Result<()> {
     let setting: String = sqlx::query_scalar("SELECT current_setting('autovacuum')").fetch_one(&pool).await?;
     if setting == "on" {
+        // Nothing to do; the task still lives as long as the service (one that ends early is
+        // taken for a failure).
+        token.cancelled().await;
         return Ok(());
     }
     tracing::warn!(service = %service, "autovacuum is off on this server: the service vacuums its own tables");
@@ -262,28 +267,6 @@ async fn vacuum_due_tables(pool: &PgPool, service: ServiceName) -> Result<(), sq
         tracing::debug!(service = %service, table = %table, command, "maintained");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scram_verifiers_follow_rfc_7677() {
-        // RFC 7677's example: password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096 rounds;
-        // the keys as Postgres computes them for that salt.
-        use base64::Engine;
-        let salt = base64::engine::general_purpose::STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
-        let verifier = scram_verifier_with("pencil", &salt, 4096);
-        assert_eq!(
-            verifier,
-            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
-        );
-        let random = scram_verifier("pencil");
-        assert!(random.starts_with("SCRAM-SHA-256$4096:") && !random.contains("pencil"));
-        assert!(url_has_password("postgres://leads_lead:secret@db/leads"));
-        assert!(!url_has_password("postgres://leads_lead@db/leads"));
-    }
 }
 
 /// How often old rows are pruned, and how many go in one statement.
@@ -336,5 +319,27 @@ pub async fn prune(pool: &PgPool, table: &str, column: &str, days: u32) -> Resul
         if n < PRUNE_CHUNK as u64 {
             return Ok(deleted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_verifiers_follow_rfc_7677() {
+        // RFC 7677's example: password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096 rounds;
+        // the keys as Postgres computes them for that salt.
+        use base64::Engine;
+        let salt = base64::engine::general_purpose::STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let verifier = scram_verifier_with("pencil", &salt, 4096);
+        assert_eq!(
+            verifier,
+            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+        );
+        let random = scram_verifier("pencil");
+        assert!(random.starts_with("SCRAM-SHA-256$4096:") && !random.contains("pencil"));
+        assert!(url_has_password("postgres://leads_lead:secret@db/leads"));
+        assert!(!url_has_password("postgres://leads_lead@db/leads"));
     }
 }

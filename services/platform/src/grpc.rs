@@ -15,6 +15,25 @@ use tonic_health::ServingStatus;
 pub struct Serving {
     pub addr: SocketAddr,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// Sets what health answers, for the names served and for the whole server ("").
+    pub health: Health,
+}
+
+/// What `grpc.health.v1.Health` answers for one server.
+#[derive(Clone)]
+pub struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    names: Vec<String>,
+}
+
+impl Health {
+    /// SERVING or NOT_SERVING for every name this server serves and for the server itself.
+    pub async fn set(&self, serving: bool) {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for name in self.names.iter().map(String::as_str).chain([""]) {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
 }
 
 /// The fully qualified names of the reflection services, as ListServices shows them.
@@ -39,6 +58,8 @@ pub async fn serve(
         reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
     reporter.set_service_status("", ServingStatus::Serving).await;
+    let answers = Health { reporter, names: service_names.iter().map(|n| (*n).to_owned()).collect() };
+    let draining = answers.clone();
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(leads_proto::FILE_DESCRIPTOR_SET)
@@ -80,15 +101,14 @@ pub async fn serve(
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 token.cancelled().await;
+                // Draining: load balancers and probes stop sending new calls here.
                 ready.set(0.0);
-                for name in ["", "leads"] {
-                    reporter.set_service_status(name, ServingStatus::NotServing).await;
-                }
+                draining.set(false).await;
             })
             .await?;
         Ok(())
     });
-    Ok(Serving { addr, task })
+    Ok(Serving { addr, task, health: answers })
 }
 
 /// A tower layer that measures every call: its duration until the response's end and its

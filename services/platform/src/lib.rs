@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod consumer;
 pub mod db;
+pub mod deadletter;
 pub mod error;
 pub mod grpc;
 pub mod nats;

@@ -123,13 +123,14 @@ impl OutboxSignal {
 pub async fn relay(
     pool: PgPool,
     js: jetstream::Context,
+    max_payload: usize,
+    dead_letters: crate::deadletter::DeadLetters,
     signal: OutboxSignal,
     token: CancellationToken,
-    service: &'static str,
 ) -> anyhow::Result<()> {
     let poll = Duration::from_millis(200);
     loop {
-        match publish_batch(&pool, &js, service).await {
+        match publish_batch(&pool, &js, max_payload, &dead_letters).await {
             Ok(0) => {
                 if token.is_cancelled() {
                     break;
@@ -195,7 +196,16 @@ const RELAY_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 /// id, subject, msg_id, payload, traceparent
 type PendingRow = (i64, String, String, Vec<u8>, Option<String>);
 
-async fn publish_batch(pool: &PgPool, js: &jetstream::Context, service: &'static str) -> anyhow::Result<usize> {
+/// Room left in a NATS message for the headers the relay adds.
+const HEADER_ROOM: usize = 1024;
+
+async fn publish_batch(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    max_payload: usize,
+    dead_letters: &crate::deadletter::DeadLetters,
+) -> anyhow::Result<usize> {
+    let service = dead_letters.service;
     let mut tx = pool.begin().await?;
     // The rows past the byte budget stay locked, unread (a toasted payload is read only when
     // sent) and unpublished until the next round.
@@ -216,7 +226,21 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context, service: &'static
     }
     let mut acks = Vec::with_capacity(rows.len());
     let mut ids = Vec::with_capacity(rows.len());
+    let mut quarantined = 0;
     for (id, subject, msg_id, payload, traceparent) in rows {
+        // NATS would refuse it on every try, and every event behind it, of every
+        // organisation, would wait: it goes to the dead letters instead.
+        if payload.len() + HEADER_ROOM > max_payload {
+            let error = format!(
+                "event of {} bytes is larger than the NATS server's max_payload of {max_payload} bytes",
+                payload.len()
+            );
+            dead_letters.keep(&mut tx, "outbox", service, &subject, id, Some(&msg_id), &payload, &error).await?;
+            tracing::error!(service, %subject, %msg_id, bytes = payload.len(), "outbox event too large for NATS, kept in dead_letters");
+            ids.push(id);
+            quarantined += 1;
+            continue;
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert("Content-Type", "application/json");
@@ -231,7 +255,8 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context, service: &'static
     }
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
-    metrics::counter!(crate::telemetry::names::OUTBOX_PUBLISHED, "service" => service).increment(ids.len() as u64);
+    metrics::counter!(crate::telemetry::names::OUTBOX_PUBLISHED, "service" => service)
+        .increment((ids.len() - quarantined) as u64);
     Ok(ids.len())
 }
 

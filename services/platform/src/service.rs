@@ -2,8 +2,9 @@
 
 use crate::{Settings, nats::Subjects, outbox::OutboxSignal};
 use async_nats::jetstream;
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// How often gauges read from Postgres or NATS (outbox backlog, pool, consumer pending) are
 /// sampled.
@@ -29,25 +30,92 @@ impl Infra {
     }
 }
 
+/// A task of a service, named for the logs; it ends when the service's token fires.
+pub type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
 /// A running service: where its gRPC is served and the tasks that end after cancellation.
 pub struct Running {
     pub name: crate::ServiceName,
     pub grpc_addr: SocketAddr,
-    pub tasks: JoinSet<anyhow::Result<()>>,
+    pub tasks: Tasks,
+    /// Fires when the process stops; a task that ends before it is a failure.
+    pub token: CancellationToken,
+    pub health: crate::grpc::Health,
+    /// The outbox relay, stopped only once every other task has ended, so that it publishes
+    /// what their last transactions committed.
+    relay: (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>),
+    /// How long stopping may take once the token has fired.
+    shutdown_deadline: Duration,
 }
 
 impl Running {
-    /// Waits for every task; the first failure is returned after all have ended.
+    /// Waits for every task, then drains the outbox. A task that ends while the service should
+    /// be running (a consumer that cannot declare its durable, a gRPC server that stopped) is a
+    /// failure of the whole process: health answers NOT_SERVING, the token fires so that the
+    /// rest stops, and the error is returned (the process exits non-zero for a supervisor to
+    /// restart it). Stopping takes at most `shutdown_deadline` from the token's firing.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        while let Some(result) = self.tasks.join_next().await {
-            let error = match result {
-                Ok(Ok(())) => continue,
-                Ok(Err(error)) => error,
-                Err(join) => anyhow::anyhow!(join),
+        let mut first_error: Option<anyhow::Error> = None;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, self.tasks.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::error!(service = %self.name, left = self.tasks.len(), "shutdown deadline passed");
+                        self.tasks.abort_all();
+                        first_error
+                            .get_or_insert_with(|| anyhow::anyhow!("the {} service did not stop in time", self.name));
+                        break;
+                    }
+                },
+                None => tokio::select! {
+                    next = self.tasks.join_next() => next,
+                    () = self.token.cancelled() => {
+                        deadline = Some(tokio::time::Instant::now() + self.shutdown_deadline);
+                        continue;
+                    }
+                },
             };
-            tracing::error!(service = %self.name, error = %error, "service task failed");
-            first_error.get_or_insert(error);
+            let Some(ended) = next else { break };
+            let (task, result) = match ended {
+                Ok(ended) => ended,
+                Err(join) => ("a task", Err(anyhow::anyhow!(join))),
+            };
+            let early = !self.token.is_cancelled();
+            match result {
+                Ok(()) if !early => continue,
+                Ok(()) => {
+                    tracing::error!(service = %self.name, task, "service task ended while the service runs");
+                    first_error.get_or_insert_with(|| anyhow::anyhow!("the {} service's {task} ended", self.name));
+                }
+                Err(error) => {
+                    tracing::error!(service = %self.name, task, error = %error, "service task failed");
+                    first_error.get_or_insert(error.context(format!("the {} service's {task}", self.name)));
+                }
+            }
+            if early {
+                self.health.set(false).await;
+                deadline = Some(tokio::time::Instant::now() + self.shutdown_deadline);
+                self.token.cancel();
+            }
+        }
+        let (relay_token, relay) = self.relay;
+        relay_token.cancel();
+        let left =
+            deadline.map_or(self.shutdown_deadline, |at| at.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(left, relay).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                first_error.get_or_insert(error);
+            }
+            Ok(Err(join)) => {
+                first_error.get_or_insert(anyhow::anyhow!(join));
+            }
+            Err(_) => {
+                tracing::error!(service = %self.name, "the outbox was not drained before the shutdown deadline");
+                first_error.get_or_insert_with(|| anyhow::anyhow!("the {} outbox was not drained in time", self.name));
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -59,7 +127,8 @@ pub struct ServiceBase {
     pub name: crate::ServiceName,
     pub pool: sqlx::PgPool,
     pub outbox: OutboxSignal,
-    pub tasks: JoinSet<anyhow::Result<()>>,
+    pub tasks: Tasks,
+    relay: (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>),
 }
 
 impl ServiceBase {
@@ -71,15 +140,38 @@ impl ServiceBase {
     ) -> anyhow::Result<Self> {
         let pool = crate::db::connect_and_migrate(&infra.settings, name, migrator).await?;
         let outbox = OutboxSignal::default();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(crate::outbox::relay(pool.clone(), infra.js.clone(), outbox.clone(), token.clone(), name.as_str()));
+        let dead_letters = crate::deadletter::DeadLetters {
+            pool: pool.clone(),
+            subjects: infra.subjects.clone(),
+            service: name.as_str(),
+        };
+        let max_payload = infra.nats.server_info().max_payload;
+        // Its own token: it stops after everything else, once it has published what their
+        // last transactions committed.
+        let relay_token = CancellationToken::new();
+        let relay = tokio::spawn(crate::outbox::relay(
+            pool.clone(),
+            infra.js.clone(),
+            max_payload,
+            dead_letters,
+            outbox.clone(),
+            relay_token.clone(),
+        ));
+        let mut base = Self { name, pool: pool.clone(), outbox, tasks: JoinSet::new(), relay: (relay_token, relay) };
         let sampler = crate::outbox::sample_backlog(pool.clone(), name.as_str(), SAMPLE_EVERY, token.clone());
-        tasks.spawn(async move {
+        base.spawn("outbox sampler", async move {
             sampler.await;
             Ok(())
         });
-        tasks.spawn(crate::db::vacuum_when_autovacuum_is_off(pool.clone(), name, token.clone()));
-        Ok(Self { name, pool, outbox, tasks })
+        base.spawn("vacuum", crate::db::vacuum_when_autovacuum_is_off(pool.clone(), name, token.clone()));
+        let days = infra.settings.retention_days;
+        base.spawn("retention", crate::db::prune_until(pool, name, &[("dead_letters", "at")], days, token.clone()));
+        Ok(base)
+    }
+
+    /// Runs `task` until the service's token fires; ending before that stops the process.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+        self.tasks.spawn(async move { (name, task.await) });
     }
 
     /// Runs a durable consumer of the whole of `stream` until `token` fires, handing each
@@ -94,7 +186,7 @@ impl ServiceBase {
         handler: H,
     ) where
         C: Clone + Send + Sync + 'static,
-        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
+        H: Fn(C, crate::consumer::Batch) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
         let settings = infra.settings.consumer.clone();
@@ -115,7 +207,7 @@ impl ServiceBase {
         handler: H,
     ) where
         C: Clone + Send + Sync + 'static,
-        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
+        H: Fn(C, crate::consumer::Batch) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
         let filter = infra.subjects.stream_subjects(stream).concat();
@@ -136,7 +228,7 @@ impl ServiceBase {
         handler: H,
     ) where
         C: Clone + Send + Sync + 'static,
-        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
+        H: Fn(C, crate::consumer::Batch) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
         let settings = infra.settings.consumer.clone();
@@ -156,7 +248,7 @@ impl ServiceBase {
         handler: H,
     ) where
         C: Clone + Send + Sync + 'static,
-        H: Fn(C, Vec<crate::consumer::Delivery>) -> Fut + Copy + Send + Sync + 'static,
+        H: Fn(C, crate::consumer::Batch) -> Fut + Copy + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<crate::consumer::Disposition>> + Send + 'static,
     {
         let spec = crate::consumer::ConsumerSpec {
@@ -165,14 +257,23 @@ impl ServiceBase {
             filter_subject: filter_subject.to_owned(),
             service: self.name.as_str(),
         };
-        self.tasks.spawn(crate::consumer::run(
-            infra.nats.clone(),
-            infra.js.clone(),
-            spec,
-            settings,
-            token.clone(),
-            move |batch| handler(ctx.clone(), batch),
-        ));
+        let dead_letters = crate::deadletter::DeadLetters {
+            pool: self.pool.clone(),
+            subjects: infra.subjects.clone(),
+            service: self.name.as_str(),
+        };
+        self.spawn(
+            "consumer",
+            crate::consumer::run(
+                infra.nats.clone(),
+                infra.js.clone(),
+                spec,
+                settings,
+                Some(dead_letters),
+                token.clone(),
+                move |batch| handler(ctx.clone(), batch),
+            ),
+        );
     }
 
     /// Serves `routes` (with health and reflection) on the service's configured address.
@@ -181,7 +282,7 @@ impl ServiceBase {
         infra: &Infra,
         grpc_names: &[&str],
         routes: tonic::service::Routes,
-        token: tokio_util::sync::CancellationToken,
+        token: CancellationToken,
     ) -> anyhow::Result<Running> {
         let serving = crate::grpc::serve(
             &infra.settings,
@@ -189,12 +290,54 @@ impl ServiceBase {
             self.name.as_str(),
             grpc_names,
             routes,
-            token,
+            token.clone(),
         )
         .await?;
         let task = serving.task;
-        self.tasks.spawn(async move { task.await? });
+        self.spawn("gRPC server", async move { task.await? });
+        self.spawn(
+            "reachability",
+            watch_reachability(self.pool.clone(), infra.nats.clone(), serving.health.clone(), token.clone()),
+        );
         tracing::info!(service = %self.name, grpc = %serving.addr, "service started");
-        Ok(Running { name: self.name, grpc_addr: serving.addr, tasks: self.tasks })
+        Ok(Running {
+            name: self.name,
+            grpc_addr: serving.addr,
+            tasks: self.tasks,
+            token,
+            health: serving.health,
+            relay: self.relay,
+            shutdown_deadline: Duration::from_secs(infra.settings.shutdown_deadline_secs),
+        })
     }
 }
+
+/// Health follows what the service needs: NOT_SERVING while Postgres or NATS does not
+/// answer, SERVING again when both do.
+async fn watch_reachability(
+    pool: sqlx::PgPool,
+    nats: async_nats::Client,
+    health: crate::grpc::Health,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(REACHABILITY_EVERY) => {}
+        }
+        let postgres = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let nats_up = matches!(nats.connection_state(), async_nats::connection::State::Connected);
+        let now = postgres && nats_up;
+        if now != serving && !token.is_cancelled() {
+            tracing::warn!(postgres, nats = nats_up, serving = now, "reachability changed");
+            health.set(now).await;
+            serving = now;
+        }
+    }
+}
+
+/// How often a service checks that Postgres and NATS answer.
+const REACHABILITY_EVERY: Duration = Duration::from_secs(2);

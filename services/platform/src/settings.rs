@@ -133,6 +133,11 @@ pub struct Settings {
     pub endpoints: Endpoints,
     pub consumer: ConsumerSettings,
     pub qualification: QualificationSettings,
+    /// Seconds a SIGTERM may take: consumers finish what they hold, then the outboxes drain.
+    pub shutdown_deadline_secs: u64,
+    /// Days dedupe keys, kept rejections and dead letters are kept. At least 8: the streams
+    /// keep messages 7 days, and a message replayed from them must still be a duplicate.
+    pub retention_days: u32,
     /// Who may call the gRPC APIs and how services prove who they are to each other.
     pub auth: AuthSettings,
     /// Credentials and TLS of the NATS connection.
@@ -274,8 +279,14 @@ pub struct ConsumerSettings {
     pub concurrency: usize,
     /// Seconds before an unacknowledged message is delivered again.
     pub ack_wait_secs: u64,
-    /// Deliveries after which a message that keeps failing is parked.
+    /// Deliveries a failing message gets; after the last it is kept in the service's
+    /// `dead_letters` with its error and announced on `deadletter.*`. Deliveries held while
+    /// Postgres is unreachable are not spent.
     pub max_deliver: i64,
+    /// The pause before a failed message is delivered again: this many milliseconds after
+    /// its first delivery, doubling with each delivery up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
     /// Messages a durable consumer hands out unacknowledged, across every process that shares
     /// it. Each process prefetches `batch_size * concurrency`, so the default leaves room for
     /// ten processes at the default batch size; a process past the cap gets nothing.
@@ -293,6 +304,13 @@ impl ConsumerSettings {
     pub fn batch_bytes(&self) -> usize {
         self.batch_size * 1024
     }
+
+    /// How long a message that failed on its `delivered`-th delivery waits for the next.
+    pub fn retry_delay(&self, delivered: i64) -> Duration {
+        let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        let delay = self.retry_base_ms.saturating_mul(1u64 << doublings).min(self.retry_max_ms);
+        Duration::from_millis(delay)
+    }
 }
 
 impl Default for ConsumerSettings {
@@ -303,6 +321,8 @@ impl Default for ConsumerSettings {
             concurrency: 4,
             ack_wait_secs: 30,
             max_deliver: 20,
+            retry_base_ms: 500,
+            retry_max_ms: 30_000,
             max_ack_pending: 20_000,
         }
     }
@@ -323,6 +343,8 @@ impl Default for Settings {
             endpoints: Endpoints::default(),
             consumer: ConsumerSettings::default(),
             qualification: QualificationSettings::default(),
+            shutdown_deadline_secs: 30,
+            retention_days: 30,
             auth: AuthSettings::default(),
             nats_auth: NatsAuthSettings::default(),
             database: DatabaseSettings::default(),
@@ -410,8 +432,20 @@ impl Settings {
         if let Some(v) = lookup("LEADS_CONSUMER_MAX_DELIVER") {
             self.consumer.max_deliver = parse("LEADS_CONSUMER_MAX_DELIVER", v)?;
         }
+        if let Some(v) = lookup("LEADS_CONSUMER_RETRY_BASE_MS") {
+            self.consumer.retry_base_ms = parse("LEADS_CONSUMER_RETRY_BASE_MS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_CONSUMER_RETRY_MAX_MS") {
+            self.consumer.retry_max_ms = parse("LEADS_CONSUMER_RETRY_MAX_MS", v)?;
+        }
         if let Some(v) = lookup("LEADS_CONSUMER_MAX_ACK_PENDING") {
             self.consumer.max_ack_pending = parse("LEADS_CONSUMER_MAX_ACK_PENDING", v)?;
+        }
+        if let Some(v) = lookup("LEADS_RETENTION_DAYS") {
+            self.retention_days = parse("LEADS_RETENTION_DAYS", v)?;
+        }
+        if let Some(v) = lookup("LEADS_SHUTDOWN_DEADLINE_SECS") {
+            self.shutdown_deadline_secs = parse("LEADS_SHUTDOWN_DEADLINE_SECS", v)?;
         }
         if let Some(v) = lookup("LEADS_QUALIFICATION_MIN_LABELS_PER_CLASS") {
             self.qualification.min_labels_per_class = parse("LEADS_QUALIFICATION_MIN_LABELS_PER_CLASS", v)?;
@@ -478,11 +512,20 @@ impl Settings {
         if self.consumer.max_deliver == 0 || self.consumer.max_deliver < -1 {
             return Err(invalid("consumer.max_deliver", "must be at least 1, or -1 for no limit"));
         }
+        if self.consumer.retry_base_ms == 0 || self.consumer.retry_max_ms < self.consumer.retry_base_ms {
+            return Err(invalid("consumer.retry_base_ms", "must be at least 1 and at most consumer.retry_max_ms"));
+        }
         if self.consumer.max_ack_pending < 1 || self.consumer.max_ack_pending > 1_000_000 {
             return Err(invalid("consumer.max_ack_pending", "must be between 1 and 1000000"));
         }
         if !(1..=5).contains(&self.stream_replicas) {
             return Err(invalid("stream_replicas", "must be between 1 and 5"));
+        }
+        if self.retention_days < 8 {
+            return Err(invalid("retention_days", "must be at least 8: the streams keep messages 7 days"));
+        }
+        if self.shutdown_deadline_secs == 0 {
+            return Err(invalid("shutdown_deadline_secs", "must be at least 1"));
         }
         let q = &self.qualification;
         if q.min_labels_per_class < 5 || q.min_labels_per_class > 100_000 {

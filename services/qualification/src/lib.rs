@@ -20,7 +20,7 @@ use contracts::Envelope;
 use contracts::lead::LeadEvent;
 use platform::{
     ServiceName,
-    consumer::{self, Delivery, Disposition},
+    consumer::{self, Batch, Delivery, Disposition},
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
 };
@@ -38,7 +38,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         settings: infra.settings.qualification.clone(),
         llm: llm::LlmScorer::from_settings(&infra.settings.qualification)?.map(std::sync::Arc::new),
     };
-    base.tasks.spawn(training::retrain_until(ctx.clone(), token.clone()));
+    base.spawn("retrainer", training::retrain_until(ctx.clone(), token.clone()));
     base.spawn_consumer(infra, StreamKind::Events("lead"), "qualification", &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
@@ -46,10 +46,10 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.QualificationService"], routes, token).await
 }
 
-async fn consume(ctx: QualificationContext, batch: Vec<Delivery>) -> Vec<Disposition> {
+async fn consume(ctx: QualificationContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
-    consumer::apply_decoded(batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_decoded(&batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await

@@ -36,6 +36,9 @@ use tokio::{
     sync::Mutex,
 };
 
+/// Probes waiting for their score, by phone: when published, and the time their message carries.
+type Probes = HashMap<String, (Instant, DateTime<Utc>)>;
+
 /// The qualification service's durable consumer of lead events.
 const DURABLE: &str = "qualification";
 const PROBE_ORG: &str = "bench-probe";
@@ -671,7 +674,7 @@ async fn latency_in(
         args.qualification_secs
     ));
     // Pending probes by phone: when published, and the time their message carries.
-    let pending: Arc<Mutex<HashMap<String, (Instant, DateTime<Utc>)>>> = Arc::default();
+    let pending: Arc<Mutex<Probes>> = Arc::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let publishing = Arc::new(AtomicBool::new(true));
     // The poller: every 10 ms, ListLeads of the probes' organisation, scored leads only, whose

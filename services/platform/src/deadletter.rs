@@ -1,0 +1,110 @@
+//! Nothing silently dropped: what a service cannot process is kept in its `dead_letters` table
+//! with the reason, counted, logged, and announced on `deadletter.<service>.<consumer>` with a
+//! bounded excerpt (the whole payload stays in the table).
+
+use crate::{nats::Subjects, outbox::OutboxMessage, telemetry::names};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// How much of a payload an announcement on `deadletter.*` carries.
+pub const EXCERPT_BYTES: usize = 16 * 1024;
+
+/// A service's dead letters.
+#[derive(Clone)]
+pub struct DeadLetters {
+    pub pool: PgPool,
+    pub subjects: Subjects,
+    pub service: &'static str,
+}
+
+/// What `deadletter.<service>.<consumer>` carries.
+#[derive(Debug, Serialize)]
+struct Announcement<'a> {
+    service: &'a str,
+    source: &'a str,
+    consumer: &'a str,
+    subject: &'a str,
+    sequence: i64,
+    error: &'a str,
+    /// UTF-8 text of the first `EXCERPT_BYTES`, lossy where they are not text.
+    payload_excerpt: String,
+    payload_bytes: usize,
+    kept_in: String,
+}
+
+impl DeadLetters {
+    /// Keeps a delivery that failed on every delivery allowed. Keeping it twice is harmless.
+    pub async fn keep_delivery(
+        &self,
+        consumer: &str,
+        subject: &str,
+        stream_sequence: u64,
+        payload: &[u8],
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        self.keep(&mut tx, "delivery", consumer, subject, stream_sequence as i64, None, payload, error).await?;
+        tx.commit().await?;
+        tracing::error!(
+            service = self.service,
+            consumer,
+            subject,
+            stream_sequence,
+            %error,
+            "message failed on every delivery allowed, kept in dead_letters"
+        );
+        Ok(())
+    }
+
+    /// Moves what cannot be handled into `dead_letters` and queues its announcement, in `tx`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn keep(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        source: &str,
+        consumer: &str,
+        subject: &str,
+        sequence: i64,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO dead_letters (source, consumer, subject, sequence, msg_id, error, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(source)
+        .bind(consumer)
+        .bind(subject)
+        .bind(sequence)
+        .bind(msg_id)
+        .bind(error)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(());
+        }
+        let announcement = Announcement {
+            service: self.service,
+            source,
+            consumer,
+            subject,
+            sequence,
+            error,
+            payload_excerpt: String::from_utf8_lossy(&payload[..payload.len().min(EXCERPT_BYTES)]).into_owned(),
+            payload_bytes: payload.len(),
+            kept_in: format!("{}.dead_letters", self.service),
+        };
+        let message = OutboxMessage {
+            org_id: String::new(),
+            subject: self.subjects.deadletter(&format!("{}.{consumer}", self.service)),
+            msg_id: format!("{}:{source}:{consumer}:{sequence}", self.service),
+            payload: serde_json::to_vec(&announcement).unwrap_or_default(),
+        };
+        crate::outbox::enqueue(tx, std::slice::from_ref(&message)).await?;
+        metrics::counter!(names::DEADLETTER, "service" => self.service, "source" => source.to_owned()).increment(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! Nothing stuck, nothing dropped: outages of Postgres and NATS (private servers the tests
+//! start and stop), an event too large for NATS, a message that fails on every delivery, a
+//! consumer that cannot work, and a rolling restart of three processes under traffic.
+
+use leads_tests::{
+    Process, TestEnv, chat_event, eventually,
+    pb::{self},
+    phone,
+    private::{PrivateNats, PrivatePostgres},
+};
+use platform::ServiceName;
+use std::time::Duration;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+const ORG: &str = "acme";
+
+/// Publishes `total` chat events over `contacts` contacts, each retried until JetStream has
+/// it (the server may be down for a while), with the contract's Msg-Id so a retry is one.
+async fn publish_steadily(env: &TestEnv, from: u32, total: u32, contacts: u32) -> anyhow::Result<()> {
+    for n in from..from + total {
+        let event = chat_event(&format!("e-{n}"), &phone(n % contacts), &format!("message {n}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match env.publish_interaction(ORG, &event).await {
+                Ok(()) => break,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, "publish failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every published event is on exactly one lead, once.
+async fn assert_exactly_once(admin: &sqlx::PgPool, total: i64) -> anyhow::Result<()> {
+    let deadline = Duration::from_secs(180);
+    eventually(deadline, "every event applied", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.interactions").fetch_one(admin).await.ok()?;
+        (n == total).then_some(())
+    })
+    .await;
+    let counted: i64 = sqlx::query_scalar("SELECT coalesce(sum(interaction_count), 0)::bigint FROM lead.leads")
+        .fetch_one(admin)
+        .await?;
+    assert_eq!(counted, total, "every event counted once on its lead");
+    let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest.accepted_events").fetch_one(admin).await?;
+    assert_eq!(accepted, total, "every event accepted once");
+    for service in ["ingest", "lead"] {
+        let dead: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {service}.dead_letters")))
+            .fetch_one(admin)
+            .await?;
+        assert_eq!(dead, 0, "{service}: nothing given up on");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_longer_than_the_redelivery_budget_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let postgres = PrivatePostgres::start().await?;
+    let mut env = TestEnv::on(&postgres.url("postgres"), &leads_tests::nats_url()).await?;
+    // Three deliveries 50-200 ms apart: an outage of seconds would exhaust them many times
+    // over if deliveries were spent while Postgres is away.
+    env.settings.consumer.max_deliver = 3;
+    env.settings.consumer.retry_base_ms = 50;
+    env.settings.consumer.retry_max_ms = 200;
+    env.settings.consumer.ack_wait_secs = 3;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+    let admin = env.admin_pool().await?;
+    const TOTAL: u32 = 3_000;
+    let publisher = {
+        let env = env.clone();
+        tokio::spawn(async move { publish_steadily(&env, 0, TOTAL, 200).await })
+    };
+    eventually(Duration::from_secs(60), "a part applied", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.interactions").fetch_one(&admin).await.ok()?;
+        (n >= i64::from(TOTAL / 5)).then_some(())
+    })
+    .await;
+    admin.close().await;
+    postgres.down().await?;
+    // Longer than every delivery allowed, pauses included, many times over.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    postgres.up().await?;
+    publisher.await??;
+    let admin = env.admin_pool().await?;
+    assert_exactly_once(&admin, i64::from(TOTAL)).await?;
+    admin.close().await;
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_mid_ingest_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let mut nats = PrivateNats::start().await?;
+    let env = TestEnv::on(&leads_tests::admin_url(), &nats.url()).await?;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+    let admin = env.admin_pool().await?;
+    const TOTAL: u32 = 2_000;
+    publish_steadily(&env, 0, TOTAL / 2, 150).await?;
+    eventually(Duration::from_secs(60), "a part applied", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.interactions").fetch_one(&admin).await.ok()?;
+        (n >= i64::from(TOTAL / 4)).then_some(())
+    })
+    .await;
+    nats.down().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.up().await?;
+    publish_steadily(&env, TOTAL / 2, TOTAL / 2, 150).await?;
+    assert_exactly_once(&admin, i64::from(TOTAL)).await?;
+    node.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_nats_and_a_huge_refused_payload_hold_up_no_one() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Qualification]).await?;
+    let admin = env.admin_pool().await?;
+    let mut leads = node.lead().await?;
+    env.publish_interaction(ORG, &chat_event("first", &phone(1), "hello")).await?;
+    let first = eventually(Duration::from_secs(30), "a first lead", || {
+        let mut leads = leads.clone();
+        async move { leads_tests::all_leads(&mut leads, ORG).await.ok()?.into_iter().next() }
+    })
+    .await;
+    // A 2 MiB reason: refused at the edge, naming the field, or its event (larger than NATS
+    // takes) set aside; either way it holds up nothing behind it.
+    let huge = leads
+        .change_status(pb::ChangeStatusRequest {
+            org_id: ORG.into(),
+            lead_id: first.id.clone(),
+            status: pb::LeadStatus::Qualifying as i32,
+            reason: "r".repeat(2 * 1024 * 1024),
+            actor: "op".into(),
+            ..Default::default()
+        })
+        .await;
+    match huge {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains("reason"), "{}", status.message());
+        }
+        Ok(_) => {
+            eventually(Duration::from_secs(30), "the oversized event set aside", || async {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.dead_letters WHERE source = 'outbox'")
+                    .fetch_one(&admin)
+                    .await
+                    .ok()?;
+                (n == 1).then_some(())
+            })
+            .await;
+        }
+    }
+    // Any event too large for NATS, however it got into an outbox, is set aside with its reason.
+    let oversized = vec![b'x'; 2 * 1024 * 1024];
+    sqlx::query("INSERT INTO lead.outbox (org_id, subject, msg_id, payload) VALUES ($1, $2, $3, $4)")
+        .bind(ORG)
+        .bind(env.subjects.event("lead", ORG, "status_changed"))
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&oversized)
+        .execute(&admin)
+        .await?;
+    // A 900 KiB event: refused (too large for the contract) and kept whole in the rejections;
+    // its dead letter carries an excerpt.
+    let big = serde_json::json!({
+        "event_id": "big", "occurred_at": "2026-11-24T10:00:00Z", "kind": "chat_message",
+        "contact": { "phone": phone(2) }, "text": "y".repeat(900 * 1024),
+    });
+    env.publish(env.subjects.interactions(ORG), serde_json::to_vec(&big)?, None).await?;
+    // Normal traffic after both reaches the lead service and the qualification service.
+    env.publish_interaction(ORG, &chat_event("after", &phone(3), "how much is it? I want to buy")).await?;
+    let scored = eventually(Duration::from_secs(30), "the later contact's lead scored", || {
+        let mut leads = leads.clone();
+        async move {
+            let all = leads_tests::all_leads(&mut leads, ORG).await.ok()?;
+            all.into_iter().find(|l| l.contact.as_ref().is_some_and(|c| c.phone == phone(3)) && l.score.is_some())
+        }
+    })
+    .await;
+    assert!(scored.score.is_some());
+    let (reason, kept): (String, i64) =
+        eventually(Duration::from_secs(30), "the oversized event set aside", || async {
+            sqlx::query_as(
+                "SELECT error, octet_length(payload)::bigint FROM lead.dead_letters \
+             WHERE source = 'outbox' AND octet_length(payload) = $1",
+            )
+            .bind(oversized.len() as i32)
+            .fetch_optional(&admin)
+            .await
+            .ok()
+            .flatten()
+        })
+        .await;
+    assert!(reason.contains("max_payload"), "{reason}");
+    assert_eq!(kept, oversized.len() as i64, "kept whole");
+    let rejected: i64 = sqlx::query_scalar("SELECT octet_length(payload)::bigint FROM ingest.rejections LIMIT 1")
+        .fetch_one(&admin)
+        .await?;
+    assert!(rejected > 900 * 1024, "the refused payload is kept whole: {rejected}");
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.outbox").fetch_one(&admin).await?;
+    assert_eq!(outbox, 0, "the lead outbox is not stuck");
+    node.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_failing_on_every_delivery_is_kept_with_its_error_and_its_batch_mates_go_through()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.consumer.max_deliver = 20;
+    env.settings.consumer.retry_base_ms = 10;
+    env.settings.consumer.retry_max_ms = 100;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+    let admin = env.admin_pool().await?;
+    let leads = node.lead().await?;
+    env.publish_interaction(ORG, &chat_event("p-1", &phone(1), "hello")).await?;
+    let lead = eventually(Duration::from_secs(30), "a lead", || {
+        let mut leads = leads.clone();
+        async move { leads_tests::all_leads(&mut leads, ORG).await.ok()?.into_iter().next() }
+    })
+    .await;
+    // A score for an organisation id Postgres cannot store (a NUL in it): it fails on every
+    // delivery. A good score published right behind it must not wait for it.
+    let poison = serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "org_id": "ac\u{0}me", "kind": "scored",
+        "aggregate_id": lead.id, "version": 1, "occurred_at": "2026-11-24T10:00:00Z",
+        "data": { "lead_id": lead.id, "score": 50, "reasons": [], "model_version": "test", "scored_at": "2026-11-24T10:00:00Z" }
+    });
+    let good = serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "org_id": ORG, "kind": "scored",
+        "aggregate_id": lead.id, "version": 7, "occurred_at": "2026-11-24T10:00:00Z",
+        "data": { "lead_id": lead.id, "score": 64, "reasons": ["test"], "model_version": "test", "scored_at": "2026-11-24T10:00:00Z" }
+    });
+    let subject = env.subjects.event("qualification", ORG, "scored");
+    env.publish(subject.clone(), serde_json::to_vec(&poison)?, None).await?;
+    env.publish(subject, serde_json::to_vec(&good)?, None).await?;
+    eventually(Duration::from_secs(30), "the good score applied", || {
+        let mut leads = leads.clone();
+        let id = lead.id.clone();
+        async move {
+            let lead = leads.get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: id }).await.ok()?.into_inner();
+            (lead.score == Some(64)).then_some(())
+        }
+    })
+    .await;
+    let (error, subject): (String, String) = eventually(Duration::from_secs(60), "the poison kept", || async {
+        sqlx::query_as("SELECT error, subject FROM lead.dead_letters WHERE source = 'delivery'")
+            .fetch_optional(&admin)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert!(subject.ends_with(".scored"), "{subject}");
+    assert!(!error.is_empty());
+    let announced = env.js.get_stream(env.subjects.stream_name(platform::nats::StreamKind::DeadLetter)).await;
+    assert!(announced.is_ok(), "the dead-letter stream exists");
+    node.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_cannot_work_makes_health_not_serving_and_the_process_fail() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Qualification]).await?;
+    let channel = node.channel(ServiceName::Qualification).await?;
+    let check = |channel: tonic::transport::Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest { service: "leads.v1.QualificationService".into() })
+            .await
+            .map(|r| r.into_inner().status())
+    };
+    assert_eq!(check(channel.clone()).await?, ServingStatus::Serving);
+    // Its stream deleted behind its back: the consumer cannot declare its durable again.
+    env.js.delete_stream(env.subjects.stream_name(platform::nats::StreamKind::Events("lead"))).await?;
+    eventually(Duration::from_secs(30), "health no longer SERVING", || {
+        let channel = channel.clone();
+        async move { (check(channel).await.ok() != Some(ServingStatus::Serving)).then_some(()) }
+    })
+    .await;
+    let stopped = node.stop().await;
+    let error = stopped.expect_err("the service failed");
+    assert!(format!("{error:#}").contains("consumer"), "{error:#}");
+    // The binary exits non-zero, for its supervisor to restart it.
+    let mut process = Process::spawn(&env, "qualification", &[])?;
+    process.ready().await?;
+    env.js.delete_stream(env.subjects.stream_name(platform::nats::StreamKind::Events("lead"))).await?;
+    let status = process.exited(Duration::from_secs(60)).await?;
+    assert!(!status.success(), "{status}");
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_three_processes_under_traffic_loses_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let admin = env.admin_pool().await?;
+    let mut processes = Vec::new();
+    for _ in 0..3 {
+        processes.push(Process::spawn(&env, "ingest,lead,qualification", &[])?);
+    }
+    for process in &mut processes {
+        process.ready().await?;
+    }
+    const TOTAL: u32 = 6_000;
+    let publisher = {
+        let env = env.clone();
+        tokio::spawn(async move { publish_steadily(&env, 0, TOTAL, 500).await })
+    };
+    for _ in 0..3 {
+        let oldest = processes.remove(0);
+        let status = oldest.terminate().await?;
+        assert!(status.success(), "a SIGTERM stops cleanly: {status}");
+        let mut fresh = Process::spawn(&env, "ingest,lead,qualification", &[])?;
+        fresh.ready().await?;
+        processes.push(fresh);
+    }
+    publisher.await??;
+    assert_exactly_once(&admin, i64::from(TOTAL)).await?;
+    // Qualification saw each interaction once, whichever process handled it.
+    eventually(Duration::from_secs(120), "every interaction scored once", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM qualification.scored_interactions")
+            .fetch_one(&admin)
+            .await
+            .ok()?;
+        (n == i64::from(TOTAL)).then_some(())
+    })
+    .await;
+    for process in processes {
+        process.terminate().await?;
+    }
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn dedupe_keys_and_rejections_past_retention_are_pruned_and_newer_ones_kept() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Ingest]).await?;
+    let admin = env.admin_pool().await?;
+    env.publish_interaction(ORG, &chat_event("recent", &phone(1), "hello")).await?;
+    eventually(Duration::from_secs(30), "the event accepted", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest.accepted_events").fetch_one(&admin).await.ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
+    sqlx::query("INSERT INTO ingest.accepted_events (org_id, event_id, received_at) VALUES ($1, 'old', now() - interval '40 days')")
+        .bind(ORG)
+        .execute(&admin)
+        .await?;
+    let pool = platform::db::connect_options(&env.settings.database_url)?;
+    let pool = sqlx::PgPool::connect_with(pool.options([("search_path", "ingest")])).await?;
+    let deleted = platform::db::prune(&pool, "accepted_events", "received_at", env.settings.retention_days).await?;
+    assert_eq!(deleted, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM ingest.accepted_events").fetch_all(&admin).await?;
+    assert_eq!(left, ["recent"]);
+    pool.close().await;
+    node.stop().await?;
+    env.cleanup().await
+}
