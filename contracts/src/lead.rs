@@ -22,6 +22,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, active ones first in the order a lead usually moves through them.
+    pub const ALL: [Status; 8] = [
+        Status::New,
+        Status::Contacted,
+        Status::Qualifying,
+        Status::Qualified,
+        Status::FollowUp,
+        Status::Converted,
+        Status::Lost,
+        Status::Archived,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::New => "new",
@@ -283,16 +295,7 @@ mod tests {
 
     #[test]
     fn every_status_reads_back_from_its_name_and_an_unknown_one_is_an_error() {
-        for status in [
-            Status::New,
-            Status::Contacted,
-            Status::Qualifying,
-            Status::Qualified,
-            Status::FollowUp,
-            Status::Converted,
-            Status::Lost,
-            Status::Archived,
-        ] {
+        for status in Status::ALL {
             assert_eq!(Status::try_from(status.as_str()), Ok(status));
             assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{}\"", status.as_str()));
             assert_eq!(Status::from_proto(status.to_proto() as i32), Some(status));

@@ -80,16 +80,7 @@ pub fn decide(current: Status, act: Act) -> Result<Transition, Inactive> {
 mod tests {
     use super::*;
 
-    const ALL: [Status; 8] = [
-        Status::New,
-        Status::Contacted,
-        Status::Qualifying,
-        Status::Qualified,
-        Status::FollowUp,
-        Status::Converted,
-        Status::Lost,
-        Status::Archived,
-    ];
+    const ALL: [Status; 8] = Status::ALL;
 
     fn acts() -> Vec<Act> {
         let mut acts = vec![Act::Assign, Act::OpenFollowUp, Act::AiScore, Act::Inbound, Act::Outbound];

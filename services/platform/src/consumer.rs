@@ -228,9 +228,12 @@ where
             };
             let handler = handler.clone();
             let span = tracing::info_span!("consume", consumer = %spec.durable, messages = batch.len());
-            // A batch continues the trace of its first message; the others are linked by
-            // their own traceparent headers, kept in the stream.
+            // A batch continues the trace of its first message and links each other one (its
+            // traceparent header, kept in the stream), so every event can be followed.
             crate::telemetry::set_parent_from_nats(&span, batch[0].headers.as_ref());
+            for message in batch.iter().skip(1).take(MAX_LINKS) {
+                crate::telemetry::link_from_nats(&span, message.headers.as_ref());
+            }
             let context = BatchContext {
                 client: client.clone(),
                 service: spec.service,
@@ -289,6 +292,9 @@ async fn recover(
         }
     }
 }
+
+/// Span links a batch span keeps at most (one per message after its first).
+const MAX_LINKS: usize = 512;
 
 /// The smallest prefetch in bytes: room for the largest message NATS accepts by default.
 const MIN_PREFETCH_BYTES: usize = 8 * 1024 * 1024;

@@ -174,6 +174,20 @@ pub fn set_parent_from_nats(span: &tracing::Span, headers: Option<&async_nats::H
     }
 }
 
+/// Links `span` to the trace a message's `traceparent` carries: a batch continues its first
+/// message's trace and links every other one, so each original event can be followed from its
+/// publish through the batches that handled it.
+pub fn link_from_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if let Some(headers) = headers {
+        let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let linked = context.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+}
+
 struct HttpExtractor<'a>(&'a tonic::codegen::http::HeaderMap);
 
 impl Extractor for HttpExtractor<'_> {

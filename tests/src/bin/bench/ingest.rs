@@ -39,11 +39,7 @@ pub async fn ingest(report: &mut Report, args: &Args) -> anyhow::Result<()> {
     stopped
 }
 
-/// Waits until the lead service has committed `target` interactions. A `count(*)` confirms
-/// it, run only when the lead consumer has acknowledged everything in its stream (it acks
-/// after each commit; the consumer's state is a cheap NATS request, polled every 20 ms).
-/// Counting rows every 20 ms instead cost Postgres a sequential scan of the growing table
-/// each time, a fifth of a core taken from the services. Prints progress every 5 s.
+/// Waits until the lead service has committed `target` interactions.
 async fn wait_for_interactions(
     env: &TestEnv,
     admin: &sqlx::PgPool,
@@ -53,39 +49,8 @@ async fn wait_for_interactions(
 ) -> anyhow::Result<Instant> {
     let stream_name = env.subjects.stream_name(StreamKind::Events("ingest"));
     let stream = env.js.get_stream(&stream_name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut last_print = Instant::now();
-    let mut committed = 0;
-    loop {
-        // A failed request is only a missed poll.
-        let position = stream
-            .consumer_info(lead::INTERACTIONS_DURABLE)
-            .await
-            .ok()
-            .map(|info| (info.num_pending == 0 && info.num_ack_pending == 0, info.ack_floor.stream_sequence));
-        let now = Instant::now();
-        let (caught_up, acked) = position.unwrap_or((false, 0));
-        if caught_up {
-            committed = sqlx::query_scalar("SELECT count(*) FROM lead.interactions").fetch_one(admin).await?;
-            if committed >= target {
-                return Ok(now);
-            }
-        }
-        if now.duration_since(last_print) > Duration::from_secs(5) {
-            progress(format!(
-                "  lead consumer at stream sequence {acked} ({committed}/{target} interactions counted when last \
-                 caught up) after {:.0} s (load {})",
-                started.elapsed().as_secs_f64(),
-                loadavg()
-            ));
-            last_print = now;
-        }
-        if started.elapsed() > timeout {
-            bail!(
-                "{committed} of {target} interactions counted when the lead consumer was last caught up, after {timeout:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let count = "SELECT count(*) FROM lead.interactions";
+    super::report::wait_counted(&stream, lead::INTERACTIONS_DURABLE, admin, count, target, started, timeout).await
 }
 
 async fn consumer_acked(js: &jetstream::Context, stream: &str, durable: &str) -> anyhow::Result<u64> {

@@ -350,8 +350,18 @@ async fn drain_in(
             anyhow::Ok(started.elapsed())
         };
         // A worker that dies before it is ready ends the wait at once.
-        let (ready_after, done) =
-            tokio::try_join!(ready, wait_scored(&stream, admin, interactions, started, Duration::from_secs(1800)))?;
+        let (ready_after, done) = tokio::try_join!(
+            ready,
+            super::report::wait_counted(
+                &stream,
+                DURABLE,
+                admin,
+                "SELECT count(*) FROM qualification.scored_interactions",
+                interactions,
+                started,
+                Duration::from_secs(1800),
+            )
+        )?;
         let worker_cpu: f64 = children.iter().map(|c| process_cpu_seconds(c.pid)).sum();
         let machine_cpu = machine_cpu_seconds() - cpu;
         let mut scorings = 0;
@@ -415,52 +425,6 @@ async fn wait_until(
             bail!("{what}: still {count} after 30 minutes");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until `qualification.scored_interactions` holds `target` rows. The count runs only
-/// when the qualification consumer has acknowledged everything in the lead events stream (it
-/// acks after each commit; its state is a cheap NATS request, polled every 20 ms), so that
-/// Postgres is not scanning the growing table all along.
-async fn wait_scored(
-    stream: &async_nats::jetstream::stream::Stream,
-    admin: &sqlx::PgPool,
-    target: i64,
-    started: Instant,
-    timeout: Duration,
-) -> anyhow::Result<Instant> {
-    let mut last_print = Instant::now();
-    let mut scored = 0;
-    loop {
-        // A failed request (the durable not declared yet) is only a missed poll.
-        let position = stream.consumer_info(DURABLE).await.ok().map(|info| {
-            (
-                info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0,
-                info.ack_floor.stream_sequence,
-            )
-        });
-        let now = Instant::now();
-        let (caught_up, acked) = position.unwrap_or((false, 0));
-        if caught_up {
-            scored =
-                sqlx::query_scalar("SELECT count(*) FROM qualification.scored_interactions").fetch_one(admin).await?;
-            if scored >= target {
-                return Ok(now);
-            }
-        }
-        if now.duration_since(last_print) > Duration::from_secs(5) {
-            progress(format!(
-                "  qualification consumer at stream sequence {acked} ({scored}/{target} interactions counted when last \
-                 caught up) after {:.0} s (load {})",
-                started.elapsed().as_secs_f64(),
-                loadavg()
-            ));
-            last_print = now;
-        }
-        if started.elapsed() > timeout {
-            bail!("{scored} of {target} interactions scored when the consumer was last caught up, after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

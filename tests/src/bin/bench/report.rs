@@ -202,3 +202,51 @@ impl Report {
         });
     }
 }
+
+/// Waits until `count_sql` counts `target` rows. The count runs only when the consumer
+/// `durable` of `stream` has acknowledged everything it was given (it acks after each commit;
+/// its state is a cheap NATS request, polled every 20 ms): counting rows all along cost
+/// Postgres a scan of the growing table each time, taken from the services. Prints progress
+/// every 5 s; answers when the count was reached.
+pub async fn wait_counted(
+    stream: &async_nats::jetstream::stream::Stream,
+    durable: &str,
+    admin: &sqlx::PgPool,
+    count_sql: &'static str,
+    target: i64,
+    started: std::time::Instant,
+    timeout: Duration,
+) -> anyhow::Result<std::time::Instant> {
+    let mut last_print = std::time::Instant::now();
+    let mut counted = 0;
+    loop {
+        // A failed request (the durable not declared yet) is only a missed poll.
+        let position = stream.consumer_info(durable).await.ok().map(|info| {
+            (
+                info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0,
+                info.ack_floor.stream_sequence,
+            )
+        });
+        let now = std::time::Instant::now();
+        let (caught_up, acked) = position.unwrap_or((false, 0));
+        if caught_up {
+            counted = sqlx::query_scalar(count_sql).fetch_one(admin).await?;
+            if counted >= target {
+                return Ok(now);
+            }
+        }
+        if now.duration_since(last_print) > Duration::from_secs(5) {
+            progress(format!(
+                "  {durable} at stream sequence {acked} ({counted}/{target} counted when last caught up) after {:.0} s \
+                 (load {})",
+                started.elapsed().as_secs_f64(),
+                loadavg()
+            ));
+            last_print = now;
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!("{counted} of {target} counted when {durable} was last caught up, after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
