@@ -8,7 +8,6 @@ use super::{
     production_env,
     report::{Report, loadavg, ms, progress, rate, stats, thousands},
 };
-use anyhow::bail;
 use async_nats::jetstream;
 use chrono::Utc;
 use leads_tests::TestEnv;
