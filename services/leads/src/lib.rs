@@ -54,7 +54,8 @@ impl System {
             let started = start_service(&infra, service, token.clone()).await;
             match started {
                 Ok(started) => {
-                    let url = format!("http://{}", started.grpc_addr);
+                    let scheme = if infra.settings.grpc.tls_cert_file.is_some() { "https" } else { "http" };
+                    let url = format!("{scheme}://{}", started.grpc_addr);
                     match service {
                         ServiceName::Broadcast => infra.settings.endpoints.broadcast = url,
                         ServiceName::Lead => infra.settings.endpoints.lead = url,

@@ -91,8 +91,12 @@ pub async fn serve(
         }
         stream
     });
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls(&settings.grpc)? {
+        builder = builder.tls_config(tls).map_err(|e| anyhow::anyhow!("grpc.tls_cert_file: {e}"))?;
+    }
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .timeout(timeout)
             .concurrency_limit_per_connection(per_connection)
             .trace_fn(crate::telemetry::grpc_request_span)
@@ -311,7 +315,7 @@ impl tonic::service::Interceptor for CallerInterceptor {
 /// Connects lazily, so a service starts even when the one it calls is not up yet. Sends no
 /// token: see `service_channel`.
 pub fn traced_channel(endpoint: &str) -> anyhow::Result<TracedChannel> {
-    channel_with(endpoint, None)
+    channel_with(endpoint, None, None)
 }
 
 /// A channel from `service` to another service, carrying a service token signed with
@@ -322,16 +326,51 @@ pub fn service_channel(
     endpoint: &str,
 ) -> anyhow::Result<TracedChannel> {
     let credentials = crate::auth::ServiceCredentials::from_settings(&settings.auth, &format!("leads-{service}"))?;
-    channel_with(endpoint, credentials)
+    let tls = if endpoint.starts_with("https://") { Some(client_tls(&settings.grpc)?) } else { None };
+    channel_with(endpoint, credentials, tls)
+}
+
+fn read(setting: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("{setting}: cannot read {}: {e}", path.display()))
+}
+
+/// The server's TLS from `grpc.tls_*` files: its certificate and key, and the CA its callers'
+/// certificates must be signed by when `tls_client_ca_file` is set. `None`: plaintext.
+fn server_tls(grpc: &crate::settings::GrpcSettings) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&grpc.tls_cert_file, &grpc.tls_key_file) else { return Ok(None) };
+    let identity = Identity::from_pem(read("grpc.tls_cert_file", cert)?, read("grpc.tls_key_file", key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &grpc.tls_client_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read("grpc.tls_client_ca_file", ca)?));
+    }
+    Ok(Some(tls))
+}
+
+/// What a service trusts and presents when it calls another over TLS.
+fn client_tls(grpc: &crate::settings::GrpcSettings) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &grpc.tls_ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read("grpc.tls_ca_file", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&grpc.tls_cert_file, &grpc.tls_key_file) {
+        tls = tls.identity(Identity::from_pem(read("grpc.tls_cert_file", cert)?, read("grpc.tls_key_file", key)?));
+    }
+    Ok(tls)
 }
 
 fn channel_with(
     endpoint: &str,
     credentials: Option<std::sync::Arc<crate::auth::ServiceCredentials>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> anyhow::Result<TracedChannel> {
-    let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect_lazy();
+    let mut channel =
+        tonic::transport::Channel::from_shared(endpoint.to_owned())?.connect_timeout(std::time::Duration::from_secs(2));
+    if let Some(tls) = tls {
+        channel = channel.tls_config(tls)?;
+    }
+    let channel = channel.connect_lazy();
     Ok(tonic::service::interceptor::InterceptedService::new(channel, CallerInterceptor { credentials }))
 }
 

@@ -203,6 +203,14 @@ pub struct GrpcSettings {
     pub request_timeout_secs: u64,
     /// Calls served at once per connection; more wait.
     pub concurrency_per_connection: usize,
+    /// PEM certificate chain and key: every port serves gRPC over TLS (plaintext when unset).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates: callers must present a client certificate signed by one (mTLS).
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates trusted when this process calls another service at an `https://`
+    /// endpoint; it presents `tls_cert_file`/`tls_key_file` as its client certificate.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl GrpcSettings {
@@ -244,6 +252,10 @@ impl Default for GrpcSettings {
             reflection: true,
             request_timeout_secs: 60,
             concurrency_per_connection: 256,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -405,6 +417,19 @@ impl Settings {
         if let Some(v) = lookup("LEADS_GRPC_HOST") {
             self.grpc.host = v;
         }
+        let path = |v: String| Some(v).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        if let Some(v) = lookup("LEADS_GRPC_TLS_CERT_FILE") {
+            self.grpc.tls_cert_file = path(v);
+        }
+        if let Some(v) = lookup("LEADS_GRPC_TLS_KEY_FILE") {
+            self.grpc.tls_key_file = path(v);
+        }
+        if let Some(v) = lookup("LEADS_GRPC_TLS_CLIENT_CA_FILE") {
+            self.grpc.tls_client_ca_file = path(v);
+        }
+        if let Some(v) = lookup("LEADS_GRPC_TLS_CA_FILE") {
+            self.grpc.tls_ca_file = path(v);
+        }
         for service in ServiceName::ALL {
             let key = format!("LEADS_GRPC_{}_PORT", service.as_str().to_uppercase());
             if let Some(v) = lookup(&key) {
@@ -520,6 +545,12 @@ impl Settings {
         }
         if !(1..=5).contains(&self.stream_replicas) {
             return Err(invalid("stream_replicas", "must be between 1 and 5"));
+        }
+        if self.grpc.tls_cert_file.is_some() != self.grpc.tls_key_file.is_some() {
+            return Err(invalid("grpc.tls_cert_file", "must be set together with grpc.tls_key_file"));
+        }
+        if self.grpc.tls_client_ca_file.is_some() && self.grpc.tls_cert_file.is_none() {
+            return Err(invalid("grpc.tls_client_ca_file", "needs grpc.tls_cert_file and grpc.tls_key_file"));
         }
         if self.retention_days < 8 {
             return Err(invalid("retention_days", "must be at least 8: the streams keep messages 7 days"));
