@@ -1,4 +1,4 @@
-//! Crash test for broadcast tracking (issue 5): a million delivery statuses for 300,000
+//! Crash test for broadcast tracking: a million delivery statuses for 300,000
 //! broadcast messages, repeated and shuffled so that statuses precede their message, while
 //! the real `leads run --services broadcast` process is killed with SIGKILL several times.
 //! Afterwards every distinct (message, status) is stored once with its first timestamp and

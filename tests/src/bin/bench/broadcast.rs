@@ -1,4 +1,4 @@
-//! Section 4 of `make bench`: broadcast tracking (issue 5), against the real Postgres and NATS.
+//! Section 4 of `make bench`: broadcast tracking, against the real Postgres and NATS.
 //!
 //! In one run:
 //! 1. Raw baseline: the same status rows upserted straight into a table shaped like
@@ -74,7 +74,7 @@ const POLL: Duration = Duration::from_millis(50);
 const READ_EVERY: Duration = Duration::from_millis(20);
 /// Requests of each kind measured on the idle system.
 const IDLE_REQUESTS: usize = 200;
-/// Issue 5's targets.
+/// The broadcast-tracking targets.
 const TARGET_EVENTS_PER_S: f64 = 50_000.0;
 const TARGET_RATIO: f64 = 0.5;
 
@@ -84,7 +84,7 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
     let mut out = Out { batch: options.batch, ..Out::default() };
     if options.batch > 1 {
         out.line(format!(
-            "## 4b. Broadcast tracking, in batches of {} (issue 5)\n\nThe same as section 4, but messages and \
+            "## 4b. Broadcast tracking, in batches of {} \n\nThe same as section 4, but messages and \
              statuses published {} to a NATS message on `broadcasts.<org>.messages.batch` and \
              `broadcasts.<org>.statuses.batch`, the contract's extension for high-volume publishers (each item is \
              still validated, applied or refused on its own). Where the tables below say \"event\", they mean one \
@@ -92,7 +92,7 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
             options.batch, options.batch
         ));
     } else {
-        out.line("## 4. Broadcast tracking (issue 5)\n");
+        out.line("## 4. Broadcast tracking \n");
     }
     out.line(format!("Load average before: {}\n", loadavg()));
     out.line(format!("Postgres: {}.\n", pg_settings().await?));
@@ -101,7 +101,7 @@ pub async fn run(options: &BroadcastOptions) -> anyhow::Result<String> {
     }
     sustained(&mut out, options).await?;
     backlog(&mut out, options).await?;
-    out.line("### Targets of issue 5\n");
+    out.line("### Targets of broadcast tracking\n");
     let suffix = if options.batch > 1 { format!(" (batches of {})", options.batch) } else { String::new() };
     let targets = std::mem::take(&mut out.targets);
     out.line(target_rows(&targets, &suffix));

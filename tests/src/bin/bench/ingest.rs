@@ -59,7 +59,7 @@ async fn consumer_acked(js: &jetstream::Context, stream: &str, durable: &str) ->
 }
 
 async fn ingest_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Result<()> {
-    report.line("## 2. Ingest end to end (issue 3)\n");
+    report.line("## 2. Ingest end to end\n");
     report.line(format!("Load average before: {}\n", loadavg()));
     let admin = env.admin_pool().await?;
     let n = args.events;

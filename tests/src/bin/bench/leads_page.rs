@@ -206,7 +206,7 @@ fn list_request(filter: &pb::LeadFilter, token: String, skip_total: bool) -> pb:
 }
 
 async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_tests::Node) -> anyhow::Result<()> {
-    report.line("## 3. Leads page at scale (issue 4)\n");
+    report.line("## 3. Leads page at scale\n");
     report.line(format!("Load average before: {}\n", loadavg()));
     let admin = env.admin_pool().await?;
     let n = args.leads as i64;
