@@ -359,3 +359,47 @@ async fn dedupe_keys_and_rejections_past_retention_are_pruned_and_newer_ones_kep
     node.stop().await?;
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_page_of_rejections_is_bounded_by_its_bytes() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Ingest]).await?;
+    let admin = env.admin_pool().await?;
+    for n in 0..8 {
+        let big = serde_json::json!({ "event_id": format!("big-{n}"), "text": "z".repeat(900 * 1024) });
+        env.publish(env.subjects.interactions(ORG), serde_json::to_vec(&big)?, None).await?;
+    }
+    eventually(Duration::from_secs(30), "every big event refused", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest.rejections").fetch_one(&admin).await.ok()?;
+        (n == 8).then_some(())
+    })
+    .await;
+    let mut ingest = node.ingest().await?;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = ingest
+            .list_rejections(pb::ListRejectionsRequest {
+                org_id: ORG.into(),
+                page_size: 100,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        let bytes: usize = page.rejections.iter().map(|r| r.payload.len()).sum();
+        assert!(bytes <= 3 * 1024 * 1024, "a page of {bytes} bytes");
+        pages += 1;
+        seen.extend(page.rejections.into_iter().map(|r| r.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages >= 2, "8 payloads of 900 KiB take more than one page");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 8, "every rejection once across the pages");
+    node.stop().await?;
+    env.cleanup().await
+}

@@ -10,6 +10,9 @@ use tonic::{Request, Response, Status};
 
 /// The largest batch one `Ingest` call takes.
 const MAX_BATCH: usize = 1000;
+/// Payload bytes a `ListRejections` page carries at most (a larger first rejection goes
+/// alone), under the 4 MiB a gRPC client takes by default.
+const MAX_PAGE_BYTES: i64 = 3 * 1024 * 1024;
 
 pub struct IngestApi {
     pub ctx: IngestContext,
@@ -102,20 +105,31 @@ impl IngestService for IngestApi {
             let id = id.parse().map_err(|_| invalid("page_token", "is not a token this service issued"))?;
             Some((at.into(), id))
         };
-        type Row = (uuid::Uuid, Option<String>, String, String, String, Vec<u8>, chrono::DateTime<chrono::Utc>);
+        type Row = (uuid::Uuid, Option<String>, String, String, String, Vec<u8>, chrono::DateTime<chrono::Utc>, i64);
+        // A page holds at most `page_size` rejections and `MAX_PAGE_BYTES` of their payloads
+        // (always at least one): a thousand refused events of 256 KiB would be a quarter of
+        // a gigabyte. Only the rows sent are read whole.
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, event_id, subject, field, reason, payload, received_at FROM rejections \
-             WHERE org_id = $1 AND ($2::timestamptz IS NULL OR (received_at, id) < ($2, $3)) \
-             ORDER BY received_at DESC, id DESC LIMIT $4",
+            "WITH page AS ( \
+               SELECT id, event_id, subject, field, reason, received_at, octet_length(payload) AS size \
+               FROM rejections WHERE org_id = $1 AND ($2::timestamptz IS NULL OR (received_at, id) < ($2, $3)) \
+               ORDER BY received_at DESC, id DESC LIMIT $4), \
+             sized AS (SELECT *, sum(size) OVER (ORDER BY received_at DESC, id DESC) - size AS before, \
+                              count(*) OVER () AS in_page FROM page) \
+             SELECT s.id, s.event_id, s.subject, s.field, s.reason, r.payload, s.received_at, s.in_page \
+             FROM sized s JOIN rejections r ON r.id = s.id \
+             WHERE s.before + s.size <= $5 OR s.before = 0 ORDER BY s.received_at DESC, s.id DESC",
         )
         .bind(&request.org_id)
         .bind(after.map(|a| a.0))
         .bind(after.map(|a| a.1))
         .bind(page_size + 1)
+        .bind(MAX_PAGE_BYTES)
         .fetch_all(&self.ctx.pool)
         .await
         .map_err(IngestError::from)?;
-        let has_more = rows.len() as i64 > page_size;
+        let in_page = rows.first().map_or(0, |r| r.7);
+        let has_more = in_page > page_size || (rows.len() as i64) < in_page;
         let rows = &rows[..rows.len().min(page_size as usize)];
         let next_page_token = match (has_more, rows.last()) {
             (true, Some(last)) => platform::token::encode(&format!("{}|{}", last.6.to_rfc3339(), last.0)),
@@ -123,7 +137,7 @@ impl IngestService for IngestApi {
         };
         let rejections = rows
             .iter()
-            .map(|(id, event_id, subject, field, reason, payload, at)| pb::Rejection {
+            .map(|(id, event_id, subject, field, reason, payload, at, _)| pb::Rejection {
                 id: id.to_string(),
                 event_id: event_id.clone().unwrap_or_default(),
                 subject: subject.clone(),
