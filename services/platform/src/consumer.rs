@@ -459,7 +459,7 @@ where
 {
     let mut pause = Duration::from_millis(250);
     let longest = (context.settings.ack_wait() / 3).clamp(Duration::from_millis(250), Duration::from_secs(5));
-    let mut holding = false;
+    let mut holding: Option<Holding<'_>> = None;
     let dispositions = loop {
         let dispositions = handler(batch.clone()).await;
         let unavailable = dispositions.iter().find_map(|d| match d {
@@ -470,9 +470,8 @@ where
         if context.token.is_cancelled() {
             break dispositions;
         }
-        if !holding {
-            holding = true;
-            context.held.send_modify(|held| *held += 1);
+        if holding.is_none() {
+            holding = Some(Holding::start(&context.held));
             tracing::warn!(consumer = %context.durable, messages = batch.len(), %reason, "a dependency is unavailable; holding the batch");
         }
         for reply in replies.iter().flatten() {
@@ -484,11 +483,27 @@ where
         }
         pause = (pause * 2).min(longest);
     };
-    if holding {
-        context.held.send_modify(|held| *held -= 1);
+    if holding.take().is_some() {
         tracing::info!(consumer = %context.durable, "the held batch went through");
     }
     dispositions
+}
+
+/// A batch counted as held while this lives: dropped, also by a panic or an aborted task, it
+/// lets the loop pull again, so a failing batch can never stop its consumer for good.
+struct Holding<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> Holding<'a> {
+    fn start(held: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        held.send_modify(|held| *held += 1);
+        Self(held)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|held| *held = held.saturating_sub(1));
+    }
 }
 
 /// Decodes each delivery as an internal event envelope and hands the readable ones to
