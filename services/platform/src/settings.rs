@@ -878,5 +878,10 @@ mod example_file {
         assert_eq!(settings.consumer.batch_size, defaults.consumer.batch_size);
         assert_eq!(settings.consumer.max_ack_pending, defaults.consumer.max_ack_pending);
         assert_eq!(settings.stream_replicas, defaults.stream_replicas);
+        assert_eq!(settings.retention_days, defaults.retention_days);
+        assert_eq!(settings.shutdown_deadline_secs, defaults.shutdown_deadline_secs);
+        assert_eq!(settings.consumer.retry_max_ms, defaults.consumer.retry_max_ms);
+        assert_eq!(settings.qualification.min_labels_per_class, defaults.qualification.min_labels_per_class);
+        assert_eq!(settings.qualification.llm_timeout_ms, defaults.qualification.llm_timeout_ms);
     }
 }
