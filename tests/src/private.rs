@@ -105,11 +105,24 @@ pub struct PrivateNats {
     pub dir: PathBuf,
     pub port: u16,
     child: Option<tokio::process::Child>,
+    /// A configuration file of the test's own, and the environment it reads.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 impl PrivateNats {
     pub async fn start() -> anyhow::Result<Self> {
-        let mut server = Self { dir: scratch("nats")?, port: free_port()?, child: None };
+        let mut server = Self { dir: scratch("nats")?, port: free_port()?, child: None, config: None };
+        server.up().await?;
+        Ok(server)
+    }
+
+    /// Started with the configuration `config` writes for the server's own directory (its
+    /// JetStream store belongs there), and the environment variables it refers to.
+    pub async fn with_config(config: impl FnOnce(&Path) -> String, env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let dir = scratch("nats")?;
+        let file = dir.join("nats-server.conf");
+        std::fs::write(&file, config(&dir))?;
+        let mut server = Self { dir, port: free_port()?, child: None, config: Some((file, env)) };
         server.up().await?;
         Ok(server)
     }
@@ -120,13 +133,22 @@ impl PrivateNats {
 
     /// Starts (again) the server on its port and store, and waits until it accepts clients.
     pub async fn up(&mut self) -> anyhow::Result<()> {
-        let store = self.dir.join("store");
-        let child = tokio::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", path(&store)?])
+        let mut command = tokio::process::Command::new("nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        match &self.config {
+            Some((file, env)) => {
+                command.args(["-c", path(file)?]).envs(env.iter().map(|(k, v)| (k, v)));
+            }
+            None => {
+                command.args(["-js", "-sd", path(&self.dir.join("store"))?]);
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start nats-server (is it installed?): {e}"))?;
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {

@@ -8,7 +8,7 @@ use leads_proto::v1::{
     ingest_service_client::IngestServiceClient, lead_service_client::LeadServiceClient,
     qualification_service_client::QualificationServiceClient,
 };
-use leads_tests::{Node, TestEnv, chat_event, eventually, pb, phone};
+use leads_tests::{Node, TestEnv, chat_event, eventually, pb, phone, private::PrivateNats};
 use platform::{
     ServiceName,
     auth::{Role, Signer},
@@ -994,14 +994,16 @@ async fn the_actor_is_the_token_subject_and_free_text_is_bounded() -> anyhow::Re
 
 /// A private nats-server on a free port, configured from deploy/nats/nats-server.conf with its
 /// publisher template made into publishers of `orgs`; every password is `pw-<user>`.
-struct PrivateNats {
-    child: std::process::Child,
-    dir: PathBuf,
+/// A private nats-server running the shipped configuration, with a publisher user for each
+/// of `orgs` made from its template.
+struct ShippedNats {
+    /// Kept for as long as the test runs: dropped, it stops the server.
+    _server: PrivateNats,
     url: String,
 }
 
-impl PrivateNats {
-    fn start(orgs: &[&str]) -> anyhow::Result<Self> {
+impl ShippedNats {
+    async fn start(orgs: &[&str]) -> anyhow::Result<Self> {
         let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats-server.conf");
         let conf = std::fs::read_to_string(shipped)?;
         let begin = conf.find("# BEGIN publisher template").expect("template start");
@@ -1014,29 +1016,25 @@ impl PrivateNats {
                 template.replace("PUBLISHER_ORG_PASSWORD", &var).replace("ORG", org)
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("leads-nats-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)?;
-        let conf = format!("{}{publishers}{}", &conf[..begin], &conf[end..])
-            .replace("/data/jetstream", dir.join("js").to_str().unwrap());
-        let path = dir.join("nats-server.conf");
-        std::fs::write(&path, conf)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut command = std::process::Command::new("nats-server");
-        command
-            .args(["-c", path.to_str().unwrap(), "-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        for service in ServiceName::ALL.map(|s| s.as_str()).into_iter().chain(["admin"]) {
-            command.env(format!("LEADS_NATS_{}_PASSWORD", service.to_uppercase()), format!("pw-leads-{service}"));
-        }
-        for org in orgs {
-            command.env(
-                format!("PUBLISHER_{}_PASSWORD", org.to_uppercase().replace('-', "_")),
-                format!("pw-publisher-{org}"),
-            );
-        }
-        let child = command.spawn().map_err(|e| anyhow::anyhow!("cannot start nats-server (is it installed?): {e}"))?;
-        Ok(Self { child, dir, url: format!("nats://127.0.0.1:{port}") })
+        let mut env: Vec<(String, String)> = ServiceName::ALL
+            .map(|s| s.as_str())
+            .into_iter()
+            .chain(["admin"])
+            .map(|service| (format!("LEADS_NATS_{}_PASSWORD", service.to_uppercase()), format!("pw-leads-{service}")))
+            .collect();
+        env.extend(orgs.iter().map(|org| {
+            (format!("PUBLISHER_{}_PASSWORD", org.to_uppercase().replace('-', "_")), format!("pw-publisher-{org}"))
+        }));
+        let server = PrivateNats::with_config(
+            |dir| {
+                format!("{}{publishers}{}", &conf[..begin], &conf[end..])
+                    .replace("/data/jetstream", dir.join("js").to_str().unwrap())
+            },
+            env,
+        )
+        .await?;
+        let url = server.url();
+        Ok(Self { _server: server, url })
     }
 
     fn auth(user: &str) -> platform::settings::NatsAuthSettings {
@@ -1077,17 +1075,9 @@ impl PrivateNats {
     }
 }
 
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
 #[tokio::test]
 async fn a_publisher_publishes_its_own_organisation_only() -> anyhow::Result<()> {
-    let nats = PrivateNats::start(&["acme", "globex"])?;
+    let nats = ShippedNats::start(&["acme", "globex"]).await?;
     // The operators' user declares the streams, as the services do at start-up.
     let (admin, _) = nats.client("leads-admin").await?;
     let subjects = platform::nats::Subjects::default();
