@@ -256,8 +256,17 @@ async fn a_message_failing_on_every_delivery_is_kept_with_its_error_and_its_batc
     .await;
     assert!(subject.ends_with(".scored"), "{subject}");
     assert!(!error.is_empty());
-    let announced = env.js.get_stream(env.subjects.stream_name(platform::nats::StreamKind::DeadLetter)).await;
-    assert!(announced.is_ok(), "the dead-letter stream exists");
+    // Announced on deadletter.<service>.<consumer>, with the error and the payload's excerpt.
+    let dead_letters = env.js.get_stream(env.subjects.stream_name(platform::nats::StreamKind::DeadLetter)).await?;
+    let announcement = eventually(Duration::from_secs(30), "the dead letter announced", || {
+        let dead_letters = dead_letters.clone();
+        let subject = env.subjects.deadletter("lead.lead-scores");
+        async move { dead_letters.get_last_raw_message_by_subject(&subject).await.ok() }
+    })
+    .await;
+    let announced: serde_json::Value = serde_json::from_slice(&announcement.payload)?;
+    assert_eq!(announced["error"].as_str(), Some(error.as_str()));
+    assert!(announced["payload_excerpt"].as_str().is_some_and(|p| p.contains("\\u0000")), "{announced}");
     node.stop().await?;
     env.cleanup().await
 }
