@@ -273,13 +273,23 @@ pub struct InteractionSummary {
 /// every other change travels alone, on the subject of its own kind.
 pub const INTERACTIONS_APPLIED: &str = "interactions_applied";
 
-/// Reads a message of `events.lead.>`: one event, or the batch of `INTERACTIONS_APPLIED`.
+/// The kind of the message that carries the `score_changed` events of one organisation that
+/// one batch of the qualification service's scores applied (`platform::outbox::batched`). A
+/// score set by hand travels alone, as `score_changed`.
+pub const SCORES_APPLIED: &str = "scores_applied";
+
+/// Reads a message of `events.lead.>`: one event, or a batch of `INTERACTIONS_APPLIED` or
+/// `SCORES_APPLIED`.
 pub fn read_lead_events(
     subject: &str,
     payload: &[u8],
     out: &mut Vec<Envelope<LeadEvent>>,
 ) -> Result<(), serde_json::Error> {
-    Envelope::read_into(subject, payload, INTERACTIONS_APPLIED, out)
+    let batch_kind = match subject.rsplit('.').next() {
+        Some(SCORES_APPLIED) => SCORES_APPLIED,
+        _ => INTERACTIONS_APPLIED,
+    };
+    Envelope::read_into(subject, payload, batch_kind, out)
 }
 
 /// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.

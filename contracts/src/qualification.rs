@@ -18,3 +18,17 @@ pub struct Scored {
     pub model_version: String,
     pub scored_at: DateTime<Utc>,
 }
+
+/// The kind of the message that carries the `scored` events of one organisation written in
+/// one transaction (`platform::outbox::batched`): a scoring batch publishes one message per
+/// organisation, not one per lead.
+pub const LEADS_SCORED: &str = "leads_scored";
+
+/// Reads a message of `events.qualification.>`: one `scored` event, or a `LEADS_SCORED` batch.
+pub fn read_scored(
+    subject: &str,
+    payload: &[u8],
+    out: &mut Vec<crate::Envelope<Scored>>,
+) -> Result<(), serde_json::Error> {
+    crate::Envelope::read_into(subject, payload, LEADS_SCORED, out)
+}

@@ -192,13 +192,8 @@ async fn a_burst_on_one_lead_coalesces_into_few_scorings_and_the_last_reflects_a
         env.publish_interaction(ORG, &chat_event(&format!("b-{n}"), &phone(1), &text)).await?;
     }
     eventually(DEADLINE, "every message observed by the engine", || async {
-        let inbound: Option<i64> =
-            sqlx::query_scalar("SELECT (features->>'inbound')::bigint FROM qualification.lead_state")
-                .fetch_optional(&admin)
-                .await
-                .ok()
-                .flatten();
-        (inbound == Some(BURST)).then_some(())
+        let inbound = inbound_messages(&admin).await?;
+        (inbound.values().collect::<Vec<_>>() == [&BURST]).then_some(())
     })
     .await;
     let lead = scored_lead(&leads, &phone(1), "the burst's score on the lead", |_| true).await;
@@ -416,12 +411,7 @@ async fn three_workers_split_a_backlog_and_a_killed_one_loses_and_doubles_nothin
         sqlx::query_as("SELECT lead_id, count(*) FROM lead.interactions GROUP BY lead_id").fetch_all(&admin).await?;
     let observed: HashMap<uuid::Uuid, i64> =
         eventually(Duration::from_secs(60), "every lead's state written", || async {
-            let rows: Vec<(uuid::Uuid, i64)> =
-                sqlx::query_as("SELECT lead_id, (features->>'inbound')::bigint FROM qualification.lead_state")
-                    .fetch_all(&admin)
-                    .await
-                    .ok()?;
-            let observed: HashMap<uuid::Uuid, i64> = rows.into_iter().collect();
+            let observed = inbound_messages(&admin).await?;
             (observed.values().sum::<i64>() == i64::from(TOTAL)).then_some(observed)
         })
         .await;
@@ -441,4 +431,16 @@ async fn three_workers_split_a_backlog_and_a_killed_one_loses_and_doubles_nothin
     }
     node.stop().await?;
     env.cleanup().await
+}
+
+/// The inbound messages the engine has observed, by lead, from the stored features.
+async fn inbound_messages(admin: &sqlx::PgPool) -> Option<HashMap<uuid::Uuid, i64>> {
+    let rows: Vec<(uuid::Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT lead_id, features FROM qualification.lead_features").fetch_all(admin).await.ok()?;
+    rows.into_iter()
+        .map(|(lead_id, stored)| {
+            let features = qualification::model::LeadFeatures::from_bytes(&stored).expect("stored features read back");
+            Some((lead_id, i64::from(features.inbound)))
+        })
+        .collect()
 }

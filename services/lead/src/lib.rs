@@ -95,7 +95,8 @@ fn broadcast_client(settings: &platform::Settings) -> Option<BroadcastTrackingSe
 
 async fn consume_scores(ctx: LeadContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(&batch, |scores: Vec<Envelope<contracts::qualification::Scored>>| async move {
+    let read = |d: &Delivery, out: &mut Vec<_>| contracts::qualification::read_scored(&d.subject, &d.payload, out);
+    consumer::apply_decoded(&batch, read, |scores: Vec<Envelope<contracts::qualification::Scored>>| async move {
         platform::error::retry_transient(LeadError::is_transient, || scores::apply_scores(ctx, &scores)).await
     })
     .await

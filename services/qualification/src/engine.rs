@@ -20,12 +20,18 @@ pub const RECENT_MESSAGES: usize = 8;
 /// How many characters of each kept message.
 pub const RECENT_CHARS: usize = 500;
 
-/// What the service keeps of a lead.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What the service keeps of a lead's state, from the lead's newest event.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LeadState {
     pub lead_version: i64,
     pub active: bool,
     pub manual_score: Option<i32>,
+}
+
+/// What the service keeps of a lead's conversation. It changes only with the lead's
+/// interactions, so it is stored apart from the state, which follows every lead event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conversation {
     pub features: LeadFeatures,
     /// The latest messages with text, oldest first; stored only while a language model scores.
     pub recent: Vec<RecentMessage>,
@@ -54,14 +60,39 @@ fn remember(recent: &mut Vec<RecentMessage>, message: &Message<'_>) {
 
 /// What a batch did to one lead.
 #[derive(Debug, Clone, Default)]
-pub struct Folded {
+pub struct Folded<'a> {
     pub state: LeadState,
+    /// The state is newer than the stored one.
+    pub state_changed: bool,
     /// New interactions were observed, or the lead was handed back to the engine: score it.
     pub rescore: bool,
     /// A score set by hand was cleared: publish the engine's score even when unchanged.
     pub handed_back: bool,
     /// The lead reached an outcome in this batch: Converted (true) or Lost (false).
     pub outcome: Option<(bool, DateTime<Utc>)>,
+    /// The interactions seen for the first time, in time order, until `observe` takes them.
+    pub interactions: Vec<Message<'a>>,
+    /// The conversation after the batch, once `observe` has read it.
+    pub conversation: Option<Conversation>,
+    /// `observe` took new interactions: the conversation has to be written.
+    pub observed: bool,
+}
+
+impl Folded<'_> {
+    /// Scoring or recording an outcome needs the lead's conversation.
+    pub fn needs_conversation(&self) -> bool {
+        self.rescore || self.outcome.is_some()
+    }
+
+    /// Takes the new interactions into the lead's stored conversation, in time order.
+    pub fn observe(&mut self, mut conversation: Conversation) {
+        for message in self.interactions.drain(..) {
+            conversation.features.observe(&message);
+            remember(&mut conversation.recent, &message);
+            self.observed = true;
+        }
+        self.conversation = Some(conversation);
+    }
 }
 
 /// A lead's key in a batch: organisation and lead id, sorted so that rows lock in one order.
@@ -69,23 +100,24 @@ pub type LeadKey = (String, Uuid);
 
 /// Folds a batch of lead events into the leads' stored states. `fresh` says whether an
 /// interaction (by event id) is seen for the first time: a redelivered one is not counted
-/// again. Interactions are observed in time order, whatever order they arrived in.
-pub fn fold(
-    events: &[Envelope<LeadEvent>],
+/// again. The new interactions wait in time order, whatever order they arrived in, for
+/// `Folded::observe` and the lead's conversation.
+pub fn fold<'a>(
+    events: &'a [Envelope<LeadEvent>],
     stored: &BTreeMap<LeadKey, LeadState>,
     fresh: impl Fn(&str, &str) -> bool,
-) -> BTreeMap<LeadKey, Folded> {
-    let mut out: BTreeMap<LeadKey, Folded> = BTreeMap::new();
-    let mut interactions: BTreeMap<LeadKey, Vec<(&InteractionSummary, &LeadEvent)>> = BTreeMap::new();
+) -> BTreeMap<LeadKey, Folded<'a>> {
+    let mut out: BTreeMap<LeadKey, Folded<'a>> = BTreeMap::new();
     for envelope in events {
         let lead = &envelope.data.lead;
         let key = (envelope.org_id.clone(), lead.id);
         let folded = out.entry(key.clone()).or_insert_with(|| Folded {
-            state: stored.get(&key).cloned().unwrap_or_else(|| LeadState { active: true, ..LeadState::default() }),
+            state: stored.get(&key).copied().unwrap_or(LeadState { active: true, ..LeadState::default() }),
             ..Folded::default()
         });
         if envelope.version > folded.state.lead_version {
             let was_manual = folded.state.manual_score.is_some();
+            folded.state_changed = true;
             folded.state.lead_version = envelope.version;
             folded.state.active = lead.active;
             folded.state.manual_score =
@@ -104,18 +136,12 @@ pub fn fold(
             &envelope.data.change
             && fresh(&envelope.org_id, &interaction.event_id)
         {
-            interactions.entry(key).or_default().push((interaction, &envelope.data));
+            folded.interactions.push(message(interaction, &envelope.data));
+            folded.rescore = true;
         }
     }
-    for (key, mut seen) in interactions {
-        seen.sort_by_key(|(interaction, _)| interaction.occurred_at);
-        let folded = out.get_mut(&key).expect("every interaction's lead is folded");
-        for (interaction, event) in seen {
-            let message = message(interaction, event);
-            folded.state.features.observe(&message);
-            remember(&mut folded.state.recent, &message);
-        }
-        folded.rescore = true;
+    for folded in out.values_mut() {
+        folded.interactions.sort_by_key(|m| m.at);
     }
     out
 }
@@ -272,10 +298,13 @@ mod tests {
             recorded(id, 2, "e2", 2, "outbound", "hello"),
             recorded(id, 1, "e1", 1, "inbound", "hi"),
         ];
-        let folded = fold(&events, &BTreeMap::new(), |_, event| event != "e2");
-        let lead = &folded[&("acme".to_owned(), id)];
-        assert!(lead.rescore);
-        assert_eq!((lead.state.features.inbound, lead.state.features.outbound), (2, 0), "e2 was seen before");
+        let mut folded = fold(&events, &BTreeMap::new(), |_, event| event != "e2");
+        let lead = folded.get_mut(&("acme".to_owned(), id)).unwrap();
+        assert!(lead.rescore && lead.needs_conversation());
+        lead.observe(Conversation::default());
+        assert!(lead.observed);
+        let features = &lead.conversation.as_ref().unwrap().features;
+        assert_eq!((features.inbound, features.outbound), (2, 0), "e2 was seen before");
         assert_eq!(lead.state.lead_version, 3);
         assert_eq!(folded.len(), 1, "one lead, one scoring");
     }
@@ -289,8 +318,10 @@ mod tests {
         events.push(recorded(id, 11, "late", -5, "outbound", "too old to keep"));
         events.push(recorded(id, 12, "long", 20, "outbound", &long));
         events.push(recorded(id, 13, "blank", 21, "inbound", "  "));
-        let folded = fold(&events, &BTreeMap::new(), |_, _| true);
-        let recent = &folded[&("acme".to_owned(), id)].state.recent;
+        let mut folded = fold(&events, &BTreeMap::new(), |_, _| true);
+        let lead = folded.get_mut(&("acme".to_owned(), id)).unwrap();
+        lead.observe(Conversation::default());
+        let recent = &lead.conversation.as_ref().unwrap().recent;
         let texts: Vec<&str> = recent.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(texts[..7], ["m3", "m4", "m5", "m6", "m7", "m8", "m9"]);
         assert_eq!(recent.len(), RECENT_MESSAGES);
@@ -306,28 +337,35 @@ mod tests {
         assert!(!lead.state.active);
         assert_eq!(lead.outcome.map(|o| o.0), Some(false), "lost is a negative");
         assert!(!lead.rescore, "no interaction, no scoring");
+        assert!(lead.state_changed && lead.needs_conversation(), "an outcome keeps the features it was decided with");
     }
 
     #[test]
     fn a_manual_score_is_kept_and_clearing_it_hands_the_lead_back() {
         let id = Uuid::now_v7();
         let key = ("acme".to_owned(), id);
-        let manual =
-            fold(&[changed(id, 2, Status::Qualifying, Some(77), Some("manual"))], &BTreeMap::new(), |_, _| true);
+        let set = [changed(id, 2, Status::Qualifying, Some(77), Some("manual"))];
+        let manual = fold(&set, &BTreeMap::new(), |_, _| true);
         assert_eq!(manual[&key].state.manual_score, Some(77));
-        assert!(!manual[&key].handed_back);
+        assert!(!manual[&key].handed_back && !manual[&key].needs_conversation());
         let stored: BTreeMap<LeadKey, LeadState> = manual.into_iter().map(|(k, f)| (k, f.state)).collect();
-        let back = fold(&[changed(id, 3, Status::Qualifying, None, None)], &stored, |_, _| true);
+        let cleared = [changed(id, 3, Status::Qualifying, None, None)];
+        let back = fold(&cleared, &stored, |_, _| true);
         assert_eq!(back[&key].state.manual_score, None);
-        assert!(back[&key].handed_back && back[&key].rescore);
+        assert!(back[&key].handed_back && back[&key].rescore && back[&key].needs_conversation());
+        let both = [set[0].clone(), cleared[0].clone()];
+        let in_one_batch = fold(&both, &BTreeMap::new(), |_, _| true);
+        assert!(in_one_batch[&key].handed_back && in_one_batch[&key].needs_conversation());
     }
 
     #[test]
     fn archived_is_no_label_and_converted_is_a_positive() {
         let id = Uuid::now_v7();
-        let archived = fold(&[changed(id, 2, Status::Archived, None, None)], &BTreeMap::new(), |_, _| true);
+        let archived = [changed(id, 2, Status::Archived, None, None)];
+        let archived = fold(&archived, &BTreeMap::new(), |_, _| true);
         assert_eq!(archived[&("acme".to_owned(), id)].outcome, None);
-        let converted = fold(&[changed(id, 2, Status::Converted, None, None)], &BTreeMap::new(), |_, _| true);
+        let converted = [changed(id, 2, Status::Converted, None, None)];
+        let converted = fold(&converted, &BTreeMap::new(), |_, _| true);
         assert_eq!(converted[&("acme".to_owned(), id)].outcome.map(|o| o.0), Some(true));
     }
 

@@ -1,13 +1,17 @@
 //! Keeps every lead's features from the lead service's events and scores the leads whose
 //! conversation changed, a batch at a time with a fixed number of statements whatever its
 //! size: new interactions are kept once (`scored_interactions`), the batch's leads are locked
-//! in one order, `engine::fold` decides, and states, outcomes and scores are written with one
-//! multi-row statement each. A burst on one lead is one scoring per batch. Scores go out
-//! through the outbox as `events.qualification.<org>.scored`; the lead service applies the
-//! newest and keeps a score set by hand over any of them.
+//! in one order, `engine::fold` decides, and states, conversations, outcomes and scores are
+//! written with one multi-row statement each. A lead's narrow state row follows every lead
+//! event; its conversation (features in `model::stored`'s binary form) is read only for the
+//! leads the batch scores or decides and written only when it took new interactions, so the
+//! lead's own `score_changed` events cost a narrow update. A burst on one lead is one scoring
+//! per batch. Scores go out through the outbox, one `events.qualification.<org>.leads_scored`
+//! message per organisation and batch; the lead service applies the newest and keeps a score
+//! set by hand over any of them.
 
 use crate::{
-    engine::{self, Folded, LeadKey, LeadState, RecentMessage, Scorer},
+    engine::{self, Conversation, Folded, LeadKey, LeadState, RecentMessage, Scorer},
     error::QualificationError,
     llm::LlmScorer,
     model::LeadFeatures,
@@ -17,7 +21,7 @@ use chrono::{DateTime, Utc};
 use contracts::{
     Envelope,
     lead::LeadEvent,
-    qualification::{SCORED, Scored},
+    qualification::{LEADS_SCORED, SCORED, Scored},
 };
 use platform::{
     nats::Subjects,
@@ -48,8 +52,6 @@ pub async fn apply_lead_events(
     platform::error::retry_transient(QualificationError::is_transient, || try_apply(ctx, batch)).await
 }
 
-type StateRow = (String, Uuid, i64, bool, Option<i32>, Json<LeadFeatures>, Option<Json<Vec<RecentMessage>>>);
-
 async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) -> Result<(), QualificationError> {
     let mut tx = ctx.pool.begin().await?;
     let fresh = keep_new_interactions(&mut tx, batch).await?;
@@ -60,20 +62,28 @@ async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) ->
         keys
     };
     let stored = lock_states(&mut tx, &keys).await?;
-    let folded = engine::fold(batch, &stored, |org, event| fresh.contains(&(org.to_owned(), event.to_owned())));
-    write_states(&mut tx, &folded, ctx.llm.is_some()).await?;
+    let mut folded = engine::fold(batch, &stored, |org, event| fresh.contains(&(org.to_owned(), event.to_owned())));
+    let wanted: Vec<LeadKey> = folded.iter().filter(|(_, f)| f.needs_conversation()).map(|(k, _)| k.clone()).collect();
+    let mut conversations = read_conversations(&mut tx, &wanted).await?;
+    for key in &wanted {
+        if let Some(lead) = folded.get_mut(key) {
+            lead.observe(conversations.remove(key).unwrap_or_default());
+        }
+    }
+    write_states(&mut tx, &folded).await?;
+    write_conversations(&mut tx, &folded, ctx.llm.is_some()).await?;
     write_outcomes(&mut tx, &folded).await?;
     let now = Utc::now();
-    let (mut scored, mut conversations) = (Vec::new(), Vec::new());
+    let (mut scored, mut recent) = (Vec::new(), Vec::new());
     for ((org_id, lead_id), lead) in &folded {
-        if lead.rescore && lead.state.active {
+        if let Some(conversation) = lead.conversation.as_ref().filter(|_| lead.rescore && lead.state.active) {
             let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
-            scored.push(Scoring::new(org_id, *lead_id, &lead.state, &scorer, now, lead.handed_back));
-            conversations.push(lead.state.recent.as_slice());
+            scored.push(Scoring::new(org_id, *lead_id, &lead.state, conversation, &scorer, now, lead.handed_back));
+            recent.push(conversation.recent.as_slice());
         }
     }
     if let Some(llm) = &ctx.llm {
-        llm.overlay(&mut scored, &conversations).await;
+        llm.overlay(&mut scored, &recent).await;
     }
     let messages = write_scores(ctx, &mut tx, &scored).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
@@ -130,8 +140,8 @@ async fn lock_states(
     .bind(&ids)
     .execute(&mut **tx)
     .await?;
-    let rows: Vec<StateRow> = sqlx::query_as(
-        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score, s.features, s.recent_messages \
+    let rows: Vec<(String, Uuid, i64, bool, Option<i32>)> = sqlx::query_as(
+        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score \
          FROM lead_state s \
          JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) USING (org_id, lead_id) \
          ORDER BY s.org_id, s.lead_id FOR UPDATE OF s",
@@ -142,32 +152,61 @@ async fn lock_states(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(org, id, lead_version, active, manual_score, features, recent)| {
-            let recent = recent.map(|r| r.0).unwrap_or_default();
-            ((org, id), LeadState { lead_version, active, manual_score, features: features.0, recent })
+        .map(|(org, id, lead_version, active, manual_score)| {
+            ((org, id), LeadState { lead_version, active, manual_score })
         })
         .collect())
 }
 
-/// Writes the folded states; the latest messages only when `keep_text` (a language model scores).
+type ConversationRow = (String, Uuid, Vec<u8>, Option<Json<Vec<RecentMessage>>>);
+
+/// Reads the conversations of leads whose rows the transaction has locked.
+async fn read_conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &[LeadKey],
+) -> Result<BTreeMap<LeadKey, Conversation>, QualificationError> {
+    if keys.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let orgs: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
+    let rows: Vec<ConversationRow> = sqlx::query_as(
+        "SELECT f.org_id, f.lead_id, f.features, f.recent_messages FROM lead_features f \
+         JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) USING (org_id, lead_id)",
+    )
+    .bind(&orgs)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|(org, id, features, recent)| {
+            let features = LeadFeatures::from_bytes(&features)
+                .map_err(|e| QualificationError::Unreadable(format!("features of lead {id}: {e}")))?;
+            Ok(((org, id), Conversation { features, recent: recent.map(|r| r.0).unwrap_or_default() }))
+        })
+        .collect()
+}
+
+/// Writes the states the batch made newer.
 async fn write_states(
     tx: &mut Transaction<'_, Postgres>,
-    folded: &BTreeMap<LeadKey, Folded>,
-    keep_text: bool,
+    folded: &BTreeMap<LeadKey, Folded<'_>>,
 ) -> Result<(), QualificationError> {
-    let orgs: Vec<&str> = folded.keys().map(|k| k.0.as_str()).collect();
-    let ids: Vec<Uuid> = folded.keys().map(|k| k.1).collect();
-    let versions: Vec<i64> = folded.values().map(|f| f.state.lead_version).collect();
-    let active: Vec<bool> = folded.values().map(|f| f.state.active).collect();
-    let manual: Vec<Option<i32>> = folded.values().map(|f| f.state.manual_score).collect();
-    let features: Vec<Json<&LeadFeatures>> = folded.values().map(|f| Json(&f.state.features)).collect();
-    let recent: Vec<Option<Json<&Vec<RecentMessage>>>> =
-        folded.values().map(|f| (keep_text && !f.state.recent.is_empty()).then_some(Json(&f.state.recent))).collect();
+    let changed: Vec<(&LeadKey, &LeadState)> =
+        folded.iter().filter(|(_, f)| f.state_changed).map(|(k, f)| (k, &f.state)).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let orgs: Vec<&str> = changed.iter().map(|c| c.0.0.as_str()).collect();
+    let ids: Vec<Uuid> = changed.iter().map(|c| c.0.1).collect();
+    let versions: Vec<i64> = changed.iter().map(|c| c.1.lead_version).collect();
+    let active: Vec<bool> = changed.iter().map(|c| c.1.active).collect();
+    let manual: Vec<Option<i32>> = changed.iter().map(|c| c.1.manual_score).collect();
     sqlx::query(
         "UPDATE lead_state s SET lead_version = u.lead_version, active = u.active, manual_score = u.manual_score, \
-           features = u.features, recent_messages = u.recent_messages, updated_at = now() \
-         FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bool[], $5::int[], $6::jsonb[], $7::jsonb[]) \
-           AS u(org_id, lead_id, lead_version, active, manual_score, features, recent_messages) \
+           updated_at = now() \
+         FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::bool[], $5::int[]) \
+           AS u(org_id, lead_id, lead_version, active, manual_score) \
          WHERE s.org_id = u.org_id AND s.lead_id = u.lead_id",
     )
     .bind(&orgs)
@@ -175,6 +214,36 @@ async fn write_states(
     .bind(&versions)
     .bind(&active)
     .bind(&manual)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes the conversations that took new interactions; the latest messages only when
+/// `keep_text` (a language model scores).
+async fn write_conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    folded: &BTreeMap<LeadKey, Folded<'_>>,
+    keep_text: bool,
+) -> Result<(), QualificationError> {
+    let observed: Vec<(&LeadKey, &Conversation)> =
+        folded.iter().filter(|(_, f)| f.observed).filter_map(|(k, f)| Some((k, f.conversation.as_ref()?))).collect();
+    if observed.is_empty() {
+        return Ok(());
+    }
+    let orgs: Vec<&str> = observed.iter().map(|o| o.0.0.as_str()).collect();
+    let ids: Vec<Uuid> = observed.iter().map(|o| o.0.1).collect();
+    let features: Vec<Vec<u8>> = observed.iter().map(|o| o.1.features.to_bytes()).collect();
+    let recent: Vec<Option<Json<&Vec<RecentMessage>>>> =
+        observed.iter().map(|o| (keep_text && !o.1.recent.is_empty()).then_some(Json(&o.1.recent))).collect();
+    sqlx::query(
+        "INSERT INTO lead_features AS f (org_id, lead_id, features, recent_messages) \
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bytea[], $4::jsonb[]) \
+         ON CONFLICT (org_id, lead_id) DO UPDATE SET features = EXCLUDED.features, \
+           recent_messages = EXCLUDED.recent_messages",
+    )
+    .bind(&orgs)
+    .bind(&ids)
     .bind(&features)
     .bind(&recent)
     .execute(&mut **tx)
@@ -184,7 +253,7 @@ async fn write_states(
 
 async fn write_outcomes(
     tx: &mut Transaction<'_, Postgres>,
-    folded: &BTreeMap<LeadKey, Folded>,
+    folded: &BTreeMap<LeadKey, Folded<'_>>,
 ) -> Result<(), QualificationError> {
     let decided: Vec<(&LeadKey, &Folded)> = folded.iter().filter(|(_, f)| f.outcome.is_some()).collect();
     if decided.is_empty() {
@@ -195,7 +264,9 @@ async fn write_outcomes(
     let ids: Vec<Uuid> = decided.iter().map(|d| d.0.1).collect();
     let converted: Vec<bool> = decided.iter().map(|d| outcome(d.1).0).collect();
     let at: Vec<DateTime<Utc>> = decided.iter().map(|d| outcome(d.1).1).collect();
-    let features: Vec<Json<&LeadFeatures>> = decided.iter().map(|d| Json(&d.1.state.features)).collect();
+    let empty = LeadFeatures::default();
+    let features: Vec<Json<&LeadFeatures>> =
+        decided.iter().map(|d| Json(d.1.conversation.as_ref().map_or(&empty, |c| &c.features))).collect();
     sqlx::query(
         "INSERT INTO outcomes (org_id, lead_id, converted, decided_at, features) \
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bool[], $4::timestamptz[], $5::jsonb[]) \
@@ -230,11 +301,12 @@ impl Scoring {
         org_id: &str,
         lead_id: Uuid,
         state: &LeadState,
+        conversation: &Conversation,
         scorer: &Scorer,
         now: DateTime<Utc>,
         force: bool,
     ) -> Self {
-        let explanation = scorer.explain(&state.features, now);
+        let explanation = scorer.explain(&conversation.features, now);
         Self {
             org_id: org_id.to_owned(),
             lead_id,
@@ -288,46 +360,45 @@ pub async fn write_scores(
     }
     let by_key: BTreeMap<(&str, Uuid), &Scoring> = scored.iter().map(|s| ((s.org_id.as_str(), s.lead_id), s)).collect();
     let now = Utc::now();
-    Ok(written
-        .into_iter()
+    let events: Vec<(&str, Envelope<Scored>)> = written
+        .iter()
         .filter_map(|(org_id, lead_id, version)| {
-            let scoring = by_key.get(&(org_id.as_str(), lead_id))?;
+            let scoring = by_key.get(&(org_id.as_str(), *lead_id))?;
             (!scoring.manual).then(|| {
                 let data = Scored {
-                    lead_id,
+                    lead_id: *lead_id,
                     score: scoring.score,
                     reasons: scoring.reasons.clone(),
                     model_version: scoring.model_version.clone(),
                     scored_at: now,
                 };
-                let envelope = Envelope::new(&org_id, SCORED, lead_id, version, data);
-                OutboxMessage {
-                    org_id: org_id.clone(),
-                    subject: ctx.subjects.event("qualification", &org_id, SCORED),
-                    msg_id: envelope.id.to_string(),
-                    payload: envelope.to_json(),
-                }
+                (org_id.as_str(), Envelope::new(org_id, SCORED, *lead_id, *version, data))
             })
         })
-        .collect())
+        .collect();
+    Ok(platform::outbox::batched_by_org(events, LEADS_SCORED, |org_id| {
+        ctx.subjects.event("qualification", org_id, LEADS_SCORED)
+    }))
 }
 
 /// Scores one lead now (`Requalify`): refused for an inactive lead, answered with the hand-set
 /// score for a lead whose score was set by hand.
 pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) -> Result<(), QualificationError> {
     let mut tx = ctx.pool.begin().await?;
-    let stored = lock_states(&mut tx, &[(org_id.to_owned(), lead_id)]).await?;
-    let state = match stored.get(&(org_id.to_owned(), lead_id)) {
-        Some(state) if state.lead_version > 0 => state.clone(),
+    let key = (org_id.to_owned(), lead_id);
+    let stored = lock_states(&mut tx, std::slice::from_ref(&key)).await?;
+    let state = match stored.get(&key) {
+        Some(state) if state.lead_version > 0 => *state,
         _ => return Err(QualificationError::NotFound(lead_id.to_string())),
     };
     if !state.active {
         return Err(QualificationError::Inactive(lead_id.to_string()));
     }
+    let conversation = read_conversations(&mut tx, std::slice::from_ref(&key)).await?.remove(&key).unwrap_or_default();
     let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
-    let mut scoring = [Scoring::new(org_id, lead_id, &state, &scorer, Utc::now(), true)];
+    let mut scoring = [Scoring::new(org_id, lead_id, &state, &conversation, &scorer, Utc::now(), true)];
     if let Some(llm) = &ctx.llm {
-        llm.overlay(&mut scoring, &[state.recent.as_slice()]).await;
+        llm.overlay(&mut scoring, &[conversation.recent.as_slice()]).await;
     }
     let messages = write_scores(ctx, &mut tx, &scoring).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;

@@ -76,6 +76,7 @@ pub mod learn;
 pub mod lexicon;
 pub mod prior;
 pub mod rng;
+pub mod stored;
 pub mod synthetic;
 pub mod text;
 

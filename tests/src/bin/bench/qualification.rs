@@ -256,6 +256,8 @@ struct Drain {
     scorings: u64,
     /// Score versions written: the sum of `qualification.scores.version`.
     versions: i64,
+    /// Messages the workers published (`EVENTS_QUALIFICATION`): scores go out batched.
+    published: u64,
     /// CPU time of the worker processes, from their start until the backlog was drained.
     worker_cpu: f64,
     /// Busy CPU of the whole machine over the same time.
@@ -378,6 +380,14 @@ async fn drain_in(
     let versions: i64 = sqlx::query_scalar("SELECT coalesce(sum(version), 0)::bigint FROM qualification.scores")
         .fetch_one(admin)
         .await?;
+    let published = env
+        .js
+        .get_stream(env.subjects.stream_name(StreamKind::Events("qualification")))
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
     let drained = Drain {
         workers,
         interactions,
@@ -389,6 +399,7 @@ async fn drain_in(
         elapsed,
         scorings,
         versions,
+        published,
         worker_cpu,
         machine_cpu,
     };
@@ -477,6 +488,7 @@ fn drain_report(report: &mut Report, args: &Args, drains: &[Drain], texts: &Text
         format!("{} / {}", thousands(d.scorings as f64), thousands(d.versions as f64))
     });
     row(report, "score versions / s", &|d: &Drain| thousands(rate(d.versions as u64, d.elapsed)));
+    row(report, "messages published (scores batched by organisation)", &|d: &Drain| thousands(d.published as f64));
     row(report, "worker CPU (all workers) / per scoring / of the drain's wall time", &|d: &Drain| {
         format!(
             "{:.1} s / {} / {:.0}%",
@@ -524,11 +536,11 @@ fn raw_costs(report: &mut Report, d: &Drain, worker_per_scoring: f64) {
     let scorings = d.scorings.max(1) as f64;
     let machine_per_scoring = d.machine_cpu / scorings;
     // What a scoring writes, as rows like the raw insert's: its share of scored_interactions,
-    // the lead's state row, its score row, and an outbox row per score version; its share of
-    // the lead event messages consumed; a scored event published per score version.
-    let rows = (d.interactions as f64 + d.versions as f64) / scorings + 2.0;
+    // the lead's state row, its features row, its score row, and its share of the outbox rows;
+    // its share of the lead event messages consumed and of the messages published.
+    let rows = (d.interactions as f64 + d.published as f64) / scorings + 3.0;
     let messages = d.stream_messages as f64 / scorings;
-    let published = d.versions as f64 / scorings;
+    let published = d.published as f64 / scorings;
     let parts = rows * pg + messages * consume + published * publish;
     let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
     report.line("#### One worker's CPU per scoring beside the raw parts (same run)\n");
@@ -565,7 +577,7 @@ fn raw_costs(report: &mut Report, d: &Drain, worker_per_scoring: f64) {
     ));
     report.line(format!(
         "\nOn {cores} cores, the raw parts alone would allow {} scorings/s (cores / their CPU per scoring; the rows \
-         are counted as the raw insert's narrow rows, while a lead's state row carries its features as JSON, so this \
+         are counted as the raw insert's narrow rows, while a lead's features row carries a few hundred bytes, so this \
          ceiling is generous); the whole machine spent {} per scoring in the 1-worker drain, {} scorings/s at full \
          use of the cores; a worker alone, with the cores to itself, {} scorings/s.\n",
         thousands(cores / parts),
