@@ -32,3 +32,32 @@ pub fn read_scored(
 ) -> Result<(), serde_json::Error> {
     crate::Envelope::read_into(subject, payload, LEADS_SCORED, out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Envelope;
+
+    fn scored(score: i32) -> Envelope<Scored> {
+        let lead_id = Uuid::now_v7();
+        let data = Scored {
+            lead_id,
+            score,
+            reasons: vec!["intent +9".into()],
+            model_version: "prior-v1".into(),
+            scored_at: Utc::now(),
+        };
+        Envelope::new("acme", SCORED, lead_id, 2, data)
+    }
+
+    #[test]
+    fn a_lone_score_and_a_batch_of_them_both_read() {
+        let (one, two) = (scored(40), scored(80));
+        let mut out = Vec::new();
+        read_scored("events.qualification.acme.scored", &one.to_json(), &mut out).unwrap();
+        let batch = Envelope::new("acme", LEADS_SCORED, Uuid::now_v7(), 1, vec![one.clone(), two.clone()]);
+        read_scored("events.qualification.acme.leads_scored", &batch.to_json(), &mut out).unwrap();
+        assert_eq!(out, [one.clone(), one, two]);
+        assert!(read_scored("events.qualification.acme.scored", &batch.to_json(), &mut out).is_err());
+    }
+}
