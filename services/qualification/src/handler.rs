@@ -13,7 +13,7 @@
 use crate::{
     engine::{self, Conversation, Folded, LeadKey, LeadState, RecentMessage, Scorer},
     error::QualificationError,
-    llm::LlmScorer,
+    llm::{Answers, LlmScorer},
     model::LeadFeatures,
     training::Models,
 };
@@ -27,7 +27,7 @@ use platform::{
     nats::Subjects,
     outbox::{OutboxMessage, OutboxSignal},
 };
-use sqlx::{PgPool, Postgres, Transaction, types::Json};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction, types::Json};
 use std::{
     collections::{BTreeMap, HashSet},
     sync::Arc,
@@ -53,23 +53,13 @@ pub async fn apply_lead_events(
 }
 
 async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) -> Result<(), QualificationError> {
+    let asked = match &ctx.llm {
+        Some(llm) => Some((llm, ask_first(ctx, llm, batch).await?)),
+        None => None,
+    };
     let mut tx = ctx.pool.begin().await?;
     let fresh = keep_new_interactions(&mut tx, batch).await?;
-    let keys: Vec<LeadKey> = {
-        let mut keys: Vec<LeadKey> = batch.iter().map(|e| (e.org_id.clone(), e.data.lead.id)).collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    };
-    let stored = lock_states(&mut tx, &keys).await?;
-    let mut folded = engine::fold(batch, &stored, |org, event| fresh.contains(&(org.to_owned(), event.to_owned())));
-    let wanted: Vec<LeadKey> = folded.iter().filter(|(_, f)| f.needs_conversation()).map(|(k, _)| k.clone()).collect();
-    let mut conversations = read_conversations(&mut tx, &wanted).await?;
-    for key in &wanted {
-        if let Some(lead) = folded.get_mut(key) {
-            lead.observe(conversations.remove(key).unwrap_or_default());
-        }
-    }
+    let folded = fold_batch(&mut tx, batch, &fresh, true).await?;
     write_states(&mut tx, &folded).await?;
     write_conversations(&mut tx, &folded, ctx.llm.is_some()).await?;
     write_outcomes(&mut tx, &folded).await?;
@@ -82,8 +72,8 @@ async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) ->
             recent.push(conversation.recent.as_slice());
         }
     }
-    if let Some(llm) = &ctx.llm {
-        llm.overlay(&mut scored, &recent).await;
+    if let Some((llm, answers)) = &asked {
+        llm.apply(answers, &mut scored, &recent);
     }
     let messages = write_scores(ctx, &mut tx, &scored).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
@@ -96,20 +86,71 @@ async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) ->
     Ok(())
 }
 
-/// Records the batch's interactions by event id; answers those not seen before.
-async fn keep_new_interactions(
-    tx: &mut Transaction<'_, Postgres>,
+/// Puts to the language model the conversations the batch would score, read without locking
+/// anything, so that no lead's row waits on the model; `LlmScorer::apply` then uses only the
+/// answers about a conversation that is still the lead's once its row is locked.
+async fn ask_first(
+    ctx: &QualificationContext,
+    llm: &LlmScorer,
     batch: &[Envelope<LeadEvent>],
-) -> Result<HashSet<(String, String)>, QualificationError> {
-    let (mut orgs, mut events) = (Vec::new(), Vec::new());
-    for envelope in batch {
-        if let contracts::lead::LeadChange::Created { interaction }
-        | contracts::lead::LeadChange::InteractionRecorded { interaction } = &envelope.data.change
-        {
-            orgs.push(envelope.org_id.as_str());
-            events.push(interaction.event_id.as_str());
+) -> Result<Answers, QualificationError> {
+    let questions: Vec<(LeadKey, Vec<RecentMessage>)> = {
+        let mut conn = ctx.pool.acquire().await?;
+        let fresh = unseen_interactions(&mut conn, batch).await?;
+        let folded = fold_batch(&mut conn, batch, &fresh, false).await?;
+        folded
+            .into_iter()
+            .filter(|(_, lead)| lead.rescore && lead.state.active && lead.state.manual_score.is_none())
+            .filter_map(|(key, lead)| Some((key, lead.conversation?.recent)))
+            .collect()
+    };
+    Ok(llm.ask(questions).await)
+}
+
+/// The batch folded onto its leads' stored states (their rows locked in key order when
+/// `lock`), with the conversations of the leads it scores or decides read and brought up to
+/// date. `fresh` holds the interactions seen for the first time.
+async fn fold_batch<'a>(
+    conn: &mut PgConnection,
+    batch: &'a [Envelope<LeadEvent>],
+    fresh: &HashSet<(String, String)>,
+    lock: bool,
+) -> Result<BTreeMap<LeadKey, Folded<'a>>, QualificationError> {
+    let mut keys: Vec<LeadKey> = batch.iter().map(|e| (e.org_id.clone(), e.data.lead.id)).collect();
+    keys.sort();
+    keys.dedup();
+    let stored = read_states(conn, &keys, lock).await?;
+    let mut folded = engine::fold(batch, &stored, |org, event| fresh.contains(&(org.to_owned(), event.to_owned())));
+    let wanted: Vec<LeadKey> = folded.iter().filter(|(_, f)| f.needs_conversation()).map(|(k, _)| k.clone()).collect();
+    let mut conversations = read_conversations(conn, &wanted).await?;
+    for key in &wanted {
+        if let Some(lead) = folded.get_mut(key) {
+            lead.observe(conversations.remove(key).unwrap_or_default());
         }
     }
+    Ok(folded)
+}
+
+/// The batch's interactions, as organisation and event id arrays.
+fn interaction_ids(batch: &[Envelope<LeadEvent>]) -> (Vec<&str>, Vec<&str>) {
+    batch
+        .iter()
+        .filter_map(|envelope| match &envelope.data.change {
+            contracts::lead::LeadChange::Created { interaction }
+            | contracts::lead::LeadChange::InteractionRecorded { interaction } => {
+                Some((envelope.org_id.as_str(), interaction.event_id.as_str()))
+            }
+            _ => None,
+        })
+        .unzip()
+}
+
+/// Records the batch's interactions by event id; answers those not seen before.
+async fn keep_new_interactions(
+    conn: &mut PgConnection,
+    batch: &[Envelope<LeadEvent>],
+) -> Result<HashSet<(String, String)>, QualificationError> {
+    let (orgs, events) = interaction_ids(batch);
     if orgs.is_empty() {
         return Ok(HashSet::new());
     }
@@ -119,37 +160,61 @@ async fn keep_new_interactions(
     )
     .bind(&orgs)
     .bind(&events)
-    .fetch_all(&mut **tx)
+    .fetch_all(conn)
     .await?;
     Ok(fresh.into_iter().collect())
 }
 
-/// Locks the batch's leads (creating the rows of new ones) in key order, so that concurrent
-/// batches, in this process or another, take them one after the other without deadlock.
-async fn lock_states(
-    tx: &mut Transaction<'_, Postgres>,
+/// The batch's interactions not recorded yet, recording nothing.
+async fn unseen_interactions(
+    conn: &mut PgConnection,
+    batch: &[Envelope<LeadEvent>],
+) -> Result<HashSet<(String, String)>, QualificationError> {
+    let (orgs, events) = interaction_ids(batch);
+    if orgs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let unseen: Vec<(String, String)> = sqlx::query_as(
+        "SELECT k.org_id, k.event_id FROM UNNEST($1::text[], $2::text[]) AS k(org_id, event_id) \
+         WHERE NOT EXISTS (SELECT 1 FROM scored_interactions s WHERE s.org_id = k.org_id AND s.event_id = k.event_id)",
+    )
+    .bind(&orgs)
+    .bind(&events)
+    .fetch_all(conn)
+    .await?;
+    Ok(unseen.into_iter().collect())
+}
+
+/// Reads the leads' stored states. With `lock`, first creates the rows of new leads and locks
+/// them all in key order, so that concurrent batches, in this process or another, take them
+/// one after the other without deadlock.
+async fn read_states(
+    conn: &mut PgConnection,
     keys: &[LeadKey],
+    lock: bool,
 ) -> Result<BTreeMap<LeadKey, LeadState>, QualificationError> {
     let orgs: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
-    sqlx::query(
-        "INSERT INTO lead_state (org_id, lead_id) SELECT * FROM UNNEST($1::text[], $2::uuid[]) \
-         ORDER BY 1, 2 ON CONFLICT DO NOTHING",
-    )
-    .bind(&orgs)
-    .bind(&ids)
-    .execute(&mut **tx)
-    .await?;
-    let rows: Vec<(String, Uuid, i64, bool, Option<i32>)> = sqlx::query_as(
-        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score \
-         FROM lead_state s \
+    if lock {
+        sqlx::query(
+            "INSERT INTO lead_state (org_id, lead_id) SELECT * FROM UNNEST($1::text[], $2::uuid[]) \
+             ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+        )
+        .bind(&orgs)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let query = if lock {
+        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score FROM lead_state s \
          JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) USING (org_id, lead_id) \
-         ORDER BY s.org_id, s.lead_id FOR UPDATE OF s",
-    )
-    .bind(&orgs)
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?;
+         ORDER BY s.org_id, s.lead_id FOR UPDATE OF s"
+    } else {
+        "SELECT s.org_id, s.lead_id, s.lead_version, s.active, s.manual_score FROM lead_state s \
+         JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) USING (org_id, lead_id)"
+    };
+    let rows: Vec<(String, Uuid, i64, bool, Option<i32>)> =
+        sqlx::query_as(query).bind(&orgs).bind(&ids).fetch_all(conn).await?;
     Ok(rows
         .into_iter()
         .map(|(org, id, lead_version, active, manual_score)| {
@@ -160,9 +225,9 @@ async fn lock_states(
 
 type ConversationRow = (String, Uuid, Vec<u8>, Option<Json<Vec<RecentMessage>>>);
 
-/// Reads the conversations of leads whose rows the transaction has locked.
+/// Reads the leads' conversations.
 async fn read_conversations(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     keys: &[LeadKey],
 ) -> Result<BTreeMap<LeadKey, Conversation>, QualificationError> {
     if keys.is_empty() {
@@ -176,7 +241,7 @@ async fn read_conversations(
     )
     .bind(&orgs)
     .bind(&ids)
-    .fetch_all(&mut **tx)
+    .fetch_all(conn)
     .await?;
     rows.into_iter()
         .map(|(org, id, features, recent)| {
@@ -382,27 +447,46 @@ pub async fn write_scores(
 }
 
 /// Scores one lead now (`Requalify`): refused for an inactive lead, answered with the hand-set
-/// score for a lead whose score was set by hand.
+/// score for a lead whose score was set by hand. A language model is asked before the lead's
+/// row is locked, as for a batch.
 pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) -> Result<(), QualificationError> {
-    let mut tx = ctx.pool.begin().await?;
     let key = (org_id.to_owned(), lead_id);
-    let stored = lock_states(&mut tx, std::slice::from_ref(&key)).await?;
-    let state = match stored.get(&key) {
-        Some(state) if state.lead_version > 0 => *state,
-        _ => return Err(QualificationError::NotFound(lead_id.to_string())),
+    let asked = match &ctx.llm {
+        Some(llm) => {
+            let (state, conversation) = lead_conversation(&mut *ctx.pool.acquire().await?, &key, false).await?;
+            let question = state.manual_score.is_none().then(|| (key.clone(), conversation.recent));
+            Some((llm, llm.ask(question.into_iter().collect()).await))
+        }
+        None => None,
     };
-    if !state.active {
-        return Err(QualificationError::Inactive(lead_id.to_string()));
-    }
-    let conversation = read_conversations(&mut tx, std::slice::from_ref(&key)).await?.remove(&key).unwrap_or_default();
+    let mut tx = ctx.pool.begin().await?;
+    let (state, conversation) = lead_conversation(&mut tx, &key, true).await?;
     let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
     let mut scoring = [Scoring::new(org_id, lead_id, &state, &conversation, &scorer, Utc::now(), true)];
-    if let Some(llm) = &ctx.llm {
-        llm.overlay(&mut scoring, &[conversation.recent.as_slice()]).await;
+    if let Some((llm, answers)) = &asked {
+        llm.apply(answers, &mut scoring, &[conversation.recent.as_slice()]);
     }
     let messages = write_scores(ctx, &mut tx, &scoring).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
     tx.commit().await?;
     ctx.outbox.notify();
     Ok(())
+}
+
+/// One lead's state (its row locked when `lock`) and conversation: not found unless the lead
+/// service has told of it, refused when it is inactive.
+async fn lead_conversation(
+    conn: &mut PgConnection,
+    key: &LeadKey,
+    lock: bool,
+) -> Result<(LeadState, Conversation), QualificationError> {
+    let state = match read_states(conn, std::slice::from_ref(key), lock).await?.get(key) {
+        Some(state) if state.lead_version > 0 => *state,
+        _ => return Err(QualificationError::NotFound(key.1.to_string())),
+    };
+    if !state.active {
+        return Err(QualificationError::Inactive(key.1.to_string()));
+    }
+    let conversation = read_conversations(conn, std::slice::from_ref(key)).await?.remove(key).unwrap_or_default();
+    Ok((state, conversation))
 }

@@ -12,7 +12,11 @@
 //! in service is hyper's client over plain TCP or rustls (ring, the TLS stack sqlx already
 //! uses), trusting the system's certificate authorities, or Mozilla's when the system has none.
 
-use crate::{engine::RecentMessage, handler::Scoring, model::Direction};
+use crate::{
+    engine::{LeadKey, RecentMessage},
+    handler::Scoring,
+    model::Direction,
+};
 use bytes::Bytes;
 use futures::{StreamExt, future::BoxFuture};
 use http_body_util::{BodyExt, Full, Limited};
@@ -28,6 +32,7 @@ use platform::settings::QualificationSettings;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -76,6 +81,8 @@ pub enum LlmError {
     BadReply(&'static str),
     #[error("score {0} is outside 0-100")]
     OutOfRange(i64),
+    #[error("the conversation changed while the model was asked")]
+    Changed,
 }
 
 impl LlmError {
@@ -89,6 +96,7 @@ impl LlmError {
             LlmError::Status(_) => "http_status",
             LlmError::BadReply(_) => "bad_reply",
             LlmError::OutOfRange(_) => "out_of_range",
+            LlmError::Changed => "changed",
         }
     }
 }
@@ -163,36 +171,51 @@ impl LlmScorer {
         parse_reply(&reply)
     }
 
-    /// Replaces the built-in scores of `scored` with the model's where it answers, all leads at
-    /// once (at most `MAX_IN_FLIGHT` requests in flight) and within one timeout for them all.
-    /// `conversations[i]` is the conversation of `scored[i]`. A lead whose score was set by hand
-    /// is not sent: its engine score is not published.
-    pub async fn overlay(&self, scored: &mut [Scoring], conversations: &[&[RecentMessage]]) {
+    /// Asks the model about each lead's conversation, all at once (at most `MAX_IN_FLIGHT`
+    /// requests in flight) and within one timeout for them all. The handler asks before it
+    /// locks the leads' rows, so that no lock waits on the model.
+    pub async fn ask(&self, conversations: Vec<(LeadKey, Vec<RecentMessage>)>) -> Answers {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut asked = Vec::new();
-        let mut requests = Vec::new();
-        for (n, (scoring, conversation)) in scored.iter().zip(conversations).enumerate() {
-            if !scoring.manual {
-                asked.push(n);
-                requests.push(self.score_until(conversation, deadline));
-            }
-        }
+        // Collected first: a lazy map of borrowing closures would keep the future from being Send.
+        let requests: Vec<_> =
+            conversations.iter().map(|(_, conversation)| self.score_until(conversation, deadline)).collect();
         let answers: Vec<Result<LlmScore, LlmError>> =
             futures::stream::iter(requests).buffered(MAX_IN_FLIGHT).collect().await;
+        Answers(
+            conversations
+                .into_iter()
+                .zip(answers)
+                .map(|((key, conversation), answer)| (key, (conversation, answer)))
+                .collect(),
+        )
+    }
+
+    /// Replaces the built-in scores of `scored` with the model's answers where it answered
+    /// about exactly the conversation the lead has now (`conversations[i]` is `scored[i]`'s);
+    /// a lead whose conversation moved on meanwhile, or that was not asked, keeps the built-in
+    /// score. A lead whose score was set by hand is left alone: its engine score is not
+    /// published.
+    pub fn apply(&self, answers: &Answers, scored: &mut [Scoring], conversations: &[&[RecentMessage]]) {
         let version = self.version();
-        for (n, result) in asked.into_iter().zip(answers) {
-            let scoring = &mut scored[n];
-            match result {
+        for (scoring, conversation) in scored.iter_mut().zip(conversations) {
+            if scoring.manual {
+                continue;
+            }
+            let answer = match answers.0.get(&(scoring.org_id.clone(), scoring.lead_id)) {
+                Some((asked, answer)) if asked.as_slice() == *conversation => answer.as_ref(),
+                _ => Err(&LlmError::Changed),
+            };
+            match answer {
                 Ok(answer) => {
                     scoring.score = answer.score;
-                    scoring.reasons = answer.reasons;
+                    scoring.reasons.clone_from(&answer.reasons);
                     scoring.model_version.clone_from(&version);
                     metrics::counter!(SCORES, "service" => "qualification").increment(1);
                 }
                 Err(error) => {
                     metrics::counter!(FALLBACKS, "service" => "qualification", "reason" => error.reason()).increment(1);
                     match error {
-                        LlmError::NoConversation | LlmError::RateLimited => {
+                        LlmError::NoConversation | LlmError::RateLimited | LlmError::Changed => {
                             tracing::debug!(lead_id = %scoring.lead_id, %error, "built-in score kept")
                         }
                         _ => {
@@ -204,6 +227,10 @@ impl LlmScorer {
         }
     }
 }
+
+/// The model's answers by lead, each with the conversation it was asked about.
+#[derive(Debug, Default)]
+pub struct Answers(HashMap<LeadKey, (Vec<RecentMessage>, Result<LlmScore, LlmError>)>);
 
 /// The chat-completions request for one conversation.
 pub fn request_body(model: &str, conversation: &[RecentMessage]) -> Value {
@@ -431,6 +458,16 @@ mod tests {
         }
     }
 
+    /// What the handler asks about: every lead not scored by hand, with its conversation.
+    fn asked(scored: &[Scoring], conversations: &[&[RecentMessage]]) -> Vec<(LeadKey, Vec<RecentMessage>)> {
+        scored
+            .iter()
+            .zip(conversations)
+            .filter(|(s, _)| !s.manual)
+            .map(|(s, c)| ((s.org_id.clone(), s.lead_id), c.to_vec()))
+            .collect()
+    }
+
     fn scoring(manual: bool) -> Scoring {
         Scoring {
             org_id: "acme".into(),
@@ -456,16 +493,28 @@ mod tests {
         let mut scored = vec![scoring(false), scoring(true), scoring(false), scoring(false), scoring(false)];
         let conversations: Vec<&[RecentMessage]> =
             vec![&conversation, &conversation, &[], &conversation, &conversation];
-        llm.overlay(&mut scored, &conversations).await;
+        let answers = llm.ask(asked(&scored, &conversations)).await;
+        llm.apply(&answers, &mut scored, &conversations);
         let versions: Vec<&str> = scored.iter().map(|s| s.model_version.as_str()).collect();
         assert_eq!(versions, ["llm:m1", "prior-v1", "prior-v1", "llm:m1", "prior-v1"], "manual, empty, rate limited");
         assert_eq!((scored[0].score, scored[0].reasons.as_slice()), (91, ["buys".to_owned()].as_slice()));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
 
+        // An answer about a conversation that has moved on since, or about no conversation
+        // asked, is not used.
+        let (llm, _) = scorer(Ok(completion(r#"{"score": 91, "reasons": []}"#)), Duration::ZERO, 10);
+        let mut scored = vec![scoring(false), scoring(false)];
+        let answers = llm.ask(asked(&scored[..1], &[&conversation])).await;
+        let longer = [said(Direction::Inbound, "quiero comprar"), said(Direction::Outbound, "claro")];
+        llm.apply(&answers, &mut scored, &[&longer, &conversation]);
+        assert!(scored.iter().all(|s| s.model_version == "prior-v1" && s.score == 40));
+
         let (slow, _) = scorer(Ok(completion(r#"{"score": 91, "reasons": []}"#)), Duration::from_secs(5), 10);
         let mut scored = vec![scoring(false), scoring(false)];
         let started = Instant::now();
-        slow.overlay(&mut scored, &[&conversation, &conversation]).await;
+        let conversations: Vec<&[RecentMessage]> = vec![&conversation, &conversation];
+        let answers = slow.ask(asked(&scored, &conversations)).await;
+        slow.apply(&answers, &mut scored, &conversations);
         assert!(started.elapsed() < Duration::from_secs(2), "one timeout for the whole batch");
         assert!(scored.iter().all(|s| s.model_version == "prior-v1" && s.score == 40));
         assert_eq!(slow.score(&conversation).await, Err(LlmError::Timeout));
