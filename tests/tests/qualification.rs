@@ -444,3 +444,65 @@ async fn inbound_messages(admin: &sqlx::PgPool) -> Option<HashMap<uuid::Uuid, i6
         })
         .collect()
 }
+
+/// A schema an earlier version migrated, with a lead's features stored there as JSON in
+/// `lead_state`, is migrated: the features move into `lead_features` and read back whole, and a
+/// lead that never had any gets no row.
+#[tokio::test]
+async fn features_stored_as_json_by_an_earlier_version_survive_the_migration() -> anyhow::Result<()> {
+    use qualification::model::{LeadFeatures, Message};
+    let env = TestEnv::new().await?;
+    let admin = env.admin_pool().await?;
+    let mut conn = admin.acquire().await?;
+    sqlx::query("CREATE SCHEMA qualification_before").execute(&mut *conn).await?;
+    sqlx::query("SET search_path TO qualification_before").execute(&mut *conn).await?;
+    let earlier = [
+        include_str!("../../migrations/qualification/0001_init.sql"),
+        include_str!("../../migrations/qualification/0002_scoring.sql"),
+        include_str!("../../migrations/qualification/0003_learning.sql"),
+        include_str!("../../migrations/qualification/0004_recent_messages.sql"),
+        include_str!("../../migrations/qualification/0005_dead_letters.sql"),
+    ];
+    for migration in earlier {
+        sqlx::raw_sql(migration).execute(&mut *conn).await?;
+    }
+    let mut features = LeadFeatures::new();
+    let start = chrono::Utc::now() - chrono::Duration::hours(3);
+    for (minute, direction, text) in [
+        (0, Direction::Outbound, "Olá! Temos uma oferta"),
+        (4, Direction::Inbound, "quanto custa? quero comprar hoje"),
+        (9, Direction::Outbound, "custa 20 reais"),
+        (70, Direction::Inbound, "não quero mais, obrigado"),
+    ] {
+        features.observe(&Message::chat(direction, start + chrono::Duration::minutes(minute), text));
+    }
+    let (observed, untouched) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    sqlx::query("INSERT INTO lead_state (org_id, lead_id, lead_version, features) VALUES ($1, $2, 5, $3)")
+        .bind(ORG)
+        .bind(observed)
+        .bind(sqlx::types::Json(&features))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO lead_state (org_id, lead_id, lead_version) VALUES ($1, $2, 2)")
+        .bind(ORG)
+        .bind(untouched)
+        .execute(&mut *conn)
+        .await?;
+
+    sqlx::raw_sql(include_str!("../../migrations/qualification/0006_conversations_apart.sql"))
+        .execute(&mut *conn)
+        .await?;
+    let moved: Vec<(uuid::Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT lead_id, features FROM lead_features").fetch_all(&mut *conn).await?;
+    assert_eq!(moved.len(), 1, "only the lead with features has a row");
+    assert_eq!(moved[0].0, observed);
+    assert_eq!(LeadFeatures::from_bytes(&moved[0].1)?, features);
+    let states: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT lead_id, lead_version FROM lead_state ORDER BY lead_version")
+            .fetch_all(&mut *conn)
+            .await?;
+    assert_eq!(states, [(untouched, 2), (observed, 5)]);
+    drop(conn);
+    admin.close().await;
+    env.cleanup().await
+}
