@@ -1,4 +1,5 @@
-//! What the qualification service publishes: `events.qualification.<org>.scored`.
+//! What the qualification service publishes: `scored` events, batched per organisation as
+//! `events.qualification.<org>.leads_scored`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

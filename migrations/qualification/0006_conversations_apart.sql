@@ -19,6 +19,8 @@ WHERE features <> '{}'::jsonb OR recent_messages IS NOT NULL;
 
 ALTER TABLE lead_state DROP COLUMN features, DROP COLUMN recent_messages;
 
--- Room on each page for the new version of a state row, so that its updates stay on the page
--- (heap-only tuples) and leave the primary key alone.
+-- Room on each page for the new version of a state row, so that its updates can stay on the
+-- page (heap-only tuples) and leave the primary key alone. It applies to pages filled from now
+-- on; an existing row sheds the dropped columns' bytes when it is next updated (a dropped
+-- column is stored as null from then on), and VACUUM reclaims its old version.
 ALTER TABLE lead_state SET (fillfactor = 70);

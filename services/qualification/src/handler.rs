@@ -49,14 +49,22 @@ pub async fn apply_lead_events(
     ctx: &QualificationContext,
     batch: &[Envelope<LeadEvent>],
 ) -> Result<(), QualificationError> {
-    platform::error::retry_transient(QualificationError::is_transient, || try_apply(ctx, batch)).await
-}
-
-async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) -> Result<(), QualificationError> {
+    let retry = QualificationError::is_transient;
+    // The model is asked once per batch, not again on each retry of the transaction.
     let asked = match &ctx.llm {
-        Some(llm) => Some((llm, ask_first(ctx, llm, batch).await?)),
+        Some(llm) => {
+            Some((llm.as_ref(), platform::error::retry_transient(retry, || ask_first(ctx, llm, batch)).await?))
+        }
         None => None,
     };
+    platform::error::retry_transient(retry, || try_apply(ctx, batch, asked.as_ref())).await
+}
+
+async fn try_apply(
+    ctx: &QualificationContext,
+    batch: &[Envelope<LeadEvent>],
+    asked: Option<&(&LlmScorer, Answers)>,
+) -> Result<(), QualificationError> {
     let mut tx = ctx.pool.begin().await?;
     let fresh = keep_new_interactions(&mut tx, batch).await?;
     let folded = fold_batch(&mut tx, batch, &fresh, true).await?;
@@ -72,8 +80,10 @@ async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) ->
             recent.push(conversation.recent.as_slice());
         }
     }
-    if let Some((llm, answers)) = &asked {
-        llm.apply(answers, &mut scored, &recent);
+    if let Some((llm, answers)) = asked {
+        let mut answers = answers.clone();
+        llm.settle(&mut answers, &scored, &recent).await;
+        llm.apply(&answers, &mut scored, &recent);
     }
     let messages = write_scores(ctx, &mut tx, &scored).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;
@@ -87,8 +97,8 @@ async fn try_apply(ctx: &QualificationContext, batch: &[Envelope<LeadEvent>]) ->
 }
 
 /// Puts to the language model the conversations the batch would score, read without locking
-/// anything, so that no lead's row waits on the model; `LlmScorer::apply` then uses only the
-/// answers about a conversation that is still the lead's once its row is locked.
+/// anything, so that no lead's row waits on the model. Once the rows are locked,
+/// `LlmScorer::settle` asks again only about a conversation another batch changed meanwhile.
 async fn ask_first(
     ctx: &QualificationContext,
     llm: &LlmScorer,
@@ -451,7 +461,7 @@ pub async fn write_scores(
 /// row is locked, as for a batch.
 pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) -> Result<(), QualificationError> {
     let key = (org_id.to_owned(), lead_id);
-    let asked = match &ctx.llm {
+    let mut asked = match &ctx.llm {
         Some(llm) => {
             let (state, conversation) = lead_conversation(&mut *ctx.pool.acquire().await?, &key, false).await?;
             let question = state.manual_score.is_none().then(|| (key.clone(), conversation.recent));
@@ -463,8 +473,10 @@ pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) 
     let (state, conversation) = lead_conversation(&mut tx, &key, true).await?;
     let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
     let mut scoring = [Scoring::new(org_id, lead_id, &state, &conversation, &scorer, Utc::now(), true)];
-    if let Some((llm, answers)) = &asked {
-        llm.apply(answers, &mut scoring, &[conversation.recent.as_slice()]);
+    if let Some((llm, answers)) = &mut asked {
+        let recent = [conversation.recent.as_slice()];
+        llm.settle(answers, &scoring, &recent).await;
+        llm.apply(answers, &mut scoring, &recent);
     }
     let messages = write_scores(ctx, &mut tx, &scoring).await?;
     platform::outbox::enqueue(&mut tx, &messages).await?;

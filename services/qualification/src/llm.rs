@@ -190,11 +190,27 @@ impl LlmScorer {
         )
     }
 
+    /// Asks again, now, about the leads of `scored` whose conversation (`conversations[i]` is
+    /// `scored[i]`'s) is not the one the model was asked about: another batch of the same lead
+    /// committed in between, or the lead was not asked (its score was set by hand then). The
+    /// caller holds the leads' rows, so this is the one case where a row waits on the model.
+    pub async fn settle(&self, answers: &mut Answers, scored: &[Scoring], conversations: &[&[RecentMessage]]) {
+        let again: Vec<(LeadKey, Vec<RecentMessage>)> = scored
+            .iter()
+            .zip(conversations)
+            .filter(|(scoring, _)| !scoring.manual)
+            .map(|(scoring, conversation)| ((scoring.org_id.clone(), scoring.lead_id), conversation.to_vec()))
+            .filter(|(key, conversation)| answers.0.get(key).is_none_or(|(asked, _)| asked != conversation))
+            .collect();
+        if !again.is_empty() {
+            answers.0.extend(self.ask(again).await.0);
+        }
+    }
+
     /// Replaces the built-in scores of `scored` with the model's answers where it answered
-    /// about exactly the conversation the lead has now (`conversations[i]` is `scored[i]`'s);
-    /// a lead whose conversation moved on meanwhile, or that was not asked, keeps the built-in
-    /// score. A lead whose score was set by hand is left alone: its engine score is not
-    /// published.
+    /// about exactly the conversation the lead has now (`conversations[i]` is `scored[i]`'s,
+    /// see `settle`); any other lead keeps the built-in score. A lead whose score was set by
+    /// hand is left alone: its engine score is not published.
     pub fn apply(&self, answers: &Answers, scored: &mut [Scoring], conversations: &[&[RecentMessage]]) {
         let version = self.version();
         for (scoring, conversation) in scored.iter_mut().zip(conversations) {
@@ -229,7 +245,7 @@ impl LlmScorer {
 }
 
 /// The model's answers by lead, each with the conversation it was asked about.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Answers(HashMap<LeadKey, (Vec<RecentMessage>, Result<LlmScore, LlmError>)>);
 
 /// The chat-completions request for one conversation.
@@ -508,6 +524,13 @@ mod tests {
         let longer = [said(Direction::Inbound, "quiero comprar"), said(Direction::Outbound, "claro")];
         llm.apply(&answers, &mut scored, &[&longer, &conversation]);
         assert!(scored.iter().all(|s| s.model_version == "prior-v1" && s.score == 40));
+        // Settled, the model is asked again about exactly those two.
+        let (llm, calls) = scorer(Ok(completion(r#"{"score": 91, "reasons": []}"#)), Duration::ZERO, 10);
+        let mut answers = llm.ask(asked(&scored[..1], &[&conversation])).await;
+        llm.settle(&mut answers, &scored, &[&longer, &conversation]).await;
+        llm.apply(&answers, &mut scored, &[&longer, &conversation]);
+        assert!(scored.iter().all(|s| s.model_version == "llm:m1" && s.score == 91));
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "one first, then the changed one and the one not asked");
 
         let (slow, _) = scorer(Ok(completion(r#"{"score": 91, "reasons": []}"#)), Duration::from_secs(5), 10);
         let mut scored = vec![scoring(false), scoring(false)];

@@ -54,13 +54,13 @@ impl LeadFeatures {
                 None => w.uint(0),
             }
         }
-        // Sorted by time: each entry is its gap from the one before and its direction.
+        // Each entry is its gap from the one before (sorted by time, so small and positive;
+        // signed all the same, so that any order reads back as it was) and its direction.
         w.uint(self.timeline.len() as u64);
-        let mut previous = self.timeline.first().map_or(0, |e| e.0);
-        w.int(previous);
+        let mut previous = 0i64;
         for &(at, direction) in &self.timeline {
-            let gap = at.saturating_sub(previous).max(0) as u64;
-            w.uint(gap << 1 | u64::from(direction == Direction::Outbound));
+            w.int(at.wrapping_sub(previous));
+            w.uint(u64::from(direction == Direction::Outbound));
             previous = at;
         }
         w.int(self.evicted_gap);
@@ -117,7 +117,8 @@ impl Writer {
         }
     }
 
-    /// Sorted by slot, slots unique: each slot is its distance from the one before.
+    /// Sorted by slot, slots unique: each slot is its distance from the one before (the
+    /// reader refuses any other order, which the counts' binary searches rely on).
     fn grams(&mut self, grams: &[GramCount]) {
         self.uint(grams.len() as u64);
         let mut previous = 0;
@@ -138,6 +139,10 @@ impl Reader<'_> {
         for shift in (0..64).step_by(7) {
             let (&byte, rest) = self.0.split_first().ok_or(StoredError::Truncated)?;
             self.0 = rest;
+            // The tenth byte holds the 64th bit alone.
+            if shift == 63 && byte > 1 {
+                return Err(StoredError::Invalid("varint"));
+            }
             value |= u64::from(byte & 0x7f) << shift;
             if byte < 0x80 {
                 return Ok(value);
@@ -194,11 +199,17 @@ impl Reader<'_> {
     fn grams(&mut self) -> Result<Vec<GramCount>, StoredError> {
         let count = self.count()?;
         let mut grams = Vec::with_capacity(count);
-        let mut previous = 0u32;
+        let mut previous = None;
         for _ in 0..count {
-            let slot = previous.wrapping_add(self.u32("gram slot")?);
+            let distance = self.u32("gram slot")?;
+            let slot = match previous {
+                None => Some(distance),
+                Some(previous) if distance > 0 => u32::checked_add(previous, distance),
+                Some(_) => None,
+            }
+            .ok_or(StoredError::Invalid("gram slot order"))?;
             grams.push(GramCount(slot, self.u32("gram count")?, self.u32("gram tick")?));
-            previous = slot;
+            previous = Some(slot);
         }
         Ok(grams)
     }
@@ -228,11 +239,15 @@ impl Reader<'_> {
             };
         }
         let entries = self.count()?;
-        let mut at = self.int()?;
+        let mut at = 0i64;
         for _ in 0..entries {
-            let entry = self.uint()?;
-            at = at.saturating_add((entry >> 1) as i64);
-            f.timeline.push((at, if entry & 1 == 1 { Direction::Outbound } else { Direction::Inbound }));
+            at = at.wrapping_add(self.int()?);
+            let direction = match self.uint()? {
+                0 => Direction::Inbound,
+                1 => Direction::Outbound,
+                _ => return Err(StoredError::Invalid("direction")),
+            };
+            f.timeline.push((at, direction));
         }
         f.evicted_gap = self.int()?;
         f.words = self.grams()?;
@@ -281,6 +296,14 @@ mod tests {
     }
 
     #[test]
+    fn a_timeline_reads_back_in_whatever_order_it_was_kept() {
+        let mut features = LeadFeatures::new();
+        features.timeline =
+            vec![(1_700_000_900, Direction::Inbound), (-5, Direction::Outbound), (i64::MAX, Direction::Inbound)];
+        assert_eq!(LeadFeatures::from_bytes(&features.to_bytes()).unwrap(), features);
+    }
+
+    #[test]
     fn the_json_form_of_earlier_versions_still_reads() {
         let features = busy_lead();
         let json = serde_json::to_vec(&features).unwrap();
@@ -295,6 +318,13 @@ mod tests {
             assert!(LeadFeatures::from_bytes(&bytes[..len]).is_err(), "cut at {len}");
         }
         assert!(matches!(LeadFeatures::from_bytes(&[7, 1, 2]), Err(StoredError::UnknownFormat(7))));
+        let mut too_wide = vec![FORMAT];
+        too_wide.extend([0xff; 9]);
+        too_wide.push(0x02);
+        assert!(matches!(LeadFeatures::from_bytes(&too_wide), Err(StoredError::Invalid("varint"))));
+        let mut unsorted = LeadFeatures::new();
+        unsorted.words = vec![GramCount(9, 1, 1), GramCount(4, 1, 1)];
+        assert!(matches!(LeadFeatures::from_bytes(&unsorted.to_bytes()), Err(StoredError::Invalid("gram slot order"))));
         let mut huge_count = vec![FORMAT];
         huge_count.extend([0xff; 9]);
         huge_count.push(0x01);
