@@ -1,7 +1,8 @@
 //! The per-lead feature accumulator and its sparse vector.
 //!
-//! [`LeadFeatures`] is updated one [`Message`] at a time with [`LeadFeatures::observe`], is meant to be
-//! stored as JSON next to the lead (it stays bounded: at most [`TIMELINE_CAP`] recent events,
+//! [`LeadFeatures`] is updated one [`Message`] at a time with [`LeadFeatures::observe`], is stored
+//! next to the lead in the binary form of [`super::stored`] (as JSON with an outcome; it stays
+//! bounded either way: at most [`TIMELINE_CAP`] recent events,
 //! [`WORD_GRAM_CAP`] + [`CHAR_GRAM_CAP`] hashed n-gram counts, [`CAMPAIGN_CAP`] campaign ids; no raw text),
 //! and is turned into a [`SparseVector`] at scoring time with [`LeadFeatures::vector`].
 //!
