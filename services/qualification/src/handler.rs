@@ -66,7 +66,7 @@ async fn try_apply(
     asked: Option<&(&LlmScorer, Answers)>,
 ) -> Result<(), QualificationError> {
     let mut tx = ctx.pool.begin().await?;
-    let fresh = keep_new_interactions(&mut tx, batch).await?;
+    let fresh = fresh_interactions(&mut tx, batch, true).await?;
     let folded = fold_batch(&mut tx, batch, &fresh, true).await?;
     write_states(&mut tx, &folded).await?;
     write_conversations(&mut tx, &folded, ctx.llm.is_some()).await?;
@@ -106,7 +106,7 @@ async fn ask_first(
 ) -> Result<Answers, QualificationError> {
     let questions: Vec<(LeadKey, Vec<RecentMessage>)> = {
         let mut conn = ctx.pool.acquire().await?;
-        let fresh = unseen_interactions(&mut conn, batch).await?;
+        let fresh = fresh_interactions(&mut conn, batch, false).await?;
         let folded = fold_batch(&mut conn, batch, &fresh, false).await?;
         folded
             .into_iter()
@@ -155,44 +155,26 @@ fn interaction_ids(batch: &[Envelope<LeadEvent>]) -> (Vec<&str>, Vec<&str>) {
         .unzip()
 }
 
-/// Records the batch's interactions by event id; answers those not seen before.
-async fn keep_new_interactions(
+/// The batch's interactions seen for the first time, by event id. With `record` they are
+/// recorded, so that a redelivery finds them seen; without, nothing is written.
+async fn fresh_interactions(
     conn: &mut PgConnection,
     batch: &[Envelope<LeadEvent>],
+    record: bool,
 ) -> Result<HashSet<(String, String)>, QualificationError> {
     let (orgs, events) = interaction_ids(batch);
     if orgs.is_empty() {
         return Ok(HashSet::new());
     }
-    let fresh: Vec<(String, String)> = sqlx::query_as(
+    let query = if record {
         "INSERT INTO scored_interactions (org_id, event_id) SELECT * FROM UNNEST($1::text[], $2::text[]) \
-         ON CONFLICT DO NOTHING RETURNING org_id, event_id",
-    )
-    .bind(&orgs)
-    .bind(&events)
-    .fetch_all(conn)
-    .await?;
-    Ok(fresh.into_iter().collect())
-}
-
-/// The batch's interactions not recorded yet, recording nothing.
-async fn unseen_interactions(
-    conn: &mut PgConnection,
-    batch: &[Envelope<LeadEvent>],
-) -> Result<HashSet<(String, String)>, QualificationError> {
-    let (orgs, events) = interaction_ids(batch);
-    if orgs.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let unseen: Vec<(String, String)> = sqlx::query_as(
+         ON CONFLICT DO NOTHING RETURNING org_id, event_id"
+    } else {
         "SELECT k.org_id, k.event_id FROM UNNEST($1::text[], $2::text[]) AS k(org_id, event_id) \
-         WHERE NOT EXISTS (SELECT 1 FROM scored_interactions s WHERE s.org_id = k.org_id AND s.event_id = k.event_id)",
-    )
-    .bind(&orgs)
-    .bind(&events)
-    .fetch_all(conn)
-    .await?;
-    Ok(unseen.into_iter().collect())
+         WHERE NOT EXISTS (SELECT 1 FROM scored_interactions s WHERE s.org_id = k.org_id AND s.event_id = k.event_id)"
+    };
+    let fresh: Vec<(String, String)> = sqlx::query_as(query).bind(&orgs).bind(&events).fetch_all(conn).await?;
+    Ok(fresh.into_iter().collect())
 }
 
 /// Reads the leads' stored states. With `lock`, first creates the rows of new leads and locks
