@@ -1,7 +1,7 @@
 //! Crash tests: real `leads` processes killed with SIGKILL (and stopped with SIGTERM) while
 //! events stream in. Afterwards every event is reflected exactly once.
 
-use leads_tests::{Process, TestEnv, chat_event, eventually, phone};
+use leads_tests::{Process, TestEnv, chat_event, eventually, eventually_ok, phone};
 use std::time::Duration;
 
 const ORG_COUNT: u32 = 5;
@@ -92,9 +92,16 @@ async fn sigkill_during_50k_events_loses_and_doubles_nothing() -> anyhow::Result
         process = Process::spawn(&env, "ingest,lead", &[])?;
     }
     publisher.await??;
-    eventually(Duration::from_secs(300), "every event applied", || {
+    // A failure says how far it got, and whether the count still moved.
+    eventually_ok(Duration::from_secs(300), "every event applied", || {
         let admin = admin.clone();
-        async move { applied(&admin).await.ok().filter(|n| *n >= i64::from(total)) }
+        async move {
+            match applied(&admin).await {
+                Ok(n) if n >= i64::from(total) => Ok(()),
+                Ok(n) => Err(format!("{n} of {total} applied")),
+                Err(error) => Err(error.to_string()),
+            }
+        }
     })
     .await;
     let status = process.terminate().await?;
