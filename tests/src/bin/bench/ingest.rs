@@ -281,16 +281,7 @@ async fn latency(report: &mut Report, args: &Args, env: &TestEnv, admin: &sqlx::
         return Ok(());
     }
     let s = stats(samples);
-    report.line("| probes | p50 | p90 | p99 | max | mean | not seen within 60 s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    report.line(format!(
-        "| {} | {} | {} | **{}** | {} | {} | {lost} |\n",
-        s.n,
-        ms(s.p50),
-        ms(s.p90),
-        ms(s.p99),
-        ms(s.max),
-        ms(s.mean)
-    ));
+    report.line(s.probe_table(lost));
     report.target(
         format!("Ingest latency p99 at {} events/s", thousands((per_tick * 100) as f64)),
         "< 250 ms",

@@ -787,18 +787,7 @@ async fn latency_in(
         return Ok(());
     }
     let s = stats(samples);
-    report.line(
-        "| probes | p50 | p90 | p99 | max | mean | not seen within 60 s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    );
-    report.line(format!(
-        "| {} | **{}** | {} | **{}** | {} | {} | {lost} |\n",
-        s.n,
-        ms(s.p50),
-        ms(s.p90),
-        ms(s.p99),
-        ms(s.max),
-        ms(s.mean)
-    ));
+    report.line(s.probe_table(lost));
     report.target(
         target_name,
         "< 500 ms",

@@ -30,6 +30,24 @@ pub fn stats(mut samples: Vec<Duration>) -> Stats {
     Stats { n, p50: rank(50.0), p90: rank(90.0), p99: rank(99.0), max: samples[n - 1], mean: total / n as u32 }
 }
 
+impl Stats {
+    /// The markdown table of probe latencies: percentiles (p50 and p99 in bold) and the
+    /// probes `lost`, never seen.
+    pub fn probe_table(&self, lost: usize) -> String {
+        format!(
+            "| probes | p50 | p90 | p99 | max | mean | not seen within 60 s |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {} | **{}** | {} | **{}** | {} | {} | {lost} |\n",
+            self.n,
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.max),
+            ms(self.mean)
+        )
+    }
+}
+
 pub fn ms(d: Duration) -> String {
     let m = d.as_secs_f64() * 1000.0;
     if m >= 100.0 { format!("{m:.0} ms") } else { format!("{m:.2} ms") }
