@@ -43,15 +43,15 @@ impl<T: DeserializeOwned> Envelope<T> {
     }
 
     /// Reads a message that is one envelope or, when its kind (the subject's last token) is
-    /// `batch_kind`, an envelope of envelopes (`outbox::batched`), and appends what it
+    /// one of `batch_kinds`, an envelope of envelopes (`outbox::batched`), and appends what it
     /// carries to `out` in order; nothing when it cannot be read.
     pub fn read_into(
         subject: &str,
         payload: &[u8],
-        batch_kind: &str,
+        batch_kinds: &[&str],
         out: &mut Vec<Self>,
     ) -> Result<(), serde_json::Error> {
-        if subject.rsplit('.').next() == Some(batch_kind) {
+        if subject.rsplit('.').next().is_some_and(|kind| batch_kinds.contains(&kind)) {
             out.extend(Envelope::<Vec<Envelope<T>>>::from_json(payload)?.data);
         } else {
             out.push(Self::from_json(payload)?);

@@ -285,11 +285,7 @@ pub fn read_lead_events(
     payload: &[u8],
     out: &mut Vec<Envelope<LeadEvent>>,
 ) -> Result<(), serde_json::Error> {
-    let batch_kind = match subject.rsplit('.').next() {
-        Some(SCORES_APPLIED) => SCORES_APPLIED,
-        _ => INTERACTIONS_APPLIED,
-    };
-    Envelope::read_into(subject, payload, batch_kind, out)
+    Envelope::read_into(subject, payload, &[INTERACTIONS_APPLIED, SCORES_APPLIED], out)
 }
 
 /// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.
@@ -312,5 +308,55 @@ mod tests {
         }
         assert_eq!(Status::try_from("won"), Err(UnknownStatus("won".into())));
         assert!(serde_json::from_str::<Status>("\"won\"").is_err());
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn scored(score: i32) -> Envelope<LeadEvent> {
+        let now = Utc::now();
+        let lead = LeadView {
+            id: Uuid::now_v7(),
+            org_id: "acme".into(),
+            contact_id: Uuid::now_v7(),
+            phone: None,
+            external_id: None,
+            name: None,
+            email: None,
+            status: Status::Qualifying,
+            active: true,
+            source_kind: "chat_message".into(),
+            channel: "whatsapp".into(),
+            campaign_id: None,
+            broadcast_message_id: None,
+            integration_name: None,
+            integration_reference: None,
+            score: Some(score),
+            score_source: Some("ai".into()),
+            agent_id: None,
+            interaction_count: 3,
+            last_message_preview: None,
+            first_touch_at: now,
+            last_interaction_at: now,
+            created_at: now,
+            updated_at: now,
+            version: 4,
+        };
+        let change =
+            LeadChange::ScoreChanged { score: Some(score), source: "ai".into(), actor: "qualification".into() };
+        Envelope::new("acme", change.kind(), lead.id, lead.version, LeadEvent { change, lead })
+    }
+
+    #[test]
+    fn a_batch_of_applied_scores_reads_as_its_events_and_a_lone_one_as_itself() {
+        let (one, two) = (scored(40), scored(80));
+        let batch = Envelope::new("acme", SCORES_APPLIED, Uuid::now_v7(), 1, vec![one.clone(), two.clone()]);
+        let mut out = Vec::new();
+        read_lead_events("events.lead.acme.scores_applied", &batch.to_json(), &mut out).unwrap();
+        read_lead_events("events.lead.acme.score_changed", &one.to_json(), &mut out).unwrap();
+        assert_eq!(out, [one.clone(), two, one]);
+        assert!(read_lead_events("events.lead.acme.score_changed", &batch.to_json(), &mut out).is_err());
     }
 }

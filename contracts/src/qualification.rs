@@ -31,7 +31,7 @@ pub fn read_scored(
     payload: &[u8],
     out: &mut Vec<crate::Envelope<Scored>>,
 ) -> Result<(), serde_json::Error> {
-    crate::Envelope::read_into(subject, payload, LEADS_SCORED, out)
+    crate::Envelope::read_into(subject, payload, &[LEADS_SCORED], out)
 }
 
 #[cfg(test)]

@@ -276,7 +276,8 @@ mod tests {
             let mut read = Vec::new();
             for message in &messages {
                 let mut items = Vec::new();
-                Envelope::read_into(&message.subject, &message.payload, "noted_batch", &mut items).expect("readable");
+                Envelope::read_into(&message.subject, &message.payload, &["noted_batch"], &mut items)
+                    .expect("readable");
                 assert!(items.len() <= MAX_ITEMS_PER_MESSAGE);
                 assert!(items.len() == 1 || message.payload.len() <= MAX_ITEM_BYTES_PER_MESSAGE + 1024);
                 read.extend(items);
@@ -300,7 +301,8 @@ mod tests {
         // A message of another kind on the same stream is one event.
         let single = Envelope::new("acme", "noted", uuid::Uuid::now_v7(), 7, "alone".to_owned());
         let mut read = Vec::new();
-        Envelope::read_into("events.test.acme.noted", &single.to_json(), "noted_batch", &mut read).expect("readable");
+        Envelope::read_into("events.test.acme.noted", &single.to_json(), &["noted_batch"], &mut read)
+            .expect("readable");
         assert_eq!(read, [single]);
     }
 }
