@@ -303,6 +303,9 @@ const MIN_PREFETCH_BYTES: usize = 8 * 1024 * 1024;
 /// (fewer, larger transactions); when idle a message waits at most this long.
 const LINGER: Duration = Duration::from_millis(10);
 
+/// How long a pull may bring nothing before the loop makes a new one: twice its expiry.
+const REPULL_AFTER: Duration = Duration::from_secs(60);
+
 /// The next batch from the pull: it closes at `batch_size` messages, at `batch_bytes` of
 /// payload (a message carrying a hundred batched events counts for about a hundred), or
 /// `LINGER` after its first message. `None` when the pull has ended.
@@ -315,11 +318,20 @@ where
     S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
     E: std::fmt::Display,
 {
-    // An error ends this pull; the loop checks its durable and pulls again.
-    let first = match messages.next().await? {
-        Ok(message) => message,
-        Err(error) => {
-            tracing::warn!(consumer = %durable, %error, "pull error");
+    // An error ends this pull; the loop checks its durable and pulls again. So does a pull that
+    // has brought nothing for `REPULL_AFTER`: idle, a new pull costs one request, and a pull
+    // that stalled without an error (seen after processes were killed and after Postgres
+    // outages, with events waiting) cannot hold its consumer for longer than that.
+    let first = match tokio::time::timeout(REPULL_AFTER, messages.next()).await {
+        Ok(next) => match next? {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(consumer = %durable, %error, "pull error");
+                return None;
+            }
+        },
+        Err(_) => {
+            tracing::debug!(consumer = %durable, "nothing pulled for a while, pulling anew");
             return None;
         }
     };
