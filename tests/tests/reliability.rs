@@ -3,7 +3,7 @@
 //! consumer that cannot work, and a rolling restart of three processes under traffic.
 
 use leads_tests::{
-    Process, TestEnv, chat_event, eventually,
+    Process, TestEnv, chat_event, eventually, eventually_ok,
     pb::{self},
     phone,
     private::{PrivateNats, PrivatePostgres},
@@ -37,9 +37,13 @@ async fn publish_steadily(env: &TestEnv, from: u32, total: u32, contacts: u32) -
 /// Every published event is on exactly one lead, once.
 async fn assert_exactly_once(admin: &sqlx::PgPool, total: i64) -> anyhow::Result<()> {
     let deadline = Duration::from_secs(180);
-    eventually(deadline, "every event applied", || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.interactions").fetch_one(admin).await.ok()?;
-        (n == total).then_some(())
+    // A failure says how far it got.
+    eventually_ok(deadline, "every event applied", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.interactions")
+            .fetch_one(admin)
+            .await
+            .map_err(|error| error.to_string())?;
+        if n == total { Ok(()) } else { Err(format!("{n} of {total} applied")) }
     })
     .await;
     let counted: i64 = sqlx::query_scalar("SELECT coalesce(sum(interaction_count), 0)::bigint FROM lead.leads")
