@@ -275,6 +275,125 @@ async fn a_message_failing_on_every_delivery_is_kept_with_its_error_and_its_batc
     env.cleanup().await
 }
 
+/// The consumer loop on the interactions stream of `env`, alone (no service), with `handler`.
+fn run_loop<H, Fut>(
+    env: &TestEnv,
+    durable: &str,
+    settings: platform::settings::ConsumerSettings,
+    token: tokio_util::sync::CancellationToken,
+    handler: H,
+) -> tokio::task::JoinHandle<anyhow::Result<()>>
+where
+    H: Fn(platform::consumer::Batch) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<platform::consumer::Disposition>> + Send + 'static,
+{
+    let spec = loop_spec(env, durable);
+    tokio::spawn(platform::consumer::run(env.nats.clone(), env.js.clone(), spec, settings, None, token, handler))
+}
+
+fn loop_spec(env: &TestEnv, durable: &str) -> platform::consumer::ConsumerSpec {
+    use platform::nats::StreamKind;
+    platform::consumer::ConsumerSpec {
+        stream: env.subjects.stream_name(StreamKind::Interactions),
+        durable: durable.into(),
+        filter_subject: env.subjects.stream_subjects(StreamKind::Interactions).concat(),
+        service: "ingest",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_allowed_deliveries_all_went_unhandled_is_still_handled() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let env = TestEnv::new().await?;
+    let mut settings = env.settings.consumer.clone();
+    settings.max_deliver = 2;
+    settings.ack_wait_secs = 1;
+    let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "unhandled"), &settings).await?;
+    env.publish_interaction(ORG, &chat_event("u-1", &phone(1), "hello")).await?;
+    // Two processes take the message and die before handling it (their prefetch is lost):
+    // every delivery the settings allow is spent without a handler seeing it.
+    for delivery in 1..=2 {
+        let mut pulled = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await?;
+        let message = pulled
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("delivery {delivery} never came"))?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(message.info().map_err(|e| anyhow::anyhow!("{e}"))?.delivered, delivery);
+    }
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = run_loop(&env, "unhandled", settings, token.clone(), move |batch| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            for delivery in batch.iter() {
+                let _ = seen_tx.send(delivery.delivered);
+            }
+            vec![platform::consumer::Disposition::Ack; batch.len()]
+        }
+    });
+    let delivered = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("the message was abandoned: no handler ever saw it"))?;
+    assert_eq!(delivered, Some(3));
+    let mut consumer = consumer;
+    eventually_ok(Duration::from_secs(10), "the message acknowledged", || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.map_err(|e| e.to_string())?;
+            if info.num_ack_pending == 0 && info.num_pending == 0 { Ok(()) } else { Err(format!("{info:?}")) }
+        }
+    })
+    .await;
+    assert_eq!(consumer.info().await?.config.max_deliver, -1, "the durable sets no limit of its own");
+    token.cancel();
+    running.await??;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_fails_only_its_message_and_the_loop_goes_on() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut settings = env.settings.consumer.clone();
+    settings.retry_base_ms = 10;
+    settings.retry_max_ms = 50;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let token = tokio_util::sync::CancellationToken::new();
+    // Both are waiting when the loop starts, so they come in one batch: the panic fails the
+    // batch, the fine message goes through alone at once and the poison one is delivered again.
+    env.publish_interaction(ORG, &chat_event("p-1", &phone(1), "poison")).await?;
+    env.publish_interaction(ORG, &chat_event("p-2", &phone(2), "fine")).await?;
+    let running = run_loop(&env, "panics", settings, token.clone(), move |batch| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let texts: Vec<String> = batch.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect();
+            assert!(!texts.iter().any(|text| text.contains("poison")), "a poison message");
+            for (text, delivery) in texts.iter().zip(batch.iter()) {
+                let _ = seen_tx.send((text.contains("fine"), delivery.delivered));
+            }
+            vec![platform::consumer::Disposition::Ack; batch.len()]
+        }
+    });
+    let fine = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
+    assert_eq!(fine, Some((true, 1)));
+    env.publish_interaction(ORG, &chat_event("p-3", &phone(3), "fine again")).await?;
+    let after = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
+    assert_eq!(after, Some((true, 1)), "the loop goes on after a panic");
+    let mut consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "panics"), &env.settings.consumer).await?;
+    eventually_ok(Duration::from_secs(30), "the poison message delivered again", || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.map_err(|e| e.to_string())?;
+            if info.num_redelivered > 0 { Ok(()) } else { Err(format!("{info:?}")) }
+        }
+    })
+    .await;
+    assert!(consumer.info().await?.num_ack_pending <= 1);
+    token.cancel();
+    running.await??;
+    env.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_cannot_work_makes_health_not_serving_and_the_process_fail() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;

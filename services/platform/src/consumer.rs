@@ -67,6 +67,14 @@ pub struct ConsumerSpec {
     pub service: &'static str,
 }
 
+/// The durable's own delivery limit: none. NATS stops delivering a message after its
+/// `max_deliver`-th delivery whether or not a handler ever saw it, so a message prefetched by a
+/// process that was killed, dropped while its consumer was held, or whose dead letter could not
+/// be written would be abandoned without a trace. The loop enforces `consumer.max_deliver`
+/// itself instead: a message that failed in a handler on its last allowed delivery is kept in
+/// `dead_letters`, and one that could not be kept is delivered again.
+const UNLIMITED_DELIVERIES: i64 = -1;
+
 pub async fn declare(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
@@ -79,7 +87,7 @@ pub async fn declare(
         filter_subject: spec.filter_subject.clone(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait(),
-        max_deliver: settings.max_deliver,
+        max_deliver: UNLIMITED_DELIVERIES,
         max_ack_pending: settings.max_ack_pending,
         ..Default::default()
     };
@@ -92,7 +100,7 @@ pub async fn declare(
     let current = consumer.cached_info().config.clone();
     if current.max_ack_pending == settings.max_ack_pending
         && current.ack_wait == settings.ack_wait()
-        && current.max_deliver == settings.max_deliver
+        && current.max_deliver == UNLIMITED_DELIVERIES
     {
         return Ok(consumer);
     }
@@ -105,7 +113,7 @@ pub async fn declare(
     };
     updated.max_ack_pending = settings.max_ack_pending;
     updated.ack_wait = settings.ack_wait();
-    updated.max_deliver = settings.max_deliver;
+    updated.max_deliver = UNLIMITED_DELIVERIES;
     match stream.create_consumer(updated).await {
         Ok(consumer) => {
             tracing::info!(
@@ -113,7 +121,7 @@ pub async fn declare(
                 max_ack_pending = settings.max_ack_pending,
                 from_max_ack_pending = current.max_ack_pending,
                 ack_wait_secs = settings.ack_wait_secs,
-                max_deliver = settings.max_deliver,
+                from_max_deliver = current.max_deliver,
                 "consumer updated"
             );
             Ok(consumer)
@@ -320,8 +328,7 @@ where
 {
     // An error ends this pull; the loop checks its durable and pulls again. So does a pull that
     // has brought nothing for `REPULL_AFTER`: idle, a new pull costs one request, and a pull
-    // that stalled without an error (seen after processes were killed and after Postgres
-    // outages, with events waiting) cannot hold its consumer for longer than that.
+    // that stalled without an error cannot hold its consumer for longer than that.
     let first = match tokio::time::timeout(REPULL_AFTER, messages.next()).await {
         Ok(next) => match next? {
             Ok(message) => message,
@@ -433,7 +440,7 @@ where
                             .await
                         {
                             Ok(()) => AckKind::Ack,
-                            // Not kept: deliver it again rather than lose it.
+                            // Not kept: delivered again (the durable sets no limit of its own) rather than lost.
                             Err(error) => {
                                 tracing::warn!(%error, consumer = %durable, "cannot keep a dead letter");
                                 AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)))
@@ -473,7 +480,7 @@ where
     let longest = (context.settings.ack_wait() / 3).clamp(Duration::from_millis(250), Duration::from_secs(5));
     let mut holding: Option<Holding<'_>> = None;
     let dispositions = loop {
-        let dispositions = handler(batch.clone()).await;
+        let dispositions = in_progress(context, batch, replies, handler(batch.clone())).await;
         let unavailable = dispositions.iter().find_map(|d| match d {
             Disposition::Unavailable(reason) => Some(reason.clone()),
             _ => None,
@@ -486,9 +493,7 @@ where
             holding = Some(Holding::start(&context.held));
             tracing::warn!(consumer = %context.durable, messages = batch.len(), %reason, "a dependency is unavailable; holding the batch");
         }
-        for reply in replies.iter().flatten() {
-            let _ = context.client.publish(reply.clone(), AckKind::Progress.into()).await;
-        }
+        report_progress(context, replies).await;
         tokio::select! {
             _ = context.token.cancelled() => {}
             _ = tokio::time::sleep(pause) => {}
@@ -499,6 +504,50 @@ where
         tracing::info!(consumer = %context.durable, "the held batch went through");
     }
     dispositions
+}
+
+/// Runs a handler on `batch`. While it runs longer than a third of the ack wait (a loaded
+/// machine, a lock wait), the batch is reported in progress, so that NATS does not deliver it
+/// to another process meanwhile: on a slow machine those copies were handled again and slowed
+/// it further. A handler that panics fails its batch like an error, so the batch is retried
+/// message by message and the message that panics ends in the dead letters.
+async fn in_progress<Fut>(
+    context: &BatchContext,
+    batch: &Batch,
+    replies: &[Option<async_nats::Subject>],
+    work: Fut,
+) -> Vec<Disposition>
+where
+    Fut: Future<Output = Vec<Disposition>>,
+{
+    use futures::FutureExt;
+    let every = (context.settings.ack_wait() / 3).max(Duration::from_millis(250));
+    let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                return done.unwrap_or_else(|panic| {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(consumer = %context.durable, messages = batch.len(), %reason, "handler panicked");
+                    vec![Disposition::Retry(format!("the handler panicked: {reason}").into()); batch.len()]
+                });
+            }
+            _ = ticks.tick() => report_progress(context, replies).await,
+        }
+    }
+}
+
+/// Tells NATS that the messages are still being worked on: their ack wait starts again.
+async fn report_progress(context: &BatchContext, replies: &[Option<async_nats::Subject>]) {
+    for reply in replies.iter().flatten() {
+        let _ = context.client.publish(reply.clone(), AckKind::Progress.into()).await;
+    }
 }
 
 /// A batch counted as held while this lives: dropped, also by a panic or an aborted task, it

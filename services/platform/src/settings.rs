@@ -293,7 +293,8 @@ pub struct ConsumerSettings {
     pub ack_wait_secs: u64,
     /// Deliveries a failing message gets; after the last it is kept in the service's
     /// `dead_letters` with its error and announced on `deadletter.*`. Deliveries held while
-    /// Postgres is unreachable are not spent.
+    /// Postgres is unreachable are not spent. The consumer loop enforces it, not the durable
+    /// (`consumer::declare`).
     pub max_deliver: i64,
     /// The pause before a failed message is delivered again: this many milliseconds after
     /// its first delivery, doubling with each delivery up to `retry_max_ms`.
