@@ -250,7 +250,7 @@ async fn a_message_failing_on_every_delivery_is_kept_with_its_error_and_its_batc
     });
     let subject = env.subjects.event("qualification", ORG, "scored");
     env.publish(subject.clone(), serde_json::to_vec(&poison)?, None).await?;
-    env.publish(subject, serde_json::to_vec(&good)?, None).await?;
+    env.publish(subject.clone(), serde_json::to_vec(&good)?, None).await?;
     eventually(Duration::from_secs(30), "the good score applied", || {
         let mut leads = leads.clone();
         let id = lead.id.clone();
@@ -261,11 +261,13 @@ async fn a_message_failing_on_every_delivery_is_kept_with_its_error_and_its_batc
     })
     .await;
     let (error, subject): (String, String) = eventually(Duration::from_secs(60), "the poison kept", || async {
-        sqlx::query_as("SELECT error, subject FROM lead.dead_letters WHERE source = 'delivery'")
-            .fetch_optional(&admin)
-            .await
-            .ok()
-            .flatten()
+        sqlx::query_as(
+            "SELECT error, subject FROM lead.dead_letters WHERE source = 'delivery' AND error NOT LIKE 'unreadable%'",
+        )
+        .fetch_optional(&admin)
+        .await
+        .ok()
+        .flatten()
     })
     .await;
     assert!(subject.ends_with(".scored"), "{subject}");
@@ -281,6 +283,19 @@ async fn a_message_failing_on_every_delivery_is_kept_with_its_error_and_its_batc
     let announced: serde_json::Value = serde_json::from_slice(&announcement.payload)?;
     assert_eq!(announced["error"].as_str(), Some(error.as_str()));
     assert!(announced["payload_excerpt"].as_str().is_some_and(|p| p.contains("\\u0000")), "{announced}");
+    // An event that does not read at all can never succeed: it is kept at once, whole.
+    env.publish(subject, b"{\"id\": not json".to_vec(), None).await?;
+    let (unreadable, payload): (String, Vec<u8>) =
+        eventually(Duration::from_secs(30), "the unreadable event kept", || async {
+            sqlx::query_as("SELECT error, payload FROM lead.dead_letters WHERE error LIKE 'unreadable%'")
+                .fetch_optional(&admin)
+                .await
+                .ok()
+                .flatten()
+        })
+        .await;
+    assert!(unreadable.contains("expected"), "the reader's error: {unreadable}");
+    assert_eq!(payload, b"{\"id\": not json", "kept whole");
     node.stop().await?;
     env.cleanup().await
 }

@@ -42,8 +42,9 @@ pub enum Disposition {
     /// A dependency (Postgres) is unreachable: the batch is held, in progress, and handled
     /// again once it answers, without spending a delivery.
     Unavailable(Arc<str>),
-    /// Can never succeed and could not be recorded: stop delivering it.
-    Term,
+    /// Can never succeed (an internal event that does not read): kept in the service's dead
+    /// letters with this reason at once, without further deliveries.
+    Term(Arc<str>),
 }
 
 impl Disposition {
@@ -427,37 +428,39 @@ where
             Disposition::Ack => AckKind::Ack,
             Disposition::Retry(reason) => {
                 let last = context.settings.max_deliver > 0 && delivery.delivered >= context.settings.max_deliver;
-                match (&context.dead_letters, last) {
-                    (Some(dead_letters), true) => {
-                        match dead_letters
-                            .keep_delivery(
-                                &durable,
-                                &delivery.subject,
-                                delivery.stream_sequence,
-                                &delivery.payload,
-                                &reason,
-                            )
-                            .await
-                        {
-                            Ok(()) => AckKind::Ack,
-                            // Not kept: delivered again (the durable sets no limit of its own) rather than lost.
-                            Err(error) => {
-                                tracing::warn!(%error, consumer = %durable, "cannot keep a dead letter");
-                                AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)))
-                            }
-                        }
-                    }
-                    _ => AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered))),
+                if last {
+                    keep_dead_letter(&context, delivery, &reason).await
+                } else {
+                    AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)))
                 }
             }
             // Held until shutdown: delivered again soon, by whichever process is still up.
             Disposition::Unavailable(_) => AckKind::Nak(Some(context.settings.retry_delay(1))),
-            Disposition::Term => AckKind::Term,
+            Disposition::Term(reason) => keep_dead_letter(&context, delivery, &reason).await,
         };
         // Messages pulled from a consumer always carry their ack subject as the reply.
         let Some(reply) = reply else { continue };
         if let Err(error) = context.client.publish(reply.clone(), kind.into()).await {
             tracing::warn!(%error, %reply, "ack failed; the message will be redelivered");
+        }
+    }
+}
+
+/// Keeps a message that will not be handled in the service's dead letters, then acknowledges
+/// it. One that cannot be kept (Postgres down) is delivered again rather than lost: the durable
+/// sets no delivery limit of its own.
+async fn keep_dead_letter(context: &BatchContext, delivery: &Delivery, reason: &str) -> AckKind {
+    let Some(dead_letters) = &context.dead_letters else {
+        return AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)));
+    };
+    match dead_letters
+        .keep_delivery(&context.durable, &delivery.subject, delivery.stream_sequence, &delivery.payload, reason)
+        .await
+    {
+        Ok(()) => AckKind::Ack,
+        Err(error) => {
+            tracing::warn!(%error, consumer = %context.durable, "cannot keep a dead letter");
+            AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)))
         }
     }
 }
@@ -570,7 +573,7 @@ impl Drop for Holding<'_> {
 /// Decodes each delivery as an internal event envelope and hands the readable ones to
 /// `apply` as one batch: all acknowledged when it succeeds, all delivered again when it
 /// fails. An unreadable event was written by one of our own services, so it is a bug rather
-/// than bad input: it is parked (terminated) and logged instead of retried forever.
+/// than bad input: it is kept in the dead letters with its error instead of retried.
 pub async fn apply_envelopes<T, E, F, Fut>(batch: &[Delivery], apply: F) -> Vec<Disposition>
 where
     T: serde::de::DeserializeOwned,
@@ -606,8 +609,8 @@ where
         match decode(delivery, &mut items) {
             Ok(()) => positions.push(index),
             Err(error) => {
-                tracing::error!(%error, subject = %delivery.subject, "unreadable internal event, parked");
-                dispositions[index] = Disposition::Term;
+                tracing::error!(%error, subject = %delivery.subject, "unreadable internal event");
+                dispositions[index] = Disposition::Term(format!("unreadable: {error}").into());
             }
         }
     }

@@ -33,7 +33,8 @@ struct Announcement<'a> {
 }
 
 impl DeadLetters {
-    /// Keeps a delivery that failed on every delivery allowed. Keeping it twice is harmless.
+    /// Keeps a delivery that will not be handled: it failed on every delivery allowed, or it
+    /// cannot be read. Keeping it twice is harmless.
     pub async fn keep_delivery(
         &self,
         consumer: &str,
@@ -51,7 +52,7 @@ impl DeadLetters {
             subject,
             stream_sequence,
             %error,
-            "message failed on every delivery allowed, kept in dead_letters"
+            "message not handled, kept in dead_letters"
         );
         Ok(())
     }
