@@ -202,9 +202,21 @@ async fn an_existing_consumer_and_stream_take_the_configured_settings() -> anyho
         filter_subject: env.subjects.stream_subjects(StreamKind::Interactions).concat(),
         service: "ingest",
     };
+    // A durable as an earlier version left it: with a delivery limit of its own.
+    env.js
+        .get_stream(&spec.stream)
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            filter_subject: spec.filter_subject.clone(),
+            max_deliver: 20,
+            ..Default::default()
+        })
+        .await?;
     let mut settings = env.settings.consumer.clone();
     settings.max_ack_pending = 1000;
     let mut consumer = platform::consumer::declare(&env.js, &spec, &settings).await?;
+    assert_eq!(consumer.info().await?.config.max_deliver, -1, "the limit lifted");
     assert_eq!(consumer.info().await?.config.max_ack_pending, 1000);
     settings.max_ack_pending = 25_000;
     settings.ack_wait_secs = 17;

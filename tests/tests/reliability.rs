@@ -305,6 +305,7 @@ fn run_loop<H, Fut>(
     env: &TestEnv,
     durable: &str,
     settings: platform::settings::ConsumerSettings,
+    dead_letters: Option<platform::deadletter::DeadLetters>,
     token: tokio_util::sync::CancellationToken,
     handler: H,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>>
@@ -313,7 +314,15 @@ where
     Fut: std::future::Future<Output = Vec<platform::consumer::Disposition>> + Send + 'static,
 {
     let spec = loop_spec(env, durable);
-    tokio::spawn(platform::consumer::run(env.nats.clone(), env.js.clone(), spec, settings, None, token, handler))
+    tokio::spawn(platform::consumer::run(
+        env.nats.clone(),
+        env.js.clone(),
+        spec,
+        settings,
+        dead_letters,
+        token,
+        handler,
+    ))
 }
 
 fn loop_spec(env: &TestEnv, durable: &str) -> platform::consumer::ConsumerSpec {
@@ -323,6 +332,49 @@ fn loop_spec(env: &TestEnv, durable: &str) -> platform::consumer::ConsumerSpec {
         durable: durable.into(),
         filter_subject: env.subjects.stream_subjects(StreamKind::Interactions).concat(),
         service: "ingest",
+    }
+}
+
+/// The lead service's dead letters (its schema migrated by starting it), for a loop run alone.
+async fn lead_dead_letters(env: &TestEnv) -> anyhow::Result<(leads_tests::Node, platform::deadletter::DeadLetters)> {
+    let node = env.start(&[ServiceName::Lead]).await?;
+    let options = platform::db::connect_options(&env.settings.database_url)?.options([("search_path", "lead")]);
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(options).await?;
+    Ok((node, platform::deadletter::DeadLetters { pool, subjects: env.subjects.clone(), service: "lead" }))
+}
+
+/// The durable's state once nothing is pending or unacknowledged.
+async fn settled(
+    consumer: &async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+) -> async_nats::jetstream::consumer::Info {
+    eventually_ok(Duration::from_secs(30), "every message answered", || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.map_err(|e| e.to_string())?.clone();
+            if info.num_ack_pending == 0 && info.num_pending == 0 { Ok(info) } else { Err(format!("{info:?}")) }
+        }
+    })
+    .await
+}
+
+/// Records what each batch brings (text, delivery) and acknowledges it all.
+fn recording(
+    seen_tx: tokio::sync::mpsc::UnboundedSender<(String, i64)>,
+) -> impl Fn(
+    platform::consumer::Batch,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<platform::consumer::Disposition>> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |batch| {
+        let seen_tx = seen_tx.clone();
+        Box::pin(async move {
+            for delivery in batch.iter() {
+                let _ = seen_tx.send((String::from_utf8_lossy(&delivery.payload).into_owned(), delivery.delivered));
+            }
+            vec![platform::consumer::Disposition::Ack; batch.len()]
+        })
     }
 }
 
@@ -348,74 +400,130 @@ async fn a_message_whose_allowed_deliveries_all_went_unhandled_is_still_handled(
     }
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let token = tokio_util::sync::CancellationToken::new();
-    let running = run_loop(&env, "unhandled", settings, token.clone(), move |batch| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            for delivery in batch.iter() {
-                let _ = seen_tx.send(delivery.delivered);
-            }
-            vec![platform::consumer::Disposition::Ack; batch.len()]
-        }
-    });
-    let delivered = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+    let running = run_loop(&env, "unhandled", settings, None, token.clone(), recording(seen_tx));
+    let (_, delivered) = tokio::time::timeout(Duration::from_secs(30), seen.recv())
         .await
-        .map_err(|_| anyhow::anyhow!("the message was abandoned: no handler ever saw it"))?;
-    assert_eq!(delivered, Some(3));
-    let mut consumer = consumer;
-    eventually_ok(Duration::from_secs(10), "the message acknowledged", || {
-        let mut consumer = consumer.clone();
-        async move {
-            let info = consumer.info().await.map_err(|e| e.to_string())?;
-            if info.num_ack_pending == 0 && info.num_pending == 0 { Ok(()) } else { Err(format!("{info:?}")) }
-        }
-    })
-    .await;
-    assert_eq!(consumer.info().await?.config.max_deliver, -1, "the durable sets no limit of its own");
+        .map_err(|_| anyhow::anyhow!("the message was abandoned: no handler ever saw it"))?
+        .ok_or_else(|| anyhow::anyhow!("the loop ended"))?;
+    assert_eq!(delivered, 3);
+    let info = settled(&consumer).await;
+    assert_eq!(info.config.max_deliver, -1, "the durable sets no limit of its own");
     token.cancel();
     running.await??;
     env.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_that_panics_fails_only_its_message_and_the_loop_goes_on() -> anyhow::Result<()> {
+async fn a_message_never_answered_is_kept_unhandled_after_its_ceiling() -> anyhow::Result<()> {
+    use futures::StreamExt;
     let env = TestEnv::new().await?;
+    let (node, dead_letters) = lead_dead_letters(&env).await?;
     let mut settings = env.settings.consumer.clone();
-    settings.retry_base_ms = 10;
-    settings.retry_max_ms = 50;
+    settings.max_deliver = 2;
+    let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "ceiling"), &settings).await?;
+    env.publish_interaction(ORG, &chat_event("c-1", &phone(1), "stops every process")).await?;
+    // Fifty processes each take it and end without an answer (here: handed back at once).
+    for _ in 0..50 {
+        let mut pulled = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await?;
+        let message =
+            pulled.next().await.ok_or_else(|| anyhow::anyhow!("no delivery"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let token = tokio_util::sync::CancellationToken::new();
+    let running = run_loop(&env, "ceiling", settings, Some(dead_letters.clone()), token.clone(), recording(seen_tx));
+    let error: String = eventually(Duration::from_secs(30), "the message kept", || async {
+        sqlx::query_scalar("SELECT error FROM dead_letters WHERE consumer = 'ceiling'")
+            .fetch_optional(&dead_letters.pool)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert!(error.contains("51 times without an answer"), "{error}");
+    settled(&consumer).await;
+    assert!(seen.try_recv().is_err(), "no handler saw it again");
+    token.cancel();
+    running.await??;
+    node.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_slower_than_the_ack_wait_is_not_delivered_again_meanwhile() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut settings = env.settings.consumer.clone();
+    settings.ack_wait_secs = 1;
+    let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "slow"), &settings).await?;
+    env.publish_interaction(ORG, &chat_event("s-1", &phone(1), "slow")).await?;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = run_loop(&env, "slow", settings, None, token.clone(), move |batch: platform::consumer::Batch| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send(batch.iter().map(|d| d.delivered).collect::<Vec<_>>());
+            // Three ack waits: a lock wait, a loaded machine.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            vec![platform::consumer::Disposition::Ack; batch.len()]
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
+    assert_eq!(first, Some(vec![1]));
+    let info = settled(&consumer).await;
+    assert_eq!(info.num_redelivered, 0, "no copy handed out while it was handled");
+    assert!(seen.try_recv().is_err(), "handled once");
+    token.cancel();
+    running.await??;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_fails_only_its_message_which_is_kept() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let (node, dead_letters) = lead_dead_letters(&env).await?;
+    let mut settings = env.settings.consumer.clone();
+    settings.max_deliver = 2;
+    settings.retry_base_ms = 10;
+    settings.retry_max_ms = 50;
+    // Longer than the test: a message comes back only when the loop hands it back.
+    settings.ack_wait_secs = 120;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     // Both are waiting when the loop starts, so they come in one batch: the panic fails the
     // batch, the fine message goes through alone at once and the poison one is delivered again.
     env.publish_interaction(ORG, &chat_event("p-1", &phone(1), "poison")).await?;
     env.publish_interaction(ORG, &chat_event("p-2", &phone(2), "fine")).await?;
-    let running = run_loop(&env, "panics", settings, token.clone(), move |batch| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            let texts: Vec<String> = batch.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect();
-            assert!(!texts.iter().any(|text| text.contains("poison")), "a poison message");
-            for (text, delivery) in texts.iter().zip(batch.iter()) {
-                let _ = seen_tx.send((text.contains("fine"), delivery.delivered));
-            }
-            vec![platform::consumer::Disposition::Ack; batch.len()]
-        }
+    let token = tokio_util::sync::CancellationToken::new();
+    let record = recording(seen_tx);
+    let running = run_loop(&env, "panics", settings, Some(dead_letters.clone()), token.clone(), move |batch| {
+        let texts: Vec<String> = batch.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect();
+        assert!(!texts.iter().any(|text| text.contains("poison")), "a poison message");
+        record(batch)
     });
-    let fine = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
-    assert_eq!(fine, Some((true, 1)));
-    env.publish_interaction(ORG, &chat_event("p-3", &phone(3), "fine again")).await?;
-    let after = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
-    assert_eq!(after, Some((true, 1)), "the loop goes on after a panic");
-    let mut consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "panics"), &env.settings.consumer).await?;
-    eventually_ok(Duration::from_secs(30), "the poison message delivered again", || {
-        let mut consumer = consumer.clone();
-        async move {
-            let info = consumer.info().await.map_err(|e| e.to_string())?;
-            if info.num_redelivered > 0 { Ok(()) } else { Err(format!("{info:?}")) }
-        }
+    let (fine, delivered) = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?.unwrap_or_default();
+    assert!(fine.contains("fine") && delivered == 1, "{fine} on delivery {delivered}");
+    let error: String = eventually(Duration::from_secs(30), "the poison kept", || async {
+        sqlx::query_scalar("SELECT error FROM dead_letters WHERE consumer = 'panics'")
+            .fetch_optional(&dead_letters.pool)
+            .await
+            .ok()
+            .flatten()
     })
     .await;
-    assert!(consumer.info().await?.num_ack_pending <= 1);
+    assert!(error.contains("panicked: a poison message"), "{error}");
+    env.publish_interaction(ORG, &chat_event("p-3", &phone(3), "fine again")).await?;
+    let (after, _) = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?.unwrap_or_default();
+    assert!(after.contains("fine again"), "the loop goes on after a panic: {after}");
+    let consumer = env
+        .js
+        .get_stream(loop_spec(&env, "panics").stream)
+        .await?
+        .get_consumer("panics")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    settled(&consumer).await;
     token.cancel();
     running.await??;
+    node.stop().await?;
     env.cleanup().await
 }
 

@@ -136,17 +136,26 @@ pub async fn declare(
 
 /// Samples the consumer's backlog into `leads_consumer_pending` (and the messages delivered
 /// but not acknowledged into `leads_consumer_ack_pending`) every `every`, the first time at
-/// once, until `token` is cancelled.
+/// once, until `token` is cancelled. A durable found with a delivery limit again (a process of
+/// an earlier version started meanwhile, during a rollout or a rollback) is declared again with
+/// this process's settings.
 pub async fn sample_pending(
+    js: jetstream::Context,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     spec: ConsumerSpec,
+    settings: ConsumerSettings,
     every: Duration,
     token: CancellationToken,
 ) {
-    let (service, durable) = (spec.service, spec.durable);
+    let (service, durable) = (spec.service, spec.durable.clone());
     loop {
         match consumer.get_info().await {
             Ok(info) => {
+                if info.config.max_deliver != UNLIMITED_DELIVERIES
+                    && let Err(error) = declare(&js, &spec, &settings).await
+                {
+                    tracing::warn!(consumer = %durable, %error, "cannot lift the durable's delivery limit");
+                }
                 metrics::gauge!(names::CONSUMER_PENDING, "service" => service, "consumer" => durable.clone())
                     .set(info.num_pending as f64);
                 metrics::gauge!(names::CONSUMER_ACK_PENDING, "service" => service, "consumer" => durable.clone())
@@ -180,8 +189,14 @@ where
     // prefetched messages are not delivered (and their deliveries spent) again and again.
     let (held_tx, mut held) = tokio::sync::watch::channel(0usize);
     let held_tx = Arc::new(held_tx);
-    let sampler =
-        tokio::spawn(sample_pending(consumer.clone(), spec.clone(), crate::service::SAMPLE_EVERY, token.clone()));
+    let sampler = tokio::spawn(sample_pending(
+        js.clone(),
+        consumer.clone(),
+        spec.clone(),
+        settings.clone(),
+        crate::service::SAMPLE_EVERY,
+        token.clone(),
+    ));
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let mut in_flight = JoinSet::new();
     tracing::info!(consumer = %spec.durable, stream = %spec.stream, "consumer started");
@@ -399,20 +414,11 @@ where
             delivered,
         });
     }
-    let batch: Batch = Arc::new(deliveries);
     let started = std::time::Instant::now();
-    let mut dispositions = handle_held(&context, &batch, &replies, &handler).await;
-    // One failing message must not drag its batch-mates along: each failed message is
-    // handled again alone, and only those that fail alone are delivered again.
-    if batch.len() > 1 && dispositions.iter().any(|d| matches!(d, Disposition::Retry(_))) {
-        for index in 0..batch.len() {
-            if matches!(dispositions[index], Disposition::Retry(_)) {
-                let alone: Batch = Arc::new(vec![batch[index].clone()]);
-                let answer = handle_held(&context, &alone, &replies[index..=index], &handler).await;
-                dispositions[index] = answer.into_iter().next().unwrap_or(Disposition::Retry("no answer".into()));
-            }
-        }
-    }
+    // Until every message is answered, the batch is reported in progress: on a loaded machine
+    // a batch (with its one-at-a-time pass and its dead letters) can outlast the ack wait, and
+    // NATS would hand copies of it to another process meanwhile.
+    let kinds = in_progress(&context, &replies, answer(&context, deliveries, &replies, &handler)).await;
     metrics::histogram!(names::CONSUMER_HANDLE_DURATION, "service" => service, "consumer" => durable.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(names::CONSUMER_HANDLED, "service" => service, "consumer" => durable.clone())
@@ -421,23 +427,7 @@ where
         metrics::counter!(names::CONSUMER_REDELIVERED, "service" => service, "consumer" => durable.clone())
             .increment(redelivered);
     }
-    for (index, reply) in replies.into_iter().enumerate() {
-        let delivery = &batch[index];
-        let disposition = dispositions.get(index).cloned().unwrap_or(Disposition::Retry("no answer".into()));
-        let kind = match disposition {
-            Disposition::Ack => AckKind::Ack,
-            Disposition::Retry(reason) => {
-                let last = context.settings.max_deliver > 0 && delivery.delivered >= context.settings.max_deliver;
-                if last {
-                    keep_dead_letter(&context, delivery, &reason).await
-                } else {
-                    AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)))
-                }
-            }
-            // Held until shutdown: delivered again soon, by whichever process is still up.
-            Disposition::Unavailable(_) => AckKind::Nak(Some(context.settings.retry_delay(1))),
-            Disposition::Term(reason) => keep_dead_letter(&context, delivery, &reason).await,
-        };
+    for (reply, kind) in replies.into_iter().zip(kinds) {
         // Messages pulled from a consumer always carry their ack subject as the reply.
         let Some(reply) = reply else { continue };
         if let Err(error) = context.client.publish(reply.clone(), kind.into()).await {
@@ -446,12 +436,131 @@ where
     }
 }
 
+/// How each message of a batch is answered: handled together, then, for the messages that
+/// failed, one at a time, so that one failing message does not drag its batch-mates along.
+///
+/// The durable sets no delivery limit (`UNLIMITED_DELIVERIES`), so a message that stops its
+/// process every time (an abort, memory exhausted) would come back forever and take its
+/// batch-mates down with it. A message delivered more often than `max_deliver` without its
+/// failure having been kept is therefore handled alone, and one delivered `unanswered_ceiling`
+/// times is kept in the dead letters without being handled again.
+async fn answer<H, Fut>(
+    context: &BatchContext,
+    deliveries: Vec<Delivery>,
+    replies: &[Option<async_nats::Subject>],
+    handler: &H,
+) -> Vec<AckKind>
+where
+    H: Fn(Batch) -> Fut,
+    Fut: Future<Output = Vec<Disposition>>,
+{
+    let settings = &context.settings;
+    let budget = settings.max_deliver;
+    let past_budget = |d: &Delivery| budget > 0 && d.delivered > budget;
+    let mut dispositions: Vec<Option<Disposition>> = vec![None; deliveries.len()];
+    let batch: Batch = if deliveries.iter().any(past_budget) {
+        let ceiling = unanswered_ceiling(budget);
+        let mut usual = Vec::with_capacity(deliveries.len());
+        for (index, delivery) in deliveries.iter().enumerate() {
+            if delivery.delivered >= ceiling {
+                tracing::error!(consumer = %context.durable, delivered = delivery.delivered, stream_sequence = delivery.stream_sequence, "a message was never answered");
+                dispositions[index] = Some(Disposition::Term(
+                    format!("delivered {} times without an answer (does it stop its process?)", delivery.delivered)
+                        .into(),
+                ));
+            } else if past_budget(delivery) {
+                let alone: Batch = Arc::new(vec![delivery.clone()]);
+                let answer = handle_held(context, &alone, &replies[index..=index], handler).await;
+                dispositions[index] = answer.into_iter().next();
+            } else {
+                usual.push(index);
+            }
+        }
+        let mut kept = Vec::with_capacity(usual.len());
+        let mut rest = Vec::with_capacity(usual.len());
+        for (index, delivery) in deliveries.into_iter().enumerate() {
+            if usual.binary_search(&index).is_ok() {
+                rest.push(delivery.clone());
+            }
+            kept.push(delivery);
+        }
+        let answered = if rest.is_empty() {
+            Vec::new()
+        } else {
+            let rest_replies: Vec<_> = usual.iter().map(|&index| replies[index].clone()).collect();
+            handle_alone_on_failure(context, Arc::new(rest), &rest_replies, handler).await
+        };
+        for (index, disposition) in usual.into_iter().zip(answered) {
+            dispositions[index] = Some(disposition);
+        }
+        Arc::new(kept)
+    } else {
+        let batch: Batch = Arc::new(deliveries);
+        for (index, disposition) in
+            handle_alone_on_failure(context, batch.clone(), replies, handler).await.into_iter().enumerate()
+        {
+            dispositions[index] = Some(disposition);
+        }
+        batch
+    };
+    let mut kinds = Vec::with_capacity(batch.len());
+    for (delivery, disposition) in batch.iter().zip(dispositions) {
+        let kind = match disposition.unwrap_or_else(|| Disposition::Retry("no answer".into())) {
+            Disposition::Ack => AckKind::Ack,
+            Disposition::Retry(reason) if budget > 0 && delivery.delivered >= budget => {
+                keep_dead_letter(context, delivery, &reason).await
+            }
+            Disposition::Retry(_) => AckKind::Nak(Some(settings.retry_delay(delivery.delivered))),
+            // Held until shutdown: delivered again soon, by whichever process is still up.
+            Disposition::Unavailable(_) => AckKind::Nak(Some(settings.retry_delay(1))),
+            Disposition::Term(reason) => keep_dead_letter(context, delivery, &reason).await,
+        };
+        kinds.push(kind);
+    }
+    kinds
+}
+
+/// Deliveries after which a message that never got an answer (no handler finished with it) is
+/// kept in the dead letters unhandled: well past the budget, because a message can also be
+/// delivered again through no fault of its own (a killed process's prefetch, a slow machine).
+fn unanswered_ceiling(max_deliver: i64) -> i64 {
+    max_deliver.saturating_mul(4).max(50)
+}
+
+/// The batch handled together; then each message that failed, alone, so that only the messages
+/// that fail alone are delivered again.
+async fn handle_alone_on_failure<H, Fut>(
+    context: &BatchContext,
+    batch: Batch,
+    replies: &[Option<async_nats::Subject>],
+    handler: &H,
+) -> Vec<Disposition>
+where
+    H: Fn(Batch) -> Fut,
+    Fut: Future<Output = Vec<Disposition>>,
+{
+    let mut dispositions = handle_held(context, &batch, replies, handler).await;
+    dispositions.resize(batch.len(), Disposition::Retry("no answer".into()));
+    if batch.len() > 1 && dispositions.iter().any(|d| matches!(d, Disposition::Retry(_))) {
+        for index in 0..batch.len() {
+            if matches!(dispositions[index], Disposition::Retry(_)) {
+                let alone: Batch = Arc::new(vec![batch[index].clone()]);
+                let answer = handle_held(context, &alone, &replies[index..=index], handler).await;
+                dispositions[index] = answer.into_iter().next().unwrap_or(Disposition::Retry("no answer".into()));
+            }
+        }
+    }
+    dispositions
+}
+
 /// Keeps a message that will not be handled in the service's dead letters, then acknowledges
 /// it. One that cannot be kept (Postgres down) is delivered again rather than lost: the durable
-/// sets no delivery limit of its own.
+/// sets no delivery limit of its own. Without dead letters (a loop run alone) a message that can
+/// never succeed is terminated and one that keeps failing is delivered again.
 async fn keep_dead_letter(context: &BatchContext, delivery: &Delivery, reason: &str) -> AckKind {
     let Some(dead_letters) = &context.dead_letters else {
-        return AckKind::Nak(Some(context.settings.retry_delay(delivery.delivered)));
+        tracing::error!(consumer = %context.durable, %reason, "a message not handled, and no dead letters to keep it in");
+        return AckKind::Term;
     };
     match dead_letters
         .keep_delivery(&context.durable, &delivery.subject, delivery.stream_sequence, &delivery.payload, reason)
@@ -468,7 +577,8 @@ async fn keep_dead_letter(context: &BatchContext, delivery: &Delivery, reason: &
 /// Hands `batch` to the handler; while it answers that a dependency is unreachable, keeps the
 /// messages in progress (their ack wait starts again and no delivery is spent), stops the
 /// loop's pulling, and tries again with a growing pause, until the dependency answers or the
-/// process stops.
+/// process stops. A handler that panics fails its batch like an error, so the batch is retried
+/// message by message and the message that panics ends in the dead letters.
 async fn handle_held<H, Fut>(
     context: &BatchContext,
     batch: &Batch,
@@ -479,11 +589,23 @@ where
     H: Fn(Batch) -> Fut,
     Fut: Future<Output = Vec<Disposition>>,
 {
+    use futures::FutureExt;
     let mut pause = Duration::from_millis(250);
     let longest = (context.settings.ack_wait() / 3).clamp(Duration::from_millis(250), Duration::from_secs(5));
     let mut holding: Option<Holding<'_>> = None;
     let dispositions = loop {
-        let dispositions = in_progress(context, batch, replies, handler(batch.clone())).await;
+        // The handler is called inside the guarded future, so that a panic while it builds its
+        // future is caught too.
+        let handled = std::panic::AssertUnwindSafe(async { handler(batch.clone()).await }).catch_unwind().await;
+        let dispositions = handled.unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(consumer = %context.durable, messages = batch.len(), %reason, "handler panicked");
+            vec![Disposition::Retry(format!("the handler panicked: {reason}").into()); batch.len()]
+        });
         let unavailable = dispositions.iter().find_map(|d| match d {
             Disposition::Unavailable(reason) => Some(reason.clone()),
             _ => None,
@@ -509,40 +631,26 @@ where
     dispositions
 }
 
-/// Runs a handler on `batch`. While it runs longer than a third of the ack wait (a loaded
-/// machine, a lock wait), the batch is reported in progress, so that NATS does not deliver it
-/// to another process meanwhile: on a slow machine those copies were handled again and slowed
-/// it further. A handler that panics fails its batch like an error, so the batch is retried
-/// message by message and the message that panics ends in the dead letters.
-async fn in_progress<Fut>(
+/// Runs `work`, reporting `replies` in progress every third of the ack wait while it runs. The
+/// reports run beside the work, never in its way: a report that waits (NATS unreachable) does
+/// not stop a transaction that is open.
+async fn in_progress<T>(
     context: &BatchContext,
-    batch: &Batch,
     replies: &[Option<async_nats::Subject>],
-    work: Fut,
-) -> Vec<Disposition>
-where
-    Fut: Future<Output = Vec<Disposition>>,
-{
-    use futures::FutureExt;
+    work: impl Future<Output = T>,
+) -> T {
     let every = (context.settings.ack_wait() / 3).max(Duration::from_millis(250));
-    let work = std::panic::AssertUnwindSafe(work).catch_unwind();
-    tokio::pin!(work);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            done = &mut work => {
-                return done.unwrap_or_else(|panic| {
-                    let reason = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(consumer = %context.durable, messages = batch.len(), %reason, "handler panicked");
-                    vec![Disposition::Retry(format!("the handler panicked: {reason}").into()); batch.len()]
-                });
-            }
-            _ = ticks.tick() => report_progress(context, replies).await,
+    let reporting = async {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            report_progress(context, replies).await;
         }
+    };
+    tokio::select! {
+        done = work => done,
+        never = reporting => never,
     }
 }
 

@@ -9,6 +9,20 @@ use sqlx::{PgPool, Postgres, Transaction};
 /// How much of a payload an announcement on `deadletter.*` carries.
 pub const EXCERPT_BYTES: usize = 16 * 1024;
 
+/// The longest error text a dead letter keeps.
+pub const MAX_ERROR_BYTES: usize = 8 * 1024;
+
+/// `error` as a `text` column takes it: without NUL characters (a reader's error may quote the
+/// input, and a dead letter that cannot be written would be delivered again forever) and cut
+/// at `MAX_ERROR_BYTES` on a character boundary.
+fn storable_error(error: &str) -> String {
+    let mut end = error.len().min(MAX_ERROR_BYTES);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    error[..end].replace('\0', "\u{fffd}")
+}
+
 /// A service's dead letters.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -70,6 +84,8 @@ impl DeadLetters {
         payload: &[u8],
         error: &str,
     ) -> Result<(), sqlx::Error> {
+        let error = storable_error(error);
+        let error = error.as_str();
         let inserted = sqlx::query(
             "INSERT INTO dead_letters (source, consumer, subject, sequence, msg_id, error, payload) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
@@ -107,5 +123,19 @@ impl DeadLetters {
         crate::outbox::enqueue(tx, std::slice::from_ref(&message)).await?;
         metrics::counter!(names::DEADLETTER, "service" => self.service, "source" => source.to_owned()).increment(1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_stored_without_nul_and_bounded_on_a_character_boundary() {
+        assert_eq!(storable_error("unknown variant `a\0b`"), "unknown variant `a\u{fffd}b`");
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let stored = storable_error(&long);
+        assert!(stored.len() <= MAX_ERROR_BYTES && stored.len() >= MAX_ERROR_BYTES - 1);
+        assert!(stored.chars().all(|c| c == 'é'));
     }
 }
