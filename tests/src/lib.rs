@@ -382,6 +382,27 @@ pub fn phone(n: u32) -> String {
     format!("+1415{:07}", 2_000_000 + n)
 }
 
+/// How far the interaction pipeline has got, for a test that waits for it to finish to say
+/// where it stopped: events applied by the lead service, accepted by ingest, waiting in
+/// ingest's outbox, and kept as dead letters by either.
+pub async fn pipeline_progress(admin: &sqlx::PgPool, total: i64) -> Result<(), String> {
+    let (applied, accepted, unpublished, dead): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM lead.interactions), (SELECT count(*) FROM ingest.accepted_events), \
+                (SELECT count(*) FROM ingest.outbox), \
+                (SELECT count(*) FROM ingest.dead_letters) + (SELECT count(*) FROM lead.dead_letters)",
+    )
+    .fetch_one(admin)
+    .await
+    .map_err(|error| error.to_string())?;
+    if applied >= total {
+        Ok(())
+    } else {
+        Err(format!(
+            "{applied} of {total} applied; {accepted} accepted by ingest, {unpublished} in its outbox, {dead} dead letters"
+        ))
+    }
+}
+
 /// Lists every lead of an organisation through gRPC.
 pub async fn all_leads(client: &mut LeadServiceClient<Channel>, org_id: &str) -> anyhow::Result<Vec<pb::Lead>> {
     let mut leads = Vec::new();

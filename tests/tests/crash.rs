@@ -95,13 +95,7 @@ async fn sigkill_during_50k_events_loses_and_doubles_nothing() -> anyhow::Result
     // A failure says how far it got, and whether the count still moved.
     eventually_ok(Duration::from_secs(300), "every event applied", || {
         let admin = admin.clone();
-        async move {
-            match applied(&admin).await {
-                Ok(n) if n >= i64::from(total) => Ok(()),
-                Ok(n) => Err(format!("{n} of {total} applied")),
-                Err(error) => Err(error.to_string()),
-            }
-        }
+        async move { leads_tests::pipeline_progress(&admin, i64::from(total)).await }
     })
     .await;
     let status = process.terminate().await?;

@@ -38,24 +38,7 @@ async fn publish_steadily(env: &TestEnv, from: u32, total: u32, contacts: u32) -
 async fn assert_exactly_once(admin: &sqlx::PgPool, total: i64) -> anyhow::Result<()> {
     let deadline = Duration::from_secs(180);
     // A failure says how far each hop got.
-    eventually_ok(deadline, "every event applied", || async {
-        let (applied, accepted, unpublished, dead): (i64, i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM lead.interactions), (SELECT count(*) FROM ingest.accepted_events), \
-                    (SELECT count(*) FROM ingest.outbox), \
-                    (SELECT count(*) FROM ingest.dead_letters) + (SELECT count(*) FROM lead.dead_letters)",
-        )
-        .fetch_one(admin)
-        .await
-        .map_err(|error| error.to_string())?;
-        if applied == total {
-            Ok(())
-        } else {
-            Err(format!(
-                "{applied} of {total} applied; {accepted} accepted by ingest, {unpublished} in its outbox, {dead} dead letters"
-            ))
-        }
-    })
-    .await;
+    eventually_ok(deadline, "every event applied", || leads_tests::pipeline_progress(admin, total)).await;
     let counted: i64 = sqlx::query_scalar("SELECT coalesce(sum(interaction_count), 0)::bigint FROM lead.leads")
         .fetch_one(admin)
         .await?;
