@@ -433,10 +433,61 @@ async fn a_message_never_answered_is_kept_unhandled_after_its_ceiling() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_past_its_budget_waits_for_its_batch_mates_to_be_acknowledged() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let env = TestEnv::new().await?;
+    let mut settings = env.settings.consumer.clone();
+    settings.max_deliver = 2;
+    settings.ack_wait_secs = 60;
+    let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "apart"), &settings).await?;
+    env.publish_interaction(ORG, &chat_event("a-1", &phone(1), "stops its process")).await?;
+    for _ in 0..2 {
+        let mut pulled = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await?;
+        let message =
+            pulled.next().await.ok_or_else(|| anyhow::anyhow!("no delivery"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    env.publish_interaction(ORG, &chat_event("a-2", &phone(2), "fine")).await?;
+    // Both wait when the loop starts, so they come in one batch. The one past its budget would
+    // stop the process (here: it hangs until the test ends); its batch-mate must not wait for it.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let token = tokio_util::sync::CancellationToken::new();
+    let hang = token.clone();
+    let running = run_loop(&env, "apart", settings, None, token.clone(), move |batch: platform::consumer::Batch| {
+        let (seen_tx, hang) = (seen_tx.clone(), hang.clone());
+        async move {
+            let texts: Vec<String> = batch.iter().map(|d| String::from_utf8_lossy(&d.payload).into_owned()).collect();
+            let stops = texts.iter().any(|text| text.contains("stops its process"));
+            let _ = seen_tx.send((texts.len(), stops));
+            if stops {
+                hang.cancelled().await;
+                return vec![platform::consumer::Disposition::Retry("stopped".into()); batch.len()];
+            }
+            vec![platform::consumer::Disposition::Ack; batch.len()]
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
+    assert_eq!(first, Some((1, false)), "the batch-mate first, without it");
+    let second = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
+    assert_eq!(second, Some((1, true)), "then the message past its budget, alone");
+    eventually_ok(Duration::from_secs(30), "the batch-mate acknowledged", || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.map_err(|e| e.to_string())?.clone();
+            if info.num_ack_pending == 1 && info.num_pending == 0 { Ok(()) } else { Err(format!("{info:?}")) }
+        }
+    })
+    .await;
+    token.cancel();
+    running.await??;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_slower_than_the_ack_wait_is_not_delivered_again_meanwhile() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let mut settings = env.settings.consumer.clone();
-    settings.ack_wait_secs = 1;
+    settings.ack_wait_secs = 3;
     let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "slow"), &settings).await?;
     env.publish_interaction(ORG, &chat_event("s-1", &phone(1), "slow")).await?;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
@@ -445,15 +496,15 @@ async fn a_batch_slower_than_the_ack_wait_is_not_delivered_again_meanwhile() -> 
         let seen_tx = seen_tx.clone();
         async move {
             let _ = seen_tx.send(batch.iter().map(|d| d.delivered).collect::<Vec<_>>());
-            // Three ack waits: a lock wait, a loaded machine.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // More than two ack waits: a lock wait, a loaded machine.
+            tokio::time::sleep(Duration::from_secs(7)).await;
             vec![platform::consumer::Disposition::Ack; batch.len()]
         }
     });
     let first = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await?;
     assert_eq!(first, Some(vec![1]));
     let info = settled(&consumer).await;
-    assert_eq!(info.num_redelivered, 0, "no copy handed out while it was handled");
+    assert_eq!(info.delivered.consumer_sequence, 1, "no copy handed out while it was handled");
     assert!(seen.try_recv().is_err(), "handled once");
     token.cancel();
     running.await??;

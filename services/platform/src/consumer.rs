@@ -418,7 +418,7 @@ where
     // Until every message is answered, the batch is reported in progress: on a loaded machine
     // a batch (with its one-at-a-time pass and its dead letters) can outlast the ack wait, and
     // NATS would hand copies of it to another process meanwhile.
-    let kinds = in_progress(&context, &replies, answer(&context, deliveries, &replies, &handler)).await;
+    in_progress(&context, &replies, answer(&context, deliveries, &replies, &handler)).await;
     metrics::histogram!(names::CONSUMER_HANDLE_DURATION, "service" => service, "consumer" => durable.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(names::CONSUMER_HANDLED, "service" => service, "consumer" => durable.clone())
@@ -427,85 +427,81 @@ where
         metrics::counter!(names::CONSUMER_REDELIVERED, "service" => service, "consumer" => durable.clone())
             .increment(redelivered);
     }
-    for (reply, kind) in replies.into_iter().zip(kinds) {
-        // Messages pulled from a consumer always carry their ack subject as the reply.
-        let Some(reply) = reply else { continue };
-        if let Err(error) = context.client.publish(reply.clone(), kind.into()).await {
-            tracing::warn!(%error, %reply, "ack failed; the message will be redelivered");
-        }
-    }
 }
 
-/// How each message of a batch is answered: handled together, then, for the messages that
-/// failed, one at a time, so that one failing message does not drag its batch-mates along.
+/// Answers each message of a batch: handled together, then, for the messages that failed, one
+/// at a time, so that one failing message does not drag its batch-mates along.
 ///
 /// The durable sets no delivery limit (`UNLIMITED_DELIVERIES`), so a message that stops its
-/// process every time (an abort, memory exhausted) would come back forever and take its
-/// batch-mates down with it. A message delivered more often than `max_deliver` without its
-/// failure having been kept is therefore handled alone, and one delivered `unanswered_ceiling`
-/// times is kept in the dead letters without being handled again.
+/// process every time (an abort, memory exhausted) would come back forever with its
+/// batch-mates. A message delivered more often than its budget is therefore set apart: the
+/// rest of the batch is handled and acknowledged first, then each such message alone, and one
+/// delivered `unanswered_ceiling` times is kept in the dead letters without being handled.
 async fn answer<H, Fut>(
     context: &BatchContext,
     deliveries: Vec<Delivery>,
     replies: &[Option<async_nats::Subject>],
     handler: &H,
-) -> Vec<AckKind>
-where
+) where
     H: Fn(Batch) -> Fut,
     Fut: Future<Output = Vec<Disposition>>,
 {
+    let isolate_after = isolation_threshold(context.settings.max_deliver);
+    if !deliveries.iter().any(|d| d.delivered > isolate_after) {
+        let batch: Batch = Arc::new(deliveries);
+        let dispositions = handle_alone_on_failure(context, batch.clone(), replies, handler).await;
+        return acknowledge(context, &batch, replies, dispositions).await;
+    }
+    let (apart, usual): (Vec<_>, Vec<_>) =
+        deliveries.into_iter().zip(replies.iter().cloned()).partition(|(d, _)| d.delivered > isolate_after);
+    if !usual.is_empty() {
+        let (batch, usual_replies): (Vec<_>, Vec<_>) = usual.into_iter().unzip();
+        let batch: Batch = Arc::new(batch);
+        let dispositions = handle_alone_on_failure(context, batch.clone(), &usual_replies, handler).await;
+        acknowledge(context, &batch, &usual_replies, dispositions).await;
+    }
+    let ceiling = unanswered_ceiling(context.settings.max_deliver);
+    for (delivery, reply) in apart {
+        let alone: Batch = Arc::new(vec![delivery]);
+        let reply = [reply];
+        let dispositions = if alone[0].delivered >= ceiling {
+            tracing::error!(consumer = %context.durable, delivered = alone[0].delivered, stream_sequence = alone[0].stream_sequence, "a message was never answered");
+            let reason =
+                format!("delivered {} times without an answer (does it stop its process?)", alone[0].delivered);
+            vec![Disposition::Term(reason.into())]
+        } else {
+            handle_held(context, &alone, &reply, handler).await
+        };
+        acknowledge(context, &alone, &reply, dispositions).await;
+    }
+}
+
+/// Deliveries after which a message is handled apart from its batch-mates: its budget, or the
+/// default budget when failures have no limit.
+fn isolation_threshold(max_deliver: i64) -> i64 {
+    if max_deliver > 0 { max_deliver } else { crate::settings::ConsumerSettings::default().max_deliver }
+}
+
+/// Deliveries after which a message that never got an answer (no handler finished with it) is
+/// kept in the dead letters unhandled: well past the budget, because a message can also be
+/// delivered again through no fault of its own (a killed process's prefetch, a slow machine).
+fn unanswered_ceiling(max_deliver: i64) -> i64 {
+    isolation_threshold(max_deliver).saturating_mul(4).max(50)
+}
+
+/// Turns each message's disposition into its acknowledgement (keeping the dead letters that
+/// fall due) and sends them.
+async fn acknowledge(
+    context: &BatchContext,
+    batch: &Batch,
+    replies: &[Option<async_nats::Subject>],
+    dispositions: Vec<Disposition>,
+) {
     let settings = &context.settings;
     let budget = settings.max_deliver;
-    let past_budget = |d: &Delivery| budget > 0 && d.delivered > budget;
-    let mut dispositions: Vec<Option<Disposition>> = vec![None; deliveries.len()];
-    let batch: Batch = if deliveries.iter().any(past_budget) {
-        let ceiling = unanswered_ceiling(budget);
-        let mut usual = Vec::with_capacity(deliveries.len());
-        for (index, delivery) in deliveries.iter().enumerate() {
-            if delivery.delivered >= ceiling {
-                tracing::error!(consumer = %context.durable, delivered = delivery.delivered, stream_sequence = delivery.stream_sequence, "a message was never answered");
-                dispositions[index] = Some(Disposition::Term(
-                    format!("delivered {} times without an answer (does it stop its process?)", delivery.delivered)
-                        .into(),
-                ));
-            } else if past_budget(delivery) {
-                let alone: Batch = Arc::new(vec![delivery.clone()]);
-                let answer = handle_held(context, &alone, &replies[index..=index], handler).await;
-                dispositions[index] = answer.into_iter().next();
-            } else {
-                usual.push(index);
-            }
-        }
-        let mut kept = Vec::with_capacity(usual.len());
-        let mut rest = Vec::with_capacity(usual.len());
-        for (index, delivery) in deliveries.into_iter().enumerate() {
-            if usual.binary_search(&index).is_ok() {
-                rest.push(delivery.clone());
-            }
-            kept.push(delivery);
-        }
-        let answered = if rest.is_empty() {
-            Vec::new()
-        } else {
-            let rest_replies: Vec<_> = usual.iter().map(|&index| replies[index].clone()).collect();
-            handle_alone_on_failure(context, Arc::new(rest), &rest_replies, handler).await
-        };
-        for (index, disposition) in usual.into_iter().zip(answered) {
-            dispositions[index] = Some(disposition);
-        }
-        Arc::new(kept)
-    } else {
-        let batch: Batch = Arc::new(deliveries);
-        for (index, disposition) in
-            handle_alone_on_failure(context, batch.clone(), replies, handler).await.into_iter().enumerate()
-        {
-            dispositions[index] = Some(disposition);
-        }
-        batch
-    };
-    let mut kinds = Vec::with_capacity(batch.len());
-    for (delivery, disposition) in batch.iter().zip(dispositions) {
-        let kind = match disposition.unwrap_or_else(|| Disposition::Retry("no answer".into())) {
+    for (index, delivery) in batch.iter().enumerate() {
+        let disposition = dispositions.get(index).cloned().unwrap_or_else(|| Disposition::Retry("no answer".into()));
+        let kind = match disposition {
             Disposition::Ack => AckKind::Ack,
             Disposition::Retry(reason) if budget > 0 && delivery.delivered >= budget => {
                 keep_dead_letter(context, delivery, &reason).await
@@ -515,16 +511,12 @@ where
             Disposition::Unavailable(_) => AckKind::Nak(Some(settings.retry_delay(1))),
             Disposition::Term(reason) => keep_dead_letter(context, delivery, &reason).await,
         };
-        kinds.push(kind);
+        // Messages pulled from a consumer always carry their ack subject as the reply.
+        let Some(reply) = replies.get(index).cloned().flatten() else { continue };
+        if let Err(error) = context.client.publish(reply.clone(), kind.into()).await {
+            tracing::warn!(%error, %reply, "ack failed; the message will be redelivered");
+        }
     }
-    kinds
-}
-
-/// Deliveries after which a message that never got an answer (no handler finished with it) is
-/// kept in the dead letters unhandled: well past the budget, because a message can also be
-/// delivered again through no fault of its own (a killed process's prefetch, a slow machine).
-fn unanswered_ceiling(max_deliver: i64) -> i64 {
-    max_deliver.saturating_mul(4).max(50)
 }
 
 /// The batch handled together; then each message that failed, alone, so that only the messages
@@ -643,16 +635,24 @@ async fn in_progress<T>(
     let reporting = async {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
+        for _ in 0..MAX_PROGRESS_REPORTS {
             ticks.tick().await;
             report_progress(context, replies).await;
         }
+        // A handler that hangs does not keep its messages from every other process for good:
+        // without reports, their ack wait runs out and NATS delivers them again.
+        tracing::warn!(consumer = %context.durable, messages = replies.len(), "a batch is still not answered; no longer reported in progress");
+        std::future::pending::<()>().await;
     };
     tokio::select! {
         done = work => done,
-        never = reporting => never,
+        () = reporting => unreachable!("reporting never ends"),
     }
 }
+
+/// Progress reports a batch gets while it is handled: ten ack waits' worth. Holding a batch
+/// through an outage reports on its own, without a limit.
+const MAX_PROGRESS_REPORTS: u32 = 30;
 
 /// Tells NATS that the messages are still being worked on: their ack wait starts again.
 async fn report_progress(context: &BatchContext, replies: &[Option<async_nats::Subject>]) {
