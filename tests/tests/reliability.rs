@@ -340,6 +340,38 @@ async fn settled(
     .await
 }
 
+/// How a process that takes a message and ends without handling it gives it back.
+#[derive(Clone, Copy, PartialEq)]
+enum HandBack {
+    /// Killed: its ack wait runs out.
+    AfterAckWait,
+    /// At once (a negative acknowledgement), to spend many deliveries quickly.
+    AtOnce,
+}
+
+/// Takes the one message waiting on `consumer` `times` times without handling it, as that many
+/// processes that ended holding it would.
+async fn spend_deliveries(
+    consumer: &async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>,
+    times: i64,
+    hand_back: HandBack,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    for delivery in 1..=times {
+        let mut pulled = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await?;
+        let message = pulled
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("delivery {delivery} never came"))?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(message.info().map_err(|e| anyhow::anyhow!("{e}"))?.delivered, delivery);
+        if hand_back == HandBack::AtOnce {
+            message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Records what each batch brings (text, delivery) and acknowledges it all.
 fn recording(
     seen_tx: tokio::sync::mpsc::UnboundedSender<(String, i64)>,
@@ -363,7 +395,6 @@ fn recording(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_allowed_deliveries_all_went_unhandled_is_still_handled() -> anyhow::Result<()> {
-    use futures::StreamExt;
     let env = TestEnv::new().await?;
     let mut settings = env.settings.consumer.clone();
     settings.max_deliver = 2;
@@ -372,15 +403,7 @@ async fn a_message_whose_allowed_deliveries_all_went_unhandled_is_still_handled(
     env.publish_interaction(ORG, &chat_event("u-1", &phone(1), "hello")).await?;
     // Two processes take the message and die before handling it (their prefetch is lost):
     // every delivery the settings allow is spent without a handler seeing it.
-    for delivery in 1..=2 {
-        let mut pulled = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await?;
-        let message = pulled
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("delivery {delivery} never came"))?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        assert_eq!(message.info().map_err(|e| anyhow::anyhow!("{e}"))?.delivered, delivery);
-    }
+    spend_deliveries(&consumer, 2, HandBack::AfterAckWait).await?;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let token = tokio_util::sync::CancellationToken::new();
     let running = run_loop(&env, "unhandled", settings, None, token.clone(), recording(seen_tx));
@@ -398,7 +421,6 @@ async fn a_message_whose_allowed_deliveries_all_went_unhandled_is_still_handled(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_never_answered_is_kept_unhandled_after_its_ceiling() -> anyhow::Result<()> {
-    use futures::StreamExt;
     let env = TestEnv::new().await?;
     let (node, dead_letters) = lead_dead_letters(&env).await?;
     let mut settings = env.settings.consumer.clone();
@@ -406,12 +428,7 @@ async fn a_message_never_answered_is_kept_unhandled_after_its_ceiling() -> anyho
     let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "ceiling"), &settings).await?;
     env.publish_interaction(ORG, &chat_event("c-1", &phone(1), "stops every process")).await?;
     // Fifty processes each take it and end without an answer (here: handed back at once).
-    for _ in 0..50 {
-        let mut pulled = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await?;
-        let message =
-            pulled.next().await.ok_or_else(|| anyhow::anyhow!("no delivery"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
-        message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    spend_deliveries(&consumer, 50, HandBack::AtOnce).await?;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let token = tokio_util::sync::CancellationToken::new();
     let running = run_loop(&env, "ceiling", settings, Some(dead_letters.clone()), token.clone(), recording(seen_tx));
@@ -434,19 +451,13 @@ async fn a_message_never_answered_is_kept_unhandled_after_its_ceiling() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_past_its_budget_waits_for_its_batch_mates_to_be_acknowledged() -> anyhow::Result<()> {
-    use futures::StreamExt;
     let env = TestEnv::new().await?;
     let mut settings = env.settings.consumer.clone();
     settings.max_deliver = 2;
     settings.ack_wait_secs = 60;
     let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "apart"), &settings).await?;
     env.publish_interaction(ORG, &chat_event("a-1", &phone(1), "stops its process")).await?;
-    for _ in 0..2 {
-        let mut pulled = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await?;
-        let message =
-            pulled.next().await.ok_or_else(|| anyhow::anyhow!("no delivery"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
-        message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    spend_deliveries(&consumer, 2, HandBack::AtOnce).await?;
     env.publish_interaction(ORG, &chat_event("a-2", &phone(2), "fine")).await?;
     // Both wait when the loop starts, so they come in one batch. The one past its budget would
     // stop the process (here: it hangs until the test ends); its batch-mate must not wait for it.
