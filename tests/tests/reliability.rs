@@ -523,6 +523,41 @@ async fn a_batch_slower_than_the_ack_wait_is_not_delivered_again_meanwhile() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_for_an_unreachable_dependency_spends_no_delivery() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut settings = env.settings.consumer.clone();
+    settings.ack_wait_secs = 1;
+    let consumer = platform::consumer::declare(&env.js, &loop_spec(&env, "held"), &settings).await?;
+    env.publish_interaction(ORG, &chat_event("h-1", &phone(1), "held")).await?;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let token = tokio_util::sync::CancellationToken::new();
+    // Postgres "comes back" four ack waits after the first try.
+    let back_at = std::sync::Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    let running = run_loop(&env, "held", settings, None, token.clone(), move |batch: platform::consumer::Batch| {
+        let (seen_tx, back_at) = (seen_tx.clone(), back_at.clone());
+        async move {
+            let back = *back_at.get_or_init(|| tokio::time::Instant::now() + Duration::from_secs(4));
+            let _ = seen_tx.send(batch.iter().map(|d| d.delivered).collect::<Vec<_>>());
+            if tokio::time::Instant::now() < back {
+                return vec![platform::consumer::Disposition::Unavailable("postgres is down".into()); batch.len()];
+            }
+            vec![platform::consumer::Disposition::Ack; batch.len()]
+        }
+    });
+    let info = settled(&consumer).await;
+    assert_eq!(info.delivered.consumer_sequence, 1, "held, not delivered again");
+    let mut tries = 0;
+    while let Ok(delivered) = seen.try_recv() {
+        assert_eq!(delivered, vec![1], "every try on the first delivery");
+        tries += 1;
+    }
+    assert!(tries >= 3, "tried again while held: {tries} tries");
+    token.cancel();
+    running.await??;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_panics_fails_only_its_message_which_is_kept() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let (node, dead_letters) = lead_dead_letters(&env).await?;

@@ -447,17 +447,12 @@ async fn answer<H, Fut>(
     Fut: Future<Output = Vec<Disposition>>,
 {
     let isolate_after = isolation_threshold(context.settings.max_deliver);
-    if !deliveries.iter().any(|d| d.delivered > isolate_after) {
-        let batch: Batch = Arc::new(deliveries);
-        let dispositions = handle_alone_on_failure(context, batch.clone(), replies, handler).await;
-        return acknowledge(context, &batch, replies, dispositions).await;
-    }
     let (apart, usual): (Vec<_>, Vec<_>) =
         deliveries.into_iter().zip(replies.iter().cloned()).partition(|(d, _)| d.delivered > isolate_after);
     if !usual.is_empty() {
         let (batch, usual_replies): (Vec<_>, Vec<_>) = usual.into_iter().unzip();
         let batch: Batch = Arc::new(batch);
-        let dispositions = handle_alone_on_failure(context, batch.clone(), &usual_replies, handler).await;
+        let dispositions = handle_alone_on_failure(context, batch.clone(), handler).await;
         acknowledge(context, &batch, &usual_replies, dispositions).await;
     }
     let ceiling = unanswered_ceiling(context.settings.max_deliver);
@@ -470,7 +465,7 @@ async fn answer<H, Fut>(
                 format!("delivered {} times without an answer (does it stop its process?)", alone[0].delivered);
             vec![Disposition::Term(reason.into())]
         } else {
-            handle_held(context, &alone, &reply, handler).await
+            handle_held(context, &alone, handler).await
         };
         acknowledge(context, &alone, &reply, dispositions).await;
     }
@@ -521,23 +516,18 @@ async fn acknowledge(
 
 /// The batch handled together; then each message that failed, alone, so that only the messages
 /// that fail alone are delivered again.
-async fn handle_alone_on_failure<H, Fut>(
-    context: &BatchContext,
-    batch: Batch,
-    replies: &[Option<async_nats::Subject>],
-    handler: &H,
-) -> Vec<Disposition>
+async fn handle_alone_on_failure<H, Fut>(context: &BatchContext, batch: Batch, handler: &H) -> Vec<Disposition>
 where
     H: Fn(Batch) -> Fut,
     Fut: Future<Output = Vec<Disposition>>,
 {
-    let mut dispositions = handle_held(context, &batch, replies, handler).await;
+    let mut dispositions = handle_held(context, &batch, handler).await;
     dispositions.resize(batch.len(), Disposition::Retry("no answer".into()));
     if batch.len() > 1 && dispositions.iter().any(|d| matches!(d, Disposition::Retry(_))) {
         for index in 0..batch.len() {
             if matches!(dispositions[index], Disposition::Retry(_)) {
                 let alone: Batch = Arc::new(vec![batch[index].clone()]);
-                let answer = handle_held(context, &alone, &replies[index..=index], handler).await;
+                let answer = handle_held(context, &alone, handler).await;
                 dispositions[index] = answer.into_iter().next().unwrap_or(Disposition::Retry("no answer".into()));
             }
         }
@@ -547,8 +537,8 @@ where
 
 /// Keeps a message that will not be handled in the service's dead letters, then acknowledges
 /// it. One that cannot be kept (Postgres down) is delivered again rather than lost: the durable
-/// sets no delivery limit of its own. Without dead letters (a loop run alone) a message that can
-/// never succeed is terminated and one that keeps failing is delivered again.
+/// sets no delivery limit of its own. Without dead letters (a loop run alone) it is logged and
+/// terminated.
 async fn keep_dead_letter(context: &BatchContext, delivery: &Delivery, reason: &str) -> AckKind {
     let Some(dead_letters) = &context.dead_letters else {
         tracing::error!(consumer = %context.durable, %reason, "a message not handled, and no dead letters to keep it in");
@@ -566,17 +556,12 @@ async fn keep_dead_letter(context: &BatchContext, delivery: &Delivery, reason: &
     }
 }
 
-/// Hands `batch` to the handler; while it answers that a dependency is unreachable, keeps the
-/// messages in progress (their ack wait starts again and no delivery is spent), stops the
-/// loop's pulling, and tries again with a growing pause, until the dependency answers or the
-/// process stops. A handler that panics fails its batch like an error, so the batch is retried
+/// Hands `batch` to the handler; while it answers that a dependency is unreachable, stops the
+/// loop's pulling and tries again with a growing pause, until the dependency answers or the
+/// process stops. The messages stay reported in progress meanwhile (`in_progress`, which
+/// wraps every batch), so no delivery is spent. A handler that panics fails its batch like an error, so the batch is retried
 /// message by message and the message that panics ends in the dead letters.
-async fn handle_held<H, Fut>(
-    context: &BatchContext,
-    batch: &Batch,
-    replies: &[Option<async_nats::Subject>],
-    handler: &H,
-) -> Vec<Disposition>
+async fn handle_held<H, Fut>(context: &BatchContext, batch: &Batch, handler: &H) -> Vec<Disposition>
 where
     H: Fn(Batch) -> Fut,
     Fut: Future<Output = Vec<Disposition>>,
@@ -610,7 +595,6 @@ where
             holding = Some(Holding::start(&context.held));
             tracing::warn!(consumer = %context.durable, messages = batch.len(), %reason, "a dependency is unavailable; holding the batch");
         }
-        report_progress(context, replies).await;
         tokio::select! {
             _ = context.token.cancelled() => {}
             _ = tokio::time::sleep(pause) => {}
@@ -625,7 +609,8 @@ where
 
 /// Runs `work`, reporting `replies` in progress every third of the ack wait while it runs. The
 /// reports run beside the work, never in its way: a report that waits (NATS unreachable) does
-/// not stop a transaction that is open.
+/// not stop a transaction that is open. They go on for as long as the consumer holds batches
+/// for an unreachable dependency, and otherwise for `MAX_PROGRESS_REPORTS`.
 async fn in_progress<T>(
     context: &BatchContext,
     replies: &[Option<async_nats::Subject>],
@@ -635,9 +620,13 @@ async fn in_progress<T>(
     let reporting = async {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        for _ in 0..MAX_PROGRESS_REPORTS {
+        let mut reports = 0;
+        while reports < MAX_PROGRESS_REPORTS {
             ticks.tick().await;
             report_progress(context, replies).await;
+            if *context.held.borrow() == 0 {
+                reports += 1;
+            }
         }
         // A handler that hangs does not keep its messages from every other process for good:
         // without reports, their ack wait runs out and NATS delivers them again.
@@ -650,8 +639,7 @@ async fn in_progress<T>(
     }
 }
 
-/// Progress reports a batch gets while it is handled: ten ack waits' worth. Holding a batch
-/// through an outage reports on its own, without a limit.
+/// Progress reports a batch gets while it is handled and nothing is held: ten ack waits' worth.
 const MAX_PROGRESS_REPORTS: u32 = 30;
 
 /// Tells NATS that the messages are still being worked on: their ack wait starts again.
