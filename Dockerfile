@@ -7,7 +7,7 @@
 # Dependencies are compiled in a layer of their own, keyed only by the manifests: the
 # `skeleton` stage keeps every Cargo.toml of the tree (found, not listed, so a new workspace
 # member needs no change here) with stub sources, and that layer is rebuilt only when a
-# manifest or Cargo.lock changes. proto/build.rs compiles the .proto files with protox, so
+# manifest or Cargo.lock changes. crates/proto/build.rs compiles the .proto files with protox, so
 # no protoc is needed.
 
 ARG RUST_VERSION=1.94

@@ -19,9 +19,11 @@ test: ## Run every test against real Postgres and NATS
 		cargo test --workspace --no-fail-fast; \
 	fi
 
-lint: ## Check formatting and run clippy with warnings denied
+lint: ## Check formatting, run clippy with warnings denied, and check dependencies against deny.toml
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	@cargo deny --version >/dev/null 2>&1 || cargo install --locked cargo-deny
+	cargo deny --log-level error check bans licenses sources
 
 bench: ## Run the benchmarks and print figures for BENCHMARKS.md
 	@$(INFRA); cargo run --release -p leads-tests --bin bench -- $(BENCH_ARGS)

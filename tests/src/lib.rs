@@ -8,7 +8,11 @@ use leads_proto::v1::{
     broadcast_tracking_service_client::BroadcastTrackingServiceClient, follow_up_service_client::FollowUpServiceClient,
     ingest_service_client::IngestServiceClient, lead_service_client::LeadServiceClient,
 };
-use platform::{ServiceName, Settings, nats::Subjects};
+use platform::{
+    ServiceName, Settings,
+    nats::Subjects,
+    settings::{ExposeSecret, SecretString},
+};
 use std::{
     collections::BTreeSet,
     future::Future,
@@ -86,7 +90,7 @@ impl TestEnv {
         admin = connect_pool(&with_database(admin_url, &database)).await?;
         admin.close().await;
         let mut settings = Settings {
-            database_url: with_database(admin_url, &database),
+            database_url: SecretString::from(with_database(admin_url, &database)),
             nats_url: nats_url.to_owned(),
             subject_prefix: format!("t{}.", &id[..12]),
             database_max_connections: 8,
@@ -122,7 +126,7 @@ impl TestEnv {
 
     /// A pool connected as the admin role to this environment's database.
     pub async fn admin_pool(&self) -> anyhow::Result<sqlx::PgPool> {
-        connect_pool(&self.settings.database_url).await
+        connect_pool(self.settings.database_url.expose_secret()).await
     }
 
     pub async fn publish(&self, subject: String, payload: Vec<u8>, headers: Option<HeaderMap>) -> anyhow::Result<()> {
@@ -147,7 +151,7 @@ impl TestEnv {
     /// Environment variables that point a `leads` child process at this environment.
     pub fn process_env(&self) -> Vec<(String, String)> {
         vec![
-            ("LEADS_DATABASE_URL".into(), self.settings.database_url.clone()),
+            ("LEADS_DATABASE_URL".into(), self.settings.database_url.expose_secret().to_owned()),
             ("LEADS_NATS_URL".into(), self.settings.nats_url.clone()),
             ("LEADS_SUBJECT_PREFIX".into(), self.settings.subject_prefix.clone()),
             ("LEADS_CONSUMER_ACK_WAIT_SECS".into(), self.settings.consumer.ack_wait_secs.to_string()),
@@ -160,7 +164,7 @@ impl TestEnv {
         for kind in platform::nats::all_streams() {
             let _ = self.js.delete_stream(self.subjects.stream_name(kind)).await;
         }
-        let admin = connect_pool(&with_database(&self.settings.database_url, "postgres")).await?;
+        let admin = connect_pool(&with_database(self.settings.database_url.expose_secret(), "postgres")).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)))
             .execute(&admin)
             .await?;

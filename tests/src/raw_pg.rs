@@ -2,6 +2,7 @@
 //! connections, to compare the services with what Postgres alone does on the same machine.
 
 use crate::TestEnv;
+use platform::settings::ExposeSecret;
 use std::{
     future::Future,
     time::{Duration, Instant},
@@ -10,7 +11,7 @@ use std::{
 /// A pool of exactly `connections` connections to the environment's database, as the
 /// services connect (within `schema`, when given, as its search path), for a raw baseline.
 pub async fn pool(env: &TestEnv, connections: usize, schema: Option<&str>) -> anyhow::Result<sqlx::PgPool> {
-    let mut options = platform::db::connect_options(&env.settings.database_url)?;
+    let mut options = platform::db::connect_options(env.settings.database_url.expose_secret())?;
     if let Some(schema) = schema {
         options = options.options([("search_path", schema)]);
     }

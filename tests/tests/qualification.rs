@@ -8,8 +8,8 @@ use leads_proto::v1::{
 };
 use leads_tests::{Process, TestEnv, chat_event, eventually, pb, phone};
 use platform::ServiceName;
-use qualification::model::{
-    Direction, MessageKind,
+use qualification_model::{
+    Direction, MessageKind, Timestamp,
     synthetic::{SyntheticConfig, generate},
 };
 use std::{collections::HashMap, time::Duration};
@@ -214,7 +214,7 @@ async fn a_burst_on_one_lead_coalesces_into_few_scorings_and_the_last_reflects_a
 /// Publishes a synthetic organisation's conversations as the contract's events; answers the
 /// phone of each lead that writes at least once, with its outcome.
 async fn publish_conversations(env: &TestEnv, leads: usize, seed: u64) -> anyhow::Result<(HashMap<String, bool>, i64)> {
-    let org = generate(&SyntheticConfig { seed, leads, now: chrono::Utc::now() });
+    let org = generate(&SyntheticConfig { seed, leads, now: Timestamp::now() });
     let mut outcomes = HashMap::new();
     let mut pending = Vec::new();
     for (n, lead) in org.leads.iter().enumerate() {
@@ -225,7 +225,7 @@ async fn publish_conversations(env: &TestEnv, leads: usize, seed: u64) -> anyhow
             wrote |= inbound;
             let mut event = serde_json::json!({
                 "event_id": format!("s-{n}-{m}"),
-                "occurred_at": message.at.to_rfc3339(),
+                "occurred_at": message.at.to_string(),
                 "kind": "chat_message",
                 "direction": if inbound { "inbound" } else { "outbound" },
                 "channel": message.channel.clone().unwrap_or_else(|| "whatsapp".into()),
@@ -439,7 +439,7 @@ async fn inbound_messages(admin: &sqlx::PgPool) -> Option<HashMap<uuid::Uuid, i6
         sqlx::query_as("SELECT lead_id, features FROM qualification.lead_features").fetch_all(admin).await.ok()?;
     rows.into_iter()
         .map(|(lead_id, stored)| {
-            let features = qualification::model::LeadFeatures::from_bytes(&stored).expect("stored features read back");
+            let features = qualification_model::LeadFeatures::from_bytes(&stored).expect("stored features read back");
             Some((lead_id, i64::from(features.inbound)))
         })
         .collect()
@@ -450,7 +450,7 @@ async fn inbound_messages(admin: &sqlx::PgPool) -> Option<HashMap<uuid::Uuid, i6
 /// lead that never had any gets no row.
 #[tokio::test]
 async fn features_stored_as_json_by_an_earlier_version_survive_the_migration() -> anyhow::Result<()> {
-    use qualification::model::{LeadFeatures, Message};
+    use qualification_model::{LeadFeatures, Message, Timestamp};
     let env = TestEnv::new().await?;
     let admin = env.admin_pool().await?;
     let mut conn = admin.acquire().await?;
@@ -467,14 +467,14 @@ async fn features_stored_as_json_by_an_earlier_version_survive_the_migration() -
         sqlx::raw_sql(migration).execute(&mut *conn).await?;
     }
     let mut features = LeadFeatures::new();
-    let start = chrono::Utc::now() - chrono::Duration::hours(3);
+    let start = Timestamp::now().plus_seconds(-3 * 3_600);
     for (minute, direction, text) in [
         (0, Direction::Outbound, "Olá! Temos uma oferta"),
         (4, Direction::Inbound, "quanto custa? quero comprar hoje"),
         (9, Direction::Outbound, "custa 20 reais"),
         (70, Direction::Inbound, "não quero mais, obrigado"),
     ] {
-        features.observe(&Message::chat(direction, start + chrono::Duration::minutes(minute), text));
+        features.observe(&Message::chat(direction, start.plus_seconds(minute * 60), text));
     }
     let (observed, untouched) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     sqlx::query("INSERT INTO lead_state (org_id, lead_id, lead_version, features) VALUES ($1, $2, 5, $3)")
@@ -496,7 +496,7 @@ async fn features_stored_as_json_by_an_earlier_version_survive_the_migration() -
         sqlx::query_as("SELECT lead_id, features FROM lead_features").fetch_all(&mut *conn).await?;
     assert_eq!(moved.len(), 1, "only the lead with features has a row");
     assert_eq!(moved[0].0, observed);
-    assert_eq!(LeadFeatures::from_bytes(&moved[0].1)?, features);
+    assert_eq!(qualification::engine::stored_features(&moved[0].1).map_err(anyhow::Error::msg)?, features);
     let states: Vec<(uuid::Uuid, i64)> =
         sqlx::query_as("SELECT lead_id, lead_version FROM lead_state ORDER BY lead_version")
             .fetch_all(&mut *conn)

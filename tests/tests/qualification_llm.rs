@@ -1,7 +1,8 @@
 //! Qualification through a language model: with `qualification.llm_url` set, leads are scored
 //! by an OpenAI-compatible chat-completions endpoint (here a small HTTP/1.1 server of the
 //! test's own) from their latest messages, with its reasons; when it answers garbage, does not
-//! answer in time or the rate limit is reached, the built-in scorer's score stands.
+//! answer in time or the rate limit is reached, the built-in scorer's score stands. No lead's
+//! row is locked while the model is asked.
 
 use leads_proto::v1::{
     lead_service_client::LeadServiceClient, qualification_service_client::QualificationServiceClient,
@@ -12,13 +13,14 @@ use serde_json::{Value, json};
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 use tonic::transport::Channel;
 
@@ -38,13 +40,30 @@ const SILENT: u8 = 2;
 
 /// An OpenAI-compatible chat-completions endpoint: checks the key, the model and the request's
 /// shape, and scores 91 a conversation that says "comprar", 12 any other.
-#[derive(Default)]
 struct FakeLlm {
     mode: AtomicU8,
+    /// While set, each request waits, once recorded, for a permit of `gate` before its answer.
+    holding: AtomicBool,
+    gate: Semaphore,
+    /// Requests that waited at the gate, answered or not.
+    held: AtomicUsize,
     /// Requests that were not what the service must send.
     refused: AtomicUsize,
     /// The user message of every request.
     transcripts: Mutex<Vec<String>>,
+}
+
+impl Default for FakeLlm {
+    fn default() -> Self {
+        Self {
+            mode: AtomicU8::new(SCORE),
+            holding: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            held: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            transcripts: Mutex::default(),
+        }
+    }
 }
 
 impl FakeLlm {
@@ -63,6 +82,21 @@ impl FakeLlm {
 
     fn set(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    /// Makes the requests that follow wait for `release`, or not.
+    fn hold(&self, holding: bool) {
+        self.holding.store(holding, Ordering::SeqCst);
+    }
+
+    /// Lets one held request have its answer.
+    fn release(&self) {
+        self.gate.add_permits(1);
+    }
+
+    /// Waits until `count` requests have been held.
+    async fn held(&self, count: usize, what: &str) {
+        eventually(DEADLINE, what, || async { (self.held.load(Ordering::SeqCst) >= count).then_some(()) }).await
     }
 
     /// Answers the requests of one (kept-alive) connection in turn.
@@ -98,6 +132,13 @@ impl FakeLlm {
                 return;
             }
             let (status, reply) = self.answer(&request_line, authorization.as_deref(), &body);
+            if self.holding.load(Ordering::SeqCst) {
+                self.held.fetch_add(1, Ordering::SeqCst);
+                match self.gate.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+            }
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
                 reply.len()
@@ -283,6 +324,88 @@ async fn beyond_the_rate_limit_leads_get_the_built_in_score() -> anyhow::Result<
     assert!(by_llm < LEADS as usize, "one request a second: {versions:?}");
     assert!(llm.transcripts.lock().unwrap().len() < LEADS as usize, "no request beyond the limit");
     assert_eq!(llm.refused.load(Ordering::SeqCst), 0);
+    node.stop().await?;
+    env.cleanup().await
+}
+
+/// A conversation that another batch changes between the model's answer and the lock gets the
+/// built-in score in its batch's transaction; the model is asked about it again only once that
+/// has committed (no row waits on the model), and its answer, about the conversation as it now
+/// is, replaces the built-in score. One question per batch, plus that one.
+#[tokio::test]
+async fn a_conversation_changed_while_the_model_answered_is_asked_about_again_after_the_commit() -> anyhow::Result<()> {
+    let (llm, url) = FakeLlm::start().await?;
+    let mut env = TestEnv::new().await?;
+    let q = &mut env.settings.qualification;
+    q.llm_url = Some(url);
+    q.llm_model = MODEL.into();
+    q.llm_api_key = Some(KEY.into());
+    q.llm_timeout_ms = 30_000;
+    q.llm_max_per_second = 1000;
+    env.settings.consumer.concurrency = 4;
+    env.settings.validate()?;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Qualification]).await?;
+    let leads = node.lead().await?;
+    let client: Qualification = QualificationServiceClient::new(node.channel(ServiceName::Qualification).await?);
+    let admin = env.admin_pool().await?;
+
+    env.publish_interaction(ORG, &chat_event("w-0", &phone(1), "hello, just looking around")).await?;
+    let lead = lead_id(&leads, &phone(1)).await;
+    qualified(&client, &lead, "the first message scored by the model", |q| q.model_version == LLM_VERSION).await;
+
+    // Batch A's question waits at the model while batch B, on the same lead, is asked and committed.
+    llm.hold(true);
+    env.publish_interaction(ORG, &chat_event("w-1", &phone(1), "quiero comprar hoy")).await?;
+    llm.held(1, "batch A's question at the model").await;
+    llm.hold(false);
+    env.publish_interaction(ORG, &chat_event("w-2", &phone(1), "ok thanks")).await?;
+    let conversation = "SELECT f.recent_messages->-1->>'text' FROM qualification.lead_features f \
+                        WHERE f.org_id = $1 AND f.lead_id = $2::uuid";
+    eventually(DEADLINE, "batch B's conversation committed", || async {
+        let last: Option<String> =
+            sqlx::query_scalar(conversation).bind(ORG).bind(&lead).fetch_optional(&admin).await.ok()??;
+        (last.as_deref() == Some("ok thanks")).then_some(())
+    })
+    .await;
+    let q = qualification(&client, &lead).await.expect("scored");
+    assert_eq!((q.model_version.as_str(), q.score), (LLM_VERSION, 12), "batch B's score");
+
+    // A's answer is about a conversation that has changed since: A commits the built-in score
+    // and asks again, with the lead's row no longer locked.
+    llm.hold(true);
+    llm.release();
+    llm.held(2, "the question asked again").await;
+    let q = qualification(&client, &lead).await.expect("scored");
+    assert!(built_in(&q), "batch A committed the built-in score before asking again: {q:?}");
+    let unlocked: Result<Option<i64>, _> = sqlx::query_scalar(
+        "SELECT lead_version FROM qualification.lead_state WHERE org_id = $1 AND lead_id = $2::uuid FOR UPDATE NOWAIT",
+    )
+    .bind(ORG)
+    .bind(&lead)
+    .fetch_optional(&admin)
+    .await;
+    assert!(matches!(unlocked, Ok(Some(_))), "the lead's row is not locked while the model is asked: {unlocked:?}");
+    llm.hold(false);
+    llm.release();
+
+    let q = qualified(&client, &lead, "the answer about the changed conversation", |q| {
+        q.model_version == LLM_VERSION && q.score == 91
+    })
+    .await;
+    assert_eq!(q.reasons, ["asks to buy", "wants it today"]);
+    let transcripts = llm.transcripts.lock().unwrap().clone();
+    assert_eq!(
+        transcripts,
+        [
+            "contact: hello, just looking around",
+            "contact: hello, just looking around\ncontact: quiero comprar hoy",
+            "contact: hello, just looking around\ncontact: ok thanks",
+            "contact: hello, just looking around\ncontact: quiero comprar hoy\ncontact: ok thanks",
+        ],
+        "one question per batch, and one asked again"
+    );
+    assert_eq!(llm.refused.load(Ordering::SeqCst), 0);
+    admin.close().await;
     node.stop().await?;
     env.cleanup().await
 }

@@ -8,7 +8,7 @@ use leads_tests::{
     phone,
     private::{PrivateNats, PrivatePostgres},
 };
-use platform::ServiceName;
+use platform::{ServiceName, settings::ExposeSecret};
 use std::time::Duration;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -321,7 +321,8 @@ fn loop_spec(env: &TestEnv, durable: &str) -> platform::consumer::ConsumerSpec {
 /// The lead service's dead letters (its schema migrated by starting it), for a loop run alone.
 async fn lead_dead_letters(env: &TestEnv) -> anyhow::Result<(leads_tests::Node, platform::deadletter::DeadLetters)> {
     let node = env.start(&[ServiceName::Lead]).await?;
-    let options = platform::db::connect_options(&env.settings.database_url)?.options([("search_path", "lead")]);
+    let options =
+        platform::db::connect_options(env.settings.database_url.expose_secret())?.options([("search_path", "lead")]);
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(options).await?;
     Ok((node, platform::deadletter::DeadLetters { pool, subjects: env.subjects.clone(), service: "lead" }))
 }
@@ -694,7 +695,7 @@ async fn dedupe_keys_and_rejections_past_retention_are_pruned_and_newer_ones_kep
         .bind(ORG)
         .execute(&admin)
         .await?;
-    let pool = platform::db::connect_options(&env.settings.database_url)?;
+    let pool = platform::db::connect_options(env.settings.database_url.expose_secret())?;
     let pool = sqlx::PgPool::connect_with(pool.options([("search_path", "ingest")])).await?;
     let deleted = platform::db::prune(&pool, "accepted_events", "received_at", env.settings.retention_days).await?;
     assert_eq!(deleted, 1);

@@ -12,6 +12,7 @@ use leads_tests::{Node, TestEnv, chat_event, eventually, pb, phone, private::Pri
 use platform::{
     ServiceName,
     auth::{Role, Signer},
+    settings::ExposeSecret,
 };
 use std::{path::PathBuf, time::Duration};
 use tonic::{Code, Request, Status, transport::Channel};
@@ -72,6 +73,7 @@ fn with<T>(token: Option<&str>, message: T) -> Request<T> {
     request
 }
 
+#[derive(Clone)]
 struct Clients {
     lead: LeadServiceClient<Channel>,
     ingest: IngestServiceClient<Channel>,
@@ -95,322 +97,453 @@ impl Clients {
 
     /// Calls every RPC of every service about `org` with `token`; the code each answered.
     async fn every_rpc(&self, token: Option<&str>, org: &str) -> Vec<(&'static str, Code)> {
-        fn code<T>(result: Result<tonic::Response<T>, Status>) -> Code {
-            result.map_or_else(|status| status.code(), |_| Code::Ok)
-        }
-        let (mut lead, mut ingest, mut broadcast) = (self.lead.clone(), self.ingest.clone(), self.broadcast.clone());
-        let (mut assignment, mut follow_up) = (self.assignment.clone(), self.follow_up.clone());
-        let mut qualification = self.qualification.clone();
-        let org_id = org.to_owned();
         let lead_id = uuid::Uuid::now_v7().to_string();
-        let list = pb::ListLeadsRequest { org_id: org_id.clone(), ..Default::default() };
-        let due_at = Some(prost_types::Timestamp { seconds: 1_900_000_000, nanos: 0 });
-        vec![
-            (
-                "LeadService/GetLead",
-                code(
-                    lead.get_lead(with(token, pb::GetLeadRequest { org_id: org_id.clone(), lead_id: lead_id.clone() }))
-                        .await,
-                ),
-            ),
-            ("LeadService/ListLeads", code(lead.list_leads(with(token, list.clone())).await)),
-            (
-                "LeadService/ChangeStatus",
-                code(
-                    lead.change_status(with(
-                        token,
-                        pb::ChangeStatusRequest {
-                            org_id: org_id.clone(),
-                            lead_id: lead_id.clone(),
-                            status: pb::LeadStatus::Qualified as i32,
-                            ..Default::default()
-                        },
-                    ))
-                    .await,
-                ),
-            ),
-            (
-                "LeadService/BulkChangeStatus",
-                code(
-                    lead.bulk_change_status(with(
-                        token,
-                        pb::BulkChangeStatusRequest {
-                            org_id: org_id.clone(),
-                            lead_ids: vec![lead_id.clone()],
-                            status: pb::LeadStatus::Lost as i32,
-                            ..Default::default()
-                        },
-                    ))
-                    .await,
-                ),
-            ),
-            (
-                "LeadService/ExportLeads",
-                code(
-                    lead.export_leads(with(
-                        token,
-                        pb::ExportLeadsRequest { query: Some(list.clone()), scope: pb::ExportScope::All as i32 },
-                    ))
-                    .await,
-                ),
-            ),
-            (
-                "LeadService/GetLeadHistory",
-                code(
-                    lead.get_lead_history(with(
-                        token,
-                        pb::GetLeadHistoryRequest {
-                            org_id: org_id.clone(),
-                            lead_id: lead_id.clone(),
-                            ..Default::default()
-                        },
-                    ))
-                    .await,
-                ),
-            ),
-            (
-                "LeadService/AssignLeads",
-                code(
-                    lead.assign_leads(with(
-                        token,
-                        pb::AssignLeadsRequest {
-                            org_id: org_id.clone(),
-                            lead_ids: vec![lead_id.clone()],
-                            agent_id: "ann".into(),
-                            ..Default::default()
-                        },
-                    ))
-                    .await,
-                ),
-            ),
-            (
-                "LeadService/OpenFollowUp",
-                code(
-                    lead.open_follow_up(with(
-                        token,
-                        pb::OpenFollowUpRequest {
-                            org_id: org_id.clone(),
-                            lead_id: lead_id.clone(),
-                            follow_up_id: uuid::Uuid::now_v7().to_string(),
-                            due_at,
-                            ..Default::default()
-                        },
-                    ))
-                    .await,
-                ),
-            ),
-            (
-                "IngestService/Ingest",
-                code(
-                    ingest
-                        .ingest(with(
-                            token,
-                            pb::IngestRequest {
-                                org_id: org_id.clone(),
-                                events: vec![pb::InteractionEvent { event_id: "e".into(), ..Default::default() }],
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "IngestService/ListRejections",
-                code(
-                    ingest
-                        .list_rejections(with(
-                            token,
-                            pb::ListRejectionsRequest { org_id: org_id.clone(), ..Default::default() },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "BroadcastTrackingService/GetBroadcastHistory",
-                code(
-                    broadcast
-                        .get_broadcast_history(with(
-                            token,
-                            pb::GetBroadcastHistoryRequest {
-                                org_id: org_id.clone(),
-                                target: Some(pb::get_broadcast_history_request::Target::LeadId(lead_id.clone())),
-                                ..Default::default()
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "BroadcastTrackingService/GetCampaignStats",
-                code(
-                    broadcast
-                        .get_campaign_stats(with(
-                            token,
-                            pb::GetCampaignStatsRequest { org_id: org_id.clone(), campaign_id: "c".into() },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "AssignmentService/UpsertAgent",
-                code(
-                    assignment
-                        .upsert_agent(with(
-                            token,
-                            pb::UpsertAgentRequest {
-                                org_id: org_id.clone(),
-                                agent_id: "ann".into(),
-                                name: "Ann".into(),
-                                active: Some(true),
-                                ..Default::default()
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "AssignmentService/ListAgents",
-                code(
-                    assignment
-                        .list_agents(with(
-                            token,
-                            pb::ListAgentsRequest { org_id: org_id.clone(), ..Default::default() },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "AssignmentService/AssignLead",
-                code(
-                    assignment
-                        .assign_lead(with(
-                            token,
-                            pb::AssignLeadRequest {
-                                org_id: org_id.clone(),
-                                lead_id: lead_id.clone(),
-                                agent_id: "ann".into(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "AssignmentService/BulkAssign",
-                code(
-                    assignment
-                        .bulk_assign(with(
-                            token,
-                            pb::BulkAssignRequest {
-                                org_id: org_id.clone(),
-                                lead_ids: vec![lead_id.clone()],
-                                agent_id: "ann".into(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "AssignmentService/GetAssignmentHistory",
-                code(
-                    assignment
-                        .get_assignment_history(with(
-                            token,
-                            pb::GetAssignmentHistoryRequest { org_id: org_id.clone(), lead_id: lead_id.clone() },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "FollowUpService/CreateFollowUp",
-                code(
-                    follow_up
-                        .create_follow_up(with(
-                            token,
-                            pb::CreateFollowUpRequest {
-                                org_id: org_id.clone(),
-                                lead_id: lead_id.clone(),
-                                due_at,
-                                ..Default::default()
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "FollowUpService/ListFollowUps",
-                code(
-                    follow_up
-                        .list_follow_ups(with(
-                            token,
-                            pb::ListFollowUpsRequest { org_id: org_id.clone(), ..Default::default() },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "FollowUpService/CompleteFollowUp",
-                code(
-                    follow_up
-                        .complete_follow_up(with(
-                            token,
-                            pb::FollowUpActionRequest {
-                                org_id: org_id.clone(),
-                                follow_up_id: lead_id.clone(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "FollowUpService/CancelFollowUp",
-                code(
-                    follow_up
-                        .cancel_follow_up(with(
-                            token,
-                            pb::FollowUpActionRequest {
-                                org_id: org_id.clone(),
-                                follow_up_id: lead_id.clone(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "QualificationService/GetQualification",
-                code(
-                    qualification
-                        .get_qualification(with(
-                            token,
-                            pb::GetQualificationRequest { org_id: org_id.clone(), lead_id: lead_id.clone() },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "QualificationService/Requalify",
-                code(
-                    qualification
-                        .requalify(with(
-                            token,
-                            pb::RequalifyRequest { org_id: org_id.clone(), lead_id: lead_id.clone() },
-                        ))
-                        .await,
-                ),
-            ),
-            (
-                "QualificationService/GetModel",
-                code(qualification.get_model(with(token, pb::GetModelRequest { org_id: org_id.clone() })).await),
-            ),
-            (
-                "QualificationService/TrainModel",
-                code(qualification.train_model(with(token, pb::TrainModelRequest { org_id: org_id.clone() })).await),
-            ),
-        ]
+        let caller = Caller {
+            token: token.map(str::to_owned),
+            org_id: org.to_owned(),
+            follow_up_id: lead_id.clone(),
+            lead_id,
+            due_at: Some(prost_types::Timestamp { seconds: 1_900_000_000, nanos: 0 }),
+        };
+        let mut answers = Vec::new();
+        for rpc in a_request_to_every_rpc(&caller) {
+            let name = rpc.name();
+            let code = self.send(&caller, rpc).await.map_or_else(|status| status.code(), |()| Code::Ok);
+            answers.push((name, code));
+        }
+        answers
+    }
+
+    /// Sends `rpc` as `caller`; the response itself is dropped.
+    async fn send(&self, caller: &Caller, rpc: Rpc) -> Result<(), Status> {
+        fn answered<T>(result: Result<tonic::Response<T>, Status>) -> Result<(), Status> {
+            result.map(|_| ())
+        }
+        let Self { mut lead, mut ingest, mut broadcast, mut assignment, mut follow_up, mut qualification } =
+            self.clone();
+        match rpc {
+            Rpc::GetLead(r) => answered(lead.get_lead(caller.request(r)).await),
+            Rpc::ListLeads(r) => answered(lead.list_leads(caller.request(r)).await),
+            Rpc::ChangeStatus(r) => answered(lead.change_status(caller.request(r)).await),
+            Rpc::BulkChangeStatus(r) => answered(lead.bulk_change_status(caller.request(r)).await),
+            Rpc::ExportLeads(r) => answered(lead.export_leads(caller.request(r)).await),
+            Rpc::GetLeadHistory(r) => answered(lead.get_lead_history(caller.request(r)).await),
+            Rpc::AssignLeads(r) => answered(lead.assign_leads(caller.request(r)).await),
+            Rpc::OpenFollowUp(r) => answered(lead.open_follow_up(caller.request(r)).await),
+            Rpc::Ingest(r) => answered(ingest.ingest(caller.request(r)).await),
+            Rpc::ListRejections(r) => answered(ingest.list_rejections(caller.request(r)).await),
+            Rpc::GetBroadcastHistory(r) => answered(broadcast.get_broadcast_history(caller.request(r)).await),
+            Rpc::GetCampaignStats(r) => answered(broadcast.get_campaign_stats(caller.request(r)).await),
+            Rpc::UpsertAgent(r) => answered(assignment.upsert_agent(caller.request(r)).await),
+            Rpc::ListAgents(r) => answered(assignment.list_agents(caller.request(r)).await),
+            Rpc::AssignLead(r) => answered(assignment.assign_lead(caller.request(r)).await),
+            Rpc::BulkAssign(r) => answered(assignment.bulk_assign(caller.request(r)).await),
+            Rpc::GetAssignmentHistory(r) => answered(assignment.get_assignment_history(caller.request(r)).await),
+            Rpc::CreateFollowUp(r) => answered(follow_up.create_follow_up(caller.request(r)).await),
+            Rpc::ListFollowUps(r) => answered(follow_up.list_follow_ups(caller.request(r)).await),
+            Rpc::CompleteFollowUp(r) => answered(follow_up.complete_follow_up(caller.request(r)).await),
+            Rpc::CancelFollowUp(r) => answered(follow_up.cancel_follow_up(caller.request(r)).await),
+            Rpc::GetQualification(r) => answered(qualification.get_qualification(caller.request(r)).await),
+            Rpc::Requalify(r) => answered(qualification.requalify(caller.request(r)).await),
+            Rpc::GetModel(r) => answered(qualification.get_model(caller.request(r)).await),
+            Rpc::TrainModel(r) => answered(qualification.train_model(caller.request(r)).await),
+        }
     }
 }
+
+/// A request to one RPC of one of the six services.
+enum Rpc {
+    GetLead(pb::GetLeadRequest),
+    ListLeads(pb::ListLeadsRequest),
+    ChangeStatus(pb::ChangeStatusRequest),
+    BulkChangeStatus(pb::BulkChangeStatusRequest),
+    ExportLeads(pb::ExportLeadsRequest),
+    GetLeadHistory(pb::GetLeadHistoryRequest),
+    AssignLeads(pb::AssignLeadsRequest),
+    OpenFollowUp(pb::OpenFollowUpRequest),
+    Ingest(pb::IngestRequest),
+    ListRejections(pb::ListRejectionsRequest),
+    GetBroadcastHistory(pb::GetBroadcastHistoryRequest),
+    GetCampaignStats(pb::GetCampaignStatsRequest),
+    UpsertAgent(pb::UpsertAgentRequest),
+    ListAgents(pb::ListAgentsRequest),
+    AssignLead(pb::AssignLeadRequest),
+    BulkAssign(pb::BulkAssignRequest),
+    GetAssignmentHistory(pb::GetAssignmentHistoryRequest),
+    CreateFollowUp(pb::CreateFollowUpRequest),
+    ListFollowUps(pb::ListFollowUpsRequest),
+    CompleteFollowUp(pb::FollowUpActionRequest),
+    CancelFollowUp(pb::FollowUpActionRequest),
+    GetQualification(pb::GetQualificationRequest),
+    Requalify(pb::RequalifyRequest),
+    GetModel(pb::GetModelRequest),
+    TrainModel(pb::TrainModelRequest),
+}
+
+impl Rpc {
+    fn name(&self) -> &'static str {
+        match self {
+            Rpc::GetLead(_) => "LeadService/GetLead",
+            Rpc::ListLeads(_) => "LeadService/ListLeads",
+            Rpc::ChangeStatus(_) => "LeadService/ChangeStatus",
+            Rpc::BulkChangeStatus(_) => "LeadService/BulkChangeStatus",
+            Rpc::ExportLeads(_) => "LeadService/ExportLeads",
+            Rpc::GetLeadHistory(_) => "LeadService/GetLeadHistory",
+            Rpc::AssignLeads(_) => "LeadService/AssignLeads",
+            Rpc::OpenFollowUp(_) => "LeadService/OpenFollowUp",
+            Rpc::Ingest(_) => "IngestService/Ingest",
+            Rpc::ListRejections(_) => "IngestService/ListRejections",
+            Rpc::GetBroadcastHistory(_) => "BroadcastTrackingService/GetBroadcastHistory",
+            Rpc::GetCampaignStats(_) => "BroadcastTrackingService/GetCampaignStats",
+            Rpc::UpsertAgent(_) => "AssignmentService/UpsertAgent",
+            Rpc::ListAgents(_) => "AssignmentService/ListAgents",
+            Rpc::AssignLead(_) => "AssignmentService/AssignLead",
+            Rpc::BulkAssign(_) => "AssignmentService/BulkAssign",
+            Rpc::GetAssignmentHistory(_) => "AssignmentService/GetAssignmentHistory",
+            Rpc::CreateFollowUp(_) => "FollowUpService/CreateFollowUp",
+            Rpc::ListFollowUps(_) => "FollowUpService/ListFollowUps",
+            Rpc::CompleteFollowUp(_) => "FollowUpService/CompleteFollowUp",
+            Rpc::CancelFollowUp(_) => "FollowUpService/CancelFollowUp",
+            Rpc::GetQualification(_) => "QualificationService/GetQualification",
+            Rpc::Requalify(_) => "QualificationService/Requalify",
+            Rpc::GetModel(_) => "QualificationService/GetModel",
+            Rpc::TrainModel(_) => "QualificationService/TrainModel",
+        }
+    }
+}
+
+/// Who calls and about what: the token sent (if any), the organisation, a lead and a
+/// follow-up; the requests below start from these.
+#[derive(Clone)]
+struct Caller {
+    token: Option<String>,
+    org_id: String,
+    lead_id: String,
+    follow_up_id: String,
+    due_at: Option<prost_types::Timestamp>,
+}
+
+impl Caller {
+    fn request<T>(&self, message: T) -> Request<T> {
+        with(self.token.as_deref(), message)
+    }
+
+    fn change_status(&self) -> pb::ChangeStatusRequest {
+        pb::ChangeStatusRequest {
+            org_id: self.org_id.clone(),
+            lead_id: self.lead_id.clone(),
+            status: pb::LeadStatus::Qualified as i32,
+            ..Default::default()
+        }
+    }
+
+    fn bulk_change_status(&self) -> pb::BulkChangeStatusRequest {
+        pb::BulkChangeStatusRequest {
+            org_id: self.org_id.clone(),
+            lead_ids: vec![self.lead_id.clone()],
+            status: pb::LeadStatus::Qualified as i32,
+            ..Default::default()
+        }
+    }
+
+    fn list_leads(&self) -> pb::ListLeadsRequest {
+        pb::ListLeadsRequest { org_id: self.org_id.clone(), ..Default::default() }
+    }
+
+    fn get_lead_history(&self) -> pb::GetLeadHistoryRequest {
+        pb::GetLeadHistoryRequest { org_id: self.org_id.clone(), lead_id: self.lead_id.clone(), ..Default::default() }
+    }
+
+    fn upsert_agent(&self) -> pb::UpsertAgentRequest {
+        pb::UpsertAgentRequest {
+            org_id: self.org_id.clone(),
+            agent_id: "ann".into(),
+            name: "Ann".into(),
+            active: Some(true),
+            ..Default::default()
+        }
+    }
+
+    fn assign_lead(&self) -> pb::AssignLeadRequest {
+        pb::AssignLeadRequest {
+            org_id: self.org_id.clone(),
+            lead_id: self.lead_id.clone(),
+            agent_id: "ann".into(),
+            ..Default::default()
+        }
+    }
+
+    fn bulk_assign(&self) -> pb::BulkAssignRequest {
+        pb::BulkAssignRequest {
+            org_id: self.org_id.clone(),
+            lead_ids: vec![self.lead_id.clone()],
+            agent_id: "ann".into(),
+            ..Default::default()
+        }
+    }
+
+    fn create_follow_up(&self) -> pb::CreateFollowUpRequest {
+        pb::CreateFollowUpRequest {
+            org_id: self.org_id.clone(),
+            lead_id: self.lead_id.clone(),
+            due_at: self.due_at,
+            ..Default::default()
+        }
+    }
+
+    fn follow_up_action(&self) -> pb::FollowUpActionRequest {
+        pb::FollowUpActionRequest {
+            org_id: self.org_id.clone(),
+            follow_up_id: self.follow_up_id.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn broadcast_history(&self) -> pb::GetBroadcastHistoryRequest {
+        pb::GetBroadcastHistoryRequest {
+            org_id: self.org_id.clone(),
+            target: Some(pb::get_broadcast_history_request::Target::LeadId(self.lead_id.clone())),
+            ..Default::default()
+        }
+    }
+}
+
+/// One request to each of the 25 RPCs, about `at`'s organisation and lead.
+fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
+    let (org_id, lead_id) = (at.org_id.clone(), at.lead_id.clone());
+    vec![
+        Rpc::GetLead(pb::GetLeadRequest { org_id: org_id.clone(), lead_id: lead_id.clone() }),
+        Rpc::ListLeads(at.list_leads()),
+        Rpc::ChangeStatus(at.change_status()),
+        Rpc::BulkChangeStatus(pb::BulkChangeStatusRequest {
+            status: pb::LeadStatus::Lost as i32,
+            ..at.bulk_change_status()
+        }),
+        Rpc::ExportLeads(pb::ExportLeadsRequest { query: Some(at.list_leads()), scope: pb::ExportScope::All as i32 }),
+        Rpc::GetLeadHistory(at.get_lead_history()),
+        Rpc::AssignLeads(pb::AssignLeadsRequest {
+            org_id: org_id.clone(),
+            lead_ids: vec![lead_id.clone()],
+            agent_id: "ann".into(),
+            ..Default::default()
+        }),
+        Rpc::OpenFollowUp(pb::OpenFollowUpRequest {
+            org_id: org_id.clone(),
+            lead_id: lead_id.clone(),
+            follow_up_id: uuid::Uuid::now_v7().to_string(),
+            due_at: at.due_at,
+            ..Default::default()
+        }),
+        Rpc::Ingest(pb::IngestRequest {
+            org_id: org_id.clone(),
+            events: vec![pb::InteractionEvent { event_id: "e".into(), ..Default::default() }],
+        }),
+        Rpc::ListRejections(pb::ListRejectionsRequest { org_id: org_id.clone(), ..Default::default() }),
+        Rpc::GetBroadcastHistory(at.broadcast_history()),
+        Rpc::GetCampaignStats(pb::GetCampaignStatsRequest { org_id: org_id.clone(), campaign_id: "c".into() }),
+        Rpc::UpsertAgent(at.upsert_agent()),
+        Rpc::ListAgents(pb::ListAgentsRequest { org_id: org_id.clone(), ..Default::default() }),
+        Rpc::AssignLead(at.assign_lead()),
+        Rpc::BulkAssign(at.bulk_assign()),
+        Rpc::GetAssignmentHistory(pb::GetAssignmentHistoryRequest { org_id: org_id.clone(), lead_id: lead_id.clone() }),
+        Rpc::CreateFollowUp(at.create_follow_up()),
+        Rpc::ListFollowUps(pb::ListFollowUpsRequest { org_id: org_id.clone(), ..Default::default() }),
+        Rpc::CompleteFollowUp(at.follow_up_action()),
+        Rpc::CancelFollowUp(at.follow_up_action()),
+        Rpc::GetQualification(pb::GetQualificationRequest { org_id: org_id.clone(), lead_id: lead_id.clone() }),
+        Rpc::Requalify(pb::RequalifyRequest { org_id: org_id.clone(), lead_id }),
+        Rpc::GetModel(pb::GetModelRequest { org_id: org_id.clone() }),
+        Rpc::TrainModel(pb::TrainModelRequest { org_id }),
+    ]
+}
+
+/// A bounded field of one RPC.
+struct FieldLimit {
+    /// The field as the refusal names it.
+    field: &'static str,
+    /// The most characters the field takes.
+    limit: usize,
+    /// The RPC's request as `Caller` makes it, with the field set to the given value.
+    request: fn(&Caller, String) -> Rpc,
+}
+
+/// Every bounded free-text and id field of the API: adding a limit is adding a row.
+const FIELD_LIMITS: &[FieldLimit] = &[
+    FieldLimit {
+        field: "reason",
+        limit: 2000,
+        request: |at, value| Rpc::ChangeStatus(pb::ChangeStatusRequest { reason: value, ..at.change_status() }),
+    },
+    FieldLimit {
+        field: "actor",
+        limit: 200,
+        request: |at, value| Rpc::ChangeStatus(pb::ChangeStatusRequest { actor: value, ..at.change_status() }),
+    },
+    FieldLimit {
+        field: "reason",
+        limit: 2000,
+        request: |at, value| {
+            Rpc::BulkChangeStatus(pb::BulkChangeStatusRequest { reason: value, ..at.bulk_change_status() })
+        },
+    },
+    FieldLimit {
+        field: "actor",
+        limit: 200,
+        request: |at, value| {
+            Rpc::BulkChangeStatus(pb::BulkChangeStatusRequest { actor: value, ..at.bulk_change_status() })
+        },
+    },
+    FieldLimit {
+        field: "lead_ids[1]",
+        limit: 64,
+        request: |at, value| {
+            Rpc::BulkChangeStatus(pb::BulkChangeStatusRequest {
+                lead_ids: vec![at.lead_id.clone(), value],
+                ..at.bulk_change_status()
+            })
+        },
+    },
+    FieldLimit {
+        field: "lead_id",
+        limit: 64,
+        request: |at, value| Rpc::GetLead(pb::GetLeadRequest { org_id: at.org_id.clone(), lead_id: value }),
+    },
+    FieldLimit {
+        field: "filter.campaign_id",
+        limit: 256,
+        request: |at, value| {
+            let filter = pb::LeadFilter { campaign_id: value, ..Default::default() };
+            Rpc::ListLeads(pb::ListLeadsRequest { filter: Some(filter), ..at.list_leads() })
+        },
+    },
+    FieldLimit {
+        field: "filter.integration_name",
+        limit: 256,
+        request: |at, value| {
+            let filter = pb::LeadFilter { integration_name: value, ..Default::default() };
+            Rpc::ListLeads(pb::ListLeadsRequest { filter: Some(filter), ..at.list_leads() })
+        },
+    },
+    FieldLimit {
+        field: "filter.agent_ids[0]",
+        limit: 128,
+        request: |at, value| {
+            let filter = pb::LeadFilter { agent_ids: vec![value], ..Default::default() };
+            Rpc::ListLeads(pb::ListLeadsRequest { filter: Some(filter), ..at.list_leads() })
+        },
+    },
+    FieldLimit {
+        field: "page_token",
+        limit: 1024,
+        request: |at, value| {
+            Rpc::GetLeadHistory(pb::GetLeadHistoryRequest { page_token: value, ..at.get_lead_history() })
+        },
+    },
+    FieldLimit {
+        field: "reason",
+        limit: 2000,
+        request: |at, value| Rpc::AssignLead(pb::AssignLeadRequest { reason: value, ..at.assign_lead() }),
+    },
+    FieldLimit {
+        field: "actor",
+        limit: 200,
+        request: |at, value| Rpc::AssignLead(pb::AssignLeadRequest { actor: value, ..at.assign_lead() }),
+    },
+    FieldLimit {
+        field: "agent_id",
+        limit: 128,
+        request: |at, value| Rpc::AssignLead(pb::AssignLeadRequest { agent_id: value, ..at.assign_lead() }),
+    },
+    FieldLimit {
+        field: "reason",
+        limit: 2000,
+        request: |at, value| Rpc::BulkAssign(pb::BulkAssignRequest { reason: value, ..at.bulk_assign() }),
+    },
+    FieldLimit {
+        field: "actor",
+        limit: 200,
+        request: |at, value| Rpc::BulkAssign(pb::BulkAssignRequest { actor: value, ..at.bulk_assign() }),
+    },
+    FieldLimit {
+        field: "lead_ids[0]",
+        limit: 64,
+        request: |at, value| Rpc::BulkAssign(pb::BulkAssignRequest { lead_ids: vec![value], ..at.bulk_assign() }),
+    },
+    FieldLimit {
+        field: "lead_id",
+        limit: 64,
+        request: |at, value| {
+            Rpc::GetAssignmentHistory(pb::GetAssignmentHistoryRequest { org_id: at.org_id.clone(), lead_id: value })
+        },
+    },
+    FieldLimit {
+        field: "actor",
+        limit: 200,
+        request: |at, value| Rpc::CreateFollowUp(pb::CreateFollowUpRequest { actor: value, ..at.create_follow_up() }),
+    },
+    FieldLimit {
+        field: "request_id",
+        limit: 256,
+        request: |at, value| {
+            Rpc::CreateFollowUp(pb::CreateFollowUpRequest { request_id: value, ..at.create_follow_up() })
+        },
+    },
+    FieldLimit {
+        field: "actor",
+        limit: 200,
+        request: |at, value| Rpc::CompleteFollowUp(pb::FollowUpActionRequest { actor: value, ..at.follow_up_action() }),
+    },
+    FieldLimit {
+        field: "follow_up_id",
+        limit: 64,
+        request: |at, value| {
+            Rpc::CancelFollowUp(pb::FollowUpActionRequest { follow_up_id: value, ..at.follow_up_action() })
+        },
+    },
+    FieldLimit {
+        field: "lead_id",
+        limit: 64,
+        request: |at, value| {
+            Rpc::ListFollowUps(pb::ListFollowUpsRequest {
+                org_id: at.org_id.clone(),
+                lead_id: value,
+                ..Default::default()
+            })
+        },
+    },
+    FieldLimit {
+        field: "campaign_id",
+        limit: 256,
+        request: |at, value| {
+            Rpc::GetCampaignStats(pb::GetCampaignStatsRequest { org_id: at.org_id.clone(), campaign_id: value })
+        },
+    },
+    FieldLimit {
+        field: "page_token",
+        limit: 1024,
+        request: |at, value| {
+            Rpc::GetBroadcastHistory(pb::GetBroadcastHistoryRequest { page_token: value, ..at.broadcast_history() })
+        },
+    },
+    FieldLimit {
+        field: "page_token",
+        limit: 1024,
+        request: |at, value| {
+            Rpc::ListRejections(pb::ListRejectionsRequest {
+                org_id: at.org_id.clone(),
+                page_token: value,
+                ..Default::default()
+            })
+        },
+    },
+    FieldLimit {
+        field: "lead_id",
+        limit: 64,
+        request: |at, value| {
+            Rpc::GetQualification(pb::GetQualificationRequest { org_id: at.org_id.clone(), lead_id: value })
+        },
+    },
+];
 
 #[tokio::test]
 async fn every_rpc_is_confined_to_the_token_and_refused_without_one() -> anyhow::Result<()> {
@@ -506,80 +639,58 @@ async fn the_actor_is_the_token_subject_and_free_text_is_bounded() -> anyhow::Re
     let node = env.start_all().await?;
     let clients = Clients::of(&node).await?;
     let alice = keys.token("alice", Role::Operator, &[ORG]);
-    let token = Some(alice.as_str());
+    let found = one_lead(&env, &clients.lead, &alice, "=HYPERLINK(\"http://evil\",\"Ada\")").await?;
+    let caller = Caller {
+        token: Some(alice),
+        org_id: ORG.into(),
+        lead_id: found.id,
+        follow_up_id: String::new(),
+        due_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 86_400, nanos: 0 }),
+    };
+
+    let follow_up_id = the_token_subject_is_recorded_as_the_actor(&clients, &caller).await?;
+    let caller = Caller { follow_up_id, ..caller };
+    every_bounded_field_is_refused_past_its_limit_naming_itself(&clients, &caller).await;
+    fields_at_their_limit_pass(&clients, &caller).await?;
+    the_export_opens_in_a_spreadsheet_as_text(&clients, &caller).await?;
+
+    node.stop().await?;
+    env.cleanup().await
+}
+
+/// Whatever the request says, the token's subject is recorded; the request's actor only adds
+/// a name. Answers the follow-up it created (and cancelled).
+async fn the_token_subject_is_recorded_as_the_actor(clients: &Clients, at: &Caller) -> anyhow::Result<String> {
     let (mut lead, mut assignment, mut follow_up) =
         (clients.lead.clone(), clients.assignment.clone(), clients.follow_up.clone());
-    let found = one_lead(&env, &lead, &alice, "=HYPERLINK(\"http://evil\",\"Ada\")").await?;
-
-    // Whatever the request says, the subject is recorded; the request's actor only adds a name.
-    lead.change_status(with(
-        token,
-        pb::ChangeStatusRequest {
-            org_id: ORG.into(),
-            lead_id: found.id.clone(),
-            status: pb::LeadStatus::Qualifying as i32,
-            actor: "bob".into(),
-            reason: "asked for prices".into(),
-            ..Default::default()
-        },
-    ))
+    lead.change_status(at.request(pb::ChangeStatusRequest {
+        status: pb::LeadStatus::Qualifying as i32,
+        actor: "bob".into(),
+        reason: "asked for prices".into(),
+        ..at.change_status()
+    }))
     .await?;
-    assignment
-        .upsert_agent(with(
-            token,
-            pb::UpsertAgentRequest {
-                org_id: ORG.into(),
-                agent_id: "ann".into(),
-                name: "Ann".into(),
-                active: Some(true),
-                ..Default::default()
-            },
-        ))
-        .await?;
+    assignment.upsert_agent(at.request(at.upsert_agent())).await?;
     let assigned = assignment
-        .assign_lead(with(
-            token,
-            pb::AssignLeadRequest {
-                org_id: ORG.into(),
-                lead_id: found.id.clone(),
-                agent_id: "ann".into(),
-                actor: "Alice Smith".into(),
-                ..Default::default()
-            },
-        ))
+        .assign_lead(at.request(pb::AssignLeadRequest { actor: "Alice Smith".into(), ..at.assign_lead() }))
         .await?
         .into_inner();
     assert_eq!(assigned.actor, "alice (Alice Smith)");
-    let due_at = Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 86_400, nanos: 0 });
     let created = follow_up
-        .create_follow_up(with(
-            token,
-            pb::CreateFollowUpRequest {
-                org_id: ORG.into(),
-                lead_id: found.id.clone(),
-                due_at,
-                actor: "root".into(),
-                ..Default::default()
-            },
-        ))
+        .create_follow_up(at.request(pb::CreateFollowUpRequest { actor: "root".into(), ..at.create_follow_up() }))
         .await?
         .into_inner();
     assert_eq!(created.created_by, "alice (root)");
     let cancelled = follow_up
-        .cancel_follow_up(with(
-            token,
-            pb::FollowUpActionRequest { org_id: ORG.into(), follow_up_id: created.id.clone(), actor: String::new() },
-        ))
+        .cancel_follow_up(at.request(pb::FollowUpActionRequest {
+            org_id: at.org_id.clone(),
+            follow_up_id: created.id.clone(),
+            actor: String::new(),
+        }))
         .await?
         .into_inner();
     assert_eq!(cancelled.closed_by, "alice");
-    let history = lead
-        .get_lead_history(with(
-            token,
-            pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: found.id.clone(), ..Default::default() },
-        ))
-        .await?
-        .into_inner();
+    let history = lead.get_lead_history(at.request(at.get_lead_history())).await?.into_inner();
     let actors: Vec<&str> = history
         .entries
         .iter()
@@ -589,391 +700,37 @@ async fn the_actor_is_the_token_subject_and_free_text_is_bounded() -> anyhow::Re
     assert!(actors.contains(&"alice (bob)"), "{actors:?}");
     assert!(actors.contains(&"alice (Alice Smith)"), "{actors:?}");
     assert!(actors.iter().all(|a| a.starts_with("alice")), "{actors:?}");
+    Ok(created.id)
+}
 
-    // Every free-text field that had no limit is refused past its limit, naming itself.
-    let long = |n: usize| "x".repeat(n);
-    let id = found.id.clone();
-    let refusals: Vec<(&str, Result<(), Status>)> = vec![
-        (
-            "reason",
-            lead.change_status(with(
-                token,
-                pb::ChangeStatusRequest {
-                    org_id: ORG.into(),
-                    lead_id: id.clone(),
-                    status: pb::LeadStatus::Qualified as i32,
-                    reason: long(2001),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "actor",
-            lead.change_status(with(
-                token,
-                pb::ChangeStatusRequest {
-                    org_id: ORG.into(),
-                    lead_id: id.clone(),
-                    status: pb::LeadStatus::Qualified as i32,
-                    actor: long(201),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "reason",
-            lead.bulk_change_status(with(
-                token,
-                pb::BulkChangeStatusRequest {
-                    org_id: ORG.into(),
-                    lead_ids: vec![id.clone()],
-                    status: pb::LeadStatus::Qualified as i32,
-                    reason: long(2001),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "actor",
-            lead.bulk_change_status(with(
-                token,
-                pb::BulkChangeStatusRequest {
-                    org_id: ORG.into(),
-                    lead_ids: vec![id.clone()],
-                    status: pb::LeadStatus::Qualified as i32,
-                    actor: long(201),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "lead_ids[1]",
-            lead.bulk_change_status(with(
-                token,
-                pb::BulkChangeStatusRequest {
-                    org_id: ORG.into(),
-                    lead_ids: vec![id.clone(), long(65)],
-                    status: pb::LeadStatus::Qualified as i32,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "lead_id",
-            lead.get_lead(with(token, pb::GetLeadRequest { org_id: ORG.into(), lead_id: long(65) })).await.map(|_| ()),
-        ),
-        (
-            "filter.campaign_id",
-            lead.list_leads(with(
-                token,
-                pb::ListLeadsRequest {
-                    org_id: ORG.into(),
-                    filter: Some(pb::LeadFilter { campaign_id: long(257), ..Default::default() }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "filter.integration_name",
-            lead.list_leads(with(
-                token,
-                pb::ListLeadsRequest {
-                    org_id: ORG.into(),
-                    filter: Some(pb::LeadFilter { integration_name: long(257), ..Default::default() }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "filter.agent_ids[0]",
-            lead.list_leads(with(
-                token,
-                pb::ListLeadsRequest {
-                    org_id: ORG.into(),
-                    filter: Some(pb::LeadFilter { agent_ids: vec![long(129)], ..Default::default() }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "page_token",
-            lead.get_lead_history(with(
-                token,
-                pb::GetLeadHistoryRequest {
-                    org_id: ORG.into(),
-                    lead_id: id.clone(),
-                    page_token: long(1025),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "reason",
-            assignment
-                .assign_lead(with(
-                    token,
-                    pb::AssignLeadRequest {
-                        org_id: ORG.into(),
-                        lead_id: id.clone(),
-                        agent_id: "ann".into(),
-                        reason: long(2001),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "actor",
-            assignment
-                .assign_lead(with(
-                    token,
-                    pb::AssignLeadRequest {
-                        org_id: ORG.into(),
-                        lead_id: id.clone(),
-                        agent_id: "ann".into(),
-                        actor: long(201),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "agent_id",
-            assignment
-                .assign_lead(with(
-                    token,
-                    pb::AssignLeadRequest {
-                        org_id: ORG.into(),
-                        lead_id: id.clone(),
-                        agent_id: long(129),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "reason",
-            assignment
-                .bulk_assign(with(
-                    token,
-                    pb::BulkAssignRequest {
-                        org_id: ORG.into(),
-                        lead_ids: vec![id.clone()],
-                        agent_id: "ann".into(),
-                        reason: long(2001),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "actor",
-            assignment
-                .bulk_assign(with(
-                    token,
-                    pb::BulkAssignRequest {
-                        org_id: ORG.into(),
-                        lead_ids: vec![id.clone()],
-                        agent_id: "ann".into(),
-                        actor: long(201),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "lead_ids[0]",
-            assignment
-                .bulk_assign(with(
-                    token,
-                    pb::BulkAssignRequest {
-                        org_id: ORG.into(),
-                        lead_ids: vec![long(65)],
-                        agent_id: "ann".into(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "lead_id",
-            assignment
-                .get_assignment_history(with(
-                    token,
-                    pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: long(65) },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "actor",
-            follow_up
-                .create_follow_up(with(
-                    token,
-                    pb::CreateFollowUpRequest {
-                        org_id: ORG.into(),
-                        lead_id: id.clone(),
-                        due_at,
-                        actor: long(201),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "request_id",
-            follow_up
-                .create_follow_up(with(
-                    token,
-                    pb::CreateFollowUpRequest {
-                        org_id: ORG.into(),
-                        lead_id: id.clone(),
-                        due_at,
-                        request_id: long(257),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "actor",
-            follow_up
-                .complete_follow_up(with(
-                    token,
-                    pb::FollowUpActionRequest {
-                        org_id: ORG.into(),
-                        follow_up_id: created.id.clone(),
-                        actor: long(201),
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "follow_up_id",
-            follow_up
-                .cancel_follow_up(with(
-                    token,
-                    pb::FollowUpActionRequest { org_id: ORG.into(), follow_up_id: long(65), actor: String::new() },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "lead_id",
-            follow_up
-                .list_follow_ups(with(
-                    token,
-                    pb::ListFollowUpsRequest { org_id: ORG.into(), lead_id: long(65), ..Default::default() },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "campaign_id",
-            clients
-                .broadcast
-                .clone()
-                .get_campaign_stats(with(
-                    token,
-                    pb::GetCampaignStatsRequest { org_id: ORG.into(), campaign_id: long(257) },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "page_token",
-            clients
-                .broadcast
-                .clone()
-                .get_broadcast_history(with(
-                    token,
-                    pb::GetBroadcastHistoryRequest {
-                        org_id: ORG.into(),
-                        target: Some(pb::get_broadcast_history_request::Target::LeadId(id.clone())),
-                        page_token: long(1025),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "page_token",
-            clients
-                .ingest
-                .clone()
-                .list_rejections(with(
-                    token,
-                    pb::ListRejectionsRequest { org_id: ORG.into(), page_token: long(1025), ..Default::default() },
-                ))
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "lead_id",
-            clients
-                .qualification
-                .clone()
-                .get_qualification(with(token, pb::GetQualificationRequest { org_id: ORG.into(), lead_id: long(65) }))
-                .await
-                .map(|_| ()),
-        ),
-    ];
-    for (field, result) in refusals {
-        let status = result.expect_err(field);
-        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-        assert!(status.message().contains(field), "{field}: {}", status.message());
+/// Each row of `FIELD_LIMITS`, one character over: `INVALID_ARGUMENT`, naming the field.
+async fn every_bounded_field_is_refused_past_its_limit_naming_itself(clients: &Clients, at: &Caller) {
+    for FieldLimit { field, limit, request } in FIELD_LIMITS {
+        let rpc = request(at, "x".repeat(limit + 1));
+        let name = rpc.name();
+        let Err(status) = clients.send(at, rpc).await else {
+            panic!("{name}: {field} of {} characters was accepted", limit + 1);
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{name} {field}: {status:?}");
+        assert!(status.message().contains(field), "{name} {field}: {}", status.message());
     }
-    // At the limit they pass.
-    lead.change_status(with(
-        token,
-        pb::ChangeStatusRequest {
-            org_id: ORG.into(),
-            lead_id: id.clone(),
-            status: pb::LeadStatus::Qualified as i32,
-            reason: long(2000),
-            actor: long(200),
-            ..Default::default()
-        },
-    ))
-    .await?;
+}
 
-    // The export opens in a spreadsheet as text.
-    let mut stream = lead
-        .export_leads(with(
-            token,
-            pb::ExportLeadsRequest {
-                query: Some(pb::ListLeadsRequest { org_id: ORG.into(), ..Default::default() }),
-                scope: pb::ExportScope::All as i32,
-            },
-        ))
+/// A status change whose reason and actor are exactly at their limits is accepted.
+async fn fields_at_their_limit_pass(clients: &Clients, at: &Caller) -> anyhow::Result<()> {
+    let at_limit = pb::ChangeStatusRequest { reason: "x".repeat(2000), actor: "x".repeat(200), ..at.change_status() };
+    clients.lead.clone().change_status(at.request(at_limit)).await?;
+    Ok(())
+}
+
+/// The export's cells that a spreadsheet would run as formulas are quoted as text.
+async fn the_export_opens_in_a_spreadsheet_as_text(clients: &Clients, at: &Caller) -> anyhow::Result<()> {
+    let mut stream = clients
+        .lead
+        .clone()
+        .export_leads(
+            at.request(pb::ExportLeadsRequest { query: Some(at.list_leads()), scope: pb::ExportScope::All as i32 }),
+        )
         .await?
         .into_inner();
     let mut csv = Vec::new();
@@ -987,15 +744,12 @@ async fn the_actor_is_the_token_subject_and_free_text_is_bounded() -> anyhow::Re
     assert_eq!(cell("contact_name"), "'=HYPERLINK(\"http://evil\",\"Ada\")");
     assert_eq!(cell("email"), "'=cmd@example.com");
     assert_eq!(cell("phone"), phone(1), "a plain number is left as it is");
-
-    node.stop().await?;
-    env.cleanup().await
+    Ok(())
 }
 
-/// A private nats-server on a free port, configured from deploy/nats/nats-server.conf with its
-/// publisher template made into publishers of `orgs`; every password is `pw-<user>`.
-/// A private nats-server running the shipped configuration, with a publisher user for each
-/// of `orgs` made from its template.
+/// A private nats-server on a free port running the shipped configuration
+/// (deploy/nats/nats-server.conf), with a publisher user for each of `orgs` made from its
+/// template; every password is `pw-<user>`.
 struct ShippedNats {
     /// Kept for as long as the test runs: dropped, it stops the server.
     _server: PrivateNats,
@@ -1040,7 +794,7 @@ impl ShippedNats {
     fn auth(user: &str) -> platform::settings::NatsAuthSettings {
         platform::settings::NatsAuthSettings {
             user: Some(user.into()),
-            password: Some(format!("pw-{user}")),
+            password: Some(format!("pw-{user}").into()),
             ..Default::default()
         }
     }
@@ -1137,7 +891,7 @@ async fn a_service_runs_with_only_its_own_role_and_a_verifier_for_its_password()
     let env = TestEnv::new().await?;
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
     let mut settings = env.settings.clone();
-    settings.database.passwords.insert("ingest".into(), password.clone());
+    settings.database.passwords.insert("ingest".into(), password.clone().into());
     leads::migrate(&settings).await?;
 
     // Postgres was given the verifier, never the password: ours for the salt it holds.
@@ -1150,8 +904,9 @@ async fn a_service_runs_with_only_its_own_role_and_a_verifier_for_its_password()
     assert_eq!(stored, platform::db::scram_verifier_with(&password, &salt, 4096));
 
     // The admin URL leads nowhere: the service uses its own role's URL only.
-    let role_url = env.settings.database_url.replacen("postgres@", &format!("leads_ingest:{password}@"), 1);
-    assert_ne!(role_url, env.settings.database_url);
+    let role_url =
+        env.settings.database_url.expose_secret().replacen("postgres@", &format!("leads_ingest:{password}@"), 1);
+    assert_ne!(role_url, env.settings.database_url.expose_secret());
     let mut process = leads_tests::Process::spawn(
         &env,
         "ingest",

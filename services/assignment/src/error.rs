@@ -24,10 +24,6 @@ impl AssignmentError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         AssignmentError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
-
-    pub fn is_transient(&self) -> bool {
-        matches!(self, AssignmentError::Database(error) if platform::error::is_transient(error))
-    }
 }
 
 impl From<tonic::Status> for AssignmentError {
@@ -48,6 +44,10 @@ impl platform::error::ServiceError for AssignmentError {
             AssignmentError::Lead(upstream) => upstream.code(),
             AssignmentError::Database(error) => platform::error::sql_code(error),
         }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, AssignmentError::Database(error) if platform::error::is_transient(error))
     }
 }
 

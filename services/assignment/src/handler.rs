@@ -266,15 +266,9 @@ async fn upsert_holders(
 
 /// Applies the lead service's `assigned` and `status_changed` events: the history of
 /// assignments (each once) and who holds which active lead. Redelivery and reordering are
-/// harmless: history rows are keyed by lead version, holders only move forward.
+/// harmless: history rows are keyed by lead version, holders only move forward. One
+/// transaction, which the consumer retries on conflicts (`platform::consumer::apply_decoded`).
 pub async fn apply_lead_events(ctx: &AssignmentContext, events: &[Envelope<LeadEvent>]) -> Result<(), AssignmentError> {
-    platform::error::retry_transient(AssignmentError::is_transient, || apply_lead_events_once(ctx, events)).await
-}
-
-async fn apply_lead_events_once(
-    ctx: &AssignmentContext,
-    events: &[Envelope<LeadEvent>],
-) -> Result<(), AssignmentError> {
     let mut assignments = Vec::new();
     let mut holders = Vec::new();
     for event in events {

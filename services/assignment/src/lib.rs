@@ -18,6 +18,7 @@ use platform::{
     service::{Infra, Running, ServiceBase},
 };
 use sqlx::PgPool;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/assignment");
@@ -36,15 +37,9 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let ctx = AssignmentContext { pool: base.pool.clone(), lead: LeadServiceClient::new(lead) };
     // Only the lead events that move an assignment or a lead's activity.
     for kind in ["assigned", "status_changed"] {
-        base.spawn_filtered_consumer(
-            infra,
-            StreamKind::Events("lead"),
-            &infra.subjects.events_of_kind("lead", kind),
-            &format!("assignment-{}", kind.replace('_', "-")),
-            &token,
-            ctx.clone(),
-            consume_lead_events,
-        );
+        base.consumer(StreamKind::Events("lead"), format!("assignment-{}", kind.replace('_', "-")))
+            .filter(infra.subjects.events_of_kind("lead", kind))
+            .spawn(infra, &token, ctx.clone(), consume_lead_events);
     }
     let routes = tonic::service::Routes::new(server::AssignmentServiceServer::new(grpc::AssignmentApi { ctx }));
     base.serve(infra, &["leads.v1.AssignmentService"], routes, token).await
@@ -52,7 +47,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume_lead_events(ctx: AssignmentContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(&batch, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_envelopes(&batch, |events: Arc<[Envelope<LeadEvent>]>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await

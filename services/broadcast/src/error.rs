@@ -19,10 +19,6 @@ impl BroadcastError {
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
         BroadcastError::NotFound { what, id: id.into() }
     }
-
-    pub fn is_transient(&self) -> bool {
-        matches!(self, BroadcastError::Database(error) if platform::error::is_transient(error))
-    }
 }
 
 impl platform::error::ServiceError for BroadcastError {
@@ -32,6 +28,10 @@ impl platform::error::ServiceError for BroadcastError {
             BroadcastError::NotFound { .. } => tonic::Code::NotFound,
             BroadcastError::Database(error) => platform::error::sql_code(error),
         }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, BroadcastError::Database(error) if platform::error::is_transient(error))
     }
 }
 

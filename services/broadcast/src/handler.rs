@@ -95,11 +95,6 @@ pub mod sql {
                  OR (g.category_at, g.category COLLATE \"C\") > (t.category_at, t.category COLLATE \"C\"))";
 }
 
-/// Applies a batch, retrying the whole transaction on conflicts and deadlocks.
-pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
-    platform::error::retry_transient(BroadcastError::is_transient, || try_apply_batch(ctx, batch)).await
-}
-
 /// A refused event, by reference into the batch.
 struct Refused<'a> {
     org_id: &'a str,
@@ -196,7 +191,9 @@ impl<'a> Plan<'a> {
     }
 }
 
-async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
+/// Applies a batch in one transaction; the consumer runs it again on a conflict or deadlock by
+/// the one retry policy (`platform::error::retry_transient`).
+pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<Applied, BroadcastError> {
     let plan = Plan::new(batch);
     let mut tx = ctx.pool.begin().await?;
     let mut applied = Applied { refused: plan.refusals.len(), ..Default::default() };

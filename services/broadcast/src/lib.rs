@@ -26,6 +26,7 @@ use platform::{
     settings::ConsumerSettings,
 };
 use sqlx::PgPool;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/broadcast");
@@ -56,7 +57,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         batch_size: infra.settings.consumer.broadcast_batch_size,
         ..infra.settings.consumer.clone()
     };
-    base.spawn_consumer_with(infra, StreamKind::Broadcasts, DURABLE, bulk, &token, ctx.clone(), consume_broadcasts);
+    base.consumer(StreamKind::Broadcasts, DURABLE).settings(bulk).spawn(infra, &token, ctx.clone(), consume_broadcasts);
     let retention = platform::db::prune_until(
         base.pool.clone(),
         ServiceName::Broadcast,
@@ -65,7 +66,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         token.clone(),
     );
     base.spawn("retention of rejections", retention);
-    base.spawn_consumer(infra, StreamKind::Events("lead"), LEADS_DURABLE, &token, ctx.clone(), consume_lead_events);
+    base.consumer(StreamKind::Events("lead"), LEADS_DURABLE).spawn(infra, &token, ctx.clone(), consume_lead_events);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
             ctx,
@@ -89,7 +90,7 @@ async fn consume_broadcasts(ctx: BroadcastContext, batch: Batch) -> Vec<Disposit
         log_refusals(&candidates[first..]);
         let last = position + 1 == batch.len();
         if candidates.len() >= limit || (last && !candidates.is_empty()) {
-            if let Err(error) = handler::apply_batch(ctx, &candidates).await {
+            if let Err(error) = platform::error::retry_transient(|| handler::apply_batch(ctx, &candidates)).await {
                 tracing::warn!(%error, "broadcast batch failed, will be redelivered");
                 return vec![Disposition::failed(&error); batch.len()];
             }
@@ -246,7 +247,7 @@ fn push_items<T>(
 async fn consume_lead_events(ctx: BroadcastContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
-    consumer::apply_decoded(&batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_decoded(&batch, read, |events: Arc<[Envelope<LeadEvent>]>| async move {
         projection::apply_batch(ctx, &events).await
     })
     .await

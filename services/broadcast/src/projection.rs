@@ -5,12 +5,10 @@
 use crate::{BroadcastContext, error::BroadcastError};
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
+use contracts::interaction::{Direction, Kind};
 use contracts::lead::{InteractionSummary, LeadChange, LeadEvent};
 use std::collections::BTreeMap;
 use uuid::Uuid;
-
-/// The interaction kind that marks a reply to a broadcast message.
-const BROADCAST_REPLY: &str = "broadcast_reply";
 
 struct LeadRow<'a> {
     contact_id: Uuid,
@@ -34,18 +32,15 @@ fn reply(change: &LeadChange) -> Option<(&InteractionSummary, bool)> {
         _ => return None,
     };
     // Only the contact's own messages are replies; an outbound one is the business writing.
-    let is_reply = interaction.kind == BROADCAST_REPLY
-        && interaction.direction != "outbound"
+    let is_reply = interaction.kind == Kind::BroadcastReply
+        && interaction.direction == Direction::Inbound
         && interaction.broadcast_message_id.as_deref().is_some_and(|id| !id.is_empty());
     is_reply.then_some((interaction, created))
 }
 
-/// Applies a batch of lead events, retrying the whole transaction on conflicts.
+/// Applies a batch of lead events in one transaction (retried on conflicts by the consumer,
+/// `platform::consumer::apply_decoded`).
 pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Envelope<LeadEvent>]) -> Result<(), BroadcastError> {
-    platform::error::retry_transient(BroadcastError::is_transient, || try_apply_batch(ctx, batch)).await
-}
-
-async fn try_apply_batch(ctx: &BroadcastContext, batch: &[Envelope<LeadEvent>]) -> Result<(), BroadcastError> {
     // Keyed maps: deduplicated and in key order, so concurrent batches lock rows in one order.
     let mut leads: BTreeMap<(&str, Uuid), LeadRow> = BTreeMap::new();
     let mut replies: BTreeMap<(&str, &str), ReplyRow> = BTreeMap::new();

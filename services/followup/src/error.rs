@@ -25,10 +25,6 @@ impl FollowUpError {
     pub fn internal(detail: impl Into<String>) -> Self {
         FollowUpError::Internal(detail.into())
     }
-
-    pub fn is_transient(&self) -> bool {
-        matches!(self, FollowUpError::Database(error) if platform::error::is_transient(error))
-    }
 }
 
 impl From<tonic::Status> for FollowUpError {
@@ -47,6 +43,10 @@ impl platform::error::ServiceError for FollowUpError {
             FollowUpError::Internal(_) => tonic::Code::Internal,
             FollowUpError::Database(error) => platform::error::sql_code(error),
         }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, FollowUpError::Database(error) if platform::error::is_transient(error))
     }
 }
 

@@ -200,9 +200,9 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
     let org_id = opened.org_id.clone();
     let kept = async {
         let mut tx = ctx.pool.begin().await?;
-        keep_opened(ctx, &mut tx, std::slice::from_ref(&opened)).await?;
-        tx.commit().await?;
-        ctx.outbox.notify();
+        let mut messages = Vec::new();
+        keep_opened(ctx, &mut tx, std::slice::from_ref(&opened), &mut messages).await?;
+        platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
         get(ctx, &org_id, id).await
     };
     metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CREATED, "service" => "followup").increment(1);
@@ -308,10 +308,13 @@ async fn lock_leads(
     Ok(())
 }
 
+/// Keeps follow-ups the lead service opened, adding to `messages` the cancellation of each one
+/// whose lead closed meanwhile.
 async fn keep_opened(
     ctx: &FollowUpContext,
     tx: &mut Transaction<'_, Postgres>,
     opened: &[Opened],
+    messages: &mut Vec<OutboxMessage>,
 ) -> Result<(), FollowUpError> {
     if opened.is_empty() {
         return Ok(());
@@ -349,20 +352,15 @@ async fn keep_opened(
     .bind(opened.iter().map(|o| o.created_by.as_str()).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
-    let cancelled: Vec<OutboxMessage> =
-        inserted.iter().filter(|f| f.state() == State::Cancelled).map(|f| event(ctx, f, SYSTEM_ACTOR)).collect();
-    platform::outbox::enqueue(tx, &cancelled).await?;
+    messages.extend(inserted.iter().filter(|f| f.state() == State::Cancelled).map(|f| event(ctx, f, SYSTEM_ACTOR)));
     Ok(())
 }
 
 /// Applies the lead service's `follow_up_opened` and `status_changed` events: follow-ups
 /// this service has not kept yet are kept, and when a lead becomes inactive its open
-/// follow-ups are cancelled by the system.
+/// follow-ups are cancelled by the system. One transaction, which the consumer retries on
+/// conflicts (`platform::consumer::apply_decoded`).
 pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {
-    platform::error::retry_transient(FollowUpError::is_transient, || apply_lead_events_once(ctx, events)).await
-}
-
-async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {
     let mut opened = Vec::new();
     let mut closed: Vec<(String, Uuid, bool, i64)> = Vec::new();
     for event in events {
@@ -379,7 +377,7 @@ async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEv
         return Ok(());
     }
     let mut tx = ctx.pool.begin().await?;
-    let mut cancelled_count = 0;
+    let mut messages: Vec<OutboxMessage> = Vec::new();
     if !closed.is_empty() {
         lock_leads(&mut tx, &mut closed).await?;
         let cancelled: Vec<FollowUpRow> = sqlx::query_as(
@@ -393,13 +391,11 @@ async fn apply_lead_events_once(ctx: &FollowUpContext, events: &[Envelope<LeadEv
         .bind(closed.iter().map(|c| c.1).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
-        let messages: Vec<OutboxMessage> = cancelled.iter().map(|f| event(ctx, f, SYSTEM_ACTOR)).collect();
-        platform::outbox::enqueue(&mut tx, &messages).await?;
-        cancelled_count = messages.len();
+        messages.extend(cancelled.iter().map(|f| event(ctx, f, SYSTEM_ACTOR)));
     }
-    keep_opened(ctx, &mut tx, &opened).await?;
-    tx.commit().await?;
-    ctx.outbox.notify();
+    let cancelled_count = messages.len();
+    keep_opened(ctx, &mut tx, &opened, &mut messages).await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     if cancelled_count > 0 {
         tracing::info!(follow_ups = cancelled_count, "open follow-ups of closed leads cancelled");
         metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CLOSED, "service" => "followup", "state" => "cancelled").increment(cancelled_count as u64);
@@ -441,9 +437,7 @@ pub async fn close(
         let current = get(ctx, org_id, id).await?;
         return Err(FollowUpError::Closed { id, state: current.state });
     };
-    platform::outbox::enqueue(&mut tx, &[event(ctx, &closed, actor)]).await?;
-    tx.commit().await?;
-    ctx.outbox.notify();
+    platform::outbox::commit(tx, &[event(ctx, &closed, actor)], &ctx.outbox).await?;
     metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CLOSED, "service" => "followup", "state" => to.as_str())
         .increment(1);
     Ok(closed)
@@ -466,10 +460,8 @@ pub async fn mark_due(ctx: &FollowUpContext, limit: i64) -> Result<usize, Follow
     .fetch_all(&mut *tx)
     .await?;
     let messages: Vec<OutboxMessage> = due.iter().map(|f| event(ctx, f, SYSTEM_ACTOR)).collect();
-    platform::outbox::enqueue(&mut tx, &messages).await?;
-    tx.commit().await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     if !due.is_empty() {
-        ctx.outbox.notify();
         metrics::counter!(platform::telemetry::names::FOLLOW_UPS_DUE, "service" => "followup")
             .increment(due.len() as u64);
     }

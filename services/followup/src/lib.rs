@@ -19,7 +19,7 @@ use platform::{
     service::{Infra, Running, ServiceBase},
 };
 use sqlx::PgPool;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/followup");
@@ -46,15 +46,9 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         lead: LeadServiceClient::new(lead),
     };
     for kind in ["follow_up_opened", "status_changed"] {
-        base.spawn_filtered_consumer(
-            infra,
-            StreamKind::Events("lead"),
-            &infra.subjects.events_of_kind("lead", kind),
-            &format!("followup-{}", kind.replace('_', "-")),
-            &token,
-            ctx.clone(),
-            consume_lead_events,
-        );
+        base.consumer(StreamKind::Events("lead"), format!("followup-{}", kind.replace('_', "-")))
+            .filter(infra.subjects.events_of_kind("lead", kind))
+            .spawn(infra, &token, ctx.clone(), consume_lead_events);
     }
     base.spawn("due scheduler", handler::schedule_due(ctx.clone(), DUE_TICK, token.clone()));
     let routes = tonic::service::Routes::new(server::FollowUpServiceServer::new(grpc::FollowUpApi { ctx }));
@@ -63,7 +57,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume_lead_events(ctx: FollowUpContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(&batch, |events: Vec<Envelope<LeadEvent>>| async move {
+    consumer::apply_envelopes(&batch, |events: Arc<[Envelope<LeadEvent>]>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await

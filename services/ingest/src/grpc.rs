@@ -56,7 +56,7 @@ impl IngestService for IngestApi {
                 }
             })
             .collect();
-        let outcomes = handler::handle(&self.ctx, &candidates).await?;
+        let outcomes = platform::error::retry_transient(|| handler::handle(&self.ctx, &candidates)).await?;
         let results = candidates
             .iter()
             .zip(outcomes)

@@ -54,18 +54,16 @@ pub enum IngestError {
     Database(#[from] sqlx::Error),
 }
 
-impl IngestError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, IngestError::Database(error) if platform::error::is_transient(error))
-    }
-}
-
 impl platform::error::ServiceError for IngestError {
     fn code(&self) -> tonic::Code {
         match self {
             IngestError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
             IngestError::Database(error) => platform::error::sql_code(error),
         }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, IngestError::Database(error) if platform::error::is_transient(error))
     }
 }
 
@@ -98,11 +96,9 @@ struct DeadLetter<'a> {
 /// How much of a refused payload its dead letter carries.
 pub const DEAD_LETTER_EXCERPT_BYTES: usize = 16 * 1024;
 
+/// Keeps a batch in one transaction; its callers run it by the one retry policy
+/// (`platform::error::retry_transient`).
 pub async fn handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outcome>, IngestError> {
-    platform::error::retry_transient(IngestError::is_transient, || try_handle(ctx, batch)).await
-}
-
-async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outcome>, IngestError> {
     let mut tx = ctx.pool.begin().await?;
     let mut orgs = Vec::new();
     let mut event_ids = Vec::new();
@@ -188,11 +184,7 @@ async fn try_handle(ctx: &IngestContext, batch: &[Candidate]) -> Result<Vec<Outc
     messages.extend(outbox::batched_by_org(accepted, INTERACTIONS_ACCEPTED, |org_id| {
         ctx.subjects.event("ingest", org_id, INTERACTIONS_ACCEPTED)
     }));
-    outbox::enqueue(&mut tx, &messages).await?;
-    tx.commit().await?;
-    if !messages.is_empty() {
-        ctx.outbox.notify();
-    }
+    outbox::commit(tx, &messages, &ctx.outbox).await?;
     let accepted = outcomes.iter().filter(|o| **o == Outcome::Accepted).count();
     metrics::counter!(platform::telemetry::names::EVENTS_ACCEPTED, "service" => "ingest").increment(accepted as u64);
     platform::telemetry::count_refused(

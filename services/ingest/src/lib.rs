@@ -26,7 +26,7 @@ pub const DURABLE: &str = "ingest";
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Ingest, &MIGRATOR, &token).await?;
     let ctx = IngestContext { pool: base.pool.clone(), subjects: infra.subjects.clone(), outbox: base.outbox.clone() };
-    base.spawn_consumer(infra, StreamKind::Interactions, DURABLE, &token, ctx.clone(), consume);
+    base.consumer(StreamKind::Interactions, DURABLE).spawn(infra, &token, ctx.clone(), consume);
     let retention = platform::db::prune_until(
         base.pool.clone(),
         ServiceName::Ingest,
@@ -45,7 +45,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 async fn consume(ctx: IngestContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let candidates: Vec<Candidate> = batch.iter().map(|d| candidate_from_delivery(ctx, d)).collect();
-    match handler::handle(ctx, &candidates).await {
+    match platform::error::retry_transient(|| handler::handle(ctx, &candidates)).await {
         Ok(outcomes) => outcomes
             .iter()
             .map(|outcome| {

@@ -22,23 +22,15 @@ pub fn validate(raw: RawEvent) -> Result<Interaction, Refusal> {
     }
     let occurred_at =
         raw.occurred_at.ok_or_else(|| Refusal::new("occurred_at", "is required"))?.resolve("occurred_at")?;
-    let kind = match required(raw.kind, "kind")?.as_str() {
-        "chat_message" => Kind::ChatMessage,
-        "broadcast_reply" => Kind::BroadcastReply,
-        "integration" => Kind::Integration,
-        other => {
-            return Err(Refusal::new(
-                "kind",
-                format!("must be one of chat_message, broadcast_reply, integration; got {:?}", shown(other)),
-            ));
-        }
-    };
+    let kind_text = required(raw.kind, "kind")?;
+    let kind = Kind::try_from(kind_text.as_str()).map_err(|_| {
+        let kinds = Kind::ALL.map(Kind::as_str).join(", ");
+        Refusal::new("kind", format!("must be one of {kinds}; got {:?}", shown(&kind_text)))
+    })?;
     let direction = match raw.direction.as_deref().map(str::trim) {
-        None | Some("") | Some("inbound") => Direction::Inbound,
-        Some("outbound") => Direction::Outbound,
-        Some(other) => {
-            return Err(Refusal::new("direction", format!("must be inbound or outbound; got {:?}", shown(other))));
-        }
+        None | Some("") => Direction::Inbound,
+        Some(text) => Direction::try_from(text)
+            .map_err(|_| Refusal::new("direction", format!("must be inbound or outbound; got {:?}", shown(text))))?,
     };
     let channel = match raw.channel.map(|c| c.trim().to_ascii_lowercase()) {
         None => "whatsapp".to_owned(),

@@ -4,6 +4,7 @@
 use crate::{LeadContext, error::LeadError, model::LEAD_VIEW_COLUMNS};
 use contracts::Envelope;
 use contracts::lead::{LeadChange, LeadEvent, LeadView, Status};
+use platform::nats::Subjects;
 use platform::outbox::OutboxMessage;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -53,36 +54,26 @@ pub async fn publish(
     .bind(lead_id)
     .fetch_one(&mut **tx)
     .await?;
-    messages.push(lead_event(ctx, &lead, change));
+    messages.push(lead_event(&ctx.subjects, &lead, change));
     Ok(lead)
-}
-
-/// Queues the events in the outbox, commits them with the changes they announce, and wakes
-/// the relay when there are any.
-pub async fn commit_with_events(
-    ctx: &LeadContext,
-    mut tx: Transaction<'_, Postgres>,
-    messages: &[OutboxMessage],
-) -> Result<(), LeadError> {
-    platform::outbox::enqueue(&mut tx, messages).await?;
-    tx.commit().await?;
-    if !messages.is_empty() {
-        ctx.outbox.notify();
-    }
-    Ok(())
 }
 
 pub fn lead_envelope(lead: &LeadView, change: LeadChange) -> Envelope<LeadEvent> {
     Envelope::new(&lead.org_id, change.kind(), lead.id, lead.version, LeadEvent { change, lead: lead.clone() })
 }
 
-pub fn lead_event(ctx: &LeadContext, lead: &LeadView, change: LeadChange) -> OutboxMessage {
+pub fn lead_event(subjects: &Subjects, lead: &LeadView, change: LeadChange) -> OutboxMessage {
     let kind = change.kind();
     let envelope = lead_envelope(lead, change);
     OutboxMessage {
         org_id: lead.org_id.clone(),
-        subject: ctx.subjects.event("lead", &lead.org_id, kind),
+        subject: subjects.event("lead", &lead.org_id, kind),
         msg_id: envelope.id.to_string(),
         payload: envelope.to_json(),
     }
+}
+
+/// One column of `rows`, bound as an array that `UNNEST($n::type[])` turns back into rows.
+pub fn column<'a, T, U>(rows: &'a [T], value: impl FnMut(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
 }

@@ -17,7 +17,7 @@
 
 use crate::{
     LeadContext,
-    apply::{SYSTEM_ACTOR, lead_envelope, lead_event},
+    apply::{SYSTEM_ACTOR, column, lead_envelope, lead_event},
     error::LeadError,
     lifecycle::{self, Act, Transition},
     model::LEAD_VIEW_COLUMNS,
@@ -25,17 +25,13 @@ use crate::{
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::interaction::{Direction, Interaction, Kind};
-use contracts::lead::{INTERACTIONS_APPLIED, InteractionSummary, LeadChange, LeadEvent, LeadView, Status};
+use contracts::lead::{INTERACTIONS_APPLIED, InteractionSummary, LeadChange, LeadEvent, LeadView, SourceKind, Status};
+use platform::nats::Subjects;
 use sqlx::{Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 const PREVIEW_CHARS: usize = 140;
-
-/// Applies a batch, skipping events already applied. Retries the whole batch on conflicts.
-pub async fn apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
-    platform::error::retry_transient(LeadError::is_transient, || try_apply_batch(ctx, batch)).await
-}
 
 /// An interaction the ingest service accepted, with the organisation it belongs to.
 #[derive(Debug, Clone)]
@@ -79,7 +75,8 @@ struct BatchState {
     new_leads: Vec<Uuid>,
     changed_leads: HashSet<Uuid>,
     status_changes: Vec<StatusChangeRow>,
-    interactions: PendingInteractions,
+    /// Interaction rows, written with one statement at the batch's end.
+    interactions: Vec<PendingInteraction>,
     /// Lead created and interaction recorded, in order: they leave batched by organisation.
     /// Status changes are in `messages`, alone on their own subjects, where the assignment
     /// and follow-up services filter for them.
@@ -99,7 +96,9 @@ struct Unattached {
     pending: Option<usize>,
 }
 
-async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
+/// Applies a batch in one transaction, skipping events already applied; the consumer retries it
+/// whole on conflicts (`platform::consumer::apply_decoded`).
+pub async fn apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Result<(), LeadError> {
     let mut tx = ctx.pool.begin().await?;
     let todo = unseen(&mut tx, batch).await?;
     if todo.is_empty() {
@@ -114,7 +113,7 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
     // Arrival order: an event that links a phone to an external id comes before a later
     // event that names only the phone.
     for accepted in &todo {
-        apply(ctx, &mut state, &accepted.org_id, &accepted.interaction, now);
+        apply(&ctx.subjects, &mut state, &accepted.org_id, &accepted.interaction, now);
     }
     write(&mut tx, &state).await?;
     let mut messages = std::mem::take(&mut state.messages);
@@ -122,7 +121,7 @@ async fn try_apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
     messages.extend(platform::outbox::batched_by_org(recorded, INTERACTIONS_APPLIED, |org_id| {
         ctx.subjects.event("lead", org_id, INTERACTIONS_APPLIED)
     }));
-    crate::apply::commit_with_events(ctx, tx, &messages).await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     metrics::counter!(platform::telemetry::names::LEAD_INTERACTIONS_APPLIED, "service" => "lead")
         .increment(todo.len() as u64);
     Ok(())
@@ -133,15 +132,13 @@ async fn unseen<'a>(
     tx: &mut Transaction<'_, Postgres>,
     batch: &'a [AcceptedInteraction],
 ) -> Result<Vec<&'a AcceptedInteraction>, LeadError> {
-    let orgs: Vec<&str> = batch.iter().map(|e| e.org_id.as_str()).collect();
-    let ids: Vec<&str> = batch.iter().map(|e| e.interaction.event_id.as_str()).collect();
     let seen: HashSet<(String, String)> = sqlx::query_as(
         "SELECT i.org_id, i.event_id FROM interactions i \
          JOIN UNNEST($1::text[], $2::text[]) AS b(org_id, event_id) \
            ON i.org_id = b.org_id AND i.event_id = b.event_id",
     )
-    .bind(&orgs)
-    .bind(&ids)
+    .bind(column(batch, |e| e.org_id.as_str()))
+    .bind(column(batch, |e| e.interaction.event_id.as_str()))
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
@@ -161,17 +158,14 @@ async fn load_contacts(
     todo: &[&AcceptedInteraction],
     state: &mut BatchState,
 ) -> Result<(), LeadError> {
-    let (mut phone_orgs, mut phones, mut ext_orgs, mut exts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for accepted in todo {
-        if let Some(phone) = &accepted.interaction.contact.phone {
-            phone_orgs.push(accepted.org_id.as_str());
-            phones.push(phone.as_str());
-        }
-        if let Some(external_id) = &accepted.interaction.contact.external_id {
-            ext_orgs.push(accepted.org_id.as_str());
-            exts.push(external_id.as_str());
-        }
-    }
+    let phones: Vec<(&str, &str)> = todo
+        .iter()
+        .filter_map(|accepted| Some((accepted.org_id.as_str(), accepted.interaction.contact.phone.as_deref()?)))
+        .collect();
+    let external_ids: Vec<(&str, &str)> = todo
+        .iter()
+        .filter_map(|accepted| Some((accepted.org_id.as_str(), accepted.interaction.contact.external_id.as_deref()?)))
+        .collect();
     // Locked in id order so that concurrent batches over the same contacts queue up.
     let contacts: Vec<Contact> = sqlx::query_as(
         "SELECT c.id, c.org_id, c.phone, c.external_id, c.name, c.email, c.profile_at FROM contacts c \
@@ -183,10 +177,10 @@ async fn load_contacts(
              ON c2.org_id = k.org_id AND c2.external_id = k.external_id) \
          ORDER BY c.id FOR UPDATE",
     )
-    .bind(&phone_orgs)
-    .bind(&phones)
-    .bind(&ext_orgs)
-    .bind(&exts)
+    .bind(column(&phones, |k| k.0))
+    .bind(column(&phones, |k| k.1))
+    .bind(column(&external_ids, |k| k.0))
+    .bind(column(&external_ids, |k| k.1))
     .fetch_all(&mut **tx)
     .await?;
     for contact in contacts {
@@ -199,15 +193,15 @@ async fn load_active_leads(tx: &mut Transaction<'_, Postgres>, state: &mut Batch
     if state.contacts.is_empty() {
         return Ok(());
     }
-    let (orgs, ids): (Vec<&str>, Vec<Uuid>) = state.contacts.values().map(|c| (c.org_id.as_str(), c.id)).unzip();
+    let contacts: Vec<&Contact> = state.contacts.values().collect();
     let leads: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {LEAD_VIEW_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id \
          JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, contact_id) \
            ON l.org_id = k.org_id AND l.contact_id = k.contact_id \
          WHERE l.active ORDER BY l.id FOR UPDATE OF l"
     )))
-    .bind(&orgs)
-    .bind(&ids)
+    .bind(column(&contacts, |c| c.org_id.as_str()))
+    .bind(column(&contacts, |c| c.id))
     .fetch_all(&mut **tx)
     .await?;
     for lead in leads {
@@ -222,8 +216,10 @@ async fn load_unattached(tx: &mut Transaction<'_, Postgres>, state: &mut BatchSt
     if state.contacts.is_empty() {
         return Ok(());
     }
-    let (orgs, ids): (Vec<&str>, Vec<Uuid>) = state.contacts.values().map(|c| (c.org_id.as_str(), c.id)).unzip();
+    let contacts: Vec<&Contact> = state.contacts.values().collect();
     type Row = (Uuid, String, String, DateTime<Utc>, Option<String>, Option<String>, Option<String>);
+    // `direction = 'outbound'` is written out, not bound: a generic plan can use the partial
+    // index `interactions_unattached_outbound` only for a predicate that matches its own.
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT i.contact_id, i.event_id, i.kind, i.occurred_at, i.text, i.broadcast_message_id, i.campaign_id \
          FROM UNNEST($1::text[], $2::uuid[]) AS k(org_id, contact_id) \
@@ -232,15 +228,15 @@ async fn load_unattached(tx: &mut Transaction<'_, Postgres>, state: &mut BatchSt
              AND i.lead_id IS NULL AND i.direction = 'outbound' ORDER BY i.occurred_at DESC LIMIT 100 \
          ) i ORDER BY i.occurred_at",
     )
-    .bind(&orgs)
-    .bind(&ids)
+    .bind(column(&contacts, |c| c.org_id.as_str()))
+    .bind(column(&contacts, |c| c.id))
     .fetch_all(&mut **tx)
     .await?;
     for (contact_id, event_id, kind, occurred_at, text, broadcast_message_id, campaign_id) in rows {
         let summary = InteractionSummary {
             event_id,
-            kind,
-            direction: Direction::Outbound.as_str().into(),
+            kind: Kind::try_from(kind).map_err(|e| LeadError::Unreadable(e.to_string()))?,
+            direction: Direction::Outbound,
             occurred_at,
             text,
             broadcast_message_id,
@@ -326,7 +322,7 @@ impl BatchState {
     }
 }
 
-fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Interaction, now: DateTime<Utc>) {
+fn apply(subjects: &Subjects, state: &mut BatchState, org_id: &str, event: &Interaction, now: DateTime<Utc>) {
     let contact_id = state.resolve_contact(org_id, event);
     let contact = state.contacts[&contact_id].clone();
     let preview = event.text.as_deref().map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
@@ -341,7 +337,7 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
                 recorded: &mut state.recorded,
                 messages: &mut state.messages,
             };
-            record_on_lead(ctx, &mut out, lead, &summary(event), event.direction, now);
+            record_on_lead(subjects, &mut out, lead, &summary(event), now);
             state.changed_leads.insert(lead.id);
             Some(lead.id)
         }
@@ -355,12 +351,17 @@ fn apply(ctx: &LeadContext, state: &mut BatchState, org_id: &str, event: &Intera
         }
     };
     let index = state.interactions.len();
-    state.interactions.push(org_id, event, lead_id, contact_id);
+    state.interactions.push(PendingInteraction {
+        org_id: org_id.to_owned(),
+        lead_id,
+        contact_id,
+        interaction: event.clone(),
+    });
     if lead_id.is_none() {
         let unattached = Unattached { summary: summary(event), pending: Some(index) };
         state.unattached.entry(contact_id).or_default().push(unattached);
     } else if event.direction == Direction::Inbound {
-        attach_unattached(ctx, state, org_id, contact_id, now);
+        attach_unattached(subjects, state, org_id, contact_id, now);
     }
 }
 
@@ -383,7 +384,7 @@ fn open_lead(
         email: contact.email.clone(),
         status: Status::New,
         active: true,
-        source_kind: event.kind.as_str().to_owned(),
+        source_kind: SourceKind::from(event.kind),
         channel: event.channel.clone(),
         campaign_id: event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()),
         broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
@@ -427,7 +428,7 @@ fn open_lead(
 
 /// Gives the contact's lead the outbound messages recorded without one that are at or after
 /// its first touch.
-fn attach_unattached(ctx: &LeadContext, state: &mut BatchState, org_id: &str, contact_id: Uuid, now: DateTime<Utc>) {
+fn attach_unattached(subjects: &Subjects, state: &mut BatchState, org_id: &str, contact_id: Uuid, now: DateTime<Utc>) {
     let Some(lead) = state.active.get_mut(&contact_id) else { return };
     let Some(waiting) = state.unattached.get_mut(&contact_id) else { return };
     let (mut taken, kept): (Vec<Unattached>, Vec<Unattached>) =
@@ -440,9 +441,9 @@ fn attach_unattached(ctx: &LeadContext, state: &mut BatchState, org_id: &str, co
             recorded: &mut state.recorded,
             messages: &mut state.messages,
         };
-        record_on_lead(ctx, &mut out, lead, &message.summary, Direction::Outbound, now);
+        record_on_lead(subjects, &mut out, lead, &message.summary, now);
         match message.pending {
-            Some(index) => state.interactions.lead_id[index] = Some(lead.id),
+            Some(index) => state.interactions[index].lead_id = Some(lead.id),
             None => state.attached.push((org_id.to_owned(), message.summary.event_id.clone(), lead.id)),
         }
         state.changed_leads.insert(lead.id);
@@ -459,11 +460,10 @@ struct Changes<'a> {
 /// Adds a message to an active lead: counts, preview, its event, and the status change the
 /// lifecycle decides (the first outbound message moves a New lead to Contacted).
 fn record_on_lead(
-    ctx: &LeadContext,
+    subjects: &Subjects,
     out: &mut Changes<'_>,
     lead: &mut LeadView,
     interaction: &InteractionSummary,
-    direction: Direction,
     now: DateTime<Utc>,
 ) {
     let preview = interaction.text.as_deref().map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
@@ -477,7 +477,7 @@ fn record_on_lead(
     // Every message is recorded, the one that moves the lead as well, so projections
     // (qualification) see the whole conversation.
     out.recorded.push(lead_envelope(lead, LeadChange::InteractionRecorded { interaction: interaction.clone() }));
-    let act = match direction {
+    let act = match interaction.direction {
         Direction::Inbound => Act::Inbound,
         Direction::Outbound => Act::Outbound,
     };
@@ -501,7 +501,7 @@ fn record_on_lead(
             actor: SYSTEM_ACTOR.into(),
             reason: Some(reason.into()),
         };
-        out.messages.push(lead_event(ctx, lead, change));
+        out.messages.push(lead_event(subjects, lead, change));
     }
 }
 
@@ -509,7 +509,7 @@ async fn write(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result
     write_contacts(tx, state).await?;
     write_leads(tx, state).await?;
     write_status_changes(tx, state).await?;
-    state.interactions.write(tx).await?;
+    write_interactions(tx, &state.interactions).await?;
     write_attached(tx, state).await
 }
 
@@ -517,62 +517,46 @@ async fn write_attached(tx: &mut Transaction<'_, Postgres>, state: &BatchState) 
     if state.attached.is_empty() {
         return Ok(());
     }
-    let orgs: Vec<&str> = state.attached.iter().map(|a| a.0.as_str()).collect();
-    let events: Vec<&str> = state.attached.iter().map(|a| a.1.as_str()).collect();
-    let leads: Vec<Uuid> = state.attached.iter().map(|a| a.2).collect();
+    let attached = &state.attached;
     sqlx::query(
         "UPDATE interactions i SET lead_id = u.lead_id \
          FROM UNNEST($1::text[], $2::text[], $3::uuid[]) AS u(org_id, event_id, lead_id) \
          WHERE i.org_id = u.org_id AND i.event_id = u.event_id AND i.lead_id IS NULL",
     )
-    .bind(&orgs)
-    .bind(&events)
-    .bind(&leads)
+    .bind(column(attached, |a| a.0.as_str()))
+    .bind(column(attached, |a| a.1.as_str()))
+    .bind(column(attached, |a| a.2))
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
 async fn write_contacts(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
-    let columns = |ids: &mut dyn Iterator<Item = &Uuid>| {
-        let mut out = ContactColumns::default();
-        for id in ids {
-            let c = &state.contacts[id];
-            out.id.push(c.id);
-            out.org_id.push(c.org_id.clone());
-            out.phone.push(c.phone.clone());
-            out.external_id.push(c.external_id.clone());
-            out.name.push(c.name.clone());
-            out.email.push(c.email.clone());
-            out.profile_at.push(c.profile_at);
-        }
-        out
-    };
     if !state.new_contacts.is_empty() {
-        let new = columns(&mut state.new_contacts.iter());
+        let new: Vec<&Contact> = state.new_contacts.iter().map(|id| &state.contacts[id]).collect();
         let inserted = sqlx::query(
             "INSERT INTO contacts (id, org_id, phone, external_id, name, email, profile_at) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                $7::timestamptz[]) ON CONFLICT DO NOTHING",
         )
-        .bind(&new.id)
-        .bind(&new.org_id)
-        .bind(&new.phone)
-        .bind(&new.external_id)
-        .bind(&new.name)
-        .bind(&new.email)
-        .bind(&new.profile_at)
+        .bind(column(&new, |c| c.id))
+        .bind(column(&new, |c| c.org_id.as_str()))
+        .bind(column(&new, |c| c.phone.as_deref()))
+        .bind(column(&new, |c| c.external_id.as_deref()))
+        .bind(column(&new, |c| c.name.as_deref()))
+        .bind(column(&new, |c| c.email.as_deref()))
+        .bind(column(&new, |c| c.profile_at))
         .execute(&mut **tx)
         .await?;
         // Fewer rows: another batch created one of these contacts since we read; start over.
-        if inserted.rows_affected() != new.id.len() as u64 {
+        if inserted.rows_affected() != new.len() as u64 {
             return Err(LeadError::Conflict);
         }
     }
     let new: HashSet<&Uuid> = state.new_contacts.iter().collect();
-    let changed: Vec<&Uuid> = state.changed_contacts.iter().filter(|id| !new.contains(id)).collect();
+    let changed: Vec<&Contact> =
+        state.changed_contacts.iter().filter(|id| !new.contains(id)).map(|id| &state.contacts[id]).collect();
     if !changed.is_empty() {
-        let rows = columns(&mut changed.into_iter());
         sqlx::query(
             "UPDATE contacts c SET phone = u.phone, external_id = u.external_id, name = u.name, email = u.email, \
                profile_at = u.profile_at \
@@ -580,27 +564,16 @@ async fn write_contacts(tx: &mut Transaction<'_, Postgres>, state: &BatchState) 
                AS u(id, phone, external_id, name, email, profile_at) \
              WHERE c.id = u.id",
         )
-        .bind(&rows.id)
-        .bind(&rows.phone)
-        .bind(&rows.external_id)
-        .bind(&rows.name)
-        .bind(&rows.email)
-        .bind(&rows.profile_at)
+        .bind(column(&changed, |c| c.id))
+        .bind(column(&changed, |c| c.phone.as_deref()))
+        .bind(column(&changed, |c| c.external_id.as_deref()))
+        .bind(column(&changed, |c| c.name.as_deref()))
+        .bind(column(&changed, |c| c.email.as_deref()))
+        .bind(column(&changed, |c| c.profile_at))
         .execute(&mut **tx)
         .await?;
     }
     Ok(())
-}
-
-#[derive(Default)]
-struct ContactColumns {
-    id: Vec<Uuid>,
-    org_id: Vec<String>,
-    phone: Vec<Option<String>>,
-    external_id: Vec<Option<String>>,
-    name: Vec<Option<String>>,
-    email: Vec<Option<String>>,
-    profile_at: Vec<DateTime<Utc>>,
 }
 
 async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> Result<(), LeadError> {
@@ -616,23 +589,23 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
                $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::bigint[]) \
              ON CONFLICT DO NOTHING",
         )
-        .bind(leads.iter().map(|l| l.id).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.org_id.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.contact_id).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.status.as_str()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.source_kind.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.channel.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.campaign_id.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.broadcast_message_id.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.integration_name.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.integration_reference.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.interaction_count).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.last_message_preview.clone()).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.first_touch_at).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.last_interaction_at).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.created_at).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.updated_at).collect::<Vec<_>>())
-        .bind(leads.iter().map(|l| l.version).collect::<Vec<_>>())
+        .bind(column(&leads, |l| l.id))
+        .bind(column(&leads, |l| l.org_id.as_str()))
+        .bind(column(&leads, |l| l.contact_id))
+        .bind(column(&leads, |l| l.status.as_str()))
+        .bind(column(&leads, |l| l.source_kind.as_str()))
+        .bind(column(&leads, |l| l.channel.as_str()))
+        .bind(column(&leads, |l| l.campaign_id.as_deref()))
+        .bind(column(&leads, |l| l.broadcast_message_id.as_deref()))
+        .bind(column(&leads, |l| l.integration_name.as_deref()))
+        .bind(column(&leads, |l| l.integration_reference.as_deref()))
+        .bind(column(&leads, |l| l.interaction_count))
+        .bind(column(&leads, |l| l.last_message_preview.as_deref()))
+        .bind(column(&leads, |l| l.first_touch_at))
+        .bind(column(&leads, |l| l.last_interaction_at))
+        .bind(column(&leads, |l| l.created_at))
+        .bind(column(&leads, |l| l.updated_at))
+        .bind(column(&leads, |l| l.version))
         .execute(&mut **tx)
         .await?;
         // Fewer rows: a concurrent batch opened one of these contacts' active lead first.
@@ -654,14 +627,14 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
                     first_touch_at) \
              WHERE l.id = u.id",
         )
-        .bind(changed.iter().map(|l| l.id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.interaction_count).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.last_message_preview.clone()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.last_interaction_at).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.status.as_str()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.updated_at).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.version).collect::<Vec<_>>())
-        .bind(changed.iter().map(|l| l.first_touch_at).collect::<Vec<_>>())
+        .bind(column(&changed, |l| l.id))
+        .bind(column(&changed, |l| l.interaction_count))
+        .bind(column(&changed, |l| l.last_message_preview.as_deref()))
+        .bind(column(&changed, |l| l.last_interaction_at))
+        .bind(column(&changed, |l| l.status.as_str()))
+        .bind(column(&changed, |l| l.updated_at))
+        .bind(column(&changed, |l| l.version))
+        .bind(column(&changed, |l| l.first_touch_at))
         .execute(&mut **tx)
         .await?;
     }
@@ -678,13 +651,13 @@ async fn write_status_changes(tx: &mut Transaction<'_, Postgres>, state: &BatchS
          SELECT o, l, f, t, $8, r, v, a FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
            $6::bigint[], $7::timestamptz[]) AS u(o, l, f, t, r, v, a)",
     )
-    .bind(rows.iter().map(|r| r.org_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.lead_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.from).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.to).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind(column(rows, |r| r.org_id.as_str()))
+    .bind(column(rows, |r| r.lead_id))
+    .bind(column(rows, |r| r.from))
+    .bind(column(rows, |r| r.to))
+    .bind(column(rows, |r| r.reason.as_str()))
+    .bind(column(rows, |r| r.version))
+    .bind(column(rows, |r| r.at))
     .bind(SYSTEM_ACTOR)
     .execute(&mut **tx)
     .await?;
@@ -694,8 +667,8 @@ async fn write_status_changes(tx: &mut Transaction<'_, Postgres>, state: &BatchS
 fn summary(event: &Interaction) -> InteractionSummary {
     InteractionSummary {
         event_id: event.event_id.clone(),
-        kind: event.kind.as_str().into(),
-        direction: event.direction.as_str().into(),
+        kind: event.kind,
+        direction: event.direction,
         occurred_at: event.occurred_at,
         text: event.text.clone(),
         broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
@@ -703,83 +676,46 @@ fn summary(event: &Interaction) -> InteractionSummary {
     }
 }
 
-/// Interaction rows of one batch, written with one statement at its end.
-#[derive(Default)]
-struct PendingInteractions {
-    org_id: Vec<String>,
-    event_id: Vec<String>,
-    lead_id: Vec<Option<Uuid>>,
-    contact_id: Vec<Uuid>,
-    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
-    kind: Vec<&'static str>,
-    direction: Vec<&'static str>,
-    channel: Vec<String>,
-    text: Vec<Option<String>>,
-    agent_id: Vec<Option<String>>,
-    conversation_id: Vec<Option<String>>,
-    broadcast_message_id: Vec<Option<String>>,
-    campaign_id: Vec<Option<String>>,
-    integration_name: Vec<Option<String>>,
-    integration_reference: Vec<Option<String>>,
-    attributes: Vec<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
+/// An interaction row of the batch, with the lead it belongs to (none while no lead holds it).
+#[derive(Debug)]
+struct PendingInteraction {
+    org_id: String,
+    lead_id: Option<Uuid>,
+    contact_id: Uuid,
+    interaction: Interaction,
 }
 
-impl PendingInteractions {
-    fn len(&self) -> usize {
-        self.org_id.len()
+async fn write_interactions(tx: &mut Transaction<'_, Postgres>, rows: &[PendingInteraction]) -> Result<(), LeadError> {
+    if rows.is_empty() {
+        return Ok(());
     }
-
-    fn push(&mut self, org_id: &str, event: &Interaction, lead_id: Option<Uuid>, contact_id: Uuid) {
-        self.org_id.push(org_id.to_owned());
-        self.event_id.push(event.event_id.clone());
-        self.lead_id.push(lead_id);
-        self.contact_id.push(contact_id);
-        self.occurred_at.push(event.occurred_at);
-        self.kind.push(event.kind.as_str());
-        self.direction.push(event.direction.as_str());
-        self.channel.push(event.channel.clone());
-        self.text.push(event.text.clone());
-        self.agent_id.push(event.agent_id.clone());
-        self.conversation_id.push(event.conversation_id.clone());
-        self.broadcast_message_id.push(event.broadcast.as_ref().map(|b| b.message_id.clone()));
-        self.campaign_id.push(event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()));
-        self.integration_name.push(event.integration.as_ref().map(|i| i.name.clone()));
-        self.integration_reference.push(event.integration.as_ref().and_then(|i| i.reference.clone()));
-        self.attributes.push(sqlx::types::Json(event.attributes.clone()));
-    }
-
-    async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), LeadError> {
-        if self.org_id.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO interactions (org_id, event_id, lead_id, contact_id, occurred_at, kind, direction, \
-               channel, text, agent_id, conversation_id, broadcast_message_id, campaign_id, integration_name, \
-               integration_reference, attributes) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[], \
-               $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-               $14::text[], $15::text[], $16::jsonb[])",
-        )
-        .bind(&self.org_id)
-        .bind(&self.event_id)
-        .bind(&self.lead_id)
-        .bind(&self.contact_id)
-        .bind(&self.occurred_at)
-        .bind(&self.kind)
-        .bind(&self.direction)
-        .bind(&self.channel)
-        .bind(&self.text)
-        .bind(&self.agent_id)
-        .bind(&self.conversation_id)
-        .bind(&self.broadcast_message_id)
-        .bind(&self.campaign_id)
-        .bind(&self.integration_name)
-        .bind(&self.integration_reference)
-        .bind(&self.attributes)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
+    sqlx::query(
+        "INSERT INTO interactions (org_id, event_id, lead_id, contact_id, occurred_at, kind, direction, \
+           channel, text, agent_id, conversation_id, broadcast_message_id, campaign_id, integration_name, \
+           integration_reference, attributes) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[], \
+           $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+           $14::text[], $15::text[], $16::jsonb[])",
+    )
+    .bind(column(rows, |r| r.org_id.as_str()))
+    .bind(column(rows, |r| r.interaction.event_id.as_str()))
+    .bind(column(rows, |r| r.lead_id))
+    .bind(column(rows, |r| r.contact_id))
+    .bind(column(rows, |r| r.interaction.occurred_at))
+    .bind(column(rows, |r| r.interaction.kind.as_str()))
+    .bind(column(rows, |r| r.interaction.direction.as_str()))
+    .bind(column(rows, |r| r.interaction.channel.as_str()))
+    .bind(column(rows, |r| r.interaction.text.as_deref()))
+    .bind(column(rows, |r| r.interaction.agent_id.as_deref()))
+    .bind(column(rows, |r| r.interaction.conversation_id.as_deref()))
+    .bind(column(rows, |r| r.interaction.broadcast.as_ref().map(|b| b.message_id.as_str())))
+    .bind(column(rows, |r| r.interaction.broadcast.as_ref().and_then(|b| b.campaign_id.as_deref())))
+    .bind(column(rows, |r| r.interaction.integration.as_ref().map(|i| i.name.as_str())))
+    .bind(column(rows, |r| r.interaction.integration.as_ref().and_then(|i| i.reference.as_deref())))
+    .bind(column(rows, |r| sqlx::types::Json(&r.interaction.attributes)))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -788,15 +724,6 @@ mod tests {
     //! or lead), events are applied in the order given, and the leads are compared.
     use super::*;
     use contracts::interaction::ContactInfo;
-
-    fn ctx() -> LeadContext {
-        LeadContext {
-            pool: sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:9/none").expect("a lazy pool"),
-            subjects: platform::nats::Subjects::new(""),
-            outbox: Default::default(),
-            broadcast: None,
-        }
-    }
 
     fn event(id: &str, direction: Direction, minute: i64) -> Interaction {
         Interaction {
@@ -818,24 +745,24 @@ mod tests {
 
     /// The contact's lead after applying `events` in order: status, messages, first touch.
     fn lead_after(events: &[Interaction]) -> Option<(Status, i64, DateTime<Utc>)> {
-        let ctx = ctx();
+        let subjects = Subjects::new("");
         let mut state = BatchState::default();
         let now = Utc::now();
         for event in events {
-            apply(&ctx, &mut state, "acme", event, now);
+            apply(&subjects, &mut state, "acme", event, now);
         }
         state.active.values().next().map(|l| (l.status, l.interaction_count, l.first_touch_at))
     }
 
-    #[tokio::test]
-    async fn an_inbound_message_opens_a_new_lead_and_an_outbound_one_alone_opens_none() {
+    #[test]
+    fn an_inbound_message_opens_a_new_lead_and_an_outbound_one_alone_opens_none() {
         let opened = lead_after(&[event("in", Direction::Inbound, 0)]).expect("a lead");
         assert_eq!((opened.0, opened.1), (Status::New, 1));
         assert_eq!(lead_after(&[event("out", Direction::Outbound, 0)]), None);
     }
 
-    #[tokio::test]
-    async fn the_first_outbound_message_makes_the_lead_contacted_in_either_order() {
+    #[test]
+    fn the_first_outbound_message_makes_the_lead_contacted_in_either_order() {
         let inbound = event("in", Direction::Inbound, 0);
         let answer = event("out", Direction::Outbound, 0);
         let forward = lead_after(&[inbound.clone(), answer.clone()]);
@@ -844,8 +771,8 @@ mod tests {
         assert_eq!(forward.map(|l| (l.0, l.1)), Some((Status::Contacted, 2)));
     }
 
-    #[tokio::test]
-    async fn an_outbound_message_before_the_first_inbound_stays_outside_the_lead() {
+    #[test]
+    fn an_outbound_message_before_the_first_inbound_stays_outside_the_lead() {
         let early = event("early", Direction::Outbound, -1);
         let inbound = event("in", Direction::Inbound, 0);
         for order in [[early.clone(), inbound.clone()], [inbound, early]] {
@@ -859,8 +786,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_earlier_inbound_message_moves_the_first_touch_back_and_takes_what_follows_it() {
+    #[test]
+    fn an_earlier_inbound_message_moves_the_first_touch_back_and_takes_what_follows_it() {
         let late_inbound = event("late", Direction::Inbound, 5);
         let answer = event("answer", Direction::Outbound, 2);
         let early_inbound = event("early", Direction::Inbound, 1);

@@ -3,12 +3,12 @@
 
 use crate::{
     LeadContext,
-    apply::{commit_with_events, lead_event, publish, record_status_change},
+    apply::{lead_event, publish, record_status_change},
     error::LeadError,
     lifecycle::{self, Act, Inactive, Transition},
     model::LEAD_VIEW_COLUMNS,
 };
-use contracts::lead::{LeadChange, LeadView, Status};
+use contracts::lead::{LeadChange, LeadView, ScoreSource, Status};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -76,9 +76,9 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     }
     let new_version: i64 = sqlx::query_scalar(
         "UPDATE leads SET status = $2, \
-           score = CASE WHEN $4 AND score_source = 'manual' THEN NULL ELSE coalesce($3, score) END, \
-           score_source = CASE WHEN $4 AND score_source = 'manual' THEN NULL \
-                               WHEN $3::int IS NULL THEN score_source ELSE 'manual' END, \
+           score = CASE WHEN $4 AND score_source = $5 THEN NULL ELSE coalesce($3, score) END, \
+           score_source = CASE WHEN $4 AND score_source = $5 THEN NULL \
+                               WHEN $3::int IS NULL THEN score_source ELSE $5 END, \
            updated_at = now(), version = version + 1 \
          WHERE id = $1 RETURNING version",
     )
@@ -86,6 +86,7 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     .bind(transition.status(from).as_str())
     .bind(cmd.manual_score)
     .bind(cmd.clear_manual_score)
+    .bind(ScoreSource::Manual.as_str())
     .fetch_one(&mut *tx)
     .await?;
     if let Transition::Moves { from, to } = transition {
@@ -102,26 +103,22 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
         )
         .await?;
     }
-    if let Some(score) = cmd.manual_score {
-        sqlx::query(
-            "INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, $3, 'manual', $4)",
-        )
-        .bind(&cmd.org_id)
-        .bind(cmd.lead_id)
-        .bind(score)
-        .bind(&cmd.actor)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if cmd.clear_manual_score {
-        sqlx::query(
-            "INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, NULL, 'ai', $3)",
-        )
-        .bind(&cmd.org_id)
-        .bind(cmd.lead_id)
-        .bind(&cmd.actor)
-        .execute(&mut *tx)
-        .await?;
+    // A score set by hand is recorded as such; one handed back is recorded as the engine's,
+    // with no score until the engine's next one.
+    let score_change = match (cmd.manual_score, cmd.clear_manual_score) {
+        (Some(score), _) => Some((Some(score), ScoreSource::Manual)),
+        (None, true) => Some((None, ScoreSource::Ai)),
+        (None, false) => None,
+    };
+    if let Some((score, source)) = score_change {
+        sqlx::query("INSERT INTO score_changes (org_id, lead_id, score, source, actor) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&cmd.org_id)
+            .bind(cmd.lead_id)
+            .bind(score)
+            .bind(source.as_str())
+            .bind(&cmd.actor)
+            .execute(&mut *tx)
+            .await?;
     }
     let change = if let Transition::Moves { from, to } = transition {
         LeadChange::StatusChanged {
@@ -130,14 +127,13 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
             actor: cmd.actor.clone(),
             reason: cmd.reason.clone(),
         }
-    } else if let Some(score) = cmd.manual_score {
-        LeadChange::ScoreChanged { score: Some(score), source: "manual".into(), actor: cmd.actor.clone() }
     } else {
-        // Handed back: no score until the engine's next one.
-        LeadChange::ScoreChanged { score: None, source: "ai".into(), actor: cmd.actor.clone() }
+        // A status left as it is: the request changed the score alone.
+        let (score, source) = score_change.expect("a transition that stays comes with a score");
+        LeadChange::ScoreChanged { score, source, actor: cmd.actor.clone() }
     };
     let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
-    commit_with_events(ctx, tx, &messages).await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     Ok(lead)
 }
 
@@ -234,10 +230,10 @@ pub async fn bulk_change_status(
                 actor: actor.into(),
                 reason: reason.map(Into::into),
             };
-            messages.push(lead_event(ctx, lead, change));
+            messages.push(lead_event(&ctx.subjects, lead, change));
         }
     }
-    commit_with_events(ctx, tx, &messages).await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     Ok(parsed
         .iter()
         .map(|id| match id.and_then(|id| decided.get(&id)) {

@@ -24,14 +24,6 @@ impl LeadError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         LeadError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
-
-    pub fn is_transient(&self) -> bool {
-        match self {
-            LeadError::Conflict => true,
-            LeadError::Database(error) => platform::error::is_transient(error),
-            _ => false,
-        }
-    }
 }
 
 impl From<contracts::lead::UnknownStatus> for LeadError {
@@ -58,6 +50,16 @@ impl platform::error::ServiceError for LeadError {
             LeadError::VersionMismatch { .. } | LeadError::Conflict => tonic::Code::Aborted,
             LeadError::Database(error) => platform::error::sql_code(error),
             LeadError::Unreadable(_) => tonic::Code::Internal,
+        }
+    }
+
+    /// A conflict with a concurrent writer is worth another try; a version mismatch, though
+    /// also `Aborted`, is the caller's to settle.
+    fn is_transient(&self) -> bool {
+        match self {
+            LeadError::Conflict => true,
+            LeadError::Database(error) => platform::error::is_transient(error),
+            _ => false,
         }
     }
 }

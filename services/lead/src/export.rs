@@ -4,7 +4,7 @@
 
 use crate::{error::LeadError, query::LeadQuery, read};
 use chrono::{DateTime, Utc};
-use contracts::lead::{LeadView, Status};
+use contracts::lead::{LeadView, ScoreSource, SourceKind, Status};
 use futures::TryStreamExt;
 use leads_proto::v1 as pb;
 use sqlx::{PgPool, Row, postgres::PgRow};
@@ -44,9 +44,9 @@ struct CsvRow {
     email: Option<String>,
     status: Status,
     score: Option<i32>,
-    score_source: Option<String>,
+    score_source: Option<ScoreSource>,
     agent_id: Option<String>,
-    source_kind: String,
+    source_kind: SourceKind,
     campaign_id: Option<String>,
     integration_name: Option<String>,
     interaction_count: i64,
@@ -66,7 +66,8 @@ impl<'r> sqlx::FromRow<'r, PgRow> for CsvRow {
             score: row.try_get(5)?,
             score_source: row.try_get(6)?,
             agent_id: row.try_get(7)?,
-            source_kind: row.try_get(8)?,
+            source_kind: SourceKind::try_from(row.try_get::<String, _>(8)?)
+                .map_err(|e| sqlx::Error::ColumnDecode { index: "source_kind".into(), source: Box::new(e) })?,
             campaign_id: row.try_get(9)?,
             integration_name: row.try_get(10)?,
             interaction_count: row.try_get(11)?,
@@ -85,9 +86,9 @@ impl From<&LeadView> for CsvRow {
             email: lead.email.clone(),
             status: lead.status,
             score: lead.score,
-            score_source: lead.score_source.clone(),
+            score_source: lead.score_source,
             agent_id: lead.agent_id.clone(),
-            source_kind: lead.source_kind.clone(),
+            source_kind: lead.source_kind,
             campaign_id: lead.campaign_id.clone(),
             integration_name: lead.integration_name.clone(),
             interaction_count: lead.interaction_count,
@@ -126,9 +127,9 @@ fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv:
         &text(&row.email),
         row.status.display_name(),
         &row.score.map(|s| s.to_string()).unwrap_or_default(),
-        row.score_source.as_deref().unwrap_or(""),
+        row.score_source.map_or("", ScoreSource::as_str),
         &text(&row.agent_id),
-        &row.source_kind,
+        row.source_kind.as_str(),
         &text(&row.campaign_id),
         &text(&row.integration_name),
         &row.interaction_count.to_string(),

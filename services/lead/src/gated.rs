@@ -5,7 +5,7 @@
 
 use crate::{
     LeadContext,
-    apply::{commit_with_events, lead_event, publish},
+    apply::{lead_event, publish},
     commands::{BulkOutcome, LockedLead, bulk_ids, lock_lead},
     error::LeadError,
     lifecycle::{self, Act, Inactive},
@@ -127,10 +127,10 @@ pub async fn assign_leads(
                 actor: actor.into(),
                 reason: reason.map(Into::into),
             };
-            messages.push(lead_event(ctx, lead, change));
+            messages.push(lead_event(&ctx.subjects, lead, change));
         }
     }
-    commit_with_events(ctx, tx, &messages).await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     metrics::counter!(platform::telemetry::names::LEAD_ASSIGNMENTS, "service" => "lead")
         .increment(messages.len() as u64);
     Ok(parsed
@@ -210,7 +210,7 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
     };
     let mut messages = Vec::with_capacity(1);
     let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
-    commit_with_events(ctx, tx, &messages).await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     Ok(lead)
 }
 

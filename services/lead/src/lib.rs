@@ -29,6 +29,7 @@ use platform::{
     service::{Infra, Running, ServiceBase},
 };
 use sqlx::PgPool;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/lead");
@@ -48,6 +49,10 @@ pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
 
 /// The durable consumer of the interactions ingest accepted.
 pub const INTERACTIONS_DURABLE: &str = "lead-interactions";
+/// The durable consumer of the scores qualification publishes.
+pub const SCORES_DURABLE: &str = "lead-scores";
+/// The durable consumer of the follow-up service's events.
+pub const FOLLOW_UPS_DURABLE: &str = "lead-follow-ups";
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Lead, &MIGRATOR, &token).await?;
@@ -58,19 +63,20 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         broadcast: broadcast_client(&infra.settings),
     };
     base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
-    base.spawn_consumer(
+    base.consumer(StreamKind::Events("ingest"), INTERACTIONS_DURABLE).spawn(
         infra,
-        StreamKind::Events("ingest"),
-        INTERACTIONS_DURABLE,
         &token,
         ctx.clone(),
         consume_interactions,
     );
-    base.spawn_consumer(infra, StreamKind::Events("qualification"), "lead-scores", &token, ctx.clone(), consume_scores);
-    base.spawn_consumer(
+    base.consumer(StreamKind::Events("qualification"), SCORES_DURABLE).spawn(
         infra,
-        StreamKind::Events("followup"),
-        "lead-follow-ups",
+        &token,
+        ctx.clone(),
+        consume_scores,
+    );
+    base.consumer(StreamKind::Events("followup"), FOLLOW_UPS_DURABLE).spawn(
+        infra,
         &token,
         ctx.clone(),
         consume_follow_up_states,
@@ -96,15 +102,15 @@ fn broadcast_client(settings: &platform::Settings) -> Option<BroadcastTrackingSe
 async fn consume_scores(ctx: LeadContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let read = |d: &Delivery, out: &mut Vec<_>| contracts::qualification::read_scored(&d.subject, &d.payload, out);
-    consumer::apply_decoded(&batch, read, |scores: Vec<Envelope<contracts::qualification::Scored>>| async move {
-        platform::error::retry_transient(LeadError::is_transient, || scores::apply_scores(ctx, &scores)).await
+    consumer::apply_decoded(&batch, read, |scores: Arc<[Envelope<contracts::qualification::Scored>]>| async move {
+        scores::apply_scores(ctx, &scores).await
     })
     .await
 }
 
 async fn consume_interactions(ctx: LeadContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_decoded(&batch, decode_accepted, |accepted: Vec<AcceptedInteraction>| async move {
+    consumer::apply_decoded(&batch, decode_accepted, |accepted: Arc<[AcceptedInteraction]>| async move {
         batch::apply_batch(ctx, &accepted).await
     })
     .await
@@ -129,8 +135,8 @@ fn decode_accepted(delivery: &Delivery, out: &mut Vec<AcceptedInteraction>) -> R
 
 async fn consume_follow_up_states(ctx: LeadContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(&batch, |events: Vec<Envelope<contracts::followup::FollowUpEvent>>| async move {
-        platform::error::retry_transient(LeadError::is_transient, || gated::record_follow_up_states(ctx, &events)).await
+    consumer::apply_envelopes(&batch, |events: Arc<[Envelope<contracts::followup::FollowUpEvent>]>| async move {
+        gated::record_follow_up_states(ctx, &events).await
     })
     .await
 }

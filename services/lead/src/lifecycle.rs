@@ -9,8 +9,9 @@
 //! - The business's outbound message moves a New lead to Contacted; any other status stays.
 //! - Assigning, opening a follow-up, an AI score, an inbound message and a manual score
 //!   leave the status as it is.
+//! - A score set by hand wins: an AI score leaves a lead scored by hand unchanged.
 
-use contracts::lead::Status;
+use contracts::lead::{ScoreSource, Status};
 
 /// Something done to a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,10 @@ pub enum Act {
     },
     Assign,
     OpenFollowUp,
-    AiScore,
+    /// The qualification engine's score, for a lead whose score was last set by `scored_by`.
+    AiScore {
+        scored_by: Option<ScoreSource>,
+    },
     /// A message of the contact's.
     Inbound,
     /// A message of the business's.
@@ -33,7 +37,8 @@ pub enum Act {
 /// What an allowed act does to the lead's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// Nothing about the lead changes (a status change to the status it has, with no score).
+    /// Nothing about the lead changes (a status change to the status it has, with no score;
+    /// an AI score for a lead scored by hand).
     Unchanged,
     /// The status stays; the act changes something else (score, agent, follow-up, counts),
     /// and no status change is recorded.
@@ -72,7 +77,10 @@ pub fn decide(current: Status, act: Act) -> Result<Transition, Inactive> {
         }
         Act::ChangeStatus { to, .. } => Transition::Moves { from: current, to },
         Act::Outbound if current == Status::New => Transition::Moves { from: Status::New, to: Status::Contacted },
-        Act::Assign | Act::OpenFollowUp | Act::AiScore | Act::Inbound | Act::Outbound => Transition::Stays(current),
+        Act::AiScore { scored_by: Some(ScoreSource::Manual) } => Transition::Unchanged,
+        Act::Assign | Act::OpenFollowUp | Act::AiScore { .. } | Act::Inbound | Act::Outbound => {
+            Transition::Stays(current)
+        }
     })
 }
 
@@ -83,7 +91,11 @@ mod tests {
     const ALL: [Status; 8] = Status::ALL;
 
     fn acts() -> Vec<Act> {
-        let mut acts = vec![Act::Assign, Act::OpenFollowUp, Act::AiScore, Act::Inbound, Act::Outbound];
+        let mut acts = vec![Act::Assign, Act::OpenFollowUp, Act::Inbound, Act::Outbound];
+        acts.push(Act::AiScore { scored_by: None });
+        for source in ScoreSource::ALL {
+            acts.push(Act::AiScore { scored_by: Some(source) });
+        }
         for to in ALL {
             acts.push(Act::ChangeStatus { to, with_score: false });
             acts.push(Act::ChangeStatus { to, with_score: true });
@@ -133,10 +145,36 @@ mod tests {
     #[test]
     fn gated_acts_keep_the_status_of_an_active_lead() {
         for current in ALL.into_iter().filter(|s| !s.is_final()) {
-            for act in [Act::Assign, Act::OpenFollowUp, Act::AiScore] {
+            for act in [Act::Assign, Act::OpenFollowUp, Act::AiScore { scored_by: None }] {
                 let transition = decide(current, act).expect("allowed");
                 assert_eq!(transition, Transition::Stays(current));
                 assert_eq!(transition.status(current), current);
+            }
+        }
+    }
+
+    #[test]
+    fn an_ai_score_applies_to_an_active_lead_unscored_or_scored_by_the_engine() {
+        for current in ALL.into_iter().filter(|s| !s.is_final()) {
+            for scored_by in [None, Some(ScoreSource::Ai)] {
+                assert_eq!(decide(current, Act::AiScore { scored_by }), Ok(Transition::Stays(current)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_score_set_by_hand_wins_over_an_ai_score() {
+        for current in ALL.into_iter().filter(|s| !s.is_final()) {
+            let act = Act::AiScore { scored_by: Some(ScoreSource::Manual) };
+            assert_eq!(decide(current, act), Ok(Transition::Unchanged), "{current:?}");
+        }
+    }
+
+    #[test]
+    fn an_inactive_lead_is_never_rescored() {
+        for current in [Status::Converted, Status::Lost, Status::Archived] {
+            for scored_by in [None, Some(ScoreSource::Ai), Some(ScoreSource::Manual)] {
+                assert_eq!(decide(current, Act::AiScore { scored_by }), Err(Inactive(current)));
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use crate::{error::LeadError, model::LEAD_VIEW_COLUMNS};
 use chrono::{DateTime, Utc};
-use contracts::lead::{LeadView, Status};
+use contracts::lead::{LeadView, ScoreSource, SourceKind, Status};
 use contracts::time::from_timestamp;
 use leads_proto::v1 as pb;
 use sqlx::{Postgres, QueryBuilder};
@@ -164,27 +164,19 @@ impl LeadQuery {
         if let Some(max) = f.max_score {
             sql.push(" AND l.score <= ").push_bind(max);
         }
-        match pb::ScoreSource::try_from(f.score_source) {
-            Ok(pb::ScoreSource::Ai) => {
-                sql.push(" AND l.score_source = 'ai'");
-            }
-            Ok(pb::ScoreSource::Manual) => {
-                sql.push(" AND l.score_source = 'manual'");
-            }
-            Ok(pb::ScoreSource::Unspecified) => {}
-            Err(_) => {
-                return Err(LeadError::invalid("filter.score_source", "is not a score source"));
-            }
+        if let Some(source) = ScoreSource::from_proto(f.score_source) {
+            sql.push(" AND l.score_source = ").push_bind(source.as_str());
+        } else if f.score_source != pb::ScoreSource::Unspecified as i32 {
+            return Err(LeadError::invalid("filter.score_source", "is not a score source"));
         }
         if !f.source_kinds.is_empty() {
             let kinds = f
                 .source_kinds
                 .iter()
-                .map(|k| match pb::SourceKind::try_from(*k) {
-                    Ok(pb::SourceKind::ChatMessage) => Ok("chat_message"),
-                    Ok(pb::SourceKind::BroadcastReply) => Ok("broadcast_reply"),
-                    Ok(pb::SourceKind::Integration) => Ok("integration"),
-                    _ => Err(LeadError::invalid("filter.source_kinds", format!("{k} is not a source kind"))),
+                .map(|k| {
+                    SourceKind::from_proto(*k)
+                        .map(SourceKind::as_str)
+                        .ok_or_else(|| LeadError::invalid("filter.source_kinds", format!("{k} is not a source kind")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             sql.push(" AND l.source_kind = ANY(").push_bind(kinds).push(")");
@@ -270,26 +262,12 @@ impl LeadQuery {
             }
             (false, true) => {}
         }
-        match pb::ScoreSource::try_from(f.score_source) {
-            Ok(pb::ScoreSource::Ai) => {
-                sql.push(" AND k.score_source = 'ai'");
-            }
-            Ok(pb::ScoreSource::Manual) => {
-                sql.push(" AND k.score_source = 'manual'");
-            }
-            _ => {}
+        if let Some(source) = ScoreSource::from_proto(f.score_source) {
+            sql.push(" AND k.score_source = ").push_bind(source.as_str());
         }
         if !f.source_kinds.is_empty() {
-            let kinds: Vec<&str> = f
-                .source_kinds
-                .iter()
-                .filter_map(|k| match pb::SourceKind::try_from(*k) {
-                    Ok(pb::SourceKind::ChatMessage) => Some("chat_message"),
-                    Ok(pb::SourceKind::BroadcastReply) => Some("broadcast_reply"),
-                    Ok(pb::SourceKind::Integration) => Some("integration"),
-                    _ => None,
-                })
-                .collect();
+            let kinds: Vec<&str> =
+                f.source_kinds.iter().filter_map(|k| SourceKind::from_proto(*k)).map(SourceKind::as_str).collect();
             sql.push(" AND k.source_kind = ANY(").push_bind(kinds).push(")");
         }
         if let Some((low, high)) = buckets {

@@ -1,14 +1,32 @@
 //! AI scores from the qualification service. The newest score (by the score's own version)
-//! of an active lead is applied, unless an operator has set the score by hand. A batch of
-//! scores is applied with a fixed number of statements whatever its size, its leads locked
-//! in id order like every other writer of leads, and its `score_changed` events leave
-//! batched by organisation (`SCORES_APPLIED`).
+//! of each lead is offered to `lifecycle::decide`, which refuses an inactive lead and leaves
+//! a lead scored by hand unchanged; what it allows is written. A batch of scores is applied
+//! with a fixed number of statements whatever its size, its leads locked in id order like
+//! every other writer of leads, and its `score_changed` events leave batched by organisation
+//! (`SCORES_APPLIED`).
 
-use crate::{LeadContext, apply::lead_envelope, error::LeadError, model::LEAD_VIEW_COLUMNS};
-use contracts::lead::{LeadChange, LeadView, SCORES_APPLIED};
+use crate::{
+    LeadContext,
+    apply::{column, lead_envelope},
+    error::LeadError,
+    lifecycle::{self, Act, Transition},
+    model::LEAD_VIEW_COLUMNS,
+};
+use contracts::lead::{LeadChange, LeadView, SCORES_APPLIED, ScoreSource, Status};
 use contracts::{Envelope, qualification::Scored};
 use std::collections::HashMap;
 use uuid::Uuid;
+
+/// What deciding on a score reads of its lead, under the lead's lock.
+#[derive(Debug, sqlx::FromRow)]
+struct ScoredLead {
+    id: Uuid,
+    org_id: String,
+    #[sqlx(try_from = "String")]
+    status: Status,
+    score_source: Option<ScoreSource>,
+    score_version: i64,
+}
 
 pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Result<(), LeadError> {
     // Only the newest score of each lead in the batch matters.
@@ -27,55 +45,64 @@ pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Resu
     if newest.is_empty() {
         return Ok(());
     }
-    let orgs: Vec<&str> = newest.keys().map(|k| k.0).collect();
-    let ids: Vec<Uuid> = newest.keys().map(|k| k.1).collect();
-    let scores: Vec<i32> = newest.values().map(|e| e.data.score).collect();
-    let versions: Vec<i64> = newest.values().map(|e| e.version).collect();
+    let keys: Vec<(&str, Uuid)> = newest.keys().copied().collect();
     let mut tx = ctx.pool.begin().await?;
-    let updated: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH k AS ( \
-           SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::bigint[]) AS k(org_id, lead_id, score, version) \
-         ), newer AS ( \
-           SELECT l.id, k.score, k.version FROM leads l JOIN k ON l.org_id = k.org_id AND l.id = k.lead_id \
-           WHERE l.active AND l.score_version < k.version AND l.score_source IS DISTINCT FROM 'manual' \
-           ORDER BY l.id FOR UPDATE OF l \
-         ), l AS ( \
-           UPDATE leads SET score = newer.score, score_source = 'ai', score_version = newer.version, \
-             version = leads.version + 1, updated_at = now() \
-           FROM newer WHERE leads.id = newer.id RETURNING leads.* \
-         ) SELECT {LEAD_VIEW_COLUMNS} FROM l JOIN contacts c ON c.id = l.contact_id ORDER BY l.id"
-    )))
-    .bind(&orgs)
-    .bind(&ids)
-    .bind(&scores)
-    .bind(&versions)
+    let leads: Vec<ScoredLead> = sqlx::query_as(
+        "SELECT l.id, l.org_id, l.status, l.score_source, l.score_version \
+         FROM leads l JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) \
+           ON l.org_id = k.org_id AND l.id = k.lead_id \
+         ORDER BY l.id FOR UPDATE OF l",
+    )
+    .bind(column(&keys, |k| k.0))
+    .bind(column(&keys, |k| k.1))
     .fetch_all(&mut *tx)
     .await?;
-    if updated.is_empty() {
+    // A score older than the one the lead has is a redelivery or arrived out of order.
+    let allowed: Vec<&Envelope<Scored>> = leads
+        .iter()
+        .filter_map(|lead| {
+            let envelope = *newest.get(&(lead.org_id.as_str(), lead.id))?;
+            let act = Act::AiScore { scored_by: lead.score_source };
+            let applies = matches!(lifecycle::decide(lead.status, act), Ok(Transition::Stays(_)));
+            (applies && lead.score_version < envelope.version).then_some(envelope)
+        })
+        .collect();
+    if allowed.is_empty() {
+        tx.rollback().await?;
         return Ok(());
     }
-    let applied: Vec<(&LeadView, &Envelope<Scored>)> =
-        updated.iter().filter_map(|lead| Some((lead, *newest.get(&(lead.org_id.as_str(), lead.id))?))).collect();
-    let actors: Vec<String> =
-        applied.iter().map(|(_, e)| format!("qualification ({})", e.data.model_version)).collect();
-    sqlx::query(
-        "INSERT INTO score_changes (org_id, lead_id, score, source, reasons, actor) \
-         SELECT o, l, s, 'ai', r, a FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::jsonb[], $5::text[]) \
-           AS t(o, l, s, r, a)",
-    )
-    .bind(applied.iter().map(|(lead, _)| lead.org_id.as_str()).collect::<Vec<_>>())
-    .bind(applied.iter().map(|(lead, _)| lead.id).collect::<Vec<_>>())
-    .bind(applied.iter().map(|(_, e)| e.data.score).collect::<Vec<_>>())
-    .bind(applied.iter().map(|(_, e)| sqlx::types::Json(&e.data.reasons)).collect::<Vec<_>>())
-    .bind(&actors)
-    .execute(&mut *tx)
+    let actors: HashMap<Uuid, String> =
+        allowed.iter().map(|e| (e.data.lead_id, format!("qualification ({})", e.data.model_version))).collect();
+    // The leads and their score changes in one statement: the rows are locked and decided.
+    let updated: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH k AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::bigint[], $5::jsonb[], $6::text[]) \
+             AS k(org_id, lead_id, score, version, reasons, actor) \
+         ), l AS ( \
+           UPDATE leads SET score = k.score, score_source = $7, score_version = k.version, \
+             version = leads.version + 1, updated_at = now() \
+           FROM k WHERE leads.org_id = k.org_id AND leads.id = k.lead_id RETURNING leads.* \
+         ), changes AS ( \
+           INSERT INTO score_changes (org_id, lead_id, score, source, reasons, actor) \
+           SELECT k.org_id, k.lead_id, k.score, $7, k.reasons, k.actor FROM k \
+         ) SELECT {LEAD_VIEW_COLUMNS} FROM l JOIN contacts c ON c.id = l.contact_id ORDER BY l.id"
+    )))
+    .bind(column(&allowed, |e| e.org_id.as_str()))
+    .bind(column(&allowed, |e| e.data.lead_id))
+    .bind(column(&allowed, |e| e.data.score))
+    .bind(column(&allowed, |e| e.version))
+    .bind(column(&allowed, |e| sqlx::types::Json(&e.data.reasons)))
+    .bind(column(&allowed, |e| actors[&e.data.lead_id].as_str()))
+    .bind(ScoreSource::Ai.as_str())
+    .fetch_all(&mut *tx)
     .await?;
-    let events = applied.iter().zip(actors).map(|((lead, envelope), actor)| {
-        let change = LeadChange::ScoreChanged { score: Some(envelope.data.score), source: "ai".into(), actor };
+    let events = updated.iter().map(|lead| {
+        let change =
+            LeadChange::ScoreChanged { score: lead.score, source: ScoreSource::Ai, actor: actors[&lead.id].clone() };
         (lead.org_id.as_str(), lead_envelope(lead, change))
     });
     let messages = platform::outbox::batched_by_org(events, SCORES_APPLIED, |org_id| {
         ctx.subjects.event("lead", org_id, SCORES_APPLIED)
     });
-    crate::apply::commit_with_events(ctx, tx, &messages).await
+    Ok(platform::outbox::commit(tx, &messages, &ctx.outbox).await?)
 }

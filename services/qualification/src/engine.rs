@@ -1,12 +1,15 @@
 //! The service's decisions without Postgres: how a batch of lead events changes each lead's
 //! state and features, which leads it rescores, what they learn from, and how a score is
-//! explained. `handler` reads and writes the rows; everything it decides comes from here.
+//! explained. `handler` reads and writes the rows; everything it decides comes from here. It is
+//! also where the service's times and events become the model's (`qualification_model`).
 
-use crate::model::{self, Direction, Explanation, LeadFeatures, Message, MessageKind, Model, Prior};
 use chrono::{DateTime, Utc};
 use contracts::{
-    Envelope,
-    lead::{InteractionSummary, LeadChange, LeadEvent, Status},
+    Envelope, interaction,
+    lead::{InteractionSummary, LeadChange, LeadEvent, ScoreSource, Status},
+};
+use qualification_model::{
+    Direction, Explanation, LeadFeatures, Message, MessageKind, Model, Prior, SparseVector, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, sync::Arc};
@@ -41,7 +44,8 @@ pub struct Conversation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecentMessage {
     pub direction: Direction,
-    pub at: DateTime<Utc>,
+    /// Stored as RFC 3339 text, as a chrono time would be.
+    pub at: Timestamp,
     pub text: String,
 }
 
@@ -121,7 +125,7 @@ pub fn fold<'a>(
             folded.state.lead_version = envelope.version;
             folded.state.active = lead.active;
             folded.state.manual_score =
-                (lead.score_source.as_deref() == Some("manual")).then_some(lead.score).flatten();
+                (lead.score_source == Some(ScoreSource::Manual)).then_some(lead.score).flatten();
             if was_manual && folded.state.manual_score.is_none() {
                 folded.handed_back = true;
                 folded.rescore = true;
@@ -146,21 +150,44 @@ pub fn fold<'a>(
     out
 }
 
+/// A time as the model sees it: to the nanosecond, held within the years 0 to 9999.
+pub fn timestamp(at: DateTime<Utc>) -> Timestamp {
+    Timestamp::new(at.timestamp(), at.timestamp_subsec_nanos())
+        .unwrap_or_else(|| Timestamp::from_unix_seconds(at.timestamp()))
+}
+
+/// A model time as the service's.
+pub fn date_time(at: Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.unix_seconds(), at.subsec_nanos()).unwrap_or_default()
+}
+
 /// An interaction as the model sees it.
 pub fn message<'a>(interaction: &'a InteractionSummary, event: &'a LeadEvent) -> Message<'a> {
     Message {
-        direction: if interaction.direction == "outbound" { Direction::Outbound } else { Direction::Inbound },
-        at: interaction.occurred_at,
+        direction: match interaction.direction {
+            interaction::Direction::Inbound => Direction::Inbound,
+            interaction::Direction::Outbound => Direction::Outbound,
+        },
+        at: timestamp(interaction.occurred_at),
         text: interaction.text.as_deref(),
-        kind: match interaction.kind.as_str() {
-            "chat_message" => MessageKind::ChatMessage,
-            "broadcast_reply" => MessageKind::BroadcastReply,
-            "integration" => MessageKind::Integration,
-            _ => MessageKind::Other,
+        kind: match interaction.kind {
+            interaction::Kind::ChatMessage => MessageKind::ChatMessage,
+            interaction::Kind::BroadcastReply => MessageKind::BroadcastReply,
+            interaction::Kind::Integration => MessageKind::Integration,
         },
         campaign_id: interaction.campaign_id.as_deref(),
         source: Some(event.lead.source_kind.as_str()),
         channel: Some(event.lead.channel.as_str()),
+    }
+}
+
+/// A lead's stored features: the model's binary form, or the JSON form earlier versions wrote
+/// (it starts with `{`), which still reads.
+pub fn stored_features(bytes: &[u8]) -> Result<LeadFeatures, String> {
+    if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+    } else {
+        LeadFeatures::from_bytes(bytes).map_err(|e| e.to_string())
     }
 }
 
@@ -180,7 +207,7 @@ impl Scorer {
     }
 
     pub fn explain(&self, features: &LeadFeatures, now: DateTime<Utc>) -> Explanation {
-        let vector = features.vector(now);
+        let vector = features.vector(timestamp(now));
         match self {
             Scorer::Prior => Prior::new().explain(&vector),
             Scorer::Learned(model) => model.explain(&vector),
@@ -199,16 +226,55 @@ pub fn reasons(explanation: &Explanation) -> Vec<String> {
 }
 
 /// The training set of an organisation: each outcome's features as they were when decided.
-pub fn examples(outcomes: &[(LeadFeatures, bool, DateTime<Utc>)]) -> Vec<(model::SparseVector, bool)> {
-    outcomes.iter().map(|(features, converted, at)| (features.vector(*at), *converted)).collect()
+pub fn examples(outcomes: &[(LeadFeatures, bool, DateTime<Utc>)]) -> Vec<(SparseVector, bool)> {
+    outcomes.iter().map(|(features, converted, at)| (features.vector(timestamp(*at)), *converted)).collect()
+}
+
+/// One lead's new score.
+pub struct Scoring {
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub score: i32,
+    pub reasons: Vec<String>,
+    pub model_version: String,
+    /// Published even when equal to the stored score (a requalification, a hand-back).
+    pub force: bool,
+    /// A score set by hand wins: the engine's is kept here but not published.
+    pub manual: bool,
+}
+
+impl Scoring {
+    pub fn new(
+        org_id: &str,
+        lead_id: Uuid,
+        state: &LeadState,
+        conversation: &Conversation,
+        scorer: &Scorer,
+        now: DateTime<Utc>,
+        force: bool,
+    ) -> Self {
+        let explanation = scorer.explain(&conversation.features, now);
+        Self {
+            org_id: org_id.to_owned(),
+            lead_id,
+            score: i32::from(explanation.score),
+            reasons: reasons(&explanation),
+            model_version: scorer.version(),
+            force,
+            manual: state.manual_score.is_some(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use contracts::lead::LeadView;
+    use contracts::{
+        interaction::Direction::{Inbound, Outbound},
+        lead::{LeadView, SourceKind},
+    };
 
-    fn view(id: Uuid, status: Status, score: Option<i32>, source: Option<&str>) -> LeadView {
+    fn view(id: Uuid, status: Status, score: Option<i32>, source: Option<ScoreSource>) -> LeadView {
         let now = Utc::now();
         LeadView {
             id,
@@ -220,14 +286,14 @@ mod tests {
             email: None,
             status,
             active: !status.is_final(),
-            source_kind: "chat_message".into(),
+            source_kind: SourceKind::ChatMessage,
             channel: "whatsapp".into(),
             campaign_id: None,
             broadcast_message_id: None,
             integration_name: None,
             integration_reference: None,
             score,
-            score_source: source.map(Into::into),
+            score_source: source,
             agent_id: None,
             interaction_count: 1,
             last_message_preview: None,
@@ -244,15 +310,15 @@ mod tests {
         version: i64,
         event_id: &str,
         minute: i64,
-        direction: &str,
+        direction: interaction::Direction,
         text: &str,
     ) -> Envelope<LeadEvent> {
         let at = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().with_timezone(&Utc)
             + chrono::Duration::minutes(minute);
         let interaction = InteractionSummary {
             event_id: event_id.into(),
-            kind: "chat_message".into(),
-            direction: direction.into(),
+            kind: interaction::Kind::ChatMessage,
+            direction,
             occurred_at: at,
             text: Some(text.into()),
             broadcast_message_id: None,
@@ -273,7 +339,7 @@ mod tests {
         version: i64,
         status: Status,
         score: Option<i32>,
-        source: Option<&str>,
+        source: Option<ScoreSource>,
     ) -> Envelope<LeadEvent> {
         let change = LeadChange::StatusChanged {
             from: "new".into(),
@@ -294,9 +360,9 @@ mod tests {
     fn a_burst_is_observed_in_time_order_once_and_rescored_once() {
         let id = Uuid::now_v7();
         let events = vec![
-            recorded(id, 3, "e3", 3, "inbound", "price?"),
-            recorded(id, 2, "e2", 2, "outbound", "hello"),
-            recorded(id, 1, "e1", 1, "inbound", "hi"),
+            recorded(id, 3, "e3", 3, Inbound, "price?"),
+            recorded(id, 2, "e2", 2, Outbound, "hello"),
+            recorded(id, 1, "e1", 1, Inbound, "hi"),
         ];
         let mut folded = fold(&events, &BTreeMap::new(), |_, event| event != "e2");
         let lead = folded.get_mut(&("acme".to_owned(), id)).unwrap();
@@ -314,10 +380,10 @@ mod tests {
         let id = Uuid::now_v7();
         let long = "é".repeat(RECENT_CHARS + 50);
         let mut events: Vec<_> =
-            (0..10).map(|n| recorded(id, n + 1, &format!("e{n}"), n, "inbound", &format!("m{n}"))).collect();
-        events.push(recorded(id, 11, "late", -5, "outbound", "too old to keep"));
-        events.push(recorded(id, 12, "long", 20, "outbound", &long));
-        events.push(recorded(id, 13, "blank", 21, "inbound", "  "));
+            (0..10).map(|n| recorded(id, n + 1, &format!("e{n}"), n, Inbound, &format!("m{n}"))).collect();
+        events.push(recorded(id, 11, "late", -5, Outbound, "too old to keep"));
+        events.push(recorded(id, 12, "long", 20, Outbound, &long));
+        events.push(recorded(id, 13, "blank", 21, Inbound, "  "));
         let mut folded = fold(&events, &BTreeMap::new(), |_, _| true);
         let lead = folded.get_mut(&("acme".to_owned(), id)).unwrap();
         lead.observe(Conversation::default());
@@ -344,7 +410,7 @@ mod tests {
     fn a_manual_score_is_kept_and_clearing_it_hands_the_lead_back() {
         let id = Uuid::now_v7();
         let key = ("acme".to_owned(), id);
-        let set = [changed(id, 2, Status::Qualifying, Some(77), Some("manual"))];
+        let set = [changed(id, 2, Status::Qualifying, Some(77), Some(ScoreSource::Manual))];
         let manual = fold(&set, &BTreeMap::new(), |_, _| true);
         assert_eq!(manual[&key].state.manual_score, Some(77));
         assert!(!manual[&key].handed_back && !manual[&key].needs_conversation());
@@ -370,10 +436,27 @@ mod tests {
     }
 
     #[test]
+    fn stored_features_read_in_the_binary_and_the_json_form() {
+        let id = Uuid::now_v7();
+        let events = [recorded(id, 1, "e1", 1, Inbound, "quiero comprar"), recorded(id, 2, "e2", 2, Outbound, "ok")];
+        let mut folded = fold(&events, &BTreeMap::new(), |_, _| true);
+        let lead = folded.get_mut(&("acme".to_owned(), id)).unwrap();
+        lead.observe(Conversation::default());
+        let features = &lead.conversation.as_ref().unwrap().features;
+        assert_eq!(stored_features(&features.to_bytes()).as_ref(), Ok(features));
+        assert_eq!(stored_features(&serde_json::to_vec(features).unwrap()).as_ref(), Ok(features));
+        assert_eq!(stored_features(b"{}"), Ok(LeadFeatures::new()));
+        assert_eq!(stored_features(b""), Ok(LeadFeatures::new()));
+        assert!(stored_features(&[7, 1, 2]).is_err());
+        let json = serde_json::to_value(features).unwrap();
+        assert_eq!(json["first_inbound"], "2026-11-24T10:01:00Z", "times stay RFC 3339 text");
+    }
+
+    #[test]
     fn reasons_name_each_factor_with_its_points() {
         let mut features = LeadFeatures::new();
         let now = Utc::now();
-        features.observe(&Message::chat(Direction::Inbound, now, "quiero comprar hoy, ¿cuánto cuesta?"));
+        features.observe(&Message::chat(Direction::Inbound, timestamp(now), "quiero comprar hoy, ¿cuánto cuesta?"));
         let explanation = Scorer::Prior.explain(&features, now);
         let reasons = reasons(&explanation);
         assert!(explanation.score >= 60, "{explanation}");

@@ -22,10 +22,6 @@ impl QualificationError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         QualificationError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
-
-    pub fn is_transient(&self) -> bool {
-        matches!(self, QualificationError::Database(error) if platform::error::is_transient(error))
-    }
 }
 
 impl From<contracts::Refusal> for QualificationError {
@@ -43,6 +39,10 @@ impl platform::error::ServiceError for QualificationError {
             QualificationError::Database(error) => platform::error::sql_code(error),
             QualificationError::Unreadable(_) => tonic::Code::Internal,
         }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, QualificationError::Database(error) if platform::error::is_transient(error))
     }
 }
 

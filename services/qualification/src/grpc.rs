@@ -1,6 +1,7 @@
 use crate::{
+    QualificationContext,
     error::QualificationError,
-    handler::{self, QualificationContext},
+    handler,
     training::{self, ModelInfo},
 };
 use chrono::{DateTime, Utc};

@@ -3,19 +3,26 @@
 //! size: new interactions are kept once (`scored_interactions`), the batch's leads are locked
 //! in one order, `engine::fold` decides, and states, conversations, outcomes and scores are
 //! written with one multi-row statement each. A lead's narrow state row follows every lead
-//! event; its conversation (features in `model::stored`'s binary form) is read only for the
+//! event; its conversation (features in `qualification_model::stored`'s binary form) is read only for the
 //! leads the batch scores or decides and written only when it took new interactions, so the
 //! lead's own `score_changed` events cost a narrow update. A burst on one lead is one scoring
 //! per batch. Scores go out through the outbox, one `events.qualification.<org>.leads_scored`
 //! message per organisation and batch; the lead service applies the newest and keeps a score
 //! set by hand over any of them.
+//!
+//! With a language model (`llm`), no row is locked and no second connection held while it is
+//! asked: a batch asks about the conversations it will score before it locks their rows, and
+//! uses the answers under the lock where the conversation is still the one asked about, so the
+//! model is asked once per batch. A conversation another batch changed in between gets the
+//! built-in score in the batch's transaction and is asked about again once that has committed;
+//! the answer replaces the built-in score in a short transaction of its own if the conversation
+//! is still the one asked about (a later change is the later batch's to score).
 
 use crate::{
-    engine::{self, Conversation, Folded, LeadKey, LeadState, RecentMessage, Scorer},
+    QualificationContext,
+    engine::{self, Conversation, Folded, LeadKey, LeadState, RecentMessage, Scoring},
     error::QualificationError,
-    llm::{Answers, LlmScorer},
-    model::LeadFeatures,
-    training::Models,
+    llm::{Answers, LlmScorer, Question},
 };
 use chrono::{DateTime, Utc};
 use contracts::{
@@ -23,48 +30,42 @@ use contracts::{
     lead::LeadEvent,
     qualification::{LEADS_SCORED, SCORED, Scored},
 };
-use platform::{
-    nats::Subjects,
-    outbox::{OutboxMessage, OutboxSignal},
-};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction, types::Json};
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-};
+use platform::outbox::OutboxMessage;
+use qualification_model::LeadFeatures;
+use sqlx::{PgConnection, Postgres, Transaction, types::Json};
+use std::collections::{BTreeMap, HashSet};
 use uuid::Uuid;
 
-#[derive(Clone)]
-pub struct QualificationContext {
-    pub pool: PgPool,
-    pub subjects: Subjects,
-    pub outbox: OutboxSignal,
-    pub models: Models,
-    pub settings: platform::settings::QualificationSettings,
-    /// Scores in place of the built-in scorer where it answers (`qualification.llm_url`).
-    pub llm: Option<Arc<LlmScorer>>,
-}
+/// The language model's answers about a batch, asked on its first try and kept for the tries
+/// the consumer makes after a transient failure: the model is asked once per batch, not again
+/// on each retry of the transaction.
+pub type Asked = tokio::sync::OnceCell<Answers>;
 
+/// Applies a batch of lead events in one transaction, which the consumer retries on conflicts
+/// (`platform::consumer::apply_decoded`) with the same `asked`.
 pub async fn apply_lead_events(
     ctx: &QualificationContext,
     batch: &[Envelope<LeadEvent>],
+    asked: &Asked,
 ) -> Result<(), QualificationError> {
-    let retry = QualificationError::is_transient;
-    // The model is asked once per batch, not again on each retry of the transaction.
     let asked = match &ctx.llm {
-        Some(llm) => {
-            Some((llm.as_ref(), platform::error::retry_transient(retry, || ask_first(ctx, llm, batch)).await?))
-        }
+        Some(llm) => Some((llm.as_ref(), asked.get_or_try_init(|| ask_first(ctx, llm, batch)).await?)),
         None => None,
     };
-    platform::error::retry_transient(retry, || try_apply(ctx, batch, asked.as_ref())).await
+    let changed = try_apply(ctx, batch, asked).await?;
+    if let Some((llm, _)) = asked {
+        ask_again(ctx, llm, changed).await;
+    }
+    Ok(())
 }
 
+/// Applies the batch in one transaction; answers the conversations to ask the model about
+/// again once it has committed (see the module's documentation).
 async fn try_apply(
     ctx: &QualificationContext,
     batch: &[Envelope<LeadEvent>],
-    asked: Option<&(&LlmScorer, Answers)>,
-) -> Result<(), QualificationError> {
+    asked: Option<(&LlmScorer, &Answers)>,
+) -> Result<Vec<Question>, QualificationError> {
     let mut tx = ctx.pool.begin().await?;
     let fresh = fresh_interactions(&mut tx, batch, true).await?;
     let folded = fold_batch(&mut tx, batch, &fresh, true).await?;
@@ -80,25 +81,66 @@ async fn try_apply(
             recent.push(conversation.recent.as_slice());
         }
     }
-    if let Some((llm, answers)) = asked {
-        let mut answers = answers.clone();
-        llm.settle(&mut answers, &scored, &recent).await;
-        llm.apply(&answers, &mut scored, &recent);
-    }
+    let changed = match asked {
+        Some((llm, answers)) => llm.apply(answers, &mut scored, &recent),
+        None => Vec::new(),
+    };
     let messages = write_scores(ctx, &mut tx, &scored).await?;
-    platform::outbox::enqueue(&mut tx, &messages).await?;
-    tx.commit().await?;
-    if !messages.is_empty() {
-        ctx.outbox.notify();
-    }
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     metrics::counter!(platform::telemetry::names::QUALIFICATION_SCORINGS, "service" => "qualification")
         .increment(scored.len() as u64);
+    Ok(changed)
+}
+
+/// Asks the model, with nothing locked or held, about the conversations that changed between
+/// the first question and the lock, and stores its answers where they still apply. The
+/// built-in scores those leads got stand if this fails: the batch is done either way.
+async fn ask_again(ctx: &QualificationContext, llm: &LlmScorer, questions: Vec<Question>) {
+    if questions.is_empty() {
+        return;
+    }
+    let answers = llm.ask(questions).await;
+    if let Err(error) = write_answers(ctx, llm, &answers).await {
+        tracing::warn!(%error, "language model scores not stored, built-in scores kept");
+    }
+}
+
+/// Scores the leads of `answers` with the model's answers, in a transaction that locks their
+/// rows, where each conversation is still the one the model was asked about.
+async fn write_answers(
+    ctx: &QualificationContext,
+    llm: &LlmScorer,
+    answers: &Answers,
+) -> Result<(), QualificationError> {
+    let mut keys: Vec<LeadKey> = answers.leads().cloned().collect();
+    keys.sort();
+    let mut scorers = BTreeMap::new();
+    for (org_id, _) in &keys {
+        if !scorers.contains_key(org_id) {
+            scorers.insert(org_id.clone(), ctx.models.scorer(&ctx.pool, org_id).await?);
+        }
+    }
+    let mut tx = ctx.pool.begin().await?;
+    let states = read_states(&mut tx, &keys, true).await?;
+    let conversations = read_conversations(&mut tx, &keys).await?;
+    let now = Utc::now();
+    let (mut scored, mut recent) = (Vec::new(), Vec::new());
+    for (key, conversation) in &conversations {
+        let (Some(state), Some(scorer)) = (states.get(key), scorers.get(&key.0)) else { continue };
+        if state.active && state.manual_score.is_none() && answers.asked_about(key) == Some(&conversation.recent) {
+            scored.push(Scoring::new(&key.0, key.1, state, conversation, scorer, now, false));
+            recent.push(conversation.recent.as_slice());
+        }
+    }
+    llm.apply(answers, &mut scored, &recent);
+    let messages = write_scores(ctx, &mut tx, &scored).await?;
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     Ok(())
 }
 
 /// Puts to the language model the conversations the batch would score, read without locking
-/// anything, so that no lead's row waits on the model. Once the rows are locked,
-/// `LlmScorer::settle` asks again only about a conversation another batch changed meanwhile.
+/// anything and with the connection given back before the model is asked, so that no lead's
+/// row waits on the model.
 async fn ask_first(
     ctx: &QualificationContext,
     llm: &LlmScorer,
@@ -237,7 +279,7 @@ async fn read_conversations(
     .await?;
     rows.into_iter()
         .map(|(org, id, features, recent)| {
-            let features = LeadFeatures::from_bytes(&features)
+            let features = engine::stored_features(&features)
                 .map_err(|e| QualificationError::Unreadable(format!("features of lead {id}: {e}")))?;
             Ok(((org, id), Conversation { features, recent: recent.map(|r| r.0).unwrap_or_default() }))
         })
@@ -340,42 +382,6 @@ async fn write_outcomes(
     Ok(())
 }
 
-/// One lead's new score.
-pub struct Scoring {
-    pub org_id: String,
-    pub lead_id: Uuid,
-    pub score: i32,
-    pub reasons: Vec<String>,
-    pub model_version: String,
-    /// Published even when equal to the stored score (a requalification, a hand-back).
-    pub force: bool,
-    /// A score set by hand wins: the engine's is kept here but not published.
-    pub manual: bool,
-}
-
-impl Scoring {
-    pub fn new(
-        org_id: &str,
-        lead_id: Uuid,
-        state: &LeadState,
-        conversation: &Conversation,
-        scorer: &Scorer,
-        now: DateTime<Utc>,
-        force: bool,
-    ) -> Self {
-        let explanation = scorer.explain(&conversation.features, now);
-        Self {
-            org_id: org_id.to_owned(),
-            lead_id,
-            score: i32::from(explanation.score),
-            reasons: engine::reasons(&explanation),
-            model_version: scorer.version(),
-            force,
-            manual: state.manual_score.is_some(),
-        }
-    }
-}
-
 /// Stores the scores; a score that changed (or is forced) gets the next version and, unless
 /// the lead's score was set by hand, its event.
 pub async fn write_scores(
@@ -440,30 +446,31 @@ pub async fn write_scores(
 
 /// Scores one lead now (`Requalify`): refused for an inactive lead, answered with the hand-set
 /// score for a lead whose score was set by hand. A language model is asked before the lead's
-/// row is locked, as for a batch.
+/// row is locked, and again after the commit if the conversation changed meanwhile, as for a
+/// batch.
 pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) -> Result<(), QualificationError> {
     let key = (org_id.to_owned(), lead_id);
-    let mut asked = match &ctx.llm {
+    let asked = match &ctx.llm {
         Some(llm) => {
             let (state, conversation) = lead_conversation(&mut *ctx.pool.acquire().await?, &key, false).await?;
             let question = state.manual_score.is_none().then(|| (key.clone(), conversation.recent));
-            Some((llm, llm.ask(question.into_iter().collect()).await))
+            Some((llm.as_ref(), llm.ask(question.into_iter().collect()).await))
         }
         None => None,
     };
+    let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
     let mut tx = ctx.pool.begin().await?;
     let (state, conversation) = lead_conversation(&mut tx, &key, true).await?;
-    let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
     let mut scoring = [Scoring::new(org_id, lead_id, &state, &conversation, &scorer, Utc::now(), true)];
-    if let Some((llm, answers)) = &mut asked {
-        let recent = [conversation.recent.as_slice()];
-        llm.settle(answers, &scoring, &recent).await;
-        llm.apply(answers, &mut scoring, &recent);
-    }
+    let changed = match &asked {
+        Some((llm, answers)) => llm.apply(answers, &mut scoring, &[conversation.recent.as_slice()]),
+        None => Vec::new(),
+    };
     let messages = write_scores(ctx, &mut tx, &scoring).await?;
-    platform::outbox::enqueue(&mut tx, &messages).await?;
-    tx.commit().await?;
-    ctx.outbox.notify();
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
+    if let Some((llm, _)) = asked {
+        ask_again(ctx, llm, changed).await;
+    }
     Ok(())
 }
 

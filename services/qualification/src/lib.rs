@@ -6,16 +6,19 @@
 //! score set by hand on the lead wins over the engine until it is handed back. Optionally a
 //! language model behind an OpenAI-compatible endpoint scores in the engine's place (`llm`),
 //! the engine's score standing in whenever it does not answer.
+//!
+//! The scoring model itself, pure and without I/O, is the `qualification_model` crate; this
+//! crate holds storage, consumers and RPCs. Its modules depend on one another in one direction:
+//! `engine` (decisions, `Scoring`) <- `llm` <- `handler`, `training` <- `grpc`, all of them
+//! sharing the service context below.
 
 pub mod engine;
 pub mod error;
 mod grpc;
 pub mod handler;
 pub mod llm;
-pub mod model;
 pub mod training;
 
-use crate::handler::QualificationContext;
 use contracts::Envelope;
 use contracts::lead::LeadEvent;
 use platform::{
@@ -24,9 +27,26 @@ use platform::{
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
 };
+use sqlx::PgPool;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What the service's consumers, RPCs and retrainer share.
+#[derive(Clone)]
+pub struct QualificationContext {
+    pub pool: PgPool,
+    pub subjects: platform::nats::Subjects,
+    pub outbox: platform::outbox::OutboxSignal,
+    pub models: training::Models,
+    pub settings: platform::settings::QualificationSettings,
+    /// Scores in place of the built-in scorer where it answers (`qualification.llm_url`).
+    pub llm: Option<Arc<llm::LlmScorer>>,
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/qualification");
+
+/// The durable consumer of the lead service's events, shared by every qualification process.
+pub const DURABLE: &str = "qualification";
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Qualification, &MIGRATOR, &token).await?;
@@ -39,7 +59,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         llm: llm::LlmScorer::from_settings(&infra.settings.qualification)?.map(std::sync::Arc::new),
     };
     base.spawn("retrainer", training::retrain_until(ctx.clone(), token.clone()));
-    base.spawn_consumer(infra, StreamKind::Events("lead"), "qualification", &token, ctx.clone(), consume);
+    base.consumer(StreamKind::Events("lead"), DURABLE).spawn(infra, &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
         leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
     );
@@ -49,8 +69,10 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 async fn consume(ctx: QualificationContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
     let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
-    consumer::apply_decoded(&batch, read, |events: Vec<Envelope<LeadEvent>>| async move {
-        handler::apply_lead_events(ctx, &events).await
+    let asked = handler::Asked::new();
+    let asked = &asked;
+    consumer::apply_decoded(&batch, read, |events: Arc<[Envelope<LeadEvent>]>| async move {
+        handler::apply_lead_events(ctx, &events, asked).await
     })
     .await
 }

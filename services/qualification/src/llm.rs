@@ -12,11 +12,7 @@
 //! in service is hyper's client over plain TCP or rustls (ring, the TLS stack sqlx already
 //! uses), trusting the system's certificate authorities, or Mozilla's when the system has none.
 
-use crate::{
-    engine::{LeadKey, RecentMessage},
-    handler::Scoring,
-    model::Direction,
-};
+use crate::engine::{LeadKey, RecentMessage, Scoring};
 use bytes::Bytes;
 use futures::{StreamExt, future::BoxFuture};
 use http_body_util::{BodyExt, Full, Limited};
@@ -28,7 +24,8 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use platform::settings::QualificationSettings;
+use platform::settings::{ExposeSecret, QualificationSettings};
+use qualification_model::Direction;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::{
@@ -81,8 +78,6 @@ pub enum LlmError {
     BadReply(&'static str),
     #[error("score {0} is outside 0-100")]
     OutOfRange(i64),
-    #[error("the conversation changed while the model was asked")]
-    Changed,
 }
 
 impl LlmError {
@@ -96,7 +91,6 @@ impl LlmError {
             LlmError::Status(_) => "http_status",
             LlmError::BadReply(_) => "bad_reply",
             LlmError::OutOfRange(_) => "out_of_range",
-            LlmError::Changed => "changed",
         }
     }
 }
@@ -123,7 +117,7 @@ impl LlmScorer {
     pub fn from_settings(settings: &QualificationSettings) -> anyhow::Result<Option<Self>> {
         let Some(url) = &settings.llm_url else { return Ok(None) };
         let key = match (&settings.llm_api_key, &settings.llm_api_key_file) {
-            (Some(key), _) => Some(key.trim().to_owned()),
+            (Some(key), _) => Some(key.expose_secret().trim().to_owned()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|e| {
@@ -172,9 +166,9 @@ impl LlmScorer {
     }
 
     /// Asks the model about each lead's conversation, all at once (at most `MAX_IN_FLIGHT`
-    /// requests in flight) and within one timeout for them all. The handler asks before it
-    /// locks the leads' rows, so that no lock waits on the model.
-    pub async fn ask(&self, conversations: Vec<(LeadKey, Vec<RecentMessage>)>) -> Answers {
+    /// requests in flight) and within one timeout for them all. The handler asks while it
+    /// holds no lock and no connection, so that nothing waits on the model.
+    pub async fn ask(&self, conversations: Vec<Question>) -> Answers {
         let deadline = tokio::time::Instant::now() + self.timeout;
         // Collected first: a lazy map of borrowing closures would keep the future from being Send.
         let requests: Vec<_> =
@@ -190,36 +184,32 @@ impl LlmScorer {
         )
     }
 
-    /// Asks again, now, about the leads of `scored` whose conversation (`conversations[i]` is
-    /// `scored[i]`'s) is not the one the model was asked about: another batch of the same lead
-    /// committed in between, or the lead was not asked (its score was set by hand then). The
-    /// caller holds the leads' rows, so this is the one case where a row waits on the model.
-    pub async fn settle(&self, answers: &mut Answers, scored: &[Scoring], conversations: &[&[RecentMessage]]) {
-        let again: Vec<(LeadKey, Vec<RecentMessage>)> = scored
-            .iter()
-            .zip(conversations)
-            .filter(|(scoring, _)| !scoring.manual)
-            .map(|(scoring, conversation)| ((scoring.org_id.clone(), scoring.lead_id), conversation.to_vec()))
-            .filter(|(key, conversation)| answers.0.get(key).is_none_or(|(asked, _)| asked != conversation))
-            .collect();
-        if !again.is_empty() {
-            answers.0.extend(self.ask(again).await.0);
-        }
-    }
-
     /// Replaces the built-in scores of `scored` with the model's answers where it answered
-    /// about exactly the conversation the lead has now (`conversations[i]` is `scored[i]`'s,
-    /// see `settle`); any other lead keeps the built-in score. A lead whose score was set by
-    /// hand is left alone: its engine score is not published.
-    pub fn apply(&self, answers: &Answers, scored: &mut [Scoring], conversations: &[&[RecentMessage]]) {
+    /// about exactly the conversation the lead has now (`conversations[i]` is `scored[i]`'s);
+    /// any other lead keeps the built-in score. A lead whose score was set by hand is left
+    /// alone: its engine score is not published. Answers the leads whose conversation is not
+    /// the one the model was asked about (another batch of the lead committed in between, or
+    /// the lead was not asked: its score was set by hand then), with the conversation they have
+    /// now, for the caller to ask about once it has released their rows.
+    pub fn apply(
+        &self,
+        answers: &Answers,
+        scored: &mut [Scoring],
+        conversations: &[&[RecentMessage]],
+    ) -> Vec<Question> {
         let version = self.version();
+        let mut changed = Vec::new();
         for (scoring, conversation) in scored.iter_mut().zip(conversations) {
             if scoring.manual {
                 continue;
             }
-            let answer = match answers.0.get(&(scoring.org_id.clone(), scoring.lead_id)) {
+            let key = (scoring.org_id.clone(), scoring.lead_id);
+            let answer = match answers.0.get(&key) {
                 Some((asked, answer)) if asked.as_slice() == *conversation => answer.as_ref(),
-                _ => Err(&LlmError::Changed),
+                _ => {
+                    changed.push((key, conversation.to_vec()));
+                    continue;
+                }
             };
             match answer {
                 Ok(answer) => {
@@ -231,7 +221,7 @@ impl LlmScorer {
                 Err(error) => {
                     metrics::counter!(FALLBACKS, "service" => "qualification", "reason" => error.reason()).increment(1);
                     match error {
-                        LlmError::NoConversation | LlmError::RateLimited | LlmError::Changed => {
+                        LlmError::NoConversation | LlmError::RateLimited => {
                             tracing::debug!(lead_id = %scoring.lead_id, %error, "built-in score kept")
                         }
                         _ => {
@@ -241,12 +231,28 @@ impl LlmScorer {
                 }
             }
         }
+        changed
     }
 }
+
+/// A lead and the conversation to ask the model about.
+pub type Question = (LeadKey, Vec<RecentMessage>);
 
 /// The model's answers by lead, each with the conversation it was asked about.
 #[derive(Debug, Clone, Default)]
 pub struct Answers(HashMap<LeadKey, (Vec<RecentMessage>, Result<LlmScore, LlmError>)>);
+
+impl Answers {
+    /// The leads the model was asked about.
+    pub fn leads(&self) -> impl Iterator<Item = &LeadKey> {
+        self.0.keys()
+    }
+
+    /// The conversation the model was asked about for `lead`.
+    pub fn asked_about(&self, lead: &LeadKey) -> Option<&Vec<RecentMessage>> {
+        self.0.get(lead).map(|(asked, _)| asked)
+    }
+}
 
 /// The chat-completions request for one conversation.
 pub fn request_body(model: &str, conversation: &[RecentMessage]) -> Value {
@@ -414,12 +420,12 @@ impl ChatTransport for HttpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
+    use qualification_model::Timestamp;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use uuid::Uuid;
 
     fn said(direction: Direction, text: &str) -> RecentMessage {
-        RecentMessage { direction, at: Utc::now(), text: text.into() }
+        RecentMessage { direction, at: Timestamp::now(), text: text.into() }
     }
 
     fn completion(content: &str) -> Vec<u8> {
@@ -475,7 +481,7 @@ mod tests {
     }
 
     /// What the handler asks about: every lead not scored by hand, with its conversation.
-    fn asked(scored: &[Scoring], conversations: &[&[RecentMessage]]) -> Vec<(LeadKey, Vec<RecentMessage>)> {
+    fn asked(scored: &[Scoring], conversations: &[&[RecentMessage]]) -> Vec<Question> {
         scored
             .iter()
             .zip(conversations)
@@ -510,25 +516,23 @@ mod tests {
         let conversations: Vec<&[RecentMessage]> =
             vec![&conversation, &conversation, &[], &conversation, &conversation];
         let answers = llm.ask(asked(&scored, &conversations)).await;
-        llm.apply(&answers, &mut scored, &conversations);
+        assert!(llm.apply(&answers, &mut scored, &conversations).is_empty(), "every conversation as asked");
         let versions: Vec<&str> = scored.iter().map(|s| s.model_version.as_str()).collect();
         assert_eq!(versions, ["llm:m1", "prior-v1", "prior-v1", "llm:m1", "prior-v1"], "manual, empty, rate limited");
         assert_eq!((scored[0].score, scored[0].reasons.as_slice()), (91, ["buys".to_owned()].as_slice()));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
 
         // An answer about a conversation that has moved on since, or about no conversation
-        // asked, is not used.
-        let (llm, _) = scorer(Ok(completion(r#"{"score": 91, "reasons": []}"#)), Duration::ZERO, 10);
+        // asked, is not used; those two are answered to be asked about again, as they are now.
+        let (llm, calls) = scorer(Ok(completion(r#"{"score": 91, "reasons": []}"#)), Duration::ZERO, 10);
         let mut scored = vec![scoring(false), scoring(false)];
         let answers = llm.ask(asked(&scored[..1], &[&conversation])).await;
         let longer = [said(Direction::Inbound, "quiero comprar"), said(Direction::Outbound, "claro")];
-        llm.apply(&answers, &mut scored, &[&longer, &conversation]);
+        let again = llm.apply(&answers, &mut scored, &[&longer, &conversation]);
         assert!(scored.iter().all(|s| s.model_version == "prior-v1" && s.score == 40));
-        // Settled, the model is asked again about exactly those two.
-        let (llm, calls) = scorer(Ok(completion(r#"{"score": 91, "reasons": []}"#)), Duration::ZERO, 10);
-        let mut answers = llm.ask(asked(&scored[..1], &[&conversation])).await;
-        llm.settle(&mut answers, &scored, &[&longer, &conversation]).await;
-        llm.apply(&answers, &mut scored, &[&longer, &conversation]);
+        assert_eq!(again, asked(&scored, &[&longer, &conversation]));
+        let answers = llm.ask(again).await;
+        assert!(llm.apply(&answers, &mut scored, &[&longer, &conversation]).is_empty());
         assert!(scored.iter().all(|s| s.model_version == "llm:m1" && s.score == 91));
         assert_eq!(calls.load(Ordering::SeqCst), 3, "one first, then the changed one and the one not asked");
 
@@ -537,7 +541,7 @@ mod tests {
         let started = Instant::now();
         let conversations: Vec<&[RecentMessage]> = vec![&conversation, &conversation];
         let answers = slow.ask(asked(&scored, &conversations)).await;
-        slow.apply(&answers, &mut scored, &conversations);
+        assert!(slow.apply(&answers, &mut scored, &conversations).is_empty(), "a timeout is an answer");
         assert!(started.elapsed() < Duration::from_secs(2), "one timeout for the whole batch");
         assert!(scored.iter().all(|s| s.model_version == "prior-v1" && s.score == 40));
         assert_eq!(slow.score(&conversation).await, Err(LlmError::Timeout));

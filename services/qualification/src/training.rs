@@ -7,12 +7,12 @@
 //! the prior.
 
 use crate::{
+    QualificationContext,
     engine::{self, Scorer},
     error::QualificationError,
-    handler::QualificationContext,
-    model::{LeadFeatures, Model, TrainConfig, TrainOutcome},
 };
 use chrono::{DateTime, Utc};
+use qualification_model::{LeadFeatures, Model, TrainConfig, TrainOutcome};
 use sqlx::{PgPool, types::Json};
 use std::{
     collections::HashMap,
@@ -133,13 +133,14 @@ pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Optio
     let config = TrainConfig {
         min_per_class: ctx.settings.min_labels_per_class,
         version: next as u32,
-        trained_at: Some(Utc::now()),
+        trained_at: Some(engine::timestamp(Utc::now())),
         ..TrainConfig::default()
     };
     // Training is CPU work of up to seconds: off the runtime's threads, so scoring goes on.
-    let outcome = tokio::task::spawn_blocking(move || crate::model::train(&engine::examples(&outcomes), &config))
-        .await
-        .map_err(|e| QualificationError::Unreadable(format!("training task failed: {e}")))?;
+    let outcome =
+        tokio::task::spawn_blocking(move || qualification_model::train(&engine::examples(&outcomes), &config))
+            .await
+            .map_err(|e| QualificationError::Unreadable(format!("training task failed: {e}")))?;
     let model = match outcome {
         TrainOutcome::Trained(model) => model,
         TrainOutcome::Refused(refusal) => return Err(QualificationError::NotTrainable(refusal.reason)),
@@ -151,7 +152,7 @@ pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Optio
     )
     .bind(org_id)
     .bind(next)
-    .bind(model.trained_at)
+    .bind(engine::date_time(model.trained_at))
     // Every labelled lead it saw, hold-out included: what retraining compares growth with.
     .bind((model.training_size + model.holdout_size) as i32)
     .bind(model.positives as i32)

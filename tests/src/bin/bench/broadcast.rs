@@ -43,7 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Sizes of the broadcast section. The defaults are the issue's full sizes.
+/// Sizes of the broadcast section. The defaults are the sizes its targets are stated for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BroadcastOptions {
     /// BroadcastMessages in the sustained run.
@@ -812,21 +812,11 @@ async fn sustained_in(out: &mut Out, options: &BroadcastOptions, env: &TestEnv) 
     }
     let raw_rates: Vec<f64> = raw.iter().map(|(_, (rows, _, elapsed))| rate(*rows, *elapsed)).collect();
     let raw_best = raw_rates.iter().copied().fold(0.0, f64::max);
+    let baselines = Baselines { raw, raw_rates, raw_best, upsert_cpu_per_row, same_rows };
 
     // 2. and 3. The service, its projection of leads seeded with SQL, the reader alongside.
     let node = env.start(&[ServiceName::Broadcast]).await?;
-    let result = ingest_and_read(
-        out,
-        env,
-        &node,
-        &admin,
-        &generated,
-        &raw,
-        &raw_rates,
-        &same_rows,
-        (raw_best, upsert_cpu_per_row),
-    )
-    .await;
+    let result = ingest_and_read(out, env, &node, &admin, &generated, &baselines).await;
     let stopped = node.stop().await;
     admin.close().await;
     result?;
@@ -842,18 +832,60 @@ struct SameRows {
     cpu_per_status: f64,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The raw baselines, measured before the service started: what its run is set beside.
+struct Baselines {
+    /// Statuses alone: per connection count, rows sent, rows stored and the time it took.
+    raw: Vec<(usize, (u64, i64, Duration))>,
+    raw_rates: Vec<f64>,
+    raw_best: f64,
+    /// The least machine CPU per row of the statuses-only upserts.
+    upsert_cpu_per_row: f64,
+    same_rows: Vec<SameRows>,
+}
+
+/// What the sustained run measured, from the first publish.
+struct SustainedRun {
+    total_events: usize,
+    publish_time: Duration,
+    /// JSON bytes published.
+    bytes: u64,
+    /// Until every distinct (message, status) was committed.
+    elapsed: Duration,
+    /// Until every message was committed.
+    messages_elapsed: Duration,
+    status_rate: f64,
+    event_rate: f64,
+    /// Machine CPU seconds until every distinct status was committed.
+    cpu: f64,
+    /// What the service stored, as checked afterwards.
+    verified: String,
+    /// The reader's requests while the service was ingesting.
+    reads: Reads,
+}
+
 async fn ingest_and_read(
     out: &mut Out,
     env: &TestEnv,
     node: &leads_tests::Node,
     admin: &sqlx::PgPool,
     generated: &Generated,
-    raw: &[(usize, (u64, i64, Duration))],
-    raw_rates: &[f64],
-    same_rows: &[SameRows],
-    (raw_best, upsert_cpu_per_row): (f64, f64),
+    baselines: &Baselines,
 ) -> anyhow::Result<()> {
+    let leads = seed_lead_contacts(admin, generated).await?;
+    let run = publish_while_reading(env, node, admin, generated, out.batch, leads.clone()).await?;
+    progress(format!("broadcast: {IDLE_REQUESTS} reads of each kind on the idle service"));
+    let idle =
+        read_loop(node.broadcast().await?, leads.clone(), Arc::new(AtomicBool::new(false)), IDLE_REQUESTS, 12).await;
+    report_workload(out, env, generated, &run);
+    report_baselines(out, generated, baselines);
+    report_sustained(out, generated, &run, baselines);
+    report_reads(out, generated, leads.len(), &run.reads, &idle);
+    Ok(())
+}
+
+/// The service's `lead_contacts` projection, seeded with SQL: one lead per generated
+/// recipient. Answers the first 2,000 leads, which the reader picks from.
+async fn seed_lead_contacts(admin: &sqlx::PgPool, generated: &Generated) -> anyhow::Result<Arc<Vec<(String, String)>>> {
     sqlx::query(
         "INSERT INTO broadcast.lead_contacts (org_id, lead_id, contact_id, phone, external_id, version) \
          SELECT ($1::text[])[1 + i % 3], md5('lead:' || i)::uuid, md5('contact:' || i)::uuid, \
@@ -868,17 +900,28 @@ async fn ingest_and_read(
         sqlx::query_as("SELECT org_id, lead_id::text FROM broadcast.lead_contacts ORDER BY lead_id LIMIT 2000")
             .fetch_all(admin)
             .await?;
-    let leads = Arc::new(leads);
+    Ok(Arc::new(leads))
+}
 
+/// Publishes every generated event with the service running and the reader alongside, until
+/// every distinct status and every message is committed.
+async fn publish_while_reading(
+    env: &TestEnv,
+    node: &leads_tests::Node,
+    admin: &sqlx::PgPool,
+    generated: &Generated,
+    batch: usize,
+    leads: Arc<Vec<(String, String)>>,
+) -> anyhow::Result<SustainedRun> {
     // Encoded before the clock starts: the publishers' work is not the system's, and on these
     // two shared cores every cycle they spend is one the system under test does not get.
     let encoder = Encoder::new(env, generated.contacts);
-    let events: Vec<Encoded> = encoder.encode_all(&generated.events, out.batch);
+    let events: Vec<Encoded> = encoder.encode_all(&generated.events, batch);
     let total_events = events.len();
     let published = Arc::new(AtomicU8::new(PUBLISHING));
     let stop_reading = Arc::new(AtomicBool::new(false));
     progress(format!("broadcast: publishing {total_events} events with the broadcast service running"));
-    let reader = tokio::spawn(read_loop(node.broadcast().await?, leads.clone(), stop_reading.clone(), usize::MAX, 11));
+    let reader = tokio::spawn(read_loop(node.broadcast().await?, leads, stop_reading.clone(), usize::MAX, 11));
     let started = Instant::now();
     let cpu_started = machine_cpu_seconds();
     let publisher = {
@@ -916,13 +959,22 @@ async fn ingest_and_read(
         elapsed.as_secs_f64(),
         publish_time.as_secs_f64()
     ));
+    Ok(SustainedRun {
+        total_events,
+        publish_time,
+        bytes,
+        elapsed,
+        messages_elapsed,
+        status_rate,
+        event_rate,
+        cpu,
+        verified,
+        reads: busy,
+    })
+}
 
-    progress(format!("broadcast: {IDLE_REQUESTS} reads of each kind on the idle service"));
-    let idle =
-        read_loop(node.broadcast().await?, leads.clone(), Arc::new(AtomicBool::new(false)), IDLE_REQUESTS, 12).await;
-
-    // The report.
-    let avg_bytes = bytes / total_events.max(1) as u64;
+fn report_workload(out: &mut Out, env: &TestEnv, generated: &Generated, run: &SustainedRun) {
+    let avg_bytes = run.bytes / run.total_events.max(1) as u64;
     out.line(format!(
         "{} BroadcastMessages ({} of them published twice) and {} DeliveryStatus events ({} distinct (message, status), \
          {} repeats, half of them with a later timestamp), {} events in all, {avg_bytes} B JSON on average, over {} \
@@ -935,7 +987,7 @@ async fn ingest_and_read(
         thousands(generated.status_events as f64),
         thousands(generated.distinct as f64),
         thousands(generated.duplicates as f64),
-        thousands(total_events as f64),
+        thousands(run.total_events as f64),
         ORGS.len(),
         thousands(f64::from(generated.contacts)),
         if out.batch > 1 { ".batch" } else { "" },
@@ -943,7 +995,9 @@ async fn ingest_and_read(
         env.settings.consumer.concurrency,
         env.settings.database_max_connections,
     ));
+}
 
+fn report_baselines(out: &mut Out, generated: &Generated, baselines: &Baselines) {
     out.line("### Raw baseline\n");
     out.line(format!(
         "The same {} status rows (repeats included, in publish order) upserted straight into a table shaped like \
@@ -953,7 +1007,7 @@ async fn ingest_and_read(
         thousands(generated.status_events as f64)
     ));
     out.line("| baseline | rows sent / stored | time | throughput |\n| --- | ---: | ---: | ---: |");
-    for ((connections, (rows, stored, elapsed)), per_s) in raw.iter().zip(raw_rates) {
+    for ((connections, (rows, stored, elapsed)), per_s) in baselines.raw.iter().zip(&baselines.raw_rates) {
         out.line(format!(
             "| UNNEST upsert, {RAW_BATCH} rows/batch, {connections} connection(s) | {} / {} | {:.2} s | **{} rows/s** |",
             thousands(*rows as f64),
@@ -974,7 +1028,7 @@ async fn ingest_and_read(
         thousands(generated.events.len() as f64)
     ));
     out.line("| baseline | statuses / messages stored | time | status events/s |\n| --- | ---: | ---: | ---: |");
-    for r in same_rows {
+    for r in &baselines.same_rows {
         out.line(format!(
             "| the same rows, {RAW_BATCH} events/transaction, {} connection(s) | {} / {} | {:.2} s | **{}** |",
             r.connections,
@@ -985,7 +1039,10 @@ async fn ingest_and_read(
         ));
     }
     out.line("");
+}
 
+fn report_sustained(out: &mut Out, generated: &Generated, run: &SustainedRun, baselines: &Baselines) {
+    let (status_rate, event_rate) = (run.status_rate, run.event_rate);
     out.line("### Sustained ingestion: NATS to committed\n");
     out.line(
         "From the first publish until `broadcast.statuses` held every distinct (message, status): polled every 50 ms, \
@@ -996,21 +1053,21 @@ async fn ingest_and_read(
     out.line("| measure | value |\n| --- | ---: |");
     out.line(format!(
         "| publishing every event took | {:.2} s ({} events/s, {} status events/s) |",
-        publish_time.as_secs_f64(),
-        thousands(rate(total_events as u64, publish_time)),
-        thousands(rate(generated.status_events, publish_time))
+        run.publish_time.as_secs_f64(),
+        thousands(rate(run.total_events as u64, run.publish_time)),
+        thousands(rate(generated.status_events, run.publish_time))
     ));
-    out.line(format!("| every distinct status committed after | {:.2} s |", elapsed.as_secs_f64()));
-    out.line(format!("| every message committed after | {:.2} s |", messages_elapsed.as_secs_f64()));
+    out.line(format!("| every distinct status committed after | {:.2} s |", run.elapsed.as_secs_f64()));
+    out.line(format!("| every message committed after | {:.2} s |", run.messages_elapsed.as_secs_f64()));
     out.line(format!("| **sustained status events/s** | **{}** |", thousands(status_rate)));
     out.line(format!("| all events (messages and statuses)/s | {} |", thousands(event_rate)));
-    for ((connections, _), per_s) in raw.iter().zip(raw_rates) {
+    for ((connections, _), per_s) in baselines.raw.iter().zip(&baselines.raw_rates) {
         out.line(format!(
             "| ratio to the statuses-only raw upsert, {connections} connection(s) | {:.3} |",
             status_rate / per_s
         ));
     }
-    for r in same_rows {
+    for r in &baselines.same_rows {
         out.line(format!(
             "| ratio to the raw upsert of the same rows, {} connection(s) | **{:.3}** |",
             r.connections,
@@ -1019,23 +1076,23 @@ async fn ingest_and_read(
     }
     out.line(format!(
         "| publishing was the limit | {} |",
-        if elapsed < publish_time + Duration::from_millis(500) {
+        if run.elapsed < run.publish_time + Duration::from_millis(500) {
             "yes: everything was committed within 0.5 s of the last publish ack"
         } else {
             "no: the service was still catching up when publishing ended"
         }
     ));
-    out.line(format!("| stored afterwards | {verified} |"));
+    out.line(format!("| stored afterwards | {} |", run.verified));
     out.line("");
-    let same_best = same_rows.iter().map(|r| r.status_rate).fold(0.0, f64::max);
+    let same_best = baselines.same_rows.iter().map(|r| r.status_rate).fold(0.0, f64::max);
     out.sustained = Some(Sustained {
         status_rate,
-        statuses_per_event: generated.status_events as f64 / total_events as f64,
-        upsert_rate: raw_best,
-        upsert_cpu_per_row,
+        statuses_per_event: generated.status_events as f64 / run.total_events as f64,
+        upsert_rate: baselines.raw_best,
+        upsert_cpu_per_row: baselines.upsert_cpu_per_row,
         same_rows_rate: same_best,
-        same_rows_cpu_per_status: same_rows.iter().map(|r| r.cpu_per_status).fold(f64::INFINITY, f64::min),
-        cpu_per_event: cpu / total_events as f64,
+        same_rows_cpu_per_status: baselines.same_rows.iter().map(|r| r.cpu_per_status).fold(f64::INFINITY, f64::min),
+        cpu_per_event: run.cpu / run.total_events as f64,
     });
     out.target(
         "Broadcast statuses, NATS to committed",
@@ -1057,10 +1114,17 @@ async fn ingest_and_read(
     out.target(
         "Broadcast ingestion / raw upsert of the status rows alone (the faster of 1 and 4 connections)",
         "reported (leaves out the messages' rows and indexes)",
-        format!("{:.3} ({} / {} rows/s)", status_rate / raw_best, thousands(status_rate), thousands(raw_best)),
+        format!(
+            "{:.3} ({} / {} rows/s)",
+            status_rate / baselines.raw_best,
+            thousands(status_rate),
+            thousands(baselines.raw_best)
+        ),
         None,
     );
+}
 
+fn report_reads(out: &mut Out, generated: &Generated, leads: usize, busy: &Reads, idle: &Reads) {
     out.line("### Reads during ingestion and idle\n");
     out.line(format!(
         "One client over gRPC, every 20 ms: a GetBroadcastHistory by `lead_id` (first page of 50) of a random lead \
@@ -1070,7 +1134,7 @@ async fn ingest_and_read(
          their campaign, template and state, then their statuses. A campaign has about {} messages per \
          organisation. \"While ingesting\" runs from the first publish until everything is committed; \"idle\" is \
          {IDLE_REQUESTS} of each afterwards on the same data.\n",
-        thousands(leads.len() as f64),
+        thousands(leads as f64),
         thousands(f64::from(generated.contacts)),
         generated.messages / generated.contacts.max(1),
         thousands(f64::from(generated.messages / CAMPAIGNS / ORGS.len() as u32)),
@@ -1093,8 +1157,8 @@ async fn ingest_and_read(
         "Messages per history response: {:.1} on average while ingesting, {:.1} idle. GetCampaignStats answered \
          NOT_FOUND (the campaign not committed yet, left out of the percentiles) {} time(s) while ingesting. Other \
          errors: {} while ingesting{}, {} idle{}.\n",
-        per_history(&busy),
-        per_history(&idle),
+        per_history(busy),
+        per_history(idle),
         busy.stats_not_found,
         busy.errors,
         busy.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
@@ -1114,7 +1178,6 @@ async fn ingest_and_read(
         format!("{} / {}", p99(busy_stats), p99(idle_stats)),
         None,
     );
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ pub async fn leads(report: &mut Report, args: &Args) -> anyhow::Result<()> {
 
 const BIG_ORG: &str = "big-org";
 
+type LeadClient = pb::lead_service_client::LeadServiceClient<tonic::transport::Channel>;
+
 /// Inserts `count` contacts and leads (one lead per contact) numbered from `from`, plus each
 /// lead's opening interaction. Deterministic ids, random attributes.
 async fn seed_chunk(admin: &sqlx::PgPool, org: &str, from: i64, to: i64) -> anyhow::Result<()> {
@@ -209,6 +211,26 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
     report.line("## 3. Leads page at scale\n");
     report.line(format!("Load average before: {}\n", loadavg()));
     let admin = env.admin_pool().await?;
+    let history_lead = seed(report, args, &admin).await?;
+    report.line(format!(
+        "All requests over gRPC to the in-process LeadService, one at a time, page size 50, in `{BIG_ORG}`. First page: \
+         {} requests after 3 warm-ups. Later pages: pages 2 to {} followed through next_page_token, one request each.\n",
+        args.iterations,
+        args.pages + 1
+    ));
+    let mut client = node.lead().await?;
+    measure_transport_floor(report, args, node).await?;
+    measure_list_leads(report, args, &mut client).await?;
+    measure_list_leads_in_process(report, args, env).await?;
+    measure_get_lead_and_history(report, args, &admin, &mut client, &history_lead).await?;
+    measure_export(report, &mut client, args.leads as i64).await?;
+    admin.close().await;
+    Ok(())
+}
+
+/// Seeds `BIG_ORG` and four smaller organisations with SQL, and a long history for one lead
+/// of `BIG_ORG`, then reports what was seeded; answers that lead's id.
+async fn seed(report: &mut Report, args: &Args, admin: &sqlx::PgPool) -> anyhow::Result<String> {
     let n = args.leads as i64;
     let small = (n / 20).max(1);
     let chunk = 100_000i64;
@@ -219,26 +241,21 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         let mut from = 1;
         while from <= *count {
             let to = (from + chunk - 1).min(*count);
-            seed_chunk(&admin, org, from, to).await.with_context(|| format!("seeding {org} {from}..{to}"))?;
+            seed_chunk(admin, org, from, to).await.with_context(|| format!("seeding {org} {from}..{to}"))?;
             progress(format!("leads: seeded {org} {to}/{count} ({:.0} s)", seed_started.elapsed().as_secs_f64()));
             from = to + 1;
         }
     }
-    let history_lead = lead_uuid(&admin, BIG_ORG, 1).await?;
-    seed_history(&admin, &history_lead, 500).await?;
+    let history_lead = lead_uuid(admin, BIG_ORG, 1).await?;
+    seed_history(admin, &history_lead, 500).await?;
     let seeded = seed_started.elapsed();
-    progress("leads: VACUUM ANALYZE");
-    let vacuum_started = Instant::now();
-    for table in ["contacts", "leads", "interactions", "status_changes"] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE lead.{table}"))).execute(&admin).await?;
-    }
-    let vacuumed = vacuum_started.elapsed();
-    let total_leads: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.leads").fetch_one(&admin).await?;
+    let vacuumed = vacuum_analyze(admin).await?;
+    let total_leads: i64 = sqlx::query_scalar("SELECT count(*) FROM lead.leads").fetch_one(admin).await?;
     let sizes: Vec<(String, i64)> = sqlx::query_as(
         "SELECT c.relname::text, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace \
          WHERE s.nspname = 'lead' AND c.relkind = 'r' AND c.relname IN ('leads', 'contacts', 'interactions') ORDER BY 1",
     )
-    .fetch_all(&admin)
+    .fetch_all(admin)
     .await?;
     report.line(format!(
         "Seeded with SQL (generate_series, 100k-row transactions): `{BIG_ORG}` with {} leads and 4 smaller organisations \
@@ -254,15 +271,21 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         vacuumed.as_secs_f64(),
         sizes.iter().map(|(t, b)| format!("{t} {} MiB", b / (1024 * 1024))).collect::<Vec<_>>().join(", ")
     ));
-    report.line(format!(
-        "All requests over gRPC to the in-process LeadService, one at a time, page size 50, in `{BIG_ORG}`. First page: \
-         {} requests after 3 warm-ups. Later pages: pages 2 to {} followed through next_page_token, one request each.\n",
-        args.iterations,
-        args.pages + 1
-    ));
-    let mut client = node.lead().await?;
+    Ok(history_lead)
+}
 
-    // The transport's own cost: the smallest request the lead service's gRPC server answers.
+/// Planner statistics and visibility maps for the seeded tables, before anything is measured.
+async fn vacuum_analyze(admin: &sqlx::PgPool) -> anyhow::Result<Duration> {
+    progress("leads: VACUUM ANALYZE");
+    let vacuum_started = Instant::now();
+    for table in ["contacts", "leads", "interactions", "status_changes"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE lead.{table}"))).execute(admin).await?;
+    }
+    Ok(vacuum_started.elapsed())
+}
+
+/// The transport's own cost: the smallest request the lead service's gRPC server answers.
+async fn measure_transport_floor(report: &mut Report, args: &Args, node: &leads_tests::Node) -> anyhow::Result<()> {
     let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel(ServiceName::Lead).await?);
     let mut floor = Vec::with_capacity(args.iterations);
     for _ in 0..args.iterations {
@@ -277,7 +300,12 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         ms(floor.p50),
         ms(floor.p99)
     ));
+    Ok(())
+}
 
+/// ListLeads over gRPC for each case: the first page after warm-ups, later pages through
+/// next_page_token, and the first page with the total count.
+async fn measure_list_leads(report: &mut Report, args: &Args, client: &mut LeadClient) -> anyhow::Result<()> {
     report.line("### ListLeads\n");
     report.line(
         "| case | matching | first page p50 | first page p99 | later pages p50 | later pages p99 | with total: p50 | with total: p99 |\n\
@@ -347,8 +375,11 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         ms(worst_page_p99),
         ms(worst_total_p99)
     ));
+    Ok(())
+}
 
-    // The same queries without gRPC: the service's own read path, called in-process.
+/// The same queries without gRPC: the service's own read path, called in-process.
+async fn measure_list_leads_in_process(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Result<()> {
     progress("leads: ListLeads in-process, without gRPC");
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -385,20 +416,30 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
     }
     pool.close().await;
     report.line("");
+    Ok(())
+}
 
-    // GetLead and GetLeadHistory
+/// GetLead of random leads, and GetLeadHistory of the seeded long history, by page and whole.
+async fn measure_get_lead_and_history(
+    report: &mut Report,
+    args: &Args,
+    admin: &sqlx::PgPool,
+    client: &mut LeadClient,
+    history_lead: &str,
+) -> anyhow::Result<()> {
     progress("leads: GetLead / GetLeadHistory");
+    let leads = args.leads as i64;
     report.line("### GetLead and GetLeadHistory\n");
     let mut get = Vec::new();
     for i in 0..args.iterations {
-        let id = lead_uuid(&admin, BIG_ORG, 1 + (i as i64 * 7919) % n).await?;
+        let id = lead_uuid(admin, BIG_ORG, 1 + (i as i64 * 7919) % leads).await?;
         let t = Instant::now();
         client.get_lead(pb::GetLeadRequest { org_id: BIG_ORG.into(), lead_id: id }).await?;
         get.push(t.elapsed());
     }
     let history_request = |page_size: i32, token: String| pb::GetLeadHistoryRequest {
         org_id: BIG_ORG.into(),
-        lead_id: history_lead.clone(),
+        lead_id: history_lead.to_owned(),
         page_size,
         page_token: token,
     };
@@ -446,8 +487,11 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         report.line(format!("| {name} | {} | {} | {} | {} |", s.n, ms(s.p50), ms(s.p99), ms(s.max)));
     }
     report.line("");
+    Ok(())
+}
 
-    // ExportLeads ALL
+/// ExportLeads ALL of `BIG_ORG`'s `leads` leads: throughput and the memory it takes.
+async fn measure_export(report: &mut Report, client: &mut LeadClient, leads: i64) -> anyhow::Result<()> {
     progress("leads: ExportLeads ALL");
     let rss_before = proc_status_kb("VmRSS").unwrap_or(0);
     let hwm_before = proc_status_kb("VmHWM").unwrap_or(0);
@@ -475,7 +519,7 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
     let hwm_after = proc_status_kb("VmHWM").unwrap_or(0);
     let export_rate = rate(rows as u64, elapsed);
     let delta = peak.saturating_sub(rss_before);
-    anyhow::ensure!(rows == n, "the export returned {rows} rows, expected {n}");
+    anyhow::ensure!(rows == leads, "the export returned {rows} rows, expected {leads}");
     report.line("### ExportLeads ALL\n");
     report.line(format!(
         "Every lead of `{BIG_ORG}`, no filter, as CSV over the gRPC server stream; the client counts and drops the chunks. \
@@ -495,7 +539,7 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
     report.line(format!("| VmHWM before / after (process lifetime peak) | {} / {} |", mib(hwm_before), mib(hwm_after)));
     report.line("");
     report.target(
-        format!("ExportLeads ALL over {} leads", thousands(n as f64)),
+        format!("ExportLeads ALL over {} leads", thousands(leads as f64)),
         ">= 200,000 rows/s",
         format!("{} rows/s", thousands(export_rate)),
         export_rate >= 200_000.0,
@@ -506,6 +550,5 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
         format!("+{} RSS (peak {})", mib(delta), mib(peak)),
         delta < 100 * 1000,
     );
-    admin.close().await;
     Ok(())
 }

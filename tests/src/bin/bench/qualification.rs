@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use leads_tests::{TestEnv, pb};
 use platform::{ServiceName, nats::StreamKind};
-use qualification::model::{
+use qualification_model::{
     features::Direction,
     synthetic::{SyntheticConfig, generate},
 };
@@ -66,7 +66,7 @@ pub async fn qualification(report: &mut Report, args: &Args) -> anyhow::Result<(
 // What the contacts write
 
 /// Messages of the synthetic organisations (English, Spanish, Portuguese, Hinglish and
-/// Indonesian conversations of `qualification::model::synthetic`), by direction.
+/// Indonesian conversations of `qualification_model::synthetic`), by direction.
 struct Texts {
     inbound: Vec<String>,
     outbound: Vec<String>,
@@ -443,7 +443,7 @@ fn drain_report(report: &mut Report, args: &Args, drains: &[Drain], texts: &Text
     let Some(first) = drains.first() else { return };
     report.line("### Scorings per second, one worker process and two\n");
     report.line(format!(
-        "{} chat messages (70% inbound; texts of `qualification::model::synthetic`'s conversations in English, \
+        "{} chat messages (70% inbound; texts of `qualification_model::synthetic`'s conversations in English, \
          Spanish, Portuguese, Hinglish and Indonesian, {} B on average) from {} contacts in {} organisations, \
          published through the ingest and lead services (in the bench process) with no qualification running, until \
          the lead service had published every lead event; then the ingest and lead services stopped, and {} `leads \

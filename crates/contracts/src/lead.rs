@@ -1,0 +1,522 @@
+//! The lead as every lead event carries it, and what happened to it: the payload of
+//! `events.lead.<org>.<kind>`. Only the lead service writes these; the others keep
+//! projections of them.
+
+use crate::interaction::{Direction, Kind};
+use crate::{Envelope, time::timestamp};
+use chrono::{DateTime, Utc};
+use leads_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    New,
+    Contacted,
+    Qualifying,
+    Qualified,
+    FollowUp,
+    Converted,
+    Lost,
+    Archived,
+}
+
+impl Status {
+    /// Every status, active ones first in the order a lead usually moves through them.
+    pub const ALL: [Status; 8] = [
+        Status::New,
+        Status::Contacted,
+        Status::Qualifying,
+        Status::Qualified,
+        Status::FollowUp,
+        Status::Converted,
+        Status::Lost,
+        Status::Archived,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Contacted => "contacted",
+            Status::Qualifying => "qualifying",
+            Status::Qualified => "qualified",
+            Status::FollowUp => "follow_up",
+            Status::Converted => "converted",
+            Status::Lost => "lost",
+            Status::Archived => "archived",
+        }
+    }
+
+    /// Converted, Lost and Archived are final: the lead is inactive.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Converted | Status::Lost | Status::Archived)
+    }
+
+    pub fn to_proto(self) -> pb::LeadStatus {
+        match self {
+            Status::New => pb::LeadStatus::New,
+            Status::Contacted => pb::LeadStatus::Contacted,
+            Status::Qualifying => pb::LeadStatus::Qualifying,
+            Status::Qualified => pb::LeadStatus::Qualified,
+            Status::FollowUp => pb::LeadStatus::FollowUp,
+            Status::Converted => pb::LeadStatus::Converted,
+            Status::Lost => pb::LeadStatus::Lost,
+            Status::Archived => pb::LeadStatus::Archived,
+        }
+    }
+
+    pub fn from_proto(value: i32) -> Option<Self> {
+        Some(match pb::LeadStatus::try_from(value).ok()? {
+            pb::LeadStatus::Unspecified => return None,
+            pb::LeadStatus::New => Status::New,
+            pb::LeadStatus::Contacted => Status::Contacted,
+            pb::LeadStatus::Qualifying => Status::Qualifying,
+            pb::LeadStatus::Qualified => Status::Qualified,
+            pb::LeadStatus::FollowUp => Status::FollowUp,
+            pb::LeadStatus::Converted => Status::Converted,
+            pb::LeadStatus::Lost => Status::Lost,
+            pb::LeadStatus::Archived => Status::Archived,
+        })
+    }
+
+    /// The name callers see, as in the proto enum.
+    pub fn display_name(self) -> &'static str {
+        self.to_proto().as_str_name()
+    }
+}
+
+/// A status name this version does not know: an error wherever it is read, never a
+/// silent `New`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown lead status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl TryFrom<&str> for Status {
+    type Error = UnknownStatus;
+
+    fn try_from(text: &str) -> Result<Self, Self::Error> {
+        Ok(match text {
+            "new" => Status::New,
+            "contacted" => Status::Contacted,
+            "qualifying" => Status::Qualifying,
+            "qualified" => Status::Qualified,
+            "follow_up" => Status::FollowUp,
+            "converted" => Status::Converted,
+            "lost" => Status::Lost,
+            "archived" => Status::Archived,
+            _ => return Err(UnknownStatus(text.to_owned())),
+        })
+    }
+}
+
+impl TryFrom<String> for Status {
+    type Error = UnknownStatus;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Status::try_from(text.as_str())
+    }
+}
+
+/// What opened a lead: the kind of the interaction that did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    ChatMessage,
+    BroadcastReply,
+    Integration,
+}
+
+impl SourceKind {
+    pub const ALL: [SourceKind; 3] = [SourceKind::ChatMessage, SourceKind::BroadcastReply, SourceKind::Integration];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::ChatMessage => "chat_message",
+            SourceKind::BroadcastReply => "broadcast_reply",
+            SourceKind::Integration => "integration",
+        }
+    }
+
+    pub fn to_proto(self) -> pb::SourceKind {
+        match self {
+            SourceKind::ChatMessage => pb::SourceKind::ChatMessage,
+            SourceKind::BroadcastReply => pb::SourceKind::BroadcastReply,
+            SourceKind::Integration => pb::SourceKind::Integration,
+        }
+    }
+
+    /// `None` for `Unspecified` and for a number the proto enum does not have.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        Some(match pb::SourceKind::try_from(value).ok()? {
+            pb::SourceKind::Unspecified => return None,
+            pb::SourceKind::ChatMessage => SourceKind::ChatMessage,
+            pb::SourceKind::BroadcastReply => SourceKind::BroadcastReply,
+            pb::SourceKind::Integration => SourceKind::Integration,
+        })
+    }
+}
+
+impl From<Kind> for SourceKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::ChatMessage => SourceKind::ChatMessage,
+            Kind::BroadcastReply => SourceKind::BroadcastReply,
+            Kind::Integration => SourceKind::Integration,
+        }
+    }
+}
+
+read_by_name!(SourceKind, "lead source kind");
+
+/// Who set a lead's score: the qualification engine, or an operator by hand (which the
+/// engine's scores never override).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreSource {
+    Ai,
+    Manual,
+}
+
+impl ScoreSource {
+    pub const ALL: [ScoreSource; 2] = [ScoreSource::Ai, ScoreSource::Manual];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreSource::Ai => "ai",
+            ScoreSource::Manual => "manual",
+        }
+    }
+
+    pub fn to_proto(self) -> pb::ScoreSource {
+        match self {
+            ScoreSource::Ai => pb::ScoreSource::Ai,
+            ScoreSource::Manual => pb::ScoreSource::Manual,
+        }
+    }
+
+    /// `None` for `Unspecified` and for a number the proto enum does not have.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        Some(match pb::ScoreSource::try_from(value).ok()? {
+            pb::ScoreSource::Unspecified => return None,
+            pb::ScoreSource::Ai => ScoreSource::Ai,
+            pb::ScoreSource::Manual => ScoreSource::Manual,
+        })
+    }
+}
+
+read_by_name!(ScoreSource, "score source");
+
+// The score source column is nullable, which `sqlx(try_from = "String")` cannot read (it
+// asks for a string); decoding the column itself puts it through the same `TryFrom`.
+#[cfg(feature = "sqlx")]
+impl<DB: sqlx::Database> sqlx::Type<DB> for ScoreSource
+where
+    String: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <String as sqlx::Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <String as sqlx::Type<DB>>::compatible(ty)
+    }
+}
+
+#[cfg(feature = "sqlx")]
+impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for ScoreSource
+where
+    &'r str: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(ScoreSource::try_from(<&str as sqlx::Decode<'r, DB>>::decode(value)?)?)
+    }
+}
+
+/// A lead with its contact, as read for callers and as carried in every lead event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct LeadView {
+    pub id: Uuid,
+    pub org_id: String,
+    pub contact_id: Uuid,
+    pub phone: Option<String>,
+    pub external_id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// Read with `TryFrom<String>`: a status this version does not know fails the read.
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
+    pub status: Status,
+    pub active: bool,
+    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
+    pub source_kind: SourceKind,
+    pub channel: String,
+    pub campaign_id: Option<String>,
+    pub broadcast_message_id: Option<String>,
+    pub integration_name: Option<String>,
+    pub integration_reference: Option<String>,
+    pub score: Option<i32>,
+    /// Read through `ScoreSource`'s own decoding, which fails on an unknown name.
+    pub score_source: Option<ScoreSource>,
+    pub agent_id: Option<String>,
+    pub interaction_count: i64,
+    pub last_message_preview: Option<String>,
+    pub first_touch_at: DateTime<Utc>,
+    pub last_interaction_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl LeadView {
+    pub fn to_proto(&self) -> pb::Lead {
+        pb::Lead {
+            id: self.id.to_string(),
+            org_id: self.org_id.clone(),
+            contact_id: self.contact_id.to_string(),
+            contact: Some(pb::Contact {
+                phone: self.phone.clone().unwrap_or_default(),
+                external_id: self.external_id.clone().unwrap_or_default(),
+                name: self.name.clone().unwrap_or_default(),
+                email: self.email.clone().unwrap_or_default(),
+            }),
+            status: self.status.to_proto() as i32,
+            active: self.active,
+            source: Some(pb::LeadSource {
+                kind: self.source_kind.to_proto() as i32,
+                campaign_id: self.campaign_id.clone().unwrap_or_default(),
+                broadcast_message_id: self.broadcast_message_id.clone().unwrap_or_default(),
+                integration_name: self.integration_name.clone().unwrap_or_default(),
+                integration_reference: self.integration_reference.clone().unwrap_or_default(),
+                channel: self.channel.clone(),
+            }),
+            score: self.score,
+            score_source: self.score_source.map_or(pb::ScoreSource::Unspecified, ScoreSource::to_proto) as i32,
+            agent_id: self.agent_id.clone().unwrap_or_default(),
+            interaction_count: self.interaction_count,
+            last_message_preview: self.last_message_preview.clone().unwrap_or_default(),
+            first_touch_at: Some(timestamp(self.first_touch_at)),
+            last_interaction_at: Some(timestamp(self.last_interaction_at)),
+            created_at: Some(timestamp(self.created_at)),
+            updated_at: Some(timestamp(self.updated_at)),
+            version: self.version,
+        }
+    }
+}
+
+/// What happened to the lead; carried beside the lead's state in every lead event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LeadChange {
+    Created {
+        interaction: InteractionSummary,
+    },
+    InteractionRecorded {
+        interaction: InteractionSummary,
+    },
+    StatusChanged {
+        from: String,
+        to: String,
+        actor: String,
+        reason: Option<String>,
+    },
+    /// `score` is none when a score set by hand was handed back to the qualification engine.
+    ScoreChanged {
+        score: Option<i32>,
+        source: ScoreSource,
+        actor: String,
+    },
+    Assigned {
+        from: Option<String>,
+        to: Option<String>,
+        actor: String,
+        reason: Option<String>,
+    },
+    FollowUpOpened {
+        follow_up: FollowUpOpened,
+    },
+}
+
+/// A follow-up recorded on an active lead; the follow-up service keeps it from here on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpOpened {
+    pub follow_up_id: Uuid,
+    pub due_at: DateTime<Utc>,
+    pub note: Option<String>,
+    pub agent_id: Option<String>,
+    pub actor: String,
+}
+
+impl LeadChange {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeadChange::Created { .. } => "lead_created",
+            LeadChange::InteractionRecorded { .. } => "interaction_recorded",
+            LeadChange::StatusChanged { .. } => "status_changed",
+            LeadChange::ScoreChanged { .. } => "score_changed",
+            LeadChange::Assigned { .. } => "assigned",
+            LeadChange::FollowUpOpened { .. } => "follow_up_opened",
+        }
+    }
+}
+
+/// The interaction that caused a lead event, for projections (scoring, reply counts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractionSummary {
+    pub event_id: String,
+    pub kind: Kind,
+    pub direction: Direction,
+    pub occurred_at: DateTime<Utc>,
+    pub text: Option<String>,
+    pub broadcast_message_id: Option<String>,
+    pub campaign_id: Option<String>,
+}
+
+/// The kind of the message that carries the `lead_created` and `interaction_recorded`
+/// events of one organisation applied in one transaction (`platform::outbox::batched`);
+/// every other change travels alone, on the subject of its own kind.
+pub const INTERACTIONS_APPLIED: &str = "interactions_applied";
+
+/// The kind of the message that carries the `score_changed` events of one organisation that
+/// one batch of the qualification service's scores applied (`platform::outbox::batched`). A
+/// score set by hand travels alone, as `score_changed`.
+pub const SCORES_APPLIED: &str = "scores_applied";
+
+/// Reads a message of `events.lead.>`: one event, or a batch of `INTERACTIONS_APPLIED` or
+/// `SCORES_APPLIED`.
+pub fn read_lead_events(
+    subject: &str,
+    payload: &[u8],
+    out: &mut Vec<Envelope<LeadEvent>>,
+) -> Result<(), serde_json::Error> {
+    Envelope::read_into(subject, payload, &[INTERACTIONS_APPLIED, SCORES_APPLIED], out)
+}
+
+/// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadEvent {
+    pub change: LeadChange,
+    pub lead: LeadView,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_reads_back_from_its_name_and_an_unknown_one_is_an_error() {
+        for status in Status::ALL {
+            assert_eq!(Status::try_from(status.as_str()), Ok(status));
+            assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{}\"", status.as_str()));
+            assert_eq!(Status::from_proto(status.to_proto() as i32), Some(status));
+        }
+        assert_eq!(Status::try_from("won"), Err(UnknownStatus("won".into())));
+        assert!(serde_json::from_str::<Status>("\"won\"").is_err());
+    }
+
+    #[test]
+    fn source_kinds_and_score_sources_read_back_from_the_names_serde_writes() {
+        for kind in SourceKind::ALL {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{}\"", kind.as_str()));
+            assert_eq!(SourceKind::try_from(kind.as_str().to_owned()), Ok(kind));
+            assert_eq!(SourceKind::from_proto(kind.to_proto() as i32), Some(kind));
+        }
+        for kind in Kind::ALL {
+            assert_eq!(SourceKind::from(kind).as_str(), kind.as_str());
+        }
+        for source in ScoreSource::ALL {
+            assert_eq!(serde_json::to_string(&source).unwrap(), format!("\"{}\"", source.as_str()));
+            assert_eq!(source.as_str().parse(), Ok(source));
+            assert_eq!(ScoreSource::from_proto(source.to_proto() as i32), Some(source));
+        }
+        assert_eq!(
+            "oracle".parse::<ScoreSource>(),
+            Err(crate::UnknownValue { what: "score source", value: "oracle".into() })
+        );
+        assert_eq!(SourceKind::from_proto(pb::SourceKind::Unspecified as i32), None);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn scored(score: i32) -> Envelope<LeadEvent> {
+        let now = Utc::now();
+        let lead = LeadView {
+            id: Uuid::now_v7(),
+            org_id: "acme".into(),
+            contact_id: Uuid::now_v7(),
+            phone: None,
+            external_id: None,
+            name: None,
+            email: None,
+            status: Status::Qualifying,
+            active: true,
+            source_kind: SourceKind::ChatMessage,
+            channel: "whatsapp".into(),
+            campaign_id: None,
+            broadcast_message_id: None,
+            integration_name: None,
+            integration_reference: None,
+            score: Some(score),
+            score_source: Some(ScoreSource::Ai),
+            agent_id: None,
+            interaction_count: 3,
+            last_message_preview: None,
+            first_touch_at: now,
+            last_interaction_at: now,
+            created_at: now,
+            updated_at: now,
+            version: 4,
+        };
+        let change =
+            LeadChange::ScoreChanged { score: Some(score), source: ScoreSource::Ai, actor: "qualification".into() };
+        Envelope::new("acme", change.kind(), lead.id, lead.version, LeadEvent { change, lead })
+    }
+
+    #[test]
+    fn an_event_naming_a_value_this_version_does_not_know_does_not_read_and_the_error_names_it() {
+        let mut created = scored(40);
+        let interaction = InteractionSummary {
+            event_id: "e1".into(),
+            kind: Kind::BroadcastReply,
+            direction: Direction::Inbound,
+            occurred_at: Utc::now(),
+            text: Some("yes please".into()),
+            broadcast_message_id: Some("m1".into()),
+            campaign_id: None,
+        };
+        created.data.change = LeadChange::Created { interaction };
+        created.kind = created.data.change.kind().into();
+        let cases = [
+            (&created, "/data/change/interaction/kind", "voice_call"),
+            (&created, "/data/change/interaction/direction", "sideways"),
+            (&created, "/data/lead/source_kind", "web_form"),
+            (&created, "/data/lead/score_source", "oracle"),
+            (&scored(40), "/data/change/source", "oracle"),
+        ];
+        for (event, field, unknown) in cases {
+            let mut json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+            let mut out = Vec::new();
+            let subject = format!("events.lead.acme.{}", event.kind);
+            let payload = serde_json::to_vec(&json).unwrap();
+            read_lead_events(&subject, &payload, &mut out).expect("the event as written reads");
+            *json.pointer_mut(field).expect(field) = unknown.into();
+            let payload = serde_json::to_vec(&json).unwrap();
+            let error = read_lead_events(&subject, &payload, &mut out).expect_err(field);
+            assert!(error.to_string().contains(unknown), "{field}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_applied_scores_reads_as_its_events_and_a_lone_one_as_itself() {
+        let (one, two) = (scored(40), scored(80));
+        let batch = Envelope::new("acme", SCORES_APPLIED, Uuid::now_v7(), 1, vec![one.clone(), two.clone()]);
+        let mut out = Vec::new();
+        read_lead_events("events.lead.acme.scores_applied", &batch.to_json(), &mut out).unwrap();
+        read_lead_events("events.lead.acme.score_changed", &one.to_json(), &mut out).unwrap();
+        assert_eq!(out, [one.clone(), two, one]);
+        assert!(read_lead_events("events.lead.acme.score_changed", &batch.to_json(), &mut out).is_err());
+    }
+}

@@ -1,0 +1,683 @@
+//! Settings in three layers: the defaults, then an optional TOML file, then `LEADS_*`
+//! environment variables; validated once at start-up so that a bad value stops the process
+//! with a clear message. Credentials are `SecretString`s: Debug prints them redacted.
+
+mod layered;
+
+// Re-exported so that the crates reading settings need no dependency of their own.
+pub use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+/// The six services of the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceName {
+    Ingest,
+    Lead,
+    Qualification,
+    Assignment,
+    FollowUp,
+    Broadcast,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 6] = [
+        ServiceName::Ingest,
+        ServiceName::Lead,
+        ServiceName::Qualification,
+        ServiceName::Assignment,
+        ServiceName::FollowUp,
+        ServiceName::Broadcast,
+    ];
+
+    /// The name used on the command line, in settings and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Ingest => "ingest",
+            ServiceName::Lead => "lead",
+            ServiceName::Qualification => "qualification",
+            ServiceName::Assignment => "assignment",
+            ServiceName::FollowUp => "followup",
+            ServiceName::Broadcast => "broadcast",
+        }
+    }
+
+    /// The Postgres schema the service owns; no other service touches it.
+    pub fn schema(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// The Postgres role the service connects as; it can use its own schema only.
+    pub fn role(self) -> String {
+        format!("leads_{}", self.as_str())
+    }
+
+    /// Postgres extensions the service's migrations rely on, created at bootstrap.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            // Trigram indexes for the Leads page's search over names, emails and phones.
+            ServiceName::Lead => &["pg_trgm"],
+            _ => &[],
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            ServiceName::Ingest => 50051,
+            ServiceName::Lead => 50052,
+            ServiceName::Qualification => 50053,
+            ServiceName::Assignment => 50054,
+            ServiceName::FollowUp => 50055,
+            ServiceName::Broadcast => 50056,
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "ingest" => Ok(ServiceName::Ingest),
+            "lead" => Ok(ServiceName::Lead),
+            "qualification" => Ok(ServiceName::Qualification),
+            "assignment" => Ok(ServiceName::Assignment),
+            "followup" | "follow-up" => Ok(ServiceName::FollowUp),
+            "broadcast" | "broadcast-tracking" => Ok(ServiceName::Broadcast),
+            other => Err(format!(
+                "unknown service {other:?}; expected one of ingest, lead, qualification, assignment, followup, broadcast"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {field}: {reason}")]
+pub struct SettingsError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError { field: field.to_owned(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Admin connection, used to create each service's role and schema (bootstrap).
+    pub database_url: SecretString,
+    /// Password of the per-service roles, when the server asks for one.
+    pub role_password: Option<SecretString>,
+    pub database_max_connections: u32,
+    pub nats_url: String,
+    /// Prepended to every subject and (sanitised) stream name, so that environments and
+    /// tests sharing one NATS server do not see each other. Empty or ending in `.`.
+    pub subject_prefix: String,
+    /// OTLP/gRPC endpoint for traces; none means traces are not exported.
+    pub otlp_endpoint: Option<String>,
+    /// Where `/metrics` is served in Prometheus format; none disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Copies of each stream the services declare (1 for one NATS server, 3 for a cluster of
+    /// three). An existing stream with another count is updated at start-up.
+    pub stream_replicas: usize,
+    pub grpc: GrpcSettings,
+    /// Where other services are reached over gRPC.
+    pub endpoints: Endpoints,
+    pub consumer: ConsumerSettings,
+    pub qualification: QualificationSettings,
+    /// Seconds a SIGTERM may take: consumers finish what they hold, then the outboxes drain.
+    pub shutdown_deadline_secs: u64,
+    /// Days dedupe keys, kept rejections and dead letters are kept. At least 8: the streams
+    /// keep messages 7 days, and a message replayed from them must still be a duplicate.
+    pub retention_days: u32,
+    /// Who may call the gRPC APIs and how services prove who they are to each other.
+    pub auth: AuthSettings,
+    /// Credentials and TLS of the NATS connection.
+    pub nats_auth: NatsAuthSettings,
+    /// Per-service database roles, passwords and statement timeouts.
+    pub database: DatabaseSettings,
+}
+
+/// How the qualification service learns each organisation's model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualificationSettings {
+    /// Converted and lost leads an organisation needs, of each, before a model is trained.
+    pub min_labels_per_class: usize,
+    /// Seconds between looks for organisations whose outcomes grew enough to retrain.
+    pub retrain_interval_secs: u64,
+    /// Share of new outcomes (since the current model's training) that starts a retraining.
+    pub retrain_growth: f64,
+    /// Full URL of an OpenAI-compatible chat-completions endpoint that scores leads from their
+    /// recent messages; none (the default) keeps the built-in scorer and stores no text.
+    pub llm_url: Option<String>,
+    /// The model named in each request (required with `llm_url`).
+    pub llm_model: String,
+    /// Sent as `Authorization: Bearer`; or read from `llm_api_key_file`.
+    pub llm_api_key: Option<SecretString>,
+    pub llm_api_key_file: Option<std::path::PathBuf>,
+    /// How long one scoring waits for the endpoint before falling back to the built-in scorer.
+    pub llm_timeout_ms: u64,
+    /// Requests per second each process sends at most; beyond, leads get the built-in score.
+    pub llm_max_per_second: u32,
+}
+
+impl Default for QualificationSettings {
+    fn default() -> Self {
+        Self {
+            min_labels_per_class: 30,
+            retrain_interval_secs: 60,
+            retrain_growth: 0.1,
+            llm_url: None,
+            llm_model: String::new(),
+            llm_api_key: None,
+            llm_api_key_file: None,
+            llm_timeout_ms: 3000,
+            llm_max_per_second: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSettings {
+    pub host: String,
+    pub ingest_port: u16,
+    pub lead_port: u16,
+    pub qualification_port: u16,
+    pub assignment_port: u16,
+    pub followup_port: u16,
+    pub broadcast_port: u16,
+    /// Serve server reflection (v1 and v1alpha) without a token.
+    pub reflection: bool,
+    /// Seconds a call may take before it is answered DEADLINE_EXCEEDED (a stream's first
+    /// message counts, not the whole stream).
+    pub request_timeout_secs: u64,
+    /// Calls served at once per connection; more wait.
+    pub concurrency_per_connection: usize,
+    /// PEM certificate chain and key: every port serves gRPC over TLS (plaintext when unset).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates: callers must present a client certificate signed by one (mTLS).
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates trusted when this process calls another service at an `https://`
+    /// endpoint; it presents `tls_cert_file`/`tls_key_file` as its client certificate.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+impl GrpcSettings {
+    pub fn port(&self, service: ServiceName) -> u16 {
+        match service {
+            ServiceName::Ingest => self.ingest_port,
+            ServiceName::Lead => self.lead_port,
+            ServiceName::Qualification => self.qualification_port,
+            ServiceName::Assignment => self.assignment_port,
+            ServiceName::FollowUp => self.followup_port,
+            ServiceName::Broadcast => self.broadcast_port,
+        }
+    }
+
+    pub fn set_port(&mut self, service: ServiceName, port: u16) {
+        let slot = match service {
+            ServiceName::Ingest => &mut self.ingest_port,
+            ServiceName::Lead => &mut self.lead_port,
+            ServiceName::Qualification => &mut self.qualification_port,
+            ServiceName::Assignment => &mut self.assignment_port,
+            ServiceName::FollowUp => &mut self.followup_port,
+            ServiceName::Broadcast => &mut self.broadcast_port,
+        };
+        *slot = port;
+    }
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        let port = ServiceName::default_port;
+        Self {
+            host: "127.0.0.1".into(),
+            ingest_port: port(ServiceName::Ingest),
+            lead_port: port(ServiceName::Lead),
+            qualification_port: port(ServiceName::Qualification),
+            assignment_port: port(ServiceName::Assignment),
+            followup_port: port(ServiceName::FollowUp),
+            broadcast_port: port(ServiceName::Broadcast),
+            reflection: true,
+            request_timeout_secs: 60,
+            concurrency_per_connection: 256,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoints {
+    pub lead: String,
+    pub broadcast: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            lead: format!("http://127.0.0.1:{}", ServiceName::Lead.default_port()),
+            broadcast: format!("http://127.0.0.1:{}", ServiceName::Broadcast.default_port()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Messages handled in one transaction; a batch also closes at this many KiB of payload
+    /// (`batch_bytes`), which for messages of batched events is about as many events.
+    pub batch_size: usize,
+    /// Messages handled in one transaction by the broadcast-tracking service's consumer of
+    /// messages and statuses: a broadcast yields millions of small events, which drain much
+    /// faster in larger transactions (BENCHMARKS.md has the figures). A batch still closes
+    /// 10 ms after its first message when traffic is light.
+    pub broadcast_batch_size: usize,
+    /// Batches in flight at once per consumer.
+    pub concurrency: usize,
+    /// Seconds before an unacknowledged message is delivered again.
+    pub ack_wait_secs: u64,
+    /// Deliveries a failing message gets; after the last it is kept in the service's
+    /// `dead_letters` with its error and announced on `deadletter.*`. Deliveries held while
+    /// Postgres is unreachable are not spent. The consumer loop enforces it, not the durable
+    /// (`consumer::declare`).
+    pub max_deliver: i64,
+    /// The pause before a failed message is delivered again: this many milliseconds after
+    /// its first delivery, doubling with each delivery up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Messages a durable consumer hands out unacknowledged, across every process that shares
+    /// it. Each process prefetches `batch_size * concurrency`, so the default leaves room for
+    /// ten processes at the default batch size; a process past the cap gets nothing.
+    pub max_ack_pending: i64,
+}
+
+impl ConsumerSettings {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+
+    /// Payload bytes after which a batch closes even when it has fewer than `batch_size`
+    /// messages: a KiB per event, so that a message carrying a hundred batched events
+    /// (`outbox::batched`) counts for about a hundred.
+    pub fn batch_bytes(&self) -> usize {
+        self.batch_size * 1024
+    }
+
+    /// How long a message that failed on its `delivered`-th delivery waits for the next.
+    pub fn retry_delay(&self, delivered: i64) -> Duration {
+        let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        let delay = self.retry_base_ms.saturating_mul(1u64 << doublings).min(self.retry_max_ms);
+        Duration::from_millis(delay)
+    }
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            broadcast_batch_size: 5000,
+            concurrency: 4,
+            ack_wait_secs: 30,
+            max_deliver: 20,
+            retry_base_ms: 500,
+            retry_max_ms: 30_000,
+            max_ack_pending: 20_000,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from("postgres://postgres@127.0.0.1:5432/leads"),
+            role_password: None,
+            database_max_connections: 10,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: String::new(),
+            otlp_endpoint: None,
+            metrics_addr: None,
+            stream_replicas: 1,
+            grpc: GrpcSettings::default(),
+            endpoints: Endpoints::default(),
+            consumer: ConsumerSettings::default(),
+            qualification: QualificationSettings::default(),
+            shutdown_deadline_secs: 30,
+            retention_days: 30,
+            auth: AuthSettings::default(),
+            nats_auth: NatsAuthSettings::default(),
+            database: DatabaseSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// The defaults, then the file (when given), then the process environment; validated.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let settings = Self::layered(file, |key| std::env::var(key).ok())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults, then the file (when given), then the variables `lookup` finds, not yet
+    /// validated; `lookup` is injectable so that tests need not touch the process environment.
+    /// A variable that does not parse is a `SettingsError` naming it.
+    pub fn layered(file: Option<&Path>, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let from_file = match file {
+            Some(path) => read_file(path)?,
+            None => toml::Table::new(),
+        };
+        let changes = layered::changes(&Self::leaves()?, &lookup)?;
+        let mut merged = from_file.clone();
+        for change in &changes {
+            layered::apply(&mut merged, change);
+        }
+        let mut settings = match Settings::deserialize(toml::Value::Table(merged)) {
+            Ok(settings) => settings,
+            // The file alone deserialized: one of the variables holds what its setting cannot.
+            Err(error) => return Err(culprit(&from_file, &changes).unwrap_or_else(|| anyhow::anyhow!("{error}"))),
+        };
+        settings.read_password_files(&changes)?;
+        Ok(settings)
+    }
+
+    /// Every environment variable the settings read, services named.
+    pub fn variables() -> Vec<String> {
+        let leaves = Self::leaves().expect("every setting has a type a variable can give");
+        layered::variables(&leaves).into_iter().map(|variable| variable.name).collect()
+    }
+
+    fn leaves() -> anyhow::Result<Vec<layered::Leaf>> {
+        layered::leaves::<Settings>().map_err(|e| anyhow::anyhow!("settings: {e}"))
+    }
+
+    fn read_password_files(&mut self, changes: &[layered::Change]) -> Result<(), SettingsError> {
+        for (service, path) in &self.database.password_files {
+            let key = ["database", "password_files", service.as_str()];
+            let field = match changes.iter().find(|change| change.path == key) {
+                Some(change) => change.variable.clone(),
+                None => key.join("."),
+            };
+            self.database.passwords.insert(service.clone(), read_secret(&field, path)?);
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.validate_security()?;
+        let database_url = self.database_url.expose_secret();
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(invalid("database_url", "must start with postgres:// or postgresql://"));
+        }
+        if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
+            return Err(invalid("nats_url", "must start with nats:// or tls://"));
+        }
+        let prefix = &self.subject_prefix;
+        if !prefix.is_empty() {
+            let body = prefix.strip_suffix('.').ok_or_else(|| invalid("subject_prefix", "must end with '.'"))?;
+            if body.is_empty()
+                || !body.split('.').all(|token| {
+                    !token.is_empty() && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                })
+            {
+                return Err(invalid("subject_prefix", "tokens may hold only letters, digits, '_' and '-'"));
+            }
+        }
+        if self.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
+        }
+        if self.consumer.batch_size == 0 || self.consumer.batch_size > 5000 {
+            return Err(invalid("consumer.batch_size", "must be between 1 and 5000"));
+        }
+        if self.consumer.broadcast_batch_size == 0 || self.consumer.broadcast_batch_size > 20_000 {
+            return Err(invalid("consumer.broadcast_batch_size", "must be between 1 and 20000"));
+        }
+        if self.consumer.concurrency == 0 || self.consumer.concurrency > 64 {
+            return Err(invalid("consumer.concurrency", "must be between 1 and 64"));
+        }
+        if self.consumer.ack_wait_secs == 0 {
+            return Err(invalid("consumer.ack_wait_secs", "must be at least 1"));
+        }
+        if self.consumer.max_deliver == 0 || self.consumer.max_deliver < -1 {
+            return Err(invalid("consumer.max_deliver", "must be at least 1, or -1 for no limit"));
+        }
+        if self.consumer.retry_base_ms == 0 || self.consumer.retry_max_ms < self.consumer.retry_base_ms {
+            return Err(invalid("consumer.retry_base_ms", "must be at least 1 and at most consumer.retry_max_ms"));
+        }
+        if self.consumer.max_ack_pending < 1 || self.consumer.max_ack_pending > 1_000_000 {
+            return Err(invalid("consumer.max_ack_pending", "must be between 1 and 1000000"));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(invalid("stream_replicas", "must be between 1 and 5"));
+        }
+        if self.grpc.tls_cert_file.is_some() != self.grpc.tls_key_file.is_some() {
+            return Err(invalid("grpc.tls_cert_file", "must be set together with grpc.tls_key_file"));
+        }
+        if self.grpc.tls_client_ca_file.is_some() && self.grpc.tls_cert_file.is_none() {
+            return Err(invalid("grpc.tls_client_ca_file", "needs grpc.tls_cert_file and grpc.tls_key_file"));
+        }
+        if self.retention_days < 8 {
+            return Err(invalid("retention_days", "must be at least 8: the streams keep messages 7 days"));
+        }
+        if self.shutdown_deadline_secs == 0 {
+            return Err(invalid("shutdown_deadline_secs", "must be at least 1"));
+        }
+        let q = &self.qualification;
+        if q.min_labels_per_class < 5 || q.min_labels_per_class > 100_000 {
+            return Err(invalid("qualification.min_labels_per_class", "must be between 5 and 100000"));
+        }
+        if q.retrain_interval_secs == 0 {
+            return Err(invalid("qualification.retrain_interval_secs", "must be at least 1"));
+        }
+        if !(q.retrain_growth > 0.0 && q.retrain_growth <= 10.0) {
+            return Err(invalid("qualification.retrain_growth", "must be above 0 and at most 10"));
+        }
+        if let Some(url) = &q.llm_url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(invalid("qualification.llm_url", "must start with http:// or https://"));
+            }
+            if q.llm_model.trim().is_empty() {
+                return Err(invalid("qualification.llm_model", "is required with qualification.llm_url"));
+            }
+        }
+        if q.llm_api_key.is_some() && q.llm_api_key_file.is_some() {
+            return Err(invalid("qualification.llm_api_key_file", "give the key or its file, not both"));
+        }
+        if q.llm_timeout_ms == 0 || q.llm_timeout_ms > 60_000 {
+            return Err(invalid("qualification.llm_timeout_ms", "must be between 1 and 60000"));
+        }
+        if q.llm_max_per_second == 0 || q.llm_max_per_second > 10_000 {
+            return Err(invalid("qualification.llm_max_per_second", "must be between 1 and 10000"));
+        }
+        Ok(())
+    }
+
+    pub fn grpc_addr(&self, service: ServiceName) -> String {
+        format!("{}:{}", self.grpc.host, self.grpc.port(service))
+    }
+}
+
+/// The settings table of a file, whose own errors (with their line) are reported first.
+fn read_file(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read settings file {}: {e}", path.display()))?;
+    toml::from_str::<Settings>(&text).map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))
+}
+
+/// The first variable that, applied alone to the file's settings, makes them fail.
+fn culprit(from_file: &toml::Table, changes: &[layered::Change]) -> Option<anyhow::Error> {
+    changes.iter().find_map(|change| {
+        let mut table = from_file.clone();
+        layered::apply(&mut table, change);
+        let error = Settings::deserialize(toml::Value::Table(table)).err()?;
+        Some(invalid(&change.variable, error.message()).into())
+    })
+}
+
+/// Who may call the gRPC APIs, and how services prove who they are to each other
+/// (docs/security.md). With no key at all, authentication is off and every service says so
+/// loudly at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Keys that verify bearer tokens, one file each: an HS256 secret (its bytes, at least 32)
+    /// or an RS256 or EdDSA public key in PEM. A token's `kid` header picks the file of that
+    /// stem (`keys/2026-11.pem` is kid `2026-11`); without one, each key of the token's
+    /// algorithm is tried. Several, so that keys can rotate.
+    pub key_files: Vec<PathBuf>,
+    /// The key that signs the service tokens of calls between services and `leads token`: an
+    /// HS256 secret file (which then verifies too) or an RS256 or EdDSA private key in PEM
+    /// (whose public key goes in `key_files`).
+    pub signing_key_file: Option<PathBuf>,
+    /// A ready-made service token sent on calls between services instead of signing one.
+    pub service_token_file: Option<PathBuf>,
+    /// Lifetime of a service token signed by this process; renewed at half of it.
+    pub service_token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { key_files: Vec::new(), signing_key_file: None, service_token_file: None, service_token_ttl_secs: 3600 }
+    }
+}
+
+impl AuthSettings {
+    /// True when tokens are checked: some key verifies them.
+    pub fn enabled(&self) -> bool {
+        !self.key_files.is_empty() || self.signing_key_file.is_some()
+    }
+}
+
+/// Credentials and TLS of the NATS connection; each secret may come from a file instead.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsAuthSettings {
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU...`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// CA certificates (PEM) that the server's certificate must chain to; turns TLS on.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for servers that verify clients.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    pub require_tls: bool,
+}
+
+/// How services reach Postgres as their own roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Whether a starting service creates its role and schema and applies its migrations
+    /// through the admin `database_url` (the default, for one-command local runs). Off, a
+    /// service never uses the admin role: it connects as `leads_<service>` (to the host and
+    /// database of `database_url`, or its own URL) and refuses to start until `leads migrate`
+    /// has applied its migrations.
+    pub migrate_on_start: bool,
+    /// Per-service connection URLs (`lead = "postgres://leads_lead@db/leads"`); a service with
+    /// one never bootstraps. `LEADS_<SERVICE>_DATABASE_URL`.
+    pub service_urls: BTreeMap<String, SecretString>,
+    /// Per-service role passwords; `LEADS_<SERVICE>_DB_PASSWORD`. `role_password`, when set,
+    /// is every role's password otherwise.
+    pub passwords: BTreeMap<String, SecretString>,
+    /// Files holding per-service role passwords (`LEADS_<SERVICE>_DB_PASSWORD_FILE`), read at
+    /// load into `passwords`, where they win over a password given directly.
+    pub password_files: BTreeMap<String, PathBuf>,
+    /// Milliseconds a statement of a service's pool may run (0: the server's default);
+    /// `LEADS_STATEMENT_TIMEOUT_MS`, or per service `LEADS_<SERVICE>_STATEMENT_TIMEOUT_MS`.
+    pub statement_timeout_ms: u64,
+    pub service_statement_timeout_ms: BTreeMap<String, u64>,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            migrate_on_start: true,
+            service_urls: Default::default(),
+            passwords: Default::default(),
+            password_files: Default::default(),
+            statement_timeout_ms: 120_000,
+            service_statement_timeout_ms: Default::default(),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn statement_timeout_ms(&self, service: ServiceName) -> u64 {
+        self.service_statement_timeout_ms.get(service.as_str()).copied().unwrap_or(self.statement_timeout_ms)
+    }
+}
+
+fn read_secret(field: &str, path: &Path) -> Result<SecretString, SettingsError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    Ok(text.trim_end_matches(['\n', '\r']).into())
+}
+
+impl Settings {
+    fn validate_security(&self) -> Result<(), SettingsError> {
+        if self.auth.service_token_ttl_secs < 60 || self.auth.service_token_ttl_secs > 7 * 24 * 3600 {
+            return Err(invalid("auth.service_token_ttl_secs", "must be between 60 and 604800"));
+        }
+        if self.grpc.request_timeout_secs == 0 || self.grpc.request_timeout_secs > 3600 {
+            return Err(invalid("grpc.request_timeout_secs", "must be between 1 and 3600"));
+        }
+        if self.grpc.concurrency_per_connection == 0 || self.grpc.concurrency_per_connection > 100_000 {
+            return Err(invalid("grpc.concurrency_per_connection", "must be between 1 and 100000"));
+        }
+        let n = &self.nats_auth;
+        if n.password.is_some() && n.password_file.is_some() {
+            return Err(invalid("nats_auth.password_file", "give the password or its file, not both"));
+        }
+        if n.token.is_some() && n.token_file.is_some() {
+            return Err(invalid("nats_auth.token_file", "give the token or its file, not both"));
+        }
+        if (n.password.is_some() || n.password_file.is_some()) && n.user.is_none() {
+            return Err(invalid("nats_auth.user", "is required with a password"));
+        }
+        if n.client_cert_file.is_some() != n.client_key_file.is_some() {
+            return Err(invalid("nats_auth.client_key_file", "client certificate and key go together"));
+        }
+        let database = &self.database;
+        for name in database
+            .service_urls
+            .keys()
+            .chain(database.passwords.keys())
+            .chain(database.password_files.keys())
+            .chain(database.service_statement_timeout_ms.keys())
+        {
+            name.parse::<ServiceName>().map_err(|e| invalid("database", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
