@@ -8,12 +8,19 @@ use uuid::Uuid;
 /// envelope's aggregate is the follow-up and its version the follow-up's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FollowUpEvent {
+    /// The lead the follow-up was opened from.
     pub lead_id: Uuid,
+    /// The lead's contact, whom the follow-up is about.
     pub contact_id: Uuid,
+    /// `due`, `completed` or `cancelled`, the same as the envelope's kind.
     pub state: String,
+    /// When the agent is to act.
     pub due_at: DateTime<Utc>,
+    /// What to do, at most `values::MAX_NOTE_CHARS` characters; absent when none was given.
     pub note: Option<String>,
+    /// The agent who is to act; absent when neither the request nor the lead named one.
     pub agent_id: Option<String>,
-    /// Who moved it to this state.
+    /// Who moved it to this state: `system` for the scheduler and for a follow-up cancelled
+    /// because its lead closed, otherwise the caller as recorded (`alice (Alice Smith)`).
     pub actor: String,
 }

@@ -9,16 +9,28 @@ use leads_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Where a lead stands; JSON and Postgres carry the snake_case name (`follow_up`), gRPC the
+/// proto enum (`FOLLOW_UP`). The first five are active, the last three final. Only New to
+/// Contacted happens by itself (the business's first outbound message); every other move is
+/// an operator's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Opened by the contact; the business has not written since.
     New,
+    /// The business has written to the contact.
     Contacted,
+    /// Being qualified.
     Qualifying,
+    /// Judged worth pursuing.
     Qualified,
+    /// Waiting on a follow-up.
     FollowUp,
+    /// Final: the lead became a customer.
     Converted,
+    /// Final: the lead will not convert.
     Lost,
+    /// Final: set aside.
     Archived,
 }
 
@@ -35,6 +47,7 @@ impl Status {
         Status::Archived,
     ];
 
+    /// The snake_case name, as in JSON and Postgres.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::New => "new",
@@ -53,6 +66,7 @@ impl Status {
         matches!(self, Status::Converted | Status::Lost | Status::Archived)
     }
 
+    /// The proto enum value.
     pub fn to_proto(self) -> pb::LeadStatus {
         match self {
             Status::New => pb::LeadStatus::New,
@@ -66,6 +80,7 @@ impl Status {
         }
     }
 
+    /// `None` for `Unspecified` and for a number the proto enum does not have.
     pub fn from_proto(value: i32) -> Option<Self> {
         Some(match pb::LeadStatus::try_from(value).ok()? {
             pb::LeadStatus::Unspecified => return None,
@@ -118,18 +133,24 @@ impl TryFrom<String> for Status {
     }
 }
 
-/// What opened a lead: the kind of the interaction that did.
+/// What opened a lead: the kind of the interaction that did; JSON `chat_message`,
+/// `broadcast_reply`, `integration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
+    /// A chat message.
     ChatMessage,
+    /// A reply to a broadcast: the lead records the campaign and the message replied to.
     BroadcastReply,
+    /// An integration's event: the lead records its name and reference.
     Integration,
 }
 
 impl SourceKind {
+    /// Every source kind.
     pub const ALL: [SourceKind; 3] = [SourceKind::ChatMessage, SourceKind::BroadcastReply, SourceKind::Integration];
 
+    /// The snake_case name, as in JSON and Postgres.
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::ChatMessage => "chat_message",
@@ -138,6 +159,7 @@ impl SourceKind {
         }
     }
 
+    /// The proto enum value.
     pub fn to_proto(self) -> pb::SourceKind {
         match self {
             SourceKind::ChatMessage => pb::SourceKind::ChatMessage,
@@ -174,13 +196,17 @@ read_by_name!(SourceKind, "lead source kind");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScoreSource {
+    /// The qualification engine (JSON `ai`).
     Ai,
+    /// An operator, through `ChangeStatus` (JSON `manual`).
     Manual,
 }
 
 impl ScoreSource {
+    /// Both sources.
     pub const ALL: [ScoreSource; 2] = [ScoreSource::Ai, ScoreSource::Manual];
 
+    /// The snake_case name, as in JSON and Postgres.
     pub fn as_str(self) -> &'static str {
         match self {
             ScoreSource::Ai => "ai",
@@ -188,6 +214,7 @@ impl ScoreSource {
         }
     }
 
+    /// The proto enum value.
     pub fn to_proto(self) -> pb::ScoreSource {
         match self {
             ScoreSource::Ai => pb::ScoreSource::Ai,
@@ -237,38 +264,65 @@ where
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct LeadView {
+    /// The lead's id, a UUIDv7; also the aggregate of its events.
     pub id: Uuid,
+    /// The organisation it belongs to.
     pub org_id: String,
+    /// The contact it is with; a contact has at most one active lead, any number of past ones.
     pub contact_id: Uuid,
+    /// The contact's phone in E.164; absent when the contact is known by external id only.
     pub phone: Option<String>,
+    /// The contact's id in the publisher's system; absent when known by phone only.
     pub external_id: Option<String>,
+    /// The contact's name, from the newest interaction that gave one.
     pub name: Option<String>,
+    /// The contact's email, from the newest interaction that gave one.
     pub email: Option<String>,
     /// Read with `TryFrom<String>`: a status this version does not know fails the read.
     #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub status: Status,
+    /// False once the status is final (`Status::is_final`).
     pub active: bool,
+    /// The kind of the interaction that opened the lead.
     #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub source_kind: SourceKind,
+    /// The channel of the interaction that opened the lead (`whatsapp`).
     pub channel: String,
+    /// The campaign of the broadcast a `broadcast_reply` lead answered, when it was given.
     pub campaign_id: Option<String>,
+    /// The broadcast message a `broadcast_reply` lead answered; absent for other sources.
     pub broadcast_message_id: Option<String>,
+    /// The integration that opened an `integration` lead; absent for other sources.
     pub integration_name: Option<String>,
+    /// What in the integration the lead is about, when it was given.
     pub integration_reference: Option<String>,
+    /// 0-100; absent until the lead is scored, and after a score set by hand is handed back
+    /// until the engine's next one.
     pub score: Option<i32>,
-    /// Read through `ScoreSource`'s own decoding, which fails on an unknown name.
+    /// Who set `score`, absent exactly when it is. Read through `ScoreSource`'s own decoding,
+    /// which fails on an unknown name.
     pub score_source: Option<ScoreSource>,
+    /// The agent the lead is assigned to; absent while unassigned.
     pub agent_id: Option<String>,
+    /// Interactions on the lead, inbound and outbound.
     pub interaction_count: i64,
+    /// The first 140 characters of the newest interaction's text (kept when a newer one has
+    /// none); absent until one has text.
     pub last_message_preview: Option<String>,
+    /// When the contact first wrote: the earliest inbound interaction on the lead.
     pub first_touch_at: DateTime<Utc>,
+    /// When the newest interaction on the lead happened.
     pub last_interaction_at: DateTime<Utc>,
+    /// When the lead service opened the lead.
     pub created_at: DateTime<Utc>,
+    /// When the lead last changed.
     pub updated_at: DateTime<Utc>,
+    /// Starts at 1 and grows with every change; the version of the event that carries it.
     pub version: i64,
 }
 
 impl LeadView {
+    /// The gRPC form, where an absent text is `""` and an absent score source `Unspecified`.
     pub fn to_proto(&self) -> pb::Lead {
         pb::Lead {
             id: self.id.to_string(),
@@ -305,34 +359,59 @@ impl LeadView {
 }
 
 /// What happened to the lead; carried beside the lead's state in every lead event.
+///
+/// JSON is tagged with the snake_case variant name (`{"type": "status_changed", "from":
+/// "new", ...}`); the envelope's kind is `kind()`, the same name but `lead_created` for
+/// `created`. An `actor` is who did it as the lead service recorded it: the caller's token
+/// subject with its display name (`alice (Alice Smith)`), `system` for what the platform did by
+/// itself, `qualification (<model version>)` for the engine's scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LeadChange {
+    /// The contact's inbound interaction opened the lead.
     Created {
+        /// The interaction that opened it.
         interaction: InteractionSummary,
     },
+    /// An interaction was added to the lead.
     InteractionRecorded {
+        /// The interaction added.
         interaction: InteractionSummary,
     },
+    /// The status moved.
     StatusChanged {
+        /// The status before, as `Status::as_str` names it.
         from: String,
+        /// The status after, as `Status::as_str` names it.
         to: String,
+        /// Who moved it.
         actor: String,
+        /// Why, as the operator wrote it (at most `MAX_REASON_CHARS`); absent when not given.
         reason: Option<String>,
     },
-    /// `score` is none when a score set by hand was handed back to the qualification engine.
+    /// The score was set or cleared.
     ScoreChanged {
+        /// 0-100; absent when a score set by hand was handed back to the qualification engine.
         score: Option<i32>,
+        /// Who the score is from.
         source: ScoreSource,
+        /// Who set it.
         actor: String,
     },
+    /// The lead's agent changed.
     Assigned {
+        /// The agent before; absent when the lead was unassigned.
         from: Option<String>,
+        /// The agent after; absent when the change unassigned the lead.
         to: Option<String>,
+        /// Who assigned it.
         actor: String,
+        /// Why, as the operator wrote it (at most `MAX_REASON_CHARS`); absent when not given.
         reason: Option<String>,
     },
+    /// A follow-up was opened on the lead.
     FollowUpOpened {
+        /// The follow-up.
         follow_up: FollowUpOpened,
     },
 }
@@ -340,14 +419,22 @@ pub enum LeadChange {
 /// A follow-up recorded on an active lead; the follow-up service keeps it from here on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FollowUpOpened {
+    /// Chosen by the follow-up service; the aggregate of its `events.followup` events.
     pub follow_up_id: Uuid,
+    /// When the agent is to act.
     pub due_at: DateTime<Utc>,
+    /// What to do, at most `values::MAX_NOTE_CHARS` characters; absent when none was given.
     pub note: Option<String>,
+    /// The agent who is to act: the one requested, else the lead's; absent when neither.
     pub agent_id: Option<String>,
+    /// Who opened it.
     pub actor: String,
 }
 
 impl LeadChange {
+    /// The envelope's kind, and the last token of the subject of an event that travels alone
+    /// (`lead_created` and `interaction_recorded` always travel in an `INTERACTIONS_APPLIED`
+    /// batch, the engine's scores in a `SCORES_APPLIED` one).
     pub fn kind(&self) -> &'static str {
         match self {
             LeadChange::Created { .. } => "lead_created",
@@ -363,12 +450,19 @@ impl LeadChange {
 /// The interaction that caused a lead event, for projections (scoring, reply counts).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InteractionSummary {
+    /// The interaction's `event_id`, unique within the organisation.
     pub event_id: String,
+    /// Its kind.
     pub kind: Kind,
+    /// Who wrote.
     pub direction: Direction,
+    /// When it happened.
     pub occurred_at: DateTime<Utc>,
+    /// Its whole text (at most `interaction::MAX_TEXT_CHARS`); absent when it had none.
     pub text: Option<String>,
+    /// The broadcast message it replies to; absent when it names none.
     pub broadcast_message_id: Option<String>,
+    /// That broadcast's campaign, when the publisher gave it.
     pub campaign_id: Option<String>,
 }
 
@@ -395,7 +489,9 @@ pub fn read_lead_events(
 /// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeadEvent {
+    /// What happened.
     pub change: LeadChange,
+    /// The whole lead after the change, at the envelope's version.
     pub lead: LeadView,
 }
 

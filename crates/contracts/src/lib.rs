@@ -8,6 +8,8 @@
 //! Wire formats here are read by consumers of streams that outlive a deployment: a field may
 //! be added (optional, or with a serde default), never renamed or removed.
 
+#![warn(missing_docs)]
+
 #[macro_use]
 mod named;
 

@@ -5,7 +5,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {value:?}")]
 pub struct UnknownValue {
+    /// The enum read, as a person would name it (`interaction kind`, `score source`).
     pub what: &'static str,
+    /// The text as read.
     pub value: String,
 }
 

@@ -5,18 +5,24 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The kind of one lead's score, the event inside a `LEADS_SCORED` batch.
 pub const SCORED: &str = "scored";
 
 /// The payload of `events.qualification.<org>.scored`; the envelope's aggregate is the lead
 /// and its version the score's (it only grows, so the lead service applies the newest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
+    /// The lead scored, also the envelope's aggregate.
     pub lead_id: Uuid,
-    /// 0-100.
+    /// 0-100: how likely the lead is to convert.
     pub score: i32,
-    /// The factors behind the score, most important first, each readable by a person.
+    /// The factors behind the score, most important first, each readable by a person: a
+    /// factor and its signed contribution in points (`intent +9`), or a language model's words.
     pub reasons: Vec<String>,
+    /// What scored it: `prior-v1` before the organisation has a trained model, `org-v<n>` for
+    /// its trained model `n`, `llm:<model>` for a language model.
     pub model_version: String,
+    /// When the score was computed.
     pub scored_at: DateTime<Utc>,
 }
 

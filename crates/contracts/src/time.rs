@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+/// The protobuf form of a chrono time, to the nanosecond.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }

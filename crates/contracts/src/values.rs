@@ -6,11 +6,16 @@ use chrono::{DateTime, Utc};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct Refusal {
+    /// The field's path in the input, dotted and indexed as the caller wrote it
+    /// (`contact.phone`, `lead_ids[1]`).
     pub field: String,
+    /// What is wrong, in lowercase words that follow the field's name (`must be at most 2000
+    /// characters`); personal data in it is masked.
     pub reason: String,
 }
 
 impl Refusal {
+    /// A refusal of `field` because of `reason`.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self { field: field.into(), reason: reason.into() }
     }
@@ -18,6 +23,7 @@ impl Refusal {
 
 /// A follow-up's note, on `CreateFollowUp` and `OpenFollowUp` alike.
 pub const MAX_NOTE_CHARS: usize = 2000;
+/// An agent id, wherever one is given (agents, assignments, follow-ups, filters).
 pub const MAX_AGENT_ID_CHARS: usize = 128;
 
 /// `org_id` matches `[A-Za-z0-9_-]{1,64}`.
@@ -53,7 +59,9 @@ pub fn validate_note(note: &str) -> Result<(), Refusal> {
 /// A time as received: text to be read as RFC 3339, or already a timestamp (protobuf).
 #[derive(Debug, Clone)]
 pub enum RawTime {
+    /// JSON's text: RFC 3339 with an offset (`2026-11-24T10:00:00Z`), spaces around it ignored.
     Text(String),
+    /// A protobuf `Timestamp`, already converted.
     Parsed(DateTime<Utc>),
 }
 
@@ -259,8 +267,9 @@ pub mod limits {
     pub const MAX_PAGE_TOKEN_CHARS: usize = 1024;
     /// Campaign ids, integration names, request ids and similar references.
     pub const MAX_REFERENCE_CHARS: usize = 256;
-    /// Names and emails of agents.
+    /// Names of agents.
     pub const MAX_NAME_CHARS: usize = 200;
+    /// Emails of agents: the longest an address may be.
     pub const MAX_EMAIL_CHARS: usize = 320;
 }
 
