@@ -274,7 +274,7 @@ pub fn leads_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| workspace.join("target"), PathBuf::from);
     let path = target.join("debug").join("leads");
     if path.exists() {
         // `make test` builds the whole workspace first; building `-p leads` alone here would

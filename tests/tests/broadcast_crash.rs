@@ -41,10 +41,8 @@ fn expected_state(mask: u8) -> (i16, bool) {
         3
     } else if mask & DELIVERED != 0 {
         2
-    } else if mask & SENT != 0 {
-        1
     } else {
-        0
+        i16::from(mask & SENT != 0)
     };
     (rank, mask & FAILED != 0)
 }

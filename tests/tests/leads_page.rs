@@ -314,7 +314,7 @@ async fn page_tokens_stay_correct_while_leads_are_created() -> anyhow::Result<()
     for (request, field) in [
         (pb::ListLeadsRequest { org_id: ORG.into(), page_size: 501, ..Default::default() }, "page_size"),
         (pb::ListLeadsRequest { org_id: ORG.into(), page_token: "zz".into(), ..Default::default() }, "page_token"),
-        (pb::ListLeadsRequest { org_id: "".into(), ..Default::default() }, "org_id"),
+        (pb::ListLeadsRequest { org_id: String::new(), ..Default::default() }, "org_id"),
         (
             pb::ListLeadsRequest {
                 org_id: ORG.into(),
@@ -370,7 +370,7 @@ async fn inactive_leads_take_no_change_single_or_bulk() -> anyhow::Result<()> {
         actor: "operator-2".into(),
     };
     let results = page.client.clone().bulk_change_status(request).await?.into_inner().results;
-    let outcomes: Vec<pb::BulkOutcome> = results.iter().map(|r| r.outcome()).collect();
+    let outcomes: Vec<pb::BulkOutcome> = results.iter().map(leads_proto::v1::BulkResult::outcome).collect();
     assert_eq!(
         outcomes,
         [

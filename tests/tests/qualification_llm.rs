@@ -96,7 +96,7 @@ impl FakeLlm {
 
     /// Waits until `count` requests have been held.
     async fn held(&self, count: usize, what: &str) {
-        eventually(DEADLINE, what, || async { (self.held.load(Ordering::SeqCst) >= count).then_some(()) }).await
+        eventually(DEADLINE, what, || async { (self.held.load(Ordering::SeqCst) >= count).then_some(()) }).await;
     }
 
     /// Answers the requests of one (kept-alive) connection in turn.
@@ -198,7 +198,7 @@ async fn lead_id(leads: &Leads, phone: &str) -> String {
 
 async fn qualification(client: &Qualification, lead_id: &str) -> Option<pb::Qualification> {
     let request = pb::GetQualificationRequest { org_id: ORG.into(), lead_id: lead_id.into() };
-    client.clone().get_qualification(request).await.ok().map(|r| r.into_inner())
+    client.clone().get_qualification(request).await.ok().map(tonic::Response::into_inner)
 }
 
 /// Waits for the lead's qualification to satisfy `check`.

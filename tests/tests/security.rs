@@ -38,12 +38,12 @@ impl Keys {
     }
 
     fn token(&self, sub: &str, role: Role, orgs: &[&str]) -> String {
-        let orgs = orgs.iter().map(|o| o.to_string()).collect();
+        let orgs = orgs.iter().map(|&org| org.to_owned()).collect();
         Signer::load(&self.key).unwrap().mint(sub, role, orgs, HOUR).unwrap()
     }
 
     /// A token of the right shape signed with another key.
-    fn forged(&self) -> String {
+    fn forged() -> String {
         let other = Keys::new();
         let token = other.token("mallory", Role::Service, &["*"]);
         std::fs::remove_dir_all(&other.dir).ok();
@@ -560,7 +560,7 @@ async fn every_rpc_is_confined_to_the_token_and_refused_without_one() -> anyhow:
             assert_eq!(code, Code::PermissionDenied, "{rpc} for another organisation with a {role:?} token");
         }
     }
-    let forged = keys.forged();
+    let forged = Keys::forged();
     let expired = Signer::load(&keys.key)?.sign(&platform::auth::Claims {
         sub: "alice".into(),
         orgs: vec![ORG.into()],
@@ -771,7 +771,7 @@ impl ShippedNats {
             })
             .collect();
         let mut env: Vec<(String, String)> = ServiceName::ALL
-            .map(|s| s.as_str())
+            .map(platform::ServiceName::as_str)
             .into_iter()
             .chain(["admin"])
             .map(|service| (format!("LEADS_NATS_{}_PASSWORD", service.to_uppercase()), format!("pw-leads-{service}")))

@@ -511,7 +511,7 @@ mod tests {
         let claims = |role, orgs: &[&str]| {
             Caller::Token(Arc::new(Claims {
                 sub: "alice".into(),
-                orgs: orgs.iter().map(|o| o.to_string()).collect(),
+                orgs: orgs.iter().map(|&org| org.to_owned()).collect(),
                 role,
                 exp: u64::MAX,
                 iat: None,

@@ -167,8 +167,8 @@ pub async fn sample_pending(
             Err(error) => tracing::debug!(consumer = %durable, %error, "cannot sample the consumer's backlog"),
         }
         tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }
@@ -212,7 +212,7 @@ where
     'outer: while !token.is_cancelled() {
         if *held.borrow() > 0 {
             tokio::select! {
-                _ = token.cancelled() => break 'outer,
+                () = token.cancelled() => break 'outer,
                 _ = held.wait_for(|held| *held == 0) => {}
             }
         }
@@ -230,15 +230,15 @@ where
                 tracing::warn!(consumer = %spec.durable, %error, "cannot pull, retrying");
                 consumer = recover(&js, &spec, &settings, consumer).await?;
                 tokio::select! {
-                    _ = token.cancelled() => break 'outer,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
+                    () = token.cancelled() => break 'outer,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue 'outer,
                 }
             }
         };
         let mut messages = Box::pin(messages);
         loop {
             let permit = tokio::select! {
-                _ = token.cancelled() => break 'outer,
+                () = token.cancelled() => break 'outer,
                 permit = permits.clone().acquire_owned() => permit?,
             };
             if *held.borrow() > 0 {
@@ -246,7 +246,7 @@ where
                 continue 'outer;
             }
             let batch = tokio::select! {
-                _ = token.cancelled() => break 'outer,
+                () = token.cancelled() => break 'outer,
                 batch = next_batch(&mut messages, &settings, &spec.durable) => batch,
             };
             let Some(batch) = batch else {
@@ -402,8 +402,7 @@ where
     let mut deliveries = Vec::with_capacity(batch.len());
     let mut redelivered = 0u64;
     for message in batch {
-        let (stream_sequence, delivered) =
-            message.info().map(|info| (info.stream_sequence, info.delivered)).unwrap_or((0, 1));
+        let (stream_sequence, delivered) = message.info().map_or((0, 1), |info| (info.stream_sequence, info.delivered));
         if delivered > 1 {
             redelivered += 1;
         }
@@ -599,8 +598,8 @@ where
             tracing::warn!(consumer = %context.durable, messages = batch.len(), %reason, "a dependency is unavailable; holding the batch");
         }
         tokio::select! {
-            _ = context.token.cancelled() => {}
-            _ = tokio::time::sleep(pause) => {}
+            () = context.token.cancelled() => {}
+            () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(longest);
     };

@@ -20,8 +20,8 @@ use std::{str::FromStr, time::Duration};
 /// Connection options from a URL. On loopback, where TLS protects nothing, a URL that names
 /// no `sslmode` (with no `PGSSLMODE` either) connects in plaintext rather than sqlx's
 /// "prefer": sqlx 0.9 leaves Nagle's algorithm on, so over TLS every statement larger than
-/// one TLS record waited about 40 ms for the server's delayed ACK (a 1,000-row batch insert
-/// ran at 22k rows/s instead of 306k).
+/// one TLS record would wait for the server's delayed ACK, which makes batch inserts an
+/// order of magnitude slower.
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(url)?;
     let sslmode_named = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
@@ -70,7 +70,12 @@ pub async fn bootstrap(settings: &Settings, service: ServiceName) -> anyhow::Res
 /// The password of the service's role: its own (`LEADS_<SERVICE>_DB_PASSWORD[_FILE]`), or the
 /// one `role_password` gives every role.
 pub fn role_password(settings: &Settings, service: ServiceName) -> Option<&str> {
-    settings.database.passwords.get(service.as_str()).or(settings.role_password.as_ref()).map(|p| p.expose_secret())
+    settings
+        .database
+        .passwords
+        .get(service.as_str())
+        .or(settings.role_password.as_ref())
+        .map(secrecy::ExposeSecret::expose_secret)
 }
 
 /// The SCRAM-SHA-256 verifier Postgres stores for `password` (RFC 5802, 7677), with a random
@@ -238,7 +243,7 @@ pub async fn vacuum_when_autovacuum_is_off(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = token.cancelled() => return Ok(()),
+            () = token.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
         if let Err(error) = vacuum_due_tables(&pool, service).await {
@@ -297,8 +302,8 @@ pub async fn prune_until(
             }
         }
         tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
         }
     }
 }

@@ -68,7 +68,7 @@ pub fn sql_code(error: &sqlx::Error) -> Code {
 /// The SQLSTATE of a database error, if it is one.
 pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
     match error {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        sqlx::Error::Database(db) => db.code().map(std::borrow::Cow::into_owned),
         _ => None,
     }
 }

@@ -154,9 +154,9 @@ pub async fn relay(
                     break;
                 }
                 tokio::select! {
-                    _ = signal.0.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = token.cancelled() => {}
+                    () = signal.0.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                    () = token.cancelled() => {}
                 }
             }
             Ok(_) => {}
@@ -200,8 +200,8 @@ pub async fn sample_backlog(pool: PgPool, service: &'static str, every: Duration
             Err(error) => tracing::debug!(%error, "cannot sample the outbox backlog"),
         }
         tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

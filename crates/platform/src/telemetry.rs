@@ -145,7 +145,7 @@ struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
+        self.0.get(key).map(async_nats::HeaderValue::as_str)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -196,7 +196,7 @@ impl Extractor for HttpExtractor<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
+        self.0.keys().map(tonic::codegen::http::HeaderName::as_str).collect()
     }
 }
 

@@ -241,7 +241,7 @@ pub async fn apply_batch(ctx: &BroadcastContext, batch: &[Candidate]) -> Result<
             .bind(statuses.iter().map(|s| s.at).collect::<Vec<_>>())
             .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.code)).collect::<Vec<_>>())
             .bind(statuses.iter().map(|s| s.error.as_ref().and_then(|e| e.title.as_deref())).collect::<Vec<_>>())
-            .bind(statuses.iter().map(|s| s.error_class().map(|c| c.as_str())).collect::<Vec<_>>())
+            .bind(statuses.iter().map(|s| s.error_class().map(super::event::ErrorClass::as_str)).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         applied.statuses = result.rows_affected() as usize;

@@ -485,8 +485,8 @@ pub async fn schedule_due(
             }
         };
         tokio::select! {
-            _ = token.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
         }
     }
     Ok(())

@@ -194,8 +194,8 @@ mod tests {
     #[test]
     fn each_refusal_names_its_field() {
         let cases = [
-            (r#"not json"#, "payload"),
-            (r#"[1]"#, "payload"),
+            (r"not json", "payload"),
+            (r"[1]", "payload"),
             (
                 r#"{"occurred_at":"2026-11-24T10:00:00Z","kind":"chat_message","contact":{"phone":"+14155550100"}}"#,
                 "event_id",

@@ -199,8 +199,7 @@ pub async fn bulk_change_status(
             "WITH changed AS ( \
                UPDATE leads SET status = $2, updated_at = now(), version = version + 1 \
                WHERE id = ANY($1) RETURNING * \
-             ) SELECT {} FROM changed l JOIN contacts c ON c.id = l.contact_id",
-            LEAD_VIEW_COLUMNS
+             ) SELECT {LEAD_VIEW_COLUMNS} FROM changed l JOIN contacts c ON c.id = l.contact_id"
         )))
         .bind(&to_change)
         .bind(to.as_str())

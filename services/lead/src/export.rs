@@ -117,21 +117,21 @@ pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
 fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv::Error> {
     // Free text that came from outside (names, emails, agent ids, campaigns, integrations) is
     // neutralised; ids, statuses, numbers and times are the service's own.
-    fn text(value: &Option<String>) -> std::borrow::Cow<'_, str> {
-        neutralise(value.as_deref().unwrap_or(""))
+    fn text(value: Option<&String>) -> std::borrow::Cow<'_, str> {
+        neutralise(value.map_or("", String::as_str))
     }
     writer.write_record([
         row.id.to_string().as_str(),
-        &text(&row.name),
-        &text(&row.phone),
-        &text(&row.email),
+        &text(row.name.as_ref()),
+        &text(row.phone.as_ref()),
+        &text(row.email.as_ref()),
         row.status.display_name(),
         &row.score.map(|s| s.to_string()).unwrap_or_default(),
         row.score_source.map_or("", ScoreSource::as_str),
-        &text(&row.agent_id),
+        &text(row.agent_id.as_ref()),
         row.source_kind.as_str(),
-        &text(&row.campaign_id),
-        &text(&row.integration_name),
+        &text(row.campaign_id.as_ref()),
+        &text(row.integration_name.as_ref()),
         &row.interaction_count.to_string(),
         &row.created_at.to_rfc3339(),
         &row.last_interaction_at.to_rfc3339(),

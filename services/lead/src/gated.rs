@@ -118,7 +118,7 @@ pub async fn assign_leads(
         .await?;
         for lead in &changed {
             let outcome = outcomes.get_mut(&lead.id).expect("locked above");
-            outcome.agent_id = lead.agent_id.clone();
+            outcome.agent_id.clone_from(&lead.agent_id);
             outcome.lead_version = lead.version;
             outcome.at = Some(lead.updated_at);
             let change = LeadChange::Assigned {

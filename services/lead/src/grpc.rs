@@ -92,7 +92,7 @@ impl LeadService for LeadApi {
         let query = LeadQuery::parse(&request)?;
         let page = read::list_leads(&self.ctx.pool, &query, !request.skip_total).await?;
         Ok(Response::new(pb::ListLeadsResponse {
-            leads: page.leads.iter().map(|l| l.to_proto()).collect(),
+            leads: page.leads.iter().map(contracts::lead::LeadView::to_proto).collect(),
             next_page_token: page.next_page_token,
             total_count: page.total_count.unwrap_or(-1),
         }))

@@ -134,7 +134,7 @@ pub async fn fold_counts_until(pool: PgPool, token: tokio_util::sync::Cancellati
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = token.cancelled() => return Ok(()),
+            () = token.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
         if let Err(error) = fold_count_deltas(&pool).await {

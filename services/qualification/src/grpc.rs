@@ -116,9 +116,8 @@ impl QualificationService for QualificationApi {
         let request = request.into_inner();
         caller.check_org(&request.org_id)?;
         contracts::values::validate_org_id(&request.org_id).map_err(QualificationError::from)?;
-        let info = match training::train_org(&self.ctx, &request.org_id).await? {
-            Some(info) => info,
-            None => return Err(Status::aborted("the organisation's model is being trained by another process, retry")),
+        let Some(info) = training::train_org(&self.ctx, &request.org_id).await? else {
+            return Err(Status::aborted("the organisation's model is being trained by another process, retry"));
         };
         Ok(Response::new(model_info(request.org_id, info)))
     }

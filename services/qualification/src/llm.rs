@@ -222,10 +222,10 @@ impl LlmScorer {
                     metrics::counter!(FALLBACKS, "service" => "qualification", "reason" => error.reason()).increment(1);
                     match error {
                         LlmError::NoConversation | LlmError::RateLimited => {
-                            tracing::debug!(lead_id = %scoring.lead_id, %error, "built-in score kept")
+                            tracing::debug!(lead_id = %scoring.lead_id, %error, "built-in score kept");
                         }
                         _ => {
-                            tracing::warn!(lead_id = %scoring.lead_id, %error, "language model failed, built-in score kept")
+                            tracing::warn!(lead_id = %scoring.lead_id, %error, "language model failed, built-in score kept");
                         }
                     }
                 }
@@ -324,9 +324,8 @@ pub fn parse_reply(reply: &[u8]) -> Result<LlmScore, LlmError> {
     if !(0..=100).contains(&score) {
         return Err(LlmError::OutOfRange(score));
     }
-    let reasons = match verdict.get("reasons") {
-        Some(Value::Array(reasons)) => reasons,
-        _ => return Err(LlmError::BadReply("no list of reasons")),
+    let Some(Value::Array(reasons)) = verdict.get("reasons") else {
+        return Err(LlmError::BadReply("no list of reasons"));
     };
     let mut kept = Vec::new();
     for reason in reasons {

@@ -200,7 +200,7 @@ fn every_accepted_variable_lands_in_its_setting() {
     let s = Settings::layered(None, |key| vars.get(key).cloned()).expect("valid variables");
 
     assert_eq!(s.database_url.expose_secret(), "postgres://admin:db-secret@db:5432/leads");
-    assert_eq!(s.role_password.as_ref().map(|p| p.expose_secret()), Some("role-secret"));
+    assert_eq!(s.role_password.as_ref().map(secrecy::ExposeSecret::expose_secret), Some("role-secret"));
     assert_eq!(s.database_max_connections, 17);
     assert_eq!(s.nats_url, "tls://nats:4222");
     assert_eq!(s.subject_prefix, "staging.");
@@ -230,7 +230,7 @@ fn every_accepted_variable_lands_in_its_setting() {
     assert_eq!((q.min_labels_per_class, q.retrain_interval_secs), (12, 120));
     assert_eq!(q.llm_url.as_deref(), Some("https://llm/v1/chat/completions"));
     assert_eq!(q.llm_model, "small");
-    assert_eq!(q.llm_api_key.as_ref().map(|k| k.expose_secret()), Some("llm-secret"));
+    assert_eq!(q.llm_api_key.as_ref().map(secrecy::ExposeSecret::expose_secret), Some("llm-secret"));
     assert_eq!(q.llm_api_key_file.as_deref(), Some(Path::new("/keys/llm")));
     assert_eq!((q.llm_timeout_ms, q.llm_max_per_second), (2000, 5));
 
@@ -242,8 +242,8 @@ fn every_accepted_variable_lands_in_its_setting() {
 
     let n = &s.nats_auth;
     assert_eq!(n.user.as_deref(), Some("leads"));
-    assert_eq!(n.password.as_ref().map(|p| p.expose_secret()), Some("nats-secret"));
-    assert_eq!(n.token.as_ref().map(|t| t.expose_secret()), Some("nats-token-secret"));
+    assert_eq!(n.password.as_ref().map(secrecy::ExposeSecret::expose_secret), Some("nats-secret"));
+    assert_eq!(n.token.as_ref().map(secrecy::ExposeSecret::expose_secret), Some("nats-token-secret"));
     for (path, expected) in [
         (&n.password_file, "/nats/password"),
         (&n.token_file, "/nats/token"),

@@ -434,7 +434,7 @@ impl LeadFeatures {
         }
         x[3] = ((self.inbound_chars as f64).ln_1p() / 1000f64.ln_1p()) as f32;
         if self.inbound > 0 {
-            x[4] = ((self.inbound_chars as f64 / self.inbound as f64).ln_1p() / 100f64.ln_1p()) as f32;
+            x[4] = ((self.inbound_chars as f64 / f64::from(self.inbound)).ln_1p() / 100f64.ln_1p()) as f32;
         }
         let s = &self.signals;
         x[5] = ln1p(s.intent);
@@ -670,7 +670,9 @@ mod tests {
             Message::chat(Direction::Inbound, t(4000), "not interested"),
         ];
         let mut a = LeadFeatures::new();
-        msgs.iter().for_each(|m| a.observe(m));
+        for m in &msgs {
+            a.observe(m);
+        }
         let mut b = LeadFeatures::new();
         for i in [1, 0, 3, 2] {
             b.observe(&msgs[i]);

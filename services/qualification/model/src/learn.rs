@@ -199,7 +199,9 @@ fn lbfgs(mut f: impl FnMut(&[f64], &mut [f64]) -> f64, mut x: Vec<f64>, max_iter
         }
         if k > 0 {
             let gamma = dot(&s_hist[k - 1], &y_hist[k - 1]) / dot(&y_hist[k - 1], &y_hist[k - 1]);
-            d.iter_mut().for_each(|v| *v *= gamma);
+            for v in &mut d {
+                *v *= gamma;
+            }
         }
         for i in 0..k {
             let beta = rho[i] * dot(&y_hist[i], &d);
@@ -265,7 +267,7 @@ fn fit(data: &Data, idx: &[usize], l2: f64, max_iter: usize) -> Vec<f64> {
     let n = idx.len() as f64;
     let dim = data.dim;
     let objective = |w: &[f64], g: &mut [f64]| -> f64 {
-        g.iter_mut().for_each(|v| *v = 0.0);
+        g.fill(0.0);
         let b = w[dim];
         let mut loss = 0.0;
         for &r in idx {

@@ -68,6 +68,8 @@ pub struct Signals {
     pub refusal: u32,
 }
 
+// serde's `skip_serializing_if` hands the field by reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }
@@ -424,15 +426,14 @@ pub fn matches(t: &Tokenized) -> Vec<Match> {
             let clause = tokens[start].clause;
             let signal = match (e.kind, negated) {
                 (Kind::Intent | Kind::CoreIntent, false) => Some(Signal::Intent),
-                (Kind::CoreIntent, true) => Some(Signal::Refusal),
-                (Kind::Intent, true) | (Kind::Positive, true) => {
+                (Kind::CoreIntent, true) | (Kind::Refusal, false) => Some(Signal::Refusal),
+                (Kind::Intent | Kind::Positive, true) => {
                     (!refusal_clauses.contains(&clause)).then_some(Signal::Objection)
                 }
                 (Kind::Pricing, false) => Some(Signal::Pricing),
                 (Kind::Urgency, false) => Some(Signal::Urgency),
                 (Kind::Positive, false) => Some(Signal::Positive),
                 (Kind::Objection, false) => Some(Signal::Objection),
-                (Kind::Refusal, false) => Some(Signal::Refusal),
                 _ => None,
             };
             Match { phrase: e.phrase, start, len: e.words.len(), negated, signal }

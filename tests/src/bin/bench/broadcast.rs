@@ -369,7 +369,7 @@ async fn wait_committed(
                 Err(_) => counting = false, // the consumer is being declared
             }
         } else if !counting && last_print.elapsed() > Duration::from_secs(5) {
-            acked = consumer_position(env).await.map(|(_, floor)| floor).unwrap_or(acked);
+            acked = consumer_position(env).await.map_or(acked, |(_, floor)| floor);
         }
         if counting {
             let stored = count(admin, "SELECT count(*) FROM broadcast.statuses").await?;
@@ -1165,7 +1165,7 @@ fn report_reads(out: &mut Out, generated: &Generated, leads: usize, busy: &Reads
         idle.errors,
         idle.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
     ));
-    let p99 = |s: Option<Stats>| s.map(|s| ms(s.p99)).unwrap_or_else(|| "-".into());
+    let p99 = |s: Option<Stats>| s.map_or_else(|| "-".into(), |s| ms(s.p99));
     out.target(
         "GetBroadcastHistory p99 while ingesting / idle",
         "reported (no goal stated)",
@@ -1326,7 +1326,7 @@ struct Measured {
 /// service stores.
 fn ceiling(out: &mut Out, publish: Measured, consume: Measured, drain: Measured, events: usize) {
     let Some(sustained) = out.sustained else { return };
-    let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     let per_status = sustained.statuses_per_event;
     // The rows the service stores, not the status rows alone.
     let upsert_cpu_per_event = sustained.same_rows_cpu_per_status * per_status;

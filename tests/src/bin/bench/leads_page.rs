@@ -39,8 +39,8 @@ type LeadClient = pb::lead_service_client::LeadServiceClient<tonic::transport::C
 /// Inserts `count` contacts and leads (one lead per contact) numbered from `from`, plus each
 /// lead's opening interaction. Deterministic ids, random attributes.
 async fn seed_chunk(admin: &sqlx::PgPool, org: &str, from: i64, to: i64) -> anyhow::Result<()> {
-    let first = FIRST_NAMES.map(|s| s.to_owned()).to_vec();
-    let last = LAST_NAMES.map(|s| s.to_owned()).to_vec();
+    let first = FIRST_NAMES.map(std::borrow::ToOwned::to_owned).to_vec();
+    let last = LAST_NAMES.map(std::borrow::ToOwned::to_owned).to_vec();
     let mut tx = admin.begin().await?;
     sqlx::query(
         "INSERT INTO lead.contacts (id, org_id, phone, external_id, name, email, profile_at, created_at) \
@@ -351,8 +351,8 @@ async fn measure_list_leads(report: &mut Report, args: &Args, client: &mut LeadC
             thousands(total as f64),
             ms(f.p50),
             ms(f.p99),
-            l.map(|l| ms(l.p50)).unwrap_or_else(|| "-".into()),
-            l.map(|l| format!("{} (n={})", ms(l.p99), l.n)).unwrap_or_else(|| "-".into()),
+            l.map_or_else(|| "-".into(), |l| ms(l.p50)),
+            l.map_or_else(|| "-".into(), |l| format!("{} (n={})", ms(l.p99), l.n)),
             ms(t.p50),
             ms(t.p99),
             t.n,
@@ -363,7 +363,7 @@ async fn measure_list_leads(report: &mut Report, args: &Args, client: &mut LeadC
             format!(
                 "first {} / later {} / with total {}",
                 ms(f.p99),
-                l.map(|l| ms(l.p99)).unwrap_or_else(|| "-".into()),
+                l.map_or_else(|| "-".into(), |l| ms(l.p99)),
                 ms(t.p99)
             ),
             f.p99 < Duration::from_millis(20) && l.is_none_or(|l| l.p99 < Duration::from_millis(20)),

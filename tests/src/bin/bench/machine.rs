@@ -15,7 +15,7 @@ pub async fn machine(report: &mut Report) -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()?.parse().ok()))
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let admin = leads_tests::connect_pool(&leads_tests::admin_url()).await?;
     let pg_version: String = sqlx::query_scalar("SELECT version()").fetch_one(&admin).await?;
     let mut pg_settings = Vec::new();
@@ -75,8 +75,7 @@ fn code_state() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else { return "unknown (no git)".into() };
-    let dirty =
-        git(&["status", "--porcelain", "--", "../services", "../migrations"]).map(|s| s.lines().count()).unwrap_or(0);
+    let dirty = git(&["status", "--porcelain", "--", "../services", "../migrations"]).map_or(0, |s| s.lines().count());
     if dirty == 0 {
         format!("commit {head}")
     } else {

@@ -135,7 +135,7 @@ fn leads_binary() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| workspace.join("target"), PathBuf::from);
     let release = !cfg!(debug_assertions);
     progress("qualification: bringing the leads binary up to date (cargo build)");
     let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -542,7 +542,7 @@ fn raw_costs(report: &mut Report, d: &Drain, worker_per_scoring: f64) {
     let messages = d.stream_messages as f64 / scorings;
     let published = d.published as f64 / scorings;
     let parts = rows * pg + messages * consume + published * publish;
-    let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     report.line("#### One worker's CPU per scoring beside the raw parts (same run)\n");
     report.line("| | CPU per unit | worker CPU per scoring / it |\n| --- | ---: | ---: |");
     report.line(format!(
@@ -775,7 +775,7 @@ async fn latency_in(
         thousands(polls as f64),
         100.0 * child_cpu / seconds,
         micros(child_cpu / sent.max(1) as f64),
-        100.0 * machine_cpu / seconds / std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0),
+        100.0 * machine_cpu / seconds / std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
     ));
     let target_name = format!(
         "Qualification: publish -> score in ListLeads p99 at {} interactions/s",

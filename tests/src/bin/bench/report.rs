@@ -76,8 +76,7 @@ pub fn progress(message: impl AsRef<str>) {
 
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+        .map_or_else(|_| "?".into(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// A value in kB from /proc/self/status (VmRSS, VmHWM).
