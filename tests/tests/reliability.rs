@@ -324,7 +324,13 @@ async fn lead_dead_letters(env: &TestEnv) -> anyhow::Result<(leads_tests::Node, 
     let options =
         platform::db::connect_options(env.settings.database_url.expose_secret())?.options([("search_path", "lead")]);
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(options).await?;
-    Ok((node, platform::deadletter::DeadLetters { pool, subjects: env.subjects.clone(), service: "lead" }))
+    let dead_letters = platform::deadletter::DeadLetters {
+        pool,
+        subjects: env.subjects.clone(),
+        service: "lead",
+        outbox: platform::outbox::OutboxSignal::default(),
+    };
+    Ok((node, dead_letters))
 }
 
 /// The durable's state once nothing is pending or unacknowledged.

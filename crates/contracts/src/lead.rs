@@ -101,37 +101,9 @@ impl Status {
     }
 }
 
-/// A status name this version does not know: an error wherever it is read, never a
-/// silent `New`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown lead status {0:?}")]
-pub struct UnknownStatus(pub String);
-
-impl TryFrom<&str> for Status {
-    type Error = UnknownStatus;
-
-    fn try_from(text: &str) -> Result<Self, Self::Error> {
-        Ok(match text {
-            "new" => Status::New,
-            "contacted" => Status::Contacted,
-            "qualifying" => Status::Qualifying,
-            "qualified" => Status::Qualified,
-            "follow_up" => Status::FollowUp,
-            "converted" => Status::Converted,
-            "lost" => Status::Lost,
-            "archived" => Status::Archived,
-            _ => return Err(UnknownStatus(text.to_owned())),
-        })
-    }
-}
-
-impl TryFrom<String> for Status {
-    type Error = UnknownStatus;
-
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        Status::try_from(text.as_str())
-    }
-}
+// A status name this version does not know is an error wherever it is read, never a
+// silent `New`.
+read_by_name!(Status, "lead status");
 
 /// What opened a lead: the kind of the interaction that did; JSON `chat_message`,
 /// `broadcast_reply`, `integration`.
@@ -506,7 +478,7 @@ mod tests {
             assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{}\"", status.as_str()));
             assert_eq!(Status::from_proto(status.to_proto() as i32), Some(status));
         }
-        assert_eq!(Status::try_from("won"), Err(UnknownStatus("won".into())));
+        assert_eq!(Status::try_from("won"), Err(crate::UnknownValue { what: "lead status", value: "won".into() }));
         assert!(serde_json::from_str::<Status>("\"won\"").is_err());
     }
 

@@ -1,9 +1,11 @@
 //! The one JetStream consumer loop. It owns ack/nak/term and caps concurrency; handlers see
 //! plain deliveries and say what became of each. A message is acknowledged only after the
-//! handler returns, which handlers do only after their transaction commits. Handlers apply a
-//! batch through `apply_decoded` (or `apply_envelopes`), which retries the transaction's
-//! transient failures by the one policy (`error::retry_transient`) before a failure becomes a
-//! disposition. Services start consumers with `service::ServiceBase::consumer`.
+//! handler returns, which handlers do only after their transaction commits. Handlers of
+//! internal events apply a batch through `apply_decoded` (or `apply_envelopes`), which retries
+//! the transaction's transient failures by the one policy (`error::retry_transient`) before a
+//! failure becomes a disposition; ingest's and broadcast's handlers, which split a batch into
+//! transactions of their own, call that policy around each. Services start consumers with
+//! `service::ServiceBase::consumer`.
 
 use crate::settings::ConsumerSettings;
 use crate::telemetry::names;

@@ -2,7 +2,11 @@
 //! with the reason, counted, logged, and announced on `deadletter.<service>.<consumer>` with a
 //! bounded excerpt (the whole payload stays in the table).
 
-use crate::{nats::Subjects, outbox::OutboxMessage, telemetry::names};
+use crate::{
+    nats::Subjects,
+    outbox::{OutboxMessage, OutboxSignal},
+    telemetry::names,
+};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -29,6 +33,22 @@ pub struct DeadLetters {
     pub pool: PgPool,
     pub subjects: Subjects,
     pub service: &'static str,
+    /// Wakes the service's relay, so that an announcement leaves as soon as it is kept.
+    pub outbox: OutboxSignal,
+}
+
+/// What is kept: where it came from and why it was not handled.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept<'a> {
+    /// `delivery` (a consumer's message) or `outbox` (an event the relay could not publish).
+    pub source: &'a str,
+    pub consumer: &'a str,
+    pub subject: &'a str,
+    /// The stream sequence of a delivery, the outbox row's id of an event.
+    pub sequence: i64,
+    pub msg_id: Option<&'a str>,
+    pub payload: &'a [u8],
+    pub error: &'a str,
 }
 
 /// What `deadletter.<service>.<consumer>` carries.
@@ -58,8 +78,17 @@ impl DeadLetters {
         error: &str,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        self.keep(&mut tx, "delivery", consumer, subject, stream_sequence as i64, None, payload, error).await?;
-        tx.commit().await?;
+        let kept = Kept {
+            source: "delivery",
+            consumer,
+            subject,
+            sequence: stream_sequence as i64,
+            msg_id: None,
+            payload,
+            error,
+        };
+        let announcement = self.keep(&mut tx, &kept).await?;
+        crate::outbox::commit(tx, announcement.as_slice(), &self.outbox).await?;
         tracing::error!(
             service = self.service,
             consumer,
@@ -71,19 +100,15 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Moves what cannot be handled into `dead_letters` and queues its announcement, in `tx`.
-    #[allow(clippy::too_many_arguments)]
+    /// Moves what cannot be handled into `dead_letters`, in `tx`, and hands back its
+    /// announcement for the caller to stage in the same transaction (none when it was kept
+    /// before).
     pub async fn keep(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        source: &str,
-        consumer: &str,
-        subject: &str,
-        sequence: i64,
-        msg_id: Option<&str>,
-        payload: &[u8],
-        error: &str,
-    ) -> Result<(), sqlx::Error> {
+        kept: &Kept<'_>,
+    ) -> Result<Option<OutboxMessage>, sqlx::Error> {
+        let Kept { source, consumer, subject, sequence, msg_id, payload, error } = *kept;
         let error = storable_error(error);
         let error = error.as_str();
         let inserted = sqlx::query(
@@ -101,7 +126,7 @@ impl DeadLetters {
         .await?
         .rows_affected();
         if inserted == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let announcement = Announcement {
             service: self.service,
@@ -120,9 +145,8 @@ impl DeadLetters {
             msg_id: format!("{}:{source}:{consumer}:{sequence}", self.service),
             payload: serde_json::to_vec(&announcement).unwrap_or_default(),
         };
-        crate::outbox::enqueue(tx, std::slice::from_ref(&message)).await?;
         metrics::counter!(names::DEADLETTER, "service" => self.service, "source" => source.to_owned()).increment(1);
-        Ok(())
+        Ok(Some(message))
     }
 }
 

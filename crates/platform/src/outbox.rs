@@ -253,7 +253,19 @@ async fn publish_batch(
                 "event of {} bytes is larger than the NATS server's max_payload of {max_payload} bytes",
                 payload.len()
             );
-            dead_letters.keep(&mut tx, "outbox", service, &subject, id, Some(&msg_id), &payload, &error).await?;
+            let kept = crate::deadletter::Kept {
+                source: "outbox",
+                consumer: service,
+                subject: &subject,
+                sequence: id,
+                msg_id: Some(&msg_id),
+                payload: &payload,
+                error: &error,
+            };
+            // Staged in this round's transaction; the relay's next round publishes it.
+            if let Some(announcement) = dead_letters.keep(&mut tx, &kept).await? {
+                enqueue(&mut tx, std::slice::from_ref(&announcement)).await?;
+            }
             tracing::error!(service, %subject, %msg_id, bytes = payload.len(), "outbox event too large for NATS, kept in dead_letters");
             ids.push(id);
             quarantined += 1;

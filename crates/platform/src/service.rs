@@ -5,7 +5,6 @@ use crate::{
     consumer::{Batch, ConsumerSpec, Disposition},
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
-    settings::ConsumerSettings,
 };
 use async_nats::jetstream;
 use std::{borrow::Cow, future::Future, net::SocketAddr, time::Duration};
@@ -153,6 +152,7 @@ impl ServiceBase {
             pool: pool.clone(),
             subjects: infra.subjects.clone(),
             service: name.as_str(),
+            outbox: outbox.clone(),
         };
         let max_payload = infra.nats.server_info().max_payload;
         // Its own token: it stops after everything else, once it has published what their
@@ -191,8 +191,16 @@ impl ServiceBase {
     /// A durable consumer of `stream`, the whole of it and with the process's consumer
     /// settings unless told otherwise; `ConsumerBuilder::spawn` runs it.
     pub fn consumer(&mut self, stream: StreamKind, durable: impl Into<String>) -> ConsumerBuilder<'_> {
-        ConsumerBuilder { base: self, stream, durable: durable.into(), filter_subject: None, settings: None }
+        ConsumerBuilder {
+            base: self,
+            stream,
+            durable: durable.into(),
+            filter_subject: None,
+            batch_size: None,
+            retry: None,
+        }
     }
+
     /// Serves `routes` (with health and reflection) on the service's configured address.
     pub async fn serve(
         mut self,
@@ -236,7 +244,17 @@ pub struct ConsumerBuilder<'a> {
     stream: StreamKind,
     durable: String,
     filter_subject: Option<String>,
-    settings: Option<ConsumerSettings>,
+    batch_size: Option<usize>,
+    retry: Option<Retry>,
+}
+
+/// How a consumer retries a message its handler failed on: `max_deliver` deliveries in all,
+/// the pause before each growing from `base` to `max` (`ConsumerSettings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub max_deliver: i64,
+    pub base: Duration,
+    pub max: Duration,
 }
 
 impl ConsumerBuilder<'_> {
@@ -247,9 +265,16 @@ impl ConsumerBuilder<'_> {
         self
     }
 
-    /// Consumer settings of its own (a larger batch for a stream of many small events, say).
-    pub fn settings(mut self, settings: ConsumerSettings) -> Self {
-        self.settings = Some(settings);
+    /// Batches of up to `batch_size` messages instead of the process's consumer setting (a
+    /// larger batch for a stream of many small events, say).
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = Some(batch_size);
+        self
+    }
+
+    /// A retry policy of its own instead of the process's consumer settings.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
         self
     }
 
@@ -261,7 +286,16 @@ impl ConsumerBuilder<'_> {
         H: Fn(C, Batch) -> Fut + Copy + Send + Sync + 'static,
         Fut: Future<Output = Vec<Disposition>> + Send + 'static,
     {
-        let Self { base, stream, durable, filter_subject, settings } = self;
+        let Self { base, stream, durable, filter_subject, batch_size, retry } = self;
+        let mut settings = infra.settings.consumer.clone();
+        if let Some(batch_size) = batch_size {
+            settings.batch_size = batch_size;
+        }
+        if let Some(Retry { max_deliver, base, max }) = retry {
+            settings.max_deliver = max_deliver;
+            settings.retry_base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
+            settings.retry_max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        }
         let service = base.name.as_str();
         let spec = ConsumerSpec {
             stream: infra.subjects.stream_name(stream),
@@ -269,8 +303,12 @@ impl ConsumerBuilder<'_> {
             durable,
             service,
         };
-        let dead_letters =
-            crate::deadletter::DeadLetters { pool: base.pool.clone(), subjects: infra.subjects.clone(), service };
+        let dead_letters = crate::deadletter::DeadLetters {
+            pool: base.pool.clone(),
+            subjects: infra.subjects.clone(),
+            service,
+            outbox: base.outbox.clone(),
+        };
         let name = format!("consumer {}", spec.durable);
         base.spawn(
             name,
@@ -278,7 +316,7 @@ impl ConsumerBuilder<'_> {
                 infra.nats.clone(),
                 infra.js.clone(),
                 spec,
-                settings.unwrap_or_else(|| infra.settings.consumer.clone()),
+                settings,
                 Some(dead_letters),
                 token.clone(),
                 move |batch| handler(ctx.clone(), batch),

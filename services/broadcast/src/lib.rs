@@ -23,7 +23,6 @@ use platform::{
     consumer::{self, Batch, Delivery, Disposition},
     nats::{Encoding, StreamKind, Subjects},
     service::{Infra, Running, ServiceBase},
-    settings::ConsumerSettings,
 };
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -53,11 +52,12 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         items_per_transaction: infra.settings.consumer.broadcast_batch_size,
     };
     // Many small events: larger transactions than the other consumers (BENCHMARKS.md).
-    let bulk = ConsumerSettings {
-        batch_size: infra.settings.consumer.broadcast_batch_size,
-        ..infra.settings.consumer.clone()
-    };
-    base.consumer(StreamKind::Broadcasts, DURABLE).settings(bulk).spawn(infra, &token, ctx.clone(), consume_broadcasts);
+    base.consumer(StreamKind::Broadcasts, DURABLE).batch_size(infra.settings.consumer.broadcast_batch_size).spawn(
+        infra,
+        &token,
+        ctx.clone(),
+        consume_broadcasts,
+    );
     let retention = platform::db::prune_until(
         base.pool.clone(),
         ServiceName::Broadcast,

@@ -1,6 +1,6 @@
 use crate::{
-    decode,
-    handler::{self, Candidate, IngestContext, IngestError, Outcome},
+    IngestContext, decode,
+    handler::{self, Candidate, IngestError, Outcome},
     validate,
 };
 use leads_proto::v1::{self as pb, ingest_service_server::IngestService};

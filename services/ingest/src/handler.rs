@@ -2,23 +2,13 @@
 //! recorded (their `(org, event_id)` is the idempotency key, forever) and forwarded to the
 //! lead service through the outbox; refused ones are kept with their reason and dead-lettered.
 
+use crate::IngestContext;
 use chrono::Utc;
 use contracts::{Refusal, interaction::Interaction};
-use platform::{
-    nats::Subjects,
-    outbox::{self, OutboxMessage, OutboxSignal},
-};
+use platform::outbox::{self, OutboxMessage};
 use serde::Serialize;
-use sqlx::PgPool;
 use std::collections::HashSet;
 use uuid::Uuid;
-
-#[derive(Clone)]
-pub struct IngestContext {
-    pub pool: PgPool,
-    pub subjects: Subjects,
-    pub outbox: OutboxSignal,
-}
 
 /// One event on its way in, already decoded and validated.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ mod grpc;
 pub mod handler;
 pub mod validate;
 
-use crate::handler::{Candidate, IngestContext, Outcome};
+use crate::handler::{Candidate, Outcome};
 use contracts::{Refusal, interaction::MAX_PAYLOAD_BYTES};
 use platform::{
     ServiceName,
@@ -21,6 +21,14 @@ use tokio_util::sync::CancellationToken;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/ingest");
 
 pub const DURABLE: &str = "ingest";
+
+/// What the consumer and the RPCs share.
+#[derive(Clone)]
+pub struct IngestContext {
+    pub pool: sqlx::PgPool,
+    pub subjects: platform::nats::Subjects,
+    pub outbox: platform::outbox::OutboxSignal,
+}
 
 /// Starts the consumer, the outbox relay and the gRPC server; they run until `token` fires.
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {

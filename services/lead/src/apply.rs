@@ -3,42 +3,13 @@
 
 use crate::{LeadContext, error::LeadError, model::LEAD_VIEW_COLUMNS};
 use contracts::Envelope;
-use contracts::lead::{LeadChange, LeadEvent, LeadView, Status};
+use contracts::lead::{LeadChange, LeadEvent, LeadView};
 use platform::nats::Subjects;
 use platform::outbox::OutboxMessage;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 pub const SYSTEM_ACTOR: &str = "system";
-
-#[allow(clippy::too_many_arguments)]
-pub async fn record_status_change(
-    tx: &mut Transaction<'_, Postgres>,
-    org_id: &str,
-    lead_id: Uuid,
-    from: Option<Status>,
-    to: Status,
-    actor: &str,
-    reason: Option<&str>,
-    manual_score: Option<i32>,
-    lead_version: i64,
-) -> Result<(), LeadError> {
-    sqlx::query(
-        "INSERT INTO status_changes (org_id, lead_id, from_status, to_status, actor, reason, manual_score, lead_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(org_id)
-    .bind(lead_id)
-    .bind(from.map(Status::as_str))
-    .bind(to.as_str())
-    .bind(actor)
-    .bind(reason)
-    .bind(manual_score)
-    .bind(lead_version)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
 
 /// Reads the lead as it now is and queues the event announcing `change`.
 pub async fn publish(

@@ -3,7 +3,7 @@
 
 use crate::{
     LeadContext,
-    apply::{lead_event, publish, record_status_change},
+    apply::{lead_event, publish},
     error::LeadError,
     lifecycle::{self, Act, Inactive, Transition},
     model::LEAD_VIEW_COLUMNS,
@@ -50,6 +50,32 @@ pub struct ChangeStatus {
     pub expected_version: Option<i64>,
 }
 
+/// The status history's row for `cmd`, which moved the lead from `from` to `to` at
+/// `lead_version`.
+async fn record_status_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    cmd: &ChangeStatus,
+    from: Status,
+    to: Status,
+    lead_version: i64,
+) -> Result<(), LeadError> {
+    sqlx::query(
+        "INSERT INTO status_changes (org_id, lead_id, from_status, to_status, actor, reason, manual_score, lead_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&cmd.org_id)
+    .bind(cmd.lead_id)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(&cmd.actor)
+    .bind(cmd.reason.as_deref())
+    .bind(cmd.manual_score)
+    .bind(lead_version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadView, LeadError> {
     if let Some(score) = cmd.manual_score
         && !(0..=100).contains(&score)
@@ -90,18 +116,7 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     .fetch_one(&mut *tx)
     .await?;
     if let Transition::Moves { from, to } = transition {
-        record_status_change(
-            &mut tx,
-            &cmd.org_id,
-            cmd.lead_id,
-            Some(from),
-            to,
-            &cmd.actor,
-            cmd.reason.as_deref(),
-            cmd.manual_score,
-            new_version,
-        )
-        .await?;
+        record_status_change(&mut tx, &cmd, from, to, new_version).await?;
     }
     // A score set by hand is recorded as such; one handed back is recorded as the engine's,
     // with no score until the engine's next one.

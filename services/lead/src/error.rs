@@ -26,8 +26,8 @@ impl LeadError {
     }
 }
 
-impl From<contracts::lead::UnknownStatus> for LeadError {
-    fn from(error: contracts::lead::UnknownStatus) -> Self {
+impl From<contracts::UnknownValue> for LeadError {
+    fn from(error: contracts::UnknownValue) -> Self {
         LeadError::Unreadable(error.to_string())
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::{
     LeadContext,
-    apply::{lead_event, publish},
+    apply::{column, lead_event, publish},
     commands::{BulkOutcome, LockedLead, bulk_ids, lock_lead},
     error::LeadError,
     lifecycle::{self, Act, Inactive},
@@ -224,16 +224,15 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
     if kept.is_empty() {
         return Ok(());
     }
-    let column = |f: fn(&Envelope<FollowUpEvent>) -> Option<String>| kept.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let orgs = column(|e| Some(e.org_id.clone()));
-    let states = column(|e| Some(e.data.state.clone()));
-    let notes = column(|e| e.data.note.clone());
-    let agents = column(|e| e.data.agent_id.clone());
-    let actors = column(|e| Some(e.data.actor.clone()));
-    let follow_up_ids: Vec<Uuid> = kept.iter().map(|e| e.aggregate_id).collect();
-    let lead_ids: Vec<Uuid> = kept.iter().map(|e| e.data.lead_id).collect();
-    let due: Vec<DateTime<Utc>> = kept.iter().map(|e| e.data.due_at).collect();
-    let at: Vec<DateTime<Utc>> = kept.iter().map(|e| e.occurred_at).collect();
+    let orgs = column(&kept, |e| e.org_id.as_str());
+    let states = column(&kept, |e| e.data.state.as_str());
+    let notes = column(&kept, |e| e.data.note.as_deref());
+    let agents = column(&kept, |e| e.data.agent_id.as_deref());
+    let actors = column(&kept, |e| e.data.actor.as_str());
+    let follow_up_ids = column(&kept, |e| e.aggregate_id);
+    let lead_ids = column(&kept, |e| e.data.lead_id);
+    let due = column(&kept, |e| e.data.due_at);
+    let at = column(&kept, |e| e.occurred_at);
     // Joined to leads on org as well: an event naming another organisation's lead is dropped.
     // Rows go in lead order: each takes a key-share lock on its lead (the foreign key), and
     // every other writer locks leads in id order too, so they cannot deadlock.

@@ -66,6 +66,8 @@ async fn try_apply(
     batch: &[Envelope<LeadEvent>],
     asked: Option<(&LlmScorer, &Answers)>,
 ) -> Result<Vec<Question>, QualificationError> {
+    let orgs: Vec<&str> = batch.iter().map(|e| e.org_id.as_str()).collect();
+    let scorers = ctx.models.scorers(&ctx.pool, &orgs).await?;
     let mut tx = ctx.pool.begin().await?;
     let fresh = fresh_interactions(&mut tx, batch, true).await?;
     let folded = fold_batch(&mut tx, batch, &fresh, true).await?;
@@ -76,8 +78,9 @@ async fn try_apply(
     let (mut scored, mut recent) = (Vec::new(), Vec::new());
     for ((org_id, lead_id), lead) in &folded {
         if let Some(conversation) = lead.conversation.as_ref().filter(|_| lead.rescore && lead.state.active) {
-            let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
-            scored.push(Scoring::new(org_id, *lead_id, &lead.state, conversation, &scorer, now, lead.handed_back));
+            // Every organisation of the batch has its scorer: read above, before the locks.
+            let scorer = &scorers[org_id.as_str()];
+            scored.push(Scoring::new(org_id, *lead_id, &lead.state, conversation, scorer, now, lead.handed_back));
             recent.push(conversation.recent.as_slice());
         }
     }
@@ -114,12 +117,8 @@ async fn write_answers(
 ) -> Result<(), QualificationError> {
     let mut keys: Vec<LeadKey> = answers.leads().cloned().collect();
     keys.sort();
-    let mut scorers = BTreeMap::new();
-    for (org_id, _) in &keys {
-        if !scorers.contains_key(org_id) {
-            scorers.insert(org_id.clone(), ctx.models.scorer(&ctx.pool, org_id).await?);
-        }
-    }
+    let orgs: Vec<&str> = keys.iter().map(|(org_id, _)| org_id.as_str()).collect();
+    let scorers = ctx.models.scorers(&ctx.pool, &orgs).await?;
     let mut tx = ctx.pool.begin().await?;
     let states = read_states(&mut tx, &keys, true).await?;
     let conversations = read_conversations(&mut tx, &keys).await?;

@@ -31,6 +31,22 @@ pub struct Models {
 }
 
 impl Models {
+    /// The scorers of `orgs`, read before a transaction begins so that no second connection
+    /// is taken while it holds its locks.
+    pub async fn scorers(
+        &self,
+        pool: &PgPool,
+        orgs: &[&str],
+    ) -> Result<std::collections::BTreeMap<String, Scorer>, QualificationError> {
+        let mut scorers = std::collections::BTreeMap::new();
+        for &org_id in orgs {
+            if !scorers.contains_key(org_id) {
+                scorers.insert(org_id.to_owned(), self.scorer(pool, org_id).await?);
+            }
+        }
+        Ok(scorers)
+    }
+
     pub async fn scorer(&self, pool: &PgPool, org_id: &str) -> Result<Scorer, QualificationError> {
         if let Some((read_at, scorer)) = self.lock().get(org_id)
             && read_at.elapsed() < MODEL_REFRESH

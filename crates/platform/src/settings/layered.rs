@@ -114,7 +114,12 @@ pub(super) fn changes(leaves: &[Leaf], lookup: &impl Fn(&str) -> Option<String>)
     let mut changes = Vec::new();
     for Variable { path, name, kind, per_service } in variables(leaves) {
         let Some(text) = lookup(&name).or_else(|| fallback(&name).and_then(lookup)) else { continue };
-        let value = if text.is_empty() && (kind == Kind::Optional || per_service) {
+        // An empty per-service URL or password leaves the file's entry as it is: unsetting it
+        // would quietly send that service through the admin URL.
+        if text.is_empty() && per_service && matches!(kind, Kind::Text | Kind::Optional) {
+            continue;
+        }
+        let value = if text.is_empty() && kind == Kind::Optional {
             None
         } else {
             Some(parse(kind, &text).map_err(|reason| invalid(&name, reason))?)

@@ -359,6 +359,28 @@ fn service_names_round_trip() {
         assert_eq!(service.as_str().parse::<ServiceName>(), Ok(service));
     }
     assert!("billing".parse::<ServiceName>().is_err());
+    assert!("leads".parse::<ServiceName>().is_err(), "the binary's name is no service's");
+}
+
+#[test]
+fn an_empty_per_service_variable_keeps_the_files_entry() {
+    let dir = scratch_dir();
+    let file = dir.join("leads.toml");
+    std::fs::write(
+        &file,
+        "[database.service_urls]\nlead = \"postgres://leads_lead@db/leads\"\n\
+         [database.passwords]\nlead = \"from-file\"\n",
+    )
+    .expect("settings file");
+    let vars = HashMap::from([("LEADS_LEAD_DATABASE_URL", ""), ("LEADS_LEAD_DB_PASSWORD", "")]);
+    let settings = Settings::layered(Some(&file), |key| vars.get(key).map(|v| (*v).to_owned())).expect("layered");
+    let url = settings.database.service_urls.get("lead").expect("the file's url stays");
+    assert_eq!(url.expose_secret(), "postgres://leads_lead@db/leads");
+    let password = settings.database.passwords.get("lead").expect("the file's password stays");
+    assert_eq!(password.expose_secret(), "from-file");
+    let vars = HashMap::from([("LEADS_LEAD_STATEMENT_TIMEOUT_MS", "")]);
+    let error = Settings::layered(None, |key| vars.get(key).map(|v| (*v).to_owned())).expect_err("no number");
+    assert!(error.to_string().contains("LEADS_LEAD_STATEMENT_TIMEOUT_MS"), "{error}");
 }
 
 #[test]

@@ -68,8 +68,7 @@ pub struct Signals {
     pub refusal: u32,
 }
 
-// serde's `skip_serializing_if` hands the field by reference.
-#[allow(clippy::trivially_copy_pass_by_ref)]
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's `skip_serializing_if` hands the field by reference")]
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }
