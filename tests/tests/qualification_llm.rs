@@ -291,15 +291,21 @@ async fn the_language_model_scores_with_its_reasons_and_the_built_in_scorer_stan
     env.cleanup().await
 }
 
-#[tokio::test]
-async fn beyond_the_rate_limit_leads_get_the_built_in_score() -> anyhow::Result<()> {
-    let (llm, url) = FakeLlm::start().await?;
+/// An environment whose qualification service asks the fake model at `url` with `KEY`.
+async fn env_asking(url: String) -> anyhow::Result<TestEnv> {
     let mut env = TestEnv::new().await?;
     let q = &mut env.settings.qualification;
     q.llm_url = Some(url);
     q.llm_model = MODEL.into();
     q.llm_api_key = Some(KEY.into());
-    q.llm_max_per_second = 1;
+    Ok(env)
+}
+
+#[tokio::test]
+async fn beyond_the_rate_limit_leads_get_the_built_in_score() -> anyhow::Result<()> {
+    let (llm, url) = FakeLlm::start().await?;
+    let mut env = env_asking(url).await?;
+    env.settings.qualification.llm_max_per_second = 1;
     env.settings.validate()?;
     let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Qualification]).await?;
     let leads = node.lead().await?;
@@ -335,11 +341,8 @@ async fn beyond_the_rate_limit_leads_get_the_built_in_score() -> anyhow::Result<
 #[tokio::test]
 async fn a_conversation_changed_while_the_model_answered_is_asked_about_again_after_the_commit() -> anyhow::Result<()> {
     let (llm, url) = FakeLlm::start().await?;
-    let mut env = TestEnv::new().await?;
+    let mut env = env_asking(url).await?;
     let q = &mut env.settings.qualification;
-    q.llm_url = Some(url);
-    q.llm_model = MODEL.into();
-    q.llm_api_key = Some(KEY.into());
     q.llm_timeout_ms = 30_000;
     q.llm_max_per_second = 1000;
     env.settings.consumer.concurrency = 4;
