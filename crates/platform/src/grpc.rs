@@ -155,7 +155,7 @@ where
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         let started = std::time::Instant::now();
-        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let method = method_label(request.uri().path().trim_start_matches('/'));
         let service = self.service;
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -205,9 +205,40 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// Every method the platform's servers answer (`package.Service/Method`): those of `leads.v1`,
+/// health and reflection, read from their descriptors once.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> = std::sync::LazyLock::new(|| {
+    use prost::Message;
+    let mut known = std::collections::HashSet::new();
+    for encoded in [leads_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else { continue };
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(format!("{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+    }
+    for service in REFLECTION_SERVICES {
+        known.insert(format!("{service}/ServerReflectionInfo"));
+    }
+    known
+});
+
+/// What a call's method is labelled in the metrics: its path when it is a method the platform
+/// serves, `unknown` otherwise, so that calls to made-up paths (which anyone can send, before
+/// authentication) add no series.
+fn method_label(path: &str) -> std::borrow::Cow<'static, str> {
+    match KNOWN_METHODS.get(path) {
+        Some(known) => std::borrow::Cow::Owned(known.clone()),
+        None => std::borrow::Cow::Borrowed("unknown"),
+    }
+}
+
 struct CallMetrics {
     service: &'static str,
-    method: String,
+    method: std::borrow::Cow<'static, str>,
     started: std::time::Instant,
     code: Option<tonic::Code>,
 }
@@ -403,5 +434,27 @@ impl crate::error::ServiceError for UpstreamError {
             UpstreamError::ForCaller(status) => status.code(),
             UpstreamError::Unavailable { .. } => tonic::Code::Unavailable,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_served_method_is_its_own_label_and_any_other_path_is_unknown() {
+        for served in [
+            "leads.v1.LeadService/ListLeads",
+            "leads.v1.IngestService/Ingest",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(method_label(served), served);
+        }
+        let labels: std::collections::HashSet<_> = (0..1000)
+            .map(|n| method_label(&format!("leads.v1.LeadService/Probe{n}")))
+            .chain(["", "x", "leads.v1.Nothing/ListLeads", "leads.v1.LeadService/"].map(method_label))
+            .collect();
+        assert_eq!(labels, std::collections::HashSet::from([std::borrow::Cow::Borrowed("unknown")]));
     }
 }
