@@ -15,7 +15,11 @@ if [[ ! -s "$LEADS_AUTH_SIGNING_KEY_FILE" ]]; then
   echo "made a local signing key in $LEADS_AUTH_SIGNING_KEY_FILE" >&2
 fi
 org="${LEADS_ORG:-acme}"
-token="$(./target/release/leads token --org "$org" --role operator --sub "${USER:-operator}" --ttl 24h)"
+# The operator token goes to a private file, never to the terminal or a command line.
+mkdir -p "$key_dir" && chmod 700 "$key_dir"
+token_file="$key_dir/operator.token"
+(umask 077; ./target/release/leads token --org "$org" --role operator --sub "${USER:-operator}" --ttl 24h \
+  >"$token_file")
 export LEADS_METRICS_ADDR="${LEADS_METRICS_ADDR:-127.0.0.1:9464}"
 cat >&2 <<INFO
 
@@ -27,12 +31,13 @@ cat >&2 <<INFO
     Postgres    $LEADS_DATABASE_URL
     metrics     http://$LEADS_METRICS_ADDR/metrics
 
-  an operator token for organisation $org, valid 24 hours (more: leads token --org <org> --role operator):
-    export LEADS_TOKEN=$token
+  an operator token for organisation $org, valid 24 hours, is in $token_file
+  (more: leads token --org <org> --role operator > <file>):
+    export LEADS_TOKEN_FILE=$token_file
 
     ./target/release/leads leads --org $org
-    grpcurl -plaintext -H "authorization: Bearer \$LEADS_TOKEN" -d '{"org_id":"$org"}' \\
-      127.0.0.1:50052 leads.v1.LeadService/ListLeads
+    LEADS_TOKEN=\$(cat \$LEADS_TOKEN_FILE) grpcurl -plaintext -expand-headers \\
+      -H 'authorization: Bearer \${LEADS_TOKEN}' -d '{"org_id":"$org"}' 127.0.0.1:50052 leads.v1.LeadService/ListLeads
 
 INFO
 exec ./target/release/leads run --services "${LEADS_SERVICES:-all}"

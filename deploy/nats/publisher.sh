@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prints the NATS user of one publishing organisation, for the `users` list of
 # deploy/nats/nats-server.conf: it may publish interactions.<org> and broadcasts.<org>.> and
-# nothing else. Its password comes from PUBLISHER_<ORG>_PASSWORD in nats-server's environment.
+# nothing else, and receives its acks under its own inbox prefix, _INBOX.publisher-<org> (the
+# publisher's client sets it). Its password comes from PUBLISHER_<ORG>_PASSWORD in
+# nats-server's environment.
 #   deploy/nats/publisher.sh acme
 set -euo pipefail
 org="${1:?usage: $0 <org_id>}"

@@ -657,3 +657,68 @@ async fn search_matches_word_prefixes_and_phone_digits_and_follows_renames() -> 
     assert!(old_name_on_leads.is_empty(), "the leads' copy of the old name is gone: {old_name_on_leads:?}");
     page.stop().await
 }
+
+/// Seeds `count` leads of `ORG` straight into the lead schema, each with a long contact name,
+/// so that exporting them takes far more than the stream's buffers hold.
+async fn seed_long_leads(env: &TestEnv, count: i64) -> anyhow::Result<()> {
+    let admin = env.admin_pool().await?;
+    sqlx::query(
+        "INSERT INTO lead.contacts (id, org_id, phone, name, profile_at) \
+         SELECT md5('c:' || i)::uuid, $1, '+1415' || lpad(i::text, 7, '0'), \
+                'Contact ' || i || ' ' || repeat('with a long name ', 15), now() \
+         FROM generate_series(1, $2::bigint) AS g(i)",
+    )
+    .bind(ORG)
+    .bind(count)
+    .execute(&admin)
+    .await?;
+    sqlx::query(
+        "INSERT INTO lead.leads (id, org_id, contact_id, status, source_kind, channel, first_touch_at, \
+           last_interaction_at) \
+         SELECT md5('l:' || i)::uuid, $1, md5('c:' || i)::uuid, 'new', 'chat_message', 'whatsapp', now(), now() \
+         FROM generate_series(1, $2::bigint) AS g(i)",
+    )
+    .bind(ORG)
+    .bind(count)
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exports_beyond_their_pool_are_refused_while_the_page_keeps_answering() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.database.export_max_connections = 1;
+    let node = env.start(&[ServiceName::Lead]).await?;
+    let client = node.lead().await?;
+    seed_long_leads(&env, 40_000).await?;
+    let query = pb::ListLeadsRequest { org_id: ORG.into(), ..Default::default() };
+    let export = |scope: pb::ExportScope| {
+        let mut client = client.clone();
+        let request = pb::ExportLeadsRequest { query: Some(query.clone()), scope: scope as i32 };
+        async move { client.export_leads(request).await }
+    };
+
+    // Read no further than the first chunk: the export holds its connection until the rest
+    // is taken or the caller goes away.
+    let mut running = export(pb::ExportScope::All).await?.into_inner();
+    assert!(running.message().await?.is_some_and(|chunk| chunk.rows > 0), "the first chunk");
+    for scope in [pb::ExportScope::All, pb::ExportScope::CurrentPage] {
+        let refused = export(scope).await.expect_err("a second export is over the limit");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{scope:?}: {}", refused.message());
+        assert!(refused.message().contains("database.export_max_connections"), "{}", refused.message());
+    }
+    let page = client.clone().list_leads(pb::ListLeadsRequest { page_size: 10, ..query.clone() }).await?.into_inner();
+    assert_eq!(page.leads.len(), 10, "the Leads page answers while the export runs");
+
+    drop(running);
+    let rows = eventually(DEADLINE, "an export once the first ended", || {
+        let next = export(pb::ExportScope::CurrentPage);
+        async move { next.await.ok()?.into_inner().message().await.ok()?.map(|chunk| chunk.rows) }
+    })
+    .await;
+    assert!(rows > 0, "the export after the first answers");
+    node.stop().await?;
+    env.cleanup().await
+}

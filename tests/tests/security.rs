@@ -12,6 +12,7 @@ use leads_tests::{Node, TestEnv, chat_event, eventually, pb, phone, private::Pri
 use platform::{
     ServiceName,
     auth::{Role, Signer},
+    nats::StreamKind,
     settings::ExposeSecret,
 };
 use std::{path::PathBuf, time::Duration};
@@ -944,4 +945,177 @@ fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Ingest and lead on the shipped NATS configuration, each in a process of its own that
+/// connects as its own NATS user, as deployed.
+struct ShippedPlatform {
+    nats: ShippedNats,
+    /// The services' environment: the shared Postgres, the private nats-server without a
+    /// subject prefix, and the operators' NATS user for the test's own look-ups.
+    env: TestEnv,
+    /// The environment made on the shared servers, whose database the services use; cleaned
+    /// up at the end.
+    shared: TestEnv,
+    processes: Vec<leads_tests::Process>,
+    lead: LeadServiceClient<Channel>,
+}
+
+impl ShippedPlatform {
+    async fn start(orgs: &[&str]) -> anyhow::Result<Self> {
+        let nats = ShippedNats::start(orgs).await?;
+        let shared = TestEnv::new().await?;
+        let (admin, _) = nats.client("leads-admin").await?;
+        let mut settings = shared.settings.clone();
+        settings.nats_url.clone_from(&nats.url);
+        settings.subject_prefix = String::new();
+        let env = TestEnv {
+            settings,
+            database: shared.database.clone(),
+            subjects: platform::nats::Subjects::default(),
+            js: async_nats::jetstream::new(admin.clone()),
+            nats: admin,
+        };
+        let lead_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut processes = Vec::new();
+        for service in [ServiceName::Ingest, ServiceName::Lead] {
+            let user = format!("leads-{service}");
+            let mut settings = vec![("LEADS_NATS_PASSWORD", format!("pw-{user}")), ("LEADS_NATS_USER", user)];
+            if service == ServiceName::Lead {
+                settings.push(("LEADS_GRPC_LEAD_PORT", lead_port.to_string()));
+            }
+            processes.push(leads_tests::Process::spawn(&env, service.as_str(), &settings)?);
+        }
+        for process in &mut processes {
+            process.ready().await?;
+        }
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{lead_port}"))?.connect().await?;
+        Ok(Self { nats, env, shared, processes, lead: LeadServiceClient::new(channel) })
+    }
+
+    /// `org`'s leads once there are `count` of them.
+    async fn leads(&self, org: &str, count: usize) -> Vec<pb::Lead> {
+        eventually(Duration::from_secs(60), &format!("{count} lead(s) of {org}"), || {
+            let mut lead = self.lead.clone();
+            async move { leads_tests::all_leads(&mut lead, org).await.ok().filter(|leads| leads.len() == count) }
+        })
+        .await
+    }
+
+    /// Waits until `durable` has acked every message its stream holds.
+    async fn drained(&self, stream: StreamKind, durable: &str) {
+        let name = self.env.subjects.stream_name(stream);
+        eventually(Duration::from_secs(60), &format!("{durable} to ack all of {name}"), || {
+            let (js, name) = (self.env.js.clone(), name.clone());
+            async move {
+                let mut stream = js.get_stream(&name).await.ok()?;
+                let last = stream.info().await.ok()?.state.last_sequence;
+                let consumer = stream.consumer_info(durable).await.ok()?;
+                (consumer.ack_floor.stream_sequence >= last && consumer.num_ack_pending == 0).then_some(())
+            }
+        })
+        .await;
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        for process in self.processes {
+            let status = process.terminate().await?;
+            assert!(status.success(), "{status:?}");
+        }
+        self.shared.cleanup().await
+    }
+}
+
+/// Publishes `event` as `org`'s publisher does, with the Msg-Id `msg_id`.
+async fn publish_as(
+    publisher: &async_nats::Client,
+    org: &str,
+    msg_id: &str,
+    event: &serde_json::Value,
+) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    let subject = platform::nats::Subjects::default().interactions(org);
+    let js = async_nats::jetstream::new(publisher.clone());
+    Ok(js.publish_with_headers(subject, headers, serde_json::to_vec(event)?.into()).await?.await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_reads_no_other_connections_inbox() -> anyhow::Result<()> {
+    let platform = ShippedPlatform::start(&[ORG, OTHER]).await?;
+    let (acme, errors) = platform.nats.client("publisher-acme").await?;
+    let mut spies = Vec::new();
+    for subject in ["_INBOX.>", ">", "_INBOX.leads-ingest.>", "_INBOX.leads-lead.>", "_INBOX.publisher-globex.>"] {
+        spies.push((subject, acme.subscribe(subject).await?));
+        let refusal = format!("Permissions Violation for Subscription to \"{subject}\"");
+        eventually(Duration::from_secs(5), &refusal, || {
+            let (errors, refusal) = (errors.clone(), refusal.clone());
+            async move { errors.lock().unwrap().iter().any(|e| e.contains(&refusal)).then_some(()) }
+        })
+        .await;
+    }
+
+    // Both organisations' events go through ingest's and lead's pulls while acme listens; each
+    // publisher's acks reach it under its own prefix.
+    let (globex, _) = platform.nats.client("publisher-globex").await?;
+    publish_as(&globex, OTHER, "globex:evt-1", &chat_event("evt-1", &phone(1), "a private question")).await?;
+    publish_as(&acme, ORG, "acme:evt-1", &chat_event("evt-1", &phone(2), "hello")).await?;
+    platform.leads(OTHER, 1).await;
+    platform.leads(ORG, 1).await;
+    platform.drained(StreamKind::Interactions, "ingest").await;
+    platform.drained(StreamKind::Events("ingest"), "lead-interactions").await;
+
+    acme.flush().await?;
+    for (subject, mut spy) in spies {
+        let received = tokio::time::timeout(Duration::from_millis(200), futures::StreamExt::next(&mut spy)).await;
+        assert!(!matches!(received, Ok(Some(_))), "{subject} received {received:?}");
+    }
+    platform.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_cannot_suppress_another_organisations_event_by_its_msg_id() -> anyhow::Result<()> {
+    let platform = ShippedPlatform::start(&[ORG, OTHER]).await?;
+    let (acme, _) = platform.nats.client("publisher-acme").await?;
+    let (globex, _) = platform.nats.client("publisher-globex").await?;
+    let interactions = platform.env.subjects.stream_name(StreamKind::Interactions);
+    let window = platform.env.js.get_stream(&interactions).await?.info().await?.config.duplicate_window;
+    assert_eq!(window, platform::nats::INPUT_DUPLICATE_WINDOW);
+
+    // acme sends globex's Msg-Id ahead of globex, on its own subject.
+    let forged = publish_as(&acme, ORG, "globex:evt-123", &chat_event("evt-123", &phone(1), "forged")).await?;
+    let forged_at = std::time::Instant::now();
+    assert!(!forged.duplicate);
+    let acme_leads = platform.leads(ORG, 1).await;
+    // The stream still drops an id it saw less than its window ago: that much is left to an
+    // attacker who knows an id in advance (docs/security.md).
+    eventually(Duration::from_secs(5), "the forged id to leave the duplicate window", || async move {
+        (forged_at.elapsed() > window).then_some(())
+    })
+    .await;
+
+    let real = chat_event("evt-123", &phone(2), "the real question");
+    let first = publish_as(&globex, OTHER, "globex:evt-123", &real).await?;
+    assert!(!first.duplicate, "globex's event was dropped as acme's duplicate");
+    let first_at = std::time::Instant::now();
+    publish_as(&globex, OTHER, "globex:evt-123", &real).await?;
+    eventually(Duration::from_secs(5), "the first send to leave the duplicate window", || async move {
+        (first_at.elapsed() > window).then_some(())
+    })
+    .await;
+    let resent = publish_as(&globex, OTHER, "globex:evt-123", &real).await?;
+    assert!(!resent.duplicate, "a send after the window reaches the stream");
+
+    let globex_leads = platform.leads(OTHER, 1).await;
+    platform.drained(StreamKind::Interactions, "ingest").await;
+    platform.drained(StreamKind::Events("ingest"), "lead-interactions").await;
+    let globex_leads_after = platform.leads(OTHER, 1).await;
+    assert_eq!(globex_leads_after[0].id, globex_leads[0].id);
+    assert_eq!(globex_leads_after[0].interaction_count, 1, "globex's event applied once");
+    assert_eq!(globex_leads_after[0].last_message_preview, "the real question");
+    let acme_leads_after = platform.leads(ORG, 1).await;
+    assert_eq!(acme_leads_after[0].id, acme_leads[0].id);
+    assert_eq!(acme_leads_after[0].interaction_count, 1);
+    assert_eq!(acme_leads_after[0].last_message_preview, "forged");
+    platform.stop().await
 }

@@ -26,7 +26,7 @@ pub async fn publish(settings: &Settings, subject_kind: &str, org_id: &str, file
             "unknown subject kind {other:?}: use interactions, messages, statuses, messages.batch or statuses.batch"
         ),
     };
-    let client = platform::nats::connect(&settings.nats_url, "leads-ctl").await?;
+    let client = platform::nats::connect_with(settings, "leads-ctl").await?;
     let js = async_nats::jetstream::new(client);
     platform::nats::ensure_all_streams(&js, &subjects).await?;
     let mut headers = async_nats::HeaderMap::new();
@@ -78,16 +78,41 @@ pub fn authorized<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::R
     Ok(request)
 }
 
+/// The variable a bearer token is read from when no `--token-file` is given. A token is
+/// never taken as an argument: arguments show in `ps` and shell histories.
+pub const TOKEN_VARIABLE: &str = "LEADS_TOKEN";
+
+/// The bearer token of a command: the contents of `token_file` when given, otherwise
+/// `LEADS_TOKEN` (as `lookup` finds it); none when neither holds one.
+pub fn bearer_token(
+    token_file: Option<&Path>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let token = match token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?;
+            let token = text.trim().to_owned();
+            anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+            Some(token)
+        }
+        None => lookup(TOKEN_VARIABLE).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+    };
+    Ok(token)
+}
+
 /// Signs a token with the key file `key` (an HS256 secret, or an RS256 or EdDSA private key):
-/// what `leads token` prints.
+/// what `leads token` prints. It carries the settings' issuer and audience, and a `ttl` beyond
+/// their maximum lifetime is refused.
 pub fn mint_token(
     key: &Path,
+    auth: &platform::settings::AuthSettings,
     sub: &str,
     role: platform::auth::Role,
     orgs: Vec<String>,
     ttl: std::time::Duration,
 ) -> anyhow::Result<String> {
-    platform::auth::Signer::load(key)?.mint(sub, role, orgs, ttl)
+    platform::auth::Signer::with_settings(key, auth)?.mint(sub, role, orgs, ttl)
 }
 
 /// `24h`, `30m`, `7d`, `90s` or a number of seconds.
@@ -313,5 +338,20 @@ mod tests {
         assert_ne!(msg_id("acme", "statuses", &sent), msg_id("acme", "statuses", &read));
         assert_eq!(msg_id("acme", "messages", &sent).as_deref(), Some("acme:wamid.1"));
         assert_eq!(msg_id("acme", "statuses.batch", &sent), None);
+    }
+
+    #[test]
+    fn a_bearer_token_comes_from_its_file_or_the_environment() {
+        use super::bearer_token;
+        let env = |name: &str| (name == "LEADS_TOKEN").then(|| " from.the.env\n".to_owned());
+        let file = std::env::temp_dir().join(format!("leads-ctl-token-{}", std::process::id()));
+        std::fs::write(&file, "from.the.file\n").unwrap();
+        assert_eq!(bearer_token(Some(&file), env).unwrap().as_deref(), Some("from.the.file"));
+        assert_eq!(bearer_token(None, env).unwrap().as_deref(), Some("from.the.env"));
+        assert_eq!(bearer_token(None, |_| None).unwrap(), None);
+        std::fs::write(&file, "\n").unwrap();
+        assert!(bearer_token(Some(&file), env).unwrap_err().to_string().contains("is empty"));
+        std::fs::remove_file(&file).unwrap();
+        assert!(bearer_token(Some(&file), env).unwrap_err().to_string().contains("cannot read"));
     }
 }

@@ -63,12 +63,12 @@ enum Command {
         /// The service to ask about (e.g. leads.v1.LeadService); the server as a whole by default.
         #[arg(long, default_value = "")]
         service: String,
-        /// Bearer token (health itself needs none).
-        #[arg(long, env = "LEADS_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenSource,
     },
     /// Prints a bearer token signed with the local key (auth.signing_key_file, or --key), for
-    /// grpcurl (`-H "authorization: Bearer <token>"`) and `--token`/`LEADS_TOKEN`.
+    /// `LEADS_TOKEN` or a `--token-file`, and grpcurl (`-expand-headers -H 'authorization:
+    /// Bearer ${LEADS_TOKEN}'`). It carries auth.issuer and auth.audience when they are set.
     Token {
         /// An organisation the token may touch; repeat for several (`*`: every one, role
         /// service only).
@@ -80,7 +80,8 @@ enum Command {
         /// Who the token speaks for, recorded as the actor of what it changes; $USER by default.
         #[arg(long)]
         sub: Option<String>,
-        /// Lifetime: 24h, 30m, 7d, or seconds.
+        /// Lifetime: 24h, 30m, 7d, or seconds; at most auth.max_token_lifetime_secs (24h by
+        /// default).
         #[arg(long, default_value = "24h")]
         ttl: String,
         /// The signing key file (HS256 secret, or RS256/EdDSA private key PEM).
@@ -103,22 +104,36 @@ struct Filter {
     /// Matches contact name, phone or email.
     #[arg(long)]
     search: Option<String>,
-    /// Bearer token (`leads token`).
-    #[arg(long, env = "LEADS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    token: TokenSource,
+}
+
+/// Where a command's bearer token (`leads token`) comes from: never an argument, which `ps`
+/// and shell histories would show.
+#[derive(clap::Args)]
+struct TokenSource {
+    /// A file holding the bearer token; without it, the token is read from `LEADS_TOKEN`.
+    #[arg(long, env = "LEADS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenSource {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        leads::ctl::bearer_token(self.token_file.as_deref(), |name| std::env::var(name).ok())
+    }
 }
 
 impl Filter {
-    fn query(self, page_size: i32, page_token: Option<String>) -> leads::ctl::LeadQuery {
-        leads::ctl::LeadQuery {
+    fn query(self, page_size: i32, page_token: Option<String>) -> anyhow::Result<leads::ctl::LeadQuery> {
+        Ok(leads::ctl::LeadQuery {
+            token: self.token.token()?,
             org_id: self.org,
             statuses: self.statuses,
             agents: self.agents,
             search: self.search,
             page_size,
             page_token,
-            token: self.token,
-        }
+        })
     }
 }
 
@@ -145,10 +160,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => leads::migrate(&settings).await,
         Command::Publish { subject, org, file } => leads::ctl::publish(&settings, &subject, &org, &file).await,
         Command::Leads { filter, page_size, page_token } => {
-            leads::ctl::list_leads(&settings, &filter.query(page_size, page_token)).await
+            leads::ctl::list_leads(&settings, &filter.query(page_size, page_token)?).await
         }
         Command::Export { filter, out } => {
-            leads::ctl::export_leads(&settings, &filter.query(0, None), &out).await.map(|_| ())
+            leads::ctl::export_leads(&settings, &filter.query(0, None)?, &out).await.map(|_| ())
         }
         Command::Token { orgs, role, sub, ttl, key } => {
             let key = key.or_else(|| settings.auth.signing_key_file.clone()).ok_or_else(|| {
@@ -156,11 +171,13 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let role: platform::auth::Role = role.parse().map_err(anyhow::Error::msg)?;
             let sub = sub.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| role.as_str().to_owned());
-            let token = leads::ctl::mint_token(&key, &sub, role, orgs, leads::ctl::parse_ttl(&ttl)?)?;
+            let ttl = leads::ctl::parse_ttl(&ttl)?;
+            let token = leads::ctl::mint_token(&key, &settings.auth, &sub, role, orgs, ttl)?;
             println!("{token}");
             Ok(())
         }
         Command::Health { addr, service, token } => {
+            let token = token.token()?;
             if leads::ctl::health_as(&settings, addr.as_deref(), &service, token.as_deref()).await {
                 Ok(())
             } else {
@@ -185,5 +202,23 @@ async fn main() -> anyhow::Result<()> {
             }
             system.wait().await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_command_takes_a_token_as_an_argument() {
+        for command in [
+            &["leads", "leads", "--org", "acme", "--token", "abc.def.ghi"][..],
+            &["leads", "export", "--org", "acme", "--out", "x.csv", "--token", "abc.def.ghi"],
+            &["leads", "health", "--token", "abc.def.ghi"],
+        ] {
+            assert!(Cli::try_parse_from(command).is_err(), "{command:?}");
+        }
+        let with_file = Cli::try_parse_from(["leads", "leads", "--org", "acme", "--token-file", "/run/token"]);
+        assert!(with_file.is_ok());
     }
 }

@@ -4,8 +4,12 @@
 //!
 //! A token's claims: `sub` (who; recorded as the actor of what they change), `orgs` (the
 //! organisations it may touch; `*`, every one, only for role `service`), `role` (`service`,
-//! `operator` or `agent`) and `exp`. docs/security.md has the threat model.
+//! `operator` or `agent`), `iat` and `exp` (at most `auth.max_token_lifetime_secs` apart), and
+//! `iss`/`aud` when `auth.issuer`/`auth.audience` ask for them. A key file's name declares its
+//! algorithm, so that no key is ever read as another kind. docs/security.md has the threat
+//! model.
 
+use crate::grpc::{HttpRequest, HttpResponse, ResponseFuture};
 use crate::settings::AuthSettings;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,8 @@ use tonic::Status;
 pub const MAX_SUBJECT_CHARS: usize = contracts::values::MAX_ACTOR_CHARS;
 /// The shortest HS256 secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
+/// Seconds of clock difference forgiven between a token's signer and its verifier.
+const LEEWAY_SECS: u64 = 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +95,23 @@ impl Claims {
         Ok(())
     }
 
+    /// Refuses a token that does not say when it was issued, says it was issued later than
+    /// `now` (beyond the leeway), expires before it was issued, or lives longer than
+    /// `max_lifetime_secs`.
+    pub fn check_lifetime(&self, max_lifetime_secs: u64, now: u64) -> Result<(), String> {
+        let iat = self.iat.ok_or("the token has no iat: its lifetime cannot be bounded")?;
+        if iat > now.saturating_add(LEEWAY_SECS) {
+            return Err("the token's iat is in the future".into());
+        }
+        let lifetime = self.exp.checked_sub(iat).ok_or("the token's exp is before its iat")?;
+        if lifetime > max_lifetime_secs {
+            return Err(format!(
+                "the token lives {lifetime} s, longer than the {max_lifetime_secs} s allowed (auth.max_token_lifetime_secs)"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn grants_org(&self, org_id: &str) -> bool {
         self.orgs.iter().any(|o| o == org_id || (o == "*" && self.role == Role::Service))
     }
@@ -103,22 +126,91 @@ fn kid_of(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))
+fn read_key(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("{setting}: cannot read key file {}: {e}", path.display()))
 }
 
 fn is_pem(bytes: &[u8]) -> bool {
     bytes.windows(10).any(|w| w == b"-----BEGIN")
 }
 
-fn secret(bytes: &[u8], path: &Path) -> anyhow::Result<Vec<u8>> {
+/// What a key file holds, as its extension declares: the algorithm is never guessed from
+/// the contents, so that a public key cannot be taken for an HS256 secret (anyone holding
+/// the public key could then sign tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyForm {
+    /// `*.key`, `*.secret`: an HS256 secret.
+    Secret,
+    /// `*.pem`: an RS256 or EdDSA key in PEM.
+    Pem,
+}
+
+fn key_form(setting: &str, path: &Path) -> anyhow::Result<KeyForm> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("key" | "secret") => Ok(KeyForm::Secret),
+        Some("pem") => Ok(KeyForm::Pem),
+        _ => anyhow::bail!(
+            "{setting}: {} does not declare its algorithm: name an HS256 secret *.key or *.secret, and an RS256 or \
+             EdDSA key in PEM *.pem",
+            path.display()
+        ),
+    }
+}
+
+/// The DER encodings of the public-key algorithm identifiers (rsaEncryption, id-Ed25519,
+/// id-ecPublicKey) that a key in DER, or its base64, holds near its start.
+const PUBLIC_KEY_OIDS: [&[u8]; 3] = [
+    &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+    &[0x06, 0x03, 0x2b, 0x65, 0x70],
+    &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01],
+];
+
+/// The form of key `bytes` visibly hold when it is not a secret's: PEM, an OpenSSH public
+/// key, a JWK, or DER (raw or in base64).
+fn key_like(bytes: &[u8]) -> Option<&'static str> {
+    let text = bytes.trim_ascii();
+    if is_pem(text) {
+        return Some("a PEM key");
+    }
+    if [&b"ssh-"[..], b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-"].iter().any(|prefix| text.starts_with(prefix)) {
+        return Some("an OpenSSH public key");
+    }
+    if text.starts_with(b"{") {
+        return Some("a JSON key (JWK)");
+    }
+    let holds_oid = |der: &[u8]| {
+        let head = &der[..der.len().min(32)];
+        der.first() == Some(&0x30) && PUBLIC_KEY_OIDS.iter().any(|oid| head.windows(oid.len()).any(|w| w == *oid))
+    };
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(text).ok();
+    (holds_oid(text) || decoded.as_deref().is_some_and(holds_oid)).then_some("a DER key")
+}
+
+fn secret(setting: &str, bytes: &[u8], path: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Some(form) = key_like(bytes) {
+        anyhow::bail!(
+            "{setting}: {} holds {form}, but its name declares an HS256 secret: a key in PEM goes in a *.pem file, \
+             and no other form of public or private key is read",
+            path.display()
+        );
+    }
     let trimmed = bytes.trim_ascii_end().to_vec();
     anyhow::ensure!(
         trimmed.len() >= MIN_SECRET_BYTES,
-        "the HS256 secret in {} is shorter than {MIN_SECRET_BYTES} bytes",
+        "{setting}: the HS256 secret in {} is shorter than {MIN_SECRET_BYTES} bytes",
         path.display()
     );
     Ok(trimmed)
+}
+
+fn pem(setting: &str, bytes: &[u8], path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        is_pem(bytes),
+        "{setting}: {} is named *.pem but holds no PEM key (an HS256 secret goes in a *.key or *.secret file)",
+        path.display()
+    );
+    Ok(())
 }
 
 struct VerifyingKey {
@@ -127,15 +219,23 @@ struct VerifyingKey {
     key: DecodingKey,
 }
 
-/// The keys that verify tokens.
+/// The keys that verify tokens, and what a token must claim besides its signature.
 pub struct Verifier {
     keys: Vec<VerifyingKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    max_lifetime_secs: u64,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let keys: Vec<_> = self.keys.iter().map(|k| format!("{}:{:?}", k.kid, k.algorithm)).collect();
-        f.debug_struct("Verifier").field("keys", &keys).finish()
+        f.debug_struct("Verifier")
+            .field("keys", &keys)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("max_lifetime_secs", &self.max_lifetime_secs)
+            .finish()
     }
 }
 
@@ -147,32 +247,42 @@ impl Verifier {
             keys.push(Self::load(path)?);
         }
         if let Some(path) = &settings.signing_key_file {
-            let bytes = read_key(path)?;
-            if !is_pem(&bytes) {
+            const SETTING: &str = "auth.signing_key_file";
+            // A PEM signing key is private: its public half verifies, from `key_files`.
+            if key_form(SETTING, path)? == KeyForm::Secret {
+                let bytes = read_key(SETTING, path)?;
                 keys.push(VerifyingKey {
                     kid: kid_of(path),
                     algorithm: Algorithm::HS256,
-                    key: DecodingKey::from_secret(&secret(&bytes, path)?),
+                    key: DecodingKey::from_secret(&secret(SETTING, &bytes, path)?),
                 });
             }
         }
-        Ok((!keys.is_empty()).then_some(Self { keys }))
+        Ok((!keys.is_empty()).then(|| Self {
+            keys,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            max_lifetime_secs: settings.max_token_lifetime_secs,
+        }))
     }
 
     fn load(path: &Path) -> anyhow::Result<VerifyingKey> {
-        let bytes = read_key(path)?;
+        const SETTING: &str = "auth.key_files";
+        let form = key_form(SETTING, path)?;
+        let bytes = read_key(SETTING, path)?;
         let kid = kid_of(path);
-        if !is_pem(&bytes) {
+        if form == KeyForm::Secret {
             return Ok(VerifyingKey {
                 kid,
                 algorithm: Algorithm::HS256,
-                key: DecodingKey::from_secret(&secret(&bytes, path)?),
+                key: DecodingKey::from_secret(&secret(SETTING, &bytes, path)?),
             });
         }
+        pem(SETTING, &bytes, path)?;
         let text = String::from_utf8_lossy(&bytes);
         anyhow::ensure!(
             !text.contains("PRIVATE KEY"),
-            "{} holds a private key: verification needs only the public one",
+            "{SETTING}: {} holds a private key: verification needs only the public one",
             path.display()
         );
         if let Ok(key) = DecodingKey::from_ed_pem(&bytes) {
@@ -181,11 +291,15 @@ impl Verifier {
         if let Ok(key) = DecodingKey::from_rsa_pem(&bytes) {
             return Ok(VerifyingKey { kid, algorithm: Algorithm::RS256, key });
         }
-        anyhow::bail!("{} is neither an RSA nor an Ed25519 public key in PEM", path.display())
+        anyhow::bail!("{SETTING}: {} is neither an RSA nor an Ed25519 public key in PEM", path.display())
     }
 
     /// The verified claims of `token`, or why it is refused.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        self.verify_at(token, now_secs())
+    }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         let by_kid: Vec<&VerifyingKey> = match &header.kid {
             Some(kid) => self.keys.iter().filter(|k| &k.kid == kid && k.algorithm == header.alg).collect(),
@@ -198,12 +312,10 @@ impl Verifier {
         }
         let mut last = String::new();
         for key in candidates {
-            let mut validation = Validation::new(key.algorithm);
-            validation.set_required_spec_claims(&["exp", "sub"]);
-            validation.leeway = 30;
-            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(key.algorithm)) {
                 Ok(data) => {
                     data.claims.check()?;
+                    data.claims.check_lifetime(self.max_lifetime_secs, now)?;
                     return Ok(data.claims);
                 }
                 Err(error) => last = error.to_string(),
@@ -211,6 +323,33 @@ impl Verifier {
         }
         Err(format!("invalid token: {last}"))
     }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &self.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        validation.leeway = LEEWAY_SECS;
+        validation
+    }
+}
+
+/// What a signed token carries: the claims, and the issuer and audience of the settings.
+#[derive(Serialize)]
+struct SignedClaims<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 /// A key that signs tokens: the configured signing key.
@@ -218,26 +357,55 @@ pub struct Signer {
     kid: String,
     algorithm: Algorithm,
     key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+    max_lifetime_secs: u64,
 }
 
 impl Signer {
+    /// The key file at `path`, signing tokens without `iss` or `aud` that live at most the
+    /// default maximum lifetime.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let bytes = read_key(path)?;
-        let kid = kid_of(path);
-        if !is_pem(&bytes) {
-            return Ok(Self {
-                kid,
-                algorithm: Algorithm::HS256,
-                key: EncodingKey::from_secret(&secret(&bytes, path)?),
-            });
-        }
-        if let Ok(key) = EncodingKey::from_ed_pem(&bytes) {
-            return Ok(Self { kid, algorithm: Algorithm::EdDSA, key });
-        }
-        if let Ok(key) = EncodingKey::from_rsa_pem(&bytes) {
-            return Ok(Self { kid, algorithm: Algorithm::RS256, key });
-        }
-        anyhow::bail!("{} is neither an HS256 secret nor an RSA or Ed25519 private key in PEM", path.display())
+        const SETTING: &str = "auth.signing_key_file";
+        let form = key_form(SETTING, path)?;
+        let bytes = read_key(SETTING, path)?;
+        let (algorithm, key) = match form {
+            KeyForm::Secret => (Algorithm::HS256, EncodingKey::from_secret(&secret(SETTING, &bytes, path)?)),
+            KeyForm::Pem => {
+                pem(SETTING, &bytes, path)?;
+                if let Ok(key) = EncodingKey::from_ed_pem(&bytes) {
+                    (Algorithm::EdDSA, key)
+                } else if let Ok(key) = EncodingKey::from_rsa_pem(&bytes) {
+                    (Algorithm::RS256, key)
+                } else {
+                    anyhow::bail!("{SETTING}: {} is neither an RSA nor an Ed25519 private key in PEM", path.display())
+                }
+            }
+        };
+        Ok(Self {
+            kid: kid_of(path),
+            algorithm,
+            key,
+            issuer: None,
+            audience: None,
+            max_lifetime_secs: crate::settings::DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+        })
+    }
+
+    /// The key file at `path`, signing tokens as the settings' verifiers accept them: with
+    /// their `iss` and `aud`, living at most their maximum lifetime.
+    pub fn with_settings(path: &Path, settings: &AuthSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            max_lifetime_secs: settings.max_token_lifetime_secs,
+            ..Self::load(path)?
+        })
+    }
+
+    /// The longest lifetime `mint` gives a token.
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.max_lifetime_secs)
     }
 
     /// A signed token for these claims, its `kid` the key file's stem.
@@ -245,13 +413,22 @@ impl Signer {
         claims.check().map_err(anyhow::Error::msg)?;
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
-        Ok(jsonwebtoken::encode(&header, claims, &self.key)?)
+        let signed = SignedClaims { claims, iss: self.issuer.as_deref(), aud: self.audience.as_deref() };
+        Ok(jsonwebtoken::encode(&header, &signed, &self.key)?)
     }
 
-    /// Signs a token for `sub` with `role` over `orgs`, valid for `ttl`.
+    /// Signs a token for `sub` with `role` over `orgs`, valid for `ttl`, which may not exceed
+    /// the maximum lifetime.
     pub fn mint(&self, sub: &str, role: Role, orgs: Vec<String>, ttl: Duration) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            ttl.as_secs() <= self.max_lifetime_secs,
+            "a token may live at most {} s (auth.max_token_lifetime_secs), not {} s",
+            self.max_lifetime_secs,
+            ttl.as_secs()
+        );
         let now = now_secs();
-        self.sign(&Claims { sub: sub.to_owned(), orgs, role, exp: now + ttl.as_secs(), iat: Some(now) })
+        let exp = now.checked_add(ttl.as_secs()).ok_or_else(|| anyhow::anyhow!("the token's expiry overflows"))?;
+        self.sign(&Claims { sub: sub.to_owned(), orgs, role, exp, iat: Some(now) })
     }
 }
 
@@ -275,7 +452,7 @@ impl ServiceCredentials {
             CredentialSource::File(path.clone())
         } else if let Some(path) = &settings.signing_key_file {
             CredentialSource::Sign {
-                signer: Signer::load(path)?,
+                signer: Signer::with_settings(path, settings)?,
                 sub: sub.to_owned(),
                 ttl: Duration::from_secs(settings.service_token_ttl_secs),
             }
@@ -398,9 +575,6 @@ pub struct AuthService<S> {
     layer: AuthLayer,
 }
 
-type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
-type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
-
 /// The bearer token of an `authorization` header.
 pub fn bearer(headers: &tonic::codegen::http::HeaderMap) -> Option<&str> {
     let value = headers.get("authorization")?.to_str().ok()?.trim();
@@ -416,7 +590,7 @@ where
 {
     type Response = HttpResponse;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -503,6 +677,158 @@ mod tests {
         assert!(verifier.verify(&expired).unwrap_err().contains("Expired"));
         assert!(signer.mint("alice", Role::Operator, vec!["*".into()], hour).is_err(), "* is for services");
         assert!(verifier.verify("not.a.token").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An Ed25519 key pair from a fixed seed: the private key in PKCS#8 DER, the public key
+    /// in SubjectPublicKeyInfo DER.
+    fn ed25519_der() -> (Vec<u8>, Vec<u8>) {
+        use ring::signature::KeyPair;
+        let seed = [7u8; 32];
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+        let private = [
+            &[0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20][..],
+            &seed,
+        ]
+        .concat();
+        let public =
+            [&[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00][..], pair.public_key().as_ref()]
+                .concat();
+        (private, public)
+    }
+
+    fn base64(der: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(der)
+    }
+
+    fn pem_of(label: &str, der: &[u8]) -> Vec<u8> {
+        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", base64(der)).into_bytes()
+    }
+
+    fn load_error(path: &Path) -> String {
+        let settings = AuthSettings { key_files: vec![path.to_owned()], ..Default::default() };
+        Verifier::from_settings(&settings).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_key_file_is_read_as_the_algorithm_its_name_declares() {
+        let dir = temp_dir();
+        let (private, public) = ed25519_der();
+        // Accepted: a secret named as one, and an Ed25519 pair in PEM that signs and verifies.
+        let secret = secret_file(&dir, "shared.secret", &[b's'; 40]);
+        let signing = secret_file(&dir, "signing.pem", &pem_of("PRIVATE KEY", &private));
+        let verifying = secret_file(&dir, "signing-public.pem", &pem_of("PUBLIC KEY", &public));
+        let settings = AuthSettings { key_files: vec![secret.clone(), verifying], ..Default::default() };
+        let verifier = Verifier::from_settings(&settings).unwrap().expect("keys");
+        let hour = Duration::from_secs(3600);
+        for key in [&secret, &signing] {
+            let token = Signer::load(key).unwrap().mint("alice", Role::Agent, vec!["acme".into()], hour).unwrap();
+            assert_eq!(verifier.verify(&token).expect("verifies").sub, "alice", "{}", key.display());
+        }
+
+        // Refused, each naming its file: a public key in any other form named as a secret,
+        // something else named as PEM, and a name that declares nothing.
+        let ssh = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@host\n";
+        for (name, bytes) in [
+            ("der-public.key", public.clone()),
+            ("base64-public.key", base64(&public).into_bytes()),
+            ("pem-public.key", pem_of("PUBLIC KEY", &public)),
+            ("openssh.secret", ssh.to_vec()),
+            ("jwk.key", br#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#.to_vec()),
+        ] {
+            let path = secret_file(&dir, name, &bytes);
+            let error = load_error(&path);
+            assert!(error.contains(name) && error.contains("declares an HS256 secret"), "{name}: {error}");
+            assert!(Signer::load(&path).is_err(), "{name} signs nothing");
+        }
+        let not_pem = secret_file(&dir, "secret.pem", &[b's'; 40]);
+        let error = load_error(&not_pem);
+        assert!(error.contains("secret.pem") && error.contains("holds no PEM key"), "{error}");
+        for name in ["public.der", "public.pub", "secret"] {
+            let path = secret_file(&dir, name, &[b's'; 40]);
+            let error = load_error(&path);
+            assert!(error.contains(name) && error.contains("does not declare its algorithm"), "{name}: {error}");
+        }
+        let private_pem = load_error(&signing);
+        assert!(private_pem.contains("signing.pem") && private_pem.contains("private key"), "{private_pem}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_when_configured() {
+        let dir = temp_dir();
+        let key = secret_file(&dir, "local.key", &[b'k'; 40]);
+        let settings = AuthSettings {
+            signing_key_file: Some(key.clone()),
+            issuer: Some("leads".into()),
+            audience: Some("leads-api".into()),
+            ..Default::default()
+        };
+        let verifier = Verifier::from_settings(&settings).unwrap().expect("keys");
+        let hour = Duration::from_secs(3600);
+        let mint = |settings: &AuthSettings| {
+            Signer::with_settings(&key, settings)
+                .unwrap()
+                .mint("alice", Role::Agent, vec!["acme".into()], hour)
+                .unwrap()
+        };
+        assert_eq!(verifier.verify(&mint(&settings)).expect("both claims match").sub, "alice");
+        for (what, signed_with) in [
+            ("neither claim", AuthSettings::default()),
+            ("no aud", AuthSettings { audience: None, ..settings.clone() }),
+            ("no iss", AuthSettings { issuer: None, ..settings.clone() }),
+            ("another iss", AuthSettings { issuer: Some("elsewhere".into()), ..settings.clone() }),
+            ("another aud", AuthSettings { audience: Some("billing".into()), ..settings.clone() }),
+        ] {
+            assert!(verifier.verify(&mint(&signed_with)).is_err(), "a token with {what}");
+        }
+        // Without the settings, neither claim is asked for.
+        let open = Verifier::from_settings(&AuthSettings { signing_key_file: Some(key.clone()), ..Default::default() })
+            .unwrap()
+            .expect("keys");
+        assert!(open.verify(&mint(&AuthSettings { audience: None, ..settings.clone() })).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_token_lives_at_most_the_maximum_lifetime() {
+        let dir = temp_dir();
+        let key = secret_file(&dir, "local.key", &[b'k'; 40]);
+        let settings =
+            AuthSettings { signing_key_file: Some(key.clone()), max_token_lifetime_secs: 3600, ..Default::default() };
+        let verifier = Verifier::from_settings(&settings).unwrap().expect("keys");
+        let signer = Signer::with_settings(&key, &settings).unwrap();
+        let now = now_secs();
+        let token = |iat: Option<u64>, exp: u64| {
+            signer
+                .sign(&Claims { sub: "alice".into(), orgs: vec!["acme".into()], role: Role::Agent, exp, iat })
+                .unwrap()
+        };
+        assert!(verifier.verify(&token(Some(now), now + 3600)).is_ok(), "exactly the maximum");
+        assert!(verifier.verify(&token(Some(now - 60), now + 60)).is_ok(), "shorter");
+        for (what, iat, exp, reason) in [
+            ("no iat", None, now + 60, "no iat"),
+            ("longer than the maximum", Some(now), now + 3601, "longer than the 3600 s"),
+            ("an exp before its iat", Some(now + 20), now + 10, "before its iat"),
+            ("an iat in the future", Some(now + 600), now + 700, "in the future"),
+            ("an exp at the end of time", Some(now), u64::MAX, "longer than"),
+        ] {
+            let error = verifier.verify(&token(iat, exp)).expect_err(what);
+            assert!(error.contains(reason), "{what}: {error}");
+        }
+        let missing_exp = jsonwebtoken::encode(
+            &Header { kid: Some("local".into()), ..Header::new(Algorithm::HS256) },
+            &serde_json::json!({"sub": "alice", "orgs": ["acme"], "role": "agent", "iat": now}),
+            &EncodingKey::from_secret(&[b'k'; 40]),
+        )
+        .unwrap();
+        assert!(verifier.verify(&missing_exp).is_err(), "no exp");
+
+        let over = signer.mint("alice", Role::Agent, vec!["acme".into()], Duration::from_secs(3601));
+        assert!(over.unwrap_err().to_string().contains("auth.max_token_lifetime_secs"));
+        assert!(signer.mint("alice", Role::Agent, vec!["acme".into()], Duration::from_secs(u64::MAX)).is_err());
+        assert_eq!(signer.max_lifetime(), Duration::from_secs(3600));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -3,7 +3,9 @@
 //! that port 0 works, until the token is cancelled. Every call is measured
 //! (`leads_grpc_request_duration_seconds`, `leads_grpc_requests_total`) and, but health and
 //! reflection, authenticated (`crate::auth`); each has `grpc.request_timeout_secs` and each
-//! connection `grpc.concurrency_per_connection` calls at once.
+//! connection `grpc.concurrency_per_connection` calls at once. Health's `Watch` streams, which
+//! need no token and last as long as their callers like, are `grpc.health_watch_limit` at
+//! most per server.
 
 use std::net::SocketAddr;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -79,6 +81,7 @@ pub async fn serve(
     let auth = crate::auth::AuthLayer::new(verifier, settings.grpc.reflection);
     let timeout = std::time::Duration::from_secs(settings.grpc.request_timeout_secs);
     let per_connection = settings.grpc.concurrency_per_connection;
+    let watch_limit = HealthWatchLimit::new(settings.grpc.health_watch_limit);
     let ready = metrics::gauge!(crate::telemetry::names::SERVICE_READY, "service" => service);
     ready.set(1.0);
     // Without TCP_NODELAY a response written in more than one segment waits for the client's
@@ -101,6 +104,7 @@ pub async fn serve(
             .concurrency_limit_per_connection(per_connection)
             .trace_fn(crate::telemetry::grpc_request_span)
             .layer(MetricsLayer { service })
+            .layer(watch_limit)
             .layer(auth)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -137,8 +141,12 @@ pub struct MetricsService<S> {
     service: &'static str,
 }
 
-type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
-type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+/// What the platform's tower layers (metrics, auth, the health watch limit) see of a call.
+pub(crate) type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+pub(crate) type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+/// The answer those layers hand back, whatever the inner service's error `E`.
+pub(crate) type ResponseFuture<E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, E>> + Send>>;
 
 impl<S> tonic::codegen::Service<HttpRequest> for MetricsService<S>
 where
@@ -147,7 +155,7 @@ where
 {
     type Response = HttpResponse;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -173,6 +181,99 @@ where
                 }
             }
         })
+    }
+}
+
+/// The path of the one call a server keeps open for as long as its caller wants, unasked.
+const HEALTH_WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+
+/// A tower layer that holds a server's `Health/Watch` streams to a number at once: each
+/// holds a permit until its response body is dropped (the stream ended or its caller went
+/// away), and a watch beyond the limit is answered RESOURCE_EXHAUSTED at once.
+#[derive(Debug, Clone)]
+pub struct HealthWatchLimit {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl HealthWatchLimit {
+    pub fn new(limit: usize) -> Self {
+        Self { permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)), limit }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for HealthWatchLimit {
+    type Service = HealthWatchLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HealthWatchLimitService { inner, limit: self.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthWatchLimitService<S> {
+    inner: S,
+    limit: HealthWatchLimit,
+}
+
+impl<S> tonic::codegen::Service<HttpRequest> for HealthWatchLimitService<S>
+where
+    S: tonic::codegen::Service<HttpRequest, Response = HttpResponse> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        if request.uri().path() != HEALTH_WATCH_PATH {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(permit) = self.limit.permits.clone().try_acquire_owned() else {
+            tracing::warn!(limit = self.limit.limit, "health watch refused: the server holds its limit of watches");
+            let status = tonic::Status::resource_exhausted(format!(
+                "this server holds its limit of {} health watches (grpc.health_watch_limit): use Check, or watch later",
+                self.limit.limit
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            let (parts, body) = response.into_parts();
+            Ok(HttpResponse::from_parts(parts, tonic::body::Body::new(PermitBody { body, _permit: permit })))
+        })
+    }
+}
+
+/// A response body that holds a permit for as long as it lives.
+struct PermitBody {
+    body: tonic::body::Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -440,6 +541,50 @@ impl crate::error::ServiceError for UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    #[tokio::test]
+    async fn health_watches_beyond_the_limit_are_refused_until_one_ends() -> anyhow::Result<()> {
+        let mut settings = crate::Settings::default();
+        settings.grpc.health_watch_limit = 2;
+        settings.grpc.reflection = false;
+        let token = CancellationToken::new();
+        let routes = Routes::default();
+        let serving = serve(&settings, "127.0.0.1:0", "test", &["test.v1.Test"], routes, token.clone()).await?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", serving.addr))?.connect().await?;
+        let health = HealthClient::new(channel);
+        let watch = || {
+            let mut health = health.clone();
+            async move { health.watch(HealthCheckRequest { service: String::new() }).await }
+        };
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = watch().await?.into_inner();
+            assert!(stream.message().await?.is_some(), "a watch answers with the current status");
+            held.push(stream);
+        }
+        let refused = watch().await.expect_err("a third watch is over the limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("grpc.health_watch_limit"), "{}", refused.message());
+        health.clone().check(HealthCheckRequest { service: String::new() }).await?;
+
+        drop(held.pop());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match watch().await {
+                Ok(_) => break,
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    assert!(tokio::time::Instant::now() < deadline, "the ended watch's place is never freed");
+                    tokio::task::yield_now().await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        drop(held);
+        token.cancel();
+        serving.task.await??;
+        Ok(())
+    }
 
     #[test]
     fn a_served_method_is_its_own_label_and_any_other_path_is_unknown() {

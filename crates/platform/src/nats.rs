@@ -113,6 +113,27 @@ impl Subjects {
     }
 }
 
+/// How long the publishers' input streams (`INTERACTIONS`, `BROADCASTS`) remember a
+/// `Nats-Msg-Id`: the shortest window nats-server accepts. Every organisation publishes into
+/// the same stream and nats-server 2.9 cannot key the window per publisher, so a longer one
+/// would let one organisation's publisher drop another's events by sending their ids first;
+/// repeats are dropped by the services' database keys instead.
+pub const INPUT_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// How long the streams only the services publish into (`events.*`, `deadletter.>`) remember
+/// a `Nats-Msg-Id`: long enough to absorb the outbox relay's republishes after a crash.
+pub const SERVICE_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The inbox prefix of a connection as `user`: `_INBOX.<user>`, the name's `.`, `*`, `>` and
+/// whitespace replaced by `_` so that it stays one subject token. Replies (JetStream acks,
+/// pulled messages, request answers) arrive under it, so the server can let each user
+/// subscribe to its own replies only (`deploy/nats/nats-server.conf`).
+pub fn inbox_prefix(user: &str) -> String {
+    let token: String =
+        user.chars().map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() { '_' } else { c }).collect();
+    format!("_INBOX.{token}")
+}
+
 /// Connects with the credentials and TLS of `settings.nats_auth` (user and password, token,
 /// nkey seed or creds file; CA and client certificate). With none, as `connect`.
 pub async fn connect_with(settings: &crate::Settings, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -126,7 +147,9 @@ pub async fn connect_with(settings: &crate::Settings, name: &str) -> anyhow::Res
     Ok(client)
 }
 
-/// The connect options of `auth`; a file that cannot be read is an error naming it.
+/// The connect options of `auth`; a file that cannot be read is an error naming it. A
+/// connection with a user receives its replies under that user's own inbox prefix
+/// (`inbox_prefix`).
 pub async fn connect_options(auth: &crate::settings::NatsAuthSettings) -> anyhow::Result<async_nats::ConnectOptions> {
     let read = |field: &str, path: &std::path::Path| {
         std::fs::read_to_string(path)
@@ -157,7 +180,7 @@ pub async fn connect_options(auth: &crate::settings::NatsAuthSettings) -> anyhow
             (None, Some(path)) => read("password_file", path)?,
             (None, None) => String::new(),
         };
-        options = options.user_and_password(user.clone(), password);
+        options = options.user_and_password(user.clone(), password).custom_inbox_prefix(inbox_prefix(user));
     }
     if let Some(path) = &auth.ca_file {
         options = options.add_root_certificates(path.clone()).require_tls(true);
@@ -187,13 +210,17 @@ pub fn stream_config(subjects: &Subjects, kind: StreamKind, replicas: usize) -> 
         StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events(_) => Duration::from_secs(7 * 24 * 3600),
         StreamKind::DeadLetter => Duration::from_secs(30 * 24 * 3600),
     };
+    let duplicate_window = match kind {
+        StreamKind::Interactions | StreamKind::Broadcasts => INPUT_DUPLICATE_WINDOW,
+        StreamKind::DeadLetter | StreamKind::Events(_) => SERVICE_DUPLICATE_WINDOW,
+    };
     stream::Config {
         name: subjects.stream_name(kind),
         subjects: subjects.stream_subjects(kind),
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window,
         num_replicas: replicas,
         ..Default::default()
     }
@@ -248,7 +275,13 @@ pub async fn ensure_stream_replicated(
     };
     match js.update_stream(update).await {
         Ok(info) => {
-            tracing::info!(stream = %name, replicas = info.config.num_replicas, from = current_replicas, "stream updated");
+            tracing::info!(
+                stream = %name,
+                replicas = info.config.num_replicas,
+                from = current_replicas,
+                duplicate_window_ms = info.config.duplicate_window.as_millis(),
+                "stream updated"
+            );
             stream = js.get_stream(&name).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
         }
         Err(error) => {
@@ -351,5 +384,24 @@ mod tests {
         assert_eq!(scoped.stream_name(StreamKind::Interactions), "T-9_X_INTERACTIONS");
         assert_eq!(scoped.strip("t-9.x.interactions.acme"), Some("interactions.acme"));
         assert_eq!(scoped.strip("interactions.acme"), None);
+    }
+
+    #[test]
+    fn only_the_publishers_input_streams_forget_msg_ids_at_once() {
+        let subjects = Subjects::default();
+        let window = |kind| stream_config(&subjects, kind, 1).duplicate_window;
+        assert_eq!(window(StreamKind::Interactions), Duration::from_millis(100));
+        assert_eq!(window(StreamKind::Broadcasts), Duration::from_millis(100));
+        assert_eq!(window(StreamKind::DeadLetter), Duration::from_secs(120));
+        for source in EVENT_SOURCES {
+            assert_eq!(window(StreamKind::Events(source)), Duration::from_secs(120), "{source}");
+        }
+    }
+
+    #[test]
+    fn each_user_gets_an_inbox_prefix_of_one_token() {
+        assert_eq!(inbox_prefix("leads-ingest"), "_INBOX.leads-ingest");
+        assert_eq!(inbox_prefix("publisher-acme"), "_INBOX.publisher-acme");
+        assert_eq!(inbox_prefix("a.b *>c\td"), "_INBOX.a_b___c_d");
     }
 }

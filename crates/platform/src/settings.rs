@@ -209,6 +209,9 @@ pub struct GrpcSettings {
     pub request_timeout_secs: u64,
     /// Calls served at once per connection; more wait.
     pub concurrency_per_connection: usize,
+    /// `grpc.health.v1.Health/Watch` streams a server holds open at once: a watch lasts as
+    /// long as its caller wants and needs no token, so more are refused RESOURCE_EXHAUSTED.
+    pub health_watch_limit: usize,
     /// PEM certificate chain and key: every port serves gRPC over TLS (plaintext when unset).
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
@@ -258,6 +261,7 @@ impl Default for GrpcSettings {
             reflection: true,
             request_timeout_secs: 60,
             concurrency_per_connection: 256,
+            health_watch_limit: 64,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -541,24 +545,44 @@ fn culprit(from_file: &toml::Table, changes: &[layered::Change]) -> Option<anyho
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Keys that verify bearer tokens, one file each: an HS256 secret (its bytes, at least 32)
-    /// or an RS256 or EdDSA public key in PEM. A token's `kid` header picks the file of that
-    /// stem (`keys/2026-11.pem` is kid `2026-11`); without one, each key of the token's
-    /// algorithm is tried. Several, so that keys can rotate.
+    /// Keys that verify bearer tokens, one file each, whose name declares the algorithm: a
+    /// `*.key` or `*.secret` file is an HS256 secret (its bytes, at least 32), a `*.pem` file an
+    /// RS256 or EdDSA public key in PEM; a file whose contents do not match its name is
+    /// refused. A token's `kid` header picks the file of that stem (`keys/2026-11.pem` is kid
+    /// `2026-11`); without one, each key of the token's algorithm is tried. Several, so that
+    /// keys can rotate.
     pub key_files: Vec<PathBuf>,
     /// The key that signs the service tokens of calls between services and `leads token`: an
-    /// HS256 secret file (which then verifies too) or an RS256 or EdDSA private key in PEM
-    /// (whose public key goes in `key_files`).
+    /// HS256 secret (`*.key`, `*.secret`; it then verifies too) or an RS256 or EdDSA private
+    /// key in PEM (`*.pem`; its public key goes in `key_files`).
     pub signing_key_file: Option<PathBuf>,
     /// A ready-made service token sent on calls between services instead of signing one.
     pub service_token_file: Option<PathBuf>,
     /// Lifetime of a service token signed by this process; renewed at half of it.
     pub service_token_ttl_secs: u64,
+    /// When set, tokens must carry this `iss`; the tokens this process signs carry it.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud`; the tokens this process signs carry it.
+    pub audience: Option<String>,
+    /// The longest a token may live, `exp - iat`: a token that would live longer, or that
+    /// lacks either claim, is refused, so that a leaked token cannot outlive a day.
+    pub max_token_lifetime_secs: u64,
 }
+
+/// A day: a person's working token, and the longest any token lives by default.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { key_files: Vec::new(), signing_key_file: None, service_token_file: None, service_token_ttl_secs: 3600 }
+        Self {
+            key_files: Vec::new(),
+            signing_key_file: None,
+            service_token_file: None,
+            service_token_ttl_secs: 3600,
+            issuer: None,
+            audience: None,
+            max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+        }
     }
 }
 
@@ -614,6 +638,10 @@ pub struct DatabaseSettings {
     /// `LEADS_STATEMENT_TIMEOUT_MS`, or per service `LEADS_<SERVICE>_STATEMENT_TIMEOUT_MS`.
     pub statement_timeout_ms: u64,
     pub service_statement_timeout_ms: BTreeMap<String, u64>,
+    /// Connections of the lead service's pool for ExportLeads, apart from its main pool, and
+    /// so the exports it runs at once: more are refused RESOURCE_EXHAUSTED, and however many
+    /// run, the Leads page keeps its connections.
+    pub export_max_connections: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -625,6 +653,7 @@ impl Default for DatabaseSettings {
             password_files: Default::default(),
             statement_timeout_ms: 120_000,
             service_statement_timeout_ms: Default::default(),
+            export_max_connections: 2,
         }
     }
 }
@@ -643,14 +672,32 @@ fn read_secret(field: &str, path: &Path) -> Result<SecretString, SettingsError> 
 
 impl Settings {
     fn validate_security(&self) -> Result<(), SettingsError> {
-        if self.auth.service_token_ttl_secs < 60 || self.auth.service_token_ttl_secs > 7 * 24 * 3600 {
+        let auth = &self.auth;
+        if auth.max_token_lifetime_secs < 60 || auth.max_token_lifetime_secs > 30 * 24 * 3600 {
+            return Err(invalid("auth.max_token_lifetime_secs", "must be between 60 and 2592000"));
+        }
+        if auth.service_token_ttl_secs < 60 || auth.service_token_ttl_secs > 7 * 24 * 3600 {
             return Err(invalid("auth.service_token_ttl_secs", "must be between 60 and 604800"));
+        }
+        if auth.service_token_ttl_secs > auth.max_token_lifetime_secs {
+            return Err(invalid("auth.service_token_ttl_secs", "must be at most auth.max_token_lifetime_secs"));
+        }
+        for (field, value) in [("auth.issuer", &auth.issuer), ("auth.audience", &auth.audience)] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty() || v.trim() != v) {
+                return Err(invalid(field, "must not be empty or start or end with spaces"));
+            }
         }
         if self.grpc.request_timeout_secs == 0 || self.grpc.request_timeout_secs > 3600 {
             return Err(invalid("grpc.request_timeout_secs", "must be between 1 and 3600"));
         }
         if self.grpc.concurrency_per_connection == 0 || self.grpc.concurrency_per_connection > 100_000 {
             return Err(invalid("grpc.concurrency_per_connection", "must be between 1 and 100000"));
+        }
+        if self.grpc.health_watch_limit == 0 || self.grpc.health_watch_limit > 10_000 {
+            return Err(invalid("grpc.health_watch_limit", "must be between 1 and 10000"));
+        }
+        if self.database.export_max_connections == 0 || self.database.export_max_connections > 64 {
+            return Err(invalid("database.export_max_connections", "must be between 1 and 64"));
         }
         let n = &self.nats_auth;
         if n.password.is_some() && n.password_file.is_some() {

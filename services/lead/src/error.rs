@@ -18,6 +18,10 @@ pub enum LeadError {
     /// A stored value this version cannot read, such as an unknown status.
     #[error("unreadable stored value: {0}")]
     Unreadable(String),
+    #[error(
+        "{limit} exports are already running, the limit (database.export_max_connections): try again when one ends"
+    )]
+    ExportLimit { limit: u32 },
 }
 
 impl LeadError {
@@ -50,6 +54,7 @@ impl platform::error::ServiceError for LeadError {
             LeadError::VersionMismatch { .. } | LeadError::Conflict => tonic::Code::Aborted,
             LeadError::Database(error) => platform::error::sql_code(error),
             LeadError::Unreadable(_) => tonic::Code::Internal,
+            LeadError::ExportLimit { .. } => tonic::Code::ResourceExhausted,
         }
     }
 
@@ -66,7 +71,11 @@ impl platform::error::ServiceError for LeadError {
 
 impl From<LeadError> for tonic::Status {
     fn from(error: LeadError) -> Self {
-        platform::error::to_status("lead", &error)
+        match error {
+            // A limit the caller waits out, not an outage: it is told which limit.
+            LeadError::ExportLimit { .. } => tonic::Status::resource_exhausted(error.to_string()),
+            _ => platform::error::to_status("lead", &error),
+        }
     }
 }
 

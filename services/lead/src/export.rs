@@ -1,6 +1,11 @@
 //! ExportLeads as CSV. ALL reads one repeatable-read snapshot, so every lead matching the
 //! filters when the export starts appears exactly once however leads change meanwhile, and
 //! streams it in chunks through a small channel so memory stays flat whatever the size.
+//!
+//! Exports run on a small pool of their own (`database.export_max_connections`), one
+//! connection each: an export beyond it is refused RESOURCE_EXHAUSTED rather than queued, and
+//! however many run, the service's main pool (the Leads page, the consumers) keeps every
+//! connection.
 
 use crate::{error::LeadError, query::LeadQuery, read};
 use chrono::{DateTime, Utc};
@@ -8,7 +13,8 @@ use contracts::lead::{LeadView, ScoreSource, SourceKind, Status};
 use futures::TryStreamExt;
 use leads_proto::v1 as pb;
 use sqlx::{PgPool, Row, postgres::PgRow};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
 const ROWS_PER_CHUNK: usize = 2000;
@@ -153,9 +159,48 @@ fn new_writer(with_header: bool) -> Result<csv::Writer<Vec<u8>>, LeadError> {
 
 pub type ChunkReceiver = mpsc::Receiver<Result<pb::ExportChunk, LeadError>>;
 
+/// The pool exports run on, and a permit per connection: an export holds one from its start
+/// until its last chunk is handed over or its caller goes away.
+#[derive(Clone)]
+pub struct Exports {
+    pool: PgPool,
+    permits: Arc<Semaphore>,
+    limit: u32,
+}
+
+impl Exports {
+    /// A pool of `database.export_max_connections` connections as the lead service's role,
+    /// opened as exports need them.
+    pub fn connect(settings: &platform::Settings) -> anyhow::Result<Self> {
+        let limit = settings.database.export_max_connections;
+        let options =
+            platform::db::service_options(settings, platform::ServiceName::Lead)?.application_name("leads-lead-export");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(limit)
+            // A permit guarantees a connection; waiting longer means Postgres is unreachable.
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_lazy_with(options);
+        Ok(Self::on(pool, limit))
+    }
+
+    /// Exports on `pool`, `limit` at once.
+    pub fn on(pool: PgPool, limit: u32) -> Self {
+        let permits = usize::try_from(limit).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Self { pool, permits: Arc::new(Semaphore::new(permits)), limit }
+    }
+
+    fn permit(&self) -> Result<OwnedSemaphorePermit, LeadError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!(limit = self.limit, "export refused: the export limit is reached");
+            LeadError::ExportLimit { limit: self.limit }
+        })
+    }
+}
+
 /// The rows ListLeads would return for the same request, as one chunk.
-pub async fn current_page(pool: &PgPool, query: &LeadQuery) -> Result<pb::ExportChunk, LeadError> {
-    let page = read::list_leads(pool, query, false).await?;
+pub async fn current_page(exports: &Exports, query: &LeadQuery) -> Result<pb::ExportChunk, LeadError> {
+    let _permit = exports.permit()?;
+    let page = read::list_leads(&exports.pool, query, false).await?;
     let mut writer = new_writer(true)?;
     for lead in &page.leads {
         write_row(&mut writer, &CsvRow::from(lead)).map_err(|e| LeadError::invalid("export", e.to_string()))?;
@@ -163,15 +208,19 @@ pub async fn current_page(pool: &PgPool, query: &LeadQuery) -> Result<pb::Export
     chunk(writer, page.leads.len() as i64)
 }
 
-/// Every matching lead in the snapshot taken when the export starts.
-pub fn all(pool: PgPool, query: LeadQuery) -> ChunkReceiver {
+/// Every matching lead in the snapshot taken when the export starts; refused at once when
+/// the export limit is reached.
+pub fn all(exports: &Exports, query: LeadQuery) -> Result<ChunkReceiver, LeadError> {
+    let permit = exports.permit()?;
+    let pool = exports.pool.clone();
     let (sender, receiver) = mpsc::channel(4);
     tokio::spawn(async move {
         if let Err(error) = stream_all(&pool, &query, &sender).await {
             let _ = sender.send(Err(error)).await;
         }
+        drop(permit);
     });
-    receiver
+    Ok(receiver)
 }
 
 async fn stream_all(

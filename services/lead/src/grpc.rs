@@ -177,12 +177,12 @@ impl LeadService for LeadApi {
         let query = LeadQuery::parse(&list)?;
         match pb::ExportScope::try_from(request.scope) {
             Ok(pb::ExportScope::Unspecified | pb::ExportScope::CurrentPage) => {
-                let chunk = export::current_page(&self.ctx.pool, &query).await?;
+                let chunk = export::current_page(&self.ctx.exports, &query).await?;
                 let stream = futures::stream::iter([Ok(chunk)]);
                 Ok(Response::new(Box::pin(stream)))
             }
             Ok(pb::ExportScope::All) => {
-                let receiver = export::all(self.ctx.pool.clone(), query);
+                let receiver = export::all(&self.ctx.exports, query)?;
                 let stream = futures::StreamExt::map(ReceiverStream::new(receiver), |r| r.map_err(GrpcStatus::from));
                 Ok(Response::new(Box::pin(stream)))
             }

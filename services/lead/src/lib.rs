@@ -41,6 +41,8 @@ pub struct LeadContext {
     pub outbox: OutboxSignal,
     /// Where the timeline's broadcast entries come from; `None` when the endpoint is invalid.
     pub broadcast: Option<BroadcastTrackingServiceClient<TracedChannel>>,
+    /// ExportLeads' own pool, so that exports never take the Leads page's connections.
+    pub exports: export::Exports,
 }
 
 pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
@@ -61,6 +63,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         subjects: infra.subjects.clone(),
         outbox: base.outbox.clone(),
         broadcast: broadcast_client(&infra.settings),
+        exports: export::Exports::connect(&infra.settings)?,
     };
     base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
     base.consumer(StreamKind::Events("ingest"), INTERACTIONS_DURABLE).spawn(
