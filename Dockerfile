@@ -2,7 +2,8 @@
 # The `leads` binary in a small image that runs as a non-root user.
 #
 #   docker build -t leads .
-#   docker run --rm -e LEADS_SERVICES=lead -e LEADS_DATABASE_URL=... -e LEADS_NATS_URL=... leads
+#   docker run --rm -e LEADS_SERVICES=lead -e LEADS_AUTH_SIGNING_KEY_FILE=/keys/signing.key \
+#     -v "$PWD/keys:/keys:ro" -e LEADS_DATABASE_URL=... -e LEADS_NATS_URL=... leads
 #
 # Dependencies are compiled in a layer of their own, keyed only by the manifests: the
 # `skeleton` stage keeps every Cargo.toml of the tree (found, not listed, so a new workspace
@@ -38,7 +39,10 @@ ENV LEADS_GRPC_HOST=0.0.0.0 \
     LEADS_SERVICES=all \
     RUST_LOG=info
 USER 65532:65532
-# gRPC: ingest, lead, qualification, assignment, followup, broadcast; then Prometheus metrics.
-EXPOSE 50051 50052 50053 50054 50055 50056 9464
+# gRPC: ingest, lead, qualification, assignment, followup, broadcast, people; the console's
+# HTTP (8080; it holds no key and no credential); then Prometheus metrics. A service refuses to
+# start without a key for tokens (LEADS_AUTH_SIGNING_KEY_FILE or LEADS_AUTH_KEY_FILES): mount
+# one, never bake it into the image.
+EXPOSE 50051 50052 50053 50054 50055 50056 50057 8080 9464
 ENTRYPOINT ["leads"]
 CMD ["run"]

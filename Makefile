@@ -8,11 +8,11 @@ INFRA = eval "$$(deploy/local/infra.sh)"
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-run: ## Run all six services locally (installs/starts Postgres and NATS when missing)
+run: ## Run all seven services and the console locally (installs/starts Postgres and NATS when missing)
 	@deploy/local/run.sh
 
-test: ## Run every test against real Postgres and NATS
-	@$(INFRA); cargo build --workspace --all-targets && \
+test: ## Run every test against real Postgres and NATS (and the Python tools of tests/requirements.txt)
+	@eval "$$(deploy/local/infra.sh --test-venv)"; cargo build --workspace --all-targets && \
 	if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \
@@ -31,5 +31,5 @@ bench: ## Run the benchmarks and print figures for BENCHMARKS.md
 infra: ## Only make sure Postgres and NATS are up, and print their URLs
 	@deploy/local/infra.sh
 
-deploy-check: ## Check the Dockerfile, compose file, Kubernetes manifests, alerts and dashboard offline
+deploy-check: ## Check the Dockerfile, compose file, Kubernetes manifests, secrets, alerts and dashboard offline, closed by default
 	@deploy/check.sh

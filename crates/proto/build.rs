@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "leads/v1/assignment.proto",
     "leads/v1/followup.proto",
     "leads/v1/broadcast.proto",
+    "leads/v1/people.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,6 +4,9 @@
 # they are; otherwise what is missing is installed from Debian's packages and private
 # instances are started under the project's data folder, on their own ports.
 # Prints the environment to use (shell assignments) on stdout; progress goes to stderr.
+# With --test-venv (`make test`) it also makes .data/venv, a Python venv holding
+# tests/requirements.txt (installed again when that file changes), and exports its python as
+# LEADS_TEST_PYTHON.
 set -euo pipefail
 
 DATA_DIR="${LEADS_DATA_DIR:-$(pwd)/.data}"
@@ -103,10 +106,46 @@ ensure_nats() {
   NATS_URL="nats://127.0.0.1:$PRIVATE_NATS_PORT"
 }
 
+ensure_test_venv() {
+  local venv="$DATA_DIR/venv" requirements=tests/requirements.txt
+  local stamp="$venv/.requirements"
+  if [ ! -x "$venv/bin/python" ]; then
+    log "making the tests' Python venv in $venv"
+    mkdir -p "$DATA_DIR"
+    python3 -m venv "$venv" >/dev/null 2>&1 || { rm -rf "$venv"; apt_install python3-venv && python3 -m venv "$venv" >&2; }
+  fi
+  if ! cmp -s "$requirements" "$stamp"; then
+    log "installing $requirements into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2
+    cp "$requirements" "$stamp"
+  fi
+  TEST_PYTHON="$venv/bin/python"
+}
+
+# Debian's Chromium, for the browser tests (`infra.sh --browser`): Playwright drives it as
+# it is and never downloads a browser of its own.
+ensure_chromium() {
+  command -v chromium >/dev/null && return
+  log "no chromium: installing Debian's"
+  apt_install --no-install-recommends chromium
+}
+
 ensure_postgres
 ensure_nats
+for arg in "$@"; do
+  if [ "$arg" = --browser ]; then
+    ensure_chromium
+  fi
+done
+TEST_PYTHON=
+if [ "${1:-}" = --test-venv ]; then
+  ensure_test_venv
+fi
 echo "export LEADS_TEST_DATABASE_URL=$PG_URL_BASE/postgres"
 echo "export LEADS_TEST_NATS_URL=$NATS_URL"
 echo "export LEADS_ADMIN_DATABASE_URL=$PG_URL_BASE/postgres"
 echo "export LEADS_DATABASE_URL=\${LEADS_DATABASE_URL:-$PG_URL_BASE/leads}"
 echo "export LEADS_NATS_URL=\${LEADS_NATS_URL:-$NATS_URL}"
+if [ -n "$TEST_PYTHON" ]; then
+  echo "export LEADS_TEST_PYTHON=$TEST_PYTHON"
+fi

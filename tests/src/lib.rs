@@ -27,7 +27,9 @@ use tonic::transport::Channel;
 pub use leads_proto::v1 as pb;
 
 pub mod broadcast_gen;
+pub mod browserless;
 pub mod desk;
+pub mod keys;
 pub mod raw_pg;
 
 /// The admin connection tests create their databases with.
@@ -93,7 +95,9 @@ impl TestEnv {
             database_url: SecretString::from(with_database(admin_url, &database)),
             nats_url: nats_url.to_owned(),
             subject_prefix: format!("t{}.", &id[..12]),
-            database_max_connections: 8,
+            // Two environments run at once (a test per core), seven services each, under the
+            // machine's 100 connections.
+            database_max_connections: 5,
             ..Settings::default()
         };
         settings.grpc.host = "127.0.0.1".into();
@@ -106,6 +110,8 @@ impl TestEnv {
         settings.endpoints.lead = "http://127.0.0.1:9".into();
         settings.consumer.ack_wait_secs = 5;
         settings.consumer.batch_size = 200;
+        // Tests of behaviour call without tokens; tests/tests/security.rs sets keys.
+        settings.auth.disabled = true;
         settings.validate()?;
         let nats = platform::nats::connect(&settings.nats_url, "leads-tests").await?;
         let js = jetstream::new(nats.clone());
@@ -155,6 +161,7 @@ impl TestEnv {
             ("LEADS_NATS_URL".into(), self.settings.nats_url.clone()),
             ("LEADS_SUBJECT_PREFIX".into(), self.settings.subject_prefix.clone()),
             ("LEADS_CONSUMER_ACK_WAIT_SECS".into(), self.settings.consumer.ack_wait_secs.to_string()),
+            ("LEADS_AUTH_DISABLED".into(), self.settings.auth.disabled.to_string()),
             ("RUST_LOG".into(), "warn".into()),
         ]
     }
@@ -311,6 +318,7 @@ impl Process {
         for service in ServiceName::ALL {
             command.env(format!("LEADS_GRPC_{}_PORT", service.as_str().to_uppercase()), "0");
         }
+        command.env("LEADS_CONSOLE_PORT", "0");
         for (key, value) in extra_env {
             command.env(key, value);
         }

@@ -374,6 +374,7 @@ async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::R
         agent_id: "ann".into(),
         actor: "router".into(),
         reason: "from the lead service".into(),
+        ..Default::default()
     };
     let results = desk.leads.clone().assign_leads(request).await?.into_inner().results;
     assert!(results.iter().all(|r| r.outcome == pb::BulkOutcome::Changed as i32), "{results:?}");

@@ -716,3 +716,86 @@ async fn batches_of_statuses_and_messages_are_applied_item_by_item_and_bad_items
     node.stop().await?;
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn campaigns_are_listed_most_recently_sent_first_with_their_figures_and_paged() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Broadcast]).await?;
+    let at = base_time();
+    let s = |n: i64| at + Span::seconds(n);
+    // cmp-old: o1 read, o2 failed (131026, undeliverable); cmp-new, sent later: n1 delivered
+    // and replied to, n2 no status yet. Another organisation's campaign was sent last of all.
+    let mut events = vec![
+        message(&env, "o1", "cmp-old", &phone(200), s(0)),
+        message(&env, "o2", "cmp-old", &phone(201), s(5)),
+        message(&env, "n1", "cmp-new", &phone(202), s(10)),
+        message(&env, "n2", "cmp-new", &phone(203), s(20)),
+        status(&env, "o1", "read", s(30)),
+        status(&env, "n1", "sent", s(31)),
+        status(&env, "n1", "delivered", s(32)),
+        failed(&env, "o2", 131026, s(33)),
+    ];
+    let theirs = json!({
+        "message_id": "x1", "occurred_at": s(40).to_rfc3339(),
+        "campaign": { "id": "cmp-x", "name": "Theirs" }, "contact": { "phone": phone(204) },
+    });
+    events.push(Published {
+        subject: env.subjects.broadcast_messages("globex"),
+        payload: theirs.to_string().into_bytes(),
+        headers: None,
+    });
+    publish_all(&env, &events).await?;
+    wait_drained(&env, StreamKind::Broadcasts, broadcast::DURABLE).await;
+    let mut reply = chat_event("reply-n1", &phone(202), "yes please");
+    reply["kind"] = json!("broadcast_reply");
+    reply["broadcast"] = json!({ "message_id": "n1", "campaign_id": "cmp-new" });
+    env.publish_interaction(ORG, &reply).await?;
+
+    let client = node.broadcast().await?;
+    let list = |org: &str, page_size: i32, page_token: String| {
+        let mut client = client.clone();
+        let request = pb::ListCampaignsRequest { org_id: org.into(), page_size, page_token };
+        async move { client.list_campaigns(request).await.map(tonic::Response::into_inner) }
+    };
+    let page = eventually(DEADLINE, "the reply to be counted", || async {
+        let page = list(ORG, 0, String::new()).await.ok()?;
+        page.campaigns.iter().any(|c| c.replied == 1).then_some(page)
+    })
+    .await;
+    let ids: Vec<&str> = page.campaigns.iter().map(|c| c.campaign_id.as_str()).collect();
+    assert_eq!(ids, ["cmp-new", "cmp-old"], "the most recently sent first, another organisation's not at all");
+    assert!(page.next_page_token.is_empty(), "one page holds both");
+    let time = |at: DateTime<Utc>| Some(prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 });
+    let (new, old) = (&page.campaigns[0], &page.campaigns[1]);
+    assert_eq!(
+        (new.name.as_str(), new.messages, new.sent, new.delivered, new.read, new.failed),
+        ("Campaign cmp-new", 2, 1, 1, 0, 0)
+    );
+    assert_eq!((new.replied, new.leads_created, new.reply_rate), (1, 1, 0.5));
+    assert_eq!((new.first_sent_at, new.last_sent_at), (time(s(10)), time(s(20))));
+    assert_eq!((old.messages, old.sent, old.delivered, old.read, old.failed, old.replied), (2, 1, 1, 1, 1, 0));
+    assert_eq!(old.failed_by_class.get("undeliverable"), Some(&1));
+    assert_eq!((old.first_sent_at, old.last_sent_at), (time(s(0)), time(s(5))));
+    let mut stats_client = client.clone();
+    for listed in &page.campaigns {
+        assert_eq!(listed, &stats(&mut stats_client, &listed.campaign_id).await?, "the figures GetCampaignStats gives");
+    }
+
+    // A page at a time: each campaign once, in the same order, and no token after the last.
+    let first = list(ORG, 1, String::new()).await?;
+    assert_eq!(first.campaigns, page.campaigns[..1]);
+    assert!(!first.next_page_token.is_empty());
+    let second = list(ORG, 1, first.next_page_token).await?;
+    assert_eq!(second.campaigns, page.campaigns[1..]);
+    assert!(second.next_page_token.is_empty(), "the last page");
+
+    let globex = list("globex", 0, String::new()).await?;
+    assert_eq!(globex.campaigns.iter().map(|c| c.campaign_id.as_str()).collect::<Vec<_>>(), ["cmp-x"]);
+    for (page_size, page_token, field) in [(201, String::new(), "page_size"), (0, "zz".to_owned(), "page_token")] {
+        let refused = list(ORG, page_size, page_token).await.expect_err(field);
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(field), "{}", refused.message());
+    }
+    node.stop().await?;
+    env.cleanup().await
+}

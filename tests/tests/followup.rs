@@ -225,6 +225,7 @@ async fn a_follow_up_accepted_by_the_lead_arrives_from_its_event() -> anyhow::Re
         note: "from the event".into(),
         agent_id: "ann".into(),
         actor: "ann".into(),
+        ..Default::default()
     };
     let first = desk.leads.clone().open_follow_up(request.clone()).await?.into_inner();
     // A retry of the same follow-up changes nothing.

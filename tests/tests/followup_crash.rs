@@ -148,6 +148,7 @@ async fn sigkill_while_follow_ups_open_come_due_and_close_keeps_each_once() -> a
                             note: format!("call {i}"),
                             agent_id: String::new(),
                             actor: "ann".into(),
+                            ..Default::default()
                         };
                         let mut open = tonic::Request::new(open);
                         open.set_timeout(Duration::from_secs(10));

@@ -181,7 +181,7 @@ async fn health_command_exits_zero_only_for_a_serving_server() -> anyhow::Result
     let all = tokio::time::timeout(Duration::from_secs(20), all.output()).await??;
     assert!(!all.status.success(), "{all:?}");
     let stdout = String::from_utf8_lossy(&all.stdout);
-    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().count(), ServiceName::ALL.len(), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("lead ") && l.ends_with(" SERVING")), "{stdout}");
 
     // The library function answers the same.

@@ -636,7 +636,9 @@ async fn a_consumer_that_cannot_work_makes_health_not_serving_and_the_process_fa
     let stopped = node.stop().await;
     let error = stopped.expect_err("the service failed");
     assert!(format!("{error:#}").contains("consumer"), "{error:#}");
-    // The binary exits non-zero, for its supervisor to restart it.
+    // The binary exits non-zero, for its supervisor to restart it. The stream is declared
+    // again first, as its owner (lead) does at its start: qualification only waits for it.
+    platform::nats::ensure_stream(&env.js, &env.subjects, platform::nats::StreamKind::Events("lead")).await?;
     let mut process = Process::spawn(&env, "qualification", &[])?;
     process.ready().await?;
     env.js.delete_stream(env.subjects.stream_name(platform::nats::StreamKind::Events("lead"))).await?;

@@ -1,6 +1,7 @@
-//! Security against real services: every RPC confined to the token's organisations, no
-//! call without a valid token, internal RPCs for services only, the recorded actor taken from
-//! the token, every free-text field bounded, exports safe to open in a spreadsheet.
+//! Security against real services: the role matrix cell by cell, every RPC confined to the
+//! token's organisations, no call without a valid token, an agent confined to its own leads,
+//! the recorded actor taken from the token, every free-text field bounded, exports safe to
+//! open in a spreadsheet, no service without keys unless told.
 
 use leads_proto::v1::{
     assignment_service_client::AssignmentServiceClient,
@@ -8,70 +9,29 @@ use leads_proto::v1::{
     ingest_service_client::IngestServiceClient, lead_service_client::LeadServiceClient,
     qualification_service_client::QualificationServiceClient,
 };
-use leads_tests::{Node, TestEnv, chat_event, eventually, pb, phone, private::PrivateNats};
+use leads_tests::{
+    Node, TestEnv, chat_event, eventually,
+    keys::{Keys, with},
+    pb, phone,
+};
 use platform::{
     ServiceName,
     auth::{Role, Signer},
-    nats::StreamKind,
     settings::ExposeSecret,
 };
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 use tonic::{Code, Request, Status, transport::Channel};
 
 const ORG: &str = "acme";
 const OTHER: &str = "globex";
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A signing key of its own for one test, in a temporary directory.
-struct Keys {
-    dir: PathBuf,
-    key: PathBuf,
-}
-
-impl Keys {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("leads-security-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("local.key");
-        let secret: String = (0..48).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect();
-        std::fs::write(&key, secret).unwrap();
-        Self { dir, key }
-    }
-
-    fn token(&self, sub: &str, role: Role, orgs: &[&str]) -> String {
-        let orgs = orgs.iter().map(|&org| org.to_owned()).collect();
-        Signer::load(&self.key).unwrap().mint(sub, role, orgs, HOUR).unwrap()
-    }
-
-    /// A token of the right shape signed with another key.
-    fn forged() -> String {
-        let other = Keys::new();
-        let token = other.token("mallory", Role::Service, &["*"]);
-        std::fs::remove_dir_all(&other.dir).ok();
-        token
-    }
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
 /// An environment whose services verify tokens with `keys` and sign their own with it.
 async fn secured_env(keys: &Keys) -> anyhow::Result<TestEnv> {
     let mut env = TestEnv::new().await?;
-    env.settings.auth.signing_key_file = Some(keys.key.clone());
+    keys.secure(&mut env);
     env.settings.validate()?;
     Ok(env)
-}
-
-fn with<T>(token: Option<&str>, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
 }
 
 #[derive(Clone)]
@@ -129,12 +89,16 @@ impl Clients {
             Rpc::BulkChangeStatus(r) => answered(lead.bulk_change_status(caller.request(r)).await),
             Rpc::ExportLeads(r) => answered(lead.export_leads(caller.request(r)).await),
             Rpc::GetLeadHistory(r) => answered(lead.get_lead_history(caller.request(r)).await),
+            // A stream is answered once its headers arrive (a watch with no change to send would
+            // otherwise hold the matrix up); a refusal comes as its status instead.
+            Rpc::WatchLeads(r) => answered(lead.watch_leads(caller.request(r)).await),
             Rpc::AssignLeads(r) => answered(lead.assign_leads(caller.request(r)).await),
             Rpc::OpenFollowUp(r) => answered(lead.open_follow_up(caller.request(r)).await),
             Rpc::Ingest(r) => answered(ingest.ingest(caller.request(r)).await),
             Rpc::ListRejections(r) => answered(ingest.list_rejections(caller.request(r)).await),
             Rpc::GetBroadcastHistory(r) => answered(broadcast.get_broadcast_history(caller.request(r)).await),
             Rpc::GetCampaignStats(r) => answered(broadcast.get_campaign_stats(caller.request(r)).await),
+            Rpc::ListCampaigns(r) => answered(broadcast.list_campaigns(caller.request(r)).await),
             Rpc::UpsertAgent(r) => answered(assignment.upsert_agent(caller.request(r)).await),
             Rpc::ListAgents(r) => answered(assignment.list_agents(caller.request(r)).await),
             Rpc::AssignLead(r) => answered(assignment.assign_lead(caller.request(r)).await),
@@ -160,12 +124,14 @@ enum Rpc {
     BulkChangeStatus(pb::BulkChangeStatusRequest),
     ExportLeads(pb::ExportLeadsRequest),
     GetLeadHistory(pb::GetLeadHistoryRequest),
+    WatchLeads(pb::WatchLeadsRequest),
     AssignLeads(pb::AssignLeadsRequest),
     OpenFollowUp(pb::OpenFollowUpRequest),
     Ingest(pb::IngestRequest),
     ListRejections(pb::ListRejectionsRequest),
     GetBroadcastHistory(pb::GetBroadcastHistoryRequest),
     GetCampaignStats(pb::GetCampaignStatsRequest),
+    ListCampaigns(pb::ListCampaignsRequest),
     UpsertAgent(pb::UpsertAgentRequest),
     ListAgents(pb::ListAgentsRequest),
     AssignLead(pb::AssignLeadRequest),
@@ -190,12 +156,14 @@ impl Rpc {
             Rpc::BulkChangeStatus(_) => "LeadService/BulkChangeStatus",
             Rpc::ExportLeads(_) => "LeadService/ExportLeads",
             Rpc::GetLeadHistory(_) => "LeadService/GetLeadHistory",
+            Rpc::WatchLeads(_) => "LeadService/WatchLeads",
             Rpc::AssignLeads(_) => "LeadService/AssignLeads",
             Rpc::OpenFollowUp(_) => "LeadService/OpenFollowUp",
             Rpc::Ingest(_) => "IngestService/Ingest",
             Rpc::ListRejections(_) => "IngestService/ListRejections",
             Rpc::GetBroadcastHistory(_) => "BroadcastTrackingService/GetBroadcastHistory",
             Rpc::GetCampaignStats(_) => "BroadcastTrackingService/GetCampaignStats",
+            Rpc::ListCampaigns(_) => "BroadcastTrackingService/ListCampaigns",
             Rpc::UpsertAgent(_) => "AssignmentService/UpsertAgent",
             Rpc::ListAgents(_) => "AssignmentService/ListAgents",
             Rpc::AssignLead(_) => "AssignmentService/AssignLead",
@@ -309,7 +277,7 @@ impl Caller {
     }
 }
 
-/// One request to each of the 25 RPCs, about `at`'s organisation and lead.
+/// One request to each of the 27 RPCs, about `at`'s organisation and lead.
 fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
     let (org_id, lead_id) = (at.org_id.clone(), at.lead_id.clone());
     vec![
@@ -322,6 +290,7 @@ fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
         }),
         Rpc::ExportLeads(pb::ExportLeadsRequest { query: Some(at.list_leads()), scope: pb::ExportScope::All as i32 }),
         Rpc::GetLeadHistory(at.get_lead_history()),
+        Rpc::WatchLeads(pb::WatchLeadsRequest { org_id: org_id.clone(), cursor: String::new() }),
         Rpc::AssignLeads(pb::AssignLeadsRequest {
             org_id: org_id.clone(),
             lead_ids: vec![lead_id.clone()],
@@ -342,6 +311,7 @@ fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
         Rpc::ListRejections(pb::ListRejectionsRequest { org_id: org_id.clone(), ..Default::default() }),
         Rpc::GetBroadcastHistory(at.broadcast_history()),
         Rpc::GetCampaignStats(pb::GetCampaignStatsRequest { org_id: org_id.clone(), campaign_id: "c".into() }),
+        Rpc::ListCampaigns(pb::ListCampaignsRequest { org_id: org_id.clone(), ..Default::default() }),
         Rpc::UpsertAgent(at.upsert_agent()),
         Rpc::ListAgents(pb::ListAgentsRequest { org_id: org_id.clone(), ..Default::default() }),
         Rpc::AssignLead(at.assign_lead()),
@@ -546,19 +516,69 @@ const FIELD_LIMITS: &[FieldLimit] = &[
     },
 ];
 
+/// Whether each role passes each RPC's wall, in the order admin, operator, agent, service,
+/// integration: the role matrix of docs/security.md, cell by cell. A cell that does not pass
+/// answers PERMISSION_DENIED; one that passes answers anything else (the request itself may be
+/// refused further on: a lead that does not exist, say).
+const MATRIX: &[(&str, [bool; 5])] = &[
+    ("LeadService/GetLead", [Y, Y, Y, Y, N]),
+    ("LeadService/ListLeads", [Y, Y, Y, Y, N]),
+    ("LeadService/ChangeStatus", [Y, Y, Y, Y, N]),
+    ("LeadService/BulkChangeStatus", [Y, Y, Y, Y, N]),
+    // The request exports every lead: an agent exports only the page it sees.
+    ("LeadService/ExportLeads", [Y, Y, N, Y, N]),
+    ("LeadService/GetLeadHistory", [Y, Y, Y, Y, N]),
+    ("LeadService/WatchLeads", [Y, Y, Y, Y, N]),
+    ("LeadService/AssignLeads", [N, N, N, Y, N]),
+    ("LeadService/OpenFollowUp", [N, N, N, Y, N]),
+    ("IngestService/Ingest", [N, N, N, Y, Y]),
+    ("IngestService/ListRejections", [Y, Y, N, Y, Y]),
+    ("BroadcastTrackingService/GetBroadcastHistory", [Y, Y, Y, Y, N]),
+    ("BroadcastTrackingService/GetCampaignStats", [Y, Y, Y, Y, N]),
+    ("BroadcastTrackingService/ListCampaigns", [Y, Y, Y, Y, N]),
+    ("AssignmentService/UpsertAgent", [Y, N, N, Y, N]),
+    ("AssignmentService/ListAgents", [Y, Y, Y, Y, N]),
+    ("AssignmentService/AssignLead", [Y, Y, Y, Y, N]),
+    ("AssignmentService/BulkAssign", [Y, Y, N, Y, N]),
+    ("AssignmentService/GetAssignmentHistory", [Y, Y, Y, Y, N]),
+    ("FollowUpService/CreateFollowUp", [Y, Y, Y, Y, N]),
+    ("FollowUpService/ListFollowUps", [Y, Y, Y, Y, N]),
+    ("FollowUpService/CompleteFollowUp", [Y, Y, Y, Y, N]),
+    ("FollowUpService/CancelFollowUp", [Y, Y, Y, Y, N]),
+    ("QualificationService/GetQualification", [Y, Y, Y, Y, N]),
+    ("QualificationService/Requalify", [Y, Y, N, Y, N]),
+    ("QualificationService/GetModel", [Y, Y, Y, Y, N]),
+    ("QualificationService/TrainModel", [Y, N, N, Y, N]),
+];
+const Y: bool = true;
+const N: bool = false;
+const MATRIX_ROLES: [Role; 5] = [Role::Admin, Role::Operator, Role::Agent, Role::Service, Role::Integration];
+
 #[tokio::test]
-async fn every_rpc_is_confined_to_the_token_and_refused_without_one() -> anyhow::Result<()> {
+async fn every_rpc_answers_each_role_as_the_matrix_says_and_no_one_without_a_token() -> anyhow::Result<()> {
     let keys = Keys::new();
     let env = secured_env(&keys).await?;
     let node = env.start_all().await?;
     let clients = Clients::of(&node).await?;
 
-    for role in [Role::Operator, Role::Agent] {
+    for (column, role) in MATRIX_ROLES.into_iter().enumerate() {
         let token = keys.token("alice", role, &[ORG]);
-        let answers = clients.every_rpc(Some(&token), OTHER).await;
-        assert_eq!(answers.len(), 25, "every RPC of the six services");
+        let answers = clients.every_rpc(Some(&token), ORG).await;
+        assert_eq!(answers.len(), MATRIX.len(), "every RPC of the six services has a row");
         for (rpc, code) in answers {
-            assert_eq!(code, Code::PermissionDenied, "{rpc} for another organisation with a {role:?} token");
+            let (_, row) = MATRIX.iter().find(|(name, _)| *name == rpc).expect("a row for every RPC");
+            assert_ne!(code, Code::Unauthenticated, "{rpc} with a valid {role:?} token");
+            if row[column] {
+                assert_ne!(code, Code::PermissionDenied, "{rpc} must let a {role:?} token through");
+            } else {
+                assert_eq!(code, Code::PermissionDenied, "{rpc} must refuse a {role:?} token");
+            }
+        }
+        // Another organisation is refused to every role that is not a platform service.
+        if role != Role::Service {
+            for (rpc, code) in clients.every_rpc(Some(&token), OTHER).await {
+                assert_eq!(code, Code::PermissionDenied, "{rpc} for another organisation with a {role:?} token");
+            }
         }
     }
     let forged = Keys::forged();
@@ -568,6 +588,7 @@ async fn every_rpc_is_confined_to_the_token_and_refused_without_one() -> anyhow:
         role: Role::Operator,
         exp: 1_000_000,
         iat: None,
+        agent_id: None,
     })?;
     for (what, token) in [
         ("no token", None),
@@ -577,18 +598,6 @@ async fn every_rpc_is_confined_to_the_token_and_refused_without_one() -> anyhow:
     ] {
         for (rpc, code) in clients.every_rpc(token, ORG).await {
             assert_eq!(code, Code::Unauthenticated, "{rpc} with {what}");
-        }
-    }
-    // Internal RPCs answer services only, even in the caller's own organisation.
-    for role in [Role::Operator, Role::Agent] {
-        let token = keys.token("alice", role, &[ORG]);
-        for (rpc, code) in clients.every_rpc(Some(&token), ORG).await {
-            if rpc == "LeadService/AssignLeads" || rpc == "LeadService/OpenFollowUp" {
-                assert_eq!(code, Code::PermissionDenied, "{rpc} with a {role:?} token");
-            } else {
-                assert_ne!(code, Code::PermissionDenied, "{rpc} in its own organisation");
-                assert_ne!(code, Code::Unauthenticated, "{rpc} with a valid token");
-            }
         }
     }
     let service = keys.token("billing", Role::Service, &["*"]);
@@ -601,10 +610,206 @@ async fn every_rpc_is_confined_to_the_token_and_refused_without_one() -> anyhow:
     // Health needs no token.
     let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel(ServiceName::Lead).await?);
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
-    // Only a service may hold every organisation.
-    assert!(Signer::load(&keys.key)?.mint("alice", Role::Operator, vec!["*".into()], HOUR).is_err());
+    // Only a service may hold every organisation, and an agent token names its agent.
+    let signer = Signer::load(&keys.key)?;
+    assert!(signer.mint("alice", Role::Operator, vec!["*".into()], HOUR).is_err());
+    assert!(signer.mint("alice", Role::Agent, vec![ORG.into()], HOUR).is_err());
 
     node.stop().await?;
+    env.cleanup().await
+}
+
+/// Lists `ORG`'s leads as `token`: their ids, and the total the page gives.
+async fn listed(lead: &LeadServiceClient<Channel>, token: &str, filter: pb::LeadFilter) -> Result<Vec<String>, Status> {
+    let request = pb::ListLeadsRequest { org_id: ORG.into(), filter: Some(filter), ..Default::default() };
+    let page = lead.clone().list_leads(with(Some(token), request)).await?.into_inner();
+    assert_eq!(page.total_count, page.leads.len() as i64, "the total counts what the agent may see");
+    let mut ids: Vec<String> = page.leads.into_iter().map(|l| l.id).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn an_agent_sees_and_changes_only_its_own_leads_and_the_unassigned_ones() -> anyhow::Result<()> {
+    let keys = Keys::new();
+    let env = secured_env(&keys).await?;
+    let node = env.start_all().await?;
+    let clients = Clients::of(&node).await?;
+    let admin = keys.token("root", Role::Admin, &[ORG]);
+    let operator = keys.token("olga", Role::Operator, &[ORG]);
+    let ann = keys.token("ann", Role::Agent, &[ORG]);
+
+    for n in 1..=3 {
+        env.publish_interaction(ORG, &chat_event(&format!("e-{n}"), &phone(n), "hello")).await?;
+    }
+    let ids = eventually(Duration::from_secs(30), "three leads", || async {
+        let ids = listed(&clients.lead, &operator, pb::LeadFilter::default()).await.ok()?;
+        (ids.len() == 3).then_some(ids)
+    })
+    .await;
+    let (ann_lead, bob_lead, open_lead) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let mut assignment = clients.assignment.clone();
+    for agent in ["ann", "bob"] {
+        let request = pb::UpsertAgentRequest {
+            org_id: ORG.into(),
+            agent_id: agent.into(),
+            name: agent.into(),
+            active: Some(true),
+            ..Default::default()
+        };
+        assignment.upsert_agent(with(Some(&admin), request)).await?;
+    }
+    for (lead_id, agent) in [(&ann_lead, "ann"), (&bob_lead, "bob")] {
+        let request = pb::AssignLeadRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.clone(),
+            agent_id: agent.into(),
+            ..Default::default()
+        };
+        assignment.assign_lead(with(Some(&operator), request)).await?;
+    }
+
+    // Listing: its own and the unassigned ones, counted so; asking for bob's is refused.
+    let mut own = vec![ann_lead.clone(), open_lead.clone()];
+    own.sort();
+    assert_eq!(listed(&clients.lead, &ann, pb::LeadFilter::default()).await?, own);
+    let only_unassigned = pb::LeadFilter { unassigned: true, ..Default::default() };
+    assert_eq!(listed(&clients.lead, &ann, only_unassigned).await?, vec![open_lead.clone()]);
+    let bobs = pb::LeadFilter { agent_ids: vec!["bob".into()], ..Default::default() };
+    assert_eq!(listed(&clients.lead, &ann, bobs).await.unwrap_err().code(), Code::PermissionDenied);
+
+    // Reading and acting on bob's lead: as if it did not exist, in every service.
+    let at = Caller {
+        token: Some(ann.clone()),
+        org_id: ORG.into(),
+        lead_id: bob_lead.clone(),
+        follow_up_id: String::new(),
+        due_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 86_400, nanos: 0 }),
+    };
+    for rpc in [
+        Rpc::GetLead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: bob_lead.clone() }),
+        Rpc::GetLeadHistory(at.get_lead_history()),
+        Rpc::ChangeStatus(at.change_status()),
+        Rpc::AssignLead(pb::AssignLeadRequest { agent_id: "ann".into(), ..at.assign_lead() }),
+        Rpc::CreateFollowUp(at.create_follow_up()),
+        Rpc::GetAssignmentHistory(pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: bob_lead.clone() }),
+        Rpc::GetQualification(pb::GetQualificationRequest { org_id: ORG.into(), lead_id: bob_lead.clone() }),
+        Rpc::GetBroadcastHistory(at.broadcast_history()),
+    ] {
+        let name = rpc.name();
+        let status = clients.send(&at, rpc).await.expect_err(name);
+        assert_eq!(status.code(), Code::NotFound, "{name} on another agent's lead: {status:?}");
+    }
+    let bulk = pb::BulkChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_ids: vec![ann_lead.clone(), bob_lead.clone(), open_lead.clone()],
+        status: pb::LeadStatus::Qualifying as i32,
+        ..Default::default()
+    };
+    let results = clients.lead.clone().bulk_change_status(with(Some(&ann), bulk)).await?.into_inner().results;
+    let outcomes: Vec<(String, i32)> = results.into_iter().map(|r| (r.lead_id, r.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (ann_lead.clone(), pb::BulkOutcome::Changed as i32),
+            (bob_lead.clone(), pb::BulkOutcome::NotFound as i32),
+            (open_lead.clone(), pb::BulkOutcome::Changed as i32),
+        ]
+    );
+    let bob_now = clients
+        .lead
+        .clone()
+        .get_lead(with(Some(&operator), pb::GetLeadRequest { org_id: ORG.into(), lead_id: bob_lead.clone() }))
+        .await?
+        .into_inner();
+    assert_eq!(bob_now.status, pb::LeadStatus::New as i32, "bob's lead was left as it was");
+
+    // An unassigned lead it may claim, and then it is its own; follow-ups are its own.
+    let claim = pb::AssignLeadRequest {
+        org_id: ORG.into(),
+        lead_id: open_lead.clone(),
+        agent_id: "ann".into(),
+        ..Default::default()
+    };
+    assert_eq!(assignment.assign_lead(with(Some(&ann), claim)).await?.into_inner().agent_id, "ann");
+    let mut follow_up = clients.follow_up.clone();
+    let created = follow_up
+        .create_follow_up(with(
+            Some(&ann),
+            pb::CreateFollowUpRequest { lead_id: open_lead.clone(), ..at.create_follow_up() },
+        ))
+        .await?
+        .into_inner();
+    let listed_follow_ups = follow_up
+        .list_follow_ups(with(Some(&ann), pb::ListFollowUpsRequest { org_id: ORG.into(), ..Default::default() }))
+        .await?
+        .into_inner()
+        .follow_ups;
+    assert_eq!(listed_follow_ups.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), [created.id.as_str()]);
+    let others = pb::ListFollowUpsRequest { org_id: ORG.into(), agent_id: "bob".into(), ..Default::default() };
+    assert_eq!(follow_up.list_follow_ups(with(Some(&ann), others)).await.unwrap_err().code(), Code::PermissionDenied);
+
+    // The page it exports holds what it sees and nothing else.
+    let page = pb::ListLeadsRequest { org_id: ORG.into(), ..Default::default() };
+    let export = pb::ExportLeadsRequest { query: Some(page), scope: pb::ExportScope::CurrentPage as i32 };
+    let mut stream = clients.lead.clone().export_leads(with(Some(&ann), export)).await?.into_inner();
+    let mut csv = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        csv.extend(chunk.csv);
+    }
+    let text = String::from_utf8(csv)?;
+    assert!(text.contains(&ann_lead) && text.contains(&open_lead) && !text.contains(&bob_lead), "{text}");
+
+    node.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_service_token_limited_to_some_organisations_records_itself_as_the_actor() -> anyhow::Result<()> {
+    let keys = Keys::new();
+    let env = secured_env(&keys).await?;
+    let node = env.start_all().await?;
+    let clients = Clients::of(&node).await?;
+    let operator = keys.token("olga", Role::Operator, &[ORG]);
+    let found = one_lead(&env, &clients.lead, &operator, "Ada").await?;
+    let crm = keys.token("crm-sync", Role::Service, &[ORG]);
+    let request = pb::AssignLeadsRequest {
+        org_id: ORG.into(),
+        lead_ids: vec![found.id.clone()],
+        agent_id: "ann".into(),
+        actor: "the-ceo".into(),
+        ..Default::default()
+    };
+    clients.lead.clone().assign_leads(with(Some(&crm), request)).await?;
+    let history = clients
+        .lead
+        .clone()
+        .get_lead_history(with(
+            Some(&operator),
+            pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: found.id, ..Default::default() },
+        ))
+        .await?
+        .into_inner();
+    let assigned = history.entries.iter().find(|e| e.kind == "assignment").expect("the assignment");
+    assert_eq!(assigned.actor, "crm-sync (the-ceo)", "the token's subject, the request's name only beside it");
+
+    node.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_service_without_keys_refuses_to_start_unless_told_it_may_run_open() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut command = tokio::process::Command::new(leads_tests::leads_binary());
+    command.args(["run", "--services", "lead"]).envs(env.process_env()).env("LEADS_AUTH_DISABLED", "false");
+    command.env("LEADS_GRPC_LEAD_PORT", "0").stdout(std::process::Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it started without keys: {stderr}");
+    assert!(
+        stderr.contains("no key to verify tokens with") && stderr.contains("LEADS_AUTH_DISABLED=true"),
+        "the reason is given: {stderr}"
+    );
     env.cleanup().await
 }
 
@@ -639,7 +844,7 @@ async fn the_actor_is_the_token_subject_and_free_text_is_bounded() -> anyhow::Re
     let env = secured_env(&keys).await?;
     let node = env.start_all().await?;
     let clients = Clients::of(&node).await?;
-    let alice = keys.token("alice", Role::Operator, &[ORG]);
+    let alice = keys.token("alice", Role::Admin, &[ORG]);
     let found = one_lead(&env, &clients.lead, &alice, "=HYPERLINK(\"http://evil\",\"Ada\")").await?;
     let caller = Caller {
         token: Some(alice),
@@ -748,145 +953,6 @@ async fn the_export_opens_in_a_spreadsheet_as_text(clients: &Clients, at: &Calle
     Ok(())
 }
 
-/// A private nats-server on a free port running the shipped configuration
-/// (deploy/nats/nats-server.conf), with a publisher user for each of `orgs` made from its
-/// template; every password is `pw-<user>`.
-struct ShippedNats {
-    /// Kept for as long as the test runs: dropped, it stops the server.
-    _server: PrivateNats,
-    url: String,
-}
-
-impl ShippedNats {
-    async fn start(orgs: &[&str]) -> anyhow::Result<Self> {
-        let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats-server.conf");
-        let conf = std::fs::read_to_string(shipped)?;
-        let begin = conf.find("# BEGIN publisher template").expect("template start");
-        let end = conf.find("# END publisher template").expect("template end");
-        let template = &conf[conf[begin..].find('\n').unwrap() + begin + 1..end];
-        let publishers: String = orgs
-            .iter()
-            .map(|org| {
-                let var = format!("PUBLISHER_{}_PASSWORD", org.to_uppercase().replace('-', "_"));
-                template.replace("PUBLISHER_ORG_PASSWORD", &var).replace("ORG", org)
-            })
-            .collect();
-        let mut env: Vec<(String, String)> = ServiceName::ALL
-            .map(platform::ServiceName::as_str)
-            .into_iter()
-            .chain(["admin"])
-            .map(|service| (format!("LEADS_NATS_{}_PASSWORD", service.to_uppercase()), format!("pw-leads-{service}")))
-            .collect();
-        env.extend(orgs.iter().map(|org| {
-            (format!("PUBLISHER_{}_PASSWORD", org.to_uppercase().replace('-', "_")), format!("pw-publisher-{org}"))
-        }));
-        let server = PrivateNats::with_config(
-            |dir| {
-                format!("{}{publishers}{}", &conf[..begin], &conf[end..])
-                    .replace("/data/jetstream", dir.join("js").to_str().unwrap())
-            },
-            env,
-        )
-        .await?;
-        let url = server.url();
-        Ok(Self { _server: server, url })
-    }
-
-    fn auth(user: &str) -> platform::settings::NatsAuthSettings {
-        platform::settings::NatsAuthSettings {
-            user: Some(user.into()),
-            password: Some(format!("pw-{user}").into()),
-            ..Default::default()
-        }
-    }
-
-    /// A client of `user` whose server errors (permission violations) are collected.
-    async fn client(
-        &self,
-        user: &str,
-    ) -> anyhow::Result<(async_nats::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
-        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = errors.clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let seen = seen.clone();
-            let options = platform::nats::connect_options(&Self::auth(user)).await?.event_callback(move |event| {
-                let seen = seen.clone();
-                async move {
-                    if let async_nats::Event::ServerError(error) = event {
-                        seen.lock().unwrap().push(error.to_string());
-                    }
-                }
-            });
-            match options.connect(&self.url).await {
-                Ok(client) => return Ok((client, errors)),
-                Err(error) if std::time::Instant::now() < deadline => {
-                    tracing::debug!(%error, "nats-server not up yet");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_publisher_publishes_its_own_organisation_only() -> anyhow::Result<()> {
-    let nats = ShippedNats::start(&["acme", "globex"]).await?;
-    // The operators' user declares the streams, as the services do at start-up.
-    let (admin, _) = nats.client("leads-admin").await?;
-    let subjects = platform::nats::Subjects::default();
-    platform::nats::ensure_all_streams(&async_nats::jetstream::new(admin.clone()), &subjects).await?;
-
-    let (acme, errors) = nats.client("publisher-acme").await?;
-    let js = async_nats::jetstream::new(acme.clone());
-    let event = serde_json::to_vec(&chat_event("e-1", &phone(1), "hello"))?;
-    let ack = js.publish(subjects.interactions("acme"), event.clone().into()).await?.await?;
-    assert_eq!(ack.stream, "INTERACTIONS");
-    js.publish(subjects.broadcast_statuses("acme"), b"{}".to_vec().into()).await?.await?;
-
-    for subject in [subjects.interactions("globex"), subjects.broadcast_messages("globex"), "events.lead.acme.x".into()]
-    {
-        let refused = tokio::time::timeout(Duration::from_secs(2), async {
-            js.publish(subject.clone(), event.clone().into()).await?.await.map(|_| ()).map_err(anyhow::Error::from)
-        })
-        .await;
-        assert!(!matches!(refused, Ok(Ok(()))), "{subject} was accepted");
-        let violation = eventually(Duration::from_secs(5), "the permission violation", || {
-            let errors = errors.clone();
-            let subject = subject.clone();
-            async move {
-                errors
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|e| e.contains("Permissions Violation") && e.contains(&subject))
-                    .cloned()
-            }
-        })
-        .await;
-        assert!(violation.contains("Publish"), "{violation}");
-    }
-    // The interactions stream holds acme's event only.
-    let mut stream = async_nats::jetstream::new(admin.clone()).get_stream("INTERACTIONS").await?;
-    assert_eq!(stream.info().await?.state.messages, 1);
-
-    // A service's user publishes its own events, not another service's nor the contract's.
-    let (ingest, errors) = nats.client("leads-ingest").await?;
-    let js = async_nats::jetstream::new(ingest);
-    js.publish("events.ingest.acme.interactions_accepted", b"{}".to_vec().into()).await?.await?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        js.publish("interactions.acme", event.clone().into()).await?.await.map_err(anyhow::Error::from)
-    })
-    .await;
-    eventually(Duration::from_secs(5), "the ingest user's violation", || {
-        let errors = errors.clone();
-        async move { errors.lock().unwrap().iter().any(|e| e.contains("Permissions Violation")).then_some(()) }
-    })
-    .await;
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_service_runs_with_only_its_own_role_and_a_verifier_for_its_password() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
@@ -945,177 +1011,4 @@ fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Ingest and lead on the shipped NATS configuration, each in a process of its own that
-/// connects as its own NATS user, as deployed.
-struct ShippedPlatform {
-    nats: ShippedNats,
-    /// The services' environment: the shared Postgres, the private nats-server without a
-    /// subject prefix, and the operators' NATS user for the test's own look-ups.
-    env: TestEnv,
-    /// The environment made on the shared servers, whose database the services use; cleaned
-    /// up at the end.
-    shared: TestEnv,
-    processes: Vec<leads_tests::Process>,
-    lead: LeadServiceClient<Channel>,
-}
-
-impl ShippedPlatform {
-    async fn start(orgs: &[&str]) -> anyhow::Result<Self> {
-        let nats = ShippedNats::start(orgs).await?;
-        let shared = TestEnv::new().await?;
-        let (admin, _) = nats.client("leads-admin").await?;
-        let mut settings = shared.settings.clone();
-        settings.nats_url.clone_from(&nats.url);
-        settings.subject_prefix = String::new();
-        let env = TestEnv {
-            settings,
-            database: shared.database.clone(),
-            subjects: platform::nats::Subjects::default(),
-            js: async_nats::jetstream::new(admin.clone()),
-            nats: admin,
-        };
-        let lead_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut processes = Vec::new();
-        for service in [ServiceName::Ingest, ServiceName::Lead] {
-            let user = format!("leads-{service}");
-            let mut settings = vec![("LEADS_NATS_PASSWORD", format!("pw-{user}")), ("LEADS_NATS_USER", user)];
-            if service == ServiceName::Lead {
-                settings.push(("LEADS_GRPC_LEAD_PORT", lead_port.to_string()));
-            }
-            processes.push(leads_tests::Process::spawn(&env, service.as_str(), &settings)?);
-        }
-        for process in &mut processes {
-            process.ready().await?;
-        }
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{lead_port}"))?.connect().await?;
-        Ok(Self { nats, env, shared, processes, lead: LeadServiceClient::new(channel) })
-    }
-
-    /// `org`'s leads once there are `count` of them.
-    async fn leads(&self, org: &str, count: usize) -> Vec<pb::Lead> {
-        eventually(Duration::from_secs(60), &format!("{count} lead(s) of {org}"), || {
-            let mut lead = self.lead.clone();
-            async move { leads_tests::all_leads(&mut lead, org).await.ok().filter(|leads| leads.len() == count) }
-        })
-        .await
-    }
-
-    /// Waits until `durable` has acked every message its stream holds.
-    async fn drained(&self, stream: StreamKind, durable: &str) {
-        let name = self.env.subjects.stream_name(stream);
-        eventually(Duration::from_secs(60), &format!("{durable} to ack all of {name}"), || {
-            let (js, name) = (self.env.js.clone(), name.clone());
-            async move {
-                let mut stream = js.get_stream(&name).await.ok()?;
-                let last = stream.info().await.ok()?.state.last_sequence;
-                let consumer = stream.consumer_info(durable).await.ok()?;
-                (consumer.ack_floor.stream_sequence >= last && consumer.num_ack_pending == 0).then_some(())
-            }
-        })
-        .await;
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        for process in self.processes {
-            let status = process.terminate().await?;
-            assert!(status.success(), "{status:?}");
-        }
-        self.shared.cleanup().await
-    }
-}
-
-/// Publishes `event` as `org`'s publisher does, with the Msg-Id `msg_id`.
-async fn publish_as(
-    publisher: &async_nats::Client,
-    org: &str,
-    msg_id: &str,
-    event: &serde_json::Value,
-) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", msg_id);
-    let subject = platform::nats::Subjects::default().interactions(org);
-    let js = async_nats::jetstream::new(publisher.clone());
-    Ok(js.publish_with_headers(subject, headers, serde_json::to_vec(event)?.into()).await?.await?)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publisher_reads_no_other_connections_inbox() -> anyhow::Result<()> {
-    let platform = ShippedPlatform::start(&[ORG, OTHER]).await?;
-    let (acme, errors) = platform.nats.client("publisher-acme").await?;
-    let mut spies = Vec::new();
-    for subject in ["_INBOX.>", ">", "_INBOX.leads-ingest.>", "_INBOX.leads-lead.>", "_INBOX.publisher-globex.>"] {
-        spies.push((subject, acme.subscribe(subject).await?));
-        let refusal = format!("Permissions Violation for Subscription to \"{subject}\"");
-        eventually(Duration::from_secs(5), &refusal, || {
-            let (errors, refusal) = (errors.clone(), refusal.clone());
-            async move { errors.lock().unwrap().iter().any(|e| e.contains(&refusal)).then_some(()) }
-        })
-        .await;
-    }
-
-    // Both organisations' events go through ingest's and lead's pulls while acme listens; each
-    // publisher's acks reach it under its own prefix.
-    let (globex, _) = platform.nats.client("publisher-globex").await?;
-    publish_as(&globex, OTHER, "globex:evt-1", &chat_event("evt-1", &phone(1), "a private question")).await?;
-    publish_as(&acme, ORG, "acme:evt-1", &chat_event("evt-1", &phone(2), "hello")).await?;
-    platform.leads(OTHER, 1).await;
-    platform.leads(ORG, 1).await;
-    platform.drained(StreamKind::Interactions, "ingest").await;
-    platform.drained(StreamKind::Events("ingest"), "lead-interactions").await;
-
-    acme.flush().await?;
-    for (subject, mut spy) in spies {
-        let received = tokio::time::timeout(Duration::from_millis(200), futures::StreamExt::next(&mut spy)).await;
-        assert!(!matches!(received, Ok(Some(_))), "{subject} received {received:?}");
-    }
-    platform.stop().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publisher_cannot_suppress_another_organisations_event_by_its_msg_id() -> anyhow::Result<()> {
-    let platform = ShippedPlatform::start(&[ORG, OTHER]).await?;
-    let (acme, _) = platform.nats.client("publisher-acme").await?;
-    let (globex, _) = platform.nats.client("publisher-globex").await?;
-    let interactions = platform.env.subjects.stream_name(StreamKind::Interactions);
-    let window = platform.env.js.get_stream(&interactions).await?.info().await?.config.duplicate_window;
-    assert_eq!(window, platform::nats::INPUT_DUPLICATE_WINDOW);
-
-    // acme sends globex's Msg-Id ahead of globex, on its own subject.
-    let forged = publish_as(&acme, ORG, "globex:evt-123", &chat_event("evt-123", &phone(1), "forged")).await?;
-    let forged_at = std::time::Instant::now();
-    assert!(!forged.duplicate);
-    let acme_leads = platform.leads(ORG, 1).await;
-    // The stream still drops an id it saw less than its window ago: that much is left to an
-    // attacker who knows an id in advance (docs/security.md).
-    eventually(Duration::from_secs(5), "the forged id to leave the duplicate window", || async move {
-        (forged_at.elapsed() > window).then_some(())
-    })
-    .await;
-
-    let real = chat_event("evt-123", &phone(2), "the real question");
-    let first = publish_as(&globex, OTHER, "globex:evt-123", &real).await?;
-    assert!(!first.duplicate, "globex's event was dropped as acme's duplicate");
-    let first_at = std::time::Instant::now();
-    publish_as(&globex, OTHER, "globex:evt-123", &real).await?;
-    eventually(Duration::from_secs(5), "the first send to leave the duplicate window", || async move {
-        (first_at.elapsed() > window).then_some(())
-    })
-    .await;
-    let resent = publish_as(&globex, OTHER, "globex:evt-123", &real).await?;
-    assert!(!resent.duplicate, "a send after the window reaches the stream");
-
-    let globex_leads = platform.leads(OTHER, 1).await;
-    platform.drained(StreamKind::Interactions, "ingest").await;
-    platform.drained(StreamKind::Events("ingest"), "lead-interactions").await;
-    let globex_leads_after = platform.leads(OTHER, 1).await;
-    assert_eq!(globex_leads_after[0].id, globex_leads[0].id);
-    assert_eq!(globex_leads_after[0].interaction_count, 1, "globex's event applied once");
-    assert_eq!(globex_leads_after[0].last_message_preview, "the real question");
-    let acme_leads_after = platform.leads(ORG, 1).await;
-    assert_eq!(acme_leads_after[0].id, acme_leads[0].id);
-    assert_eq!(acme_leads_after[0].interaction_count, 1);
-    assert_eq!(acme_leads_after[0].last_message_preview, "forged");
-    platform.stop().await
 }

@@ -110,9 +110,10 @@ pub fn mint_token(
     sub: &str,
     role: platform::auth::Role,
     orgs: Vec<String>,
+    agent_id: Option<String>,
     ttl: std::time::Duration,
 ) -> anyhow::Result<String> {
-    platform::auth::Signer::with_settings(key, auth)?.mint(sub, role, orgs, ttl)
+    platform::auth::Signer::with_settings(key, auth)?.mint_for(sub, role, orgs, agent_id, ttl)
 }
 
 /// `24h`, `30m`, `7d`, `90s` or a number of seconds.

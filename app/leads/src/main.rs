@@ -1,6 +1,8 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod people;
+
 /// The lead platform: ingest, lead, qualification, assignment, follow-up and broadcast-tracking.
 #[derive(Parser)]
 #[command(version)]
@@ -15,9 +17,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs services until SIGTERM or SIGINT. Once every service serves, prints each one's
-    /// gRPC address and then `ready` on stderr, one line each (stdout carries the JSON logs).
+    /// gRPC address (and the console's URL) and then `ready` on stderr, one line each (stdout
+    /// carries the JSON logs).
     Run {
-        /// `all`, or a comma-separated list: ingest,lead,qualification,assignment,followup,broadcast
+        /// `all` (every service and the console), or a comma-separated list of
+        /// ingest, lead, qualification, assignment, followup, broadcast, people and console
         #[arg(long, default_value = "all", env = "LEADS_SERVICES")]
         services: String,
     },
@@ -74,9 +78,12 @@ enum Command {
         /// service only).
         #[arg(long = "org", required = true)]
         orgs: Vec<String>,
-        /// operator, agent or service
+        /// admin, operator, agent, service or integration
         #[arg(long, default_value = "operator")]
         role: String,
+        /// The agent an `agent` token acts as (required for that role): which leads it sees.
+        #[arg(long)]
+        agent_id: Option<String>,
         /// Who the token speaks for, recorded as the actor of what it changes; $USER by default.
         #[arg(long)]
         sub: Option<String>,
@@ -88,6 +95,10 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Adds a person, or prints a one-click sign-in link, through PeopleService (at
+    /// `endpoints.people`) with a short token signed with auth.signing_key_file.
+    #[command(subcommand)]
+    People(people::PeopleCommand),
 }
 
 #[derive(clap::Args)]
@@ -144,9 +155,13 @@ async fn main() -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Run { services: "all".into() });
     let _telemetry = match &command {
         Command::Run { services } => {
-            let services = leads::parse_services(services).map_err(anyhow::Error::msg)?;
-            let services: Vec<_> = services.into_iter().collect();
-            let name = platform::telemetry::process_service_name(&services);
+            let components = leads::parse_components(services).map_err(anyhow::Error::msg)?;
+            let services: Vec<_> = components.services.into_iter().collect();
+            let name = if services.is_empty() {
+                "leads-console".to_owned()
+            } else {
+                platform::telemetry::process_service_name(&services)
+            };
             Some(platform::telemetry::init(&name, settings.otlp_endpoint.as_deref())?)
         }
         Command::Migrate => Some(platform::telemetry::init("leads", settings.otlp_endpoint.as_deref())?),
@@ -154,7 +169,8 @@ async fn main() -> anyhow::Result<()> {
         | Command::Leads { .. }
         | Command::Export { .. }
         | Command::Health { .. }
-        | Command::Token { .. } => None,
+        | Command::Token { .. }
+        | Command::People(_) => None,
     };
     match command {
         Command::Migrate => leads::migrate(&settings).await,
@@ -165,17 +181,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Export { filter, out } => {
             leads::ctl::export_leads(&settings, &filter.query(0, None)?, &out).await.map(|_| ())
         }
-        Command::Token { orgs, role, sub, ttl, key } => {
+        Command::Token { orgs, role, agent_id, sub, ttl, key } => {
             let key = key.or_else(|| settings.auth.signing_key_file.clone()).ok_or_else(|| {
                 anyhow::anyhow!("no signing key: pass --key or set LEADS_AUTH_SIGNING_KEY_FILE (auth.signing_key_file)")
             })?;
             let role: platform::auth::Role = role.parse().map_err(anyhow::Error::msg)?;
             let sub = sub.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| role.as_str().to_owned());
             let ttl = leads::ctl::parse_ttl(&ttl)?;
-            let token = leads::ctl::mint_token(&key, &settings.auth, &sub, role, orgs, ttl)?;
+            let token = leads::ctl::mint_token(&key, &settings.auth, &sub, role, orgs, agent_id, ttl)?;
             println!("{token}");
             Ok(())
         }
+        Command::People(command) => people::run(&settings, command).await,
         Command::Health { addr, service, token } => {
             let token = token.token()?;
             if leads::ctl::health_as(&settings, addr.as_deref(), &service, token.as_deref()).await {
@@ -188,19 +205,46 @@ async fn main() -> anyhow::Result<()> {
             // Before migrations and connections: a SIGTERM during start-up is handled, not the
             // default kill; the services finish starting and then stop cleanly.
             let token = platform::shutdown::on_signal()?;
-            let services = leads::parse_services(&services).map_err(anyhow::Error::msg)?;
+            let components = leads::parse_components(&services).map_err(anyhow::Error::msg)?;
             if let Some(addr) = settings.metrics_addr {
                 platform::telemetry::install_metrics(addr)?;
             }
-            let system = leads::System::start(settings, &services, token.clone()).await?;
-            for running in &system.running {
+            let system = if components.services.is_empty() {
+                None
+            } else {
+                Some(leads::System::start(settings.clone(), &components.services, token.clone()).await?)
+            };
+            // The console calls the services where this process bound them, when it runs them.
+            let console = if components.console {
+                let settings = system.as_ref().map_or(&settings, |system| &system.infra.settings);
+                Some(leads::start_console(settings, token.clone()).await?)
+            } else {
+                None
+            };
+            for running in system.iter().flat_map(|system| &system.running) {
                 tracing::info!(service = %running.name, grpc = %running.grpc_addr, "serving");
                 eprintln!("{} {}", running.name, running.grpc_addr);
+            }
+            if let Some(console) = &console {
+                eprintln!("console http://{}", console.addr);
             }
             if !token.is_cancelled() {
                 eprintln!("ready");
             }
-            system.wait().await
+            let console = async move {
+                match console {
+                    Some(console) => console.task.await?,
+                    None => Ok(()),
+                }
+            };
+            let system = async move {
+                match system {
+                    Some(system) => system.wait().await,
+                    None => Ok(()),
+                }
+            };
+            let (system, console) = tokio::join!(system, console);
+            system.and(console)
         }
     }
 }

@@ -271,6 +271,8 @@ pub mod limits {
     pub const MAX_NAME_CHARS: usize = 200;
     /// Emails of agents: the longest an address may be.
     pub const MAX_EMAIL_CHARS: usize = 320;
+    /// Leads one bulk change (of status or agent) names.
+    pub const MAX_BULK_LEADS: usize = 10_000;
 }
 
 pub use limits::{MAX_ACTOR_CHARS, MAX_REASON_CHARS};

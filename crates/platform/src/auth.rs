@@ -27,25 +27,42 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Seconds of clock difference forgiven between a token's signer and its verifier.
 const LEEWAY_SECS: u64 = 30;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a token's holder is; docs/security.md has what each may call, and `roles` enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// One of the platform's services (or a trusted integration): the internal RPCs, and
-    /// the only role that may hold `*` in `orgs`.
-    Service,
-    /// A person running an organisation's desk: every public RPC of its organisations.
+    /// A person who runs an organisation: its settings, people, agents and models, and
+    /// everything an operator may do.
+    Admin,
+    /// A person running an organisation's desk: every lead, bulk changes, exports.
     Operator,
-    /// A person working leads: every public RPC of its organisations, not the internal ones.
+    /// A person working leads: the leads assigned to them (the token's `agent_id`) and the
+    /// unassigned ones.
     Agent,
+    /// One of the platform's services: the internal RPCs, and the only role that may hold
+    /// `*` in `orgs`.
+    Service,
+    /// A chat or broadcast system of an organisation: ingests its events and reads what was
+    /// refused.
+    Integration,
 }
 
 impl Role {
+    pub const ALL: [Role; 5] = [Role::Admin, Role::Operator, Role::Agent, Role::Service, Role::Integration];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Service => "service",
+            Role::Admin => "admin",
             Role::Operator => "operator",
             Role::Agent => "agent",
+            Role::Service => "service",
+            Role::Integration => "integration",
         }
+    }
+
+    /// Whether the role is held by a person (who signs in) rather than a system.
+    pub fn is_person(self) -> bool {
+        matches!(self, Role::Admin | Role::Operator | Role::Agent)
     }
 }
 
@@ -53,12 +70,11 @@ impl std::str::FromStr for Role {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "service" => Ok(Role::Service),
-            "operator" => Ok(Role::Operator),
-            "agent" => Ok(Role::Agent),
-            other => Err(format!("unknown role {other:?}; expected service, operator or agent")),
-        }
+        let s = s.trim();
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?}; expected admin, operator, agent, service or integration"))
     }
 }
 
@@ -71,6 +87,9 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// The agent an `agent` token acts as (required for that role): which leads it sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 impl Claims {
@@ -82,6 +101,13 @@ impl Claims {
         }
         if self.sub.chars().count() > MAX_SUBJECT_CHARS || self.sub.chars().any(char::is_control) {
             return Err(format!("the token's sub must be at most {MAX_SUBJECT_CHARS} printable characters"));
+        }
+        match (&self.agent_id, self.role) {
+            (None, Role::Agent) => return Err("an agent token must carry agent_id".into()),
+            (Some(agent), _) if contracts::values::validate_agent_id(agent).is_err() => {
+                return Err("the token's agent_id is not an agent id".into());
+            }
+            _ => {}
         }
         for org in &self.orgs {
             if org == "*" {
@@ -219,8 +245,36 @@ struct VerifyingKey {
     key: DecodingKey,
 }
 
+/// The sessions that ended before their tokens expire (a person deactivated, their password
+/// reset): every token of a person in an organisation issued up to the moment theirs ended is
+/// refused. Fed by the people directory's events (`platform::sessions`), shared by every
+/// verifier of the process.
+#[derive(Debug, Default, Clone)]
+pub struct EndedSessions(Arc<std::sync::RwLock<std::collections::HashMap<(String, String), u64>>>);
+
+impl EndedSessions {
+    /// Ends the sessions of `sub` in `org` issued at or before `at` (seconds since the epoch).
+    pub fn end(&self, sub: &str, org: &str, at: u64) {
+        let mut ended = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = ended.entry((sub.to_owned(), org.to_owned())).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+
+    /// Whether the session `claims` belong to has ended: a person's token issued at or before
+    /// the end of its sessions in one of its organisations.
+    pub fn has_ended(&self, claims: &Claims) -> bool {
+        if !claims.role.is_person() {
+            return false;
+        }
+        let ended = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let issued = claims.iat.unwrap_or(0);
+        claims.orgs.iter().any(|org| ended.get(&(claims.sub.clone(), org.clone())).is_some_and(|&at| issued <= at))
+    }
+}
+
 /// The keys that verify tokens, and what a token must claim besides its signature.
 pub struct Verifier {
+    ended: EndedSessions,
     keys: Vec<VerifyingKey>,
     issuer: Option<String>,
     audience: Option<String>,
@@ -259,6 +313,7 @@ impl Verifier {
             }
         }
         Ok((!keys.is_empty()).then(|| Self {
+            ended: EndedSessions::default(),
             keys,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
@@ -294,6 +349,13 @@ impl Verifier {
         anyhow::bail!("{SETTING}: {} is neither an RSA nor an Ed25519 public key in PEM", path.display())
     }
 
+    /// Verifies with `ended` as the record of ended sessions (shared with whatever feeds it).
+    #[must_use]
+    pub fn with_ended_sessions(mut self, ended: EndedSessions) -> Self {
+        self.ended = ended;
+        self
+    }
+
     /// The verified claims of `token`, or why it is refused.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
         self.verify_at(token, now_secs())
@@ -316,6 +378,9 @@ impl Verifier {
                 Ok(data) => {
                     data.claims.check()?;
                     data.claims.check_lifetime(self.max_lifetime_secs, now)?;
+                    if self.ended.has_ended(&data.claims) {
+                        return Err("the session has ended: sign in again".into());
+                    }
                     return Ok(data.claims);
                 }
                 Err(error) => last = error.to_string(),
@@ -420,6 +485,18 @@ impl Signer {
     /// Signs a token for `sub` with `role` over `orgs`, valid for `ttl`, which may not exceed
     /// the maximum lifetime.
     pub fn mint(&self, sub: &str, role: Role, orgs: Vec<String>, ttl: Duration) -> anyhow::Result<String> {
+        self.mint_for(sub, role, orgs, None, ttl)
+    }
+
+    /// `mint`, for a token that acts as `agent_id` (which an `agent` token must name).
+    pub fn mint_for(
+        &self,
+        sub: &str,
+        role: Role,
+        orgs: Vec<String>,
+        agent_id: Option<String>,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
         anyhow::ensure!(
             ttl.as_secs() <= self.max_lifetime_secs,
             "a token may live at most {} s (auth.max_token_lifetime_secs), not {} s",
@@ -428,7 +505,7 @@ impl Signer {
         );
         let now = now_secs();
         let exp = now.checked_add(ttl.as_secs()).ok_or_else(|| anyhow::anyhow!("the token's expiry overflows"))?;
-        self.sign(&Claims { sub: sub.to_owned(), orgs, role, exp, iat: Some(now) })
+        self.sign(&Claims { sub: sub.to_owned(), orgs, role, exp, iat: Some(now), agent_id })
     }
 }
 
@@ -514,17 +591,39 @@ impl Caller {
         }
     }
 
-    /// PERMISSION_DENIED unless the caller is one of the platform's services.
-    pub fn require_service(&self, rpc: &str) -> Result<(), Status> {
+    pub fn is_service(&self) -> bool {
+        matches!(self, Caller::Token(claims) if claims.role == Role::Service)
+    }
+
+    /// Whether the caller is one of the platform's own services (a service token over every
+    /// organisation), the only caller whose word on who did something is taken as it is.
+    pub fn is_platform_service(&self) -> bool {
+        matches!(self, Caller::Token(claims) if claims.role == Role::Service && claims.orgs.iter().any(|o| o == "*"))
+    }
+
+    /// The agent whose leads alone (with the unassigned ones) the caller may see and act on:
+    /// an agent token's `agent_id`; `None` for every other caller.
+    pub fn agent_scope(&self) -> Option<&str> {
         match self {
-            Caller::Open => Ok(()),
-            Caller::Token(claims) if claims.role == Role::Service => Ok(()),
-            Caller::Token(_) => Err(Status::permission_denied(format!("{rpc} is for the platform's services only"))),
+            Caller::Token(claims) if claims.role == Role::Agent => claims.agent_id.as_deref(),
+            _ => None,
         }
     }
 
-    pub fn is_service(&self) -> bool {
-        matches!(self, Caller::Token(claims) if claims.role == Role::Service)
+    /// Whether the caller may see a lead assigned to `agent_id` (`None`: unassigned).
+    pub fn sees_lead_of(&self, agent_id: Option<&str>) -> bool {
+        match (self.agent_scope(), agent_id) {
+            (None, _) | (Some(_), None) => true,
+            (Some(own), Some(agent)) => own == agent,
+        }
+    }
+
+    /// The caller's role; `None` when authentication is off.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Caller::Open => None,
+            Caller::Token(claims) => Some(claims.role),
+        }
     }
 
     /// Who is recorded as having done something: the token's subject, with the display name
@@ -541,9 +640,22 @@ impl Caller {
     }
 }
 
+/// The RPCs a person calls before they hold a token: signing in (with a password, a one-time
+/// sign-in code, or the organisation's OpenID Connect provider), and setting a password with a
+/// one-time setup code.
+pub const SIGN_IN_PATHS: [&str; 5] = [
+    "/leads.v1.PeopleService/SignIn",
+    "/leads.v1.PeopleService/SetPassword",
+    "/leads.v1.PeopleService/SignInWithCode",
+    "/leads.v1.PeopleService/BeginOidcSignIn",
+    "/leads.v1.PeopleService/CompleteOidcSignIn",
+];
+
 /// Every path a call may take without a token.
 fn open_path(path: &str, reflection: bool) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || (reflection && path.starts_with("/grpc.reflection."))
+    path.starts_with("/grpc.health.v1.Health/")
+        || (reflection && path.starts_with("/grpc.reflection."))
+        || SIGN_IN_PATHS.contains(&path)
 }
 
 /// The tower layer in front of a service's routes: takes the bearer token of every call but
@@ -602,10 +714,16 @@ where
                 None => Ok(Caller::Open),
                 Some(verifier) => match bearer(request.headers()) {
                     None => Err(Status::unauthenticated("a bearer token is required (authorization: Bearer <jwt>)")),
-                    Some(token) => verifier.verify(token).map(|c| Caller::Token(Arc::new(c))).map_err(|reason| {
-                        tracing::debug!(path = %request.uri().path(), %reason, "token refused");
-                        Status::unauthenticated(reason)
-                    }),
+                    Some(token) => match verifier.verify(token) {
+                        Err(reason) => {
+                            tracing::debug!(path = %request.uri().path(), %reason, "token refused");
+                            Err(Status::unauthenticated(reason))
+                        }
+                        Ok(claims) => match crate::roles::refusal(request.uri().path(), claims.role) {
+                            Some(reason) => Err(Status::permission_denied(reason)),
+                            None => Ok(Caller::Token(Arc::new(claims))),
+                        },
+                    },
                 },
             };
             match caller {
@@ -619,14 +737,29 @@ where
     }
 }
 
-/// Logs, once per service, that its API is open to anyone who reaches it.
-pub fn warn_when_open(service: &str, verifier: &Option<Arc<Verifier>>) {
-    if verifier.is_none() {
-        tracing::error!(
-            service,
-            "AUTHENTICATION IS OFF: no auth.key_files or auth.signing_key_file is configured, so anyone who reaches \
-             this gRPC port may read and change every organisation's leads; configure keys (docs/security.md)"
-        );
+/// A service without keys refuses to start unless authentication was switched off
+/// explicitly (`auth.disabled`), and then logs at ERROR, once, that its API is open to anyone
+/// who reaches it.
+pub fn refuse_or_warn_when_open(
+    service: &str,
+    settings: &AuthSettings,
+    verifier: &Option<Arc<Verifier>>,
+) -> anyhow::Result<()> {
+    match (verifier, settings.disabled) {
+        (Some(_), _) => Ok(()),
+        (None, false) => anyhow::bail!(
+            "the {service} service has no key to verify tokens with: set LEADS_AUTH_KEY_FILES or \
+             LEADS_AUTH_SIGNING_KEY_FILE (docs/security.md), or LEADS_AUTH_DISABLED=true to serve every \
+             organisation's leads to anyone who reaches the port"
+        ),
+        (None, true) => {
+            tracing::error!(
+                service,
+                "AUTHENTICATION IS OFF (auth.disabled): anyone who reaches this gRPC port may read and change every \
+                 organisation's leads"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -672,7 +805,14 @@ mod tests {
         assert!(verifier.verify(&forged).is_err());
         let signer = Signer::load(&old).unwrap();
         let expired = signer
-            .sign(&Claims { sub: "alice".into(), orgs: vec!["acme".into()], role: Role::Agent, exp: 1000, iat: None })
+            .sign(&Claims {
+                sub: "alice".into(),
+                orgs: vec!["acme".into()],
+                role: Role::Operator,
+                exp: 1000,
+                iat: None,
+                agent_id: None,
+            })
             .unwrap();
         assert!(verifier.verify(&expired).unwrap_err().contains("Expired"));
         assert!(signer.mint("alice", Role::Operator, vec!["*".into()], hour).is_err(), "* is for services");
@@ -723,7 +863,7 @@ mod tests {
         let verifier = Verifier::from_settings(&settings).unwrap().expect("keys");
         let hour = Duration::from_secs(3600);
         for key in [&secret, &signing] {
-            let token = Signer::load(key).unwrap().mint("alice", Role::Agent, vec!["acme".into()], hour).unwrap();
+            let token = Signer::load(key).unwrap().mint("alice", Role::Operator, vec!["acme".into()], hour).unwrap();
             assert_eq!(verifier.verify(&token).expect("verifies").sub, "alice", "{}", key.display());
         }
 
@@ -770,7 +910,7 @@ mod tests {
         let mint = |settings: &AuthSettings| {
             Signer::with_settings(&key, settings)
                 .unwrap()
-                .mint("alice", Role::Agent, vec!["acme".into()], hour)
+                .mint("alice", Role::Operator, vec!["acme".into()], hour)
                 .unwrap()
         };
         assert_eq!(verifier.verify(&mint(&settings)).expect("both claims match").sub, "alice");
@@ -802,7 +942,14 @@ mod tests {
         let now = now_secs();
         let token = |iat: Option<u64>, exp: u64| {
             signer
-                .sign(&Claims { sub: "alice".into(), orgs: vec!["acme".into()], role: Role::Agent, exp, iat })
+                .sign(&Claims {
+                    sub: "alice".into(),
+                    orgs: vec!["acme".into()],
+                    role: Role::Operator,
+                    exp,
+                    iat,
+                    agent_id: None,
+                })
                 .unwrap()
         };
         assert!(verifier.verify(&token(Some(now), now + 3600)).is_ok(), "exactly the maximum");
@@ -819,15 +966,15 @@ mod tests {
         }
         let missing_exp = jsonwebtoken::encode(
             &Header { kid: Some("local".into()), ..Header::new(Algorithm::HS256) },
-            &serde_json::json!({"sub": "alice", "orgs": ["acme"], "role": "agent", "iat": now}),
+            &serde_json::json!({"sub": "alice", "orgs": ["acme"], "role": "operator", "iat": now}),
             &EncodingKey::from_secret(&[b'k'; 40]),
         )
         .unwrap();
         assert!(verifier.verify(&missing_exp).is_err(), "no exp");
 
-        let over = signer.mint("alice", Role::Agent, vec!["acme".into()], Duration::from_secs(3601));
+        let over = signer.mint("alice", Role::Operator, vec!["acme".into()], Duration::from_secs(3601));
         assert!(over.unwrap_err().to_string().contains("auth.max_token_lifetime_secs"));
-        assert!(signer.mint("alice", Role::Agent, vec!["acme".into()], Duration::from_secs(u64::MAX)).is_err());
+        assert!(signer.mint("alice", Role::Operator, vec!["acme".into()], Duration::from_secs(u64::MAX)).is_err());
         assert_eq!(signer.max_lifetime(), Duration::from_secs(3600));
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -841,17 +988,17 @@ mod tests {
                 role,
                 exp: u64::MAX,
                 iat: None,
+                agent_id: None,
             }))
         };
         let agent = claims(Role::Agent, &["acme"]);
         assert!(agent.check_org("acme").is_ok());
         assert_eq!(agent.check_org("globex").unwrap_err().code(), tonic::Code::PermissionDenied);
-        assert_eq!(agent.require_service("AssignLeads").unwrap_err().code(), tonic::Code::PermissionDenied);
         assert_eq!(agent.actor(""), "alice");
         assert_eq!(agent.actor("alice"), "alice");
         assert_eq!(agent.actor(" Alice Smith "), "alice (Alice Smith)");
         let service = claims(Role::Service, &["*"]);
-        assert!(service.check_org("globex").is_ok() && service.require_service("AssignLeads").is_ok());
+        assert!(service.check_org("globex").is_ok() && service.is_platform_service());
         assert_eq!(Caller::Open.actor(""), "unknown");
         assert_eq!(Caller::Open.actor("ann"), "ann");
     }

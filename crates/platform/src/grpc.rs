@@ -45,6 +45,33 @@ pub const REFLECTION_SERVICES: [&str; 2] =
 /// `service_names` are the fully qualified names health reports as SERVING and reflection
 /// lists; `service` labels the metrics. `settings` give the keys that verify tokens, whether
 /// reflection is served and the limits of calls.
+/// Listeners bound before their servers start, by the address they were asked for: a
+/// process running several services binds every port first (port 0 in tests), so that each
+/// service knows the others' addresses whatever order they start in.
+static RESERVED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, std::net::TcpListener>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Binds `host:port` now for a server that `serve` starts later on `host:<the port bound>`,
+/// which is answered.
+pub fn reserve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let listen = format!("{host}:{port}");
+    let listener =
+        std::net::TcpListener::bind(&listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let key = format!("{host}:{}", addr.port());
+    RESERVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, listener);
+    Ok(addr)
+}
+
+async fn listen_on(listen: &str) -> anyhow::Result<TcpListener> {
+    let reserved = RESERVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(listen);
+    match reserved {
+        Some(listener) => Ok(TcpListener::from_std(listener)?),
+        None => TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}")),
+    }
+}
+
 pub async fn serve(
     settings: &crate::Settings,
     listen: &str,
@@ -53,7 +80,7 @@ pub async fn serve(
     routes: Routes,
     token: CancellationToken,
 ) -> anyhow::Result<Serving> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener = listen_on(listen).await?;
     let addr = listener.local_addr()?;
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in service_names {
@@ -76,8 +103,10 @@ pub async fn serve(
     if settings.grpc.reflection {
         routes = routes.add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
     }
-    let verifier = crate::auth::Verifier::from_settings(&settings.auth)?.map(std::sync::Arc::new);
-    crate::auth::warn_when_open(service, &verifier);
+    let ended = crate::sessions::ended_sessions(&settings.subject_prefix);
+    let verifier = crate::auth::Verifier::from_settings(&settings.auth)?
+        .map(|v| std::sync::Arc::new(v.with_ended_sessions(ended)));
+    crate::auth::refuse_or_warn_when_open(service, &settings.auth, &verifier)?;
     let auth = crate::auth::AuthLayer::new(verifier, settings.grpc.reflection);
     let timeout = std::time::Duration::from_secs(settings.grpc.request_timeout_secs);
     let per_connection = settings.grpc.concurrency_per_connection;
@@ -327,6 +356,11 @@ static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> = s
     known
 });
 
+/// Every method the platform's servers answer, `package.Service/Method`.
+pub fn known_methods() -> &'static std::collections::HashSet<String> {
+    &KNOWN_METHODS
+}
+
 /// What a call's method is labelled in the metrics: its path when it is a method the platform
 /// serves, `unknown` otherwise, so that calls to made-up paths (which anyone can send, before
 /// authentication) add no series.
@@ -492,6 +526,13 @@ fn client_tls(grpc: &crate::settings::GrpcSettings) -> anyhow::Result<tonic::tra
     Ok(tls)
 }
 
+/// A channel to `endpoint` that carries no credentials of its own: its caller puts a
+/// person's token on each request (the console does, so that every rule applies to the person).
+pub fn channel_without_credentials(settings: &crate::Settings, endpoint: &str) -> anyhow::Result<TracedChannel> {
+    let tls = if endpoint.starts_with("https://") { Some(client_tls(&settings.grpc)?) } else { None };
+    channel_with(endpoint, None, tls)
+}
+
 fn channel_with(
     endpoint: &str,
     credentials: Option<std::sync::Arc<crate::auth::ServiceCredentials>>,
@@ -548,6 +589,7 @@ mod tests {
         let mut settings = crate::Settings::default();
         settings.grpc.health_watch_limit = 2;
         settings.grpc.reflection = false;
+        settings.auth.disabled = true;
         let token = CancellationToken::new();
         let routes = Routes::default();
         let serving = serve(&settings, "127.0.0.1:0", "test", &["test.v1.Test"], routes, token.clone()).await?;
@@ -583,6 +625,55 @@ mod tests {
         drop(held);
         token.cancel();
         serving.task.await??;
+        Ok(())
+    }
+
+    /// A thousand calls without a token to made-up paths add no series to the metrics: the
+    /// method label of every one is `unknown`.
+    #[tokio::test]
+    async fn tokenless_calls_to_random_paths_add_no_series() -> anyhow::Result<()> {
+        let Ok(metrics) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() else {
+            // Another test of this process holds the recorder (`cargo test`, not nextest).
+            return Ok(());
+        };
+        let dir = std::env::temp_dir().join(format!("leads-metrics-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join("local.key");
+        std::fs::write(&key, "k".repeat(40))?;
+        let mut settings = crate::Settings::default();
+        settings.auth.signing_key_file = Some(key);
+        let token = CancellationToken::new();
+        let serving =
+            serve(&settings, "127.0.0.1:0", "test", &["test.v1.Test"], Routes::default(), token.clone()).await?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", serving.addr))?.connect().await?;
+        let series = || {
+            let text = metrics.render();
+            text.lines()
+                .filter(|l| l.starts_with(crate::telemetry::names::GRPC_REQUESTS) && !l.starts_with('#'))
+                .count()
+        };
+        let call = |path: String| {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            async move {
+                grpc.ready().await?;
+                let path = tonic::codegen::http::uri::PathAndQuery::try_from(path)?;
+                let codec = tonic_prost::ProstCodec::<(), ()>::default();
+                let answer = grpc.unary(tonic::Request::new(()), path, codec).await;
+                anyhow::Ok(answer.expect_err("no token").code())
+            }
+        };
+        assert_eq!(call("/leads.v1.LeadService/ListLeads".into()).await?, tonic::Code::Unauthenticated);
+        assert_eq!(call("/leads.v1.LeadService/Probe-first".into()).await?, tonic::Code::Unauthenticated);
+        let before = series();
+        assert!(before >= 2, "the calls were counted: {}", metrics.render());
+        for n in 0..1000 {
+            let path = format!("/leads.v1.{}/{}", uuid::Uuid::new_v4().simple(), n);
+            assert_eq!(call(path).await?, tonic::Code::Unauthenticated);
+        }
+        assert_eq!(series(), before, "{}", metrics.render());
+        token.cancel();
+        serving.task.await??;
+        std::fs::remove_dir_all(dir)?;
         Ok(())
     }
 

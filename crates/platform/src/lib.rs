@@ -10,11 +10,14 @@ pub mod error;
 pub mod grpc;
 pub mod nats;
 pub mod outbox;
+pub mod roles;
 pub mod service;
+pub mod sessions;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;
+pub mod visibility;
 
 pub use settings::{ServiceName, Settings};
 

@@ -1,9 +1,12 @@
 //! NATS and JetStream: subject names under the configured prefix, and the streams the
-//! platform declares idempotently at start-up so that publishers never have to.
+//! platform declares idempotently, each by the service that owns it (`OWNERS`), so that
+//! publishers never have to.
 
+use crate::ServiceName;
 use async_nats::jetstream::{self, stream};
 use secrecy::ExposeSecret;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Subject and stream names under one prefix. The external subjects of the contract
 /// (`interactions.<org>`, `broadcasts.<org>.messages|statuses`) are used verbatim when the
@@ -227,8 +230,8 @@ pub fn stream_config(subjects: &Subjects, kind: StreamKind, replicas: usize) -> 
 }
 
 /// Declares a stream when it is missing, with one replica. Never reconfigures an existing
-/// one: publishers and tools call this, and only the services own a stream's settings
-/// (`ensure_stream_replicated`).
+/// one: the operators' tools and tests call this, and a stream's settings are its owner's
+/// (`ensure_owned_streams`).
 pub async fn ensure_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -291,17 +294,40 @@ pub async fn ensure_stream_replicated(
     Ok(stream)
 }
 
-/// The services that publish events of their own.
-pub const EVENT_SOURCES: [&str; 4] = ["ingest", "lead", "qualification", "followup"];
+/// Which service declares and updates each stream of the platform: the one that publishes into
+/// it, or for the publishers' input streams the one that consumes them. `DEADLETTER` is lead's
+/// because every service writes dead letters and lead runs in every deployment. A service's
+/// NATS user may create and update its own streams only (`deploy/nats/nats-server.conf`); the
+/// streams of others it reads or writes it waits for (`wait_for_stream`). Each stream has
+/// exactly one row.
+pub const OWNERS: [(StreamKind, ServiceName); 8] = [
+    (StreamKind::Interactions, ServiceName::Ingest),
+    (StreamKind::Events("ingest"), ServiceName::Ingest),
+    (StreamKind::Broadcasts, ServiceName::Broadcast),
+    (StreamKind::Events("lead"), ServiceName::Lead),
+    (StreamKind::DeadLetter, ServiceName::Lead),
+    (StreamKind::Events("qualification"), ServiceName::Qualification),
+    (StreamKind::Events("followup"), ServiceName::FollowUp),
+    (StreamKind::Events("people"), ServiceName::People),
+];
+
+/// The service that declares `kind`; `None` for a stream outside the platform (a benchmark's).
+pub fn owner(kind: StreamKind) -> Option<ServiceName> {
+    OWNERS.iter().find(|(owned, _)| *owned == kind).map(|(_, owner)| *owner)
+}
+
+/// The streams `service` declares and keeps up to date at its start.
+pub fn owned_by(service: ServiceName) -> impl Iterator<Item = StreamKind> {
+    OWNERS.into_iter().filter(move |(_, owner)| *owner == service).map(|(kind, _)| kind)
+}
 
 /// Every stream of the platform.
 pub fn all_streams() -> Vec<StreamKind> {
-    let mut kinds = vec![StreamKind::Interactions, StreamKind::Broadcasts, StreamKind::DeadLetter];
-    kinds.extend(EVENT_SOURCES.map(StreamKind::Events));
-    kinds
+    OWNERS.map(|(kind, _)| kind).to_vec()
 }
 
-/// Declares every stream of the platform that is missing (one replica), changing none.
+/// Declares every stream of the platform that is missing (one replica), changing none: for
+/// the operators' admin user and tests, which may create any stream. No service does.
 pub async fn ensure_all_streams(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<()> {
     for kind in all_streams() {
         ensure_stream(js, subjects, kind).await?;
@@ -310,7 +336,9 @@ pub async fn ensure_all_streams(js: &jetstream::Context, subjects: &Subjects) ->
 }
 
 /// Declares every stream of the platform with `replicas` copies, updating existing ones
-/// (`ensure_stream_replicated`): what a service does at start-up.
+/// (`ensure_stream_replicated`): what the admin user may do for every owner at once, say
+/// before the first start of a deployment. A service declares its own only
+/// (`ensure_owned_streams`).
 pub async fn ensure_all_streams_replicated(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -320,6 +348,78 @@ pub async fn ensure_all_streams_replicated(
         ensure_stream_replicated(js, subjects, kind, replicas).await?;
     }
     Ok(())
+}
+
+/// Declares, and brings up to date, the streams `service` owns (`OWNERS`): what each service
+/// does first at its start, so that its readers, waiting for them, can begin.
+pub async fn ensure_owned_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    service: ServiceName,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    for kind in owned_by(service) {
+        ensure_stream_replicated(js, subjects, kind, replicas).await?;
+    }
+    Ok(())
+}
+
+/// Pauses between two looks for a stream that is missing: the first, and the longest.
+const STREAM_WAIT_FIRST: Duration = Duration::from_millis(100);
+const STREAM_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How long a stream may be missing before the wait is logged as a warning: its owner has had
+/// time to start, so it is probably not deployed, or runs with another subject prefix.
+const STREAM_WAIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until `kind`'s stream exists, declared by its owner, looking with a growing pause;
+/// `None` when `token` fires first. A reader never creates another service's stream (its user
+/// may not), and a missing one holds nothing to read yet, so the wait has no end of its own:
+/// a lead service deployed without follow-up consumes follow-up events once follow-up first
+/// starts, and serves meanwhile. Logged once at info when it starts, and once at warn when it
+/// has lasted `STREAM_WAIT_PATIENCE`.
+pub async fn wait_for_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    kind: StreamKind,
+    token: &CancellationToken,
+) -> anyhow::Result<Option<stream::Stream>> {
+    let name = subjects.stream_name(kind);
+    let owner = owner(kind).map_or("none", ServiceName::as_str);
+    let started = tokio::time::Instant::now();
+    let mut pause = STREAM_WAIT_FIRST;
+    let mut warned = false;
+    loop {
+        let missing = match js.get_stream(&name).await {
+            Ok(stream) => {
+                if pause > STREAM_WAIT_FIRST {
+                    tracing::info!(stream = %name, owner, waited_ms = started.elapsed().as_millis(), "stream found");
+                }
+                return Ok(Some(stream));
+            }
+            Err(error) => error,
+        };
+        let not_found = matches!(
+            missing.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        );
+        if pause == STREAM_WAIT_FIRST {
+            tracing::info!(stream = %name, owner, error = %missing, "waiting for stream {name} of service {owner}");
+        } else if !warned && started.elapsed() >= STREAM_WAIT_PATIENCE {
+            warned = true;
+            tracing::warn!(
+                stream = %name,
+                owner,
+                not_found,
+                error = %missing,
+                "stream still missing; is its owner running, with the same subject prefix?"
+            );
+        }
+        tokio::select! {
+            () = token.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(STREAM_WAIT_MAX);
+    }
 }
 
 /// Parses `Content-Type` into the payload's encoding; JSON is the default.
@@ -393,8 +493,79 @@ mod tests {
         assert_eq!(window(StreamKind::Interactions), Duration::from_millis(100));
         assert_eq!(window(StreamKind::Broadcasts), Duration::from_millis(100));
         assert_eq!(window(StreamKind::DeadLetter), Duration::from_secs(120));
-        for source in EVENT_SOURCES {
-            assert_eq!(window(StreamKind::Events(source)), Duration::from_secs(120), "{source}");
+        for kind in all_streams() {
+            if let StreamKind::Events(source) = kind {
+                assert_eq!(window(kind), Duration::from_secs(120), "{source}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_stream_has_one_owner_and_each_service_owns_its_own_events() {
+        let streams = all_streams();
+        for (i, kind) in streams.iter().enumerate() {
+            assert!(!streams[..i].contains(kind), "{kind:?} has two owners");
+            if let StreamKind::Events(source) = kind {
+                assert_eq!(owner(*kind).map(ServiceName::as_str), Some(*source));
+            }
+        }
+        assert_eq!(owner(StreamKind::DeadLetter), Some(ServiceName::Lead));
+        assert_eq!(owner(StreamKind::Events("benchraw")), None);
+        assert!(owned_by(ServiceName::Assignment).next().is_none());
+    }
+
+    /// The subjects each `leads-<service>` user of the shipped configuration may publish to.
+    fn shipped_grants() -> Vec<(String, Vec<String>)> {
+        let conf = include_str!("../../../deploy/nats/nats-server.conf");
+        conf.split("user: \"leads-")
+            .skip(1)
+            .map(|block| {
+                let service = block[..block.find('"').unwrap()].to_owned();
+                let allow = block
+                    .lines()
+                    .map(str::trim)
+                    .take_while(|line| !line.starts_with("subscribe"))
+                    .filter_map(|line| line.trim_end_matches(',').strip_prefix('"')?.strip_suffix('"'))
+                    .map(str::to_owned)
+                    .collect();
+                (service, allow)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_configuration_lets_each_service_create_and_update_its_own_streams_only() {
+        let subjects = Subjects::default();
+        let grants = shipped_grants();
+        let services: Vec<&str> =
+            grants.iter().map(|(service, _)| service.as_str()).filter(|s| *s != "admin").collect();
+        assert_eq!(services, ServiceName::ALL.map(ServiceName::as_str), "one user per service");
+        for (service, allow) in grants.iter().filter(|(service, _)| service != "admin") {
+            let name: ServiceName = service.parse().unwrap();
+            let mut own: Vec<String> = owned_by(name).map(|kind| subjects.stream_name(kind)).collect();
+            own.sort();
+            let streams_of = |action: &str| {
+                let mut streams: Vec<String> = allow
+                    .iter()
+                    .filter_map(|s| s.strip_prefix(&format!("$JS.API.STREAM.{action}.")))
+                    .map(str::to_owned)
+                    .collect();
+                streams.sort();
+                streams
+            };
+            assert_eq!(streams_of("CREATE"), own, "{service} creates");
+            assert_eq!(streams_of("UPDATE"), own, "{service} updates");
+            for never in ["DELETE", "PURGE"] {
+                assert!(streams_of(never).is_empty(), "{service} may {never}");
+                assert!(!allow.iter().any(|s| s.contains(never) && s.contains("STREAM")), "{service}: {never}");
+            }
+            assert!(!allow.iter().any(|s| s.contains('>') && s.starts_with("$JS.API.STREAM")), "{service}: {allow:?}");
+            // It looks up every stream it declares, writes dead letters to, follows or pulls from.
+            let info = streams_of("INFO");
+            let pulled = allow.iter().filter_map(|s| s.strip_prefix("$JS.API.CONSUMER.MSG.NEXT.")?.split('.').next());
+            for stream in own.iter().map(String::as_str).chain(["DEADLETTER", "EVENTS_PEOPLE"]).chain(pulled) {
+                assert!(info.iter().any(|s| s == stream), "{service} cannot look up {stream}");
+            }
         }
     }
 

@@ -25,12 +25,12 @@ pub struct Infra {
 }
 
 impl Infra {
-    /// Connects to NATS and declares the platform's streams.
+    /// Connects to NATS. It declares no stream: each service declares its own as it starts
+    /// (`ServiceBase::start`), whatever the order the services of a process start in.
     pub async fn connect(settings: Settings, client_name: &str) -> anyhow::Result<Self> {
         let nats = crate::nats::connect_with(&settings, client_name).await?;
         let js = jetstream::new(nats.clone());
         let subjects = Subjects::new(settings.subject_prefix.clone());
-        crate::nats::ensure_all_streams_replicated(&js, &subjects, settings.stream_replicas).await?;
         Ok(Self { settings, nats, js, subjects })
     }
 }
@@ -129,14 +129,17 @@ impl Running {
     }
 }
 
-/// The parts every service starts with: its pool (bootstrapped and migrated) and its outbox
-/// relay. Consumers are added to `tasks`; `serve` adds the gRPC server and hands back `Running`.
+/// The parts every service starts with: its own streams (declared and brought up to date), its
+/// pool (bootstrapped and migrated) and its outbox relay. Consumers are added to `tasks`;
+/// `serve` adds the gRPC server and hands back `Running`.
 pub struct ServiceBase {
     pub name: crate::ServiceName,
     pub pool: sqlx::PgPool,
     pub outbox: OutboxSignal,
     pub tasks: Tasks,
     relay: (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>),
+    /// One per consumer: fires once it has looked for its stream, found or not.
+    looked: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl ServiceBase {
@@ -146,6 +149,10 @@ impl ServiceBase {
         migrator: &sqlx::migrate::Migrator,
         token: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Self> {
+        // First, and without waiting for anyone: the readers of these streams wait for them, and
+        // a service that reads another's and is read by it (lead and qualification) would
+        // otherwise wait forever.
+        crate::nats::ensure_owned_streams(&infra.js, &infra.subjects, name, infra.settings.stream_replicas).await?;
         let pool = crate::db::connect_and_migrate(&infra.settings, name, migrator).await?;
         let outbox = OutboxSignal::default();
         let dead_letters = crate::deadletter::DeadLetters {
@@ -166,7 +173,14 @@ impl ServiceBase {
             outbox.clone(),
             relay_token.clone(),
         ));
-        let mut base = Self { name, pool: pool.clone(), outbox, tasks: JoinSet::new(), relay: (relay_token, relay) };
+        let mut base = Self {
+            name,
+            pool: pool.clone(),
+            outbox,
+            tasks: JoinSet::new(),
+            relay: (relay_token, relay),
+            looked: Vec::new(),
+        };
         let sampler = crate::outbox::sample_backlog(pool.clone(), name.as_str(), SAMPLE_EVERY, token.clone());
         base.spawn("outbox sampler", async move {
             sampler.await;
@@ -209,6 +223,11 @@ impl ServiceBase {
         routes: tonic::service::Routes,
         token: CancellationToken,
     ) -> anyhow::Result<Running> {
+        // A service is started once each consumer has found its stream or begun waiting for
+        // it: one look each, never the wait.
+        for looked in self.looked.drain(..) {
+            let _ = looked.await;
+        }
         let serving = crate::grpc::serve(
             &infra.settings,
             &infra.settings.grpc_addr(self.name),
@@ -310,18 +329,23 @@ impl ConsumerBuilder<'_> {
             outbox: base.outbox.clone(),
         };
         let name = format!("consumer {}", spec.durable);
-        base.spawn(
-            name,
-            crate::consumer::run(
-                infra.nats.clone(),
-                infra.js.clone(),
-                spec,
-                settings,
-                Some(dead_letters),
-                token.clone(),
-                move |batch| handler(ctx.clone(), batch),
-            ),
-        );
+        let (nats, js, subjects, token) = (infra.nats.clone(), infra.js.clone(), infra.subjects.clone(), token.clone());
+        let (looked_tx, looked) = tokio::sync::oneshot::channel();
+        base.looked.push(looked);
+        base.spawn(name, async move {
+            // Another service's stream exists once that service has started: the consumer waits
+            // for it here, not the service's start, so the services of a process start in any
+            // order and the API serves meanwhile.
+            let found = js.get_stream(&spec.stream).await.is_ok();
+            let _ = looked_tx.send(());
+            if !found && crate::nats::wait_for_stream(&js, &subjects, stream, &token).await?.is_none() {
+                return Ok(());
+            }
+            crate::consumer::run(nats, js, spec, settings, Some(dead_letters), token, move |batch| {
+                handler(ctx.clone(), batch)
+            })
+            .await
+        });
     }
 }
 

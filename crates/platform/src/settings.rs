@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-/// The six services of the platform.
+/// The seven services of the platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ServiceName {
     Ingest,
@@ -25,16 +25,18 @@ pub enum ServiceName {
     Assignment,
     FollowUp,
     Broadcast,
+    People,
 }
 
 impl ServiceName {
-    pub const ALL: [ServiceName; 6] = [
+    pub const ALL: [ServiceName; 7] = [
         ServiceName::Ingest,
         ServiceName::Lead,
         ServiceName::Qualification,
         ServiceName::Assignment,
         ServiceName::FollowUp,
         ServiceName::Broadcast,
+        ServiceName::People,
     ];
 
     /// The name used on the command line, in settings and in logs.
@@ -46,6 +48,7 @@ impl ServiceName {
             ServiceName::Assignment => "assignment",
             ServiceName::FollowUp => "followup",
             ServiceName::Broadcast => "broadcast",
+            ServiceName::People => "people",
         }
     }
 
@@ -76,6 +79,7 @@ impl ServiceName {
             ServiceName::Assignment => 50054,
             ServiceName::FollowUp => 50055,
             ServiceName::Broadcast => 50056,
+            ServiceName::People => 50057,
         }
     }
 }
@@ -97,8 +101,10 @@ impl FromStr for ServiceName {
             "assignment" => Ok(ServiceName::Assignment),
             "followup" | "follow-up" => Ok(ServiceName::FollowUp),
             "broadcast" | "broadcast-tracking" => Ok(ServiceName::Broadcast),
+            "people" => Ok(ServiceName::People),
             other => Err(format!(
-                "unknown service {other:?}; expected one of ingest, lead, qualification, assignment, followup, broadcast"
+                "unknown service {other:?}; expected one of ingest, lead, qualification, assignment, followup, broadcast, \
+                 people"
             )),
         }
     }
@@ -139,6 +145,9 @@ pub struct Settings {
     pub endpoints: Endpoints,
     pub consumer: ConsumerSettings,
     pub qualification: QualificationSettings,
+    /// The people directory: setup codes, sessions, sign-in lockout.
+    pub people: PeopleSettings,
+    pub console: ConsoleSettings,
     /// Seconds a SIGTERM may take: consumers finish what they hold, then the outboxes drain.
     pub shutdown_deadline_secs: u64,
     /// Days dedupe keys, kept rejections and dead letters are kept. At least 8: the streams
@@ -192,6 +201,34 @@ impl Default for QualificationSettings {
     }
 }
 
+/// How the people directory lets people in (docs/security.md, "People").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeopleSettings {
+    /// Seconds a setup code (from AddPerson or ResetPassword) may be used to set a password.
+    pub setup_code_ttl_secs: u64,
+    /// Lifetime of the token SignIn gives, cut to `auth.max_token_lifetime_secs`.
+    pub session_ttl_secs: u64,
+    /// Failed sign-ins to one account within 15 minutes that lock it.
+    pub max_failed_sign_ins: u32,
+    /// Seconds a locked account refuses every sign-in, the right password too.
+    pub lockout_secs: u64,
+    /// Seconds a one-time sign-in code (CreateSignInCode, a one-click sign-in link) may be used.
+    pub sign_in_code_ttl_secs: u64,
+}
+
+impl Default for PeopleSettings {
+    fn default() -> Self {
+        Self {
+            setup_code_ttl_secs: 72 * 3600,
+            session_ttl_secs: 8 * 3600,
+            max_failed_sign_ins: 5,
+            lockout_secs: 900,
+            sign_in_code_ttl_secs: 600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcSettings {
@@ -202,6 +239,7 @@ pub struct GrpcSettings {
     pub assignment_port: u16,
     pub followup_port: u16,
     pub broadcast_port: u16,
+    pub people_port: u16,
     /// Serve server reflection (v1 and v1alpha) without a token.
     pub reflection: bool,
     /// Seconds a call may take before it is answered DEADLINE_EXCEEDED (a stream's first
@@ -212,6 +250,10 @@ pub struct GrpcSettings {
     /// `grpc.health.v1.Health/Watch` streams a server holds open at once: a watch lasts as
     /// long as its caller wants and needs no token, so more are refused RESOURCE_EXHAUSTED.
     pub health_watch_limit: usize,
+    /// `LeadService/WatchLeads` streams a lead process holds open at once: each holds a
+    /// JetStream consumer and a task for as long as its caller stays, so more are refused
+    /// RESOURCE_EXHAUSTED.
+    pub watch_limit: usize,
     /// PEM certificate chain and key: every port serves gRPC over TLS (plaintext when unset).
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
@@ -231,6 +273,7 @@ impl GrpcSettings {
             ServiceName::Assignment => self.assignment_port,
             ServiceName::FollowUp => self.followup_port,
             ServiceName::Broadcast => self.broadcast_port,
+            ServiceName::People => self.people_port,
         }
     }
 
@@ -242,6 +285,7 @@ impl GrpcSettings {
             ServiceName::Assignment => &mut self.assignment_port,
             ServiceName::FollowUp => &mut self.followup_port,
             ServiceName::Broadcast => &mut self.broadcast_port,
+            ServiceName::People => &mut self.people_port,
         };
         *slot = port;
     }
@@ -258,10 +302,12 @@ impl Default for GrpcSettings {
             assignment_port: port(ServiceName::Assignment),
             followup_port: port(ServiceName::FollowUp),
             broadcast_port: port(ServiceName::Broadcast),
+            people_port: port(ServiceName::People),
             reflection: true,
             request_timeout_secs: 60,
             concurrency_per_connection: 256,
             health_watch_limit: 64,
+            watch_limit: 256,
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -270,18 +316,73 @@ impl Default for GrpcSettings {
     }
 }
 
+/// The Leads page in a browser (`leads run --services console`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Its HTTP port, on `grpc.host`; 0 picks a free one.
+    pub port: u16,
+    /// Marks the session cookie `Secure`: set when people reach the console over TLS (a proxy
+    /// in front of it terminating TLS counts).
+    pub secure_cookies: bool,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self { port: 8080, secure_cookies: false }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Endpoints {
     pub lead: String,
     pub broadcast: String,
+    /// The console's calls; the services do not call these.
+    pub assignment: String,
+    pub followup: String,
+    pub qualification: String,
+    pub people: String,
+}
+
+impl Endpoints {
+    /// Where `service` is reached, for those a caller may need.
+    pub fn of(&self, service: ServiceName) -> Option<&str> {
+        Some(match service {
+            ServiceName::Lead => &self.lead,
+            ServiceName::Broadcast => &self.broadcast,
+            ServiceName::Assignment => &self.assignment,
+            ServiceName::FollowUp => &self.followup,
+            ServiceName::Qualification => &self.qualification,
+            ServiceName::People => &self.people,
+            ServiceName::Ingest => return None,
+        })
+    }
+
+    /// Points callers at `url` for `service` (a process that binds its own ports does).
+    pub fn set(&mut self, service: ServiceName, url: String) {
+        match service {
+            ServiceName::Lead => self.lead = url,
+            ServiceName::Broadcast => self.broadcast = url,
+            ServiceName::Assignment => self.assignment = url,
+            ServiceName::FollowUp => self.followup = url,
+            ServiceName::Qualification => self.qualification = url,
+            ServiceName::People => self.people = url,
+            ServiceName::Ingest => {}
+        }
+    }
 }
 
 impl Default for Endpoints {
     fn default() -> Self {
+        let local = |service: ServiceName| format!("http://127.0.0.1:{}", service.default_port());
         Self {
-            lead: format!("http://127.0.0.1:{}", ServiceName::Lead.default_port()),
-            broadcast: format!("http://127.0.0.1:{}", ServiceName::Broadcast.default_port()),
+            lead: local(ServiceName::Lead),
+            broadcast: local(ServiceName::Broadcast),
+            assignment: local(ServiceName::Assignment),
+            followup: local(ServiceName::FollowUp),
+            qualification: local(ServiceName::Qualification),
+            people: local(ServiceName::People),
         }
     }
 }
@@ -366,6 +467,8 @@ impl Default for Settings {
             endpoints: Endpoints::default(),
             consumer: ConsumerSettings::default(),
             qualification: QualificationSettings::default(),
+            people: PeopleSettings::default(),
+            console: ConsoleSettings::default(),
             shutdown_deadline_secs: 30,
             retention_days: 30,
             auth: AuthSettings::default(),
@@ -513,6 +616,22 @@ impl Settings {
         if q.llm_max_per_second == 0 || q.llm_max_per_second > 10_000 {
             return Err(invalid("qualification.llm_max_per_second", "must be between 1 and 10000"));
         }
+        let p = &self.people;
+        if !(60..=30 * 24 * 3600).contains(&p.setup_code_ttl_secs) {
+            return Err(invalid("people.setup_code_ttl_secs", "must be between 60 and 2592000"));
+        }
+        if !(60..=30 * 24 * 3600).contains(&p.session_ttl_secs) {
+            return Err(invalid("people.session_ttl_secs", "must be between 60 and 2592000"));
+        }
+        if !(1..=100).contains(&p.max_failed_sign_ins) {
+            return Err(invalid("people.max_failed_sign_ins", "must be between 1 and 100"));
+        }
+        if !(1..=7 * 24 * 3600).contains(&p.lockout_secs) {
+            return Err(invalid("people.lockout_secs", "must be between 1 and 604800"));
+        }
+        if !(60..=24 * 3600).contains(&p.sign_in_code_ttl_secs) {
+            return Err(invalid("people.sign_in_code_ttl_secs", "must be between 60 and 86400"));
+        }
         Ok(())
     }
 
@@ -567,6 +686,9 @@ pub struct AuthSettings {
     /// The longest a token may live, `exp - iat`: a token that would live longer, or that
     /// lacks either claim, is refused, so that a leaked token cannot outlive a day.
     pub max_token_lifetime_secs: u64,
+    /// Serves every RPC to anyone who reaches the port, without a token: only for a
+    /// machine of one's own. Without keys and without this switch a service refuses to start.
+    pub disabled: bool,
 }
 
 /// A day: a person's working token, and the longest any token lives by default.
@@ -582,6 +704,7 @@ impl Default for AuthSettings {
             issuer: None,
             audience: None,
             max_token_lifetime_secs: DEFAULT_MAX_TOKEN_LIFETIME_SECS,
+            disabled: false,
         }
     }
 }
@@ -695,6 +818,9 @@ impl Settings {
         }
         if self.grpc.health_watch_limit == 0 || self.grpc.health_watch_limit > 10_000 {
             return Err(invalid("grpc.health_watch_limit", "must be between 1 and 10000"));
+        }
+        if self.grpc.watch_limit == 0 || self.grpc.watch_limit > 10_000 {
+            return Err(invalid("grpc.watch_limit", "must be between 1 and 10000"));
         }
         if self.database.export_max_connections == 0 || self.database.export_max_connections > 64 {
             return Err(invalid("database.export_max_connections", "must be between 1 and 64"));

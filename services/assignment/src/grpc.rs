@@ -129,6 +129,7 @@ impl AssignmentService for AssignmentApi {
                 agent_id,
                 actor: actor.clone(),
                 reason: reason.clone(),
+                on_behalf_of_agent: caller.agent_scope().map(str::to_owned),
             },
         )
         .await?;
@@ -165,7 +166,14 @@ impl AssignmentService for AssignmentApi {
         let (actor, reason) = (actor(&caller, &request.actor)?, reason(&request.reason)?);
         let results = handler::assign(
             &self.ctx,
-            Assign { org_id: request.org_id, lead_ids: request.lead_ids, agent_id: Some(agent_id), actor, reason },
+            Assign {
+                org_id: request.org_id,
+                lead_ids: request.lead_ids,
+                agent_id: Some(agent_id),
+                actor,
+                reason,
+                on_behalf_of_agent: caller.agent_scope().map(str::to_owned),
+            },
         )
         .await?;
         let results = results
@@ -183,7 +191,9 @@ impl AssignmentService for AssignmentApi {
         let request = request.into_inner();
         caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
-        let rows = handler::history(&self.ctx, &request.org_id, lead_id(&request.lead_id)?).await?;
+        let id = lead_id(&request.lead_id)?;
+        platform::visibility::check_lead(&self.ctx.lead, &caller, &request.org_id, &request.lead_id).await?;
+        let rows = handler::history(&self.ctx, &request.org_id, id).await?;
         Ok(Response::new(pb::GetAssignmentHistoryResponse {
             assignments: rows.into_iter().map(assignment_to_proto).collect(),
         }))

@@ -129,6 +129,8 @@ pub struct Assign {
     pub agent_id: Option<String>,
     pub actor: String,
     pub reason: Option<String>,
+    /// The agent the caller is, when an agent assigns: only its own and unassigned leads move.
+    pub on_behalf_of_agent: Option<String>,
 }
 
 /// Asks the lead service to assign, then records what changed. Results in request order.
@@ -142,6 +144,7 @@ pub async fn assign(ctx: &AssignmentContext, cmd: Assign) -> Result<Vec<pb::Lead
         agent_id: cmd.agent_id.clone().unwrap_or_default(),
         actor: cmd.actor.clone(),
         reason: cmd.reason.clone().unwrap_or_default(),
+        on_behalf_of_agent: cmd.on_behalf_of_agent.clone().unwrap_or_default(),
     });
     request.set_timeout(std::time::Duration::from_secs(30));
     let results = ctx.lead.clone().assign_leads(request).await?.into_inner().results;

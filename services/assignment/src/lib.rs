@@ -31,10 +31,8 @@ pub struct AssignmentContext {
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Assignment, &MIGRATOR, &token).await?;
-    let lead =
-        platform::grpc::service_channel(&infra.settings, ServiceName::Assignment, &infra.settings.endpoints.lead)
-            .map_err(|e| anyhow::anyhow!("invalid lead endpoint {}: {e}", infra.settings.endpoints.lead))?;
-    let ctx = AssignmentContext { pool: base.pool.clone(), lead: LeadServiceClient::new(lead) };
+    let lead = platform::visibility::lead_client(&infra.settings, ServiceName::Assignment)?;
+    let ctx = AssignmentContext { pool: base.pool.clone(), lead };
     // Only the lead events that move an assignment or a lead's activity.
     for kind in ["assigned", "status_changed"] {
         base.consumer(StreamKind::Events("lead"), format!("assignment-{}", kind.replace('_', "-")))

@@ -1,7 +1,7 @@
 use crate::{
     BroadcastContext,
     error::BroadcastError,
-    read::{self, Cursor, Target},
+    read::{self, CampaignCursor, Cursor, Target},
 };
 use contracts::values::{bounded, limits};
 use leads_proto::v1::{self as pb, broadcast_tracking_service_server::BroadcastTrackingService};
@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 pub struct BroadcastApi {
     pub ctx: BroadcastContext,
+    /// Asked whose lead it is before an agent reads its broadcasts.
+    pub lead: platform::visibility::LeadClient,
 }
 
 fn validate_org(org_id: &str) -> Result<(), BroadcastError> {
@@ -38,7 +40,14 @@ impl BroadcastTrackingService for BroadcastApi {
         validate_org(&request.org_id)?;
         bounded("page_token", &request.page_token, limits::MAX_PAGE_TOKEN_CHARS).map_err(BroadcastError::from)?;
         let target = match &request.target {
-            Some(Wire::LeadId(lead_id)) => Target::Lead(id("lead_id", lead_id)?),
+            Some(Wire::LeadId(lead_id)) => {
+                let target = Target::Lead(id("lead_id", lead_id)?);
+                platform::visibility::check_lead(&self.lead, &caller, &request.org_id, lead_id).await?;
+                target
+            }
+            Some(Wire::ContactId(_)) if caller.agent_scope().is_some() => {
+                return Err(Status::permission_denied("an agent reads broadcasts by lead_id, of a lead it may see"));
+            }
             Some(Wire::ContactId(contact_id)) => Target::Contact(id("contact_id", contact_id)?),
             None => return Err(BroadcastError::invalid("lead_id", "one of lead_id or contact_id is required").into()),
         };
@@ -66,5 +75,24 @@ impl BroadcastTrackingService for BroadcastApi {
         }
         let stats = read::campaign_stats(&self.ctx.pool, &request.org_id, campaign_id).await?;
         Ok(Response::new(stats))
+    }
+
+    async fn list_campaigns(
+        &self,
+        request: Request<pb::ListCampaignsRequest>,
+    ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        validate_org(&request.org_id)?;
+        bounded("page_token", &request.page_token, limits::MAX_PAGE_TOKEN_CHARS).map_err(BroadcastError::from)?;
+        let page_size = read::campaign_page_size(request.page_size)?;
+        let after =
+            if request.page_token.is_empty() { None } else { Some(CampaignCursor::decode(&request.page_token)?) };
+        let page = read::list_campaigns(&self.ctx.pool, &request.org_id, page_size, after).await?;
+        Ok(Response::new(pb::ListCampaignsResponse {
+            campaigns: page.campaigns,
+            next_page_token: page.next_page_token,
+        }))
     }
 }

@@ -70,6 +70,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let routes = tonic::service::Routes::new(
         leads_proto::v1::broadcast_tracking_service_server::BroadcastTrackingServiceServer::new(grpc::BroadcastApi {
             ctx,
+            lead: platform::visibility::lead_client(&infra.settings, ServiceName::Broadcast)?,
         }),
     );
     base.serve(infra, &["leads.v1.BroadcastTrackingService"], routes, token).await

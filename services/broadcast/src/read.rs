@@ -1,5 +1,6 @@
 //! The read side: a contact's broadcast history (newest first, keyset-paginated, each
-//! message with its status timeline) and a campaign's counts and rates.
+//! message with its status timeline), a campaign's counts and rates, and an organisation's
+//! campaigns with theirs (most recently sent first, keyset-paginated).
 
 use crate::{
     error::BroadcastError,
@@ -13,6 +14,9 @@ use uuid::Uuid;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
+/// Campaigns per ListCampaigns page: each costs what GetCampaignStats does.
+pub const DEFAULT_CAMPAIGN_PAGE_SIZE: i64 = 50;
+pub const MAX_CAMPAIGN_PAGE_SIZE: i64 = 200;
 
 /// Whose broadcasts to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +31,18 @@ pub struct HistoryPage {
 }
 
 pub fn page_size(requested: i32) -> Result<i64, BroadcastError> {
+    sized(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+}
+
+pub fn campaign_page_size(requested: i32) -> Result<i64, BroadcastError> {
+    sized(requested, DEFAULT_CAMPAIGN_PAGE_SIZE, MAX_CAMPAIGN_PAGE_SIZE)
+}
+
+fn sized(requested: i32, default: i64, max: i64) -> Result<i64, BroadcastError> {
     match i64::from(requested) {
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
-        _ => Err(BroadcastError::invalid("page_size", format!("must be between 1 and {MAX_PAGE_SIZE}"))),
+        0 => Ok(default),
+        n if (1..=max).contains(&n) => Ok(n),
+        _ => Err(BroadcastError::invalid("page_size", format!("must be between 1 and {max}"))),
     }
 }
 
@@ -44,19 +56,46 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        platform::token::encode(&format!("{}|{}", self.sent_at.timestamp_micros(), self.message_id))
+        encode_key(self.sent_at, &self.message_id)
     }
 
     pub fn decode(token: &str) -> Result<Self, BroadcastError> {
-        let bad = || BroadcastError::invalid("page_token", "is not a token this service issued");
-        let text = platform::token::decode(token).ok_or_else(bad)?;
-        let (micros, message_id) = text.split_once('|').ok_or_else(bad)?;
-        let sent_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-        if message_id.is_empty() {
-            return Err(bad());
-        }
-        Ok(Self { sent_at, message_id: message_id.to_owned() })
+        let (sent_at, message_id) = decode_key(token)?;
+        Ok(Self { sent_at, message_id })
     }
+}
+
+/// Where a page of campaigns ends: its last campaign's newest send and id, encoded as `Cursor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignCursor {
+    pub last_sent_at: DateTime<Utc>,
+    pub campaign_id: String,
+}
+
+impl CampaignCursor {
+    pub fn encode(&self) -> String {
+        encode_key(self.last_sent_at, &self.campaign_id)
+    }
+
+    pub fn decode(token: &str) -> Result<Self, BroadcastError> {
+        let (last_sent_at, campaign_id) = decode_key(token)?;
+        Ok(Self { last_sent_at, campaign_id })
+    }
+}
+
+fn encode_key(at: DateTime<Utc>, id: &str) -> String {
+    platform::token::encode(&format!("{}|{id}", at.timestamp_micros()))
+}
+
+fn decode_key(token: &str) -> Result<(DateTime<Utc>, String), BroadcastError> {
+    let bad = || BroadcastError::invalid("page_token", "is not a token this service issued");
+    let text = platform::token::decode(token).ok_or_else(bad)?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((at, id.to_owned()))
 }
 
 #[derive(sqlx::FromRow)]
@@ -223,12 +262,15 @@ fn error_class(status: &StatusRow) -> String {
 
 #[derive(Debug, Default, sqlx::FromRow)]
 struct CountsRow {
+    campaign_id: String,
     failure_class: Option<String>,
     messages: i64,
     sent: i64,
     delivered: i64,
     read: i64,
     failed: i64,
+    first_sent_at: Option<DateTime<Utc>>,
+    last_sent_at: Option<DateTime<Utc>>,
 }
 
 impl CountsRow {
@@ -238,6 +280,8 @@ impl CountsRow {
         self.delivered += other.delivered;
         self.read += other.read;
         self.failed += other.failed;
+        self.first_sent_at = self.first_sent_at.into_iter().chain(other.first_sent_at).min();
+        self.last_sent_at = self.last_sent_at.into_iter().chain(other.last_sent_at).max();
     }
 }
 
@@ -252,26 +296,99 @@ pub async fn campaign_stats(
     campaign_id: &str,
 ) -> Result<pb::CampaignStats, BroadcastError> {
     // One snapshot for every count, so that they agree with each other.
+    let mut tx = snapshot(pool).await?;
+    let mut found = figures(&mut tx, org_id, &[campaign_id.to_owned()]).await?;
+    tx.commit().await?;
+    found.remove(campaign_id).ok_or_else(|| BroadcastError::not_found("campaign", campaign_id))
+}
+
+pub struct CampaignPage {
+    pub campaigns: Vec<pb::CampaignStats>,
+    pub next_page_token: String,
+}
+
+/// `org_id`'s campaigns, the one whose newest message was sent last first (ties by id,
+/// descending), after `after`, each with the figures `campaign_stats` gives.
+///
+/// What a page costs: ordering reads each of the organisation's campaigns' newest send, one
+/// probe at the end of its range of `messages_by_campaign` (about 11 ms for 1,000 campaigns);
+/// the figures read every message of the page's campaigns and its statuses, as
+/// GetCampaignStats does for one, index-only (about 2 ms per 1,000 messages). A page of 50
+/// campaigns of 1,000 messages each took 0.1 s; the figures grow with the messages of the
+/// page's campaigns, so a page of campaigns of 100,000 messages each would take seconds:
+/// callers listing such campaigns ask for smaller pages. A campaign without a recorded
+/// message has no send to order by and is left out.
+pub async fn list_campaigns(
+    pool: &PgPool,
+    org_id: &str,
+    page_size: i64,
+    after: Option<CampaignCursor>,
+) -> Result<CampaignPage, BroadcastError> {
+    let mut tx = snapshot(pool).await?;
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT c.campaign_id, l.last_sent_at FROM campaigns c \
+         CROSS JOIN LATERAL (SELECT m.sent_at AS last_sent_at FROM messages m \
+                             WHERE m.org_id = c.org_id AND m.campaign_id = c.campaign_id \
+                             ORDER BY m.sent_at DESC LIMIT 1) l \
+         WHERE c.org_id = $1 AND ($2::timestamptz IS NULL OR (l.last_sent_at, c.campaign_id) < ($2, $3)) \
+         ORDER BY l.last_sent_at DESC, c.campaign_id DESC LIMIT $4",
+    )
+    .bind(org_id)
+    .bind(after.as_ref().map(|c| c.last_sent_at))
+    .bind(after.as_ref().map(|c| c.campaign_id.as_str()))
+    .bind(page_size + 1)
+    .fetch_all(&mut *tx)
+    .await?;
+    let has_more = rows.len() as i64 > page_size;
+    let rows = &rows[..rows.len().min(page_size as usize)];
+    let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+    let mut found = figures(&mut tx, org_id, &ids).await?;
+    tx.commit().await?;
+    let next_page_token = match (has_more, rows.last()) {
+        (true, Some((campaign_id, last_sent_at))) => {
+            CampaignCursor { last_sent_at: *last_sent_at, campaign_id: campaign_id.clone() }.encode()
+        }
+        _ => String::new(),
+    };
+    // Read in the same snapshot, every campaign of the page has its figures.
+    let campaigns = ids.iter().filter_map(|id| found.remove(id)).collect();
+    Ok(CampaignPage { campaigns, next_page_token })
+}
+
+/// A read-only transaction whose statements all see one snapshot.
+async fn snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, BroadcastError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let name: Option<Option<String>> =
-        sqlx::query_scalar("SELECT name FROM campaigns WHERE org_id = $1 AND campaign_id = $2")
+    Ok(tx)
+}
+
+/// The figures of those of `campaign_ids` that `org_id` has, by id.
+async fn figures(
+    tx: &mut sqlx::PgConnection,
+    org_id: &str,
+    campaign_ids: &[String],
+) -> Result<HashMap<String, pb::CampaignStats>, BroadcastError> {
+    if campaign_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let names: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT campaign_id, name FROM campaigns WHERE org_id = $1 AND campaign_id = ANY($2)")
             .bind(org_id)
-            .bind(campaign_id)
-            .fetch_optional(&mut *tx)
+            .bind(campaign_ids)
+            .fetch_all(&mut *tx)
             .await?;
-    let name = name.ok_or_else(|| BroadcastError::not_found("campaign", campaign_id))?;
     // Each message's state from its own statuses (rank: sent 1 < delivered 2 < read 3; NULL
-    // when none arrived yet, so it counts only as a message), grouped by the class of its
-    // failure. LATERAL keeps the plan to one primary-key probe per message of the campaign,
-    // whatever the statistics say while statuses pour in; a join let the planner scan the
-    // whole statuses table for a campaign of a few thousand messages.
+    // when none arrived yet, so it counts only as a message), grouped by campaign and by the
+    // class of its failure. LATERAL keeps the plan to one primary-key probe per message of the
+    // campaigns, whatever the statistics say while statuses pour in; a join let the planner
+    // scan the whole statuses table for a campaign of a few thousand messages.
     let groups: Vec<CountsRow> = sqlx::query_as(
-        "SELECT s.failure_class, count(*) AS messages, \
+        "SELECT m.campaign_id, s.failure_class, count(*) AS messages, \
            count(*) FILTER (WHERE s.rank >= 1) AS sent, \
            count(*) FILTER (WHERE s.rank >= 2) AS delivered, \
            count(*) FILTER (WHERE s.rank >= 3) AS read, \
-           count(*) FILTER (WHERE s.failed) AS failed \
+           count(*) FILTER (WHERE s.failed) AS failed, \
+           min(m.sent_at) AS first_sent_at, max(m.sent_at) AS last_sent_at \
          FROM messages m \
          CROSS JOIN LATERAL ( \
            SELECT max(CASE st.status WHEN 'read' THEN 3 WHEN 'delivered' THEN 2 WHEN 'sent' THEN 1 ELSE 0 END) \
@@ -279,23 +396,48 @@ pub async fn campaign_stats(
                   bool_or(st.status = 'failed') AS failed, \
                   max(st.error_class) FILTER (WHERE st.status = 'failed') AS failure_class \
            FROM statuses st WHERE st.org_id = m.org_id AND st.message_id = m.message_id) s \
-         WHERE m.org_id = $1 AND m.campaign_id = $2 \
-         GROUP BY s.failure_class",
+         WHERE m.org_id = $1 AND m.campaign_id = ANY($2) \
+         GROUP BY m.campaign_id, s.failure_class",
     )
     .bind(org_id)
-    .bind(campaign_id)
+    .bind(campaign_ids)
     .fetch_all(&mut *tx)
     .await?;
-    let (replied, leads_created): (i64, i64) = sqlx::query_as(
-        "SELECT count(DISTINCT r.message_id), count(DISTINCT r.lead_id) FILTER (WHERE r.created_lead) \
+    let replies: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT m.campaign_id, count(DISTINCT r.message_id), count(DISTINCT r.lead_id) FILTER (WHERE r.created_lead) \
          FROM replies r JOIN messages m ON m.org_id = r.org_id AND m.message_id = r.message_id \
-         WHERE m.org_id = $1 AND m.campaign_id = $2",
+         WHERE m.org_id = $1 AND m.campaign_id = ANY($2) \
+         GROUP BY m.campaign_id",
     )
     .bind(org_id)
-    .bind(campaign_id)
-    .fetch_one(&mut *tx)
+    .bind(campaign_ids)
+    .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
+    let mut by_campaign: HashMap<&str, Vec<&CountsRow>> = HashMap::new();
+    for group in &groups {
+        by_campaign.entry(group.campaign_id.as_str()).or_default().push(group);
+    }
+    let replies: HashMap<&str, (i64, i64)> =
+        replies.iter().map(|(id, replied, leads)| (id.as_str(), (*replied, *leads))).collect();
+    Ok(names
+        .into_iter()
+        .map(|(campaign_id, name)| {
+            let groups = by_campaign.get(campaign_id.as_str()).map(Vec::as_slice).unwrap_or_default();
+            let (replied, leads_created) = replies.get(campaign_id.as_str()).copied().unwrap_or_default();
+            let stats = stats_of(&campaign_id, name, groups, replied, leads_created);
+            (campaign_id, stats)
+        })
+        .collect())
+}
+
+/// One campaign's figures from its groups of messages (by failure class) and its replies.
+fn stats_of(
+    campaign_id: &str,
+    name: Option<String>,
+    groups: &[&CountsRow],
+    replied: i64,
+    leads_created: i64,
+) -> pb::CampaignStats {
     // Every class is present, zero or not, so that callers need not guess the keys.
     let mut failed_by_class: HashMap<String, i64> =
         ErrorClass::ALL.iter().map(|c| (c.as_str().to_owned(), 0)).collect();
@@ -305,10 +447,10 @@ pub async fn campaign_stats(
             let class = group.failure_class.clone().unwrap_or_else(|| ErrorClass::Other.as_str().to_owned());
             *failed_by_class.entry(class).or_default() += group.failed;
         }
-        counts.add(&group);
+        counts.add(group);
     }
     let rate = |count: i64| if counts.messages == 0 { 0.0 } else { count as f64 / counts.messages as f64 };
-    Ok(pb::CampaignStats {
+    pb::CampaignStats {
         campaign_id: campaign_id.to_owned(),
         name: name.unwrap_or_default(),
         messages: counts.messages,
@@ -323,7 +465,9 @@ pub async fn campaign_stats(
         read_rate: rate(counts.read),
         failure_rate: rate(counts.failed),
         reply_rate: rate(replied),
-    })
+        first_sent_at: counts.first_sent_at.map(timestamp),
+        last_sent_at: counts.last_sent_at.map(timestamp),
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,11 @@ impl FollowUpApi {
         org(&request.org_id)?;
         let id = required_id("follow_up_id", &request.follow_up_id, |v| FollowUpError::NotFound(v.into()))?;
         let actor = actor(&caller, &request.actor)?;
+        if caller.agent_scope().is_some() {
+            let follow_up = handler::get(&self.ctx, &request.org_id, id).await?;
+            platform::visibility::check_lead(&self.ctx.lead, &caller, &request.org_id, &follow_up.lead_id.to_string())
+                .await?;
+        }
         let row = handler::close(&self.ctx, &request.org_id, id, to, &actor).await?;
         Ok(Response::new(to_proto(row)))
     }
@@ -112,6 +117,7 @@ impl FollowUpService for FollowUpApi {
                 agent_id,
                 actor,
                 request_id: trimmed(&request.request_id),
+                on_behalf_of_agent: caller.agent_scope().map(str::to_owned),
             },
         )
         .await?;
@@ -145,7 +151,20 @@ impl FollowUpService for FollowUpApi {
                 Some(from_timestamp(t).ok_or_else(|| FollowUpError::invalid("due_before", "is not a valid time"))?)
             }
         };
-        let filter = ListFilter { lead_id, agent_id: agent_id(&request.agent_id)?, states, due_before };
+        let mut filter = ListFilter { lead_id, agent_id: agent_id(&request.agent_id)?, states, due_before };
+        // An agent sees the follow-ups of a lead it may see, or else its own.
+        if let Some(own) = caller.agent_scope() {
+            match (&filter.lead_id, &filter.agent_id) {
+                (Some(lead), _) => {
+                    platform::visibility::check_lead(&self.ctx.lead, &caller, &request.org_id, &lead.to_string())
+                        .await?;
+                }
+                (None, Some(agent)) if agent != own => {
+                    return Err(Status::permission_denied("an agent lists its own follow-ups"));
+                }
+                (None, _) => filter.agent_id = Some(own.to_owned()),
+            }
+        }
         let page = handler::list(&self.ctx, &request.org_id, &filter, request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListFollowUpsResponse {
             follow_ups: page.follow_ups.into_iter().map(to_proto).collect(),

@@ -125,6 +125,8 @@ pub struct CreateFollowUp {
     pub agent_id: Option<String>,
     pub actor: String,
     pub request_id: Option<String>,
+    /// The agent the caller is, when an agent creates it: only its own and unassigned leads.
+    pub on_behalf_of_agent: Option<String>,
 }
 
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
@@ -166,6 +168,7 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         note: cmd.note.clone().unwrap_or_default(),
         agent_id: cmd.agent_id.clone().unwrap_or_default(),
         actor: cmd.actor.clone(),
+        on_behalf_of_agent: cmd.on_behalf_of_agent.clone().unwrap_or_default(),
     });
     request.set_timeout(std::time::Duration::from_secs(10));
     let lead = match ctx.lead.clone().open_follow_up(request).await {
@@ -572,6 +575,7 @@ mod tests {
             agent_id: None,
             request_id: request_id.map(Into::into),
             actor: "op".into(),
+            on_behalf_of_agent: None,
         }
     }
 

@@ -37,13 +37,11 @@ pub struct FollowUpContext {
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::FollowUp, &MIGRATOR, &token).await?;
-    let lead = platform::grpc::service_channel(&infra.settings, ServiceName::FollowUp, &infra.settings.endpoints.lead)
-        .map_err(|e| anyhow::anyhow!("invalid lead endpoint {}: {e}", infra.settings.endpoints.lead))?;
     let ctx = FollowUpContext {
         pool: base.pool.clone(),
         subjects: infra.subjects.clone(),
         outbox: base.outbox.clone(),
-        lead: LeadServiceClient::new(lead),
+        lead: platform::visibility::lead_client(&infra.settings, ServiceName::FollowUp)?,
     };
     for kind in ["follow_up_opened", "status_changed"] {
         base.consumer(StreamKind::Events("lead"), format!("followup-{}", kind.replace('_', "-")))

@@ -12,7 +12,7 @@ use contracts::lead::{LeadChange, LeadView, ScoreSource, Status};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-pub const MAX_BULK: usize = 10_000;
+pub const MAX_BULK: usize = contracts::values::limits::MAX_BULK_LEADS;
 
 /// A lead's row as read under its lock: what "is it active?" is decided on, with nothing
 /// able to change it before the transaction ends.
@@ -24,17 +24,26 @@ pub struct LockedLead {
     pub agent_id: Option<String>,
 }
 
+/// Who may see a lead, as SQL over `leads`: `$3` is the agent a caller is confined to (with
+/// the unassigned leads), or NULL for every lead.
+pub const VISIBLE_TO: &str = "($3::text IS NULL OR agent_id IS NULL OR agent_id = $3)";
+
+/// Locks the lead, which must exist and be visible to `visible_to` (`None`: to everyone).
 pub async fn lock_lead(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     org_id: &str,
     lead_id: Uuid,
+    visible_to: Option<&str>,
 ) -> Result<LockedLead, LeadError> {
-    sqlx::query_as("SELECT status, version, agent_id FROM leads WHERE org_id = $1 AND id = $2 FOR UPDATE")
-        .bind(org_id)
-        .bind(lead_id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| LeadError::NotFound(lead_id.to_string()))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT status, version, agent_id FROM leads WHERE org_id = $1 AND id = $2 AND {VISIBLE_TO} FOR UPDATE"
+    )))
+    .bind(org_id)
+    .bind(lead_id)
+    .bind(visible_to)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| LeadError::NotFound(lead_id.to_string()))
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +57,8 @@ pub struct ChangeStatus {
     pub reason: Option<String>,
     pub actor: String,
     pub expected_version: Option<i64>,
+    /// The agent the caller is confined to: a lead of another agent is not found.
+    pub visible_to: Option<String>,
 }
 
 /// The status history's row for `cmd`, which moved the lead from `from` to `to` at
@@ -86,7 +97,8 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
         return Err(LeadError::invalid("clear_manual_score", "cannot be combined with manual_score"));
     }
     let mut tx = ctx.pool.begin().await?;
-    let LockedLead { status: from, version, .. } = lock_lead(&mut tx, &cmd.org_id, cmd.lead_id).await?;
+    let LockedLead { status: from, version, .. } =
+        lock_lead(&mut tx, &cmd.org_id, cmd.lead_id, cmd.visible_to.as_deref()).await?;
     let act = Act::ChangeStatus { to: cmd.status, with_score: cmd.manual_score.is_some() || cmd.clear_manual_score };
     let transition =
         lifecycle::decide(from, act).map_err(|Inactive(status)| LeadError::Inactive { id: cmd.lead_id, status })?;
@@ -185,16 +197,19 @@ pub async fn bulk_change_status(
     to: Status,
     reason: Option<&str>,
     actor: &str,
+    visible_to: Option<&str>,
 ) -> Result<Vec<BulkOutcome>, LeadError> {
     let (parsed, ids) = bulk_ids(lead_ids)?;
     let mut tx = ctx.pool.begin().await?;
     // Sorted ids and ORDER BY id: two bulk changes over overlapping leads lock in one order.
-    let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, status FROM leads WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE")
-            .bind(org_id)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, status FROM leads WHERE org_id = $1 AND id = ANY($2) AND {VISIBLE_TO} ORDER BY id FOR UPDATE"
+    )))
+    .bind(org_id)
+    .bind(&ids)
+    .bind(visible_to)
+    .fetch_all(&mut *tx)
+    .await?;
     let act = Act::ChangeStatus { to, with_score: false };
     let mut decided: HashMap<Uuid, Result<Transition, Inactive>> = HashMap::with_capacity(rows.len());
     for (id, status) in rows {

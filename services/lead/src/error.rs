@@ -7,6 +7,9 @@ pub enum LeadError {
     InvalidArgument { field: String, reason: String },
     #[error("lead {0} not found")]
     NotFound(String),
+    /// What the caller's role may not do, said in words.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("lead {id} is inactive: its status is {}", status.display_name())]
     Inactive { id: Uuid, status: Status },
     #[error("lead {id} is at version {actual}, not the expected {expected}")]
@@ -50,6 +53,7 @@ impl platform::error::ServiceError for LeadError {
         match self {
             LeadError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
             LeadError::NotFound(_) => tonic::Code::NotFound,
+            LeadError::Forbidden(_) => tonic::Code::PermissionDenied,
             LeadError::Inactive { .. } => tonic::Code::FailedPrecondition,
             LeadError::VersionMismatch { .. } | LeadError::Conflict => tonic::Code::Aborted,
             LeadError::Database(error) => platform::error::sql_code(error),

@@ -6,7 +6,7 @@
 use crate::{
     LeadContext,
     apply::{column, lead_event, publish},
-    commands::{BulkOutcome, LockedLead, bulk_ids, lock_lead},
+    commands::{BulkOutcome, LockedLead, VISIBLE_TO, bulk_ids, lock_lead},
     error::LeadError,
     lifecycle::{self, Act, Inactive},
     model::LEAD_VIEW_COLUMNS,
@@ -51,18 +51,20 @@ pub async fn assign_leads(
     agent: Option<&str>,
     actor: &str,
     reason: Option<&str>,
+    visible_to: Option<&str>,
 ) -> Result<Vec<AssignOutcome>, LeadError> {
     let (parsed, ids) = bulk_ids(lead_ids)?;
     if let Some(agent) = agent {
         validate_agent_id(agent)?;
     }
     let mut tx = ctx.pool.begin().await?;
-    let rows: Vec<LockedRow> = sqlx::query_as(
+    let rows: Vec<LockedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, status, agent_id, version, updated_at FROM leads \
-         WHERE org_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
-    )
+         WHERE org_id = $1 AND id = ANY($2) AND {VISIBLE_TO} ORDER BY id FOR UPDATE"
+    )))
     .bind(org_id)
     .bind(&ids)
+    .bind(visible_to)
     .fetch_all(&mut *tx)
     .await?;
     let mut outcomes: HashMap<Uuid, AssignOutcome> = HashMap::with_capacity(rows.len());
@@ -148,6 +150,9 @@ pub struct OpenFollowUp {
     pub note: Option<String>,
     pub agent_id: Option<String>,
     pub actor: String,
+    /// The agent on whose behalf the follow-up is opened, when that is an agent: a lead of
+    /// another agent is not found.
+    pub visible_to: Option<String>,
 }
 
 /// Records a follow-up on an active lead and answers the lead as it now is. Opening the same
@@ -161,7 +166,8 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
         validate_agent_id(agent)?;
     }
     let mut tx = ctx.pool.begin().await?;
-    let LockedLead { status, agent_id: lead_agent, .. } = lock_lead(&mut tx, &cmd.org_id, cmd.lead_id).await?;
+    let LockedLead { status, agent_id: lead_agent, .. } =
+        lock_lead(&mut tx, &cmd.org_id, cmd.lead_id, cmd.visible_to.as_deref()).await?;
     let opened_before: Option<(Uuid, DateTime<Utc>, Option<String>)> = sqlx::query_as(
         "SELECT lead_id, due_at, note FROM follow_up_entries \
          WHERE org_id = $1 AND follow_up_id = $2 AND state = 'pending'",

@@ -37,10 +37,28 @@ fn actor(caller: &Caller, display: &str) -> Result<String, LeadError> {
 }
 
 /// On the internal RPCs, the actor the calling service recorded (its caller's subject and
-/// display name), taken as it is.
+/// display name), taken as it is from one of the platform's own services; any other caller
+/// (a service token limited to some organisations) is recorded as its own subject.
 fn service_actor(caller: &Caller, value: &str) -> Result<String, LeadError> {
     bounded("actor", value, limits::MAX_RECORDED_ACTOR_CHARS)?;
-    Ok(if caller.is_service() { non_empty(value).unwrap_or_else(|| "unknown".into()) } else { caller.actor(value) })
+    Ok(if caller.is_platform_service() {
+        non_empty(value).unwrap_or_else(|| "unknown".into())
+    } else {
+        bounded("actor", value, limits::MAX_ACTOR_CHARS)?;
+        caller.actor(value)
+    })
+}
+
+/// The agent a call is confined to: the calling agent's own, or, on the internal RPCs, the
+/// agent a platform service acts for.
+fn confined_to(caller: &Caller, on_behalf_of_agent: &str) -> Result<Option<String>, LeadError> {
+    bounded("on_behalf_of_agent", on_behalf_of_agent, MAX_AGENT_ID_CHARS)?;
+    Ok(caller.agent_scope().map(str::to_owned).or_else(|| non_empty(on_behalf_of_agent)))
+}
+
+/// NOT_FOUND for a lead the caller may not see (another agent's, for an agent).
+fn visible(caller: &Caller, lead: &contracts::lead::LeadView) -> Result<(), LeadError> {
+    if caller.sees_lead_of(lead.agent_id.as_deref()) { Ok(()) } else { Err(LeadError::NotFound(lead.id.to_string())) }
 }
 
 fn reason(value: &str) -> Result<Option<String>, LeadError> {
@@ -69,6 +87,7 @@ fn non_empty(value: &str) -> Option<String> {
 }
 
 type ExportStream = Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, GrpcStatus>> + Send>>;
+type WatchStream = ReceiverStream<Result<pb::LeadWatchEvent, GrpcStatus>>;
 
 #[tonic::async_trait]
 impl LeadService for LeadApi {
@@ -78,6 +97,7 @@ impl LeadService for LeadApi {
         caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
         let lead = read::get_lead(&self.ctx.pool, &request.org_id, lead_id(&request.lead_id)?).await?;
+        visible(&caller, &lead)?;
         Ok(Response::new(lead.to_proto()))
     }
 
@@ -89,12 +109,17 @@ impl LeadService for LeadApi {
         let request = request.into_inner();
         caller.check_org(&request.org_id)?;
         bounded_query(&request)?;
-        let query = LeadQuery::parse(&request)?;
+        let query = LeadQuery::parse_for(&request, caller.agent_scope())?;
+        let watch_cursor = self.ctx.watches.position().await.unwrap_or_else(|error| {
+            tracing::debug!(%error, "no watch cursor for this page");
+            String::new()
+        });
         let page = read::list_leads(&self.ctx.pool, &query, !request.skip_total).await?;
         Ok(Response::new(pb::ListLeadsResponse {
             leads: page.leads.iter().map(contracts::lead::LeadView::to_proto).collect(),
             next_page_token: page.next_page_token,
             total_count: page.total_count.unwrap_or(-1),
+            watch_cursor,
         }))
     }
 
@@ -116,6 +141,7 @@ impl LeadService for LeadApi {
                 reason,
                 actor,
                 expected_version: request.expected_version,
+                visible_to: caller.agent_scope().map(str::to_owned),
             },
         )
         .await?;
@@ -140,6 +166,7 @@ impl LeadService for LeadApi {
             status,
             reason.as_deref(),
             &actor,
+            caller.agent_scope(),
         )
         .await?;
         let results = request
@@ -174,12 +201,15 @@ impl LeadService for LeadApi {
         let list = request.query.ok_or_else(|| LeadError::invalid("query", "is required"))?;
         caller.check_org(&list.org_id)?;
         bounded_query(&list)?;
-        let query = LeadQuery::parse(&list)?;
+        let query = LeadQuery::parse_for(&list, caller.agent_scope())?;
         match pb::ExportScope::try_from(request.scope) {
             Ok(pb::ExportScope::Unspecified | pb::ExportScope::CurrentPage) => {
                 let chunk = export::current_page(&self.ctx.exports, &query).await?;
                 let stream = futures::stream::iter([Ok(chunk)]);
                 Ok(Response::new(Box::pin(stream)))
+            }
+            Ok(pb::ExportScope::All) if caller.agent_scope().is_some() => {
+                Err(LeadError::Forbidden("an agent exports the page it sees, not every lead".into()).into())
             }
             Ok(pb::ExportScope::All) => {
                 let receiver = export::all(&self.ctx.exports, query)?;
@@ -188,6 +218,22 @@ impl LeadService for LeadApi {
             }
             Err(_) => Err(LeadError::invalid("scope", "is not an export scope").into()),
         }
+    }
+
+    type WatchLeadsStream = WatchStream;
+
+    async fn watch_leads(
+        &self,
+        request: Request<pb::WatchLeadsRequest>,
+    ) -> Result<Response<Self::WatchLeadsStream>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        crate::validate_org(&request.org_id)?;
+        bounded("cursor", &request.cursor, limits::MAX_PAGE_TOKEN_CHARS).map_err(LeadError::from)?;
+        let agent = caller.agent_scope().map(str::to_owned);
+        let feed = self.ctx.watches.open(&request.org_id, &request.cursor, agent).await?;
+        Ok(Response::new(ReceiverStream::new(feed)))
     }
 
     async fn get_lead_history(
@@ -199,6 +245,9 @@ impl LeadService for LeadApi {
         caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
         bounded("page_token", &request.page_token, limits::MAX_PAGE_TOKEN_CHARS).map_err(LeadError::from)?;
+        if caller.agent_scope().is_some() {
+            visible(&caller, &read::get_lead(&self.ctx.pool, &request.org_id, lead_id(&request.lead_id)?).await?)?;
+        }
         let history = history::lead_history(
             &self.ctx,
             &request.org_id,
@@ -220,7 +269,6 @@ impl LeadService for LeadApi {
         request: Request<pb::AssignLeadsRequest>,
     ) -> Result<Response<pb::AssignLeadsResponse>, GrpcStatus> {
         let caller = Caller::of(&request)?;
-        caller.require_service("AssignLeads")?;
         let request = request.into_inner();
         caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
@@ -228,6 +276,7 @@ impl LeadService for LeadApi {
         bounded("agent_id", &request.agent_id, MAX_AGENT_ID_CHARS).map_err(LeadError::from)?;
         let (reason, actor) = (reason(&request.reason)?, service_actor(&caller, &request.actor)?);
         let agent = non_empty(&request.agent_id);
+        let visible_to = confined_to(&caller, &request.on_behalf_of_agent)?;
         let outcomes = gated::assign_leads(
             &self.ctx,
             &request.org_id,
@@ -235,6 +284,7 @@ impl LeadService for LeadApi {
             agent.as_deref(),
             &actor,
             reason.as_deref(),
+            visible_to.as_deref(),
         )
         .await?;
         let results = request
@@ -269,7 +319,6 @@ impl LeadService for LeadApi {
         request: Request<pb::OpenFollowUpRequest>,
     ) -> Result<Response<pb::Lead>, GrpcStatus> {
         let caller = Caller::of(&request)?;
-        caller.require_service("OpenFollowUp")?;
         let request = request.into_inner();
         caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
@@ -277,6 +326,7 @@ impl LeadService for LeadApi {
         bounded("agent_id", &request.agent_id, MAX_AGENT_ID_CHARS).map_err(LeadError::from)?;
         contracts::values::validate_note(&request.note).map_err(LeadError::from)?;
         let actor = service_actor(&caller, &request.actor)?;
+        let visible_to = confined_to(&caller, &request.on_behalf_of_agent)?;
         let follow_up_id =
             request.follow_up_id.parse().map_err(|_| LeadError::invalid("follow_up_id", "must be a UUID"))?;
         let due_at = request
@@ -294,6 +344,7 @@ impl LeadService for LeadApi {
                 note: non_empty(&request.note),
                 agent_id: non_empty(&request.agent_id),
                 actor,
+                visible_to,
             },
         )
         .await?;

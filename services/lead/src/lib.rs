@@ -1,6 +1,7 @@
 //! The lead service: the one authority on a lead's status. It turns accepted interactions
 //! into leads (at most one active per contact), serves the Leads page over gRPC, and
-//! publishes every change as `events.lead.<org>.<kind>` through its outbox.
+//! publishes every change as `events.lead.<org>.<kind>` through its outbox, which WatchLeads
+//! streams back to consoles as it happens.
 
 pub mod apply;
 pub mod batch;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod query;
 pub mod read;
 pub mod scores;
+pub mod watch;
 
 use crate::{batch::AcceptedInteraction, error::LeadError};
 use contracts::Envelope;
@@ -43,6 +45,8 @@ pub struct LeadContext {
     pub broadcast: Option<BroadcastTrackingServiceClient<TracedChannel>>,
     /// ExportLeads' own pool, so that exports never take the Leads page's connections.
     pub exports: export::Exports,
+    /// WatchLeads' consumers of this service's own events, bounded per process.
+    pub watches: watch::Watches,
 }
 
 pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
@@ -64,6 +68,12 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         outbox: base.outbox.clone(),
         broadcast: broadcast_client(&infra.settings),
         exports: export::Exports::connect(&infra.settings)?,
+        watches: watch::Watches::new(
+            infra.js.clone(),
+            infra.subjects.clone(),
+            infra.settings.grpc.watch_limit,
+            token.clone(),
+        ),
     };
     base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
     base.consumer(StreamKind::Events("ingest"), INTERACTIONS_DURABLE).spawn(

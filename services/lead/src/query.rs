@@ -59,10 +59,32 @@ pub enum Cursor {
     Score(i64, Uuid),
 }
 
+/// Narrows `filter` to what an agent may see: its own leads and the unassigned ones. Asking
+/// for another agent's leads is refused rather than answered with an empty page, so that a
+/// console never shows "no leads" where it means "not yours".
+fn confine_to_agent(filter: &mut pb::LeadFilter, agent: &str) -> Result<(), LeadError> {
+    if filter.agent_ids.iter().any(|id| id != agent) {
+        return Err(LeadError::Forbidden("an agent lists its own leads and the unassigned ones".into()));
+    }
+    if filter.agent_ids.is_empty() && !filter.unassigned {
+        filter.agent_ids.push(agent.to_owned());
+        filter.unassigned = true;
+    }
+    Ok(())
+}
+
 impl LeadQuery {
     pub fn parse(request: &pb::ListLeadsRequest) -> Result<Self, LeadError> {
+        Self::parse_for(request, None)
+    }
+
+    /// `parse`, for a caller confined to `agent`'s leads and the unassigned ones when given.
+    pub fn parse_for(request: &pb::ListLeadsRequest, agent: Option<&str>) -> Result<Self, LeadError> {
         crate::validate_org(&request.org_id)?;
-        let filter = request.filter.clone().unwrap_or_default();
+        let mut filter = request.filter.clone().unwrap_or_default();
+        if let Some(agent) = agent {
+            confine_to_agent(&mut filter, agent)?;
+        }
         let statuses = filter
             .statuses
             .iter()

@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 pub struct QualificationApi {
     pub ctx: QualificationContext,
+    /// Asked whose lead it is before an agent reads its score.
+    pub lead: platform::visibility::LeadClient,
 }
 
 fn parse(org_id: &str, lead_id: &str) -> Result<Uuid, QualificationError> {
@@ -89,6 +91,7 @@ impl QualificationService for QualificationApi {
         let request = request.into_inner();
         caller.check_org(&request.org_id)?;
         let lead_id = parse(&request.org_id, &request.lead_id)?;
+        platform::visibility::check_lead(&self.lead, &caller, &request.org_id, &request.lead_id).await?;
         Ok(Response::new(read(&self.ctx, &request.org_id, lead_id).await?))
     }
 

@@ -61,7 +61,10 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.spawn("retrainer", training::retrain_until(ctx.clone(), token.clone()));
     base.consumer(StreamKind::Events("lead"), DURABLE).spawn(infra, &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
-        leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
+        leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi {
+            ctx,
+            lead: platform::visibility::lead_client(&infra.settings, ServiceName::Qualification)?,
+        }),
     );
     base.serve(infra, &["leads.v1.QualificationService"], routes, token).await
 }

@@ -118,6 +118,7 @@ const ACCEPTED: &[(&str, &str)] = &[
     ("LEADS_GRPC_ASSIGNMENT_PORT", "61004"),
     ("LEADS_GRPC_FOLLOWUP_PORT", "61005"),
     ("LEADS_GRPC_BROADCAST_PORT", "61006"),
+    ("LEADS_GRPC_PEOPLE_PORT", "61007"),
     ("LEADS_GRPC_TLS_CERT_FILE", "/tls/cert.pem"),
     ("LEADS_GRPC_TLS_KEY_FILE", "/tls/key.pem"),
     ("LEADS_GRPC_TLS_CLIENT_CA_FILE", "/tls/clients.pem"),
@@ -143,6 +144,10 @@ const ACCEPTED: &[(&str, &str)] = &[
     ("LEADS_QUALIFICATION_LLM_API_KEY_FILE", "/keys/llm"),
     ("LEADS_QUALIFICATION_LLM_TIMEOUT_MS", "2000"),
     ("LEADS_QUALIFICATION_LLM_MAX_PER_SECOND", "5"),
+    ("LEADS_PEOPLE_SETUP_CODE_TTL_SECS", "3600"),
+    ("LEADS_PEOPLE_SESSION_TTL_SECS", "1800"),
+    ("LEADS_PEOPLE_MAX_FAILED_SIGN_INS", "3"),
+    ("LEADS_PEOPLE_LOCKOUT_SECS", "60"),
     ("LEADS_AUTH_KEY_FILES", "/keys/a.pem, /keys/b.pem,"),
     ("LEADS_AUTH_SIGNING_KEY_FILE", "/keys/sign.key"),
     ("LEADS_AUTH_SERVICE_TOKEN_FILE", "/keys/service.jwt"),
@@ -211,7 +216,7 @@ fn every_accepted_variable_lands_in_its_setting() {
     let g = &s.grpc;
     assert_eq!(g.host, "0.0.0.0");
     let ports: Vec<u16> = ServiceName::ALL.iter().map(|service| g.port(*service)).collect();
-    assert_eq!(ports, [61001, 61002, 61003, 61004, 61005, 61006]);
+    assert_eq!(ports, [61001, 61002, 61003, 61004, 61005, 61006, 61007]);
     assert_eq!(g.tls_cert_file.as_deref(), Some(Path::new("/tls/cert.pem")));
     assert_eq!(g.tls_key_file.as_deref(), Some(Path::new("/tls/key.pem")));
     assert_eq!(g.tls_client_ca_file.as_deref(), Some(Path::new("/tls/clients.pem")));
@@ -233,6 +238,9 @@ fn every_accepted_variable_lands_in_its_setting() {
     assert_eq!(q.llm_api_key.as_ref().map(secrecy::ExposeSecret::expose_secret), Some("llm-secret"));
     assert_eq!(q.llm_api_key_file.as_deref(), Some(Path::new("/keys/llm")));
     assert_eq!((q.llm_timeout_ms, q.llm_max_per_second), (2000, 5));
+
+    let p = &s.people;
+    assert_eq!((p.setup_code_ttl_secs, p.session_ttl_secs, p.max_failed_sign_ins, p.lockout_secs), (3600, 1800, 3, 60));
 
     let a = &s.auth;
     assert_eq!(a.key_files, [PathBuf::from("/keys/a.pem"), PathBuf::from("/keys/b.pem")]);

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 pub async fn leads(report: &mut Report, args: &Args) -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
     env.settings.database_max_connections = Settings::default().database_max_connections;
-    let node = match env.start(&[ServiceName::Lead]).await {
+    // Assignment too: the console's list page asks it for the agent filter's choices.
+    let node = match env.start(&[ServiceName::Lead, ServiceName::Assignment]).await {
         Ok(node) => node,
         Err(error) => {
             env.cleanup().await?;
@@ -222,6 +223,7 @@ async fn leads_in(report: &mut Report, args: &Args, env: &TestEnv, node: &leads_
     measure_transport_floor(report, args, node).await?;
     measure_list_leads(report, args, &mut client).await?;
     measure_list_leads_in_process(report, args, env).await?;
+    measure_console_list(report, args, env, node, &mut client).await?;
     measure_get_lead_and_history(report, args, &admin, &mut client, &history_lead).await?;
     measure_export(report, &mut client, args.leads as i64).await?;
     admin.close().await;
@@ -379,6 +381,95 @@ async fn measure_list_leads(report: &mut Report, args: &Args, client: &mut LeadC
 }
 
 /// The same queries without gRPC: the service's own read path, called in-process.
+/// The console's query string for a case's filter.
+fn console_query(filter: &pb::LeadFilter) -> String {
+    let mut parts: Vec<String> = filter
+        .statuses
+        .iter()
+        .filter_map(|s| contracts::lead::Status::from_proto(*s))
+        .map(|s| format!("status={}", s.as_str()))
+        .collect();
+    if filter.active == pb::ActiveFilter::ActiveOnly as i32 {
+        parts.push("active=active".into());
+    }
+    parts.extend(filter.agent_ids.iter().map(|a| format!("agent={a}")));
+    parts.extend(filter.min_score.map(|s| format!("min_score={s}")));
+    parts.extend(filter.max_score.map(|s| format!("max_score={s}")));
+    if !filter.search.is_empty() {
+        parts.push(format!("q={}", filter.search.replace(' ', "+")));
+    }
+    parts.join("&")
+}
+
+/// The console's list page (`GET /leads`, first page with its total, rendered) beside
+/// ListLeads with the total for the same query, each request alone.
+async fn measure_console_list(
+    report: &mut Report,
+    args: &Args,
+    env: &TestEnv,
+    node: &leads_tests::Node,
+    client: &mut LeadClient,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let mut settings = env.settings.clone();
+    settings.endpoints.lead = format!("http://{}", node.addr(ServiceName::Lead));
+    settings.endpoints.assignment = format!("http://{}", node.addr(ServiceName::Assignment));
+    settings.console.port = 0;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let console = leads::start_console(&settings, stop.clone()).await?;
+    // Authentication is off in this environment: the services take any token, and the
+    // console needs one it can read the holder from.
+    let claims =
+        serde_json::json!({"sub": "bench", "role": "operator", "exp": chrono::Utc::now().timestamp() + 86_400});
+    let token = format!("e30.{}.x", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let mut browser = leads_tests::browserless::Browserless::new(console.addr);
+    browser.cookies.insert(console::SESSION_COOKIE.into(), console::session_cookie_value(BIG_ORG, &token));
+    report.line(format!(
+        "\nThe console's list page (`GET /leads?...`: ListLeads with its total, ListAgents, the page rendered;          {} requests each after 3 warm-ups) beside ListLeads with the total for the same query:\n\n         | case | page p50 | page p95 | page p99 | ListLeads p50 | ListLeads p95 | ListLeads p99 | page size |\n         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        args.iterations
+    ));
+    for case in cases() {
+        let path = format!("/leads?{}", console_query(&case.filter));
+        let mut size = 0;
+        for _ in 0..3 {
+            let page = browser.get(&path).await?;
+            anyhow::ensure!(page.status == 200, "{path}: {} {}", page.status, page.body);
+            size = page.body.len();
+        }
+        let mut pages = Vec::with_capacity(args.iterations);
+        let mut lists = Vec::with_capacity(args.iterations);
+        for _ in 0..args.iterations {
+            let started = Instant::now();
+            browser.get(&path).await?;
+            pages.push(started.elapsed());
+            let started = Instant::now();
+            client.list_leads(list_request(&case.filter, String::new(), false)).await?;
+            lists.push(started.elapsed());
+        }
+        let (p, l) = (stats(pages), stats(lists));
+        report.line(format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} KB |",
+            case.name,
+            ms(p.p50),
+            ms(p.p95),
+            ms(p.p99),
+            ms(l.p50),
+            ms(l.p95),
+            ms(l.p99),
+            size / 1024
+        ));
+        report.target(
+            format!("console list page p95, {}", case.name),
+            "< 50 ms",
+            format!("{} (ListLeads {})", ms(p.p95), ms(l.p95)),
+            p.p95 < Duration::from_millis(50),
+        );
+    }
+    stop.cancel();
+    console.task.await??;
+    Ok(())
+}
+
 async fn measure_list_leads_in_process(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Result<()> {
     progress("leads: ListLeads in-process, without gRPC");
     let pool = sqlx::postgres::PgPoolOptions::new()

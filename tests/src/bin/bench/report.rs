@@ -15,6 +15,7 @@ pub struct Stats {
     pub n: usize,
     pub p50: Duration,
     pub p90: Duration,
+    pub p95: Duration,
     pub p99: Duration,
     pub max: Duration,
     pub mean: Duration,
@@ -27,7 +28,15 @@ pub fn stats(mut samples: Vec<Duration>) -> Stats {
     let n = samples.len();
     let rank = |p: f64| samples[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1];
     let total: Duration = samples.iter().sum();
-    Stats { n, p50: rank(50.0), p90: rank(90.0), p99: rank(99.0), max: samples[n - 1], mean: total / n as u32 }
+    Stats {
+        n,
+        p50: rank(50.0),
+        p90: rank(90.0),
+        p95: rank(95.0),
+        p99: rank(99.0),
+        max: samples[n - 1],
+        mean: total / n as u32,
+    }
 }
 
 impl Stats {

@@ -1,0 +1,187 @@
+//! The console over HTTP against the real services: signing in, the session cookie's flags,
+//! the security headers, CSRF refusals, escaping of what contacts send, and the rules the
+//! services enforce showing through the pages. Browser behaviour (scripts, live updates,
+//! accessibility) is tested in tests/browser.
+
+use leads_proto::v1::{lead_service_client::LeadServiceClient, people_service_client::PeopleServiceClient};
+use leads_tests::{Node, TestEnv, browserless::Browserless, chat_event, eventually, pb, phone};
+use platform::{
+    ServiceName,
+    auth::{Role, Signer},
+};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const ORG: &str = "acme";
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Console {
+    env: TestEnv,
+    node: Node,
+    addr: std::net::SocketAddr,
+    token: CancellationToken,
+    key_dir: std::path::PathBuf,
+}
+
+impl Console {
+    async fn start() -> anyhow::Result<Self> {
+        let key_dir = std::env::temp_dir().join(format!("leads-console-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&key_dir)?;
+        let key = key_dir.join("local.key");
+        std::fs::write(&key, "s".repeat(24) + &uuid::Uuid::new_v4().simple().to_string())?;
+        let mut env = TestEnv::new().await?;
+        env.settings.auth.signing_key_file = Some(key);
+        let node = env.start_all().await?;
+        let mut settings = env.settings.clone();
+        for service in ServiceName::ALL {
+            settings.endpoints.set(service, format!("http://{}", node.addr(service)));
+        }
+        settings.console.port = 0;
+        let token = CancellationToken::new();
+        let console = leads::start_console(&settings, token.clone()).await?;
+        Ok(Self { env, node, addr: console.addr, token, key_dir })
+    }
+
+    fn admin_token(&self) -> anyhow::Result<String> {
+        let signer =
+            Signer::with_settings(self.env.settings.auth.signing_key_file.as_ref().unwrap(), &self.env.settings.auth)?;
+        signer.mint("root@acme.test", Role::Admin, vec![ORG.into()], Duration::from_secs(600))
+    }
+
+    /// A person with a password, added by an admin as the directory's own flow does.
+    async fn person(&self, email: &str, role: pb::PersonRole, agent_id: &str) -> anyhow::Result<()> {
+        let mut people = PeopleServiceClient::new(self.node.channel(ServiceName::People).await?);
+        let mut request = tonic::Request::new(pb::AddPersonRequest {
+            org_id: ORG.into(),
+            email: email.into(),
+            name: email.into(),
+            role: role as i32,
+            agent_id: agent_id.into(),
+        });
+        request.metadata_mut().insert("authorization", format!("Bearer {}", self.admin_token()?).parse()?);
+        let added = people.add_person(request).await?.into_inner();
+        people.set_password(pb::SetPasswordRequest { setup_code: added.setup_code, password: PASSWORD.into() }).await?;
+        Ok(())
+    }
+
+    async fn signed_in(&self, email: &str) -> anyhow::Result<Browserless> {
+        let mut browser = Browserless::new(self.addr);
+        let form = browser.get("/sign-in").await?;
+        let csrf = form.csrf();
+        let answer = browser
+            .post("/sign-in", &[("_csrf", &csrf), ("org_id", ORG), ("email", email), ("password", PASSWORD)])
+            .await?;
+        anyhow::ensure!(answer.status == 303 && answer.header("location") == "/leads", "sign-in: {}", answer.body);
+        Ok(browser)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.node.stop().await?;
+        std::fs::remove_dir_all(&self.key_dir).ok();
+        self.env.cleanup().await
+    }
+}
+
+#[tokio::test]
+async fn a_person_signs_in_and_the_session_is_guarded() -> anyhow::Result<()> {
+    let console = Console::start().await?;
+    console.person("olga@acme.test", pb::PersonRole::Operator, "").await?;
+
+    // Not signed in: every page leads to the sign-in form.
+    let mut browser = Browserless::new(console.addr);
+    let leads = browser.get("/leads").await?;
+    assert_eq!((leads.status, leads.header("location")), (303, "/sign-in"));
+
+    // The form, with its security headers and a CSRF token bound to a pre-session cookie.
+    let form = browser.get("/sign-in").await?;
+    assert_eq!(form.status, 200);
+    let csp = form.header("content-security-policy");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(form.header("x-frame-options"), "DENY");
+    let csrf = form.csrf();
+
+    // A wrong password is refused on the page; a post without the token is refused outright.
+    let wrong = browser
+        .post(
+            "/sign-in",
+            &[("_csrf", &csrf), ("org_id", ORG), ("email", "olga@acme.test"), ("password", "nope nope nope")],
+        )
+        .await?;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("wrong email or password"), "{}", wrong.body);
+    let forged =
+        browser.post("/sign-in", &[("org_id", ORG), ("email", "olga@acme.test"), ("password", PASSWORD)]).await?;
+    assert_eq!(forged.status, 403, "no CSRF token: {}", forged.body);
+
+    // Signed in: an HttpOnly, SameSite=Strict cookie holding no token in any URL.
+    let signed = browser
+        .post("/sign-in", &[("_csrf", &csrf), ("org_id", ORG), ("email", "olga@acme.test"), ("password", PASSWORD)])
+        .await?;
+    assert_eq!((signed.status, signed.header("location")), (303, "/leads"));
+    let cookie = browser.set_cookies.iter().find(|c| c.starts_with("leads_session=")).expect("a session cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/"), "{cookie}");
+    let page = browser.get("/leads").await?;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("olga@acme.test") && page.body.contains("0 leads"), "{}", page.body);
+    assert_eq!(page.header("cache-control"), "no-store");
+
+    // Signing out ends it.
+    let csrf = page.csrf();
+    let out = browser.post("/sign-out", &[("_csrf", &csrf)]).await?;
+    assert_eq!(out.header("location"), "/sign-in");
+    assert_eq!(browser.get("/leads").await?.status, 303);
+    console.stop().await
+}
+
+#[tokio::test]
+async fn what_a_contact_sends_stays_text_and_changes_need_the_pages_token() -> anyhow::Result<()> {
+    let console = Console::start().await?;
+    console.person("olga@acme.test", pb::PersonRole::Operator, "").await?;
+    let mut browser = console.signed_in("olga@acme.test").await?;
+
+    let hostile = "<img src=x onerror=alert(1)>";
+    let mut event = chat_event("e-1", &phone(1), "\"><script>alert(2)</script>");
+    event["contact"]["name"] = serde_json::Value::String(hostile.into());
+    console.env.publish_interaction(ORG, &event).await?;
+    let lead_id = eventually(Duration::from_secs(30), "the lead on the page", || async {
+        let mut lead = LeadServiceClient::new(console.node.channel(ServiceName::Lead).await.ok()?);
+        let mut request = tonic::Request::new(pb::ListLeadsRequest { org_id: ORG.into(), ..Default::default() });
+        request.metadata_mut().insert("authorization", format!("Bearer {}", console.admin_token().ok()?).parse().ok()?);
+        lead.list_leads(request).await.ok()?.into_inner().leads.into_iter().next().map(|l| l.id)
+    })
+    .await;
+    let page = browser.get("/leads").await?;
+    let escaped = ["&lt;img src=x onerror=alert(1)&gt;", "&#60;img src=x onerror=alert(1)&#62;"];
+    assert!(escaped.iter().any(|e| page.body.contains(e)), "the name is shown as text: {}", page.body);
+    assert!(!page.body.contains("<img src=x") && !page.body.contains("<script>alert"), "{}", page.body);
+    assert!(page.body.len() < 150 * 1024, "the list page weighs {} bytes", page.body.len());
+
+    // The drawer, then a status change: refused without the page's token, made with it.
+    let drawer = browser.get(&format!("/leads/{lead_id}")).await?;
+    assert_eq!(drawer.status, 200);
+    assert!(drawer.body.contains("Change status") && !drawer.body.contains("<img"), "{}", drawer.body);
+    let path = format!("/leads/{lead_id}/status");
+    let refused = browser.post(&path, &[("status", "qualified")]).await?;
+    assert_eq!(refused.status, 403);
+    let other_site =
+        browser.post(&path, &[("_csrf", "forged-token-of-the-right-len"), ("status", "qualified")]).await?;
+    assert_eq!(other_site.status, 403);
+    let csrf = drawer.csrf();
+    let changed = browser.post(&path, &[("_csrf", &csrf), ("status", "qualified"), ("manual_score", "88")]).await?;
+    assert_eq!(changed.status, 303, "{}", changed.body);
+    let after = browser.get(&format!("/leads/{lead_id}")).await?;
+    assert!(after.body.contains("Qualified") && after.body.contains("88"), "{}", after.body);
+
+    // A final status: the lead stays readable, and its actions are no longer offered.
+    browser.post(&path, &[("_csrf", &csrf), ("status", "lost")]).await?;
+    let inactive = browser.get(&format!("/leads/{lead_id}")).await?;
+    assert!(inactive.body.contains("final, so it no longer changes"), "{}", inactive.body);
+    assert!(!inactive.body.contains("id=\"change-status\""), "no status form for an inactive lead");
+    let list = browser.get("/leads").await?;
+    assert!(list.body.contains("disabled aria-label="), "its checkbox is disabled");
+    console.stop().await
+}
