@@ -18,6 +18,7 @@ test: ## Run every test against real Postgres and NATS (and the Python tools of 
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
+	@tests/browser/run.sh
 
 lint: ## Check formatting, run clippy with warnings denied, and check dependencies against deny.toml
 	cargo fmt --all --check

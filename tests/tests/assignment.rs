@@ -60,6 +60,7 @@ impl Desk {
             actor: "supervisor".into(),
             reason: "round robin".into(),
             unassign: false,
+            ..Default::default()
         };
         Ok(self.assignments.clone().assign_lead(request).await?.into_inner())
     }
@@ -293,6 +294,7 @@ async fn bulk_assign_answers_per_lead_and_open_leads_follow_statuses() -> anyhow
             agent_id: "ann".into(),
             actor: "supervisor".into(),
             reason: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -413,4 +415,70 @@ async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::R
     assert_eq!((replayed, after), ((), before), "a replay of every event records nothing twice");
     node.stop().await?;
     desk.base.env.cleanup().await
+}
+
+#[tokio::test]
+async fn assigning_with_a_stale_version_is_refused_and_changes_nothing() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    desk.agent("ann", None).await?;
+    desk.agent("bob", None).await?;
+    let leads = desk.leads(3).await?;
+    let opened = leads[0].clone();
+    let assign = |agent_id: &str, expected_version: i64| pb::AssignLeadRequest {
+        org_id: ORG.into(),
+        lead_id: opened.id.clone(),
+        agent_id: agent_id.into(),
+        actor: "supervisor".into(),
+        expected_version: Some(expected_version),
+        ..Default::default()
+    };
+    // Two supervisors open the lead at one version; the first gives it to ann.
+    let first = desk.assignments.clone().assign_lead(assign("ann", opened.version)).await?.into_inner();
+    assert_eq!((first.agent_id.as_str(), first.lead_version), ("ann", opened.version + 1));
+    let refused =
+        desk.assignments.clone().assign_lead(assign("bob", opened.version)).await.expect_err("a stale version");
+    assert_eq!(refused.code(), Code::Aborted);
+    assert!(refused.message().starts_with("Someone changed this lead meanwhile: reload to see it"), "{refused:?}");
+    let words = format!("is at version {}, not the expected {}", first.lead_version, opened.version);
+    assert!(refused.message().contains(&words), "{}", refused.message());
+    let version = refused.metadata().get("x-lead-version").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(version, Some(first.lead_version.to_string()), "the current version in the trailing metadata");
+    let now = desk.get_lead(&opened.id).await?;
+    assert_eq!((now.agent_id.as_str(), now.version), ("ann", first.lead_version), "the stale assignment did not land");
+    assert_eq!(desk.history(&opened.id).await?.len(), 1);
+    // At the version it now has, the reassignment goes through.
+    let second = desk.assignments.clone().assign_lead(assign("bob", first.lead_version)).await?.into_inner();
+    assert_eq!((second.agent_id.as_str(), second.previous_agent_id.as_str()), ("bob", "ann"));
+
+    // In bulk, the stale lead is answered with its version and the others move.
+    let stale = second.lead_version - 1;
+    let request = pb::BulkAssignRequest {
+        org_id: ORG.into(),
+        lead_ids: leads.iter().map(|l| l.id.clone()).collect(),
+        agent_id: "ann".into(),
+        actor: "supervisor".into(),
+        expected_versions: [
+            (leads[0].id.clone(), stale),
+            (leads[1].id.clone(), leads[1].version),
+            (leads[2].id.clone(), leads[2].version),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let results = desk.assignments.clone().bulk_assign(request).await?.into_inner().results;
+    let outcomes: Vec<(pb::BulkOutcome, i64)> = results.iter().map(|r| (r.outcome(), r.lead_version)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (pb::BulkOutcome::VersionMismatch, second.lead_version),
+            (pb::BulkOutcome::Changed, leads[1].version + 1),
+            (pb::BulkOutcome::Changed, leads[2].version + 1),
+        ],
+        "{results:?}"
+    );
+    assert_eq!(desk.get_lead(&leads[0].id).await?.agent_id, "bob", "the stale lead stays with bob");
+    for lead in &leads[1..] {
+        assert_eq!(desk.get_lead(&lead.id).await?.agent_id, "ann");
+    }
+    desk.stop().await
 }

@@ -368,6 +368,7 @@ async fn inactive_leads_take_no_change_single_or_bulk() -> anyhow::Result<()> {
         status: pb::LeadStatus::Archived as i32,
         reason: "cleanup".into(),
         actor: "operator-2".into(),
+        ..Default::default()
     };
     let results = page.client.clone().bulk_change_status(request).await?.into_inner().results;
     let outcomes: Vec<pb::BulkOutcome> = results.iter().map(leads_proto::v1::BulkResult::outcome).collect();
@@ -721,4 +722,163 @@ async fn exports_beyond_their_pool_are_refused_while_the_page_keeps_answering() 
     assert!(rows > 0, "the export after the first answers");
     node.stop().await?;
     env.cleanup().await
+}
+
+/// The version a refusal carries in its trailing metadata.
+fn version_in(status: &tonic::Status) -> Option<i64> {
+    status.metadata().get(lead::error::LEAD_VERSION_KEY)?.to_str().ok()?.parse().ok()
+}
+
+async fn history_kinds(page: &Page, lead_id: &str) -> anyhow::Result<Vec<pb::HistoryEntry>> {
+    let request =
+        pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: lead_id.into(), page_size: 100, ..Default::default() };
+    Ok(page.client.clone().get_lead_history(request).await?.into_inner().entries)
+}
+
+#[tokio::test]
+async fn two_operators_edit_one_lead_and_the_stale_one_is_told_the_current_version() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let leads = page.ingest(&[event("two-1", 1, "Shared", "2026-11-20T10:00:00Z")], 1).await?;
+    let opened = leads[0].clone();
+    // Both operators open the lead at the same version; the first saves.
+    let first = pb::ChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_id: opened.id.clone(),
+        status: pb::LeadStatus::Qualified as i32,
+        manual_score: Some(70),
+        expected_version: Some(opened.version),
+        actor: "operator-1".into(),
+        ..Default::default()
+    };
+    let saved = page.client.clone().change_status(first).await?.into_inner();
+    assert_eq!(saved.version, opened.version + 1);
+
+    // The second saves what they saw: refused, told where the lead is now, and nothing of theirs lands.
+    let second = pb::ChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_id: opened.id.clone(),
+        status: pb::LeadStatus::Lost as i32,
+        manual_score: Some(5),
+        reason: "no budget".into(),
+        expected_version: Some(opened.version),
+        actor: "operator-2".into(),
+        ..Default::default()
+    };
+    let refused = page.client.clone().change_status(second.clone()).await.expect_err("a stale version");
+    assert_eq!(refused.code(), Code::Aborted);
+    assert!(refused.message().starts_with("Someone changed this lead meanwhile: reload to see it"), "{refused:?}");
+    let words = format!("is at version {}, not the expected {}", saved.version, opened.version);
+    assert!(refused.message().contains(&words), "{}", refused.message());
+    assert_eq!(version_in(&refused), Some(saved.version), "the current version in the trailing metadata");
+    let now =
+        page.client.clone().get_lead(pb::GetLeadRequest { org_id: ORG.into(), lead_id: opened.id.clone() }).await?;
+    let now = now.into_inner();
+    assert_eq!((now.status(), now.score, now.version), (pb::LeadStatus::Qualified, Some(70), saved.version));
+    let entries = history_kinds(&page, &opened.id).await?;
+    assert!(!entries.iter().any(|e| e.actor.contains("operator-2")), "the stale change left no trace: {entries:?}");
+
+    // A score change alone is guarded the same way.
+    let score_only = pb::ChangeStatusRequest {
+        status: pb::LeadStatus::Unspecified as i32,
+        reason: String::new(),
+        manual_score: Some(10),
+        ..second.clone()
+    };
+    let refused = page.client.clone().change_status(score_only).await.expect_err("a stale score change");
+    assert_eq!((refused.code(), version_in(&refused)), (Code::Aborted, Some(saved.version)));
+
+    // Reloaded, the second operator's change goes through.
+    let retried = pb::ChangeStatusRequest { expected_version: Some(saved.version), ..second };
+    let lost = page.client.clone().change_status(retried).await?.into_inner();
+    assert_eq!((lost.status(), lost.score, lost.version), (pb::LeadStatus::Lost, Some(5), saved.version + 1));
+    page.stop().await
+}
+
+#[tokio::test]
+async fn a_score_is_set_and_handed_back_without_restating_the_status() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let leads = page.ingest(&[event("sc-1", 1, "Scored", "2026-11-20T10:00:00Z")], 1).await?;
+    let lead = leads[0].clone();
+    let qualifying = page.change(&lead.id, pb::LeadStatus::Qualifying, None).await?;
+    let score = |manual_score: Option<i32>, clear_manual_score: bool| pb::ChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_id: lead.id.clone(),
+        manual_score,
+        clear_manual_score,
+        actor: "operator-1".into(),
+        ..Default::default()
+    };
+
+    let set = page.client.clone().change_status(score(Some(85), false)).await?.into_inner();
+    assert_eq!(set.status(), pb::LeadStatus::Qualifying, "the status stays");
+    assert_eq!((set.score, set.score_source()), (Some(85), pb::ScoreSource::Manual));
+    assert_eq!(set.version, qualifying.version + 1);
+    let cleared = page.client.clone().change_status(score(None, true)).await?.into_inner();
+    assert_eq!(cleared.status(), pb::LeadStatus::Qualifying, "the status stays");
+    assert_eq!(cleared.score, None, "handed back to AI, unscored until its next score");
+    assert_eq!(cleared.version, set.version + 1);
+
+    let entries = history_kinds(&page, &lead.id).await?;
+    let scores: Vec<&str> = entries.iter().filter(|e| e.kind == "score").map(|e| e.summary.as_str()).collect();
+    assert_eq!(scores, ["manual score cleared, back to ai", "manual score 85"], "newest first");
+    let moves: Vec<&str> = entries.iter().filter(|e| e.kind == "status_changed").map(|e| e.summary.as_str()).collect();
+    assert_eq!(moves.len(), 1, "only the move to qualifying: {moves:?}");
+    assert!(moves[0].starts_with("new -> qualifying"), "{moves:?}");
+
+    // Neither a status nor a score: nothing to do, said naming the status.
+    let error = page.client.clone().change_status(score(None, false)).await.expect_err("nothing asked");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().starts_with("status:"), "{}", error.message());
+    // An inactive lead refuses a score by hand as it refuses a status.
+    page.change(&lead.id, pb::LeadStatus::Lost, None).await?;
+    let error = page.client.clone().change_status(score(Some(40), false)).await.expect_err("inactive");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(error.message().contains("LOST"), "{}", error.message());
+    page.stop().await
+}
+
+#[tokio::test]
+async fn a_bulk_change_leaves_the_stale_lead_and_changes_the_others() -> anyhow::Result<()> {
+    let page = Page::start().await?;
+    let events: Vec<_> =
+        (0..3).map(|n| event(&format!("bv-{n}"), n, &format!("Bulk {n}"), "2026-11-20T10:00:00Z")).collect();
+    let leads = page.ingest(&events, 3).await?;
+    let seen: Vec<(String, i64)> = leads.iter().map(|l| (l.id.clone(), l.version)).collect();
+    // Someone else moves the middle lead after the list was read.
+    let moved = page.change(&seen[1].0, pb::LeadStatus::Contacted, None).await?;
+
+    let request = pb::BulkChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_ids: seen.iter().map(|(id, _)| id.clone()).collect(),
+        status: pb::LeadStatus::Archived as i32,
+        reason: "cleanup".into(),
+        actor: "operator-2".into(),
+        expected_versions: seen.iter().cloned().collect(),
+    };
+    let results = page.client.clone().bulk_change_status(request.clone()).await?.into_inner().results;
+    let outcomes: Vec<pb::BulkOutcome> = results.iter().map(pb::BulkResult::outcome).collect();
+    assert_eq!(
+        outcomes,
+        [pb::BulkOutcome::Changed, pb::BulkOutcome::VersionMismatch, pb::BulkOutcome::Changed],
+        "{results:?}"
+    );
+    assert_eq!(results[1].lead_version, moved.version, "the stale lead's current version");
+    assert!(results[1].detail.contains(&format!("version {}", moved.version)), "{}", results[1].detail);
+    assert_eq!(results[0].lead_version, seen[0].1 + 1, "a changed lead's new version");
+    for (n, status) in [(0, pb::LeadStatus::Archived), (1, pb::LeadStatus::Contacted), (2, pb::LeadStatus::Archived)] {
+        let request = pb::GetLeadRequest { org_id: ORG.into(), lead_id: seen[n].0.clone() };
+        let lead = page.client.clone().get_lead(request).await?.into_inner();
+        assert_eq!(lead.status(), status, "lead {n}");
+    }
+
+    // A version for a lead the request does not name is refused, not ignored.
+    let stray = pb::BulkChangeStatusRequest {
+        lead_ids: vec![seen[1].0.clone()],
+        expected_versions: [(seen[0].0.clone(), seen[0].1)].into(),
+        ..request
+    };
+    let error = page.client.clone().bulk_change_status(stray).await.expect_err("a stray version");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().starts_with("expected_versions:"), "{}", error.message());
+    page.stop().await
 }

@@ -251,22 +251,20 @@ pub async fn export_leads(settings: &Settings, query: &LeadQuery, out: &Path) ->
 /// How long `health` waits for an answer.
 pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Asks `grpc.health.v1.Health/Check` at `addr` (`host:port`, or a URL) about `service` (""
-/// for the server as a whole); `Ok` carries the status the server reported, an error means
-/// no answer within `HEALTH_TIMEOUT`.
-pub async fn check_health(addr: &str, service: &str) -> anyhow::Result<ServingStatus> {
-    check_health_as(addr, service, None).await
-}
-
-/// `check_health` sending a bearer token (health needs none, a proxy in front may).
-pub async fn check_health_as(addr: &str, service: &str, token: Option<&str>) -> anyhow::Result<ServingStatus> {
+/// Asks `grpc.health.v1.Health/Check` at `addr` (`host:port`, or a URL: `https://` speaks
+/// TLS with the client settings of `grpc.tls_*`, as the services call each other) about
+/// `service` ("" for the server as a whole), sending `token` when given (health needs none, a
+/// proxy in front may); `Ok` carries the status the server reported, an error means no answer
+/// within `HEALTH_TIMEOUT`.
+pub async fn check_health_as(
+    settings: &Settings,
+    addr: &str,
+    service: &str,
+    token: Option<&str>,
+) -> anyhow::Result<ServingStatus> {
     let url = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
     let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
-            .connect_timeout(HEALTH_TIMEOUT)
-            .timeout(HEALTH_TIMEOUT)
-            .connect()
-            .await?;
+        let channel = platform::grpc::channel_without_credentials(settings, &url)?;
         let response = HealthClient::new(channel)
             .check(authorized(HealthCheckRequest { service: service.to_owned() }, token)?)
             .await
@@ -300,7 +298,7 @@ pub async fn health_as(settings: &Settings, addr: Option<&str>, service: &str, t
             })
             .collect(),
     };
-    let checks = targets.iter().map(|(_, target)| check_health_as(target, service, token));
+    let checks = targets.iter().map(|(_, target)| check_health_as(settings, target, service, token));
     let results = futures::future::join_all(checks).await;
     let mut all_serving = true;
     for ((label, target), result) in targets.iter().zip(results) {

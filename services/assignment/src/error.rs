@@ -1,3 +1,7 @@
+/// The trailing metadata key that carries a lead's current version on every `ABORTED` answer
+/// about a version (the lead service's own key, which its clients read).
+pub const LEAD_VERSION_KEY: &str = "x-lead-version";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AssignmentError {
     #[error("{field}: {reason}")]
@@ -11,6 +15,12 @@ pub enum AssignmentError {
     LeadInactive { lead_id: String, detail: String },
     #[error("lead {0} not found")]
     LeadNotFound(String),
+    /// The lead service left the lead as it is: it is not at the version the caller expected.
+    /// Said as the lead service says it, for a person to read.
+    #[error(
+        "Someone changed this lead meanwhile: reload to see it (lead {lead_id} is at version {actual}, not the expected {expected})"
+    )]
+    VersionMismatch { lead_id: String, expected: i64, actual: i64 },
     #[error("the lead service answered something this service does not understand: {0}")]
     Protocol(String),
     /// What the lead service answered when it refused or failed.
@@ -40,6 +50,7 @@ impl platform::error::ServiceError for AssignmentError {
             AssignmentError::FailedPrecondition(_) | AssignmentError::LeadInactive { .. } => {
                 tonic::Code::FailedPrecondition
             }
+            AssignmentError::VersionMismatch { .. } => tonic::Code::Aborted,
             AssignmentError::Protocol(_) => tonic::Code::Internal,
             AssignmentError::Lead(upstream) => upstream.code(),
             AssignmentError::Database(error) => platform::error::sql_code(error),
@@ -53,12 +64,54 @@ impl platform::error::ServiceError for AssignmentError {
 
 impl From<AssignmentError> for tonic::Status {
     fn from(error: AssignmentError) -> Self {
-        platform::error::to_status("assignment", &error)
+        // A version answered in words is answered in metadata too, whether this service found
+        // it stale or the lead service did.
+        let version = match &error {
+            AssignmentError::VersionMismatch { actual, .. } => Some((*actual).into()),
+            AssignmentError::Lead(platform::grpc::UpstreamError::ForCaller(status)) => {
+                status.metadata().get(LEAD_VERSION_KEY).cloned()
+            }
+            _ => None,
+        };
+        let mut status = platform::error::to_status("assignment", &error);
+        if let Some(version) = version {
+            status.metadata_mut().insert(LEAD_VERSION_KEY, version);
+        }
+        status
     }
 }
 
 impl From<contracts::Refusal> for AssignmentError {
     fn from(refusal: contracts::Refusal) -> Self {
         AssignmentError::InvalidArgument { field: refusal.field, reason: refusal.reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version_of(status: &tonic::Status) -> Option<&str> {
+        status.metadata().get(LEAD_VERSION_KEY).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn a_stale_version_is_aborted_with_the_current_version_in_words_and_metadata() {
+        let error = AssignmentError::VersionMismatch { lead_id: "l-1".into(), expected: 3, actual: 5 };
+        let status = tonic::Status::from(error);
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(status.message().starts_with("Someone changed this lead meanwhile: reload to see it"));
+        assert!(status.message().contains("lead l-1 is at version 5, not the expected 3"));
+        assert_eq!(version_of(&status), Some("5"));
+    }
+
+    #[test]
+    fn the_lead_services_version_is_passed_on() {
+        let mut upstream = tonic::Status::aborted("lead l-1 is at version 9");
+        upstream.metadata_mut().insert(LEAD_VERSION_KEY, 9.into());
+        let status = tonic::Status::from(AssignmentError::from(upstream));
+        assert_eq!((status.code(), version_of(&status)), (tonic::Code::Aborted, Some("9")));
+        let status = tonic::Status::from(AssignmentError::from(tonic::Status::aborted("a conflict")));
+        assert_eq!((status.code(), version_of(&status)), (tonic::Code::Aborted, None));
     }
 }

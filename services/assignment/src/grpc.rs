@@ -130,6 +130,7 @@ impl AssignmentService for AssignmentApi {
                 actor: actor.clone(),
                 reason: reason.clone(),
                 on_behalf_of_agent: caller.agent_scope().map(str::to_owned),
+                expected_versions: request.expected_version.map(|v| (id.to_string(), v)).into_iter().collect(),
             },
         )
         .await?;
@@ -148,6 +149,12 @@ impl AssignmentService for AssignmentApi {
             Ok(pb::BulkOutcome::Inactive) => {
                 Err(AssignmentError::LeadInactive { lead_id: id.to_string(), detail: result.detail }.into())
             }
+            Ok(pb::BulkOutcome::VersionMismatch) => Err(AssignmentError::VersionMismatch {
+                lead_id: id.to_string(),
+                expected: request.expected_version.unwrap_or_default(),
+                actual: result.lead_version,
+            }
+            .into()),
             _ => Err(AssignmentError::Protocol(format!("outcome {}", result.outcome)).into()),
         }
     }
@@ -173,12 +180,18 @@ impl AssignmentService for AssignmentApi {
                 actor,
                 reason,
                 on_behalf_of_agent: caller.agent_scope().map(str::to_owned),
+                expected_versions: request.expected_versions,
             },
         )
         .await?;
         let results = results
             .into_iter()
-            .map(|r| pb::BulkResult { lead_id: r.lead_id, outcome: r.outcome, detail: r.detail })
+            .map(|r| pb::BulkResult {
+                lead_id: r.lead_id,
+                outcome: r.outcome,
+                detail: r.detail,
+                lead_version: r.lead_version,
+            })
             .collect();
         Ok(Response::new(pb::BulkAssignResponse { results }))
     }

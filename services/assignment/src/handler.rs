@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::lead::{LeadChange, LeadEvent};
 use leads_proto::v1 as pb;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 pub const MAX_NAME_CHARS: usize = 200;
@@ -131,6 +132,9 @@ pub struct Assign {
     pub reason: Option<String>,
     /// The agent the caller is, when an agent assigns: only its own and unassigned leads move.
     pub on_behalf_of_agent: Option<String>,
+    /// The version a lead must still be at to be assigned, by lead id; the lead service
+    /// decides under the lead's lock.
+    pub expected_versions: HashMap<String, i64>,
 }
 
 /// Asks the lead service to assign, then records what changed. Results in request order.
@@ -145,6 +149,7 @@ pub async fn assign(ctx: &AssignmentContext, cmd: Assign) -> Result<Vec<pb::Lead
         actor: cmd.actor.clone(),
         reason: cmd.reason.clone().unwrap_or_default(),
         on_behalf_of_agent: cmd.on_behalf_of_agent.clone().unwrap_or_default(),
+        expected_versions: cmd.expected_versions.clone(),
     });
     request.set_timeout(std::time::Duration::from_secs(30));
     let results = ctx.lead.clone().assign_leads(request).await?.into_inner().results;

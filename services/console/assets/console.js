@@ -52,6 +52,9 @@
     body.innerHTML = html.trim();
     var fresh = body.firstElementChild;
     if (!fresh) { return false; }
+    // A row read before a newer change already shown (a refetch overtaken by a live update)
+    // is older than what the page holds: keep the newer one.
+    if (Number(fresh.getAttribute("data-version")) < Number(row.getAttribute("data-version"))) { return false; }
     row.replaceWith(fresh);
     var box = fresh.querySelector('input[name="lead_ids"]');
     if (box && wasChecked) { box.checked = true; }

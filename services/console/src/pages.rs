@@ -436,7 +436,12 @@ async fn leads_page(state: &AppState, session: &Session, query: &str, drawer: Op
         tokio::join!(lead.list_leads(authorized(&session.token, request)), agents_of(state, session, false));
     let page = page?.into_inner();
     // The page still serves when the assignment service does not: only the agent filter lacks.
-    let agents = agents.unwrap_or_default();
+    // An agent lists its own leads and the unassigned ones: the filter offers only its own.
+    let agents: Vec<pb::Agent> = agents
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| session.holder.agent_id.as_ref().is_none_or(|own| *own == a.agent_id))
+        .collect();
     let rows: Vec<LeadRow> = page.leads.iter().map(LeadRow::of).collect();
     let total = page.total_count.max(0);
     let bulk_limit = i64::try_from(state.settings.bulk_limit).unwrap_or(i64::MAX);
@@ -494,15 +499,6 @@ struct Drawer {
     past_leads: Vec<String>,
     broadcast_unavailable: bool,
     history_next: String,
-}
-
-#[derive(Template)]
-#[template(path = "lead.html")]
-struct LeadPage {
-    chrome: Chrome,
-    name: String,
-    back_query: String,
-    drawer: String,
 }
 
 fn lead_id(id: &str) -> Result<String, ConsoleError> {
@@ -607,9 +603,9 @@ pub async fn lead(
     let fragment = is_htmx(&headers);
     match drawer(&state, &session, &id, &history, &back).await {
         Ok((_, body)) if fragment => Ok(Html(body).into_response()),
-        Ok((row, body)) => {
-            html(&LeadPage { chrome: Chrome::of(&session, "leads"), name: row.name, back_query: back, drawer: body })
-        }
+        // Reached directly (a reload, a shared link): the list the drawer was opened from, with
+        // the drawer open.
+        Ok((_, body)) => leads_page(&state, &session, &back, Some(body)).await,
         Err(error) if fragment => Ok(error.for_fragment()),
         Err(error) => Err(error),
     }
@@ -720,6 +716,8 @@ pub struct AssignForm {
     #[serde(default)]
     reason: String,
     #[serde(default)]
+    version: String,
+    #[serde(default)]
     back: String,
 }
 
@@ -738,6 +736,7 @@ pub async fn assign(
         unassign: agent_id.is_empty(),
         agent_id,
         reason: optional_text(&form.reason),
+        expected_version: form.version.trim().parse().ok(),
         ..Default::default()
     };
     let result = state
@@ -847,6 +846,7 @@ fn outcome_name(outcome: i32) -> String {
         Ok(pb::BulkOutcome::Inactive) => "refused: inactive",
         Ok(pb::BulkOutcome::NotFound) => "not found",
         Ok(pb::BulkOutcome::Unchanged) => "unchanged",
+        Ok(pb::BulkOutcome::VersionMismatch) => "refused: changed meanwhile",
         _ => "unknown",
     }
     .to_owned()

@@ -77,16 +77,59 @@ fn same(given: &str, expected: &str) -> bool {
 }
 
 const HTMX: &[u8] = include_bytes!("../assets/htmx.min.js");
+/// The same file as htmx ships it gzipped (a third of the bytes): most browsers take this one.
+const HTMX_GZIP: &[u8] = include_bytes!("../assets/htmx.min.js.gz");
 const SCRIPT: &[u8] = include_bytes!("../assets/console.js");
 const STYLE: &[u8] = include_bytes!("../assets/console.css");
 
-pub async fn asset(Path(name): Path<String>) -> Response {
-    let (body, content_type) = match name.as_str() {
-        "htmx.min.js" => (HTMX, "text/javascript; charset=utf-8"),
-        "console.js" => (SCRIPT, "text/javascript; charset=utf-8"),
-        "console.css" => (STYLE, "text/css; charset=utf-8"),
+pub async fn asset(Path(name): Path<String>, headers: axum::http::HeaderMap) -> Response {
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accepted| accepted.split(',').any(|e| e.trim().starts_with("gzip")));
+    let (body, content_type, encoding) = match name.as_str() {
+        "htmx.min.js" if gzip => (HTMX_GZIP, "text/javascript; charset=utf-8", Some("gzip")),
+        "htmx.min.js" => (HTMX, "text/javascript; charset=utf-8", None),
+        "console.js" => (SCRIPT, "text/javascript; charset=utf-8", None),
+        "console.css" => (STYLE, "text/css; charset=utf-8", None),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=3600")], Bytes::from_static(body))
-        .into_response()
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "accept-encoding"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        Bytes::from_static(body),
+    )
+        .into_response();
+    if let Some(encoding) = encoding {
+        response.headers_mut().insert(header::CONTENT_ENCODING, axum::http::HeaderValue::from_static(encoding));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CRC-32 (IEEE), as a gzip trailer holds it.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for byte in bytes {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn the_gzipped_htmx_is_the_same_file() {
+        let trailer = &HTMX_GZIP[HTMX_GZIP.len() - 8..];
+        let crc = u32::from_le_bytes(trailer[..4].try_into().unwrap());
+        let size = u32::from_le_bytes(trailer[4..].try_into().unwrap());
+        assert_eq!((crc, size as usize), (crc32(HTMX), HTMX.len()), "replace both files together");
+    }
 }

@@ -123,31 +123,62 @@ pub struct TimelineEntry {
     pub details: Vec<(String, String)>,
     /// The lead the entry belongs to, when it is one of the contact's past leads.
     pub lead_id: String,
+    /// The kind as a CSS class: one word.
+    pub kind_class: String,
+}
+
+/// A value of an entry's details as words: a delivery step (`{"status": "read", "at": ...}`)
+/// as "read 2026-12-06 18:15 UTC", with its error when it failed; other objects as their
+/// fields; lists joined.
+fn words(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::String(text) if text.is_empty() => None,
+        Value::String(text) => Some(text.clone()),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().filter_map(words).collect();
+            (!items.is_empty()).then(|| items.join(" · "))
+        }
+        Value::Object(map) => {
+            let at = map
+                .get("at")
+                .and_then(Value::as_str)
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| at.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC").to_string());
+            let mut parts: Vec<String> = Vec::new();
+            if let Some(status) = map.get("status").and_then(Value::as_str) {
+                parts.push(status.to_owned());
+            }
+            parts.extend(at);
+            for (key, value) in map {
+                if matches!(key.as_str(), "status" | "at") {
+                    continue;
+                }
+                if let Some(text) = words(value) {
+                    parts.push(format!("{}: {text}", key.replace('_', " ")));
+                }
+            }
+            (!parts.is_empty()).then(|| parts.join(", "))
+        }
+        other => Some(other.to_string()),
+    }
 }
 
 impl TimelineEntry {
     pub fn of(entry: &pb::HistoryEntry) -> Self {
         let mut details = Vec::new();
         if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&entry.details_json) {
-            for (key, value) in map {
-                let text = match value {
-                    serde_json::Value::Null => continue,
-                    serde_json::Value::String(text) if text.is_empty() => continue,
-                    serde_json::Value::String(text) => text,
-                    serde_json::Value::Array(items) if items.is_empty() => continue,
-                    serde_json::Value::Array(items) => items
-                        .iter()
-                        .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
-                        .collect::<Vec<_>>()
-                        .join(" · "),
-                    other => other.to_string(),
-                };
-                details.push((key.replace('_', " "), text));
+            for (key, value) in &map {
+                if let Some(text) = words(value) {
+                    details.push((key.replace('_', " "), text));
+                }
             }
         }
         Self {
             at: When::of(entry.at.as_ref()),
             kind: entry.kind.replace('_', " "),
+            kind_class: entry.kind.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect(),
             summary: entry.summary.clone(),
             actor: entry.actor.clone(),
             details,
@@ -164,4 +195,23 @@ pub fn statuses() -> Vec<(&'static str, &'static str)> {
 /// The statuses a lead may be moved to by hand: all of them (a final one closes it).
 pub fn sources() -> Vec<(&'static str, &'static str)> {
     SourceKind::ALL.iter().map(|s| (s.as_str(), source_label(*s))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_steps_read_as_words() {
+        let steps = serde_json::json!([
+            {"status": "sent", "at": "2026-12-06T18:10:00Z", "error_class": null},
+            {"status": "failed", "at": "2026-12-06T18:15:30+00:00", "error_class": "opted_out"}
+        ]);
+        assert_eq!(
+            words(&steps).unwrap(),
+            "sent, 2026-12-06 18:10 UTC · failed, 2026-12-06 18:15 UTC, error class: opted_out"
+        );
+        assert_eq!(words(&serde_json::json!([])), None);
+        assert_eq!(words(&serde_json::json!({"reasons": ["price", "urgency"]})).unwrap(), "reasons: price · urgency");
+    }
 }

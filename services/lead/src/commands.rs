@@ -9,7 +9,7 @@ use crate::{
     model::LEAD_VIEW_COLUMNS,
 };
 use contracts::lead::{LeadChange, LeadView, ScoreSource, Status};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 pub const MAX_BULK: usize = contracts::values::limits::MAX_BULK_LEADS;
@@ -50,7 +50,8 @@ pub async fn lock_lead(
 pub struct ChangeStatus {
     pub org_id: String,
     pub lead_id: Uuid,
-    pub status: Status,
+    /// `None` keeps the current status: the request changes the score alone.
+    pub status: Option<Status>,
     pub manual_score: Option<i32>,
     /// Clears a score set by hand, so that the qualification engine's next score applies.
     pub clear_manual_score: bool,
@@ -96,10 +97,17 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
     if cmd.clear_manual_score && cmd.manual_score.is_some() {
         return Err(LeadError::invalid("clear_manual_score", "cannot be combined with manual_score"));
     }
+    let with_score = cmd.manual_score.is_some() || cmd.clear_manual_score;
+    let act = match cmd.status {
+        Some(to) => Act::ChangeStatus { to, with_score },
+        None if with_score => Act::SetScore,
+        None => {
+            return Err(LeadError::invalid("status", "is required unless manual_score or clear_manual_score is given"));
+        }
+    };
     let mut tx = ctx.pool.begin().await?;
     let LockedLead { status: from, version, .. } =
         lock_lead(&mut tx, &cmd.org_id, cmd.lead_id, cmd.visible_to.as_deref()).await?;
-    let act = Act::ChangeStatus { to: cmd.status, with_score: cmd.manual_score.is_some() || cmd.clear_manual_score };
     let transition =
         lifecycle::decide(from, act).map_err(|Inactive(status)| LeadError::Inactive { id: cmd.lead_id, status })?;
     if let Some(expected) = cmd.expected_version
@@ -170,58 +178,125 @@ pub enum BulkOutcome {
     Unchanged,
     Inactive(Status),
     NotFound,
+    /// The lead was not at the version the caller expected, so it was left as it is.
+    VersionMismatch {
+        expected: i64,
+    },
 }
 
-/// The ids of a bulk request, each parsed (one that does not parse is answered "not found"),
-/// and the distinct valid ones sorted: the order their rows are locked in, so that two bulk
-/// acts over overlapping leads cannot deadlock.
-pub fn bulk_ids(lead_ids: &[String]) -> Result<(Vec<Option<Uuid>>, Vec<Uuid>), LeadError> {
-    if lead_ids.is_empty() {
-        return Err(LeadError::invalid("lead_ids", "must name at least one lead"));
+impl BulkOutcome {
+    /// Why a lead was left as it is, for the caller; empty for a change.
+    pub fn detail(&self, unchanged: &str, lead_version: i64) -> String {
+        match self {
+            BulkOutcome::Changed => String::new(),
+            BulkOutcome::Unchanged => unchanged.to_owned(),
+            BulkOutcome::Inactive(status) => format!("lead is inactive: its status is {}", status.display_name()),
+            BulkOutcome::NotFound => "no such lead".into(),
+            BulkOutcome::VersionMismatch { expected } => {
+                format!("lead is at version {lead_version}, not the expected {expected}: someone changed it meanwhile")
+            }
+        }
     }
-    if lead_ids.len() > MAX_BULK {
-        return Err(LeadError::invalid("lead_ids", format!("must name at most {MAX_BULK} leads")));
-    }
-    let parsed: Vec<Option<Uuid>> = lead_ids.iter().map(|id| id.parse().ok()).collect();
-    let mut ids: Vec<Uuid> = parsed.iter().flatten().copied().collect();
-    ids.sort();
-    ids.dedup();
-    Ok((parsed, ids))
 }
 
-/// Changes every active lead among `lead_ids`; the others are answered, not failed.
+/// What became of one lead of a bulk status change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkChange {
+    pub outcome: BulkOutcome,
+    /// The lead's version after the change, or its current one; 0 when not found.
+    pub lead_version: i64,
+}
+
+/// The leads a bulk request names, ready to lock and decide on.
+#[derive(Debug, Clone, Default)]
+pub struct BulkLeads {
+    /// Each requested id, parsed, in request order (one that does not parse is answered "not
+    /// found").
+    pub requested: Vec<Option<Uuid>>,
+    /// The distinct valid ids sorted: the order their rows are locked in, so that two bulk acts
+    /// over overlapping leads cannot deadlock.
+    pub ids: Vec<Uuid>,
+    /// The version a lead must still be at to be changed, for the leads the request names one.
+    pub expected: HashMap<Uuid, i64>,
+}
+
+impl BulkLeads {
+    /// Reads `lead_ids` and `expected_versions` (keyed by lead id). Each key must be one of
+    /// `lead_ids`, so that a guard meant for a lead the request does not name is refused rather
+    /// than ignored; a key that is no lead id at all guards a lead answered "not found" anyway.
+    pub fn parse(lead_ids: &[String], expected_versions: &HashMap<String, i64>) -> Result<Self, LeadError> {
+        if lead_ids.is_empty() {
+            return Err(LeadError::invalid("lead_ids", "must name at least one lead"));
+        }
+        if lead_ids.len() > MAX_BULK {
+            return Err(LeadError::invalid("lead_ids", format!("must name at most {MAX_BULK} leads")));
+        }
+        let requested: Vec<Option<Uuid>> = lead_ids.iter().map(|id| id.parse().ok()).collect();
+        let mut ids: Vec<Uuid> = requested.iter().flatten().copied().collect();
+        ids.sort();
+        ids.dedup();
+        let named: HashSet<&str> = lead_ids.iter().map(String::as_str).collect();
+        let mut expected = HashMap::with_capacity(expected_versions.len());
+        for (key, version) in expected_versions {
+            if !named.contains(key.as_str()) {
+                let key: String = key.chars().take(contracts::values::limits::MAX_ID_CHARS).collect();
+                return Err(LeadError::invalid("expected_versions", format!("names {key:?}, which lead_ids does not")));
+            }
+            if let Ok(id) = key.parse::<Uuid>() {
+                expected.insert(id, *version);
+            }
+        }
+        Ok(Self { requested, ids, expected })
+    }
+
+    /// Whether a lead found at `version` is one the request expected at another.
+    pub fn stale(&self, id: Uuid, version: i64) -> Option<BulkOutcome> {
+        self.expected
+            .get(&id)
+            .filter(|expected| **expected != version)
+            .map(|expected| BulkOutcome::VersionMismatch { expected: *expected })
+    }
+}
+
+/// Changes every active lead of `leads` that is at the version it is expected at (where the
+/// request names one); the others are answered, not failed. Results are in request order.
 pub async fn bulk_change_status(
     ctx: &LeadContext,
     org_id: &str,
-    lead_ids: &[String],
+    leads: &BulkLeads,
     to: Status,
     reason: Option<&str>,
     actor: &str,
     visible_to: Option<&str>,
-) -> Result<Vec<BulkOutcome>, LeadError> {
-    let (parsed, ids) = bulk_ids(lead_ids)?;
+) -> Result<Vec<BulkChange>, LeadError> {
     let mut tx = ctx.pool.begin().await?;
     // Sorted ids and ORDER BY id: two bulk changes over overlapping leads lock in one order.
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, status FROM leads WHERE org_id = $1 AND id = ANY($2) AND {VISIBLE_TO} ORDER BY id FOR UPDATE"
+    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, status, version FROM leads \
+         WHERE org_id = $1 AND id = ANY($2) AND {VISIBLE_TO} ORDER BY id FOR UPDATE"
     )))
     .bind(org_id)
-    .bind(&ids)
+    .bind(&leads.ids)
     .bind(visible_to)
     .fetch_all(&mut *tx)
     .await?;
     let act = Act::ChangeStatus { to, with_score: false };
-    let mut decided: HashMap<Uuid, Result<Transition, Inactive>> = HashMap::with_capacity(rows.len());
-    for (id, status) in rows {
-        decided.insert(id, lifecycle::decide(Status::try_from(status)?, act));
+    // Decided as a single change is: an inactive lead is refused whatever its version, and a
+    // stale one is refused even when it already has the status asked for.
+    let mut decided: HashMap<Uuid, BulkChange> = HashMap::with_capacity(rows.len());
+    let mut moved: HashMap<Uuid, Status> = HashMap::new();
+    for (id, status, version) in rows {
+        let outcome = match (lifecycle::decide(Status::try_from(status)?, act), leads.stale(id, version)) {
+            (Err(Inactive(status)), _) => BulkOutcome::Inactive(status),
+            (Ok(_), Some(stale)) => stale,
+            (Ok(Transition::Moves { from, .. }), None) => {
+                moved.insert(id, from);
+                BulkOutcome::Changed
+            }
+            (Ok(_), None) => BulkOutcome::Unchanged,
+        };
+        decided.insert(id, BulkChange { outcome, lead_version: version });
     }
-    let moved: HashMap<Uuid, Status> = decided
-        .iter()
-        .filter_map(|(id, decision)| match decision {
-            Ok(Transition::Moves { from, .. }) => Some((*id, *from)),
-            _ => None,
-        })
-        .collect();
     let to_change: Vec<Uuid> = moved.keys().copied().collect();
     let mut messages = Vec::with_capacity(to_change.len());
     if !to_change.is_empty() {
@@ -253,6 +328,7 @@ pub async fn bulk_change_status(
         .execute(&mut *tx)
         .await?;
         for lead in &changed {
+            decided.get_mut(&lead.id).expect("locked above").lead_version = lead.version;
             let change = LeadChange::StatusChanged {
                 from: moved[&lead.id].as_str().into(),
                 to: to.as_str().into(),
@@ -263,13 +339,12 @@ pub async fn bulk_change_status(
         }
     }
     platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
-    Ok(parsed
+    Ok(leads
+        .requested
         .iter()
-        .map(|id| match id.and_then(|id| decided.get(&id)) {
-            None => BulkOutcome::NotFound,
-            Some(Err(Inactive(status))) => BulkOutcome::Inactive(*status),
-            Some(Ok(Transition::Moves { .. })) => BulkOutcome::Changed,
-            Some(Ok(_)) => BulkOutcome::Unchanged,
+        .map(|id| {
+            id.and_then(|id| decided.get(&id).cloned())
+                .unwrap_or(BulkChange { outcome: BulkOutcome::NotFound, lead_version: 0 })
         })
         .collect())
 }

@@ -1,6 +1,10 @@
 use contracts::lead::Status;
 use uuid::Uuid;
 
+/// The trailing metadata key that carries a lead's current version on every `ABORTED` answer
+/// about a version, so that a client reads it without parsing the message.
+pub const LEAD_VERSION_KEY: &str = "x-lead-version";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeadError {
     #[error("{field}: {reason}")]
@@ -12,7 +16,10 @@ pub enum LeadError {
     Forbidden(String),
     #[error("lead {id} is inactive: its status is {}", status.display_name())]
     Inactive { id: Uuid, status: Status },
-    #[error("lead {id} is at version {actual}, not the expected {expected}")]
+    /// Said so that a person reads what to do (the console shows the message as it is).
+    #[error(
+        "Someone changed this lead meanwhile: reload to see it (lead {id} is at version {actual}, not the expected {expected})"
+    )]
     VersionMismatch { id: Uuid, expected: i64, actual: i64 },
     #[error("a concurrent writer got there first")]
     Conflict,
@@ -78,6 +85,11 @@ impl From<LeadError> for tonic::Status {
         match error {
             // A limit the caller waits out, not an outage: it is told which limit.
             LeadError::ExportLimit { .. } => tonic::Status::resource_exhausted(error.to_string()),
+            LeadError::VersionMismatch { actual, .. } => {
+                let mut status = platform::error::to_status("lead", &error);
+                status.metadata_mut().insert(LEAD_VERSION_KEY, actual.into());
+                status
+            }
             _ => platform::error::to_status("lead", &error),
         }
     }
@@ -86,5 +98,21 @@ impl From<LeadError> for tonic::Status {
 impl From<contracts::Refusal> for LeadError {
     fn from(refusal: contracts::Refusal) -> Self {
         LeadError::InvalidArgument { field: refusal.field, reason: refusal.reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_version_is_aborted_with_the_current_version_in_words_and_metadata() {
+        let id = Uuid::nil();
+        let status = tonic::Status::from(LeadError::VersionMismatch { id, expected: 3, actual: 5 });
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(status.message().starts_with("Someone changed this lead meanwhile: reload to see it"));
+        assert!(status.message().contains(&format!("lead {id} is at version 5, not the expected 3")));
+        let version = status.metadata().get(LEAD_VERSION_KEY).and_then(|v| v.to_str().ok());
+        assert_eq!(version, Some("5"));
     }
 }

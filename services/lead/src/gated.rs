@@ -6,7 +6,7 @@
 use crate::{
     LeadContext,
     apply::{column, lead_event, publish},
-    commands::{BulkOutcome, LockedLead, VISIBLE_TO, bulk_ids, lock_lead},
+    commands::{BulkLeads, BulkOutcome, LockedLead, VISIBLE_TO, lock_lead},
     error::LeadError,
     lifecycle::{self, Act, Inactive},
     model::LEAD_VIEW_COLUMNS,
@@ -42,18 +42,18 @@ fn validate_agent_id(agent_id: &str) -> Result<(), LeadError> {
 /// id, status, agent, version, updated_at
 type LockedRow = (Uuid, String, Option<String>, i64, DateTime<Utc>);
 
-/// Sets `agent` (or none) on every active lead among `lead_ids`; the others are answered.
-/// Results are in request order.
+/// Sets `agent` (or none) on every active lead of `leads` that is at the version it is
+/// expected at (where the request names one); the others are answered. Results are in request
+/// order.
 pub async fn assign_leads(
     ctx: &LeadContext,
     org_id: &str,
-    lead_ids: &[String],
+    leads: &BulkLeads,
     agent: Option<&str>,
     actor: &str,
     reason: Option<&str>,
     visible_to: Option<&str>,
 ) -> Result<Vec<AssignOutcome>, LeadError> {
-    let (parsed, ids) = bulk_ids(lead_ids)?;
     if let Some(agent) = agent {
         validate_agent_id(agent)?;
     }
@@ -63,20 +63,23 @@ pub async fn assign_leads(
          WHERE org_id = $1 AND id = ANY($2) AND {VISIBLE_TO} ORDER BY id FOR UPDATE"
     )))
     .bind(org_id)
-    .bind(&ids)
+    .bind(&leads.ids)
     .bind(visible_to)
     .fetch_all(&mut *tx)
     .await?;
     let mut outcomes: HashMap<Uuid, AssignOutcome> = HashMap::with_capacity(rows.len());
     let mut to_change = Vec::new();
     for (id, status, current_agent, version, updated_at) in rows {
-        let outcome = if let Err(Inactive(status)) = lifecycle::decide(Status::try_from(status)?, Act::Assign) {
-            BulkOutcome::Inactive(status)
-        } else if current_agent.as_deref() == agent {
-            BulkOutcome::Unchanged
-        } else {
-            to_change.push(id);
-            BulkOutcome::Changed
+        // As for a status change: an inactive lead is refused whatever its version, and a stale
+        // one is refused even when it already has the agent asked for.
+        let outcome = match (lifecycle::decide(Status::try_from(status)?, Act::Assign), leads.stale(id, version)) {
+            (Err(Inactive(status)), _) => BulkOutcome::Inactive(status),
+            (Ok(_), Some(stale)) => stale,
+            (Ok(_), None) if current_agent.as_deref() == agent => BulkOutcome::Unchanged,
+            (Ok(_), None) => {
+                to_change.push(id);
+                BulkOutcome::Changed
+            }
         };
         outcomes.insert(
             id,
@@ -135,7 +138,8 @@ pub async fn assign_leads(
     platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     metrics::counter!(platform::telemetry::names::LEAD_ASSIGNMENTS, "service" => "lead")
         .increment(messages.len() as u64);
-    Ok(parsed
+    Ok(leads
+        .requested
         .iter()
         .map(|id| id.and_then(|id| outcomes.get(&id).cloned()).unwrap_or_else(AssignOutcome::not_found))
         .collect())

@@ -1,6 +1,6 @@
 use crate::{
     LeadContext,
-    commands::{self, BulkOutcome, ChangeStatus},
+    commands::{self, BulkChange, BulkLeads, BulkOutcome, ChangeStatus},
     error::LeadError,
     export,
     gated::{self, OpenFollowUp},
@@ -82,6 +82,16 @@ fn bounded_query(request: &pb::ListLeadsRequest) -> Result<(), LeadError> {
     Ok(())
 }
 
+fn outcome_to_proto(outcome: &BulkOutcome) -> pb::BulkOutcome {
+    match outcome {
+        BulkOutcome::Changed => pb::BulkOutcome::Changed,
+        BulkOutcome::Unchanged => pb::BulkOutcome::Unchanged,
+        BulkOutcome::Inactive(_) => pb::BulkOutcome::Inactive,
+        BulkOutcome::NotFound => pb::BulkOutcome::NotFound,
+        BulkOutcome::VersionMismatch { .. } => pb::BulkOutcome::VersionMismatch,
+    }
+}
+
 fn non_empty(value: &str) -> Option<String> {
     (!value.trim().is_empty()).then(|| value.trim().to_owned())
 }
@@ -129,7 +139,13 @@ impl LeadService for LeadApi {
         caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
         let (reason, actor) = (reason(&request.reason)?, actor(&caller, &request.actor)?);
-        let status = Status::from_proto(request.status).ok_or_else(|| LeadError::invalid("status", "is required"))?;
+        // Unspecified keeps the current status (a score change alone); change_status refuses a
+        // request that changes nothing.
+        let status = if request.status == pb::LeadStatus::Unspecified as i32 {
+            None
+        } else {
+            Some(Status::from_proto(request.status).ok_or_else(|| LeadError::invalid("status", "is not a status"))?)
+        };
         let lead = commands::change_status(
             &self.ctx,
             ChangeStatus {
@@ -157,34 +173,29 @@ impl LeadService for LeadApi {
         caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
         lead_ids(&request.lead_ids)?;
+        let leads = BulkLeads::parse(&request.lead_ids, &request.expected_versions)?;
         let (reason, actor) = (reason(&request.reason)?, actor(&caller, &request.actor)?);
         let status = Status::from_proto(request.status).ok_or_else(|| LeadError::invalid("status", "is required"))?;
         let outcomes = commands::bulk_change_status(
             &self.ctx,
             &request.org_id,
-            &request.lead_ids,
+            &leads,
             status,
             reason.as_deref(),
             &actor,
             caller.agent_scope(),
         )
         .await?;
+        let unchanged = format!("already {}", status.display_name());
         let results = request
             .lead_ids
             .iter()
             .zip(outcomes)
-            .map(|(id, outcome)| {
-                let (outcome, detail) = match outcome {
-                    BulkOutcome::Changed => (pb::BulkOutcome::Changed, String::new()),
-                    BulkOutcome::Unchanged => {
-                        (pb::BulkOutcome::Unchanged, format!("already {}", status.display_name()))
-                    }
-                    BulkOutcome::Inactive(s) => {
-                        (pb::BulkOutcome::Inactive, format!("lead is inactive: its status is {}", s.display_name()))
-                    }
-                    BulkOutcome::NotFound => (pb::BulkOutcome::NotFound, "no such lead".into()),
-                };
-                pb::BulkResult { lead_id: id.clone(), outcome: outcome as i32, detail }
+            .map(|(id, BulkChange { outcome, lead_version })| pb::BulkResult {
+                lead_id: id.clone(),
+                outcome: outcome_to_proto(&outcome) as i32,
+                detail: outcome.detail(&unchanged, lead_version),
+                lead_version,
             })
             .collect();
         Ok(Response::new(pb::BulkChangeStatusResponse { results }))
@@ -273,6 +284,7 @@ impl LeadService for LeadApi {
         caller.check_org(&request.org_id)?;
         crate::validate_org(&request.org_id)?;
         lead_ids(&request.lead_ids)?;
+        let leads = BulkLeads::parse(&request.lead_ids, &request.expected_versions)?;
         bounded("agent_id", &request.agent_id, MAX_AGENT_ID_CHARS).map_err(LeadError::from)?;
         let (reason, actor) = (reason(&request.reason)?, service_actor(&caller, &request.actor)?);
         let agent = non_empty(&request.agent_id);
@@ -280,7 +292,7 @@ impl LeadService for LeadApi {
         let outcomes = gated::assign_leads(
             &self.ctx,
             &request.org_id,
-            &request.lead_ids,
+            &leads,
             agent.as_deref(),
             &actor,
             reason.as_deref(),
@@ -291,24 +303,14 @@ impl LeadService for LeadApi {
             .lead_ids
             .iter()
             .zip(outcomes)
-            .map(|(id, result)| {
-                let (outcome, detail) = match result.outcome {
-                    BulkOutcome::Changed => (pb::BulkOutcome::Changed, String::new()),
-                    BulkOutcome::Unchanged => (pb::BulkOutcome::Unchanged, "already assigned so".into()),
-                    BulkOutcome::Inactive(s) => {
-                        (pb::BulkOutcome::Inactive, format!("lead is inactive: its status is {}", s.display_name()))
-                    }
-                    BulkOutcome::NotFound => (pb::BulkOutcome::NotFound, "no such lead".into()),
-                };
-                pb::LeadAssignment {
-                    lead_id: id.clone(),
-                    outcome: outcome as i32,
-                    detail,
-                    agent_id: result.agent_id.unwrap_or_default(),
-                    previous_agent_id: result.previous_agent_id.unwrap_or_default(),
-                    lead_version: result.lead_version,
-                    at: result.at.map(timestamp),
-                }
+            .map(|(id, result)| pb::LeadAssignment {
+                lead_id: id.clone(),
+                outcome: outcome_to_proto(&result.outcome) as i32,
+                detail: result.outcome.detail("already assigned so", result.lead_version),
+                agent_id: result.agent_id.unwrap_or_default(),
+                previous_agent_id: result.previous_agent_id.unwrap_or_default(),
+                lead_version: result.lead_version,
+                at: result.at.map(timestamp),
             })
             .collect();
         Ok(Response::new(pb::AssignLeadsResponse { results }))

@@ -8,7 +8,7 @@
 //! - An operator may move an active lead to any status, final ones included.
 //! - The business's outbound message moves a New lead to Contacted; any other status stays.
 //! - Assigning, opening a follow-up, an AI score, an inbound message and a manual score
-//!   leave the status as it is.
+//!   (set or handed back, with the status kept or restated) leave the status as it is.
 //! - A score set by hand wins: an AI score leaves a lead scored by hand unchanged.
 
 use contracts::lead::{ScoreSource, Status};
@@ -22,6 +22,9 @@ pub enum Act {
         to: Status,
         with_score: bool,
     },
+    /// An operator's `ChangeStatus` that sets the score by hand or hands it back to the
+    /// engine without naming a status: the status is kept.
+    SetScore,
     Assign,
     OpenFollowUp,
     /// The qualification engine's score, for a lead whose score was last set by `scored_by`.
@@ -78,7 +81,7 @@ pub fn decide(current: Status, act: Act) -> Result<Transition, Inactive> {
         Act::ChangeStatus { to, .. } => Transition::Moves { from: current, to },
         Act::Outbound if current == Status::New => Transition::Moves { from: Status::New, to: Status::Contacted },
         Act::AiScore { scored_by: Some(ScoreSource::Manual) } => Transition::Unchanged,
-        Act::Assign | Act::OpenFollowUp | Act::AiScore { .. } | Act::Inbound | Act::Outbound => {
+        Act::SetScore | Act::Assign | Act::OpenFollowUp | Act::AiScore { .. } | Act::Inbound | Act::Outbound => {
             Transition::Stays(current)
         }
     })
@@ -91,7 +94,7 @@ mod tests {
     const ALL: [Status; 8] = Status::ALL;
 
     fn acts() -> Vec<Act> {
-        let mut acts = vec![Act::Assign, Act::OpenFollowUp, Act::Inbound, Act::Outbound];
+        let mut acts = vec![Act::SetScore, Act::Assign, Act::OpenFollowUp, Act::Inbound, Act::Outbound];
         acts.push(Act::AiScore { scored_by: None });
         for source in ScoreSource::ALL {
             acts.push(Act::AiScore { scored_by: Some(source) });
@@ -128,6 +131,9 @@ mod tests {
         assert_eq!(decide(Status::Qualifying, same), Ok(Transition::Stays(Status::Qualifying)));
         let nothing = Act::ChangeStatus { to: Status::Qualifying, with_score: false };
         assert_eq!(decide(Status::Qualifying, nothing), Ok(Transition::Unchanged));
+        for current in ALL.into_iter().filter(|s| !s.is_final()) {
+            assert_eq!(decide(current, Act::SetScore), Ok(Transition::Stays(current)), "{current:?}");
+        }
     }
 
     #[test]

@@ -209,6 +209,7 @@ async fn measure_bulk_assignment(assignments: &AssignmentClient, ids: &[String])
             agent_id: "ann".into(),
             actor: "bench".into(),
             reason: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
