@@ -425,7 +425,10 @@ async fn measure_console_list(
     let mut browser = leads_tests::browserless::Browserless::new(console.addr);
     browser.cookies.insert(console::SESSION_COOKIE.into(), console::session_cookie_value(BIG_ORG, &token));
     report.line(format!(
-        "\nThe console's list page (`GET /leads?...`: ListLeads with its total, ListAgents, the page rendered;          {} requests each after 3 warm-ups) beside ListLeads with the total for the same query:\n\n         | case | page p50 | page p95 | page p99 | ListLeads p50 | ListLeads p95 | ListLeads p99 | page size |\n         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "\nThe console's list page (`GET /leads?...`: ListLeads with its total, ListAgents, the page rendered; \
+         {} requests each after 3 warm-ups) beside ListLeads with the total for the same query:\n\n\
+         | case | page p50 | page p95 | page p99 | ListLeads p50 | ListLeads p95 | ListLeads p99 | page size |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         args.iterations
     ));
     for case in cases() {
