@@ -490,8 +490,11 @@ async fn a_sign_in_code_signs_its_person_in_once() -> anyhow::Result<()> {
     refused(with_code(&desk, "made-up").await, Code::Unauthenticated, "not valid");
     refused(with_code(&desk, "").await, Code::Unauthenticated, "not valid");
 
-    // The platform's services may ask for one too; other people may not, nor other admins.
-    let service = desk.token("leads-cli", Role::Service, ORG);
+    // The platform's services may ask for one too; a service token limited to some
+    // organisations (an integration's) may not, nor other people, nor other admins.
+    let limited = desk.token("crm-sync", Role::Service, ORG);
+    refused(sign_in_code(&desk, &limited, bob).await, Code::PermissionDenied, "platform's services");
+    let service = desk.token("leads-lead", Role::Service, "*");
     let by_service = sign_in_code(&desk, &service, bob).await?;
     let agent = with_code(&desk, &by_service.code).await?;
     assert_eq!(claims(&agent.token)["agent_id"], "ann", "the agent of the account, as Desk::add made it");
@@ -525,7 +528,7 @@ async fn a_sign_in_code_signs_its_person_in_once() -> anyhow::Result<()> {
         actions[1..3],
         [("sign_in_code_created".to_owned(), ADMIN.to_owned()), ("signed_in_with_code".to_owned(), ann.to_owned())]
     );
-    assert!(desk.audit(bob).await?.contains(&("sign_in_code_created".to_owned(), "leads-cli".to_owned())));
+    assert!(desk.audit(bob).await?.contains(&("sign_in_code_created".to_owned(), "leads-lead".to_owned())));
     desk.stop().await
 }
 

@@ -1012,3 +1012,67 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test]
+async fn an_agents_timeline_holds_no_other_agents_lead_of_the_same_contact() -> anyhow::Result<()> {
+    let keys = Keys::new();
+    let env = secured_env(&keys).await?;
+    let node = env.start_all().await?;
+    let clients = Clients::of(&node).await?;
+    let admin = keys.token("root", Role::Admin, &[ORG]);
+    let ann = keys.token("ann", Role::Agent, &[ORG]);
+    let mut lead = clients.lead.clone();
+    let list = |token: String| {
+        let lead = clients.lead.clone();
+        async move {
+            let request = pb::ListLeadsRequest { org_id: ORG.into(), ..Default::default() };
+            lead.clone().list_leads(with(Some(&token), request)).await.ok().map(|page| page.into_inner().leads)
+        }
+    };
+    // The contact's first lead, unassigned and closed; then a second, bob's.
+    env.publish_interaction(ORG, &chat_event("e-1", &phone(1), "first question")).await?;
+    let first = eventually(Duration::from_secs(30), "the first lead", || async {
+        list(admin.clone()).await?.into_iter().next()
+    })
+    .await;
+    let close = pb::ChangeStatusRequest {
+        org_id: ORG.into(),
+        lead_id: first.id.clone(),
+        status: pb::LeadStatus::Lost as i32,
+        ..Default::default()
+    };
+    lead.change_status(with(Some(&admin), close)).await?;
+    env.publish_interaction(ORG, &chat_event("e-2", &phone(1), "bob's secret deal")).await?;
+    let second = eventually(Duration::from_secs(30), "the second lead", || async {
+        list(admin.clone()).await?.into_iter().find(|l| l.id != first.id)
+    })
+    .await;
+    let mut assignment = clients.assignment.clone();
+    let bob = pb::UpsertAgentRequest {
+        org_id: ORG.into(),
+        agent_id: "bob".into(),
+        name: "Bob".into(),
+        active: Some(true),
+        ..Default::default()
+    };
+    assignment.upsert_agent(with(Some(&admin), bob)).await?;
+    let to_bob = pb::AssignLeadRequest {
+        org_id: ORG.into(),
+        lead_id: second.id.clone(),
+        agent_id: "bob".into(),
+        ..Default::default()
+    };
+    assignment.assign_lead(with(Some(&admin), to_bob)).await?;
+
+    // Ann may read the first lead's timeline: it shows nothing of bob's lead.
+    let request = pb::GetLeadHistoryRequest { org_id: ORG.into(), lead_id: first.id.clone(), ..Default::default() };
+    let history = lead.get_lead_history(with(Some(&ann), request)).await?.into_inner();
+    assert!(!history.entries.is_empty());
+    for entry in &history.entries {
+        assert_ne!(entry.lead_id, second.id, "{entry:?}");
+        assert!(!entry.summary.contains("secret deal"), "{entry:?}");
+    }
+
+    node.stop().await?;
+    env.cleanup().await
+}

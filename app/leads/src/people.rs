@@ -146,7 +146,7 @@ pub async fn run(settings: &Settings, command: PeopleCommand) -> anyhow::Result<
             Ok(())
         }
         PeopleCommand::SignInLink { person } => {
-            let (mut client, token) = person.client(settings, Role::Service).await?;
+            let (mut client, token) = person.client(settings, Role::Admin).await?;
             let request = pb::CreateSignInCodeRequest { org_id: person.org.clone(), email: person.email.clone() };
             let created = client
                 .create_sign_in_code(leads::ctl::authorized(request, Some(&token))?)

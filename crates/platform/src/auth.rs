@@ -618,6 +618,18 @@ impl Caller {
         }
     }
 
+    /// UNAUTHENTICATED once the caller's token has expired or its session has ended: what a
+    /// long-lived stream checks before each message, as every call does when it starts.
+    pub fn still_valid(&self, ended: &EndedSessions) -> Result<(), Status> {
+        match self {
+            Caller::Token(claims) if claims.exp <= now_secs() => Err(Status::unauthenticated("the token has expired")),
+            Caller::Token(claims) if ended.has_ended(claims) => {
+                Err(Status::unauthenticated("the session has ended: sign in again"))
+            }
+            Caller::Open | Caller::Token(_) => Ok(()),
+        }
+    }
+
     /// The caller's role; `None` when authentication is off.
     pub fn role(&self) -> Option<Role> {
         match self {
@@ -1001,6 +1013,28 @@ mod tests {
         assert!(service.check_org("globex").is_ok() && service.is_platform_service());
         assert_eq!(Caller::Open.actor(""), "unknown");
         assert_eq!(Caller::Open.actor("ann"), "ann");
+    }
+
+    #[test]
+    fn a_long_lived_call_stops_when_its_token_expires_or_its_session_ends() {
+        let now = now_secs();
+        let person = |exp: u64| {
+            Caller::Token(Arc::new(Claims {
+                sub: "ann@acme.test".into(),
+                orgs: vec!["acme".into()],
+                role: Role::Agent,
+                exp,
+                iat: Some(now - 10),
+                agent_id: Some("ann".into()),
+            }))
+        };
+        let ended = EndedSessions::default();
+        assert!(person(now + 3600).still_valid(&ended).is_ok());
+        assert_eq!(person(now - 1).still_valid(&ended).unwrap_err().code(), tonic::Code::Unauthenticated);
+        ended.end("ann@acme.test", "acme", now - 5);
+        let refused = person(now + 3600).still_valid(&ended).unwrap_err();
+        assert!(refused.message().contains("session has ended"), "{refused:?}");
+        assert!(Caller::Open.still_valid(&ended).is_ok());
     }
 
     #[test]

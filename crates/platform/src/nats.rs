@@ -210,6 +210,9 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
 /// The configuration the platform declares for one stream, with `replicas` copies.
 pub fn stream_config(subjects: &Subjects, kind: StreamKind, replicas: usize) -> stream::Config {
     let max_age = match kind {
+        // Ended sessions are kept as long as any token may live (30 days at most), so that a
+        // process starting anew still refuses every token whose session ended.
+        StreamKind::Events("people") => Duration::from_secs(31 * 24 * 3600),
         StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events(_) => Duration::from_secs(7 * 24 * 3600),
         StreamKind::DeadLetter => Duration::from_secs(30 * 24 * 3600),
     };

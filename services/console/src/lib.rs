@@ -71,7 +71,7 @@ fn router(state: AppState) -> Router {
         .route("/sign-out", post(pages::sign_out))
         .route("/set-password", get(pages::set_password_page).post(pages::set_password))
         .route("/sign-in/code", get(pages::code_page).post(pages::sign_in_with_code))
-        .route("/sign-in/oidc", get(pages::begin_oidc))
+        .route("/sign-in/oidc", post(pages::begin_oidc))
         .route("/sign-in/oidc/callback", get(pages::complete_oidc))
         .route("/switch", post(pages::switch_organisation))
         .route("/leads", get(pages::leads))

@@ -300,13 +300,16 @@ pub async fn sign_in_with_code(State(state): State<AppState>, headers: HeaderMap
 /// provider sends the browser back from another site.
 const OIDC_COOKIE: &str = "leads_oidc";
 
-/// Sends the browser to the organisation's OpenID Connect provider.
-pub async fn begin_oidc(State(state): State<AppState>, RawQuery(query): RawQuery) -> Page {
-    let org_id = query::pairs(query.as_deref().unwrap_or(""))
-        .into_iter()
-        .find(|(k, _)| k == "org_id")
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
+#[derive(Deserialize)]
+pub struct OidcForm {
+    org_id: String,
+}
+
+/// Sends the browser to the organisation's OpenID Connect provider. A POST with the page's
+/// CSRF token, so that no other site can start a sign-in in this browser (and have it come
+/// back signed in to an organisation of the other site's choosing).
+pub async fn begin_oidc(State(state): State<AppState>, Form(form): Form<OidcForm>) -> Page {
+    let org_id = form.org_id.trim().to_owned();
     let answer = state
         .backends
         .people

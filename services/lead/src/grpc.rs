@@ -97,7 +97,7 @@ fn non_empty(value: &str) -> Option<String> {
 }
 
 type ExportStream = Pin<Box<dyn futures::Stream<Item = Result<pb::ExportChunk, GrpcStatus>> + Send>>;
-type WatchStream = ReceiverStream<Result<pb::LeadWatchEvent, GrpcStatus>>;
+type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<pb::LeadWatchEvent, GrpcStatus>> + Send>>;
 
 #[tonic::async_trait]
 impl LeadService for LeadApi {
@@ -244,7 +244,24 @@ impl LeadService for LeadApi {
         bounded("cursor", &request.cursor, limits::MAX_PAGE_TOKEN_CHARS).map_err(LeadError::from)?;
         let agent = caller.agent_scope().map(str::to_owned);
         let feed = self.ctx.watches.open(&request.org_id, &request.cursor, agent).await?;
-        Ok(Response::new(ReceiverStream::new(feed)))
+        // A watch outlives the call's check of the token: each change is sent only while the
+        // token is still valid and its session has not ended (a person deactivated meanwhile).
+        let ended = platform::sessions::ended_sessions(self.ctx.subjects.prefix());
+        let checked =
+            futures::stream::unfold((ReceiverStream::new(feed), caller, false), move |(mut feed, caller, over)| {
+                let ended = ended.clone();
+                async move {
+                    if over {
+                        return None;
+                    }
+                    let change = futures::StreamExt::next(&mut feed).await?;
+                    match caller.still_valid(&ended) {
+                        Ok(()) => Some((change, (feed, caller, false))),
+                        Err(status) => Some((Err(status), (feed, caller, true))),
+                    }
+                }
+            });
+        Ok(Response::new(Box::pin(checked)))
     }
 
     async fn get_lead_history(
@@ -265,6 +282,7 @@ impl LeadService for LeadApi {
             lead_id(&request.lead_id)?,
             request.page_size,
             &request.page_token,
+            caller.agent_scope(),
         )
         .await?;
         Ok(Response::new(pb::GetLeadHistoryResponse {

@@ -40,7 +40,8 @@ struct Entry {
 
 const TIMELINE: &str = "\
 WITH contact AS (SELECT contact_id FROM leads WHERE org_id = $1 AND id = $2), \
-     related AS (SELECT id FROM leads WHERE org_id = $1 AND contact_id = (SELECT contact_id FROM contact)) \
+     related AS (SELECT id FROM leads WHERE org_id = $1 AND contact_id = (SELECT contact_id FROM contact) \
+                   AND ($6::text IS NULL OR agent_id IS NULL OR agent_id = $6 OR id = $2)) \
 SELECT * FROM ( \
   SELECT i.occurred_at AS at, i.lead_id, 'interaction' AS kind, 'i:' || i.event_id AS key, \
          i.direction || ' ' || i.kind || coalesce(': ' || left(i.text, 140), '') AS summary, \
@@ -49,6 +50,7 @@ SELECT * FROM ( \
            'conversation_id', i.conversation_id, 'broadcast_message_id', i.broadcast_message_id, \
            'campaign_id', i.campaign_id, 'integration', i.integration_name)::text AS details \
     FROM interactions i WHERE i.org_id = $1 AND i.contact_id = (SELECT contact_id FROM contact) \
+      AND ($6::text IS NULL OR i.lead_id IN (SELECT id FROM related)) \
   UNION ALL \
   SELECT s.at, s.lead_id, CASE WHEN s.from_status IS NULL THEN 'created' ELSE 'status_changed' END, \
          's:' || lpad(s.id::text, 20, '0'), \
@@ -93,6 +95,7 @@ pub async fn lead_history(
     lead_id: Uuid,
     page_size: i32,
     page_token: &str,
+    visible_to: Option<&str>,
 ) -> Result<History, LeadError> {
     let page_size = match i64::from(page_size) {
         0 => 100,
@@ -120,6 +123,7 @@ pub async fn lead_history(
         .bind(after_at)
         .bind(after_key.clone())
         .bind(page_size + 1)
+        .bind(visible_to)
         .fetch_all(pool)
         .await?;
     let mut merged: Vec<Entry> = rows
@@ -154,11 +158,13 @@ pub async fn lead_history(
     let past_lead_ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT p.id FROM leads p, leads l WHERE l.org_id = $1 AND l.id = $3 \
            AND p.org_id = $1 AND p.contact_id = $2 AND (p.created_at, p.id) < (l.created_at, l.id) \
+           AND ($4::text IS NULL OR p.agent_id IS NULL OR p.agent_id = $4) \
          ORDER BY p.created_at DESC, p.id DESC",
     )
     .bind(org_id)
     .bind(contact)
     .bind(lead_id)
+    .bind(visible_to)
     .fetch_all(pool)
     .await?;
     Ok(History {

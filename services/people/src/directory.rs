@@ -429,18 +429,7 @@ pub struct Session {
 /// `WrongCredentials`, after the same work.
 pub async fn sign_in(ctx: &PeopleContext, org_id: &str, email: &str, password: String) -> Result<Session, PeopleError> {
     let signer = ctx.signer.clone().ok_or(PeopleError::NoSigningKey)?;
-    let locked_for: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM locked_until - now())::float8 FROM sign_in_failures \
-         WHERE org_id = $1 AND email = $2 AND locked_until > now()",
-    )
-    .bind(org_id)
-    .bind(email)
-    .fetch_optional(&ctx.pool)
-    .await?;
-    if let Some(seconds) = locked_for {
-        metrics::counter!(SIGN_INS, "outcome" => "locked").increment(1);
-        return Err(PeopleError::Locked { retry_after_secs: seconds.ceil() as i64 });
-    }
+    refuse_when_locked(ctx, org_id, email).await?;
     let stored: Option<(Option<String>, bool)> =
         sqlx::query_as("SELECT password_hash, active FROM people WHERE org_id = $1 AND email = $2")
             .bind(org_id)
@@ -450,6 +439,10 @@ pub async fn sign_in(ctx: &PeopleContext, org_id: &str, email: &str, password: S
     let hash = stored.and_then(|(hash, active)| if active { hash } else { None });
     let plausible = password.chars().count() <= password::MAX_PASSWORD_CHARS;
     let matches = ctx.hasher.verify(password, hash.clone().filter(|_| plausible)).await?;
+    // Again after hashing, which waits its turn: guesses sent together all pass the first
+    // check before any failure is counted, and once the lock lands they are all refused
+    // alike, the right one too, so that the answer tells nothing.
+    refuse_when_locked(ctx, org_id, email).await?;
     if !matches {
         return Err(refuse(ctx, org_id, email).await);
     }
@@ -459,6 +452,8 @@ pub async fn sign_in(ctx: &PeopleContext, org_id: &str, email: &str, password: S
     let allowed: Option<Admitted> = sqlx::query_as(
         "UPDATE people SET last_sign_in_at = now() \
          WHERE org_id = $1 AND email = $2 AND active AND password_hash = $3 \
+           AND NOT EXISTS (SELECT 1 FROM sign_in_failures f \
+                           WHERE f.org_id = $1 AND f.email = $2 AND f.locked_until > now()) \
          RETURNING role, agent_id, sessions_ended_at",
     )
     .bind(org_id)
@@ -547,6 +542,25 @@ fn expiry(token: &str) -> Option<DateTime<Utc>> {
 
 /// Counts a failed sign-in of (org_id, email), whether or not such a person exists, locking it
 /// at `people.max_failed_sign_ins` within `FAILURE_WINDOW`; answers the refusal.
+/// `Locked` while the account is locked out.
+async fn refuse_when_locked(ctx: &PeopleContext, org_id: &str, email: &str) -> Result<(), PeopleError> {
+    let locked_for: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM locked_until - now())::float8 FROM sign_in_failures \
+         WHERE org_id = $1 AND email = $2 AND locked_until > now()",
+    )
+    .bind(org_id)
+    .bind(email)
+    .fetch_optional(&ctx.pool)
+    .await?;
+    match locked_for {
+        Some(seconds) => {
+            metrics::counter!(SIGN_INS, "outcome" => "locked").increment(1);
+            Err(PeopleError::Locked { retry_after_secs: seconds.ceil() as i64 })
+        }
+        None => Ok(()),
+    }
+}
+
 async fn refuse(ctx: &PeopleContext, org_id: &str, email: &str) -> PeopleError {
     match count_failure(ctx, org_id, email).await {
         Ok(locked) => {

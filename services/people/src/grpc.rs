@@ -258,6 +258,15 @@ impl PeopleService for PeopleApi {
         &self,
         request: Request<pb::CreateSignInCodeRequest>,
     ) -> Result<Response<pb::CreateSignInCodeResponse>, Status> {
+        // A code signs its person in, an admin too: only an admin of the organisation or one
+        // of the platform's own services may make one, never a service token limited to some
+        // organisations (an integration's, say).
+        let caller = Caller::of(&request)?;
+        if caller.is_service() && !caller.is_platform_service() {
+            return Err(Status::permission_denied(
+                "CreateSignInCode is for the organisation's admins and the platform's services",
+            ));
+        }
         let actor = admin(&request, &request.get_ref().org_id)?;
         let email = email(&request.get_ref().email)?;
         let (code, expires_at) = codes::create(&self.ctx, &actor, &request.get_ref().org_id, &email).await?;
