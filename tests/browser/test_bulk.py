@@ -37,9 +37,14 @@ def test_a_bulk_change_refuses_the_lead_closed_in_the_meantime(org):
     expect(results).to_contain_text("1 changed of 2 results.")
     outcomes = results.locator("tr.outcome")
     expect(outcomes).to_have_count(2)
-    expect(outcomes.filter(has_text=ada_id)).to_contain_text("status changed")
-    expect(outcomes.filter(has_text=grace_id)).to_contain_text("status refused: inactive")
-    expect(outcomes.filter(has_text=grace_id)).to_contain_text("its status is lost", ignore_case=True)
+    # Each result names its lead by the contact shown on the page, and links to it.
+    expect(outcomes.filter(has_text="Ada Lovelace")).to_contain_text("status changed")
+    expect(outcomes.filter(has_text="Grace Hopper")).to_contain_text("status refused: inactive")
+    expect(outcomes.filter(has_text="Grace Hopper")).to_contain_text("its status is lost", ignore_case=True)
+    expect(outcomes.filter(has_text="Ada Lovelace").get_by_role("link")).to_have_attribute("href", f"/leads/{ada_id}")
+    expect(outcomes.filter(has_text="Grace Hopper").get_by_role("link")).to_have_attribute("href", f"/leads/{grace_id}")
+    # The changed row shows its new status without a reload, though the live updates stopped.
+    expect(row(olga, "Ada Lovelace")).to_contain_text("Qualified")
     screenshot(olga, "bulk_results")
 
     olga.goto("/leads")

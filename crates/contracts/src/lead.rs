@@ -9,6 +9,11 @@ use leads_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The trailing gRPC metadata key that carries a lead's current version on every `ABORTED`
+/// answer about a stale version (from the lead service, and passed on by the services that call
+/// it), so that a client reads it without parsing the message.
+pub const LEAD_VERSION_METADATA: &str = "x-lead-version";
+
 /// Where a lead stands; JSON and Postgres carry the snake_case name (`follow_up`), gRPC the
 /// proto enum (`FOLLOW_UP`). The first five are active, the last three final. Only New to
 /// Contacted happens by itself (the business's first outbound message); every other move is

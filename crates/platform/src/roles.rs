@@ -96,10 +96,8 @@ mod tests {
                 "{path} has no row in RPC_ROLES: give it one (docs/security.md lists the matrix)"
             );
         }
-        let people_served = known.iter().any(|m| m.starts_with("leads.v1.PeopleService/"));
         for (path, _) in RPC_ROLES {
-            let served = known.contains(path.trim_start_matches('/'));
-            assert!(served || (!people_served && path.starts_with("/leads.v1.PeopleService/")), "{path} is not served");
+            assert!(known.contains(path.trim_start_matches('/')), "{path} is not served");
         }
     }
 

@@ -1,6 +1,4 @@
-/// The trailing metadata key that carries a lead's current version on every `ABORTED` answer
-/// about a version (the lead service's own key, which its clients read).
-pub const LEAD_VERSION_KEY: &str = "x-lead-version";
+use contracts::lead::LEAD_VERSION_METADATA as LEAD_VERSION_KEY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssignmentError {

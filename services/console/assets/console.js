@@ -161,6 +161,15 @@
   document.addEventListener("htmx:afterSwap", function (e) {
     localTimes(e.target);
     timeZoneFields(e.target);
+    if (e.target.id === "bulk-results") {
+      // Each lead by its contact's name where the page shows its row, and that row as it now is.
+      e.target.querySelectorAll("[data-bulk-lead]").forEach(function (link) {
+        var id = link.getAttribute("data-bulk-lead");
+        var name = document.querySelector("#lead-" + CSS.escape(id) + " .contact");
+        if (name) { link.textContent = name.textContent; }
+        refreshRow(id);
+      });
+    }
     if (e.target.id === "drawer") {
       document.querySelectorAll("details.menu[open]").forEach(function (d) { d.removeAttribute("open"); });
       var title = document.getElementById("drawer-title");

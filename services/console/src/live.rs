@@ -72,10 +72,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .filter(|id| !id.is_empty())
-        .or_else(|| {
-            crate::query::pairs(query.as_deref().unwrap_or("")).into_iter().find(|(k, _)| k == "cursor").map(|(_, v)| v)
-        })
-        .unwrap_or_default();
+        .unwrap_or_else(|| crate::query::field(query.as_deref(), "cursor"));
     let request = crate::backends::authorized_stream(
         &session.token,
         pb::WatchLeadsRequest { org_id: session.org_id.clone(), cursor },

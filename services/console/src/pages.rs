@@ -77,10 +77,15 @@ fn html(template: &impl Template) -> Page {
     Ok(Html(template.render()?).into_response())
 }
 
+/// `to` when it is a path of ours, else the Leads page: where a page sends the person back to
+/// is never another site.
+fn own_path(to: &str) -> &str {
+    if to.starts_with('/') && !to.starts_with("//") && !to.starts_with("/\\") { to } else { "/leads" }
+}
+
 /// After a change made without JavaScript: back to where the person was (a path of ours).
 fn see_other(to: &str) -> Response {
-    let to = if to.starts_with('/') && !to.starts_with("//") { to } else { "/leads" };
-    Redirect::to(to).into_response()
+    Redirect::to(own_path(to)).into_response()
 }
 
 pub async fn home(headers: HeaderMap) -> Response {
@@ -102,21 +107,10 @@ struct SignInPage {
 
 /// The sign-in page, with a pre-session cookie whose hash is the form's CSRF token.
 fn sign_in_form(headers: &HeaderMap, secure: bool, org_id: String, email: String, error: String) -> Page {
-    let (set_cookie, value) = match session::cookie(headers, session::PRE_SESSION_COOKIE) {
-        Some(value) => (None, value),
-        None => {
-            let (cookie, value) = session::pre_session_cookie(secure);
-            (Some(cookie), value)
-        }
-    };
-    let csrf = session::csrf_token_for(&session::cookie(headers, session::SESSION_COOKIE).unwrap_or(value));
+    let (csrf, cookie) = pre_session(headers, secure);
     let page = SignInPage { chrome: Chrome::signed_out(csrf.clone()), csrf, org_id, email, error: error.clone() };
     let status = if error.is_empty() { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-    let mut response = (status, Html(page.render()?)).into_response();
-    if let Some(cookie) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    Ok(response)
+    Ok(with_cookie((status, Html(page.render()?)).into_response(), cookie))
 }
 
 pub async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Page {
@@ -137,16 +131,7 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, Form(for
         password: form.password,
     };
     match state.backends.people.clone().sign_in(anonymous(request)).await {
-        Ok(answer) => {
-            let token = answer.into_inner().token;
-            let cookie = session::signed_in_cookie(&headers, form.org_id.trim(), &token, state.settings.secure_cookies);
-            let mut response = Redirect::to("/leads").into_response();
-            response.headers_mut().append(
-                header::SET_COOKIE,
-                HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?,
-            );
-            Ok(response)
-        }
+        Ok(answer) => Ok(signed_in(&headers, state.settings.secure_cookies, &answer.into_inner())),
         Err(status)
             if matches!(
                 status.code(),
@@ -169,19 +154,22 @@ struct SetPasswordPage {
     error: String,
 }
 
-/// The pre-session CSRF token of a form shown before sign-in, and the cookie to set for it.
+/// The CSRF token of a form shown before sign-in (bound to the session cookie when there is
+/// one, else to a pre-session cookie), and the pre-session cookie to set when there is neither.
 fn pre_session(headers: &HeaderMap, secure: bool) -> (String, Option<String>) {
-    match session::cookie(headers, session::PRE_SESSION_COOKIE) {
-        Some(value) => {
-            (session::csrf_token_for(&session::cookie(headers, session::SESSION_COOKIE).unwrap_or(value)), None)
-        }
+    let (bound_to, cookie) = match session::cookie(headers, session::SESSION_COOKIE)
+        .or_else(|| session::cookie(headers, session::PRE_SESSION_COOKIE))
+    {
+        Some(value) => (value, None),
         None => {
             let (cookie, value) = session::pre_session_cookie(secure);
-            (session::csrf_token_for(&session::cookie(headers, session::SESSION_COOKIE).unwrap_or(value)), Some(cookie))
+            (value, Some(cookie))
         }
-    }
+    };
+    (session::csrf_token_for(&bound_to), cookie)
 }
 
+/// `response` setting `cookie`, when there is one.
 fn with_cookie(mut response: Response, cookie: Option<String>) -> Response {
     if let Some(cookie) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -189,13 +177,14 @@ fn with_cookie(mut response: Response, cookie: Option<String>) -> Response {
     response
 }
 
+/// To `to`, setting `cookie`.
+fn redirect_setting(to: &str, cookie: String) -> Response {
+    with_cookie(Redirect::to(to).into_response(), Some(cookie))
+}
+
 /// The page of a one-time setup link: the person chooses a password.
 pub async fn set_password_page(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Page {
-    let code = query::pairs(query.as_deref().unwrap_or(""))
-        .into_iter()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v)
-        .unwrap_or_default();
+    let code = query::field(query.as_deref(), "code");
     let (csrf, cookie) = pre_session(&headers, state.settings.secure_cookies);
     let page = SetPasswordPage { chrome: Chrome::signed_out(csrf.clone()), csrf, code, error: String::new() };
     Ok(with_cookie(Html(page.render()?).into_response(), cookie))
@@ -258,11 +247,7 @@ struct CodePage {
 /// The page of a one-click sign-in link: one button, so that the code is used by a request
 /// the person makes on this site (a link previewer that fetches the URL uses nothing up).
 pub async fn code_page(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Page {
-    let code = query::pairs(query.as_deref().unwrap_or(""))
-        .into_iter()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v)
-        .unwrap_or_default();
+    let code = query::field(query.as_deref(), "code");
     let (csrf, cookie) = pre_session(&headers, state.settings.secure_cookies);
     let page = CodePage { chrome: Chrome::signed_out(csrf.clone()), csrf, code };
     Ok(with_cookie(Html(page.render()?).into_response(), cookie))
@@ -273,21 +258,21 @@ pub struct CodeForm {
     code: String,
 }
 
-/// The session cookie after signing in with `answer`, and to the Leads page.
-fn signed_in(headers: &HeaderMap, secure: bool, answer: &pb::SignInResponse) -> Page {
-    let org_id = answer.person.as_ref().map(|p| p.org_id.clone()).unwrap_or_default();
-    let cookie = session::signed_in_cookie(headers, &org_id, &answer.token, secure);
-    let mut response = Redirect::to("/leads").into_response();
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?);
-    Ok(response)
+/// The session cookie after signing in with `answer`.
+fn session_cookie_of(headers: &HeaderMap, secure: bool, answer: &pb::SignInResponse) -> String {
+    let org_id = answer.person.as_ref().map(|p| p.org_id.as_str()).unwrap_or_default();
+    session::signed_in_cookie(headers, org_id, &answer.token, secure)
+}
+
+/// Signed in with `answer`: to the Leads page.
+fn signed_in(headers: &HeaderMap, secure: bool, answer: &pb::SignInResponse) -> Response {
+    redirect_setting("/leads", session_cookie_of(headers, secure, answer))
 }
 
 pub async fn sign_in_with_code(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CodeForm>) -> Page {
     let request = pb::SignInWithCodeRequest { code: form.code.trim().to_owned() };
     match state.backends.people.clone().sign_in_with_code(anonymous(request)).await {
-        Ok(answer) => signed_in(&headers, state.settings.secure_cookies, &answer.into_inner()),
+        Ok(answer) => Ok(signed_in(&headers, state.settings.secure_cookies, &answer.into_inner())),
         Err(status) if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::InvalidArgument) => {
             let message = format!("{} Ask for a new link.", status.message());
             sign_in_form(&headers, state.settings.secure_cookies, String::new(), String::new(), message)
@@ -320,11 +305,7 @@ pub async fn begin_oidc(State(state): State<AppState>, Form(form): Form<OidcForm
     let secure = if state.settings.secure_cookies { "; Secure" } else { "" };
     let cookie =
         format!("{OIDC_COOKIE}={}; Path=/sign-in/oidc; HttpOnly; SameSite=Lax; Max-Age=600{secure}", answer.state);
-    let mut response = Redirect::to(&answer.authorization_url).into_response();
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?);
-    Ok(response)
+    Ok(redirect_setting(&answer.authorization_url, cookie))
 }
 
 #[derive(Template)]
@@ -347,25 +328,13 @@ pub async fn complete_oidc(State(state): State<AppState>, headers: HeaderMap, Ra
     }
     let request = pb::CompleteOidcSignInRequest { state: returned, code };
     let answer = state.backends.people.clone().complete_oidc_sign_in(anonymous(request)).await?.into_inner();
-    let org_id = answer.person.as_ref().map(|p| p.org_id.clone()).unwrap_or_default();
-    let cookie = session::signed_in_cookie(&headers, &org_id, &answer.token, state.settings.secure_cookies);
-    let mut response = Html(ContinuePage.render()?).into_response();
-    let headers = response.headers_mut();
-    headers
-        .append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?);
-    headers.append(
-        header::SET_COOKIE,
-        HeaderValue::from_static("leads_oidc=; Path=/sign-in/oidc; HttpOnly; SameSite=Lax; Max-Age=0"),
-    );
-    Ok(response)
+    let cookie = session_cookie_of(&headers, state.settings.secure_cookies, &answer);
+    let response = with_cookie(Html(ContinuePage.render()?).into_response(), Some(cookie));
+    Ok(with_cookie(response, Some(format!("{OIDC_COOKIE}=; Path=/sign-in/oidc; HttpOnly; SameSite=Lax; Max-Age=0"))))
 }
 
 pub async fn sign_out() -> Response {
-    let mut response = Redirect::to("/sign-in").into_response();
-    if let Ok(cookie) = HeaderValue::from_str(&session::clear_cookie()) {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    response
+    redirect_setting("/sign-in", session::clear_cookie())
 }
 
 #[derive(Deserialize)]
@@ -381,11 +350,7 @@ pub async fn switch_organisation(
     Session::from_headers(&headers)?;
     let cookie = session::switched_cookie(&headers, &form.org_id, state.settings.secure_cookies)
         .ok_or_else(|| ConsoleError::BadRequest("org_id: sign in to that organisation first".into()))?;
-    let mut response = Redirect::to("/leads").into_response();
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?);
-    Ok(response)
+    Ok(redirect_setting("/leads", cookie))
 }
 
 /// An agent as a dropdown shows it: id, and name with its open leads.
@@ -433,7 +398,7 @@ struct LeadsPage {
 
 async fn leads_page(state: &AppState, session: &Session, query: &str, drawer: Option<String>) -> Page {
     let view = ListView::parse(query)?;
-    let request = view.to_request(&session.org_id);
+    let request = pb::ListLeadsRequest { with_watch_cursor: true, ..view.to_request(&session.org_id) };
     let mut lead = state.backends.lead.clone();
     let (page, agents) =
         tokio::join!(lead.list_leads(authorized(&session.token, request)), agents_of(state, session, false));
@@ -519,7 +484,7 @@ async fn drawer(
     id: &str,
     history_page: &str,
     back_query: &str,
-) -> Result<(LeadRow, String), ConsoleError> {
+) -> Result<String, ConsoleError> {
     let org_id = session.org_id.clone();
     let token = session.token.as_str();
     let lead = state
@@ -547,7 +512,6 @@ async fn drawer(
         qualification.get_qualification(authorized(token, qualification_request)),
     );
     let history = history?.into_inner();
-    let row = LeadRow::of(&lead);
     let tomorrow = chrono::Utc::now().date_naive() + chrono::Days::new(1);
     let template = Drawer {
         csrf: session.csrf_token(),
@@ -575,23 +539,9 @@ async fn drawer(
         past_leads: history.past_lead_ids,
         broadcast_unavailable: history.broadcast_history_unavailable,
         history_next: query::encode(&history.next_page_token),
-        lead: row.clone(),
+        lead: LeadRow::of(&lead),
     };
-    Ok((row, template.render()?))
-}
-
-/// The query of the list a drawer was opened from, so that closing it returns there.
-fn back_query_of(query: &str) -> (String, String) {
-    let mut history = String::new();
-    let mut back = String::new();
-    for (key, value) in query::pairs(query) {
-        match key.as_str() {
-            "history" => history = value,
-            "back" => back = value,
-            _ => {}
-        }
-    }
-    (history, back)
+    Ok(template.render()?)
 }
 
 pub async fn lead(
@@ -602,13 +552,14 @@ pub async fn lead(
 ) -> Page {
     let session = Session::from_headers(&headers)?;
     let id = lead_id(&id)?;
-    let (history, back) = back_query_of(query.as_deref().unwrap_or(""));
+    // The history page shown, and the list the drawer was opened from (closing returns there).
+    let (history, back) = (query::field(query.as_deref(), "history"), query::field(query.as_deref(), "back"));
     let fragment = is_htmx(&headers);
     match drawer(&state, &session, &id, &history, &back).await {
-        Ok((_, body)) if fragment => Ok(Html(body).into_response()),
+        Ok(body) if fragment => Ok(Html(body).into_response()),
         // Reached directly (a reload, a shared link): the list the drawer was opened from, with
         // the drawer open.
-        Ok((_, body)) => leads_page(&state, &session, &back, Some(body)).await,
+        Ok(body) => leads_page(&state, &session, &back, Some(body)).await,
         Err(error) if fragment => Ok(error.for_fragment()),
         Err(error) => Err(error),
     }
@@ -647,7 +598,7 @@ async fn after_change(
         Err(error) if fragment => Ok(error.for_fragment()),
         Err(error) => Err(error),
         Ok(()) if fragment => {
-            let (_, body) = drawer(state, session, id, "", back).await?;
+            let body = drawer(state, session, id, "", back).await?;
             let mut response = Html(body).into_response();
             // The list's row shows the change too (console.js fetches it).
             response.headers_mut().insert("hx-trigger", HeaderValue::from_static("lead-changed"));
@@ -883,6 +834,7 @@ pub async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Strin
             return Err(ConsoleError::BadRequest("Choose a status or an agent to apply.".into()));
         }
         let mut results: Vec<(String, String, String)> = Vec::new();
+        let mut changed = 0;
         if !status.is_empty() {
             let status: Status =
                 status.parse().map_err(|_| ConsoleError::BadRequest("status: choose a status".into()))?;
@@ -895,6 +847,7 @@ pub async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Strin
             };
             let answer =
                 state.backends.lead.clone().bulk_change_status(authorized(&session.token, request)).await?.into_inner();
+            changed += answer.results.iter().filter(|r| r.outcome == pb::BulkOutcome::Changed as i32).count();
             results.extend(
                 answer
                     .results
@@ -912,12 +865,12 @@ pub async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Strin
             };
             let answer =
                 state.backends.assignment.clone().bulk_assign(authorized(&session.token, request)).await?.into_inner();
+            changed += answer.results.iter().filter(|r| r.outcome == pb::BulkOutcome::Changed as i32).count();
             results.extend(
                 answer.results.into_iter().map(|r| (r.lead_id, format!("agent {}", outcome_name(r.outcome)), r.detail)),
             );
         }
-        let changed = results.iter().filter(|r| r.1.ends_with("changed")).count();
-        Ok(BulkResults { results, changed, back: back.clone() }.render()?)
+        Ok(BulkResults { results, changed, back: own_path(&back).to_owned() }.render()?)
     }
     .await;
     match result {
@@ -938,11 +891,7 @@ struct CampaignsPage {
 
 pub async fn campaigns(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Page {
     let session = Session::from_headers(&headers)?;
-    let page_token = query::pairs(query.as_deref().unwrap_or(""))
-        .into_iter()
-        .find(|(k, _)| k == "page")
-        .map(|(_, v)| v)
-        .unwrap_or_default();
+    let page_token = query::field(query.as_deref(), "page");
     let request = pb::ListCampaignsRequest { org_id: session.org_id.clone(), page_size: 50, page_token };
     let answer =
         state.backends.broadcast.clone().list_campaigns(authorized(&session.token, request)).await?.into_inner();
@@ -1061,6 +1010,7 @@ mod tests {
     fn only_paths_of_the_console_are_returned_to() {
         assert_eq!(see_other("https://evil.example/").headers()["location"], "/leads");
         assert_eq!(see_other("//evil.example/").headers()["location"], "/leads");
+        assert_eq!(see_other("/\\evil.example/").headers()["location"], "/leads");
         assert_eq!(see_other("/leads?q=a").headers()["location"], "/leads?q=a");
     }
 }

@@ -17,6 +17,11 @@ pub fn pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of the first `name` of a query string (empty when it has none).
+pub fn field(query: Option<&str>, name: &str) -> String {
+    pairs(query.unwrap_or("")).into_iter().find(|(key, _)| key == name).map(|(_, value)| value).unwrap_or_default()
+}
+
 fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -163,6 +168,7 @@ impl ListView {
             page_size: self.size,
             page_token: self.page.clone(),
             skip_total: false,
+            with_watch_cursor: false,
         }
     }
 

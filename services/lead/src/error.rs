@@ -1,9 +1,7 @@
 use contracts::lead::Status;
 use uuid::Uuid;
 
-/// The trailing metadata key that carries a lead's current version on every `ABORTED` answer
-/// about a version, so that a client reads it without parsing the message.
-pub const LEAD_VERSION_KEY: &str = "x-lead-version";
+pub use contracts::lead::LEAD_VERSION_METADATA as LEAD_VERSION_KEY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeadError {

@@ -120,10 +120,14 @@ impl LeadService for LeadApi {
         caller.check_org(&request.org_id)?;
         bounded_query(&request)?;
         let query = LeadQuery::parse_for(&request, caller.agent_scope())?;
-        let watch_cursor = self.ctx.watches.position().await.unwrap_or_else(|error| {
-            tracing::debug!(%error, "no watch cursor for this page");
+        let watch_cursor = if request.with_watch_cursor {
+            self.ctx.watches.position().await.unwrap_or_else(|error| {
+                tracing::debug!(%error, "no watch cursor for this page");
+                String::new()
+            })
+        } else {
             String::new()
-        });
+        };
         let page = read::list_leads(&self.ctx.pool, &query, !request.skip_total).await?;
         Ok(Response::new(pb::ListLeadsResponse {
             leads: page.leads.iter().map(contracts::lead::LeadView::to_proto).collect(),

@@ -686,6 +686,7 @@ async fn latency_in(
                                 page_size: 500,
                                 page_token: token.clone(),
                                 skip_total: true,
+                                with_watch_cursor: false,
                             })
                             .await?
                             .into_inner();
