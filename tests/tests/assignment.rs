@@ -48,6 +48,7 @@ impl Desk {
             name: format!("Agent {agent_id}"),
             email: format!("{agent_id}@example.com"),
             active,
+            capacity: None,
         };
         Ok(self.assignments.clone().upsert_agent(request).await?.into_inner())
     }
@@ -125,6 +126,7 @@ async fn agents_are_upserted_listed_and_validated() -> anyhow::Result<()> {
             name: "Ann Smith".into(),
             email: String::new(),
             active: None,
+            capacity: None,
         })
         .await?
         .into_inner();

@@ -526,7 +526,13 @@ async fn a_leads_broadcast_history_lists_its_contacts_messages_with_their_timeli
     .await;
     let mut client = node.broadcast().await?;
     let request = |target: pb::get_broadcast_history_request::Target, page_size: i32, page_token: String| {
-        pb::GetBroadcastHistoryRequest { org_id: ORG.into(), target: Some(target), page_size, page_token }
+        pb::GetBroadcastHistoryRequest {
+            org_id: ORG.into(),
+            target: Some(target),
+            page_size,
+            page_token,
+            older_than: None,
+        }
     };
     let by_lead = pb::get_broadcast_history_request::Target::LeadId(lead.id.clone());
     let history = eventually(DEADLINE, "the lead's broadcast history", || {

@@ -185,3 +185,69 @@ async fn what_a_contact_sends_stays_text_and_changes_need_the_pages_token() -> a
     assert!(list.body.contains("disabled aria-label="), "its checkbox is disabled");
     console.stop().await
 }
+
+#[tokio::test]
+async fn an_admin_turns_a_status_rule_on_in_settings_and_an_operator_only_reads_them() -> anyhow::Result<()> {
+    let console = Console::start().await?;
+    console.person("ada@acme.test", pb::PersonRole::Admin, "").await?;
+    console.person("olga@acme.test", pb::PersonRole::Operator, "").await?;
+    let mut admin = console.signed_in("ada@acme.test").await?;
+    let page = admin.get("/settings").await?;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("No change yet") && page.body.contains("Save settings"), "{}", page.body);
+    let csrf = page.csrf();
+
+    let refused = admin.post("/settings", &[("_csrf", &csrf), ("version", "0"), ("qualifying_at", "150")]).await?;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("status_rules.qualifying_at"), "the field is named: {}", refused.body);
+    let saved = admin
+        .post(
+            "/settings",
+            &[
+                ("_csrf", &csrf),
+                ("version", "0"),
+                ("qualifying_at", "60"),
+                ("follow_up_status", "on"),
+                ("after_follow_ups", "qualified"),
+                ("conversation_url_template", "https://chat.example.com/c/{conversation_id}"),
+            ],
+        )
+        .await?;
+    assert_eq!((saved.status, saved.header("location")), (303, "/settings"), "{}", saved.body);
+    let after = admin.get("/settings").await?;
+    assert!(
+        after.body.contains("value=\"60\"") && after.body.contains("qualifying_at: off -&#62; 60"),
+        "{}",
+        after.body
+    );
+    assert!(after.body.contains("ada@acme.test"), "the change names who made it");
+    // The conversation link now shows on a lead's drawer.
+    let mut event = chat_event("e-1", &phone(1), "hello");
+    event["conversation_id"] = serde_json::json!("conv-991");
+    console.env.publish_interaction(ORG, &event).await?;
+    let lead_id = eventually(Duration::from_secs(30), "the lead", || async {
+        let mut lead = LeadServiceClient::new(console.node.channel(ServiceName::Lead).await.ok()?);
+        let mut request = tonic::Request::new(pb::ListLeadsRequest { org_id: ORG.into(), ..Default::default() });
+        request.metadata_mut().insert("authorization", format!("Bearer {}", console.admin_token().ok()?).parse().ok()?);
+        lead.list_leads(request).await.ok()?.into_inner().leads.into_iter().next().map(|l| l.id)
+    })
+    .await;
+    let drawer = admin.get(&format!("/leads/{lead_id}")).await?;
+    assert!(
+        drawer.body.contains("href=\"https://chat.example.com/c/conv-991\"") && drawer.body.contains("Open the chat"),
+        "{}",
+        drawer.body
+    );
+    // A second admin's stale form is refused, not applied over the first.
+    let stale = admin.post("/settings", &[("_csrf", &csrf), ("version", "0"), ("archive_after_days", "30")]).await?;
+    assert_eq!(stale.status, 409, "{}", stale.body);
+
+    let mut operator = console.signed_in("olga@acme.test").await?;
+    let read = operator.get("/settings").await?;
+    assert_eq!(read.status, 200);
+    assert!(read.body.contains("Only an admin can change these") && !read.body.contains("Save settings"));
+    let csrf = read.csrf();
+    let denied = operator.post("/settings", &[("_csrf", &csrf), ("version", "1"), ("qualifying_at", "10")]).await?;
+    assert_eq!(denied.status, 403, "the lead service refuses an operator: {}", denied.body);
+    console.stop().await
+}

@@ -1,9 +1,9 @@
-//! Follow-ups: created only from active leads with the contact filled in, due on their own,
-//! completed or cancelled once, cancelled by the system when their lead closes, and shown
-//! on the lead's timeline.
+//! Follow-ups: created only from active leads with the contact filled in, for a known and
+//! active agent only, due on their own, completed or cancelled once, cancelled by the system
+//! when their lead closes, and shown on the lead's timeline.
 
 use futures::StreamExt;
-use leads_tests::{desk, eventually, pb, phone};
+use leads_tests::{TestEnv, chat_event, desk, eventually, keys::with, pb, phone};
 use platform::ServiceName;
 use std::{ops::Deref, time::Duration};
 use tonic::{Code, transport::Channel};
@@ -17,6 +17,9 @@ struct Desk {
     base: desk::Desk,
     follow_ups: FollowUps,
 }
+
+const DESK_SERVICES: [ServiceName; 4] =
+    [ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment, ServiceName::FollowUp];
 
 impl Deref for Desk {
     type Target = desk::Desk;
@@ -37,9 +40,53 @@ fn state(follow_up: &pb::FollowUp) -> pb::FollowUpState {
 
 impl Desk {
     async fn start() -> anyhow::Result<Self> {
-        let base = desk::Desk::start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::FollowUp]).await?;
+        let base = desk::Desk::start(&DESK_SERVICES).await?;
         let follow_ups = base.node.follow_up().await?;
         Ok(Self { base, follow_ups })
+    }
+
+    /// Adds the agent, or sets whether it is active.
+    async fn agent(&self, agent_id: &str, active: bool) -> anyhow::Result<()> {
+        let request = pb::UpsertAgentRequest {
+            org_id: ORG.into(),
+            agent_id: agent_id.into(),
+            name: agent_id.into(),
+            active: Some(active),
+            ..Default::default()
+        };
+        self.node.assignment().await?.upsert_agent(request).await?;
+        Ok(())
+    }
+
+    async fn assign(&self, lead_id: &str, agent_id: &str) -> anyhow::Result<()> {
+        let request = pb::AssignLeadRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            agent_id: agent_id.into(),
+            actor: "olga".into(),
+            ..Default::default()
+        };
+        self.node.assignment().await?.assign_lead(request).await?;
+        Ok(())
+    }
+
+    async fn create_for(&self, lead_id: &str, agent_id: &str, note: &str) -> Result<pb::FollowUp, tonic::Status> {
+        let request = pb::CreateFollowUpRequest {
+            org_id: ORG.into(),
+            lead_id: lead_id.into(),
+            due_at: in_seconds(3600),
+            note: note.into(),
+            agent_id: agent_id.into(),
+            actor: "ann".into(),
+            ..Default::default()
+        };
+        Ok(self.follow_ups.clone().create_follow_up(request).await?.into_inner())
+    }
+
+    /// The notes of the follow-ups the lead's timeline shows.
+    async fn timeline_follow_ups(&self, lead_id: &str) -> anyhow::Result<Vec<String>> {
+        let entries = self.timeline(lead_id).await?;
+        Ok(entries.into_iter().filter(|e| e.kind == "follow_up").map(|e| e.summary).collect())
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -244,6 +291,8 @@ async fn a_follow_up_accepted_by_the_lead_arrives_from_its_event() -> anyhow::Re
 #[tokio::test]
 async fn follow_ups_list_by_agent_and_state_in_due_order_pages() -> anyhow::Result<()> {
     let desk = Desk::start().await?;
+    desk.agent("ann", true).await?;
+    desk.agent("bob", true).await?;
     let leads = desk.leads(3).await?;
     let mut created = Vec::new();
     for (n, lead) in leads.iter().enumerate() {
@@ -321,4 +370,175 @@ async fn a_repeated_request_id_answers_the_first_follow_up() -> anyhow::Result<(
     let timeline = desk.timeline(&lead.id).await?;
     assert_eq!(timeline.iter().filter(|e| e.kind == "follow_up").count(), 2, "the lead recorded each once");
     desk.stop().await
+}
+
+#[tokio::test]
+async fn a_follow_up_goes_only_to_a_known_active_agent() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    desk.agent("ann", true).await?;
+    desk.agent("bob", true).await?;
+    desk.agent("bob", false).await?;
+    desk.agent("carol", true).await?;
+    let leads = desk.leads(3).await?;
+    let (named, held, unassigned) = (&leads[0], &leads[1], &leads[2]);
+
+    let for_ann = desk.create_for(&named.id, "ann", "ann calls").await?;
+    assert_eq!(for_ann.agent_id, "ann");
+    let unknown = desk.create_for(&named.id, "zed", "nobody calls").await.expect_err("an unknown agent");
+    assert_eq!(unknown.code(), Code::InvalidArgument, "{unknown:?}");
+    assert!(
+        unknown.message().starts_with("agent_id") && unknown.message().contains("unknown agent zed"),
+        "{unknown:?}"
+    );
+    let inactive = desk.create_for(&named.id, "bob", "bob calls").await.expect_err("a deactivated agent");
+    assert_eq!(inactive.code(), Code::FailedPrecondition, "{inactive:?}");
+    assert!(inactive.message().contains("agent bob is inactive"), "{inactive:?}");
+
+    // Naming no agent, the follow-up goes to the lead's, which must be active too.
+    desk.assign(&held.id, "carol").await?;
+    let for_carol = desk.create(&held.id, 3600, "carol calls").await?;
+    assert_eq!(for_carol.agent_id, "carol");
+    desk.agent("carol", false).await?;
+    let held_inactive = desk.create(&held.id, 3600, "carol gone").await.expect_err("the lead's agent is deactivated");
+    assert_eq!(held_inactive.code(), Code::FailedPrecondition, "{held_inactive:?}");
+    assert!(held_inactive.message().contains("agent carol is inactive"), "{held_inactive:?}");
+    let nobody = desk.create(&unassigned.id, 3600, "anyone calls").await?;
+    assert_eq!(nobody.agent_id, "", "a lead without an agent gives its follow-up none");
+
+    // The refusals left nothing behind, here or on the leads' timelines.
+    let kept = |follow_ups: Vec<pb::FollowUp>| follow_ups.into_iter().map(|f| f.note).collect::<Vec<_>>();
+    assert_eq!(kept(desk.of_lead(&named.id).await?), ["ann calls"]);
+    assert_eq!(kept(desk.of_lead(&held.id).await?), ["carol calls"]);
+    assert_eq!(desk.timeline_follow_ups(&named.id).await?.len(), 1);
+    assert_eq!(desk.timeline_follow_ups(&held.id).await?.len(), 1);
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn no_follow_up_is_made_for_an_agent_while_the_assignment_service_does_not_answer() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    // Nothing listens here.
+    env.settings.endpoints.assignment = "http://127.0.0.1:9".into();
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::FollowUp]).await?;
+    let (leads, follow_ups) = (node.lead().await?, node.follow_up().await?);
+    let desk = Desk { base: desk::Desk { node, env, leads }, follow_ups };
+    let leads = desk.leads(2).await?;
+    let (held, unassigned) = (&leads[0], &leads[1]);
+    let assign = pb::AssignLeadsRequest {
+        org_id: ORG.into(),
+        lead_ids: vec![held.id.clone()],
+        agent_id: "ann".into(),
+        actor: "olga".into(),
+        ..Default::default()
+    };
+    desk.leads.clone().assign_leads(assign).await?;
+
+    let named = desk.create_for(&unassigned.id, "ann", "ann calls").await.expect_err("no one to ask about ann");
+    assert_eq!(named.code(), Code::Unavailable, "{named:?}");
+    let of_lead = desk.create(&held.id, 3600, "the lead's agent calls").await.expect_err("no one to ask");
+    assert_eq!(of_lead.code(), Code::Unavailable, "{of_lead:?}");
+    // Without an agent there is nothing to ask.
+    let nobody = desk.create(&unassigned.id, 3600, "anyone calls").await?;
+    assert_eq!(nobody.agent_id, "");
+
+    assert!(desk.of_lead(&held.id).await?.is_empty(), "nothing kept for the refused follow-up");
+    assert!(desk.timeline_follow_ups(&held.id).await?.is_empty(), "nothing recorded on the lead");
+    assert_eq!(desk.of_lead(&unassigned.id).await?.len(), 1);
+    assert_eq!(desk.timeline_follow_ups(&unassigned.id).await?.len(), 1);
+    desk.stop().await
+}
+
+/// What a person sees when the drawer's follow-up form is refused: the service's own words.
+#[tokio::test]
+async fn the_drawer_shows_why_a_follow_up_was_refused() -> anyhow::Result<()> {
+    const PASSWORD: &str = "correct horse battery staple";
+    let key_dir = std::env::temp_dir().join(format!("leads-follow-up-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&key_dir)?;
+    let key = key_dir.join("local.key");
+    std::fs::write(&key, "s".repeat(24) + &uuid::Uuid::new_v4().simple().to_string())?;
+    let mut env = TestEnv::new().await?;
+    env.settings.auth.signing_key_file = Some(key.clone());
+    let services = [DESK_SERVICES.as_slice(), &[ServiceName::People]].concat();
+    let node = env.start(&services).await?;
+    let mut settings = env.settings.clone();
+    for &service in &services {
+        settings.endpoints.set(service, format!("http://{}", node.addr(service)));
+    }
+    settings.console.port = 0;
+    let console_token = tokio_util::sync::CancellationToken::new();
+    let console = leads::start_console(&settings, console_token.clone()).await?;
+
+    // The services now verify tokens: everything the test does itself, it does as an admin.
+    let admin = platform::auth::Signer::with_settings(&key, &env.settings.auth)?.mint(
+        "root@acme.test",
+        platform::auth::Role::Admin,
+        vec![ORG.into()],
+        Duration::from_secs(600),
+    )?;
+    let admin = Some(admin.as_str());
+    let mut people =
+        leads_proto::v1::people_service_client::PeopleServiceClient::new(node.channel(ServiceName::People).await?);
+    let add = pb::AddPersonRequest {
+        org_id: ORG.into(),
+        email: "olga@acme.test".into(),
+        name: "Olga".into(),
+        role: pb::PersonRole::Operator as i32,
+        agent_id: String::new(),
+    };
+    let added = people.add_person(with(admin, add)).await?.into_inner();
+    people.set_password(pb::SetPasswordRequest { setup_code: added.setup_code, password: PASSWORD.into() }).await?;
+
+    env.publish_interaction(ORG, &chat_event("e-0", &phone(0), "call me back")).await?;
+    let lead_client = node.lead().await?;
+    let lead = eventually(DEADLINE, "the lead", || {
+        let mut leads = lead_client.clone();
+        async move {
+            let request = pb::ListLeadsRequest { org_id: ORG.into(), ..Default::default() };
+            leads.list_leads(with(admin, request)).await.ok()?.into_inner().leads.into_iter().next()
+        }
+    })
+    .await;
+    let mut agents = node.assignment().await?;
+    let carol = |active| pb::UpsertAgentRequest {
+        org_id: ORG.into(),
+        agent_id: "carol".into(),
+        name: "Carol".into(),
+        active: Some(active),
+        ..Default::default()
+    };
+    agents.upsert_agent(with(admin, carol(true))).await?;
+    let assign = pb::AssignLeadRequest {
+        org_id: ORG.into(),
+        lead_id: lead.id.clone(),
+        agent_id: "carol".into(),
+        ..Default::default()
+    };
+    agents.assign_lead(with(admin, assign)).await?;
+    agents.upsert_agent(with(admin, carol(false))).await?;
+
+    let mut browser = leads_tests::browserless::Browserless::new(console.addr);
+    let csrf = browser.get("/sign-in").await?.csrf();
+    let signed_in = browser
+        .post("/sign-in", &[("_csrf", &csrf), ("org_id", ORG), ("email", "olga@acme.test"), ("password", PASSWORD)])
+        .await?;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let drawer = browser.get(&format!("/leads/{}", lead.id)).await?;
+    assert!(drawer.body.contains("id=\"follow-up\""), "the drawer offers the form: {}", drawer.body);
+    let due = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT09:00").to_string();
+    let refused = browser
+        .post(
+            &format!("/leads/{}/follow-ups", lead.id),
+            &[("_csrf", &drawer.csrf()), ("due_local", &due), ("tz_offset_minutes", "0"), ("note", "call carol")],
+        )
+        .await?;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("agent carol is inactive"), "{}", refused.body);
+    let listed = pb::ListFollowUpsRequest { org_id: ORG.into(), lead_id: lead.id.clone(), ..Default::default() };
+    let kept = node.follow_up().await?.list_follow_ups(with(admin, listed)).await?.into_inner().follow_ups;
+    assert!(kept.is_empty(), "the refused form left nothing behind: {kept:?}");
+
+    console_token.cancel();
+    node.stop().await?;
+    std::fs::remove_dir_all(&key_dir).ok();
+    env.cleanup().await
 }

@@ -211,6 +211,65 @@ async fn a_burst_on_one_lead_coalesces_into_few_scorings_and_the_last_reflects_a
     env.cleanup().await
 }
 
+#[tokio::test]
+async fn requalify_asks_the_lead_service_and_refuses_a_lead_it_has_closed() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Qualification]).await?;
+    let admin = env.admin_pool().await?;
+    let leads = node.lead().await?;
+    let qualification: Qualification = QualificationServiceClient::new(node.channel(ServiceName::Qualification).await?);
+    for n in 0..2 {
+        env.publish_interaction(ORG, &chat_event(&format!("q-{n}"), &phone(n), "how much is it?")).await?;
+    }
+    let (open, closed) = (
+        scored_lead(&leads, &phone(0), "a lead scored", |_| true).await,
+        scored_lead(&leads, &phone(1), "a lead scored", |_| true).await,
+    );
+    let requalify = |lead_id: &str| {
+        let mut qualification = qualification.clone();
+        let request = pb::RequalifyRequest { org_id: ORG.into(), lead_id: lead_id.to_owned() };
+        async move { qualification.requalify(request).await }
+    };
+    requalify(&open.id).await?;
+
+    // Closed by the lead service and asked at once, whether or not the engine has seen it yet.
+    change(
+        &leads,
+        &closed.id,
+        pb::ChangeStatusRequest { status: pb::LeadStatus::Converted as i32, ..Default::default() },
+    )
+    .await?;
+    let refused = requalify(&closed.id).await.expect_err("a converted lead is not requalified");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("inactive") && refused.message().contains("CONVERTED"), "{}", refused.message());
+
+    // The engine's projection behind the lead service (its consumer not caught up): the lead
+    // service's word stands.
+    eventually(DEADLINE, "the engine to see the lead closed", || async {
+        let active: bool = sqlx::query_scalar("SELECT active FROM qualification.lead_state WHERE lead_id = $1")
+            .bind(uuid::Uuid::parse_str(&closed.id).ok()?)
+            .fetch_one(&admin)
+            .await
+            .ok()?;
+        (!active).then_some(())
+    })
+    .await;
+    sqlx::query("UPDATE qualification.lead_state SET active = true WHERE lead_id = $1")
+        .bind(uuid::Uuid::parse_str(&closed.id)?)
+        .execute(&admin)
+        .await?;
+    let refused = requalify(&closed.id).await.expect_err("the lead service says it is converted");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("CONVERTED"), "{}", refused.message());
+    let versions: i64 = sqlx::query_scalar("SELECT version FROM qualification.scores WHERE lead_id = $1")
+        .bind(uuid::Uuid::parse_str(&closed.id)?)
+        .fetch_one(&admin)
+        .await?;
+    assert_eq!(versions, 1, "no score written for the closed lead");
+    node.stop().await?;
+    env.cleanup().await
+}
+
 /// Publishes a synthetic organisation's conversations as the contract's events; answers the
 /// phone of each lead that writes at least once, with its outcome.
 async fn publish_conversations(env: &TestEnv, leads: usize, seed: u64) -> anyhow::Result<(HashMap<String, bool>, i64)> {
@@ -339,6 +398,47 @@ async fn an_organisations_outcomes_train_a_model_that_ranks_better_than_the_prio
     assert_eq!(trained.scoring_model, "org-v1");
     let reported = qualification.get_model(pb::GetModelRequest { org_id: ORG.into() }).await?.into_inner();
     assert_eq!(reported, trained);
+
+    // Its reasons read as words of the organisation's own conversations, never as hashed ids.
+    let org = generate(&SyntheticConfig { seed: 7, leads: 600, now: Timestamp::now() });
+    let words: std::collections::BTreeSet<String> = org
+        .leads
+        .iter()
+        .flat_map(|l| &l.messages)
+        .filter(|m| m.direction == Direction::Inbound)
+        .flat_map(|m| qualification_model::text::tokenize(&m.text).tokens)
+        .map(|token| token.text)
+        .collect();
+    let naming: Vec<&str> = org
+        .leads
+        .iter()
+        .flat_map(|l| &l.messages)
+        .filter(|m| m.direction == Direction::Inbound && m.text.contains(org.product))
+        .map(|m| m.text.as_str())
+        .take(3)
+        .collect();
+    let mut worded = Vec::new();
+    for (n, text) in naming.iter().enumerate() {
+        env.publish_interaction(ORG, &chat_event(&format!("words-{n}"), &phone(9_100 + n as u32), text)).await?;
+        let lead = scored_lead(&leads, &phone(9_100 + n as u32), "a lead naming the product scored", |_| true).await;
+        let why = eventually(DEADLINE, "the lead scored by the model", || {
+            let mut qualification = qualification.clone();
+            let id = lead.id.clone();
+            async move {
+                let request = pb::GetQualificationRequest { org_id: ORG.into(), lead_id: id };
+                let q = qualification.get_qualification(request).await.ok()?.into_inner();
+                (q.model_version == "org-v1").then_some(q)
+            }
+        })
+        .await;
+        assert!(why.reasons.iter().all(|r| !r.contains('#')), "{:?}", why.reasons);
+        worded.extend(why.reasons.into_iter().filter(|r| r.starts_with("text: ")));
+    }
+    let quoted = |reason: &str| reason.split('"').nth(1).map(str::to_owned);
+    assert!(
+        worded.iter().filter_map(|r| quoted(r)).any(|q| q.split(' ').all(|w| words.contains(w))),
+        "a reason names a word of the training texts: {worded:?}"
+    );
 
     // New leads are scored by the learned model, with its own factors.
     env.publish_interaction(ORG, &chat_event("after-1", &phone(9_000), "quiero comprar, cuánto cuesta?")).await?;

@@ -94,6 +94,8 @@ impl Clients {
             Rpc::WatchLeads(r) => answered(lead.watch_leads(caller.request(r)).await),
             Rpc::AssignLeads(r) => answered(lead.assign_leads(caller.request(r)).await),
             Rpc::OpenFollowUp(r) => answered(lead.open_follow_up(caller.request(r)).await),
+            Rpc::GetLeadSettings(r) => answered(lead.get_lead_settings(caller.request(r)).await),
+            Rpc::UpdateLeadSettings(r) => answered(lead.update_lead_settings(caller.request(r)).await),
             Rpc::Ingest(r) => answered(ingest.ingest(caller.request(r)).await),
             Rpc::ListRejections(r) => answered(ingest.list_rejections(caller.request(r)).await),
             Rpc::GetBroadcastHistory(r) => answered(broadcast.get_broadcast_history(caller.request(r)).await),
@@ -101,9 +103,16 @@ impl Clients {
             Rpc::ListCampaigns(r) => answered(broadcast.list_campaigns(caller.request(r)).await),
             Rpc::UpsertAgent(r) => answered(assignment.upsert_agent(caller.request(r)).await),
             Rpc::ListAgents(r) => answered(assignment.list_agents(caller.request(r)).await),
+            Rpc::GetAgent(r) => answered(assignment.get_agent(caller.request(r)).await),
             Rpc::AssignLead(r) => answered(assignment.assign_lead(caller.request(r)).await),
             Rpc::BulkAssign(r) => answered(assignment.bulk_assign(caller.request(r)).await),
             Rpc::GetAssignmentHistory(r) => answered(assignment.get_assignment_history(caller.request(r)).await),
+            Rpc::GetAssignmentSettings(r) => answered(assignment.get_assignment_settings(caller.request(r)).await),
+            Rpc::UpdateAssignmentSettings(r) => {
+                answered(assignment.update_assignment_settings(caller.request(r)).await)
+            }
+            Rpc::SetPresence(r) => answered(assignment.set_presence(caller.request(r)).await),
+            Rpc::ListWaitingLeads(r) => answered(assignment.list_waiting_leads(caller.request(r)).await),
             Rpc::CreateFollowUp(r) => answered(follow_up.create_follow_up(caller.request(r)).await),
             Rpc::ListFollowUps(r) => answered(follow_up.list_follow_ups(caller.request(r)).await),
             Rpc::CompleteFollowUp(r) => answered(follow_up.complete_follow_up(caller.request(r)).await),
@@ -127,6 +136,8 @@ enum Rpc {
     WatchLeads(pb::WatchLeadsRequest),
     AssignLeads(pb::AssignLeadsRequest),
     OpenFollowUp(pb::OpenFollowUpRequest),
+    GetLeadSettings(pb::GetLeadSettingsRequest),
+    UpdateLeadSettings(pb::UpdateLeadSettingsRequest),
     Ingest(pb::IngestRequest),
     ListRejections(pb::ListRejectionsRequest),
     GetBroadcastHistory(pb::GetBroadcastHistoryRequest),
@@ -134,9 +145,14 @@ enum Rpc {
     ListCampaigns(pb::ListCampaignsRequest),
     UpsertAgent(pb::UpsertAgentRequest),
     ListAgents(pb::ListAgentsRequest),
+    GetAgent(pb::GetAgentRequest),
     AssignLead(pb::AssignLeadRequest),
     BulkAssign(pb::BulkAssignRequest),
     GetAssignmentHistory(pb::GetAssignmentHistoryRequest),
+    GetAssignmentSettings(pb::GetAssignmentSettingsRequest),
+    UpdateAssignmentSettings(pb::UpdateAssignmentSettingsRequest),
+    SetPresence(pb::SetPresenceRequest),
+    ListWaitingLeads(pb::ListWaitingLeadsRequest),
     CreateFollowUp(pb::CreateFollowUpRequest),
     ListFollowUps(pb::ListFollowUpsRequest),
     CompleteFollowUp(pb::FollowUpActionRequest),
@@ -159,6 +175,8 @@ impl Rpc {
             Rpc::WatchLeads(_) => "LeadService/WatchLeads",
             Rpc::AssignLeads(_) => "LeadService/AssignLeads",
             Rpc::OpenFollowUp(_) => "LeadService/OpenFollowUp",
+            Rpc::GetLeadSettings(_) => "LeadService/GetLeadSettings",
+            Rpc::UpdateLeadSettings(_) => "LeadService/UpdateLeadSettings",
             Rpc::Ingest(_) => "IngestService/Ingest",
             Rpc::ListRejections(_) => "IngestService/ListRejections",
             Rpc::GetBroadcastHistory(_) => "BroadcastTrackingService/GetBroadcastHistory",
@@ -166,9 +184,14 @@ impl Rpc {
             Rpc::ListCampaigns(_) => "BroadcastTrackingService/ListCampaigns",
             Rpc::UpsertAgent(_) => "AssignmentService/UpsertAgent",
             Rpc::ListAgents(_) => "AssignmentService/ListAgents",
+            Rpc::GetAgent(_) => "AssignmentService/GetAgent",
             Rpc::AssignLead(_) => "AssignmentService/AssignLead",
             Rpc::BulkAssign(_) => "AssignmentService/BulkAssign",
             Rpc::GetAssignmentHistory(_) => "AssignmentService/GetAssignmentHistory",
+            Rpc::GetAssignmentSettings(_) => "AssignmentService/GetAssignmentSettings",
+            Rpc::UpdateAssignmentSettings(_) => "AssignmentService/UpdateAssignmentSettings",
+            Rpc::SetPresence(_) => "AssignmentService/SetPresence",
+            Rpc::ListWaitingLeads(_) => "AssignmentService/ListWaitingLeads",
             Rpc::CreateFollowUp(_) => "FollowUpService/CreateFollowUp",
             Rpc::ListFollowUps(_) => "FollowUpService/ListFollowUps",
             Rpc::CompleteFollowUp(_) => "FollowUpService/CompleteFollowUp",
@@ -277,7 +300,7 @@ impl Caller {
     }
 }
 
-/// One request to each of the 27 RPCs, about `at`'s organisation and lead.
+/// One request to each RPC, about `at`'s organisation and lead.
 fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
     let (org_id, lead_id) = (at.org_id.clone(), at.lead_id.clone());
     vec![
@@ -304,6 +327,8 @@ fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
             due_at: at.due_at,
             ..Default::default()
         }),
+        Rpc::GetLeadSettings(pb::GetLeadSettingsRequest { org_id: org_id.clone() }),
+        Rpc::UpdateLeadSettings(pb::UpdateLeadSettingsRequest { org_id: org_id.clone(), ..Default::default() }),
         Rpc::Ingest(pb::IngestRequest {
             org_id: org_id.clone(),
             events: vec![pb::InteractionEvent { event_id: "e".into(), ..Default::default() }],
@@ -314,9 +339,22 @@ fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
         Rpc::ListCampaigns(pb::ListCampaignsRequest { org_id: org_id.clone(), ..Default::default() }),
         Rpc::UpsertAgent(at.upsert_agent()),
         Rpc::ListAgents(pb::ListAgentsRequest { org_id: org_id.clone(), ..Default::default() }),
+        Rpc::GetAgent(pb::GetAgentRequest { org_id: org_id.clone(), agent_id: "ann".into() }),
         Rpc::AssignLead(at.assign_lead()),
         Rpc::BulkAssign(at.bulk_assign()),
         Rpc::GetAssignmentHistory(pb::GetAssignmentHistoryRequest { org_id: org_id.clone(), lead_id: lead_id.clone() }),
+        Rpc::GetAssignmentSettings(pb::GetAssignmentSettingsRequest { org_id: org_id.clone() }),
+        Rpc::UpdateAssignmentSettings(pb::UpdateAssignmentSettingsRequest {
+            org_id: org_id.clone(),
+            ..Default::default()
+        }),
+        // The matrix's agent token is alice's own.
+        Rpc::SetPresence(pb::SetPresenceRequest {
+            org_id: org_id.clone(),
+            agent_id: "alice".into(),
+            presence: pb::Presence::Available as i32,
+        }),
+        Rpc::ListWaitingLeads(pb::ListWaitingLeadsRequest { org_id: org_id.clone(), page_size: 10 }),
         Rpc::CreateFollowUp(at.create_follow_up()),
         Rpc::ListFollowUps(pb::ListFollowUpsRequest { org_id: org_id.clone(), ..Default::default() }),
         Rpc::CompleteFollowUp(at.follow_up_action()),
@@ -531,6 +569,8 @@ const MATRIX: &[(&str, [bool; 5])] = &[
     ("LeadService/WatchLeads", [Y, Y, Y, Y, N]),
     ("LeadService/AssignLeads", [N, N, N, Y, N]),
     ("LeadService/OpenFollowUp", [N, N, N, Y, N]),
+    ("LeadService/GetLeadSettings", [Y, Y, N, Y, N]),
+    ("LeadService/UpdateLeadSettings", [Y, N, N, Y, N]),
     ("IngestService/Ingest", [N, N, N, Y, Y]),
     ("IngestService/ListRejections", [Y, Y, N, Y, Y]),
     ("BroadcastTrackingService/GetBroadcastHistory", [Y, Y, Y, Y, N]),
@@ -538,9 +578,15 @@ const MATRIX: &[(&str, [bool; 5])] = &[
     ("BroadcastTrackingService/ListCampaigns", [Y, Y, Y, Y, N]),
     ("AssignmentService/UpsertAgent", [Y, N, N, Y, N]),
     ("AssignmentService/ListAgents", [Y, Y, Y, Y, N]),
+    ("AssignmentService/GetAgent", [Y, Y, Y, Y, N]),
     ("AssignmentService/AssignLead", [Y, Y, Y, Y, N]),
     ("AssignmentService/BulkAssign", [Y, Y, N, Y, N]),
     ("AssignmentService/GetAssignmentHistory", [Y, Y, Y, Y, N]),
+    ("AssignmentService/GetAssignmentSettings", [Y, Y, N, Y, N]),
+    ("AssignmentService/UpdateAssignmentSettings", [Y, N, N, Y, N]),
+    // An agent sets its own presence only.
+    ("AssignmentService/SetPresence", [Y, Y, Y, Y, Y]),
+    ("AssignmentService/ListWaitingLeads", [Y, Y, N, Y, N]),
     ("FollowUpService/CreateFollowUp", [Y, Y, Y, Y, N]),
     ("FollowUpService/ListFollowUps", [Y, Y, Y, Y, N]),
     ("FollowUpService/CompleteFollowUp", [Y, Y, Y, Y, N]),

@@ -7,6 +7,7 @@ use crate::{Envelope, time::timestamp};
 use chrono::{DateTime, Utc};
 use leads_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The trailing gRPC metadata key that carries a lead's current version on every `ABORTED`
@@ -15,9 +16,9 @@ use uuid::Uuid;
 pub const LEAD_VERSION_METADATA: &str = "x-lead-version";
 
 /// Where a lead stands; JSON and Postgres carry the snake_case name (`follow_up`), gRPC the
-/// proto enum (`FOLLOW_UP`). The first five are active, the last three final. Only New to
-/// Contacted happens by itself (the business's first outbound message); every other move is
-/// an operator's.
+/// proto enum (`FOLLOW_UP`). The first five are active, the last three final. New to Contacted
+/// happens by itself (the business's first outbound message); other moves are a person's, or
+/// those of the status rules an organisation turned on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -296,6 +297,19 @@ pub struct LeadView {
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and grows with every change; the version of the event that carries it.
     pub version: i64,
+    /// The reasons of the current AI score, most important first; empty for a score set by
+    /// hand, one handed back, or none yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "sqlx", sqlx(json))]
+    pub score_reasons: Vec<String>,
+    /// The attributes of the lead's interactions merged: each key's value from the latest
+    /// interaction (by `occurred_at`, then `event_id`) that gave it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "sqlx", sqlx(json))]
+    pub attributes: BTreeMap<String, String>,
+    /// The chat system's conversation of the lead's latest interaction that named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
 }
 
 impl LeadView {
@@ -331,6 +345,11 @@ impl LeadView {
             created_at: Some(timestamp(self.created_at)),
             updated_at: Some(timestamp(self.updated_at)),
             version: self.version,
+            score_reasons: self.score_reasons.clone(),
+            attributes: self.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            conversation_id: self.conversation_id.clone().unwrap_or_default(),
+            // The organisation's link template is the lead service's setting, filled in there.
+            conversation_url: String::new(),
         }
     }
 }
@@ -365,6 +384,10 @@ pub enum LeadChange {
         actor: String,
         /// Why, as the operator wrote it (at most `MAX_REASON_CHARS`); absent when not given.
         reason: Option<String>,
+        /// The organisation's status rule that made the change (`ai_score_qualified`, ...), with
+        /// actor `system`; absent for a change a person or the built-in lifecycle made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
     },
     /// The score was set or cleared.
     ScoreChanged {
@@ -542,6 +565,9 @@ mod batch_tests {
             created_at: now,
             updated_at: now,
             version: 4,
+            score_reasons: Vec::new(),
+            attributes: Default::default(),
+            conversation_id: None,
         };
         let change =
             LeadChange::ScoreChanged { score: Some(score), source: ScoreSource::Ai, actor: "qualification".into() };

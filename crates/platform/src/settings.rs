@@ -144,6 +144,10 @@ pub struct Settings {
     /// Where other services are reached over gRPC.
     pub endpoints: Endpoints,
     pub consumer: ConsumerSettings,
+    /// The lead service's own work in the background.
+    pub lead: LeadServiceSettings,
+    /// Automatic assignment: presence, sweeps, reservations.
+    pub assignment: AssignmentServiceSettings,
     pub qualification: QualificationSettings,
     /// The people directory: setup codes, sessions, sign-in lockout.
     pub people: PeopleSettings,
@@ -159,6 +163,40 @@ pub struct Settings {
     pub nats_auth: NatsAuthSettings,
     /// Per-service database roles, passwords and statement timeouts.
     pub database: DatabaseSettings,
+}
+
+/// What the lead service does on its own schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeadServiceSettings {
+    /// Seconds between sweeps that archive idle leads, for organisations whose status rules
+    /// say so (`archive_after_days`).
+    pub idle_sweep_interval_secs: u64,
+}
+
+impl Default for LeadServiceSettings {
+    fn default() -> Self {
+        Self { idle_sweep_interval_secs: 300 }
+    }
+}
+
+/// How the assignment service hands out leads by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssignmentServiceSettings {
+    /// Seconds after its last heartbeat (SetPresence) that an agent counts as offline.
+    pub presence_grace_secs: u64,
+    /// Seconds between sweeps that hand out waiting leads (besides the events that do).
+    pub sweep_interval_secs: u64,
+    /// Seconds after which a lead being handed out by a process that never finished (it died)
+    /// is settled from the lead service's answer. The call itself may take half of it.
+    pub reservation_timeout_secs: u64,
+}
+
+impl Default for AssignmentServiceSettings {
+    fn default() -> Self {
+        Self { presence_grace_secs: 90, sweep_interval_secs: 5, reservation_timeout_secs: 60 }
+    }
 }
 
 /// How the qualification service learns each organisation's model.
@@ -183,6 +221,12 @@ pub struct QualificationSettings {
     pub llm_timeout_ms: u64,
     /// Requests per second each process sends at most; beyond, leads get the built-in score.
     pub llm_max_per_second: u32,
+    /// Leads each process rescores per second at most, when an organisation's new model
+    /// rescores its active leads and when their time-dependent features are refreshed.
+    pub rescore_per_second: u32,
+    /// Seconds between looks for active leads whose time-dependent features (recency, active in
+    /// the last day or week) moved enough since their score to be scored again.
+    pub refresh_interval_secs: u64,
 }
 
 impl Default for QualificationSettings {
@@ -197,6 +241,8 @@ impl Default for QualificationSettings {
             llm_api_key_file: None,
             llm_timeout_ms: 3000,
             llm_max_per_second: 10,
+            rescore_per_second: 200,
+            refresh_interval_secs: 3600,
         }
     }
 }
@@ -338,7 +384,7 @@ impl Default for ConsoleSettings {
 pub struct Endpoints {
     pub lead: String,
     pub broadcast: String,
-    /// The console's calls; the services do not call these.
+    /// The console's calls; of the services, only follow-up calls one (assignment).
     pub assignment: String,
     pub followup: String,
     pub qualification: String,
@@ -466,6 +512,8 @@ impl Default for Settings {
             grpc: GrpcSettings::default(),
             endpoints: Endpoints::default(),
             consumer: ConsumerSettings::default(),
+            lead: LeadServiceSettings::default(),
+            assignment: AssignmentServiceSettings::default(),
             qualification: QualificationSettings::default(),
             people: PeopleSettings::default(),
             console: ConsoleSettings::default(),
@@ -589,6 +637,19 @@ impl Settings {
         if self.shutdown_deadline_secs == 0 {
             return Err(invalid("shutdown_deadline_secs", "must be at least 1"));
         }
+        if self.lead.idle_sweep_interval_secs == 0 {
+            return Err(invalid("lead.idle_sweep_interval_secs", "must be at least 1"));
+        }
+        let a = &self.assignment;
+        if a.presence_grace_secs == 0 {
+            return Err(invalid("assignment.presence_grace_secs", "must be at least 1"));
+        }
+        if a.sweep_interval_secs == 0 {
+            return Err(invalid("assignment.sweep_interval_secs", "must be at least 1"));
+        }
+        if a.reservation_timeout_secs < 2 {
+            return Err(invalid("assignment.reservation_timeout_secs", "must be at least 2"));
+        }
         let q = &self.qualification;
         if q.min_labels_per_class < 5 || q.min_labels_per_class > 100_000 {
             return Err(invalid("qualification.min_labels_per_class", "must be between 5 and 100000"));
@@ -615,6 +676,12 @@ impl Settings {
         }
         if q.llm_max_per_second == 0 || q.llm_max_per_second > 10_000 {
             return Err(invalid("qualification.llm_max_per_second", "must be between 1 and 10000"));
+        }
+        if q.rescore_per_second == 0 || q.rescore_per_second > 100_000 {
+            return Err(invalid("qualification.rescore_per_second", "must be between 1 and 100000"));
+        }
+        if q.refresh_interval_secs == 0 {
+            return Err(invalid("qualification.refresh_interval_secs", "must be at least 1"));
         }
         let p = &self.people;
         if !(60..=30 * 24 * 3600).contains(&p.setup_code_ttl_secs) {

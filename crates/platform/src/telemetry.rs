@@ -237,6 +237,7 @@ pub mod names {
     pub const EVENTS_REFUSED: &str = "leads_events_refused_total";
     pub const DEADLETTER: &str = "leads_deadletter_total";
     pub const LEAD_INTERACTIONS_APPLIED: &str = "leads_lead_interactions_applied_total";
+    pub const LEAD_RULE_MOVES: &str = "leads_lead_rule_moves_total";
     pub const LEAD_ASSIGNMENTS: &str = "leads_lead_assignments_total";
     pub const QUALIFICATION_SCORINGS: &str = "leads_qualification_scorings_total";
     pub const QUALIFICATION_MODELS_TRAINED: &str = "leads_qualification_models_trained_total";
@@ -334,6 +335,7 @@ pub fn describe_metrics() {
     describe_counter!(EVENTS_REFUSED, "Incoming events refused and kept with their reason, by reason.");
     describe_counter!(DEADLETTER, "Refused events republished on the dead-letter stream.");
     describe_counter!(LEAD_INTERACTIONS_APPLIED, "Accepted interactions the lead service applied to leads.");
+    describe_counter!(LEAD_RULE_MOVES, "Status changes the organisations' status rules made.");
     describe_counter!(LEAD_ASSIGNMENTS, "Assignment events the lead service applied.");
     describe_counter!(QUALIFICATION_SCORINGS, "Leads the qualification service scored.");
     describe_counter!(QUALIFICATION_MODELS_TRAINED, "Per-organisation models the qualification service trained.");

@@ -53,7 +53,7 @@
 //! and character 3-grams, weighted `1 + ln(count)` (char grams × 0.5) and L2-normalised together to 1;
 //! plus `src:<source>`, `chan:<channel>` and `camp:<campaign id>` one-hot values.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -302,6 +302,20 @@ fn logtime(secs: i64) -> f32 {
     ((s / 60.0).ln_1p() / 43_200f64.ln_1p()) as f32
 }
 
+/// How far `recency` has to move before a lead is worth scoring again ([`LeadFeatures::refresh_at`]):
+/// about 0.1 logit under the prior's weight, two points at most.
+pub const RECENCY_STEP: f64 = 0.05;
+
+fn logtime64(secs: i64) -> f64 {
+    (secs.max(0) as f64 / 60.0).ln_1p() / 43_200f64.ln_1p()
+}
+
+/// The seconds at which `logtime` reaches `value` (rounded up, at most about 3,000 years).
+fn seconds_at_logtime(value: f64) -> i64 {
+    let seconds = 60.0 * (value * 43_200f64.ln_1p()).exp_m1();
+    seconds.ceil().clamp(0.0, 1e11) as i64
+}
+
 fn median(v: &mut [i64]) -> Option<i64> {
     if v.is_empty() {
         return None;
@@ -421,6 +435,36 @@ impl LeadFeatures {
     /// Largest silence between two consecutive events, in seconds.
     pub fn largest_gap_secs(&self) -> i64 {
         self.timeline.windows(2).map(|w| w[1].0 - w[0].0).fold(self.evicted_gap, i64::max)
+    }
+
+    /// Whether a hashed text feature (a vector index) is among the n-grams kept for this lead.
+    pub fn mentions(&self, index: u32) -> bool {
+        let Some(slot) = index.checked_sub(HASH_OFFSET) else { return false };
+        let kept = |grams: &[GramCount]| grams.binary_search_by_key(&slot, |g| g.0).is_ok();
+        kept(&self.words) || kept(&self.chars)
+    }
+
+    /// When the features that depend on the time of scoring (`recency`, `active_24h`, `active_7d`)
+    /// will have moved enough since `scored_at` to be worth a new score: when a flag flips or
+    /// `recency` has grown by [`RECENCY_STEP`], whichever comes first. Recency grows as a
+    /// logarithm, so refreshes thin out as a lead stays silent (its age grows about 1.7 times
+    /// between two). `None` for a lead without any event: nothing of it depends on time.
+    pub fn refresh_at(&self, scored_at: Timestamp) -> Option<Timestamp> {
+        let anchor = match self.last_inbound {
+            Some(last) => last.unix_seconds(),
+            None => self.timeline.last()?.0,
+        };
+        let now = scored_at.unix_seconds();
+        let age = now.saturating_sub(anchor).max(0);
+        let mut next = anchor.saturating_add(seconds_at_logtime(logtime64(age) + RECENCY_STEP));
+        if self.last_inbound.is_some() {
+            for flip in [86_400, 7 * 86_400] {
+                if age < flip {
+                    next = next.min(anchor.saturating_add(flip));
+                }
+            }
+        }
+        Some(Timestamp::from_unix_seconds(next.max(now.saturating_add(1))))
     }
 
     /// The dense features at `now`, indexed as [`DENSE_NAMES`].
@@ -555,72 +599,171 @@ pub fn feature_name(index: u32) -> String {
     }
 }
 
-/// A bounded map from hashed index to a sample of what hashes there (first seen wins), for readable
-/// explanations: `text:buy`, `text:NEG_buy`, `text:how much`, `chars:<pr`, `src:facebook_ads`.
+/// Longest readable name kept for a hashed feature (characters of the words quoted in it).
+const NAME_CAP: usize = 40;
+/// Candidate names kept per hashed index (several texts may hash to one slot).
+const CANDIDATES_PER_INDEX: usize = 4;
+
+/// Readable names of hashed features, from what hashes there in an organisation's texts and
+/// labels: `text: "warranty"`, `text: "how much"`, `text: not "buy"` (a negated word),
+/// `text: "warranty"` also for a character 3-gram (named by the word it came from, so that the
+/// word's n-grams explain a score together),
+/// `source: facebook_ads`, `channel: whatsapp`, `campaign: spring-sale`. Where several texts
+/// hash to one index, the most frequent names it. Bounded: only the wanted indices
+/// ([`Vocabulary::for_features`]) or at most `cap` of them, each with a few short candidates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Vocabulary {
-    names: BTreeMap<u32, String>,
+    /// Candidate names of each index, with how often each was seen, in first-seen order.
+    candidates: BTreeMap<u32, Vec<(String, u32)>>,
+    /// When set, only these indices are named.
+    wanted: Option<BTreeSet<u32>>,
     cap: usize,
 }
 
 impl Vocabulary {
-    /// An empty vocabulary that keeps at most `cap` names.
+    /// An empty vocabulary that names at most `cap` indices, whichever come first.
     pub fn new(cap: usize) -> Self {
-        Self { names: BTreeMap::new(), cap }
+        Self { candidates: BTreeMap::new(), wanted: None, cap }
     }
 
-    /// Number of names kept.
+    /// An empty vocabulary that names only `indices` (a model's strongest hashed features).
+    pub fn for_features(indices: impl IntoIterator<Item = u32>) -> Self {
+        let wanted: BTreeSet<u32> = indices.into_iter().collect();
+        Self { candidates: BTreeMap::new(), cap: wanted.len(), wanted: Some(wanted) }
+    }
+
+    /// Number of indices named.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.candidates.len()
     }
 
-    /// No names kept.
+    /// No index named.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.candidates.is_empty()
     }
 
-    fn put(&mut self, index: u32, name: impl FnOnce() -> String) {
-        if self.names.len() < self.cap && !self.names.contains_key(&index) {
-            self.names.insert(index, name());
+    /// The wanted indices still without a name (none for a vocabulary of any indices).
+    pub fn unnamed(&self) -> Vec<u32> {
+        self.wanted.iter().flatten().copied().filter(|i| !self.candidates.contains_key(i)).collect()
+    }
+
+    fn wants(&self, index: u32) -> bool {
+        match &self.wanted {
+            Some(wanted) => wanted.contains(&index),
+            None => self.candidates.contains_key(&index) || self.candidates.len() < self.cap,
         }
     }
 
-    /// Record the names of the features of one message (inbound text n-grams and categorical labels).
+    fn put(&mut self, index: u32, name: impl FnOnce() -> String) {
+        if !self.wants(index) {
+            return;
+        }
+        let name = name();
+        let candidates = self.candidates.entry(index).or_default();
+        if let Some(candidate) = candidates.iter_mut().find(|c| c.0 == name) {
+            candidate.1 = candidate.1.saturating_add(1);
+        } else if candidates.len() < CANDIDATES_PER_INDEX {
+            candidates.push((name, 1));
+        }
+    }
+
+    /// Records the names of the features of one message (inbound text n-grams and categorical labels).
     pub fn observe(&mut self, m: &Message<'_>) {
         if m.direction == Direction::Inbound
             && let Some(text) = m.text
         {
-            let tok = tokenize(text);
-            let mut pending: Vec<(u32, String)> = Vec::new();
-            for_each_ngram(&tok.tokens, true, |slot, kind, label| {
-                let prefix = if kind == Gram::Char { "chars:" } else { "text:" };
-                pending.push((HASH_OFFSET + slot, format!("{prefix}{label}")));
-            });
-            for (i, n) in pending {
-                self.put(i, || n);
-            }
+            self.observe_text(text);
         }
         for (prefix, label) in [("src:", m.source), ("chan:", m.channel)] {
             if let Some(l) = label.and_then(clip_label) {
-                self.put(HASH_OFFSET + hash_parts(&[prefix, &l]), || format!("{prefix}{l}"));
+                self.put(HASH_OFFSET + hash_parts(&[prefix, &l]), || categorical_name(prefix, &l));
             }
         }
         if m.direction == Direction::Inbound
             && let Some(c) = m.campaign_id.and_then(clip_label)
         {
-            self.put(HASH_OFFSET + hash_parts(&["camp:", &c]), || format!("camp:{c}"));
+            self.put(HASH_OFFSET + hash_parts(&["camp:", &c]), || categorical_name("camp:", &c));
         }
     }
 
-    /// The sample name of an index, if one was recorded.
-    pub fn get(&self, index: u32) -> Option<&str> {
-        self.names.get(&index).map(String::as_str)
+    /// Records the names of the n-grams of a text the contact wrote.
+    pub fn observe_text(&mut self, text: &str) {
+        let tok = tokenize(text);
+        let mut pending: Vec<(u32, String)> = Vec::new();
+        // A character 3-gram is named by its word, which `for_each_ngram` emits just before it.
+        let mut word = String::new();
+        for_each_ngram(&tok.tokens, true, |slot, kind, label| {
+            if kind == Gram::Word {
+                word.clear();
+                word.push_str(label.strip_prefix("NEG_").unwrap_or(label));
+            }
+            if self.wants(HASH_OFFSET + slot) {
+                pending.push((HASH_OFFSET + slot, text_name(kind, label, &word)));
+            }
+        });
+        for (index, name) in pending {
+            self.put(index, || name);
+        }
     }
 
-    /// The sample name, or [`feature_name`] when none was recorded.
+    /// Records the names of a lead's categorical features (source, channel, campaigns), which its
+    /// stored features keep without any text.
+    pub fn observe_labels(&mut self, features: &LeadFeatures) {
+        for (prefix, label) in categorical(features) {
+            self.put(HASH_OFFSET + hash_parts(&[prefix, label]), || categorical_name(prefix, label));
+        }
+    }
+
+    /// The name of an index: its most frequent candidate (the first seen among equals).
+    pub fn get(&self, index: u32) -> Option<&str> {
+        let candidates = self.candidates.get(&index)?;
+        let mut best: Option<&(String, u32)> = None;
+        for candidate in candidates {
+            if best.is_none_or(|b| candidate.1 > b.1) {
+                best = Some(candidate);
+            }
+        }
+        best.map(|b| b.0.as_str())
+    }
+
+    /// The name, or [`feature_name`] when none was recorded.
     pub fn name(&self, index: u32) -> String {
         self.get(index).map_or_else(|| feature_name(index), str::to_owned)
     }
+}
+
+/// Words cut to [`NAME_CAP`] characters.
+fn clip_name(words: &str) -> String {
+    match words.char_indices().nth(NAME_CAP) {
+        Some((end, _)) => format!("{}…", &words[..end]),
+        None => words.to_owned(),
+    }
+}
+
+/// The readable name of a hashed text n-gram (`label` as `for_each_ngram` gives it; `word` the
+/// word a character 3-gram belongs to).
+fn text_name(kind: Gram, label: &str, word: &str) -> String {
+    match kind {
+        // Named by its word, so that it and the word's other n-grams read as one reason.
+        Gram::Char => format!("text: \"{}\"", clip_name(word)),
+        Gram::Word | Gram::Bigram => match label.strip_prefix("NEG_") {
+            // "not want" already says it is negated.
+            Some(words) if words.split(' ').next().is_some_and(super::text::is_negator) => {
+                format!("text: \"{}\"", clip_name(words))
+            }
+            Some(words) => format!("text: not \"{}\"", clip_name(words)),
+            None => format!("text: \"{}\"", clip_name(label)),
+        },
+    }
+}
+
+fn categorical_name(prefix: &str, label: &str) -> String {
+    let what = match prefix {
+        "src:" => "source",
+        "chan:" => "channel",
+        _ => "campaign",
+    };
+    format!("{what}: {}", clip_name(label))
 }
 
 #[cfg(test)]
@@ -721,10 +864,67 @@ mod tests {
         let mut f = LeadFeatures::new();
         f.observe(&m);
         let names: Vec<String> = f.vector(t(1)).iter().filter(|p| p.0 >= HASH_OFFSET).map(|p| voc.name(p.0)).collect();
-        assert!(names.contains(&"text:NEG_want".to_owned()), "{names:?}");
-        assert!(names.contains(&"text:NEG_not want".to_owned()), "{names:?}");
-        assert!(names.contains(&"src:facebook_ads".to_owned()), "{names:?}");
+        for expected in [r#"text: not "want""#, r#"text: "not want""#, r#"text: not "want this""#, r#"text: "do""#] {
+            assert!(names.contains(&expected.to_owned()), "{expected} in {names:?}");
+        }
+        assert!(names.contains(&"source: facebook_ads".to_owned()), "{names:?}");
+        assert!(names.iter().all(|n| !n.contains('#')), "{names:?}");
         assert_eq!(feature_name(5), "intent_signals");
         assert!(feature_name(HASH_OFFSET + 7).starts_with("text:#"));
+    }
+
+    #[test]
+    fn a_vocabulary_for_some_features_names_only_those_by_their_most_frequent_text() {
+        let mut f = LeadFeatures::new();
+        f.observe(&Message::chat(Direction::Inbound, t(0), "warranty please"));
+        let slots: Vec<u32> = f.words.iter().map(|g| HASH_OFFSET + g.0).collect();
+        let warranty = slots
+            .iter()
+            .copied()
+            .find(|&i| {
+                let mut one = Vocabulary::for_features([i]);
+                one.observe_text("warranty");
+                one.get(i) == Some(r#"text: "warranty""#)
+            })
+            .expect("the word's slot");
+        let mut voc = Vocabulary::for_features([warranty, 7]);
+        assert_eq!(voc.unnamed(), [7, warranty].into_iter().collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+        voc.observe_text("WARRANTY? the warranty, a Warranty");
+        voc.observe_text("nothing else here");
+        assert_eq!(voc.get(warranty), Some(r#"text: "warranty""#));
+        assert_eq!(voc.len(), 1, "only the wanted slots are named");
+        assert_eq!(voc.unnamed(), [7]);
+        let mut labels = Vocabulary::for_features([HASH_OFFSET + hash_parts(&["camp:", "spring"])]);
+        let mut campaign = LeadFeatures::new();
+        campaign.observe(&Message {
+            campaign_id: Some("spring"),
+            kind: MessageKind::BroadcastReply,
+            ..Message::chat(Direction::Inbound, t(0), "yes")
+        });
+        labels.observe_labels(&campaign);
+        assert!(labels.unnamed().is_empty());
+        assert_eq!(labels.get(HASH_OFFSET + hash_parts(&["camp:", "spring"])), Some("campaign: spring"));
+    }
+
+    #[test]
+    fn the_next_refresh_is_when_recency_has_moved_a_step_or_a_flag_flips() {
+        let mut f = LeadFeatures::new();
+        assert_eq!(f.refresh_at(t(0)), None, "no event, nothing depends on time");
+        f.observe(&Message::chat(Direction::Inbound, t(0), "hello"));
+        let recency = |v: &SparseVector| val(v, "recency");
+        for scored in [60, 3_600, 20 * 86_400, 400 * 86_400] {
+            let next = f.refresh_at(t(scored)).expect("a refresh");
+            let step = recency(&f.vector(next)) - recency(&f.vector(t(scored)));
+            assert!(next > t(scored));
+            assert!((RECENCY_STEP as f32 - 1e-3..RECENCY_STEP as f32 + 1e-3).contains(&step), "{scored}: {step}");
+        }
+        // A day old in eight hours: the active-in-24-hours flag flips before recency moves a step.
+        let next = f.refresh_at(t(16 * 3_600)).expect("a refresh");
+        assert_eq!(next, t(86_400));
+        assert_eq!(val(&f.vector(t(86_399)), "active_24h"), 1.0);
+        assert_eq!(val(&f.vector(next), "active_24h"), 0.0);
+        let mut silent = LeadFeatures::new();
+        silent.observe(&Message::chat(Direction::Outbound, t(0), "offer"));
+        assert!(silent.refresh_at(t(60)).is_some_and(|next| next > t(60)), "recency runs from the last event");
     }
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::explain::{Explanation, explain_indexed, sigmoid};
-use super::features::{DENSE_LABELS, DENSE_LEN, SparseVector, Vocabulary, feature_name};
+use super::features::{DENSE_LABELS, DENSE_LEN, SparseVector, Vocabulary};
 use super::prior::Prior;
 use super::rng::SplitMix64;
 use super::time::Timestamp;
@@ -100,7 +100,8 @@ pub struct Model {
     pub platt_b: f64,
     /// Non-zero weights `(index, weight)`, sorted by index, at most `max_weights`.
     pub weights: Vec<(u32, f32)>,
-    /// Readable names of hashed features, when attached with [`Model::name_features`].
+    /// Readable names of the strongest hashed features (at most [`NAMED_FEATURES`]), attached with
+    /// [`Model::name_features`]: the organisation's words live here, with the model, and nowhere else.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub names: BTreeMap<u32, String>,
 }
@@ -468,34 +469,67 @@ impl Model {
         self.holdout_auc > self.prior_holdout_auc
     }
 
-    /// Keep readable names for the hashed features this model weighs (from a vocabulary built over the
-    /// organisation's messages).
+    /// The `n` hashed features of the largest weight, strongest first: the ones worth a readable name.
+    pub fn strongest_hashed(&self, n: usize) -> Vec<u32> {
+        let mut hashed: Vec<(u32, f32)> = self.weights.iter().copied().filter(|p| p.0 >= DENSE_LEN).collect();
+        hashed.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        hashed.into_iter().take(n).map(|p| p.0).collect()
+    }
+
+    /// Keeps readable names for this model's [`NAMED_FEATURES`] strongest hashed features, from a
+    /// vocabulary built over the organisation's messages; the words stay with the model and nowhere
+    /// else. The other hashed features are explained together as "text features".
     pub fn name_features(&mut self, vocabulary: &Vocabulary) {
         self.names = self
-            .weights
-            .iter()
-            .filter(|p| p.0 >= DENSE_LEN)
-            .filter_map(|p| vocabulary.get(p.0).map(|n| (p.0, n.to_owned())))
+            .strongest_hashed(NAMED_FEATURES)
+            .into_iter()
+            .filter_map(|index| vocabulary.get(index).map(|name| (index, name.to_owned())))
             .collect();
     }
 
-    /// The readable name of a feature index.
+    /// The readable label of a feature index: its label for dense features, its name for a named
+    /// hashed one, "text features" for the others (never a hash).
     pub fn feature_label(&self, index: u32) -> String {
         if index < DENSE_LEN {
             DENSE_LABELS[index as usize].to_owned()
         } else {
-            self.names.get(&index).cloned().unwrap_or_else(|| feature_name(index))
+            self.names.get(&index).cloned().unwrap_or_else(|| UNNAMED_TEXT.to_owned())
         }
     }
 
     /// Score and reasons (the eight largest contributions, the rest summed as "other features").
+    /// Hashed features that share a name (a word and its character n-grams) count as one reason,
+    /// and so do those without a name, as "text features".
     pub fn explain(&self, x: &SparseVector) -> Explanation {
         let a = self.platt_a;
-        let contributions: Vec<(u32, f64)> =
-            x.iter().filter_map(|&(j, v)| self.weight(j).map(|w| (j, a * f64::from(w) * f64::from(v)))).collect();
-        explain_indexed(a * self.intercept + self.platt_b, &contributions, 8, |j| self.feature_label(j))
+        let mut contributions: Vec<(u32, f64)> = Vec::with_capacity(x.len() + 1);
+        // Reasons of hashed features, by name; the index of each is `u32::MAX - position`.
+        let mut texts: Vec<(&str, f64)> = Vec::new();
+        for &(j, v) in x {
+            let Some(w) = self.weight(j) else { continue };
+            let contribution = a * f64::from(w) * f64::from(v);
+            if j < DENSE_LEN {
+                contributions.push((j, contribution));
+                continue;
+            }
+            let name = self.names.get(&j).map_or(UNNAMED_TEXT, String::as_str);
+            match texts.iter_mut().find(|t| t.0 == name) {
+                Some(text) => text.1 += contribution,
+                None => texts.push((name, contribution)),
+            }
+        }
+        contributions.extend(texts.iter().enumerate().map(|(n, t)| (u32::MAX - n as u32, t.1)));
+        explain_indexed(a * self.intercept + self.platt_b, &contributions, 8, |j| {
+            if j < DENSE_LEN { self.feature_label(j) } else { texts[(u32::MAX - j) as usize].0.to_owned() }
+        })
     }
 }
+
+/// How many of a model's strongest hashed features keep a readable name ([`Model::name_features`]).
+pub const NAMED_FEATURES: usize = 64;
+
+/// What the hashed features without a name are called, together.
+const UNNAMED_TEXT: &str = "text features";
 
 #[cfg(test)]
 mod tests {

@@ -22,12 +22,15 @@
 //!   an opt-out).
 //! * [`features`] — [`LeadFeatures`]: counts, times, reply speeds, recency, gaps, broadcast engagement,
 //!   source/channel, signal counts and bounded hashed n-gram counts; [`LeadFeatures::vector`] gives the
-//!   [`SparseVector`] (dense features at documented indices 0..32, hashed ones from 64 on) and
-//!   [`feature_name`] / [`Vocabulary`] name indices.
+//!   [`SparseVector`] (dense features at documented indices 0..32, hashed ones from 64 on);
+//!   [`LeadFeatures::refresh_at`] says when the time-dependent ones have moved enough to score again;
+//!   [`Vocabulary`] names hashed indices by the words behind them (`text: "warranty"`), [`feature_name`]
+//!   by their index, for debugging.
 //! * [`prior`] — [`Prior`]: documented fixed weights over the dense features, usable with no training data.
 //! * [`learn`] — [`train`]: per-organisation L2 logistic regression (L-BFGS), stratified hold-out, AUC,
 //!   cross-validated λ and Platt calibration, compared with the prior on the same hold-out; [`Model`] is
-//!   serialisable and explains its scores.
+//!   serialisable and explains its scores, keeping the words of its [`NAMED_FEATURES`] strongest text
+//!   features ([`Model::name_features`]) and never showing a hashed id.
 //! * [`explain`] — [`Explanation`] and [`Factor`], shared by both scorers.
 //! * [`stored`] — the compact binary form [`LeadFeatures`] are stored in, one value per lead; serde
 //!   gives the JSON form kept with an outcome.
@@ -91,7 +94,7 @@ pub use explain::{Explanation, Factor};
 pub use features::{
     DENSE_NAMES, Direction, LeadFeatures, Message, MessageKind, SparseVector, Vocabulary, feature_name,
 };
-pub use learn::{Model, Refusal, TrainConfig, TrainOutcome, auc, train};
+pub use learn::{Model, NAMED_FEATURES, Refusal, TrainConfig, TrainOutcome, auc, train};
 pub use lexicon::{Signal, Signals};
 pub use prior::Prior;
 pub use stored::StoredError;

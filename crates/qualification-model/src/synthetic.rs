@@ -343,7 +343,7 @@ fn lead(rng: &mut SplitMix64, id: u64, product: &str, campaigns: &[String], now:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::learn::{TrainConfig, train};
+    use crate::learn::{Model, TrainConfig, train};
 
     #[test]
     fn deterministic_and_varied() {
@@ -389,11 +389,30 @@ mod tests {
             model.holdout_base_rate
         );
         // The product name is among the features the model relies on, and explanations name it.
-        model.name_features(&org.vocabulary(50_000));
-        let lead =
-            org.leads.iter().find(|l| l.converted && l.messages.iter().any(|m| m.text.contains(org.product))).unwrap();
-        let e = model.explain(&lead.features().vector(org.now));
-        assert!(!e.factors.is_empty());
+        let mut vocabulary = Vocabulary::for_features(model.strongest_hashed(crate::learn::NAMED_FEATURES));
+        for m in org.leads.iter().flat_map(|l| &l.messages) {
+            vocabulary.observe(&m.as_message());
+        }
+        model.name_features(&vocabulary);
+        assert!(model.names.len() <= crate::learn::NAMED_FEATURES);
+        // A new lead that names the product in its first message: the words read as words.
+        let text = org
+            .leads
+            .iter()
+            .flat_map(|l| &l.messages)
+            .find(|m| m.direction == Direction::Inbound && m.text.contains(org.product))
+            .map(|m| m.text.as_str())
+            .unwrap();
+        let mut fresh = LeadFeatures::new();
+        fresh.observe(&Message::chat(Direction::Inbound, org.now.plus_seconds(-60), text));
+        let e = model.explain(&fresh.vector(org.now));
+        let product_word = org.product.split(' ').next().unwrap();
+        assert!(e.factors.iter().any(|f| f.name.starts_with("text: ") && f.name.contains(product_word)), "{e}");
+        assert!(e.factors.iter().all(|f| !f.name.contains('#')), "{e}");
+        let unnamed = Model { names: std::collections::BTreeMap::new(), ..model.clone() };
+        let e = unnamed.explain(&fresh.vector(org.now));
+        assert!(e.factors.iter().any(|f| f.name == "text features"), "{e}");
+        assert!(e.factors.iter().all(|f| !f.name.contains('#')), "{e}");
         let json = serde_json::to_string(&model).unwrap();
         assert!(json.len() < 400_000, "model JSON {} bytes", json.len());
     }

@@ -19,6 +19,13 @@ pub enum AssignmentError {
         "Someone changed this lead meanwhile: reload to see it (lead {lead_id} is at version {actual}, not the expected {expected})"
     )]
     VersionMismatch { lead_id: String, expected: i64, actual: i64 },
+    /// The organisation's assignment settings moved on since the caller read them.
+    #[error(
+        "Someone changed the assignment settings meanwhile: reload to see them (they are at version {actual}, not the expected {expected})"
+    )]
+    SettingsVersionMismatch { expected: i64, actual: i64 },
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the lead service answered something this service does not understand: {0}")]
     Protocol(String),
     /// What the lead service answered when it refused or failed.
@@ -48,7 +55,10 @@ impl platform::error::ServiceError for AssignmentError {
             AssignmentError::FailedPrecondition(_) | AssignmentError::LeadInactive { .. } => {
                 tonic::Code::FailedPrecondition
             }
-            AssignmentError::VersionMismatch { .. } => tonic::Code::Aborted,
+            AssignmentError::VersionMismatch { .. } | AssignmentError::SettingsVersionMismatch { .. } => {
+                tonic::Code::Aborted
+            }
+            AssignmentError::Forbidden(_) => tonic::Code::PermissionDenied,
             AssignmentError::Protocol(_) => tonic::Code::Internal,
             AssignmentError::Lead(upstream) => upstream.code(),
             AssignmentError::Database(error) => platform::error::sql_code(error),

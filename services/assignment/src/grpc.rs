@@ -1,12 +1,13 @@
 use crate::{
-    AssignmentContext,
+    AssignmentContext, auto,
     error::AssignmentError,
-    handler::{self, AgentRow, Assign, AssignmentRow, UpsertAgent},
+    handler::{self, AgentRow, Assign, AssignmentRow, Presence, UpsertAgent},
+    settings,
 };
 use contracts::time::timestamp;
 use contracts::values::{MAX_AGENT_ID_CHARS, bounded, bounded_each, limits};
 use leads_proto::v1::{self as pb, assignment_service_server::AssignmentService};
-use platform::auth::Caller;
+use platform::auth::{Caller, Role};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -46,8 +47,15 @@ fn agent_id(value: &str) -> Result<Option<String>, AssignmentError> {
     Ok(trimmed(value))
 }
 
-fn agent_to_proto(agent: AgentRow) -> pb::Agent {
+fn agent_to_proto(ctx: &AssignmentContext, agent: AgentRow) -> pb::Agent {
+    let presence =
+        Presence::effective(&agent.presence, agent.presence_seen_at, ctx.presence_grace(), chrono::Utc::now());
     pb::Agent {
+        capacity: agent.capacity,
+        effective_capacity: agent.effective_capacity,
+        presence: presence.to_proto().into(),
+        last_seen_at: agent.presence_seen_at.map(timestamp),
+        last_assigned_at: agent.last_assigned_at.map(timestamp),
         org_id: agent.org_id,
         agent_id: agent.agent_id,
         name: agent.name,
@@ -88,10 +96,11 @@ impl AssignmentService for AssignmentApi {
                 name: request.name.trim().to_owned(),
                 email: trimmed(&request.email),
                 active: request.active,
+                capacity: request.capacity,
             },
         )
         .await?;
-        Ok(Response::new(agent_to_proto(agent)))
+        Ok(Response::new(agent_to_proto(&self.ctx, agent)))
     }
 
     async fn list_agents(
@@ -103,7 +112,22 @@ impl AssignmentService for AssignmentApi {
         caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
         let agents = handler::list_agents(&self.ctx, &request.org_id, request.active_only).await?;
-        Ok(Response::new(pb::ListAgentsResponse { agents: agents.into_iter().map(agent_to_proto).collect() }))
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.into_iter().map(|a| agent_to_proto(&self.ctx, a)).collect(),
+        }))
+    }
+
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        org(&request.org_id)?;
+        let agent_id = agent_id(&request.agent_id)?.unwrap_or_default();
+        handler::validate_agent_id(&agent_id)?;
+        let agent = handler::get_agent(&self.ctx, &request.org_id, &agent_id)
+            .await?
+            .ok_or(AssignmentError::AgentNotFound(agent_id))?;
+        Ok(Response::new(agent_to_proto(&self.ctx, agent)))
     }
 
     async fn assign_lead(&self, request: Request<pb::AssignLeadRequest>) -> Result<Response<pb::Assignment>, Status> {
@@ -194,6 +218,70 @@ impl AssignmentService for AssignmentApi {
             })
             .collect();
         Ok(Response::new(pb::BulkAssignResponse { results }))
+    }
+
+    async fn get_assignment_settings(
+        &self,
+        request: Request<pb::GetAssignmentSettingsRequest>,
+    ) -> Result<Response<pb::AssignmentSettings>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        org(&request.org_id)?;
+        Ok(Response::new(settings::get(&self.ctx.pool, &request.org_id).await?))
+    }
+
+    async fn update_assignment_settings(
+        &self,
+        request: Request<pb::UpdateAssignmentSettingsRequest>,
+    ) -> Result<Response<pb::AssignmentSettings>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        org(&request.org_id)?;
+        let parsed = settings::parse(&request)?;
+        let actor = actor(&caller, "")?;
+        let answer =
+            settings::update(&self.ctx.pool, &request.org_id, parsed, request.expected_version, &actor).await?;
+        self.ctx.wake.notify_one();
+        Ok(Response::new(answer))
+    }
+
+    async fn set_presence(&self, request: Request<pb::SetPresenceRequest>) -> Result<Response<pb::Agent>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        org(&request.org_id)?;
+        let agent_id = agent_id(&request.agent_id)?.unwrap_or_default();
+        handler::validate_agent_id(&agent_id)?;
+        if caller.role() == Some(Role::Agent) && caller.agent_scope() != Some(agent_id.as_str()) {
+            return Err(AssignmentError::Forbidden("an agent sets its own presence only".into()).into());
+        }
+        let presence = Presence::from_proto(request.presence)?;
+        let agent = auto::set_presence(&self.ctx, &request.org_id, &agent_id, presence).await?;
+        Ok(Response::new(agent_to_proto(&self.ctx, agent)))
+    }
+
+    async fn list_waiting_leads(
+        &self,
+        request: Request<pb::ListWaitingLeadsRequest>,
+    ) -> Result<Response<pb::ListWaitingLeadsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        org(&request.org_id)?;
+        let (rows, total) = auto::list_waiting(&self.ctx, &request.org_id, request.page_size).await?;
+        let leads = rows
+            .into_iter()
+            .map(|row| pb::WaitingLead {
+                lead_id: row.lead_id.to_string(),
+                score: row.score,
+                lead_created_at: Some(timestamp(row.lead_created_at)),
+                waiting_since: Some(timestamp(row.queued_at)),
+                handing_to: row.reserved_for.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListWaitingLeadsResponse { leads, total }))
     }
 
     async fn get_assignment_history(

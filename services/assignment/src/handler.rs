@@ -23,6 +23,66 @@ pub struct AgentRow {
     pub active: bool,
     pub updated_at: DateTime<Utc>,
     pub open_leads: i64,
+    /// The agent's own capacity; `None` when the organisation's default applies.
+    pub capacity: Option<i32>,
+    pub effective_capacity: i32,
+    /// As set, `available`, `away` or `offline`; `Presence::effective` applies the grace period.
+    pub presence: String,
+    pub presence_seen_at: Option<DateTime<Utc>>,
+    pub last_assigned_at: Option<DateTime<Utc>>,
+}
+
+/// Where an agent stands for automatic assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Available,
+    Away,
+    Offline,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Available => "available",
+            Presence::Away => "away",
+            Presence::Offline => "offline",
+        }
+    }
+
+    pub fn from_proto(value: i32) -> Result<Self, AssignmentError> {
+        match pb::Presence::try_from(value) {
+            Ok(pb::Presence::Available) => Ok(Presence::Available),
+            Ok(pb::Presence::Away) => Ok(Presence::Away),
+            Ok(pb::Presence::Offline) => Ok(Presence::Offline),
+            Ok(pb::Presence::Unspecified) => Err(AssignmentError::invalid("presence", "is required")),
+            Err(_) => Err(AssignmentError::invalid("presence", "is not a known presence")),
+        }
+    }
+
+    pub fn to_proto(self) -> pb::Presence {
+        match self {
+            Presence::Available => pb::Presence::Available,
+            Presence::Away => pb::Presence::Away,
+            Presence::Offline => pb::Presence::Offline,
+        }
+    }
+
+    /// The presence that counts: offline once the last heartbeat is older than `grace`,
+    /// whatever was set, so that an agent who closed the page stops receiving leads.
+    pub fn effective(
+        set: &str,
+        seen_at: Option<DateTime<Utc>>,
+        grace: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let fresh =
+            seen_at.is_some_and(|seen| now.signed_duration_since(seen).to_std().map_or(true, |age| age <= grace));
+        match set {
+            "available" if fresh => Presence::Available,
+            "away" if fresh => Presence::Away,
+            _ => Presence::Offline,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +92,8 @@ pub struct UpsertAgent {
     pub name: String,
     pub email: Option<String>,
     pub active: Option<bool>,
+    /// `Some(0)` returns to the organisation's default; `None` keeps the agent's.
+    pub capacity: Option<i32>,
 }
 
 pub fn validate_agent_id(agent_id: &str) -> Result<(), AssignmentError> {
@@ -50,7 +112,9 @@ fn validate_email(email: &str) -> Result<(), AssignmentError> {
 
 const AGENT_COLUMNS: &str = "a.org_id, a.agent_id, a.name, a.email, a.active, a.updated_at, \
      (SELECT count(*) FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active) \
-       AS open_leads";
+       AS open_leads, a.capacity, \
+     coalesce(a.capacity, (SELECT s.default_capacity FROM org_settings s WHERE s.org_id = a.org_id), 10) \
+       AS effective_capacity, a.presence, a.presence_seen_at, a.last_assigned_at";
 
 /// Creates the agent, or changes what the request names: an empty name or email keeps the
 /// agent's, an absent `active` keeps its state (a new agent is active).
@@ -62,18 +126,31 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
     if let Some(email) = &cmd.email {
         validate_email(email)?;
     }
+    if let Some(capacity) = cmd.capacity
+        && !(0..=crate::settings::MAX_CAPACITY).contains(&capacity)
+    {
+        return Err(AssignmentError::invalid(
+            "capacity",
+            format!("must be between 1 and {}, or 0 for the organisation's default", crate::settings::MAX_CAPACITY),
+        ));
+    }
     sqlx::query(
-        "INSERT INTO agents (org_id, agent_id, name, email, active) VALUES ($1, $2, $3, $4, coalesce($5, true)) \
+        "INSERT INTO agents (org_id, agent_id, name, email, active, capacity) \
+         VALUES ($1, $2, $3, $4, coalesce($5, true), nullif($6, 0)) \
          ON CONFLICT (org_id, agent_id) DO UPDATE SET name = coalesce(nullif($3, ''), agents.name), \
-           email = coalesce($4, agents.email), active = coalesce($5, agents.active), updated_at = now()",
+           email = coalesce($4, agents.email), active = coalesce($5, agents.active), \
+           capacity = CASE WHEN $6::int IS NULL THEN agents.capacity ELSE nullif($6, 0) END, updated_at = now()",
     )
     .bind(&cmd.org_id)
     .bind(&cmd.agent_id)
     .bind(&cmd.name)
     .bind(&cmd.email)
     .bind(cmd.active)
+    .bind(cmd.capacity)
     .execute(&ctx.pool)
     .await?;
+    // More room, or an agent back at work, may take waiting leads.
+    ctx.wake.notify_one();
     get_agent(ctx, &cmd.org_id, &cmd.agent_id).await?.ok_or_else(|| AssignmentError::AgentNotFound(cmd.agent_id))
 }
 
@@ -190,26 +267,39 @@ fn non_empty(value: &str) -> Option<String> {
 
 /// An assignment as this service keeps it.
 #[derive(Debug, Clone)]
-struct Recorded {
-    org_id: String,
-    lead_id: Uuid,
-    lead_version: i64,
-    agent_id: Option<String>,
-    previous_agent_id: Option<String>,
-    actor: String,
-    reason: Option<String>,
-    at: DateTime<Utc>,
-    active: bool,
+pub(crate) struct Recorded {
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub lead_version: i64,
+    pub agent_id: Option<String>,
+    pub previous_agent_id: Option<String>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+    pub active: bool,
 }
 
-async fn record_assignments(ctx: &AssignmentContext, mut rows: Vec<Recorded>) -> Result<(), AssignmentError> {
+async fn record_assignments(ctx: &AssignmentContext, rows: Vec<Recorded>) -> Result<(), AssignmentError> {
     if rows.is_empty() {
         return Ok(());
     }
+    let mut tx = ctx.pool.begin().await?;
+    record_assignments_in(&mut tx, rows).await?;
+    tx.commit().await?;
+    // A lead taken from an agent frees room for waiting leads.
+    ctx.wake.notify_one();
+    Ok(())
+}
+
+/// Records the assignments in `tx`: the history (each once), who holds each lead, and when
+/// each agent was last given one.
+pub(crate) async fn record_assignments_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    mut rows: Vec<Recorded>,
+) -> Result<(), AssignmentError> {
     // One row per lead per statement (an upsert may not touch a row twice), keys sorted so
     // concurrent batches lock in one order.
     rows.sort_by(|a, b| (&a.org_id, a.lead_id, b.lead_version).cmp(&(&b.org_id, b.lead_id, a.lead_version)));
-    let mut tx = ctx.pool.begin().await?;
     sqlx::query(
         "INSERT INTO assignments (org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at) \
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
@@ -224,8 +314,23 @@ async fn record_assignments(ctx: &AssignmentContext, mut rows: Vec<Recorded>) ->
     .bind(rows.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
+    let given: Vec<&Recorded> = rows.iter().filter(|r| r.agent_id.is_some()).collect();
+    if !given.is_empty() {
+        sqlx::query(
+            "UPDATE agents a SET last_assigned_at = greatest(a.last_assigned_at, t.at) \
+             FROM (SELECT org_id, agent_id, max(at) AS at \
+                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS g(org_id, agent_id, at) \
+                   GROUP BY org_id, agent_id ORDER BY org_id, agent_id) t \
+             WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id",
+        )
+        .bind(given.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+        .bind(given.iter().map(|r| r.agent_id.clone()).collect::<Vec<_>>())
+        .bind(given.iter().map(|r| r.at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
     rows.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
     let holders: Vec<LeadHolder> = rows
         .into_iter()
@@ -237,21 +342,20 @@ async fn record_assignments(ctx: &AssignmentContext, mut rows: Vec<Recorded>) ->
             version: r.lead_version,
         })
         .collect();
-    upsert_holders(&mut tx, &holders).await?;
-    tx.commit().await?;
-    Ok(())
+    upsert_holders(tx, &holders).await
 }
 
-struct LeadHolder {
-    org_id: String,
-    lead_id: Uuid,
-    agent_id: Option<String>,
-    active: bool,
-    version: i64,
+pub(crate) struct LeadHolder {
+    pub org_id: String,
+    pub lead_id: Uuid,
+    pub agent_id: Option<String>,
+    pub active: bool,
+    pub version: i64,
 }
 
 /// Keeps who holds each lead at the newest version seen; older versions change nothing.
-async fn upsert_holders(
+/// `holders` holds one row per lead.
+pub(crate) async fn upsert_holders(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     holders: &[LeadHolder],
 ) -> Result<(), AssignmentError> {
@@ -310,6 +414,8 @@ pub async fn apply_lead_events(ctx: &AssignmentContext, events: &[Envelope<LeadE
         let mut tx = ctx.pool.begin().await?;
         upsert_holders(&mut tx, &holders).await?;
         tx.commit().await?;
+        // A lead closed (or reopened) changes its agent's room for waiting leads.
+        ctx.wake.notify_one();
     }
     Ok(())
 }
@@ -359,6 +465,11 @@ mod tests {
             active,
             updated_at: Utc::now(),
             open_leads: 0,
+            capacity: None,
+            effective_capacity: 10,
+            presence: "offline".into(),
+            presence_seen_at: None,
+            last_assigned_at: None,
         }
     }
 

@@ -1,18 +1,21 @@
 //! The assignment service: the organisation's agents, and assignments of leads to them.
 //! The lead service decides (under the lead's lock) whether a lead can be assigned, since
 //! only it knows whether the lead is active; this service checks the agent, asks, and keeps
-//! the assignment history and each agent's open leads from the lead service's events.
+//! the assignment history and each agent's open leads from the lead service's events. With
+//! an organisation's policy on, new leads find an agent by themselves (`auto`).
 
+pub mod auto;
 pub mod error;
 mod grpc;
 pub mod handler;
+pub mod settings;
 
 use contracts::Envelope;
 use contracts::lead::LeadEvent;
 use leads_proto::v1::{assignment_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
-    consumer::{self, Batch, Disposition},
+    consumer::{self, Batch, Delivery, Disposition},
     grpc::TracedChannel,
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
@@ -23,22 +26,54 @@ use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/assignment");
 
+/// The durable consumer of every lead event that keeps the waiting queue.
+pub const QUEUE_DURABLE: &str = "assignment-queue";
+
 #[derive(Clone)]
 pub struct AssignmentContext {
     pub pool: PgPool,
     pub lead: LeadServiceClient<TracedChannel>,
+    pub settings: platform::settings::AssignmentServiceSettings,
+    /// Wakes this process's dispatcher: a lead may wait, an agent may have room.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+impl AssignmentContext {
+    /// How long a call to the lead service made for automatic assignment may take: half the
+    /// reservation timeout, so that a reservation is never settled while its call may still
+    /// assign.
+    pub fn call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.settings.reservation_timeout_secs) / 2
+    }
+
+    /// How long an agent's presence lasts without a heartbeat.
+    pub fn presence_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.settings.presence_grace_secs)
+    }
 }
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
     let mut base = ServiceBase::start(infra, ServiceName::Assignment, &MIGRATOR, &token).await?;
     let lead = platform::visibility::lead_client(&infra.settings, ServiceName::Assignment)?;
-    let ctx = AssignmentContext { pool: base.pool.clone(), lead };
+    let ctx = AssignmentContext {
+        pool: base.pool.clone(),
+        lead,
+        settings: infra.settings.assignment.clone(),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    };
     // Only the lead events that move an assignment or a lead's activity.
     for kind in ["assigned", "status_changed"] {
         base.consumer(StreamKind::Events("lead"), format!("assignment-{}", kind.replace('_', "-")))
             .filter(infra.subjects.events_of_kind("lead", kind))
             .spawn(infra, &token, ctx.clone(), consume_lead_events);
     }
+    base.consumer(StreamKind::Events("lead"), QUEUE_DURABLE).filter(infra.subjects.events_of("lead")).spawn(
+        infra,
+        &token,
+        ctx.clone(),
+        consume_for_queue,
+    );
+    base.spawn("automatic assignment", auto::dispatch_until(ctx.clone(), token.clone()));
     let routes = tonic::service::Routes::new(server::AssignmentServiceServer::new(grpc::AssignmentApi { ctx }));
     base.serve(infra, &["leads.v1.AssignmentService"], routes, token).await
 }
@@ -47,6 +82,15 @@ async fn consume_lead_events(ctx: AssignmentContext, batch: Batch) -> Vec<Dispos
     let ctx = &ctx;
     consumer::apply_envelopes(&batch, |events: Arc<[Envelope<LeadEvent>]>| async move {
         handler::apply_lead_events(ctx, &events).await
+    })
+    .await
+}
+
+async fn consume_for_queue(ctx: AssignmentContext, batch: Batch) -> Vec<Disposition> {
+    let ctx = &ctx;
+    let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
+    consumer::apply_decoded(&batch, read, |events: Arc<[Envelope<LeadEvent>]>| async move {
+        auto::apply_queue_events(ctx, &events).await
     })
     .await
 }

@@ -27,6 +27,15 @@ fn id(field: &'static str, value: &str) -> Result<Uuid, BroadcastError> {
     value.parse().map_err(|_| BroadcastError::invalid(field, format!("{value:?} is not an id")))
 }
 
+/// A caller's place in a broadcast history, as the page token's cursor is.
+fn place(place: &pb::BroadcastHistoryPlace) -> Result<Cursor, BroadcastError> {
+    bounded("older_than.message_id", &place.message_id, crate::event::MAX_SHORT_CHARS)?;
+    let sent_at = place.sent_at.as_ref().ok_or_else(|| BroadcastError::invalid("older_than.sent_at", "is required"))?;
+    let sent_at = contracts::time::from_timestamp(sent_at)
+        .ok_or_else(|| BroadcastError::invalid("older_than.sent_at", "is not a valid time"))?;
+    Ok(Cursor { sent_at, message_id: place.message_id.clone() })
+}
+
 #[tonic::async_trait]
 impl BroadcastTrackingService for BroadcastApi {
     async fn get_broadcast_history(
@@ -53,7 +62,8 @@ impl BroadcastTrackingService for BroadcastApi {
         };
         let page_size = read::page_size(request.page_size)?;
         let after = if request.page_token.is_empty() { None } else { Some(Cursor::decode(&request.page_token)?) };
-        let page = read::history(&self.ctx.pool, &request.org_id, target, page_size, after).await?;
+        let older_than = request.older_than.as_ref().map(place).transpose()?;
+        let page = read::history(&self.ctx.pool, &request.org_id, target, page_size, after, older_than).await?;
         Ok(Response::new(pb::GetBroadcastHistoryResponse {
             messages: page.messages,
             next_page_token: page.next_page_token,

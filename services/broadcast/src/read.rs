@@ -126,14 +126,21 @@ fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 /// The broadcasts sent to the target's contact, through every phone and external id the
-/// lead service has known that contact by.
+/// lead service has known that contact by, after `after` (a page token's place) and after
+/// `older_than` (a caller's own place in the same order), whichever is further.
 pub async fn history(
     pool: &PgPool,
     org_id: &str,
     target: Target,
     page_size: i64,
     after: Option<Cursor>,
+    older_than: Option<Cursor>,
 ) -> Result<HistoryPage, BroadcastError> {
+    // Both are places in one order: the further of the two is the one bound the query needs.
+    let after = match (after, older_than) {
+        (Some(a), Some(b)) => Some(if (a.sent_at, &a.message_id) <= (b.sent_at, &b.message_id) { a } else { b }),
+        (a, b) => a.or(b),
+    };
     let contact_id = match target {
         Target::Lead(lead_id) => {
             sqlx::query_scalar::<_, Uuid>("SELECT contact_id FROM lead_contacts WHERE org_id = $1 AND lead_id = $2")

@@ -13,6 +13,7 @@ mod pages;
 mod query;
 mod security;
 mod session;
+mod settings_page;
 mod views;
 
 use axum::{
@@ -86,8 +87,12 @@ fn router(state: AppState) -> Router {
         .route("/campaigns", get(pages::campaigns))
         .route("/agents", get(pages::agents).post(pages::add_agent))
         .route("/agents/{id}", post(pages::set_agent_active))
+        .route("/agents/{id}/presence", post(pages::set_agent_presence))
+        .route("/agents/{id}/capacity", post(pages::set_agent_capacity))
         .route("/qualification", get(pages::qualification))
         .route("/qualification/train", post(pages::train))
+        .route("/settings", get(settings_page::settings).post(settings_page::update_settings))
+        .route("/settings/assignment", post(settings_page::update_assignment_settings))
         .route("/assets/{name}", get(security::asset))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::middleware::from_fn(security::csrf))

@@ -21,7 +21,7 @@ use contracts::lead::Status;
 use leads_proto::v1 as pb;
 use serde::Deserialize;
 
-type Page = Result<Response, ConsoleError>;
+pub(crate) type Page = Result<Response, ConsoleError>;
 
 /// What every page's frame shows of the signed-in person.
 pub struct Chrome {
@@ -37,7 +37,7 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    fn of(session: &Session, section: &'static str) -> Self {
+    pub(crate) fn of(session: &Session, section: &'static str) -> Self {
         Self {
             signed_in: true,
             user: session.holder.sub.clone(),
@@ -73,7 +73,7 @@ fn is_htmx(headers: &HeaderMap) -> bool {
     headers.contains_key("hx-request")
 }
 
-fn html(template: &impl Template) -> Page {
+pub(crate) fn html(template: &impl Template) -> Page {
     Ok(Html(template.render()?).into_response())
 }
 
@@ -84,7 +84,7 @@ fn own_path(to: &str) -> &str {
 }
 
 /// After a change made without JavaScript: back to where the person was (a path of ours).
-fn see_other(to: &str) -> Response {
+pub(crate) fn see_other(to: &str) -> Response {
     Redirect::to(own_path(to)).into_response()
 }
 
@@ -457,7 +457,6 @@ struct Drawer {
     lead: LeadRow,
     csrf: String,
     back_query: String,
-    reasons: String,
     statuses: Vec<(&'static str, &'static str)>,
     agents: Vec<AgentChoice>,
     default_due: String,
@@ -502,21 +501,17 @@ async fn drawer(
     };
     let follow_ups_request =
         pb::ListFollowUpsRequest { org_id: org_id.clone(), lead_id: id.to_owned(), ..Default::default() };
-    let qualification_request = pb::GetQualificationRequest { org_id: org_id.clone(), lead_id: id.to_owned() };
-    let (mut leads, mut follow_up, mut qualification) =
-        (state.backends.lead.clone(), state.backends.follow_up.clone(), state.backends.qualification.clone());
-    let (history, agents, follow_ups, qualification) = tokio::join!(
+    let (mut leads, mut follow_up) = (state.backends.lead.clone(), state.backends.follow_up.clone());
+    let (history, agents, follow_ups) = tokio::join!(
         leads.get_lead_history(authorized(token, history_request)),
         agents_of(state, session, true),
         follow_up.list_follow_ups(authorized(token, follow_ups_request)),
-        qualification.get_qualification(authorized(token, qualification_request)),
     );
     let history = history?.into_inner();
     let tomorrow = chrono::Utc::now().date_naive() + chrono::Days::new(1);
     let template = Drawer {
         csrf: session.csrf_token(),
         back_query: back_query.to_owned(),
-        reasons: qualification.map(|q| q.into_inner().reasons.join(" · ")).unwrap_or_default(),
         statuses: views::statuses(),
         agents: agents
             .unwrap_or_default()
@@ -906,17 +901,145 @@ pub async fn campaigns(State(state): State<AppState>, headers: HeaderMap, RawQue
     })
 }
 
+/// One agent as the Agents page shows it: its load against its capacity, and its presence as
+/// it counts for automatic assignment.
+struct AgentLine {
+    id: String,
+    name: String,
+    active: bool,
+    open_leads: i64,
+    capacity: i32,
+    /// The agent's own capacity as the field shows it; empty when the organisation's default
+    /// applies.
+    own_capacity: String,
+    presence: &'static str,
+    last_assigned: When,
+    /// Whether the signed-in person may set this agent's presence: the desk's runners any
+    /// agent's, an agent its own.
+    may_set_presence: bool,
+}
+
+struct WaitingLine {
+    lead_id: String,
+    score: String,
+    since: When,
+    handing_to: String,
+}
+
 #[derive(Template)]
 #[template(path = "agents.html")]
 struct AgentsPage {
     chrome: Chrome,
-    agents: Vec<pb::Agent>,
+    agents: Vec<AgentLine>,
+    /// `None` for an agent, who does not see the queue.
+    waiting: Option<Vec<WaitingLine>>,
+    waiting_total: i64,
+}
+
+const PRESENCES: [(pb::Presence, &str); 3] =
+    [(pb::Presence::Available, "available"), (pb::Presence::Away, "away"), (pb::Presence::Offline, "offline")];
+
+fn presence_name(value: i32) -> &'static str {
+    PRESENCES.iter().find(|(p, _)| *p as i32 == value).map_or("offline", |(_, name)| name)
 }
 
 pub async fn agents(State(state): State<AppState>, headers: HeaderMap) -> Page {
     let session = Session::from_headers(&headers)?;
     let agents = agents_of(&state, &session, false).await?;
-    html(&AgentsPage { chrome: Chrome::of(&session, "agents"), agents })
+    let own = session.holder.agent_id.as_deref();
+    let lines = agents
+        .into_iter()
+        .map(|a| AgentLine {
+            may_set_presence: session.runs_the_desk() || own == Some(a.agent_id.as_str()),
+            presence: presence_name(a.presence),
+            own_capacity: a.capacity.map(|c| c.to_string()).unwrap_or_default(),
+            capacity: a.effective_capacity,
+            last_assigned: When::of(a.last_assigned_at.as_ref()),
+            open_leads: a.open_leads,
+            active: a.active,
+            name: a.name,
+            id: a.agent_id,
+        })
+        .collect();
+    let (waiting, waiting_total) = if session.runs_the_desk() {
+        let request = pb::ListWaitingLeadsRequest { org_id: session.org_id.clone(), page_size: 50 };
+        let answer = state
+            .backends
+            .assignment
+            .clone()
+            .list_waiting_leads(authorized(&session.token, request))
+            .await?
+            .into_inner();
+        let lines = answer
+            .leads
+            .into_iter()
+            .map(|l| WaitingLine {
+                score: l.score.map(|s| s.to_string()).unwrap_or_default(),
+                since: When::of(l.waiting_since.as_ref()),
+                handing_to: l.handing_to,
+                lead_id: l.lead_id,
+            })
+            .collect();
+        (Some(lines), answer.total)
+    } else {
+        (None, 0)
+    };
+    html(&AgentsPage { chrome: Chrome::of(&session, "agents"), agents: lines, waiting, waiting_total })
+}
+
+#[derive(Deserialize)]
+pub struct PresenceForm {
+    presence: String,
+}
+
+/// Sets an agent's presence (the assignment service lets an agent set only its own), which
+/// also counts as its heartbeat.
+pub async fn set_agent_presence(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<PresenceForm>,
+) -> Page {
+    let session = Session::from_headers(&headers)?;
+    let presence = PRESENCES
+        .iter()
+        .find(|(_, name)| *name == form.presence)
+        .map(|(p, _)| *p)
+        .ok_or_else(|| ConsoleError::BadRequest("presence: choose available, away or offline".into()))?;
+    let request = pb::SetPresenceRequest { org_id: session.org_id.clone(), agent_id: id, presence: presence as i32 };
+    state.backends.assignment.clone().set_presence(authorized(&session.token, request)).await?;
+    Ok(see_other("/agents"))
+}
+
+#[derive(Deserialize)]
+pub struct CapacityForm {
+    #[serde(default)]
+    capacity: String,
+}
+
+/// Sets an agent's capacity (admins only, as the assignment service decides); empty returns
+/// to the organisation's default.
+pub async fn set_agent_capacity(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CapacityForm>,
+) -> Page {
+    let session = Session::from_headers(&headers)?;
+    let capacity = match form.capacity.trim() {
+        "" => 0,
+        text => text
+            .parse()
+            .map_err(|_| ConsoleError::BadRequest("capacity: give a whole number, or leave it empty".into()))?,
+    };
+    let request = pb::UpsertAgentRequest {
+        org_id: session.org_id.clone(),
+        agent_id: id,
+        capacity: Some(capacity),
+        ..Default::default()
+    };
+    state.backends.assignment.clone().upsert_agent(authorized(&session.token, request)).await?;
+    Ok(see_other("/agents"))
 }
 
 #[derive(Deserialize)]

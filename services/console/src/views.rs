@@ -51,6 +51,17 @@ pub struct LeadRow {
     pub created: When,
     pub interactions: i64,
     pub version: i64,
+    /// The reasons of the current AI score, most important first, joined; empty for a score
+    /// set by hand.
+    pub reasons: String,
+    /// The most important reason alone, under the score in the list.
+    pub top_reason: String,
+    /// The attributes the lead's interactions carried, by key.
+    pub attributes: Vec<(String, String)>,
+    /// The chat system's conversation of the lead's latest interaction that named one.
+    pub conversation_id: String,
+    /// Its link in the chat system, where the organisation set a template.
+    pub conversation_url: String,
 }
 
 pub fn status_label(status: Status) -> &'static str {
@@ -108,6 +119,16 @@ impl LeadRow {
             created: When::of(lead.created_at.as_ref()),
             interactions: lead.interaction_count,
             version: lead.version,
+            reasons: lead.score_reasons.join(" · "),
+            top_reason: lead.score_reasons.first().cloned().unwrap_or_default(),
+            attributes: {
+                let mut attributes: Vec<(String, String)> =
+                    lead.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                attributes.sort();
+                attributes
+            },
+            conversation_id: lead.conversation_id.clone(),
+            conversation_url: lead.conversation_url.clone(),
         }
     }
 }

@@ -8,9 +8,26 @@ pub enum FollowUpError {
     NotFound(String),
     #[error("follow-up {id} is already {state}")]
     Closed { id: Uuid, state: String },
+    /// The agent the request names is not one of the organisation's.
+    #[error("agent_id: unknown agent {0}")]
+    UnknownAgent(String),
+    /// The agent the request names has been deactivated.
+    #[error("agent {0} is inactive")]
+    InactiveAgent(String),
+    /// The agent the lead is assigned to, whom a follow-up naming none goes to, is not one of
+    /// the organisation's.
+    #[error("the lead's agent {0} is unknown: assign the lead to an active agent first")]
+    UnknownLeadAgent(String),
+    /// The agent the lead is assigned to, whom a follow-up naming none goes to, has been
+    /// deactivated.
+    #[error("agent {0} is inactive: assign the lead to an active agent first")]
+    InactiveLeadAgent(String),
     /// What the lead service answered when it refused or failed.
     #[error("lead service: {0}")]
     Lead(#[from] platform::grpc::UpstreamError),
+    /// What the assignment service answered when it failed.
+    #[error("assignment service: {0}")]
+    Assignment(platform::grpc::UpstreamError),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("database error: {0}")]
@@ -36,10 +53,13 @@ impl From<tonic::Status> for FollowUpError {
 impl platform::error::ServiceError for FollowUpError {
     fn code(&self) -> tonic::Code {
         match self {
-            FollowUpError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            FollowUpError::InvalidArgument { .. } | FollowUpError::UnknownAgent(_) => tonic::Code::InvalidArgument,
             FollowUpError::NotFound(_) => tonic::Code::NotFound,
-            FollowUpError::Closed { .. } => tonic::Code::FailedPrecondition,
-            FollowUpError::Lead(upstream) => upstream.code(),
+            FollowUpError::Closed { .. }
+            | FollowUpError::InactiveAgent(_)
+            | FollowUpError::UnknownLeadAgent(_)
+            | FollowUpError::InactiveLeadAgent(_) => tonic::Code::FailedPrecondition,
+            FollowUpError::Lead(upstream) | FollowUpError::Assignment(upstream) => upstream.code(),
             FollowUpError::Internal(_) => tonic::Code::Internal,
             FollowUpError::Database(error) => platform::error::sql_code(error),
         }

@@ -144,9 +144,13 @@ fn follow_up_id(cmd: &CreateFollowUp) -> Uuid {
     }
 }
 
-/// Asks the lead service to record the follow-up on the lead (refused when the lead is
-/// inactive), then keeps it here. Should this process stop between the two, the lead's
-/// `follow_up_opened` event brings the follow-up here all the same.
+/// How long a question to another service may take before the caller is answered UNAVAILABLE.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks the follow-up's agent (see `follow_up_agent`), asks the lead service to record the
+/// follow-up on the lead (refused when the lead is inactive), then keeps it here. Should this
+/// process stop between the last two, the lead's `follow_up_opened` event brings the
+/// follow-up here all the same.
 pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<FollowUpRow, FollowUpError> {
     if let Some(note) = &cmd.note {
         contracts::values::validate_note(note)?;
@@ -160,6 +164,14 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         return Err(FollowUpError::invalid("request_id", format!("must be at most {MAX_REQUEST_ID_CHARS} characters")));
     }
     let id = follow_up_id(&cmd);
+    // A repeated request answers the follow-up it made, whose agent was checked then: the
+    // agent's state since must not turn the repeat into a refusal.
+    let agent_id = if cmd.request_id.is_some() && kept(ctx, &cmd.org_id, id).await? {
+        cmd.agent_id.clone()
+    } else {
+        follow_up_agent(ctx, &cmd).await?
+    };
+    let cmd = CreateFollowUp { agent_id, ..cmd };
     let mut request = tonic::Request::new(pb::OpenFollowUpRequest {
         org_id: cmd.org_id.clone(),
         lead_id: cmd.lead_id.to_string(),
@@ -170,7 +182,7 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         actor: cmd.actor.clone(),
         on_behalf_of_agent: cmd.on_behalf_of_agent.clone().unwrap_or_default(),
     });
-    request.set_timeout(std::time::Duration::from_secs(10));
+    request.set_timeout(CALL_TIMEOUT);
     let lead = match ctx.lead.clone().open_follow_up(request).await {
         Ok(answer) => answer.into_inner(),
         Err(status)
@@ -218,6 +230,65 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
             Ok(opened.into_pending_row())
         }
     }
+}
+
+/// The agent a follow-up goes to, once the assignment service has said the organisation
+/// knows it and it is active: the one the request names, else the lead's (as the lead service
+/// would fill it in, and then named to it, so that the agent recorded is the one checked).
+/// Asked before the lead service records anything, so that a refusal leaves nothing behind.
+/// An agent deactivated between the check and the record keeps that follow-up, as it keeps
+/// its leads.
+async fn follow_up_agent(ctx: &FollowUpContext, cmd: &CreateFollowUp) -> Result<Option<String>, FollowUpError> {
+    let (agent_id, named) = match &cmd.agent_id {
+        Some(agent_id) => (agent_id.clone(), true),
+        None => match lead_agent(ctx, cmd).await? {
+            Some(agent_id) => (agent_id, false),
+            None => return Ok(None),
+        },
+    };
+    let mut request =
+        tonic::Request::new(pb::GetAgentRequest { org_id: cmd.org_id.clone(), agent_id: agent_id.clone() });
+    request.set_timeout(CALL_TIMEOUT);
+    match (ctx.assignment.clone().get_agent(request).await, named) {
+        (Ok(agent), _) if agent.get_ref().active => Ok(Some(agent_id)),
+        (Ok(_), true) => Err(FollowUpError::InactiveAgent(agent_id)),
+        (Ok(_), false) => Err(FollowUpError::InactiveLeadAgent(agent_id)),
+        (Err(status), true) if status.code() == tonic::Code::NotFound => Err(FollowUpError::UnknownAgent(agent_id)),
+        (Err(status), false) if status.code() == tonic::Code::NotFound => {
+            Err(FollowUpError::UnknownLeadAgent(agent_id))
+        }
+        (Err(status), _) => {
+            Err(FollowUpError::Assignment(platform::grpc::UpstreamError::from_status("assignment", status)))
+        }
+    }
+}
+
+/// The agent of an active lead, whom a follow-up naming none goes to. None for an inactive
+/// lead: the lead service refuses it with its status, which says more than its agent would.
+async fn lead_agent(ctx: &FollowUpContext, cmd: &CreateFollowUp) -> Result<Option<String>, FollowUpError> {
+    let lead_id = cmd.lead_id.to_string();
+    let mut request = tonic::Request::new(pb::GetLeadRequest { org_id: cmd.org_id.clone(), lead_id: lead_id.clone() });
+    request.set_timeout(CALL_TIMEOUT);
+    let lead = ctx.lead.clone().get_lead(request).await?.into_inner();
+    let agent_id = non_empty(lead.agent_id);
+    // This service asks as itself: an agent's rule (its own and unassigned leads) is applied
+    // here as the lead service applies it, so that another's lead is not found rather than
+    // described by its agent.
+    if let (Some(own), Some(holder)) = (&cmd.on_behalf_of_agent, &agent_id)
+        && own != holder
+    {
+        return Err(tonic::Status::not_found(format!("lead {lead_id} not found")).into());
+    }
+    Ok(agent_id.filter(|_| lead.active))
+}
+
+/// Whether this service keeps the follow-up `id`.
+async fn kept(ctx: &FollowUpContext, org_id: &str, id: Uuid) -> Result<bool, FollowUpError> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM follow_ups WHERE org_id = $1 AND id = $2)")
+        .bind(org_id)
+        .bind(id)
+        .fetch_one(&ctx.pool)
+        .await?)
 }
 
 fn non_empty(value: String) -> Option<String> {

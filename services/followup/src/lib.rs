@@ -2,6 +2,8 @@
 //! decides that, under the lead's lock, and fills in its contact), comes due on its own,
 //! and is completed or cancelled by people; the system cancels the open follow-ups of a
 //! lead that becomes inactive. Every change is published as `events.followup.<org>.<state>`.
+//! A follow-up goes only to an agent the assignment service knows as active, asked before
+//! the lead service records anything.
 
 pub mod error;
 mod grpc;
@@ -9,7 +11,10 @@ pub mod handler;
 
 use contracts::Envelope;
 use contracts::lead::LeadEvent;
-use leads_proto::v1::{follow_up_service_server as server, lead_service_client::LeadServiceClient};
+use leads_proto::v1::{
+    assignment_service_client::AssignmentServiceClient, follow_up_service_server as server,
+    lead_service_client::LeadServiceClient,
+};
 use platform::{
     ServiceName,
     consumer::{self, Batch, Disposition},
@@ -33,6 +38,8 @@ pub struct FollowUpContext {
     pub subjects: Subjects,
     pub outbox: OutboxSignal,
     pub lead: LeadServiceClient<TracedChannel>,
+    /// Asked whether the agent a follow-up goes to is known and active.
+    pub assignment: AssignmentServiceClient<TracedChannel>,
 }
 
 pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Running> {
@@ -42,6 +49,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         subjects: infra.subjects.clone(),
         outbox: base.outbox.clone(),
         lead: platform::visibility::lead_client(&infra.settings, ServiceName::FollowUp)?,
+        assignment: assignment_client(infra)?,
     };
     for kind in ["follow_up_opened", "status_changed"] {
         base.consumer(StreamKind::Events("lead"), format!("followup-{}", kind.replace('_', "-")))
@@ -51,6 +59,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.spawn("due scheduler", handler::schedule_due(ctx.clone(), DUE_TICK, token.clone()));
     let routes = tonic::service::Routes::new(server::FollowUpServiceServer::new(grpc::FollowUpApi { ctx }));
     base.serve(infra, &["leads.v1.FollowUpService"], routes, token).await
+}
+
+/// A client of the assignment service at `endpoints.assignment`, calling as this service.
+fn assignment_client(infra: &Infra) -> anyhow::Result<AssignmentServiceClient<TracedChannel>> {
+    let endpoint = &infra.settings.endpoints.assignment;
+    let channel = platform::grpc::service_channel(&infra.settings, ServiceName::FollowUp, endpoint)
+        .map_err(|e| anyhow::anyhow!("invalid assignment endpoint {endpoint}: {e}"))?;
+    Ok(AssignmentServiceClient::new(channel))
 }
 
 async fn consume_lead_events(ctx: FollowUpContext, batch: Batch) -> Vec<Disposition> {

@@ -19,8 +19,9 @@ use crate::{
     LeadContext,
     apply::{SYSTEM_ACTOR, column, lead_envelope, lead_event},
     error::LeadError,
-    lifecycle::{self, Act, Transition},
-    model::LEAD_VIEW_COLUMNS,
+    lifecycle::{self, Act, StatusRules, Transition},
+    model::{DetailPositions, LEAD_VIEW_COLUMNS, Position},
+    settings,
 };
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
@@ -28,7 +29,7 @@ use contracts::interaction::{Direction, Interaction, Kind};
 use contracts::lead::{INTERACTIONS_APPLIED, InteractionSummary, LeadChange, LeadEvent, LeadView, SourceKind, Status};
 use platform::nats::Subjects;
 use sqlx::{Postgres, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 const PREVIEW_CHARS: usize = 140;
@@ -58,6 +59,8 @@ struct StatusChangeRow {
     from: Option<&'static str>,
     to: &'static str,
     reason: String,
+    /// The organisation's status rule that made the change, if one did.
+    rule: Option<&'static str>,
     version: i64,
     at: DateTime<Utc>,
 }
@@ -72,6 +75,8 @@ struct BatchState {
     changed_contacts: HashSet<Uuid>,
     /// Active leads by contact, as they stand after the events applied so far.
     active: HashMap<Uuid, LeadView>,
+    /// Where each active lead's conversation and attributes came from, by lead id.
+    details: HashMap<Uuid, DetailPositions>,
     new_leads: Vec<Uuid>,
     changed_leads: HashSet<Uuid>,
     status_changes: Vec<StatusChangeRow>,
@@ -86,6 +91,8 @@ struct BatchState {
     unattached: HashMap<Uuid, Vec<Unattached>>,
     /// Stored unattached messages a lead took in this batch: (org, event id, lead).
     attached: Vec<(String, String, Uuid)>,
+    /// The status rules of the batch's organisations that set any.
+    rules: HashMap<String, StatusRules>,
 }
 
 /// An outbound message recorded on its contact without a lead.
@@ -94,6 +101,8 @@ struct Unattached {
     summary: InteractionSummary,
     /// Its row in this batch's pending interactions; `None` when it is stored already.
     pending: Option<usize>,
+    conversation_id: Option<String>,
+    attributes: BTreeMap<String, String>,
 }
 
 /// Applies a batch in one transaction, skipping events already applied; the consumer retries it
@@ -109,6 +118,8 @@ pub async fn apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
     load_contacts(&mut tx, &todo, &mut state).await?;
     load_active_leads(&mut tx, &mut state).await?;
     load_unattached(&mut tx, &mut state).await?;
+    let orgs: Vec<&str> = todo.iter().map(|a| a.org_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
+    state.rules = settings::rules_of(&mut *tx, &orgs).await?;
     let now = Utc::now();
     // Arrival order: an event that links a phone to an external id comes before a later
     // event that names only the phone.
@@ -194,8 +205,8 @@ async fn load_active_leads(tx: &mut Transaction<'_, Postgres>, state: &mut Batch
         return Ok(());
     }
     let contacts: Vec<&Contact> = state.contacts.values().collect();
-    let leads: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {LEAD_VIEW_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id \
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {LEAD_VIEW_COLUMNS}, l.detail_positions FROM leads l JOIN contacts c ON c.id = l.contact_id \
          JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, contact_id) \
            ON l.org_id = k.org_id AND l.contact_id = k.contact_id \
          WHERE l.active ORDER BY l.id FOR UPDATE OF l"
@@ -204,7 +215,10 @@ async fn load_active_leads(tx: &mut Transaction<'_, Postgres>, state: &mut Batch
     .bind(column(&contacts, |c| c.id))
     .fetch_all(&mut **tx)
     .await?;
-    for lead in leads {
+    for row in rows {
+        let lead = <LeadView as sqlx::FromRow<_>>::from_row(&row)?;
+        let positions: sqlx::types::Json<DetailPositions> = sqlx::Row::try_get(&row, "detail_positions")?;
+        state.details.insert(lead.id, positions.0);
         state.active.insert(lead.contact_id, lead);
     }
     Ok(())
@@ -217,11 +231,22 @@ async fn load_unattached(tx: &mut Transaction<'_, Postgres>, state: &mut BatchSt
         return Ok(());
     }
     let contacts: Vec<&Contact> = state.contacts.values().collect();
-    type Row = (Uuid, String, String, DateTime<Utc>, Option<String>, Option<String>, Option<String>);
+    type Row = (
+        Uuid,
+        String,
+        String,
+        DateTime<Utc>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        sqlx::types::Json<BTreeMap<String, String>>,
+    );
     // `direction = 'outbound'` is written out, not bound: a generic plan can use the partial
     // index `interactions_unattached_outbound` only for a predicate that matches its own.
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT i.contact_id, i.event_id, i.kind, i.occurred_at, i.text, i.broadcast_message_id, i.campaign_id \
+        "SELECT i.contact_id, i.event_id, i.kind, i.occurred_at, i.text, i.broadcast_message_id, i.campaign_id, \
+           i.conversation_id, i.attributes \
          FROM UNNEST($1::text[], $2::uuid[]) AS k(org_id, contact_id) \
          CROSS JOIN LATERAL ( \
            SELECT * FROM interactions i WHERE i.org_id = k.org_id AND i.contact_id = k.contact_id \
@@ -232,7 +257,18 @@ async fn load_unattached(tx: &mut Transaction<'_, Postgres>, state: &mut BatchSt
     .bind(column(&contacts, |c| c.id))
     .fetch_all(&mut **tx)
     .await?;
-    for (contact_id, event_id, kind, occurred_at, text, broadcast_message_id, campaign_id) in rows {
+    for (
+        contact_id,
+        event_id,
+        kind,
+        occurred_at,
+        text,
+        broadcast_message_id,
+        campaign_id,
+        conversation_id,
+        attributes,
+    ) in rows
+    {
         let summary = InteractionSummary {
             event_id,
             kind: Kind::try_from(kind).map_err(|e| LeadError::Unreadable(e.to_string()))?,
@@ -242,7 +278,8 @@ async fn load_unattached(tx: &mut Transaction<'_, Postgres>, state: &mut BatchSt
             broadcast_message_id,
             campaign_id,
         };
-        state.unattached.entry(contact_id).or_default().push(Unattached { summary, pending: None });
+        let unattached = Unattached { summary, pending: None, conversation_id, attributes: attributes.0 };
+        state.unattached.entry(contact_id).or_default().push(unattached);
     }
     Ok(())
 }
@@ -332,6 +369,8 @@ fn apply(subjects: &Subjects, state: &mut BatchState, org_id: &str, event: &Inte
             (lead.phone, lead.external_id, lead.name, lead.email) =
                 (contact.phone.clone(), contact.external_id.clone(), contact.name.clone(), contact.email.clone());
             lead.first_touch_at = lead.first_touch_at.min(event.occurred_at);
+            let positions = state.details.entry(lead.id).or_default();
+            positions.take(lead, &position(event), event.conversation_id.as_deref(), &event.attributes);
             let mut out = Changes {
                 status_changes: &mut state.status_changes,
                 recorded: &mut state.recorded,
@@ -344,8 +383,10 @@ fn apply(subjects: &Subjects, state: &mut BatchState, org_id: &str, event: &Inte
         Some(_) => None,
         None if event.direction == Direction::Outbound => None,
         None => {
-            let lead = open_lead(state, org_id, &contact, event, preview, now);
+            let mut lead = open_lead(subjects, state, org_id, &contact, event, preview, now);
             let id = lead.id;
+            let positions = state.details.entry(id).or_default();
+            positions.take(&mut lead, &position(event), event.conversation_id.as_deref(), &event.attributes);
             state.active.insert(contact_id, lead);
             Some(id)
         }
@@ -358,15 +399,22 @@ fn apply(subjects: &Subjects, state: &mut BatchState, org_id: &str, event: &Inte
         interaction: event.clone(),
     });
     if lead_id.is_none() {
-        let unattached = Unattached { summary: summary(event), pending: Some(index) };
+        let unattached = Unattached {
+            summary: summary(event),
+            pending: Some(index),
+            conversation_id: event.conversation_id.clone(),
+            attributes: event.attributes.clone(),
+        };
         state.unattached.entry(contact_id).or_default().push(unattached);
     } else if event.direction == Direction::Inbound {
         attach_unattached(subjects, state, org_id, contact_id, now);
     }
 }
 
-/// The event's lead: a new one in New, opened by an inbound message.
+/// The event's lead: a new one in New (or where the organisation's opening rule puts it),
+/// opened by an inbound message.
 fn open_lead(
+    subjects: &Subjects,
     state: &mut BatchState,
     org_id: &str,
     contact: &Contact,
@@ -374,7 +422,7 @@ fn open_lead(
     preview: Option<String>,
     now: DateTime<Utc>,
 ) -> LeadView {
-    let lead = LeadView {
+    let mut lead = LeadView {
         id: Uuid::now_v7(),
         org_id: org_id.to_owned(),
         contact_id: contact.id,
@@ -400,6 +448,9 @@ fn open_lead(
         created_at: now,
         updated_at: now,
         version: 1,
+        score_reasons: Vec::new(),
+        attributes: event.attributes.clone(),
+        conversation_id: event.conversation_id.clone(),
     };
     let source = match event.kind {
         Kind::ChatMessage => "created from a chat message".to_owned(),
@@ -418,11 +469,35 @@ fn open_lead(
         from: None,
         to: Status::New.as_str(),
         reason: source,
+        rule: None,
         version: 1,
         at: now,
     });
     state.recorded.push(lead_envelope(&lead, LeadChange::Created { interaction: summary(event) }));
     state.new_leads.push(lead.id);
+    let rules = state.rules.get(org_id);
+    if let Some(decided) = rules.and_then(|rules| lifecycle::opening_move(rules, lead.source_kind)) {
+        lead.status = decided.to;
+        lead.version += 1;
+        state.status_changes.push(StatusChangeRow {
+            org_id: org_id.to_owned(),
+            lead_id: lead.id,
+            from: Some(decided.from.as_str()),
+            to: decided.to.as_str(),
+            reason: decided.reason.clone(),
+            rule: Some(decided.rule.as_str()),
+            version: lead.version,
+            at: now,
+        });
+        let change = LeadChange::StatusChanged {
+            from: decided.from.as_str().into(),
+            to: decided.to.as_str().into(),
+            actor: SYSTEM_ACTOR.into(),
+            reason: Some(decided.reason),
+            rule: Some(decided.rule.as_str().into()),
+        };
+        state.messages.push(lead_event(subjects, &lead, change));
+    }
     lead
 }
 
@@ -436,6 +511,9 @@ fn attach_unattached(subjects: &Subjects, state: &mut BatchState, org_id: &str, 
     *waiting = kept;
     taken.sort_by_key(|u| u.summary.occurred_at);
     for message in taken {
+        let at = (message.summary.occurred_at, message.summary.event_id.clone());
+        let positions = state.details.entry(lead.id).or_default();
+        positions.take(lead, &at, message.conversation_id.as_deref(), &message.attributes);
         let mut out = Changes {
             status_changes: &mut state.status_changes,
             recorded: &mut state.recorded,
@@ -492,6 +570,7 @@ fn record_on_lead(
             from: Some(from.as_str()),
             to: to.as_str(),
             reason: reason.to_owned(),
+            rule: None,
             version: lead.version,
             at: now,
         });
@@ -500,6 +579,7 @@ fn record_on_lead(
             to: to.as_str().into(),
             actor: SYSTEM_ACTOR.into(),
             reason: Some(reason.into()),
+            rule: None,
         };
         out.messages.push(lead_event(subjects, lead, change));
     }
@@ -583,10 +663,12 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         let inserted = sqlx::query(
             "INSERT INTO leads (id, org_id, contact_id, status, source_kind, channel, campaign_id, \
                broadcast_message_id, integration_name, integration_reference, interaction_count, \
-               last_message_preview, first_touch_at, last_interaction_at, created_at, updated_at, version) \
+               last_message_preview, first_touch_at, last_interaction_at, created_at, updated_at, version, \
+               attributes, conversation_id, detail_positions) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
                $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::timestamptz[], \
-               $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::bigint[]) \
+               $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::bigint[], $18::jsonb[], $19::text[], \
+               $20::jsonb[]) \
              ON CONFLICT DO NOTHING",
         )
         .bind(column(&leads, |l| l.id))
@@ -606,6 +688,9 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         .bind(column(&leads, |l| l.created_at))
         .bind(column(&leads, |l| l.updated_at))
         .bind(column(&leads, |l| l.version))
+        .bind(column(&leads, |l| sqlx::types::Json(&l.attributes)))
+        .bind(column(&leads, |l| l.conversation_id.as_deref()))
+        .bind(column(&leads, |l| sqlx::types::Json(state.details.get(&l.id).cloned().unwrap_or_default())))
         .execute(&mut **tx)
         .await?;
         // Fewer rows: a concurrent batch opened one of these contacts' active lead first.
@@ -620,11 +705,13 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         sqlx::query(
             "UPDATE leads l SET interaction_count = u.interaction_count, \
                last_message_preview = u.last_message_preview, last_interaction_at = u.last_interaction_at, \
-               status = u.status, updated_at = u.updated_at, version = u.version, first_touch_at = u.first_touch_at \
+               status = u.status, updated_at = u.updated_at, version = u.version, first_touch_at = u.first_touch_at, \
+               attributes = u.attributes, conversation_id = u.conversation_id, \
+               detail_positions = coalesce(u.detail_positions, l.detail_positions) \
              FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[], \
-               $6::timestamptz[], $7::bigint[], $8::timestamptz[]) \
+               $6::timestamptz[], $7::bigint[], $8::timestamptz[], $9::jsonb[], $10::text[], $11::jsonb[]) \
                AS u(id, interaction_count, last_message_preview, last_interaction_at, status, updated_at, version, \
-                    first_touch_at) \
+                    first_touch_at, attributes, conversation_id, detail_positions) \
              WHERE l.id = u.id",
         )
         .bind(column(&changed, |l| l.id))
@@ -635,6 +722,9 @@ async fn write_leads(tx: &mut Transaction<'_, Postgres>, state: &BatchState) -> 
         .bind(column(&changed, |l| l.updated_at))
         .bind(column(&changed, |l| l.version))
         .bind(column(&changed, |l| l.first_touch_at))
+        .bind(column(&changed, |l| sqlx::types::Json(&l.attributes)))
+        .bind(column(&changed, |l| l.conversation_id.as_deref()))
+        .bind(column(&changed, |l| state.details.get(&l.id).map(sqlx::types::Json)))
         .execute(&mut **tx)
         .await?;
     }
@@ -647,9 +737,9 @@ async fn write_status_changes(tx: &mut Transaction<'_, Postgres>, state: &BatchS
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO status_changes (org_id, lead_id, from_status, to_status, actor, reason, lead_version, at) \
-         SELECT o, l, f, t, $8, r, v, a FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
-           $6::bigint[], $7::timestamptz[]) AS u(o, l, f, t, r, v, a)",
+        "INSERT INTO status_changes (org_id, lead_id, from_status, to_status, actor, reason, lead_version, at, rule) \
+         SELECT o, l, f, t, $8, r, v, a, ru FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+           $6::bigint[], $7::timestamptz[], $9::text[]) AS u(o, l, f, t, r, v, a, ru)",
     )
     .bind(column(rows, |r| r.org_id.as_str()))
     .bind(column(rows, |r| r.lead_id))
@@ -659,9 +749,15 @@ async fn write_status_changes(tx: &mut Transaction<'_, Postgres>, state: &BatchS
     .bind(column(rows, |r| r.version))
     .bind(column(rows, |r| r.at))
     .bind(SYSTEM_ACTOR)
+    .bind(column(rows, |r| r.rule))
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The interaction's place among its lead's, for what the latest one decides.
+fn position(event: &Interaction) -> Position {
+    (event.occurred_at, event.event_id.clone())
 }
 
 fn summary(event: &Interaction) -> InteractionSummary {

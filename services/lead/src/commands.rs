@@ -125,6 +125,8 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
            score = CASE WHEN $4 AND score_source = $5 THEN NULL ELSE coalesce($3, score) END, \
            score_source = CASE WHEN $4 AND score_source = $5 THEN NULL \
                                WHEN $3::int IS NULL THEN score_source ELSE $5 END, \
+           score_reasons = CASE WHEN $3::int IS NULL THEN score_reasons END, \
+           status_set_by_hand_at = CASE WHEN status <> $2 THEN now() ELSE status_set_by_hand_at END, \
            updated_at = now(), version = version + 1 \
          WHERE id = $1 RETURNING version",
     )
@@ -161,6 +163,7 @@ pub async fn change_status(ctx: &LeadContext, cmd: ChangeStatus) -> Result<LeadV
             to: to.as_str().into(),
             actor: cmd.actor.clone(),
             reason: cmd.reason.clone(),
+            rule: None,
         }
     } else {
         // A status left as it is: the request changed the score alone.
@@ -302,7 +305,7 @@ pub async fn bulk_change_status(
     if !to_change.is_empty() {
         let changed: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH changed AS ( \
-               UPDATE leads SET status = $2, updated_at = now(), version = version + 1 \
+               UPDATE leads SET status = $2, status_set_by_hand_at = now(), updated_at = now(), version = version + 1 \
                WHERE id = ANY($1) RETURNING * \
              ) SELECT {LEAD_VIEW_COLUMNS} FROM changed l JOIN contacts c ON c.id = l.contact_id"
         )))
@@ -334,6 +337,7 @@ pub async fn bulk_change_status(
                 to: to.as_str().into(),
                 actor: actor.into(),
                 reason: reason.map(Into::into),
+                rule: None,
             };
             messages.push(lead_event(&ctx.subjects, lead, change));
         }

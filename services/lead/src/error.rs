@@ -19,6 +19,11 @@ pub enum LeadError {
         "Someone changed this lead meanwhile: reload to see it (lead {id} is at version {actual}, not the expected {expected})"
     )]
     VersionMismatch { id: Uuid, expected: i64, actual: i64 },
+    /// Said so that a person reads what to do, like a lead's.
+    #[error(
+        "Someone changed these settings meanwhile: reload to see them (they are at version {actual}, not the expected {expected})"
+    )]
+    SettingsVersionMismatch { expected: i64, actual: i64 },
     #[error("a concurrent writer got there first")]
     Conflict,
     #[error("database error: {0}")]
@@ -60,7 +65,9 @@ impl platform::error::ServiceError for LeadError {
             LeadError::NotFound(_) => tonic::Code::NotFound,
             LeadError::Forbidden(_) => tonic::Code::PermissionDenied,
             LeadError::Inactive { .. } => tonic::Code::FailedPrecondition,
-            LeadError::VersionMismatch { .. } | LeadError::Conflict => tonic::Code::Aborted,
+            LeadError::VersionMismatch { .. } | LeadError::SettingsVersionMismatch { .. } | LeadError::Conflict => {
+                tonic::Code::Aborted
+            }
             LeadError::Database(error) => platform::error::sql_code(error),
             LeadError::Unreadable(_) => tonic::Code::Internal,
             LeadError::ExportLimit { .. } => tonic::Code::ResourceExhausted,

@@ -12,14 +12,15 @@ use chrono::{DateTime, Utc};
 use contracts::lead::{LeadView, ScoreSource, SourceKind, Status};
 use futures::TryStreamExt;
 use leads_proto::v1 as pb;
-use sqlx::{PgPool, Row, postgres::PgRow};
+use sqlx::{PgPool, Row, postgres::PgRow, types::Json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
 const ROWS_PER_CHUNK: usize = 2000;
 
-pub const HEADER: [&str; 14] = [
+pub const HEADER: [&str; 16] = [
     "lead_id",
     "contact_name",
     "phone",
@@ -34,13 +35,16 @@ pub const HEADER: [&str; 14] = [
     "interactions",
     "created_at",
     "last_interaction_at",
+    "attributes",
+    "score_reasons",
 ];
 
 /// The CSV's columns, in its order, for `FROM leads l JOIN contacts c ON c.id = l.contact_id`.
 /// ALL reads only these, by position: decoding the page's full lead row by column name cost
 /// the export more than writing its CSV did.
 const CSV_COLUMNS: &str = "l.id, c.name, c.phone, c.email, l.status, l.score, l.score_source, l.agent_id, \
-     l.source_kind, l.campaign_id, l.integration_name, l.interaction_count, l.created_at, l.last_interaction_at";
+     l.source_kind, l.campaign_id, l.integration_name, l.interaction_count, l.created_at, l.last_interaction_at, \
+     l.attributes, coalesce(l.score_reasons, '[]')";
 
 /// One CSV line's values, as `CSV_COLUMNS` selects them.
 struct CsvRow {
@@ -58,6 +62,8 @@ struct CsvRow {
     interaction_count: i64,
     created_at: DateTime<Utc>,
     last_interaction_at: DateTime<Utc>,
+    attributes: BTreeMap<String, String>,
+    score_reasons: Vec<String>,
 }
 
 impl<'r> sqlx::FromRow<'r, PgRow> for CsvRow {
@@ -79,6 +85,8 @@ impl<'r> sqlx::FromRow<'r, PgRow> for CsvRow {
             interaction_count: row.try_get(11)?,
             created_at: row.try_get(12)?,
             last_interaction_at: row.try_get(13)?,
+            attributes: row.try_get::<Json<_>, _>(14)?.0,
+            score_reasons: row.try_get::<Json<_>, _>(15)?.0,
         })
     }
 }
@@ -100,6 +108,8 @@ impl From<&LeadView> for CsvRow {
             interaction_count: lead.interaction_count,
             created_at: lead.created_at,
             last_interaction_at: lead.last_interaction_at,
+            attributes: lead.attributes.clone(),
+            score_reasons: lead.score_reasons.clone(),
         }
     }
 }
@@ -121,11 +131,18 @@ pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv::Error> {
-    // Free text that came from outside (names, emails, agent ids, campaigns, integrations) is
-    // neutralised; ids, statuses, numbers and times are the service's own.
+    // Free text that came from outside (names, emails, agent ids, campaigns, integrations,
+    // attributes, a language model's reasons) is neutralised; ids, statuses, numbers and
+    // times are the service's own.
     fn text(value: Option<&String>) -> std::borrow::Cow<'_, str> {
         neutralise(value.map_or("", String::as_str))
     }
+    // One JSON object (empty when the lead has none), for a reader to parse back.
+    let attributes = if row.attributes.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&row.attributes).unwrap_or_default()
+    };
     writer.write_record([
         row.id.to_string().as_str(),
         &text(row.name.as_ref()),
@@ -141,6 +158,8 @@ fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv:
         &row.interaction_count.to_string(),
         &row.created_at.to_rfc3339(),
         &row.last_interaction_at.to_rfc3339(),
+        &neutralise(&attributes),
+        &neutralise(&row.score_reasons.join("; ")),
     ])
 }
 

@@ -8,14 +8,15 @@ use crate::{
     apply::{column, lead_event, publish},
     commands::{BulkLeads, BulkOutcome, LockedLead, VISIBLE_TO, lock_lead},
     error::LeadError,
-    lifecycle::{self, Act, Inactive},
+    lifecycle::{self, Act, Inactive, RuleSubject, Trigger, rule_move},
     model::LEAD_VIEW_COLUMNS,
+    rules, settings,
 };
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::followup::FollowUpEvent;
 use contracts::lead::{FollowUpOpened, LeadChange, LeadView, Status};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// What became of one lead of an assignment.
@@ -218,16 +219,31 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
             actor: cmd.actor.clone(),
         },
     };
-    let mut messages = Vec::with_capacity(1);
-    let lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
+    let mut messages = Vec::with_capacity(2);
+    let mut lead = publish(ctx, &mut tx, &mut messages, cmd.lead_id, change).await?;
+    let rules = settings::rules_of_org(&mut *tx, &cmd.org_id).await?;
+    let held_by_hand: bool = sqlx::query_scalar(
+        "SELECT coalesce(status_set_by_hand_at > last_interaction_at, false) FROM leads WHERE id = $1",
+    )
+    .bind(cmd.lead_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let subject = RuleSubject { status: lead.status, held_by_hand };
+    if let Some(decided) = rule_move(&rules, subject, Trigger::FollowUpOpened) {
+        let moved = rules::write_moves(ctx, &mut tx, &[(cmd.lead_id, decided)], &mut messages).await?;
+        lead = moved.into_iter().next().unwrap_or(lead);
+    }
     platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     Ok(lead)
 }
 
 const TIMELINE_STATES: [&str; 3] = ["due", "completed", "cancelled"];
+/// The states that close a follow-up.
+const CLOSED_STATES: [&str; 2] = ["completed", "cancelled"];
 
 /// Adds the later states of follow-ups to their leads' timelines, each (follow-up, state)
-/// once however often it is delivered.
+/// once however often it is delivered; where the organisation's rule says so, a lead whose
+/// last open follow-up closed moves on from Follow-up in the same transaction.
 pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<FollowUpEvent>]) -> Result<(), LeadError> {
     let kept: Vec<&Envelope<FollowUpEvent>> =
         events.iter().filter(|e| TIMELINE_STATES.contains(&e.data.state.as_str())).collect();
@@ -243,10 +259,27 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
     let lead_ids = column(&kept, |e| e.data.lead_id);
     let due = column(&kept, |e| e.data.due_at);
     let at = column(&kept, |e| e.occurred_at);
+    let mut tx = ctx.pool.begin().await?;
+    let distinct_orgs: Vec<&str> = orgs.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+    let rules = settings::rules_of(&mut *tx, &distinct_orgs).await?;
+    let closes = |e: &&&Envelope<FollowUpEvent>| {
+        CLOSED_STATES.contains(&e.data.state.as_str()) && rules.get(&e.org_id).is_some_and(|r| r.follow_up_status)
+    };
+    let mut closing: Vec<Uuid> = kept.iter().filter(closes).map(|e| e.data.lead_id).collect();
+    closing.sort_unstable();
+    closing.dedup();
+    if !closing.is_empty() {
+        // Locked before the rows below take their key-share locks, in id order like every other
+        // writer of leads: two batches closing follow-ups of one lead then wait, not deadlock.
+        sqlx::query("SELECT id FROM leads WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&closing)
+            .execute(&mut *tx)
+            .await?;
+    }
     // Joined to leads on org as well: an event naming another organisation's lead is dropped.
     // Rows go in lead order: each takes a key-share lock on its lead (the foreign key), and
     // every other writer locks leads in id order too, so they cannot deadlock.
-    sqlx::query(
+    let inserted: Vec<(String, Uuid, String)> = sqlx::query_as(
         "INSERT INTO follow_up_entries (org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor, at) \
          SELECT t.org_id, t.follow_up_id, t.lead_id, t.state, t.due_at, t.note, t.agent_id, t.actor, t.at \
          FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], \
@@ -254,7 +287,8 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
               AS t(org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor, at) \
          JOIN leads l ON l.id = t.lead_id AND l.org_id = t.org_id \
          ORDER BY t.lead_id, t.follow_up_id, t.state \
-         ON CONFLICT (follow_up_id, state) DO NOTHING",
+         ON CONFLICT (follow_up_id, state) DO NOTHING \
+         RETURNING org_id, lead_id, state",
     )
     .bind(&orgs)
     .bind(&follow_up_ids)
@@ -265,7 +299,21 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
     .bind(&agents)
     .bind(&actors)
     .bind(&at)
-    .execute(&ctx.pool)
+    .fetch_all(&mut *tx)
     .await?;
+    // Only a close seen for the first time moves a lead: a redelivery changes nothing.
+    let mut closed_by_org: HashMap<&str, Vec<Uuid>> = HashMap::new();
+    for (org_id, lead_id, state) in &inserted {
+        if CLOSED_STATES.contains(&state.as_str()) && closing.binary_search(lead_id).is_ok() {
+            closed_by_org.entry(org_id.as_str()).or_default().push(*lead_id);
+        }
+    }
+    let mut messages = Vec::new();
+    for (org_id, mut lead_ids) in closed_by_org {
+        lead_ids.sort_unstable();
+        lead_ids.dedup();
+        rules::after_follow_ups_closed(ctx, &mut tx, org_id, &rules[org_id], &lead_ids, &mut messages).await?;
+    }
+    platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use crate::{
     gated::{self, OpenFollowUp},
     history,
     query::LeadQuery,
-    read,
+    read, settings,
 };
 use contracts::lead::Status;
 use contracts::time::{from_timestamp, timestamp};
@@ -108,7 +108,10 @@ impl LeadService for LeadApi {
         crate::validate_org(&request.org_id)?;
         let lead = read::get_lead(&self.ctx.pool, &request.org_id, lead_id(&request.lead_id)?).await?;
         visible(&caller, &lead)?;
-        Ok(Response::new(lead.to_proto()))
+        let mut answer = [lead.to_proto()];
+        settings::link_conversations(&self.ctx.pool, &request.org_id, &mut answer).await?;
+        let [answer] = answer;
+        Ok(Response::new(answer))
     }
 
     async fn list_leads(
@@ -129,8 +132,10 @@ impl LeadService for LeadApi {
             String::new()
         };
         let page = read::list_leads(&self.ctx.pool, &query, !request.skip_total).await?;
+        let mut leads: Vec<pb::Lead> = page.leads.iter().map(contracts::lead::LeadView::to_proto).collect();
+        settings::link_conversations(&self.ctx.pool, &request.org_id, &mut leads).await?;
         Ok(Response::new(pb::ListLeadsResponse {
-            leads: page.leads.iter().map(contracts::lead::LeadView::to_proto).collect(),
+            leads,
             next_page_token: page.next_page_token,
             total_count: page.total_count.unwrap_or(-1),
             watch_cursor,
@@ -373,5 +378,31 @@ impl LeadService for LeadApi {
         )
         .await?;
         Ok(Response::new(lead.to_proto()))
+    }
+
+    async fn get_lead_settings(
+        &self,
+        request: Request<pb::GetLeadSettingsRequest>,
+    ) -> Result<Response<pb::LeadSettings>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        crate::validate_org(&request.org_id)?;
+        Ok(Response::new(settings::get(&self.ctx.pool, &request.org_id).await?))
+    }
+
+    async fn update_lead_settings(
+        &self,
+        request: Request<pb::UpdateLeadSettingsRequest>,
+    ) -> Result<Response<pb::LeadSettings>, GrpcStatus> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        crate::validate_org(&request.org_id)?;
+        let parsed = settings::parse(&request)?;
+        let actor = actor(&caller, "")?;
+        let answer =
+            settings::update(&self.ctx.pool, &request.org_id, parsed, request.expected_version, &actor).await?;
+        Ok(Response::new(answer))
     }
 }

@@ -15,7 +15,9 @@ pub mod lifecycle;
 pub mod model;
 pub mod query;
 pub mod read;
+pub mod rules;
 pub mod scores;
+pub mod settings;
 pub mod watch;
 
 use crate::{batch::AcceptedInteraction, error::LeadError};
@@ -76,6 +78,8 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         ),
     };
     base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
+    let idle_sweep = std::time::Duration::from_secs(infra.settings.lead.idle_sweep_interval_secs);
+    base.spawn("idle lead sweep", rules::archive_idle_until(ctx.clone(), idle_sweep, token.clone()));
     base.consumer(StreamKind::Events("ingest"), INTERACTIONS_DURABLE).spawn(
         infra,
         &token,

@@ -3,18 +3,20 @@
 //! a lead scored by hand unchanged; what it allows is written. A batch of scores is applied
 //! with a fixed number of statements whatever its size, its leads locked in id order like
 //! every other writer of leads, and its `score_changed` events leave batched by organisation
-//! (`SCORES_APPLIED`).
+//! (`SCORES_APPLIED`). Where the organisation set score thresholds (`StatusRules`), the leads
+//! that reach one move on in the same transaction.
 
 use crate::{
     LeadContext,
     apply::{column, lead_envelope},
     error::LeadError,
-    lifecycle::{self, Act, Transition},
+    lifecycle::{self, Act, RuleMove, RuleSubject, Transition, Trigger, rule_move},
     model::LEAD_VIEW_COLUMNS,
+    rules, settings,
 };
 use contracts::lead::{LeadChange, LeadView, SCORES_APPLIED, ScoreSource, Status};
 use contracts::{Envelope, qualification::Scored};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// What deciding on a score reads of its lead, under the lead's lock.
@@ -26,6 +28,7 @@ struct ScoredLead {
     status: Status,
     score_source: Option<ScoreSource>,
     score_version: i64,
+    held_by_hand: bool,
 }
 
 pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Result<(), LeadError> {
@@ -48,7 +51,8 @@ pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Resu
     let keys: Vec<(&str, Uuid)> = newest.keys().copied().collect();
     let mut tx = ctx.pool.begin().await?;
     let leads: Vec<ScoredLead> = sqlx::query_as(
-        "SELECT l.id, l.org_id, l.status, l.score_source, l.score_version \
+        "SELECT l.id, l.org_id, l.status, l.score_source, l.score_version, \
+           coalesce(l.status_set_by_hand_at > l.last_interaction_at, false) AS held_by_hand \
          FROM leads l JOIN UNNEST($1::text[], $2::uuid[]) AS k(org_id, lead_id) \
            ON l.org_id = k.org_id AND l.id = k.lead_id \
          ORDER BY l.id FOR UPDATE OF l",
@@ -79,7 +83,7 @@ pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Resu
            SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::bigint[], $5::jsonb[], $6::text[]) \
              AS k(org_id, lead_id, score, version, reasons, actor) \
          ), l AS ( \
-           UPDATE leads SET score = k.score, score_source = $7, score_version = k.version, \
+           UPDATE leads SET score = k.score, score_source = $7, score_version = k.version, score_reasons = k.reasons, \
              version = leads.version + 1, updated_at = now() \
            FROM k WHERE leads.org_id = k.org_id AND leads.id = k.lead_id RETURNING leads.* \
          ), changes AS ( \
@@ -101,8 +105,21 @@ pub async fn apply_scores(ctx: &LeadContext, batch: &[Envelope<Scored>]) -> Resu
             LeadChange::ScoreChanged { score: lead.score, source: ScoreSource::Ai, actor: actors[&lead.id].clone() };
         (lead.org_id.as_str(), lead_envelope(lead, change))
     });
-    let messages = platform::outbox::batched_by_org(events, SCORES_APPLIED, |org_id| {
+    let mut messages = platform::outbox::batched_by_org(events, SCORES_APPLIED, |org_id| {
         ctx.subjects.event("lead", org_id, SCORES_APPLIED)
     });
+    // The organisations' score thresholds, on the leads as the scores left them.
+    let orgs: Vec<&str> = updated.iter().map(|l| l.org_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
+    let rules = settings::rules_of(&mut *tx, &orgs).await?;
+    let held: HashSet<Uuid> = leads.iter().filter(|l| l.held_by_hand).map(|l| l.id).collect();
+    let moves: Vec<(Uuid, RuleMove)> = updated
+        .iter()
+        .filter_map(|lead| {
+            let (rules, score) = (rules.get(&lead.org_id)?, lead.score?);
+            let subject = RuleSubject { status: lead.status, held_by_hand: held.contains(&lead.id) };
+            rule_move(rules, subject, Trigger::AiScore(score)).map(|m| (lead.id, m))
+        })
+        .collect();
+    rules::write_moves(ctx, &mut tx, &moves, &mut messages).await?;
     Ok(platform::outbox::commit(tx, &messages, &ctx.outbox).await?)
 }

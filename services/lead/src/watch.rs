@@ -444,6 +444,9 @@ mod tests {
             created_at: now,
             updated_at: now,
             version: 2,
+            score_reasons: Vec::new(),
+            attributes: Default::default(),
+            conversation_id: None,
         }
     }
 

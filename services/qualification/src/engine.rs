@@ -225,6 +225,15 @@ pub fn reasons(explanation: &Explanation) -> Vec<String> {
     explanation.factors.iter().map(ToString::to_string).collect()
 }
 
+/// A stored reason as a person reads it. Scores of models trained before models kept their
+/// words carry hashed ids (`text:#123456 +3`); those read as `text features +3`.
+pub fn readable(reason: &str) -> String {
+    match reason.strip_prefix("text:#").and_then(|rest| rest.split_once(' ')) {
+        Some((id, points)) if id.bytes().all(|b| b.is_ascii_digit()) => format!("text features {points}"),
+        _ => reason.to_owned(),
+    }
+}
+
 /// The training set of an organisation: each outcome's features as they were when decided.
 pub fn examples(outcomes: &[(LeadFeatures, bool, DateTime<Utc>)]) -> Vec<(SparseVector, bool)> {
     outcomes.iter().map(|(features, converted, at)| (features.vector(timestamp(*at)), *converted)).collect()
@@ -241,6 +250,9 @@ pub struct Scoring {
     pub force: bool,
     /// A score set by hand wins: the engine's is kept here but not published.
     pub manual: bool,
+    /// When the lead's time-dependent features will have moved enough to score it again
+    /// (`LeadFeatures::refresh_at`); none for a score that does not follow them.
+    pub refresh_at: Option<DateTime<Utc>>,
 }
 
 impl Scoring {
@@ -262,6 +274,7 @@ impl Scoring {
             model_version: scorer.version(),
             force,
             manual: state.manual_score.is_some(),
+            refresh_at: conversation.features.refresh_at(timestamp(now)).map(date_time),
         }
     }
 }
@@ -302,6 +315,9 @@ mod tests {
             created_at: now,
             updated_at: now,
             version: 1,
+            score_reasons: Vec::new(),
+            attributes: Default::default(),
+            conversation_id: None,
         }
     }
 
@@ -346,6 +362,7 @@ mod tests {
             to: status.as_str().into(),
             actor: "op".into(),
             reason: None,
+            rule: None,
         };
         Envelope::new(
             "acme",
@@ -462,5 +479,30 @@ mod tests {
         assert!(explanation.score >= 60, "{explanation}");
         assert!(reasons.iter().any(|r| r.starts_with("intent") && r.contains('+')), "{reasons:?}");
         assert_eq!(Scorer::Prior.version(), PRIOR_VERSION);
+    }
+
+    #[test]
+    fn hashed_reasons_of_earlier_models_read_as_text_features() {
+        assert_eq!(readable("text:#123456 +3"), "text features +3");
+        assert_eq!(readable("text:#9 -1"), "text features -1");
+        assert_eq!(readable(r#"text: "warranty" +7"#), r#"text: "warranty" +7"#);
+        assert_eq!(readable("intent signals +16"), "intent signals +16");
+    }
+
+    #[test]
+    fn a_score_says_when_its_time_dependent_features_are_due_again() {
+        let now = Utc::now();
+        let mut conversation = Conversation::default();
+        let scoring = |conversation: &Conversation| {
+            Scoring::new("acme", Uuid::nil(), &LeadState::default(), conversation, &Scorer::Prior, now, false)
+        };
+        assert_eq!(scoring(&conversation).refresh_at, None, "nothing observed, nothing to refresh");
+        conversation.features.observe(&Message::chat(
+            Direction::Inbound,
+            timestamp(now - chrono::Duration::hours(23)),
+            "hello",
+        ));
+        let due = scoring(&conversation).refresh_at.expect("due again");
+        assert!(due > now && due <= now + chrono::Duration::hours(1), "a day old within the hour: {due}");
     }
 }

@@ -8,6 +8,12 @@ pub enum QualificationError {
     NotFound(String),
     #[error("lead {0} is inactive: its score no longer changes")]
     Inactive(String),
+    /// The lead service, the one authority on a lead's status, says the lead is inactive.
+    #[error("lead {lead_id} is inactive: its status is {status}")]
+    LeadInactive { lead_id: String, status: String },
+    /// What the lead service answered when it refused or failed.
+    #[error("lead service: {0}")]
+    Lead(#[from] platform::grpc::UpstreamError),
     /// Training refused: too few outcomes of one kind.
     #[error("{0}")]
     NotTrainable(String),
@@ -30,12 +36,21 @@ impl From<contracts::Refusal> for QualificationError {
     }
 }
 
+impl From<tonic::Status> for QualificationError {
+    fn from(status: tonic::Status) -> Self {
+        QualificationError::Lead(platform::grpc::UpstreamError::from_status("lead", status))
+    }
+}
+
 impl platform::error::ServiceError for QualificationError {
     fn code(&self) -> tonic::Code {
         match self {
             QualificationError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
             QualificationError::NotFound(_) => tonic::Code::NotFound,
-            QualificationError::Inactive(_) | QualificationError::NotTrainable(_) => tonic::Code::FailedPrecondition,
+            QualificationError::Inactive(_)
+            | QualificationError::LeadInactive { .. }
+            | QualificationError::NotTrainable(_) => tonic::Code::FailedPrecondition,
+            QualificationError::Lead(upstream) => upstream.code(),
             QualificationError::Database(error) => platform::error::sql_code(error),
             QualificationError::Unreadable(_) => tonic::Code::Internal,
         }

@@ -1,5 +1,5 @@
 use crate::{
-    QualificationContext,
+    QualificationContext, engine,
     error::QualificationError,
     handler,
     training::{self, ModelInfo},
@@ -12,9 +12,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 pub struct QualificationApi {
+    /// Its lead client is asked whose lead it is before an agent reads its score.
     pub ctx: QualificationContext,
-    /// Asked whose lead it is before an agent reads its score.
-    pub lead: platform::visibility::LeadClient,
 }
 
 fn parse(org_id: &str, lead_id: &str) -> Result<Uuid, QualificationError> {
@@ -57,7 +56,7 @@ async fn read(
             lead_id: lead_id.to_string(),
             score,
             source: pb::ScoreSource::Ai as i32,
-            reasons: reasons.0,
+            reasons: reasons.0.iter().map(|reason| engine::readable(reason)).collect(),
             model_version,
             scored_at: Some(timestamp(scored_at)),
         },
@@ -91,7 +90,7 @@ impl QualificationService for QualificationApi {
         let request = request.into_inner();
         caller.check_org(&request.org_id)?;
         let lead_id = parse(&request.org_id, &request.lead_id)?;
-        platform::visibility::check_lead(&self.lead, &caller, &request.org_id, &request.lead_id).await?;
+        platform::visibility::check_lead(&self.ctx.lead, &caller, &request.org_id, &request.lead_id).await?;
         Ok(Response::new(read(&self.ctx, &request.org_id, lead_id).await?))
     }
 

@@ -30,6 +30,7 @@ use contracts::{
     lead::LeadEvent,
     qualification::{LEADS_SCORED, SCORED, Scored},
 };
+use leads_proto::v1 as pb;
 use platform::outbox::OutboxMessage;
 use qualification_model::LeadFeatures;
 use sqlx::{PgConnection, Postgres, Transaction, types::Json};
@@ -67,10 +68,10 @@ async fn try_apply(
     asked: Option<(&LlmScorer, &Answers)>,
 ) -> Result<Vec<Question>, QualificationError> {
     let orgs: Vec<&str> = batch.iter().map(|e| e.org_id.as_str()).collect();
-    let scorers = ctx.models.scorers(&ctx.pool, &orgs).await?;
     let mut tx = ctx.pool.begin().await?;
     let fresh = fresh_interactions(&mut tx, batch, true).await?;
     let folded = fold_batch(&mut tx, batch, &fresh, true).await?;
+    let scorers = ctx.models.scorers(&mut tx, &orgs).await?;
     write_states(&mut tx, &folded).await?;
     write_conversations(&mut tx, &folded, ctx.llm.is_some()).await?;
     write_outcomes(&mut tx, &folded).await?;
@@ -78,7 +79,7 @@ async fn try_apply(
     let (mut scored, mut recent) = (Vec::new(), Vec::new());
     for ((org_id, lead_id), lead) in &folded {
         if let Some(conversation) = lead.conversation.as_ref().filter(|_| lead.rescore && lead.state.active) {
-            // Every organisation of the batch has its scorer: read above, before the locks.
+            // Every organisation of the batch has its scorer: read above, once its leads were locked.
             let scorer = &scorers[org_id.as_str()];
             scored.push(Scoring::new(org_id, *lead_id, &lead.state, conversation, scorer, now, lead.handed_back));
             recent.push(conversation.recent.as_slice());
@@ -118,10 +119,10 @@ async fn write_answers(
     let mut keys: Vec<LeadKey> = answers.leads().cloned().collect();
     keys.sort();
     let orgs: Vec<&str> = keys.iter().map(|(org_id, _)| org_id.as_str()).collect();
-    let scorers = ctx.models.scorers(&ctx.pool, &orgs).await?;
     let mut tx = ctx.pool.begin().await?;
     let states = read_states(&mut tx, &keys, true).await?;
     let conversations = read_conversations(&mut tx, &keys).await?;
+    let scorers = ctx.models.scorers(&mut tx, &orgs).await?;
     let now = Utc::now();
     let (mut scored, mut recent) = (Vec::new(), Vec::new());
     for (key, conversation) in &conversations {
@@ -381,14 +382,16 @@ async fn write_outcomes(
     Ok(())
 }
 
-/// Stores the scores; a score that changed (or is forced) gets the next version and, unless
-/// the lead's score was set by hand, its event.
+/// Stores the scores. A score whose value or reasons changed (or that is forced: a
+/// requalification, a hand-back) gets the next version and, unless the lead's score was set by
+/// hand, its event; an unchanged one is recorded as checked, with the model that checked it
+/// and when it is due again, and publishes nothing.
 pub async fn write_scores(
     ctx: &QualificationContext,
     tx: &mut Transaction<'_, Postgres>,
     scored: &[Scoring],
 ) -> Result<Vec<OutboxMessage>, QualificationError> {
-    let mut written = Vec::new();
+    let mut written: Vec<(String, Uuid, i64, bool)> = Vec::new();
     for forced in [false, true] {
         let part: Vec<&Scoring> = scored.iter().filter(|s| s.force == forced).collect();
         if part.is_empty() {
@@ -399,22 +402,34 @@ pub async fn write_scores(
         let scores: Vec<i32> = part.iter().map(|s| s.score).collect();
         let reasons: Vec<Json<&Vec<String>>> = part.iter().map(|s| Json(&s.reasons)).collect();
         let versions: Vec<&str> = part.iter().map(|s| s.model_version.as_str()).collect();
-        let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
-            "INSERT INTO scores AS s (org_id, lead_id, score, reasons, model_version, version) \
-             SELECT org_id, lead_id, score, reasons, model_version, 1 \
-             FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::jsonb[], $5::text[]) \
-               AS u(org_id, lead_id, score, reasons, model_version) \
-             ON CONFLICT (org_id, lead_id) DO UPDATE SET score = EXCLUDED.score, reasons = EXCLUDED.reasons, \
-               model_version = EXCLUDED.model_version, version = s.version + 1, scored_at = now() \
-             WHERE $6 OR s.score <> EXCLUDED.score OR s.reasons <> EXCLUDED.reasons \
-               OR s.model_version <> EXCLUDED.model_version \
-             RETURNING org_id, lead_id, version",
+        let refresh_at: Vec<Option<DateTime<Utc>>> = part.iter().map(|s| s.refresh_at).collect();
+        // Every part of the statement sees the rows as they were before it: `before` is the
+        // stored score the new one is compared with.
+        let rows: Vec<(String, Uuid, i64, bool)> = sqlx::query_as(
+            "WITH u AS ( \
+               SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::jsonb[], $5::text[], $6::timestamptz[]) \
+                 AS u(org_id, lead_id, score, reasons, model_version, refresh_at)), \
+             before AS (SELECT s.org_id, s.lead_id, s.score, s.reasons FROM scores s JOIN u USING (org_id, lead_id)), \
+             written AS ( \
+               INSERT INTO scores AS s (org_id, lead_id, score, reasons, model_version, version, checked_at, refresh_at) \
+               SELECT org_id, lead_id, score, reasons, model_version, 1, now(), refresh_at FROM u \
+               ON CONFLICT (org_id, lead_id) DO UPDATE SET score = EXCLUDED.score, reasons = EXCLUDED.reasons, \
+                 model_version = EXCLUDED.model_version, checked_at = now(), refresh_at = EXCLUDED.refresh_at, \
+                 version = s.version \
+                   + CASE WHEN $7 OR s.score <> EXCLUDED.score OR s.reasons <> EXCLUDED.reasons THEN 1 ELSE 0 END, \
+                 scored_at = CASE WHEN $7 OR s.score <> EXCLUDED.score OR s.reasons <> EXCLUDED.reasons \
+                   THEN now() ELSE s.scored_at END \
+               RETURNING org_id, lead_id, version, score, reasons) \
+             SELECT w.org_id, w.lead_id, w.version, \
+               (b.lead_id IS NULL OR $7 OR b.score <> w.score OR b.reasons <> w.reasons) \
+             FROM written w LEFT JOIN before b USING (org_id, lead_id)",
         )
         .bind(&orgs)
         .bind(&ids)
         .bind(&scores)
         .bind(&reasons)
         .bind(&versions)
+        .bind(&refresh_at)
         .bind(forced)
         .fetch_all(&mut **tx)
         .await?;
@@ -424,7 +439,8 @@ pub async fn write_scores(
     let now = Utc::now();
     let events: Vec<(&str, Envelope<Scored>)> = written
         .iter()
-        .filter_map(|(org_id, lead_id, version)| {
+        .filter(|(_, _, _, changed)| *changed)
+        .filter_map(|(org_id, lead_id, version, _)| {
             let scoring = by_key.get(&(org_id.as_str(), *lead_id))?;
             (!scoring.manual).then(|| {
                 let data = Scored {
@@ -448,6 +464,7 @@ pub async fn write_scores(
 /// row is locked, and again after the commit if the conversation changed meanwhile, as for a
 /// batch.
 pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) -> Result<(), QualificationError> {
+    ensure_active(ctx, org_id, lead_id).await?;
     let key = (org_id.to_owned(), lead_id);
     let asked = match &ctx.llm {
         Some(llm) => {
@@ -457,9 +474,9 @@ pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) 
         }
         None => None,
     };
-    let scorer = ctx.models.scorer(&ctx.pool, org_id).await?;
     let mut tx = ctx.pool.begin().await?;
     let (state, conversation) = lead_conversation(&mut tx, &key, true).await?;
+    let scorer = ctx.models.scorer(&mut tx, org_id).await?;
     let mut scoring = [Scoring::new(org_id, lead_id, &state, &conversation, &scorer, Utc::now(), true)];
     let changed = match &asked {
         Some((llm, answers)) => llm.apply(answers, &mut scoring, &[conversation.recent.as_slice()]),
@@ -471,6 +488,18 @@ pub async fn requalify(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) 
         ask_again(ctx, llm, changed).await;
     }
     Ok(())
+}
+
+/// Asks the lead service, the one authority on a lead's status, whether the lead is still
+/// active: this service's projection of it may not have caught up with a close yet.
+async fn ensure_active(ctx: &QualificationContext, org_id: &str, lead_id: Uuid) -> Result<(), QualificationError> {
+    let request = pb::GetLeadRequest { org_id: org_id.to_owned(), lead_id: lead_id.to_string() };
+    let lead = ctx.lead.clone().get_lead(request).await?.into_inner();
+    if lead.active {
+        return Ok(());
+    }
+    let status = pb::LeadStatus::try_from(lead.status).map_or("LEAD_STATUS_UNSPECIFIED", |s| s.as_str_name());
+    Err(QualificationError::LeadInactive { lead_id: lead_id.to_string(), status: status.to_owned() })
 }
 
 /// One lead's state (its row locked when `lock`) and conversation: not found unless the lead

@@ -9,14 +9,17 @@
 //!
 //! The scoring model itself, pure and without I/O, is the `qualification_model` crate; this
 //! crate holds storage, consumers and RPCs. Its modules depend on one another in one direction:
-//! `engine` (decisions, `Scoring`) <- `llm` <- `handler`, `training` <- `grpc`, all of them
-//! sharing the service context below.
+//! `engine` (decisions, `Scoring`) <- `llm` <- `handler`, `training`, `rescoring` <- `grpc`, all
+//! of them sharing the service context below. A new model rescores an organisation's active
+//! leads in the background, and leads whose recency moved enough are scored again on a
+//! schedule (`rescoring`).
 
 pub mod engine;
 pub mod error;
 mod grpc;
 pub mod handler;
 pub mod llm;
+pub mod rescoring;
 pub mod training;
 
 use contracts::Envelope;
@@ -41,6 +44,10 @@ pub struct QualificationContext {
     pub settings: platform::settings::QualificationSettings,
     /// Scores in place of the built-in scorer where it answers (`qualification.llm_url`).
     pub llm: Option<Arc<llm::LlmScorer>>,
+    /// The lead service, the one authority on a lead's status and its conversation's text.
+    pub lead: platform::visibility::LeadClient,
+    /// How fast this process rescores leads without a new message (`rescoring`).
+    pub pace: Arc<rescoring::Pace>,
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/qualification");
@@ -57,14 +64,15 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         models: training::Models::default(),
         settings: infra.settings.qualification.clone(),
         llm: llm::LlmScorer::from_settings(&infra.settings.qualification)?.map(std::sync::Arc::new),
+        lead: platform::visibility::lead_client(&infra.settings, ServiceName::Qualification)?,
+        pace: Arc::new(rescoring::Pace::new(infra.settings.qualification.rescore_per_second)),
     };
     base.spawn("retrainer", training::retrain_until(ctx.clone(), token.clone()));
+    base.spawn("rescorer", rescoring::rescore_until(ctx.clone(), token.clone()));
+    base.spawn("refresher", rescoring::refresh_until(ctx.clone(), token.clone()));
     base.consumer(StreamKind::Events("lead"), DURABLE).spawn(infra, &token, ctx.clone(), consume);
     let routes = tonic::service::Routes::new(
-        leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi {
-            ctx,
-            lead: platform::visibility::lead_client(&infra.settings, ServiceName::Qualification)?,
-        }),
+        leads_proto::v1::qualification_service_server::QualificationServiceServer::new(grpc::QualificationApi { ctx }),
     );
     base.serve(infra, &["leads.v1.QualificationService"], routes, token).await
 }

@@ -216,6 +216,8 @@ impl LlmScorer {
                     scoring.score = answer.score;
                     scoring.reasons.clone_from(&answer.reasons);
                     scoring.model_version.clone_from(&version);
+                    // The model reads the words, not the clock: its score does not age.
+                    scoring.refresh_at = None;
                     metrics::counter!(SCORES, "service" => "qualification").increment(1);
                 }
                 Err(error) => {
@@ -498,6 +500,7 @@ mod tests {
             model_version: "prior-v1".into(),
             force: false,
             manual,
+            refresh_at: None,
         }
     }
 

@@ -12,66 +12,85 @@ use crate::{
     error::QualificationError,
 };
 use chrono::{DateTime, Utc};
-use qualification_model::{LeadFeatures, Model, TrainConfig, TrainOutcome};
-use sqlx::{PgPool, types::Json};
+use futures::StreamExt;
+use leads_proto::v1 as pb;
+use qualification_model::{LeadFeatures, Model, NAMED_FEATURES, TrainConfig, TrainOutcome, Vocabulary};
+use sqlx::{PgConnection, PgPool, types::Json};
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-/// How long a process scores with the model it read before looking for a newer one.
-const MODEL_REFRESH: Duration = Duration::from_secs(5);
-
-/// The scorer of each organisation, read from `models` and kept for `MODEL_REFRESH`.
+/// Each organisation's scorer, by the version of its newest model in use: a model is read and
+/// parsed once per version and process, and a newer version is seen by the next transaction
+/// that asks.
 #[derive(Clone, Default)]
 pub struct Models {
-    cached: Arc<Mutex<HashMap<String, (Instant, Scorer)>>>,
+    cached: Arc<Mutex<HashMap<String, (i32, Scorer)>>>,
 }
 
 impl Models {
-    /// The scorers of `orgs`, read before a transaction begins so that no second connection
-    /// is taken while it holds its locks.
+    /// The scorers of `orgs` as they are now, read on `conn`: inside a transaction that has
+    /// locked its leads, so that a model committed before the lock scores them (a rescoring,
+    /// which starts once its model is committed, then never races an older model's score), and
+    /// without a second connection while the locks are held.
     pub async fn scorers(
         &self,
-        pool: &PgPool,
+        conn: &mut PgConnection,
         orgs: &[&str],
-    ) -> Result<std::collections::BTreeMap<String, Scorer>, QualificationError> {
-        let mut scorers = std::collections::BTreeMap::new();
-        for &org_id in orgs {
-            if !scorers.contains_key(org_id) {
-                scorers.insert(org_id.to_owned(), self.scorer(pool, org_id).await?);
-            }
+    ) -> Result<BTreeMap<String, Scorer>, QualificationError> {
+        let mut orgs = orgs.to_vec();
+        orgs.sort_unstable();
+        orgs.dedup();
+        let newest: HashMap<String, i32> = sqlx::query_as::<_, (String, i32)>(
+            "SELECT DISTINCT ON (org_id) org_id, version FROM models WHERE org_id = ANY($1) AND in_use \
+             ORDER BY org_id, version DESC",
+        )
+        .bind(&orgs)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let mut scorers = BTreeMap::new();
+        for org_id in orgs {
+            // Version 0: the prior, no model in use.
+            let version = newest.get(org_id).copied().unwrap_or(0);
+            let cached = self.lock().get(org_id).filter(|(v, _)| *v == version).map(|(_, scorer)| scorer.clone());
+            let scorer = match cached {
+                Some(scorer) => scorer,
+                None => {
+                    let scorer = if version == 0 { Scorer::Prior } else { read_model(conn, org_id, version).await? };
+                    self.lock().insert(org_id.to_owned(), (version, scorer.clone()));
+                    scorer
+                }
+            };
+            scorers.insert(org_id.to_owned(), scorer);
         }
         Ok(scorers)
     }
 
-    pub async fn scorer(&self, pool: &PgPool, org_id: &str) -> Result<Scorer, QualificationError> {
-        if let Some((read_at, scorer)) = self.lock().get(org_id)
-            && read_at.elapsed() < MODEL_REFRESH
-        {
-            return Ok(scorer.clone());
-        }
-        let stored: Option<Json<Model>> =
-            sqlx::query_scalar("SELECT model FROM models WHERE org_id = $1 AND in_use ORDER BY version DESC LIMIT 1")
-                .bind(org_id)
-                .fetch_optional(pool)
-                .await?;
-        let scorer = stored.map_or(Scorer::Prior, |model| Scorer::Learned(Arc::new(model.0)));
-        self.lock().insert(org_id.to_owned(), (Instant::now(), scorer.clone()));
-        Ok(scorer)
+    /// The scorer of one organisation (`scorers`).
+    pub async fn scorer(&self, conn: &mut PgConnection, org_id: &str) -> Result<Scorer, QualificationError> {
+        let mut scorers = self.scorers(conn, &[org_id]).await?;
+        Ok(scorers.remove(org_id).unwrap_or(Scorer::Prior))
     }
 
-    /// Forgets an organisation's scorer, so that the next batch reads its newest model.
-    pub fn forget(&self, org_id: &str) {
-        self.lock().remove(org_id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Scorer)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i32, Scorer)>> {
         // The map holds no invariant a panicking holder could break.
         self.cached.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+async fn read_model(conn: &mut PgConnection, org_id: &str, version: i32) -> Result<Scorer, QualificationError> {
+    let Json(model): Json<Model> = sqlx::query_scalar("SELECT model FROM models WHERE org_id = $1 AND version = $2")
+        .bind(org_id)
+        .bind(version)
+        .fetch_one(conn)
+        .await?;
+    Ok(Scorer::Learned(Arc::new(model)))
 }
 
 /// What `GetModel` and `TrainModel` answer.
@@ -125,8 +144,14 @@ pub async fn model_info(pool: &PgPool, org_id: &str) -> Result<ModelInfo, Qualif
     Ok(info)
 }
 
-/// Trains the organisation's next model on all its outcomes and stores it. Answers `None`
-/// when another process is training the same organisation at this moment.
+/// A labelled lead: its features when decided, converted or lost, and when.
+type Outcome = (LeadFeatures, bool, DateTime<Utc>);
+
+/// Trains the organisation's next model on all its outcomes and stores it, with the words
+/// behind its strongest text features; a model that scores from now on (it beats the prior)
+/// is recorded with a rescoring of the organisation's active leads (`rescoring`), in the same
+/// transaction. Answers `None` when another process is training the same organisation at
+/// this moment.
 pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Option<ModelInfo>, QualificationError> {
     let mut tx = ctx.pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('qualification-train:' || $1))")
@@ -136,16 +161,18 @@ pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Optio
     if !locked {
         return Ok(None);
     }
-    let rows: Vec<(Json<LeadFeatures>, bool, DateTime<Utc>)> =
-        sqlx::query_as("SELECT features, converted, decided_at FROM outcomes WHERE org_id = $1 ORDER BY lead_id")
-            .bind(org_id)
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows: Vec<(Uuid, Json<LeadFeatures>, bool, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT lead_id, features, converted, decided_at FROM outcomes WHERE org_id = $1 ORDER BY lead_id",
+    )
+    .bind(org_id)
+    .fetch_all(&mut *tx)
+    .await?;
     let next: i32 = sqlx::query_scalar("SELECT coalesce(max(version), 0) + 1 FROM models WHERE org_id = $1")
         .bind(org_id)
         .fetch_one(&mut *tx)
         .await?;
-    let outcomes: Vec<(LeadFeatures, bool, DateTime<Utc>)> = rows.into_iter().map(|(f, c, at)| (f.0, c, at)).collect();
+    let (leads, outcomes): (Vec<Uuid>, Vec<Outcome>) =
+        rows.into_iter().map(|(lead_id, f, c, at)| (lead_id, (f.0, c, at))).unzip();
     let config = TrainConfig {
         min_per_class: ctx.settings.min_labels_per_class,
         version: next as u32,
@@ -153,14 +180,18 @@ pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Optio
         ..TrainConfig::default()
     };
     // Training is CPU work of up to seconds: off the runtime's threads, so scoring goes on.
-    let outcome =
-        tokio::task::spawn_blocking(move || qualification_model::train(&engine::examples(&outcomes), &config))
-            .await
-            .map_err(|e| QualificationError::Unreadable(format!("training task failed: {e}")))?;
-    let model = match outcome {
+    let (outcome, outcomes) = tokio::task::spawn_blocking(move || {
+        let outcome = qualification_model::train(&engine::examples(&outcomes), &config);
+        (outcome, outcomes)
+    })
+    .await
+    .map_err(|e| QualificationError::Unreadable(format!("training task failed: {e}")))?;
+    let mut model = match outcome {
         TrainOutcome::Trained(model) => model,
         TrainOutcome::Refused(refusal) => return Err(QualificationError::NotTrainable(refusal.reason)),
     };
+    let features: Vec<(Uuid, LeadFeatures)> = leads.into_iter().zip(outcomes.into_iter().map(|o| o.0)).collect();
+    name_words(ctx, org_id, &mut model, &features).await;
     let in_use = model.beats_prior();
     sqlx::query(
         "INSERT INTO models (org_id, version, trained_at, training_size, positives, negatives, holdout_auc, \
@@ -179,8 +210,10 @@ pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Optio
     .bind(Json(&*model))
     .execute(&mut *tx)
     .await?;
+    if in_use {
+        crate::rescoring::record(&mut tx, org_id, &engine::model_version(next as u32)).await?;
+    }
     tx.commit().await?;
-    ctx.models.forget(org_id);
     tracing::info!(
         org_id,
         version = next,
@@ -188,11 +221,90 @@ pub async fn train_org(ctx: &QualificationContext, org_id: &str) -> Result<Optio
         holdout_auc = model.holdout_auc,
         prior_holdout_auc = model.prior_holdout_auc,
         training_size = model.training_size,
+        named_features = model.names.len(),
         "model trained"
     );
     metrics::counter!(platform::telemetry::names::QUALIFICATION_MODELS_TRAINED, "service" => "qualification")
         .increment(1);
     model_info(&ctx.pool, org_id).await.map(Some)
+}
+
+/// Leads whose conversations are read, at most, to name a model's words.
+const NAMING_LEADS: usize = 200;
+/// Leads read for each text feature still without a name.
+const LEADS_PER_FEATURE: usize = 3;
+/// Conversations read at once.
+const NAMING_CONCURRENCY: usize = 8;
+/// How long naming may take: the model is stored with the names found by then.
+const NAMING_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Names the model's strongest hashed features: sources, channels and campaigns from the
+/// outcomes' features, words from the conversations of a few outcome leads that use them,
+/// read from the lead service (this service keeps no text). Only those names are kept, with
+/// the model. A feature left unnamed (the lead service did not answer, or in time) is
+/// explained with the other unnamed ones as "text features".
+async fn name_words(ctx: &QualificationContext, org_id: &str, model: &mut Model, outcomes: &[(Uuid, LeadFeatures)]) {
+    let mut vocabulary = Vocabulary::for_features(model.strongest_hashed(NAMED_FEATURES));
+    for (_, features) in outcomes {
+        vocabulary.observe_labels(features);
+    }
+    let mut leads: Vec<Uuid> = Vec::new();
+    for index in vocabulary.unnamed() {
+        let using: Vec<Uuid> = outcomes
+            .iter()
+            .filter(|(lead_id, features)| features.mentions(index) && !leads.contains(lead_id))
+            .map(|(lead_id, _)| *lead_id)
+            .take(LEADS_PER_FEATURE)
+            .collect();
+        leads.extend(using);
+    }
+    leads.truncate(NAMING_LEADS);
+    let reads = leads.iter().map(|lead_id| inbound_texts(ctx.lead.clone(), org_id.to_owned(), *lead_id));
+    let mut read = futures::stream::iter(reads.collect::<Vec<_>>()).buffer_unordered(NAMING_CONCURRENCY);
+    let (mut answered, mut error) = (0usize, None);
+    let reading = async {
+        while let Some(texts) = read.next().await {
+            match texts {
+                Ok(texts) => {
+                    answered += 1;
+                    for text in &texts {
+                        vocabulary.observe_text(text);
+                    }
+                }
+                Err(message) => error = Some(message),
+            }
+        }
+    };
+    if tokio::time::timeout(NAMING_DEADLINE, reading).await.is_err() {
+        error = Some("timed out".to_owned());
+    }
+    if let Some(error) = error {
+        tracing::warn!(org_id, read = answered, of = leads.len(), %error, "conversations not read, some of the model's words left unnamed");
+    }
+    model.name_features(&vocabulary);
+}
+
+/// What the contact wrote on a lead, from the lead service's history of it (one page, the
+/// newest messages).
+async fn inbound_texts(
+    mut lead: platform::visibility::LeadClient,
+    org_id: String,
+    lead_id: Uuid,
+) -> Result<Vec<String>, String> {
+    let request =
+        pb::GetLeadHistoryRequest { org_id, lead_id: lead_id.to_string(), page_size: 500, page_token: String::new() };
+    let history = lead.get_lead_history(request).await.map_err(|status| status.message().to_owned())?;
+    let lead_id = lead_id.to_string();
+    Ok(history
+        .into_inner()
+        .entries
+        .into_iter()
+        .filter(|e| e.kind == "interaction" && e.lead_id == lead_id && e.summary.starts_with("inbound"))
+        .filter_map(|e| {
+            let details: serde_json::Value = serde_json::from_str(&e.details_json).ok()?;
+            details.get("text")?.as_str().map(str::to_owned)
+        })
+        .collect())
 }
 
 /// Organisations with enough outcomes of each kind whose outcomes grew by the configured

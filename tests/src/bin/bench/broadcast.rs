@@ -731,6 +731,7 @@ async fn read_loop(
             target: Some(pb::get_broadcast_history_request::Target::LeadId(lead_id.clone())),
             page_size: 50,
             page_token: String::new(),
+            older_than: None,
         };
         let t = Instant::now();
         match client.get_broadcast_history(request).await {
