@@ -70,3 +70,5 @@ def test_the_pages_have_no_serious_accessibility_violation(org):
     screenshot(page, "campaigns")
     page.goto("/qualification")
     check(page, "the qualification page")
+    page.goto("/settings")
+    check(page, "the settings page")

@@ -65,6 +65,7 @@ impl Desk {
             policy: policy as i32,
             default_capacity,
             expected_version: None,
+            ..Default::default()
         };
         Ok(self.assignments.clone().update_assignment_settings(request).await?.into_inner())
     }
@@ -202,6 +203,7 @@ async fn settings_start_off_and_each_change_is_checked_versioned_and_recorded() 
             policy: pb::AssignmentPolicy::RoundRobin as i32,
             default_capacity: 5,
             expected_version: Some(0),
+            ..Default::default()
         })
         .await
         .expect_err("changed meanwhile");
@@ -464,6 +466,360 @@ async fn a_killed_assignment_process_loses_no_waiting_lead_and_leaks_no_slot() -
         (10, 10, 10),
         "the abandoned lead went to bob"
     );
+    desk.stop().await
+}
+
+/// A returning contact's message, an outbound reply, and what the lead service recorded.
+impl Desk {
+    /// A new message from the contact of the `n`th lead published, counted as a lead to come.
+    async fn returns(&mut self, n: u32, event_id: &str) -> anyhow::Result<()> {
+        self.published += 1;
+        self.env.publish_interaction(ORG, &chat_event(event_id, &phone(n), "back again")).await
+    }
+
+    /// `agent_id` writes to the contact of the `n`th lead published.
+    async fn replies(&self, n: u32, agent_id: &str, event_id: &str) -> anyhow::Result<()> {
+        let mut event = chat_event(event_id, &phone(n), "how can I help?");
+        event["direction"] = "outbound".into();
+        event["agent_id"] = agent_id.into();
+        self.env.publish_interaction(ORG, &event).await
+    }
+
+    /// The active lead of the `n`th contact published, with its agent.
+    async fn lead_of_contact(&self, n: u32) -> anyhow::Result<Option<(String, Option<String>)>> {
+        let row: Option<(uuid::Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT l.id, l.agent_id FROM lead.leads l JOIN lead.contacts c ON c.id = l.contact_id \
+             WHERE l.org_id = $1 AND c.phone = $2 AND l.active",
+        )
+        .bind(ORG)
+        .bind(phone(n))
+        .fetch_optional(&self.admin)
+        .await?;
+        Ok(row.map(|(id, agent)| (id.to_string(), agent)))
+    }
+
+    /// The lead's assignments as its history has them, oldest first: (to, actor, reason).
+    async fn assignment_trail(&self, lead_id: &str) -> anyhow::Result<Vec<(Option<String>, String, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT to_agent, actor, reason FROM lead.assignment_changes WHERE org_id = $1 AND lead_id = $2::uuid \
+             ORDER BY id",
+        )
+        .bind(ORG)
+        .bind(lead_id)
+        .fetch_all(&self.admin)
+        .await?)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_agents_leads_go_back_through_the_policy_and_stay_with_it_off() -> anyhow::Result<()> {
+    let mut desk = Desk::start(|_| {}).await?;
+    desk.second_process().await?;
+    desk.policy(pb::AssignmentPolicy::Balanced, 10).await?;
+    desk.available("ann", None).await?;
+    desk.publish(4).await?;
+    let held = desk.settles(4, 0).await;
+    assert_eq!(get(&held, "ann"), 4);
+    let anns = desk.leads_of("ann").await?;
+    desk.available("bob", Some(3)).await?;
+    desk.available("cy", Some(3)).await?;
+
+    let ann = desk.agent("ann", None, Some(false)).await?;
+    assert!(!ann.active);
+    let held = desk.settles(4, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob"), get(&held, "cy")), (0, 2, 2), "shared within capacity");
+    for lead in &anns {
+        let trail = desk.assignment_trail(lead).await?;
+        let released = &trail[trail.len() - 2];
+        assert_eq!(released, &(None, "system".to_owned(), Some("agent deactivated".to_owned())), "{trail:?}");
+        let (to, actor, reason) = trail.last().expect("handed out again");
+        assert!(matches!(to.as_deref(), Some("bob" | "cy")) && actor == "system", "{trail:?}");
+        assert!(reason.as_deref().is_some_and(|r| r.starts_with("balanced: ")), "{trail:?}");
+    }
+
+    // With the policy off, a deactivated agent keeps its leads, as before.
+    desk.policy(pb::AssignmentPolicy::Off, 10).await?;
+    desk.agent("bob", None, Some(false)).await?;
+    let held = desk.held().await?;
+    assert_eq!(get(&held, "bob"), 2, "{held:?}");
+    assert_eq!(desk.waiting().await?.total, 0);
+    desk.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_contact_goes_back_to_its_previous_agent_while_it_has_room() -> anyhow::Result<()> {
+    let mut desk = Desk::start(|_| {}).await?;
+    desk.policy(pb::AssignmentPolicy::RoundRobin, 10).await?;
+    desk.available("ann", Some(2)).await?;
+    desk.available("bob", Some(2)).await?;
+    desk.publish(2).await?;
+    desk.settles(2, 0).await;
+    assert_eq!(desk.automatic_order().await?, ["ann", "bob"]);
+    let (first, _) = desk.lead_of_contact(0).await?.expect("contact 0's lead");
+    desk.convert(&first).await?;
+
+    // Round robin would serve ann next, but contact 1 was bob's.
+    let (bobs, _) = desk.lead_of_contact(1).await?.expect("contact 1's lead");
+    desk.convert(&bobs).await?;
+    desk.returns(1, "back-1").await?;
+    desk.settles(1, 0).await;
+    let (again, agent) = desk.lead_of_contact(1).await?.expect("contact 1's new lead");
+    assert_ne!(again, bobs, "a new lead");
+    assert_eq!(agent.as_deref(), Some("bob"));
+    let trail = desk.assignment_trail(&again).await?;
+    assert_eq!(trail, [(Some("bob".into()), "system".into(), Some("sticky: the contact's previous agent".into()))]);
+
+    // Its previous agent full, the returning contact goes by the policy.
+    desk.agent("bob", Some(1), None).await?;
+    desk.publish(1).await?;
+    desk.settles(2, 0).await;
+    desk.convert(&again).await?;
+    desk.publish(1).await?;
+    let held = desk.settles(2, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob")), (1, 1), "contact 2 to ann, contact 3 to bob");
+    desk.returns(1, "back-2").await?;
+    let held = desk.settles(3, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob")), (2, 1));
+    let (returned, agent) = desk.lead_of_contact(1).await?.expect("contact 1's third lead");
+    assert_eq!(agent.as_deref(), Some("ann"), "bob is full");
+    let trail = desk.assignment_trail(&returned).await?;
+    assert!(trail[0].2.as_deref().is_some_and(|r| r.starts_with("round_robin: ")), "{trail:?}");
+    desk.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_who_replies_claims_a_waiting_lead_within_its_capacity() -> anyhow::Result<()> {
+    let mut desk = Desk::start(|_| {}).await?;
+    desk.policy(pb::AssignmentPolicy::Balanced, 10).await?;
+    // Nobody is available: the leads wait. Bob is active, though offline.
+    desk.agent("bob", Some(1), None).await?;
+    desk.publish(2).await?;
+    desk.settles(0, 2).await;
+
+    desk.replies(0, "bob", "reply-0").await?;
+    let held = desk.settles(1, 1).await;
+    assert_eq!(get(&held, "bob"), 1);
+    let (claimed, agent) = desk.lead_of_contact(0).await?.expect("contact 0's lead");
+    assert_eq!(agent.as_deref(), Some("bob"));
+    let trail = desk.assignment_trail(&claimed).await?;
+    assert_eq!(trail, [(Some("bob".into()), "system".into(), Some("replied to the contact".into()))]);
+
+    // Full, bob's second reply leaves the lead waiting, until he has room again.
+    desk.replies(1, "bob", "reply-1").await?;
+    // An unknown agent's reply claims nothing.
+    desk.replies(1, "nobody", "reply-2").await?;
+    let claims: i64 = eventually(DEADLINE, "bob's claim on the waiting lead", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM assignment.waiting_leads WHERE org_id = $1 AND claimed_by = 'bob'",
+        )
+        .bind(ORG)
+        .fetch_one(&desk.admin)
+        .await
+        .ok()?;
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(claims, 1);
+    let held = desk.settles(1, 1).await;
+    assert_eq!(get(&held, "bob"), 1, "never over capacity");
+    desk.convert(&claimed).await?;
+    let held = desk.settles(1, 0).await;
+    assert_eq!(get(&held, "bob"), 1);
+    let (second, agent) = desk.lead_of_contact(1).await?.expect("contact 1's lead");
+    assert_eq!(agent.as_deref(), Some("bob"));
+    assert_eq!(desk.assignment_trail(&second).await?[0].2.as_deref(), Some("replied to the contact"));
+    desk.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_unassign_answers_each_lead_and_refuses_an_agent_with_it() -> anyhow::Result<()> {
+    let mut desk = Desk::start(|_| {}).await?;
+    desk.agent("ann", None, None).await?;
+    desk.publish(2).await?;
+    let ids = eventually(DEADLINE, "the two leads", || async {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM lead.leads WHERE org_id = $1 ORDER BY id")
+            .bind(ORG)
+            .fetch_all(&desk.admin)
+            .await
+            .ok()?;
+        (ids.len() == 2).then(|| ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+    })
+    .await;
+    let bulk = |agent_id: &str, unassign: bool, lead_ids: Vec<String>| pb::BulkAssignRequest {
+        org_id: ORG.into(),
+        lead_ids,
+        agent_id: agent_id.into(),
+        unassign,
+        reason: "reshuffle".into(),
+        ..Default::default()
+    };
+    desk.assignments.clone().bulk_assign(bulk("ann", false, ids.clone())).await?;
+    let refused = desk.assignments.clone().bulk_assign(bulk("ann", true, ids.clone())).await.expect_err("both");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("agent_id"), "{}", refused.message());
+    let refused = desk.assignments.clone().bulk_assign(bulk("", false, ids.clone())).await.expect_err("neither");
+    assert!(refused.message().contains("agent_id"), "{}", refused.message());
+
+    let unknown = "01900000-0000-7000-8000-000000000000".to_owned();
+    let lead_ids = vec![ids[0].clone(), ids[1].clone(), unknown.clone()];
+    let results = desk.assignments.clone().bulk_assign(bulk("", true, lead_ids)).await?.into_inner().results;
+    let outcomes: Vec<(String, i32)> = results.into_iter().map(|r| (r.lead_id, r.outcome)).collect();
+    let changed = pb::BulkOutcome::Changed as i32;
+    assert_eq!(
+        outcomes,
+        [(ids[0].clone(), changed), (ids[1].clone(), changed), (unknown, pb::BulkOutcome::NotFound as i32)]
+    );
+    assert!(desk.held().await?.is_empty(), "nobody holds them");
+    let ann = pb::GetAgentRequest { org_id: ORG.into(), agent_id: "ann".into() };
+    let ann = desk.assignments.clone().get_agent(ann).await?.into_inner();
+    assert_eq!(ann.open_leads, 0, "read at once");
+    let trail = desk.assignment_trail(&ids[0]).await?;
+    assert_eq!(trail.last().map(|t| (t.0.clone(), t.2.clone())), Some((None, Some("reshuffle".into()))));
+    desk.stop().await
+}
+
+impl Desk {
+    /// Balanced assignment with the rules for untouched leads.
+    async fn untouched_rules(&self, minutes: i32, release_offline: bool) -> anyhow::Result<pb::AssignmentSettings> {
+        let request = pb::UpdateAssignmentSettingsRequest {
+            org_id: ORG.into(),
+            policy: pb::AssignmentPolicy::Balanced as i32,
+            default_capacity: 10,
+            reassign_untouched_after_minutes: Some(minutes),
+            release_offline_after_grace: Some(release_offline),
+            ..Default::default()
+        };
+        Ok(self.assignments.clone().update_assignment_settings(request).await?.into_inner())
+    }
+
+    /// Since when the assignment service counts the lead as untouched by a person.
+    async fn untouched_since(&self, lead_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT untouched_since FROM assignment.lead_agents WHERE org_id = $1 AND lead_id = $2::uuid",
+        )
+        .bind(ORG)
+        .bind(lead_id)
+        .fetch_optional(&self.admin)
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+    }
+
+    /// Heartbeats `agent_id` as available until the token is cancelled.
+    fn keep_available(&self, agent_id: &str) -> tokio_util::sync::CancellationToken {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (mut client, agent_id, until) = (self.assignments.clone(), agent_id.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            while !until.is_cancelled() {
+                let request = pb::SetPresenceRequest {
+                    org_id: ORG.into(),
+                    agent_id: agent_id.clone(),
+                    presence: pb::Presence::Available as i32,
+                };
+                client.set_presence(request).await.ok();
+                tokio::select! {
+                    () = until.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+        });
+        stop
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_nobody_acted_on_goes_to_another_agent_and_one_replied_to_stays() -> anyhow::Result<()> {
+    let mut desk = Desk::start(|_| {}).await?;
+    let settings = desk.untouched_rules(1, false).await?;
+    assert_eq!((settings.reassign_untouched_after_minutes, settings.release_offline_after_grace), (1, false));
+    let refused = desk.untouched_rules(-5, false).await.expect_err("negative minutes");
+    assert!(refused.to_string().contains("reassign_untouched_after_minutes"), "{refused}");
+    desk.available("ann", None).await?;
+    desk.publish(2).await?;
+    desk.settles(2, 0).await;
+    let (left, _) = desk.lead_of_contact(0).await?.expect("contact 0's lead");
+    let (answered, _) = desk.lead_of_contact(1).await?.expect("contact 1's lead");
+    desk.replies(1, "ann", "ann-answers").await?;
+    eventually(DEADLINE, "the reply seen as ann acting on her lead", || async {
+        (desk.untouched_since(&left).await.is_some() && desk.untouched_since(&answered).await.is_none()).then_some(())
+    })
+    .await;
+
+    // Time passes for both leads; the one nobody acted on waits for another agent.
+    sqlx::query(
+        "UPDATE assignment.lead_agents SET untouched_since = now() - interval '2 minutes' \
+         WHERE org_id = $1 AND untouched_since IS NOT NULL",
+    )
+    .bind(ORG)
+    .execute(&desk.admin)
+    .await?;
+    let held = desk.settles(2, 1).await;
+    assert_eq!(get(&held, "ann"), 2, "nobody else to take it: it stays with ann meanwhile");
+    desk.available("bob", None).await?;
+    let held = desk.settles(2, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob")), (1, 1));
+    assert_eq!(desk.leads_of("bob").await?, std::slice::from_ref(&left));
+    let trail = desk.assignment_trail(&left).await?;
+    assert_eq!(trail.last(), Some(&(Some("bob".into()), "system".into(), Some("untouched for 1 minute".into()))));
+    let request = pb::GetAssignmentHistoryRequest { org_id: ORG.into(), lead_id: left.clone() };
+    let history = desk.assignments.clone().get_assignment_history(request).await?.into_inner().assignments;
+    assert_eq!((history[0].agent_id.as_str(), history[0].previous_agent_id.as_str()), ("bob", "ann"));
+
+    // Bob's turn to leave it: it goes back to ann, never to bob again.
+    // Bob's clock starts with his assignment, not with ann's.
+    let fresh = chrono::Utc::now() - chrono::Duration::seconds(30);
+    eventually(DEADLINE, "bob's clock started", || async {
+        (desk.untouched_since(&left).await? > fresh).then_some(())
+    })
+    .await;
+    sqlx::query(
+        "UPDATE assignment.lead_agents SET untouched_since = now() - interval '2 minutes' WHERE lead_id = $1::uuid",
+    )
+    .bind(&left)
+    .execute(&desk.admin)
+    .await?;
+    eventually(DEADLINE, "the lead back with ann", || async {
+        (desk.leads_of("ann").await.ok()?.contains(&left)).then_some(())
+    })
+    .await;
+    let held = desk.settles(2, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob")), (2, 0));
+    let trail = desk.assignment_trail(&left).await?;
+    assert_eq!(trail.last(), Some(&(Some("ann".into()), "system".into(), Some("untouched for 1 minute".into()))));
+    desk.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_offline_past_the_grace_period_hands_back_only_its_untouched_leads() -> anyhow::Result<()> {
+    let mut desk = Desk::start(|env| env.settings.assignment.presence_grace_secs = 2).await?;
+    desk.untouched_rules(0, true).await?;
+    desk.agent("ann", None, None).await?;
+    let ann_beats = desk.keep_available("ann");
+    desk.publish(2).await?;
+    desk.settles(2, 0).await;
+    let (left, _) = desk.lead_of_contact(0).await?.expect("contact 0's lead");
+    let (answered, _) = desk.lead_of_contact(1).await?.expect("contact 1's lead");
+    desk.replies(1, "ann", "ann-answers").await?;
+    eventually(DEADLINE, "the reply seen as ann acting on her lead", || async {
+        desk.untouched_since(&answered).await.is_none().then_some(())
+    })
+    .await;
+    desk.agent("bob", None, None).await?;
+    let bob_beats = desk.keep_available("bob");
+
+    // Ann closes the page: her heartbeat stops.
+    ann_beats.cancel();
+    eventually(DEADLINE, "ann's untouched lead with bob", || async {
+        (desk.leads_of("bob").await.ok()? == [left.clone()]).then_some(())
+    })
+    .await;
+    desk.settles(2, 0).await;
+    assert_eq!(desk.leads_of("ann").await?, std::slice::from_ref(&answered), "the lead she replied to stays hers");
+    let trail = desk.assignment_trail(&left).await?;
+    let released = &trail[trail.len() - 2];
+    assert_eq!(released, &(None, "system".to_owned(), Some("agent offline past the grace period".to_owned())));
+    bob_beats.cancel();
     desk.stop().await
 }
 

@@ -137,6 +137,28 @@ impl Desk {
         Ok(self.leads.clone().get_lead_history(request).await?.into_inner().entries)
     }
 
+    async fn update(&self, request: pb::UpdateFollowUpRequest) -> Result<pb::FollowUp, tonic::Status> {
+        Ok(self.follow_ups.clone().update_follow_up(request).await?.into_inner())
+    }
+
+    async fn follow_up(&self, lead_id: &str, id: &str) -> anyhow::Result<pb::FollowUp> {
+        let found = self.of_lead(lead_id).await?.into_iter().find(|f| f.id == id);
+        found.ok_or_else(|| anyhow::anyhow!("follow-up {id} not listed"))
+    }
+
+    /// The ids of the leads ListLeads answers with an overdue follow-up, sorted, and its total.
+    async fn overdue_leads(&self) -> anyhow::Result<(Vec<String>, i64)> {
+        let request = pb::ListLeadsRequest {
+            org_id: ORG.into(),
+            filter: Some(pb::LeadFilter { has_overdue_follow_up: true, ..Default::default() }),
+            ..Default::default()
+        };
+        let page = self.leads.clone().list_leads(request).await?.into_inner();
+        let mut ids: Vec<String> = page.leads.into_iter().map(|l| l.id).collect();
+        ids.sort();
+        Ok((ids, page.total_count))
+    }
+
     async fn action(&self, id: &str, complete: bool) -> Result<pb::FollowUp, tonic::Status> {
         let request = pb::FollowUpActionRequest { org_id: ORG.into(), follow_up_id: id.into(), actor: "ann".into() };
         let mut client = self.follow_ups.clone();
@@ -541,4 +563,192 @@ async fn the_drawer_shows_why_a_follow_up_was_refused() -> anyhow::Result<()> {
     node.stop().await?;
     std::fs::remove_dir_all(&key_dir).ok();
     env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_due_time_more_than_a_minute_past_is_refused_naming_due_at() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let lead = desk.leads(1).await?.remove(0);
+    let refused = desk.create(&lead.id, -120, "yesterday's call").await.expect_err("a due time in the past");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().starts_with("due_at"), "{}", refused.message());
+    assert!(desk.of_lead(&lead.id).await?.is_empty(), "nothing kept");
+    assert!(desk.timeline_follow_ups(&lead.id).await?.is_empty(), "nothing recorded on the lead");
+
+    // A few seconds late is the request's own travel time, not a follow-up overdue from birth.
+    let just_now = desk.create(&lead.id, -5, "call now").await?;
+    let moved_back = pb::UpdateFollowUpRequest {
+        org_id: ORG.into(),
+        follow_up_id: just_now.id.clone(),
+        due_at: in_seconds(-3600),
+        ..Default::default()
+    };
+    let refused = desk.update(moved_back).await.expect_err("rescheduled into the past");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().starts_with("due_at"), "{}", refused.message());
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn rescheduling_snoozing_and_editing_a_follow_up_refuse_a_stale_version() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let lead = desk.leads(1).await?.remove(0);
+    let mut rescheduled_events =
+        desk.env.nats.subscribe(desk.env.subjects.event("followup", ORG, "rescheduled")).await?;
+    let created = desk.create(&lead.id, 1, "send the price list").await?;
+    let due = eventually(DEADLINE, "the follow-up to come due", || async {
+        desk.of_lead(&lead.id).await.ok()?.into_iter().find(|f| state(f) == pb::FollowUpState::Due)
+    })
+    .await;
+    assert!(due.version > created.version);
+
+    let edit = |version: i64| pb::UpdateFollowUpRequest {
+        org_id: ORG.into(),
+        follow_up_id: created.id.clone(),
+        note: Some("send the new price list".into()),
+        expected_version: Some(version),
+        actor: "ann".into(),
+        ..Default::default()
+    };
+    let edited = desk.update(edit(due.version)).await?;
+    assert_eq!((edited.note.as_str(), edited.version), ("send the new price list", due.version + 1));
+    assert_eq!(state(&edited), pb::FollowUpState::Due, "a new note leaves it due");
+
+    let stale = [
+        ("note", edit(due.version)),
+        ("due_at", pb::UpdateFollowUpRequest { note: None, due_at: in_seconds(7200), ..edit(due.version) }),
+        ("snooze_minutes", pb::UpdateFollowUpRequest { note: None, snooze_minutes: Some(30), ..edit(due.version) }),
+    ];
+    for (what, request) in stale {
+        let refused = desk.update(request).await.expect_err(what);
+        assert_eq!(refused.code(), Code::Aborted, "{what}: {refused:?}");
+        assert!(refused.message().contains(&format!("at version {}", edited.version)), "{what}: {refused:?}");
+    }
+    let unchanged = desk.follow_up(&lead.id, &created.id).await?;
+    assert_eq!(
+        (unchanged.version, unchanged.note.as_str(), unchanged.due_at, state(&unchanged)),
+        (edited.version, edited.note.as_str(), edited.due_at, pb::FollowUpState::Due),
+        "stale requests change nothing"
+    );
+
+    // Snoozed, the due follow-up is pending again, due that many minutes from now.
+    let snooze = pb::UpdateFollowUpRequest { note: None, snooze_minutes: Some(30), ..edit(edited.version) };
+    let snoozed = desk.update(snooze).await?;
+    assert_eq!(state(&snoozed), pb::FollowUpState::Pending);
+    let due_in = snoozed.due_at.as_ref().map_or(0, |t| t.seconds) - chrono::Utc::now().timestamp();
+    assert!((29 * 60..=30 * 60).contains(&due_in), "due in {due_in} s");
+    let announced = tokio::time::timeout(DEADLINE, rescheduled_events.next()).await?.expect("a rescheduled event");
+    let envelope: serde_json::Value = serde_json::from_slice(&announced.payload)?;
+    assert_eq!(
+        (envelope["aggregate_id"].as_str(), envelope["data"]["state"].as_str()),
+        (Some(created.id.as_str()), Some("pending"))
+    );
+
+    // Rescheduled to a time, without a version: the latest one wins.
+    let at = in_seconds(3 * 3600);
+    let moved =
+        desk.update(pb::UpdateFollowUpRequest { note: None, due_at: at, expected_version: None, ..edit(0) }).await?;
+    assert_eq!((moved.due_at, moved.version), (at, snoozed.version + 1));
+    // The lead's timeline shows each new due time; a new note alone is not a step of its own.
+    let timeline = eventually(DEADLINE, "both reschedules on the lead's timeline", || async {
+        let entries = desk.timeline_follow_ups(&lead.id).await.ok()?;
+        (entries.iter().filter(|e| e.starts_with("follow-up rescheduled to")).count() == 2).then_some(entries)
+    })
+    .await;
+    let shown = chrono::DateTime::from_timestamp(at.map_or(0, |t| t.seconds), 0).unwrap_or_default();
+    assert!(
+        timeline[0].starts_with(&format!("follow-up rescheduled to {} UTC", shown.format("%Y-%m-%d %H:%M"))),
+        "{timeline:?}"
+    );
+    assert_eq!(timeline.len(), 4, "scheduled, due, rescheduled twice: {timeline:?}");
+
+    let bad_snooze = pb::UpdateFollowUpRequest { note: None, snooze_minutes: Some(0), ..edit(moved.version) };
+    let refused = desk.update(bad_snooze).await.expect_err("a snooze of no time");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().starts_with("snooze_minutes"), "{refused:?}");
+    let nothing = pb::UpdateFollowUpRequest { note: None, ..edit(moved.version) };
+    let refused = desk.update(nothing).await.expect_err("a change of nothing");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    desk.action(&created.id, true).await?;
+    let closed = desk.update(edit(moved.version + 1)).await.expect_err("a completed follow-up");
+    assert_eq!(closed.code(), Code::FailedPrecondition, "{closed:?}");
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn a_follow_up_follows_its_leads_reassignment_unless_its_agent_was_named() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    for agent in ["ann", "bob", "carol"] {
+        desk.agent(agent, true).await?;
+    }
+    let lead = desk.leads(1).await?.remove(0);
+    desk.assign(&lead.id, "ann").await?;
+    let following = desk.create(&lead.id, 3600, "the lead's agent calls").await?;
+    let named = desk.create_for(&lead.id, "carol", "carol calls").await?;
+    let done = desk.create(&lead.id, 3600, "already called").await?;
+    desk.action(&done.id, true).await?;
+    assert_eq!((following.agent_id.as_str(), following.agent_set_by_hand), ("ann", false));
+    assert_eq!((named.agent_id.as_str(), named.agent_set_by_hand), ("carol", true));
+
+    desk.assign(&lead.id, "bob").await?;
+    let moved = eventually(DEADLINE, "the follow-up to go to bob", || async {
+        desk.follow_up(&lead.id, &following.id).await.ok().filter(|f| f.agent_id == "bob")
+    })
+    .await;
+    assert!(moved.version > following.version);
+    assert_eq!(desk.follow_up(&lead.id, &named.id).await?.agent_id, "carol", "a named agent stays");
+    assert_eq!(desk.follow_up(&lead.id, &done.id).await?.agent_id, "ann", "a completed follow-up stays");
+    // Ann no longer sees the follow-up of the lead moved away from her.
+    let anns = pb::ListFollowUpsRequest { org_id: ORG.into(), agent_id: "ann".into(), ..Default::default() };
+    let anns: Vec<String> = desk.list(anns).await?.follow_ups.into_iter().map(|f| f.id).collect();
+    assert_eq!(anns, [done.id.as_str()]);
+
+    let unassign = pb::AssignLeadsRequest {
+        org_id: ORG.into(),
+        lead_ids: vec![lead.id.clone()],
+        actor: "olga".into(),
+        ..Default::default()
+    };
+    desk.leads.clone().assign_leads(unassign).await?;
+    eventually(DEADLINE, "the follow-up to have no agent", || async {
+        desk.follow_up(&lead.id, &following.id).await.ok().filter(|f| f.agent_id.is_empty())
+    })
+    .await;
+    assert_eq!(desk.follow_up(&lead.id, &named.id).await?.agent_id, "carol");
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn the_overdue_filter_lists_exactly_the_leads_with_a_due_unclosed_follow_up() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let leads = desk.leads(5).await?;
+    let (overdue, completed, pending, rescheduled) = (&leads[0], &leads[1], &leads[2], &leads[3]);
+    let due_soon = [
+        desk.create(&overdue.id, 1, "overdue").await?,
+        desk.create(&completed.id, 1, "done in time").await?,
+        desk.create(&rescheduled.id, 1, "moved").await?,
+    ];
+    desk.create(&pending.id, 3600, "later").await?;
+    let mut expected: Vec<String> = [overdue, completed, rescheduled].iter().map(|l| l.id.clone()).collect();
+    expected.sort();
+    eventually(DEADLINE, "three leads with an overdue follow-up", || async {
+        desk.overdue_leads().await.ok().filter(|(ids, _)| *ids == expected)
+    })
+    .await;
+
+    desk.action(&due_soon[1].id, true).await?;
+    let reschedule = pb::UpdateFollowUpRequest {
+        org_id: ORG.into(),
+        follow_up_id: due_soon[2].id.clone(),
+        due_at: in_seconds(3600),
+        ..Default::default()
+    };
+    desk.update(reschedule).await?;
+    let (ids, total) = eventually(DEADLINE, "only the overdue lead", || async {
+        desk.overdue_leads().await.ok().filter(|(ids, _)| ids.len() == 1)
+    })
+    .await;
+    assert_eq!((ids, total), (vec![overdue.id.clone()], 1));
+    desk.stop().await
 }

@@ -4,15 +4,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The payload of `events.followup.<org>.<state>` (`due`, `completed`, `cancelled`); the
-/// envelope's aggregate is the follow-up and its version the follow-up's.
+/// The payload of `events.followup.<org>.<kind>`: a state the follow-up moved to (`due`,
+/// `completed`, `cancelled`) or a change that kept its state (`rescheduled`, `edited`,
+/// `reassigned`); the envelope's aggregate is the follow-up and its version the follow-up's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FollowUpEvent {
     /// The lead the follow-up was opened from.
     pub lead_id: Uuid,
     /// The lead's contact, whom the follow-up is about.
     pub contact_id: Uuid,
-    /// `due`, `completed` or `cancelled`, the same as the envelope's kind.
+    /// The follow-up's state after the event: for `due`, `completed` and `cancelled` the same
+    /// as the envelope's kind, else `pending` or `due`.
     pub state: String,
     /// When the agent is to act.
     pub due_at: DateTime<Utc>,

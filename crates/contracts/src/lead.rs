@@ -464,6 +464,9 @@ pub struct InteractionSummary {
     pub broadcast_message_id: Option<String>,
     /// That broadcast's campaign, when the publisher gave it.
     pub campaign_id: Option<String>,
+    /// The business's agent who wrote it, when the publisher named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 /// The kind of the message that carries the `lead_created` and `interaction_recorded`
@@ -585,6 +588,7 @@ mod batch_tests {
             text: Some("yes please".into()),
             broadcast_message_id: Some("m1".into()),
             campaign_id: None,
+            agent_id: None,
         };
         created.data.change = LeadChange::Created { interaction };
         created.kind = created.data.change.kind().into();

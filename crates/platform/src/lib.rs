@@ -9,6 +9,7 @@ pub mod deadletter;
 pub mod error;
 pub mod grpc;
 pub mod nats;
+pub mod org_settings;
 pub mod outbox;
 pub mod roles;
 pub mod service;

@@ -54,6 +54,7 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("/leads.v1.FollowUpService/ListFollowUps", DESK),
     ("/leads.v1.FollowUpService/CompleteFollowUp", DESK),
     ("/leads.v1.FollowUpService/CancelFollowUp", DESK),
+    ("/leads.v1.FollowUpService/UpdateFollowUp", DESK),
     ("/leads.v1.BroadcastTrackingService/GetBroadcastHistory", DESK),
     ("/leads.v1.BroadcastTrackingService/GetCampaignStats", DESK),
     ("/leads.v1.BroadcastTrackingService/ListCampaigns", DESK),

@@ -19,6 +19,7 @@ use crate::{
 };
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
+use contracts::interaction::Direction;
 use contracts::lead::{LeadChange, LeadEvent};
 use leads_proto::v1 as pb;
 use std::time::Duration;
@@ -51,13 +52,50 @@ pub async fn apply_queue_events(
             version: e.version,
         })
         .collect();
+    // A new lead, or one the platform took back from its agent (deactivated), looks for one.
     let created: Vec<&Envelope<LeadEvent>> = events
         .iter()
-        .filter(|e| matches!(e.data.change, LeadChange::Created { .. }))
+        .filter(|e| match &e.data.change {
+            LeadChange::Created { .. } => true,
+            LeadChange::Assigned { to: None, actor, .. } => actor == SYSTEM_ACTOR,
+            _ => false,
+        })
         .filter(|e| e.data.lead.active && e.data.lead.agent_id.is_none())
         .collect();
+    let replies: Vec<(&Envelope<LeadEvent>, &str)> = events
+        .iter()
+        .filter_map(|e| match &e.data.change {
+            LeadChange::InteractionRecorded { interaction } if interaction.direction == Direction::Outbound => {
+                Some((e, interaction.agent_id.as_deref()?))
+            }
+            _ => None,
+        })
+        .filter(|(e, _)| e.data.lead.active && e.data.lead.agent_id.is_none())
+        .collect();
+    let touches = touches(events);
     let mut tx = ctx.pool.begin().await?;
     handler::upsert_holders(&mut tx, &holders).await?;
+    sqlx::query(
+        "UPDATE lead_agents l SET untouched_since = t.since, touch_version = t.version \
+         FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::bigint[]) AS t(org_id, lead_id, since, version) \
+         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.touch_version < t.version",
+    )
+    .bind(touches.iter().map(|t| t.org_id.as_str()).collect::<Vec<_>>())
+    .bind(touches.iter().map(|t| t.lead_id).collect::<Vec<_>>())
+    .bind(touches.iter().map(|t| t.untouched_since).collect::<Vec<_>>())
+    .bind(touches.iter().map(|t| t.version).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE lead_agents l SET contact_id = t.contact_id \
+         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[]) AS t(org_id, lead_id, contact_id) \
+         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.contact_id IS NULL",
+    )
+    .bind(newest.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
+    .bind(newest.iter().map(|e| e.data.lead.id).collect::<Vec<_>>())
+    .bind(newest.iter().map(|e| e.data.lead.contact_id).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
     // Whoever holds the lead now, at the newest version seen, decides: a lead assigned or
     // closed before its creation was read does not wait.
     let queued = sqlx::query(
@@ -76,10 +114,36 @@ pub async fn apply_queue_events(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // The active agent who last wrote to the contact of an unassigned lead claims it (one
+    // claim per lead: an upsert may not touch a row twice); the lead waits, if it did not,
+    // until the dispatcher sees whether that agent has room.
+    let claimed = sqlx::query(
+        "INSERT INTO waiting_leads (org_id, lead_id, score, lead_created_at, claimed_by) \
+         SELECT DISTINCT ON (t.org_id, t.lead_id) t.org_id, t.lead_id, t.score, t.created_at, t.agent_id \
+         FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::timestamptz[], $5::text[], $6::bigint[]) \
+           AS t(org_id, lead_id, score, created_at, agent_id, version) \
+         JOIN lead_agents l ON l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.agent_id IS NULL AND l.active \
+         JOIN org_settings s ON s.org_id = t.org_id AND s.policy <> 'off' \
+         JOIN agents a ON a.org_id = t.org_id AND a.agent_id = t.agent_id AND a.active \
+         ORDER BY t.org_id, t.lead_id, t.version DESC \
+         ON CONFLICT (org_id, lead_id) DO UPDATE SET claimed_by = excluded.claimed_by",
+    )
+    .bind(replies.iter().map(|(e, _)| e.org_id.as_str()).collect::<Vec<_>>())
+    .bind(replies.iter().map(|(e, _)| e.data.lead.id).collect::<Vec<_>>())
+    .bind(replies.iter().map(|(e, _)| e.data.lead.score).collect::<Vec<_>>())
+    .bind(replies.iter().map(|(e, _)| e.data.lead.created_at).collect::<Vec<_>>())
+    .bind(replies.iter().map(|(_, agent)| *agent).collect::<Vec<_>>())
+    .bind(replies.iter().map(|(e, _)| e.version).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     // Deleting a reservation here moves its slot to the holder written above, in one commit.
+    // An untouched lead waits while the agent it is taken from holds it and nobody acted on it.
     let left = sqlx::query(
         "DELETE FROM waiting_leads w USING lead_agents l \
-         WHERE l.org_id = w.org_id AND l.lead_id = w.lead_id AND (l.agent_id IS NOT NULL OR NOT l.active) \
+         WHERE l.org_id = w.org_id AND l.lead_id = w.lead_id \
+           AND (NOT l.active OR (l.agent_id IS NOT NULL AND (w.taken_from IS NULL \
+                OR l.agent_id <> w.taken_from OR l.untouched_since IS NULL))) \
            AND (w.org_id, w.lead_id) IN (SELECT * FROM UNNEST($1::text[], $2::uuid[]))",
     )
     .bind(holders.iter().map(|h| h.org_id.as_str()).collect::<Vec<_>>())
@@ -101,10 +165,44 @@ pub async fn apply_queue_events(
     let freed = events.iter().any(|e| {
         matches!(e.data.change, LeadChange::Assigned { .. }) || (!e.data.lead.active && e.data.lead.agent_id.is_some())
     });
-    if queued > 0 || left > 0 || freed {
+    if queued > 0 || claimed > 0 || left > 0 || freed {
         ctx.wake.notify_one();
     }
     Ok(())
+}
+
+/// Whether a person acted on a lead since the platform gave it an agent, as of one event.
+struct Touch {
+    org_id: String,
+    lead_id: Uuid,
+    /// When the platform gave it its agent; `None` once a person acted or it has no agent.
+    untouched_since: Option<DateTime<Utc>>,
+    version: i64,
+}
+
+/// The newest event of each lead that says whether a person acted on it: an assignment by the
+/// platform starts the clock; a message to the contact, a status change by a person, or an
+/// assignment by a person (or the platform taking the lead back) stops it. A status rule or
+/// the lifecycle, acting as the platform, does not count.
+fn touches(events: &[Envelope<LeadEvent>]) -> Vec<Touch> {
+    let mut touches: Vec<Touch> = events
+        .iter()
+        .filter_map(|e| {
+            let untouched_since = match &e.data.change {
+                LeadChange::Assigned { to: Some(_), actor, .. } if actor == SYSTEM_ACTOR => {
+                    Some(e.data.lead.updated_at)
+                }
+                LeadChange::Assigned { .. } => None,
+                LeadChange::StatusChanged { actor, .. } if actor != SYSTEM_ACTOR => None,
+                LeadChange::InteractionRecorded { interaction } if interaction.direction == Direction::Outbound => None,
+                _ => return None,
+            };
+            Some(Touch { org_id: e.org_id.clone(), lead_id: e.data.lead.id, untouched_since, version: e.version })
+        })
+        .collect();
+    touches.sort_by(|a, b| (&a.org_id, a.lead_id, b.version).cmp(&(&b.org_id, b.lead_id, a.version)));
+    touches.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
+    touches
 }
 
 /// An agent who may take a lead now, with what it holds.
@@ -115,7 +213,21 @@ pub struct Candidate {
     /// Active leads held plus leads being handed to it.
     pub load: i64,
     pub last_assigned_at: Option<DateTime<Utc>>,
+    /// Set available with a fresh heartbeat; only the agent who replied is served without.
+    pub available: bool,
 }
+
+/// Who a waiting lead would rather go to, before the policy's pick.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preferences {
+    /// The active agent who last wrote to the contact while the lead had no agent.
+    pub claimed_by: Option<String>,
+    /// The agent of the contact's most recent earlier lead.
+    pub previous_agent: Option<String>,
+}
+
+pub const CLAIMED_REASON: &str = "replied to the contact";
+pub const STICKY_REASON: &str = "sticky: the contact's previous agent";
 
 /// Who gets the next lead and why, in words for the lead's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +239,8 @@ pub struct Choice {
 /// The policy's pick among the agents with room; `None` when nobody has room. Never assigned
 /// counts as longest ago.
 pub fn choose(policy: Policy, candidates: &[Candidate]) -> Option<Choice> {
-    let with_room: Vec<&Candidate> = candidates.iter().filter(|c| c.load < i64::from(c.capacity)).collect();
+    let with_room: Vec<&Candidate> =
+        candidates.iter().filter(|c| c.available && c.load < i64::from(c.capacity)).collect();
     let longest_ago = |a: &&Candidate, b: &&Candidate| {
         a.last_assigned_at.cmp(&b.last_assigned_at).then_with(|| a.agent_id.cmp(&b.agent_id))
     };
@@ -152,6 +265,25 @@ pub fn choose(policy: Policy, candidates: &[Candidate]) -> Option<Choice> {
     }
 }
 
+/// The agent who replied to the contact when it has room (present or not: it just wrote),
+/// else the contact's previous agent when it is available with room, else the policy's pick.
+/// `candidates` are the organisation's active agents. With the policy off, only the agent who
+/// replied.
+pub fn choose_for(policy: Policy, candidates: &[Candidate], preferences: &Preferences) -> Option<Choice> {
+    let has_room = |c: &&Candidate| c.load < i64::from(c.capacity);
+    let named = |agent: &Option<String>| candidates.iter().find(|c| Some(&c.agent_id) == agent.as_ref());
+    if let Some(claimer) = named(&preferences.claimed_by).filter(has_room) {
+        return Some(Choice { agent_id: claimer.agent_id.clone(), reason: CLAIMED_REASON.into() });
+    }
+    if policy == Policy::Off {
+        return None;
+    }
+    if let Some(previous) = named(&preferences.previous_agent).filter(|c| c.available).filter(has_room) {
+        return Some(Choice { agent_id: previous.agent_id.clone(), reason: STICKY_REASON.into() });
+    }
+    choose(policy, candidates)
+}
+
 /// A waiting lead reserved for an agent, until the lead service answers.
 #[derive(Debug, Clone)]
 struct Reservation {
@@ -160,6 +292,48 @@ struct Reservation {
     agent_id: String,
     reserved_at: DateTime<Utc>,
     reason: String,
+    /// The agent an untouched lead is taken from, who holds it until the lead service answers.
+    taken_from: Option<String>,
+    /// The version an untouched lead must still be at: a person who acted meanwhile keeps it.
+    expected_version: Option<i64>,
+}
+
+/// A lead waiting to be handed out, as the dispatcher weighs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Waiting {
+    lead_id: Uuid,
+    claimed_by: Option<String>,
+    /// The agent of the contact's most recent earlier lead that had one.
+    #[sqlx(default)]
+    previous_agent: Option<String>,
+    taken_from: Option<String>,
+    expected_version: Option<i64>,
+    untouched_minutes: Option<i32>,
+}
+
+/// Why an untouched lead went to another agent, in the lead's history.
+pub fn untouched_reason(minutes: i32) -> String {
+    let unit = if minutes == 1 { "minute" } else { "minutes" };
+    format!("untouched for {minutes} {unit}")
+}
+
+/// Waiting leads weighed in one reservation: a lead nobody can take (its agent who replied is
+/// full, or only the agent it is taken from has room) does not hold up the ones behind it.
+const WEIGHED_PER_RESERVATION: i64 = 50;
+
+impl Waiting {
+    fn choice(&self, policy: Policy, candidates: &[Candidate]) -> Option<Choice> {
+        let Some(from) = &self.taken_from else {
+            let preferences =
+                Preferences { claimed_by: self.claimed_by.clone(), previous_agent: self.previous_agent.clone() };
+            return choose_for(policy, candidates, &preferences);
+        };
+        // Never back to the agent who left it untouched.
+        let others: Vec<Candidate> = candidates.iter().filter(|c| &c.agent_id != from).cloned().collect();
+        let preferences = Preferences { claimed_by: None, previous_agent: self.previous_agent.clone() };
+        let choice = choose_for(policy, &others, &preferences)?;
+        Some(Choice { agent_id: choice.agent_id, reason: untouched_reason(self.untouched_minutes.unwrap_or_default()) })
+    }
 }
 
 /// Chooses the organisation's next waiting lead and its agent and reserves the slot, under the
@@ -174,30 +348,60 @@ async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Re
     if settings.policy == Policy::Off {
         return Ok(None);
     }
-    let lead: Option<Uuid> = sqlx::query_scalar(
-        "SELECT lead_id FROM waiting_leads WHERE org_id = $1 AND reserved_for IS NULL \
-         ORDER BY score DESC NULLS LAST, lead_created_at, lead_id LIMIT 1",
-    )
-    .bind(org_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(lead_id) = lead else { return Ok(None) };
     let candidates: Vec<Candidate> = sqlx::query_as(
         "SELECT a.agent_id, coalesce(a.capacity, $2) AS capacity, a.last_assigned_at, \
            (SELECT count(*) FROM ( \
               SELECT l.lead_id FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active \
               UNION SELECT w.lead_id FROM waiting_leads w WHERE w.org_id = a.org_id AND w.reserved_for = a.agent_id \
-            ) held) AS load \
+            ) held) AS load, \
+           (a.presence = 'available' AND a.presence_seen_at > now() - make_interval(secs => $3)) AS available \
          FROM agents a \
-         WHERE a.org_id = $1 AND a.active AND a.presence = 'available' \
-           AND a.presence_seen_at > now() - make_interval(secs => $3)",
+         WHERE a.org_id = $1 AND a.active",
     )
     .bind(org_id)
     .bind(settings.default_capacity)
     .bind(ctx.settings.presence_grace_secs as f64)
     .fetch_all(&mut *tx)
     .await?;
-    let Some(choice) = choose(settings.policy, &candidates) else { return Ok(None) };
+    if !candidates.iter().any(|c| c.load < i64::from(c.capacity)) {
+        return Ok(None);
+    }
+    // The first leads in turn, then any later one an agent who replied to may take.
+    let waiting: Vec<Waiting> = sqlx::query_as(
+        "(SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
+           w.lead_created_at FROM waiting_leads w WHERE w.org_id = $1 AND w.reserved_for IS NULL \
+          ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $2) \
+         UNION \
+         (SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
+           w.lead_created_at FROM waiting_leads w \
+          WHERE w.org_id = $1 AND w.reserved_for IS NULL AND w.claimed_by IS NOT NULL \
+          ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $3) \
+         ORDER BY score DESC NULLS LAST, lead_created_at, lead_id",
+    )
+    .bind(org_id)
+    .bind(WEIGHED_PER_RESERVATION)
+    .bind(i64::from(MAX_WAITING_PAGE))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut next = None;
+    for mut lead in waiting {
+        // Asked per lead weighed, not per lead waiting.
+        lead.previous_agent = sqlx::query_scalar(
+            "SELECT p.agent_id FROM lead_agents me \
+             JOIN lead_agents p ON p.org_id = me.org_id AND p.contact_id = me.contact_id AND p.lead_id < me.lead_id \
+             WHERE me.org_id = $1 AND me.lead_id = $2 AND p.agent_id IS NOT NULL \
+             ORDER BY p.lead_id DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(lead.lead_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(choice) = lead.choice(settings.policy, &candidates) {
+            next = Some((lead, choice));
+            break;
+        }
+    }
+    let Some((lead, choice)) = next else { return Ok(None) };
     // Stamped now rather than when the lead service answers, so that the next choice, in this
     // process or another, already sees this agent as the most recently served.
     let reserved_at: DateTime<Utc> = sqlx::query_scalar(
@@ -209,17 +413,19 @@ async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Re
          ) SELECT reserved_at FROM reserved",
     )
     .bind(org_id)
-    .bind(lead_id)
+    .bind(lead.lead_id)
     .bind(&choice.agent_id)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(Some(Reservation {
         org_id: org_id.to_owned(),
-        lead_id,
+        lead_id: lead.lead_id,
         agent_id: choice.agent_id,
         reserved_at,
         reason: choice.reason,
+        taken_from: lead.taken_from,
+        expected_version: lead.expected_version,
     }))
 }
 
@@ -244,10 +450,11 @@ async fn hand_over(ctx: &AssignmentContext, r: &Reservation) -> Result<(), Assig
         agent_id: r.agent_id.clone(),
         actor: SYSTEM_ACTOR.into(),
         reason: r.reason.clone(),
-        // Only a lead still unassigned (or already this agent's) is assigned: one a person
-        // gave someone else meanwhile answers NOT_FOUND and stays theirs.
-        on_behalf_of_agent: r.agent_id.clone(),
-        expected_versions: Default::default(),
+        // Only a lead still unassigned (or already this agent's; for an untouched one, still
+        // its agent's, at the version it was left at) is assigned: one a person gave someone
+        // else meanwhile answers NOT_FOUND and stays theirs.
+        on_behalf_of_agent: r.taken_from.clone().unwrap_or_else(|| r.agent_id.clone()),
+        expected_versions: r.expected_version.map(|v| (r.lead_id.to_string(), v)).into_iter().collect(),
     });
     request.set_timeout(ctx.call_timeout());
     let answer = match ctx.lead.clone().assign_leads(request).await {
@@ -270,6 +477,8 @@ async fn hand_over(ctx: &AssignmentContext, r: &Reservation) -> Result<(), Assig
         },
         // Someone else's by now, or closed: it waits no more.
         Ok(pb::BulkOutcome::NotFound | pb::BulkOutcome::Inactive) => Answer::Gone,
+        // An untouched lead that moved meanwhile stays where it is; the sweep looks again.
+        _ if r.taken_from.is_some() => Answer::Gone,
         _ => Answer::Release,
     };
     platform::error::retry_transient(|| apply_answer(ctx, r, &answer)).await?;
@@ -301,7 +510,7 @@ async fn apply_answer(ctx: &AssignmentContext, r: &Reservation, answer: &Answer)
                 lead_id: r.lead_id,
                 lead_version: version,
                 agent_id: Some(r.agent_id.clone()),
-                previous_agent_id: None,
+                previous_agent_id: r.taken_from.clone(),
                 actor: SYSTEM_ACTOR.into(),
                 reason: Some(r.reason.clone()),
                 at,
@@ -398,7 +607,15 @@ async fn settle_stale(ctx: &AssignmentContext) -> Result<(), AssignmentError> {
     .fetch_all(&ctx.pool)
     .await?;
     for (org_id, lead_id, agent_id, reserved_at) in stale {
-        let r = Reservation { org_id, lead_id, agent_id, reserved_at, reason: String::new() };
+        let r = Reservation {
+            org_id,
+            lead_id,
+            agent_id,
+            reserved_at,
+            reason: String::new(),
+            taken_from: None,
+            expected_version: None,
+        };
         tracing::warn!(org_id = %r.org_id, lead_id = %r.lead_id, agent_id = %r.agent_id, "settling a stale reservation");
         settle_from_lead(ctx, &r).await?;
     }
@@ -431,6 +648,12 @@ pub async fn dispatch_until(ctx: AssignmentContext, token: CancellationToken) ->
             if let Err(error) = settle_stale(&ctx).await {
                 tracing::warn!(%error, "stale reservations not settled yet");
             }
+            if let Err(error) = queue_untouched(&ctx).await {
+                tracing::warn!(%error, "untouched leads not queued yet");
+            }
+            if let Err(error) = release_offline(&ctx).await {
+                tracing::warn!(%error, "offline agents' untouched leads not released yet");
+            }
             next_sweep = tokio::time::Instant::now() + sweep;
         }
         if let Err(error) = dispatch_all(&ctx, &token).await {
@@ -442,6 +665,124 @@ pub async fn dispatch_until(ctx: AssignmentContext, token: CancellationToken) ->
             () = tokio::time::sleep_until(next_sweep) => {}
         }
     }
+}
+
+/// Why the platform took a lead back from a deactivated agent, in the lead's history.
+pub const DEACTIVATED_REASON: &str = "agent deactivated";
+/// Leads asked of the lead service in one call when an agent's leads are taken back.
+const RELEASE_CHUNK: usize = 1000;
+
+/// With the organisation's policy on, takes a deactivated agent's active leads back; their
+/// `assigned` events put them in the queue (`apply_queue_events`), to be handed out again.
+/// Only leads the agent still holds move (asked on its behalf), so one a person gave someone
+/// else meanwhile stays theirs. Deactivating again retries what a failure left behind.
+pub async fn release_leads_of_inactive(
+    ctx: &AssignmentContext,
+    org_id: &str,
+    agent_id: &str,
+) -> Result<usize, AssignmentError> {
+    if settings::of_org(&ctx.pool, org_id).await?.policy == Policy::Off {
+        return Ok(0);
+    }
+    let leads: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT lead_id FROM lead_agents WHERE org_id = $1 AND agent_id = $2 AND active ORDER BY lead_id",
+    )
+    .bind(org_id)
+    .bind(agent_id)
+    .fetch_all(&ctx.pool)
+    .await?;
+    let mut released = 0;
+    for chunk in leads.chunks(RELEASE_CHUNK) {
+        let results = handler::assign(
+            ctx,
+            handler::Assign {
+                org_id: org_id.to_owned(),
+                lead_ids: chunk.iter().map(Uuid::to_string).collect(),
+                agent_id: None,
+                actor: SYSTEM_ACTOR.into(),
+                reason: Some(DEACTIVATED_REASON.into()),
+                on_behalf_of_agent: Some(agent_id.to_owned()),
+                expected_versions: Default::default(),
+            },
+        )
+        .await?;
+        released += results.iter().filter(|r| r.outcome == pb::BulkOutcome::Changed as i32).count();
+    }
+    if released > 0 {
+        tracing::info!(org_id, agent_id, released, "a deactivated agent's leads went back to the queue");
+    }
+    Ok(released)
+}
+
+/// Why the platform took a lead back from an agent whose heartbeat lapsed.
+pub const OFFLINE_REASON: &str = "agent offline past the grace period";
+
+/// Where the organisation asks for it, queues each lead untouched for longer than its
+/// setting, to go to another agent; its agent keeps it until then.
+async fn queue_untouched(ctx: &AssignmentContext) -> Result<(), AssignmentError> {
+    // A lead id is a UUIDv7: its first 48 bits are its creation, in milliseconds.
+    let queued = sqlx::query(
+        "INSERT INTO waiting_leads (org_id, lead_id, lead_created_at, taken_from, expected_version, untouched_minutes) \
+         SELECT l.org_id, l.lead_id, \
+           to_timestamp(('x' || lpad(replace(left(l.lead_id::text, 13), '-', ''), 16, '0'))::bit(64)::bigint / 1000.0), \
+           l.agent_id, l.version, s.reassign_untouched_after_minutes \
+         FROM lead_agents l \
+         JOIN org_settings s ON s.org_id = l.org_id AND s.policy <> 'off' \
+           AND s.reassign_untouched_after_minutes IS NOT NULL \
+         WHERE l.active AND l.agent_id IS NOT NULL \
+           AND l.untouched_since < now() - make_interval(mins => s.reassign_untouched_after_minutes) \
+         ORDER BY l.org_id, l.lead_id \
+         ON CONFLICT DO NOTHING",
+    )
+    .execute(&ctx.pool)
+    .await?
+    .rows_affected();
+    if queued > 0 {
+        tracing::info!(queued, "untouched leads waiting for another agent");
+        ctx.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Where the organisation asks for it, takes back the untouched leads of each agent whose last
+/// heartbeat is older than the grace period; their `assigned` events queue them.
+async fn release_offline(ctx: &AssignmentContext) -> Result<(), AssignmentError> {
+    let held: Vec<(String, String, Vec<Uuid>, Vec<i64>)> = sqlx::query_as(
+        "SELECT l.org_id, l.agent_id, array_agg(l.lead_id ORDER BY l.lead_id), array_agg(l.version ORDER BY l.lead_id) \
+         FROM lead_agents l \
+         JOIN org_settings s ON s.org_id = l.org_id AND s.policy <> 'off' AND s.release_offline_after_grace \
+         JOIN agents a ON a.org_id = l.org_id AND a.agent_id = l.agent_id \
+         WHERE l.active AND l.untouched_since IS NOT NULL \
+           AND (a.presence_seen_at IS NULL OR a.presence_seen_at < now() - make_interval(secs => $1)) \
+         GROUP BY l.org_id, l.agent_id ORDER BY l.org_id, l.agent_id",
+    )
+    .bind(ctx.settings.presence_grace_secs as f64)
+    .fetch_all(&ctx.pool)
+    .await?;
+    for (org_id, agent_id, leads, versions) in held {
+        for (leads, versions) in leads.chunks(RELEASE_CHUNK).zip(versions.chunks(RELEASE_CHUNK)) {
+            let lead_ids: Vec<String> = leads.iter().map(Uuid::to_string).collect();
+            let results = handler::assign(
+                ctx,
+                handler::Assign {
+                    org_id: org_id.clone(),
+                    expected_versions: lead_ids.iter().cloned().zip(versions.iter().copied()).collect(),
+                    lead_ids,
+                    agent_id: None,
+                    actor: SYSTEM_ACTOR.into(),
+                    reason: Some(OFFLINE_REASON.into()),
+                    // Only leads it still holds, at the version seen untouched.
+                    on_behalf_of_agent: Some(agent_id.clone()),
+                },
+            )
+            .await?;
+            let released = results.iter().filter(|r| r.outcome == pb::BulkOutcome::Changed as i32).count();
+            if released > 0 {
+                tracing::info!(org_id, agent_id, released, "an offline agent's untouched leads went back to the queue");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets an agent's presence, which is also its heartbeat.
@@ -514,7 +855,37 @@ mod tests {
             capacity,
             load,
             last_assigned_at: last_minutes_ago.map(|m| Utc::now() - chrono::Duration::minutes(m)),
+            available: true,
         }
+    }
+
+    fn away(mut candidate: Candidate) -> Candidate {
+        candidate.available = false;
+        candidate
+    }
+
+    #[test]
+    fn the_agent_who_replied_comes_first_then_the_previous_one_then_the_policy() {
+        let agents = [agent("ann", 0, 5, Some(60)), away(agent("bob", 1, 5, None)), agent("cy", 4, 5, Some(1))];
+        let prefer = |claimed: Option<&str>, previous: Option<&str>| Preferences {
+            claimed_by: claimed.map(Into::into),
+            previous_agent: previous.map(Into::into),
+        };
+        let pick = |p: &Preferences| choose_for(Policy::Balanced, &agents, p).expect("room");
+        assert_eq!(
+            pick(&prefer(Some("bob"), Some("cy"))),
+            Choice { agent_id: "bob".into(), reason: CLAIMED_REASON.into() }
+        );
+        assert_eq!(
+            pick(&prefer(Some("nobody"), Some("cy"))),
+            Choice { agent_id: "cy".into(), reason: STICKY_REASON.into() }
+        );
+        assert_eq!(pick(&prefer(None, Some("bob"))).agent_id, "ann", "the previous agent must be available");
+        let full = [agent("ann", 0, 5, None), agent("cy", 5, 5, None)];
+        let choice = choose_for(Policy::RoundRobin, &full, &prefer(Some("cy"), Some("cy"))).expect("ann has room");
+        assert_eq!(choice.agent_id, "ann", "a full agent is passed over: {choice:?}");
+        assert_eq!(choose_for(Policy::Off, &agents, &prefer(None, Some("cy"))), None);
+        assert_eq!(choose_for(Policy::Off, &agents, &prefer(Some("ann"), None)).expect("claimed").agent_id, "ann");
     }
 
     #[test]

@@ -192,15 +192,20 @@ impl AssignmentService for AssignmentApi {
         caller.check_org(&request.org_id)?;
         org(&request.org_id)?;
         bounded_each("lead_ids", &request.lead_ids, limits::MAX_ID_CHARS).map_err(AssignmentError::from)?;
-        let agent_id =
-            agent_id(&request.agent_id)?.ok_or_else(|| AssignmentError::invalid("agent_id", "is required"))?;
+        let agent_id = match (request.unassign, agent_id(&request.agent_id)?) {
+            (false, None) => return Err(AssignmentError::invalid("agent_id", "is required (or set unassign)").into()),
+            (true, Some(_)) => {
+                return Err(AssignmentError::invalid("agent_id", "must be empty when unassign is set").into());
+            }
+            (_, agent) => agent,
+        };
         let (actor, reason) = (actor(&caller, &request.actor)?, reason(&request.reason)?);
         let results = handler::assign(
             &self.ctx,
             Assign {
                 org_id: request.org_id,
                 lead_ids: request.lead_ids,
-                agent_id: Some(agent_id),
+                agent_id,
                 actor,
                 reason,
                 on_behalf_of_agent: caller.agent_scope().map(str::to_owned),

@@ -149,6 +149,9 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
     .bind(cmd.capacity)
     .execute(&ctx.pool)
     .await?;
+    if cmd.active == Some(false) {
+        crate::auto::release_leads_of_inactive(ctx, &cmd.org_id, &cmd.agent_id).await?;
+    }
     // More room, or an agent back at work, may take waiting leads.
     ctx.wake.notify_one();
     get_agent(ctx, &cmd.org_id, &cmd.agent_id).await?.ok_or_else(|| AssignmentError::AgentNotFound(cmd.agent_id))
@@ -333,16 +336,34 @@ pub(crate) async fn record_assignments_in(
     }
     rows.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
     let holders: Vec<LeadHolder> = rows
-        .into_iter()
+        .iter()
         .map(|r| LeadHolder {
-            org_id: r.org_id,
+            org_id: r.org_id.clone(),
             lead_id: r.lead_id,
-            agent_id: r.agent_id,
+            agent_id: r.agent_id.clone(),
             active: r.active,
             version: r.lead_version,
         })
         .collect();
-    upsert_holders(tx, &holders).await
+    upsert_holders(tx, &holders).await?;
+    // As the lead's events would (`auto::apply_queue_events`): the platform giving a lead an
+    // agent starts its untouched clock, any other assignment stops it.
+    sqlx::query(
+        "UPDATE lead_agents l SET untouched_since = t.since, touch_version = t.version \
+         FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::bigint[]) AS t(org_id, lead_id, since, version) \
+         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.touch_version < t.version",
+    )
+    .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.lead_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| (r.actor == crate::auto::SYSTEM_ACTOR && r.agent_id.is_some()).then_some(r.at))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.lead_version).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 pub(crate) struct LeadHolder {

@@ -6,12 +6,12 @@
 use crate::error::AssignmentError;
 use chrono::{DateTime, Utc};
 use leads_proto::v1 as pb;
-use sqlx::{PgExecutor, PgPool, types::Json};
+use sqlx::{PgExecutor, PgPool};
 
-/// How many past changes GetAssignmentSettings answers.
-const CHANGES_SHOWN: i64 = 50;
 pub const DEFAULT_CAPACITY: i32 = 10;
 pub const MAX_CAPACITY: i32 = 1000;
+/// A week: the longest a lead may sit untouched before it goes to another agent.
+pub const MAX_UNTOUCHED_MINUTES: i32 = 10_080;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -51,72 +51,71 @@ impl Policy {
 pub struct AssignmentSettings {
     pub policy: Policy,
     pub default_capacity: i32,
+    /// A lead the platform assigned and no person acted on for this many minutes goes to
+    /// another agent; `None`: never.
+    pub reassign_untouched_after_minutes: Option<i32>,
+    /// An agent offline past the presence grace period hands back its untouched leads.
+    pub release_offline_after_grace: bool,
 }
 
 impl Default for AssignmentSettings {
     fn default() -> Self {
-        Self { policy: Policy::Off, default_capacity: DEFAULT_CAPACITY }
+        Self {
+            policy: Policy::Off,
+            default_capacity: DEFAULT_CAPACITY,
+            reassign_untouched_after_minutes: None,
+            release_offline_after_grace: false,
+        }
     }
+}
+
+/// policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace
+type SettingsRow = (String, i32, Option<i32>, bool);
+const SETTINGS_COLUMNS: &str =
+    "policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace";
+
+fn from_row(
+    (policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace): SettingsRow,
+) -> Result<AssignmentSettings, AssignmentError> {
+    Ok(AssignmentSettings {
+        policy: Policy::from_name(&policy)?,
+        default_capacity,
+        reassign_untouched_after_minutes,
+        release_offline_after_grace,
+    })
 }
 
 /// The organisation's settings; the defaults when it never set any.
 pub async fn of_org<'e>(executor: impl PgExecutor<'e>, org_id: &str) -> Result<AssignmentSettings, AssignmentError> {
-    let row: Option<(String, i32)> =
-        sqlx::query_as("SELECT policy, default_capacity FROM org_settings WHERE org_id = $1")
+    let row: Option<SettingsRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {SETTINGS_COLUMNS} FROM org_settings WHERE org_id = $1")))
             .bind(org_id)
             .fetch_optional(executor)
             .await?;
-    match row {
-        Some((policy, default_capacity)) => {
-            Ok(AssignmentSettings { policy: Policy::from_name(&policy)?, default_capacity })
-        }
-        None => Ok(AssignmentSettings::default()),
-    }
+    row.map_or_else(|| Ok(AssignmentSettings::default()), from_row)
 }
 
-/// One recorded change: version, when, who, what in words.
-type ChangeRow = (i64, DateTime<Utc>, String, Json<Vec<String>>);
-
 pub async fn get(pool: &PgPool, org_id: &str) -> Result<pb::AssignmentSettings, AssignmentError> {
-    let row: Option<(String, i32, i64, DateTime<Utc>, String)> = sqlx::query_as(
-        "SELECT policy, default_capacity, version, updated_at, updated_by FROM org_settings WHERE org_id = $1",
-    )
-    .bind(org_id)
-    .fetch_optional(pool)
-    .await?;
-    let changes: Vec<ChangeRow> = sqlx::query_as(
-        "SELECT version, at, actor, changes FROM org_settings_changes \
-         WHERE org_id = $1 ORDER BY version DESC LIMIT $2",
-    )
-    .bind(org_id)
-    .bind(CHANGES_SHOWN)
-    .fetch_all(pool)
-    .await?;
-    let (settings, version, updated_at, updated_by) = match row {
-        Some((policy, default_capacity, version, updated_at, updated_by)) => (
-            AssignmentSettings { policy: Policy::from_name(&policy)?, default_capacity },
-            version,
-            Some(updated_at),
-            updated_by,
-        ),
-        None => (AssignmentSettings::default(), 0, None, String::new()),
+    let settings = of_org(pool, org_id).await?;
+    let row: Option<(i64, DateTime<Utc>, String)> =
+        sqlx::query_as("SELECT version, updated_at, updated_by FROM org_settings WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_optional(pool)
+            .await?;
+    let (version, updated_at, updated_by) = match row {
+        Some((version, updated_at, updated_by)) => (version, Some(updated_at), updated_by),
+        None => (0, None, String::new()),
     };
     Ok(pb::AssignmentSettings {
         org_id: org_id.to_owned(),
         policy: settings.policy.to_proto().into(),
         default_capacity: settings.default_capacity,
+        reassign_untouched_after_minutes: settings.reassign_untouched_after_minutes.unwrap_or(0),
+        release_offline_after_grace: settings.release_offline_after_grace,
         version,
         updated_at: updated_at.map(contracts::time::timestamp),
         updated_by,
-        changes: changes
-            .into_iter()
-            .map(|(version, at, actor, Json(changes))| pb::AssignmentSettingsChange {
-                version,
-                at: Some(contracts::time::timestamp(at)),
-                actor,
-                changes,
-            })
-            .collect(),
+        changes: platform::org_settings::recent_changes(pool, org_id).await?,
     })
 }
 
@@ -125,32 +124,21 @@ pub async fn get(pool: &PgPool, org_id: &str) -> Result<pb::AssignmentSettings, 
 pub async fn update(
     pool: &PgPool,
     org_id: &str,
-    settings: AssignmentSettings,
+    change: SettingsChange,
     expected_version: Option<i64>,
     actor: &str,
 ) -> Result<pb::AssignmentSettings, AssignmentError> {
     let mut tx = pool.begin().await?;
-    // One writer at a time per organisation, the first one included (the row may not exist).
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('assignment settings ' || $1, 0))")
+    platform::org_settings::lock(&mut tx, "assignment", org_id).await?;
+    let before = of_org(&mut *tx, org_id).await?;
+    let version: i64 = sqlx::query_scalar("SELECT version FROM org_settings WHERE org_id = $1")
         .bind(org_id)
-        .execute(&mut *tx)
-        .await?;
-    let current: Option<(String, i32, i64)> =
-        sqlx::query_as("SELECT policy, default_capacity, version FROM org_settings WHERE org_id = $1")
-            .bind(org_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (before, version) = match current {
-        Some((policy, default_capacity, version)) => {
-            (AssignmentSettings { policy: Policy::from_name(&policy)?, default_capacity }, version)
-        }
-        None => (AssignmentSettings::default(), 0),
-    };
-    if let Some(expected) = expected_version
-        && expected != version
-    {
-        return Err(AssignmentError::SettingsVersionMismatch { expected, actual: version });
-    }
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(0);
+    let settings = change.applied_to(before);
+    platform::org_settings::check_version(expected_version, version)
+        .map_err(|stale| AssignmentError::SettingsVersionMismatch { expected: stale.expected, actual: stale.actual })?;
     let changes = differences(before, settings);
     if changes.is_empty() {
         tx.rollback().await?;
@@ -158,27 +146,31 @@ pub async fn update(
     }
     let version = version + 1;
     sqlx::query(
-        "INSERT INTO org_settings (org_id, policy, default_capacity, version, updated_by) VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO org_settings (org_id, policy, default_capacity, version, updated_by, \
+           reassign_untouched_after_minutes, release_offline_after_grace) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (org_id) DO UPDATE SET policy = $2, default_capacity = $3, version = $4, updated_by = $5, \
-           updated_at = now()",
+           updated_at = now(), reassign_untouched_after_minutes = $6, release_offline_after_grace = $7",
     )
     .bind(org_id)
     .bind(settings.policy.as_str())
     .bind(settings.default_capacity)
     .bind(version)
     .bind(actor)
+    .bind(settings.reassign_untouched_after_minutes)
+    .bind(settings.release_offline_after_grace)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO org_settings_changes (org_id, version, actor, changes) VALUES ($1, $2, $3, $4)")
-        .bind(org_id)
-        .bind(version)
-        .bind(actor)
-        .bind(Json(&changes))
-        .execute(&mut *tx)
-        .await?;
+    platform::org_settings::record_change(&mut tx, org_id, version, actor, &changes).await?;
     if settings.policy == Policy::Off {
         // Leads waiting when the policy is turned off stay unassigned, as new ones will.
         sqlx::query("DELETE FROM waiting_leads WHERE org_id = $1 AND reserved_for IS NULL")
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if settings.reassign_untouched_after_minutes.is_none() {
+        // Untouched leads not yet on their way to another agent stay with theirs.
+        sqlx::query("DELETE FROM waiting_leads WHERE org_id = $1 AND reserved_for IS NULL AND taken_from IS NOT NULL")
             .bind(org_id)
             .execute(&mut *tx)
             .await?;
@@ -192,12 +184,49 @@ fn differences(before: AssignmentSettings, after: AssignmentSettings) -> Vec<Str
     let pairs = [
         ("policy", before.policy.as_str().to_owned(), after.policy.as_str().to_owned()),
         ("default_capacity", before.default_capacity.to_string(), after.default_capacity.to_string()),
+        (
+            "reassign_untouched_after_minutes",
+            minutes(before.reassign_untouched_after_minutes),
+            minutes(after.reassign_untouched_after_minutes),
+        ),
+        (
+            "release_offline_after_grace",
+            before.release_offline_after_grace.to_string(),
+            after.release_offline_after_grace.to_string(),
+        ),
     ];
-    pairs.into_iter().filter(|(_, b, a)| b != a).map(|(name, b, a)| format!("{name}: {b} -> {a}")).collect()
+    pairs.into_iter().filter_map(|(name, b, a)| platform::org_settings::describe(name, &b, &a)).collect()
+}
+
+fn minutes(value: Option<i32>) -> String {
+    value.map_or_else(|| "off".to_owned(), |m| m.to_string())
+}
+
+/// What an update sets: policy and capacity always, the rest only when the request names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingsChange {
+    pub policy: Policy,
+    pub default_capacity: i32,
+    /// `Some(None)` turns it off.
+    pub reassign_untouched_after_minutes: Option<Option<i32>>,
+    pub release_offline_after_grace: Option<bool>,
+}
+
+impl SettingsChange {
+    fn applied_to(self, before: AssignmentSettings) -> AssignmentSettings {
+        AssignmentSettings {
+            policy: self.policy,
+            default_capacity: self.default_capacity,
+            reassign_untouched_after_minutes: self
+                .reassign_untouched_after_minutes
+                .unwrap_or(before.reassign_untouched_after_minutes),
+            release_offline_after_grace: self.release_offline_after_grace.unwrap_or(before.release_offline_after_grace),
+        }
+    }
 }
 
 /// Reads and checks an UpdateAssignmentSettings request, naming the field at fault.
-pub fn parse(request: &pb::UpdateAssignmentSettingsRequest) -> Result<AssignmentSettings, AssignmentError> {
+pub fn parse(request: &pb::UpdateAssignmentSettingsRequest) -> Result<SettingsChange, AssignmentError> {
     let policy = match pb::AssignmentPolicy::try_from(request.policy) {
         Ok(pb::AssignmentPolicy::Off) => Policy::Off,
         Ok(pb::AssignmentPolicy::RoundRobin) => Policy::RoundRobin,
@@ -208,7 +237,23 @@ pub fn parse(request: &pb::UpdateAssignmentSettingsRequest) -> Result<Assignment
     if !(1..=MAX_CAPACITY).contains(&request.default_capacity) {
         return Err(AssignmentError::invalid("default_capacity", format!("must be between 1 and {MAX_CAPACITY}")));
     }
-    Ok(AssignmentSettings { policy, default_capacity: request.default_capacity })
+    let reassign_untouched_after_minutes = match request.reassign_untouched_after_minutes {
+        None => None,
+        Some(0) => Some(None),
+        Some(m) if (1..=MAX_UNTOUCHED_MINUTES).contains(&m) => Some(Some(m)),
+        Some(_) => {
+            return Err(AssignmentError::invalid(
+                "reassign_untouched_after_minutes",
+                format!("must be between 1 and {MAX_UNTOUCHED_MINUTES}, or 0 for never"),
+            ));
+        }
+    };
+    Ok(SettingsChange {
+        policy,
+        default_capacity: request.default_capacity,
+        reassign_untouched_after_minutes,
+        release_offline_after_grace: request.release_offline_after_grace,
+    })
 }
 
 #[cfg(test)]
@@ -228,22 +273,48 @@ mod tests {
             org_id: "acme".into(),
             policy,
             default_capacity,
-            expected_version: None,
+            ..Default::default()
         };
         assert_eq!(field(request(0, 5)), "policy");
         assert_eq!(field(request(42, 5)), "policy");
         assert_eq!(field(request(pb::AssignmentPolicy::Balanced as i32, 0)), "default_capacity");
         assert_eq!(field(request(pb::AssignmentPolicy::Balanced as i32, 1001)), "default_capacity");
+        let untouched = |minutes| pb::UpdateAssignmentSettingsRequest {
+            reassign_untouched_after_minutes: Some(minutes),
+            ..request(pb::AssignmentPolicy::Balanced as i32, 5)
+        };
+        assert_eq!(field(untouched(-1)), "reassign_untouched_after_minutes");
+        assert_eq!(field(untouched(MAX_UNTOUCHED_MINUTES + 1)), "reassign_untouched_after_minutes");
         let fine = parse(&request(pb::AssignmentPolicy::RoundRobin as i32, 3)).expect("valid");
-        assert_eq!(fine, AssignmentSettings { policy: Policy::RoundRobin, default_capacity: 3 });
+        let kept = SettingsChange {
+            policy: Policy::RoundRobin,
+            default_capacity: 3,
+            reassign_untouched_after_minutes: None,
+            release_offline_after_grace: None,
+        };
+        assert_eq!(fine, kept, "absent options keep what is set");
+        assert_eq!(parse(&untouched(0)).expect("off").reassign_untouched_after_minutes, Some(None));
+        assert_eq!(parse(&untouched(30)).expect("on").reassign_untouched_after_minutes, Some(Some(30)));
     }
 
     #[test]
     fn a_change_is_recorded_in_words() {
-        let after = AssignmentSettings { policy: Policy::Balanced, default_capacity: 5 };
+        let after = AssignmentSettings { policy: Policy::Balanced, default_capacity: 5, ..Default::default() };
         assert_eq!(
             differences(AssignmentSettings::default(), after),
             vec!["policy: off -> balanced".to_owned(), "default_capacity: 10 -> 5".to_owned()]
+        );
+        let untouched = AssignmentSettings {
+            reassign_untouched_after_minutes: Some(15),
+            release_offline_after_grace: true,
+            ..after
+        };
+        assert_eq!(
+            differences(after, untouched),
+            vec![
+                "reassign_untouched_after_minutes: off -> 15".to_owned(),
+                "release_offline_after_grace: false -> true".to_owned()
+            ]
         );
         assert!(differences(after, after).is_empty());
     }

@@ -73,6 +73,8 @@ pub struct ListView {
     pub active: String,
     pub agent: String,
     pub unassigned: bool,
+    /// Only leads with a follow-up that came due and is still open.
+    pub overdue: bool,
     pub sources: Vec<SourceKind>,
     pub min_score: Option<i32>,
     pub max_score: Option<i32>,
@@ -114,6 +116,7 @@ impl ListView {
                 "active" if matches!(value.as_str(), "active" | "inactive") => view.active = value,
                 "agent" => view.agent = value.trim().to_owned(),
                 "unassigned" => view.unassigned = !value.is_empty(),
+                "overdue" => view.overdue = !value.is_empty(),
                 "source" if !value.is_empty() => view.sources.push(
                     value
                         .parse()
@@ -154,6 +157,7 @@ impl ListView {
             max_score: self.max_score,
             source_kinds: self.sources.iter().map(|s| s.to_proto() as i32).collect(),
             search: self.search.clone(),
+            has_overdue_follow_up: self.overdue,
             ..Default::default()
         };
         pb::ListLeadsRequest {
@@ -184,6 +188,9 @@ impl ListView {
         }
         if self.unassigned {
             parts.push("unassigned=1".into());
+        }
+        if self.overdue {
+            parts.push("overdue=1".into());
         }
         parts.extend(self.sources.iter().map(|s| format!("source={}", s.as_str())));
         if let Some(min) = self.min_score {
@@ -246,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_view_goes_to_its_url_and_back() {
-        let query = "status=new&status=contacted&active=active&agent=ann%20b&source=chat_message&min_score=70&q=ana+maria&sort=score&dir=asc&size=100&page=abc%3D";
+        let query = "status=new&status=contacted&active=active&agent=ann%20b&overdue=1&source=chat_message&min_score=70&q=ana+maria&sort=score&dir=asc&size=100&page=abc%3D";
         let view = ListView::parse(query).unwrap();
         assert_eq!(view.statuses, [Status::New, Status::Contacted]);
         assert_eq!((view.agent.as_str(), view.search.as_str(), view.page.as_str()), ("ann b", "ana maria", "abc="));
@@ -257,6 +264,7 @@ mod tests {
             (filter.min_score, request.page_size, request.sort),
             (Some(70), 100, pb::LeadSortField::Score as i32)
         );
+        assert!(filter.has_overdue_follow_up);
         assert_eq!(ListView::parse("").unwrap().query_string(true), "", "the default view has a bare URL");
     }
 

@@ -24,6 +24,13 @@ struct ChangeLine {
     what: String,
 }
 
+fn change_lines(changes: &[pb::SettingsChange]) -> Vec<ChangeLine> {
+    changes
+        .iter()
+        .map(|c| ChangeLine { at: When::of(c.at.as_ref()), actor: c.actor.clone(), what: c.changes.join("; ") })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "settings.html")]
 struct SettingsPage {
@@ -72,11 +79,7 @@ async fn assignment_section(state: &AppState, session: &Session) -> Result<Assig
         policy: POLICIES.iter().find(|(p, _, _)| *p as i32 == settings.policy).map_or("off", |(_, name, _)| name),
         default_capacity: settings.default_capacity,
         policies: &POLICIES,
-        changes: settings
-            .changes
-            .iter()
-            .map(|c| ChangeLine { at: When::of(c.at.as_ref()), actor: c.actor.clone(), what: c.changes.join("; ") })
-            .collect(),
+        changes: change_lines(&settings.changes),
     })
 }
 
@@ -98,11 +101,7 @@ pub async fn settings(State(state): State<AppState>, headers: HeaderMap) -> Page
         .filter(|s| !s.is_final() && *s != Status::FollowUp)
         .map(|s| (s.as_str().to_owned(), views::status_label(s).to_owned()))
         .collect();
-    let changes = settings
-        .changes
-        .iter()
-        .map(|c| ChangeLine { at: When::of(c.at.as_ref()), actor: c.actor.clone(), what: c.changes.join("; ") })
-        .collect();
+    let changes = change_lines(&settings.changes);
     html(&SettingsPage {
         chrome: Chrome::of(&session, "settings"),
         version: settings.version,
@@ -209,6 +208,7 @@ pub async fn update_assignment_settings(
         policy: policy as i32,
         default_capacity,
         expected_version: Some(form.version),
+        ..Default::default()
     };
     state.backends.assignment.clone().update_assignment_settings(authorized(&session.token, request)).await?;
     Ok(see_other("/settings"))

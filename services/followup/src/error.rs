@@ -8,6 +8,11 @@ pub enum FollowUpError {
     NotFound(String),
     #[error("follow-up {id} is already {state}")]
     Closed { id: Uuid, state: String },
+    /// Said so that a person reads what to do, like a lead's.
+    #[error(
+        "Someone changed this follow-up meanwhile: reload to see it (follow-up {id} is at version {actual}, not the expected {expected})"
+    )]
+    VersionMismatch { id: Uuid, expected: i64, actual: i64 },
     /// The agent the request names is not one of the organisation's.
     #[error("agent_id: unknown agent {0}")]
     UnknownAgent(String),
@@ -55,6 +60,7 @@ impl platform::error::ServiceError for FollowUpError {
         match self {
             FollowUpError::InvalidArgument { .. } | FollowUpError::UnknownAgent(_) => tonic::Code::InvalidArgument,
             FollowUpError::NotFound(_) => tonic::Code::NotFound,
+            FollowUpError::VersionMismatch { .. } => tonic::Code::Aborted,
             FollowUpError::Closed { .. }
             | FollowUpError::InactiveAgent(_)
             | FollowUpError::UnknownLeadAgent(_)

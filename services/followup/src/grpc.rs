@@ -1,7 +1,7 @@
 use crate::{
     FollowUpContext,
     error::FollowUpError,
-    handler::{self, CreateFollowUp, FollowUpRow, ListFilter, State},
+    handler::{self, CreateFollowUp, FollowUpRow, ListFilter, State, UpdateFollowUp},
 };
 use contracts::time::{from_timestamp, timestamp};
 use contracts::values::{MAX_AGENT_ID_CHARS, bounded, limits};
@@ -62,6 +62,8 @@ fn to_proto(row: FollowUpRow) -> pb::FollowUp {
         updated_at: Some(timestamp(row.updated_at)),
         closed_by: row.closed_by.unwrap_or_default(),
         closed_at: row.closed_at.map(timestamp),
+        version: row.version,
+        agent_set_by_hand: row.agent_set_by_hand,
     }
 }
 
@@ -184,5 +186,38 @@ impl FollowUpService for FollowUpApi {
         request: Request<pb::FollowUpActionRequest>,
     ) -> Result<Response<pb::FollowUp>, Status> {
         self.close(request, State::Cancelled).await
+    }
+
+    async fn update_follow_up(
+        &self,
+        request: Request<pb::UpdateFollowUpRequest>,
+    ) -> Result<Response<pb::FollowUp>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        caller.check_org(&request.org_id)?;
+        org(&request.org_id)?;
+        let id = required_id("follow_up_id", &request.follow_up_id, |v| FollowUpError::NotFound(v.into()))?;
+        let actor = actor(&caller, &request.actor)?;
+        if let Some(note) = &request.note {
+            contracts::values::validate_note(note).map_err(FollowUpError::from)?;
+        }
+        let change = UpdateFollowUp {
+            due_at: request
+                .due_at
+                .as_ref()
+                .map(|t| from_timestamp(t).ok_or_else(|| FollowUpError::invalid("due_at", "is not a valid time")))
+                .transpose()?,
+            note: request.note.as_deref().map(trimmed),
+            snooze_minutes: request.snooze_minutes,
+            expected_version: request.expected_version,
+            actor,
+        };
+        if caller.agent_scope().is_some() {
+            let follow_up = handler::get(&self.ctx, &request.org_id, id).await?;
+            platform::visibility::check_lead(&self.ctx.lead, &caller, &request.org_id, &follow_up.lead_id.to_string())
+                .await?;
+        }
+        let row = handler::update(&self.ctx, &request.org_id, id, &change).await?;
+        Ok(Response::new(to_proto(row)))
     }
 }

@@ -1,7 +1,8 @@
 //! Follow-ups: created from an active lead (the lead service decides that, under the lead's
 //! lock), kept here with the lead's contact, due on their own, completed or cancelled by
-//! people, and cancelled by the system when their lead becomes inactive. Every state change
-//! is published as `events.followup.<org>.<state>` through the outbox.
+//! people, and cancelled by the system when their lead becomes inactive. Every change is
+//! published through the outbox as `events.followup.<org>.<kind>`: the state it moved to, or
+//! `rescheduled`, `edited` or `reassigned` for a change that keeps its state.
 
 use crate::{FollowUpContext, error::FollowUpError};
 use chrono::{DateTime, Utc};
@@ -89,6 +90,8 @@ pub struct FollowUpRow {
     pub closed_by: Option<String>,
     pub closed_at: Option<DateTime<Utc>>,
     pub version: i64,
+    /// The agent was named on creation, so it stays when the lead is reassigned.
+    pub agent_set_by_hand: bool,
 }
 
 impl FollowUpRow {
@@ -97,7 +100,18 @@ impl FollowUpRow {
     }
 }
 
+/// The event of a follow-up moving to its current state, named after that state.
 fn event(ctx: &FollowUpContext, row: &FollowUpRow, actor: &str) -> OutboxMessage {
+    event_of(ctx, row, &row.state, actor)
+}
+
+/// A change that keeps the follow-up's state (`rescheduled`, `edited`, `reassigned`): the
+/// event is named after the change and carries the state the follow-up is in.
+pub const RESCHEDULED: &str = "rescheduled";
+pub const EDITED: &str = "edited";
+pub const REASSIGNED: &str = "reassigned";
+
+fn event_of(ctx: &FollowUpContext, row: &FollowUpRow, kind: &str, actor: &str) -> OutboxMessage {
     let data = FollowUpEvent {
         lead_id: row.lead_id,
         contact_id: row.contact_id,
@@ -107,10 +121,10 @@ fn event(ctx: &FollowUpContext, row: &FollowUpRow, actor: &str) -> OutboxMessage
         agent_id: row.agent_id.clone(),
         actor: actor.to_owned(),
     };
-    let envelope = Envelope::new(&row.org_id, &row.state, row.id, row.version, data);
+    let envelope = Envelope::new(&row.org_id, kind, row.id, row.version, data);
     OutboxMessage {
         org_id: row.org_id.clone(),
-        subject: ctx.subjects.event("followup", &row.org_id, &row.state),
+        subject: ctx.subjects.event("followup", &row.org_id, kind),
         msg_id: envelope.id.to_string(),
         payload: envelope.to_json(),
     }
@@ -130,6 +144,17 @@ pub struct CreateFollowUp {
 }
 
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// How far in the past a due time may be: the time it took the request to arrive, not a
+/// follow-up that is overdue as it is made.
+pub const DUE_AT_SLACK: chrono::Duration = chrono::Duration::minutes(1);
+
+fn check_due_at(due_at: DateTime<Utc>) -> Result<(), FollowUpError> {
+    if due_at < Utc::now() - DUE_AT_SLACK {
+        return Err(FollowUpError::invalid("due_at", "is more than a minute in the past"));
+    }
+    Ok(())
+}
 
 /// The follow-up's id: derived from the caller's request id when there is one, so that a
 /// repeated request names the same follow-up (which the lead service and this service each
@@ -164,11 +189,13 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         return Err(FollowUpError::invalid("request_id", format!("must be at most {MAX_REQUEST_ID_CHARS} characters")));
     }
     let id = follow_up_id(&cmd);
-    // A repeated request answers the follow-up it made, whose agent was checked then: the
-    // agent's state since must not turn the repeat into a refusal.
+    let agent_set_by_hand = cmd.agent_id.is_some();
+    // A repeated request answers the follow-up it made, whose agent and due time were checked
+    // then: the agent's state and the clock since must not turn the repeat into a refusal.
     let agent_id = if cmd.request_id.is_some() && kept(ctx, &cmd.org_id, id).await? {
         cmd.agent_id.clone()
     } else {
+        check_due_at(cmd.due_at)?;
         follow_up_agent(ctx, &cmd).await?
     };
     let cmd = CreateFollowUp { agent_id, ..cmd };
@@ -211,12 +238,20 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
         agent_id: cmd.agent_id.or_else(|| non_empty(lead.agent_id)),
         created_by: cmd.actor,
         lead_version: lead.version,
+        agent_set_by_hand,
     };
     let org_id = opened.org_id.clone();
     let kept = async {
         let mut tx = ctx.pool.begin().await?;
         let mut messages = Vec::new();
         keep_opened(ctx, &mut tx, std::slice::from_ref(&opened), &mut messages).await?;
+        if agent_set_by_hand {
+            // The lead's event may have brought it first, not knowing the agent was named.
+            sqlx::query("UPDATE follow_ups SET agent_set_by_hand = true WHERE id = $1 AND NOT agent_set_by_hand")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
         get(ctx, &org_id, id).await
     };
@@ -311,6 +346,7 @@ struct Opened {
     agent_id: Option<String>,
     created_by: String,
     lead_version: i64,
+    agent_set_by_hand: bool,
 }
 
 impl Opened {
@@ -336,6 +372,7 @@ impl Opened {
             closed_by: None,
             closed_at: None,
             version: 1,
+            agent_set_by_hand: self.agent_set_by_hand,
         }
     }
 
@@ -354,6 +391,9 @@ impl Opened {
             agent_id: opened.agent_id.clone(),
             created_by: opened.actor.clone(),
             lead_version: version,
+            // The event does not say whether the agent was named: one other than the lead's
+            // was; the lead's own is taken as following the lead (its creator corrects that).
+            agent_set_by_hand: opened.agent_id.is_some() && opened.agent_id != lead.agent_id,
         }
     }
 }
@@ -397,17 +437,20 @@ async fn keep_opened(
     let mut leads: Vec<(String, Uuid, bool, i64)> =
         opened.iter().map(|o| (o.org_id.clone(), o.lead_id, true, o.lead_version)).collect();
     lock_leads(tx, &mut leads).await?;
-    // A follow-up whose lead closed meanwhile arrives cancelled by the system.
+    // A follow-up whose lead closed meanwhile arrives cancelled by the system; one following its
+    // lead's agent whose lead was reassigned after accepting it arrives with the new agent.
     let inserted: Vec<FollowUpRow> = sqlx::query_as(
         "INSERT INTO follow_ups AS f (id, org_id, lead_id, contact_id, phone, external_id, contact_name, email, \
-                               due_at, note, agent_id, state, created_by, closed_by, closed_at) \
+                               due_at, note, agent_id, state, created_by, closed_by, closed_at, agent_set_by_hand) \
          SELECT t.id, t.org_id, t.lead_id, t.contact_id, t.phone, t.external_id, t.contact_name, t.email, \
-                t.due_at, t.note, t.agent_id, CASE WHEN s.active THEN 'pending' ELSE 'cancelled' END, t.created_by, \
-                CASE WHEN s.active THEN NULL ELSE 'system' END, CASE WHEN s.active THEN NULL ELSE now() END \
+                t.due_at, t.note, \
+                CASE WHEN NOT t.by_hand AND s.agent_version > t.lead_version THEN s.agent_id ELSE t.agent_id END, \
+                CASE WHEN s.active THEN 'pending' ELSE 'cancelled' END, t.created_by, \
+                CASE WHEN s.active THEN NULL ELSE 'system' END, CASE WHEN s.active THEN NULL ELSE now() END, t.by_hand \
          FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                     $9::timestamptz[], $10::text[], $11::text[], $12::text[]) \
+                     $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::bool[], $14::bigint[]) \
               AS t(id, org_id, lead_id, contact_id, phone, external_id, contact_name, email, due_at, note, agent_id, \
-                   created_by) \
+                   created_by, by_hand, lead_version) \
          JOIN lead_states s ON s.org_id = t.org_id AND s.lead_id = t.lead_id \
          ORDER BY t.id \
          ON CONFLICT (id) DO NOTHING RETURNING f.*",
@@ -424,19 +467,32 @@ async fn keep_opened(
     .bind(opened.iter().map(|o| o.note.clone()).collect::<Vec<_>>())
     .bind(opened.iter().map(|o| o.agent_id.clone()).collect::<Vec<_>>())
     .bind(opened.iter().map(|o| o.created_by.as_str()).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.agent_set_by_hand).collect::<Vec<_>>())
+    .bind(opened.iter().map(|o| o.lead_version).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     messages.extend(inserted.iter().filter(|f| f.state() == State::Cancelled).map(|f| event(ctx, f, SYSTEM_ACTOR)));
     Ok(())
 }
 
-/// Applies the lead service's `follow_up_opened` and `status_changed` events: follow-ups
-/// this service has not kept yet are kept, and when a lead becomes inactive its open
-/// follow-ups are cancelled by the system. One transaction, which the consumer retries on
-/// conflicts (`platform::consumer::apply_decoded`).
+/// A lead's agent as an `assigned` event left it.
+struct Reassigned {
+    org_id: String,
+    lead_id: Uuid,
+    agent_id: Option<String>,
+    lead_version: i64,
+    actor: String,
+}
+
+/// Applies the lead service's `follow_up_opened`, `status_changed` and `assigned` events:
+/// follow-ups this service has not kept yet are kept, when a lead becomes inactive its open
+/// follow-ups are cancelled by the system, and when it is reassigned its open follow-ups whose
+/// agent was not named take the lead's new agent. One transaction, which the consumer retries
+/// on conflicts (`platform::consumer::apply_decoded`).
 pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEvent>]) -> Result<(), FollowUpError> {
     let mut opened = Vec::new();
     let mut closed: Vec<(String, Uuid, bool, i64)> = Vec::new();
+    let mut reassigned = Vec::new();
     for event in events {
         let lead = &event.data.lead;
         match &event.data.change {
@@ -444,16 +500,31 @@ pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEve
             LeadChange::StatusChanged { .. } if !lead.active => {
                 closed.push((event.org_id.clone(), lead.id, false, event.version));
             }
+            LeadChange::Assigned { to, actor, .. } => reassigned.push(Reassigned {
+                org_id: event.org_id.clone(),
+                lead_id: lead.id,
+                agent_id: to.clone(),
+                lead_version: event.version,
+                actor: actor.clone(),
+            }),
             _ => {}
         }
     }
-    if opened.is_empty() && closed.is_empty() {
+    if opened.is_empty() && closed.is_empty() && reassigned.is_empty() {
         return Ok(());
     }
     let mut tx = ctx.pool.begin().await?;
     let mut messages: Vec<OutboxMessage> = Vec::new();
+    // Every lead's row locked in one statement, in one order, before any follow-up is touched.
+    let mut touched: Vec<(String, Uuid, bool, i64)> = closed
+        .iter()
+        .cloned()
+        .chain(reassigned.iter().map(|r| (r.org_id.clone(), r.lead_id, true, r.lead_version)))
+        .collect();
+    if !touched.is_empty() {
+        lock_leads(&mut tx, &mut touched).await?;
+    }
     if !closed.is_empty() {
-        lock_leads(&mut tx, &mut closed).await?;
         let cancelled: Vec<FollowUpRow> = sqlx::query_as(
             "UPDATE follow_ups f SET state = 'cancelled', closed_by = 'system', closed_at = now(), \
                updated_at = now(), version = version + 1 \
@@ -468,6 +539,7 @@ pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEve
         messages.extend(cancelled.iter().map(|f| event(ctx, f, SYSTEM_ACTOR)));
     }
     let cancelled_count = messages.len();
+    follow_lead_agents(ctx, &mut tx, reassigned, &mut messages).await?;
     keep_opened(ctx, &mut tx, &opened, &mut messages).await?;
     platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
     if cancelled_count > 0 {
@@ -475,6 +547,144 @@ pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEve
         metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CLOSED, "service" => "followup", "state" => "cancelled").increment(cancelled_count as u64);
     }
     Ok(())
+}
+
+/// Records each lead's newest agent and gives it to the lead's open follow-ups whose agent was
+/// not named (none when the lead was unassigned). An assignment older than the one recorded
+/// (a redelivery, or one overtaken) changes nothing. The leads' rows are locked already.
+async fn follow_lead_agents(
+    ctx: &FollowUpContext,
+    tx: &mut Transaction<'_, Postgres>,
+    mut reassigned: Vec<Reassigned>,
+    messages: &mut Vec<OutboxMessage>,
+) -> Result<(), FollowUpError> {
+    if reassigned.is_empty() {
+        return Ok(());
+    }
+    // The newest assignment of each lead.
+    reassigned.sort_by(|a, b| (&a.org_id, a.lead_id, b.lead_version).cmp(&(&b.org_id, b.lead_id, a.lead_version)));
+    reassigned.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
+    let newer: Vec<(String, Uuid, Option<String>)> = sqlx::query_as(
+        "UPDATE lead_states s SET agent_id = t.agent_id, agent_version = t.lead_version \
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[]) AS t(org_id, lead_id, agent_id, lead_version) \
+         WHERE s.org_id = t.org_id AND s.lead_id = t.lead_id AND s.agent_version < t.lead_version \
+         RETURNING s.org_id, s.lead_id, s.agent_id",
+    )
+    .bind(reassigned.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+    .bind(reassigned.iter().map(|r| r.lead_id).collect::<Vec<_>>())
+    .bind(reassigned.iter().map(|r| r.agent_id.clone()).collect::<Vec<_>>())
+    .bind(reassigned.iter().map(|r| r.lead_version).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    if newer.is_empty() {
+        return Ok(());
+    }
+    let changed: Vec<FollowUpRow> = sqlx::query_as(
+        "UPDATE follow_ups f SET agent_id = t.agent_id, updated_at = now(), version = f.version + 1 \
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[]) AS t(org_id, lead_id, agent_id) \
+         WHERE f.org_id = t.org_id AND f.lead_id = t.lead_id AND f.state IN ('pending', 'due') \
+           AND NOT f.agent_set_by_hand AND f.agent_id IS DISTINCT FROM t.agent_id \
+         RETURNING f.*",
+    )
+    .bind(newer.iter().map(|n| n.0.as_str()).collect::<Vec<_>>())
+    .bind(newer.iter().map(|n| n.1).collect::<Vec<_>>())
+    .bind(newer.iter().map(|n| n.2.clone()).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    for follow_up in &changed {
+        let actor =
+            reassigned.iter().find(|r| r.lead_id == follow_up.lead_id).map_or(SYSTEM_ACTOR, |r| r.actor.as_str());
+        messages.push(event_of(ctx, follow_up, REASSIGNED, actor));
+    }
+    if !changed.is_empty() {
+        tracing::info!(follow_ups = changed.len(), "open follow-ups moved to their leads' new agents");
+    }
+    Ok(())
+}
+
+/// What UpdateFollowUp changes; at least one of them, and not both a due time and a snooze.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateFollowUp {
+    pub due_at: Option<DateTime<Utc>>,
+    /// Some(None) clears the note.
+    pub note: Option<Option<String>>,
+    pub snooze_minutes: Option<i32>,
+    pub expected_version: Option<i64>,
+    pub actor: String,
+}
+
+pub const MAX_SNOOZE_MINUTES: i32 = 7 * 24 * 60;
+
+impl UpdateFollowUp {
+    /// The due time asked for, checked: the one given, or now plus the snooze.
+    fn new_due_at(&self) -> Result<Option<DateTime<Utc>>, FollowUpError> {
+        match (self.due_at, self.snooze_minutes) {
+            (Some(_), Some(_)) => Err(FollowUpError::invalid("snooze_minutes", "cannot be given with due_at")),
+            (None, None) if self.note.is_none() => {
+                Err(FollowUpError::invalid("due_at", "or note or snooze_minutes is required"))
+            }
+            (Some(due_at), None) => check_due_at(due_at).map(|()| Some(due_at)),
+            (None, Some(minutes)) if (1..=MAX_SNOOZE_MINUTES).contains(&minutes) => {
+                Ok(Some(Utc::now() + chrono::Duration::minutes(i64::from(minutes))))
+            }
+            (None, Some(_)) => {
+                Err(FollowUpError::invalid("snooze_minutes", format!("must be between 1 and {MAX_SNOOZE_MINUTES}")))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Reschedules, snoozes or edits the note of an open follow-up, at the version expected when
+/// one is. A follow-up whose due time changes is pending again. Publishes `rescheduled` when
+/// the due time changed, else `edited`; a request that changes nothing answers the follow-up
+/// as it is.
+pub async fn update(
+    ctx: &FollowUpContext,
+    org_id: &str,
+    id: Uuid,
+    change: &UpdateFollowUp,
+) -> Result<FollowUpRow, FollowUpError> {
+    let due_at = change.new_due_at()?;
+    if let Some(Some(note)) = &change.note {
+        contracts::values::validate_note(note)?;
+    }
+    let mut tx = ctx.pool.begin().await?;
+    let current: FollowUpRow = sqlx::query_as("SELECT * FROM follow_ups WHERE org_id = $1 AND id = $2 FOR UPDATE")
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| FollowUpError::NotFound(id.to_string()))?;
+    if let Some(expected) = change.expected_version
+        && expected != current.version
+    {
+        return Err(FollowUpError::VersionMismatch { id, expected, actual: current.version });
+    }
+    if !current.state().is_open() {
+        return Err(FollowUpError::Closed { id, state: current.state });
+    }
+    let due_at = due_at.unwrap_or(current.due_at);
+    let note = change.note.clone().unwrap_or_else(|| current.note.clone());
+    let rescheduled = due_at != current.due_at;
+    if !rescheduled && note == current.note {
+        return Ok(current);
+    }
+    let updated: FollowUpRow = sqlx::query_as(
+        "UPDATE follow_ups SET due_at = $2, note = $3, state = CASE WHEN $4 THEN 'pending' ELSE state END, \
+           updated_at = now(), version = version + 1 \
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(due_at)
+    .bind(&note)
+    .bind(rescheduled)
+    .fetch_one(&mut *tx)
+    .await?;
+    let kind = if rescheduled { RESCHEDULED } else { EDITED };
+    platform::outbox::commit(tx, &[event_of(ctx, &updated, kind, &change.actor)], &ctx.outbox).await?;
+    tracing::info!(follow_up_id = %id, change = kind, version = updated.version, "follow-up changed");
+    Ok(updated)
 }
 
 pub async fn get(ctx: &FollowUpContext, org_id: &str, id: Uuid) -> Result<FollowUpRow, FollowUpError> {
@@ -648,6 +858,29 @@ mod tests {
             actor: "op".into(),
             on_behalf_of_agent: None,
         }
+    }
+
+    #[test]
+    fn an_update_names_the_field_it_cannot_take() {
+        let refused = |change: UpdateFollowUp| match change.new_due_at() {
+            Err(FollowUpError::InvalidArgument { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let past = Utc::now() - chrono::Duration::minutes(2);
+        assert_eq!(refused(UpdateFollowUp::default()), "due_at");
+        assert_eq!(refused(UpdateFollowUp { due_at: Some(past), ..Default::default() }), "due_at");
+        for minutes in [0, -5, MAX_SNOOZE_MINUTES + 1] {
+            assert_eq!(
+                refused(UpdateFollowUp { snooze_minutes: Some(minutes), ..Default::default() }),
+                "snooze_minutes"
+            );
+        }
+        let both = UpdateFollowUp { due_at: Some(Utc::now()), snooze_minutes: Some(5), ..Default::default() };
+        assert_eq!(refused(both), "snooze_minutes");
+        let note_only = UpdateFollowUp { note: Some(None), ..Default::default() };
+        assert!(note_only.new_due_at().unwrap().is_none());
+        let week = UpdateFollowUp { snooze_minutes: Some(MAX_SNOOZE_MINUTES), ..Default::default() };
+        assert!(week.new_due_at().unwrap().unwrap() > Utc::now() + chrono::Duration::days(6));
     }
 
     #[test]

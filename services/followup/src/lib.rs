@@ -1,9 +1,11 @@
 //! The follow-up service. A follow-up is created from an active lead (the lead service
 //! decides that, under the lead's lock, and fills in its contact), comes due on its own,
 //! and is completed or cancelled by people; the system cancels the open follow-ups of a
-//! lead that becomes inactive. Every change is published as `events.followup.<org>.<state>`.
-//! A follow-up goes only to an agent the assignment service knows as active, asked before
-//! the lead service records anything.
+//! lead that becomes inactive. It may be rescheduled, snoozed or have its note edited while
+//! open; one whose agent was not named follows its lead's reassignments. Every change is
+//! published as `events.followup.<org>.<kind>`: the state it moved to, or `rescheduled`,
+//! `edited`, `reassigned`. A follow-up goes only to an agent the assignment service knows as
+//! active, asked before the lead service records anything.
 
 pub mod error;
 mod grpc;
@@ -51,7 +53,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         lead: platform::visibility::lead_client(&infra.settings, ServiceName::FollowUp)?,
         assignment: assignment_client(infra)?,
     };
-    for kind in ["follow_up_opened", "status_changed"] {
+    for kind in ["follow_up_opened", "status_changed", "assigned"] {
         base.consumer(StreamKind::Events("lead"), format!("followup-{}", kind.replace('_', "-")))
             .filter(infra.subjects.events_of_kind("lead", kind))
             .spawn(infra, &token, ctx.clone(), consume_lead_events);

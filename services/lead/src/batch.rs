@@ -277,6 +277,7 @@ async fn load_unattached(tx: &mut Transaction<'_, Postgres>, state: &mut BatchSt
             text,
             broadcast_message_id,
             campaign_id,
+            agent_id: None,
         };
         let unattached = Unattached { summary, pending: None, conversation_id, attributes: attributes.0 };
         state.unattached.entry(contact_id).or_default().push(unattached);
@@ -769,6 +770,7 @@ fn summary(event: &Interaction) -> InteractionSummary {
         text: event.text.clone(),
         broadcast_message_id: event.broadcast.as_ref().map(|b| b.message_id.clone()),
         campaign_id: event.broadcast.as_ref().and_then(|b| b.campaign_id.clone()),
+        agent_id: event.agent_id.clone(),
     }
 }
 

@@ -237,7 +237,10 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
     Ok(lead)
 }
 
-const TIMELINE_STATES: [&str; 3] = ["due", "completed", "cancelled"];
+/// The follow-up events the timeline records, by kind: the states it moves to, and a new due
+/// time. A follow-up rescheduled may come due again, so each event is kept once by the time it
+/// was written (which a redelivery carries too), not once per state.
+const TIMELINE_STATES: [&str; 4] = ["due", "completed", "cancelled", "rescheduled"];
 /// The states that close a follow-up.
 const CLOSED_STATES: [&str; 2] = ["completed", "cancelled"];
 
@@ -245,13 +248,18 @@ const CLOSED_STATES: [&str; 2] = ["completed", "cancelled"];
 /// once however often it is delivered; where the organisation's rule says so, a lead whose
 /// last open follow-up closed moves on from Follow-up in the same transaction.
 pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<FollowUpEvent>]) -> Result<(), LeadError> {
+    // Recorded by the event's kind: an edit or a reassignment carries the state the follow-up
+    // is in, which the event that moved it there already recorded.
     let kept: Vec<&Envelope<FollowUpEvent>> =
-        events.iter().filter(|e| TIMELINE_STATES.contains(&e.data.state.as_str())).collect();
+        events.iter().filter(|e| TIMELINE_STATES.contains(&e.kind.as_str())).collect();
     if kept.is_empty() {
+        let mut tx = ctx.pool.begin().await?;
+        record_overdue(&mut tx, events).await?;
+        tx.commit().await?;
         return Ok(());
     }
     let orgs = column(&kept, |e| e.org_id.as_str());
-    let states = column(&kept, |e| e.data.state.as_str());
+    let states = column(&kept, |e| e.kind.as_str());
     let notes = column(&kept, |e| e.data.note.as_deref());
     let agents = column(&kept, |e| e.data.agent_id.as_deref());
     let actors = column(&kept, |e| e.data.actor.as_str());
@@ -287,7 +295,7 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
               AS t(org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor, at) \
          JOIN leads l ON l.id = t.lead_id AND l.org_id = t.org_id \
          ORDER BY t.lead_id, t.follow_up_id, t.state \
-         ON CONFLICT (follow_up_id, state) DO NOTHING \
+         ON CONFLICT (follow_up_id, state, at) DO NOTHING \
          RETURNING org_id, lead_id, state",
     )
     .bind(&orgs)
@@ -314,6 +322,37 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
         lead_ids.dedup();
         rules::after_follow_ups_closed(ctx, &mut tx, org_id, &rules[org_id], &lead_ids, &mut messages).await?;
     }
+    record_overdue(&mut tx, events).await?;
     platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
+    Ok(())
+}
+
+/// Keeps whether each follow-up is overdue (its latest state is `due`) from the newest of its
+/// events: a redelivered or late one is older than what is kept and changes nothing. Events
+/// naming another organisation's lead are dropped, as for the timeline.
+async fn record_overdue(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[Envelope<FollowUpEvent>],
+) -> Result<(), LeadError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO follow_up_overdue AS o (follow_up_id, org_id, lead_id, overdue, version) \
+         SELECT DISTINCT ON (t.follow_up_id) t.follow_up_id, t.org_id, t.lead_id, t.overdue, t.version \
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bool[], $5::bigint[]) \
+              AS t(follow_up_id, org_id, lead_id, overdue, version) \
+         JOIN leads l ON l.id = t.lead_id AND l.org_id = t.org_id \
+         ORDER BY t.follow_up_id, t.version DESC \
+         ON CONFLICT (follow_up_id) DO UPDATE SET overdue = excluded.overdue, version = excluded.version \
+         WHERE o.version < excluded.version",
+    )
+    .bind(column(events, |e| e.aggregate_id))
+    .bind(column(events, |e| e.org_id.as_str()))
+    .bind(column(events, |e| e.data.lead_id))
+    .bind(column(events, |e| e.data.state == "due"))
+    .bind(column(events, |e| e.version))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

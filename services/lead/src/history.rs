@@ -102,6 +102,7 @@ SELECT * FROM ( \
   SELECT f.at, f.lead_id, 'follow_up', 'f:' || f.follow_up_id || ':' || f.state, \
          'follow-up ' || CASE f.state \
            WHEN 'pending' THEN 'scheduled for ' || to_char(f.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC' \
+           WHEN 'rescheduled' THEN 'rescheduled to ' || to_char(f.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC' \
            ELSE f.state END || coalesce(': ' || left(f.note, 140), ''), \
          f.actor, \
          jsonb_build_object('follow_up_id', f.follow_up_id, 'state', f.state, 'due_at', f.due_at, \

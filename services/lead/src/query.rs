@@ -214,6 +214,9 @@ impl LeadQuery {
             let id: Uuid = f.contact_id.parse().map_err(|_| LeadError::invalid("filter.contact_id", "is not an id"))?;
             sql.push(" AND l.contact_id = ").push_bind(id);
         }
+        if f.has_overdue_follow_up {
+            sql.push(" AND EXISTS (SELECT 1 FROM follow_up_overdue o WHERE o.lead_id = l.id AND o.overdue)");
+        }
         push_range(sql, "l.created_at", f.created.as_ref(), "filter.created")?;
         push_range(sql, "l.last_interaction_at", f.last_interaction.as_ref(), "filter.last_interaction")?;
         match &self.search {
@@ -255,6 +258,7 @@ impl LeadQuery {
         let counted = f.campaign_id.is_empty()
             && f.integration_name.is_empty()
             && f.contact_id.is_empty()
+            && !f.has_overdue_follow_up
             && f.created.is_none()
             && f.last_interaction.is_none()
             && f.search.trim().is_empty();

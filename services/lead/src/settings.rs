@@ -10,8 +10,6 @@ use leads_proto::v1 as pb;
 use sqlx::{PgExecutor, PgPool, types::Json};
 use std::collections::HashMap;
 
-/// How many past changes GetLeadSettings answers.
-const CHANGES_SHOWN: i64 = 50;
 const MAX_TEMPLATE_CHARS: usize = 512;
 pub const CONVERSATION_PLACEHOLDER: &str = "{conversation_id}";
 
@@ -71,9 +69,6 @@ pub async fn link_conversations(pool: &PgPool, org_id: &str, leads: &mut [pb::Le
     Ok(())
 }
 
-/// One recorded change: version, when, who, what in words.
-type ChangeRow = (i64, DateTime<Utc>, String, Json<Vec<String>>);
-
 #[derive(sqlx::FromRow)]
 struct SettingsRow {
     status_rules: Json<StatusRules>,
@@ -91,14 +86,6 @@ pub async fn get(pool: &PgPool, org_id: &str) -> Result<pb::LeadSettings, LeadEr
     .bind(org_id)
     .fetch_optional(pool)
     .await?;
-    let changes: Vec<ChangeRow> = sqlx::query_as(
-        "SELECT version, at, actor, changes FROM org_settings_changes \
-         WHERE org_id = $1 ORDER BY version DESC LIMIT $2",
-    )
-    .bind(org_id)
-    .bind(CHANGES_SHOWN)
-    .fetch_all(pool)
-    .await?;
     let mut answer = match row {
         Some(row) => to_proto(
             org_id,
@@ -112,15 +99,7 @@ pub async fn get(pool: &PgPool, org_id: &str) -> Result<pb::LeadSettings, LeadEr
         ),
         None => to_proto(org_id, &LeadSettings::default(), 0, None, String::new()),
     };
-    answer.changes = changes
-        .into_iter()
-        .map(|(version, at, actor, Json(changes))| pb::LeadSettingsChange {
-            version,
-            at: Some(contracts::time::timestamp(at)),
-            actor,
-            changes,
-        })
-        .collect();
+    answer.changes = platform::org_settings::recent_changes(pool, org_id).await?;
     Ok(answer)
 }
 
@@ -134,11 +113,7 @@ pub async fn update(
     actor: &str,
 ) -> Result<pb::LeadSettings, LeadError> {
     let mut tx = pool.begin().await?;
-    // One writer at a time per organisation, the first one included (the row may not exist).
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lead settings ' || $1, 0))")
-        .bind(org_id)
-        .execute(&mut *tx)
-        .await?;
+    platform::org_settings::lock(&mut tx, "lead", org_id).await?;
     let current: Option<(Json<StatusRules>, Option<String>, i64)> =
         sqlx::query_as("SELECT status_rules, conversation_url_template, version FROM org_settings WHERE org_id = $1")
             .bind(org_id)
@@ -150,11 +125,8 @@ pub async fn update(
         }
         None => (LeadSettings::default(), 0),
     };
-    if let Some(expected) = expected_version
-        && expected != version
-    {
-        return Err(LeadError::SettingsVersionMismatch { expected, actual: version });
-    }
+    platform::org_settings::check_version(expected_version, version)
+        .map_err(|stale| LeadError::SettingsVersionMismatch { expected: stale.expected, actual: stale.actual })?;
     let changes = differences(&before, &settings);
     if changes.is_empty() {
         tx.rollback().await?;
@@ -174,13 +146,7 @@ pub async fn update(
     .bind(actor)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO org_settings_changes (org_id, version, actor, changes) VALUES ($1, $2, $3, $4)")
-        .bind(org_id)
-        .bind(version)
-        .bind(actor)
-        .bind(Json(&changes))
-        .execute(&mut *tx)
-        .await?;
+    platform::org_settings::record_change(&mut tx, org_id, version, actor, &changes).await?;
     tx.commit().await?;
     tracing::info!(org_id, version, actor, "lead settings changed");
     get(pool, org_id).await
@@ -207,9 +173,13 @@ fn differences(before: &LeadSettings, after: &LeadSettings) -> Vec<String> {
         ("after_follow_ups", status(b.after_follow_ups), status(a.after_follow_ups)),
         ("broadcast_reply_contacted", switch(b.broadcast_reply_contacted), switch(a.broadcast_reply_contacted)),
         ("archive_after_days", number(b.archive_after_days), number(a.archive_after_days)),
-        ("conversation_url_template", text(before.conversation_url_template.as_ref()), text(after.conversation_url_template.as_ref())),
+        (
+            "conversation_url_template",
+            text(before.conversation_url_template.as_ref()),
+            text(after.conversation_url_template.as_ref()),
+        ),
     ];
-    pairs.into_iter().filter(|(_, b, a)| b != a).map(|(name, b, a)| format!("{name}: {b} -> {a}")).collect()
+    pairs.into_iter().filter_map(|(name, b, a)| platform::org_settings::describe(name, &b, &a)).collect()
 }
 
 /// Reads and checks an UpdateLeadSettings request, naming the field at fault.

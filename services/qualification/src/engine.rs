@@ -339,6 +339,7 @@ mod tests {
             text: Some(text.into()),
             broadcast_message_id: None,
             campaign_id: None,
+            agent_id: None,
         };
         let lead = view(id, Status::New, None, None);
         Envelope::new(
