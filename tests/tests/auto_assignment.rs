@@ -928,6 +928,23 @@ async fn in_the_console_an_admin_sets_the_policy_and_an_agent_its_own_presence()
     assert_eq!(stale.status, 409, "a second admin's stale form is refused: {}", stale.body);
     let after = admin.get("/settings").await?;
     assert!(after.body.contains("policy: off -&#62; balanced"), "the change is listed: {}", after.body);
+    let untouched = [
+        ("_csrf", csrf.as_str()),
+        ("version", "1"),
+        ("policy", "balanced"),
+        ("default_capacity", "6"),
+        ("reassign_untouched_after_minutes", "30"),
+        ("release_offline_after_grace", "on"),
+    ];
+    let saved = admin.post("/settings/assignment", &untouched).await?;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let after = admin.get("/settings").await?;
+    assert!(
+        after.body.contains("name=\"reassign_untouched_after_minutes\" type=\"number\" min=\"1\" max=\"10080\" inputmode=\"numeric\" value=\"30\"")
+            && after.body.contains("id=\"release-offline\" name=\"release_offline_after_grace\" type=\"checkbox\" checked"),
+        "the untouched-lead settings show as saved: {}",
+        after.body
+    );
 
     let agents = admin.get("/agents").await?;
     assert!(agents.body.contains("0 of 6") && agents.body.contains("0 of 4"), "load against capacity: {}", agents.body);
@@ -940,7 +957,7 @@ async fn in_the_console_an_admin_sets_the_policy_and_an_agent_its_own_presence()
     let denied = operator
         .post(
             "/settings/assignment",
-            &[("_csrf", &csrf), ("version", "1"), ("policy", "off"), ("default_capacity", "6")],
+            &[("_csrf", &csrf), ("version", "2"), ("policy", "off"), ("default_capacity", "6")],
         )
         .await?;
     assert_eq!(denied.status, 403, "{}", denied.body);

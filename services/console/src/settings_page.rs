@@ -54,6 +54,9 @@ struct AssignmentSection {
     version: i64,
     policy: &'static str,
     default_capacity: i32,
+    /// Empty when untouched leads stay with their agent.
+    reassign_untouched_after_minutes: String,
+    release_offline_after_grace: bool,
     changes: Vec<ChangeLine>,
     policies: &'static [(pb::AssignmentPolicy, &'static str, &'static str)],
 }
@@ -78,6 +81,10 @@ async fn assignment_section(state: &AppState, session: &Session) -> Result<Assig
         version: settings.version,
         policy: POLICIES.iter().find(|(p, _, _)| *p as i32 == settings.policy).map_or("off", |(_, name, _)| name),
         default_capacity: settings.default_capacity,
+        reassign_untouched_after_minutes: number(
+            Some(settings.reassign_untouched_after_minutes).filter(|minutes| *minutes > 0),
+        ),
+        release_offline_after_grace: settings.release_offline_after_grace,
         policies: &POLICIES,
         changes: change_lines(&settings.changes),
     })
@@ -185,6 +192,10 @@ pub struct AssignmentForm {
     policy: String,
     #[serde(default)]
     default_capacity: String,
+    #[serde(default)]
+    reassign_untouched_after_minutes: String,
+    /// A checkbox: present when ticked.
+    release_offline_after_grace: Option<String>,
 }
 
 pub async fn update_assignment_settings(
@@ -208,7 +219,11 @@ pub async fn update_assignment_settings(
         policy: policy as i32,
         default_capacity,
         expected_version: Some(form.version),
-        ..Default::default()
+        // Empty: untouched leads stay with their agent.
+        reassign_untouched_after_minutes: Some(
+            optional_number("reassign_untouched_after_minutes", &form.reassign_untouched_after_minutes)?.unwrap_or(0),
+        ),
+        release_offline_after_grace: Some(form.release_offline_after_grace.is_some()),
     };
     state.backends.assignment.clone().update_assignment_settings(authorized(&session.token, request)).await?;
     Ok(see_other("/settings"))
