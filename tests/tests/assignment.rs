@@ -49,6 +49,7 @@ impl Desk {
             email: format!("{agent_id}@example.com"),
             active,
             capacity: None,
+            ..Default::default()
         };
         Ok(self.assignments.clone().upsert_agent(request).await?.into_inner())
     }
@@ -127,6 +128,7 @@ async fn agents_are_upserted_listed_and_validated() -> anyhow::Result<()> {
             email: String::new(),
             active: None,
             capacity: None,
+            ..Default::default()
         })
         .await?
         .into_inner();

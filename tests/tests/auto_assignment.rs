@@ -979,3 +979,199 @@ async fn in_the_console_an_admin_sets_the_policy_and_an_agent_its_own_presence()
     );
     console.stop().await
 }
+
+impl Desk {
+    async fn skill_routes(&self, routes: &[(&str, &str)]) -> Result<pb::AssignmentSettings, tonic::Status> {
+        let request = pb::UpdateAssignmentSettingsRequest {
+            org_id: ORG.into(),
+            policy: pb::AssignmentPolicy::Balanced as i32,
+            default_capacity: 10,
+            skill_routes: Some(pb::SkillRoutes {
+                routes: routes
+                    .iter()
+                    .map(|(m, s)| pb::SkillRoute { r#match: (*m).into(), skill: (*s).into() })
+                    .collect(),
+            }),
+            ..Default::default()
+        };
+        Ok(self.assignments.clone().update_assignment_settings(request).await?.into_inner())
+    }
+
+    async fn upsert(&self, request: pb::UpsertAgentRequest) -> Result<pb::Agent, tonic::Status> {
+        Ok(self.assignments.clone().upsert_agent(request).await?.into_inner())
+    }
+
+    /// A new lead from a new contact on `channel`.
+    async fn publish_on(&mut self, channel: &str) -> anyhow::Result<()> {
+        let n = self.published;
+        self.published += 1;
+        let mut event = chat_event(&format!("e-{n}"), &phone(n), "hello");
+        event["channel"] = channel.into();
+        self.env.publish_interaction(ORG, &event).await
+    }
+}
+
+fn with_skills(agent_id: &str, skills: &[&str]) -> pb::UpsertAgentRequest {
+    pb::UpsertAgentRequest {
+        org_id: ORG.into(),
+        agent_id: agent_id.into(),
+        name: format!("Agent {agent_id}"),
+        skills: Some(pb::Skills { names: skills.iter().map(|s| (*s).into()).collect() }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_on_a_routed_channel_waits_for_an_available_agent_with_the_skill() -> anyhow::Result<()> {
+    let mut desk = Desk::start(|_| {}).await?;
+    let settings = desk.skill_routes(&[("whatsapp", "whatsapp")]).await?;
+    assert!(
+        settings.changes[0].changes.contains(&"skill_routes: none -> whatsapp => whatsapp".to_owned()),
+        "{:?}",
+        settings.changes
+    );
+    desk.available("ann", None).await?;
+    let bob = desk.upsert(with_skills("bob", &["whatsapp", "spanish"])).await?;
+    assert_eq!(bob.skills, vec!["spanish", "whatsapp"]);
+    desk.presence("bob", pb::Presence::Away).await?;
+
+    desk.publish_on("whatsapp").await?;
+    let held = desk.settles(0, 1).await;
+    assert!(held.is_empty(), "ann lacks the skill and bob is away: {held:?}");
+    let waiting = desk.waiting().await?;
+    assert_eq!(waiting.leads[0].waiting_for, "needs skill whatsapp");
+
+    // Renaming bob without naming skills keeps them; back at work, he takes the lead.
+    let bob = desk.agent("bob", None, None).await?;
+    assert_eq!(bob.skills, vec!["spanish", "whatsapp"]);
+    desk.presence("bob", pb::Presence::Available).await?;
+    let held = desk.settles(1, 0).await;
+    assert_eq!(get(&held, "bob"), 1, "{held:?}");
+    let lead = desk.leads_of("bob").await?.remove(0);
+    let (_, actor, reason) = desk.assignment_trail(&lead).await?.pop().expect("assigned");
+    assert_eq!(actor, "system");
+    assert_eq!(reason.as_deref(), Some("balanced: 0 of 10 open, least loaded, skill whatsapp"));
+
+    // A lead on a channel no route names goes to anyone: here the least loaded, ann.
+    desk.publish_on("instagram").await?;
+    let held = desk.settles(2, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob")), (1, 1));
+    desk.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_outside_its_working_hours_gets_nothing_while_one_inside_does() -> anyhow::Result<()> {
+    use chrono::Datelike;
+    let mut desk = Desk::start(|_| {}).await?;
+    desk.policy(pb::AssignmentPolicy::Balanced, 10).await?;
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let today = chrono::Utc::now().weekday().num_days_from_monday() as usize;
+    // Every day but today and tomorrow, so that midnight passing mid-test changes nothing.
+    let other_days: Vec<String> = (2..7).map(|shift| DAYS[(today + shift) % 7].to_owned()).collect();
+    let hours =
+        |days: Vec<String>, start: &str, end: &str| pb::WorkingHours { days, start: start.into(), end: end.into() };
+    let ann = desk
+        .upsert(pb::UpsertAgentRequest {
+            time_zone: Some("+00:00".into()),
+            working_hours: Some(hours(other_days.clone(), "00:00", "24:00")),
+            ..with_skills("ann", &[])
+        })
+        .await?;
+    assert_eq!(ann.working_hours, Some(hours(other_days, "00:00", "24:00")));
+    assert_eq!(ann.time_zone, "+00:00");
+    let every_day: Vec<String> = DAYS.iter().map(|d| (*d).to_owned()).collect();
+    desk.upsert(pb::UpsertAgentRequest {
+        time_zone: Some("-05:30".into()),
+        working_hours: Some(hours(every_day, "00:00", "24:00")),
+        ..with_skills("bob", &[])
+    })
+    .await?;
+    desk.presence("ann", pb::Presence::Available).await?;
+    desk.presence("bob", pb::Presence::Available).await?;
+    desk.publish(3).await?;
+    let held = desk.settles(3, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob")), (0, 3), "ann is off today");
+
+    // By hand she may still be given one; cleared hours put her back in the rotation.
+    let lead = desk.leads_of("bob").await?.remove(0);
+    let request = pb::AssignLeadRequest {
+        org_id: ORG.into(),
+        lead_id: lead,
+        agent_id: "ann".into(),
+        actor: "admin".into(),
+        ..Default::default()
+    };
+    desk.assignments.clone().assign_lead(request).await?;
+    let ann = desk
+        .upsert(pb::UpsertAgentRequest { working_hours: Some(hours(vec![], "", "")), ..with_skills("ann", &[]) })
+        .await?;
+    assert_eq!(ann.working_hours, None);
+    desk.publish(2).await?;
+    let held = desk.settles(5, 0).await;
+    assert_eq!((get(&held, "ann"), get(&held, "bob")), (2, 3), "{held:?}");
+    desk.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skills_hours_and_skill_routes_are_refused_naming_the_field() -> anyhow::Result<()> {
+    let desk = Desk::start(|_| {}).await?;
+    let refused = |status: tonic::Status, field: &str| {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{field}: {}", status.message());
+    };
+    refused(desk.upsert(with_skills("ann", &["Whats App"])).await.expect_err("bad skill"), "skills");
+    let many: Vec<String> = (0..21).map(|n| format!("s{n}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    refused(desk.upsert(with_skills("ann", &many)).await.expect_err("too many"), "skills");
+    let zone = pb::UpsertAgentRequest { time_zone: Some("Europe/Paris".into()), ..with_skills("ann", &[]) };
+    refused(desk.upsert(zone).await.expect_err("named zone"), "time_zone");
+    let backwards = pb::UpsertAgentRequest {
+        working_hours: Some(pb::WorkingHours { days: vec!["mon".into()], start: "17:00".into(), end: "09:00".into() }),
+        ..with_skills("ann", &[])
+    };
+    refused(desk.upsert(backwards).await.expect_err("end before start"), "working_hours.end");
+    let request = pb::ListAgentsRequest { org_id: ORG.into(), active_only: false };
+    let agents = desk.assignments.clone().list_agents(request).await?.into_inner().agents;
+    assert!(agents.is_empty(), "nothing refused was kept");
+
+    refused(desk.skill_routes(&[("whatsapp", "Not A Skill")]).await.expect_err("bad skill"), "skill_routes.skill");
+    refused(desk.skill_routes(&[("a b", "x")]).await.expect_err("bad match"), "skill_routes.match");
+    let routes: Vec<(String, &str)> = (0..51).map(|n| (format!("integration:i{n}"), "x")).collect();
+    let routes: Vec<(&str, &str)> = routes.iter().map(|(m, s)| (m.as_str(), *s)).collect();
+    refused(desk.skill_routes(&routes).await.expect_err("too many"), "skill_routes");
+    let request = pb::GetAssignmentSettingsRequest { org_id: ORG.into() };
+    let settings = desk.assignments.clone().get_assignment_settings(request).await?.into_inner();
+    assert_eq!((settings.version, settings.skill_routes.len()), (0, 0), "nothing refused was kept");
+    desk.stop().await
+}
+
+#[tokio::test]
+async fn in_the_console_an_admin_sets_an_agents_skills_and_hours() -> anyhow::Result<()> {
+    let console = console::Console::start().await?;
+    console.person("ada@acme.test", pb::PersonRole::Admin, "").await?;
+    let mut admin = console.signed_in("ada@acme.test").await?;
+    let csrf = admin.get("/agents").await?.csrf();
+    let added = admin.post("/agents", &[("_csrf", &csrf), ("agent_id", "ann"), ("name", "")]).await?;
+    assert_eq!(added.status, 303, "{}", added.body);
+    let fields = [
+        ("_csrf", csrf.as_str()),
+        ("skills", "whatsapp, spanish"),
+        ("days", "mon,tue,wed,thu,fri"),
+        ("start", "09:00"),
+        ("end", "17:00"),
+        ("time_zone", "+02:00"),
+    ];
+    let set = admin.post("/agents/ann/routing", &fields).await?;
+    assert_eq!(set.status, 303, "{}", set.body);
+    let page = admin.get("/agents").await?;
+    assert!(
+        page.body.contains("spanish, whatsapp;") && page.body.contains("mon,tue,wed,thu,fri 09:00-17:00 UTC+02:00"),
+        "{}",
+        page.body
+    );
+    let bad = [("_csrf", csrf.as_str()), ("time_zone", "Europe/Paris")];
+    let refused = admin.post("/agents/ann/routing", &bad).await?;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("time_zone"), "{}", refused.body);
+    console.stop().await
+}

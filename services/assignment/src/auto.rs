@@ -15,6 +15,7 @@ use crate::{
     AssignmentContext,
     error::AssignmentError,
     handler::{self, AgentRow, LeadHolder, Presence, Recorded},
+    routing::{self, WorkingHours},
     settings::{self, Policy},
 };
 use chrono::{DateTime, Utc};
@@ -96,6 +97,18 @@ pub async fn apply_queue_events(
     .bind(newest.iter().map(|e| e.data.lead.contact_id).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
+    // Where the lead came from, for the organisation's skill routes.
+    sqlx::query(
+        "UPDATE lead_agents l SET channel = t.channel, source = t.source \
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[]) AS t(org_id, lead_id, channel, source) \
+         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.source IS NULL",
+    )
+    .bind(newest.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
+    .bind(newest.iter().map(|e| e.data.lead.id).collect::<Vec<_>>())
+    .bind(newest.iter().map(|e| e.data.lead.channel.as_str()).collect::<Vec<_>>())
+    .bind(newest.iter().map(|e| lead_source(&e.data.lead)).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
     // Whoever holds the lead now, at the newest version seen, decides: a lead assigned or
     // closed before its creation was read does not wait.
     let queued = sqlx::query(
@@ -171,6 +184,15 @@ pub async fn apply_queue_events(
     Ok(())
 }
 
+/// A lead's source as skill routes name it: the source kind, `integration:<name>` for an
+/// integration that gave its name.
+fn lead_source(lead: &contracts::lead::LeadView) -> String {
+    match (&lead.source_kind, &lead.integration_name) {
+        (contracts::lead::SourceKind::Integration, Some(name)) => format!("integration:{name}"),
+        (kind, _) => kind.as_str().to_owned(),
+    }
+}
+
 /// Whether a person acted on a lead since the platform gave it an agent, as of one event.
 struct Touch {
     org_id: String,
@@ -213,8 +235,41 @@ pub struct Candidate {
     /// Active leads held plus leads being handed to it.
     pub load: i64,
     pub last_assigned_at: Option<DateTime<Utc>>,
-    /// Set available with a fresh heartbeat; only the agent who replied is served without.
+    /// Set available with a fresh heartbeat, within its working hours; only the agent who
+    /// replied is served without.
     pub available: bool,
+    pub skills: Vec<String>,
+}
+
+/// An agent as read for the dispatcher, before its working hours are weighed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct CandidateRow {
+    agent_id: String,
+    capacity: i32,
+    load: i64,
+    last_assigned_at: Option<DateTime<Utc>>,
+    available: bool,
+    skills: Vec<String>,
+    utc_offset_minutes: Option<i32>,
+    work_days: Option<i16>,
+    work_start_minute: Option<i32>,
+    work_end_minute: Option<i32>,
+}
+
+impl CandidateRow {
+    /// Outside its working hours an agent counts as away.
+    fn at(self, now: DateTime<Utc>) -> Candidate {
+        let working = WorkingHours::from_columns(self.work_days, self.work_start_minute, self.work_end_minute)
+            .is_none_or(|hours| hours.contains(self.utc_offset_minutes, now));
+        Candidate {
+            agent_id: self.agent_id,
+            capacity: self.capacity,
+            load: self.load,
+            last_assigned_at: self.last_assigned_at,
+            available: self.available && working,
+            skills: self.skills,
+        }
+    }
 }
 
 /// Who a waiting lead would rather go to, before the policy's pick.
@@ -309,6 +364,8 @@ struct Waiting {
     taken_from: Option<String>,
     expected_version: Option<i64>,
     untouched_minutes: Option<i32>,
+    channel: Option<String>,
+    source: Option<String>,
 }
 
 /// Why an untouched lead went to another agent, in the lead's history.
@@ -322,7 +379,23 @@ pub fn untouched_reason(minutes: i32) -> String {
 const WEIGHED_PER_RESERVATION: i64 = 50;
 
 impl Waiting {
-    fn choice(&self, policy: Policy, candidates: &[Candidate]) -> Option<Choice> {
+    /// The policy's pick among the agents with the skill the lead needs, if any; the agent who
+    /// replied to the contact is already talking to it and needs none.
+    fn choice(&self, policy: Policy, candidates: &[Candidate], needs_skill: Option<&str>) -> Option<Choice> {
+        let Some(skill) = needs_skill else { return self.choice_among(policy, candidates) };
+        let skilled: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| c.skills.iter().any(|s| s == skill) || self.claimed_by.as_ref() == Some(&c.agent_id))
+            .cloned()
+            .collect();
+        let choice = self.choice_among(policy, &skilled)?;
+        if choice.reason == CLAIMED_REASON {
+            return Some(choice);
+        }
+        Some(Choice { reason: format!("{}, skill {skill}", choice.reason), ..choice })
+    }
+
+    fn choice_among(&self, policy: Policy, candidates: &[Candidate]) -> Option<Choice> {
         let Some(from) = &self.taken_from else {
             let preferences =
                 Preferences { claimed_by: self.claimed_by.clone(), previous_agent: self.previous_agent.clone() };
@@ -348,8 +421,9 @@ async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Re
     if settings.policy == Policy::Off {
         return Ok(None);
     }
-    let candidates: Vec<Candidate> = sqlx::query_as(
-        "SELECT a.agent_id, coalesce(a.capacity, $2) AS capacity, a.last_assigned_at, \
+    let rows: Vec<CandidateRow> = sqlx::query_as(
+        "SELECT a.agent_id, coalesce(a.capacity, $2) AS capacity, a.last_assigned_at, a.skills, \
+           a.utc_offset_minutes, a.work_days, a.work_start_minute, a.work_end_minute, \
            (SELECT count(*) FROM ( \
               SELECT l.lead_id FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active \
               UNION SELECT w.lead_id FROM waiting_leads w WHERE w.org_id = a.org_id AND w.reserved_for = a.agent_id \
@@ -363,17 +437,22 @@ async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Re
     .bind(ctx.settings.presence_grace_secs as f64)
     .fetch_all(&mut *tx)
     .await?;
+    let now = Utc::now();
+    let candidates: Vec<Candidate> = rows.into_iter().map(|row| row.at(now)).collect();
     if !candidates.iter().any(|c| c.load < i64::from(c.capacity)) {
         return Ok(None);
     }
     // The first leads in turn, then any later one an agent who replied to may take.
     let waiting: Vec<Waiting> = sqlx::query_as(
         "(SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
-           w.lead_created_at FROM waiting_leads w WHERE w.org_id = $1 AND w.reserved_for IS NULL \
+           w.lead_created_at, l.channel, l.source FROM waiting_leads w \
+          LEFT JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
+          WHERE w.org_id = $1 AND w.reserved_for IS NULL \
           ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $2) \
          UNION \
          (SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
-           w.lead_created_at FROM waiting_leads w \
+           w.lead_created_at, l.channel, l.source FROM waiting_leads w \
+          LEFT JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
           WHERE w.org_id = $1 AND w.reserved_for IS NULL AND w.claimed_by IS NOT NULL \
           ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $3) \
          ORDER BY score DESC NULLS LAST, lead_created_at, lead_id",
@@ -396,7 +475,9 @@ async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Re
         .bind(lead.lead_id)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(choice) = lead.choice(settings.policy, &candidates) {
+        let needs_skill =
+            routing::needed_skill(&settings.skill_routes, lead.channel.as_deref(), lead.source.as_deref());
+        if let Some(choice) = lead.choice(settings.policy, &candidates, needs_skill) {
             next = Some((lead, choice));
             break;
         }
@@ -817,6 +898,11 @@ pub struct WaitingRow {
     pub lead_created_at: DateTime<Utc>,
     pub queued_at: DateTime<Utc>,
     pub reserved_for: Option<String>,
+    channel: Option<String>,
+    source: Option<String>,
+    /// The skill the lead needs under the organisation's routes.
+    #[sqlx(default)]
+    pub needs_skill: Option<String>,
 }
 
 /// The organisation's waiting leads in the order they are handed out, and how many there are.
@@ -830,14 +916,20 @@ pub async fn list_waiting(
         n if (1..=MAX_WAITING_PAGE).contains(&n) => n,
         _ => return Err(AssignmentError::invalid("page_size", format!("must be between 0 and {MAX_WAITING_PAGE}"))),
     };
-    let rows = sqlx::query_as(
-        "SELECT lead_id, score, lead_created_at, queued_at, reserved_for FROM waiting_leads WHERE org_id = $1 \
-         ORDER BY score DESC NULLS LAST, lead_created_at, lead_id LIMIT $2",
+    let mut rows: Vec<WaitingRow> = sqlx::query_as(
+        "SELECT w.lead_id, w.score, w.lead_created_at, w.queued_at, w.reserved_for, l.channel, l.source \
+         FROM waiting_leads w LEFT JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
+         WHERE w.org_id = $1 ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $2",
     )
     .bind(org_id)
     .bind(i64::from(limit))
     .fetch_all(&ctx.pool)
     .await?;
+    let routes = settings::of_org(&ctx.pool, org_id).await?.skill_routes;
+    for row in &mut rows {
+        row.needs_skill =
+            routing::needed_skill(&routes, row.channel.as_deref(), row.source.as_deref()).map(str::to_owned);
+    }
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM waiting_leads WHERE org_id = $1")
         .bind(org_id)
         .fetch_one(&ctx.pool)
@@ -856,6 +948,7 @@ mod tests {
             load,
             last_assigned_at: last_minutes_ago.map(|m| Utc::now() - chrono::Duration::minutes(m)),
             available: true,
+            skills: Vec::new(),
         }
     }
 
@@ -886,6 +979,59 @@ mod tests {
         assert_eq!(choice.agent_id, "ann", "a full agent is passed over: {choice:?}");
         assert_eq!(choose_for(Policy::Off, &agents, &prefer(None, Some("cy"))), None);
         assert_eq!(choose_for(Policy::Off, &agents, &prefer(Some("ann"), None)).expect("claimed").agent_id, "ann");
+    }
+
+    #[test]
+    fn a_lead_needing_a_skill_goes_only_to_agents_with_it_and_says_so() {
+        let skilled = |mut c: Candidate| {
+            c.skills = vec!["whatsapp".into()];
+            c
+        };
+        let agents =
+            [agent("ann", 0, 5, None), skilled(agent("bob", 2, 5, None)), away(skilled(agent("cy", 0, 5, None)))];
+        let lead = Waiting {
+            lead_id: Uuid::nil(),
+            claimed_by: None,
+            previous_agent: Some("ann".into()),
+            taken_from: None,
+            expected_version: None,
+            untouched_minutes: None,
+            channel: Some("whatsapp".into()),
+            source: Some("chat_message".into()),
+        };
+        let choice = lead.choice(Policy::Balanced, &agents, Some("whatsapp")).expect("bob has the skill");
+        assert_eq!(choice.agent_id, "bob", "ann lacks the skill, even as the previous agent; cy is away");
+        assert_eq!(choice.reason, "balanced: 2 of 5 open, least loaded, skill whatsapp");
+        assert_eq!(lead.choice(Policy::Balanced, &agents, Some("spanish")), None, "nobody has it: the lead waits");
+        assert_eq!(lead.choice(Policy::Balanced, &agents, None).expect("any").reason, STICKY_REASON);
+        let claimed = Waiting { claimed_by: Some("ann".into()), ..lead };
+        let choice = claimed.choice(Policy::Balanced, &agents, Some("spanish")).expect("ann replied");
+        assert_eq!(choice, Choice { agent_id: "ann".into(), reason: CLAIMED_REASON.into() });
+    }
+
+    #[test]
+    fn an_agent_outside_its_working_hours_counts_as_away() {
+        use chrono::TimeZone;
+        let row = |days: Option<i16>| CandidateRow {
+            agent_id: "ann".into(),
+            capacity: 5,
+            load: 0,
+            last_assigned_at: None,
+            available: true,
+            skills: Vec::new(),
+            utc_offset_minutes: Some(120),
+            work_days: days,
+            work_start_minute: days.map(|_| 9 * 60),
+            work_end_minute: days.map(|_| 17 * 60),
+        };
+        // Monday 2026-12-07: 08:00 UTC is 10:00 at +02:00; 16:00 UTC is 18:00.
+        let morning = Utc.with_ymd_and_hms(2026, 12, 7, 8, 0, 0).unwrap();
+        let evening = Utc.with_ymd_and_hms(2026, 12, 7, 16, 0, 0).unwrap();
+        let weekdays = Some(0b001_1111);
+        assert!(row(weekdays).at(morning).available);
+        assert!(!row(weekdays).at(evening).available);
+        assert!(!row(Some(0b110_0000)).at(morning).available, "a weekend-only agent on a Monday");
+        assert!(row(None).at(evening).available, "no hours: always working");
     }
 
     #[test]

@@ -2,6 +2,7 @@ use crate::{
     AssignmentContext, auto,
     error::AssignmentError,
     handler::{self, AgentRow, Assign, AssignmentRow, Presence, UpsertAgent},
+    routing::{self, WorkingHours},
     settings,
 };
 use contracts::time::timestamp;
@@ -56,6 +57,9 @@ fn agent_to_proto(ctx: &AssignmentContext, agent: AgentRow) -> pb::Agent {
         presence: presence.to_proto().into(),
         last_seen_at: agent.presence_seen_at.map(timestamp),
         last_assigned_at: agent.last_assigned_at.map(timestamp),
+        time_zone: routing::format_time_zone(agent.utc_offset_minutes),
+        working_hours: agent.working_hours().map(WorkingHours::to_proto),
+        skills: agent.skills,
         org_id: agent.org_id,
         agent_id: agent.agent_id,
         name: agent.name,
@@ -88,6 +92,12 @@ impl AssignmentService for AssignmentApi {
         agent_id(&request.agent_id)?;
         bounded("name", &request.name, limits::MAX_NAME_CHARS).map_err(AssignmentError::from)?;
         bounded("email", &request.email, limits::MAX_EMAIL_CHARS).map_err(AssignmentError::from)?;
+        let skills = request.skills.as_ref().map(|s| routing::parse_skills(&s.names)).transpose()?;
+        if let Some(zone) = &request.time_zone {
+            bounded("time_zone", zone, limits::MAX_NAME_CHARS).map_err(AssignmentError::from)?;
+        }
+        let utc_offset_minutes = request.time_zone.as_deref().map(routing::parse_time_zone).transpose()?;
+        let working_hours = request.working_hours.as_ref().map(WorkingHours::parse).transpose()?;
         let agent = handler::upsert_agent(
             &self.ctx,
             UpsertAgent {
@@ -97,6 +107,9 @@ impl AssignmentService for AssignmentApi {
                 email: trimmed(&request.email),
                 active: request.active,
                 capacity: request.capacity,
+                skills,
+                utc_offset_minutes,
+                working_hours,
             },
         )
         .await?;
@@ -284,6 +297,7 @@ impl AssignmentService for AssignmentApi {
                 lead_created_at: Some(timestamp(row.lead_created_at)),
                 waiting_since: Some(timestamp(row.queued_at)),
                 handing_to: row.reserved_for.unwrap_or_default(),
+                waiting_for: row.needs_skill.as_deref().map(routing::needs_skill_words).unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListWaitingLeadsResponse { leads, total }))

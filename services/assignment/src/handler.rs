@@ -3,7 +3,7 @@
 //! agent, asks the lead service, and keeps the history and each agent's open leads from the
 //! lead service's events.
 
-use crate::{AssignmentContext, error::AssignmentError};
+use crate::{AssignmentContext, error::AssignmentError, routing::WorkingHours};
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::lead::{LeadChange, LeadEvent};
@@ -30,6 +30,19 @@ pub struct AgentRow {
     pub presence: String,
     pub presence_seen_at: Option<DateTime<Utc>>,
     pub last_assigned_at: Option<DateTime<Utc>>,
+    pub skills: Vec<String>,
+    /// Minutes east of UTC; `None`: UTC.
+    pub utc_offset_minutes: Option<i32>,
+    pub work_days: Option<i16>,
+    pub work_start_minute: Option<i32>,
+    pub work_end_minute: Option<i32>,
+}
+
+impl AgentRow {
+    /// `None`: always working.
+    pub fn working_hours(&self) -> Option<WorkingHours> {
+        WorkingHours::from_columns(self.work_days, self.work_start_minute, self.work_end_minute)
+    }
 }
 
 /// Where an agent stands for automatic assignment.
@@ -94,6 +107,12 @@ pub struct UpsertAgent {
     pub active: Option<bool>,
     /// `Some(0)` returns to the organisation's default; `None` keeps the agent's.
     pub capacity: Option<i32>,
+    /// Replaces the agent's skills; `None` keeps them.
+    pub skills: Option<Vec<String>>,
+    /// Minutes east of UTC (`Some(None)`: UTC); `None` keeps the agent's.
+    pub utc_offset_minutes: Option<Option<i32>>,
+    /// `Some(None)`: always working; `None` keeps the agent's.
+    pub working_hours: Option<Option<WorkingHours>>,
 }
 
 pub fn validate_agent_id(agent_id: &str) -> Result<(), AssignmentError> {
@@ -114,7 +133,8 @@ const AGENT_COLUMNS: &str = "a.org_id, a.agent_id, a.name, a.email, a.active, a.
      (SELECT count(*) FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active) \
        AS open_leads, a.capacity, \
      coalesce(a.capacity, (SELECT s.default_capacity FROM org_settings s WHERE s.org_id = a.org_id), 10) \
-       AS effective_capacity, a.presence, a.presence_seen_at, a.last_assigned_at";
+       AS effective_capacity, a.presence, a.presence_seen_at, a.last_assigned_at, a.skills, a.utc_offset_minutes, \
+     a.work_days, a.work_start_minute, a.work_end_minute";
 
 /// Creates the agent, or changes what the request names: an empty name or email keeps the
 /// agent's, an absent `active` keeps its state (a new agent is active).
@@ -134,12 +154,19 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
             format!("must be between 1 and {}, or 0 for the organisation's default", crate::settings::MAX_CAPACITY),
         ));
     }
+    let hours = cmd.working_hours.flatten();
     sqlx::query(
-        "INSERT INTO agents (org_id, agent_id, name, email, active, capacity) \
-         VALUES ($1, $2, $3, $4, coalesce($5, true), nullif($6, 0)) \
+        "INSERT INTO agents (org_id, agent_id, name, email, active, capacity, skills, utc_offset_minutes, \
+           work_days, work_start_minute, work_end_minute) \
+         VALUES ($1, $2, $3, $4, coalesce($5, true), nullif($6, 0), coalesce($7, '{}'), $9, $11, $12, $13) \
          ON CONFLICT (org_id, agent_id) DO UPDATE SET name = coalesce(nullif($3, ''), agents.name), \
            email = coalesce($4, agents.email), active = coalesce($5, agents.active), \
-           capacity = CASE WHEN $6::int IS NULL THEN agents.capacity ELSE nullif($6, 0) END, updated_at = now()",
+           capacity = CASE WHEN $6::int IS NULL THEN agents.capacity ELSE nullif($6, 0) END, \
+           skills = coalesce($7, agents.skills), \
+           utc_offset_minutes = CASE WHEN $8 THEN $9 ELSE agents.utc_offset_minutes END, \
+           work_days = CASE WHEN $10 THEN $11 ELSE agents.work_days END, \
+           work_start_minute = CASE WHEN $10 THEN $12 ELSE agents.work_start_minute END, \
+           work_end_minute = CASE WHEN $10 THEN $13 ELSE agents.work_end_minute END, updated_at = now()",
     )
     .bind(&cmd.org_id)
     .bind(&cmd.agent_id)
@@ -147,6 +174,13 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
     .bind(&cmd.email)
     .bind(cmd.active)
     .bind(cmd.capacity)
+    .bind(&cmd.skills)
+    .bind(cmd.utc_offset_minutes.is_some())
+    .bind(cmd.utc_offset_minutes.flatten())
+    .bind(cmd.working_hours.is_some())
+    .bind(hours.map(|h| h.days))
+    .bind(hours.map(|h| h.start))
+    .bind(hours.map(|h| h.end))
     .execute(&ctx.pool)
     .await?;
     if cmd.active == Some(false) {
@@ -491,6 +525,11 @@ mod tests {
             presence: "offline".into(),
             presence_seen_at: None,
             last_assigned_at: None,
+            skills: Vec::new(),
+            utc_offset_minutes: None,
+            work_days: None,
+            work_start_minute: None,
+            work_end_minute: None,
         }
     }
 

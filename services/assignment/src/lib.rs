@@ -8,6 +8,7 @@ pub mod auto;
 pub mod error;
 mod grpc;
 pub mod handler;
+pub mod routing;
 pub mod settings;
 
 use contracts::Envelope;

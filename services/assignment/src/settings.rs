@@ -4,6 +4,7 @@
 //! organisation's lock, so a change holds from the next lead handed out, in every process.
 
 use crate::error::AssignmentError;
+use crate::routing::{self, SkillRoute};
 use chrono::{DateTime, Utc};
 use leads_proto::v1 as pb;
 use sqlx::{PgExecutor, PgPool};
@@ -47,7 +48,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignmentSettings {
     pub policy: Policy,
     pub default_capacity: i32,
@@ -56,6 +57,8 @@ pub struct AssignmentSettings {
     pub reassign_untouched_after_minutes: Option<i32>,
     /// An agent offline past the presence grace period hands back its untouched leads.
     pub release_offline_after_grace: bool,
+    /// Which leads need a skill, first match wins.
+    pub skill_routes: Vec<SkillRoute>,
 }
 
 impl Default for AssignmentSettings {
@@ -65,23 +68,26 @@ impl Default for AssignmentSettings {
             default_capacity: DEFAULT_CAPACITY,
             reassign_untouched_after_minutes: None,
             release_offline_after_grace: false,
+            skill_routes: Vec::new(),
         }
     }
 }
 
-/// policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace
-type SettingsRow = (String, i32, Option<i32>, bool);
+/// policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace,
+/// skill_routes
+type SettingsRow = (String, i32, Option<i32>, bool, sqlx::types::Json<Vec<SkillRoute>>);
 const SETTINGS_COLUMNS: &str =
-    "policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace";
+    "policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace, skill_routes";
 
 fn from_row(
-    (policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace): SettingsRow,
+    (policy, default_capacity, reassign_untouched_after_minutes, release_offline_after_grace, skill_routes): SettingsRow,
 ) -> Result<AssignmentSettings, AssignmentError> {
     Ok(AssignmentSettings {
         policy: Policy::from_name(&policy)?,
         default_capacity,
         reassign_untouched_after_minutes,
         release_offline_after_grace,
+        skill_routes: skill_routes.0,
     })
 }
 
@@ -112,6 +118,11 @@ pub async fn get(pool: &PgPool, org_id: &str) -> Result<pb::AssignmentSettings, 
         default_capacity: settings.default_capacity,
         reassign_untouched_after_minutes: settings.reassign_untouched_after_minutes.unwrap_or(0),
         release_offline_after_grace: settings.release_offline_after_grace,
+        skill_routes: settings
+            .skill_routes
+            .iter()
+            .map(|r| pb::SkillRoute { r#match: r.matches.clone(), skill: r.skill.clone() })
+            .collect(),
         version,
         updated_at: updated_at.map(contracts::time::timestamp),
         updated_by,
@@ -136,10 +147,10 @@ pub async fn update(
         .fetch_optional(&mut *tx)
         .await?
         .unwrap_or(0);
-    let settings = change.applied_to(before);
+    let settings = change.applied_to(before.clone());
     platform::org_settings::check_version(expected_version, version)
         .map_err(|stale| AssignmentError::SettingsVersionMismatch { expected: stale.expected, actual: stale.actual })?;
-    let changes = differences(before, settings);
+    let changes = differences(&before, &settings);
     if changes.is_empty() {
         tx.rollback().await?;
         return get(pool, org_id).await;
@@ -147,9 +158,11 @@ pub async fn update(
     let version = version + 1;
     sqlx::query(
         "INSERT INTO org_settings (org_id, policy, default_capacity, version, updated_by, \
-           reassign_untouched_after_minutes, release_offline_after_grace) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+           reassign_untouched_after_minutes, release_offline_after_grace, skill_routes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (org_id) DO UPDATE SET policy = $2, default_capacity = $3, version = $4, updated_by = $5, \
-           updated_at = now(), reassign_untouched_after_minutes = $6, release_offline_after_grace = $7",
+           updated_at = now(), reassign_untouched_after_minutes = $6, release_offline_after_grace = $7, \
+           skill_routes = $8",
     )
     .bind(org_id)
     .bind(settings.policy.as_str())
@@ -158,6 +171,7 @@ pub async fn update(
     .bind(actor)
     .bind(settings.reassign_untouched_after_minutes)
     .bind(settings.release_offline_after_grace)
+    .bind(sqlx::types::Json(&settings.skill_routes))
     .execute(&mut *tx)
     .await?;
     platform::org_settings::record_change(&mut tx, org_id, version, actor, &changes).await?;
@@ -180,7 +194,7 @@ pub async fn update(
     get(pool, org_id).await
 }
 
-fn differences(before: AssignmentSettings, after: AssignmentSettings) -> Vec<String> {
+fn differences(before: &AssignmentSettings, after: &AssignmentSettings) -> Vec<String> {
     let pairs = [
         ("policy", before.policy.as_str().to_owned(), after.policy.as_str().to_owned()),
         ("default_capacity", before.default_capacity.to_string(), after.default_capacity.to_string()),
@@ -194,6 +208,7 @@ fn differences(before: AssignmentSettings, after: AssignmentSettings) -> Vec<Str
             before.release_offline_after_grace.to_string(),
             after.release_offline_after_grace.to_string(),
         ),
+        ("skill_routes", routing::describe_routes(&before.skill_routes), routing::describe_routes(&after.skill_routes)),
     ];
     pairs.into_iter().filter_map(|(name, b, a)| platform::org_settings::describe(name, &b, &a)).collect()
 }
@@ -203,13 +218,14 @@ fn minutes(value: Option<i32>) -> String {
 }
 
 /// What an update sets: policy and capacity always, the rest only when the request names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingsChange {
     pub policy: Policy,
     pub default_capacity: i32,
     /// `Some(None)` turns it off.
     pub reassign_untouched_after_minutes: Option<Option<i32>>,
     pub release_offline_after_grace: Option<bool>,
+    pub skill_routes: Option<Vec<SkillRoute>>,
 }
 
 impl SettingsChange {
@@ -221,6 +237,7 @@ impl SettingsChange {
                 .reassign_untouched_after_minutes
                 .unwrap_or(before.reassign_untouched_after_minutes),
             release_offline_after_grace: self.release_offline_after_grace.unwrap_or(before.release_offline_after_grace),
+            skill_routes: self.skill_routes.unwrap_or(before.skill_routes),
         }
     }
 }
@@ -248,11 +265,13 @@ pub fn parse(request: &pb::UpdateAssignmentSettingsRequest) -> Result<SettingsCh
             ));
         }
     };
+    let skill_routes = request.skill_routes.as_ref().map(|r| routing::parse_routes(&r.routes)).transpose()?;
     Ok(SettingsChange {
         policy,
         default_capacity: request.default_capacity,
         reassign_untouched_after_minutes,
         release_offline_after_grace: request.release_offline_after_grace,
+        skill_routes,
     })
 }
 
@@ -285,12 +304,21 @@ mod tests {
         };
         assert_eq!(field(untouched(-1)), "reassign_untouched_after_minutes");
         assert_eq!(field(untouched(MAX_UNTOUCHED_MINUTES + 1)), "reassign_untouched_after_minutes");
+        let routed = |skill: &str| pb::UpdateAssignmentSettingsRequest {
+            skill_routes: Some(pb::SkillRoutes {
+                routes: vec![pb::SkillRoute { r#match: "whatsapp".into(), skill: skill.into() }],
+            }),
+            ..request(pb::AssignmentPolicy::Balanced as i32, 5)
+        };
+        assert_eq!(field(routed("Not A Skill")), "skill_routes.skill");
+        assert_eq!(parse(&routed("whatsapp")).expect("valid").skill_routes.expect("set").len(), 1);
         let fine = parse(&request(pb::AssignmentPolicy::RoundRobin as i32, 3)).expect("valid");
         let kept = SettingsChange {
             policy: Policy::RoundRobin,
             default_capacity: 3,
             reassign_untouched_after_minutes: None,
             release_offline_after_grace: None,
+            skill_routes: None,
         };
         assert_eq!(fine, kept, "absent options keep what is set");
         assert_eq!(parse(&untouched(0)).expect("off").reassign_untouched_after_minutes, Some(None));
@@ -301,21 +329,26 @@ mod tests {
     fn a_change_is_recorded_in_words() {
         let after = AssignmentSettings { policy: Policy::Balanced, default_capacity: 5, ..Default::default() };
         assert_eq!(
-            differences(AssignmentSettings::default(), after),
+            differences(&AssignmentSettings::default(), &after),
             vec!["policy: off -> balanced".to_owned(), "default_capacity: 10 -> 5".to_owned()]
         );
         let untouched = AssignmentSettings {
             reassign_untouched_after_minutes: Some(15),
             release_offline_after_grace: true,
-            ..after
+            ..after.clone()
         };
         assert_eq!(
-            differences(after, untouched),
+            differences(&after, &untouched),
             vec![
                 "reassign_untouched_after_minutes: off -> 15".to_owned(),
                 "release_offline_after_grace: false -> true".to_owned()
             ]
         );
-        assert!(differences(after, after).is_empty());
+        assert!(differences(&after, &after).is_empty());
+        let routed = AssignmentSettings {
+            skill_routes: vec![SkillRoute { matches: "whatsapp".into(), skill: "whatsapp".into() }],
+            ..after.clone()
+        };
+        assert_eq!(differences(&after, &routed), vec!["skill_routes: none -> whatsapp => whatsapp".to_owned()]);
     }
 }

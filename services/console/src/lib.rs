@@ -89,6 +89,7 @@ fn router(state: AppState) -> Router {
         .route("/agents/{id}", post(pages::set_agent_active))
         .route("/agents/{id}/presence", post(pages::set_agent_presence))
         .route("/agents/{id}/capacity", post(pages::set_agent_capacity))
+        .route("/agents/{id}/routing", post(pages::set_agent_routing))
         .route("/qualification", get(pages::qualification))
         .route("/qualification/train", post(pages::train))
         .route("/settings", get(settings_page::settings).post(settings_page::update_settings))

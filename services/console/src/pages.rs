@@ -914,6 +914,13 @@ struct AgentLine {
     own_capacity: String,
     presence: &'static str,
     last_assigned: When,
+    /// Comma-separated, as the field shows them.
+    skills: String,
+    time_zone: String,
+    /// `mon,tue,...`, empty when the agent is always working.
+    days: String,
+    start: String,
+    end: String,
     /// Whether the signed-in person may set this agent's presence: the desk's runners any
     /// agent's, an agent its own.
     may_set_presence: bool,
@@ -924,6 +931,7 @@ struct WaitingLine {
     score: String,
     since: When,
     handing_to: String,
+    waiting_for: String,
 }
 
 #[derive(Template)]
@@ -955,6 +963,11 @@ pub async fn agents(State(state): State<AppState>, headers: HeaderMap) -> Page {
             own_capacity: a.capacity.map(|c| c.to_string()).unwrap_or_default(),
             capacity: a.effective_capacity,
             last_assigned: When::of(a.last_assigned_at.as_ref()),
+            skills: a.skills.join(", "),
+            days: a.working_hours.as_ref().map(|h| h.days.join(",")).unwrap_or_default(),
+            start: a.working_hours.as_ref().map(|h| h.start.clone()).unwrap_or_default(),
+            end: a.working_hours.as_ref().map(|h| h.end.clone()).unwrap_or_default(),
+            time_zone: a.time_zone,
             open_leads: a.open_leads,
             active: a.active,
             name: a.name,
@@ -977,6 +990,7 @@ pub async fn agents(State(state): State<AppState>, headers: HeaderMap) -> Page {
                 score: l.score.map(|s| s.to_string()).unwrap_or_default(),
                 since: When::of(l.waiting_since.as_ref()),
                 handing_to: l.handing_to,
+                waiting_for: l.waiting_for,
                 lead_id: l.lead_id,
             })
             .collect();
@@ -1036,6 +1050,48 @@ pub async fn set_agent_capacity(
         org_id: session.org_id.clone(),
         agent_id: id,
         capacity: Some(capacity),
+        ..Default::default()
+    };
+    state.backends.assignment.clone().upsert_agent(authorized(&session.token, request)).await?;
+    Ok(see_other("/agents"))
+}
+
+#[derive(Deserialize)]
+pub struct RoutingForm {
+    #[serde(default)]
+    skills: String,
+    #[serde(default)]
+    time_zone: String,
+    #[serde(default)]
+    days: String,
+    #[serde(default)]
+    start: String,
+    #[serde(default)]
+    end: String,
+}
+
+/// Replaces an agent's skills, time zone and working hours (admins only, as the assignment
+/// service decides, which also checks each); empty days mean always working.
+pub async fn set_agent_routing(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RoutingForm>,
+) -> Page {
+    let session = Session::from_headers(&headers)?;
+    let list = |text: &str| -> Vec<String> {
+        text.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    };
+    let request = pb::UpsertAgentRequest {
+        org_id: session.org_id.clone(),
+        agent_id: id,
+        skills: Some(pb::Skills { names: list(&form.skills) }),
+        time_zone: Some(form.time_zone.trim().to_owned()),
+        working_hours: Some(pb::WorkingHours {
+            days: list(&form.days),
+            start: form.start.trim().to_owned(),
+            end: form.end.trim().to_owned(),
+        }),
         ..Default::default()
     };
     state.backends.assignment.clone().upsert_agent(authorized(&session.token, request)).await?;

@@ -224,6 +224,8 @@ pub async fn update_assignment_settings(
             optional_number("reassign_untouched_after_minutes", &form.reassign_untouched_after_minutes)?.unwrap_or(0),
         ),
         release_offline_after_grace: Some(form.release_offline_after_grace.is_some()),
+        // Routes are kept as they are: this form does not show them.
+        skill_routes: None,
     };
     state.backends.assignment.clone().update_assignment_settings(authorized(&session.token, request)).await?;
     Ok(see_other("/settings"))

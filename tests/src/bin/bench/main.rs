@@ -15,6 +15,9 @@
 //! - qualification: a backlog of lead events drained by one and by two `leads run --services
 //!   qualification` processes (scorings/s, CPU per scoring beside the raw parts), then the
 //!   latency from publish to a lead's score in ListLeads under a paced load.
+//! - assignment: automatic assignment (policy balanced, 200 available agents) of new leads
+//!   arriving through ingest at full speed: assignments/s beside raw Postgres transactions of the
+//!   same rows and commits, created -> assigned latency, loads never over capacity.
 //!
 //! The report (markdown) goes to stdout, and to `--out` when given; progress goes to stderr.
 //! Every section runs in its own `TestEnv` and drops it afterwards, also after a failure.
@@ -27,6 +30,7 @@ use platform::Settings;
 use report::{Report, loadavg, progress, target_rows};
 use std::{path::PathBuf, time::Instant};
 
+mod assignment;
 mod broadcast;
 mod desk;
 mod events;
@@ -45,6 +49,7 @@ enum Section {
     Broadcast,
     Desk,
     Qualification,
+    Assignment,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -64,7 +69,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
     broadcast_batches: Vec<usize>,
     /// Sections to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast,desk,qualification")]
+    #[arg(long, value_delimiter = ',', default_value = "raw,ingest,leads,broadcast,desk,qualification,assignment")]
     only: Vec<Section>,
     /// Leads seeded in the large organisation of the leads section (four smaller ones get a
     /// twentieth of that each).
@@ -122,6 +127,10 @@ struct Args {
     /// Duration of the qualification latency run, in seconds.
     #[arg(long, default_value_t = 20)]
     qualification_secs: u64,
+    /// New leads handed out by automatic assignment in the assignment section (the full
+    /// figure is 100,000; the default keeps `make bench` within 25 minutes).
+    #[arg(long, default_value_t = 5_000)]
+    assign_leads: u64,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -155,9 +164,15 @@ async fn main() -> anyhow::Result<()> {
     ));
     machine::machine(&mut report).await?;
     let mut failures = Vec::new();
-    for section in
-        [Section::Raw, Section::Ingest, Section::Leads, Section::Broadcast, Section::Desk, Section::Qualification]
-    {
+    for section in [
+        Section::Raw,
+        Section::Ingest,
+        Section::Leads,
+        Section::Broadcast,
+        Section::Desk,
+        Section::Qualification,
+        Section::Assignment,
+    ] {
         if !args.only.contains(&section) {
             continue;
         }
@@ -187,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 desk::run(&options).await.map(|section| report.line(section))
             }
             Section::Qualification => qualification::qualification(&mut report, &args).await,
+            Section::Assignment => assignment::assignment(&mut report, &args).await,
         };
         progress(format!("{section:?} section took {:.0} s", started.elapsed().as_secs_f64()));
         if let Err(error) = result {
