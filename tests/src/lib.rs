@@ -28,6 +28,7 @@ pub use leads_proto::v1 as pb;
 
 pub mod broadcast_gen;
 pub mod browserless;
+pub mod console;
 pub mod desk;
 pub mod keys;
 pub mod raw_pg;

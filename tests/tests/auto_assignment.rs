@@ -823,90 +823,9 @@ async fn an_agent_offline_past_the_grace_period_hands_back_only_its_untouched_le
     desk.stop().await
 }
 
-/// The console on every service with tokens verified, and people who sign in with a password.
-mod console {
-    use super::ORG;
-    use leads_proto::v1::people_service_client::PeopleServiceClient;
-    use leads_tests::{Node, TestEnv, browserless::Browserless, pb};
-    use platform::{
-        ServiceName,
-        auth::{Role, Signer},
-    };
-    use std::time::Duration;
-    use tokio_util::sync::CancellationToken;
-
-    const PASSWORD: &str = "correct horse battery staple";
-
-    pub struct Console {
-        env: TestEnv,
-        pub node: Node,
-        addr: std::net::SocketAddr,
-        token: CancellationToken,
-        key_dir: std::path::PathBuf,
-    }
-
-    impl Console {
-        pub async fn start() -> anyhow::Result<Self> {
-            let key_dir = std::env::temp_dir().join(format!("leads-auto-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&key_dir)?;
-            let key = key_dir.join("local.key");
-            std::fs::write(&key, "s".repeat(24) + &uuid::Uuid::new_v4().simple().to_string())?;
-            let mut env = TestEnv::new().await?;
-            env.settings.auth.signing_key_file = Some(key);
-            let node = env.start_all().await?;
-            let mut settings = env.settings.clone();
-            for service in ServiceName::ALL {
-                settings.endpoints.set(service, format!("http://{}", node.addr(service)));
-            }
-            settings.console.port = 0;
-            let token = CancellationToken::new();
-            let console = leads::start_console(&settings, token.clone()).await?;
-            Ok(Self { env, node, addr: console.addr, token, key_dir })
-        }
-
-        pub fn admin_token(&self) -> anyhow::Result<String> {
-            let key = self.env.settings.auth.signing_key_file.as_ref().expect("a key");
-            let signer = Signer::with_settings(key, &self.env.settings.auth)?;
-            signer.mint("root@acme.test", Role::Admin, vec![ORG.into()], Duration::from_secs(600))
-        }
-
-        pub async fn person(&self, email: &str, role: pb::PersonRole, agent_id: &str) -> anyhow::Result<()> {
-            let mut people = PeopleServiceClient::new(self.node.channel(ServiceName::People).await?);
-            let mut request = tonic::Request::new(pb::AddPersonRequest {
-                org_id: ORG.into(),
-                email: email.into(),
-                name: email.into(),
-                role: role as i32,
-                agent_id: agent_id.into(),
-            });
-            request.metadata_mut().insert("authorization", format!("Bearer {}", self.admin_token()?).parse()?);
-            let added = people.add_person(request).await?.into_inner();
-            let password = pb::SetPasswordRequest { setup_code: added.setup_code, password: PASSWORD.into() };
-            people.set_password(password).await?;
-            Ok(())
-        }
-
-        pub async fn signed_in(&self, email: &str) -> anyhow::Result<Browserless> {
-            let mut browser = Browserless::new(self.addr);
-            let csrf = browser.get("/sign-in").await?.csrf();
-            let fields = [("_csrf", csrf.as_str()), ("org_id", ORG), ("email", email), ("password", PASSWORD)];
-            let answer = browser.post("/sign-in", &fields).await?;
-            anyhow::ensure!(answer.status == 303, "sign-in: {}", answer.body);
-            Ok(browser)
-        }
-
-        pub async fn stop(self) -> anyhow::Result<()> {
-            self.token.cancel();
-            self.node.stop().await?;
-            std::fs::remove_dir_all(&self.key_dir).ok();
-            self.env.cleanup().await
-        }
-    }
-}
-
 #[tokio::test]
 async fn in_the_console_an_admin_sets_the_policy_and_an_agent_its_own_presence() -> anyhow::Result<()> {
-    let console = console::Console::start().await?;
+    let console = leads_tests::console::Console::start().await?;
     console.person("ada@acme.test", pb::PersonRole::Admin, "").await?;
     console.person("olga@acme.test", pb::PersonRole::Operator, "").await?;
     console.person("ann@acme.test", pb::PersonRole::Agent, "ann").await?;
@@ -1147,7 +1066,7 @@ async fn skills_hours_and_skill_routes_are_refused_naming_the_field() -> anyhow:
 
 #[tokio::test]
 async fn in_the_console_an_admin_sets_an_agents_skills_and_hours() -> anyhow::Result<()> {
-    let console = console::Console::start().await?;
+    let console = leads_tests::console::Console::start().await?;
     console.person("ada@acme.test", pb::PersonRole::Admin, "").await?;
     let mut admin = console.signed_in("ada@acme.test").await?;
     let csrf = admin.get("/agents").await?.csrf();

@@ -3,85 +3,11 @@
 //! services enforce showing through the pages. Browser behaviour (scripts, live updates,
 //! accessibility) is tested in tests/browser.
 
-use leads_proto::v1::{lead_service_client::LeadServiceClient, people_service_client::PeopleServiceClient};
-use leads_tests::{Node, TestEnv, browserless::Browserless, chat_event, eventually, pb, phone};
-use platform::{
-    ServiceName,
-    auth::{Role, Signer},
-};
+use leads_proto::v1::lead_service_client::LeadServiceClient;
+use leads_tests::console::{Console, ORG, PASSWORD};
+use leads_tests::{browserless::Browserless, chat_event, eventually, pb, phone};
+use platform::ServiceName;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-
-const ORG: &str = "acme";
-const PASSWORD: &str = "correct horse battery staple";
-
-struct Console {
-    env: TestEnv,
-    node: Node,
-    addr: std::net::SocketAddr,
-    token: CancellationToken,
-    key_dir: std::path::PathBuf,
-}
-
-impl Console {
-    async fn start() -> anyhow::Result<Self> {
-        let key_dir = std::env::temp_dir().join(format!("leads-console-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&key_dir)?;
-        let key = key_dir.join("local.key");
-        std::fs::write(&key, "s".repeat(24) + &uuid::Uuid::new_v4().simple().to_string())?;
-        let mut env = TestEnv::new().await?;
-        env.settings.auth.signing_key_file = Some(key);
-        let node = env.start_all().await?;
-        let mut settings = env.settings.clone();
-        for service in ServiceName::ALL {
-            settings.endpoints.set(service, format!("http://{}", node.addr(service)));
-        }
-        settings.console.port = 0;
-        let token = CancellationToken::new();
-        let console = leads::start_console(&settings, token.clone()).await?;
-        Ok(Self { env, node, addr: console.addr, token, key_dir })
-    }
-
-    fn admin_token(&self) -> anyhow::Result<String> {
-        let signer =
-            Signer::with_settings(self.env.settings.auth.signing_key_file.as_ref().unwrap(), &self.env.settings.auth)?;
-        signer.mint("root@acme.test", Role::Admin, vec![ORG.into()], Duration::from_secs(600))
-    }
-
-    /// A person with a password, added by an admin as the directory's own flow does.
-    async fn person(&self, email: &str, role: pb::PersonRole, agent_id: &str) -> anyhow::Result<()> {
-        let mut people = PeopleServiceClient::new(self.node.channel(ServiceName::People).await?);
-        let mut request = tonic::Request::new(pb::AddPersonRequest {
-            org_id: ORG.into(),
-            email: email.into(),
-            name: email.into(),
-            role: role as i32,
-            agent_id: agent_id.into(),
-        });
-        request.metadata_mut().insert("authorization", format!("Bearer {}", self.admin_token()?).parse()?);
-        let added = people.add_person(request).await?.into_inner();
-        people.set_password(pb::SetPasswordRequest { setup_code: added.setup_code, password: PASSWORD.into() }).await?;
-        Ok(())
-    }
-
-    async fn signed_in(&self, email: &str) -> anyhow::Result<Browserless> {
-        let mut browser = Browserless::new(self.addr);
-        let form = browser.get("/sign-in").await?;
-        let csrf = form.csrf();
-        let answer = browser
-            .post("/sign-in", &[("_csrf", &csrf), ("org_id", ORG), ("email", email), ("password", PASSWORD)])
-            .await?;
-        anyhow::ensure!(answer.status == 303 && answer.header("location") == "/leads", "sign-in: {}", answer.body);
-        Ok(browser)
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.token.cancel();
-        self.node.stop().await?;
-        std::fs::remove_dir_all(&self.key_dir).ok();
-        self.env.cleanup().await
-    }
-}
 
 #[tokio::test]
 async fn a_person_signs_in_and_the_session_is_guarded() -> anyhow::Result<()> {
