@@ -39,10 +39,10 @@ ENV LEADS_GRPC_HOST=0.0.0.0 \
     LEADS_SERVICES=all \
     RUST_LOG=info
 USER 65532:65532
-# gRPC: ingest, lead, qualification, assignment, followup, broadcast, people; the console's
+# gRPC: ingest, lead, qualification, assignment, followup, broadcast, people, notifications; the console's
 # HTTP (8080; it holds no key and no credential); then Prometheus metrics. A service refuses to
 # start without a key for tokens (LEADS_AUTH_SIGNING_KEY_FILE or LEADS_AUTH_KEY_FILES): mount
 # one, never bake it into the image.
-EXPOSE 50051 50052 50053 50054 50055 50056 50057 8080 9464
+EXPOSE 50051 50052 50053 50054 50055 50056 50057 50058 8080 9464
 ENTRYPOINT ["leads"]
 CMD ["run"]

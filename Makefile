@@ -8,7 +8,7 @@ INFRA = eval "$$(deploy/local/infra.sh)"
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-run: ## Run all seven services and the console locally (installs/starts Postgres and NATS when missing)
+run: ## Run all eight services and the console locally (installs/starts Postgres and NATS when missing)
 	@deploy/local/run.sh
 
 test: ## Run every test against real Postgres and NATS (and the Python tools of tests/requirements.txt)

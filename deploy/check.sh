@@ -16,9 +16,10 @@
 #                           Postgres; every Secret read is one install-secrets.sh makes; no
 #                           secret value is in deploy/; the console holds no key, database or
 #                           NATS setting, is probed on /healthz, reached by its namespace and
-#                           reaches the six services it calls only (production: over mutual
-#                           TLS, Secure cookies, an Ingress with TLS); the rules catch each way
-#                           of breaking them
+#                           reaches the seven services it calls only (production: over mutual
+#                           TLS, Secure cookies, an Ingress with TLS); notifications reaches
+#                           public addresses on 80 and 443 for webhooks, never the private
+#                           ranges; the rules catch each way of breaking them
 #   - secrets               deploy/docker/secrets.sh (compose) and deploy/k8s/install-secrets.sh
 #                           run into scratch space: consistent copies, certificates that verify
 #                           for the services' names, NATS configurations nats-server accepts
@@ -129,7 +130,7 @@ check "compose: secrets.sh makes consistent secrets, twice the same" bash -c '
         NATS_UID=$(id -u) sh deploy/docker/secrets.sh >/dev/null; }
     run; first=$(cat "$dir"/*/db-password "$dir"/*/nats-password "$dir/auth/signing.key" | cksum)
     run; [ "$first" = "$(cat "$dir"/*/db-password "$dir"/*/nats-password "$dir/auth/signing.key" | cksum)" ]
-    for service in ingest lead qualification assignment followup broadcast people; do
+    for service in ingest lead qualification assignment followup broadcast people notifications; do
         cmp -s "$dir/$service/db-password" "$dir/migrate/roles/$service"
         var=LEADS_NATS_$(echo "$service" | tr a-z A-Z)_PASSWORD
         grep -qx "$var=$(cat "$dir/$service/nats-password")" "$dir/nats/env"
@@ -165,7 +166,7 @@ def verify(name, purpose, host=None, ca=None):
     result = subprocess.run(args + [str(files / f"{name}.tls.crt")], capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"  {name} ({purpose}, {host}): {result.stdout}{result.stderr}")
-for service in ["ingest", "lead", "qualification", "assignment", "followup", "broadcast", "people"]:
+for service in ["ingest", "lead", "qualification", "assignment", "followup", "broadcast", "people", "notifications"]:
     for host in (service, f"{service}.leads.svc.cluster.local", "localhost"):
         verify(f"leads-{service}-tls", "sslserver", host)
     verify(f"leads-{service}-tls", "sslclient")
@@ -177,7 +178,7 @@ for host in ("nats", "nats.leads.svc", "nats-2.nats-headless"):
 verify("leads-nats-tls", "sslclient")
 verify("leads-api-client", "sslclient")
 # The console's client certificate, checked against the CA the services check callers with.
-for service in ["lead", "assignment", "followup", "broadcast", "qualification", "people"]:
+for service in ["lead", "assignment", "followup", "broadcast", "qualification", "people", "notifications"]:
     verify("leads-console-tls", "sslclient", ca=f"leads-{service}-tls")
 if len(base64.b64decode(secrets["leads-auth"]["signing.key"])) < 32:
     sys.exit("  the signing key is shorter than 32 bytes")

@@ -3,8 +3,10 @@ with its venv's Python). Closed by default: every service verifies tokens, none 
 switch authentication off; only the migrate Job holds the admin database connection; each
 service connects to Postgres and NATS with credentials of its own, from a secret only it
 mounts; the console holds none of these (its client certificate alone), is probed over HTTP,
-reached from its namespace and reaches only the services it calls; production encrypts what
-leaves a pod and serves the console over TLS; no secret value is in the repository.
+reached from its namespace and reaches only the services it calls; notifications, which
+delivers webhooks, reaches the internet on 80 and 443 but never the private ranges; production
+encrypts what leaves a pod and serves the console over TLS; no secret value is in the
+repository.
 
   check_policy.py compose RENDERED.json
         `docker compose config --format json` of deploy/compose.yaml
@@ -25,6 +27,7 @@ Each prints its failures and exits 1 when there is one.
 """
 
 import copy
+import ipaddress
 import json
 import pathlib
 import re
@@ -44,6 +47,7 @@ SERVICES = {
     "followup": 50055,
     "broadcast": 50056,
     "people": 50057,
+    "notifications": 50058,
 }
 # Secrets holding the Postgres superuser's credentials (ours, CloudNativePG's default, the
 # name of earlier versions).
@@ -57,6 +61,19 @@ EXTERNAL_SECRETS = {"leads-pg-backup", "leads-pg-ca"}
 CONSOLE_PORT = 8080
 CONSOLE_CALLS = {service: port for service, port in SERVICES.items() if service != "ingest"}
 CONSOLE_SECRET = "leads-console-tls"
+
+# The service that delivers webhooks to URLs organisations choose: it may reach public
+# addresses on these ports, and never these ranges (private networks, where the cluster's pods
+# and Services live; link-local, the cloud's metadata service; shared address space, some
+# clusters' and clouds'), whatever the URL says. Loopback never leaves the pod, so no policy
+# governs it.
+WEBHOOK_SENDER = "notifications"
+WEBHOOK_PORTS = {("TCP", 80), ("TCP", 443)}
+PRIVATE_RANGES = [
+    ipaddress.ip_network(cidr)
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
+                 "fc00::/7", "fe80::/10")
+]
 
 SECRETISH = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.IGNORECASE)
 CREDENTIALED_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]*:([^@\s/]*)@", re.IGNORECASE)
@@ -319,6 +336,72 @@ def check_console_k8s(docs, pods, services, tls):
         covered = {h for t in spec.get("tls") or [] if t.get("secretName") for h in t.get("hosts") or []}
         if not spec.get("tls") or None in hosts or hosts - covered:
             failures.append(f"Ingress {ingress['metadata']['name']}: serves the console without TLS for every host")
+    return failures
+
+
+def private_reach(peer):
+    """The private ranges an egress peer reaches, or why it reaches unknown pods, or []."""
+    if "ipBlock" in peer:
+        block = peer["ipBlock"] or {}
+        try:
+            cidr = ipaddress.ip_network(block.get("cidr", ""), strict=False)
+            excepted = [ipaddress.ip_network(e, strict=False) for e in block.get("except") or []]
+        except ValueError as error:
+            return [f"an ipBlock that does not parse ({error})"]
+        return [
+            str(private) for private in PRIVATE_RANGES
+            if private.version == cidr.version and cidr.overlaps(private)
+            and not any(e.version == private.version and private.subnet_of(e) for e in excepted)
+        ]
+    # Pods chosen by their labels are the cluster's own (DNS, Postgres, NATS); a peer choosing
+    # every pod of a namespace, or of every namespace, is any address inside the cluster.
+    pods = peer.get("podSelector")
+    if not pods or not (pods.get("matchLabels") or pods.get("matchExpressions")):
+        return [f"every pod of {'the namespace' if 'namespaceSelector' not in peer else 'the namespaces chosen'}"]
+    return []
+
+
+def every_address(peer):
+    """Whether an egress peer is an ipBlock of every address (of IPv4 or IPv6), exceptions aside."""
+    try:
+        return ipaddress.ip_network((peer.get("ipBlock") or {}).get("cidr", ""), strict=False).prefixlen == 0
+    except ValueError:
+        return False
+
+
+def check_webhook_egress(docs, services):
+    """The webhook sender reaches public addresses on 80 and 443 (or it could deliver
+    nothing), and no rule of any policy that selects it reaches a private range: a webhook URL
+    naming one must meet the network's refusal besides the service's own."""
+    if WEBHOOK_SENDER not in services:
+        return []
+    pod = services[WEBHOOK_SENDER][0]
+    where = f"{pod.label} ({WEBHOOK_SENDER})"
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    rules, isolated = policy_rules(policies, pod.template_labels, "Egress")
+    if not isolated:
+        return [f"{where}: no NetworkPolicy limits its egress: webhooks could reach every private address"]
+    failures = []
+    public = set()
+    for rule in rules:
+        ports = rule_ports(rule)
+        opened = WEBHOOK_PORTS if ports is None else ports & WEBHOOK_PORTS
+        peers = rule.get("to")
+        if not peers:
+            failures.append(f"{where}: an egress rule reaches every destination, the private ranges among them")
+            public |= opened
+            continue
+        for peer in peers:
+            reached = private_reach(peer)
+            if reached:
+                failures.append(f"{where}: an egress rule reaches {', '.join(reached)} ({peer})")
+            if every_address(peer):
+                public |= opened
+                if ports is None or ports - WEBHOOK_PORTS:
+                    failures.append(f"{where}: an egress rule opens {'every port' if ports is None else sorted(ports - WEBHOOK_PORTS)} "
+                                    "to the internet; webhooks need TCP 80 and 443 only")
+    for protocol, port in sorted(WEBHOOK_PORTS - public):
+        failures.append(f"{where}: no NetworkPolicy lets it reach public addresses on {protocol} {port} (webhooks)")
     return failures
 
 
@@ -592,6 +675,7 @@ def check_k8s(docs, installed, tls):
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if "grpc" in (container.get(probe) or {}):
                     failures.append(f"{where}: {probe} is a gRPC probe, which cannot speak TLS")
+    failures += check_webhook_egress(docs, deployments)
     failures += check_console_k8s(docs, pods, deployments, tls)
     return failures
 
@@ -890,6 +974,15 @@ def selftest(compose_path, local_path, production_path, secrets_path):
     def console_ingress_without_tls(docs):
         next(d for d in docs if d.get("kind") == "Ingress")["spec"].pop("tls")
 
+    def webhook_rule(docs):
+        return policy(docs, "notifications-egress-webhooks")["spec"]["egress"][0]
+
+    def unexcept(cidr):
+        def mutate(docs):
+            block = webhook_rule(docs)["to"][0]["ipBlock"]
+            block["except"] = [c for c in block["except"] if c != cidr]
+        return mutate
+
     breaks = {
         "authentication switched off (k8s)": k8s(
             lambda d: container(deployment(d, "lead"))["env"].append({"name": "LEADS_AUTH_DISABLED", "value": "true"})),
@@ -911,6 +1004,13 @@ def selftest(compose_path, local_path, production_path, secrets_path):
         "a Secret the installer does not make (k8s)": k8s(
             lambda d: deployment(d, "lead")["spec"]["template"]["spec"]["volumes"][0]["secret"].update(secretName="leads-keys")),
         "a service missing (k8s)": k8s(lambda d: d.remove(deployment(d, "people"))),
+        "webhooks may reach the private ranges (k8s)": k8s(lambda d: webhook_rule(d)["to"][0]["ipBlock"].pop("except")),
+        "webhooks may reach the cloud's metadata service (k8s)": k8s(unexcept("169.254.0.0/16")),
+        "webhooks may reach every destination (production)": k8s(lambda d: webhook_rule(d).pop("to"), tls=True),
+        "webhooks may reach every port of the internet (k8s)": k8s(lambda d: webhook_rule(d).pop("ports")),
+        "webhooks may reach every pod of the cluster (k8s)": k8s(
+            lambda d: webhook_rule(d)["to"].append({"namespaceSelector": {}})),
+        "webhooks cannot be delivered (k8s)": k8s(lambda d: d.remove(policy(d, "notifications-egress-webhooks"))),
         "plaintext gRPC (production)": k8s(lambda d: configmap(d).pop("LEADS_GRPC_TLS_CERT_FILE"), tls=True),
         "plaintext NATS (production)": k8s(
             lambda d: [configmap(d).pop("LEADS_NATS_CA_FILE"), configmap(d).update(LEADS_NATS_URL="nats://nats:4222",

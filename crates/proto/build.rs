@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "leads/v1/followup.proto",
     "leads/v1/broadcast.proto",
     "leads/v1/people.proto",
+    "leads/v1/notifications.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

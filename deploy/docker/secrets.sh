@@ -23,7 +23,7 @@ umask 077
 
 SECRETS="${SECRETS:-/secrets}"
 NATS_CONF="${NATS_CONF:-/etc/nats/leads.conf}"
-SERVICES="ingest lead qualification assignment followup broadcast people"
+SERVICES="ingest lead qualification assignment followup broadcast people notifications"
 LEADS_UID="${LEADS_UID:-65532}"
 # The postgres user of the official postgres image; nats-server runs as root.
 POSTGRES_UID="${POSTGRES_UID:-999}"

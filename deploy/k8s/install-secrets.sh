@@ -20,12 +20,12 @@
 #   leads-console-tls       tls.crt, tls.key, ca.crt: the console's client certificate, with
 #                           which it calls the services in production (it holds nothing else)
 #
-# for the services ingest, lead, qualification, assignment, followup, broadcast and people,
-# one CA (EC P-256, ten years; certificates two years). A Secret that already exists is kept,
-# so running this again only adds what is missing (a new service, a new publisher): passwords
-# are never changed under a running platform. Why a script rather than a Job in the cluster:
-# nothing in the cluster needs the right to write Secrets, the CA's key never enters it, and
-# --print hands the same Secrets to a sealed-secrets or SOPS workflow.
+# for the services ingest, lead, qualification, assignment, followup, broadcast, people and
+# notifications, one CA (EC P-256, ten years; certificates two years). A Secret that already
+# exists is kept, so running this again only adds what is missing (a new service, a new
+# publisher): passwords are never changed under a running platform. Why a script rather than
+# a Job in the cluster: nothing in the cluster needs the right to write Secrets, the CA's key
+# never enters it, and --print hands the same Secrets to a sealed-secrets or SOPS workflow.
 #
 #   deploy/k8s/install-secrets.sh leads
 #   deploy/k8s/install-secrets.sh --publisher acme leads        # adds publisher-acme's password
@@ -38,7 +38,7 @@ set -euo pipefail
 # Arrays that may be empty expand as ${a[@]+"${a[@]}"}: under set -u, bash 3.2 (macOS) calls an
 # empty one unbound.
 
-SERVICES=(ingest lead qualification assignment followup broadcast people)
+SERVICES=(ingest lead qualification assignment followup broadcast people notifications)
 KUBECTL="${KUBECTL:-kubectl}"
 print=false
 renew_tls=false

@@ -28,7 +28,7 @@ cat >&2 <<INFO
     console     http://127.0.0.1:${LEADS_CONSOLE_PORT:-8080}   the Leads page (sign-in link below)
     gRPC        ingest 127.0.0.1:50051  lead 127.0.0.1:50052  qualification 127.0.0.1:50053
                 assignment 127.0.0.1:50054  followup 127.0.0.1:50055  broadcast 127.0.0.1:50056
-                people 127.0.0.1:50057
+                people 127.0.0.1:50057  notifications 127.0.0.1:50058
                 (each serves grpc.health.v1.Health and server reflection without a token)
     NATS        $LEADS_NATS_URL   publish InteractionEvents on interactions.<org_id>
     Postgres    $LEADS_DATABASE_URL

@@ -29,7 +29,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
-SERVICES = ["ingest", "lead", "qualification", "assignment", "followup", "broadcast", "people"]
+SERVICES = ["ingest", "lead", "qualification", "assignment", "followup", "broadcast", "people", "notifications"]
 PASSWORD = "correct horse battery staple"
 # Long enough for an event to travel NATS, ingest and the lead service on a busy 2-core machine.
 EVENTUAL = 20_000
@@ -71,7 +71,7 @@ class Platform:
             "LEADS_SUBJECT_PREFIX": f"browser{suffix}.",
             "LEADS_AUTH_SIGNING_KEY_FILE": str(key),
             "LEADS_CONSOLE_PORT": "0",
-            # Seven services share a Postgres that other test suites use at the same time.
+            # Eight services share a Postgres that other test suites use at the same time.
             "LEADS_DATABASE_MAX_CONNECTIONS": "3",
             "LEADS_DATABASE_EXPORT_MAX_CONNECTIONS": "1",
             "LEADS_METRICS_ADDR": "",

@@ -7,6 +7,7 @@ use leads_proto::v1::{
     assignment_service_client::AssignmentServiceClient,
     broadcast_tracking_service_client::BroadcastTrackingServiceClient, follow_up_service_client::FollowUpServiceClient,
     ingest_service_client::IngestServiceClient, lead_service_client::LeadServiceClient,
+    notification_service_client::NotificationServiceClient,
 };
 use platform::{
     ServiceName, Settings,
@@ -32,6 +33,7 @@ pub mod console;
 pub mod desk;
 pub mod keys;
 pub mod raw_pg;
+pub mod receiver;
 
 /// The admin connection tests create their databases with.
 pub fn admin_url() -> String {
@@ -113,6 +115,8 @@ impl TestEnv {
         settings.consumer.batch_size = 200;
         // Tests of behaviour call without tokens; tests/tests/security.rs sets keys.
         settings.auth.disabled = true;
+        // The tests' OpenID Connect provider listens on loopback, which is refused otherwise.
+        settings.people.oidc_allowed_networks = vec!["127.0.0.0/8".into()];
         settings.validate()?;
         let nats = platform::nats::connect(&settings.nats_url, "leads-tests").await?;
         let js = jetstream::new(nats.clone());
@@ -224,6 +228,10 @@ impl Node {
 
     pub async fn follow_up(&self) -> anyhow::Result<FollowUpServiceClient<Channel>> {
         Ok(FollowUpServiceClient::new(self.channel(ServiceName::FollowUp).await?))
+    }
+
+    pub async fn notifications(&self) -> anyhow::Result<NotificationServiceClient<Channel>> {
+        Ok(NotificationServiceClient::new(self.channel(ServiceName::Notifications).await?))
     }
 
     /// Cancels and waits for every service to finish its in-flight work.

@@ -512,6 +512,7 @@ async fn services_with_their_own_users_start_in_any_order() -> anyhow::Result<()
     // lead's), then ingest, then people, whose stream every process follows; every service
     // writes lead's dead letters. Each serves before the next starts.
     let order = [
+        ServiceName::Notifications,
         ServiceName::Broadcast,
         ServiceName::Assignment,
         ServiceName::FollowUp,

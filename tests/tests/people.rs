@@ -756,6 +756,9 @@ async fn an_openid_connect_sign_in_lets_in_the_active_person_with_the_providers_
     refused(set_provider(&desk, &service, settings.clone()).await, Code::PermissionDenied, "admin");
     let far = pb::SetOidcProviderRequest { issuer: "http://idp.acme.test".into(), ..settings.clone() };
     refused(set_provider(&desk, &desk.admin(), far).await, Code::InvalidArgument, "issuer");
+    // Nor inside the network it runs in, but for the allowed networks (the tests allow loopback).
+    let metadata = pb::SetOidcProviderRequest { issuer: "https://169.254.169.254".into(), ..settings.clone() };
+    refused(set_provider(&desk, &desk.admin(), metadata).await, Code::InvalidArgument, "which is link-local");
 
     // The authorization URL asks for a code with PKCE (S256) and a nonce, and names the state.
     let begun = begin(&desk, ORG).await?;

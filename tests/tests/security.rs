@@ -7,7 +7,7 @@ use leads_proto::v1::{
     assignment_service_client::AssignmentServiceClient,
     broadcast_tracking_service_client::BroadcastTrackingServiceClient, follow_up_service_client::FollowUpServiceClient,
     ingest_service_client::IngestServiceClient, lead_service_client::LeadServiceClient,
-    qualification_service_client::QualificationServiceClient,
+    notification_service_client::NotificationServiceClient, qualification_service_client::QualificationServiceClient,
 };
 use leads_tests::{
     Node, TestEnv, chat_event, eventually,
@@ -42,6 +42,7 @@ struct Clients {
     assignment: AssignmentServiceClient<Channel>,
     follow_up: FollowUpServiceClient<Channel>,
     qualification: QualificationServiceClient<Channel>,
+    notifications: NotificationServiceClient<Channel>,
 }
 
 impl Clients {
@@ -53,6 +54,7 @@ impl Clients {
             assignment: node.assignment().await?,
             follow_up: node.follow_up().await?,
             qualification: QualificationServiceClient::new(node.channel(ServiceName::Qualification).await?),
+            notifications: node.notifications().await?,
         })
     }
 
@@ -80,8 +82,15 @@ impl Clients {
         fn answered<T>(result: Result<tonic::Response<T>, Status>) -> Result<(), Status> {
             result.map(|_| ())
         }
-        let Self { mut lead, mut ingest, mut broadcast, mut assignment, mut follow_up, mut qualification } =
-            self.clone();
+        let Self {
+            mut lead,
+            mut ingest,
+            mut broadcast,
+            mut assignment,
+            mut follow_up,
+            mut qualification,
+            mut notifications,
+        } = self.clone();
         match rpc {
             Rpc::GetLead(r) => answered(lead.get_lead(caller.request(r)).await),
             Rpc::ListLeads(r) => answered(lead.list_leads(caller.request(r)).await),
@@ -122,6 +131,21 @@ impl Clients {
             Rpc::Requalify(r) => answered(qualification.requalify(caller.request(r)).await),
             Rpc::GetModel(r) => answered(qualification.get_model(caller.request(r)).await),
             Rpc::TrainModel(r) => answered(qualification.train_model(caller.request(r)).await),
+            Rpc::ListNotifications(r) => answered(notifications.list_notifications(caller.request(r)).await),
+            Rpc::MarkNotificationsRead(r) => answered(notifications.mark_notifications_read(caller.request(r)).await),
+            Rpc::GetNotificationSettings(r) => {
+                answered(notifications.get_notification_settings(caller.request(r)).await)
+            }
+            Rpc::UpdateNotificationSettings(r) => {
+                answered(notifications.update_notification_settings(caller.request(r)).await)
+            }
+            Rpc::CreateWebhookEndpoint(r) => answered(notifications.create_webhook_endpoint(caller.request(r)).await),
+            Rpc::ListWebhookEndpoints(r) => answered(notifications.list_webhook_endpoints(caller.request(r)).await),
+            Rpc::UpdateWebhookEndpoint(r) => answered(notifications.update_webhook_endpoint(caller.request(r)).await),
+            Rpc::DeleteWebhookEndpoint(r) => answered(notifications.delete_webhook_endpoint(caller.request(r)).await),
+            Rpc::RotateWebhookSecret(r) => answered(notifications.rotate_webhook_secret(caller.request(r)).await),
+            Rpc::ListWebhookAttempts(r) => answered(notifications.list_webhook_attempts(caller.request(r)).await),
+            Rpc::ReplayWebhooks(r) => answered(notifications.replay_webhooks(caller.request(r)).await),
         }
     }
 }
@@ -163,6 +187,17 @@ enum Rpc {
     Requalify(pb::RequalifyRequest),
     GetModel(pb::GetModelRequest),
     TrainModel(pb::TrainModelRequest),
+    ListNotifications(pb::ListNotificationsRequest),
+    MarkNotificationsRead(pb::MarkNotificationsReadRequest),
+    GetNotificationSettings(pb::GetNotificationSettingsRequest),
+    UpdateNotificationSettings(pb::UpdateNotificationSettingsRequest),
+    CreateWebhookEndpoint(pb::CreateWebhookEndpointRequest),
+    ListWebhookEndpoints(pb::ListWebhookEndpointsRequest),
+    UpdateWebhookEndpoint(pb::UpdateWebhookEndpointRequest),
+    DeleteWebhookEndpoint(pb::DeleteWebhookEndpointRequest),
+    RotateWebhookSecret(pb::RotateWebhookSecretRequest),
+    ListWebhookAttempts(pb::ListWebhookAttemptsRequest),
+    ReplayWebhooks(pb::ReplayWebhooksRequest),
 }
 
 impl Rpc {
@@ -203,6 +238,17 @@ impl Rpc {
             Rpc::Requalify(_) => "QualificationService/Requalify",
             Rpc::GetModel(_) => "QualificationService/GetModel",
             Rpc::TrainModel(_) => "QualificationService/TrainModel",
+            Rpc::ListNotifications(_) => "NotificationService/ListNotifications",
+            Rpc::MarkNotificationsRead(_) => "NotificationService/MarkNotificationsRead",
+            Rpc::GetNotificationSettings(_) => "NotificationService/GetNotificationSettings",
+            Rpc::UpdateNotificationSettings(_) => "NotificationService/UpdateNotificationSettings",
+            Rpc::CreateWebhookEndpoint(_) => "NotificationService/CreateWebhookEndpoint",
+            Rpc::ListWebhookEndpoints(_) => "NotificationService/ListWebhookEndpoints",
+            Rpc::UpdateWebhookEndpoint(_) => "NotificationService/UpdateWebhookEndpoint",
+            Rpc::DeleteWebhookEndpoint(_) => "NotificationService/DeleteWebhookEndpoint",
+            Rpc::RotateWebhookSecret(_) => "NotificationService/RotateWebhookSecret",
+            Rpc::ListWebhookAttempts(_) => "NotificationService/ListWebhookAttempts",
+            Rpc::ReplayWebhooks(_) => "NotificationService/ReplayWebhooks",
         }
     }
 }
@@ -369,8 +415,50 @@ fn a_request_to_every_rpc(at: &Caller) -> Vec<Rpc> {
             ..Default::default()
         }),
         Rpc::GetQualification(pb::GetQualificationRequest { org_id: org_id.clone(), lead_id: lead_id.clone() }),
-        Rpc::Requalify(pb::RequalifyRequest { org_id: org_id.clone(), lead_id }),
+        Rpc::Requalify(pb::RequalifyRequest { org_id: org_id.clone(), lead_id: lead_id.clone() }),
         Rpc::GetModel(pb::GetModelRequest { org_id: org_id.clone() }),
+        Rpc::ListNotifications(pb::ListNotificationsRequest {
+            org_id: org_id.clone(),
+            agent_id: "alice".into(),
+            ..Default::default()
+        }),
+        Rpc::MarkNotificationsRead(pb::MarkNotificationsReadRequest {
+            org_id: org_id.clone(),
+            agent_id: "alice".into(),
+            ids: vec!["ntf_x".into()],
+            ..Default::default()
+        }),
+        Rpc::GetNotificationSettings(pb::GetNotificationSettingsRequest { org_id: org_id.clone() }),
+        Rpc::UpdateNotificationSettings(pb::UpdateNotificationSettingsRequest {
+            org_id: org_id.clone(),
+            ..Default::default()
+        }),
+        Rpc::CreateWebhookEndpoint(pb::CreateWebhookEndpointRequest { org_id: org_id.clone(), ..Default::default() }),
+        Rpc::ListWebhookEndpoints(pb::ListWebhookEndpointsRequest { org_id: org_id.clone() }),
+        Rpc::UpdateWebhookEndpoint(pb::UpdateWebhookEndpointRequest {
+            org_id: org_id.clone(),
+            endpoint_id: lead_id.clone(),
+            ..Default::default()
+        }),
+        Rpc::DeleteWebhookEndpoint(pb::DeleteWebhookEndpointRequest {
+            org_id: org_id.clone(),
+            endpoint_id: lead_id.clone(),
+        }),
+        Rpc::RotateWebhookSecret(pb::RotateWebhookSecretRequest {
+            org_id: org_id.clone(),
+            endpoint_id: lead_id.clone(),
+        }),
+        Rpc::ListWebhookAttempts(pb::ListWebhookAttemptsRequest {
+            org_id: org_id.clone(),
+            endpoint_id: lead_id.clone(),
+            ..Default::default()
+        }),
+        Rpc::ReplayWebhooks(pb::ReplayWebhooksRequest {
+            org_id: org_id.clone(),
+            endpoint_id: lead_id.clone(),
+            message_id: "ntf_x".into(),
+            ..Default::default()
+        }),
         Rpc::TrainModel(pb::TrainModelRequest { org_id }),
     ]
 }
@@ -605,6 +693,18 @@ const MATRIX: &[(&str, [bool; 5])] = &[
     ("QualificationService/Requalify", [Y, Y, N, Y, N]),
     ("QualificationService/GetModel", [Y, Y, Y, Y, N]),
     ("QualificationService/TrainModel", [Y, N, N, Y, N]),
+    // An agent reads and marks its own notifications only.
+    ("NotificationService/ListNotifications", [Y, Y, Y, Y, N]),
+    ("NotificationService/MarkNotificationsRead", [Y, Y, Y, Y, N]),
+    ("NotificationService/GetNotificationSettings", [Y, Y, N, Y, N]),
+    ("NotificationService/UpdateNotificationSettings", [Y, N, N, Y, N]),
+    ("NotificationService/CreateWebhookEndpoint", [Y, N, N, Y, N]),
+    ("NotificationService/ListWebhookEndpoints", [Y, N, N, Y, N]),
+    ("NotificationService/UpdateWebhookEndpoint", [Y, N, N, Y, N]),
+    ("NotificationService/DeleteWebhookEndpoint", [Y, N, N, Y, N]),
+    ("NotificationService/RotateWebhookSecret", [Y, N, N, Y, N]),
+    ("NotificationService/ListWebhookAttempts", [Y, N, N, Y, N]),
+    ("NotificationService/ReplayWebhooks", [Y, N, N, Y, N]),
 ];
 const Y: bool = true;
 const N: bool = false;
@@ -620,7 +720,7 @@ async fn every_rpc_answers_each_role_as_the_matrix_says_and_no_one_without_a_tok
     for (column, role) in MATRIX_ROLES.into_iter().enumerate() {
         let token = keys.token("alice", role, &[ORG]);
         let answers = clients.every_rpc(Some(&token), ORG).await;
-        assert_eq!(answers.len(), MATRIX.len(), "every RPC of the six services has a row");
+        assert_eq!(answers.len(), MATRIX.len(), "every RPC of the seven services has a row");
         for (rpc, code) in answers {
             let (_, row) = MATRIX.iter().find(|(name, _)| *name == rpc).expect("a row for every RPC");
             assert_ne!(code, Code::Unauthenticated, "{rpc} with a valid {role:?} token");

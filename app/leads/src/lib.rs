@@ -139,6 +139,7 @@ pub async fn start_service(infra: &Infra, service: ServiceName, token: Cancellat
         ServiceName::FollowUp => followup::start(infra, token).await,
         ServiceName::Broadcast => broadcast::start(infra, token).await,
         ServiceName::People => people::start(infra, token).await,
+        ServiceName::Notifications => notifications::start(infra, token).await,
     }
 }
 
@@ -154,6 +155,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
             ServiceName::FollowUp => &followup::MIGRATOR,
             ServiceName::Broadcast => &broadcast::MIGRATOR,
             ServiceName::People => &people::MIGRATOR,
+            ServiceName::Notifications => &notifications::MIGRATOR,
         };
         platform::db::bootstrap_and_migrate(settings, service, migrator).await?;
     }

@@ -25,4 +25,10 @@ pub struct FollowUpEvent {
     /// Who moved it to this state: `system` for the scheduler and for a follow-up cancelled
     /// because its lead closed, otherwise the caller as recorded (`alice (Alice Smith)`).
     pub actor: String,
+    /// The contact's name, as the lead had it when the follow-up was opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_name: Option<String>,
+    /// The contact's phone in E.164, as the lead had it when the follow-up was opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
 }

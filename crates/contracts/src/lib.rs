@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod followup;
 pub mod interaction;
 pub mod lead;
+pub mod notifications;
 pub mod people;
 pub mod qualification;
 pub mod time;

@@ -1,11 +1,13 @@
 //! Plumbing shared by the lead platform's services, and nothing else: settings, telemetry,
 //! Postgres pools and migrations, NATS/JetStream setup, the transactional outbox, the
-//! consumer loop, gRPC serving and shutdown. Domain logic lives in the services.
+//! consumer loop, gRPC serving and shutdown, and outbound HTTP to URLs people type in
+//! (`egress`). Domain logic lives in the services.
 
 pub mod auth;
 pub mod consumer;
 pub mod db;
 pub mod deadletter;
+pub mod egress;
 pub mod error;
 pub mod grpc;
 pub mod nats;

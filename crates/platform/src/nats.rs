@@ -29,6 +29,9 @@ pub enum StreamKind {
     /// stream per publishing service, so a consumer's filter never skips other services'
     /// messages.
     Events(&'static str),
+    /// `notifications.>`: what the platform tells agents, admins and the chat systems that
+    /// forward it (CONTRACT.md section 3).
+    Notifications,
 }
 
 impl Subjects {
@@ -81,6 +84,16 @@ impl Subjects {
         format!("{}events.{service}.>", self.prefix)
     }
 
+    /// `notifications.<org>.agents.<agent_key>`: what one agent must know.
+    pub fn agent_notifications(&self, org_id: &str, agent_id: &str) -> String {
+        format!("{}notifications.{org_id}.agents.{}", self.prefix, contracts::notifications::agent_key(agent_id))
+    }
+
+    /// `notifications.<org>.admins`: what an organisation's admins must know.
+    pub fn admin_notifications(&self, org_id: &str) -> String {
+        format!("{}notifications.{org_id}.admins", self.prefix)
+    }
+
     /// Strips the prefix from a received subject; `None` when it is not ours.
     pub fn strip<'a>(&self, subject: &'a str) -> Option<&'a str> {
         subject.strip_prefix(self.prefix.as_str())
@@ -93,6 +106,7 @@ impl Subjects {
             StreamKind::Interactions => "INTERACTIONS",
             StreamKind::Broadcasts => "BROADCASTS",
             StreamKind::DeadLetter => "DEADLETTER",
+            StreamKind::Notifications => "NOTIFICATIONS",
             StreamKind::Events(service) => return format!("{}EVENTS_{}", self.stream_prefix(), service.to_uppercase()),
         };
         format!("{}{base}", self.stream_prefix())
@@ -110,6 +124,7 @@ impl Subjects {
             StreamKind::Interactions => "interactions",
             StreamKind::Broadcasts => "broadcasts",
             StreamKind::DeadLetter => "deadletter",
+            StreamKind::Notifications => "notifications",
             StreamKind::Events(service) => return vec![self.events_of(service)],
         };
         vec![format!("{}{token}.>", self.prefix)]
@@ -213,12 +228,14 @@ pub fn stream_config(subjects: &Subjects, kind: StreamKind, replicas: usize) -> 
         // Ended sessions are kept as long as any token may live (30 days at most), so that a
         // process starting anew still refuses every token whose session ended.
         StreamKind::Events("people") => Duration::from_secs(31 * 24 * 3600),
-        StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events(_) => Duration::from_secs(7 * 24 * 3600),
+        StreamKind::Interactions | StreamKind::Broadcasts | StreamKind::Events(_) | StreamKind::Notifications => {
+            Duration::from_secs(7 * 24 * 3600)
+        }
         StreamKind::DeadLetter => Duration::from_secs(30 * 24 * 3600),
     };
     let duplicate_window = match kind {
         StreamKind::Interactions | StreamKind::Broadcasts => INPUT_DUPLICATE_WINDOW,
-        StreamKind::DeadLetter | StreamKind::Events(_) => SERVICE_DUPLICATE_WINDOW,
+        StreamKind::DeadLetter | StreamKind::Events(_) | StreamKind::Notifications => SERVICE_DUPLICATE_WINDOW,
     };
     stream::Config {
         name: subjects.stream_name(kind),
@@ -303,7 +320,7 @@ pub async fn ensure_stream_replicated(
 /// NATS user may create and update its own streams only (`deploy/nats/nats-server.conf`); the
 /// streams of others it reads or writes it waits for (`wait_for_stream`). Each stream has
 /// exactly one row.
-pub const OWNERS: [(StreamKind, ServiceName); 8] = [
+pub const OWNERS: [(StreamKind, ServiceName); 9] = [
     (StreamKind::Interactions, ServiceName::Ingest),
     (StreamKind::Events("ingest"), ServiceName::Ingest),
     (StreamKind::Broadcasts, ServiceName::Broadcast),
@@ -312,6 +329,7 @@ pub const OWNERS: [(StreamKind, ServiceName); 8] = [
     (StreamKind::Events("qualification"), ServiceName::Qualification),
     (StreamKind::Events("followup"), ServiceName::FollowUp),
     (StreamKind::Events("people"), ServiceName::People),
+    (StreamKind::Notifications, ServiceName::Notifications),
 ];
 
 /// The service that declares `kind`; `None` for a stream outside the platform (a benchmark's).

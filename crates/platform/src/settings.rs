@@ -26,10 +26,11 @@ pub enum ServiceName {
     FollowUp,
     Broadcast,
     People,
+    Notifications,
 }
 
 impl ServiceName {
-    pub const ALL: [ServiceName; 7] = [
+    pub const ALL: [ServiceName; 8] = [
         ServiceName::Ingest,
         ServiceName::Lead,
         ServiceName::Qualification,
@@ -37,6 +38,7 @@ impl ServiceName {
         ServiceName::FollowUp,
         ServiceName::Broadcast,
         ServiceName::People,
+        ServiceName::Notifications,
     ];
 
     /// The name used on the command line, in settings and in logs.
@@ -49,6 +51,7 @@ impl ServiceName {
             ServiceName::FollowUp => "followup",
             ServiceName::Broadcast => "broadcast",
             ServiceName::People => "people",
+            ServiceName::Notifications => "notifications",
         }
     }
 
@@ -80,6 +83,7 @@ impl ServiceName {
             ServiceName::FollowUp => 50055,
             ServiceName::Broadcast => 50056,
             ServiceName::People => 50057,
+            ServiceName::Notifications => 50058,
         }
     }
 }
@@ -102,9 +106,10 @@ impl FromStr for ServiceName {
             "followup" | "follow-up" => Ok(ServiceName::FollowUp),
             "broadcast" | "broadcast-tracking" => Ok(ServiceName::Broadcast),
             "people" => Ok(ServiceName::People),
+            "notifications" => Ok(ServiceName::Notifications),
             other => Err(format!(
                 "unknown service {other:?}; expected one of ingest, lead, qualification, assignment, followup, broadcast, \
-                 people"
+                 people, notifications"
             )),
         }
     }
@@ -151,6 +156,8 @@ pub struct Settings {
     pub qualification: QualificationSettings,
     /// The people directory: setup codes, sessions, sign-in lockout.
     pub people: PeopleSettings,
+    /// Follow-up reminders and webhook deliveries.
+    pub notifications: NotificationServiceSettings,
     pub console: ConsoleSettings,
     /// Seconds a SIGTERM may take: consumers finish what they hold, then the outboxes drain.
     pub shutdown_deadline_secs: u64,
@@ -247,6 +254,59 @@ impl Default for QualificationSettings {
     }
 }
 
+/// How the notifications service tells people and delivers webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationServiceSettings {
+    /// Networks (CIDR, comma-separated: `10.20.0.0/16,127.0.0.1/32`) webhooks may be delivered
+    /// to although they are private, loopback or link-local; none by default (docs/security.md,
+    /// "Outbound requests").
+    pub webhook_allowed_networks: String,
+    /// Seconds one delivery attempt may take, connecting and reading the answer included.
+    pub webhook_timeout_secs: u64,
+    /// Seconds before each retry of a failed delivery (comma-separated), each spread by up to a
+    /// fifth either way; after the last the message is given up. The Standard Webhooks
+    /// specification's example by default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    pub webhook_retry_schedule_secs: String,
+    /// Hours an endpoint may fail every attempt before it is disabled.
+    pub webhook_disable_after_failing_hours: u64,
+    /// Deliveries in flight at once to one endpoint; a slow endpoint delays only itself.
+    pub webhook_concurrency_per_endpoint: usize,
+    /// Milliseconds between looks for reminders and overdue follow-ups to tell, and for
+    /// deliveries to make, besides the signals that wake them.
+    pub tick_ms: u64,
+}
+
+impl Default for NotificationServiceSettings {
+    fn default() -> Self {
+        Self {
+            webhook_allowed_networks: String::new(),
+            webhook_timeout_secs: 15,
+            webhook_retry_schedule_secs: "5,300,1800,7200,18000,36000,36000".into(),
+            webhook_disable_after_failing_hours: 120,
+            webhook_concurrency_per_endpoint: 8,
+            tick_ms: 500,
+        }
+    }
+}
+
+impl NotificationServiceSettings {
+    /// The seconds before each retry.
+    pub fn retry_schedule(&self) -> Result<Vec<u64>, SettingsError> {
+        let field = "notifications.webhook_retry_schedule_secs";
+        let schedule: Vec<u64> = self
+            .webhook_retry_schedule_secs
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse::<u64>().map_err(|_| invalid(field, format!("{s:?} is not a number of seconds"))))
+            .collect::<Result<_, _>>()?;
+        if schedule.len() > 20 || schedule.iter().any(|&s| s == 0 || s > 7 * 24 * 3600) {
+            return Err(invalid(field, "at most 20 retries, each between 1 second and 7 days"));
+        }
+        Ok(schedule)
+    }
+}
+
 /// How the people directory lets people in (docs/security.md, "People").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -261,6 +321,11 @@ pub struct PeopleSettings {
     pub lockout_secs: u64,
     /// Seconds a one-time sign-in code (CreateSignInCode, a one-click sign-in link) may be used.
     pub sign_in_code_ttl_secs: u64,
+    /// Networks (`10.20.0.0/16`, `fd00::/8`, or one address) that OpenID Connect providers may
+    /// be reached in although they are not public: loopback, private and the like are refused
+    /// otherwise, and plain `http://` is taken only to an address inside one
+    /// (docs/security.md, "Outbound requests").
+    pub oidc_allowed_networks: Vec<String>,
 }
 
 impl Default for PeopleSettings {
@@ -271,6 +336,7 @@ impl Default for PeopleSettings {
             max_failed_sign_ins: 5,
             lockout_secs: 900,
             sign_in_code_ttl_secs: 600,
+            oidc_allowed_networks: Vec::new(),
         }
     }
 }
@@ -286,6 +352,7 @@ pub struct GrpcSettings {
     pub followup_port: u16,
     pub broadcast_port: u16,
     pub people_port: u16,
+    pub notifications_port: u16,
     /// Serve server reflection (v1 and v1alpha) without a token.
     pub reflection: bool,
     /// Seconds a call may take before it is answered DEADLINE_EXCEEDED (a stream's first
@@ -320,6 +387,7 @@ impl GrpcSettings {
             ServiceName::FollowUp => self.followup_port,
             ServiceName::Broadcast => self.broadcast_port,
             ServiceName::People => self.people_port,
+            ServiceName::Notifications => self.notifications_port,
         }
     }
 
@@ -332,6 +400,7 @@ impl GrpcSettings {
             ServiceName::FollowUp => &mut self.followup_port,
             ServiceName::Broadcast => &mut self.broadcast_port,
             ServiceName::People => &mut self.people_port,
+            ServiceName::Notifications => &mut self.notifications_port,
         };
         *slot = port;
     }
@@ -349,6 +418,7 @@ impl Default for GrpcSettings {
             followup_port: port(ServiceName::FollowUp),
             broadcast_port: port(ServiceName::Broadcast),
             people_port: port(ServiceName::People),
+            notifications_port: port(ServiceName::Notifications),
             reflection: true,
             request_timeout_secs: 60,
             concurrency_per_connection: 256,
@@ -389,6 +459,7 @@ pub struct Endpoints {
     pub followup: String,
     pub qualification: String,
     pub people: String,
+    pub notifications: String,
 }
 
 impl Endpoints {
@@ -401,6 +472,7 @@ impl Endpoints {
             ServiceName::FollowUp => &self.followup,
             ServiceName::Qualification => &self.qualification,
             ServiceName::People => &self.people,
+            ServiceName::Notifications => &self.notifications,
             ServiceName::Ingest => return None,
         })
     }
@@ -414,6 +486,7 @@ impl Endpoints {
             ServiceName::FollowUp => self.followup = url,
             ServiceName::Qualification => self.qualification = url,
             ServiceName::People => self.people = url,
+            ServiceName::Notifications => self.notifications = url,
             ServiceName::Ingest => {}
         }
     }
@@ -429,6 +502,7 @@ impl Default for Endpoints {
             followup: local(ServiceName::FollowUp),
             qualification: local(ServiceName::Qualification),
             people: local(ServiceName::People),
+            notifications: local(ServiceName::Notifications),
         }
     }
 }
@@ -516,6 +590,7 @@ impl Default for Settings {
             assignment: AssignmentServiceSettings::default(),
             qualification: QualificationSettings::default(),
             people: PeopleSettings::default(),
+            notifications: NotificationServiceSettings::default(),
             console: ConsoleSettings::default(),
             shutdown_deadline_secs: 30,
             retention_days: 30,
@@ -683,6 +758,20 @@ impl Settings {
         if q.refresh_interval_secs == 0 {
             return Err(invalid("qualification.refresh_interval_secs", "must be at least 1"));
         }
+        let n = &self.notifications;
+        n.retry_schedule()?;
+        if n.webhook_timeout_secs == 0 || n.webhook_timeout_secs > 120 {
+            return Err(invalid("notifications.webhook_timeout_secs", "must be between 1 and 120"));
+        }
+        if n.webhook_disable_after_failing_hours == 0 {
+            return Err(invalid("notifications.webhook_disable_after_failing_hours", "must be at least 1"));
+        }
+        if n.webhook_concurrency_per_endpoint == 0 || n.webhook_concurrency_per_endpoint > 64 {
+            return Err(invalid("notifications.webhook_concurrency_per_endpoint", "must be between 1 and 64"));
+        }
+        if n.tick_ms < 10 || n.tick_ms > 60_000 {
+            return Err(invalid("notifications.tick_ms", "must be between 10 and 60000"));
+        }
         let p = &self.people;
         if !(60..=30 * 24 * 3600).contains(&p.setup_code_ttl_secs) {
             return Err(invalid("people.setup_code_ttl_secs", "must be between 60 and 2592000"));
@@ -698,6 +787,9 @@ impl Settings {
         }
         if !(60..=24 * 3600).contains(&p.sign_in_code_ttl_secs) {
             return Err(invalid("people.sign_in_code_ttl_secs", "must be between 60 and 86400"));
+        }
+        if let Err(error) = crate::egress::EgressPolicy::allowing(&p.oidc_allowed_networks) {
+            return Err(invalid("people.oidc_allowed_networks", error.to_string()));
         }
         Ok(())
     }

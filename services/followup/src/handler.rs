@@ -120,6 +120,8 @@ fn event_of(ctx: &FollowUpContext, row: &FollowUpRow, kind: &str, actor: &str) -
         note: row.note.clone(),
         agent_id: row.agent_id.clone(),
         actor: actor.to_owned(),
+        contact_name: row.contact_name.clone(),
+        phone: row.phone.clone(),
     };
     let envelope = Envelope::new(&row.org_id, kind, row.id, row.version, data);
     OutboxMessage {

@@ -7,7 +7,10 @@ use crate::{
 use contracts::time::timestamp;
 use contracts::values::{MAX_AGENT_ID_CHARS, bounded, limits};
 use leads_proto::v1::{self as pb, people_service_server::PeopleService};
-use platform::auth::{Caller, Role};
+use platform::{
+    auth::{Caller, Role},
+    egress::EgressPolicy,
+};
 use tonic::{Request, Response, Status};
 
 pub struct PeopleApi {
@@ -86,7 +89,7 @@ const MAX_CLAIM_CHARS: usize = 64;
 /// An authorization code is the provider's to shape; none is near this long.
 const MAX_AUTHORIZATION_CODE_CHARS: usize = 4096;
 
-fn url(field: &str, value: &str, check: fn(&str) -> Result<(), String>) -> Result<String, PeopleError> {
+fn url(field: &str, value: &str, check: impl Fn(&str) -> Result<(), String>) -> Result<String, PeopleError> {
     bounded(field, value, MAX_URL_CHARS)?;
     let value = value.trim();
     if value.is_empty() {
@@ -96,8 +99,11 @@ fn url(field: &str, value: &str, check: fn(&str) -> Result<(), String>) -> Resul
     Ok(value.to_owned())
 }
 
-fn provider_settings(request: pb::SetOidcProviderRequest) -> Result<ProviderSettings, PeopleError> {
-    let issuer = url("issuer", &request.issuer, oidc::check_provider_url)?;
+fn provider_settings(
+    request: pb::SetOidcProviderRequest,
+    policy: &EgressPolicy,
+) -> Result<ProviderSettings, PeopleError> {
+    let issuer = url("issuer", &request.issuer, |issuer| oidc::check_provider_url(issuer, policy))?;
     let redirect_uri = url("redirect_uri", &request.redirect_uri, oidc::check_redirect_uri)?;
     bounded("client_id", &request.client_id, MAX_CLIENT_ID_CHARS)?;
     let client_id = request.client_id.trim();
@@ -287,7 +293,7 @@ impl PeopleService for PeopleApi {
         request: Request<pb::SetOidcProviderRequest>,
     ) -> Result<Response<pb::OidcProvider>, Status> {
         let actor = admin(&request, &request.get_ref().org_id)?;
-        let settings = provider_settings(request.into_inner())?;
+        let settings = provider_settings(request.into_inner(), self.ctx.oidc.policy())?;
         let row = oidc::set_provider(&self.ctx, &actor, settings).await?;
         Ok(Response::new(provider_to_proto(row)))
     }

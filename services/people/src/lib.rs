@@ -18,6 +18,7 @@ use leads_proto::v1::people_service_server as server;
 use platform::{
     ServiceName,
     auth::Signer,
+    egress::EgressPolicy,
     nats::Subjects,
     outbox::OutboxSignal,
     service::{Infra, Running, ServiceBase},
@@ -67,7 +68,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         session_ttl: Duration::from_secs(settings.people.session_ttl_secs.min(settings.auth.max_token_lifetime_secs)),
         signer,
         hasher: password::Hasher::new().await?,
-        oidc: Arc::new(oidc::Oidc::new()?),
+        oidc: Arc::new(oidc::Oidc::new(EgressPolicy::allowing(&settings.people.oidc_allowed_networks)?)?),
     };
     base.spawn("sign-in pruner", prune(ctx.clone(), token.clone()));
     let routes = tonic::service::Routes::new(server::PeopleServiceServer::new(grpc::PeopleApi { ctx }));

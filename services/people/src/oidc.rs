@@ -7,9 +7,11 @@
 //! signs in the active person of the organisation whose email the token carries. Signing in
 //! creates no account.
 //!
-//! The provider's discovery document and keys are read over HTTPS (plain HTTP only on a
-//! loopback address) with hyper and rustls, and kept for an hour; keys are read again at once
-//! when a token names one that is not known, as after a rotation.
+//! The provider's discovery document and keys are read over HTTPS (plain HTTP only to an
+//! address inside `people.oidc_allowed_networks`) through `platform::egress`, which reaches no
+//! private, loopback or otherwise internal address outside those networks, and kept for an
+//! hour; keys are read again at once when a token names one that is not known, as after a
+//! rotation.
 
 use crate::{
     PeopleContext,
@@ -21,19 +23,16 @@ use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use contracts::values::mask::mask_email;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::{
     Request, StatusCode,
     header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue},
-};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
 };
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     jwk::{AlgorithmParameters, Jwk, PublicKeyUse},
 };
+use platform::egress::{EgressError, EgressPolicy, GuardedClient};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use std::{
@@ -95,18 +94,27 @@ pub struct ProviderRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Why `url` cannot be a provider's: it must be https, or http on a loopback address, with
-/// no credentials in it.
-pub fn check_provider_url(url: &str) -> Result<(), String> {
+/// Why `url` cannot be a provider's: it must be https, or http to an address inside the
+/// allowed networks (a name could resolve anywhere, and plain HTTP across the internet would
+/// hand the client secret and the codes to whoever is on the way), with no credentials in it.
+/// An address outside the allowed networks that `policy` refuses is refused here already;
+/// a name's addresses are checked when it is called.
+pub fn check_provider_url(url: &str, policy: &EgressPolicy) -> Result<(), String> {
     let uri: hyper::Uri = url.parse().map_err(|_| "is not a URL".to_owned())?;
     let authority = uri.authority().ok_or_else(|| "is not an absolute URL".to_owned())?;
     if authority.as_str().contains('@') {
         return Err("must not hold credentials".into());
     }
+    let address = authority.host().trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+    if let Some(address) = address
+        && let Some(reason) = policy.refusal(address)
+    {
+        return Err(format!("names {address}, which is {reason} and outside people.oidc_allowed_networks"));
+    }
     match uri.scheme_str() {
         Some("https") => Ok(()),
-        Some("http") if is_loopback(authority.host()) => Ok(()),
-        _ => Err("must start with https:// (http:// only on a loopback address)".into()),
+        Some("http") if address.is_some_and(|address| policy.allows(address)) => Ok(()),
+        _ => Err("must start with https:// (http:// only to an address in people.oidc_allowed_networks)".into()),
     }
 }
 
@@ -121,11 +129,6 @@ pub fn check_redirect_uri(url: &str) -> Result<(), String> {
         return Err("must not hold a fragment".into());
     }
     Ok(())
-}
-
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `value` percent-encoded for a query string or a form body: everything but RFC 3986's
@@ -184,40 +187,37 @@ fn keep<T>(cache: &Cache<T>, key: &str, value: T) -> Arc<T> {
 
 /// Talks to the providers: HTTP, and what it keeps of their answers.
 pub struct Oidc {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: GuardedClient,
     discovered: Cache<Discovery>,
     keys: Cache<Vec<Jwk>>,
 }
 
 impl Oidc {
-    pub fn new() -> anyhow::Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
-            Ok(tls) => tls,
-            Err(error) => {
-                tracing::info!(%error, "no system certificate authorities, trusting Mozilla's for openid connect");
-                hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider)?
-            }
-        };
-        let connector = tls.https_or_http().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        Ok(Self { client, discovered: Mutex::default(), keys: Mutex::default() })
+    /// Reaches the providers where `policy` allows: public addresses, and its networks.
+    pub fn new(policy: EgressPolicy) -> anyhow::Result<Self> {
+        Ok(Self { client: GuardedClient::new(policy)?, discovered: Mutex::default(), keys: Mutex::default() })
     }
 
-    /// Sends `request` and reads the answer whole, within `HTTP_TIMEOUT`.
+    pub fn policy(&self) -> &EgressPolicy {
+        self.client.policy()
+    }
+
+    /// Sends `request` and reads the answer whole, within `HTTP_TIMEOUT`. A redirect is an
+    /// answer like any other, never followed.
     async fn send(&self, request: Request<Full<Bytes>>, what: &str) -> Result<(StatusCode, Bytes), PeopleError> {
-        let unavailable = |reason: String| PeopleError::OidcUnavailable(format!("{what}: {reason}"));
-        let call = async {
-            let response = self.client.request(request).await.map_err(|e| unavailable(e.to_string()))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-                .collect()
-                .await
-                .map_err(|_| unavailable("the answer could not be read whole".into()))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(HTTP_TIMEOUT, call).await.map_err(|_| unavailable("no answer within 10 s".into()))?
+        let response = self.client.send(request, HTTP_TIMEOUT, MAX_REPLY_BYTES).await.map_err(|error| match error {
+            // Where the provider is, as set, is not for the platform to reach: trying again will not help.
+            EgressError::Forbidden { .. } | EgressError::InvalidUrl(_) => {
+                PeopleError::OidcConfiguration(format!("{what}: {error}"))
+            }
+            EgressError::Resolve(_) | EgressError::Timeout | EgressError::Connect(_) => {
+                PeopleError::OidcUnavailable(format!("{what}: {error}"))
+            }
+        })?;
+        if response.truncated {
+            return Err(PeopleError::OidcUnavailable(format!("{what}: the answer is longer than 1 MiB")));
+        }
+        Ok((response.status, response.body_excerpt))
     }
 
     async fn get_json<T: DeserializeOwned>(&self, url: &str, what: &str) -> Result<T, PeopleError> {
@@ -253,7 +253,7 @@ impl Oidc {
             ("token_endpoint", &found.token_endpoint),
             ("jwks_uri", &found.jwks_uri),
         ] {
-            check_provider_url(url).map_err(|reason| {
+            check_provider_url(url, self.policy()).map_err(|reason| {
                 PeopleError::OidcConfiguration(format!("the discovery document's {name} {reason}"))
             })?;
         }
@@ -629,25 +629,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn providers_are_reached_over_https_or_on_loopback_only() {
+    fn providers_are_reached_over_https_or_inside_the_allowed_networks_only() {
+        let allowed = EgressPolicy::allowing(&["127.0.0.0/8", "::1", "10.20.0.0/16"]).unwrap();
         for good in [
             "https://login.example.com",
             "https://idp.example/realms/acme",
+            "https://8.8.8.8/realms/acme",
             "http://127.0.0.1:9400",
             "http://[::1]:80",
-            "http://localhost:8080",
+            "http://10.20.0.5",
+            "https://10.20.0.5",
         ] {
-            assert_eq!(check_provider_url(good), Ok(()), "{good}");
+            assert_eq!(check_provider_url(good, &allowed), Ok(()), "{good}");
         }
-        for bad in [
-            "http://idp.example.com",
-            "http://10.0.0.1",
-            "ftp://idp.example",
-            "idp.example",
-            "https://user:pw@idp.example",
-            "http://127.0.0.1.example.com",
+        for (bad, says) in [
+            ("http://idp.example.com", "must start with https://"),
+            ("http://localhost:8080", "must start with https://"),
+            ("http://8.8.8.8", "must start with https://"),
+            ("http://10.0.0.1", "which is private"),
+            ("https://10.0.0.1", "which is private"),
+            ("https://169.254.169.254", "which is link-local"),
+            ("https://[fd00::1]", "which is unique-local"),
+            ("ftp://idp.example", "must start with https://"),
+            ("idp.example", "must start with https://"),
+            ("https://user:pw@idp.example", "credentials"),
+            ("http://127.0.0.1.example.com", "must start with https://"),
         ] {
-            assert!(check_provider_url(bad).is_err(), "{bad}");
+            let error = check_provider_url(bad, &allowed).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        let nothing_allowed = EgressPolicy::default();
+        for bad in [
+            "http://127.0.0.1:9400",
+            "https://127.0.0.1:9400",
+            "https://[::1]",
+            "https://[::ffff:7f00:1]",
+            "http://10.20.0.5",
+        ] {
+            let error = check_provider_url(bad, &nothing_allowed).expect_err(bad);
+            assert!(error.contains("outside people.oidc_allowed_networks"), "{bad}: {error}");
         }
         assert_eq!(check_redirect_uri("http://console.acme.test/sign-in/oidc/callback"), Ok(()));
         assert!(check_redirect_uri("https://console.acme.test/cb#frag").is_err());

@@ -42,6 +42,16 @@ fn environment_overrides_and_validation_names_the_field() {
 }
 
 #[test]
+fn an_allowed_network_that_does_not_parse_is_named() {
+    let mut settings = from_env(&[("LEADS_PEOPLE_OIDC_ALLOWED_NETWORKS", "127.0.0.0/8,::1")]).expect("valid variables");
+    settings.validate().expect("valid networks");
+    settings.people.oidc_allowed_networks.push("10.0.0.1/8".into());
+    let err = settings.validate().expect_err("host bits set");
+    assert_eq!(err.field, "people.oidc_allowed_networks");
+    assert!(err.reason.contains("\"10.0.0.1/8\""), "{}", err.reason);
+}
+
+#[test]
 fn a_variable_that_does_not_fit_its_setting_is_named() {
     for (variable, value, reason) in [
         ("LEADS_GRPC_LEAD_PORT", "70000", "number too large to fit in target type"),
@@ -119,6 +129,7 @@ const ACCEPTED: &[(&str, &str)] = &[
     ("LEADS_GRPC_FOLLOWUP_PORT", "61005"),
     ("LEADS_GRPC_BROADCAST_PORT", "61006"),
     ("LEADS_GRPC_PEOPLE_PORT", "61007"),
+    ("LEADS_GRPC_NOTIFICATIONS_PORT", "61008"),
     ("LEADS_GRPC_TLS_CERT_FILE", "/tls/cert.pem"),
     ("LEADS_GRPC_TLS_KEY_FILE", "/tls/key.pem"),
     ("LEADS_GRPC_TLS_CLIENT_CA_FILE", "/tls/clients.pem"),
@@ -148,6 +159,7 @@ const ACCEPTED: &[(&str, &str)] = &[
     ("LEADS_PEOPLE_SESSION_TTL_SECS", "1800"),
     ("LEADS_PEOPLE_MAX_FAILED_SIGN_INS", "3"),
     ("LEADS_PEOPLE_LOCKOUT_SECS", "60"),
+    ("LEADS_PEOPLE_OIDC_ALLOWED_NETWORKS", "10.20.0.0/16, fd00::/8,"),
     ("LEADS_AUTH_KEY_FILES", "/keys/a.pem, /keys/b.pem,"),
     ("LEADS_AUTH_SIGNING_KEY_FILE", "/keys/sign.key"),
     ("LEADS_AUTH_SERVICE_TOKEN_FILE", "/keys/service.jwt"),
@@ -216,7 +228,7 @@ fn every_accepted_variable_lands_in_its_setting() {
     let g = &s.grpc;
     assert_eq!(g.host, "0.0.0.0");
     let ports: Vec<u16> = ServiceName::ALL.iter().map(|service| g.port(*service)).collect();
-    assert_eq!(ports, [61001, 61002, 61003, 61004, 61005, 61006, 61007]);
+    assert_eq!(ports, [61001, 61002, 61003, 61004, 61005, 61006, 61007, 61008]);
     assert_eq!(g.tls_cert_file.as_deref(), Some(Path::new("/tls/cert.pem")));
     assert_eq!(g.tls_key_file.as_deref(), Some(Path::new("/tls/key.pem")));
     assert_eq!(g.tls_client_ca_file.as_deref(), Some(Path::new("/tls/clients.pem")));
@@ -241,6 +253,7 @@ fn every_accepted_variable_lands_in_its_setting() {
 
     let p = &s.people;
     assert_eq!((p.setup_code_ttl_secs, p.session_ttl_secs, p.max_failed_sign_ins, p.lockout_secs), (3600, 1800, 3, 60));
+    assert_eq!(p.oidc_allowed_networks, ["10.20.0.0/16", "fd00::/8"]);
 
     let a = &s.auth;
     assert_eq!(a.key_files, [PathBuf::from("/keys/a.pem"), PathBuf::from("/keys/b.pem")]);

@@ -18,6 +18,9 @@
 //! - assignment: automatic assignment (policy balanced, 200 available agents) of new leads
 //!   arriving through ingest at full speed: assignments/s beside raw Postgres transactions of the
 //!   same rows and commits, created -> assigned latency, loads never over capacity.
+//! - notifications (not in the default run): follow-ups falling due within a minute, told by
+//!   two `followup,notifications` processes as signed webhooks to a receiver on loopback: lag
+//!   from due to received, every one received with one id, beside raw signed POSTs.
 //!
 //! The report (markdown) goes to stdout, and to `--out` when given; progress goes to stderr.
 //! Every section runs in its own `TestEnv` and drops it afterwards, also after a failure.
@@ -37,6 +40,7 @@ mod events;
 mod ingest;
 mod leads_page;
 mod machine;
+mod notifications;
 mod qualification;
 mod raw;
 mod report;
@@ -50,6 +54,7 @@ enum Section {
     Desk,
     Qualification,
     Assignment,
+    Notifications,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -131,6 +136,9 @@ struct Args {
     /// figure is 100,000; the default keeps `make bench` within 25 minutes).
     #[arg(long, default_value_t = 5_000)]
     assign_leads: u64,
+    /// Follow-ups falling due within one minute in the notifications section.
+    #[arg(long, default_value_t = 100_000)]
+    due_follow_ups: u64,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -172,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
         Section::Desk,
         Section::Qualification,
         Section::Assignment,
+        Section::Notifications,
     ] {
         if !args.only.contains(&section) {
             continue;
@@ -203,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Section::Qualification => qualification::qualification(&mut report, &args).await,
             Section::Assignment => assignment::assignment(&mut report, &args).await,
+            Section::Notifications => notifications::notifications(&mut report, &args).await,
         };
         progress(format!("{section:?} section took {:.0} s", started.elapsed().as_secs_f64()));
         if let Err(error) = result {

@@ -130,14 +130,14 @@ fn event(
 /// The release `leads` binary (or `LEADS_BIN`), brought up to date first: built with the
 /// bench's own package selection, so that features resolve as they did for the bench and
 /// nothing is compiled twice.
-fn leads_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn leads_binary() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("LEADS_BIN") {
         return Ok(PathBuf::from(path));
     }
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| workspace.join("target"), PathBuf::from);
     let release = !cfg!(debug_assertions);
-    progress("qualification: bringing the leads binary up to date (cargo build)");
+    progress("bringing the leads binary up to date (cargo build)");
     let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.arg("build");
     if release {
@@ -155,7 +155,7 @@ fn leads_binary() -> anyhow::Result<PathBuf> {
 
 /// A `leads run` child process pointed at an environment, its Prometheus metrics on a port
 /// of its own.
-struct Child {
+pub(crate) struct Child {
     child: tokio::process::Child,
     pid: u32,
     ready: tokio::sync::watch::Receiver<bool>,
@@ -166,6 +166,16 @@ struct Child {
 
 impl Child {
     fn spawn(env: &TestEnv, binary: &PathBuf, services: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(env, binary, services, &[])
+    }
+
+    /// As `spawn`, with more environment variables for the child.
+    pub(crate) fn spawn_with(
+        env: &TestEnv,
+        binary: &PathBuf,
+        services: &str,
+        extra_env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut command = tokio::process::Command::new(binary);
         command.args(["run", "--services", services]).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -176,6 +186,9 @@ impl Child {
             command.env(format!("LEADS_GRPC_{}_PORT", service.as_str().to_uppercase()), "0");
         }
         command.env("LEADS_METRICS_ADDR", metrics.to_string()).kill_on_drop(true);
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
         let mut child = command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id().context("the process has no id")?;
         let stderr = child.stderr.take().context("no stderr")?;
@@ -201,7 +214,7 @@ impl Child {
         Ok(Self { child, pid, ready, addrs, metrics })
     }
 
-    async fn ready(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn ready(&mut self) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(120), self.ready.wait_for(|ready| *ready))
             .await
             .map_err(|_| anyhow::anyhow!("the process did not become ready within 120 s"))?
@@ -209,7 +222,7 @@ impl Child {
         Ok(())
     }
 
-    fn addr(&self, service: ServiceName) -> Option<String> {
+    pub(crate) fn addr(&self, service: ServiceName) -> Option<String> {
         self.addrs.lock().expect("addresses").iter().find(|(name, _)| name == service.as_str()).map(|(_, a)| a.clone())
     }
 
@@ -228,7 +241,7 @@ impl Child {
     }
 
     /// SIGTERM, then up to 30 s for the process to finish its in-flight work.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         let status = tokio::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().await?;
         anyhow::ensure!(status.success(), "kill -TERM {} failed", self.pid);
         if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
