@@ -22,16 +22,23 @@ pub struct Received {
     pub wall: chrono::DateTime<chrono::Utc>,
 }
 
-/// What to answer: status, extra headers and body.
+/// What to answer: status, extra headers and body, after a delay.
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    pub delay: std::time::Duration,
 }
 
 impl Answer {
     pub fn status(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: String::new() }
+        Self { status, headers: Vec::new(), body: String::new(), delay: std::time::Duration::ZERO }
+    }
+
+    /// Answers only after `delay`, as a slow receiver does.
+    pub fn after(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -51,6 +58,8 @@ type Script = dyn Fn(&Received) -> Answer + Send + Sync;
 pub struct Receiver {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    /// (slow answers being given now, the most there ever were at once)
+    in_flight: Arc<Mutex<(usize, usize)>>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -68,18 +77,20 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let in_flight: Arc<Mutex<(usize, usize)>> = Arc::default();
         let attempts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let script: Arc<Script> = Arc::new(script);
-        let kept = received.clone();
+        let (kept, counting) = (received.clone(), in_flight.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (kept, attempts, script) = (kept.clone(), attempts.clone(), script.clone());
+                let state = State { kept: kept.clone(), attempts: attempts.clone(), in_flight: counting.clone() };
+                let script = script.clone();
                 tokio::spawn(async move {
-                    let _ = serve(stream, kept, attempts, script).await;
+                    let _ = serve(stream, state, script).await;
                 });
             }
         });
-        Ok(Self { addr, received, task: Arc::new(task) })
+        Ok(Self { addr, received, in_flight, task: Arc::new(task) })
     }
 
     /// Answers 200 to everything.
@@ -94,15 +105,21 @@ impl Receiver {
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("not poisoned").clone()
     }
+
+    /// The most slow answers (`Answer::after`) it was ever giving at once.
+    pub fn most_at_once(&self) -> usize {
+        self.in_flight.lock().expect("not poisoned").1
+    }
+}
+
+struct State {
+    kept: Arc<Mutex<Vec<Received>>>,
+    attempts: Arc<Mutex<HashMap<String, usize>>>,
+    in_flight: Arc<Mutex<(usize, usize)>>,
 }
 
 /// Serves the requests of one connection until the client closes it.
-async fn serve(
-    stream: TcpStream,
-    kept: Arc<Mutex<Vec<Received>>>,
-    attempts: Arc<Mutex<HashMap<String, usize>>>,
-    script: Arc<Script>,
-) -> anyhow::Result<()> {
+async fn serve(stream: TcpStream, state: State, script: Arc<Script>) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -126,7 +143,7 @@ async fn serve(
         reader.read_exact(&mut body).await?;
         let id = headers.get("webhook-id").cloned().unwrap_or_default();
         let attempt = {
-            let mut attempts = attempts.lock().expect("not poisoned");
+            let mut attempts = state.attempts.lock().expect("not poisoned");
             let count = attempts.entry(id.clone()).or_default();
             *count += 1;
             *count
@@ -141,7 +158,16 @@ async fn serve(
             wall: chrono::Utc::now(),
         };
         let answer = script(&request);
-        kept.lock().expect("not poisoned").push(request);
+        state.kept.lock().expect("not poisoned").push(request);
+        if !answer.delay.is_zero() {
+            {
+                let mut in_flight = state.in_flight.lock().expect("not poisoned");
+                in_flight.0 += 1;
+                in_flight.1 = in_flight.1.max(in_flight.0);
+            }
+            tokio::time::sleep(answer.delay).await;
+            state.in_flight.lock().expect("not poisoned").0 -= 1;
+        }
         let mut response = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", answer.status, answer.body.len());
         for (name, value) in &answer.headers {
             response.push_str(&format!("{name}: {value}\r\n"));

@@ -619,3 +619,92 @@ async fn each_due_follow_up_is_told_once_with_two_processes_and_a_kill_among_the
     third.terminate().await?;
     platform.stop().await
 }
+
+#[tokio::test]
+async fn a_slow_receiver_delays_only_itself_and_never_has_more_than_its_concurrency() -> anyhow::Result<()> {
+    let platform = Platform::start(&SERVICES).await?;
+    let slow = Receiver::start(|_| Answer::status(200).after(Duration::from_millis(1500))).await?;
+    let fast = Receiver::accepting().await?;
+    platform.endpoint(&slow.url(), &["lead.assigned"]).await?;
+    platform.endpoint(&fast.url(), &["lead.assigned"]).await?;
+    let leads = platform.leads(20).await?;
+    platform.agent("ann").await?;
+    for lead in &leads {
+        platform.assign(&lead.id, "ann").await?;
+    }
+    eventually(DEADLINE, "the fast receiver's twenty", || async { (fast.received().len() == 20).then_some(()) }).await;
+    // Eight at a time, a second and a half each: the slow one cannot have answered all yet.
+    assert!(slow.received().len() < 20, "the fast receiver waited for the slow one");
+    eventually(DEADLINE, "the slow receiver's twenty", || async { (slow.received().len() == 20).then_some(()) }).await;
+    let concurrency = platform.env.settings.notifications.webhook_concurrency_per_endpoint;
+    assert!(slow.most_at_once() <= concurrency, "{} at once, more than {concurrency}", slow.most_at_once());
+    assert!(slow.most_at_once() > 1, "deliveries to one endpoint overlap");
+    platform.stop().await
+}
+
+#[tokio::test]
+async fn an_attempt_is_cut_at_its_timeout_and_an_endpoint_failing_for_days_is_disabled() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.notifications.webhook_allowed_networks = "127.0.0.1/32".into();
+    env.settings.notifications.webhook_retry_schedule_secs = "1,1,1,1,1".into();
+    env.settings.notifications.webhook_timeout_secs = 1;
+    let node = env.start(&SERVICES).await?;
+    let notifications = node.notifications().await?;
+    let platform = Platform { env, node, notifications };
+    // Answers 500 after three seconds: never within the attempt's second.
+    let hanging = Receiver::start(|_| Answer::status(500).after(Duration::from_secs(3))).await?;
+    let endpoint = platform.endpoint(&hanging.url(), &["lead.assigned"]).await?;
+    let leads = platform.leads(1).await?;
+    platform.agent("ann").await?;
+    platform.assign(&leads[0].id, "ann").await?;
+    let cut = eventually(DEADLINE, "an attempt cut at its timeout", || async {
+        platform.attempts(&endpoint.id).await.ok()?.into_iter().next()
+    })
+    .await;
+    assert!(!cut.succeeded && cut.status_code == 0, "{cut:?}");
+    assert!(cut.error.contains("no complete answer within the time allowed"), "{cut:?}");
+    assert!(cut.duration_ms < 2500, "the attempt waited past its timeout: {cut:?}");
+    assert!(cut.next_attempt_at.is_some(), "a cut attempt is tried again: {cut:?}");
+    let failing = eventually(DEADLINE, "the endpoint marked failing", || async {
+        platform.endpoints().await.ok()?.into_iter().find(|e| e.failing_since.is_some())
+    })
+    .await;
+    assert!(failing.enabled);
+
+    // Failing since six days, past the 120 hours allowed: the next failure disables it.
+    let admin = platform.env.admin_pool().await?;
+    sqlx::query(
+        "UPDATE notifications.webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = $1::uuid",
+    )
+    .bind(&endpoint.id)
+    .execute(&admin)
+    .await?;
+    let disabled = eventually(DEADLINE, "the endpoint disabled", || async {
+        platform.endpoints().await.ok()?.into_iter().find(|e| e.id == endpoint.id && !e.enabled)
+    })
+    .await;
+    assert!(disabled.disabled_reason.starts_with("every attempt failed since"), "{disabled:?}");
+    let told = platform.told("", true, "webhook.endpoint_disabled", |_| true).await;
+    assert_eq!(data(&told)["reason"], disabled.disabled_reason.as_str());
+    assert!(data(&told)["last_error"].as_str().is_some_and(|e| e.contains("time allowed")), "{told:?}");
+
+    // Enabled again by an admin, it is tried again at once.
+    let attempts_before = platform.attempts(&endpoint.id).await?.len();
+    platform
+        .notifications
+        .clone()
+        .update_webhook_endpoint(pb::UpdateWebhookEndpointRequest {
+            org_id: ORG.into(),
+            endpoint_id: endpoint.id.clone(),
+            enabled: Some(true),
+            ..Default::default()
+        })
+        .await?;
+    eventually(DEADLINE, "an attempt after enabling", || async {
+        (platform.attempts(&endpoint.id).await.ok()?.len() > attempts_before).then_some(())
+    })
+    .await;
+    let enabled = platform.endpoints().await?.into_iter().find(|e| e.id == endpoint.id).expect("the endpoint");
+    assert!(enabled.disabled_reason.is_empty(), "{enabled:?}");
+    platform.stop().await
+}
