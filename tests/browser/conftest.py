@@ -75,6 +75,8 @@ class Platform:
             "LEADS_DATABASE_MAX_CONNECTIONS": "3",
             "LEADS_DATABASE_EXPORT_MAX_CONNECTIONS": "1",
             "LEADS_METRICS_ADDR": "",
+            # Webhooks may reach a receiver a test runs on loopback (test_notifications.py).
+            "LEADS_NOTIFICATIONS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             # An error at start-up reads as its message, not a backtrace.
             "RUST_LIB_BACKTRACE": "0",

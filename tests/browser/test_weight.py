@@ -21,7 +21,9 @@ def test_a_full_list_page_transfers_under_150_kb(org):
     fresh = cold.new_page()
     finished: list[Request] = []
     fresh.on("requestfinished", lambda request: finished.append(request))
-    fresh.goto("/leads", wait_until="load")
+    # The header's bell asks for its unread count as the page loads: part of the page's weight.
+    with fresh.expect_response(lambda response: response.url.endswith("/notifications/bell")):
+        fresh.goto("/leads", wait_until="load")
     expect(fresh.locator("#rows tr")).to_have_count(LEADS)
     expect(fresh.locator("body")).to_have_attribute("data-live", "open")
 
@@ -33,7 +35,9 @@ def test_a_full_list_page_transfers_under_150_kb(org):
         measured = request.sizes()
         sizes[request.url] = measured["responseBodySize"] + measured["responseHeadersSize"]
     paths = sorted(url.removeprefix(org.platform.console) for url in sizes)
-    assert paths == ["/assets/console.css", "/assets/console.js", "/assets/htmx.min.js", "/leads"], paths
+    assert paths == [
+        "/assets/console.css", "/assets/console.js", "/assets/htmx.min.js", "/leads", "/notifications/bell",
+    ], paths
     total = sum(sizes.values())
     print(f"the list page with {LEADS} leads transfers {total} bytes: {sizes}")
     assert total < BUDGET, f"{total} bytes: {sizes}"

@@ -24,12 +24,19 @@ pub struct Console {
 
 impl Console {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The console on an environment whose settings `configure` changed first (webhooks allowed
+    /// to a local receiver, say).
+    pub async fn start_with(configure: impl FnOnce(&mut platform::Settings)) -> anyhow::Result<Self> {
         let key_dir = std::env::temp_dir().join(format!("leads-console-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&key_dir)?;
         let key = key_dir.join("local.key");
         std::fs::write(&key, "s".repeat(24) + &uuid::Uuid::new_v4().simple().to_string())?;
         let mut env = TestEnv::new().await?;
         env.settings.auth.signing_key_file = Some(key);
+        configure(&mut env.settings);
         let node = env.start_all().await?;
         let mut settings = env.settings.clone();
         for service in ServiceName::ALL {

@@ -882,3 +882,28 @@ async fn a_bulk_change_leaves_the_stale_lead_and_changes_the_others() -> anyhow:
     assert!(error.message().starts_with("expected_versions:"), "{}", error.message());
     page.stop().await
 }
+
+#[tokio::test]
+async fn a_total_beyond_the_exact_limit_is_the_planners_estimate_and_says_so() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.lead.exact_total_up_to = 3;
+    let node = env.start(&[ServiceName::Ingest, ServiceName::Lead]).await?;
+    let client = node.lead().await?;
+    let page = Page { node, env, client };
+    let events: Vec<serde_json::Value> =
+        (0..6).map(|n| leads_tests::chat_event(&format!("e-{n}"), &phone(n), "hello")).collect();
+    page.ingest(&events, 6).await?;
+
+    // A search matching all six: counted up to three, then estimated (at least four), and said so.
+    let broad = page.list(pb::LeadFilter { search: "ada".into(), ..Default::default() }).await?;
+    assert_eq!(broad.leads.len(), 6);
+    assert!(broad.total_is_estimate, "{broad:?}");
+    assert!(broad.total_count >= 4, "{}", broad.total_count);
+    // A search matching one is counted exactly.
+    let narrow = page.list(pb::LeadFilter { search: phone(2)[1..].to_owned(), ..Default::default() }).await?;
+    assert_eq!((narrow.total_count, narrow.total_is_estimate), (1, false), "{narrow:?}");
+    // A filter the maintained counts answer stays exact, however many match.
+    let new = page.list(pb::LeadFilter { statuses: vec![pb::LeadStatus::New as i32], ..Default::default() }).await?;
+    assert_eq!((new.total_count, new.total_is_estimate), (6, false));
+    page.stop().await
+}

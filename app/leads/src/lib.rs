@@ -51,6 +51,7 @@ pub async fn start_console(settings: &Settings, token: CancellationToken) -> any
             broadcast: endpoints.broadcast.clone(),
             qualification: endpoints.qualification.clone(),
             people: endpoints.people.clone(),
+            notifications: endpoints.notifications.clone(),
         },
         secure_cookies: settings.console.secure_cookies,
         bulk_limit: contracts::values::limits::MAX_BULK_LEADS,

@@ -179,11 +179,15 @@ pub struct LeadServiceSettings {
     /// Seconds between sweeps that archive idle leads, for organisations whose status rules
     /// say so (`archive_after_days`).
     pub idle_sweep_interval_secs: u64,
+    /// A ListLeads total that the maintained counts cannot answer (a search, a score range) is
+    /// counted exactly up to this many leads; above, it is the planner's estimate, marked so
+    /// (`total_is_estimate`).
+    pub exact_total_up_to: i64,
 }
 
 impl Default for LeadServiceSettings {
     fn default() -> Self {
-        Self { idle_sweep_interval_secs: 300 }
+        Self { idle_sweep_interval_secs: 300, exact_total_up_to: 10_000 }
     }
 }
 
@@ -714,6 +718,9 @@ impl Settings {
         }
         if self.lead.idle_sweep_interval_secs == 0 {
             return Err(invalid("lead.idle_sweep_interval_secs", "must be at least 1"));
+        }
+        if !(1..=100_000_000).contains(&self.lead.exact_total_up_to) {
+            return Err(invalid("lead.exact_total_up_to", "must be between 1 and 100000000"));
         }
         let a = &self.assignment;
         if a.presence_grace_secs == 0 {

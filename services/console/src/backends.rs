@@ -4,8 +4,8 @@ use crate::Endpoints;
 use leads_proto::v1::{
     assignment_service_client::AssignmentServiceClient,
     broadcast_tracking_service_client::BroadcastTrackingServiceClient, follow_up_service_client::FollowUpServiceClient,
-    lead_service_client::LeadServiceClient, people_service_client::PeopleServiceClient,
-    qualification_service_client::QualificationServiceClient,
+    lead_service_client::LeadServiceClient, notification_service_client::NotificationServiceClient,
+    people_service_client::PeopleServiceClient, qualification_service_client::QualificationServiceClient,
 };
 use platform::grpc::TracedChannel;
 use std::time::Duration;
@@ -21,6 +21,7 @@ pub struct Backends {
     pub broadcast: BroadcastTrackingServiceClient<TracedChannel>,
     pub qualification: QualificationServiceClient<TracedChannel>,
     pub people: PeopleServiceClient<TracedChannel>,
+    pub notifications: NotificationServiceClient<TracedChannel>,
 }
 
 impl Backends {
@@ -37,6 +38,7 @@ impl Backends {
             broadcast: BroadcastTrackingServiceClient::new(channel("broadcast", &endpoints.broadcast)?),
             qualification: QualificationServiceClient::new(channel("qualification", &endpoints.qualification)?),
             people: PeopleServiceClient::new(channel("people", &endpoints.people)?),
+            notifications: NotificationServiceClient::new(channel("notifications", &endpoints.notifications)?),
         })
     }
 }

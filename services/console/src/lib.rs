@@ -5,16 +5,19 @@
 //! JavaScript; htmx swaps parts of them in place, and a small script of our own follows the
 //! live changes (Server-Sent Events from `LeadService.WatchLeads`).
 
+mod agents_page;
 mod backends;
 mod error;
 mod export;
 mod live;
+mod notifications_page;
 mod pages;
 mod query;
 mod security;
 mod session;
 mod settings_page;
 mod views;
+mod webhooks_page;
 
 use axum::{
     Router,
@@ -49,6 +52,7 @@ pub struct Endpoints {
     pub broadcast: String,
     pub qualification: String,
     pub people: String,
+    pub notifications: String,
 }
 
 /// A running console: where it listens and the task that serves until the token fires.
@@ -85,15 +89,27 @@ fn router(state: AppState) -> Router {
         .route("/leads/{id}/assign", post(pages::assign))
         .route("/leads/{id}/follow-ups", post(pages::create_follow_up))
         .route("/campaigns", get(pages::campaigns))
-        .route("/agents", get(pages::agents).post(pages::add_agent))
-        .route("/agents/{id}", post(pages::set_agent_active))
-        .route("/agents/{id}/presence", post(pages::set_agent_presence))
-        .route("/agents/{id}/capacity", post(pages::set_agent_capacity))
-        .route("/agents/{id}/routing", post(pages::set_agent_routing))
+        .route("/agents", get(agents_page::agents).post(agents_page::add_agent))
+        .route("/agents/{id}", post(agents_page::set_agent_active))
+        .route("/agents/{id}/presence", post(agents_page::set_agent_presence))
+        .route("/agents/{id}/capacity", post(agents_page::set_agent_capacity))
+        .route("/agents/{id}/routing", post(agents_page::set_agent_routing))
         .route("/qualification", get(pages::qualification))
         .route("/qualification/train", post(pages::train))
         .route("/settings", get(settings_page::settings).post(settings_page::update_settings))
         .route("/settings/assignment", post(settings_page::update_assignment_settings))
+        .route("/settings/skill-routes", post(settings_page::update_skill_routes))
+        .route("/settings/notifications", post(notifications_page::update_notification_settings))
+        .route("/notifications", get(notifications_page::notifications))
+        .route("/notifications/bell", get(notifications_page::bell))
+        .route("/notifications/list", get(notifications_page::notification_list))
+        .route("/notifications/read", post(notifications_page::mark_read))
+        .route("/webhooks", get(webhooks_page::webhooks).post(webhooks_page::create))
+        .route("/webhooks/{id}", get(webhooks_page::webhook))
+        .route("/webhooks/{id}/enabled", post(webhooks_page::set_enabled))
+        .route("/webhooks/{id}/rotate", post(webhooks_page::rotate))
+        .route("/webhooks/{id}/delete", get(webhooks_page::confirm_delete).post(webhooks_page::delete))
+        .route("/webhooks/{id}/replay", post(webhooks_page::replay))
         .route("/assets/{name}", get(security::asset))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::middleware::from_fn(security::csrf))

@@ -359,7 +359,11 @@ pub struct AgentChoice {
     pub label: String,
 }
 
-async fn agents_of(state: &AppState, session: &Session, active_only: bool) -> Result<Vec<pb::Agent>, ConsoleError> {
+pub(crate) async fn agents_of(
+    state: &AppState,
+    session: &Session,
+    active_only: bool,
+) -> Result<Vec<pb::Agent>, ConsoleError> {
     let request = pb::ListAgentsRequest { org_id: session.org_id.clone(), active_only };
     Ok(state.backends.assignment.clone().list_agents(authorized(&session.token, request)).await?.into_inner().agents)
 }
@@ -418,9 +422,10 @@ async fn leads_page(state: &AppState, session: &Session, query: &str, drawer: Op
         view_query: view.query_string(false),
         view_query_with_page: view.query_string(true),
         total,
-        total_text: match total {
-            1 => "1 lead".into(),
-            n => format!("{n} leads"),
+        total_text: match (total, page.total_is_estimate) {
+            (n, true) => format!("about {n} leads"),
+            (1, false) => "1 lead".into(),
+            (n, false) => format!("{n} leads"),
         },
         bulk_all_text: if total > bulk_limit { format!("{bulk_limit} of the {total}") } else { total.to_string() },
         statuses: views::statuses(),
@@ -899,254 +904,6 @@ pub async fn campaigns(State(state): State<AppState>, headers: HeaderMap, RawQue
             format!("/campaigns?page={}", query::encode(&answer.next_page_token))
         },
     })
-}
-
-/// One agent as the Agents page shows it: its load against its capacity, and its presence as
-/// it counts for automatic assignment.
-struct AgentLine {
-    id: String,
-    name: String,
-    active: bool,
-    open_leads: i64,
-    capacity: i32,
-    /// The agent's own capacity as the field shows it; empty when the organisation's default
-    /// applies.
-    own_capacity: String,
-    presence: &'static str,
-    last_assigned: When,
-    /// Comma-separated, as the field shows them.
-    skills: String,
-    time_zone: String,
-    /// `mon,tue,...`, empty when the agent is always working.
-    days: String,
-    start: String,
-    end: String,
-    /// Whether the signed-in person may set this agent's presence: the desk's runners any
-    /// agent's, an agent its own.
-    may_set_presence: bool,
-}
-
-struct WaitingLine {
-    lead_id: String,
-    score: String,
-    since: When,
-    handing_to: String,
-    waiting_for: String,
-}
-
-#[derive(Template)]
-#[template(path = "agents.html")]
-struct AgentsPage {
-    chrome: Chrome,
-    agents: Vec<AgentLine>,
-    /// `None` for an agent, who does not see the queue.
-    waiting: Option<Vec<WaitingLine>>,
-    waiting_total: i64,
-}
-
-const PRESENCES: [(pb::Presence, &str); 3] =
-    [(pb::Presence::Available, "available"), (pb::Presence::Away, "away"), (pb::Presence::Offline, "offline")];
-
-fn presence_name(value: i32) -> &'static str {
-    PRESENCES.iter().find(|(p, _)| *p as i32 == value).map_or("offline", |(_, name)| name)
-}
-
-pub async fn agents(State(state): State<AppState>, headers: HeaderMap) -> Page {
-    let session = Session::from_headers(&headers)?;
-    let agents = agents_of(&state, &session, false).await?;
-    let own = session.holder.agent_id.as_deref();
-    let lines = agents
-        .into_iter()
-        .map(|a| AgentLine {
-            may_set_presence: session.runs_the_desk() || own == Some(a.agent_id.as_str()),
-            presence: presence_name(a.presence),
-            own_capacity: a.capacity.map(|c| c.to_string()).unwrap_or_default(),
-            capacity: a.effective_capacity,
-            last_assigned: When::of(a.last_assigned_at.as_ref()),
-            skills: a.skills.join(", "),
-            days: a.working_hours.as_ref().map(|h| h.days.join(",")).unwrap_or_default(),
-            start: a.working_hours.as_ref().map(|h| h.start.clone()).unwrap_or_default(),
-            end: a.working_hours.as_ref().map(|h| h.end.clone()).unwrap_or_default(),
-            time_zone: a.time_zone,
-            open_leads: a.open_leads,
-            active: a.active,
-            name: a.name,
-            id: a.agent_id,
-        })
-        .collect();
-    let (waiting, waiting_total) = if session.runs_the_desk() {
-        let request = pb::ListWaitingLeadsRequest { org_id: session.org_id.clone(), page_size: 50 };
-        let answer = state
-            .backends
-            .assignment
-            .clone()
-            .list_waiting_leads(authorized(&session.token, request))
-            .await?
-            .into_inner();
-        let lines = answer
-            .leads
-            .into_iter()
-            .map(|l| WaitingLine {
-                score: l.score.map(|s| s.to_string()).unwrap_or_default(),
-                since: When::of(l.waiting_since.as_ref()),
-                handing_to: l.handing_to,
-                waiting_for: l.waiting_for,
-                lead_id: l.lead_id,
-            })
-            .collect();
-        (Some(lines), answer.total)
-    } else {
-        (None, 0)
-    };
-    html(&AgentsPage { chrome: Chrome::of(&session, "agents"), agents: lines, waiting, waiting_total })
-}
-
-#[derive(Deserialize)]
-pub struct PresenceForm {
-    presence: String,
-}
-
-/// Sets an agent's presence (the assignment service lets an agent set only its own), which
-/// also counts as its heartbeat.
-pub async fn set_agent_presence(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<PresenceForm>,
-) -> Page {
-    let session = Session::from_headers(&headers)?;
-    let presence = PRESENCES
-        .iter()
-        .find(|(_, name)| *name == form.presence)
-        .map(|(p, _)| *p)
-        .ok_or_else(|| ConsoleError::BadRequest("presence: choose available, away or offline".into()))?;
-    let request = pb::SetPresenceRequest { org_id: session.org_id.clone(), agent_id: id, presence: presence as i32 };
-    state.backends.assignment.clone().set_presence(authorized(&session.token, request)).await?;
-    Ok(see_other("/agents"))
-}
-
-#[derive(Deserialize)]
-pub struct CapacityForm {
-    #[serde(default)]
-    capacity: String,
-}
-
-/// Sets an agent's capacity (admins only, as the assignment service decides); empty returns
-/// to the organisation's default.
-pub async fn set_agent_capacity(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<CapacityForm>,
-) -> Page {
-    let session = Session::from_headers(&headers)?;
-    let capacity = match form.capacity.trim() {
-        "" => 0,
-        text => text
-            .parse()
-            .map_err(|_| ConsoleError::BadRequest("capacity: give a whole number, or leave it empty".into()))?,
-    };
-    let request = pb::UpsertAgentRequest {
-        org_id: session.org_id.clone(),
-        agent_id: id,
-        capacity: Some(capacity),
-        ..Default::default()
-    };
-    state.backends.assignment.clone().upsert_agent(authorized(&session.token, request)).await?;
-    Ok(see_other("/agents"))
-}
-
-#[derive(Deserialize)]
-pub struct RoutingForm {
-    #[serde(default)]
-    skills: String,
-    #[serde(default)]
-    time_zone: String,
-    #[serde(default)]
-    days: String,
-    #[serde(default)]
-    start: String,
-    #[serde(default)]
-    end: String,
-}
-
-/// Replaces an agent's skills, time zone and working hours (admins only, as the assignment
-/// service decides, which also checks each); empty days mean always working.
-pub async fn set_agent_routing(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<RoutingForm>,
-) -> Page {
-    let session = Session::from_headers(&headers)?;
-    let list = |text: &str| -> Vec<String> {
-        text.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-    };
-    let request = pb::UpsertAgentRequest {
-        org_id: session.org_id.clone(),
-        agent_id: id,
-        skills: Some(pb::Skills { names: list(&form.skills) }),
-        time_zone: Some(form.time_zone.trim().to_owned()),
-        working_hours: Some(pb::WorkingHours {
-            days: list(&form.days),
-            start: form.start.trim().to_owned(),
-            end: form.end.trim().to_owned(),
-        }),
-        ..Default::default()
-    };
-    state.backends.assignment.clone().upsert_agent(authorized(&session.token, request)).await?;
-    Ok(see_other("/agents"))
-}
-
-#[derive(Deserialize)]
-pub struct AgentForm {
-    active: String,
-    #[serde(default)]
-    name: String,
-}
-
-pub async fn set_agent_active(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<AgentForm>,
-) -> Page {
-    let session = Session::from_headers(&headers)?;
-    let request = pb::UpsertAgentRequest {
-        org_id: session.org_id.clone(),
-        agent_id: id,
-        name: form.name,
-        active: Some(form.active == "true"),
-        ..Default::default()
-    };
-    state.backends.assignment.clone().upsert_agent(authorized(&session.token, request)).await?;
-    Ok(see_other("/agents"))
-}
-
-#[derive(Deserialize)]
-pub struct NewAgentForm {
-    agent_id: String,
-    #[serde(default)]
-    name: String,
-}
-
-/// Adds an agent (admins only, as the assignment service decides): the agents people of role
-/// agent act as, and whom leads are assigned to.
-pub async fn add_agent(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<NewAgentForm>) -> Page {
-    let session = Session::from_headers(&headers)?;
-    let agent_id = form.agent_id.trim().to_owned();
-    if agent_id.is_empty() {
-        return Err(ConsoleError::BadRequest("agent_id: give the agent an id".into()));
-    }
-    let request = pb::UpsertAgentRequest {
-        org_id: session.org_id.clone(),
-        agent_id,
-        name: form.name.trim().to_owned(),
-        active: Some(true),
-        ..Default::default()
-    };
-    state.backends.assignment.clone().upsert_agent(authorized(&session.token, request)).await?;
-    Ok(see_other("/agents"))
 }
 
 #[derive(Template)]

@@ -219,7 +219,7 @@ impl Exports {
 /// The rows ListLeads would return for the same request, as one chunk.
 pub async fn current_page(exports: &Exports, query: &LeadQuery) -> Result<pb::ExportChunk, LeadError> {
     let _permit = exports.permit()?;
-    let page = read::list_leads(&exports.pool, query, false).await?;
+    let page = read::list_leads(&exports.pool, query, None).await?;
     let mut writer = new_writer(true)?;
     for lead in &page.leads {
         write_row(&mut writer, &CsvRow::from(lead)).map_err(|e| LeadError::invalid("export", e.to_string()))?;

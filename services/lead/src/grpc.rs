@@ -131,13 +131,16 @@ impl LeadService for LeadApi {
         } else {
             String::new()
         };
-        let page = read::list_leads(&self.ctx.pool, &query, !request.skip_total).await?;
+        let page =
+            read::list_leads(&self.ctx.pool, &query, (!request.skip_total).then_some(self.ctx.exact_total_up_to))
+                .await?;
         let mut leads: Vec<pb::Lead> = page.leads.iter().map(contracts::lead::LeadView::to_proto).collect();
         settings::link_conversations(&self.ctx.pool, &request.org_id, &mut leads).await?;
         Ok(Response::new(pb::ListLeadsResponse {
             leads,
             next_page_token: page.next_page_token,
-            total_count: page.total_count.unwrap_or(-1),
+            total_count: page.total.map_or(-1, |total| total.count),
+            total_is_estimate: page.total.is_some_and(|total| total.estimated),
             watch_cursor,
         }))
     }

@@ -49,6 +49,8 @@ pub struct LeadContext {
     pub exports: export::Exports,
     /// WatchLeads' consumers of this service's own events, bounded per process.
     pub watches: watch::Watches,
+    /// A ListLeads total counted from the rows is exact up to this many, estimated above.
+    pub exact_total_up_to: i64,
 }
 
 pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
@@ -76,6 +78,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
             infra.settings.grpc.watch_limit,
             token.clone(),
         ),
+        exact_total_up_to: infra.settings.lead.exact_total_up_to,
     };
     base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
     let idle_sweep = std::time::Duration::from_secs(infra.settings.lead.idle_sweep_interval_secs);

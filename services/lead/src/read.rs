@@ -24,13 +24,21 @@ pub async fn get_lead(pool: &PgPool, org_id: &str, lead_id: Uuid) -> Result<Lead
 pub struct Page {
     pub leads: Vec<LeadView>,
     pub next_page_token: String,
-    pub total_count: Option<i64>,
+    pub total: Option<Total>,
 }
 
-/// The page and its total come from one snapshot, so they agree with each other.
-pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> Result<Page, LeadError> {
+/// How many leads match: exact, or above the exact limit the planner's estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Total {
+    pub count: i64,
+    pub estimated: bool,
+}
+
+/// The page and its total come from one snapshot, so they agree with each other. A total counted
+/// from the rows is exact up to `total_exact_up_to` (`None`: no total).
+pub async fn list_leads(pool: &PgPool, query: &LeadQuery, total_exact_up_to: Option<i64>) -> Result<Page, LeadError> {
     let mut tx = pool.begin().await?;
-    if with_total {
+    if total_exact_up_to.is_some() {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     }
     let words_on = words_on(&mut tx, query).await?;
@@ -42,9 +50,12 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, with_total: bool) -> R
         (true, Some(last)) => query.token_of(last),
         _ => String::new(),
     };
-    let total_count = if with_total { Some(count(&mut tx, query).await?) } else { None };
+    let total = match total_exact_up_to {
+        Some(exact_up_to) => Some(count(&mut tx, query, exact_up_to).await?),
+        None => None,
+    };
     tx.commit().await?;
-    Ok(Page { leads, next_page_token, total_count })
+    Ok(Page { leads, next_page_token, total })
 }
 
 /// Where a page matches a search's words. From the matching contacts, each of their leads is
@@ -91,25 +102,36 @@ fn rows_of_plan_line(line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The number of leads matching the filters: from the maintained counts when every filter is
-/// one of their dimensions, else by counting rows.
-pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<i64, LeadError> {
+/// The number of leads matching the filters: exact from the maintained counts when every filter
+/// is one of their dimensions; else counted from the rows up to `exact_up_to`, and estimated by
+/// the planner above (counting every row a broad search matches among millions of leads took
+/// over a second).
+pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery, exact_up_to: i64) -> Result<Total, LeadError> {
     let mut counted = sqlx::QueryBuilder::new(
         "SELECT coalesce(sum(k.n), 0)::bigint FROM \
          (SELECT * FROM lead_counts UNION ALL SELECT org_id, status, agent_id, source_kind, score_source, \
             score_bucket, n FROM lead_count_deltas) k",
     );
     if query.push_count_filters(&mut counted) {
-        return Ok(counted.build_query_scalar().fetch_one(conn).await?);
+        return Ok(Total { count: counted.build_query_scalar().fetch_one(&mut *conn).await?, estimated: false });
     }
-    let from = if query.has_search() {
-        "SELECT count(*) FROM leads l JOIN contacts c ON c.id = l.contact_id"
+    let matching = if query.has_search() {
+        "SELECT 1 FROM leads l JOIN contacts c ON c.id = l.contact_id"
     } else {
-        "SELECT count(*) FROM leads l"
+        "SELECT 1 FROM leads l"
     };
-    let mut sql = sqlx::QueryBuilder::new(from);
-    query.push_filters(&mut sql)?;
-    Ok(sql.build_query_scalar().persistent(!query.has_search()).fetch_one(conn).await?)
+    let mut capped = sqlx::QueryBuilder::new(format!("SELECT count(*) FROM ({matching}"));
+    query.push_filters(&mut capped)?;
+    capped.push(" LIMIT ").push_bind(exact_up_to + 1).push(") matching");
+    let count: i64 = capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *conn).await?;
+    if count <= exact_up_to {
+        return Ok(Total { count, estimated: false });
+    }
+    let mut explain = sqlx::QueryBuilder::new(format!("EXPLAIN {matching}"));
+    query.push_filters(&mut explain)?;
+    let first_line: String = explain.build_query_scalar().persistent(false).fetch_one(&mut *conn).await?;
+    let estimate = rows_of_plan_line(&first_line) as i64;
+    Ok(Total { count: estimate.max(exact_up_to + 1), estimated: true })
 }
 
 /// Folds the count deltas into the totals, in one statement so that every snapshot sees each

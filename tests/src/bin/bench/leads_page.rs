@@ -491,18 +491,20 @@ async fn measure_list_leads_in_process(report: &mut Report, args: &Args, env: &T
         let query = lead::query::LeadQuery::parse(&list_request(&case.filter, String::new(), true))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for _ in 0..3 {
-            lead::read::list_leads(&pool, &query, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            lead::read::list_leads(&pool, &query, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let mut page = Vec::with_capacity(args.iterations);
         for _ in 0..args.iterations {
             let t = Instant::now();
-            lead::read::list_leads(&pool, &query, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            lead::read::list_leads(&pool, &query, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             page.push(t.elapsed());
         }
         let mut with_total = Vec::new();
         for _ in 0..(args.iterations / 5).max(5) {
             let t = Instant::now();
-            lead::read::list_leads(&pool, &query, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            lead::read::list_leads(&pool, &query, Some(Settings::default().lead.exact_total_up_to))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             with_total.push(t.elapsed());
         }
         let (p, t) = (stats(page), stats(with_total));
