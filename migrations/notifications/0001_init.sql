@@ -134,7 +134,7 @@ CREATE TABLE deliveries (
     id              bigserial   PRIMARY KEY,
     org_id          text        NOT NULL,
     endpoint_id     uuid        NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
-    message_id      text        NOT NULL REFERENCES messages (id),
+    message_id      text        NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
     state           text        NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed')),
     attempts        integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),

@@ -708,3 +708,48 @@ async fn an_attempt_is_cut_at_its_timeout_and_an_endpoint_failing_for_days_is_di
     assert!(enabled.disabled_reason.is_empty(), "{enabled:?}");
     platform.stop().await
 }
+
+#[tokio::test]
+async fn messages_past_the_retention_go_with_their_deliveries_and_log() -> anyhow::Result<()> {
+    let platform = Platform::start(&[ServiceName::Notifications]).await?;
+    let receiver = Receiver::accepting().await?;
+    let endpoint = platform.endpoint(&receiver.url(), &[]).await?;
+    let admin = platform.env.admin_pool().await?;
+    for (id, days) in [("ntf_old", 40), ("ntf_recent", 2)] {
+        sqlx::query(
+            "INSERT INTO notifications.messages (id, org_id, event_type, occurred_at, dedupe_key, for_admins, body, created_at) \
+             VALUES ($1, $2, 'followup.overdue', now(), $1, true, '{}', now() - make_interval(days => $3))",
+        )
+        .bind(id)
+        .bind(ORG)
+        .bind(days)
+        .execute(&admin)
+        .await?;
+        sqlx::query(
+            "INSERT INTO notifications.deliveries (org_id, endpoint_id, message_id, state) VALUES ($1, $2::uuid, $3, 'failed')",
+        )
+        .bind(ORG)
+        .bind(&endpoint.id)
+        .bind(id)
+        .execute(&admin)
+        .await?;
+    }
+    // A process starting prunes first, then every hour.
+    let Platform { env, node, .. } = platform;
+    node.stop().await?;
+    let node = env.start(&[ServiceName::Notifications]).await?;
+    let left = eventually(DEADLINE, "the old message pruned", || async {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT message_id FROM notifications.deliveries ORDER BY 1")
+            .fetch_all(&admin)
+            .await
+            .ok()?;
+        (ids.len() == 1).then_some(ids)
+    })
+    .await;
+    assert_eq!(left, ["ntf_recent"]);
+    let messages: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM notifications.messages ORDER BY 1").fetch_all(&admin).await?;
+    assert_eq!(messages, ["ntf_recent"]);
+    node.stop().await?;
+    env.cleanup().await
+}
