@@ -31,7 +31,8 @@ RUN find . -path ./target -prune -o \( -name '*.rs' -o -name '*.proto' \) -exec 
     && cargo build --release --locked -p leads --bin leads \
     && install -D -m 0755 target/release/leads /out/leads
 
-# glibc, libgcc and CA certificates, no shell; user nonroot (65532).
+# glibc, libgcc, CA certificates and tzdata (/usr/share/zoneinfo, where the assignment service
+# reads agents' named time zones such as Europe/Berlin), no shell; user nonroot (65532).
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=builder /out/leads /usr/local/bin/leads
 ENV LEADS_GRPC_HOST=0.0.0.0 \

@@ -2,20 +2,24 @@
 //! waits in `waiting_leads` until an available agent with room takes it, highest score first,
 //! then oldest.
 //!
-//! Capacity holds under any number of processes: an organisation's next lead is chosen and its
-//! agent's slot reserved (the waiting row's `reserved_for`) in one transaction under the
-//! organisation's advisory lock, an agent's load being its active leads in the `lead_agents`
-//! projection plus the leads reserved for it. Only then is the lead service asked; its answer
-//! turns the reservation into a held lead (in one transaction, so the slot is never counted
-//! zero times) or releases it. A reservation whose process died is settled from the lead
-//! service's answer after `reservation_timeout_secs`. There is no counter to drift: the load
-//! is counted from the projection each time.
+//! Capacity holds under any number of processes: an organisation's next leads (up to
+//! `LEADS_PER_BATCH`) are chosen and their agents' slots reserved (the waiting rows'
+//! `reserved_for`) in one transaction under the organisation's advisory lock, each pick counted
+//! against its agent before the next is weighed. An agent's load is a counter (`agent_loads`:
+//! its active leads in the `lead_agents` projection plus the leads reserved for it) that
+//! statement triggers keep in every transaction that changes either, so choosing reads one row
+//! per agent, however many leads they hold. Only then is the lead service asked, a call per
+//! lead, several at once; the answers turn the reservations into held leads (in one
+//! transaction, so a slot is never counted zero times) or release them. A reservation whose
+//! process died is settled from the lead service's answer after `reservation_timeout_secs`,
+//! its agents recounted from the projection in the same commit; the sweep recounts every agent
+//! every `RECONCILE_EVERY_SWEEPS` sweeps, correcting and counting (`LOAD_CORRECTIONS_METRIC`) any drift.
 
 use crate::{
     AssignmentContext,
     error::AssignmentError,
     handler::{self, AgentRow, LeadHolder, Presence, Recorded},
-    routing::{self, WorkingHours},
+    routing::{self, AgentZone, WorkingHours},
     settings::{self, Policy},
 };
 use chrono::{DateTime, Utc};
@@ -30,7 +34,7 @@ use uuid::Uuid;
 /// Who the lead's history names for an assignment made by the platform.
 pub const SYSTEM_ACTOR: &str = "system";
 /// Leads an organisation is handed in one go before the others get their turn.
-const LEADS_PER_TURN: usize = 200;
+const LEADS_PER_TURN: usize = 1000;
 const MAX_WAITING_PAGE: i32 = 500;
 
 /// Applies every lead event to the waiting queue: a new active unassigned lead of an
@@ -251,6 +255,7 @@ struct CandidateRow {
     available: bool,
     skills: Vec<String>,
     utc_offset_minutes: Option<i32>,
+    time_zone: Option<String>,
     work_days: Option<i16>,
     work_start_minute: Option<i32>,
     work_end_minute: Option<i32>,
@@ -259,8 +264,9 @@ struct CandidateRow {
 impl CandidateRow {
     /// Outside its working hours an agent counts as away.
     fn at(self, now: DateTime<Utc>) -> Candidate {
+        let zone = AgentZone::from_columns(self.utc_offset_minutes, self.time_zone.as_deref());
         let working = WorkingHours::from_columns(self.work_days, self.work_start_minute, self.work_end_minute)
-            .is_none_or(|hours| hours.contains(self.utc_offset_minutes, now));
+            .is_none_or(|hours| hours.contains(zone.offset_minutes_at(now), now));
         Candidate {
             agent_id: self.agent_id,
             capacity: self.capacity,
@@ -353,6 +359,13 @@ struct Reservation {
     expected_version: Option<i64>,
 }
 
+/// Leads reserved together under the organisation's lock, handed over concurrently and settled
+/// in one transaction, in the order they were chosen.
+struct Batch {
+    policy: Policy,
+    reservations: Vec<Reservation>,
+}
+
 /// A lead waiting to be handed out, as the dispatcher weighs it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Waiting {
@@ -374,9 +387,14 @@ pub fn untouched_reason(minutes: i32) -> String {
     format!("untouched for {minutes} {unit}")
 }
 
-/// Waiting leads weighed in one reservation: a lead nobody can take (its agent who replied is
+/// Leads reserved in one transaction: three commits and one lock serve this many.
+const LEADS_PER_BATCH: usize = 100;
+/// Waiting leads weighed beyond a batch: a lead nobody can take (its agent who replied is
 /// full, or only the agent it is taken from has room) does not hold up the ones behind it.
-const WEIGHED_PER_RESERVATION: i64 = 50;
+const WEIGHED_BEYOND_BATCH: i64 = 50;
+/// AssignLeads calls in flight for one batch: the lead service answers each under the lead's
+/// lock, so they run side by side.
+const CALLS_IN_FLIGHT: usize = 16;
 
 impl Waiting {
     /// The policy's pick among the agents with the skill the lead needs, if any; the agent who
@@ -409,9 +427,12 @@ impl Waiting {
     }
 }
 
-/// Chooses the organisation's next waiting lead and its agent and reserves the slot, under the
-/// organisation's lock; `None` when nothing waits, nobody has room, or the policy is off.
-async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Reservation>, AssignmentError> {
+/// Chooses the organisation's next waiting leads and their agents and reserves the slots, up to
+/// `LEADS_PER_BATCH`, in one transaction under the organisation's lock; `None` when nothing
+/// waits, nobody has room, or the policy is off. Each pick counts against its agent's load and
+/// stamps it as the most recently served before the next pick is weighed, so a batch hands out
+/// leads exactly as one lead at a time would.
+async fn reserve_batch(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Batch>, AssignmentError> {
     let mut tx = ctx.pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('assignment dispatch ' || $1, 0))")
         .bind(org_id)
@@ -421,15 +442,20 @@ async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Re
     if settings.policy == Policy::Off {
         return Ok(None);
     }
+    // The counters, less any lead reserved for the agent that already holds it (its event
+    // recorded the holder before the reservation was settled): counted once, as it is one.
     let rows: Vec<CandidateRow> = sqlx::query_as(
         "SELECT a.agent_id, coalesce(a.capacity, $2) AS capacity, a.last_assigned_at, a.skills, \
-           a.utc_offset_minutes, a.work_days, a.work_start_minute, a.work_end_minute, \
-           (SELECT count(*) FROM ( \
-              SELECT l.lead_id FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active \
-              UNION SELECT w.lead_id FROM waiting_leads w WHERE w.org_id = a.org_id AND w.reserved_for = a.agent_id \
-            ) held) AS load, \
+           a.utc_offset_minutes, a.time_zone, a.work_days, a.work_start_minute, a.work_end_minute, \
+           coalesce(c.held + c.reserved, 0) - coalesce(twice.leads, 0) AS load, \
            (a.presence = 'available' AND a.presence_seen_at > now() - make_interval(secs => $3)) AS available \
          FROM agents a \
+         LEFT JOIN agent_loads c ON c.org_id = a.org_id AND c.agent_id = a.agent_id \
+         LEFT JOIN (SELECT w.reserved_for AS agent_id, count(*) AS leads FROM waiting_leads w \
+                    JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
+                      AND l.agent_id = w.reserved_for AND l.active \
+                    WHERE w.org_id = $1 AND w.reserved_for IS NOT NULL GROUP BY w.reserved_for) twice \
+           ON twice.agent_id = a.agent_id \
          WHERE a.org_id = $1 AND a.active",
     )
     .bind(org_id)
@@ -437,94 +463,173 @@ async fn reserve_next(ctx: &AssignmentContext, org_id: &str) -> Result<Option<Re
     .bind(ctx.settings.presence_grace_secs as f64)
     .fetch_all(&mut *tx)
     .await?;
-    let now = Utc::now();
-    let candidates: Vec<Candidate> = rows.into_iter().map(|row| row.at(now)).collect();
-    if !candidates.iter().any(|c| c.load < i64::from(c.capacity)) {
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    let mut candidates: Vec<Candidate> = rows.into_iter().map(|row| row.at(now)).collect();
+    let has_room = |candidates: &[Candidate]| candidates.iter().any(|c| c.load < i64::from(c.capacity));
+    if !has_room(&candidates) {
         return Ok(None);
     }
     // The first leads in turn, then any later one an agent who replied to may take.
     let waiting: Vec<Waiting> = sqlx::query_as(
-        "(SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
-           w.lead_created_at, l.channel, l.source FROM waiting_leads w \
-          LEFT JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
-          WHERE w.org_id = $1 AND w.reserved_for IS NULL \
-          ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $2) \
-         UNION \
-         (SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
-           w.lead_created_at, l.channel, l.source FROM waiting_leads w \
-          LEFT JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
-          WHERE w.org_id = $1 AND w.reserved_for IS NULL AND w.claimed_by IS NOT NULL \
-          ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $3) \
-         ORDER BY score DESC NULLS LAST, lead_created_at, lead_id",
+        "SELECT q.*, \
+           (SELECT p.agent_id FROM lead_agents me \
+            JOIN lead_agents p ON p.org_id = me.org_id AND p.contact_id = me.contact_id AND p.lead_id < me.lead_id \
+            WHERE me.org_id = $1 AND me.lead_id = q.lead_id AND p.agent_id IS NOT NULL \
+            ORDER BY p.lead_id DESC LIMIT 1) AS previous_agent \
+         FROM ( \
+          (SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
+             w.lead_created_at, l.channel, l.source FROM waiting_leads w \
+            LEFT JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
+            WHERE w.org_id = $1 AND w.reserved_for IS NULL \
+            ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $2) \
+          UNION \
+          (SELECT w.lead_id, w.claimed_by, w.taken_from, w.expected_version, w.untouched_minutes, w.score, \
+             w.lead_created_at, l.channel, l.source FROM waiting_leads w \
+            LEFT JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
+            WHERE w.org_id = $1 AND w.reserved_for IS NULL AND w.claimed_by IS NOT NULL \
+            ORDER BY w.score DESC NULLS LAST, w.lead_created_at, w.lead_id LIMIT $3) \
+         ) q ORDER BY q.score DESC NULLS LAST, q.lead_created_at, q.lead_id",
     )
     .bind(org_id)
-    .bind(WEIGHED_PER_RESERVATION)
+    .bind(LEADS_PER_BATCH as i64 + WEIGHED_BEYOND_BATCH)
     .bind(i64::from(MAX_WAITING_PAGE))
     .fetch_all(&mut *tx)
     .await?;
-    let mut next = None;
-    for mut lead in waiting {
-        // Asked per lead weighed, not per lead waiting.
-        lead.previous_agent = sqlx::query_scalar(
-            "SELECT p.agent_id FROM lead_agents me \
-             JOIN lead_agents p ON p.org_id = me.org_id AND p.contact_id = me.contact_id AND p.lead_id < me.lead_id \
-             WHERE me.org_id = $1 AND me.lead_id = $2 AND p.agent_id IS NOT NULL \
-             ORDER BY p.lead_id DESC LIMIT 1",
-        )
-        .bind(org_id)
-        .bind(lead.lead_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let needs_skill =
-            routing::needed_skill(&settings.skill_routes, lead.channel.as_deref(), lead.source.as_deref());
-        if let Some(choice) = lead.choice(settings.policy, &candidates, needs_skill) {
-            next = Some((lead, choice));
+    // Later than any agent was served, so that each pick of this batch is the latest.
+    let served_from = candidates.iter().filter_map(|c| c.last_assigned_at).max().map_or(now, |last| last.max(now));
+    let mut picks: Vec<(Waiting, Choice, DateTime<Utc>)> = Vec::new();
+    for lead in waiting {
+        if picks.len() == LEADS_PER_BATCH || !has_room(&candidates) {
             break;
         }
+        let needs_skill =
+            routing::needed_skill(&settings.skill_routes, lead.channel.as_deref(), lead.source.as_deref());
+        let Some(choice) = lead.choice(settings.policy, &candidates, needs_skill) else { continue };
+        let served_at = served_from + chrono::Duration::microseconds(picks.len() as i64 + 1);
+        if let Some(agent) = candidates.iter_mut().find(|c| c.agent_id == choice.agent_id) {
+            agent.load += 1;
+            agent.last_assigned_at = Some(served_at);
+        }
+        picks.push((lead, choice, served_at));
     }
-    let Some((lead, choice)) = next else { return Ok(None) };
+    if picks.is_empty() {
+        return Ok(None);
+    }
     // Stamped now rather than when the lead service answers, so that the next choice, in this
-    // process or another, already sees this agent as the most recently served.
-    let reserved_at: DateTime<Utc> = sqlx::query_scalar(
-        "WITH reserved AS ( \
-           UPDATE waiting_leads SET reserved_for = $3, reserved_at = now() WHERE org_id = $1 AND lead_id = $2 \
-           RETURNING reserved_at \
-         ), stamped AS ( \
-           UPDATE agents SET last_assigned_at = now() WHERE org_id = $1 AND agent_id = $3 \
-         ) SELECT reserved_at FROM reserved",
+    // process or another, already sees these agents as the most recently served. Agents first,
+    // then the counters (through the reservations), as a settlement locks them.
+    let mut served: Vec<(&str, DateTime<Utc>)> = picks.iter().map(|(_, c, at)| (c.agent_id.as_str(), *at)).collect();
+    served.sort();
+    served.reverse();
+    served.dedup_by(|later, first| later.0 == first.0);
+    served.reverse();
+    sqlx::query(
+        "UPDATE agents a SET last_assigned_at = greatest(a.last_assigned_at, t.at) \
+         FROM UNNEST($2::text[], $3::timestamptz[]) AS t(agent_id, at) \
+         WHERE a.org_id = $1 AND a.agent_id = t.agent_id",
     )
     .bind(org_id)
-    .bind(lead.lead_id)
-    .bind(&choice.agent_id)
-    .fetch_one(&mut *tx)
+    .bind(served.iter().map(|(agent, _)| *agent).collect::<Vec<_>>())
+    .bind(served.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    let reserved: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE waiting_leads w SET reserved_for = t.agent_id, reserved_at = now() \
+         FROM UNNEST($2::uuid[], $3::text[]) AS t(lead_id, agent_id) \
+         WHERE w.org_id = $1 AND w.lead_id = t.lead_id AND w.reserved_for IS NULL \
+         RETURNING w.lead_id, w.reserved_at",
+    )
+    .bind(org_id)
+    .bind(picks.iter().map(|(lead, _, _)| lead.lead_id).collect::<Vec<_>>())
+    .bind(picks.iter().map(|(_, choice, _)| choice.agent_id.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(Reservation {
-        org_id: org_id.to_owned(),
-        lead_id: lead.lead_id,
-        agent_id: choice.agent_id,
-        reserved_at,
-        reason: choice.reason,
-        taken_from: lead.taken_from,
-        expected_version: lead.expected_version,
-    }))
+    let reserved_at: std::collections::HashMap<Uuid, DateTime<Utc>> = reserved.into_iter().collect();
+    let reservations = picks
+        .into_iter()
+        .filter_map(|(lead, choice, _)| {
+            Some(Reservation {
+                org_id: org_id.to_owned(),
+                lead_id: lead.lead_id,
+                reserved_at: *reserved_at.get(&lead.lead_id)?,
+                agent_id: choice.agent_id,
+                reason: choice.reason,
+                taken_from: lead.taken_from,
+                expected_version: lead.expected_version,
+            })
+        })
+        .collect();
+    Ok(Some(Batch { policy: settings.policy, reservations }))
 }
 
 /// Hands out the organisation's waiting leads while agents have room.
 async fn dispatch_org(ctx: &AssignmentContext, org_id: &str, token: &CancellationToken) -> Result<(), AssignmentError> {
-    for _ in 0..LEADS_PER_TURN {
-        if token.is_cancelled() {
+    let mut handed = 0;
+    while handed < LEADS_PER_TURN && !token.is_cancelled() {
+        let Some(batch) = platform::error::retry_transient(|| reserve_batch(ctx, org_id)).await? else { break };
+        if batch.reservations.is_empty() {
             break;
         }
-        let Some(reservation) = platform::error::retry_transient(|| reserve_next(ctx, org_id)).await? else { break };
-        hand_over(ctx, &reservation).await?;
+        handed += batch.reservations.len();
+        hand_over(ctx, &batch).await?;
     }
     Ok(())
 }
 
-/// Asks the lead service to assign the reserved lead, then turns the reservation into a held
-/// lead or releases it.
-async fn hand_over(ctx: &AssignmentContext, r: &Reservation) -> Result<(), AssignmentError> {
+/// Asks the lead service to assign each reserved lead (`CALLS_IN_FLIGHT` at a time), then turns
+/// the reservations into held leads or releases them, in one transaction; a call that went
+/// unanswered is settled from the lead afterwards.
+async fn hand_over(ctx: &AssignmentContext, batch: &Batch) -> Result<(), AssignmentError> {
+    let mut calls = tokio::task::JoinSet::new();
+    let mut answers: Vec<Option<Result<pb::LeadAssignment, tonic::Status>>> =
+        (0..batch.reservations.len()).map(|_| None).collect();
+    let mut next = batch.reservations.iter().enumerate();
+    loop {
+        while calls.len() < CALLS_IN_FLIGHT
+            && let Some((index, r)) = next.next()
+        {
+            let (ctx, r) = (ctx.clone(), r.clone());
+            calls.spawn(async move { (index, call_assign(&ctx, &r).await) });
+        }
+        let Some(done) = calls.join_next().await else { break };
+        let (index, answer) =
+            done.map_err(|error| AssignmentError::Protocol(format!("assign call panicked: {error}")))?;
+        answers[index] = Some(answer);
+    }
+    let mut settled = Vec::with_capacity(answers.len());
+    let mut unanswered = Vec::new();
+    for (r, answer) in batch.reservations.iter().zip(answers) {
+        match answer {
+            Some(Ok(result)) => settled.push((r, answer_of(r, &result))),
+            Some(Err(status)) => {
+                // It may have been assigned before the answer was lost: the lead service knows.
+                tracing::warn!(org_id = %r.org_id, lead_id = %r.lead_id, agent_id = %r.agent_id, error = %status,
+                    "automatic assignment unanswered, settling it from the lead");
+                unanswered.push(r);
+            }
+            None => unanswered.push(r),
+        }
+    }
+    let assigned = platform::error::retry_transient(|| apply_answers(ctx, &settled)).await?;
+    if assigned > 0 {
+        metrics::counter!(AUTO_ASSIGNMENTS_METRIC, "service" => "assignment", "policy" => batch.policy.as_str())
+            .increment(assigned);
+        tracing::info!(org_id = %batch.reservations[0].org_id, assigned, reserved = batch.reservations.len(),
+            "leads assigned automatically");
+    }
+    for r in unanswered {
+        settle_from_lead(ctx, r).await?;
+    }
+    Ok(())
+}
+
+/// Automatic assignments made, by policy.
+pub const AUTO_ASSIGNMENTS_METRIC: &str = "leads_auto_assignments_total";
+/// Agents whose load counter was found off the projection and corrected.
+pub const LOAD_CORRECTIONS_METRIC: &str = "leads_assignment_load_corrections_total";
+
+async fn call_assign(ctx: &AssignmentContext, r: &Reservation) -> Result<pb::LeadAssignment, tonic::Status> {
     let mut request = tonic::Request::new(pb::AssignLeadsRequest {
         org_id: r.org_id.clone(),
         lead_ids: vec![r.lead_id.to_string()],
@@ -538,19 +643,12 @@ async fn hand_over(ctx: &AssignmentContext, r: &Reservation) -> Result<(), Assig
         expected_versions: r.expected_version.map(|v| (r.lead_id.to_string(), v)).into_iter().collect(),
     });
     request.set_timeout(ctx.call_timeout());
-    let answer = match ctx.lead.clone().assign_leads(request).await {
-        Ok(answer) => answer.into_inner().results.into_iter().next(),
-        Err(status) => {
-            // It may have been assigned before the answer was lost: the lead service knows.
-            tracing::warn!(org_id = %r.org_id, lead_id = %r.lead_id, agent_id = %r.agent_id, error = %status,
-                "automatic assignment unanswered, settling it from the lead");
-            return settle_from_lead(ctx, r).await;
-        }
-    };
-    let Some(result) = answer else {
-        return Err(AssignmentError::Protocol("AssignLeads answered no result".into()));
-    };
-    let answer = match pb::BulkOutcome::try_from(result.outcome) {
+    let answer = ctx.lead.clone().assign_leads(request).await?.into_inner().results.into_iter().next();
+    answer.ok_or_else(|| tonic::Status::internal("AssignLeads answered no result"))
+}
+
+fn answer_of(r: &Reservation, result: &pb::LeadAssignment) -> Answer {
+    match pb::BulkOutcome::try_from(result.outcome) {
         Ok(outcome @ (pb::BulkOutcome::Changed | pb::BulkOutcome::Unchanged)) => Answer::Held {
             changed: outcome == pb::BulkOutcome::Changed,
             version: result.lead_version,
@@ -561,13 +659,7 @@ async fn hand_over(ctx: &AssignmentContext, r: &Reservation) -> Result<(), Assig
         // An untouched lead that moved meanwhile stays where it is; the sweep looks again.
         _ if r.taken_from.is_some() => Answer::Gone,
         _ => Answer::Release,
-    };
-    platform::error::retry_transient(|| apply_answer(ctx, r, &answer)).await?;
-    if let Answer::Held { changed: true, .. } = answer {
-        tracing::info!(org_id = %r.org_id, lead_id = %r.lead_id, agent_id = %r.agent_id, reason = %r.reason,
-            "lead assigned automatically");
     }
-    Ok(())
 }
 
 /// What the lead service's answer means for a reservation.
@@ -582,11 +674,27 @@ enum Answer {
     Release,
 }
 
-async fn apply_answer(ctx: &AssignmentContext, r: &Reservation, answer: &Answer) -> Result<(), AssignmentError> {
+/// Settles the reservations in one transaction; answers how many leads this assigned.
+async fn apply_answers(ctx: &AssignmentContext, settled: &[(&Reservation, Answer)]) -> Result<u64, AssignmentError> {
+    if settled.is_empty() {
+        return Ok(0);
+    }
     let mut tx = ctx.pool.begin().await?;
-    match *answer {
-        Answer::Held { changed: true, version, at } => {
-            let held = Recorded {
+    let assigned = apply_answers_in(&mut tx, settled).await?;
+    tx.commit().await?;
+    Ok(assigned)
+}
+
+async fn apply_answers_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    settled: &[(&Reservation, Answer)],
+) -> Result<u64, AssignmentError> {
+    let mut assigned = Vec::new();
+    let mut holders = Vec::new();
+    let mut released = Vec::new();
+    for (r, answer) in settled {
+        match *answer {
+            Answer::Held { changed: true, version, at } => assigned.push(Recorded {
                 org_id: r.org_id.clone(),
                 lead_id: r.lead_id,
                 lead_version: version,
@@ -596,52 +704,178 @@ async fn apply_answer(ctx: &AssignmentContext, r: &Reservation, answer: &Answer)
                 reason: Some(r.reason.clone()),
                 at,
                 active: true,
-            };
-            handler::record_assignments_in(&mut tx, vec![held]).await?;
-            forget(&mut tx, r).await?;
-        }
-        Answer::Held { changed: false, version, .. } => {
-            let holder = LeadHolder {
+            }),
+            Answer::Held { changed: false, version, .. } => holders.push(LeadHolder {
                 org_id: r.org_id.clone(),
                 lead_id: r.lead_id,
                 agent_id: Some(r.agent_id.clone()),
                 active: true,
                 version,
-            };
-            handler::upsert_holders(&mut tx, &[holder]).await?;
-            forget(&mut tx, r).await?;
-        }
-        Answer::Gone => forget(&mut tx, r).await?,
-        Answer::Release => {
-            sqlx::query(
-                "UPDATE waiting_leads SET reserved_for = NULL, reserved_at = NULL \
-                 WHERE org_id = $1 AND lead_id = $2 AND reserved_for = $3 AND reserved_at = $4",
-            )
-            .bind(&r.org_id)
-            .bind(r.lead_id)
-            .bind(&r.agent_id)
-            .bind(r.reserved_at)
-            .execute(&mut *tx)
-            .await?;
+            }),
+            Answer::Gone => {}
+            Answer::Release => released.push(*r),
         }
     }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// The lead waits no more.
-async fn forget(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, r: &Reservation) -> Result<(), AssignmentError> {
-    sqlx::query("DELETE FROM waiting_leads WHERE org_id = $1 AND lead_id = $2")
-        .bind(&r.org_id)
-        .bind(r.lead_id)
+    let count = assigned.len() as u64;
+    // The lead service's times order the agents as the calls happened to finish; restamped in
+    // the order they were chosen, so that round robin goes on where the batch left off.
+    let mut served: Vec<(&str, &str, usize)> = settled
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, answer))| matches!(answer, Answer::Held { changed: true, .. }))
+        .map(|(order, (r, _))| (r.org_id.as_str(), r.agent_id.as_str(), order))
+        .collect();
+    let latest = assigned.iter().map(|a| a.at).max();
+    if !assigned.is_empty() {
+        handler::record_assignments_in(tx, assigned).await?;
+    }
+    if !holders.is_empty() {
+        holders.sort_by(|a, b| (&a.org_id, a.lead_id).cmp(&(&b.org_id, b.lead_id)));
+        handler::upsert_holders(tx, &holders).await?;
+    }
+    if let Some(latest) = latest {
+        served.sort_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
+        served.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
+        sqlx::query(
+            "UPDATE agents a SET last_assigned_at = greatest(a.last_assigned_at, t.at) \
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS t(org_id, agent_id, at) \
+             WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id",
+        )
+        .bind(served.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(served.iter().map(|s| s.1).collect::<Vec<_>>())
+        .bind(served.iter().map(|s| latest + chrono::Duration::microseconds(s.2 as i64 + 1)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    }
+    let forgotten: Vec<&Reservation> =
+        settled.iter().filter(|(_, answer)| !matches!(answer, Answer::Release)).map(|(r, _)| *r).collect();
+    if !forgotten.is_empty() {
+        sqlx::query(
+            "DELETE FROM waiting_leads w USING UNNEST($1::text[], $2::uuid[]) AS t(org_id, lead_id) \
+             WHERE w.org_id = t.org_id AND w.lead_id = t.lead_id",
+        )
+        .bind(forgotten.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+        .bind(forgotten.iter().map(|r| r.lead_id).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !released.is_empty() {
+        sqlx::query(
+            "UPDATE waiting_leads w SET reserved_for = NULL, reserved_at = NULL \
+             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::timestamptz[]) AS t(org_id, lead_id, agent_id, at) \
+             WHERE w.org_id = t.org_id AND w.lead_id = t.lead_id AND w.reserved_for = t.agent_id \
+               AND w.reserved_at = t.at",
+        )
+        .bind(released.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+        .bind(released.iter().map(|r| r.lead_id).collect::<Vec<_>>())
+        .bind(released.iter().map(|r| r.agent_id.as_str()).collect::<Vec<_>>())
+        .bind(released.iter().map(|r| r.reserved_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(count)
+}
+
+/// An agent's load counter as it was and as the projection has it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LoadDrift {
+    pub agent_id: String,
+    pub counted_held: i64,
+    pub counted_reserved: i64,
+    pub held: i64,
+    pub reserved: i64,
+}
+
+/// Recounts the load of the organisation's `agents` (all with `None`) from the projection and
+/// the reservations, and corrects the counters that drifted; answers those. The counters are
+/// locked before counting, so that a transaction changing an agent's leads meanwhile either
+/// committed before the count or adds its change to the corrected counter after.
+pub async fn recount_loads(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    org_id: &str,
+    agents: Option<&[String]>,
+) -> Result<Vec<LoadDrift>, AssignmentError> {
+    sqlx::query(
+        "SELECT agent_id FROM agent_loads WHERE org_id = $1 AND ($2::text[] IS NULL OR agent_id = ANY($2)) \
+         ORDER BY agent_id FOR UPDATE",
+    )
+    .bind(org_id)
+    .bind(agents)
+    .execute(&mut **tx)
+    .await?;
+    let drifts: Vec<LoadDrift> = sqlx::query_as(
+        "WITH truth AS ( \
+           SELECT agent_id, sum(held)::bigint AS held, sum(reserved)::bigint AS reserved FROM ( \
+             SELECT agent_id, count(*) AS held, 0::bigint AS reserved FROM lead_agents \
+             WHERE org_id = $1 AND active AND agent_id IS NOT NULL AND ($2::text[] IS NULL OR agent_id = ANY($2)) \
+             GROUP BY agent_id \
+             UNION ALL \
+             SELECT reserved_for, 0, count(*) FROM waiting_leads \
+             WHERE org_id = $1 AND reserved_for IS NOT NULL AND ($2::text[] IS NULL OR reserved_for = ANY($2)) \
+             GROUP BY reserved_for \
+           ) t GROUP BY agent_id \
+         ), counted AS ( \
+           SELECT agent_id, held, reserved FROM agent_loads \
+           WHERE org_id = $1 AND ($2::text[] IS NULL OR agent_id = ANY($2)) \
+         ) \
+         SELECT coalesce(t.agent_id, c.agent_id) AS agent_id, coalesce(c.held, 0) AS counted_held, \
+           coalesce(c.reserved, 0) AS counted_reserved, coalesce(t.held, 0) AS held, \
+           coalesce(t.reserved, 0) AS reserved \
+         FROM truth t FULL JOIN counted c ON c.agent_id = t.agent_id \
+         WHERE coalesce(c.held, 0) <> coalesce(t.held, 0) OR coalesce(c.reserved, 0) <> coalesce(t.reserved, 0) \
+         ORDER BY 1",
+    )
+    .bind(org_id)
+    .bind(agents)
+    .fetch_all(&mut **tx)
+    .await?;
+    if !drifts.is_empty() {
+        sqlx::query(
+            "INSERT INTO agent_loads (org_id, agent_id, held, reserved) \
+             SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT (org_id, agent_id) DO UPDATE SET held = excluded.held, reserved = excluded.reserved",
+        )
+        .bind(org_id)
+        .bind(drifts.iter().map(|d| d.agent_id.as_str()).collect::<Vec<_>>())
+        .bind(drifts.iter().map(|d| d.held).collect::<Vec<_>>())
+        .bind(drifts.iter().map(|d| d.reserved).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    for d in &drifts {
+        tracing::warn!(org_id, agent_id = %d.agent_id, counted_held = d.counted_held, held = d.held,
+            counted_reserved = d.counted_reserved, reserved = d.reserved, "agent load counter drifted, corrected");
+    }
+    if !drifts.is_empty() {
+        metrics::counter!(LOAD_CORRECTIONS_METRIC, "service" => "assignment").increment(drifts.len() as u64);
+    }
+    Ok(drifts)
+}
+
+/// Recounts every organisation's agents, one organisation per transaction.
+async fn reconcile_loads(ctx: &AssignmentContext) -> Result<usize, AssignmentError> {
+    let orgs: Vec<String> =
+        sqlx::query_scalar("SELECT org_id FROM agents UNION SELECT org_id FROM agent_loads ORDER BY 1")
+            .fetch_all(&ctx.pool)
+            .await?;
+    let mut corrected = 0;
+    for org_id in orgs {
+        corrected += platform::error::retry_transient(|| async {
+            let mut tx = ctx.pool.begin().await?;
+            let drifts = recount_loads(&mut tx, &org_id, None).await?;
+            tx.commit().await?;
+            Ok::<_, AssignmentError>(drifts.len())
+        })
+        .await?;
+    }
+    Ok(corrected)
 }
 
 /// Settles a reservation whose hand-over went unanswered from the lead as the lead service
 /// has it: held by an agent (who is recorded as holding it in the same commit that ends the
-/// reservation), closed or gone, or still unassigned (waiting again).
+/// reservation), closed or gone, or still unassigned (waiting again). The agents involved are
+/// recounted from the projection in that commit: whatever a dead process left half done, their
+/// counters come out right.
 async fn settle_from_lead(ctx: &AssignmentContext, r: &Reservation) -> Result<(), AssignmentError> {
     let mut request =
         tonic::Request::new(pb::GetLeadRequest { org_id: r.org_id.clone(), lead_id: r.lead_id.to_string() });
@@ -651,30 +885,38 @@ async fn settle_from_lead(ctx: &AssignmentContext, r: &Reservation) -> Result<()
         Err(status) if status.code() == tonic::Code::NotFound => None,
         Err(status) => return Err(status.into()),
     };
-    let answer = match lead {
-        Some(lead) if lead.active && lead.agent_id.is_empty() => Answer::Release,
-        Some(lead) if !lead.agent_id.is_empty() => {
-            // Held by someone: recorded as held (closed or not) in the commit that ends the
-            // reservation, the history left to the lead's events.
-            let holder = LeadHolder {
-                org_id: r.org_id.clone(),
-                lead_id: r.lead_id,
-                agent_id: Some(lead.agent_id),
-                active: lead.active,
-                version: lead.version,
-            };
-            return platform::error::retry_transient(|| async {
-                let mut tx = ctx.pool.begin().await?;
+    platform::error::retry_transient(|| async {
+        let mut tx = ctx.pool.begin().await?;
+        let mut agents = vec![r.agent_id.clone()];
+        match &lead {
+            Some(lead) if lead.active && lead.agent_id.is_empty() => {
+                apply_answers_in(&mut tx, &[(r, Answer::Release)]).await?;
+            }
+            Some(lead) if !lead.agent_id.is_empty() => {
+                // Held by someone: recorded as held (closed or not) in the commit that ends the
+                // reservation, the history left to the lead's events.
+                let holder = LeadHolder {
+                    org_id: r.org_id.clone(),
+                    lead_id: r.lead_id,
+                    agent_id: Some(lead.agent_id.clone()),
+                    active: lead.active,
+                    version: lead.version,
+                };
                 handler::upsert_holders(&mut tx, std::slice::from_ref(&holder)).await?;
-                forget(&mut tx, r).await?;
-                tx.commit().await?;
-                Ok::<_, AssignmentError>(())
-            })
-            .await;
+                apply_answers_in(&mut tx, &[(r, Answer::Gone)]).await?;
+                agents.push(lead.agent_id.clone());
+            }
+            Some(_) | None => {
+                apply_answers_in(&mut tx, &[(r, Answer::Gone)]).await?;
+            }
         }
-        Some(_) | None => Answer::Gone,
-    };
-    platform::error::retry_transient(|| apply_answer(ctx, r, &answer)).await
+        agents.sort();
+        agents.dedup();
+        recount_loads(&mut tx, &r.org_id, Some(&agents)).await?;
+        tx.commit().await?;
+        Ok::<_, AssignmentError>(())
+    })
+    .await
 }
 
 /// Reservations older than the timeout: their process died or lost its way.
@@ -703,6 +945,10 @@ async fn settle_stale(ctx: &AssignmentContext) -> Result<(), AssignmentError> {
     Ok(())
 }
 
+/// Every agent's load counter is checked against the projection once in this many sweeps (a
+/// minute at the default sweep): it counts every lead held.
+const RECONCILE_EVERY_SWEEPS: u32 = 12;
+
 /// One pass over every organisation with leads waiting.
 async fn dispatch_all(ctx: &AssignmentContext, token: &CancellationToken) -> Result<(), AssignmentError> {
     let orgs: Vec<String> =
@@ -724,7 +970,17 @@ async fn dispatch_all(ctx: &AssignmentContext, token: &CancellationToken) -> Res
 pub async fn dispatch_until(ctx: AssignmentContext, token: CancellationToken) -> anyhow::Result<()> {
     let sweep = Duration::from_secs(ctx.settings.sweep_interval_secs);
     let mut next_sweep = tokio::time::Instant::now();
+    let reconcile_every = sweep * RECONCILE_EVERY_SWEEPS;
+    let mut next_reconcile = tokio::time::Instant::now() + reconcile_every;
     loop {
+        if tokio::time::Instant::now() >= next_reconcile {
+            match reconcile_loads(&ctx).await {
+                Ok(0) => {}
+                Ok(corrected) => tracing::warn!(corrected, "agent load counters corrected from the projection"),
+                Err(error) => tracing::warn!(%error, "agent load counters not reconciled yet"),
+            }
+            next_reconcile = tokio::time::Instant::now() + reconcile_every;
+        }
         if tokio::time::Instant::now() >= next_sweep {
             if let Err(error) = settle_stale(&ctx).await {
                 tracing::warn!(%error, "stale reservations not settled yet");
@@ -1020,6 +1276,7 @@ mod tests {
             available: true,
             skills: Vec::new(),
             utc_offset_minutes: Some(120),
+            time_zone: None,
             work_days: days,
             work_start_minute: days.map(|_| 9 * 60),
             work_end_minute: days.map(|_| 17 * 60),

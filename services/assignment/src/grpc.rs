@@ -57,7 +57,7 @@ fn agent_to_proto(ctx: &AssignmentContext, agent: AgentRow) -> pb::Agent {
         presence: presence.to_proto().into(),
         last_seen_at: agent.presence_seen_at.map(timestamp),
         last_assigned_at: agent.last_assigned_at.map(timestamp),
-        time_zone: routing::format_time_zone(agent.utc_offset_minutes),
+        time_zone: agent.zone().format(),
         working_hours: agent.working_hours().map(WorkingHours::to_proto),
         skills: agent.skills,
         org_id: agent.org_id,
@@ -96,7 +96,7 @@ impl AssignmentService for AssignmentApi {
         if let Some(zone) = &request.time_zone {
             bounded("time_zone", zone, limits::MAX_NAME_CHARS).map_err(AssignmentError::from)?;
         }
-        let utc_offset_minutes = request.time_zone.as_deref().map(routing::parse_time_zone).transpose()?;
+        let time_zone = request.time_zone.as_deref().map(routing::parse_time_zone).transpose()?;
         let working_hours = request.working_hours.as_ref().map(WorkingHours::parse).transpose()?;
         let agent = handler::upsert_agent(
             &self.ctx,
@@ -108,7 +108,7 @@ impl AssignmentService for AssignmentApi {
                 active: request.active,
                 capacity: request.capacity,
                 skills,
-                utc_offset_minutes,
+                time_zone,
                 working_hours,
             },
         )

@@ -3,7 +3,11 @@
 //! agent, asks the lead service, and keeps the history and each agent's open leads from the
 //! lead service's events.
 
-use crate::{AssignmentContext, error::AssignmentError, routing::WorkingHours};
+use crate::{
+    AssignmentContext,
+    error::AssignmentError,
+    routing::{AgentZone, WorkingHours},
+};
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::lead::{LeadChange, LeadEvent};
@@ -31,8 +35,10 @@ pub struct AgentRow {
     pub presence_seen_at: Option<DateTime<Utc>>,
     pub last_assigned_at: Option<DateTime<Utc>>,
     pub skills: Vec<String>,
-    /// Minutes east of UTC; `None`: UTC.
+    /// Minutes east of UTC; `None`: UTC, or the named zone.
     pub utc_offset_minutes: Option<i32>,
+    /// A named IANA zone.
+    pub time_zone: Option<String>,
     pub work_days: Option<i16>,
     pub work_start_minute: Option<i32>,
     pub work_end_minute: Option<i32>,
@@ -42,6 +48,10 @@ impl AgentRow {
     /// `None`: always working.
     pub fn working_hours(&self) -> Option<WorkingHours> {
         WorkingHours::from_columns(self.work_days, self.work_start_minute, self.work_end_minute)
+    }
+
+    pub fn zone(&self) -> AgentZone {
+        AgentZone::from_columns(self.utc_offset_minutes, self.time_zone.as_deref())
     }
 }
 
@@ -109,8 +119,8 @@ pub struct UpsertAgent {
     pub capacity: Option<i32>,
     /// Replaces the agent's skills; `None` keeps them.
     pub skills: Option<Vec<String>>,
-    /// Minutes east of UTC (`Some(None)`: UTC); `None` keeps the agent's.
-    pub utc_offset_minutes: Option<Option<i32>>,
+    /// `None` keeps the agent's.
+    pub time_zone: Option<AgentZone>,
     /// `Some(None)`: always working; `None` keeps the agent's.
     pub working_hours: Option<Option<WorkingHours>>,
 }
@@ -134,7 +144,7 @@ const AGENT_COLUMNS: &str = "a.org_id, a.agent_id, a.name, a.email, a.active, a.
        AS open_leads, a.capacity, \
      coalesce(a.capacity, (SELECT s.default_capacity FROM org_settings s WHERE s.org_id = a.org_id), 10) \
        AS effective_capacity, a.presence, a.presence_seen_at, a.last_assigned_at, a.skills, a.utc_offset_minutes, \
-     a.work_days, a.work_start_minute, a.work_end_minute";
+     a.time_zone, a.work_days, a.work_start_minute, a.work_end_minute";
 
 /// Creates the agent, or changes what the request names: an empty name or email keeps the
 /// agent's, an absent `active` keeps its state (a new agent is active).
@@ -157,13 +167,14 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
     let hours = cmd.working_hours.flatten();
     sqlx::query(
         "INSERT INTO agents (org_id, agent_id, name, email, active, capacity, skills, utc_offset_minutes, \
-           work_days, work_start_minute, work_end_minute) \
-         VALUES ($1, $2, $3, $4, coalesce($5, true), nullif($6, 0), coalesce($7, '{}'), $9, $11, $12, $13) \
+           work_days, work_start_minute, work_end_minute, time_zone) \
+         VALUES ($1, $2, $3, $4, coalesce($5, true), nullif($6, 0), coalesce($7, '{}'), $9, $11, $12, $13, $14) \
          ON CONFLICT (org_id, agent_id) DO UPDATE SET name = coalesce(nullif($3, ''), agents.name), \
            email = coalesce($4, agents.email), active = coalesce($5, agents.active), \
            capacity = CASE WHEN $6::int IS NULL THEN agents.capacity ELSE nullif($6, 0) END, \
            skills = coalesce($7, agents.skills), \
            utc_offset_minutes = CASE WHEN $8 THEN $9 ELSE agents.utc_offset_minutes END, \
+           time_zone = CASE WHEN $8 THEN $14 ELSE agents.time_zone END, \
            work_days = CASE WHEN $10 THEN $11 ELSE agents.work_days END, \
            work_start_minute = CASE WHEN $10 THEN $12 ELSE agents.work_start_minute END, \
            work_end_minute = CASE WHEN $10 THEN $13 ELSE agents.work_end_minute END, updated_at = now()",
@@ -175,12 +186,13 @@ pub async fn upsert_agent(ctx: &AssignmentContext, cmd: UpsertAgent) -> Result<A
     .bind(cmd.active)
     .bind(cmd.capacity)
     .bind(&cmd.skills)
-    .bind(cmd.utc_offset_minutes.is_some())
-    .bind(cmd.utc_offset_minutes.flatten())
+    .bind(cmd.time_zone.is_some())
+    .bind(cmd.time_zone.as_ref().and_then(AgentZone::offset_column))
     .bind(cmd.working_hours.is_some())
     .bind(hours.map(|h| h.days))
     .bind(hours.map(|h| h.start))
     .bind(hours.map(|h| h.end))
+    .bind(cmd.time_zone.as_ref().and_then(AgentZone::name_column))
     .execute(&ctx.pool)
     .await?;
     if cmd.active == Some(false) {
@@ -527,6 +539,7 @@ mod tests {
             last_assigned_at: None,
             skills: Vec::new(),
             utc_offset_minutes: None,
+            time_zone: None,
             work_days: None,
             work_start_minute: None,
             work_end_minute: None,

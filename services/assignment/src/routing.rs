@@ -1,12 +1,15 @@
 //! Which agents may take a lead beyond room and presence: the skill a lead's channel or source
-//! needs (the organisation's skill routes), and each agent's working hours. Time zones are
-//! fixed UTC offsets (`+02:00`): the workspace carries no tz database, so a named zone such as
-//! `Europe/Paris` is refused rather than guessed.
+//! needs (the organisation's skill routes), and each agent's working hours. An agent's time
+//! zone is a fixed UTC offset (`+02:00`) or a named IANA zone (`Europe/Berlin`, daylight saving
+//! time included) read from the system's tz database (`/usr/share/zoneinfo`, the `tzdata`
+//! package, or `TZDIR`); a name the database lacks is refused rather than guessed.
 
 use crate::error::AssignmentError;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use leads_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub const MAX_SKILLS: usize = 20;
 pub const MAX_SKILL_CHARS: usize = 32;
@@ -38,35 +41,126 @@ pub fn parse_skills(names: &[String]) -> Result<Vec<String>, AssignmentError> {
     Ok(skills)
 }
 
-/// `+HH:MM` / `-HH:MM` to minutes east of UTC; empty is UTC (`None`).
-pub fn parse_time_zone(value: &str) -> Result<Option<i32>, AssignmentError> {
+/// An agent's time zone as set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentZone {
+    Utc,
+    /// Minutes east of UTC.
+    Fixed(i32),
+    /// An IANA name the system's tz database has.
+    Named(String),
+}
+
+impl AgentZone {
+    /// From the `utc_offset_minutes` and `time_zone` columns.
+    pub fn from_columns(offset_minutes: Option<i32>, name: Option<&str>) -> Self {
+        match (name, offset_minutes) {
+            (Some(name), _) => AgentZone::Named(name.to_owned()),
+            (None, Some(minutes)) => AgentZone::Fixed(minutes),
+            (None, None) => AgentZone::Utc,
+        }
+    }
+
+    pub fn offset_column(&self) -> Option<i32> {
+        match self {
+            AgentZone::Fixed(minutes) => Some(*minutes),
+            _ => None,
+        }
+    }
+
+    pub fn name_column(&self) -> Option<&str> {
+        match self {
+            AgentZone::Named(name) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Minutes east of UTC at `now`. A named zone that can no longer be read (its database
+    /// removed since it was set) counts as UTC, and says so.
+    pub fn offset_minutes_at(&self, now: DateTime<Utc>) -> i32 {
+        match self {
+            AgentZone::Utc => 0,
+            AgentZone::Fixed(minutes) => *minutes,
+            AgentZone::Named(name) => match named_zone(name) {
+                Some(zone) => zone.find_local_time_type(now.timestamp()).map_or(0, |t| t.ut_offset() / 60),
+                None => {
+                    tracing::warn!(time_zone = %name, "time zone missing from the tz database, counting it as UTC");
+                    0
+                }
+            },
+        }
+    }
+
+    pub fn format(&self) -> String {
+        match self {
+            AgentZone::Utc => String::new(),
+            AgentZone::Fixed(m) => {
+                let sign = if *m < 0 { '-' } else { '+' };
+                format!("{sign}{}", format_clock(m.abs()))
+            }
+            AgentZone::Named(name) => name.clone(),
+        }
+    }
+}
+
+/// Where the system keeps its tz database.
+fn zoneinfo_dir() -> std::path::PathBuf {
+    std::env::var_os("TZDIR").map_or_else(|| "/usr/share/zoneinfo".into(), Into::into)
+}
+
+/// Looks like an IANA name (`Area/Location`, `UTC`): no path tricks reach the file system.
+fn is_zone_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+'))
+        })
+}
+
+/// Each zone read once per process (a miss too), as the dispatcher weighs every agent's hours
+/// on every reservation.
+fn named_zone(name: &str) -> Option<Arc<tz::TimeZone>> {
+    static ZONES: OnceLock<Mutex<HashMap<String, Option<Arc<tz::TimeZone>>>>> = OnceLock::new();
+    let zones = ZONES.get_or_init(Default::default);
+    if let Some(known) = zones.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name) {
+        return known.clone();
+    }
+    let read = is_zone_name(name)
+        .then(|| std::fs::read(zoneinfo_dir().join(name)).ok())
+        .flatten()
+        .and_then(|bytes| tz::TimeZone::from_tz_data(&bytes).ok())
+        .map(Arc::new);
+    zones.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned(), read.clone());
+    read
+}
+
+/// `+HH:MM` / `-HH:MM`, or an IANA name such as `Europe/Berlin`; empty is UTC.
+pub fn parse_time_zone(value: &str) -> Result<AgentZone, AssignmentError> {
     let value = value.trim();
     if value.is_empty() {
-        return Ok(None);
+        return Ok(AgentZone::Utc);
     }
-    let refused = || {
-        AssignmentError::invalid(
-            "time_zone",
-            "must be a UTC offset such as +02:00 or -05:30 (named zones are not supported)",
-        )
-    };
     let (sign, rest) = match value.as_bytes().first() {
         Some(b'+') => (1, &value[1..]),
         Some(b'-') => (-1, &value[1..]),
-        _ => return Err(refused()),
+        _ => {
+            return match named_zone(value) {
+                Some(_) => Ok(AgentZone::Named(value.to_owned())),
+                None => Err(AssignmentError::invalid(
+                    "time_zone",
+                    format!("{value:?} is not a known IANA time zone (such as Europe/Berlin) or a UTC offset (+02:00)"),
+                )),
+            };
+        }
     };
+    let refused =
+        || AssignmentError::invalid("time_zone", "must be a UTC offset such as +02:00 or -05:30, or an IANA zone name");
     let minutes = clock_minutes(rest).ok_or_else(refused)?;
     if minutes > MAX_OFFSET_MINUTES {
         return Err(refused());
     }
-    Ok(Some(sign * minutes))
-}
-
-pub fn format_time_zone(offset_minutes: Option<i32>) -> String {
-    offset_minutes.map_or_else(String::new, |m| {
-        let sign = if m < 0 { '-' } else { '+' };
-        format!("{sign}{}", format_clock(m.abs()))
-    })
+    Ok(AgentZone::Fixed(sign * minutes))
 }
 
 /// `HH:MM` to minutes since midnight, up to `24:00`.
@@ -84,12 +178,13 @@ fn format_clock(minutes: i32) -> String {
     format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
-/// One daily window on some weekdays, in the agent's local time.
+/// One daily window on some weekdays, in the agent's local time. A window may cross midnight
+/// (`22:00`-`06:00`): its weekday is the day it starts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkingHours {
     /// ISO weekdays as bits, Monday = bit 0.
     pub days: i16,
-    /// Minutes since local midnight, `start < end`.
+    /// Minutes since local midnight; after `end` when the window crosses midnight.
     pub start: i32,
     pub end: i32,
 }
@@ -112,8 +207,12 @@ impl WorkingHours {
                 .ok_or_else(|| AssignmentError::invalid(field, "must be a time of day as HH:MM (00:00-24:00)"))
         };
         let (start, end) = (clock("working_hours.start", &hours.start)?, clock("working_hours.end", &hours.end)?);
-        if start >= end {
-            return Err(AssignmentError::invalid("working_hours.end", "must be after start"));
+        // 24:00 ends a day; a window starting then is the next day's 00:00.
+        if start == end || start == 24 * 60 {
+            return Err(AssignmentError::invalid(
+                "working_hours.end",
+                "must differ from start (which is before 24:00)",
+            ));
         }
         Ok(Some(Self { days, start, end }))
     }
@@ -136,11 +235,16 @@ impl WorkingHours {
     }
 
     /// Whether `now` falls in the window, in the local time `offset_minutes` east of UTC.
-    pub fn contains(self, offset_minutes: Option<i32>, now: DateTime<Utc>) -> bool {
-        let local = now + chrono::Duration::minutes(i64::from(offset_minutes.unwrap_or(0)));
+    pub fn contains(self, offset_minutes: i32, now: DateTime<Utc>) -> bool {
+        let local = now + chrono::Duration::minutes(i64::from(offset_minutes));
         let day = local.weekday().num_days_from_monday();
         let minute = i32::try_from(local.hour() * 60 + local.minute()).unwrap_or(0);
-        self.days & (1 << day) != 0 && (self.start..self.end).contains(&minute)
+        let works_on = |day: u32| self.days & (1 << day) != 0;
+        if self.start < self.end {
+            return works_on(day) && (self.start..self.end).contains(&minute);
+        }
+        // Overnight: the evening of a working day, or the morning after one.
+        (works_on(day) && minute >= self.start) || (works_on((day + 6) % 7) && minute < self.end)
     }
 }
 
@@ -226,14 +330,44 @@ mod tests {
     }
 
     #[test]
-    fn time_zones_are_fixed_offsets() {
-        assert_eq!(parse_time_zone("+02:00").unwrap(), Some(120));
-        assert_eq!(parse_time_zone("-05:30").unwrap(), Some(-330));
-        assert_eq!(parse_time_zone("").unwrap(), None);
-        assert_eq!(format_time_zone(Some(-330)), "-05:30");
-        for bad in ["Europe/Paris", "2:00", "+19:00", "+02:60"] {
+    fn time_zones_are_fixed_offsets_or_iana_names() {
+        assert_eq!(parse_time_zone("+02:00").unwrap(), AgentZone::Fixed(120));
+        assert_eq!(parse_time_zone("-05:30").unwrap(), AgentZone::Fixed(-330));
+        assert_eq!(parse_time_zone("").unwrap(), AgentZone::Utc);
+        assert_eq!(AgentZone::Fixed(-330).format(), "-05:30");
+        for bad in ["Europe/Atlantis", "2:00", "+19:00", "+02:60", "../etc/passwd", "/etc/localtime", "Europe/../UTC"] {
             assert_eq!(field(parse_time_zone(bad)), "time_zone", "{bad}");
         }
+        // Needs the system's tz database (the `tzdata` package).
+        let berlin = parse_time_zone("Europe/Berlin").expect("tzdata installed");
+        assert_eq!(berlin, AgentZone::Named("Europe/Berlin".into()));
+        let winter = Utc.with_ymd_and_hms(2026, 1, 15, 12, 0, 0).unwrap();
+        let summer = Utc.with_ymd_and_hms(2026, 7, 15, 12, 0, 0).unwrap();
+        assert_eq!(berlin.offset_minutes_at(winter), 60);
+        assert_eq!(berlin.offset_minutes_at(summer), 120, "daylight saving time");
+        // The night of 2026-03-29 at 01:00 UTC Berlin goes from +01:00 to +02:00.
+        assert_eq!(berlin.offset_minutes_at(Utc.with_ymd_and_hms(2026, 3, 29, 0, 59, 0).unwrap()), 60);
+        assert_eq!(berlin.offset_minutes_at(Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap()), 120);
+    }
+
+    #[test]
+    fn an_overnight_window_belongs_to_the_day_it_starts() {
+        let fridays = WorkingHours::parse(&pb::WorkingHours {
+            days: vec!["fri".into()],
+            start: "22:00".into(),
+            end: "06:00".into(),
+        })
+        .unwrap()
+        .expect("set");
+        // Friday 2026-12-11 and the Saturday morning after it, then Friday morning.
+        let at = |d, h, m| Utc.with_ymd_and_hms(2026, 12, d, h, m, 0).unwrap();
+        assert!(fridays.contains(0, at(11, 22, 0)));
+        assert!(fridays.contains(0, at(11, 23, 59)));
+        assert!(fridays.contains(0, at(12, 5, 59)), "saturday morning continues friday's night");
+        assert!(!fridays.contains(0, at(12, 6, 0)));
+        assert!(!fridays.contains(0, at(11, 5, 0)), "friday morning continues thursday's night");
+        assert!(!fridays.contains(0, at(12, 22, 30)), "saturday evening is not a working day");
+        assert!(!fridays.contains(0, at(11, 21, 59)));
     }
 
     #[test]
@@ -248,15 +382,17 @@ mod tests {
         assert_eq!(weekdays.to_proto().days.len(), 5);
         // Monday 2026-12-07 07:30 UTC: 09:30 at +02:00, 07:30 in UTC.
         let monday = Utc.with_ymd_and_hms(2026, 12, 7, 7, 30, 0).unwrap();
-        assert!(weekdays.contains(Some(120), monday));
-        assert!(!weekdays.contains(None, monday));
+        assert!(weekdays.contains(120, monday));
+        assert!(!weekdays.contains(0, monday));
         // Sunday 23:30 UTC is Monday 01:30 at +02:00: a workday, before the window.
         let sunday = Utc.with_ymd_and_hms(2026, 12, 6, 23, 30, 0).unwrap();
-        assert!(!weekdays.contains(Some(120), sunday));
+        assert!(!weekdays.contains(120, sunday));
         assert_eq!(WorkingHours::parse(&hours(&[], "", "")).unwrap(), None);
         assert_eq!(field(WorkingHours::parse(&hours(&["monday"], "09:00", "17:00"))), "working_hours.days");
         assert_eq!(field(WorkingHours::parse(&hours(&["mon"], "9", "17:00"))), "working_hours.start");
-        assert_eq!(field(WorkingHours::parse(&hours(&["mon"], "17:00", "09:00"))), "working_hours.end");
+        assert_eq!(field(WorkingHours::parse(&hours(&["mon"], "09:00", "09:00"))), "working_hours.end");
+        assert_eq!(field(WorkingHours::parse(&hours(&["mon"], "24:00", "09:00"))), "working_hours.end");
+        assert!(WorkingHours::parse(&hours(&["mon"], "17:00", "09:00")).unwrap().is_some(), "overnight");
     }
 
     #[test]

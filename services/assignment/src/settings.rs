@@ -175,6 +175,10 @@ pub async fn update(
     .execute(&mut *tx)
     .await?;
     platform::org_settings::record_change(&mut tx, org_id, version, actor, &changes).await?;
+    if before.policy == Policy::Off && settings.policy != Policy::Off {
+        let queued = queue_unassigned(&mut tx, org_id).await?;
+        tracing::info!(org_id, queued, "unassigned leads waiting since the policy was turned on");
+    }
     if settings.policy == Policy::Off {
         // Leads waiting when the policy is turned off stay unassigned, as new ones will.
         sqlx::query("DELETE FROM waiting_leads WHERE org_id = $1 AND reserved_for IS NULL")
@@ -192,6 +196,29 @@ pub async fn update(
     tx.commit().await?;
     tracing::info!(org_id, version, actor, policy = settings.policy.as_str(), "assignment settings changed");
     get(pool, org_id).await
+}
+
+/// Puts the organisation's active unassigned leads in the waiting queue, as the projection of
+/// the lead events knows them: turned on, the policy serves the leads already waiting for a
+/// person as well as new ones. Their score is not in the projection: they wait behind scored
+/// leads until an event of theirs brings it. A lead id is a UUIDv7, its first 48 bits its
+/// creation in milliseconds.
+async fn queue_unassigned(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    org_id: &str,
+) -> Result<u64, AssignmentError> {
+    Ok(sqlx::query(
+        "INSERT INTO waiting_leads (org_id, lead_id, lead_created_at) \
+         SELECT l.org_id, l.lead_id, \
+           to_timestamp(('x' || lpad(replace(left(l.lead_id::text, 13), '-', ''), 16, '0'))::bit(64)::bigint / 1000.0) \
+         FROM lead_agents l WHERE l.org_id = $1 AND l.active AND l.agent_id IS NULL \
+         ORDER BY l.lead_id \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(org_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }
 
 fn differences(before: &AssignmentSettings, after: &AssignmentSettings) -> Vec<String> {

@@ -128,12 +128,13 @@ async fn assignment_in(
         "One organisation, {AGENTS} agents of capacity {CAPACITY}, all available (presence renewed every {} s), \
          policy balanced. {} new leads, one per new contact, published to `interactions.<org>` at full speed \
          ({ACK_WINDOW} acks in flight; all published after {:.2} s) and carried by the ingest, lead and assignment \
-         services in this process (production consumer settings, pools of {} connections). Each automatic \
-         assignment takes three commits one after the other (`services/assignment/src/auto.rs`): the reservation \
-         under the organisation's lock (the agents' loads counted, the next lead chosen, its slot reserved), \
-         AssignLeads over gRPC to the lead service (lead row updated, history row and event in one commit), and \
-         the answer recorded (assignment history row, the waiting row deleted). The raw part does the same rows \
-         and commits with plain SQL on one connection, on a scratch schema of the same database: `UPDATE` of the \
+         services in this process (production consumer settings, pools of {} connections). The dispatcher \
+         (`services/assignment/src/auto.rs`) works in batches of up to 100 leads: one reservation under the \
+         organisation's lock (the agents' load counters read, the leads chosen, their slots reserved, one \
+         commit), AssignLeads over gRPC to the lead service per lead, 16 in flight (lead row updated, history \
+         row and event, one commit each), and the answers recorded in one commit (assignment history rows, \
+         the waiting rows deleted). The raw part is the old serial chain, kept as the yardstick: the same rows \
+         with plain SQL on one connection, on a scratch schema of the same database: `UPDATE` of the \
          reserve row, `COMMIT`; `UPDATE` of the lead row and `INSERT` of its history row, `COMMIT`; `INSERT` of a \
          history row and `DELETE` of the reserve row, `COMMIT` ({} assignments).\n",
         HEARTBEAT_EVERY.as_secs(),
@@ -162,7 +163,7 @@ async fn assignment_in(
         thousands(outcome.last_tenth_per_s)
     ));
     report.line(format!(
-        "| the reservation's load count over {AGENTS} agents, no lead held / all held | {} / {} |",
+        "| the reservation's read of {AGENTS} agents' load counters, no lead held / all held | {} / {} |",
         ms(empty_count),
         ms(full_count)
     ));
@@ -366,21 +367,22 @@ async fn outcome(admin: &sqlx::PgPool) -> anyhow::Result<Outcome> {
     })
 }
 
-/// The agents' loads as a reservation counts them (the query of `auto::reserve_next`), timed
-/// over ten runs (median) on the admin pool.
+/// The agents' loads as a reservation reads them (the counters, as `auto::reserve_batch` does),
+/// timed over ten runs (median) on the admin pool.
 async fn time_load_count(admin: &sqlx::PgPool) -> anyhow::Result<Duration> {
     let mut samples = Vec::with_capacity(10);
     for _ in 0..10 {
         let at = Instant::now();
         let _: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT a.agent_id, \
-               (SELECT count(*) FROM ( \
-                  SELECT l.lead_id FROM assignment.lead_agents l \
-                  WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active \
-                  UNION SELECT w.lead_id FROM assignment.waiting_leads w \
-                  WHERE w.org_id = a.org_id AND w.reserved_for = a.agent_id \
-                ) held) AS load \
-             FROM assignment.agents a WHERE a.org_id = $1 AND a.active",
+            "SELECT a.agent_id, coalesce(c.held + c.reserved, 0) - coalesce(twice.leads, 0) AS load \
+             FROM assignment.agents a \
+             LEFT JOIN assignment.agent_loads c ON c.org_id = a.org_id AND c.agent_id = a.agent_id \
+             LEFT JOIN (SELECT w.reserved_for AS agent_id, count(*) AS leads FROM assignment.waiting_leads w \
+                        JOIN assignment.lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
+                          AND l.agent_id = w.reserved_for AND l.active \
+                        WHERE w.org_id = $1 AND w.reserved_for IS NOT NULL GROUP BY w.reserved_for) twice \
+               ON twice.agent_id = a.agent_id \
+             WHERE a.org_id = $1 AND a.active",
         )
         .bind(ORG)
         .fetch_all(admin)
