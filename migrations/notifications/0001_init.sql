@@ -45,30 +45,26 @@ CREATE TABLE org_settings_changes (
     PRIMARY KEY (org_id, version)
 );
 
--- Open follow-ups, from the lead service's `follow_up_opened` and the follow-up service's
--- events; a closed one is deleted with its alerts.
+-- Follow-ups, from the lead service's `follow_up_opened` and the follow-up service's events.
+-- A closed one stays as a tombstone (state 'closed', the highest version) until the retention,
+-- so a late or concurrent `follow_up_opened` (a unique-key conflict with it, however the two
+-- transactions interleave) never brings it back.
 CREATE TABLE follow_ups (
-    org_id       text        NOT NULL,
-    id           uuid        NOT NULL,
-    lead_id      uuid        NOT NULL,
-    agent_id     text,
-    due_at       timestamptz NOT NULL,
-    note         text,
-    contact_name text,
-    phone        text,
-    -- 'pending' or 'due'.
-    state        text        NOT NULL,
+    org_id            text        NOT NULL,
+    id                uuid        NOT NULL,
+    lead_id           uuid        NOT NULL,
+    agent_id          text,
+    due_at            timestamptz NOT NULL,
+    note              text,
+    contact_name      text,
+    phone             text,
+    -- 'pending', 'due' or 'closed'.
+    state             text        NOT NULL,
     -- The follow-up's version; 0 while known only from the lead's event.
-    version      bigint      NOT NULL,
-    PRIMARY KEY (org_id, id)
-);
-
--- The follow-up service's events of follow-ups already closed, so a late `follow_up_opened`
--- does not bring one back.
-CREATE TABLE closed_follow_ups (
-    org_id    text        NOT NULL,
-    id        uuid        NOT NULL,
-    closed_at timestamptz NOT NULL DEFAULT now(),
+    version           bigint      NOT NULL,
+    -- The due time whose overdue alert was told: not told again when the alerts are set anew.
+    overdue_told_for  timestamptz,
+    closed_at         timestamptz,
     PRIMARY KEY (org_id, id)
 );
 

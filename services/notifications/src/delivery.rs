@@ -23,8 +23,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How long a process holds an endpoint without renewing: longer than one batch may take.
-const LEASE: Duration = Duration::from_secs(60);
+/// How long a process holds an endpoint without renewing it; it renews every third of that
+/// while it delivers, so another process takes over within this long of a crash.
+const LEASE: Duration = Duration::from_secs(30);
+/// Endpoints one process delivers to at once; it leases no more than it has room for.
+const ENDPOINTS_AT_ONCE: usize = 32;
 /// Bytes of a response kept in the log.
 pub const EXCERPT_BYTES: usize = 1000;
 /// The longest `Retry-After` honoured.
@@ -48,20 +51,22 @@ pub async fn run(ctx: NotificationContext, token: CancellationToken) -> anyhow::
     let working: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
     let mut workers = tokio::task::JoinSet::new();
     while !token.is_cancelled() {
-        match lease_endpoints(&ctx, process).await {
+        let room = ENDPOINTS_AT_ONCE.saturating_sub(working.lock().expect("not poisoned").len());
+        match lease_endpoints(&ctx, process, room).await {
             Ok(endpoints) => {
                 for endpoint in endpoints {
                     if !working.lock().expect("not poisoned").insert(endpoint.id) {
                         continue;
                     }
-                    let (ctx, working, token) = (ctx.clone(), working.clone(), token.clone());
+                    let guard = Working { id: endpoint.id, set: working.clone() };
+                    let (ctx, token) = (ctx.clone(), token.clone());
                     workers.spawn(async move {
-                        let id = endpoint.id;
+                        let id = guard.id;
                         if let Err(error) = deliver_to(&ctx, process, endpoint, &token).await {
                             tracing::warn!(endpoint_id = %id, %error, "delivering to a webhook endpoint failed, retrying");
                         }
                         release(&ctx, process, id).await;
-                        working.lock().expect("not poisoned").remove(&id);
+                        drop(guard);
                     });
                 }
             }
@@ -78,8 +83,29 @@ pub async fn run(ctx: NotificationContext, token: CancellationToken) -> anyhow::
     Ok(())
 }
 
+/// An endpoint this process is delivering to; forgotten when its task ends, however it ends.
+struct Working {
+    id: Uuid,
+    set: Arc<Mutex<HashSet<Uuid>>>,
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
 /// Takes the lease of endpoints that have messages due and no live lease.
-async fn lease_endpoints(ctx: &NotificationContext, process: Uuid) -> Result<Vec<EndpointRow>, sqlx::Error> {
+async fn lease_endpoints(
+    ctx: &NotificationContext,
+    process: Uuid,
+    room: usize,
+) -> Result<Vec<EndpointRow>, sqlx::Error> {
+    if room == 0 {
+        return Ok(Vec::new());
+    }
     sqlx::query_as(
         "UPDATE webhook_endpoints SET leased_by = $1, leased_until = now() + make_interval(secs => $2) \
          WHERE id IN ( \
@@ -87,14 +113,30 @@ async fn lease_endpoints(ctx: &NotificationContext, process: Uuid) -> Result<Vec
            WHERE e.enabled AND (e.leased_until IS NULL OR e.leased_until < now()) \
              AND EXISTS (SELECT 1 FROM deliveries d \
                          WHERE d.endpoint_id = e.id AND d.state = 'pending' AND d.next_attempt_at <= now()) \
-           LIMIT 200 FOR UPDATE SKIP LOCKED) \
+           LIMIT $3 FOR UPDATE SKIP LOCKED) \
          RETURNING org_id, id, url, description, event_types, secret, previous_secret, previous_secret_until, \
            enabled, disabled_reason, failing_since, version, created_at",
     )
     .bind(process)
     .bind(LEASE.as_secs_f64())
+    .bind(room as i64)
     .fetch_all(&ctx.pool)
     .await
+}
+
+/// Extends this process's lease of an endpoint; `false` when it no longer holds it.
+async fn renew(ctx: &NotificationContext, process: Uuid, endpoint_id: Uuid) -> Result<bool, sqlx::Error> {
+    let renewed = sqlx::query(
+        "UPDATE webhook_endpoints SET leased_until = now() + make_interval(secs => $3) \
+         WHERE id = $1 AND leased_by = $2 AND leased_until > now() AND enabled",
+    )
+    .bind(endpoint_id)
+    .bind(process)
+    .bind(LEASE.as_secs_f64())
+    .execute(&ctx.pool)
+    .await?
+    .rows_affected();
+    Ok(renewed == 1)
 }
 
 async fn release(ctx: &NotificationContext, process: Uuid, endpoint_id: Uuid) {
@@ -139,19 +181,23 @@ impl Attempt {
     }
 }
 
-/// Delivers what is due to one endpoint, batch after batch, while it holds the lease.
+/// Delivers what is due to one endpoint, batch after batch, while it holds the lease. Each batch
+/// is claimed (its deliveries' next attempt moved past the time the batch may take), so a
+/// process that took the endpoint over after a lost lease never sends the same ones meanwhile;
+/// after a crash they are due again once the claim runs out.
 async fn deliver_to(
     ctx: &NotificationContext,
     process: Uuid,
     mut endpoint: EndpointRow,
     token: &CancellationToken,
 ) -> Result<(), NotificationError> {
-    let batch = (ctx.delivery.concurrency_per_endpoint * 8) as i64;
+    let batch = (ctx.delivery.concurrency_per_endpoint * 2) as i64;
+    let claim = LEASE.max(ctx.delivery.timeout * 2 + Duration::from_secs(5));
     while !token.is_cancelled() {
         // Renewing reads the endpoint again: its URL, secrets or state may have changed.
         let renewed: Option<EndpointRow> = sqlx::query_as(
             "UPDATE webhook_endpoints SET leased_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND leased_by = $2 AND enabled \
+             WHERE id = $1 AND leased_by = $2 AND leased_until > now() AND enabled \
              RETURNING org_id, id, url, description, event_types, secret, previous_secret, previous_secret_until, \
                enabled, disabled_reason, failing_since, version, created_at",
         )
@@ -163,23 +209,39 @@ async fn deliver_to(
         let Some(current) = renewed else { return Ok(()) };
         endpoint = current;
         let due: Vec<Due> = sqlx::query_as(
-            "SELECT d.id, d.message_id, d.attempts, m.event_type, m.body FROM deliveries d \
-             JOIN messages m ON m.id = d.message_id \
-             WHERE d.endpoint_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= now() \
-             ORDER BY d.next_attempt_at, d.id LIMIT $2",
+            "WITH claimed AS ( \
+               UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $3) \
+               WHERE d.id IN (SELECT id FROM deliveries \
+                              WHERE endpoint_id = $1 AND state = 'pending' AND next_attempt_at <= now() \
+                              ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+               RETURNING d.id, d.message_id, d.attempts) \
+             SELECT c.id, c.message_id, c.attempts, m.event_type, m.body \
+             FROM claimed c JOIN messages m ON m.id = c.message_id ORDER BY c.id",
         )
         .bind(endpoint.id)
         .bind(batch)
+        .bind(claim.as_secs_f64())
         .fetch_all(&ctx.pool)
         .await?;
         if due.is_empty() {
             return Ok(());
         }
-        let attempts: Vec<Attempt> = futures::stream::iter(due)
+        let sending = futures::stream::iter(due)
             .map(|due| attempt(ctx, &endpoint, due))
             .buffer_unordered(ctx.delivery.concurrency_per_endpoint)
-            .collect()
-            .await;
+            .collect::<Vec<Attempt>>();
+        tokio::pin!(sending);
+        let mut renewal = tokio::time::interval_at(tokio::time::Instant::now() + LEASE / 3, LEASE / 3);
+        let attempts = loop {
+            tokio::select! {
+                attempts = &mut sending => break attempts,
+                _ = renewal.tick() => {
+                    if !renew(ctx, process, endpoint.id).await? {
+                        tracing::warn!(endpoint_id = %endpoint.id, "lost the lease of a webhook endpoint during a batch");
+                    }
+                }
+            }
+        };
         if !record_attempts(ctx, &endpoint, attempts).await? {
             return Ok(());
         }
@@ -296,7 +358,7 @@ async fn record_attempts(
     sqlx::query(
         "UPDATE deliveries d SET state = t.state, attempts = t.attempts, next_attempt_at = COALESCE(t.next, d.next_attempt_at) \
          FROM unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[]) AS t(id, state, attempts, next) \
-         WHERE d.id = t.id AND d.state = 'pending'",
+         WHERE d.id = t.id AND d.state = 'pending' AND d.attempts = t.attempts - 1",
     )
     .bind(&ids)
     .bind(&states)
@@ -344,20 +406,35 @@ async fn record_attempts(
         tx.commit().await?;
         return Ok(true);
     };
-    sqlx::query(
+    // Only the endpoint as it was sent to: one an admin changed or disabled meanwhile is theirs.
+    let disabled = sqlx::query(
         "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2, version = version + 1, leased_until = NULL \
-         WHERE id = $1",
+         WHERE id = $1 AND enabled AND version = $3",
     )
     .bind(endpoint.id)
     .bind(&reason)
+    .bind(endpoint.version)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if disabled == 0 {
+        tx.commit().await?;
+        return Ok(false);
+    }
     let last = attempts.last();
     let last_error = last
         .map(|a| match a.status {
             Some(status) => format!("HTTP {status}"),
             None => a.error.clone(),
         })
+        .unwrap_or_default();
+    // Scheme, host and port only: a URL's path or query often holds a credential, and admins'
+    // notifications reach operators and other endpoints.
+    let destination = endpoint
+        .url
+        .parse::<hyper::Uri>()
+        .ok()
+        .and_then(|uri| Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?)))
         .unwrap_or_default();
     let tell = Tell {
         org_id: endpoint.org_id.clone(),
@@ -366,9 +443,9 @@ async fn record_attempts(
         dedupe_key: format!("endpoint:{}:disabled:{}", endpoint.id, now.timestamp_micros()),
         recipient: Recipient::Admins,
         lead_id: None,
-        summary: format!("Webhook endpoint {} disabled: {reason}", endpoint.url),
+        summary: format!("Webhook endpoint {destination} disabled: {reason}"),
         data: serde_json::json!({
-            "endpoint_id": endpoint.id, "url": endpoint.url, "reason": reason, "last_error": last_error,
+            "endpoint_id": endpoint.id, "destination": destination, "reason": reason, "last_error": last_error,
         }),
     };
     let told = record::tell(ctx, &mut tx, vec![tell]).await?;

@@ -39,6 +39,9 @@ pub struct OpenFollowUp {
     pub version: i64,
 }
 
+/// The columns of `OpenFollowUp`.
+const COLUMNS: &str = "org_id, id, lead_id, agent_id, due_at, note, contact_name, phone, state, version";
+
 const CLOSED: [&str; 2] = ["completed", "cancelled"];
 
 /// Keeps follow-ups opened on leads (`follow_up_opened`), unless the follow-up service's
@@ -86,20 +89,26 @@ pub async fn apply_follow_up_events(
 
     let mut tx = ctx.pool.begin().await?;
     if !closing.is_empty() {
+        // A tombstone, not a deletion: a `follow_up_opened` inserting the same follow-up at the
+        // same time conflicts with it on the key and waits, whichever of the two comes first.
+        let tombstones: Vec<OpenFollowUp> = closing
+            .iter()
+            .map(|e| OpenFollowUp {
+                org_id: e.org_id.clone(),
+                id: e.aggregate_id,
+                lead_id: e.data.lead_id,
+                agent_id: e.data.agent_id.clone(),
+                due_at: e.data.due_at,
+                note: e.data.note.clone(),
+                contact_name: e.data.contact_name.clone(),
+                phone: e.data.phone.clone(),
+                state: "closed".into(),
+                version: i64::MAX,
+            })
+            .collect();
+        upsert(&mut tx, &tombstones).await?;
         let orgs: Vec<&str> = closing.iter().map(|e| e.org_id.as_str()).collect();
         let ids: Vec<Uuid> = closing.iter().map(|e| e.aggregate_id).collect();
-        sqlx::query(
-            "INSERT INTO closed_follow_ups (org_id, id) SELECT * FROM unnest($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(&orgs)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM follow_ups WHERE (org_id, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))")
-            .bind(&orgs)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "DELETE FROM alerts WHERE (org_id, follow_up_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
         )
@@ -128,8 +137,20 @@ pub async fn apply_follow_up_events(
 
     // Every `due` in the batch is told, once, unless its follow-up has closed since.
     let closed: HashSet<(&str, Uuid)> = closing.iter().map(|e| (e.org_id.as_str(), e.aggregate_id)).collect();
-    let due: Vec<&Envelope<FollowUpEvent>> =
+    let mut due: Vec<&Envelope<FollowUpEvent>> =
         events.iter().filter(|e| e.kind == "due" && !closed.contains(&(e.org_id.as_str(), e.aggregate_id))).collect();
+    if !due.is_empty() {
+        // A `due` redelivered after its follow-up closed in an earlier batch tells nothing.
+        let tombstones: Vec<(String, Uuid)> = sqlx::query_as(
+            "SELECT org_id, id FROM follow_ups WHERE state = 'closed' \
+               AND (org_id, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+        )
+        .bind(due.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
+        .bind(due.iter().map(|e| e.aggregate_id).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        due.retain(|e| !tombstones.iter().any(|(org, id)| *org == e.org_id && *id == e.aggregate_id));
+    }
     let mut told = Told::default();
     if !due.is_empty() {
         let tells = due
@@ -157,8 +178,8 @@ pub async fn apply_follow_up_events(
     Ok(())
 }
 
-/// Keeps `rows` at their newest version; a follow-up already closed is not brought back.
-/// Returns the follow-ups that changed.
+/// Keeps `rows` at their newest version; a closed follow-up (its tombstone has the highest
+/// version) is never brought back. Returns the follow-ups that changed.
 async fn upsert(tx: &mut PgConnection, rows: &[OpenFollowUp]) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -169,10 +190,10 @@ async fn upsert(tx: &mut PgConnection, rows: &[OpenFollowUp]) -> Result<Vec<(Str
          SELECT t.* FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[], \
                                 $7::text[], $8::text[], $9::text[], $10::bigint[]) \
               AS t(org_id, id, lead_id, agent_id, due_at, note, contact_name, phone, state, version) \
-         WHERE NOT EXISTS (SELECT 1 FROM closed_follow_ups c WHERE c.org_id = t.org_id AND c.id = t.id) \
          ON CONFLICT (org_id, id) DO UPDATE SET agent_id = EXCLUDED.agent_id, due_at = EXCLUDED.due_at, \
            note = EXCLUDED.note, contact_name = COALESCE(EXCLUDED.contact_name, follow_ups.contact_name), \
-           phone = COALESCE(EXCLUDED.phone, follow_ups.phone), state = EXCLUDED.state, version = EXCLUDED.version \
+           phone = COALESCE(EXCLUDED.phone, follow_ups.phone), state = EXCLUDED.state, version = EXCLUDED.version, \
+           closed_at = CASE WHEN EXCLUDED.state = 'closed' THEN now() END \
          WHERE follow_ups.version < EXCLUDED.version \
          RETURNING org_id, id",
     )
@@ -222,13 +243,17 @@ async fn set_alerts(
         .bind(ids)
         .execute(&mut *tx)
         .await?;
+    // ON CONFLICT: an alert a concurrent transaction inserted is invisible to the DELETE above.
+    // An overdue alert already told for this due time is not set again.
     sqlx::query(
         "INSERT INTO alerts (org_id, follow_up_id, kind, fire_at) \
          SELECT org_id, id, 'reminder', due_at - make_interval(mins => $3) FROM follow_ups \
           WHERE org_id = $1 AND ($2::uuid[] IS NULL OR id = ANY($2)) AND state = 'pending' AND $3 > 0 AND due_at > now() \
          UNION ALL \
          SELECT org_id, id, 'overdue', due_at + make_interval(mins => $4) FROM follow_ups \
-          WHERE org_id = $1 AND ($2::uuid[] IS NULL OR id = ANY($2))",
+          WHERE org_id = $1 AND ($2::uuid[] IS NULL OR id = ANY($2)) AND state IN ('pending', 'due') \
+            AND overdue_told_for IS DISTINCT FROM due_at \
+         ON CONFLICT (org_id, follow_up_id, kind) DO UPDATE SET fire_at = EXCLUDED.fire_at",
     )
     .bind(org_id)
     .bind(ids)
@@ -321,12 +346,14 @@ async fn fire(ctx: &NotificationContext, limit: i64) -> Result<usize, Notificati
     }
     let orgs: Vec<&str> = claimed.iter().map(|c| c.0.as_str()).collect();
     let ids: Vec<Uuid> = claimed.iter().map(|c| c.1).collect();
-    let open: Vec<OpenFollowUp> =
-        sqlx::query_as("SELECT * FROM follow_ups WHERE (org_id, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))")
-            .bind(&orgs)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
+    let open: Vec<OpenFollowUp> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM follow_ups WHERE state <> 'closed' \
+               AND (org_id, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+    )))
+    .bind(&orgs)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
     let now = Utc::now();
     let mut escalates: BTreeMap<String, bool> = BTreeMap::new();
     let mut tells = Vec::new();
@@ -355,6 +382,17 @@ async fn fire(ctx: &NotificationContext, limit: i64) -> Result<usize, Notificati
             }
             _ => {}
         }
+    }
+    let overdue: Vec<(&str, Uuid)> = claimed.iter().filter(|c| c.2 == "overdue").map(|c| (c.0.as_str(), c.1)).collect();
+    if !overdue.is_empty() {
+        sqlx::query(
+            "UPDATE follow_ups SET overdue_told_for = due_at \
+             WHERE (org_id, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+        )
+        .bind(overdue.iter().map(|o| o.0).collect::<Vec<_>>())
+        .bind(overdue.iter().map(|o| o.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     }
     let told = record::tell(ctx, &mut tx, tells).await?;
     let count = claimed.len();

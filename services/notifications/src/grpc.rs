@@ -114,6 +114,17 @@ fn endpoint_to_proto(row: EndpointRow, pending: i64, with_secret: bool) -> pb::W
     }
 }
 
+impl Recipient {
+    /// The condition on `messages` that picks this recipient's, with its one parameter `$2`: a
+    /// text of its own per recipient so that each uses its partial index.
+    fn condition(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Recipient::Agent(agent) => ("agent_id = $2", Some(agent.as_str())),
+            Recipient::Admins => ("for_admins AND $2::text IS NULL", None),
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct NotificationRow {
     id: String,
@@ -129,17 +140,12 @@ struct NotificationRow {
 
 impl NotificationApi {
     async fn unread(&self, org_id: &str, recipient: &Recipient) -> Result<i64, NotificationError> {
-        let (agent, admins) = match recipient {
-            Recipient::Agent(agent) => (Some(agent.as_str()), false),
-            Recipient::Admins => (None, true),
-        };
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM messages WHERE org_id = $1 AND read_at IS NULL \
-               AND (($2::text IS NOT NULL AND agent_id = $2) OR ($3 AND for_admins))",
-        )
+        let (condition, parameter) = recipient.condition();
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM messages WHERE org_id = $1 AND read_at IS NULL AND {condition}"
+        )))
         .bind(org_id)
-        .bind(agent)
-        .bind(admins)
+        .bind(parameter)
         .fetch_one(&self.ctx.pool)
         .await?)
     }
@@ -157,20 +163,15 @@ impl NotificationService for NotificationApi {
         let recipient = recipient(&caller, &request.agent_id, request.admins)?;
         let size = page_size(request.page_size)?;
         let after = decode_token(&request.page_token)?;
-        let (agent, admins) = match &recipient {
-            Recipient::Agent(agent) => (Some(agent.as_str()), false),
-            Recipient::Admins => (None, true),
-        };
-        let mut rows: Vec<NotificationRow> = sqlx::query_as(
+        let (condition, parameter) = recipient.condition();
+        let mut rows: Vec<NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, event_type, occurred_at, created_at, agent_id, lead_id, summary, body, read_at FROM messages \
-             WHERE org_id = $1 AND (($2::text IS NOT NULL AND agent_id = $2) OR ($3 AND for_admins)) \
-               AND (NOT $4 OR read_at IS NULL) \
-               AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6)) \
-             ORDER BY created_at DESC, id DESC LIMIT $7",
-        )
+             WHERE org_id = $1 AND {condition} AND (NOT $3 OR read_at IS NULL) \
+               AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        )))
         .bind(&request.org_id)
-        .bind(agent)
-        .bind(admins)
+        .bind(parameter)
         .bind(request.unread_only)
         .bind(after.as_ref().map(|a| a.0))
         .bind(after.as_ref().map(|a| a.1.as_str()))
@@ -228,18 +229,14 @@ impl NotificationService for NotificationApi {
         if request.ids.is_empty() && up_to.is_none() {
             return Err(NotificationError::invalid("ids", "name notifications, or give up_to").into());
         }
-        let (agent, admins) = match &recipient {
-            Recipient::Agent(agent) => (Some(agent.as_str()), false),
-            Recipient::Admins => (None, true),
-        };
-        let marked = sqlx::query(
+        let (condition, parameter) = recipient.condition();
+        let marked = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE messages SET read_at = now() \
-             WHERE org_id = $1 AND (($2::text IS NOT NULL AND agent_id = $2) OR ($3 AND for_admins)) AND read_at IS NULL \
-               AND (id = ANY($4) OR ($5::timestamptz IS NOT NULL AND created_at <= $5))",
-        )
+             WHERE org_id = $1 AND {condition} AND read_at IS NULL \
+               AND (id = ANY($3) OR ($4::timestamptz IS NOT NULL AND created_at <= $4))"
+        )))
         .bind(&request.org_id)
-        .bind(agent)
-        .bind(admins)
+        .bind(parameter)
         .bind(&request.ids)
         .bind(up_to)
         .execute(&self.ctx.pool)

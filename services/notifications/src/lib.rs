@@ -91,12 +91,12 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let tick = Duration::from_millis(settings.tick_ms);
     base.spawn("follow-up alerts", followups::run_alerts(ctx.clone(), tick, token.clone()));
     base.spawn("webhook deliveries", delivery::run(ctx.clone(), token.clone()));
-    // Messages (with their deliveries), the delivery log and closed follow-ups go after the
-    // retention, like every service's dedupe keys.
+    // Messages (with their deliveries), the delivery log and closed follow-ups' tombstones go
+    // after the retention, like every service's dedupe keys.
     let retention = platform::db::prune_until(
         base.pool.clone(),
         ServiceName::Notifications,
-        &[("delivery_attempts", "attempted_at"), ("messages", "created_at"), ("closed_follow_ups", "closed_at")],
+        &[("delivery_attempts", "attempted_at"), ("messages", "created_at"), ("follow_ups", "closed_at")],
         infra.settings.retention_days,
         token.clone(),
     );

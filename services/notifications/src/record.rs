@@ -1,6 +1,7 @@
 //! The one way a message is told: recorded once (its dedupe key), published on NATS when it is
-//! for an agent or the admins, and queued for every enabled webhook endpoint of its
-//! organisation that subscribes to its type, all in the caller's transaction.
+//! for an agent or the admins, and queued for every webhook endpoint of its organisation that
+//! subscribes to its type, all in the caller's transaction. A disabled endpoint's deliveries
+//! wait: enabling it again delivers what it missed.
 
 use crate::NotificationContext;
 use chrono::{DateTime, Utc};
@@ -34,13 +35,13 @@ pub struct Tell {
     pub data: serde_json::Value,
 }
 
-/// Which event types each organisation's enabled endpoints want: `None` for every type.
+/// Which event types each organisation's endpoints (enabled or not) want: `None` for every type.
 pub type Subscriptions = HashMap<String, Vec<Option<HashSet<String>>>>;
 
-/// The subscriptions of `orgs`' enabled endpoints.
+/// The subscriptions of `orgs`' endpoints.
 pub async fn subscriptions(conn: &mut PgConnection, orgs: &[&str]) -> Result<Subscriptions, sqlx::Error> {
     let rows: Vec<(String, Vec<String>)> =
-        sqlx::query_as("SELECT org_id, event_types FROM webhook_endpoints WHERE enabled AND org_id = ANY($1)")
+        sqlx::query_as("SELECT org_id, event_types FROM webhook_endpoints WHERE org_id = ANY($1)")
             .bind(orgs)
             .fetch_all(conn)
             .await?;
@@ -51,7 +52,7 @@ pub async fn subscriptions(conn: &mut PgConnection, orgs: &[&str]) -> Result<Sub
     Ok(subscriptions)
 }
 
-/// Whether any enabled endpoint of `org` wants `event_type`.
+/// Whether any endpoint of `org` wants `event_type`.
 pub fn wanted(subscriptions: &Subscriptions, org: &str, event_type: &str) -> bool {
     subscriptions
         .get(org)
@@ -164,7 +165,7 @@ pub async fn tell(
         "INSERT INTO deliveries (org_id, endpoint_id, message_id, state) \
          SELECT m.org_id, e.id, m.id, 'pending' \
          FROM unnest($1::text[], $2::text[], $3::text[]) AS m(id, org_id, event_type) \
-         JOIN webhook_endpoints e ON e.org_id = m.org_id AND e.enabled \
+         JOIN webhook_endpoints e ON e.org_id = m.org_id \
           AND (cardinality(e.event_types) = 0 OR m.event_type = ANY(e.event_types)) \
          ON CONFLICT (endpoint_id, message_id) DO NOTHING",
     )

@@ -244,7 +244,8 @@ pub async fn update(
            event_types = COALESCE($5, event_types), enabled = COALESCE($6, enabled), \
            disabled_reason = CASE WHEN COALESCE($6, enabled) THEN NULL \
                                   WHEN $6 = false THEN NULL ELSE disabled_reason END, \
-           failing_since = CASE WHEN $7 THEN NULL ELSE failing_since END, version = version + 1 \
+           failing_since = CASE WHEN $7 OR $3::text IS NOT NULL THEN NULL ELSE failing_since END, \
+           version = version + 1 \
          WHERE org_id = $1 AND id = $2 RETURNING {ENDPOINT_COLUMNS}"
     )))
     .bind(org_id)
@@ -257,11 +258,13 @@ pub async fn update(
     .fetch_one(&mut *tx)
     .await?;
     if enabling {
-        // What waited while it was disabled goes now, from the first attempt's schedule on.
-        sqlx::query("UPDATE deliveries SET next_attempt_at = now() WHERE endpoint_id = $1 AND state = 'pending'")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // What waited while it was disabled goes now, from the start of the retry schedule.
+        sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = now(), attempts = 0 WHERE endpoint_id = $1 AND state = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     if enabling {

@@ -184,13 +184,15 @@ async fn run(report: &mut Report, args: &Args, env: &TestEnv, binary: &std::path
         "| raw: the same signed POSTs through the same client, {concurrency} in flight | {}/s |",
         thousands(raw)
     ));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+    let cpu_per_follow_up = cpu / count as f64;
     report.line(format!(
-        "| ratio of the sustained delivery rate to the raw POST rate | {:.2} |",
-        rate(first.len() as u64, delivering) / raw
+        "| machine CPU per follow-up told and delivered (every process) | {:.0} µs |",
+        cpu_per_follow_up * 1e6
     ));
     report.line(format!(
-        "| machine CPU per follow-up told and delivered (every process) | {:.0} µs |\n",
-        cpu / count as f64 * 1e6
+        "| what this machine's CPU allows at that cost ({cores:.0} cores), beside the due rate | {}/s |\n",
+        thousands(cores / cpu_per_follow_up)
     ));
     report.target(
         "follow-up due -> webhook received, p99",
