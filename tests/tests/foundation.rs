@@ -90,7 +90,10 @@ async fn a_service_role_cannot_read_another_services_schema() -> anyhow::Result<
     )
     .fetch_all(&admin)
     .await?;
-    assert_eq!(tables, ["assignment", "broadcast", "followup", "ingest", "lead", "notifications", "people", "qualification"]);
+    assert_eq!(
+        tables,
+        ["assignment", "broadcast", "followup", "ingest", "lead", "notifications", "people", "qualification"]
+    );
     node.stop().await?;
     env.cleanup().await
 }
