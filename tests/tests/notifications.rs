@@ -753,3 +753,39 @@ async fn messages_past_the_retention_go_with_their_deliveries_and_log() -> anyho
     node.stop().await?;
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_follow_up_moved_to_another_agent_reminds_the_new_one_too() -> anyhow::Result<()> {
+    let platform = Platform::start(&SERVICES).await?;
+    let leads = platform.leads(1).await?;
+    for agent in ["ann", "bob"] {
+        platform.agent(agent).await?;
+    }
+    platform.assign(&leads[0].id, "ann").await?;
+    platform
+        .notifications
+        .clone()
+        .update_notification_settings(pb::UpdateNotificationSettingsRequest {
+            org_id: ORG.into(),
+            remind_before_minutes: Some(30),
+            ..Default::default()
+        })
+        .await?;
+    // No agent named: it goes to the lead's, and follows the lead.
+    let follow_up = platform.follow_up(&leads[0].id, 600, "send the contract").await?;
+    assert_eq!(follow_up.agent_id, "ann");
+    let first =
+        platform.told("ann", false, "followup.reminder", |n| data(n)["follow_up_id"] == follow_up.id.as_str()).await;
+    assert_eq!(data(&first)["agent_id"], "ann");
+
+    platform.assign(&leads[0].id, "bob").await?;
+    let moved =
+        platform.told("bob", false, "followup.reminder", |n| data(n)["follow_up_id"] == follow_up.id.as_str()).await;
+    assert_eq!(data(&moved)["agent_id"], "bob");
+    assert_ne!(moved.id, first.id);
+    // Ann was reminded once, however often the follow-up's alerts were set again.
+    let reminders =
+        platform.list("ann", false).await?.notifications.into_iter().filter(|n| n.r#type == "followup.reminder");
+    assert_eq!(reminders.count(), 1);
+    platform.stop().await
+}

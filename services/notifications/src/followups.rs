@@ -273,13 +273,17 @@ fn alert(follow_up: &OpenFollowUp, event_type: &'static str, at: DateTime<Utc>, 
         FOLLOWUP_DUE => ("Follow-up due", "due"),
         _ => ("Follow-up overdue", "overdue"),
     };
+    // The recipient is part of the key: a follow-up reassigned after its reminder reminds its
+    // new agent too.
     let (recipient, key_kind, summary) = match (admins, &follow_up.agent_id) {
-        (None, Some(agent)) => {
-            (Recipient::Agent(agent.clone()), key_kind.to_owned(), format!("{headline}: {what} ({who})"))
-        }
+        (None, Some(agent)) => (
+            Recipient::Agent(agent.clone()),
+            format!("{key_kind}:agent:{agent}"),
+            format!("{headline}: {what} ({who})"),
+        ),
         (_, agent) => (
             Recipient::Admins,
-            format!("{key_kind}-admins"),
+            format!("{key_kind}:admins"),
             match agent {
                 Some(agent) => format!("{headline} for {agent}: {what} ({who})"),
                 None => format!("{headline}, no agent: {what} ({who})"),
