@@ -7,7 +7,11 @@
 //! however many run, the service's main pool (the Leads page, the consumers) keeps every
 //! connection.
 
-use crate::{error::LeadError, query::LeadQuery, read};
+use crate::{
+    error::LeadError,
+    query::{Cursor, LeadQuery, SortField},
+    read,
+};
 use chrono::{DateTime, Utc};
 use contracts::lead::{LeadView, ScoreSource, SourceKind, Status};
 use futures::TryStreamExt;
@@ -242,6 +246,11 @@ pub fn all(exports: &Exports, query: LeadQuery) -> Result<ChunkReceiver, LeadErr
     Ok(receiver)
 }
 
+/// The export's first chunk comes from the page's own plan (the sort's index, a LIMIT): its
+/// rows leave at once. The rest, after the first chunk's last lead, comes from one plan for
+/// all of it, whose sort of every matching lead would otherwise hold back the first byte for
+/// seconds at millions of leads. Both read the one snapshot, in the same order, so every lead
+/// appears exactly once.
 async fn stream_all(
     pool: &PgPool,
     query: &LeadQuery,
@@ -249,12 +258,32 @@ async fn stream_all(
 ) -> Result<(), LeadError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let mut sql =
-        sqlx::QueryBuilder::new(format!("SELECT {CSV_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id"));
+    let select = format!("SELECT {CSV_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id");
+    let mut head = sqlx::QueryBuilder::new(select.as_str());
+    query.push_filters(&mut head)?;
+    query.push_order(&mut head);
+    head.push(" LIMIT ").push_bind(ROWS_PER_CHUNK as i64);
+    let first: Vec<CsvRow> = head.build_query_as().persistent(!query.has_search()).fetch_all(&mut *tx).await?;
+    let mut writer = new_writer(true)?;
+    for row in &first {
+        write_row(&mut writer, row).map_err(|e| LeadError::invalid("export", e.to_string()))?;
+    }
+    let after = match first.last() {
+        Some(last) if first.len() == ROWS_PER_CHUNK => cursor_after(query, last),
+        _ => {
+            let _ = sender.send(chunk(writer, first.len() as i64)).await;
+            return Ok(());
+        }
+    };
+    if sender.send(chunk(writer, first.len() as i64)).await.is_err() {
+        return Ok(()); // the caller went away
+    }
+    let mut sql = sqlx::QueryBuilder::new(select);
     query.push_filters(&mut sql)?;
+    query.push_cursor(&mut sql, Some(&after));
     query.push_order(&mut sql);
     let mut rows = sql.build_query_as::<CsvRow>().persistent(!query.has_search()).fetch(&mut *tx);
-    let mut writer = new_writer(true)?;
+    let mut writer = new_writer(false)?;
     let mut in_chunk = 0usize;
     while let Some(row) = rows.try_next().await? {
         write_row(&mut writer, &row).map_err(|e| LeadError::invalid("export", e.to_string()))?;
@@ -269,6 +298,15 @@ async fn stream_all(
     }
     let _ = sender.send(chunk(writer, in_chunk as i64)).await;
     Ok(())
+}
+
+/// Where the export goes on after `row`, in the query's order.
+fn cursor_after(query: &LeadQuery, row: &CsvRow) -> Cursor {
+    match query.sort {
+        SortField::LastInteraction => Cursor::Time(row.last_interaction_at, row.id),
+        SortField::Created => Cursor::Time(row.created_at, row.id),
+        SortField::Score => Cursor::Score(i64::from(row.score.unwrap_or(-1)), row.id),
+    }
 }
 
 #[cfg(test)]
