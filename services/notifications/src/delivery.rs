@@ -9,7 +9,7 @@ use crate::{
     NotificationContext,
     error::NotificationError,
     record::{self, Recipient, Tell},
-    webhooks::{self, EndpointRow},
+    webhooks::{self, ENDPOINT_COLUMNS, EndpointRow},
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -106,7 +106,7 @@ async fn lease_endpoints(
     if room == 0 {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE webhook_endpoints SET leased_by = $1, leased_until = now() + make_interval(secs => $2) \
          WHERE id IN ( \
            SELECT e.id FROM webhook_endpoints e \
@@ -114,9 +114,8 @@ async fn lease_endpoints(
              AND EXISTS (SELECT 1 FROM deliveries d \
                          WHERE d.endpoint_id = e.id AND d.state = 'pending' AND d.next_attempt_at <= now()) \
            LIMIT $3 FOR UPDATE SKIP LOCKED) \
-         RETURNING org_id, id, url, description, event_types, secret, previous_secret, previous_secret_until, \
-           enabled, disabled_reason, failing_since, version, created_at",
-    )
+         RETURNING {ENDPOINT_COLUMNS}"
+    )))
     .bind(process)
     .bind(LEASE.as_secs_f64())
     .bind(room as i64)
@@ -195,12 +194,10 @@ async fn deliver_to(
     let claim = LEASE.max(ctx.delivery.timeout * 2 + Duration::from_secs(5));
     while !token.is_cancelled() {
         // Renewing reads the endpoint again: its URL, secrets or state may have changed.
-        let renewed: Option<EndpointRow> = sqlx::query_as(
+        let renewed: Option<EndpointRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE webhook_endpoints SET leased_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND leased_by = $2 AND leased_until > now() AND enabled \
-             RETURNING org_id, id, url, description, event_types, secret, previous_secret, previous_secret_until, \
-               enabled, disabled_reason, failing_since, version, created_at",
-        )
+             WHERE id = $1 AND leased_by = $2 AND leased_until > now() AND enabled RETURNING {ENDPOINT_COLUMNS}"
+        )))
         .bind(endpoint.id)
         .bind(process)
         .bind(LEASE.as_secs_f64())

@@ -39,6 +39,24 @@ pub struct OpenFollowUp {
     pub version: i64,
 }
 
+impl OpenFollowUp {
+    /// The follow-up as one of the follow-up service's events has it, in `state` at `version`.
+    fn of_event(event: &Envelope<FollowUpEvent>, state: &str, version: i64) -> Self {
+        Self {
+            org_id: event.org_id.clone(),
+            id: event.aggregate_id,
+            lead_id: event.data.lead_id,
+            agent_id: event.data.agent_id.clone(),
+            due_at: event.data.due_at,
+            note: event.data.note.clone(),
+            contact_name: event.data.contact_name.clone(),
+            phone: event.data.phone.clone(),
+            state: state.to_owned(),
+            version,
+        }
+    }
+}
+
 /// The columns of `OpenFollowUp`.
 const COLUMNS: &str = "org_id, id, lead_id, agent_id, due_at, note, contact_name, phone, state, version";
 
@@ -91,21 +109,8 @@ pub async fn apply_follow_up_events(
     if !closing.is_empty() {
         // A tombstone, not a deletion: a `follow_up_opened` inserting the same follow-up at the
         // same time conflicts with it on the key and waits, whichever of the two comes first.
-        let tombstones: Vec<OpenFollowUp> = closing
-            .iter()
-            .map(|e| OpenFollowUp {
-                org_id: e.org_id.clone(),
-                id: e.aggregate_id,
-                lead_id: e.data.lead_id,
-                agent_id: e.data.agent_id.clone(),
-                due_at: e.data.due_at,
-                note: e.data.note.clone(),
-                contact_name: e.data.contact_name.clone(),
-                phone: e.data.phone.clone(),
-                state: "closed".into(),
-                version: i64::MAX,
-            })
-            .collect();
+        let tombstones: Vec<OpenFollowUp> =
+            closing.iter().map(|e| OpenFollowUp::of_event(e, "closed", i64::MAX)).collect();
         upsert(&mut tx, &tombstones).await?;
         let orgs: Vec<&str> = closing.iter().map(|e| e.org_id.as_str()).collect();
         let ids: Vec<Uuid> = closing.iter().map(|e| e.aggregate_id).collect();
@@ -117,21 +122,7 @@ pub async fn apply_follow_up_events(
         .execute(&mut *tx)
         .await?;
     }
-    let rows: Vec<OpenFollowUp> = open
-        .iter()
-        .map(|e| OpenFollowUp {
-            org_id: e.org_id.clone(),
-            id: e.aggregate_id,
-            lead_id: e.data.lead_id,
-            agent_id: e.data.agent_id.clone(),
-            due_at: e.data.due_at,
-            note: e.data.note.clone(),
-            contact_name: e.data.contact_name.clone(),
-            phone: e.data.phone.clone(),
-            state: e.data.state.clone(),
-            version: e.version,
-        })
-        .collect();
+    let rows: Vec<OpenFollowUp> = open.iter().map(|e| OpenFollowUp::of_event(e, &e.data.state, e.version)).collect();
     let changed = upsert(&mut tx, &rows).await?;
     schedule(&mut tx, &changed).await?;
 
@@ -156,18 +147,7 @@ pub async fn apply_follow_up_events(
         let tells = due
             .iter()
             .map(|e| {
-                let follow_up = OpenFollowUp {
-                    org_id: e.org_id.clone(),
-                    id: e.aggregate_id,
-                    lead_id: e.data.lead_id,
-                    agent_id: e.data.agent_id.clone(),
-                    due_at: e.data.due_at,
-                    note: e.data.note.clone(),
-                    contact_name: e.data.contact_name.clone(),
-                    phone: e.data.phone.clone(),
-                    state: "due".into(),
-                    version: e.version,
-                };
+                let follow_up = OpenFollowUp::of_event(e, "due", e.version);
                 alert(&follow_up, FOLLOWUP_DUE, e.occurred_at, None)
             })
             .collect();

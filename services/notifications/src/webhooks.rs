@@ -76,7 +76,7 @@ impl EndpointRow {
     }
 }
 
-const ENDPOINT_COLUMNS: &str = "org_id, id, url, description, event_types, secret, previous_secret, \
+pub(crate) const ENDPOINT_COLUMNS: &str = "org_id, id, url, description, event_types, secret, previous_secret, \
      previous_secret_until, enabled, disabled_reason, failing_since, version, created_at";
 
 /// A URL an endpoint may have: http or https with a host, no credentials in it, and not an
