@@ -909,6 +909,62 @@ async fn a_total_beyond_the_exact_limit_is_the_planners_estimate_and_says_so() -
 }
 
 #[tokio::test]
+async fn a_count_that_outlasts_its_budget_gives_way_to_the_estimate_and_the_page_is_whole() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.lead.exact_total_up_to = 1_000_000;
+    env.settings.lead.exact_total_budget_ms = 1;
+    let node = env.start(&[ServiceName::Lead]).await?;
+    let client = node.lead().await?;
+    let page = Page { node, env, client };
+    // Enough leads that counting them cannot finish within a millisecond.
+    let admin = page.env.admin_pool().await?;
+    let leads = 60_000;
+    sqlx::query(
+        "INSERT INTO lead.contacts (id, org_id, phone, name, profile_at) \
+         SELECT md5('c' || i)::uuid, $1, '+1415' || lpad(i::text, 7, '0'), 'Ada Lovelace', now() \
+         FROM generate_series(1, $2) i",
+    )
+    .bind(ORG)
+    .bind(leads)
+    .execute(&admin)
+    .await?;
+    sqlx::query(
+        "INSERT INTO lead.leads (id, org_id, contact_id, status, source_kind, channel, first_touch_at, \
+           last_interaction_at, created_at) \
+         SELECT md5('l' || i)::uuid, $1, md5('c' || i)::uuid, 'new', 'chat_message', 'whatsapp', now(), \
+           now() - i * interval '1 second', now() - i * interval '1 second' FROM generate_series(1, $2) i",
+    )
+    .bind(ORG)
+    .bind(leads)
+    .execute(&admin)
+    .await?;
+    sqlx::raw_sql("ANALYZE lead.leads; ANALYZE lead.contacts").execute(&admin).await?;
+    admin.close().await;
+
+    // A time range is no dimension of the maintained counts: its total is counted from the rows.
+    let filter = pb::LeadFilter {
+        created: Some(pb::TimeRange { from: Some(prost_types::Timestamp { seconds: 946_684_800, nanos: 0 }), to: None }),
+        ..Default::default()
+    };
+    let cut_short = page.list(filter.clone()).await?;
+    assert!(cut_short.total_is_estimate, "a count over its budget is an estimate: {}", cut_short.total_count);
+    assert!(cut_short.total_count > 0, "the estimate is the planner's, not zero");
+    assert_eq!(cut_short.leads.len(), 500, "the page itself is whole");
+    assert!(!cut_short.next_page_token.is_empty());
+
+    // With time enough, the same total is exact.
+    let mut env = page.env.clone();
+    env.settings.lead.exact_total_budget_ms = 60_000;
+    page.node.stop().await?;
+    let node = env.start(&[ServiceName::Lead]).await?;
+    let client = node.lead().await?;
+    let page = Page { node, env, client };
+    let counted = page.list(filter).await?;
+    assert_eq!((counted.total_count, counted.total_is_estimate), (leads, false));
+    page.stop().await
+}
+
+#[tokio::test]
 async fn an_export_beyond_its_first_chunk_has_every_lead_once_in_the_pages_order() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let node = env.start(&[ServiceName::Lead]).await?;

@@ -183,11 +183,15 @@ pub struct LeadServiceSettings {
     /// counted exactly up to this many leads; above, it is the planner's estimate, marked so
     /// (`total_is_estimate`).
     pub exact_total_up_to: i64,
+    /// Milliseconds a ListLeads total may spend counting rows; a count that would take longer
+    /// (a search matching many leads among millions) gives way to the planner's estimate,
+    /// marked so, and the page is not held back.
+    pub exact_total_budget_ms: u64,
 }
 
 impl Default for LeadServiceSettings {
     fn default() -> Self {
-        Self { idle_sweep_interval_secs: 300, exact_total_up_to: 10_000 }
+        Self { idle_sweep_interval_secs: 300, exact_total_up_to: 10_000, exact_total_budget_ms: 20 }
     }
 }
 
@@ -721,6 +725,9 @@ impl Settings {
         }
         if !(1..=100_000_000).contains(&self.lead.exact_total_up_to) {
             return Err(invalid("lead.exact_total_up_to", "must be between 1 and 100000000"));
+        }
+        if !(1..=60_000).contains(&self.lead.exact_total_budget_ms) {
+            return Err(invalid("lead.exact_total_budget_ms", "must be between 1 and 60000"));
         }
         let a = &self.assignment;
         if a.presence_grace_secs == 0 {

@@ -49,8 +49,8 @@ pub struct LeadContext {
     pub exports: export::Exports,
     /// WatchLeads' consumers of this service's own events, bounded per process.
     pub watches: watch::Watches,
-    /// A ListLeads total counted from the rows is exact up to this many, estimated above.
-    pub exact_total_up_to: i64,
+    /// How a ListLeads total is counted: exactly up to a limit and within a time budget.
+    pub totals: read::Totals,
 }
 
 pub fn validate_org(org_id: &str) -> Result<(), LeadError> {
@@ -78,7 +78,10 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
             infra.settings.grpc.watch_limit,
             token.clone(),
         ),
-        exact_total_up_to: infra.settings.lead.exact_total_up_to,
+        totals: read::Totals {
+            exact_up_to: infra.settings.lead.exact_total_up_to,
+            budget: std::time::Duration::from_millis(infra.settings.lead.exact_total_budget_ms),
+        },
     };
     base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
     let idle_sweep = std::time::Duration::from_secs(infra.settings.lead.idle_sweep_interval_secs);

@@ -34,11 +34,20 @@ pub struct Total {
     pub estimated: bool,
 }
 
-/// The page and its total come from one snapshot, so they agree with each other. A total counted
-/// from the rows is exact up to `total_exact_up_to` (`None`: no total).
-pub async fn list_leads(pool: &PgPool, query: &LeadQuery, total_exact_up_to: Option<i64>) -> Result<Page, LeadError> {
+/// How a total the maintained counts cannot answer is counted from the rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Totals {
+    /// Exact up to this many matching leads; above, the planner's estimate.
+    pub exact_up_to: i64,
+    /// The longest counting may take before the planner's estimate answers instead.
+    pub budget: std::time::Duration,
+}
+
+/// The page and its total come from one snapshot, so they agree with each other (`totals`
+/// `None`: no total).
+pub async fn list_leads(pool: &PgPool, query: &LeadQuery, totals: Option<Totals>) -> Result<Page, LeadError> {
     let mut tx = pool.begin().await?;
-    if total_exact_up_to.is_some() {
+    if totals.is_some() {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     }
     let words_on = words_on(&mut tx, query).await?;
@@ -50,8 +59,8 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, total_exact_up_to: Opt
         (true, Some(last)) => query.token_of(last),
         _ => String::new(),
     };
-    let total = match total_exact_up_to {
-        Some(exact_up_to) => Some(count(&mut tx, query, exact_up_to).await?),
+    let total = match totals {
+        Some(totals) => Some(count(&mut tx, query, totals).await?),
         None => None,
     };
     tx.commit().await?;
@@ -103,10 +112,11 @@ fn rows_of_plan_line(line: &str) -> f64 {
 }
 
 /// The number of leads matching the filters: exact from the maintained counts when every filter
-/// is one of their dimensions; else counted from the rows up to `exact_up_to`, and estimated by
-/// the planner above (counting every row a broad search matches among millions of leads took
-/// over a second).
-pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery, exact_up_to: i64) -> Result<Total, LeadError> {
+/// is one of their dimensions; else counted from the rows, exactly up to `totals.exact_up_to`
+/// matches and within `totals.budget`, and the planner's estimate otherwise (counting every row a
+/// broad search matches among millions of leads took over a second). A count the planner
+/// expects far above the limit is not started. `conn` is in a transaction.
+pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery, totals: Totals) -> Result<Total, LeadError> {
     let mut counted = sqlx::QueryBuilder::new(
         "SELECT coalesce(sum(k.n), 0)::bigint FROM \
          (SELECT * FROM lead_counts UNION ALL SELECT org_id, status, agent_id, source_kind, score_source, \
@@ -120,19 +130,43 @@ pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery, exact_up_to
     } else {
         "SELECT 1 FROM leads l"
     };
-    let mut capped = sqlx::QueryBuilder::new(format!("SELECT count(*) FROM ({matching}"));
-    query.push_filters(&mut capped)?;
-    capped.push(" LIMIT ").push_bind(exact_up_to + 1).push(") matching");
-    let count: i64 = capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *conn).await?;
-    if count <= exact_up_to {
-        return Ok(Total { count, estimated: false });
-    }
     let mut explain = sqlx::QueryBuilder::new(format!("EXPLAIN {matching}"));
     query.push_filters(&mut explain)?;
     let first_line: String = explain.build_query_scalar().persistent(false).fetch_one(&mut *conn).await?;
     let estimate = rows_of_plan_line(&first_line) as i64;
-    Ok(Total { count: estimate.max(exact_up_to + 1), estimated: true })
+    let estimated = Total { count: estimate.max(totals.exact_up_to + 1), estimated: true };
+    if estimate > totals.exact_up_to.saturating_mul(PLAINLY_ABOVE) {
+        return Ok(estimated);
+    }
+    let mut capped = sqlx::QueryBuilder::new(format!("SELECT count(*) FROM ({matching}"));
+    query.push_filters(&mut capped)?;
+    capped.push(" LIMIT ").push_bind(totals.exact_up_to + 1).push(") matching");
+    // A savepoint keeps the transaction, and so the page's snapshot, usable after a cancelled count.
+    let budget_ms = totals.budget.as_millis().max(1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SAVEPOINT counting; SET LOCAL statement_timeout = {budget_ms}")))
+        .execute(&mut *conn)
+        .await?;
+    let counted: Result<i64, sqlx::Error> =
+        capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *conn).await;
+    match counted {
+        Ok(count) => {
+            sqlx::raw_sql("RELEASE SAVEPOINT counting; SET LOCAL statement_timeout = DEFAULT").execute(&mut *conn).await?;
+            Ok(if count <= totals.exact_up_to { Total { count, estimated: false } } else { estimated })
+        }
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(QUERY_CANCELED) => {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT counting").execute(&mut *conn).await?;
+            Ok(Total { count: estimate.max(1), estimated: true })
+        }
+        Err(error) => Err(error.into()),
+    }
 }
+
+/// How far above the exact limit the planner must expect a count to be for it not to be
+/// started: its estimates of a search's words are seldom off by this much.
+const PLAINLY_ABOVE: i64 = 10;
+
+/// Postgres's code for a statement cancelled by its `statement_timeout`.
+const QUERY_CANCELED: &str = "57014";
 
 /// Folds the count deltas into the totals, in one statement so that every snapshot sees each
 /// change exactly once. Totals are upserted in key order: concurrent folds cannot deadlock.
