@@ -16,7 +16,13 @@ pub struct Desk {
 impl Desk {
     /// A fresh environment with `services` running in-process (the lead service among them).
     pub async fn start(services: &[ServiceName]) -> anyhow::Result<Self> {
-        let env = TestEnv::new().await?;
+        Self::start_in(TestEnv::new().await?, services).await
+    }
+
+    /// `services` running in-process on `env`, a fresh environment whose settings the caller
+    /// chose (the bench's production pools rather than the tests' small ones); `env` is
+    /// cleaned up should they fail to start.
+    pub async fn start_in(env: TestEnv, services: &[ServiceName]) -> anyhow::Result<Self> {
         let node = match env.start(services).await {
             Ok(node) => node,
             Err(error) => {

@@ -943,7 +943,10 @@ async fn a_count_that_outlasts_its_budget_gives_way_to_the_estimate_and_the_page
 
     // A time range is no dimension of the maintained counts: its total is counted from the rows.
     let filter = pb::LeadFilter {
-        created: Some(pb::TimeRange { from: Some(prost_types::Timestamp { seconds: 946_684_800, nanos: 0 }), to: None }),
+        created: Some(pb::TimeRange {
+            from: Some(prost_types::Timestamp { seconds: 946_684_800, nanos: 0 }),
+            to: None,
+        }),
         ..Default::default()
     };
     let cut_short = page.list(filter.clone()).await?;

@@ -46,7 +46,7 @@ pub const HEADER: [&str; 16] = [
 /// The CSV's columns, in its order, for `FROM leads l JOIN contacts c ON c.id = l.contact_id`.
 /// ALL reads only these, by position: decoding the page's full lead row by column name cost
 /// the export more than writing its CSV did.
-const CSV_COLUMNS: &str = "l.id, c.name, c.phone, c.email, l.status, l.score, l.score_source, l.agent_id, \
+pub const CSV_COLUMNS: &str = "l.id, c.name, c.phone, c.email, l.status, l.score, l.score_source, l.agent_id, \
      l.source_kind, l.campaign_id, l.integration_name, l.interaction_count, l.created_at, l.last_interaction_at, \
      l.attributes, coalesce(l.score_reasons, '[]')";
 

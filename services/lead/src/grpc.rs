@@ -131,9 +131,7 @@ impl LeadService for LeadApi {
         } else {
             String::new()
         };
-        let page =
-            read::list_leads(&self.ctx.pool, &query, (!request.skip_total).then_some(self.ctx.totals))
-                .await?;
+        let page = read::list_leads(&self.ctx.pool, &query, (!request.skip_total).then_some(self.ctx.totals)).await?;
         let mut leads: Vec<pb::Lead> = page.leads.iter().map(contracts::lead::LeadView::to_proto).collect();
         settings::link_conversations(&self.ctx.pool, &request.org_id, &mut leads).await?;
         Ok(Response::new(pb::ListLeadsResponse {

@@ -150,7 +150,9 @@ pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery, totals: Tot
         capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *conn).await;
     match counted {
         Ok(count) => {
-            sqlx::raw_sql("RELEASE SAVEPOINT counting; SET LOCAL statement_timeout = DEFAULT").execute(&mut *conn).await?;
+            sqlx::raw_sql("RELEASE SAVEPOINT counting; SET LOCAL statement_timeout = DEFAULT")
+                .execute(&mut *conn)
+                .await?;
             Ok(if count <= totals.exact_up_to { Total { count, estimated: false } } else { estimated })
         }
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(QUERY_CANCELED) => {

@@ -10,8 +10,8 @@
 //! - leads: the Leads page at scale (a seeded organisation of `--leads` leads): ListLeads,
 //!   the total count, GetLeadHistory and ExportLeads.
 //! - broadcast: delivery statuses from NATS to committed, sustained and as a backlog.
-//! - desk: AssignLead, BulkAssign, CreateFollowUp and follow-ups coming due, beside the raw
-//!   Postgres transaction of the same shape.
+//! - desk: AssignLead, BulkAssign, ChangeStatus and CreateFollowUp beside raw baselines of the
+//!   same rows and commits, paced at 200/s with each cross-service hop, and follow-ups coming due.
 //! - qualification: a backlog of lead events drained by one and by two `leads run --services
 //!   qualification` processes (scorings/s, CPU per scoring beside the raw parts), then the
 //!   latency from publish to a lead's score in ListLeads under a paced load.
@@ -39,6 +39,7 @@ mod desk;
 mod events;
 mod ingest;
 mod leads_page;
+mod leads_seed;
 mod machine;
 mod notifications;
 mod qualification;
@@ -113,7 +114,8 @@ struct Args {
     /// Leads created through ingest in the desk section (assignment and follow-ups).
     #[arg(long, default_value_t = 10_000)]
     desk_leads: u32,
-    /// AssignLead and CreateFollowUp requests each in the desk section.
+    /// AssignLead, ChangeStatus and CreateFollowUp calls each in the desk section's closed-loop
+    /// runs (BulkAssign a tenth as many).
     #[arg(long, default_value_t = 2_000)]
     desk_requests: usize,
     /// Interactions in the qualification section's backlog.
@@ -208,7 +210,10 @@ async fn main() -> anyhow::Result<()> {
             }
             Section::Desk => {
                 let options = desk::DeskOptions { leads: args.desk_leads, requests: args.desk_requests };
-                desk::run(&options).await.map(|section| report.line(section))
+                desk::run_with_targets(&options).await.map(|(section, targets)| {
+                    report.line(section);
+                    report.targets.extend(targets);
+                })
             }
             Section::Qualification => qualification::qualification(&mut report, &args).await,
             Section::Assignment => assignment::assignment(&mut report, &args).await,

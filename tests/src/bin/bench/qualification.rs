@@ -9,7 +9,9 @@ use super::{
     Args,
     events::{ACK_WINDOW, FIRST_NAMES, LAST_NAMES, Prepared, Publisher, org_name, prepare},
     production_env,
-    report::{Report, loadavg, machine_cpu_seconds, micros, ms, process_cpu_seconds, progress, rate, stats, thousands},
+    report::{
+        Report, Target, loadavg, machine_cpu_seconds, micros, ms, process_cpu_seconds, progress, rate, stats, thousands,
+    },
 };
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
@@ -275,6 +277,10 @@ struct Drain {
     worker_cpu: f64,
     /// Busy CPU of the whole machine over the same time.
     machine_cpu: f64,
+    /// CPU of the Postgres cluster's processes and of nats-server over the same time.
+    servers_cpu: ServerCpu,
+    /// CPU of this bench process over the same time (its polling of the consumer and counts).
+    bench_cpu: f64,
 }
 
 impl Drain {
@@ -285,6 +291,67 @@ impl Drain {
     fn scoring_rate(&self) -> f64 {
         rate(self.scorings, self.elapsed)
     }
+
+    /// CPU seconds spent per scoring.
+    fn per_scoring(&self, cpu: f64) -> f64 {
+        cpu / self.scorings.max(1) as f64
+    }
+
+    /// The machine's busy CPU that is neither the workers', the servers' nor the bench's:
+    /// the kernel's work outside those processes and whatever else ran on the machine.
+    fn unattributed_cpu(&self) -> f64 {
+        self.machine_cpu - self.worker_cpu - self.servers_cpu.postgres - self.servers_cpu.nats - self.bench_cpu
+    }
+}
+
+/// CPU seconds (user + system) of the Postgres cluster the bench uses and of the nats-server
+/// processes, from /proc/<pid>/stat. Postgres's backends come and go with their connections;
+/// the time of one that has exited moves into the postmaster's reaped-children fields, so those
+/// are counted too and a difference of two readings keeps every backend's share.
+#[derive(Debug, Clone, Copy)]
+struct ServerCpu {
+    postgres: f64,
+    nats: f64,
+}
+
+/// USER_HZ: 100 on every Linux architecture this runs on.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl ServerCpu {
+    /// The postmaster and its children when `postmaster` is known, else every process named
+    /// `postgres`; NaN for a server with no process in sight (another PID namespace).
+    fn read(postmaster: Option<u32>) -> Self {
+        let (mut postgres, mut nats) = (None::<f64>, None::<f64>);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // The command name (field 2) is in parentheses and may hold spaces; after it come
+            // the state, the parent's pid, and utime, stime, cutime, cstime as the 12th to 15th.
+            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            let Some((_, command)) = head.split_once('(') else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let parent = fields.get(1).and_then(|p| p.parse::<u32>().ok());
+            let slot = match command {
+                "postgres" if postmaster.is_none_or(|pm| pid == pm || parent == Some(pm)) => &mut postgres,
+                "nats-server" => &mut nats,
+                _ => continue,
+            };
+            let ticks: f64 = fields.iter().skip(11).take(4).filter_map(|t| t.parse::<f64>().ok()).sum();
+            *slot.get_or_insert(0.0) += ticks / TICKS_PER_SECOND;
+        }
+        Self { postgres: postgres.unwrap_or(f64::NAN), nats: nats.unwrap_or(f64::NAN) }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self { postgres: self.postgres - before.postgres, nats: self.nats - before.nats }
+    }
+}
+
+/// The postmaster of the cluster behind `admin`: the parent of its own backend.
+async fn postmaster_pid(admin: &sqlx::PgPool) -> Option<u32> {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(admin).await.ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Publishes `args.qualification_backlog` interactions through ingest and lead (in-process)
@@ -351,7 +418,10 @@ async fn drain_in(
         prepared_in.as_secs_f64()
     ));
 
+    let postmaster = postmaster_pid(admin).await;
     let cpu = machine_cpu_seconds();
+    let servers_cpu = ServerCpu::read(postmaster);
+    let bench_cpu = process_cpu_seconds(std::process::id());
     let started = Instant::now();
     let mut children = Vec::new();
     for _ in 0..workers {
@@ -379,17 +449,20 @@ async fn drain_in(
         )?;
         let worker_cpu: f64 = children.iter().map(|c| process_cpu_seconds(c.pid)).sum();
         let machine_cpu = machine_cpu_seconds() - cpu;
+        let servers_cpu = ServerCpu::read(postmaster).since(servers_cpu);
+        let bench_cpu = process_cpu_seconds(std::process::id()) - bench_cpu;
         let mut scorings = 0;
         for child in &children {
             scorings += child.scorings().await.context("cannot read a worker's metrics")?;
         }
-        anyhow::Ok((ready_after, done.duration_since(started), worker_cpu, machine_cpu, scorings))
+        let cpu = (worker_cpu, machine_cpu, servers_cpu, bench_cpu);
+        anyhow::Ok((ready_after, done.duration_since(started), cpu, scorings))
     }
     .await;
     for child in children {
         child.stop().await?;
     }
-    let (ready_after, elapsed, worker_cpu, machine_cpu, scorings) = outcome?;
+    let (ready_after, elapsed, (worker_cpu, machine_cpu, servers_cpu, bench_cpu), scorings) = outcome?;
     let versions: i64 = sqlx::query_scalar("SELECT coalesce(sum(version), 0)::bigint FROM qualification.scores")
         .fetch_one(admin)
         .await?;
@@ -415,6 +488,8 @@ async fn drain_in(
         published,
         worker_cpu,
         machine_cpu,
+        servers_cpu,
+        bench_cpu,
     };
     progress(format!(
         "qualification ({workers} worker(s)): {interactions} interactions in {:.2} s = {:.0}/s, {scorings} scorings = \
@@ -467,7 +542,9 @@ fn drain_report(report: &mut Report, args: &Args, drains: &[Drain], texts: &Text
          Scorings: the workers' own `leads_qualification_scorings_total` (a lead scored once per consumer batch \
          however many of its messages the batch holds); score versions: the sum of `qualification.scores.version` \
          (a score that did not change writes none). CPU of the workers: utime + stime from /proc/<pid>/stat at the \
-         end; the machine's: every process (/proc/stat).\n",
+         end; of Postgres (the postmaster and its children, exited backends included: the whole cluster, so other \
+         databases' work too, which wants a quiet machine) and nats-server: the same fields read before the first \
+         spawn and at the end; the machine's: every process (/proc/stat).\n",
         thousands(first.interactions as f64),
         texts.average_bytes(),
         thousands(args.qualification_contacts as f64),
@@ -513,6 +590,26 @@ fn drain_report(report: &mut Report, args: &Args, drains: &[Drain], texts: &Text
     row(report, "machine CPU per scoring (workers, Postgres, NATS)", &|d: &Drain| {
         micros(d.machine_cpu / d.scorings.max(1) as f64)
     });
+    let parts: Vec<Option<RawParts>> = drains.iter().map(|d| raw_parts(report, d)).collect();
+    if parts.iter().all(Option::is_some) {
+        let cells: Vec<String> = drains
+            .iter()
+            .zip(&parts)
+            .filter_map(|(d, p)| Some((d, p.as_ref()?)))
+            .map(|(d, p)| {
+                let attributed = d.worker_cpu + d.servers_cpu.postgres + d.servers_cpu.nats;
+                format!(
+                    "**{:.3}** ({:.3} of the workers', Postgres's and nats-server's)",
+                    p.cpu / d.per_scoring(d.machine_cpu),
+                    p.cpu / d.per_scoring(attributed)
+                )
+            })
+            .collect();
+        report.line(format!(
+            "| **raw parts' CPU per scoring / machine CPU per scoring** (the fraction of the ceiling reached) | {} |",
+            cells.join(" | ")
+        ));
+    }
     if let (Some(one), Some(two)) = (drains.iter().find(|d| d.workers == 1), drains.iter().find(|d| d.workers == 2)) {
         report.line(format!(
             "\nTwo workers / one: **{:.2}** in scorings/s, {:.2} in interactions/s.",
@@ -524,6 +621,8 @@ fn drain_report(report: &mut Report, args: &Args, drains: &[Drain], texts: &Text
     let one = drains.iter().find(|d| d.workers == 1).unwrap_or(first);
     let per_scoring = one.worker_cpu / one.scorings.max(1) as f64;
     raw_costs(report, one, per_scoring);
+    scaling_model(report, drains);
+    ceiling_target(report, drains, &parts);
     let rate_per_worker = one.scoring_rate() / one.workers as f64;
     report.target(
         "Qualification scorings per worker process",
@@ -538,23 +637,43 @@ fn drain_report(report: &mut Report, args: &Args, drains: &[Drain], texts: &Text
     );
 }
 
-/// One worker's CPU per scoring beside what the raw parts cost in this run, and what those
-/// parts alone would allow on this machine.
-fn raw_costs(report: &mut Report, d: &Drain, worker_per_scoring: f64) {
-    let (Some(pg), Some(consume), Some(publish)) = (report.raw_pg_cpu, report.raw_consume_cpu, report.raw_publish_cpu)
-    else {
-        report.line("(Run the raw section too for the raw parts' costs beside these.)\n");
-        return;
-    };
+/// One scoring's work as the raw parts (section 1) would do it.
+struct RawParts {
+    /// Rows written, counted like the raw insert's.
+    rows: f64,
+    /// Lead event messages consumed.
+    messages: f64,
+    /// Messages published.
+    published: f64,
+    /// What those cost at the raw section's machine CPU per row and per message, in seconds.
+    cpu: f64,
+}
+
+/// The raw parts of one scoring of drain `d`; none without the raw section's figures.
+fn raw_parts(report: &Report, d: &Drain) -> Option<RawParts> {
+    let (pg, consume, publish) = (report.raw_pg_cpu?, report.raw_consume_cpu?, report.raw_publish_cpu?);
     let scorings = d.scorings.max(1) as f64;
-    let machine_per_scoring = d.machine_cpu / scorings;
     // What a scoring writes, as rows like the raw insert's: its share of scored_interactions,
     // the lead's state row, its features row, its score row, and its share of the outbox rows;
     // its share of the lead event messages consumed and of the messages published.
     let rows = (d.interactions as f64 + d.published as f64) / scorings + 3.0;
     let messages = d.stream_messages as f64 / scorings;
     let published = d.published as f64 / scorings;
-    let parts = rows * pg + messages * consume + published * publish;
+    let cpu = rows * pg + messages * consume + published * publish;
+    Some(RawParts { rows, messages, published, cpu })
+}
+
+/// One worker's CPU per scoring beside what the raw parts cost in this run, and what those
+/// parts alone would allow on this machine.
+fn raw_costs(report: &mut Report, d: &Drain, worker_per_scoring: f64) {
+    let (Some(pg), Some(consume), Some(publish), Some(raw)) =
+        (report.raw_pg_cpu, report.raw_consume_cpu, report.raw_publish_cpu, raw_parts(report, d))
+    else {
+        report.line("(Run the raw section too for the raw parts' costs beside these.)\n");
+        return;
+    };
+    let RawParts { rows, messages, published, cpu: parts } = raw;
+    let machine_per_scoring = d.per_scoring(d.machine_cpu);
     let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     report.line("#### One worker's CPU per scoring beside the raw parts (same run)\n");
     report.line("| | CPU per unit | worker CPU per scoring / it |\n| --- | ---: | ---: |");
@@ -597,6 +716,133 @@ fn raw_costs(report: &mut Report, d: &Drain, worker_per_scoring: f64) {
         micros(machine_per_scoring),
         thousands(cores / machine_per_scoring),
         thousands(cores / worker_per_scoring),
+    ));
+}
+
+/// The target on how close the machine's CPU per scoring comes to its raw parts' (`parts`,
+/// one per drain), every drain counted.
+fn ceiling_target(report: &mut Report, drains: &[Drain], parts: &[Option<RawParts>]) {
+    const WHAT: &str = "Qualification: machine CPU per scoring toward its raw parts (raw parts' CPU / machine's)";
+    const AIM: &str = ">= 0.5 in every drain";
+    let fractions: Option<Vec<(usize, f64)>> = drains
+        .iter()
+        .zip(parts)
+        .map(|(d, p)| Some((d.workers, p.as_ref()?.cpu / d.per_scoring(d.machine_cpu))))
+        .collect();
+    match fractions {
+        Some(fractions) if !fractions.is_empty() => {
+            let measured: Vec<String> =
+                fractions.iter().map(|(workers, f)| format!("{f:.3} with {workers} worker(s)")).collect();
+            let met = fractions.iter().all(|(_, f)| *f >= 0.5);
+            report.target(WHAT, AIM, measured.join(", "), met);
+        }
+        _ => report.targets.push(Target {
+            what: WHAT.into(),
+            target: AIM.into(),
+            measured: "not measured (run the raw section too)".into(),
+            met: None,
+        }),
+    }
+}
+
+/// Where a scoring's CPU went, by process, in each drain; then what a machine with more cores
+/// would do at those costs: a model from this run's figures, not a measurement.
+fn scaling_model(report: &mut Report, drains: &[Drain]) {
+    // Two workers on two cores include the contention between workers that more cores would
+    // bring; with no 2-worker drain, the drain with the most workers stands in.
+    let Some(loaded) = drains.iter().find(|d| d.workers == 2).or_else(|| drains.iter().max_by_key(|d| d.workers))
+    else {
+        return;
+    };
+    report.line("#### Where a scoring's CPU goes, by process, and a model of more cores\n");
+    let header: Vec<String> = drains.iter().map(|d| format!("{} worker(s)", d.workers)).collect();
+    report.line(format!("| CPU per scoring | {} |", header.join(" | ")));
+    report.line(format!("| --- |{}", " ---: |".repeat(drains.len())));
+    let row = |report: &mut Report, label: &str, value: &dyn Fn(&Drain) -> f64| {
+        let cells: Vec<String> = drains.iter().map(|d| micros(d.per_scoring(value(d)))).collect();
+        report.line(format!("| {label} | {} |", cells.join(" | ")));
+    };
+    row(report, "**w**: the worker processes", &|d: &Drain| d.worker_cpu);
+    row(report, "Postgres (the postmaster and its children)", &|d: &Drain| d.servers_cpu.postgres);
+    row(report, "nats-server", &|d: &Drain| d.servers_cpu.nats);
+    row(report, "**d** = Postgres + nats-server", &|d: &Drain| d.servers_cpu.postgres + d.servers_cpu.nats);
+    row(report, "this bench process (polling the consumer; outside the model)", &|d: &Drain| d.bench_cpu);
+    row(report, "the rest: kernel work outside these processes, anything else running (outside the model)", &|d| {
+        d.unattributed_cpu()
+    });
+    row(report, "the machine (/proc/stat)", &|d: &Drain| d.machine_cpu);
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let busy: Vec<String> =
+        drains.iter().map(|d| format!("{:.0}%", 100.0 * d.machine_cpu / d.elapsed.as_secs_f64() / cores)).collect();
+    report.line(format!("| the machine's cores busy during the drain | {} |", busy.join(" | ")));
+    report.line("");
+
+    let w = loaded.per_scoring(loaded.worker_cpu);
+    let postgres = loaded.per_scoring(loaded.servers_cpu.postgres);
+    let nats = loaded.per_scoring(loaded.servers_cpu.nats);
+    let d = postgres + nats;
+    if !(w.is_finite() && d.is_finite()) {
+        report.line("(Postgres or nats-server not seen in /proc: no model.)\n");
+        return;
+    }
+    if let Some(one) = drains.iter().find(|d| d.workers == 1).filter(|_| loaded.workers > 1) {
+        let one_d = one.per_scoring(one.servers_cpu.postgres + one.servers_cpu.nats);
+        report.line(format!(
+            "Contention factor, measured: a scoring's worker CPU with {} workers / with 1 = **{:.2}** ({} / {}); its \
+             Postgres + nats-server CPU, the same ratio: {:.2}.\n",
+            loaded.workers,
+            w / one.per_scoring(one.worker_cpu),
+            micros(w),
+            micros(one.per_scoring(one.worker_cpu)),
+            d / one_d,
+        ));
+    }
+    report.line(format!(
+        "**A model, not a measurement.** On a machine of C cores shared by W = C/2 worker processes, Postgres and \
+         nats-server: scorings/s = min(C / (w_eff + d), 1 / n), where w_eff = {} (the workers' CPU per scoring \
+         measured with {} workers, contention included), d = {} (Postgres {} + nats-server {}) from the same drain, \
+         and n = nats-server's {} of it. Assumed: the cores are kept busy with these three's work only (the bench \
+         process and the rest above left out; on a quiet machine the rest is mostly interrupt and softirq time, the \
+         loopback traffic, which grows with the load, so leaving it out flatters the model by up to its share); \
+         Postgres scales with the cores, its CPU per scoring staying as measured (no lock contention between workers \
+         on the same leads, no WAL or I/O limit); a worker's CPU per scoring stays w_eff with C/2 workers \
+         (contention among more than {} workers is not measured); nats-server's work for the one stream and its one \
+         durable consumer stays on one core at most (1 / n), a pessimistic bound. The workers take {:.0}% of w_eff \
+         + d.\n",
+        micros(w),
+        loaded.workers,
+        micros(d),
+        micros(postgres),
+        micros(nats),
+        micros(nats),
+        loaded.workers,
+        100.0 * w / (w + d),
+    ));
+    report.line(
+        "| cores C | workers W = C/2 | cores: C / (w_eff + d) | nats-server on one core: 1 / n | **modelled \
+         scorings/s** (the lower) | per core |\n| ---: | ---: | ---: | ---: | ---: | ---: |",
+    );
+    // Too little nats-server CPU to measure (10 ms ticks) leaves the cores as the only bound.
+    let broker_bound = if nats > 0.0 { 1.0 / nats } else { f64::INFINITY };
+    let scorings_per_s = |value: f64| if value.is_finite() { thousands(value) } else { "no bound measured".into() };
+    for c in [2.0_f64, 4.0, 8.0, 16.0] {
+        let cores_bound = c / (w + d);
+        let modelled = cores_bound.min(broker_bound);
+        report.line(format!(
+            "| {c} | {} | {} | {} | **{}** | {} |",
+            c / 2.0,
+            thousands(cores_bound),
+            scorings_per_s(broker_bound),
+            thousands(modelled),
+            thousands(modelled / c),
+        ));
+    }
+    report.line(format!(
+        "\nMeasured beside it, on this machine ({cores} cores) with {} worker(s): {} scorings/s with {:.0}% of the \
+         cores busy.\n",
+        loaded.workers,
+        thousands(loaded.scoring_rate()),
+        100.0 * loaded.machine_cpu / loaded.elapsed.as_secs_f64() / cores,
     ));
 }
 
