@@ -5,7 +5,10 @@ use lead::query::{LeadQuery, WordsOn};
 use leads_tests::{Node, TestEnv, all_leads, eventually, pb, phone};
 use platform::ServiceName;
 use serde_json::json;
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 use tonic::{Code, transport::Channel};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -979,7 +982,24 @@ async fn an_export_beyond_its_first_chunk_has_every_lead_once_in_the_pages_order
         .bind(ORG)
         .execute(&admin)
         .await?;
+    // Cells that need quoting, neutralising or formatting, on leads at both ends of the order:
+    // each is in the first chunk of one export and in the rest of another.
+    sqlx::query(
+        "UPDATE lead.leads SET agent_id = '-agent', campaign_id = '@campaign', score_source = 'manual', \
+           attributes = '{\"plan\": \"=SUM(A1)\", \"b\": \"x\\\"y\", \"a\": \"café\"}', \
+           score_reasons = '[\"=HYPERLINK(1)\", \"intent, strong\"]' \
+         WHERE id IN ((SELECT id FROM lead.leads ORDER BY id LIMIT 3) UNION ALL (SELECT id FROM lead.leads ORDER BY id DESC LIMIT 3))",
+    )
+    .execute(&admin)
+    .await?;
+    sqlx::query(
+        "UPDATE lead.contacts SET name = E'=Doe, \"Jim\"\\nJunior', email = '+cmd@example.com' \
+         WHERE id IN (SELECT contact_id FROM lead.leads WHERE agent_id = '-agent')",
+    )
+    .execute(&admin)
+    .await?;
     admin.close().await;
+    let mut rows_of: Vec<HashMap<String, csv::StringRecord>> = Vec::new();
     for (sort, direction) in [
         (pb::LeadSortField::LastInteraction, pb::SortDirection::Desc),
         (pb::LeadSortField::Score, pb::SortDirection::Asc),
@@ -1010,14 +1030,26 @@ async fn an_export_beyond_its_first_chunk_has_every_lead_once_in_the_pages_order
         while let Some(chunk) = stream.message().await? {
             csv.extend(chunk.csv);
         }
-        let exported: Vec<String> = String::from_utf8(csv)?
-            .lines()
-            .skip(1)
-            .map(|line| line.split(',').next().unwrap_or_default().to_owned())
-            .collect();
+        let records: Vec<csv::StringRecord> =
+            csv::Reader::from_reader(csv.as_slice()).records().collect::<Result<_, _>>()?;
+        let exported: Vec<String> = records.iter().map(|r| r[0].to_owned()).collect();
+        rows_of.push(records.into_iter().map(|r| (r[0].to_owned(), r)).collect());
         assert_eq!(exported.len(), 5_001, "{sort:?}");
         assert_eq!(exported.iter().collect::<HashSet<_>>().len(), 5_001, "{sort:?}: each lead once");
         assert_eq!(exported, paged, "{sort:?} {direction:?}: the export follows the page's order");
+    }
+    // The first chunk is written by the service, the rest by Postgres: a lead reads the same in
+    // both.
+    let (descending, ascending) = (&rows_of[0], &rows_of[2]);
+    let tricky: Vec<&csv::StringRecord> = descending.values().filter(|r| &r[7] == "'-agent").collect();
+    assert_eq!(tricky.len(), 6, "the tricky leads, neutralised");
+    for record in tricky {
+        assert_eq!(Some(record), ascending.get(&record[0]), "lead {} in both exports", &record[0]);
+        assert_eq!(&record[1], "'=Doe, \"Jim\"\nJunior");
+        assert_eq!(&record[3], "'+cmd@example.com");
+        assert_eq!(&record[9], "'@campaign");
+        assert_eq!(&record[14], r#"{"a":"café","b":"x\"y","plan":"=SUM(A1)"}"#);
+        assert_eq!(&record[15], "'=HYPERLINK(1); intent, strong");
     }
     node.stop().await?;
     env.cleanup().await
