@@ -1,12 +1,13 @@
 //! Section 2: InteractionEvents published to JetStream and carried through the ingest and lead
 //! services (in-process) until every interaction is committed; then per-event latency under a
-//! fixed publish rate.
+//! fixed publish rate; then the throughput run beside its raw parts' ceiling (`ingest_ceiling`).
 
 use super::{
     Args,
     events::{ACK_WINDOW, Generator, Prepared, Publisher, org_name, prepare},
+    ingest_ceiling::{self, Counters},
     production_env,
-    report::{Report, loadavg, ms, progress, rate, stats, thousands},
+    report::{Report, loadavg, machine_cpu_seconds, ms, progress, rate, stats, thousands},
 };
 use async_nats::jetstream;
 use chrono::Utc;
@@ -33,6 +34,12 @@ pub async fn ingest(report: &mut Report, args: &Args) -> anyhow::Result<()> {
     };
     let result = ingest_in(report, args, &env).await;
     let stopped = node.stop().await;
+    // The raw parts are measured with the services stopped, in the run's own streams and
+    // database.
+    let result = match result {
+        Ok(run) => ingest_ceiling::ceiling(report, &env, &run).await,
+        Err(error) => Err(error),
+    };
     env.cleanup().await?;
     result?;
     stopped
@@ -58,7 +65,7 @@ async fn consumer_acked(js: &jetstream::Context, stream: &str, durable: &str) ->
     Ok(info.ack_floor.stream_sequence)
 }
 
-async fn ingest_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Result<()> {
+async fn ingest_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::Result<ingest_ceiling::Run> {
     report.line("## 2. Ingest end to end\n");
     report.line(format!("Load average before: {}\n", loadavg()));
     let admin = env.admin_pool().await?;
@@ -101,6 +108,8 @@ async fn ingest_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::R
         })
     };
 
+    let before = Counters::read(env, &admin).await?;
+    let cpu = machine_cpu_seconds();
     let started = Instant::now();
     let mut publisher = Publisher::new(env.js.clone(), ACK_WINDOW);
     for p in events {
@@ -110,6 +119,7 @@ async fn ingest_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::R
     let published = started.elapsed();
     progress(format!("ingest: published in {:.2} s; waiting for the lead service", published.as_secs_f64()));
     let done = wait_for_interactions(env, &admin, n as i64, started, Duration::from_secs(1800)).await?;
+    let cpu_per_event = (machine_cpu_seconds() - cpu) / n as f64;
     let elapsed = done.duration_since(started);
     let ingest_done =
         tokio::time::timeout(Duration::from_secs(5), &mut stages).await.ok().and_then(|r| r.ok().flatten());
@@ -172,10 +182,20 @@ async fn ingest_in(report: &mut Report, args: &Args, env: &TestEnv) -> anyhow::R
         throughput >= 10_000.0,
     );
 
+    progress("ingest: counting the run's messages and rows");
+    let used = ingest_ceiling::settle(env, &admin, &before, n).await?;
+    let run = ingest_ceiling::Run {
+        events: n,
+        rate: throughput,
+        cpu_per_event,
+        used,
+        batch_size: env.settings.consumer.batch_size,
+    };
+
     // Latency at a fixed rate.
     latency(report, args, env, &admin).await?;
     admin.close().await;
-    Ok(())
+    Ok(run)
 }
 
 const PROBE_ORG: &str = "bench-probe";

@@ -38,6 +38,7 @@ mod broadcast;
 mod desk;
 mod events;
 mod ingest;
+mod ingest_ceiling;
 mod leads_page;
 mod leads_seed;
 mod machine;
