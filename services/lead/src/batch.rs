@@ -115,9 +115,14 @@ pub async fn apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
         return Ok(());
     }
     let mut state = BatchState::default();
+    // A batch looks up a few hundred keys: one index probe each. While the tables are small
+    // (tens of thousands of rows) the planner would rather hash them whole on every batch,
+    // three to four times slower (measured by the bench's ingest profile).
+    sqlx::raw_sql("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off").execute(&mut *tx).await?;
     load_contacts(&mut tx, &todo, &mut state).await?;
     load_active_leads(&mut tx, &mut state).await?;
     load_unattached(&mut tx, &mut state).await?;
+    sqlx::raw_sql("SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT").execute(&mut *tx).await?;
     let orgs: Vec<&str> = todo.iter().map(|a| a.org_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
     state.rules = settings::rules_of(&mut *tx, &orgs).await?;
     let now = Utc::now();

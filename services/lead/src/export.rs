@@ -1,8 +1,6 @@
 //! ExportLeads as CSV. ALL reads one repeatable-read snapshot, so every lead matching the
 //! filters when the export starts appears exactly once however leads change meanwhile, and
-//! streams it in chunks through a small channel so memory stays flat whatever the size. Past
-//! its first chunk, Postgres writes the CSV itself (`COPY (SELECT ...) TO STDOUT`, with the
-//! cells of lead migration 0017): the service passes the rows on without decoding them.
+//! streams it in chunks through a small channel so memory stays flat whatever the size.
 //!
 //! Exports run on a small pool of their own (`database.export_max_connections`), one
 //! connection each: an export beyond it is refused RESOURCE_EXHAUSTED rather than queued, and
@@ -11,10 +9,10 @@
 
 use crate::{
     error::LeadError,
-    query::{Cursor, LeadQuery, LiteralSql, SortField, SqlOut as _},
+    query::{Cursor, LeadQuery, SortField},
     read,
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use contracts::lead::{LeadView, ScoreSource, SourceKind, Status};
 use futures::TryStreamExt;
 use leads_proto::v1 as pb;
@@ -51,23 +49,6 @@ pub const HEADER: [&str; 16] = [
 pub const CSV_COLUMNS: &str = "l.id, c.name, c.phone, c.email, l.status, l.score, l.score_source, l.agent_id, \
      l.source_kind, l.campaign_id, l.integration_name, l.interaction_count, l.created_at, l.last_interaction_at, \
      l.attributes, coalesce(l.score_reasons, '[]')";
-
-/// The CSV's cells as Postgres writes them for `COPY`, in `HEADER`'s order: the same text as
-/// `write_row` writes from `CSV_COLUMNS`.
-fn csv_cells() -> String {
-    let mut statuses = String::new();
-    for status in Status::ALL {
-        statuses.push_str(&format!(" WHEN '{}' THEN '{}'", status.as_str(), status.display_name()));
-    }
-    let time = |column: &str| format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')");
-    format!(
-        "l.id, csv_cell(c.name), csv_cell(c.phone), csv_cell(c.email), CASE l.status{statuses} END, l.score, \
-         l.score_source, csv_cell(l.agent_id), l.source_kind, csv_cell(l.campaign_id), csv_cell(l.integration_name), \
-         l.interaction_count, {}, {}, csv_attributes(l.attributes), csv_reasons(l.score_reasons)",
-        time("l.created_at"),
-        time("l.last_interaction_at"),
-    )
-}
 
 /// One CSV line's values, as `CSV_COLUMNS` selects them.
 struct CsvRow {
@@ -179,8 +160,8 @@ fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv:
         &text(row.campaign_id.as_ref()),
         &text(row.integration_name.as_ref()),
         &row.interaction_count.to_string(),
-        &row.created_at.to_rfc3339_opts(SecondsFormat::Micros, false),
-        &row.last_interaction_at.to_rfc3339_opts(SecondsFormat::Micros, false),
+        &row.created_at.to_rfc3339(),
+        &row.last_interaction_at.to_rfc3339(),
         &neutralise(&attributes),
         &neutralise(&row.score_reasons.join("; ")),
     ])
@@ -268,39 +249,15 @@ pub fn all(exports: &Exports, query: LeadQuery) -> Result<ChunkReceiver, LeadErr
 /// The export's first chunk comes from the page's own plan (the sort's index, a LIMIT): its
 /// rows leave at once. The rest, after the first chunk's last lead, comes from one plan for
 /// all of it, whose sort of every matching lead would otherwise hold back the first byte for
-/// seconds at millions of leads, written as CSV by Postgres. Both read the one snapshot, in the
-/// same order, so every lead appears exactly once.
+/// seconds at millions of leads. Both read the one snapshot, in the same order, so every lead
+/// appears exactly once.
 async fn stream_all(
     pool: &PgPool,
     query: &LeadQuery,
     sender: &mpsc::Sender<Result<pb::ExportChunk, LeadError>>,
 ) -> Result<(), LeadError> {
-    let mut conn = pool.acquire().await?;
-    let streamed = stream_all_on(&mut conn, query, sender).await;
-    // A `COPY` left before its end would keep sending rows into the connection: it is closed
-    // rather than handed back to the pool, which opens another when an export needs it.
-    if !matches!(streamed, Ok(Streamed::Whole)) {
-        let _ = conn.close().await;
-    }
-    streamed.map(|_| ())
-}
-
-/// How far an export went.
-enum Streamed {
-    Whole,
-    CallerGone,
-}
-
-async fn stream_all_on(
-    conn: &mut sqlx::PgConnection,
-    query: &LeadQuery,
-    sender: &mpsc::Sender<Result<pb::ExportChunk, LeadError>>,
-) -> Result<Streamed, LeadError> {
-    let mut tx = sqlx::Connection::begin(conn).await?;
+    let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    // The rest's values are written into its statement as literals (`COPY` takes no parameters),
-    // quoted for this setting, which a session could otherwise have turned off.
-    sqlx::query("SET LOCAL standard_conforming_strings = on").execute(&mut *tx).await?;
     let select = format!("SELECT {CSV_COLUMNS} FROM leads l JOIN contacts c ON c.id = l.contact_id");
     let mut head = sqlx::QueryBuilder::new(select.as_str());
     query.push_filters(&mut head)?;
@@ -315,41 +272,32 @@ async fn stream_all_on(
         Some(last) if first.len() == ROWS_PER_CHUNK => cursor_after(query, last),
         _ => {
             let _ = sender.send(chunk(writer, first.len() as i64)).await;
-            tx.commit().await?;
-            return Ok(Streamed::Whole);
+            return Ok(());
         }
     };
     if sender.send(chunk(writer, first.len() as i64)).await.is_err() {
-        return Ok(Streamed::CallerGone);
+        return Ok(()); // the caller went away
     }
-    let mut rest = LiteralSql::default();
-    rest.text("COPY (SELECT ").text(&csv_cells()).text(" FROM leads l JOIN contacts c ON c.id = l.contact_id");
-    query.push_filters(&mut rest)?;
-    query.push_cursor(&mut rest, Some(&after));
-    query.push_order(&mut rest);
-    rest.text(") TO STDOUT (FORMAT csv)");
-    if rest.refused {
-        return Err(LeadError::invalid("query.filter", "holds a NUL character"));
-    }
-    // Postgres sends one CopyData message per row.
-    let mut rows = tx.copy_out_raw(&rest.sql).await?;
-    let mut csv = Vec::with_capacity(256 * 1024);
-    let mut in_chunk = 0i64;
+    let mut sql = sqlx::QueryBuilder::new(select);
+    query.push_filters(&mut sql)?;
+    query.push_cursor(&mut sql, Some(&after));
+    query.push_order(&mut sql);
+    let mut rows = sql.build_query_as::<CsvRow>().persistent(!query.has_search()).fetch(&mut *tx);
+    let mut writer = new_writer(false)?;
+    let mut in_chunk = 0usize;
     while let Some(row) = rows.try_next().await? {
-        csv.extend_from_slice(&row);
+        write_row(&mut writer, &row).map_err(|e| LeadError::invalid("export", e.to_string()))?;
         in_chunk += 1;
-        if in_chunk == ROWS_PER_CHUNK as i64 {
-            let full = std::mem::replace(&mut csv, Vec::with_capacity(256 * 1024));
-            if sender.send(Ok(pb::ExportChunk { csv: full, rows: in_chunk })).await.is_err() {
-                return Ok(Streamed::CallerGone);
+        if in_chunk == ROWS_PER_CHUNK {
+            let full = std::mem::replace(&mut writer, new_writer(false)?);
+            if sender.send(chunk(full, in_chunk as i64)).await.is_err() {
+                return Ok(()); // the caller went away
             }
             in_chunk = 0;
         }
     }
-    drop(rows);
-    let _ = sender.send(Ok(pb::ExportChunk { csv, rows: in_chunk })).await;
-    tx.commit().await?;
-    Ok(Streamed::Whole)
+    let _ = sender.send(chunk(writer, in_chunk as i64)).await;
+    Ok(())
 }
 
 /// Where the export goes on after `row`, in the query's order.

@@ -38,90 +38,6 @@ impl SortField {
     }
 }
 
-/// Where a query's conditions are written: with bind parameters ([`QueryBuilder`]), or with
-/// their values as quoted literals ([`LiteralSql`]) for `COPY (SELECT ...)`, which takes none.
-pub trait SqlOut {
-    fn text(&mut self, sql: &str) -> &mut Self;
-    fn value(&mut self, value: Value<'_>) -> &mut Self;
-}
-
-/// A value a condition compares with.
-#[derive(Debug, Clone)]
-pub enum Value<'a> {
-    Text(&'a str),
-    Texts(Vec<&'a str>),
-    Int(i32),
-    Time(DateTime<Utc>),
-    Id(Uuid),
-}
-
-impl SqlOut for QueryBuilder<Postgres> {
-    fn text(&mut self, sql: &str) -> &mut Self {
-        self.push(sql)
-    }
-
-    fn value(&mut self, value: Value<'_>) -> &mut Self {
-        match value {
-            Value::Text(text) => self.push_bind(text.to_owned()),
-            Value::Texts(texts) => self.push_bind(texts.into_iter().map(str::to_owned).collect::<Vec<_>>()),
-            Value::Int(number) => self.push_bind(number),
-            Value::Time(at) => self.push_bind(at),
-            Value::Id(id) => self.push_bind(id),
-        }
-    }
-}
-
-/// SQL with its values written in as literals, each with its type's cast. Text is quoted the
-/// standard way (a quote doubled; the export's transaction sets `standard_conforming_strings`, so
-/// a backslash is only a backslash); a NUL, which no Postgres text holds, is refused.
-#[derive(Debug, Default)]
-pub struct LiteralSql {
-    pub sql: String,
-    pub refused: bool,
-}
-
-impl LiteralSql {
-    fn quoted(&mut self, text: &str) {
-        self.refused |= text.contains('\0');
-        self.sql.push('\'');
-        self.sql.push_str(&text.replace('\'', "''"));
-        self.sql.push('\'');
-    }
-}
-
-impl SqlOut for LiteralSql {
-    fn text(&mut self, sql: &str) -> &mut Self {
-        self.sql.push_str(sql);
-        self
-    }
-
-    fn value(&mut self, value: Value<'_>) -> &mut Self {
-        match value {
-            Value::Text(text) => {
-                self.quoted(text);
-                self.sql.push_str("::text");
-            }
-            Value::Texts(texts) => {
-                self.sql.push_str("ARRAY[");
-                for (n, text) in texts.into_iter().enumerate() {
-                    if n > 0 {
-                        self.sql.push_str(", ");
-                    }
-                    self.quoted(text);
-                }
-                self.sql.push_str("]::text[]");
-            }
-            Value::Int(number) => self.sql.push_str(&format!("({number})::int")),
-            Value::Time(at) => {
-                self.quoted(&at.to_rfc3339());
-                self.sql.push_str("::timestamptz");
-            }
-            Value::Id(id) => self.sql.push_str(&format!("'{id}'::uuid")),
-        }
-        self
-    }
-}
-
 /// A validated ListLeads request.
 #[derive(Debug, Clone)]
 pub struct LeadQuery {
@@ -216,14 +132,14 @@ impl LeadQuery {
 
     /// Appends `WHERE ...` for the filters (not the cursor), a search's words matched on the
     /// contacts.
-    pub fn push_filters(&self, sql: &mut impl SqlOut) -> Result<(), LeadError> {
+    pub fn push_filters(&self, sql: &mut QueryBuilder<Postgres>) -> Result<(), LeadError> {
         self.push_filters_matching(sql, WordsOn::Contacts)
     }
 
     /// Appends `WHERE ...` for the filters (not the cursor), a search's words matched `on`.
-    pub fn push_filters_matching(&self, sql: &mut impl SqlOut, on: WordsOn) -> Result<(), LeadError> {
+    pub fn push_filters_matching(&self, sql: &mut QueryBuilder<Postgres>, on: WordsOn) -> Result<(), LeadError> {
         let f = &self.filter;
-        sql.text(" WHERE l.org_id = ").value(Value::Text(&self.org_id));
+        sql.push(" WHERE l.org_id = ").push_bind(&self.org_id);
         // One value is compared with `=` rather than `= ANY`: Postgres 15 reads an index in
         // order only for `=`, so a single agent's or status's page walks leads_by_agent or
         // leads_by_status instead of sorting every match, which keeps later pages as fast as
@@ -231,19 +147,19 @@ impl LeadQuery {
         match self.statuses.as_slice() {
             [] => {}
             [status] => {
-                sql.text(" AND l.status = ").value(Value::Text(status.as_str()));
+                sql.push(" AND l.status = ").push_bind(status.as_str());
             }
             statuses => {
                 let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
-                sql.text(" AND l.status = ANY(").value(Value::Texts(statuses)).text(")");
+                sql.push(" AND l.status = ANY(").push_bind(statuses).push(")");
             }
         }
         match pb::ActiveFilter::try_from(f.active) {
             Ok(pb::ActiveFilter::ActiveOnly) => {
-                sql.text(" AND l.active");
+                sql.push(" AND l.active");
             }
             Ok(pb::ActiveFilter::InactiveOnly) => {
-                sql.text(" AND NOT l.active");
+                sql.push(" AND NOT l.active");
             }
             Ok(pb::ActiveFilter::Unspecified) => {}
             Err(_) => {
@@ -252,27 +168,27 @@ impl LeadQuery {
         }
         match (f.unassigned, f.agent_ids.is_empty()) {
             (true, true) => {
-                sql.text(" AND l.agent_id IS NULL");
+                sql.push(" AND l.agent_id IS NULL");
             }
             (true, false) => {
-                sql.text(" AND (l.agent_id IS NULL OR l.agent_id = ANY(").value(agents(&f.agent_ids)).text("))");
+                sql.push(" AND (l.agent_id IS NULL OR l.agent_id = ANY(").push_bind(&f.agent_ids).push("))");
             }
             (false, false) if f.agent_ids.len() == 1 => {
-                sql.text(" AND l.agent_id = ").value(Value::Text(&f.agent_ids[0]));
+                sql.push(" AND l.agent_id = ").push_bind(&f.agent_ids[0]);
             }
             (false, false) => {
-                sql.text(" AND l.agent_id = ANY(").value(agents(&f.agent_ids)).text(")");
+                sql.push(" AND l.agent_id = ANY(").push_bind(&f.agent_ids).push(")");
             }
             (false, true) => {}
         }
         if let Some(min) = f.min_score {
-            sql.text(" AND l.score >= ").value(Value::Int(min));
+            sql.push(" AND l.score >= ").push_bind(min);
         }
         if let Some(max) = f.max_score {
-            sql.text(" AND l.score <= ").value(Value::Int(max));
+            sql.push(" AND l.score <= ").push_bind(max);
         }
         if let Some(source) = ScoreSource::from_proto(f.score_source) {
-            sql.text(" AND l.score_source = ").value(Value::Text(source.as_str()));
+            sql.push(" AND l.score_source = ").push_bind(source.as_str());
         } else if f.score_source != pb::ScoreSource::Unspecified as i32 {
             return Err(LeadError::invalid("filter.score_source", "is not a score source"));
         }
@@ -286,40 +202,38 @@ impl LeadQuery {
                         .ok_or_else(|| LeadError::invalid("filter.source_kinds", format!("{k} is not a source kind")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            sql.text(" AND l.source_kind = ANY(").value(Value::Texts(kinds)).text(")");
+            sql.push(" AND l.source_kind = ANY(").push_bind(kinds).push(")");
         }
         if !f.campaign_id.is_empty() {
-            sql.text(" AND l.campaign_id = ").value(Value::Text(&f.campaign_id));
+            sql.push(" AND l.campaign_id = ").push_bind(&f.campaign_id);
         }
         if !f.integration_name.is_empty() {
-            sql.text(" AND l.integration_name = ").value(Value::Text(&f.integration_name));
+            sql.push(" AND l.integration_name = ").push_bind(&f.integration_name);
         }
         if !f.contact_id.is_empty() {
             let id: Uuid = f.contact_id.parse().map_err(|_| LeadError::invalid("filter.contact_id", "is not an id"))?;
-            sql.text(" AND l.contact_id = ").value(Value::Id(id));
+            sql.push(" AND l.contact_id = ").push_bind(id);
         }
         if f.has_overdue_follow_up {
-            sql.text(" AND EXISTS (SELECT 1 FROM follow_up_overdue o WHERE o.lead_id = l.id AND o.overdue)");
+            sql.push(" AND EXISTS (SELECT 1 FROM follow_up_overdue o WHERE o.lead_id = l.id AND o.overdue)");
         }
         push_range(sql, "l.created_at", f.created.as_ref(), "filter.created")?;
         push_range(sql, "l.last_interaction_at", f.last_interaction.as_ref(), "filter.last_interaction")?;
         match &self.search {
             Search { words: Some(words), digits: Some(digits) } => {
-                sql.text(" AND (c.search_words @@ ")
-                    .value(Value::Text(words))
-                    .text("::tsquery OR substr(c.phone, 2) LIKE ");
-                sql.value(Value::Text(digits)).text(")");
+                sql.push(" AND (c.search_words @@ ").push_bind(words).push("::tsquery OR substr(c.phone, 2) LIKE ");
+                sql.push_bind(digits).push(")");
             }
             Search { words: Some(words), digits: None } => {
                 let column = match on {
                     WordsOn::Contacts => " AND c.search_words @@ ",
                     WordsOn::Leads => " AND l.search_words @@ ",
                 };
-                sql.text(column).value(Value::Text(words)).text("::tsquery");
+                sql.push(column).push_bind(words).push("::tsquery");
             }
             Search { words: None, digits: Some(digits) } => {
                 // Phones are E.164: the digits follow the '+'; see migration 0006.
-                sql.text(" AND substr(c.phone, 2) LIKE ").value(Value::Text(digits));
+                sql.push(" AND substr(c.phone, 2) LIKE ").push_bind(digits);
             }
             Search { words: None, digits: None } => {}
         }
@@ -335,6 +249,16 @@ impl LeadQuery {
         let (min, max) = (min.unwrap_or(0), max.unwrap_or(100));
         let aligned = min % 10 == 0 && (max == 100 || max % 10 == 9);
         aligned.then(|| Some(((min / 10) as i16, (max.min(100) / 10) as i16)))
+    }
+
+    /// Whether the maintained totals by status and agent alone (`lead_totals`) answer the
+    /// total: no filter on the source, the score source or the score.
+    pub fn counted_by_status_and_agent(&self) -> bool {
+        let f = &self.filter;
+        f.source_kinds.is_empty()
+            && ScoreSource::from_proto(f.score_source).is_none()
+            && f.min_score.is_none()
+            && f.max_score.is_none()
     }
 
     /// Appends the filters as conditions on `lead_counts` (alias `k`), when every filter is
@@ -409,23 +333,30 @@ impl LeadQuery {
         Ok(sql)
     }
 
-    pub fn push_cursor(&self, sql: &mut impl SqlOut, cursor: Option<&Cursor>) {
+    pub fn push_cursor(&self, sql: &mut QueryBuilder<Postgres>, cursor: Option<&Cursor>) {
         let op = if self.descending { " < " } else { " > " };
-        let (key, id) = match cursor {
-            None => return,
-            Some(Cursor::Time(at, id)) => (Value::Time(*at), id),
-            Some(Cursor::Score(score, id)) => (Value::Int(*score as i32), id),
-        };
-        sql.text(&format!(" AND ({}, l.id){op}(", self.sort.expression()))
-            .value(key)
-            .text(", ")
-            .value(Value::Id(*id))
-            .text(")");
+        match cursor {
+            None => {}
+            Some(Cursor::Time(at, id)) => {
+                sql.push(format!(" AND ({}, l.id){op}(", self.sort.expression()))
+                    .push_bind(*at)
+                    .push(", ")
+                    .push_bind(*id)
+                    .push(")");
+            }
+            Some(Cursor::Score(score, id)) => {
+                sql.push(format!(" AND ({}, l.id){op}(", self.sort.expression()))
+                    .push_bind(*score as i32)
+                    .push(", ")
+                    .push_bind(*id)
+                    .push(")");
+            }
+        }
     }
 
-    pub fn push_order(&self, sql: &mut impl SqlOut) {
+    pub fn push_order(&self, sql: &mut QueryBuilder<Postgres>) {
         let dir = if self.descending { "DESC" } else { "ASC" };
-        sql.text(&format!(" ORDER BY {} {dir}, l.id {dir}", self.sort.expression()));
+        sql.push(format!(" ORDER BY {} {dir}, l.id {dir}", self.sort.expression()));
     }
 
     pub fn cursor_of(&self, lead: &LeadView) -> Cursor {
@@ -499,12 +430,8 @@ pub fn search_query(search: &str) -> Search {
     Search { words, digits }
 }
 
-fn agents(agent_ids: &[String]) -> Value<'_> {
-    Value::Texts(agent_ids.iter().map(String::as_str).collect())
-}
-
 fn push_range(
-    sql: &mut impl SqlOut,
+    sql: &mut QueryBuilder<Postgres>,
     column: &str,
     range: Option<&pb::TimeRange>,
     field: &'static str,
@@ -512,11 +439,11 @@ fn push_range(
     let Some(range) = range else { return Ok(()) };
     if let Some(from) = &range.from {
         let from = from_timestamp(from).ok_or_else(|| LeadError::invalid(field, "from is not a valid time"))?;
-        sql.text(&format!(" AND {column} >= ")).value(Value::Time(from));
+        sql.push(format!(" AND {column} >= ")).push_bind(from);
     }
     if let Some(to) = &range.to {
         let to = from_timestamp(to).ok_or_else(|| LeadError::invalid(field, "to is not a valid time"))?;
-        sql.text(&format!(" AND {column} < ")).value(Value::Time(to));
+        sql.push(format!(" AND {column} < ")).push_bind(to);
     }
     Ok(())
 }
@@ -545,24 +472,6 @@ fn decode_token(token: &str, sort: SortField, descending: bool) -> Result<Cursor
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn literal_values_are_quoted_and_cast_and_a_nul_is_refused() {
-        let mut sql = LiteralSql::default();
-        sql.text("x = ")
-            .value(Value::Text("it's; DROP TABLE leads; --"))
-            .text(" AND y = ANY(")
-            .value(Value::Texts(vec!["a'", r"b\"]))
-            .text(") AND z = ")
-            .value(Value::Int(-7));
-        assert_eq!(
-            sql.sql,
-            r"x = 'it''s; DROP TABLE leads; --'::text AND y = ANY(ARRAY['a''', 'b\']::text[]) AND z = (-7)::int"
-        );
-        assert!(!sql.refused);
-        sql.value(Value::Text("a\0b"));
-        assert!(sql.refused, "no Postgres text holds a NUL");
-    }
 
     #[test]
     fn a_search_is_split_as_the_contact_words_are() {

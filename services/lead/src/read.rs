@@ -112,16 +112,20 @@ fn rows_of_plan_line(line: &str) -> f64 {
 }
 
 /// The number of leads matching the filters: exact from the maintained counts when every filter
-/// is one of their dimensions; else counted from the rows, exactly up to `totals.exact_up_to`
+/// is one of their dimensions (from the totals by status and agent when those are all it
+/// filters on); else counted from the rows, exactly up to `totals.exact_up_to`
 /// matches and within `totals.budget`, and the planner's estimate otherwise (counting every row a
 /// broad search matches among millions of leads took over a second). A count the planner
 /// expects far above the limit is not started. `conn` is in a transaction.
 pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery, totals: Totals) -> Result<Total, LeadError> {
-    let mut counted = sqlx::QueryBuilder::new(
+    let mut counted = sqlx::QueryBuilder::new(if query.counted_by_status_and_agent() {
+        "SELECT coalesce(sum(k.n), 0)::bigint FROM \
+         (SELECT * FROM lead_totals UNION ALL SELECT org_id, status, agent_id, n FROM lead_count_deltas) k"
+    } else {
         "SELECT coalesce(sum(k.n), 0)::bigint FROM \
          (SELECT * FROM lead_counts UNION ALL SELECT org_id, status, agent_id, source_kind, score_source, \
-            score_bucket, n FROM lead_count_deltas) k",
-    );
+            score_bucket, n FROM lead_count_deltas) k"
+    });
     if query.push_count_filters(&mut counted) {
         return Ok(Total { count: counted.build_query_scalar().fetch_one(&mut *conn).await?, estimated: false });
     }

@@ -22,7 +22,7 @@ const COPY_CHUNK: u64 = 200_000;
 /// Agents holding most of the assigned leads, and the rest.
 pub const BUSY_AGENTS: u64 = 5;
 pub const AGENTS: u64 = 200;
-/// A busy agent (about 12% of the organisation) and one of the many with few leads (0.2%).
+/// A busy agent (about 11% of the organisation's leads) and one of the many with few (0.2%).
 pub const BUSY_AGENT: &str = "agent-000";
 pub const QUIET_AGENT: &str = "agent-150";
 

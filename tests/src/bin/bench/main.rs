@@ -109,9 +109,6 @@ struct Args {
     /// Requests per measured ListLeads / GetLeadHistory case.
     #[arg(long, default_value_t = 100)]
     iterations: usize,
-    /// Pages followed through next_page_token per ListLeads case.
-    #[arg(long, default_value_t = 100)]
-    pages: usize,
     /// Leads created through ingest in the desk section (assignment and follow-ups).
     #[arg(long, default_value_t = 10_000)]
     desk_leads: u32,
