@@ -122,7 +122,9 @@ pub async fn apply_batch(ctx: &LeadContext, batch: &[AcceptedInteraction]) -> Re
     load_contacts(&mut tx, &todo, &mut state).await?;
     load_active_leads(&mut tx, &mut state).await?;
     load_unattached(&mut tx, &mut state).await?;
-    sqlx::raw_sql("SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT").execute(&mut *tx).await?;
+    sqlx::raw_sql("SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT")
+        .execute(&mut *tx)
+        .await?;
     let orgs: Vec<&str> = todo.iter().map(|a| a.org_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
     state.rules = settings::rules_of(&mut *tx, &orgs).await?;
     let now = Utc::now();
