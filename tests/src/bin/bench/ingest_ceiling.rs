@@ -97,6 +97,8 @@ struct TableUse {
 pub struct Used {
     streams: Vec<StreamUse>,
     tables: Vec<TableUse>,
+    /// False when the counters were still moving at the deadline: the counts may fall short.
+    settled: bool,
 }
 
 /// Waits until the run's table counters have reached Postgres's statistics (every event
@@ -106,7 +108,7 @@ pub async fn settle(env: &TestEnv, admin: &sqlx::PgPool, before: &Counters, even
     let started = Instant::now();
     let mut last = Counters::read(env, admin).await?;
     let mut unchanged_since = Instant::now();
-    loop {
+    let settled = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = Counters::read(env, admin).await?;
         if now != last {
@@ -118,13 +120,13 @@ pub async fn settle(env: &TestEnv, admin: &sqlx::PgPool, before: &Counters, even
         let counted =
             inserted("ingest.accepted_events") >= events as i64 && inserted("lead.interactions") >= events as i64;
         if counted && unchanged_since.elapsed() >= STATS_SETTLE {
-            break;
+            break true;
         }
         if started.elapsed() > Duration::from_secs(90) {
             progress("ingest ceiling: table counters still moving after 90 s; using them as they are");
-            break;
+            break false;
         }
-    }
+    };
     let streams = last
         .streams
         .iter()
@@ -154,7 +156,7 @@ pub async fn settle(env: &TestEnv, admin: &sqlx::PgPool, before: &Counters, even
             (used.inserted + used.updated + used.deleted > 0).then_some(used)
         })
         .collect();
-    Ok(Used { streams, tables })
+    Ok(Used { streams, tables, settled })
 }
 
 /// The throughput run as the ceiling needs it.
@@ -189,6 +191,12 @@ pub async fn ceiling(report: &mut Report, env: &TestEnv, run: &Run) -> anyhow::R
     // Machine CPU counts every process: another one busy meanwhile inflates the parts and the
     // service alike, so the load is printed beside them.
     let load_before = loadavg();
+    if !run.used.settled {
+        report.line(
+            "**The table counters were still moving 90 s after the run: the rows counted below may fall short, \
+             and the ceiling be too high.**\n",
+        );
+    }
     let admin = env.admin_pool().await?;
     let mut streams = Vec::new();
     for (index, used) in run.used.streams.iter().enumerate() {
