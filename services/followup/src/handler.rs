@@ -246,16 +246,26 @@ pub async fn create(ctx: &FollowUpContext, cmd: CreateFollowUp) -> Result<Follow
     let kept = async {
         let mut tx = ctx.pool.begin().await?;
         let mut messages = Vec::new();
-        keep_opened(ctx, &mut tx, std::slice::from_ref(&opened), &mut messages).await?;
-        if agent_set_by_hand {
-            // The lead's event may have brought it first, not knowing the agent was named.
-            sqlx::query("UPDATE follow_ups SET agent_set_by_hand = true WHERE id = $1 AND NOT agent_set_by_hand")
+        let inserted = keep_opened(ctx, &mut tx, std::slice::from_ref(&opened), &mut messages).await?;
+        let row = match inserted.into_iter().next() {
+            Some(row) => Some(row),
+            // The lead's event brought it first, not knowing the agent was named.
+            None if agent_set_by_hand => {
+                sqlx::query_as(
+                    "UPDATE follow_ups SET agent_set_by_hand = true WHERE id = $1 AND NOT agent_set_by_hand \
+                     RETURNING *",
+                )
                 .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => None,
+        };
         platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
-        get(ctx, &org_id, id).await
+        match row {
+            Some(row) => Ok(row),
+            None => get(ctx, &org_id, id).await,
+        }
     };
     metrics::counter!(platform::telemetry::names::FOLLOW_UPS_CREATED, "service" => "followup").increment(1);
     match kept.await {
@@ -425,15 +435,15 @@ async fn lock_leads(
 }
 
 /// Keeps follow-ups the lead service opened, adding to `messages` the cancellation of each one
-/// whose lead closed meanwhile.
+/// whose lead closed meanwhile; answers those it had not kept before, as written.
 async fn keep_opened(
     ctx: &FollowUpContext,
     tx: &mut Transaction<'_, Postgres>,
     opened: &[Opened],
     messages: &mut Vec<OutboxMessage>,
-) -> Result<(), FollowUpError> {
+) -> Result<Vec<FollowUpRow>, FollowUpError> {
     if opened.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // The lead was active at the version that accepted the follow-up.
     let mut leads: Vec<(String, Uuid, bool, i64)> =
@@ -474,7 +484,7 @@ async fn keep_opened(
     .fetch_all(&mut **tx)
     .await?;
     messages.extend(inserted.iter().filter(|f| f.state() == State::Cancelled).map(|f| event(ctx, f, SYSTEM_ACTOR)));
-    Ok(())
+    Ok(inserted)
 }
 
 /// A lead's agent as an `assigned` event left it.

@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use contracts::lead::{LeadView, ScoreSource, SourceKind, Status};
 use futures::TryStreamExt;
 use leads_proto::v1 as pb;
-use sqlx::{PgPool, Row, postgres::PgRow, types::Json};
+use sqlx::{PgPool, Row, postgres::PgRow, types::JsonRawValue};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -50,121 +51,164 @@ pub const CSV_COLUMNS: &str = "l.id, c.name, c.phone, c.email, l.status, l.score
      l.source_kind, l.campaign_id, l.integration_name, l.interaction_count, l.created_at, l.last_interaction_at, \
      l.attributes, coalesce(l.score_reasons, '[]')";
 
-/// One CSV line's values, as `CSV_COLUMNS` selects them.
-struct CsvRow {
+/// One CSV line's cells, borrowed from a row as `CSV_COLUMNS` selects it or from a lead: an
+/// export of millions of rows decodes each on the service's core while Postgres produces the
+/// next on the other, so a row costs no allocation it can do without.
+struct CsvCells<'a> {
     id: Uuid,
-    name: Option<String>,
-    phone: Option<String>,
-    email: Option<String>,
+    name: Option<&'a str>,
+    phone: Option<&'a str>,
+    email: Option<&'a str>,
     status: Status,
     score: Option<i32>,
     score_source: Option<ScoreSource>,
-    agent_id: Option<String>,
+    agent_id: Option<&'a str>,
     source_kind: SourceKind,
-    campaign_id: Option<String>,
-    integration_name: Option<String>,
+    campaign_id: Option<&'a str>,
+    integration_name: Option<&'a str>,
     interaction_count: i64,
     created_at: DateTime<Utc>,
     last_interaction_at: DateTime<Utc>,
-    attributes: BTreeMap<String, String>,
-    score_reasons: Vec<String>,
+    /// One JSON object, empty when the lead has none.
+    attributes: Cow<'a, str>,
+    /// The reasons joined by "; ".
+    score_reasons: Cow<'a, str>,
 }
 
-impl<'r> sqlx::FromRow<'r, PgRow> for CsvRow {
-    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+impl<'a> CsvCells<'a> {
+    fn of_row(row: &'a PgRow) -> Result<Self, sqlx::Error> {
+        let named = |index: &str, error: contracts::UnknownValue| sqlx::Error::ColumnDecode {
+            index: index.into(),
+            source: Box::new(error),
+        };
+        let json_column =
+            |index: usize| -> Result<&'a str, sqlx::Error> { Ok(row.try_get::<&'a JsonRawValue, _>(index)?.get()) };
+        let attributes = match json_column(14)? {
+            "{}" => Cow::Borrowed(""),
+            object => Cow::Owned(attributes_cell(&json_from(object, "attributes")?)),
+        };
+        let score_reasons = match json_column(15)? {
+            "[]" => Cow::Borrowed(""),
+            list => Cow::Owned(json_from::<Vec<String>>(list, "score_reasons")?.join("; ")),
+        };
         Ok(Self {
             id: row.try_get(0)?,
             name: row.try_get(1)?,
             phone: row.try_get(2)?,
             email: row.try_get(3)?,
-            status: Status::try_from(row.try_get::<String, _>(4)?)
-                .map_err(|e| sqlx::Error::ColumnDecode { index: "status".into(), source: Box::new(e) })?,
+            status: Status::try_from(row.try_get::<&str, _>(4)?).map_err(|e| named("status", e))?,
             score: row.try_get(5)?,
             score_source: row.try_get(6)?,
             agent_id: row.try_get(7)?,
-            source_kind: SourceKind::try_from(row.try_get::<String, _>(8)?)
-                .map_err(|e| sqlx::Error::ColumnDecode { index: "source_kind".into(), source: Box::new(e) })?,
+            source_kind: SourceKind::try_from(row.try_get::<&str, _>(8)?).map_err(|e| named("source_kind", e))?,
             campaign_id: row.try_get(9)?,
             integration_name: row.try_get(10)?,
             interaction_count: row.try_get(11)?,
             created_at: row.try_get(12)?,
             last_interaction_at: row.try_get(13)?,
-            attributes: row.try_get::<Json<_>, _>(14)?.0,
-            score_reasons: row.try_get::<Json<_>, _>(15)?.0,
+            attributes,
+            score_reasons,
         })
     }
-}
 
-impl From<&LeadView> for CsvRow {
-    fn from(lead: &LeadView) -> Self {
+    fn of_lead(lead: &'a LeadView) -> Self {
         Self {
             id: lead.id,
-            name: lead.name.clone(),
-            phone: lead.phone.clone(),
-            email: lead.email.clone(),
+            name: lead.name.as_deref(),
+            phone: lead.phone.as_deref(),
+            email: lead.email.as_deref(),
             status: lead.status,
             score: lead.score,
             score_source: lead.score_source,
-            agent_id: lead.agent_id.clone(),
+            agent_id: lead.agent_id.as_deref(),
             source_kind: lead.source_kind,
-            campaign_id: lead.campaign_id.clone(),
-            integration_name: lead.integration_name.clone(),
+            campaign_id: lead.campaign_id.as_deref(),
+            integration_name: lead.integration_name.as_deref(),
             interaction_count: lead.interaction_count,
             created_at: lead.created_at,
             last_interaction_at: lead.last_interaction_at,
-            attributes: lead.attributes.clone(),
-            score_reasons: lead.score_reasons.clone(),
+            attributes: Cow::Owned(attributes_cell(&lead.attributes)),
+            score_reasons: Cow::Owned(lead.score_reasons.join("; ")),
         }
     }
+}
+
+fn json_from<'de, T: serde::Deserialize<'de>>(json: &'de str, column: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_str(json).map_err(|e| sqlx::Error::ColumnDecode { index: column.into(), source: Box::new(e) })
+}
+
+/// The attributes as one JSON object, keys in order, for a reader to parse back; empty when
+/// the lead has none.
+fn attributes_cell(attributes: &BTreeMap<String, String>) -> String {
+    if attributes.is_empty() { String::new() } else { serde_json::to_string(attributes).unwrap_or_default() }
 }
 
 /// A cell a spreadsheet opens as text, never as a formula (OWASP, "CSV Injection"): one that
 /// starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading single quote. A
 /// plain number (`+14155550100`, an E.164 phone) is left as it is: it cannot be a formula.
-pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
     let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
     let plain_number = || {
         let digits = cell.strip_prefix(['+', '-']).unwrap_or(cell);
         !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
     };
-    if risky && !plain_number() {
-        std::borrow::Cow::Owned(format!("'{cell}"))
-    } else {
-        std::borrow::Cow::Borrowed(cell)
-    }
+    if risky && !plain_number() { Cow::Owned(format!("'{cell}")) } else { Cow::Borrowed(cell) }
 }
 
-fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvRow) -> Result<(), csv::Error> {
+fn write_row(writer: &mut csv::Writer<Vec<u8>>, row: &CsvCells<'_>) -> Result<(), csv::Error> {
     // Free text that came from outside (names, emails, agent ids, campaigns, integrations,
     // attributes, a language model's reasons) is neutralised; ids, statuses, numbers and
     // times are the service's own.
-    fn text(value: Option<&String>) -> std::borrow::Cow<'_, str> {
-        neutralise(value.map_or("", String::as_str))
+    fn text(value: Option<&str>) -> Cow<'_, str> {
+        neutralise(value.unwrap_or(""))
     }
-    // One JSON object (empty when the lead has none), for a reader to parse back.
-    let attributes = if row.attributes.is_empty() {
-        String::new()
-    } else {
-        serde_json::to_string(&row.attributes).unwrap_or_default()
-    };
+    let mut id = Uuid::encode_buffer();
+    let mut score = NumberCell::default();
+    let mut interactions = NumberCell::default();
     writer.write_record([
-        row.id.to_string().as_str(),
-        &text(row.name.as_ref()),
-        &text(row.phone.as_ref()),
-        &text(row.email.as_ref()),
-        row.status.display_name(),
-        &row.score.map(|s| s.to_string()).unwrap_or_default(),
-        row.score_source.map_or("", ScoreSource::as_str),
-        &text(row.agent_id.as_ref()),
-        row.source_kind.as_str(),
-        &text(row.campaign_id.as_ref()),
-        &text(row.integration_name.as_ref()),
-        &row.interaction_count.to_string(),
-        &row.created_at.to_rfc3339(),
-        &row.last_interaction_at.to_rfc3339(),
-        &neutralise(&attributes),
-        &neutralise(&row.score_reasons.join("; ")),
+        row.id.hyphenated().encode_lower(&mut id).as_bytes(),
+        text(row.name).as_bytes(),
+        text(row.phone).as_bytes(),
+        text(row.email).as_bytes(),
+        row.status.display_name().as_bytes(),
+        row.score.map_or("", |s| score.of(i64::from(s))).as_bytes(),
+        row.score_source.map_or("", ScoreSource::as_str).as_bytes(),
+        text(row.agent_id).as_bytes(),
+        row.source_kind.as_str().as_bytes(),
+        text(row.campaign_id).as_bytes(),
+        text(row.integration_name).as_bytes(),
+        interactions.of(row.interaction_count).as_bytes(),
+        row.created_at.to_rfc3339().as_bytes(),
+        row.last_interaction_at.to_rfc3339().as_bytes(),
+        neutralise(&row.attributes).as_bytes(),
+        neutralise(&row.score_reasons).as_bytes(),
     ])
+}
+
+/// A number written into a buffer of its own, without an allocation.
+#[derive(Default)]
+struct NumberCell {
+    digits: [u8; 20],
+}
+
+impl NumberCell {
+    fn of(&mut self, value: i64) -> &str {
+        let mut at = self.digits.len();
+        let mut rest = value.unsigned_abs();
+        loop {
+            at -= 1;
+            self.digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if value < 0 {
+            at -= 1;
+            self.digits[at] = b'-';
+        }
+        std::str::from_utf8(&self.digits[at..]).unwrap_or_default()
+    }
 }
 
 fn chunk(writer: csv::Writer<Vec<u8>>, rows: i64) -> Result<pb::ExportChunk, LeadError> {
@@ -226,7 +270,7 @@ pub async fn current_page(exports: &Exports, query: &LeadQuery) -> Result<pb::Ex
     let page = read::list_leads(&exports.pool, query, None).await?;
     let mut writer = new_writer(true)?;
     for lead in &page.leads {
-        write_row(&mut writer, &CsvRow::from(lead)).map_err(|e| LeadError::invalid("export", e.to_string()))?;
+        write_row(&mut writer, &CsvCells::of_lead(lead)).map_err(|e| LeadError::invalid("export", e.to_string()))?;
     }
     chunk(writer, page.leads.len() as i64)
 }
@@ -263,13 +307,16 @@ async fn stream_all(
     query.push_filters(&mut head)?;
     query.push_order(&mut head);
     head.push(" LIMIT ").push_bind(ROWS_PER_CHUNK as i64);
-    let first: Vec<CsvRow> = head.build_query_as().persistent(!query.has_search()).fetch_all(&mut *tx).await?;
+    let first = head.build().persistent(!query.has_search()).fetch_all(&mut *tx).await?;
     let mut writer = new_writer(true)?;
+    let mut last = None;
     for row in &first {
-        write_row(&mut writer, row).map_err(|e| LeadError::invalid("export", e.to_string()))?;
+        let cells = CsvCells::of_row(row)?;
+        write_row(&mut writer, &cells).map_err(|e| LeadError::invalid("export", e.to_string()))?;
+        last = Some(cursor_after(query, &cells));
     }
-    let after = match first.last() {
-        Some(last) if first.len() == ROWS_PER_CHUNK => cursor_after(query, last),
+    let after = match last {
+        Some(after) if first.len() == ROWS_PER_CHUNK => after,
         _ => {
             let _ = sender.send(chunk(writer, first.len() as i64)).await;
             return Ok(());
@@ -282,11 +329,11 @@ async fn stream_all(
     query.push_filters(&mut sql)?;
     query.push_cursor(&mut sql, Some(&after));
     query.push_order(&mut sql);
-    let mut rows = sql.build_query_as::<CsvRow>().persistent(!query.has_search()).fetch(&mut *tx);
+    let mut rows = sql.build().persistent(!query.has_search()).fetch(&mut *tx);
     let mut writer = new_writer(false)?;
     let mut in_chunk = 0usize;
     while let Some(row) = rows.try_next().await? {
-        write_row(&mut writer, &row).map_err(|e| LeadError::invalid("export", e.to_string()))?;
+        write_row(&mut writer, &CsvCells::of_row(&row)?).map_err(|e| LeadError::invalid("export", e.to_string()))?;
         in_chunk += 1;
         if in_chunk == ROWS_PER_CHUNK {
             let full = std::mem::replace(&mut writer, new_writer(false)?);
@@ -301,7 +348,7 @@ async fn stream_all(
 }
 
 /// Where the export goes on after `row`, in the query's order.
-fn cursor_after(query: &LeadQuery, row: &CsvRow) -> Cursor {
+fn cursor_after(query: &LeadQuery, row: &CsvCells<'_>) -> Cursor {
     match query.sort {
         SortField::LastInteraction => Cursor::Time(row.last_interaction_at, row.id),
         SortField::Created => Cursor::Time(row.created_at, row.id),

@@ -44,27 +44,56 @@ pub struct Totals {
 }
 
 /// The page and its total come from one snapshot, so they agree with each other (`totals`
-/// `None`: no total).
+/// `None`: no total). A total counted from the rows is counted beside the page, on a second
+/// connection that imports the page's snapshot, when the pool has one idle: the page then waits
+/// for the slower of the two rather than for both.
 pub async fn list_leads(pool: &PgPool, query: &LeadQuery, totals: Option<Totals>) -> Result<Page, LeadError> {
     let mut tx = pool.begin().await?;
     if totals.is_some() {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     }
-    let words_on = words_on(&mut tx, query).await?;
+    let counting = match totals {
+        Some(totals) => Some(plan_count(&mut tx, query, totals).await?),
+        None => None,
+    };
+    let beside = match counting {
+        Some(Counting::FromRows(plan)) => match pool.try_acquire() {
+            Some(conn) => {
+                let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()").fetch_one(&mut *tx).await?;
+                Some((conn, snapshot, plan))
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    let counted_beside = async {
+        match beside {
+            Some((conn, snapshot, plan)) => Ok(Some(count_in_snapshot(conn, &snapshot, query, plan).await?)),
+            None => Ok::<_, LeadError>(None),
+        }
+    };
+    let ((leads, next_page_token), counted_beside) = tokio::try_join!(page(&mut tx, query), counted_beside)?;
+    let total = match (counting, counted_beside) {
+        (_, Some(total)) | (Some(Counting::Done(total)), None) => Some(total),
+        (Some(Counting::FromRows(plan)), None) => Some(count_rows(&mut tx, query, plan).await?),
+        (None, None) => None,
+    };
+    tx.commit().await?;
+    Ok(Page { leads, next_page_token, total })
+}
+
+/// A page of leads and the token of the next, read in `conn`'s transaction.
+async fn page(conn: &mut sqlx::PgConnection, query: &LeadQuery) -> Result<(Vec<LeadView>, String), LeadError> {
+    let words_on = words_on(conn, query).await?;
     let mut sql = query.page_sql(words_on)?;
-    let mut leads: Vec<LeadView> = sql.build_query_as().persistent(!query.has_search()).fetch_all(&mut *tx).await?;
+    let mut leads: Vec<LeadView> = sql.build_query_as().persistent(!query.has_search()).fetch_all(&mut *conn).await?;
     let has_more = leads.len() as i64 > query.page_size;
     leads.truncate(query.page_size as usize);
     let next_page_token = match (has_more, leads.last()) {
         (true, Some(last)) => query.token_of(last),
         _ => String::new(),
     };
-    let total = match totals {
-        Some(totals) => Some(count(&mut tx, query, totals).await?),
-        None => None,
-    };
-    tx.commit().await?;
-    Ok(Page { leads, next_page_token, total })
+    Ok((leads, next_page_token))
 }
 
 /// Where a page matches a search's words. From the matching contacts, each of their leads is
@@ -111,60 +140,144 @@ fn rows_of_plan_line(line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How a page's total is had: already, or by counting rows.
+#[derive(Debug, Clone, Copy)]
+enum Counting {
+    Done(Total),
+    FromRows(RowCount),
+}
+
+/// A count of the matching rows to make, up to the exact limit and within the budget.
+#[derive(Debug, Clone, Copy)]
+struct RowCount {
+    totals: Totals,
+    /// The planner's estimate of the matches, the answer when the count does not finish.
+    estimate: i64,
+}
+
 /// The number of leads matching the filters: exact from the maintained counts when every filter
-/// is one of their dimensions (from the totals by status and agent when those are all it
-/// filters on); else counted from the rows, exactly up to `totals.exact_up_to`
-/// matches and within `totals.budget`, and the planner's estimate otherwise (counting every row a
-/// broad search matches among millions of leads took over a second). A count the planner
-/// expects far above the limit is not started. `conn` is in a transaction.
-pub async fn count(conn: &mut sqlx::PgConnection, query: &LeadQuery, totals: Totals) -> Result<Total, LeadError> {
-    let mut counted = sqlx::QueryBuilder::new(if query.counted_by_status_and_agent() {
-        "SELECT coalesce(sum(k.n), 0)::bigint FROM \
-         (SELECT * FROM lead_totals UNION ALL SELECT org_id, status, agent_id, n FROM lead_count_deltas) k"
-    } else {
-        "SELECT coalesce(sum(k.n), 0)::bigint FROM \
-         (SELECT * FROM lead_counts UNION ALL SELECT org_id, status, agent_id, source_kind, score_source, \
-            score_bucket, n FROM lead_count_deltas) k"
-    });
+/// is one of their dimensions (from the smallest table that has them); else the rows are to be
+/// counted (`count_rows`), exactly up to `totals.exact_up_to` matches and within
+/// `totals.budget`, and the planner's estimate answers otherwise (counting every row a broad
+/// search matches among millions of leads took over a second). A count the planner expects far
+/// above the limit is not started. `conn` is in a transaction.
+async fn plan_count(conn: &mut sqlx::PgConnection, query: &LeadQuery, totals: Totals) -> Result<Counting, LeadError> {
+    let mut counted = sqlx::QueryBuilder::new(format!(
+        "SELECT coalesce(sum(k.n), 0)::bigint FROM {}",
+        query.maintained_totals().rows()
+    ));
     if query.push_count_filters(&mut counted) {
-        return Ok(Total { count: counted.build_query_scalar().fetch_one(&mut *conn).await?, estimated: false });
+        let count = counted.build_query_scalar().fetch_one(&mut *conn).await?;
+        return Ok(Counting::Done(Total { count, estimated: false }));
     }
-    let matching = if query.has_search() {
-        "SELECT 1 FROM leads l JOIN contacts c ON c.id = l.contact_id"
-    } else {
-        "SELECT 1 FROM leads l"
-    };
-    let mut explain = sqlx::QueryBuilder::new(format!("EXPLAIN {matching}"));
+    let mut explain = sqlx::QueryBuilder::new(format!("EXPLAIN {}", matching_rows(query)));
     query.push_filters(&mut explain)?;
     let first_line: String = explain.build_query_scalar().persistent(false).fetch_one(&mut *conn).await?;
     let estimate = rows_of_plan_line(&first_line) as i64;
-    let estimated = Total { count: estimate.max(totals.exact_up_to + 1), estimated: true };
     if estimate > totals.exact_up_to.saturating_mul(PLAINLY_ABOVE) {
-        return Ok(estimated);
+        return Ok(Counting::Done(RowCount { totals, estimate }.above_the_limit()));
     }
-    let mut capped = sqlx::QueryBuilder::new(format!("SELECT count(*) FROM ({matching}"));
+    Ok(Counting::FromRows(RowCount { totals, estimate }))
+}
+
+impl RowCount {
+    /// The total when the matches are more than the exact limit.
+    fn above_the_limit(self) -> Total {
+        Total { count: self.estimate.max(self.totals.exact_up_to + 1), estimated: true }
+    }
+
+    /// The total when counting outlasted its budget.
+    fn out_of_time(self) -> Total {
+        Total { count: self.estimate.max(1), estimated: true }
+    }
+
+    fn of(self, counted: i64) -> Total {
+        if counted <= self.totals.exact_up_to {
+            Total { count: counted, estimated: false }
+        } else {
+            self.above_the_limit()
+        }
+    }
+}
+
+fn matching_rows(query: &LeadQuery) -> &'static str {
+    if query.has_search() {
+        "SELECT 1 FROM leads l JOIN contacts c ON c.id = l.contact_id"
+    } else {
+        "SELECT 1 FROM leads l"
+    }
+}
+
+/// `SELECT count(*)` of the matches, up to one more than the exact limit.
+fn capped_count(query: &LeadQuery, plan: RowCount) -> Result<sqlx::QueryBuilder<sqlx::Postgres>, LeadError> {
+    let mut capped = sqlx::QueryBuilder::new(format!("SELECT count(*) FROM ({}", matching_rows(query)));
     query.push_filters(&mut capped)?;
-    capped.push(" LIMIT ").push_bind(totals.exact_up_to + 1).push(") matching");
-    // A savepoint keeps the transaction, and so the page's snapshot, usable after a cancelled count.
-    let budget_ms = totals.budget.as_millis().max(1);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SAVEPOINT counting; SET LOCAL statement_timeout = {budget_ms}")))
-        .execute(&mut *conn)
-        .await?;
-    let counted: Result<i64, sqlx::Error> =
-        capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *conn).await;
-    match counted {
-        Ok(count) => {
+    capped.push(" LIMIT ").push_bind(plan.totals.exact_up_to + 1).push(") matching");
+    Ok(capped)
+}
+
+fn budget_ms(plan: RowCount) -> u128 {
+    plan.totals.budget.as_millis().max(1)
+}
+
+fn cancelled(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error) if error.code().as_deref() == Some(QUERY_CANCELED))
+}
+
+/// Counts the matching rows in `conn`'s transaction, the page's. A savepoint keeps the
+/// transaction, and so the page's snapshot, usable after a cancelled count.
+async fn count_rows(conn: &mut sqlx::PgConnection, query: &LeadQuery, plan: RowCount) -> Result<Total, LeadError> {
+    let mut capped = capped_count(query, plan)?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SAVEPOINT counting; SET LOCAL statement_timeout = {}",
+        budget_ms(plan)
+    )))
+    .execute(&mut *conn)
+    .await?;
+    match capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *conn).await {
+        Ok(counted) => {
             sqlx::raw_sql("RELEASE SAVEPOINT counting; SET LOCAL statement_timeout = DEFAULT")
                 .execute(&mut *conn)
                 .await?;
-            Ok(if count <= totals.exact_up_to { Total { count, estimated: false } } else { estimated })
+            Ok(plan.of(counted))
         }
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(QUERY_CANCELED) => {
+        Err(error) if cancelled(&error) => {
             sqlx::raw_sql("ROLLBACK TO SAVEPOINT counting").execute(&mut *conn).await?;
-            Ok(Total { count: estimate.max(1), estimated: true })
+            Ok(plan.out_of_time())
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// Counts the matching rows on a connection of its own, in the snapshot `snapshot` that the
+/// page's transaction exported.
+async fn count_in_snapshot(
+    mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    snapshot: &str,
+    query: &LeadQuery,
+    plan: RowCount,
+) -> Result<Total, LeadError> {
+    // Postgres names snapshots in hex digits and dashes; `SET TRANSACTION SNAPSHOT` takes no
+    // parameter, so the name is checked before it is written in.
+    if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(LeadError::Unreadable(format!("snapshot name {snapshot:?}")));
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'; \
+         SET LOCAL statement_timeout = {}",
+        budget_ms(plan)
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let mut capped = capped_count(query, plan)?;
+    let total = match capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *tx).await {
+        Ok(counted) => plan.of(counted),
+        Err(error) if cancelled(&error) => plan.out_of_time(),
+        Err(error) => return Err(error.into()),
+    };
+    tx.rollback().await?;
+    Ok(total)
 }
 
 /// How far above the exact limit the planner must expect a count to be for it not to be
