@@ -67,9 +67,18 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, totals: Option<Totals>
         _ => None,
     };
     let counted_beside = async {
-        match beside {
-            Some((conn, snapshot, plan)) => Ok(Some(count_in_snapshot(conn, &snapshot, query, plan).await?)),
-            None => Ok::<_, LeadError>(None),
+        let Some((conn, snapshot, plan)) = beside else { return Ok::<_, LeadError>(None) };
+        // Postgres can notice its statement timeout late (a bitmap of a million index entries
+        // is built before it looks), so the page waits no longer than the budget: past it the
+        // count goes on alone until Postgres stops it, and its connection returns to the pool.
+        let counting = tokio::spawn(count_in_snapshot(conn, snapshot, query.clone(), plan));
+        match tokio::time::timeout(plan.totals.budget, counting).await {
+            Ok(Ok(counted)) => Ok(Some(counted?)),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the count beside the page stopped, the total is estimated");
+                Ok(Some(plan.out_of_time()))
+            }
+            Err(_) => Ok(Some(plan.out_of_time())),
         }
     };
     let ((leads, next_page_token), counted_beside) = tokio::try_join!(page(&mut tx, query), counted_beside)?;
@@ -253,8 +262,8 @@ async fn count_rows(conn: &mut sqlx::PgConnection, query: &LeadQuery, plan: RowC
 /// page's transaction exported.
 async fn count_in_snapshot(
     mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
-    snapshot: &str,
-    query: &LeadQuery,
+    snapshot: String,
+    query: LeadQuery,
     plan: RowCount,
 ) -> Result<Total, LeadError> {
     // Postgres names snapshots in hex digits and dashes; `SET TRANSACTION SNAPSHOT` takes no
@@ -270,7 +279,7 @@ async fn count_in_snapshot(
     )))
     .execute(&mut *tx)
     .await?;
-    let mut capped = capped_count(query, plan)?;
+    let mut capped = capped_count(&query, plan)?;
     let total = match capped.build_query_scalar().persistent(!query.has_search()).fetch_one(&mut *tx).await {
         Ok(counted) => plan.of(counted),
         Err(error) if cancelled(&error) => plan.out_of_time(),
