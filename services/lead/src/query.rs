@@ -339,24 +339,20 @@ impl LeadQuery {
     }
 
     pub fn push_cursor(&self, sql: &mut QueryBuilder<Postgres>, cursor: Option<&Cursor>) {
+        let Some(cursor) = cursor else { return };
         let op = if self.descending { " < " } else { " > " };
-        match cursor {
-            None => {}
-            Some(Cursor::Time(at, id)) => {
-                sql.push(format!(" AND ({}, l.id){op}(", self.sort.expression()))
-                    .push_bind(*at)
-                    .push(", ")
-                    .push_bind(*id)
-                    .push(")");
+        sql.push(format!(" AND ({}, l.id){op}(", self.sort.expression()));
+        let id = match cursor {
+            Cursor::Time(at, id) => {
+                sql.push_bind(*at);
+                id
             }
-            Some(Cursor::Score(score, id)) => {
-                sql.push(format!(" AND ({}, l.id){op}(", self.sort.expression()))
-                    .push_bind(*score as i32)
-                    .push(", ")
-                    .push_bind(*id)
-                    .push(")");
+            Cursor::Score(score, id) => {
+                sql.push_bind(*score as i32);
+                id
             }
-        }
+        };
+        sql.push(", ").push_bind(*id).push(")");
     }
 
     pub fn push_order(&self, sql: &mut QueryBuilder<Postgres>) {

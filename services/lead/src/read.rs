@@ -71,14 +71,22 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, totals: Option<Totals>
         // Postgres can notice its statement timeout late (60 ms late for a search among a busy
         // agent's million leads), so the page waits no longer than the budget: past it the
         // count goes on alone until Postgres stops it, and its connection returns to the pool.
-        let counting = tokio::spawn(count_in_snapshot(conn, snapshot, query.clone(), plan));
-        match tokio::time::timeout(plan.totals.budget, counting).await {
+        let mut counting = tokio::spawn(count_in_snapshot(conn, snapshot, query.clone(), plan));
+        match tokio::time::timeout(plan.totals.budget, &mut counting).await {
             Ok(Ok(counted)) => Ok(Some(counted?)),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "the count beside the page stopped, the total is estimated");
                 Ok(Some(plan.out_of_time()))
             }
-            Err(_) => Ok(Some(plan.out_of_time())),
+            Err(_) => {
+                // Its answer is no longer wanted, but an error it ends in is still said.
+                tokio::spawn(async move {
+                    if let Ok(Err(error)) = counting.await {
+                        tracing::debug!(%error, "a count that gave way to the estimate ended in an error");
+                    }
+                });
+                Ok(Some(plan.out_of_time()))
+            }
         }
     };
     let ((leads, next_page_token), counted_beside) = tokio::try_join!(page(&mut tx, query), counted_beside)?;
