@@ -952,6 +952,8 @@ async fn a_count_that_outlasts_its_budget_gives_way_to_the_estimate_and_the_page
     let mut env = TestEnv::new().await?;
     env.settings.lead.exact_total_up_to = 1_000_000;
     env.settings.lead.exact_total_budget_ms = 1;
+    // Counting is started whatever the planner prices it: the budget is what stops it here.
+    env.settings.lead.exact_total_max_cost = f64::MAX;
     let node = env.start(&[ServiceName::Lead]).await?;
     let client = node.lead().await?;
     let page = Page { node, env, client };
@@ -1014,12 +1016,19 @@ async fn a_count_that_outlasts_its_budget_gives_way_to_the_estimate_and_the_page
             sqlx::postgres::PgPoolOptions::new().max_connections(connections).connect_with(options.clone()).await?;
         let idle: Vec<_> = futures::future::try_join_all((0..connections).map(|_| pool.acquire())).await?;
         drop(idle);
-        for (budget_ms, exact) in [(60_000, true), (1, false)] {
-            let totals = lead::read::Totals { exact_up_to: 1_000_000, budget: Duration::from_millis(budget_ms) };
+        let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&pool).await?;
+        assert_eq!(jit, "off", "a service's statements are not compiled");
+        // A count priced above the most it may cost is not started, however long it may take.
+        for (budget_ms, max_count_cost, exact) in [(60_000, f64::MAX, true), (1, f64::MAX, false), (60_000, 1.0, false)]
+        {
+            let totals =
+                lead::read::Totals { exact_up_to: 1_000_000, budget: Duration::from_millis(budget_ms), max_count_cost };
             let listed =
                 lead::read::list_leads(&pool, &query, Some(totals)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let total = listed.total.expect("a total was asked for");
-            let case = format!("{connections} connection(s), a budget of {budget_ms} ms: {total:?}");
+            let case = format!(
+                "{connections} connection(s), a budget of {budget_ms} ms, at most {max_count_cost} to count: {total:?}"
+            );
             assert_eq!(total.estimated, !exact, "{case}");
             assert!(if exact { total.count == leads } else { total.count > 0 }, "{case}");
             assert_eq!(listed.leads.len() as i64, query.page_size, "{case}");

@@ -410,27 +410,34 @@ impl Opened {
     }
 }
 
-/// Locks (creating when missing) the rows that say whether these leads are active. Both a
-/// follow-up's arrival and its lead's closing take this lock first, so whichever comes
-/// second sees the other: no follow-up stays open on a closed lead.
+/// Locks (creating when missing) the rows that say whether leads are active, given as
+/// `$1`-`$4` (organisations, leads, active, versions) in the order `in_lock_order` leaves
+/// them. Both a follow-up's arrival and its lead's closing take this lock first, so whichever
+/// comes second sees the other: no follow-up stays open on a closed lead.
+const LOCK_LEAD_STATES: &str = "INSERT INTO lead_states AS s (org_id, lead_id, active, version) \
+     SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bool[], $4::bigint[]) \
+     ON CONFLICT (org_id, lead_id) DO UPDATE \
+       SET active = s.active AND excluded.active, version = greatest(s.version, excluded.version)";
+
+/// Leads sorted, each once with its latest version: every writer locks them in this order.
+fn in_lock_order(leads: &mut Vec<(String, Uuid, bool, i64)>) {
+    leads.sort_by(|a, b| (&a.0, a.1, b.3).cmp(&(&b.0, b.1, a.3)));
+    leads.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
+}
+
+/// Takes `LOCK_LEAD_STATES` for `leads`.
 async fn lock_leads(
     tx: &mut Transaction<'_, Postgres>,
     leads: &mut Vec<(String, Uuid, bool, i64)>,
 ) -> Result<(), FollowUpError> {
-    leads.sort_by(|a, b| (&a.0, a.1, b.3).cmp(&(&b.0, b.1, a.3)));
-    leads.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
-    sqlx::query(
-        "INSERT INTO lead_states AS s (org_id, lead_id, active, version) \
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bool[], $4::bigint[]) \
-         ON CONFLICT (org_id, lead_id) DO UPDATE \
-           SET active = s.active AND excluded.active, version = greatest(s.version, excluded.version)",
-    )
-    .bind(leads.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
-    .bind(leads.iter().map(|l| l.1).collect::<Vec<_>>())
-    .bind(leads.iter().map(|l| l.2).collect::<Vec<_>>())
-    .bind(leads.iter().map(|l| l.3).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+    in_lock_order(leads);
+    sqlx::query(LOCK_LEAD_STATES)
+        .bind(leads.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.1).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.2).collect::<Vec<_>>())
+        .bind(leads.iter().map(|l| l.3).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -448,25 +455,32 @@ async fn keep_opened(
     // The lead was active at the version that accepted the follow-up.
     let mut leads: Vec<(String, Uuid, bool, i64)> =
         opened.iter().map(|o| (o.org_id.clone(), o.lead_id, true, o.lead_version)).collect();
-    lock_leads(tx, &mut leads).await?;
-    // A follow-up whose lead closed meanwhile arrives cancelled by the system; one following its
-    // lead's agent whose lead was reassigned after accepting it arrives with the new agent.
-    let inserted: Vec<FollowUpRow> = sqlx::query_as(
-        "INSERT INTO follow_ups AS f (id, org_id, lead_id, contact_id, phone, external_id, contact_name, email, \
+    in_lock_order(&mut leads);
+    // The leads' rows locked and the follow-ups written in one statement, the lock first: the
+    // insert reads the rows as the lock left them. A follow-up whose lead closed meanwhile
+    // arrives cancelled by the system; one following its lead's agent whose lead was reassigned
+    // after accepting it arrives with the new agent.
+    let inserted: Vec<FollowUpRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH s AS ({LOCK_LEAD_STATES} RETURNING *) \
+         INSERT INTO follow_ups AS f (id, org_id, lead_id, contact_id, phone, external_id, contact_name, email, \
                                due_at, note, agent_id, state, created_by, closed_by, closed_at, agent_set_by_hand) \
          SELECT t.id, t.org_id, t.lead_id, t.contact_id, t.phone, t.external_id, t.contact_name, t.email, \
                 t.due_at, t.note, \
                 CASE WHEN NOT t.by_hand AND s.agent_version > t.lead_version THEN s.agent_id ELSE t.agent_id END, \
                 CASE WHEN s.active THEN 'pending' ELSE 'cancelled' END, t.created_by, \
                 CASE WHEN s.active THEN NULL ELSE 'system' END, CASE WHEN s.active THEN NULL ELSE now() END, t.by_hand \
-         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                     $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::bool[], $14::bigint[]) \
+         FROM UNNEST($5::uuid[], $6::text[], $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[], \
+                     $12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::text[], $17::bool[], $18::bigint[]) \
               AS t(id, org_id, lead_id, contact_id, phone, external_id, contact_name, email, due_at, note, agent_id, \
                    created_by, by_hand, lead_version) \
-         JOIN lead_states s ON s.org_id = t.org_id AND s.lead_id = t.lead_id \
+         JOIN s ON s.org_id = t.org_id AND s.lead_id = t.lead_id \
          ORDER BY t.id \
-         ON CONFLICT (id) DO NOTHING RETURNING f.*",
-    )
+         ON CONFLICT (id) DO NOTHING RETURNING f.*"
+    )))
+    .bind(leads.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
+    .bind(leads.iter().map(|l| l.1).collect::<Vec<_>>())
+    .bind(leads.iter().map(|l| l.2).collect::<Vec<_>>())
+    .bind(leads.iter().map(|l| l.3).collect::<Vec<_>>())
     .bind(opened.iter().map(|o| o.id).collect::<Vec<_>>())
     .bind(opened.iter().map(|o| o.org_id.as_str()).collect::<Vec<_>>())
     .bind(opened.iter().map(|o| o.lead_id).collect::<Vec<_>>())

@@ -6,9 +6,9 @@
 use crate::{
     LeadContext,
     apply::{column, lead_event},
-    commands::{BulkLeads, BulkOutcome, LockedLead, VISIBLE_TO, lock_lead},
+    commands::{BulkLeads, BulkOutcome, VISIBLE_TO},
     error::LeadError,
-    lifecycle::{self, Act, Inactive, RuleSubject, Trigger, rule_move},
+    lifecycle::{self, Act, Inactive, RuleSubject, StatusRules, Trigger, rule_move},
     model::LEAD_VIEW_COLUMNS,
     rules, settings,
 };
@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::followup::FollowUpEvent;
 use contracts::lead::{FollowUpOpened, LeadChange, LeadView, Status};
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, Row, types::Json};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
@@ -161,6 +161,16 @@ pub struct OpenFollowUp {
     pub visible_to: Option<String>,
 }
 
+/// A lead locked to open a follow-up on it, with its organisation's status rules (none set:
+/// every rule off).
+#[derive(FromRow)]
+struct LockedForFollowUp {
+    #[sqlx(try_from = "String")]
+    status: Status,
+    agent_id: Option<String>,
+    status_rules: Option<Json<StatusRules>>,
+}
+
 /// Records a follow-up on an active lead and answers the lead as it now is. Opening the same
 /// follow-up id again answers the lead without a second record, even once the lead has
 /// become inactive: the first call's decision stands.
@@ -172,49 +182,77 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
         validate_agent_id(agent)?;
     }
     let mut tx = ctx.pool.begin().await?;
-    let LockedLead { status, agent_id: lead_agent, .. } =
-        lock_lead(&mut tx, &cmd.org_id, cmd.lead_id, cmd.visible_to.as_deref()).await?;
-    let opened_before: Option<(Uuid, DateTime<Utc>, Option<String>)> = sqlx::query_as(
-        "SELECT lead_id, due_at, note FROM follow_up_entries \
-         WHERE org_id = $1 AND follow_up_id = $2 AND state = 'pending'",
-    )
-    .bind(&cmd.org_id)
-    .bind(cmd.follow_up_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some((lead_id, due_at, note)) = opened_before {
+    // The organisation's status rules are read with the lock, in the transaction that applies
+    // them, as every writer of leads reads them.
+    let LockedForFollowUp { status, agent_id: lead_agent, status_rules } =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT status, agent_id, (SELECT status_rules FROM org_settings WHERE org_id = $1) AS status_rules \
+         FROM leads WHERE org_id = $1 AND id = $2 AND {VISIBLE_TO} FOR UPDATE"
+        )))
+        .bind(&cmd.org_id)
+        .bind(cmd.lead_id)
+        .bind(cmd.visible_to.as_deref())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| LeadError::NotFound(cmd.lead_id.to_string()))?;
+    let decided = lifecycle::decide(status, Act::OpenFollowUp);
+    // A follow-up without an agent goes to whoever holds the lead.
+    let agent_id = cmd.agent_id.clone().or(lead_agent);
+    // The record (unless this follow-up was opened before), the lead's new version and the lead
+    // as its event carries it, in one statement: a follow-up is opened at the desk, one round
+    // trip to Postgres at a time. Its snapshot is taken after the lock, so it sees a repeat of
+    // this request that committed while this one waited.
+    let opened = match decided {
+        Ok(_) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH entry AS ( \
+                   INSERT INTO follow_up_entries (org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor) \
+                   SELECT $1, $2, $3, 'pending', $4, $5, $6, $7 \
+                   WHERE NOT EXISTS (SELECT 1 FROM follow_up_entries \
+                                     WHERE org_id = $1 AND follow_up_id = $2 AND state = 'pending') \
+                   RETURNING lead_id \
+                 ), l AS ( \
+                   UPDATE leads SET version = version + 1, updated_at = now() \
+                   WHERE id = (SELECT lead_id FROM entry) RETURNING * \
+                 ) \
+                 SELECT {LEAD_VIEW_COLUMNS}, coalesce(l.status_set_by_hand_at > l.last_interaction_at, false) AS held_by_hand \
+                 FROM l JOIN contacts c ON c.id = l.contact_id"
+            )))
+            .bind(&cmd.org_id)
+            .bind(cmd.follow_up_id)
+            .bind(cmd.lead_id)
+            .bind(cmd.due_at)
+            .bind(&cmd.note)
+            .bind(&agent_id)
+            .bind(&cmd.actor)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        Err(_) => None,
+    };
+    let Some(opened) = opened else {
+        let opened_before: Option<(Uuid, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+            "SELECT lead_id, due_at, note FROM follow_up_entries \
+             WHERE org_id = $1 AND follow_up_id = $2 AND state = 'pending'",
+        )
+        .bind(&cmd.org_id)
+        .bind(cmd.follow_up_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.rollback().await?;
+        let Some((lead_id, due_at, note)) = opened_before else {
+            return Err(match decided {
+                Err(Inactive(status)) => LeadError::Inactive { id: cmd.lead_id, status },
+                // Found by the insert and gone since, in one transaction: never seen.
+                Ok(_) => LeadError::Conflict,
+            });
+        };
         // A repeat must name the same follow-up, or the two records would disagree.
         if lead_id != cmd.lead_id || due_at.timestamp_micros() != cmd.due_at.timestamp_micros() || note != cmd.note {
             return Err(LeadError::invalid("follow_up_id", "names a follow-up opened with other details"));
         }
         return crate::read::get_lead(&ctx.pool, &cmd.org_id, cmd.lead_id).await;
-    }
-    lifecycle::decide(status, Act::OpenFollowUp)
-        .map_err(|Inactive(status)| LeadError::Inactive { id: cmd.lead_id, status })?;
-    // A follow-up without an agent goes to whoever holds the lead.
-    let agent_id = cmd.agent_id.clone().or(lead_agent);
-    // The record, the lead's new version and the lead as its event carries it, in one
-    // statement: a follow-up is opened at the desk, one round trip to Postgres at a time.
-    let opened = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH entry AS ( \
-           INSERT INTO follow_up_entries (org_id, follow_up_id, lead_id, state, due_at, note, agent_id, actor) \
-           VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7) \
-         ), l AS ( \
-           UPDATE leads SET version = version + 1, updated_at = now() WHERE id = $3 RETURNING * \
-         ) \
-         SELECT {LEAD_VIEW_COLUMNS}, coalesce(l.status_set_by_hand_at > l.last_interaction_at, false) AS held_by_hand \
-         FROM l JOIN contacts c ON c.id = l.contact_id"
-    )))
-    .bind(&cmd.org_id)
-    .bind(cmd.follow_up_id)
-    .bind(cmd.lead_id)
-    .bind(cmd.due_at)
-    .bind(&cmd.note)
-    .bind(&agent_id)
-    .bind(&cmd.actor)
-    .fetch_one(&mut *tx)
-    .await?;
+    };
     let mut lead = LeadView::from_row(&opened)?;
     let held_by_hand: bool = opened.try_get("held_by_hand")?;
     let change = LeadChange::FollowUpOpened {
@@ -227,7 +265,7 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
         },
     };
     let mut messages = vec![lead_event(&ctx.subjects, &lead, change)];
-    let rules = settings::rules_of_org(&mut *tx, &cmd.org_id).await?;
+    let rules = status_rules.map(|Json(rules)| rules).unwrap_or_default();
     let subject = RuleSubject { status: lead.status, held_by_hand };
     if let Some(decided) = rule_move(&rules, subject, Trigger::FollowUpOpened) {
         let moved = rules::write_moves(ctx, &mut tx, &[(cmd.lead_id, decided)], &mut messages).await?;

@@ -81,6 +81,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         totals: read::Totals {
             exact_up_to: infra.settings.lead.exact_total_up_to,
             budget: std::time::Duration::from_millis(infra.settings.lead.exact_total_budget_ms),
+            max_count_cost: infra.settings.lead.exact_total_max_cost,
         },
     };
     base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));

@@ -41,6 +41,9 @@ pub struct Totals {
     pub exact_up_to: i64,
     /// The longest counting may take before the planner's estimate answers instead.
     pub budget: std::time::Duration,
+    /// A count the planner prices above this (in its cost units) is not started: the
+    /// planner's estimate answers at once.
+    pub max_count_cost: f64,
 }
 
 /// The page and its total come from one snapshot, so they agree with each other (`totals`
@@ -191,10 +194,34 @@ async fn plan_count(conn: &mut sqlx::PgConnection, query: &LeadQuery, totals: To
     query.push_filters(&mut explain)?;
     let first_line: String = explain.build_query_scalar().persistent(false).fetch_one(&mut *conn).await?;
     let estimate = rows_of_plan_line(&first_line) as i64;
+    let plan = RowCount { totals, estimate };
     if estimate > totals.exact_up_to.saturating_mul(PLAINLY_ABOVE) {
-        return Ok(Counting::Done(RowCount { totals, estimate }.above_the_limit()));
+        return Ok(Counting::Done(plan.above_the_limit()));
     }
-    Ok(Counting::FromRows(RowCount { totals, estimate }))
+    // A count the planner prices beyond what the budget buys would only give way to the
+    // estimate, and Postgres may notice its statement timeout late, after the page has
+    // answered: the machine would be busy with a count nobody waits for.
+    if count_cost(&first_line, totals.exact_up_to + 1) > totals.max_count_cost {
+        return Ok(Counting::Done(plan.out_of_time()));
+    }
+    Ok(Counting::FromRows(plan))
+}
+
+/// What the planner expects counting the matches up to `limit` to cost, from the first line
+/// of the matches' plan: its start, and the share of the rest that `limit` rows take.
+fn count_cost(plan_line: &str, limit: i64) -> f64 {
+    let Some((startup, total)) = costs_of_plan_line(plan_line) else { return 0.0 };
+    let rows = rows_of_plan_line(plan_line);
+    let share = if rows > limit as f64 { limit as f64 / rows } else { 1.0 };
+    startup + (total - startup) * share
+}
+
+/// `cost=startup..total` of one line of a text plan.
+fn costs_of_plan_line(line: &str) -> Option<(f64, f64)> {
+    let (_, rest) = line.split_once("(cost=")?;
+    let (startup, rest) = rest.split_once("..")?;
+    let total = rest.split(' ').next()?;
+    Some((startup.parse().ok()?, total.parse().ok()?))
 }
 
 impl RowCount {
@@ -337,7 +364,7 @@ pub async fn fold_counts_until(pool: PgPool, token: tokio_util::sync::Cancellati
 
 #[cfg(test)]
 mod tests {
-    use super::rows_of_plan_line;
+    use super::{count_cost, rows_of_plan_line};
 
     #[test]
     fn the_planner_estimate_is_read_off_the_plan_line() {
@@ -345,5 +372,13 @@ mod tests {
         assert_eq!(rows_of_plan_line(line), 55427.0);
         assert_eq!(rows_of_plan_line("Seq Scan on contacts  (cost=0.00..52463.10 rows=1000100 width=4)"), 1000100.0);
         assert_eq!(rows_of_plan_line("Result"), 0.0);
+    }
+
+    #[test]
+    fn a_count_is_priced_up_to_its_limit() {
+        let line = "Hash Join  (cost=100.00..1100.00 rows=20000 width=4)";
+        assert_eq!(count_cost(line, 10_001), 100.0 + 1000.0 * 10_001.0 / 20_000.0);
+        assert_eq!(count_cost("Seq Scan on leads l  (cost=0.00..52.10 rows=100 width=4)", 10_001), 52.1);
+        assert_eq!(count_cost("Result", 10_001), 0.0);
     }
 }

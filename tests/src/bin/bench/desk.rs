@@ -5,7 +5,7 @@
 //! open loop; the lead service's part of the calls that cross services, called directly; and
 //! the scheduler bringing follow-ups due.
 
-use super::report::{Stats, Target, loadavg, ms, progress, rate, stats, thousands};
+use super::report::{CpuSpent, Stats, Target, loadavg, micros, ms, progress, rate, stats, thousands};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use leads_tests::{desk::Desk, eventually, pb};
 use platform::{ServiceName, settings::ExposeSecret};
@@ -118,8 +118,8 @@ impl Call {
             }
             Call::ChangeStatus => "nothing but the request's checks: the answer is the lead read for the event",
             Call::CreateFollowUp => {
-                "GetLead and GetAgent first; in the lead's transaction the follow-up looked up by id and the \
-                 organisation's status rules read"
+                "GetLead and GetAgent first; in the lead's transaction the organisation's status rules read \
+                 with the lock, and the follow-up looked up by id in the insert"
             }
         }
     }
@@ -895,11 +895,14 @@ async fn settle(admin: &sqlx::PgPool) -> anyhow::Result<()> {
     }
 }
 
-/// A call in closed loop beside its raw baseline.
+/// A call in closed loop beside its raw baseline, with the CPU each spent: the calls' until
+/// their events had left the outboxes.
 struct ClosedFigures {
     call: Call,
     service: Timed,
     raw: Timed,
+    service_cpu: CpuSpent,
+    raw_cpu: CpuSpent,
 }
 
 /// A call one at a time and paced, and its hops alike.
@@ -974,9 +977,12 @@ async fn measure(
     for call in Call::ALL {
         settle(admin).await?;
         progress(format!("desk: raw baseline of {} with {CALLERS} in flight", call.name()));
+        let cpu_started = CpuSpent::start();
         let raw_run = closed_loop(CALLERS, call.closed_calls(options.requests), |n| raw.call(call, n, far)).await?;
+        let raw_cpu = CpuSpent::since(cpu_started);
         settle(admin).await?;
         progress(format!("desk: {} with {CALLERS} callers", call.name()));
+        let cpu_started = CpuSpent::start();
         if call == Call::CreateFollowUp {
             // Far enough ahead that creating them all ends before it: twice what as many
             // assignments took, and 5 s.
@@ -984,12 +990,16 @@ async fn measure(
             let lead_time = chrono::Duration::seconds(5) + chrono::Duration::from_std(assign_elapsed * 2)?;
             let due_at = whole_seconds(chrono::Utc::now() + lead_time);
             let service = closed_loop(CALLERS, options.requests, |n| services.call(call, n, due_at)).await?;
+            settle(admin).await?;
+            let service_cpu = CpuSpent::since(cpu_started);
             due = Some(measure_due(admin, due_at, options.requests as i64).await?);
-            closed.push(ClosedFigures { call, service, raw: raw_run });
+            closed.push(ClosedFigures { call, service, raw: raw_run, service_cpu, raw_cpu });
         } else {
             let service =
                 closed_loop(CALLERS, call.closed_calls(options.requests), |n| services.call(call, n, far)).await?;
-            closed.push(ClosedFigures { call, service, raw: raw_run });
+            settle(admin).await?;
+            let service_cpu = CpuSpent::since(cpu_started);
+            closed.push(ClosedFigures { call, service, raw: raw_run, service_cpu, raw_cpu });
         }
     }
     let due = due.ok_or_else(|| anyhow::anyhow!("no follow-ups were created"))?;
@@ -1125,6 +1135,25 @@ fn p50_p99(paced: &Paced) -> String {
     paced.stats().map_or_else(|| "-".into(), |s| format!("{} / {}", ms(s.p50), ms(s.p99)))
 }
 
+/// CPU per call of a closed-loop run beside its baseline's, and the ratio of their machine CPU.
+fn cpu_row(closed: &ClosedFigures) -> String {
+    let per_call = |cpu: f64, timed: &Timed| micros(cpu / timed.samples.len().max(1) as f64);
+    let (service, raw) = (&closed.service_cpu, &closed.raw_cpu);
+    let (service_machine, raw_machine) = (service.process + service.rest, raw.process + raw.rest);
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+        closed.call.name(),
+        per_call(service.process, &closed.service),
+        per_call(service.rest, &closed.service),
+        per_call(service_machine, &closed.service),
+        per_call(raw.process, &closed.raw),
+        per_call(raw.rest, &closed.raw),
+        per_call(raw_machine, &closed.raw),
+        (raw_machine / closed.raw.samples.len().max(1) as f64)
+            / (service_machine / closed.service.samples.len().max(1) as f64)
+    )
+}
+
 fn report(options: &DeskOptions, load: &str, figures: &Figures) -> (String, Vec<Target>) {
     let mut out = String::from("## 5. Desk calls: assignment, status changes and follow-ups\n\n");
     out.push_str(&format!("Load average before: {load}\n\n"));
@@ -1158,6 +1187,17 @@ fn report(options: &DeskOptions, load: &str, figures: &Figures) -> (String, Vec<
     );
     for closed in &figures.closed {
         out.push_str(&closed_row(closed));
+        out.push('\n');
+    }
+    out.push_str(
+        "\nThe machine's CPU per call over the same runs (the calls' until their events had left the outboxes, \
+         so the relays and most of the consumers' work is in): this process (the services and the gRPC client; \
+         the baseline's driver) and the rest of the machine (Postgres and nats-server).\n\n\
+         | call | this process | the rest | the machine | raw: this process | raw: the rest | raw: the machine | \
+         raw / call |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for closed in &figures.closed {
+        out.push_str(&cpu_row(closed));
         out.push('\n');
     }
 

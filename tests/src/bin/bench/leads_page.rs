@@ -4,10 +4,7 @@
 use super::{
     Args,
     leads_seed::{self, BUSY_AGENT, QUIET_AGENT, SeededKind, seeded_id},
-    report::{
-        Report, RssSampler, loadavg, machine_cpu_seconds, mib, micros, ms, proc_status_kb, process_cpu_seconds,
-        progress, rate, stats, thousands,
-    },
+    report::{CpuSpent, Report, RssSampler, Stats, loadavg, mib, ms, proc_status_kb, progress, rate, stats, thousands},
 };
 use leads_tests::{TestEnv, pb};
 use platform::{ServiceName, Settings};
@@ -425,16 +422,19 @@ async fn measure_list_leads_in_process(report: &mut Report, args: &Args, env: &T
         .await?;
     report.line(
         "In-process, without gRPC (`lead::read::list_leads` on a pool of the lead role; the service's query and \
-         row mapping, no transport, no protobuf):\n",
+         row mapping, no transport, no protobuf); beside it the raw part, the first page's statement alone as \
+         Postgres answers it on the same connection (for a search of words the faster of the two ways the \
+         service chooses between, through the contacts' index or along the leads in the page's order):\n",
     );
     report.line(
-        "| case | first page p50 | first page p99 | with total: p50 | with total: p99 |\n\
-         | --- | ---: | ---: | ---: | ---: |",
+        "| case | first page p50 | first page p99 | with total: p50 | with total: p99 | the statement alone: p50 / p99 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |",
     );
     let defaults = Settings::default().lead;
     let totals = lead::read::Totals {
         exact_up_to: defaults.exact_total_up_to,
         budget: Duration::from_millis(defaults.exact_total_budget_ms),
+        max_count_cost: defaults.exact_total_max_cost,
     };
     for case in cases(args.leads) {
         let query = lead::query::LeadQuery::parse(&list_request(&case.filter, String::new(), true))
@@ -454,12 +454,49 @@ async fn measure_list_leads_in_process(report: &mut Report, args: &Args, env: &T
             lead::read::list_leads(&pool, &query, Some(totals)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             with_total.push(t.elapsed());
         }
+        let statement = statement_alone(&pool, &query, (args.iterations / 5).max(5)).await?;
         let (p, t) = (stats(page), stats(with_total));
-        report.line(format!("| {} | {} | {} | {} | {} |", case.name, ms(p.p50), ms(p.p99), ms(t.p50), ms(t.p99)));
+        report.line(format!(
+            "| {} | {} | {} | {} | {} | {} / {} |",
+            case.name,
+            ms(p.p50),
+            ms(p.p99),
+            ms(t.p50),
+            ms(t.p99),
+            ms(statement.p50),
+            ms(statement.p99)
+        ));
     }
     pool.close().await;
     report.line("");
     Ok(())
+}
+
+/// The first page's statement, run `times` times after a warm-up with nothing around it: for a
+/// search of words each of the two ways of matching them, and the faster one's figures.
+async fn statement_alone(pool: &sqlx::PgPool, query: &lead::query::LeadQuery, times: usize) -> anyhow::Result<Stats> {
+    use lead::query::WordsOn;
+    let ways: &[WordsOn] = match &query.search {
+        lead::query::Search { words: Some(_), digits: None } => &[WordsOn::Contacts, WordsOn::Leads],
+        _ => &[WordsOn::Contacts],
+    };
+    let mut fastest: Option<Stats> = None;
+    for &way in ways {
+        let mut took = Vec::with_capacity(times);
+        for round in 0..=times {
+            let mut sql = query.page_sql(way).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t = Instant::now();
+            sql.build().fetch_all(pool).await?;
+            if round > 0 {
+                took.push(t.elapsed());
+            }
+        }
+        let way_stats = stats(took);
+        if fastest.as_ref().is_none_or(|f| way_stats.p50 < f.p50) {
+            fastest = Some(way_stats);
+        }
+    }
+    fastest.ok_or_else(|| anyhow::anyhow!("no way of matching"))
 }
 
 /// GetLead of random leads, and GetLeadHistory of the seeded long history, by page and whole.
@@ -543,39 +580,7 @@ struct RawCopy {
     unordered: Duration,
     /// CPU over the ordered `COPY`: this process's (reading the stream) and the rest of the
     /// machine's (Postgres), in seconds.
-    cpu: ExportCpu,
-}
-
-/// CPU spent over an export: this process's (the service and its client, or the raw `COPY`'s
-/// reader) and the rest of the machine's (Postgres, mostly), in seconds.
-#[derive(Clone, Copy)]
-struct ExportCpu {
-    process: f64,
-    rest: f64,
-}
-
-impl ExportCpu {
-    fn start() -> (f64, f64) {
-        (process_cpu_seconds(std::process::id()), machine_cpu_seconds())
-    }
-
-    fn since((process, machine): (f64, f64)) -> Self {
-        let process = process_cpu_seconds(std::process::id()) - process;
-        Self { process, rest: machine_cpu_seconds() - machine - process }
-    }
-
-    /// Each side's CPU a row, and how much of one core it kept busy over `elapsed`.
-    fn describe(self, rows: u64, elapsed: Duration) -> String {
-        let per_row = |cpu: f64| micros(cpu / rows.max(1) as f64);
-        let cores = |cpu: f64| cpu / elapsed.as_secs_f64();
-        format!(
-            "this process {} a row ({:.2} of a core), the rest of the machine {} a row ({:.2} of a core)",
-            per_row(self.process),
-            cores(self.process),
-            per_row(self.rest),
-            cores(self.rest)
-        )
-    }
+    cpu: CpuSpent,
 }
 
 async fn measure_raw_copy(env: &TestEnv) -> anyhow::Result<RawCopy> {
@@ -589,9 +594,9 @@ async fn measure_raw_copy(env: &TestEnv) -> anyhow::Result<RawCopy> {
         lead::export::CSV_COLUMNS
     );
     let order = " ORDER BY l.last_interaction_at DESC, l.id DESC";
-    let started = ExportCpu::start();
+    let started = CpuSpent::start();
     let (rows, bytes, first_bytes, elapsed) = copy_out(&mut conn, &format!("{select}{order}")).await?;
-    let cpu = ExportCpu::since(started);
+    let cpu = CpuSpent::since(started);
     let (_, _, _, unordered) = copy_out(&mut conn, &select).await?;
     Ok(RawCopy { rows, bytes, first_bytes, elapsed, unordered, cpu })
 }
@@ -630,7 +635,7 @@ struct ExportRun {
     chunks: usize,
     first_chunk: Option<Duration>,
     elapsed: Duration,
-    cpu: ExportCpu,
+    cpu: CpuSpent,
     rss_before: u64,
     peak: u64,
 }
@@ -640,7 +645,7 @@ async fn export_once(client: &mut LeadClient) -> anyhow::Result<ExportRun> {
     progress("leads: ExportLeads ALL");
     let rss_before = proc_status_kb("VmRSS").unwrap_or(0);
     let sampler = RssSampler::start();
-    let cpu_started = ExportCpu::start();
+    let cpu_started = CpuSpent::start();
     let started = Instant::now();
     let mut stream = client
         .export_leads(pb::ExportLeadsRequest {
@@ -657,7 +662,7 @@ async fn export_once(client: &mut LeadClient) -> anyhow::Result<ExportRun> {
         chunks += 1;
     }
     let elapsed = started.elapsed();
-    let cpu = ExportCpu::since(cpu_started);
+    let cpu = CpuSpent::since(cpu_started);
     let peak = sampler.finish();
     Ok(ExportRun { rows, bytes, chunks, first_chunk, elapsed, cpu, rss_before, peak })
 }

@@ -126,6 +126,38 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
     (next() + next()) / TICKS_PER_SECOND
 }
 
+/// CPU spent over a run: this process's (the in-process services and their client, or a raw
+/// baseline's driver) and the rest of the machine's (Postgres and nats-server), in seconds.
+#[derive(Clone, Copy)]
+pub struct CpuSpent {
+    pub process: f64,
+    pub rest: f64,
+}
+
+impl CpuSpent {
+    pub fn start() -> (f64, f64) {
+        (process_cpu_seconds(std::process::id()), machine_cpu_seconds())
+    }
+
+    pub fn since((process, machine): (f64, f64)) -> Self {
+        let process = process_cpu_seconds(std::process::id()) - process;
+        Self { process, rest: machine_cpu_seconds() - machine - process }
+    }
+
+    /// Each side's CPU a row, and how much of one core it kept busy over `elapsed`.
+    pub fn describe(self, rows: u64, elapsed: Duration) -> String {
+        let per_row = |cpu: f64| micros(cpu / rows.max(1) as f64);
+        let cores = |cpu: f64| cpu / elapsed.as_secs_f64();
+        format!(
+            "this process {} a row ({:.2} of a core), the rest of the machine {} a row ({:.2} of a core)",
+            per_row(self.process),
+            cores(self.process),
+            per_row(self.rest),
+            cores(self.rest)
+        )
+    }
+}
+
 /// USER_HZ: 100 on every Linux architecture this runs on.
 const TICKS_PER_SECOND: f64 = 100.0;
 
