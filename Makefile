@@ -27,7 +27,8 @@ lint: ## Check formatting, run clippy with warnings denied, and check dependenci
 	cargo deny --log-level error check bans licenses sources
 
 bench: ## Run the benchmarks and print figures for BENCHMARKS.md
-	@$(INFRA); cargo run --release -p leads-tests --bin bench -- $(BENCH_ARGS)
+	@$(INFRA); cargo build --release -p leads-tests --bin bench -p leads --bin leads && \
+	LEADS_BIN="$${CARGO_TARGET_DIR:-target}/release/leads" "$${CARGO_TARGET_DIR:-target}/release/bench" $(BENCH_ARGS)
 
 infra: ## Only make sure Postgres and NATS are up, and print their URLs
 	@deploy/local/infra.sh
