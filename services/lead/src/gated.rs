@@ -187,7 +187,7 @@ pub async fn open_follow_up(ctx: &LeadContext, cmd: OpenFollowUp) -> Result<Lead
     let LockedForFollowUp { status, agent_id: lead_agent, status_rules } =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT status, agent_id, (SELECT status_rules FROM org_settings WHERE org_id = $1) AS status_rules \
-         FROM leads WHERE org_id = $1 AND id = $2 AND {VISIBLE_TO} FOR UPDATE"
+             FROM leads WHERE org_id = $1 AND id = $2 AND {VISIBLE_TO} FOR UPDATE"
         )))
         .bind(&cmd.org_id)
         .bind(cmd.lead_id)

@@ -33,11 +33,6 @@ pub async fn rules_of<'e>(
     Ok(rows.into_iter().map(|(org, Json(rules))| (org, rules)).collect())
 }
 
-/// The status rules of one organisation.
-pub async fn rules_of_org<'e>(executor: impl PgExecutor<'e>, org_id: &str) -> Result<StatusRules, LeadError> {
-    Ok(rules_of(executor, &[org_id]).await?.remove(org_id).unwrap_or_default())
-}
-
 /// The link to `conversation_id` through the organisation's template.
 pub fn conversation_url(template: &str, conversation_id: &str) -> String {
     let encoded: String = conversation_id
