@@ -80,17 +80,21 @@ pub async fn apply_queue_events(
     let touches = touches(events);
     let mut tx = ctx.pool.begin().await?;
     handler::upsert_holders(&mut tx, &holders).await?;
-    sqlx::query(
-        "UPDATE lead_agents l SET untouched_since = t.since, touch_version = t.version \
-         FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::bigint[]) AS t(org_id, lead_id, since, version) \
-         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.touch_version < t.version",
-    )
-    .bind(touches.iter().map(|t| t.org_id.as_str()).collect::<Vec<_>>())
-    .bind(touches.iter().map(|t| t.lead_id).collect::<Vec<_>>())
-    .bind(touches.iter().map(|t| t.untouched_since).collect::<Vec<_>>())
-    .bind(touches.iter().map(|t| t.version).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    // Most events touch, create and claim nothing: their statements are not sent at all.
+    if !touches.is_empty() {
+        sqlx::query(
+            "UPDATE lead_agents l SET untouched_since = t.since, touch_version = t.version \
+             FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::bigint[]) \
+               AS t(org_id, lead_id, since, version) \
+             WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.touch_version < t.version",
+        )
+        .bind(touches.iter().map(|t| t.org_id.as_str()).collect::<Vec<_>>())
+        .bind(touches.iter().map(|t| t.lead_id).collect::<Vec<_>>())
+        .bind(touches.iter().map(|t| t.untouched_since).collect::<Vec<_>>())
+        .bind(touches.iter().map(|t| t.version).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
         "UPDATE lead_agents l SET contact_id = t.contact_id \
          FROM UNNEST($1::text[], $2::uuid[], $3::uuid[]) AS t(org_id, lead_id, contact_id) \
@@ -115,27 +119,34 @@ pub async fn apply_queue_events(
     .await?;
     // Whoever holds the lead now, at the newest version seen, decides: a lead assigned or
     // closed before its creation was read does not wait.
-    let queued = sqlx::query(
-        "INSERT INTO waiting_leads (org_id, lead_id, score, lead_created_at) \
+    let queued = if created.is_empty() {
+        0
+    } else {
+        sqlx::query(
+            "INSERT INTO waiting_leads (org_id, lead_id, score, lead_created_at) \
          SELECT t.org_id, t.lead_id, t.score, t.created_at \
          FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::timestamptz[]) AS t(org_id, lead_id, score, created_at) \
          JOIN lead_agents l ON l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.agent_id IS NULL AND l.active \
          JOIN org_settings s ON s.org_id = t.org_id AND s.policy <> 'off' \
          ORDER BY t.org_id, t.lead_id \
          ON CONFLICT DO NOTHING",
-    )
-    .bind(created.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
-    .bind(created.iter().map(|e| e.data.lead.id).collect::<Vec<_>>())
-    .bind(created.iter().map(|e| e.data.lead.score).collect::<Vec<_>>())
-    .bind(created.iter().map(|e| e.data.lead.created_at).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+        )
+        .bind(created.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
+        .bind(created.iter().map(|e| e.data.lead.id).collect::<Vec<_>>())
+        .bind(created.iter().map(|e| e.data.lead.score).collect::<Vec<_>>())
+        .bind(created.iter().map(|e| e.data.lead.created_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    };
     // The active agent who last wrote to the contact of an unassigned lead claims it (one
     // claim per lead: an upsert may not touch a row twice); the lead waits, if it did not,
     // until the dispatcher sees whether that agent has room.
-    let claimed = sqlx::query(
-        "INSERT INTO waiting_leads (org_id, lead_id, score, lead_created_at, claimed_by) \
+    let claimed = if replies.is_empty() {
+        0
+    } else {
+        sqlx::query(
+            "INSERT INTO waiting_leads (org_id, lead_id, score, lead_created_at, claimed_by) \
          SELECT DISTINCT ON (t.org_id, t.lead_id) t.org_id, t.lead_id, t.score, t.created_at, t.agent_id \
          FROM UNNEST($1::text[], $2::uuid[], $3::int[], $4::timestamptz[], $5::text[], $6::bigint[]) \
            AS t(org_id, lead_id, score, created_at, agent_id, version) \
@@ -144,16 +155,17 @@ pub async fn apply_queue_events(
          JOIN agents a ON a.org_id = t.org_id AND a.agent_id = t.agent_id AND a.active \
          ORDER BY t.org_id, t.lead_id, t.version DESC \
          ON CONFLICT (org_id, lead_id) DO UPDATE SET claimed_by = excluded.claimed_by",
-    )
-    .bind(replies.iter().map(|(e, _)| e.org_id.as_str()).collect::<Vec<_>>())
-    .bind(replies.iter().map(|(e, _)| e.data.lead.id).collect::<Vec<_>>())
-    .bind(replies.iter().map(|(e, _)| e.data.lead.score).collect::<Vec<_>>())
-    .bind(replies.iter().map(|(e, _)| e.data.lead.created_at).collect::<Vec<_>>())
-    .bind(replies.iter().map(|(_, agent)| *agent).collect::<Vec<_>>())
-    .bind(replies.iter().map(|(e, _)| e.version).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+        )
+        .bind(replies.iter().map(|(e, _)| e.org_id.as_str()).collect::<Vec<_>>())
+        .bind(replies.iter().map(|(e, _)| e.data.lead.id).collect::<Vec<_>>())
+        .bind(replies.iter().map(|(e, _)| e.data.lead.score).collect::<Vec<_>>())
+        .bind(replies.iter().map(|(e, _)| e.data.lead.created_at).collect::<Vec<_>>())
+        .bind(replies.iter().map(|(_, agent)| *agent).collect::<Vec<_>>())
+        .bind(replies.iter().map(|(e, _)| e.version).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    };
     // Deleting a reservation here moves its slot to the holder written above, in one commit.
     // An untouched lead waits while the agent it is taken from holds it and nobody acted on it.
     let left = sqlx::query(

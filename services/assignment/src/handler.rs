@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::lead::{LeadChange, LeadEvent};
 use leads_proto::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 pub const MAX_NAME_CHARS: usize = 200;
@@ -139,8 +139,10 @@ fn validate_email(email: &str) -> Result<(), AssignmentError> {
     if well_formed { Ok(()) } else { Err(AssignmentError::invalid("email", "is not an email address")) }
 }
 
+/// An agent's open leads are its load counter's (kept by `lead_agents`' triggers in the
+/// transactions that move them), not counted over its leads on every read.
 const AGENT_COLUMNS: &str = "a.org_id, a.agent_id, a.name, a.email, a.active, a.updated_at, \
-     (SELECT count(*) FROM lead_agents l WHERE l.org_id = a.org_id AND l.agent_id = a.agent_id AND l.active) \
+     coalesce((SELECT c.held FROM agent_loads c WHERE c.org_id = a.org_id AND c.agent_id = a.agent_id), 0) \
        AS open_leads, a.capacity, \
      coalesce(a.capacity, (SELECT s.default_capacity FROM org_settings s WHERE s.org_id = a.org_id), 10) \
        AS effective_capacity, a.presence, a.presence_seen_at, a.last_assigned_at, a.skills, a.utc_offset_minutes, \
@@ -341,7 +343,9 @@ async fn record_assignments(ctx: &AssignmentContext, rows: Vec<Recorded>) -> Res
 }
 
 /// Records the assignments in `tx`: the history (each once), who holds each lead, and when
-/// each agent was last given one.
+/// each agent was last given one. An assignment already in the history was recorded whole by
+/// the transaction that put it there (the call that made it, or its event arriving first), so
+/// only the new ones go on: a redelivered event writes and locks nothing.
 pub(crate) async fn record_assignments_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     mut rows: Vec<Recorded>,
@@ -349,11 +353,11 @@ pub(crate) async fn record_assignments_in(
     // One row per lead per statement (an upsert may not touch a row twice), keys sorted so
     // concurrent batches lock in one order.
     rows.sort_by(|a, b| (&a.org_id, a.lead_id, b.lead_version).cmp(&(&b.org_id, b.lead_id, a.lead_version)));
-    sqlx::query(
+    let new: HashSet<(Uuid, i64)> = sqlx::query_as(
         "INSERT INTO assignments (org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at) \
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
                               $8::timestamptz[]) \
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING RETURNING lead_id, lead_version",
     )
     .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.lead_id).collect::<Vec<_>>())
@@ -363,16 +367,25 @@ pub(crate) async fn record_assignments_in(
     .bind(rows.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    // A lead id is unique across organisations (a UUID the lead service made).
+    rows.retain(|r| new.contains(&(r.lead_id, r.lead_version)));
+    if rows.is_empty() {
+        return Ok(());
+    }
     let given: Vec<&Recorded> = rows.iter().filter(|r| r.agent_id.is_some()).collect();
     if !given.is_empty() {
+        // Only a later time is written: an agent's row is not locked to change nothing.
         sqlx::query(
-            "UPDATE agents a SET last_assigned_at = greatest(a.last_assigned_at, t.at) \
+            "UPDATE agents a SET last_assigned_at = t.at \
              FROM (SELECT org_id, agent_id, max(at) AS at \
                    FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS g(org_id, agent_id, at) \
                    GROUP BY org_id, agent_id ORDER BY org_id, agent_id) t \
-             WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id",
+             WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id \
+               AND (a.last_assigned_at IS NULL OR a.last_assigned_at < t.at)",
         )
         .bind(given.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
         .bind(given.iter().map(|r| r.agent_id.clone()).collect::<Vec<_>>())
@@ -421,14 +434,19 @@ pub(crate) struct LeadHolder {
 }
 
 /// Keeps who holds each lead at the newest version seen; older versions change nothing.
-/// `holders` holds one row per lead.
+/// `holders` holds one row per lead. A row already at the version (or past it) is left out
+/// before the upsert, which would otherwise lock it to change nothing; one that moves past it
+/// meanwhile is caught by the upsert's own condition.
 pub(crate) async fn upsert_holders(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     holders: &[LeadHolder],
 ) -> Result<(), AssignmentError> {
     sqlx::query(
         "INSERT INTO lead_agents (org_id, lead_id, agent_id, active, version) \
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[]) \
+         SELECT t.* FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[]) \
+           AS t(org_id, lead_id, agent_id, active, version) \
+         WHERE NOT EXISTS (SELECT 1 FROM lead_agents l \
+                           WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.version >= t.version) \
          ON CONFLICT (org_id, lead_id) DO UPDATE \
            SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version \
            WHERE lead_agents.version < excluded.version",

@@ -12,6 +12,7 @@ use leads_proto::v1 as pb;
 use platform::outbox::OutboxMessage;
 
 use sqlx::{Postgres, Transaction};
+use std::collections::HashSet;
 use uuid::Uuid;
 
 pub const SYSTEM_ACTOR: &str = "system";
@@ -535,6 +536,18 @@ pub async fn apply_lead_events(ctx: &FollowUpContext, events: &[Envelope<LeadEve
             }),
             _ => {}
         }
+    }
+    if !opened.is_empty() {
+        // Most arrive after the call that opened them kept them: those are not locked and
+        // written again. One kept meanwhile is left to the insert's conflict.
+        let ids: Vec<Uuid> = opened.iter().map(|o| o.id).collect();
+        let kept: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM follow_ups WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&ctx.pool)
+            .await?
+            .into_iter()
+            .collect();
+        opened.retain(|o| !kept.contains(&o.id));
     }
     if opened.is_empty() && closed.is_empty() && reassigned.is_empty() {
         return Ok(());

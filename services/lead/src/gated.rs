@@ -291,9 +291,11 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
     let kept: Vec<&Envelope<FollowUpEvent>> =
         events.iter().filter(|e| TIMELINE_STATES.contains(&e.kind.as_str())).collect();
     if kept.is_empty() {
-        let mut tx = ctx.pool.begin().await?;
-        record_overdue(&mut tx, events).await?;
-        tx.commit().await?;
+        if events.iter().any(changes_overdue) {
+            let mut tx = ctx.pool.begin().await?;
+            record_overdue(&mut tx, events).await?;
+            tx.commit().await?;
+        }
         return Ok(());
     }
     let orgs = column(&kept, |e| e.org_id.as_str());
@@ -365,6 +367,13 @@ pub async fn record_follow_up_states(ctx: &LeadContext, events: &[Envelope<Follo
     Ok(())
 }
 
+/// Whether an event says something about a follow-up being overdue: a first event (a
+/// follow-up opened, whether pending or cancelled at once) that is not `due` says what having
+/// no row says, and no older event can come after it to be overruled.
+fn changes_overdue(event: &Envelope<FollowUpEvent>) -> bool {
+    event.version > 1 || event.data.state == "due"
+}
+
 /// Keeps whether each follow-up is overdue (its latest state is `due`) from the newest of its
 /// events: a redelivered or late one is older than what is kept and changes nothing. Events
 /// naming another organisation's lead are dropped, as for the timeline.
@@ -372,9 +381,11 @@ async fn record_overdue(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     events: &[Envelope<FollowUpEvent>],
 ) -> Result<(), LeadError> {
+    let events: Vec<&Envelope<FollowUpEvent>> = events.iter().filter(|e| changes_overdue(e)).collect();
     if events.is_empty() {
         return Ok(());
     }
+    let events = events.as_slice();
     sqlx::query(
         "INSERT INTO follow_up_overdue AS o (follow_up_id, org_id, lead_id, overdue, version) \
          SELECT DISTINCT ON (t.follow_up_id) t.follow_up_id, t.org_id, t.lead_id, t.overdue, t.version \
