@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = Report::default();
     report.line("# Lead platform benchmarks\n");
     report.line(format!(
-        "Command: `cargo run --release -p leads-tests --bin bench -- {}`\n",
+        "Command: `make bench BENCH_ARGS=\"{}\"` (the release `bench` binary with these arguments)\n",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     ));
     machine::machine(&mut report).await?;
