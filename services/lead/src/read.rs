@@ -71,9 +71,10 @@ pub async fn list_leads(pool: &PgPool, query: &LeadQuery, totals: Option<Totals>
     };
     let counted_beside = async {
         let Some((conn, snapshot, plan)) = beside else { return Ok::<_, LeadError>(None) };
-        // Postgres can notice its statement timeout late (60 ms late for a search among a busy
-        // agent's million leads), so the page waits no longer than the budget: past it the
-        // count goes on alone until Postgres stops it, and its connection returns to the pool.
+        // Postgres notices its statement timeout only between steps of a plan (before JIT was
+        // turned off, 60 ms late, after compiling one), so the page waits no longer than the
+        // budget: past it the count goes on alone until Postgres stops it, and its connection
+        // returns to the pool.
         let mut counting = tokio::spawn(count_in_snapshot(conn, snapshot, query.clone(), plan));
         match tokio::time::timeout(plan.totals.budget, &mut counting).await {
             Ok(Ok(counted)) => Ok(Some(counted?)),
