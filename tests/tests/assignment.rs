@@ -486,3 +486,62 @@ async fn assigning_with_a_stale_version_is_refused_and_changes_nothing() -> anyh
     }
     desk.stop().await
 }
+
+/// Bulk assignments racing over the same leads and agents, each taking leads from several
+/// agents at once: every agent's open leads come out as the leads it holds, and the load
+/// changes, kept as deltas in each commit, end up folded into the counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_bulk_assignments_leave_every_agents_open_leads_exact() -> anyhow::Result<()> {
+    let desk = Desk::start().await?;
+    let agents = ["ann", "bob", "cid", "dee"];
+    for agent in agents {
+        desk.agent(agent, None).await?;
+    }
+    let leads = desk.leads(24).await?;
+    let ids: Vec<String> = leads.iter().map(|l| l.id.clone()).collect();
+    // Each call takes twelve leads spread over the whole list, most of them held by others.
+    let calls = (0..16).map(|call: usize| {
+        let mut client = desk.assignments.clone();
+        let lead_ids: Vec<String> = (0..12).map(|k| ids[(call * 5 + k * 2) % ids.len()].clone()).collect();
+        let agent_id = agents[call % agents.len()].to_owned();
+        async move {
+            let request = pb::BulkAssignRequest {
+                org_id: ORG.into(),
+                lead_ids,
+                agent_id,
+                actor: "supervisor".into(),
+                ..Default::default()
+            };
+            client.bulk_assign(request).await.map(|answer| answer.into_inner().results.len())
+        }
+    });
+    for answered in futures::future::join_all(calls).await {
+        assert_eq!(answered?, 12);
+    }
+    let mut held = std::collections::BTreeMap::new();
+    for id in &ids {
+        *held.entry(desk.get_lead(id).await?.agent_id).or_insert(0i64) += 1;
+    }
+    for agent in agents {
+        let count = held.get(agent).copied().unwrap_or(0);
+        desk.wait_open_leads(agent, count, &format!("{agent} with the {count} leads it holds")).await;
+    }
+    let admin = desk.env.admin_pool().await?;
+    eventually(DEADLINE, "every load delta folded into its agent's counter", || async {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM assignment.agent_load_deltas").fetch_one(&admin).await.ok()?;
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT agent_id, held FROM assignment.agent_loads WHERE org_id = $1 AND held <> 0 ORDER BY agent_id",
+        )
+        .bind(ORG)
+        .fetch_all(&admin)
+        .await
+        .ok()?;
+        let expected: Vec<(String, i64)> =
+            held.iter().filter(|(agent, _)| !agent.is_empty()).map(|(a, n)| (a.clone(), *n)).collect();
+        (pending == 0 && counted == expected).then_some(())
+    })
+    .await;
+    admin.close().await;
+    desk.stop().await
+}

@@ -1237,10 +1237,13 @@ async fn assignments_are_counted_by_policy_and_a_drifted_load_is_corrected_and_c
 
     // A counter gone wrong (as a bug or a hand edit would leave it): ann looks full, so both
     // new leads go to bob, until the sweep recounts her from the projection.
-    sqlx::query("UPDATE assignment.agent_loads SET held = held + 3 WHERE org_id = $1 AND agent_id = 'ann'")
-        .bind(ORG)
-        .execute(&desk.admin)
-        .await?;
+    sqlx::query(
+        "INSERT INTO assignment.agent_loads AS c (org_id, agent_id, held) VALUES ($1, 'ann', 3) \
+         ON CONFLICT (org_id, agent_id) DO UPDATE SET held = c.held + 3",
+    )
+    .bind(ORG)
+    .execute(&desk.admin)
+    .await?;
     desk.publish(2).await?;
     let held = desk.settles(4, 0).await;
     assert_eq!((get(&held, "ann"), get(&held, "bob")), (1, 3), "{held:?}");
@@ -1250,7 +1253,7 @@ async fn assignments_are_counted_by_policy_and_a_drifted_load_is_corrected_and_c
     })
     .await;
     let loads: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT agent_id, held, reserved FROM assignment.agent_loads WHERE org_id = $1 ORDER BY agent_id",
+        "SELECT agent_id, held, reserved FROM assignment.agent_loads_now WHERE org_id = $1 ORDER BY agent_id",
     )
     .bind(ORG)
     .fetch_all(&desk.admin)

@@ -7,8 +7,9 @@
 //! `reserved_for`) in one transaction under the organisation's advisory lock, each pick counted
 //! against its agent before the next is weighed. An agent's load is a counter (`agent_loads`:
 //! its active leads in the `lead_agents` projection plus the leads reserved for it) that
-//! statement triggers keep in every transaction that changes either, so choosing reads one row
-//! per agent, however many leads they hold. Only then is the lead service asked, a call per
+//! statement triggers keep in every transaction that changes either, as deltas folded into the
+//! counter every second (so that no transaction waits on another's counter), so choosing reads
+//! one row and a few deltas per agent, however many leads they hold. Only then is the lead service asked, a call per
 //! lead, several at once; the answers turn the reservations into held leads (in one
 //! transaction, so a slot is never counted zero times) or release them. A reservation whose
 //! process died is settled from the lead service's answer after `reservation_timeout_secs`,
@@ -462,7 +463,8 @@ async fn reserve_batch(ctx: &AssignmentContext, org_id: &str) -> Result<Option<B
            coalesce(c.held + c.reserved, 0) - coalesce(twice.leads, 0) AS load, \
            (a.presence = 'available' AND a.presence_seen_at > now() - make_interval(secs => $3)) AS available \
          FROM agents a \
-         LEFT JOIN agent_loads c ON c.org_id = a.org_id AND c.agent_id = a.agent_id \
+         LEFT JOIN (SELECT agent_id, held, reserved FROM agent_loads_now WHERE org_id = $1) c \
+           ON c.agent_id = a.agent_id \
          LEFT JOIN (SELECT w.reserved_for AS agent_id, count(*) AS leads FROM waiting_leads w \
                     JOIN lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
                       AND l.agent_id = w.reserved_for AND l.active \
@@ -799,22 +801,16 @@ pub struct LoadDrift {
 }
 
 /// Recounts the load of the organisation's `agents` (all with `None`) from the projection and
-/// the reservations, and corrects the counters that drifted; answers those. The counters are
-/// locked before counting, so that a transaction changing an agent's leads meanwhile either
-/// committed before the count or adds its change to the corrected counter after.
+/// the reservations, and corrects the counters that drifted; answers those. One statement reads
+/// the truth, the counters and their pending deltas in one snapshot, takes those deltas and
+/// writes the truth in their place; a change committed after that snapshot stays a delta. The
+/// fold lock keeps folds from moving deltas into the counters meanwhile.
 pub async fn recount_loads(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     org_id: &str,
     agents: Option<&[String]>,
 ) -> Result<Vec<LoadDrift>, AssignmentError> {
-    sqlx::query(
-        "SELECT agent_id FROM agent_loads WHERE org_id = $1 AND ($2::text[] IS NULL OR agent_id = ANY($2)) \
-         ORDER BY agent_id FOR UPDATE",
-    )
-    .bind(org_id)
-    .bind(agents)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(LOCK_LOAD_FOLDS).execute(&mut **tx).await?;
     let drifts: Vec<LoadDrift> = sqlx::query_as(
         "WITH truth AS ( \
            SELECT agent_id, sum(held)::bigint AS held, sum(reserved)::bigint AS reserved FROM ( \
@@ -826,34 +822,35 @@ pub async fn recount_loads(
              WHERE org_id = $1 AND reserved_for IS NOT NULL AND ($2::text[] IS NULL OR reserved_for = ANY($2)) \
              GROUP BY reserved_for \
            ) t GROUP BY agent_id \
+         ), taken AS ( \
+           DELETE FROM agent_load_deltas WHERE org_id = $1 AND ($2::text[] IS NULL OR agent_id = ANY($2)) \
+           RETURNING agent_id, held, reserved \
          ), counted AS ( \
-           SELECT agent_id, held, reserved FROM agent_loads \
-           WHERE org_id = $1 AND ($2::text[] IS NULL OR agent_id = ANY($2)) \
+           SELECT agent_id, sum(held)::bigint AS held, sum(reserved)::bigint AS reserved, \
+             bool_or(pending) AS pending FROM ( \
+             SELECT agent_id, held, reserved, false AS pending FROM agent_loads \
+             WHERE org_id = $1 AND ($2::text[] IS NULL OR agent_id = ANY($2)) \
+             UNION ALL \
+             SELECT agent_id, held, reserved, true FROM taken \
+           ) c GROUP BY agent_id \
+         ), compared AS ( \
+           SELECT coalesce(t.agent_id, c.agent_id) AS agent_id, coalesce(c.held, 0) AS counted_held, \
+             coalesce(c.reserved, 0) AS counted_reserved, coalesce(t.held, 0) AS held, \
+             coalesce(t.reserved, 0) AS reserved, coalesce(c.pending, false) AS pending \
+           FROM truth t FULL JOIN counted c ON c.agent_id = t.agent_id \
+         ), written AS ( \
+           INSERT INTO agent_loads (org_id, agent_id, held, reserved) \
+           SELECT $1, agent_id, held, reserved FROM compared \
+           WHERE pending OR counted_held <> held OR counted_reserved <> reserved ORDER BY agent_id \
+           ON CONFLICT (org_id, agent_id) DO UPDATE SET held = excluded.held, reserved = excluded.reserved \
          ) \
-         SELECT coalesce(t.agent_id, c.agent_id) AS agent_id, coalesce(c.held, 0) AS counted_held, \
-           coalesce(c.reserved, 0) AS counted_reserved, coalesce(t.held, 0) AS held, \
-           coalesce(t.reserved, 0) AS reserved \
-         FROM truth t FULL JOIN counted c ON c.agent_id = t.agent_id \
-         WHERE coalesce(c.held, 0) <> coalesce(t.held, 0) OR coalesce(c.reserved, 0) <> coalesce(t.reserved, 0) \
-         ORDER BY 1",
+         SELECT agent_id, counted_held, counted_reserved, held, reserved FROM compared \
+         WHERE counted_held <> held OR counted_reserved <> reserved ORDER BY 1",
     )
     .bind(org_id)
     .bind(agents)
     .fetch_all(&mut **tx)
     .await?;
-    if !drifts.is_empty() {
-        sqlx::query(
-            "INSERT INTO agent_loads (org_id, agent_id, held, reserved) \
-             SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) \
-             ON CONFLICT (org_id, agent_id) DO UPDATE SET held = excluded.held, reserved = excluded.reserved",
-        )
-        .bind(org_id)
-        .bind(drifts.iter().map(|d| d.agent_id.as_str()).collect::<Vec<_>>())
-        .bind(drifts.iter().map(|d| d.held).collect::<Vec<_>>())
-        .bind(drifts.iter().map(|d| d.reserved).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
     for d in &drifts {
         tracing::warn!(org_id, agent_id = %d.agent_id, counted_held = d.counted_held, held = d.held,
             counted_reserved = d.counted_reserved, reserved = d.reserved, "agent load counter drifted, corrected");
@@ -864,10 +861,49 @@ pub async fn recount_loads(
     Ok(drifts)
 }
 
+/// Taken by whatever moves load deltas into the counters (the fold, a recount) for the rest of
+/// its transaction: a recount then writes counters no fold changes under it.
+const LOCK_LOAD_FOLDS: &str = "SELECT pg_advisory_xact_lock(hashtextextended('assignment load folds', 0))";
+
+/// Moves every pending load delta into its agent's counter, in one statement so that each
+/// snapshot sees a change once; counters are upserted in key order, so that concurrent folds
+/// of other processes queue rather than deadlock.
+pub async fn fold_load_deltas(pool: &sqlx::PgPool) -> Result<u64, AssignmentError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(LOCK_LOAD_FOLDS).execute(&mut *tx).await?;
+    let folded = sqlx::query(
+        "WITH moved AS (DELETE FROM agent_load_deltas RETURNING org_id, agent_id, held, reserved) \
+         INSERT INTO agent_loads AS c (org_id, agent_id, held, reserved) \
+         SELECT org_id, agent_id, sum(held), sum(reserved) FROM moved \
+         GROUP BY org_id, agent_id ORDER BY org_id, agent_id \
+         ON CONFLICT (org_id, agent_id) DO UPDATE SET held = c.held + excluded.held, reserved = c.reserved + excluded.reserved",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(folded)
+}
+
+/// Folds load deltas every second until `token` fires.
+pub async fn fold_loads_until(pool: sqlx::PgPool, token: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = fold_load_deltas(&pool).await {
+            tracing::warn!(%error, "cannot fold agent load deltas, retrying");
+        }
+    }
+}
+
 /// Recounts every organisation's agents, one organisation per transaction.
 async fn reconcile_loads(ctx: &AssignmentContext) -> Result<usize, AssignmentError> {
     let orgs: Vec<String> =
-        sqlx::query_scalar("SELECT org_id FROM agents UNION SELECT org_id FROM agent_loads ORDER BY 1")
+        sqlx::query_scalar("SELECT org_id FROM agents UNION SELECT org_id FROM agent_loads_now ORDER BY 1")
             .fetch_all(&ctx.pool)
             .await?;
     let mut corrected = 0;

@@ -142,7 +142,7 @@ fn validate_email(email: &str) -> Result<(), AssignmentError> {
 /// An agent's open leads are its load counter's (kept by `lead_agents`' triggers in the
 /// transactions that move them), not counted over its leads on every read.
 const AGENT_COLUMNS: &str = "a.org_id, a.agent_id, a.name, a.email, a.active, a.updated_at, \
-     coalesce((SELECT c.held FROM agent_loads c WHERE c.org_id = a.org_id AND c.agent_id = a.agent_id), 0) \
+     coalesce((SELECT c.held FROM agent_loads_now c WHERE c.org_id = a.org_id AND c.agent_id = a.agent_id), 0) \
        AS open_leads, a.capacity, \
      coalesce(a.capacity, (SELECT s.default_capacity FROM org_settings s WHERE s.org_id = a.org_id), 10) \
        AS effective_capacity, a.presence, a.presence_seen_at, a.last_assigned_at, a.skills, a.utc_offset_minutes, \
@@ -376,23 +376,9 @@ pub(crate) async fn record_assignments_in(
     if rows.is_empty() {
         return Ok(());
     }
-    let given: Vec<&Recorded> = rows.iter().filter(|r| r.agent_id.is_some()).collect();
-    if !given.is_empty() {
-        // Only a later time is written: an agent's row is not locked to change nothing.
-        sqlx::query(
-            "UPDATE agents a SET last_assigned_at = t.at \
-             FROM (SELECT org_id, agent_id, max(at) AS at \
-                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS g(org_id, agent_id, at) \
-                   GROUP BY org_id, agent_id ORDER BY org_id, agent_id) t \
-             WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id \
-               AND (a.last_assigned_at IS NULL OR a.last_assigned_at < t.at)",
-        )
-        .bind(given.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
-        .bind(given.iter().map(|r| r.agent_id.clone()).collect::<Vec<_>>())
-        .bind(given.iter().map(|r| r.at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
+    // Every assignment given, older ones of a lead too, for the agents' last assignment.
+    let given: Vec<(String, String, DateTime<Utc>)> =
+        rows.iter().filter_map(|r| Some((r.org_id.clone(), r.agent_id.clone()?, r.at))).collect();
     rows.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
     let holders: Vec<LeadHolder> = rows
         .iter()
@@ -422,6 +408,23 @@ pub(crate) async fn record_assignments_in(
     .bind(rows.iter().map(|r| r.lead_version).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
+    if !given.is_empty() {
+        // Last, so that an agent's row, which every assignment to the agent locks, is held only
+        // for the commit; and only a later time is written: the row is not locked to change nothing.
+        sqlx::query(
+            "UPDATE agents a SET last_assigned_at = t.at \
+             FROM (SELECT org_id, agent_id, max(at) AS at \
+                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS g(org_id, agent_id, at) \
+                   GROUP BY org_id, agent_id ORDER BY org_id, agent_id) t \
+             WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id \
+               AND (a.last_assigned_at IS NULL OR a.last_assigned_at < t.at)",
+        )
+        .bind(given.iter().map(|g| g.0.as_str()).collect::<Vec<_>>())
+        .bind(given.iter().map(|g| g.1.as_str()).collect::<Vec<_>>())
+        .bind(given.iter().map(|g| g.2).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 

@@ -74,6 +74,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         ctx.clone(),
         consume_for_queue,
     );
+    base.spawn("load folding", auto::fold_loads_until(base.pool.clone(), token.clone()));
     base.spawn("automatic assignment", auto::dispatch_until(ctx.clone(), token.clone()));
     let routes = tonic::service::Routes::new(server::AssignmentServiceServer::new(grpc::AssignmentApi { ctx }));
     base.serve(infra, &["leads.v1.AssignmentService"], routes, token).await

@@ -376,7 +376,8 @@ async fn time_load_count(admin: &sqlx::PgPool) -> anyhow::Result<Duration> {
         let _: Vec<(String, i64)> = sqlx::query_as(
             "SELECT a.agent_id, coalesce(c.held + c.reserved, 0) - coalesce(twice.leads, 0) AS load \
              FROM assignment.agents a \
-             LEFT JOIN assignment.agent_loads c ON c.org_id = a.org_id AND c.agent_id = a.agent_id \
+             LEFT JOIN (SELECT agent_id, held, reserved FROM assignment.agent_loads_now WHERE org_id = $1) c \
+               ON c.agent_id = a.agent_id \
              LEFT JOIN (SELECT w.reserved_for AS agent_id, count(*) AS leads FROM assignment.waiting_leads w \
                         JOIN assignment.lead_agents l ON l.org_id = w.org_id AND l.lead_id = w.lead_id \
                           AND l.agent_id = w.reserved_for AND l.active \

@@ -97,7 +97,7 @@ impl Call {
             Call::AssignLead | Call::BulkAssign => {
                 "lead: the lead locked and updated (2 `lead_count_deltas` by trigger), 1 `assignment_changes`, \
                  1 `outbox`; assignment: 1 `assignments`, 1 `lead_agents` upserted then its untouched clock \
-                 (`agent_loads` by trigger), the agent's `last_assigned_at` (1 `agents` row per call)"
+                 (`agent_load_deltas` by trigger), the agent's `last_assigned_at` (1 `agents` row per call)"
             }
             Call::ChangeStatus => {
                 "lead: the lead locked and updated (2 `lead_count_deltas` by trigger), 1 `status_changes`, 1 `outbox`"
@@ -424,7 +424,7 @@ const MIRRORED: [(&str, &[&str]); 3] = [
             "outbox",
         ],
     ),
-    ("assignment", &["agents", "agent_loads", "assignments", "lead_agents"]),
+    ("assignment", &["agents", "agent_loads", "agent_load_deltas", "assignments", "lead_agents"]),
     ("followup", &["lead_states", "follow_ups"]),
 ];
 
