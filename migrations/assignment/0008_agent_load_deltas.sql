@@ -11,7 +11,10 @@ CREATE TABLE agent_load_deltas (
     agent_id text   NOT NULL,
     held     bigint NOT NULL DEFAULT 0,
     reserved bigint NOT NULL DEFAULT 0
-);
+)
+-- Emptied every second: a vacuum would otherwise take the table's exclusive lock to cut off
+-- its empty pages, holding up the assignments that append to it.
+WITH (vacuum_truncate = false);
 CREATE INDEX agent_load_deltas_by_agent ON agent_load_deltas (org_id, agent_id);
 
 -- An agent's load as of the reader's snapshot: its counter plus its pending deltas. A filter on

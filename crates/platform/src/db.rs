@@ -227,6 +227,9 @@ pub async fn ensure_database(settings: &Settings) -> anyhow::Result<()> {
     }
 }
 
+/// How often a service looks for tables due a vacuum when the server's autovacuum is off.
+const VACUUM_PERIOD: Duration = Duration::from_secs(5);
+
 /// Keeps the service's tables vacuumed and analysed when the server's autovacuum is off, as
 /// it is on some development and CI machines: outbox tables churn on every event, and stale
 /// statistics turn millisecond queries into scans. Does nothing where autovacuum is on.
@@ -243,7 +246,12 @@ pub async fn vacuum_when_autovacuum_is_off(
         return Ok(());
     }
     tracing::warn!(service = %service, "autovacuum is off on this server: the service vacuums its own tables");
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Each service takes its own slot of the period: services started together (the
+    // all-in-one binary) would otherwise vacuum all at once, a burst their calls queue behind,
+    // as autovacuum spreads its workers' starts over its naptime.
+    let slot = ServiceName::ALL.iter().position(|s| *s == service).unwrap_or(0) as u32;
+    let first = tokio::time::Instant::now() + VACUUM_PERIOD * slot / ServiceName::ALL.len() as u32;
+    let mut tick = tokio::time::interval_at(first, VACUUM_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
