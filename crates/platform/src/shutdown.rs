@@ -22,3 +22,30 @@ pub fn on_signal() -> std::io::Result<CancellationToken> {
     });
     Ok(token)
 }
+
+/// Runs `job` every `period`, the first time at once, until `token` fires; a failed run is
+/// logged as `what` and tried again at the next tick. A run that overruns its period delays
+/// the next one rather than bunching them.
+pub async fn every<F, Fut, T, E>(
+    period: std::time::Duration,
+    token: CancellationToken,
+    what: &'static str,
+    mut job: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = job().await {
+            tracing::warn!(%error, "{what} failed, retrying");
+        }
+    }
+}

@@ -885,21 +885,6 @@ pub async fn fold_load_deltas(pool: &sqlx::PgPool) -> Result<u64, AssignmentErro
     Ok(folded)
 }
 
-/// Folds load deltas every second until `token` fires.
-pub async fn fold_loads_until(pool: sqlx::PgPool, token: CancellationToken) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        if let Err(error) = fold_load_deltas(&pool).await {
-            tracing::warn!(%error, "cannot fold agent load deltas, retrying");
-        }
-    }
-}
-
 /// Recounts every organisation's agents, one organisation per transaction.
 async fn reconcile_loads(ctx: &AssignmentContext) -> Result<usize, AssignmentError> {
     let orgs: Vec<String> =

@@ -22,7 +22,7 @@ use platform::{
     service::{Infra, Running, ServiceBase},
 };
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/assignment");
@@ -74,7 +74,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         ctx.clone(),
         consume_for_queue,
     );
-    base.spawn("load folding", auto::fold_loads_until(base.pool.clone(), token.clone()));
+    let pool = base.pool.clone();
+    base.spawn(
+        "load folding",
+        platform::shutdown::every(Duration::from_secs(1), token.clone(), "folding agent load deltas", move || {
+            let pool = pool.clone();
+            async move { auto::fold_load_deltas(&pool).await }
+        }),
+    );
     base.spawn("automatic assignment", auto::dispatch_until(ctx.clone(), token.clone()));
     let routes = tonic::service::Routes::new(server::AssignmentServiceServer::new(grpc::AssignmentApi { ctx }));
     base.serve(infra, &["leads.v1.AssignmentService"], routes, token).await

@@ -33,7 +33,7 @@ use platform::{
     service::{Infra, Running, ServiceBase},
 };
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/lead");
@@ -84,7 +84,14 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
             max_count_cost: infra.settings.lead.exact_total_max_cost,
         },
     };
-    base.spawn("count folding", read::fold_counts_until(base.pool.clone(), token.clone()));
+    let pool = base.pool.clone();
+    base.spawn(
+        "count folding",
+        platform::shutdown::every(Duration::from_secs(1), token.clone(), "folding lead count deltas", move || {
+            let pool = pool.clone();
+            async move { read::fold_count_deltas(&pool).await }
+        }),
+    );
     let idle_sweep = std::time::Duration::from_secs(infra.settings.lead.idle_sweep_interval_secs);
     base.spawn("idle lead sweep", rules::archive_idle_until(ctx.clone(), idle_sweep, token.clone()));
     base.consumer(StreamKind::Events("ingest"), INTERACTIONS_DURABLE).spawn(

@@ -348,21 +348,6 @@ pub async fn fold_count_deltas(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(folded.rows_affected())
 }
 
-/// Folds count deltas every second until `token` fires.
-pub async fn fold_counts_until(pool: PgPool, token: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        if let Err(error) = fold_count_deltas(&pool).await {
-            tracing::warn!(%error, "cannot fold lead count deltas, retrying");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{count_cost, rows_of_plan_line};

@@ -124,19 +124,14 @@ pub async fn archive_idle_until(
     interval: std::time::Duration,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return Ok(()),
-            _ = ticks.tick() => {}
+    platform::shutdown::every(interval, token, "the idle lead sweep", || async {
+        let archived = archive_idle(&ctx, Utc::now()).await?;
+        if archived > 0 {
+            tracing::info!(archived, "idle leads archived");
         }
-        match archive_idle(&ctx, Utc::now()).await {
-            Ok(0) => {}
-            Ok(archived) => tracing::info!(archived, "idle leads archived"),
-            Err(error) => tracing::warn!(%error, "idle lead sweep failed, trying again next time"),
-        }
-    }
+        Ok::<_, LeadError>(())
+    })
+    .await
 }
 
 /// Archives, as of `now`, every active lead whose organisation archives idle leads and which
