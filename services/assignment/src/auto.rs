@@ -9,12 +9,13 @@
 //! its active leads in the `lead_agents` projection plus the leads reserved for it) that
 //! statement triggers keep in every transaction that changes either, as deltas folded into the
 //! counter every second (so that no transaction waits on another's counter), so choosing reads
-//! one row and a few deltas per agent, however many leads they hold. Only then is the lead service asked, a call per
-//! lead, several at once; the answers turn the reservations into held leads (in one
-//! transaction, so a slot is never counted zero times) or release them. A reservation whose
-//! process died is settled from the lead service's answer after `reservation_timeout_secs`,
-//! its agents recounted from the projection in the same commit; the sweep recounts every agent
-//! every `RECONCILE_EVERY_SWEEPS` sweeps, correcting and counting (`LOAD_CORRECTIONS_METRIC`) any drift.
+//! one row and a few deltas per agent, however many leads they hold. Only then is the lead
+//! service asked, a call per lead, several at once; the answers turn the reservations into held
+//! leads (in one transaction, so a slot is never counted zero times) or release them. A
+//! reservation whose process died is settled from the lead service's answer after
+//! `reservation_timeout_secs`, its agents recounted from the projection in the same commit; the
+//! sweep recounts every agent every `RECONCILE_EVERY_SWEEPS` sweeps, correcting and counting
+//! (`LOAD_CORRECTIONS_METRIC`) any drift.
 
 use crate::{
     AssignmentContext,
