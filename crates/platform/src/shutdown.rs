@@ -1,4 +1,5 @@
-//! Turns SIGTERM and SIGINT into a cancellation token that every service watches.
+//! Turns SIGTERM and SIGINT into a cancellation token that every service watches, and runs
+//! the services' periodic jobs until it fires.
 
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,7 @@ pub fn on_signal() -> std::io::Result<CancellationToken> {
 }
 
 /// Runs `job` every `period`, the first time at once, until `token` fires; a failed run is
-/// logged as `what` and tried again at the next tick. A run that overruns its period delays
+/// logged with `what` it was and tried again at the next tick. A run that overruns its period delays
 /// the next one rather than bunching them.
 pub async fn every<F, Fut, T, E>(
     period: std::time::Duration,
@@ -45,7 +46,7 @@ where
             _ = tick.tick() => {}
         }
         if let Err(error) = job().await {
-            tracing::warn!(%error, "{what} failed, retrying");
+            tracing::warn!(job = what, %error, "periodic job failed, retrying at the next tick");
         }
     }
 }

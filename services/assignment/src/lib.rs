@@ -77,7 +77,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let pool = base.pool.clone();
     base.spawn(
         "load folding",
-        platform::shutdown::every(Duration::from_secs(1), token.clone(), "folding agent load deltas", move || {
+        platform::shutdown::every(Duration::from_secs(1), token.clone(), "agent load fold", move || {
             let pool = pool.clone();
             async move { auto::fold_load_deltas(&pool).await }
         }),

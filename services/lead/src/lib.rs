@@ -87,7 +87,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     let pool = base.pool.clone();
     base.spawn(
         "count folding",
-        platform::shutdown::every(Duration::from_secs(1), token.clone(), "folding lead count deltas", move || {
+        platform::shutdown::every(Duration::from_secs(1), token.clone(), "lead count fold", move || {
             let pool = pool.clone();
             async move { read::fold_count_deltas(&pool).await }
         }),

@@ -124,7 +124,7 @@ pub async fn archive_idle_until(
     interval: std::time::Duration,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    platform::shutdown::every(interval, token, "the idle lead sweep", || async {
+    platform::shutdown::every(interval, token, "idle lead sweep", || async {
         let archived = archive_idle(&ctx, Utc::now()).await?;
         if archived > 0 {
             tracing::info!(archived, "idle leads archived");
