@@ -715,6 +715,9 @@ async fn messages_past_the_retention_go_with_their_deliveries_and_log() -> anyho
     let receiver = Receiver::accepting().await?;
     let endpoint = platform.endpoint(&receiver.url(), &[]).await?;
     let admin = platform.env.admin_pool().await?;
+    // One transaction: the running process's first prune may come at any moment, and must not
+    // find a message without its delivery.
+    let mut seeding = admin.begin().await?;
     for (id, days) in [("ntf_old", 40), ("ntf_recent", 2)] {
         sqlx::query(
             "INSERT INTO notifications.messages (id, org_id, event_type, occurred_at, dedupe_key, for_admins, body, created_at) \
@@ -723,7 +726,7 @@ async fn messages_past_the_retention_go_with_their_deliveries_and_log() -> anyho
         .bind(id)
         .bind(ORG)
         .bind(days)
-        .execute(&admin)
+        .execute(&mut *seeding)
         .await?;
         sqlx::query(
             "INSERT INTO notifications.deliveries (org_id, endpoint_id, message_id, state) VALUES ($1, $2::uuid, $3, 'failed')",
@@ -731,9 +734,10 @@ async fn messages_past_the_retention_go_with_their_deliveries_and_log() -> anyho
         .bind(ORG)
         .bind(&endpoint.id)
         .bind(id)
-        .execute(&admin)
+        .execute(&mut *seeding)
         .await?;
     }
+    seeding.commit().await?;
     // A process starting prunes first, then every hour.
     let Platform { env, node, .. } = platform;
     node.stop().await?;
