@@ -149,7 +149,12 @@ pub async fn relay(
     let poll = Duration::from_millis(200);
     loop {
         match publish_batch(&pool, &js, max_payload, &dead_letters).await {
-            Ok(0) => {
+            // Rows were left behind, or the process is draining: the next round at once.
+            Ok(round) if round.more || (round.sent > 0 && token.is_cancelled()) => {}
+            // A round that took every row there was waits for the next commit's signal (kept
+            // when it came meanwhile) rather than asking again, which at hundreds of commits a
+            // second was an empty transaction after nearly every round.
+            Ok(_) => {
                 if token.is_cancelled() {
                     break;
                 }
@@ -159,7 +164,6 @@ pub async fn relay(
                     () = token.cancelled() => {}
                 }
             }
-            Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "outbox relay failed, retrying");
                 if token.is_cancelled() {
@@ -211,8 +215,16 @@ const RELAY_BATCH: i64 = 1000;
 /// hundreds of megabytes in memory. A first row larger than this still goes alone.
 const RELAY_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
-/// id, subject, msg_id, payload, traceparent
-type PendingRow = (i64, String, String, Vec<u8>, Option<String>);
+/// id, subject, msg_id, payload, traceparent, rows locked in the round
+type PendingRow = (i64, String, String, Vec<u8>, Option<String>, i64);
+
+/// What one round of the relay did.
+struct Round {
+    /// Rows published or kept as dead letters.
+    sent: usize,
+    /// Rows were left for the next round (the batch's row or byte limit), or may have been.
+    more: bool,
+}
 
 /// Room left in a NATS message for the headers the relay adds.
 const HEADER_ROOM: usize = 1024;
@@ -222,7 +234,7 @@ async fn publish_batch(
     js: &jetstream::Context,
     max_payload: usize,
     dead_letters: &crate::deadletter::DeadLetters,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Round> {
     let service = dead_letters.service;
     let mut tx = pool.begin().await?;
     // The rows past the byte budget stay locked, unread (a toasted payload is read only when
@@ -231,8 +243,8 @@ async fn publish_batch(
         "WITH locked AS ( \
            SELECT id, subject, msg_id, payload, traceparent, octet_length(payload) AS size FROM outbox \
            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED), \
-         sized AS (SELECT *, sum(size) OVER (ORDER BY id) - size AS before FROM locked) \
-         SELECT id, subject, msg_id, payload, traceparent FROM sized WHERE before < $2 ORDER BY id",
+         sized AS (SELECT *, sum(size) OVER (ORDER BY id) - size AS before, count(*) OVER () AS locked FROM locked) \
+         SELECT id, subject, msg_id, payload, traceparent, locked FROM sized WHERE before < $2 ORDER BY id",
     )
     .bind(RELAY_BATCH)
     .bind(RELAY_BATCH_BYTES)
@@ -240,12 +252,14 @@ async fn publish_batch(
     .await?;
     if rows.is_empty() {
         tx.commit().await?;
-        return Ok(0);
+        return Ok(Round { sent: 0, more: false });
     }
+    let locked = rows[0].5;
+    let more = locked > rows.len() as i64 || locked >= RELAY_BATCH;
     let mut acks = Vec::with_capacity(rows.len());
     let mut ids = Vec::with_capacity(rows.len());
     let mut quarantined = 0;
-    for (id, subject, msg_id, payload, traceparent) in rows {
+    for (id, subject, msg_id, payload, traceparent, _) in rows {
         // NATS would refuse it on every try, and every event behind it, of every
         // organisation, would wait: it goes to the dead letters instead.
         if payload.len() + HEADER_ROOM > max_payload {
@@ -287,7 +301,8 @@ async fn publish_batch(
     tx.commit().await?;
     metrics::counter!(crate::telemetry::names::OUTBOX_PUBLISHED, "service" => service)
         .increment((ids.len() - quarantined) as u64);
-    Ok(ids.len())
+    // A row kept as a dead letter staged its announcement in the outbox.
+    Ok(Round { sent: ids.len(), more: more || quarantined > 0 })
 }
 
 #[cfg(test)]

@@ -97,24 +97,19 @@ pub async fn apply_queue_events(
         .execute(&mut *tx)
         .await?;
     }
+    // The lead's contact, and where it came from for the organisation's skill routes: each
+    // written once, the first time the lead is seen.
     sqlx::query(
-        "UPDATE lead_agents l SET contact_id = t.contact_id \
-         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[]) AS t(org_id, lead_id, contact_id) \
-         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.contact_id IS NULL",
+        "UPDATE lead_agents l SET contact_id = coalesce(l.contact_id, t.contact_id), \
+           channel = CASE WHEN l.source IS NULL THEN t.channel ELSE l.channel END, \
+           source = coalesce(l.source, t.source) \
+         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) \
+           AS t(org_id, lead_id, contact_id, channel, source) \
+         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND (l.contact_id IS NULL OR l.source IS NULL)",
     )
     .bind(newest.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
     .bind(newest.iter().map(|e| e.data.lead.id).collect::<Vec<_>>())
     .bind(newest.iter().map(|e| e.data.lead.contact_id).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    // Where the lead came from, for the organisation's skill routes.
-    sqlx::query(
-        "UPDATE lead_agents l SET channel = t.channel, source = t.source \
-         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[]) AS t(org_id, lead_id, channel, source) \
-         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.source IS NULL",
-    )
-    .bind(newest.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
-    .bind(newest.iter().map(|e| e.data.lead.id).collect::<Vec<_>>())
     .bind(newest.iter().map(|e| e.data.lead.channel.as_str()).collect::<Vec<_>>())
     .bind(newest.iter().map(|e| lead_source(&e.data.lead)).collect::<Vec<_>>())
     .execute(&mut *tx)
@@ -1027,6 +1022,7 @@ pub async fn dispatch_until(ctx: AssignmentContext, token: CancellationToken) ->
             }
             next_sweep = tokio::time::Instant::now() + sweep;
         }
+        let pass_started = tokio::time::Instant::now();
         if let Err(error) = dispatch_all(&ctx, &token).await {
             tracing::warn!(%error, "automatic assignment interrupted, trying again");
         }
@@ -1035,8 +1031,18 @@ pub async fn dispatch_until(ctx: AssignmentContext, token: CancellationToken) ->
             () = ctx.wake.notified() => {}
             () = tokio::time::sleep_until(next_sweep) => {}
         }
+        // The wakes of the gap come to one pass.
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep_until(pass_started + DISPATCH_GAP) => {}
+        }
     }
 }
+
+/// The shortest time between two passes of the dispatcher. Every assignment and every batch
+/// of lead events wakes it, hundreds of times a second at a busy desk, and each pass asks
+/// Postgres which organisations have leads waiting; a lead waits at most this much longer.
+const DISPATCH_GAP: Duration = Duration::from_millis(20);
 
 /// Why the platform took a lead back from a deactivated agent, in the lead's history.
 pub const DEACTIVATED_REASON: &str = "agent deactivated";
