@@ -533,7 +533,7 @@ pub struct ConsumerSettings {
     /// Messages handled in one transaction by the broadcast-tracking service's consumer of
     /// messages and statuses: a broadcast yields millions of small events, which drain much
     /// faster in larger transactions (BENCHMARKS.md has the figures). A batch still closes
-    /// 10 ms after its first message when traffic is light.
+    /// 30 ms after its first message when traffic is light.
     pub broadcast_batch_size: usize,
     /// Batches in flight at once per consumer.
     pub concurrency: usize,

@@ -114,7 +114,7 @@ impl Call {
     fn reads(self) -> &'static str {
         match self {
             Call::AssignLead | Call::BulkAssign => {
-                "the agent read first by the assignment service, with its open leads from its load counter"
+                "whether the agent is known and active, read first by the assignment service"
             }
             Call::ChangeStatus => "nothing but the request's checks: the answer is the lead read for the event",
             Call::CreateFollowUp => {
