@@ -365,9 +365,10 @@ async fn an_assignment_racing_a_conversion_never_lands_on_an_inactive_lead() -> 
     desk.stop().await
 }
 
-/// An assignment the lead service made without the assignment service recording it (as when
-/// that service stops right after the lead's commit) reaches the history and the agent's
-/// open leads from the lead's event, once however often it is delivered.
+/// Assignments the lead service made without the assignment service recording them (as when
+/// that service stops right after the lead's commit) reach the history and the agent's open
+/// leads from the lead's events, which left as one message, once however often it is
+/// delivered.
 #[tokio::test]
 async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::Result<()> {
     let desk = Desk::start().await?;
@@ -398,19 +399,30 @@ async fn assignments_reach_the_history_from_the_lead_events_alone() -> anyhow::R
             ("ann", "router", "from the lead service")
         );
     }
+    let consumer = desk.env.js.get_stream(desk.env.subjects.stream_name(platform::nats::StreamKind::Events("lead")));
+    let stream = consumer.await?;
+    let subject = |kind: &str| desk.env.subjects.event("lead", ORG, kind);
+    let batch = stream.get_last_raw_message_by_subject(&subject("assignments_applied")).await?;
+    let batch: serde_json::Value = serde_json::from_slice(&batch.payload)?;
+    let mut told: Vec<&str> =
+        batch["data"].as_array().into_iter().flatten().filter_map(|e| e["aggregate_id"].as_str()).collect();
+    told.sort_unstable();
+    let mut assigned: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assigned.sort_unstable();
+    assert_eq!(told, assigned, "both assignments in one message");
+    assert!(stream.get_last_raw_message_by_subject(&subject("assigned")).await.is_err(), "none alone");
+
     // Redelivering every lead event changes nothing.
     let admin = desk.env.admin_pool().await?;
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.assignments").fetch_one(&admin).await?;
-    let consumer = desk.env.js.get_stream(desk.env.subjects.stream_name(platform::nats::StreamKind::Events("lead")));
-    let stream = consumer.await?;
     // Stopped first: nats-server 2.9 may fail to delete a durable that is being pulled.
     desk.base.node.stop().await?;
-    stream.delete_consumer("assignment-assigned").await?;
+    stream.delete_consumer("assignment-assignments-applied").await?;
     let node = desk.base.env.start(&[ServiceName::Ingest, ServiceName::Lead, ServiceName::Assignment]).await?;
     let replayed = eventually(DEADLINE, "the replay consumed", || {
         let stream = stream.clone();
         async move {
-            let info = stream.consumer_info("assignment-assigned").await.ok()?;
+            let info = stream.consumer_info("assignment-assignments-applied").await.ok()?;
             (info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0).then_some(())
         }
     })

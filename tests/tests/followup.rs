@@ -682,7 +682,8 @@ async fn a_follow_up_follows_its_leads_reassignment_unless_its_agent_was_named()
     for agent in ["ann", "bob", "carol"] {
         desk.agent(agent, true).await?;
     }
-    let lead = desk.leads(1).await?.remove(0);
+    let mut leads = desk.leads(2).await?;
+    let (lead, other) = (leads.remove(0), leads.remove(0));
     desk.assign(&lead.id, "ann").await?;
     let following = desk.create(&lead.id, 3600, "the lead's agent calls").await?;
     let named = desk.create_for(&lead.id, "carol", "carol calls").await?;
@@ -704,17 +705,22 @@ async fn a_follow_up_follows_its_leads_reassignment_unless_its_agent_was_named()
     let anns: Vec<String> = desk.list(anns).await?.follow_ups.into_iter().map(|f| f.id).collect();
     assert_eq!(anns, [done.id.as_str()]);
 
+    // Two leads unassigned at once: their events travel as one message.
+    desk.assign(&other.id, "bob").await?;
+    let others = desk.create(&other.id, 3600, "the other lead's agent calls").await?;
     let unassign = pb::AssignLeadsRequest {
         org_id: ORG.into(),
-        lead_ids: vec![lead.id.clone()],
+        lead_ids: vec![lead.id.clone(), other.id.clone()],
         actor: "olga".into(),
         ..Default::default()
     };
     desk.leads.clone().assign_leads(unassign).await?;
-    eventually(DEADLINE, "the follow-up to have no agent", || async {
-        desk.follow_up(&lead.id, &following.id).await.ok().filter(|f| f.agent_id.is_empty())
-    })
-    .await;
+    for (lead_id, follow_up) in [(&lead.id, &following), (&other.id, &others)] {
+        eventually(DEADLINE, "the follow-up to have no agent", || async {
+            desk.follow_up(lead_id, &follow_up.id).await.ok().filter(|f| f.agent_id.is_empty())
+        })
+        .await;
+    }
     assert_eq!(desk.follow_up(&lead.id, &named.id).await?.agent_id, "carol");
     desk.stop().await
 }

@@ -234,6 +234,35 @@ async fn a_lead_assigned_to_an_agent_is_told_to_it_on_its_subject_and_in_its_lis
     platform.stop().await
 }
 
+/// A bulk assignment's events travel as one message: each of its leads is still told to the
+/// agent, once.
+#[tokio::test]
+async fn every_lead_of_a_bulk_assignment_is_told_to_its_agent_once() -> anyhow::Result<()> {
+    let platform = Platform::start(&SERVICES).await?;
+    let leads = platform.leads(3).await?;
+    platform.agent("ann").await?;
+    let request = pb::BulkAssignRequest {
+        org_id: ORG.into(),
+        lead_ids: leads.iter().map(|l| l.id.clone()).collect(),
+        agent_id: "ann".into(),
+        actor: "olga".into(),
+        ..Default::default()
+    };
+    let results = platform.node.assignment().await?.bulk_assign(request).await?.into_inner().results;
+    assert!(results.iter().all(|r| r.outcome == pb::BulkOutcome::Changed as i32), "{results:?}");
+    let mut expected: Vec<&str> = leads.iter().map(|l| l.id.as_str()).collect();
+    expected.sort_unstable();
+    let told = eventually(DEADLINE, "ann told of her three leads", || async {
+        let list = platform.list("ann", false).await.ok()?;
+        (list.notifications.len() >= expected.len()).then_some(list.notifications)
+    })
+    .await;
+    let mut told: Vec<(&str, &str)> = told.iter().map(|n| (n.r#type.as_str(), n.lead_id.as_str())).collect();
+    told.sort_unstable();
+    assert_eq!(told, expected.iter().map(|id| ("lead.assigned", *id)).collect::<Vec<_>>());
+    platform.stop().await
+}
+
 #[tokio::test]
 async fn a_follow_up_is_reminded_due_and_overdue_and_overdue_reaches_the_admins() -> anyhow::Result<()> {
     let platform = Platform::start(&SERVICES).await?;

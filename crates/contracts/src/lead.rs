@@ -479,14 +479,21 @@ pub const INTERACTIONS_APPLIED: &str = "interactions_applied";
 /// score set by hand travels alone, as `score_changed`.
 pub const SCORES_APPLIED: &str = "scores_applied";
 
-/// Reads a message of `events.lead.>`: one event, or a batch of `INTERACTIONS_APPLIED` or
-/// `SCORES_APPLIED`.
+/// The kind of the message that carries the `assigned` events of one assignment of several
+/// leads (`platform::outbox::batched`): a bulk assignment, or an automatic assignment's pass.
+/// An assignment of one lead travels alone, as `assigned`.
+pub const ASSIGNMENTS_APPLIED: &str = "assignments_applied";
+
+/// The kinds of `events.lead.>` whose messages carry a batch of lead events.
+pub const BATCH_KINDS: [&str; 3] = [INTERACTIONS_APPLIED, SCORES_APPLIED, ASSIGNMENTS_APPLIED];
+
+/// Reads a message of `events.lead.>`: one event, or a batch of one of `BATCH_KINDS`.
 pub fn read_lead_events(
     subject: &str,
     payload: &[u8],
     out: &mut Vec<Envelope<LeadEvent>>,
 ) -> Result<(), serde_json::Error> {
-    Envelope::read_into(subject, payload, &[INTERACTIONS_APPLIED, SCORES_APPLIED], out)
+    Envelope::read_into(subject, payload, &BATCH_KINDS, out)
 }
 
 /// The payload of `events.lead.<org>.<kind>`: the change and the lead after it.

@@ -694,6 +694,26 @@ where
     .await
 }
 
+/// `apply_envelopes` for a stream on which the messages of `batch_kinds` (the last token of
+/// their subject) each carry an array of envelopes (`Envelope::read_into`): the batch is
+/// every envelope of every readable delivery.
+pub async fn apply_batched_envelopes<T, E, F, Fut>(
+    batch: &[Delivery],
+    batch_kinds: &[&str],
+    apply: F,
+) -> Vec<Disposition>
+where
+    T: serde::de::DeserializeOwned,
+    E: crate::error::ServiceError,
+    F: Fn(Arc<[contracts::Envelope<T>]>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let read = |delivery: &Delivery, items: &mut Vec<_>| {
+        contracts::Envelope::read_into(&delivery.subject, &delivery.payload, batch_kinds, items)
+    };
+    apply_decoded(batch, read, apply).await
+}
+
 /// Like `apply_envelopes`, for events that carry several items: `decode` appends a
 /// delivery's items to the batch's (all of them, or none when it fails).
 ///

@@ -12,11 +12,11 @@ pub mod routing;
 pub mod settings;
 
 use contracts::Envelope;
-use contracts::lead::LeadEvent;
+use contracts::lead::{ASSIGNMENTS_APPLIED, BATCH_KINDS, LeadEvent};
 use leads_proto::v1::{assignment_service_server as server, lead_service_client::LeadServiceClient};
 use platform::{
     ServiceName,
-    consumer::{self, Batch, Delivery, Disposition},
+    consumer::{self, Batch, Disposition},
     grpc::TracedChannel,
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
@@ -63,7 +63,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         wake: Arc::new(tokio::sync::Notify::new()),
     };
     // Only the lead events that move an assignment or a lead's activity.
-    for kind in ["assigned", "status_changed"] {
+    for kind in ["assigned", ASSIGNMENTS_APPLIED, "status_changed"] {
         base.consumer(StreamKind::Events("lead"), format!("assignment-{}", kind.replace('_', "-")))
             .filter(infra.subjects.events_of_kind("lead", kind))
             .spawn(infra, &token, ctx.clone(), consume_lead_events);
@@ -89,7 +89,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume_lead_events(ctx: AssignmentContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(&batch, |events: Arc<[Envelope<LeadEvent>]>| async move {
+    consumer::apply_batched_envelopes(&batch, &BATCH_KINDS, |events: Arc<[Envelope<LeadEvent>]>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await
@@ -97,8 +97,7 @@ async fn consume_lead_events(ctx: AssignmentContext, batch: Batch) -> Vec<Dispos
 
 async fn consume_for_queue(ctx: AssignmentContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
-    consumer::apply_decoded(&batch, read, |events: Arc<[Envelope<LeadEvent>]>| async move {
+    consumer::apply_batched_envelopes(&batch, &BATCH_KINDS, |events: Arc<[Envelope<LeadEvent>]>| async move {
         auto::apply_queue_events(ctx, &events).await
     })
     .await

@@ -247,9 +247,10 @@ fn push_items<T>(
 
 async fn consume_lead_events(ctx: BroadcastContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
-    consumer::apply_decoded(&batch, read, |events: Arc<[Envelope<LeadEvent>]>| async move {
-        projection::apply_batch(ctx, &events).await
-    })
+    consumer::apply_batched_envelopes(
+        &batch,
+        &contracts::lead::BATCH_KINDS,
+        |events: Arc<[Envelope<LeadEvent>]>| async move { projection::apply_batch(ctx, &events).await },
+    )
     .await
 }

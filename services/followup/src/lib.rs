@@ -12,7 +12,7 @@ mod grpc;
 pub mod handler;
 
 use contracts::Envelope;
-use contracts::lead::LeadEvent;
+use contracts::lead::{ASSIGNMENTS_APPLIED, BATCH_KINDS, LeadEvent};
 use leads_proto::v1::{
     assignment_service_client::AssignmentServiceClient, follow_up_service_server as server,
     lead_service_client::LeadServiceClient,
@@ -53,7 +53,7 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
         lead: platform::visibility::lead_client(&infra.settings, ServiceName::FollowUp)?,
         assignment: assignment_client(infra)?,
     };
-    for kind in ["follow_up_opened", "status_changed", "assigned"] {
+    for kind in ["follow_up_opened", "status_changed", "assigned", ASSIGNMENTS_APPLIED] {
         base.consumer(StreamKind::Events("lead"), format!("followup-{}", kind.replace('_', "-")))
             .filter(infra.subjects.events_of_kind("lead", kind))
             .spawn(infra, &token, ctx.clone(), consume_lead_events);
@@ -73,7 +73,7 @@ fn assignment_client(infra: &Infra) -> anyhow::Result<AssignmentServiceClient<Tr
 
 async fn consume_lead_events(ctx: FollowUpContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_envelopes(&batch, |events: Arc<[Envelope<LeadEvent>]>| async move {
+    consumer::apply_batched_envelopes(&batch, &BATCH_KINDS, |events: Arc<[Envelope<LeadEvent>]>| async move {
         handler::apply_lead_events(ctx, &events).await
     })
     .await

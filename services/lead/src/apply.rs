@@ -34,11 +34,14 @@ pub fn lead_envelope(lead: &LeadView, change: LeadChange) -> Envelope<LeadEvent>
 }
 
 pub fn lead_event(subjects: &Subjects, lead: &LeadView, change: LeadChange) -> OutboxMessage {
-    let kind = change.kind();
-    let envelope = lead_envelope(lead, change);
+    event_message(subjects, &lead_envelope(lead, change))
+}
+
+/// The message that tells one lead event alone, on the subject of its kind.
+pub fn event_message(subjects: &Subjects, envelope: &Envelope<LeadEvent>) -> OutboxMessage {
     OutboxMessage {
-        org_id: lead.org_id.clone(),
-        subject: subjects.event("lead", &lead.org_id, kind),
+        org_id: envelope.org_id.clone(),
+        subject: subjects.event("lead", &envelope.org_id, &envelope.kind),
         msg_id: envelope.id.to_string(),
         payload: envelope.to_json(),
     }

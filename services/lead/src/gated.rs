@@ -5,7 +5,7 @@
 
 use crate::{
     LeadContext,
-    apply::{column, lead_event},
+    apply::{column, event_message, lead_envelope, lead_event},
     commands::{BulkLeads, BulkOutcome, VISIBLE_TO},
     error::LeadError,
     lifecycle::{self, Act, Inactive, RuleSubject, StatusRules, Trigger, rule_move},
@@ -15,7 +15,7 @@ use crate::{
 use chrono::{DateTime, Utc};
 use contracts::Envelope;
 use contracts::followup::FollowUpEvent;
-use contracts::lead::{FollowUpOpened, LeadChange, LeadView, Status};
+use contracts::lead::{ASSIGNMENTS_APPLIED, FollowUpOpened, LeadChange, LeadView, Status};
 use sqlx::{FromRow, Row, types::Json};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -94,7 +94,7 @@ pub async fn assign_leads(
             },
         );
     }
-    let mut messages = Vec::with_capacity(to_change.len());
+    let mut events = Vec::with_capacity(to_change.len());
     if !to_change.is_empty() {
         let changed: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH changed AS ( \
@@ -134,12 +134,20 @@ pub async fn assign_leads(
                 actor: actor.into(),
                 reason: reason.map(Into::into),
             };
-            messages.push(lead_event(&ctx.subjects, lead, change));
+            events.push(lead_envelope(lead, change));
         }
     }
+    // Several leads' events leave as one message: a bulk assignment of ten told one event at a
+    // time was ten JetStream writes, each delivered to and acked by four consumers.
+    let messages = match events.as_slice() {
+        [event] => vec![event_message(&ctx.subjects, event)],
+        _ => {
+            let subject = ctx.subjects.event("lead", org_id, ASSIGNMENTS_APPLIED);
+            platform::outbox::batched(org_id, &subject, ASSIGNMENTS_APPLIED, &events)
+        }
+    };
     platform::outbox::commit(tx, &messages, &ctx.outbox).await?;
-    metrics::counter!(platform::telemetry::names::LEAD_ASSIGNMENTS, "service" => "lead")
-        .increment(messages.len() as u64);
+    metrics::counter!(platform::telemetry::names::LEAD_ASSIGNMENTS, "service" => "lead").increment(events.len() as u64);
     Ok(leads
         .requested
         .iter()

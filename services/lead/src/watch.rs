@@ -10,8 +10,8 @@
 //! 30 s after its last pull, should the deletion not arrive).
 //!
 //! A cursor is the stream sequence of the last message a client saw, with the index of the last
-//! item seen when that message is a batch (`interactions_applied` and `scores_applied` carry up
-//! to 100 events) of which the client did not see the end: resuming from it delivers exactly
+//! item seen when that message is a batch (`contracts::lead::BATCH_KINDS` carry up to 100
+//! events) of which the client did not see the end: resuming from it delivers exactly
 //! the events after it, whatever was cut off. Watches per process are bounded
 //! (`grpc.watch_limit`); one ends when its caller goes away or the service stops.
 

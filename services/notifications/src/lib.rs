@@ -19,11 +19,11 @@ pub mod webhooks;
 
 use contracts::Envelope;
 use contracts::followup::FollowUpEvent;
-use contracts::lead::LeadEvent;
+use contracts::lead::{ASSIGNMENTS_APPLIED, BATCH_KINDS, INTERACTIONS_APPLIED, LeadEvent, SCORES_APPLIED};
 use leads_proto::v1::notification_service_server as server;
 use platform::{
     ServiceName,
-    consumer::{self, Batch, Delivery, Disposition},
+    consumer::{self, Batch, Disposition},
     egress::{EgressPolicy, GuardedClient},
     nats::{StreamKind, Subjects},
     outbox::OutboxSignal,
@@ -39,7 +39,8 @@ pub use delivery::DeliveryPolicy;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notifications");
 
 /// The lead events that tell something: to an agent (`assigned`) or to webhooks.
-const LEAD_KINDS: [&str; 5] = ["assigned", "status_changed", "score_changed", "scores_applied", "interactions_applied"];
+const LEAD_KINDS: [&str; 6] =
+    ["assigned", ASSIGNMENTS_APPLIED, "status_changed", "score_changed", SCORES_APPLIED, INTERACTIONS_APPLIED];
 
 #[derive(Clone)]
 pub struct NotificationContext {
@@ -105,13 +106,9 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
     base.serve(infra, &["leads.v1.NotificationService"], routes, token).await
 }
 
-fn read_lead_events(delivery: &Delivery, out: &mut Vec<Envelope<LeadEvent>>) -> Result<(), serde_json::Error> {
-    contracts::lead::read_lead_events(&delivery.subject, &delivery.payload, out)
-}
-
 async fn consume_lifecycle(ctx: NotificationContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    consumer::apply_decoded(&batch, read_lead_events, |events: Arc<[Envelope<LeadEvent>]>| async move {
+    consumer::apply_batched_envelopes(&batch, &BATCH_KINDS, |events: Arc<[Envelope<LeadEvent>]>| async move {
         lifecycle::apply_lead_events(ctx, &events).await
     })
     .await

@@ -26,7 +26,7 @@ use contracts::Envelope;
 use contracts::lead::LeadEvent;
 use platform::{
     ServiceName,
-    consumer::{self, Batch, Delivery, Disposition},
+    consumer::{self, Batch, Disposition},
     nats::StreamKind,
     service::{Infra, Running, ServiceBase},
 };
@@ -79,11 +79,12 @@ pub async fn start(infra: &Infra, token: CancellationToken) -> anyhow::Result<Ru
 
 async fn consume(ctx: QualificationContext, batch: Batch) -> Vec<Disposition> {
     let ctx = &ctx;
-    let read = |d: &Delivery, out: &mut Vec<_>| contracts::lead::read_lead_events(&d.subject, &d.payload, out);
     let asked = handler::Asked::new();
     let asked = &asked;
-    consumer::apply_decoded(&batch, read, |events: Arc<[Envelope<LeadEvent>]>| async move {
-        handler::apply_lead_events(ctx, &events, asked).await
-    })
+    consumer::apply_batched_envelopes(
+        &batch,
+        &contracts::lead::BATCH_KINDS,
+        |events: Arc<[Envelope<LeadEvent>]>| async move { handler::apply_lead_events(ctx, &events, asked).await },
+    )
     .await
 }

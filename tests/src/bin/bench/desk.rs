@@ -96,7 +96,7 @@ impl Call {
         match self {
             Call::AssignLead | Call::BulkAssign => {
                 "lead: the lead locked and updated (2 `lead_count_deltas` by trigger), 1 `assignment_changes`, \
-                 1 `outbox`; assignment: 1 `assignments`, 1 `lead_agents` upserted then its untouched clock \
+                 1 `outbox` (1 a call: a BulkAssign's events leave as one `assignments_applied`); assignment: 1 `assignments`, 1 `lead_agents` upserted then its untouched clock \
                  (`agent_load_deltas` by trigger), the agent's `last_assigned_at` (1 `agents` row per call)"
             }
             Call::ChangeStatus => {
@@ -556,6 +556,29 @@ async fn raw_queue_events(
     .await?)
 }
 
+/// Queues the events of several leads as one message of `kind`, as the lead service queues an
+/// assignment of several leads.
+async fn raw_queue_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ids: &[Uuid],
+    kind: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO raw_lead.outbox (org_id, subject, msg_id, payload) \
+         SELECT min(l.org_id), 'events.lead.' || min(l.org_id) || '.' || $2, gen_random_uuid()::text, \
+                convert_to(jsonb_build_object('kind', $2::text, 'data', jsonb_agg( \
+                  jsonb_build_object('lead', to_jsonb(l) - 'search_words', 'contact', to_jsonb(c) - 'search_words') \
+                  ORDER BY l.id))::text, 'UTF8') \
+         FROM raw_lead.leads l JOIN raw_lead.contacts c ON c.id = l.contact_id WHERE l.id = ANY($1) \
+         HAVING count(*) > 0",
+    )
+    .bind(ids)
+    .bind(kind)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// AssignLeads in the lead's schema, then the assignment service's record of it.
 async fn raw_assign(pool: sqlx::PgPool, mut ids: Vec<Uuid>, agent: String) -> anyhow::Result<()> {
     ids.sort();
@@ -593,7 +616,10 @@ async fn raw_assign(pool: sqlx::PgPool, mut ids: Vec<Uuid>, agent: String) -> an
     .bind(&versions)
     .execute(&mut *tx)
     .await?;
-    raw_queue_events(&mut tx, &changed_ids, "assigned").await?;
+    match changed_ids.as_slice() {
+        [_] => drop(raw_queue_events(&mut tx, &changed_ids, "assigned").await?),
+        _ => raw_queue_batch(&mut tx, &changed_ids, contracts::lead::ASSIGNMENTS_APPLIED).await?,
+    }
     tx.commit().await?;
     let mut tx = pool.begin().await?;
     sqlx::query(
