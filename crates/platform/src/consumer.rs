@@ -683,15 +683,7 @@ where
     F: Fn(Arc<[contracts::Envelope<T>]>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
-    apply_decoded(
-        batch,
-        |delivery, items| {
-            items.push(contracts::Envelope::<T>::from_json(&delivery.payload)?);
-            Ok::<_, serde_json::Error>(())
-        },
-        apply,
-    )
-    .await
+    apply_batched_envelopes(batch, &[], apply).await
 }
 
 /// `apply_envelopes` for a stream on which the messages of `batch_kinds` (the last token of

@@ -229,7 +229,7 @@ pub async fn ensure_database(settings: &Settings) -> anyhow::Result<()> {
 
 /// How often a service looks for tables due a vacuum when the server's autovacuum is off.
 const VACUUM_PERIOD: Duration = Duration::from_secs(5);
-/// The shortest time between two ANALYZEs of a table that has not doubled meanwhile.
+/// The shortest time between two ANALYZEs of a table (one that grows fast is analysed sooner).
 const ANALYZE_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// Keeps the service's tables vacuumed and analysed when the server's autovacuum is off, as
@@ -272,8 +272,8 @@ async fn vacuum_due_tables(pool: &PgPool, service: ServiceName) -> Result<(), sq
     // ever inserted into has no dead rows, but without a vacuum its pages never become
     // all-visible and index-only scans of it read the table after all.
     // A table is analysed at most once every `ANALYZE_AT_MOST_EVERY` (autovacuum looks at a
-    // database once a minute), unless it has doubled since its statistics were taken: on a
-    // busy desk, `leads` passed its threshold at every look, and its ANALYZE took a core for
+    // database once a minute), unless it has more than doubled since Postgres last counted its
+    // rows (`reltuples`, which a VACUUM counts as well as an ANALYZE): on a busy desk, `leads` passed its threshold at every look, and its ANALYZE took a core for
     // 50-120 ms every 5 s, the calls queued behind it.
     let due: Vec<(String, bool, bool)> = sqlx::query_as(
         "SELECT relname, needs_vacuum, needs_analyze FROM ( \

@@ -617,7 +617,9 @@ async fn raw_assign(pool: sqlx::PgPool, mut ids: Vec<Uuid>, agent: String) -> an
     .execute(&mut *tx)
     .await?;
     match changed_ids.as_slice() {
-        [_] => drop(raw_queue_events(&mut tx, &changed_ids, "assigned").await?),
+        [_] => {
+            raw_queue_events(&mut tx, &changed_ids, "assigned").await?;
+        }
         _ => raw_queue_batch(&mut tx, &changed_ids, contracts::lead::ASSIGNMENTS_APPLIED).await?,
     }
     tx.commit().await?;
