@@ -20,7 +20,7 @@
 use crate::{
     AssignmentContext,
     error::AssignmentError,
-    handler::{self, AgentRow, LeadHolder, Presence, Recorded},
+    handler::{self, AgentRow, LeadHolder, Presence, Recorded, UntouchedClock},
     routing::{self, AgentZone, WorkingHours},
     settings::{self, Policy},
 };
@@ -57,6 +57,7 @@ pub async fn apply_queue_events(
             agent_id: e.data.lead.agent_id.clone(),
             active: e.data.lead.active,
             version: e.version,
+            untouched: UntouchedClock::Kept,
         })
         .collect();
     // A new lead, or one the platform took back from its agent (deactivated), looks for one.
@@ -721,6 +722,7 @@ async fn apply_answers_in(
                 agent_id: Some(r.agent_id.clone()),
                 active: true,
                 version,
+                untouched: UntouchedClock::Kept,
             }),
             Answer::Gone => {}
             Answer::Release => released.push(*r),
@@ -930,6 +932,7 @@ async fn settle_from_lead(ctx: &AssignmentContext, r: &Reservation) -> Result<()
                     agent_id: Some(lead.agent_id.clone()),
                     active: lead.active,
                     version: lead.version,
+                    untouched: UntouchedClock::Kept,
                 };
                 handler::upsert_holders(&mut tx, std::slice::from_ref(&holder)).await?;
                 apply_answers_in(&mut tx, &[(r, Answer::Gone)]).await?;

@@ -395,26 +395,14 @@ pub(crate) async fn record_assignments_in(
             agent_id: r.agent_id.clone(),
             active: r.active,
             version: r.lead_version,
+            // As the lead's events would (`auto::apply_queue_events`): the platform giving a
+            // lead an agent starts its untouched clock, any other assignment stops it.
+            untouched: UntouchedClock::Set(
+                (r.actor == crate::auto::SYSTEM_ACTOR && r.agent_id.is_some()).then_some(r.at),
+            ),
         })
         .collect();
     upsert_holders(tx, &holders).await?;
-    // As the lead's events would (`auto::apply_queue_events`): the platform giving a lead an
-    // agent starts its untouched clock, any other assignment stops it.
-    sqlx::query(
-        "UPDATE lead_agents l SET untouched_since = t.since, touch_version = t.version \
-         FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::bigint[]) AS t(org_id, lead_id, since, version) \
-         WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.touch_version < t.version",
-    )
-    .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.lead_id).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| (r.actor == crate::auto::SYSTEM_ACTOR && r.agent_id.is_some()).then_some(r.at))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.lead_version).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
     if !given.is_empty() {
         // Last, so that an agent's row, which every assignment to the agent locks, is held only
         // for the commit; and only a later time is written: the row is not locked to change nothing.
@@ -441,24 +429,59 @@ pub(crate) struct LeadHolder {
     pub agent_id: Option<String>,
     pub active: bool,
     pub version: i64,
+    pub untouched: UntouchedClock,
+}
+
+/// What a lead's change at a version does to its untouched clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum UntouchedClock {
+    /// Nothing: the clock is left as it is.
+    Kept,
+    /// Started at the time given, or stopped with `None`, unless a newer version set it.
+    Set(Option<DateTime<Utc>>),
+}
+
+impl UntouchedClock {
+    fn since(self) -> Option<DateTime<Utc>> {
+        match self {
+            UntouchedClock::Kept => None,
+            UntouchedClock::Set(since) => since,
+        }
+    }
+
+    /// The `touch_version` the change sets; 0, the column's default, is below every version
+    /// and so sets nothing.
+    fn version(self, version: i64) -> i64 {
+        match self {
+            UntouchedClock::Kept => 0,
+            UntouchedClock::Set(_) => version,
+        }
+    }
 }
 
 /// Keeps who holds each lead at the newest version seen; older versions change nothing.
 /// `holders` holds one row per lead. A row already at the version (or past it) is left out
 /// before the upsert, which would otherwise lock it to change nothing; one that moves past it
-/// meanwhile is caught by the upsert's own condition.
+/// meanwhile is caught by the upsert's own condition. The untouched clock is set in the same
+/// row write: a second statement would write every row again and run the load trigger twice.
+/// A clock change left out with its row (the row already at the version) is the queue's to
+/// apply, which reads every lead event (`auto::apply_queue_events`).
 pub(crate) async fn upsert_holders(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     holders: &[LeadHolder],
 ) -> Result<(), AssignmentError> {
     sqlx::query(
-        "INSERT INTO lead_agents (org_id, lead_id, agent_id, active, version) \
-         SELECT t.* FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[]) \
-           AS t(org_id, lead_id, agent_id, active, version) \
+        "INSERT INTO lead_agents (org_id, lead_id, agent_id, active, version, untouched_since, touch_version) \
+         SELECT t.* FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[], \
+                                $6::timestamptz[], $7::bigint[]) \
+           AS t(org_id, lead_id, agent_id, active, version, untouched_since, touch_version) \
          WHERE NOT EXISTS (SELECT 1 FROM lead_agents l \
                            WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.version >= t.version) \
          ON CONFLICT (org_id, lead_id) DO UPDATE \
-           SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version \
+           SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version, \
+               untouched_since = CASE WHEN lead_agents.touch_version < excluded.touch_version \
+                                      THEN excluded.untouched_since ELSE lead_agents.untouched_since END, \
+               touch_version = greatest(lead_agents.touch_version, excluded.touch_version) \
            WHERE lead_agents.version < excluded.version",
     )
     .bind(holders.iter().map(|h| h.org_id.as_str()).collect::<Vec<_>>())
@@ -466,6 +489,8 @@ pub(crate) async fn upsert_holders(
     .bind(holders.iter().map(|h| h.agent_id.clone()).collect::<Vec<_>>())
     .bind(holders.iter().map(|h| h.active).collect::<Vec<_>>())
     .bind(holders.iter().map(|h| h.version).collect::<Vec<_>>())
+    .bind(holders.iter().map(|h| h.untouched.since()).collect::<Vec<_>>())
+    .bind(holders.iter().map(|h| h.untouched.version(h.version)).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -498,6 +523,7 @@ pub async fn apply_lead_events(ctx: &AssignmentContext, events: &[Envelope<LeadE
                 agent_id: lead.agent_id.clone(),
                 active: lead.active,
                 version: event.version,
+                untouched: UntouchedClock::Kept,
             }),
             _ => {}
         }

@@ -96,7 +96,7 @@ impl Call {
         match self {
             Call::AssignLead | Call::BulkAssign => {
                 "lead: the lead locked and updated (2 `lead_count_deltas` by trigger), 1 `assignment_changes`, \
-                 1 `outbox` (1 a call: a BulkAssign's events leave as one `assignments_applied`); assignment: 1 `assignments`, 1 `lead_agents` upserted then its untouched clock \
+                 1 `outbox` (1 a call: a BulkAssign's events leave as one `assignments_applied`); assignment: 1 `assignments`, 1 `lead_agents` upserted with its untouched clock \
                  (`agent_load_deltas` by trigger), the agent's `last_assigned_at` (1 `agents` row per call)"
             }
             Call::ChangeStatus => {
@@ -648,25 +648,16 @@ async fn raw_assign(pool: sqlx::PgPool, mut ids: Vec<Uuid>, agent: String) -> an
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO raw_assignment.lead_agents (org_id, lead_id, agent_id, active, version) \
-         SELECT $1, lead_id, $3, true, version FROM UNNEST($2::uuid[], $4::bigint[]) AS t(lead_id, version) \
+        "INSERT INTO raw_assignment.lead_agents (org_id, lead_id, agent_id, active, version, touch_version) \
+         SELECT $1, lead_id, $3, true, version, version FROM UNNEST($2::uuid[], $4::bigint[]) AS t(lead_id, version) \
          ON CONFLICT (org_id, lead_id) DO UPDATE \
-           SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version \
+           SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version, \
+               untouched_since = NULL, touch_version = excluded.touch_version \
            WHERE lead_agents.version < excluded.version",
     )
     .bind(ORG)
     .bind(&changed_ids)
     .bind(&agent)
-    .bind(&versions)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE raw_assignment.lead_agents l SET untouched_since = NULL, touch_version = t.version \
-         FROM UNNEST($2::uuid[], $3::bigint[]) AS t(lead_id, version) \
-         WHERE l.org_id = $1 AND l.lead_id = t.lead_id AND l.touch_version < t.version",
-    )
-    .bind(ORG)
-    .bind(&changed_ids)
     .bind(&versions)
     .execute(&mut *tx)
     .await?;
@@ -853,10 +844,15 @@ async fn closed_loop(
 struct Paced {
     scheduled: usize,
     samples: Vec<Duration>,
+    /// When each of `samples` was due, from the run's start.
+    due: Vec<Duration>,
     failed: usize,
     first_error: Option<String>,
     /// From the first call's start to the last one's answer.
     elapsed: Duration,
+    /// The bare commits made beside the calls: when each started, from the run's start, and
+    /// how long it took.
+    commits: Vec<(Duration, Duration)>,
 }
 
 impl Paced {
@@ -873,32 +869,98 @@ impl Paced {
     fn met(&self) -> bool {
         self.failed == 0 && self.stats().is_some_and(|s| s.p99 < P99_TARGET)
     }
+
+    /// When the server's commits stalled: each bare commit slower than `STALL`, as the span it
+    /// took.
+    fn stalls(&self) -> Vec<(Duration, Duration)> {
+        self.commits.iter().filter(|(_, took)| *took > STALL).map(|&(start, took)| (start, start + took)).collect()
+    }
+
+    /// The calls that were under way while a commit stalled, and the latencies of the others.
+    fn beside_stalls(&self) -> (usize, Vec<Duration>) {
+        let stalls = self.stalls();
+        let (mut met_one, mut others) = (0, Vec::with_capacity(self.samples.len()));
+        for (&due, &took) in self.due.iter().zip(&self.samples) {
+            if stalls.iter().any(|&(from, to)| due < to && from < due + took) {
+                met_one += 1;
+            } else {
+                others.push(took);
+            }
+        }
+        (met_one, others)
+    }
+}
+
+/// How often the commit probe beside a paced run commits.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// A bare commit slower than this waited on the disk (a WAL flush, or the file system making
+/// room for a table's next page), which every write under way waits on too: no call that
+/// writes can then answer within its target.
+const STALL: Duration = P99_TARGET;
+
+/// The probe's table: rows of a fixed 2 KiB, stored as they are (not compressed), so that the
+/// table grows by a page every few rows as the services' tables grow under the calls.
+const PROBE_TABLE: &str = "CREATE TABLE IF NOT EXISTS raw_commit_probe (id bigserial PRIMARY KEY, filler text); \
+                           ALTER TABLE raw_commit_probe ALTER COLUMN filler SET STORAGE PLAIN";
+
+/// Inserts a row and commits it (flushed to the WAL, as every call's commit is) every
+/// `PROBE_EVERY` on a connection of its own until `done`: the raw parts every call's writes
+/// wait on, the table's growth and the commit's flush, timed beside the calls.
+async fn commit_probe(
+    pool: sqlx::PgPool,
+    started: tokio::time::Instant,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Vec<(Duration, Duration)>> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(PROBE_TABLE).execute(&mut *conn).await?;
+    let mut commits = Vec::new();
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !done.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let start = tokio::time::Instant::now();
+        sqlx::query("INSERT INTO raw_commit_probe (filler) VALUES (repeat('x', 2048))").execute(&mut *conn).await?;
+        commits.push((start - started, start.elapsed()));
+    }
+    Ok(commits)
 }
 
 /// Starts `PACED_RATE` calls a second for `duration`, open loop, and waits for all of them.
-async fn paced(duration: Duration, mut call: impl FnMut(usize) -> CallFuture) -> Paced {
+async fn paced(
+    duration: Duration,
+    probe: &sqlx::PgPool,
+    mut call: impl FnMut(usize) -> CallFuture,
+) -> anyhow::Result<Paced> {
     let scheduled = (f64::from(PACED_RATE) * duration.as_secs_f64()).round() as usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(PACED_RATE));
     let started = tokio::time::Instant::now();
+    let probe_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probing = tokio::spawn(commit_probe(probe.clone(), started, probe_done.clone()));
     let mut running = tokio::task::JoinSet::new();
     for n in 0..scheduled {
         let due = started + interval.mul_f64(n as f64);
         tokio::time::sleep_until(due).await;
         let request = call(n);
-        running.spawn(async move { request.await.map(|()| due.elapsed()) });
+        running.spawn(async move { request.await.map(|()| (due - started, due.elapsed())) });
     }
-    let mut samples = Vec::with_capacity(scheduled);
+    let (mut samples, mut due) = (Vec::with_capacity(scheduled), Vec::with_capacity(scheduled));
     let (mut failed, mut first_error) = (0, None);
     while let Some(done) = running.join_next().await {
         match done.map_err(anyhow::Error::from).and_then(|answer| answer) {
-            Ok(latency) => samples.push(latency),
+            Ok((at, latency)) => {
+                due.push(at);
+                samples.push(latency);
+            }
             Err(error) => {
                 failed += 1;
                 first_error.get_or_insert_with(|| format!("{error:#}"));
             }
         }
     }
-    Paced { scheduled, samples, failed, first_error, elapsed: started.elapsed() }
+    let elapsed = started.elapsed();
+    probe_done.store(true, Ordering::Relaxed);
+    let commits = probing.await??;
+    Ok(Paced { scheduled, samples, due, failed, first_error, elapsed, commits })
 }
 
 /// Waits (up to `SETTLE_WITHIN`) until the events of the runs before have left the services'
@@ -1046,15 +1108,15 @@ async fn measure(
         }
         settle(admin).await?;
         progress(format!("desk: {} paced at {PACED_RATE}/s for {PACED_FOR:?}", call.name()));
-        let whole = paced(PACED_FOR, |n| services.call(call, n, far)).await;
+        let whole = paced(PACED_FOR, admin, |n| services.call(call, n, far)).await?;
         settle(admin).await?;
         progress(format!("desk: raw baseline of {} paced at {PACED_RATE}/s for {PACED_FOR:?}", call.name()));
-        let raw_paced = paced(PACED_FOR, |n| raw.call(call, n, far)).await;
+        let raw_paced = paced(PACED_FOR, admin, |n| raw.call(call, n, far)).await?;
         let mut hops = Vec::new();
         for (&hop, alone) in call.hops().iter().zip(hops_alone) {
             settle(admin).await?;
             progress(format!("desk: {} paced at {PACED_RATE}/s for {HOP_PACED_FOR:?}", hop.name()));
-            let paced = paced(HOP_PACED_FOR, |n| services.hop(hop, n, far)).await;
+            let paced = paced(HOP_PACED_FOR, admin, |n| services.hop(hop, n, far)).await?;
             hops.push(HopFigures { hop, alone, paced });
         }
         paced_runs.push(PacedCall { call, alone, whole, raw: raw_paced, hops });
@@ -1151,16 +1213,41 @@ fn closed_row(figures: &ClosedFigures) -> String {
 
 fn paced_row(name: &str, paced: &Paced) -> String {
     let Paced { scheduled, failed, .. } = *paced;
+    let commits = if paced.commits.is_empty() {
+        "- | - | - | -".to_owned()
+    } else {
+        let bare = stats(paced.commits.iter().map(|&(_, took)| took).collect());
+        let (under_way, others) = paced.beside_stalls();
+        let others_p99 = if others.is_empty() { "-".to_owned() } else { ms(stats(others).p99) };
+        format!("{} / {} | {} | {under_way} | {others_p99}", ms(bare.p99), ms(bare.max), paced.stalls().len())
+    };
     match paced.stats() {
         Some(s) => format!(
-            "| {name} | {scheduled} | {failed} | {} /s | {} | {} | {} |",
+            "| {name} | {scheduled} | {failed} | {} /s | {} | {} | {} | {commits} |",
             thousands(rate(paced.samples.len() as u64, paced.elapsed)),
             ms(s.p50),
             ms(s.p99),
             ms(s.max)
         ),
-        None => format!("| {name} | {scheduled} | {failed} | - | - | - | - |"),
+        None => format!("| {name} | {scheduled} | {failed} | - | - | - | - | {commits} |"),
     }
+}
+
+/// What the server's commit stalls did to a run, when there were any.
+fn stall_note(paced: &Paced) -> String {
+    let stalls = paced.stalls();
+    let Some(longest) = stalls.iter().map(|&(from, to)| to - from).max() else {
+        return String::new();
+    };
+    let (under_way, others) = paced.beside_stalls();
+    let others_p99 = if others.is_empty() { "-".to_owned() } else { ms(stats(others).p99) };
+    format!(
+        " with {} bare commit{} stalled meanwhile (the longest {}), {under_way} calls under way in one, the \
+         others' p99 {others_p99}",
+        stalls.len(),
+        if stalls.len() == 1 { "" } else { "s" },
+        ms(longest)
+    )
 }
 
 fn p50_p99(paced: &Paced) -> String {
@@ -1236,11 +1323,21 @@ fn report(options: &DeskOptions, load: &str, figures: &Figures) -> (String, Vec<
     out.push_str(&format!(
         "\nPaced, open loop: {PACED_RATE} calls/s started on schedule whatever the earlier ones do, {} s per \
          call and {} s per hop (the inner call as the outer service makes it, with the same arguments, on other \
-         leads); each latency from the call's scheduled start.\n\n",
+         leads); each latency from the call's scheduled start. Beside every run a connection of its own \
+         inserts a row of 2 KiB and commits it every {} ms (a bare commit: the table grows by a page every few \
+         rows, and the commit is flushed to the WAL, as the calls' tables grow and their commits are flushed). \
+         A bare commit over {} ms is a stall of the machine's disk or of the server, which holds up every \
+         write under way; the calls under way in one, and the p99 of the others, are counted apart.\n\n",
         PACED_FOR.as_secs(),
-        HOP_PACED_FOR.as_secs()
+        HOP_PACED_FOR.as_secs(),
+        PROBE_EVERY.as_millis(),
+        STALL.as_millis()
     ));
-    out.push_str("| call | started | failed | answered/s | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str(
+        "| call | started | failed | answered/s | p50 | p99 | max | bare commit meanwhile, p99 / max | \
+         bare commits over the target | calls under way in one | p99 of the other calls |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
     let mut failures = String::new();
     for PacedCall { call, whole, raw, hops, .. } in &figures.paced {
         let rows = std::iter::once((call.name(), whole))
@@ -1345,7 +1442,14 @@ fn report(options: &DeskOptions, load: &str, figures: &Figures) -> (String, Vec<
         targets.push(Target {
             what: format!("{}, p99 at {PACED_RATE} calls/s", call.name()),
             target: format!("< {} ms, none failed", P99_TARGET.as_millis()),
-            measured: format!("{} ({} failed); raw baseline {}", p50_p99(whole), whole.failed, p50_p99(raw)),
+            measured: format!(
+                "{} ({} failed){}; raw baseline {}{}",
+                p50_p99(whole),
+                whole.failed,
+                stall_note(whole),
+                p50_p99(raw),
+                stall_note(raw)
+            ),
             met: Some(whole.met()),
         });
     }
