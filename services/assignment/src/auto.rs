@@ -20,7 +20,7 @@
 use crate::{
     AssignmentContext,
     error::AssignmentError,
-    handler::{self, AgentRow, LeadHolder, Presence, Recorded, UntouchedClock},
+    handler::{self, AgentRow, LeadHolder, Presence, Recorded},
     routing::{self, AgentZone, WorkingHours},
     settings::{self, Policy},
 };
@@ -57,7 +57,6 @@ pub async fn apply_queue_events(
             agent_id: e.data.lead.agent_id.clone(),
             active: e.data.lead.active,
             version: e.version,
-            untouched: UntouchedClock::Kept,
         })
         .collect();
     // A new lead, or one the platform took back from its agent (deactivated), looks for one.
@@ -722,7 +721,6 @@ async fn apply_answers_in(
                 agent_id: Some(r.agent_id.clone()),
                 active: true,
                 version,
-                untouched: UntouchedClock::Kept,
             }),
             Answer::Gone => {}
             Answer::Release => released.push(*r),
@@ -739,7 +737,7 @@ async fn apply_answers_in(
         .collect();
     let latest = assigned.iter().map(|a| a.at).max();
     if !assigned.is_empty() {
-        handler::record_assignments_in(tx, assigned).await?;
+        handler::record_assignments_in(&mut **tx, assigned).await?;
     }
     if !holders.is_empty() {
         holders.sort_by(|a, b| (&a.org_id, a.lead_id).cmp(&(&b.org_id, b.lead_id)));
@@ -932,7 +930,6 @@ async fn settle_from_lead(ctx: &AssignmentContext, r: &Reservation) -> Result<()
                     agent_id: Some(lead.agent_id.clone()),
                     active: lead.active,
                     version: lead.version,
-                    untouched: UntouchedClock::Kept,
                 };
                 handler::upsert_holders(&mut tx, std::slice::from_ref(&holder)).await?;
                 apply_answers_in(&mut tx, &[(r, Answer::Gone)]).await?;

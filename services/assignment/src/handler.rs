@@ -341,30 +341,63 @@ async fn record_assignments(ctx: &AssignmentContext, rows: Vec<Recorded>) -> Res
     if rows.is_empty() {
         return Ok(());
     }
-    let mut tx = ctx.pool.begin().await?;
-    record_assignments_in(&mut tx, rows).await?;
-    tx.commit().await?;
+    // One statement, so atomic without a transaction of its own.
+    record_assignments_in(&ctx.pool, rows).await?;
     // A lead taken from an agent frees room for waiting leads.
     ctx.wake.notify_one();
     Ok(())
 }
 
-/// Records the assignments in `tx`: the history (each once), who holds each lead, and when
-/// each agent was last given one. An assignment already in the history was recorded whole by
-/// the transaction that put it there (the call that made it, or its event arriving first), so
-/// only the new ones go on: a redelivered event writes and locks nothing.
-pub(crate) async fn record_assignments_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    mut rows: Vec<Recorded>,
+/// Records the assignments in one statement: the history (each once), who holds each lead, and
+/// when each agent was last given one. An assignment already in the history was recorded whole
+/// by the statement that put it there (the call that made it, or its event arriving first), so
+/// only the new ones go on: a redelivered event writes and locks nothing. One statement where
+/// there were three in a transaction: a bulk assignment's recording is one round trip and an
+/// implicit commit, not five.
+pub(crate) async fn record_assignments_in<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    rows: Vec<Recorded>,
 ) -> Result<(), AssignmentError> {
-    // One row per lead per statement (an upsert may not touch a row twice), keys sorted so
-    // concurrent batches lock in one order.
-    rows.sort_by(|a, b| (&a.org_id, a.lead_id, b.lead_version).cmp(&(&b.org_id, b.lead_id, a.lead_version)));
-    let new: HashSet<(Uuid, i64)> = sqlx::query_as(
-        "INSERT INTO assignments (org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at) \
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                              $8::timestamptz[]) \
-         ON CONFLICT DO NOTHING RETURNING lead_id, lead_version",
+    // Rows in key order (newest version of a lead first), so that concurrent recordings lock
+    // in one order, and each lead's holder is its newest new assignment (an upsert may not
+    // touch a row twice). An assignment by the platform starts the lead's untouched clock,
+    // any other stops it, as the lead's events would (`auto::apply_queue_events`).
+    sqlx::query(
+        "WITH given AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                                $7::text[], $8::timestamptz[], $9::bool[], $10::timestamptz[]) \
+             AS t(org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at, active, \
+                  untouched_since) \
+         ), new AS ( \
+           INSERT INTO assignments (org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at) \
+           SELECT org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at FROM given \
+           ORDER BY org_id, lead_id, lead_version DESC \
+           ON CONFLICT DO NOTHING RETURNING org_id, lead_id, lead_version \
+         ), new_given AS ( \
+           SELECT g.* FROM given g JOIN new n USING (org_id, lead_id, lead_version) \
+         ), holders AS ( \
+           INSERT INTO lead_agents (org_id, lead_id, agent_id, active, version, untouched_since, touch_version) \
+           SELECT DISTINCT ON (org_id, lead_id) org_id, lead_id, agent_id, active, lead_version, untouched_since, \
+                  lead_version \
+           FROM new_given t \
+           WHERE NOT EXISTS (SELECT 1 FROM lead_agents l \
+                             WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.version >= t.lead_version) \
+           ORDER BY org_id, lead_id, lead_version DESC \
+           ON CONFLICT (org_id, lead_id) DO UPDATE \
+             SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version, \
+                 untouched_since = CASE WHEN lead_agents.touch_version < excluded.touch_version \
+                                        THEN excluded.untouched_since ELSE lead_agents.untouched_since END, \
+                 touch_version = greatest(lead_agents.touch_version, excluded.touch_version) \
+             WHERE lead_agents.version < excluded.version \
+           RETURNING 1 \
+         ), last_given AS ( \
+           UPDATE agents a SET last_assigned_at = t.at \
+           FROM (SELECT org_id, agent_id, max(at) AS at FROM new_given WHERE agent_id IS NOT NULL \
+                 GROUP BY org_id, agent_id ORDER BY org_id, agent_id) t \
+           WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id \
+             AND (a.last_assigned_at IS NULL OR a.last_assigned_at < t.at) \
+           RETURNING 1 \
+         ) SELECT (SELECT count(*) FROM holders), (SELECT count(*) FROM last_given)",
     )
     .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.lead_id).collect::<Vec<_>>())
@@ -374,52 +407,14 @@ pub(crate) async fn record_assignments_in(
     .bind(rows.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
-    // A lead id is unique across organisations (a UUID the lead service made).
-    rows.retain(|r| new.contains(&(r.lead_id, r.lead_version)));
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // Every assignment given, older ones of a lead too, for the agents' last assignment.
-    let given: Vec<(String, String, DateTime<Utc>)> =
-        rows.iter().filter_map(|r| Some((r.org_id.clone(), r.agent_id.clone()?, r.at))).collect();
-    rows.dedup_by(|later, first| later.org_id == first.org_id && later.lead_id == first.lead_id);
-    let holders: Vec<LeadHolder> = rows
-        .iter()
-        .map(|r| LeadHolder {
-            org_id: r.org_id.clone(),
-            lead_id: r.lead_id,
-            agent_id: r.agent_id.clone(),
-            active: r.active,
-            version: r.lead_version,
-            // As the lead's events would (`auto::apply_queue_events`): the platform giving a
-            // lead an agent starts its untouched clock, any other assignment stops it.
-            untouched: UntouchedClock::Set(
-                (r.actor == crate::auto::SYSTEM_ACTOR && r.agent_id.is_some()).then_some(r.at),
-            ),
-        })
-        .collect();
-    upsert_holders(tx, &holders).await?;
-    if !given.is_empty() {
-        // Last, so that an agent's row, which every assignment to the agent locks, is held only
-        // for the commit; and only a later time is written: the row is not locked to change nothing.
-        sqlx::query(
-            "UPDATE agents a SET last_assigned_at = t.at \
-             FROM (SELECT org_id, agent_id, max(at) AS at \
-                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS g(org_id, agent_id, at) \
-                   GROUP BY org_id, agent_id ORDER BY org_id, agent_id) t \
-             WHERE a.org_id = t.org_id AND a.agent_id = t.agent_id \
-               AND (a.last_assigned_at IS NULL OR a.last_assigned_at < t.at)",
-        )
-        .bind(given.iter().map(|g| g.0.as_str()).collect::<Vec<_>>())
-        .bind(given.iter().map(|g| g.1.as_str()).collect::<Vec<_>>())
-        .bind(given.iter().map(|g| g.2).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
+    .bind(rows.iter().map(|r| r.active).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| (r.actor == crate::auto::SYSTEM_ACTOR && r.agent_id.is_some()).then_some(r.at))
+            .collect::<Vec<_>>(),
+    )
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
@@ -429,59 +424,24 @@ pub(crate) struct LeadHolder {
     pub agent_id: Option<String>,
     pub active: bool,
     pub version: i64,
-    pub untouched: UntouchedClock,
-}
-
-/// What a lead's change at a version does to its untouched clock.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum UntouchedClock {
-    /// Nothing: the clock is left as it is.
-    Kept,
-    /// Started at the time given, or stopped with `None`, unless a newer version set it.
-    Set(Option<DateTime<Utc>>),
-}
-
-impl UntouchedClock {
-    fn since(self) -> Option<DateTime<Utc>> {
-        match self {
-            UntouchedClock::Kept => None,
-            UntouchedClock::Set(since) => since,
-        }
-    }
-
-    /// The `touch_version` the change sets; 0, the column's default, is below every version
-    /// and so sets nothing.
-    fn version(self, version: i64) -> i64 {
-        match self {
-            UntouchedClock::Kept => 0,
-            UntouchedClock::Set(_) => version,
-        }
-    }
 }
 
 /// Keeps who holds each lead at the newest version seen; older versions change nothing.
 /// `holders` holds one row per lead. A row already at the version (or past it) is left out
 /// before the upsert, which would otherwise lock it to change nothing; one that moves past it
-/// meanwhile is caught by the upsert's own condition. The untouched clock is set in the same
-/// row write: a second statement would write every row again and run the load trigger twice.
-/// A clock change left out with its row (the row already at the version) is the queue's to
-/// apply, which reads every lead event (`auto::apply_queue_events`).
+/// meanwhile is caught by the upsert's own condition.
 pub(crate) async fn upsert_holders(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     holders: &[LeadHolder],
 ) -> Result<(), AssignmentError> {
     sqlx::query(
-        "INSERT INTO lead_agents (org_id, lead_id, agent_id, active, version, untouched_since, touch_version) \
-         SELECT t.* FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[], \
-                                $6::timestamptz[], $7::bigint[]) \
-           AS t(org_id, lead_id, agent_id, active, version, untouched_since, touch_version) \
+        "INSERT INTO lead_agents (org_id, lead_id, agent_id, active, version) \
+         SELECT t.* FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[]) \
+           AS t(org_id, lead_id, agent_id, active, version) \
          WHERE NOT EXISTS (SELECT 1 FROM lead_agents l \
                            WHERE l.org_id = t.org_id AND l.lead_id = t.lead_id AND l.version >= t.version) \
          ON CONFLICT (org_id, lead_id) DO UPDATE \
-           SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version, \
-               untouched_since = CASE WHEN lead_agents.touch_version < excluded.touch_version \
-                                      THEN excluded.untouched_since ELSE lead_agents.untouched_since END, \
-               touch_version = greatest(lead_agents.touch_version, excluded.touch_version) \
+           SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version \
            WHERE lead_agents.version < excluded.version",
     )
     .bind(holders.iter().map(|h| h.org_id.as_str()).collect::<Vec<_>>())
@@ -489,8 +449,6 @@ pub(crate) async fn upsert_holders(
     .bind(holders.iter().map(|h| h.agent_id.clone()).collect::<Vec<_>>())
     .bind(holders.iter().map(|h| h.active).collect::<Vec<_>>())
     .bind(holders.iter().map(|h| h.version).collect::<Vec<_>>())
-    .bind(holders.iter().map(|h| h.untouched.since()).collect::<Vec<_>>())
-    .bind(holders.iter().map(|h| h.untouched.version(h.version)).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -523,7 +481,6 @@ pub async fn apply_lead_events(ctx: &AssignmentContext, events: &[Envelope<LeadE
                 agent_id: lead.agent_id.clone(),
                 active: lead.active,
                 version: event.version,
-                untouched: UntouchedClock::Kept,
             }),
             _ => {}
         }

@@ -623,33 +623,20 @@ async fn raw_assign(pool: sqlx::PgPool, mut ids: Vec<Uuid>, agent: String) -> an
         _ => raw_queue_batch(&mut tx, &changed_ids, contracts::lead::ASSIGNMENTS_APPLIED).await?,
     }
     tx.commit().await?;
-    let mut tx = pool.begin().await?;
+    // The assignment service's commit, as it makes it: one statement, committed on its own.
     sqlx::query(
-        "INSERT INTO raw_assignment.assignments \
-           (org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at) \
-         SELECT $1, lead_id, version, $4, from_agent, 'bench', NULL, at \
-         FROM UNNEST($2::uuid[], $3::bigint[], $5::text[], $6::timestamptz[]) AS t(lead_id, version, from_agent, at) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(ORG)
-    .bind(&changed_ids)
-    .bind(&versions)
-    .bind(&agent)
-    .bind(&froms)
-    .bind(&at)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE raw_assignment.agents SET last_assigned_at = greatest(last_assigned_at, now()) \
-         WHERE org_id = $1 AND agent_id = $2",
-    )
-    .bind(ORG)
-    .bind(&agent)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO raw_assignment.lead_agents (org_id, lead_id, agent_id, active, version, touch_version) \
-         SELECT $1, lead_id, $3, true, version, version FROM UNNEST($2::uuid[], $4::bigint[]) AS t(lead_id, version) \
+        "WITH history AS ( \
+           INSERT INTO raw_assignment.assignments \
+             (org_id, lead_id, lead_version, agent_id, previous_agent_id, actor, reason, at) \
+           SELECT $1, lead_id, version, $4, from_agent, 'bench', NULL, at \
+           FROM UNNEST($2::uuid[], $3::bigint[], $5::text[], $6::timestamptz[]) AS t(lead_id, version, from_agent, at) \
+           ON CONFLICT DO NOTHING \
+         ), agent AS ( \
+           UPDATE raw_assignment.agents SET last_assigned_at = greatest(last_assigned_at, now()) \
+           WHERE org_id = $1 AND agent_id = $4 \
+         ) \
+         INSERT INTO raw_assignment.lead_agents (org_id, lead_id, agent_id, active, version, touch_version) \
+         SELECT $1, lead_id, $4, true, version, version FROM UNNEST($2::uuid[], $3::bigint[]) AS t(lead_id, version) \
          ON CONFLICT (org_id, lead_id) DO UPDATE \
            SET agent_id = excluded.agent_id, active = excluded.active, version = excluded.version, \
                untouched_since = NULL, touch_version = excluded.touch_version \
@@ -657,11 +644,12 @@ async fn raw_assign(pool: sqlx::PgPool, mut ids: Vec<Uuid>, agent: String) -> an
     )
     .bind(ORG)
     .bind(&changed_ids)
-    .bind(&agent)
     .bind(&versions)
-    .execute(&mut *tx)
+    .bind(&agent)
+    .bind(&froms)
+    .bind(&at)
+    .execute(&pool)
     .await?;
-    tx.commit().await?;
     anyhow::ensure!(
         changed_ids.len() == ids.len(),
         "raw assignment found {} of {} leads",
