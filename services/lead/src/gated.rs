@@ -96,32 +96,25 @@ pub async fn assign_leads(
     }
     let mut events = Vec::with_capacity(to_change.len());
     if !to_change.is_empty() {
+        let froms: Vec<Option<String>> = to_change.iter().map(|id| outcomes[id].previous_agent_id.clone()).collect();
+        // The change and its history row in one statement: one round trip fewer a call.
         let changed: Vec<LeadView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH changed AS ( \
                UPDATE leads SET agent_id = $2, updated_at = now(), version = version + 1 \
                WHERE id = ANY($1) RETURNING * \
+             ), history AS ( \
+               INSERT INTO assignment_changes (org_id, lead_id, from_agent, to_agent, actor, reason, lead_version, at) \
+               SELECT $4, l.id, t.from_agent, $2, $5, $6, l.version, now() \
+               FROM changed l JOIN UNNEST($1::uuid[], $3::text[]) AS t(id, from_agent) ON t.id = l.id \
              ) SELECT {LEAD_VIEW_COLUMNS} FROM changed l JOIN contacts c ON c.id = l.contact_id"
         )))
         .bind(&to_change)
         .bind(agent)
-        .fetch_all(&mut *tx)
-        .await?;
-        let changed_ids: Vec<Uuid> = changed.iter().map(|l| l.id).collect();
-        let froms: Vec<Option<String>> = changed.iter().map(|l| outcomes[&l.id].previous_agent_id.clone()).collect();
-        let versions: Vec<i64> = changed.iter().map(|l| l.version).collect();
-        sqlx::query(
-            "INSERT INTO assignment_changes (org_id, lead_id, from_agent, to_agent, actor, reason, lead_version, at) \
-             SELECT $1, id, from_agent, $4, $5, $6, version, now() \
-             FROM UNNEST($2::uuid[], $3::text[], $7::bigint[]) AS t(id, from_agent, version)",
-        )
-        .bind(org_id)
-        .bind(&changed_ids)
         .bind(&froms)
-        .bind(agent)
+        .bind(org_id)
         .bind(actor)
         .bind(reason)
-        .bind(&versions)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
         for lead in &changed {
             let outcome = outcomes.get_mut(&lead.id).expect("locked above");
