@@ -821,6 +821,19 @@ async fn a_lead_nobody_acted_on_goes_to_another_agent_and_one_replied_to_stays()
     assert_eq!((get(&held, "ann"), get(&held, "bob")), (2, 0));
     let trail = desk.assignment_trail(&left).await?;
     assert_eq!(trail.last(), Some(&(Some("ann".into()), "system".into(), Some("untouched for 1 minute".into()))));
+
+    // A person giving the lead to bob stops its clock in the call's own recording, before the
+    // lead's event reaches the queue.
+    assert!(desk.untouched_since(&left).await.is_some(), "ann's clock runs");
+    let request = pb::AssignLeadRequest {
+        org_id: ORG.into(),
+        lead_id: left.clone(),
+        agent_id: "bob".into(),
+        actor: "olga".into(),
+        ..Default::default()
+    };
+    desk.assignments.clone().assign_lead(request).await?;
+    assert_eq!(desk.untouched_since(&left).await, None, "olga acted on it");
     desk.stop().await
 }
 

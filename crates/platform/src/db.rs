@@ -273,8 +273,9 @@ async fn vacuum_due_tables(pool: &PgPool, service: ServiceName) -> Result<(), sq
     // all-visible and index-only scans of it read the table after all.
     // A table is analysed at most once every `ANALYZE_AT_MOST_EVERY` (autovacuum looks at a
     // database once a minute), unless it has more than doubled since Postgres last counted its
-    // rows (`reltuples`, which a VACUUM counts as well as an ANALYZE): on a busy desk, `leads` passed its threshold at every look, and its ANALYZE took a core for
-    // 50-120 ms every 5 s, the calls queued behind it.
+    // rows (`reltuples`, which a VACUUM counts as well as an ANALYZE): on a busy desk, `leads`
+    // passed its threshold at every look, and its ANALYZE took a core for 50-120 ms every 5 s,
+    // the calls queued behind it.
     let due: Vec<(String, bool, bool)> = sqlx::query_as(
         "SELECT relname, needs_vacuum, needs_analyze FROM ( \
            SELECT s.relname, \
