@@ -351,9 +351,8 @@ async fn record_assignments(ctx: &AssignmentContext, rows: Vec<Recorded>) -> Res
 /// Records the assignments in one statement: the history (each once), who holds each lead, and
 /// when each agent was last given one. An assignment already in the history was recorded whole
 /// by the statement that put it there (the call that made it, or its event arriving first), so
-/// only the new ones go on: a redelivered event writes and locks nothing. One statement where
-/// there were three in a transaction: a bulk assignment's recording is one round trip and an
-/// implicit commit, not five.
+/// only the new ones go on: a redelivered event writes and locks nothing. One statement, so
+/// that a call's recording is one round trip and an implicit commit.
 pub(crate) async fn record_assignments_in<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     rows: Vec<Recorded>,
